@@ -1,0 +1,1 @@
+// overlay chat page: live updates over SSE.

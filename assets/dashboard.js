@@ -1,0 +1,1 @@
+// overlay dashboard: live updates over SSE.

@@ -1,0 +1,794 @@
+//! `config.yaml` → checked, typed configuration, and the per-role settings derived from it.
+//!
+//! Owns: the file format (every field, its default, and the error a user sees when it is wrong),
+//! the cross-field checks serde cannot do (duplicate names and ports), and the derivation of
+//! each role's settings. It never opens a socket or a store.
+//!
+//! Secrets are never written in the file: an AI endpoint names the environment variable (or
+//! file) that holds its key, and only the proxy that calls the API ever reads it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole of `config.yaml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub controller: ControllerConfig,
+    /// The users of the overlay, each with a chat page (peer) and a proxy.
+    #[serde(default)]
+    pub instances: Vec<InstanceConfig>,
+    /// AI models reachable as peers: by name, through every proxy.
+    #[serde(default)]
+    pub ai_endpoints: Vec<AiEndpointConfig>,
+    /// How proxies deliver messages: retries, expiry, body limits.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+}
+
+/// `controller:`: where the controller listens and how it judges liveness.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Address the controller binds, e.g. `127.0.0.1:8000`.
+    pub listen: SocketAddr,
+    /// URL proxies use to reach the controller; defaults to `http://` + `listen`.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub liveness: LivenessConfig,
+}
+
+/// `controller.liveness:` thresholds, in seconds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LivenessConfig {
+    /// A proxy sends a heartbeat this often.
+    pub heartbeat_every_secs: u64,
+    /// Seen less than this long ago: Active; longer: Warning.
+    pub warning_after_secs: u64,
+    /// Seen longer ago than this: Stale.
+    pub stale_after_secs: u64,
+    /// Silent for longer than this: dropped from the registry.
+    pub drop_after_secs: u64,
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        // compat: the original's 30 s heartbeat, 60 s / 120 s badges, drop after 2 minutes.
+        Self {
+            heartbeat_every_secs: 30,
+            warning_after_secs: 60,
+            stale_after_secs: 120,
+            drop_after_secs: 120,
+        }
+    }
+}
+
+/// One user: `instances[i]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    pub name: InstanceName,
+    /// Name shown on pages; defaults to `name`.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// The chat page and the peer's JSON API.
+    pub peer: ListenerConfig,
+    /// The user's proxy.
+    pub proxy: ListenerConfig,
+    #[serde(default)]
+    pub auto_reply: AutoReplyConfig,
+}
+
+impl InstanceConfig {
+    pub fn display_name(&self) -> &str {
+        self.display_name.as_deref().unwrap_or(self.name.as_str())
+    }
+}
+
+/// A server's address: where it binds and how others reach it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to bind, e.g. `127.0.0.1:5001` (`0.0.0.0:5001` to accept other machines).
+    pub listen: SocketAddr,
+    /// `host:port` other machines use to reach it; defaults to `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+}
+
+impl ListenerConfig {
+    /// `host:port` others should use: `advertise`, else `listen` with a wildcard IP made loopback.
+    pub fn advertised(&self) -> String {
+        match &self.advertise {
+            Some(a) => a.clone(),
+            None => reachable(self.listen).to_string(),
+        }
+    }
+}
+
+/// `auto_reply:` of an instance.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoReplyConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Lines answered, in turn, to a person's message.
+    #[serde(default)]
+    pub lines: Vec<String>,
+}
+
+/// `delivery:`: store-and-forward between proxies.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// First retry delay; doubles per attempt (full jitter) up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// A message not delivered within this time is marked failed.
+    pub expire_after_secs: u64,
+    /// Largest accepted request body, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Largest chat message text, in bytes (413 above it).
+    pub max_message_bytes: usize,
+    /// Timeout of one delivery attempt to another proxy or a peer.
+    pub attempt_timeout_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retry_initial_ms: 200,
+            retry_max_ms: 30_000,
+            expire_after_secs: 24 * 3600,
+            max_body_bytes: 256 * 1024,
+            max_message_bytes: 64 * 1024,
+            attempt_timeout_secs: 10,
+        }
+    }
+}
+
+/// The AI API families overlay speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Openai,
+    Anthropic,
+    Gemini,
+    Mistral,
+    /// Any OpenAI-compatible server: Ollama, vLLM, LiteLLM, llama.cpp...
+    OpenaiCompatible,
+}
+
+impl Provider {
+    /// The API's base URL when the config names none.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            Provider::Openai => "https://api.openai.com/v1",
+            Provider::Anthropic => "https://api.anthropic.com/v1",
+            Provider::Gemini => "https://generativelanguage.googleapis.com/v1beta",
+            Provider::Mistral => "https://api.mistral.ai/v1",
+            Provider::OpenaiCompatible => "http://127.0.0.1:11434/v1",
+        }
+    }
+
+    /// compat: the original's `transform_request` / `transform_response` names.
+    pub fn legacy_transform(self) -> &'static str {
+        match self {
+            Provider::Openai | Provider::Mistral | Provider::OpenaiCompatible => "openai_chat",
+            Provider::Anthropic => "anthropic_chat",
+            Provider::Gemini => "gemini_chat",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Openai => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Gemini => "gemini",
+            Provider::Mistral => "mistral",
+            Provider::OpenaiCompatible => "openai_compatible",
+        }
+    }
+}
+
+/// One AI model reachable as a peer: `ai_endpoints[i]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiEndpointConfig {
+    /// The name people pick in the chat, e.g. `BOT`, `ANTHROPIC`.
+    pub name: InstanceName,
+    pub provider: Provider,
+    pub model: String,
+    /// API base URL; defaults per provider (plain `http://` is fine for local servers).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Environment variable holding the API key (read by the proxy that calls the API).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// File holding the API key, as an alternative to `api_key_env`.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Provider API version header/path segment, where the provider has one.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Stream replies token by token (default true).
+    #[serde(default = "yes")]
+    pub stream: bool,
+    #[serde(default)]
+    pub history: HistoryConfig,
+    #[serde(default)]
+    pub timeouts: AiTimeouts,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How much of the conversation an AI endpoint is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    pub max_turns: usize,
+    pub max_chars: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            max_turns: 40,
+            max_chars: 24_000,
+        }
+    }
+}
+
+/// Timeouts of one AI call, in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AiTimeouts {
+    pub connect_secs: u64,
+    pub first_token_secs: u64,
+    pub idle_secs: u64,
+    pub total_secs: u64,
+}
+
+impl Default for AiTimeouts {
+    fn default() -> Self {
+        Self {
+            connect_secs: 10,
+            first_token_secs: 60,
+            idle_secs: 30,
+            total_secs: 300,
+        }
+    }
+}
+
+/// A user or endpoint name: 1 to 64 of `A-Z a-z 0-9 _ - .`, compared case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct InstanceName(String);
+
+impl InstanceName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "`{s}` is not a valid name: use 1 to 64 letters, digits, `_`, `-` or `.`"
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// Same name, ignoring case (routing is case-insensitive).
+    pub fn matches(&self, other: &str) -> bool {
+        self.0.eq_ignore_ascii_case(other)
+    }
+}
+
+impl fmt::Display for InstanceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        InstanceName::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A config that could not be used: names the file, where in it, and what to write instead.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!(
+                "cannot read it ({e}); pass the right file with --config PATH \
+                 (the shipped demo is config.yaml at the repository root)"
+            ),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and checks config text; `file` only names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_string(),
+            message: explain_yaml_error(&e),
+        })?;
+        config.check().map_err(|message| ConfigError {
+            file: file.to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: unique names, unique ports, sane numbers.
+    fn check(&self) -> Result<(), String> {
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        for (i, inst) in self.instances.iter().enumerate() {
+            let here = format!("instances[{i}].name");
+            if let Some(first) = names.insert(inst.name.as_str().to_ascii_lowercase(), here.clone())
+            {
+                return Err(format!(
+                    "{here}: `{}` is already the name of {first} (names are compared ignoring case); \
+                     give every instance its own name",
+                    inst.name
+                ));
+            }
+            if inst.auto_reply.enabled && inst.auto_reply.lines.iter().all(|l| l.trim().is_empty())
+            {
+                return Err(format!(
+                    "instances[{i}].auto_reply.lines: auto-reply is enabled but has no lines; \
+                     add at least one line, or set `enabled: false`"
+                ));
+            }
+        }
+        let mut ai_names: BTreeMap<String, String> = BTreeMap::new();
+        for (i, ai) in self.ai_endpoints.iter().enumerate() {
+            let here = format!("ai_endpoints[{i}].name");
+            if let Some(first) =
+                ai_names.insert(ai.name.as_str().to_ascii_lowercase(), here.clone())
+            {
+                return Err(format!(
+                    "{here}: `{}` is already the name of {first}; give every AI endpoint its own name",
+                    ai.name
+                ));
+            }
+            if ai.model.trim().is_empty() {
+                return Err(format!(
+                    "ai_endpoints[{i}].model: is empty; write the model's name, e.g. `model: gpt-4o-mini`"
+                ));
+            }
+            if let Some(url) = &ai.base_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!(
+                        "ai_endpoints[{i}].base_url: `{url}` is not an http(s) URL; \
+                         write e.g. `base_url: http://127.0.0.1:11434/v1`"
+                    ));
+                }
+            }
+            if ai.api_key_env.is_some() && ai.api_key_file.is_some() {
+                return Err(format!(
+                    "ai_endpoints[{i}]: both api_key_env and api_key_file are set; keep one of them"
+                ));
+            }
+            if let Some(var) = &ai.api_key_env {
+                let valid = !var.is_empty()
+                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !var.starts_with(|c: char| c.is_ascii_digit());
+                if !valid {
+                    return Err(format!(
+                        "ai_endpoints[{i}].api_key_env: `{var}` is not an environment variable name; \
+                         write the variable's name (e.g. `OPENAI_API_KEY`), never the key itself"
+                    ));
+                }
+            }
+        }
+        let l = &self.controller.liveness;
+        if !(l.heartbeat_every_secs > 0
+            && l.warning_after_secs <= l.stale_after_secs
+            && l.stale_after_secs <= l.drop_after_secs.max(l.stale_after_secs))
+        {
+            return Err(
+                "controller.liveness: expected heartbeat_every_secs > 0 and \
+                 warning_after_secs <= stale_after_secs; fix the numbers"
+                    .to_string(),
+            );
+        }
+        let d = &self.delivery;
+        if d.retry_initial_ms == 0 || d.retry_max_ms < d.retry_initial_ms {
+            return Err(
+                "delivery: expected 0 < retry_initial_ms <= retry_max_ms; fix the numbers"
+                    .to_string(),
+            );
+        }
+        if d.max_body_bytes < 1024 || d.max_message_bytes == 0 {
+            return Err(
+                "delivery: max_body_bytes must be at least 1024 and max_message_bytes above 0"
+                    .to_string(),
+            );
+        }
+        check_ports(&self.listeners())
+    }
+
+    /// Every listener of the file, with its field path.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        let mut all = vec![("controller.listen".to_string(), self.controller.listen)];
+        for (i, inst) in self.instances.iter().enumerate() {
+            all.push((format!("instances[{i}].peer.listen"), inst.peer.listen));
+            all.push((format!("instances[{i}].proxy.listen"), inst.proxy.listen));
+        }
+        all
+    }
+
+    /// The instance with this name (case-insensitive), or an error listing the known ones.
+    pub fn instance(&self, name: &str) -> Result<&InstanceConfig, String> {
+        self.instances
+            .iter()
+            .find(|i| i.name.matches(name))
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.instances.iter().map(|i| i.name.as_str()).collect();
+                format!(
+                    "no instance named `{name}` in instances; known: {}; add one or pick one of these",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            })
+    }
+
+    /// URL proxies use to reach the controller.
+    pub fn controller_url(&self) -> String {
+        self.controller
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", reachable(self.controller.listen)))
+    }
+}
+
+/// Two listeners may not share a port on overlapping addresses (port 0 means "any free one").
+fn check_ports(listeners: &[(String, SocketAddr)]) -> Result<(), String> {
+    for (i, (path, addr)) in listeners.iter().enumerate() {
+        if addr.port() == 0 {
+            continue;
+        }
+        for (first, other) in &listeners[..i] {
+            let overlap = addr.ip() == other.ip()
+                || addr.ip().is_unspecified()
+                || other.ip().is_unspecified();
+            if other.port() == addr.port() && overlap {
+                return Err(format!(
+                    "{path}: port {} is already used by {first}; give each listener its own port",
+                    addr.port()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns serde_yaml's message into one that says what to write instead.
+fn explain_yaml_error(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    let hint = if msg.contains("unknown field") {
+        "remove or rename that field (see the config reference in README.md)"
+    } else if msg.contains("missing field") {
+        "add that field (see the config reference in README.md)"
+    } else if msg.contains("unknown variant") {
+        "use one of the values listed"
+    } else if msg.contains("invalid socket address") {
+        "write an IP address and port, e.g. `127.0.0.1:5000` or `0.0.0.0:5000`"
+    } else if msg.contains("invalid type") {
+        "write a value of the expected type"
+    } else {
+        "fix the YAML at that line (check indentation, quoting and `key: value` pairs)"
+    };
+    let mut out = msg;
+    if let Some(loc) = e.location() {
+        if !out.contains(" at line ") {
+            out = format!("line {} column {}: {out}", loc.line(), loc.column());
+        }
+    }
+    format!("{out}; {hint}")
+}
+
+/// A bound address as others on this machine reach it: a wildcard IP becomes loopback.
+pub fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// What the controller needs to run.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// The whole config: the initial endpoint tables are built from its instances and AI endpoints.
+    pub config: Config,
+    /// Where `controller.redb` lives.
+    pub data_dir: PathBuf,
+    pub workers: usize,
+}
+
+/// What one user's proxy needs to run.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub name: InstanceName,
+    /// `host:port` other proxies use to reach this one (sent to the controller).
+    pub advertise: String,
+    pub controller_url: String,
+    /// Base URL of this user's own peer.
+    pub peer_url: String,
+    /// Where `proxy-NAME.redb` lives.
+    pub data_dir: PathBuf,
+    pub delivery: DeliveryConfig,
+    pub liveness: LivenessConfig,
+    /// The whole config: used to build a routing table until the controller (or the cache) has one.
+    pub config: Config,
+    pub workers: usize,
+}
+
+/// What one user's peer (chat page + store) needs to run.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    pub name: InstanceName,
+    pub display_name: String,
+    /// Base URL of this user's proxy.
+    pub proxy_url: String,
+    /// Where `peer-NAME.redb` lives.
+    pub data_dir: PathBuf,
+    pub auto_reply: AutoReplyConfig,
+    pub max_body_bytes: usize,
+    pub max_message_bytes: usize,
+    pub workers: usize,
+}
+
+impl Config {
+    pub fn controller_settings(&self, data_dir: &Path) -> ControllerSettings {
+        ControllerSettings {
+            config: self.clone(),
+            data_dir: data_dir.to_path_buf(),
+            workers: 1,
+        }
+    }
+
+    /// Settings of `name`'s proxy; the instance must exist (see [`Config::instance`]).
+    pub fn proxy_settings(&self, name: &str, data_dir: &Path) -> Result<ProxySettings, String> {
+        let inst = self.instance(name)?;
+        Ok(ProxySettings {
+            name: inst.name.clone(),
+            advertise: inst.proxy.advertised(),
+            controller_url: self.controller_url(),
+            peer_url: format!("http://{}", inst.peer.advertised()),
+            data_dir: data_dir.to_path_buf(),
+            delivery: self.delivery.clone(),
+            liveness: self.controller.liveness.clone(),
+            config: self.clone(),
+            workers: 1,
+        })
+    }
+
+    /// Settings of `name`'s peer; the instance must exist (see [`Config::instance`]).
+    pub fn peer_settings(&self, name: &str, data_dir: &Path) -> Result<PeerSettings, String> {
+        let inst = self.instance(name)?;
+        Ok(PeerSettings {
+            name: inst.name.clone(),
+            display_name: inst.display_name().to_string(),
+            proxy_url: format!("http://{}", inst.proxy.advertised()),
+            data_dir: data_dir.to_path_buf(),
+            auto_reply: inst.auto_reply.clone(),
+            max_body_bytes: self.delivery.max_body_bytes,
+            max_message_bytes: self.delivery.max_message_bytes,
+            workers: 1,
+        })
+    }
+
+    /// Replaces every listen address whose port is 0 (or that was overridden) by the bound one,
+    /// so advertised addresses and tables name real ports.
+    pub fn set_instance_listeners(
+        &mut self,
+        name: &str,
+        peer: Option<SocketAddr>,
+        proxy: Option<SocketAddr>,
+    ) {
+        if let Some(inst) = self.instances.iter_mut().find(|i| i.name.matches(name)) {
+            if let Some(p) = peer {
+                inst.peer.listen = p;
+            }
+            if let Some(p) = proxy {
+                inst.proxy.listen = p;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../config.yaml");
+
+    #[test]
+    fn the_shipped_demo_config_is_valid() {
+        let c = Config::parse(SHIPPED, "config.yaml").expect("shipped config parses");
+        let names: Vec<&str> = c.instances.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["behrooz", "alice", "bob", "BOT"]);
+        assert_eq!(c.controller.listen.port(), 8000);
+        let ports: Vec<(u16, u16)> = c
+            .instances
+            .iter()
+            .map(|i| (i.peer.listen.port(), i.proxy.listen.port()))
+            .collect();
+        assert_eq!(
+            ports,
+            [(5000, 10000), (5001, 10001), (5002, 10002), (5003, 10003)]
+        );
+        let auto: Vec<bool> = c.instances.iter().map(|i| i.auto_reply.enabled).collect();
+        assert_eq!(auto, [false, true, true, false]);
+        let ai: Vec<(&str, Provider)> = c
+            .ai_endpoints
+            .iter()
+            .map(|a| (a.name.as_str(), a.provider))
+            .collect();
+        assert_eq!(
+            ai,
+            [
+                ("BOT", Provider::Openai),
+                ("ANTHROPIC", Provider::Anthropic),
+                ("GEMINI", Provider::Gemini),
+                ("MISTRAL", Provider::Mistral)
+            ]
+        );
+        assert!(c.ai_endpoints.iter().all(|a| a.api_key_env.is_some()));
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "bad.yaml").unwrap_err().to_string()
+    }
+
+    const MINI: &str = "controller: {listen: 127.0.0.1:8000}\ninstances:\n  - name: a\n    peer: {listen: 127.0.0.1:5000}\n    proxy: {listen: 127.0.0.1:10000}\n";
+
+    #[test]
+    fn a_minimal_config_is_valid() {
+        assert!(Config::parse(MINI, "x").is_ok());
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_its_path_and_line() {
+        let e = err(&MINI.replace("proxy: {listen", "proxy: {lisen"));
+        assert!(
+            e.starts_with("bad.yaml: instances[0].proxy: unknown field `lisen`"),
+            "{e}"
+        );
+        assert!(e.contains("line 5"), "{e}");
+        assert!(e.contains("expected `listen`"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let e = err("controller: {listen: 127.0.0.1:8000}\ninstances:\n  - name: a\n    peer: {listen: 127.0.0.1:5000}\n");
+        assert!(e.contains("instances[0]: missing field `proxy`"), "{e}");
+        assert!(e.contains("add that field"), "{e}");
+    }
+
+    #[test]
+    fn a_duplicate_port_names_both_listeners() {
+        let e = err(&MINI.replace("10000", "5000"));
+        assert!(
+            e.contains(
+                "instances[0].proxy.listen: port 5000 is already used by instances[0].peer.listen"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_wildcard_address_overlaps_every_address() {
+        let e = err(&MINI.replace(
+            "proxy: {listen: 127.0.0.1:10000",
+            "proxy: {listen: 0.0.0.0:8000",
+        ));
+        assert!(
+            e.contains("port 8000 is already used by controller.listen"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_provider_lists_the_known_ones() {
+        let e = err(&format!(
+            "{MINI}ai_endpoints:\n  - name: X\n    provider: openia\n    model: m\n"
+        ));
+        assert!(
+            e.contains("ai_endpoints[0].provider: unknown variant `openia`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`openai`") && e.contains("`openai_compatible`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_yaml_syntax_error_names_the_line() {
+        let e = err("controller: {listen: 127.0.0.1:8000\ninstances: [\n");
+        assert!(e.starts_with("bad.yaml: "), "{e}");
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn a_key_written_where_its_variable_name_belongs_is_refused() {
+        let e = err(&format!(
+            "{MINI}ai_endpoints:\n  - name: X\n    provider: openai\n    model: m\n    api_key_env: sk-abc123\n"
+        ));
+        assert!(e.contains("ai_endpoints[0].api_key_env"), "{e}");
+        assert!(e.contains("never the key itself"), "{e}");
+    }
+
+    #[test]
+    fn names_are_unique_ignoring_case() {
+        let twice = format!(
+            "{MINI}  - name: A\n    peer: {{listen: 127.0.0.1:5001}}\n    proxy: {{listen: 127.0.0.1:10001}}\n"
+        );
+        let e = err(&twice);
+        assert!(
+            e.contains("instances[1].name: `A` is already the name of instances[0].name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn port_zero_may_repeat() {
+        let zeros = MINI
+            .replace(":5000", ":0")
+            .replace(":10000", ":0")
+            .replace(":8000", ":0");
+        assert!(Config::parse(&zeros, "x").is_ok());
+    }
+
+    #[test]
+    fn a_wildcard_listen_is_advertised_as_loopback() {
+        let l = ListenerConfig {
+            listen: "0.0.0.0:5000".parse().unwrap(),
+            advertise: None,
+        };
+        assert_eq!(l.advertised(), "127.0.0.1:5000");
+    }
+}

@@ -1,0 +1,47 @@
+//! `overlay`: parse the command line, set up logging, check the config, run the chosen roles.
+//!
+//! Exit codes: 0 after a clean shutdown (or a passed `--check`); 2 for a bad command line or
+//! config (one message naming the file, the field and the fix); 1 when a server cannot start.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use overlay::cli::{Cli, Plan};
+use overlay::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    overlay::logging::init();
+
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let plan = match Plan::new(&cli, config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: {e}", cli.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        println!("{}: ok", cli.config.display());
+        for line in plan.describe() {
+            println!("  would run {line}");
+        }
+        return ExitCode::SUCCESS;
+    }
+
+    let system = actix_rt::System::new();
+    match system.block_on(overlay::up::serve(plan, cli.data_dir.clone())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Starting and stopping a set of role servers in one process: every role of config.yaml for
+//! `overlay up`, a peer with its proxy for `overlay peer`, or one role alone.
+//!
+//! Owns the order of start-up (bind every listener first, so port 0 works and a taken port
+//! fails before anything runs; then the controller, the proxies, the peers), the table of URLs
+//! printed for the user, and the clean shutdown on Ctrl-C / SIGTERM. The roles themselves are
+//! started through their own `start()`; nothing here knows their insides.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use crate::cli::Plan;
+use crate::config::{reachable, Config};
+use crate::web::{bind, Running};
+use crate::{controller, peer, proxy};
+
+/// Runs the plan until Ctrl-C or SIGTERM, then stops every server and closes the stores.
+pub async fn serve(plan: Plan, data_dir: PathBuf) -> anyhow::Result<()> {
+    Plan::prepare_data_dir(&data_dir)?;
+    let servers = start(plan).await?;
+    println!("{}", url_table(&servers));
+    let handles: Vec<_> = servers.iter().map(|s| s.handle()).collect();
+    let tasks: Vec<_> = servers
+        .into_iter()
+        .map(|s| actix_rt::spawn(s.serve()))
+        .collect();
+    wait_for_shutdown_signal().await;
+    log::info!("shutting down {} servers", handles.len());
+    futures_util::future::join_all(handles.iter().map(|h| h.stop(true))).await;
+    for task in tasks {
+        if let Ok(Err(e)) = task.await {
+            log::warn!("a server stopped with an error: {e}");
+        }
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Binds every listener of the plan, then starts its servers: controller, proxies, peers.
+pub async fn start(plan: Plan) -> anyhow::Result<Vec<Running>> {
+    match plan {
+        Plan::Controller { settings, listen } => {
+            let l = bind("the controller", listen, "controller.listen")?;
+            Ok(vec![controller::start(settings, l).await?])
+        }
+        Plan::Proxy {
+            mut settings,
+            listen,
+        } => {
+            let l = bind(&format!("proxy {}", settings.name), listen, "proxy.listen")?;
+            fix_port_zero(&mut settings.advertise, l.local_addr()?);
+            Ok(vec![proxy::start(settings, l).await?])
+        }
+        Plan::Peer {
+            mut settings,
+            listen,
+            proxy,
+        } => {
+            let peer_l = bind(&format!("peer {}", settings.name), listen, "peer.listen")?;
+            let peer_addr = peer_l.local_addr()?;
+            let mut servers = Vec::new();
+            if let Some((mut p, proxy_listen)) = proxy {
+                let proxy_l = bind(&format!("proxy {}", p.name), proxy_listen, "proxy.listen")?;
+                let proxy_addr = proxy_l.local_addr()?;
+                fix_port_zero(&mut p.advertise, proxy_addr);
+                fix_port_zero(&mut p.peer_url, peer_addr);
+                settings.proxy_url = format!("http://{}", reachable(proxy_addr));
+                servers.push(proxy::start(p, proxy_l).await?);
+            }
+            servers.push(peer::start(settings, peer_l).await?);
+            Ok(servers)
+        }
+        Plan::Up {
+            config,
+            data_dir,
+            workers,
+        } => start_all(config, &data_dir, workers).await,
+    }
+}
+
+/// `overlay up`: every listener bound first, then the controller, every proxy, every peer.
+pub async fn start_all(
+    mut config: Config,
+    data_dir: &Path,
+    workers: usize,
+) -> anyhow::Result<Vec<Running>> {
+    let controller_l = bind(
+        "the controller",
+        config.controller.listen,
+        "controller.listen",
+    )?;
+    config.controller.listen = controller_l.local_addr()?;
+    let mut bound: Vec<(String, TcpListener, TcpListener)> = Vec::new();
+    for (i, inst) in config.instances.clone().iter().enumerate() {
+        let proxy_l = bind(
+            &format!("proxy {}", inst.name),
+            inst.proxy.listen,
+            &format!("instances[{i}].proxy.listen"),
+        )?;
+        let peer_l = bind(
+            &format!("peer {}", inst.name),
+            inst.peer.listen,
+            &format!("instances[{i}].peer.listen"),
+        )?;
+        config.set_instance_listeners(
+            inst.name.as_str(),
+            Some(peer_l.local_addr()?),
+            Some(proxy_l.local_addr()?),
+        );
+        bound.push((inst.name.to_string(), proxy_l, peer_l));
+    }
+
+    let mut servers = Vec::new();
+    let mut cs = config.controller_settings(data_dir);
+    cs.workers = workers;
+    servers.push(controller::start(cs, controller_l).await?);
+    let mut peers = Vec::new();
+    for (name, proxy_l, peer_l) in bound {
+        let mut ps = config
+            .proxy_settings(&name, data_dir)
+            .map_err(anyhow::Error::msg)?;
+        ps.workers = workers;
+        servers.push(proxy::start(ps, proxy_l).await?);
+        let mut ps = config
+            .peer_settings(&name, data_dir)
+            .map_err(anyhow::Error::msg)?;
+        ps.workers = workers;
+        peers.push((ps, peer_l));
+    }
+    for (ps, peer_l) in peers {
+        servers.push(peer::start(ps, peer_l).await?);
+    }
+    Ok(servers)
+}
+
+/// An address or URL whose port is 0 gets the port actually bound.
+fn fix_port_zero(s: &mut String, bound: SocketAddr) {
+    if let Some(head) = s.strip_suffix(":0") {
+        *s = format!("{head}:{}", bound.port());
+    }
+}
+
+/// The table printed at start-up: what each server is and where to open it.
+pub fn url_table(servers: &[Running]) -> String {
+    let mut out = String::from("overlay is running:\n");
+    let width = servers.iter().map(|s| s.label.len()).max().unwrap_or(0);
+    for s in servers {
+        let what = if s.label == "controller" {
+            "dashboard"
+        } else if s.label.starts_with("peer/") {
+            "chat page"
+        } else {
+            "proxy"
+        };
+        out.push_str(&format!(
+            "  {:<width$}  {:<9}  {}\n",
+            s.label,
+            what,
+            s.url(),
+            width = width
+        ));
+    }
+    out.push_str("Press Ctrl-C to stop.");
+    out
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C will stop overlay");
+                let _ = actix_rt::signal::ctrl_c().await;
+                return;
+            }
+        };
+        let ctrl_c = Box::pin(actix_rt::signal::ctrl_c());
+        let term = Box::pin(term.recv());
+        futures_util::future::select(ctrl_c, term).await;
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = actix_rt::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_is_replaced_by_the_bound_port() {
+        let bound: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        let mut url = "http://127.0.0.1:0".to_string();
+        fix_port_zero(&mut url, bound);
+        assert_eq!(url, "http://127.0.0.1:4242");
+        let mut adv = "example.org:10001".to_string();
+        fix_port_zero(&mut adv, bound);
+        assert_eq!(adv, "example.org:10001");
+    }
+}

@@ -1,0 +1,235 @@
+//! Data plane: the native envelope a message travels in, from the peer where it is born,
+//! through both proxies, to the peer that stores it; and the receipts that travel back.
+//!
+//! Routes that carry these (all ours, beside the legacy ones):
+//! - peer → its proxy: `POST /api/v1/outbox` [`Envelope`] → 202 [`Accepted`] once it is durably queued.
+//! - proxy → proxy:    `POST /api/v1/relay`  [`Envelope`] → 200 [`Ack`] once the receiver stored it.
+//! - proxy → its peer: `POST /api/v1/inbox`  [`Envelope`] → 200 [`Ack`] once the peer stored it;
+//!   `POST /api/v1/receipts` [`Receipt`] (a sent message's state changed);
+//!   `POST /api/v1/stream` [`StreamChunk`] (part of an AI reply still being written).
+//!
+//! The envelope's shape is fixed so that a signature and a sealed (end-to-end encrypted) body
+//! can be added later as new optional fields / a new [`Body`] variant without changing it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A message's globally unique id, minted where the message is born.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// A fresh random id (UUID v4, simple form).
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+    /// Accepts 1 to 128 of `A-Z a-z 0-9 - _ . :`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "message id `{}` is invalid: use 1 to 128 letters, digits, `-`, `_`, `.` or `:`",
+                s.chars().take(40).collect::<String>()
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        MessageId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A message in transit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: MessageId,
+    /// Instance (or AI endpoint) name of the author.
+    pub from: String,
+    /// Instance (or AI endpoint) name it is for.
+    pub to: String,
+    /// The conversation it belongs to; for two parties, [`conversation_id`] of both names.
+    pub conversation: String,
+    /// When it was born, Unix ms.
+    pub sent_at_ms: u64,
+    pub body: Body,
+    /// Sent by an auto-reply: never answered by another auto-reply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_reply: bool,
+    /// An error report (e.g. from an AI endpoint) rather than a chat message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub error: bool,
+}
+
+/// What a message carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Body {
+    Text { text: String },
+}
+
+impl Body {
+    pub fn text(&self) -> &str {
+        match self {
+            Body::Text { text } => text,
+        }
+    }
+}
+
+impl Envelope {
+    /// A new text message from `from` to `to`, with a fresh id.
+    pub fn text(from: &str, to: &str, text: impl Into<String>) -> Envelope {
+        Envelope {
+            id: MessageId::new(),
+            from: from.to_string(),
+            to: to.to_string(),
+            conversation: conversation_id(from, to),
+            sent_at_ms: super::now_ms(),
+            body: Body::Text { text: text.into() },
+            auto_reply: false,
+            error: false,
+        }
+    }
+}
+
+/// The id of the two-party conversation between `a` and `b`: the same from both ends.
+pub fn conversation_id(a: &str, b: &str) -> String {
+    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    if a <= b {
+        format!("{a}:{b}")
+    } else {
+        format!("{b}:{a}")
+    }
+}
+
+/// 202 answer to `POST /api/v1/outbox`: the proxy has the message durably queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub id: MessageId,
+    pub state: DeliveryState,
+}
+
+/// 200 answer to `relay` / `inbox`: the receiver has stored the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub id: MessageId,
+    /// True when this id had been stored before: nothing was stored twice.
+    pub duplicate: bool,
+}
+
+/// Where a sent message is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Queued at the sender's proxy, not yet stored by the receiver.
+    Pending,
+    /// Stored by the receiver.
+    Delivered,
+    /// Given up on; `reason` says why, for the user.
+    Failed { reason: String },
+}
+
+impl DeliveryState {
+    /// The word shown to users and stored in the legacy history's `status`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// `POST /api/v1/receipts`: a sent message's new state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub id: MessageId,
+    #[serde(flatten)]
+    pub state: DeliveryState,
+}
+
+/// `POST /api/v1/stream`: text an AI endpoint has produced so far for reply `id`.
+/// Not stored; the complete reply arrives later as an [`Envelope`] with the same id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamChunk {
+    pub id: MessageId,
+    pub from: String,
+    pub conversation: String,
+    /// 0, 1, 2...: lets the page drop a chunk it already has.
+    pub seq: u32,
+    pub delta: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_envelope_round_trips_through_json() {
+        let e = Envelope::text("alice", "bob", "hi <b>");
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(
+            json.contains(r#""body":{"type":"text","text":"hi <b>"}"#),
+            "{json}"
+        );
+        assert!(
+            !json.contains("auto_reply"),
+            "false flags are left out: {json}"
+        );
+        assert_eq!(serde_json::from_str::<Envelope>(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn a_conversation_id_is_the_same_from_both_ends() {
+        assert_eq!(
+            conversation_id("alice", "Bob"),
+            conversation_id("bob", "ALICE")
+        );
+    }
+
+    #[test]
+    fn a_bad_message_id_is_refused() {
+        assert!(MessageId::parse("a b").is_err());
+        assert!(MessageId::parse("").is_err());
+        assert!(serde_json::from_str::<MessageId>("\"../x\"").is_err());
+        assert!(MessageId::parse(MessageId::new().as_str()).is_ok());
+    }
+
+    #[test]
+    fn a_receipt_is_flat() {
+        let r = Receipt {
+            id: MessageId::parse("m1").unwrap(),
+            state: DeliveryState::Failed {
+                reason: "bob's proxy unreachable".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"id":"m1","state":"failed","reason":"bob's proxy unreachable"}"#
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Start roles in-process on port 0 with a temporary data dir; used by every integration test.
+//!
+//! - [`config_for`]: a config with the given users, every listener on `127.0.0.1:0`.
+//! - [`spawn_overlay`]: the whole of a config (controller, proxies, peers), as `overlay up` runs it.
+//! - [`spawn_controller`], [`spawn_proxy`], [`spawn_peer`]: one role at a time.
+//! - [`Spawned`]: a running server: its URL, and `stop()` to take it down mid-test.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::Path;
+
+use overlay::config::Config;
+use overlay::web::Running;
+
+/// A config with `users` (name, auto-reply lines), controller and all listeners on port 0.
+pub fn config_for(users: &[(&str, &[&str])]) -> Config {
+    let mut yaml = String::from(
+        "controller:\n  listen: 127.0.0.1:0\n  liveness: {heartbeat_every_secs: 1}\ninstances:\n",
+    );
+    for (name, lines) in users {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    peer: {{listen: 127.0.0.1:0}}\n    proxy: {{listen: 127.0.0.1:0}}\n"
+        ));
+        if !lines.is_empty() {
+            yaml.push_str("    auto_reply:\n      enabled: true\n      lines:\n");
+            for l in *lines {
+                yaml.push_str(&format!("        - {l:?}\n"));
+            }
+        }
+    }
+    yaml.push_str("delivery: {retry_initial_ms: 20, retry_max_ms: 200, attempt_timeout_secs: 2}\n");
+    Config::parse(&yaml, "test config").expect("test config is valid")
+}
+
+/// A loopback listener on a free port.
+pub fn free_listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+/// A role server running in the test's actix system.
+pub struct Spawned {
+    pub label: String,
+    pub url: String,
+    pub addr: std::net::SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    task: Option<actix_rt::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Spawned {
+    fn spawn(running: Running) -> Spawned {
+        let handle = running.handle();
+        let label = running.label.clone();
+        let url = running.url();
+        let addr = running.addr;
+        let task = actix_rt::spawn(running.serve());
+        Spawned {
+            label,
+            url,
+            addr,
+            handle,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server (gracefully) and waits until it and its stores are closed.
+    pub async fn stop(mut self) {
+        self.handle.stop(true).await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Everything a config runs, started as `overlay up` starts it.
+pub struct TestOverlay {
+    pub servers: Vec<Spawned>,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl TestOverlay {
+    /// The server labelled `label` (`controller`, `proxy/alice`, `peer/alice`).
+    pub fn server(&self, label: &str) -> &Spawned {
+        self.servers
+            .iter()
+            .find(|s| s.label == label)
+            .unwrap_or_else(|| panic!("no server labelled {label}"))
+    }
+    pub fn url(&self, label: &str) -> String {
+        self.server(label).url.clone()
+    }
+    /// Removes `label` from the overlay and stops it.
+    pub async fn stop(&mut self, label: &str) {
+        let i = self
+            .servers
+            .iter()
+            .position(|s| s.label == label)
+            .unwrap_or_else(|| panic!("no server labelled {label}"));
+        self.servers.remove(i).stop().await;
+    }
+}
+
+/// Starts every role of `config` in this test's actix system, with a fresh data dir.
+pub async fn spawn_overlay(config: Config) -> TestOverlay {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let servers = overlay::up::start_all(config, data_dir.path(), 1)
+        .await
+        .expect("overlay starts");
+    TestOverlay {
+        servers: servers.into_iter().map(Spawned::spawn).collect(),
+        data_dir,
+    }
+}
+
+/// Starts a controller for `config` on `listener`.
+pub async fn spawn_controller(config: &Config, data_dir: &Path, listener: TcpListener) -> Spawned {
+    let mut config = config.clone();
+    config.controller.listen = listener.local_addr().unwrap();
+    let settings = config.controller_settings(data_dir);
+    Spawned::spawn(
+        overlay::controller::start(settings, listener)
+            .await
+            .expect("controller starts"),
+    )
+}
+
+/// Starts `name`'s proxy on `listener`; `config` must already name the real addresses
+/// (see [`Config::set_instance_listeners`]).
+pub async fn spawn_proxy(
+    config: &Config,
+    name: &str,
+    data_dir: &Path,
+    listener: TcpListener,
+) -> Spawned {
+    let settings = config
+        .proxy_settings(name, data_dir)
+        .expect("instance exists");
+    Spawned::spawn(
+        overlay::proxy::start(settings, listener)
+            .await
+            .expect("proxy starts"),
+    )
+}
+
+/// Starts `name`'s peer on `listener`.
+pub async fn spawn_peer(
+    config: &Config,
+    name: &str,
+    data_dir: &Path,
+    listener: TcpListener,
+) -> Spawned {
+    let settings = config
+        .peer_settings(name, data_dir)
+        .expect("instance exists");
+    Spawned::spawn(
+        overlay::peer::start(settings, listener)
+            .await
+            .expect("peer starts"),
+    )
+}
+
+/// An HTTP client for tests.
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .finish()
+}

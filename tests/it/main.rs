@@ -1,0 +1,6 @@
+//! One integration-test binary: every test starts real servers in-process on port 0
+//! (or runs the real `overlay` binary where the CLI is the subject).
+
+mod helpers;
+
+mod cli;
