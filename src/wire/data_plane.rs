@@ -7,6 +7,8 @@
 //! - proxy → its peer: `POST /api/v1/inbox`  [`Envelope`] → 200 [`Ack`] once the peer stored it;
 //!   `POST /api/v1/receipts` [`Receipt`] (a sent message's state changed);
 //!   `POST /api/v1/stream` [`StreamChunk`] (part of an AI reply still being written).
+//! - peer → its proxy: `GET /api/v1/directory` → `[DirectoryEntry]` (who can be reached, and how);
+//!   `POST /api/v1/forget` [`Forget`] (the user cleared a chat: an AI starts a fresh context).
 //!
 //! The envelope's shape is fixed so that a signature and a sealed (end-to-end encrypted) body
 //! can be added later as new optional fields / a new [`Body`] variant without changing it.
@@ -182,6 +184,30 @@ pub struct StreamChunk {
     /// 0, 1, 2...: lets the page drop a chunk it already has.
     pub seq: u32,
     pub delta: String,
+}
+
+/// One row of `GET /api/v1/directory` on a proxy: someone this user can reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    pub name: String,
+    pub kind: PeerKind,
+    /// Whether the controller currently sees that user's proxy alive; None when unknown (AI).
+    pub online: Option<bool>,
+}
+
+/// A person (another user's peer) or an AI model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerKind {
+    Person,
+    Ai,
+}
+
+/// `POST /api/v1/forget`: the user cleared the chat with `with` (or every chat, when None).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forget {
+    #[serde(default)]
+    pub with: Option<String>,
 }
 
 #[cfg(test)]

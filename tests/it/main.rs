@@ -3,4 +3,9 @@
 
 mod helpers;
 
+mod ai;
+mod browser;
 mod cli;
+mod controller;
+mod peer;
+mod proxy;
