@@ -1,27 +1,414 @@
-//! The `overlay` binary as a user runs it: `--help`, `--check`, bad configs, `overlay up`.
+//! The `overlay` binary as a user runs it: `--help`, `--check`, bad configs (exit code 2 and a
+//! message naming the problem), `overlay up` serving all nine listeners, clean shutdown on
+//! SIGTERM, and docker-compose.yml's commands checked against the shipped config.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml");
 
 fn overlay() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_overlay"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_overlay"));
+    c.env_remove("OVERLAY_CONFIG")
+        .env_remove("OVERLAY_DATA_DIR");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    overlay().args(args).output().expect("overlay runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("overlay.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 #[test]
 fn check_accepts_the_shipped_config() {
-    let out = overlay()
-        .args([
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml"),
-            "--check",
-            "up",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(&["--config", SHIPPED, "--check", "up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("would run").count(), 9, "{stdout}");
+}
+
+/// A valid two-user config to break in each bad-config test.
+const GOOD: &str = "\
+controller:
+  listen: 127.0.0.1:18000
+instances:
+  - name: alice
+    peer: { listen: 127.0.0.1:15001 }
+    proxy: { listen: 127.0.0.1:19001 }
+  - name: bob
+    peer: { listen: 127.0.0.1:15002 }
+    proxy: { listen: 127.0.0.1:19002 }
+ai_endpoints:
+  - name: BOT
+    provider: openai
+    model: gpt-4o-mini
+    api_key_env: OPENAI_API_KEY
+";
+
+/// Runs `overlay up` (both with --check and for real) on a broken config; both must refuse it
+/// with exit code 2 before listening on anything, with a message containing every `needle`.
+fn assert_refused(text: &str, needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), text);
+    let p = path.to_str().unwrap();
+    let data = dir.path().join("data");
+    for args in [
+        vec!["--config", p, "--check", "up"],
+        vec!["--config", p, "--data-dir", data.to_str().unwrap(), "up"],
+    ] {
+        let out = run(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(p), "the message names the file: {err}");
+        for n in needles {
+            assert!(err.contains(n), "expected {n:?} in: {err}");
+        }
+        assert_eq!(err.trim().lines().count(), 1, "one message: {err}");
+    }
+    assert!(!data.exists(), "nothing was started or written");
+}
+
+#[test]
+fn the_good_config_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), GOOD);
+    let out = run(&["--config", path.to_str().unwrap(), "--check", "up"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_yaml_syntax_error_is_refused_naming_the_line() {
+    assert_refused(
+        &GOOD.replace("model: gpt-4o-mini", "model: \"gpt-4o-mini"),
+        &["line 13", "quoted scalar", "fix the YAML"],
+    );
+}
+
+#[test]
+fn an_unknown_field_is_refused_naming_its_path() {
+    assert_refused(
+        &GOOD.replace(
+            "proxy: { listen: 127.0.0.1:19002 }",
+            "proxy: { listen: 127.0.0.1:19002, prot: 1 }",
+        ),
+        &[
+            "instances[1].proxy",
+            "unknown field `prot`",
+            "line 9",
+            "expected",
+        ],
+    );
+}
+
+#[test]
+fn a_missing_field_is_refused_naming_it() {
+    assert_refused(
+        &GOOD.replace("    model: gpt-4o-mini\n", ""),
+        &["ai_endpoints[0]", "missing field `model`", "add that field"],
+    );
+}
+
+#[test]
+fn a_duplicate_port_is_refused_naming_both_listeners() {
+    assert_refused(
+        &GOOD.replace("19002", "15001"),
+        &[
+            "instances[1].proxy.listen",
+            "port 15001",
+            "instances[0].peer.listen",
+            "own port",
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_provider_is_refused_listing_the_known_ones() {
+    assert_refused(
+        &GOOD.replace("provider: openai", "provider: openia"),
+        &[
+            "ai_endpoints[0].provider",
+            "unknown variant `openia`",
+            "`anthropic`",
+            "`gemini`",
+        ],
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_refused_with_the_flag_to_use() {
+    let out = run(&["--config", "/nonexistent/overlay.yaml", "up"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("/nonexistent/overlay.yaml") && err.contains("--config"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_instance_name_is_refused_listing_the_known_ones() {
+    let out = run(&["--config", SHIPPED, "--check", "peer", "--name", "carol"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("carol") && err.contains("behrooz, alice, bob, BOT"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_describes_every_flag_of_every_command() {
+    let top = String::from_utf8(run(&["--help"]).stdout).unwrap();
+    for needle in [
+        "controller",
+        "proxy",
+        "peer",
+        "up",
+        "--config",
+        "--data-dir",
+        "--check",
+        "--workers",
+    ] {
+        assert!(top.contains(needle), "overlay --help lacks {needle}: {top}");
+    }
+    let expected: &[(&str, &[&str])] = &[
+        ("controller", &["--listen"]),
+        (
+            "proxy",
+            &[
+                "--name",
+                "--listen",
+                "--advertise",
+                "--controller-url",
+                "--peer-url",
+            ],
+        ),
+        (
+            "peer",
+            &[
+                "--name",
+                "--listen",
+                "--advertise",
+                "--proxy-url",
+                "--proxy-listen",
+                "--proxy-advertise",
+                "--controller-url",
+            ],
+        ),
+        ("up", &["--host"]),
+    ];
+    for (cmd, flags) in expected {
+        let out = run(&[cmd, "--help"]);
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        for flag in *flags {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(flag))
+                .unwrap_or_else(|| panic!("overlay {cmd} --help lacks {flag}: {help}"));
+            // Each flag's line (or the next one, when wrapped) carries a description.
+            let described = line.split_whitespace().count() > 2
+                || help
+                    .lines()
+                    .skip_while(|l| l != &line)
+                    .nth(1)
+                    .is_some_and(|n| !n.trim().is_empty());
+            assert!(described, "{cmd} {flag} has no description: {help}");
+        }
+        for global in ["--config", "--data-dir", "--check"] {
+            assert!(help.contains(global), "overlay {cmd} --help lacks {global}");
+        }
+    }
+}
+
+/// The four-user demo with every listener on a free port (port 0), for running the real binary.
+fn port_zero_config(dir: &Path) -> PathBuf {
+    let shipped = std::fs::read_to_string(SHIPPED).unwrap();
+    let mut text = String::new();
+    for line in shipped.lines() {
+        // `listen: 127.0.0.1:NNNN` → `listen: 127.0.0.1:0`
+        match line.find("127.0.0.1:") {
+            Some(i) => {
+                let rest = &line[i + "127.0.0.1:".len()..];
+                let digits = rest.chars().take_while(char::is_ascii_digit).count();
+                text.push_str(&format!("{}127.0.0.1:0{}\n", &line[..i], &rest[digits..]));
+            }
+            None => text.push_str(&format!("{line}\n")),
+        }
+    }
+    write_config(dir, &text)
+}
+
+/// Reads the start-up table from the child's stdout: (label, url) for each server.
+fn read_url_table(child: &mut Child) -> Vec<(String, String)> {
+    let stdout = child.stdout.take().unwrap();
+    let mut rows = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if let (Some(label), Some(url)) = (cols.first(), cols.last()) {
+            if url.starts_with("http://") {
+                rows.push((label.to_string(), url.to_string()));
+            }
+        }
+    }
+    rows
+}
+
+#[actix_web::test]
+async fn up_serves_all_nine_listeners_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = port_zero_config(dir.path());
+    let mut child = overlay()
+        .args(["--config", config.to_str().unwrap()])
+        .args([
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "up",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rows = read_url_table(&mut child);
+    let labels: Vec<&str> = rows.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels.len(), 9, "{rows:?}");
+    assert_eq!(labels[0], "controller");
+    for name in ["alice", "bob", "behrooz", "BOT"] {
+        assert!(
+            labels.contains(&format!("proxy/{name}").as_str()),
+            "{labels:?}"
+        );
+        assert!(
+            labels.contains(&format!("peer/{name}").as_str()),
+            "{labels:?}"
+        );
+    }
+    let client = awc::Client::default();
+    for (label, url) in &rows {
+        let mut res = client
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{label} at {url} does not answer: {e}"));
+        assert_eq!(res.status(), 200, "{label}");
+        let health: overlay::web::Health = res.json().await.unwrap();
+        let (role, instance) = label.split_once('/').unwrap_or((label, ""));
+        assert_eq!(health.role, role);
+        assert_eq!(health.instance.as_deref().unwrap_or(""), instance);
+    }
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        out.status.success(),
+        "exit after SIGTERM: {:?}\n{err}",
+        out.status
+    );
+    assert!(
+        err.contains("shutting down 9 servers") && err.contains("stopped"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_taken_port_stops_start_up_with_a_message_naming_the_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &GOOD.replace("18000", &port.to_string()));
+    let out = run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("d").to_str().unwrap(),
+        "controller",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("controller.listen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_docker_compose_service_runs_a_valid_overlay_command() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let compose: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{root}/docker-compose.yml")).unwrap(),
+    )
+    .unwrap();
+    let services = compose["services"].as_mapping().expect("services");
+    assert_eq!(services.len(), 5, "controller + behrooz, alice, bob, BOT");
+    let dockerfile = std::fs::read_to_string(format!("{root}/Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(r#"ENTRYPOINT ["overlay"]"#),
+        "the image's entrypoint is overlay"
+    );
+    assert!(
+        dockerfile.contains("USER "),
+        "the image runs as a non-root user"
+    );
+    let mut published = Vec::new();
+    for (name, svc) in services {
+        let name = name.as_str().unwrap();
+        let command: Vec<String> = svc["command"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name}: command must be a list"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        // The image bakes config.yaml in and names it with OVERLAY_CONFIG; check against ours.
+        let out = overlay()
+            .env("OVERLAY_CONFIG", SHIPPED)
+            .args(&command)
+            .arg("--check")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: `overlay {}` is invalid: {}",
+            command.join(" "),
+            stderr(&out)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if name != "controller" {
+            assert!(
+                stdout.contains("would run peer") && stdout.contains("would run proxy"),
+                "{name}: {stdout}"
+            );
+            assert!(
+                command.iter().any(|a| a == "http://controller:8000"),
+                "{name} reaches the controller by service name"
+            );
+        }
+        for p in svc["ports"].as_sequence().into_iter().flatten() {
+            published.push(p.as_str().unwrap().to_string());
+        }
+    }
+    for port in ["8000", "5000", "5001", "5002", "5003"] {
+        assert!(
+            published.iter().any(|p| p.ends_with(&format!(":{port}"))),
+            "port {port} is published: {published:?}"
+        );
+    }
 }
