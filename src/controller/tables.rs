@@ -271,7 +271,10 @@ pub fn base_table(config: &Config, registered: &[KnownAddress], for_instance: &s
                 }
             }
         };
-        table.insert(inst.name.to_string(), Endpoint::Peer(peer));
+        // A proxy bound to port 0 that has not registered yet has no address anyone can use.
+        if peer.port != 0 {
+            table.insert(inst.name.to_string(), Endpoint::Peer(peer));
+        }
     }
     for ai in &config.ai_endpoints {
         if !ai.name.matches(for_instance) {
@@ -442,6 +445,14 @@ mod tests {
                 native: false
             })
         );
+    }
+
+    #[test]
+    fn an_unregistered_proxy_on_port_zero_is_left_out() {
+        let mut c = config();
+        c.instances[1].proxy.advertise = None;
+        c.instances[1].proxy.listen = "127.0.0.1:0".parse().unwrap();
+        assert!(!base_table(&c, &[], "alice").contains_key("bob"));
     }
 
     #[test]
