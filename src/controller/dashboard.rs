@@ -131,7 +131,7 @@ pub fn proxy_row(p: &ProxyView) -> Markup {
             (endpoint_table(p))
             details.editor {
                 summary { "Edit table as JSON" }
-                textarea.table-json spellcheck="false" rows=(table_json.lines().count().clamp(6, 24)) { (table_json) }
+                textarea.table-json spellcheck="false" rows=(table_json.lines().count().clamp(6, 18)) { (table_json) }
                 div.editor-actions {
                     button.save type="button" { "Validate and save" }
                     span.edit-msg role="status" {}
@@ -173,11 +173,7 @@ fn endpoint_table(p: &ProxyView) -> Markup {
     }
 }
 
-fn key_cell(
-    env: Option<&str>,
-    file: Option<&str>,
-    keys: &BTreeMap<String, KeyStatus>,
-) -> Markup {
+fn key_cell(env: Option<&str>, file: Option<&str>, keys: &BTreeMap<String, KeyStatus>) -> Markup {
     html! {
         @if let Some(var) = env {
             code { (var) } " "
@@ -239,7 +235,10 @@ mod tests {
         assert!(html.contains("alice&lt;script&gt;"), "{html}");
         assert!(html.contains(">01234567<"), "{html}");
         assert!(html.contains("127.0.0.1:10001"), "{html}");
-        assert!(html.contains("badge warn") && html.contains(">Warning<"), "{html}");
+        assert!(
+            html.contains("badge warn") && html.contains(">Warning<"),
+            "{html}"
+        );
     }
 
     #[test]

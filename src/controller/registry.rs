@@ -14,7 +14,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, LivenessConfig};
-use crate::wire::control_plane::{Endpoint, EndpointTable, RegisterRequest, TableUpdate, NATIVE_PROTOCOL};
+use crate::wire::control_plane::{
+    Endpoint, EndpointTable, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
+};
 
 use super::dashboard::{self, KeyStatus, ProxyView};
 use super::error::ControllerError;
@@ -218,7 +220,7 @@ impl Registry {
     /// Registered addresses, newest sign of life first.
     fn known_addresses(&self) -> Vec<KnownAddress> {
         let mut recs: Vec<&ProxyRecord> = self.proxies.values().collect();
-        recs.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms));
+        recs.sort_by_key(|r| std::cmp::Reverse(r.last_seen_ms));
         recs.into_iter()
             .map(|r| KnownAddress {
                 instance_name: r.instance_name.clone(),
@@ -298,7 +300,11 @@ impl Registry {
     }
 
     fn views(&self, now: u64) -> Vec<ProxyView> {
-        let mut v: Vec<ProxyView> = self.proxies.values().map(|r| self.view_of(r, now)).collect();
+        let mut v: Vec<ProxyView> = self
+            .proxies
+            .values()
+            .map(|r| self.view_of(r, now))
+            .collect();
         v.sort_by(|a, b| {
             a.instance_name
                 .to_ascii_lowercase()
@@ -346,11 +352,11 @@ impl Registry {
             })
             .collect();
         for row in rows {
-            self.to_dashboards("proxy", &row);
+            self.tell_dashboards("proxy", &row);
         }
     }
 
-    fn to_dashboards(&mut self, event: &str, data: &impl Serialize) {
+    fn tell_dashboards(&mut self, event: &str, data: &impl Serialize) {
         let Ok(d) = sse::Data::new_json(data) else {
             return;
         };
@@ -369,7 +375,7 @@ impl Registry {
             id: proxy_id.to_string(),
             last_seen_ms: now,
         };
-        self.to_dashboards("seen", &ev);
+        self.tell_dashboards("seen", &ev);
         // A sign of life can turn a Warning or Stale badge back to Active.
         self.sweep_badges(now);
         Ok(())
@@ -399,7 +405,7 @@ impl Registry {
     fn forget(&mut self, proxy_id: &str) {
         self.proxies.remove(proxy_id);
         self.badges.remove(proxy_id);
-        self.to_dashboards(
+        self.tell_dashboards(
             "removed",
             &RemovedEvent {
                 id: proxy_id.to_string(),
@@ -412,7 +418,10 @@ impl Registry {
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         let drop = self.sweep_badges(now_ms());
         for id in drop {
-            log::info!("dropping proxy {id}: no sign of life for over {} s", self.liveness().drop_after_secs);
+            log::info!(
+                "dropping proxy {id}: no sign of life for over {} s",
+                self.liveness().drop_after_secs
+            );
             self.forget(&id);
             let store = self.store.clone();
             ctx.spawn(
@@ -472,13 +481,31 @@ impl Handler<RegisterProxy> for Registry {
             registered_at_ms,
             last_seen_ms: now,
         };
+        // fixes original: a proxy restarted under a new id showed twice until the old entry
+        // was dropped; a registration from the same instance at the same address replaces it.
+        let replaces: Vec<String> = self
+            .proxies
+            .values()
+            .filter(|p| {
+                p.proxy_id != record.proxy_id
+                    && p.instance_name.eq_ignore_ascii_case(&record.instance_name)
+                    && p.host == record.host
+                    && p.port == record.port
+            })
+            .map(|p| p.proxy_id.clone())
+            .collect();
         let store = self.store.clone();
         let stored = record.clone();
+        let gone = replaces.clone();
         AtomicResponse::new(Box::pin(
-            async move { store.put_proxy(stored).await }
+            async move { store.put_proxy(stored, gone).await }
                 .into_actor(self)
                 .map(move |res, act, _ctx| {
                     res?;
+                    for old in &replaces {
+                        log::info!("proxy {old} replaced by {}", record.proxy_id);
+                        act.forget(old);
+                    }
                     log::info!(
                         "registered proxy {} ({}) at {}:{}",
                         record.proxy_id,

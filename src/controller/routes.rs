@@ -21,8 +21,8 @@ use crate::wire::legacy::{success, Endpoints, Note, Registered};
 use super::dashboard;
 use super::error::ControllerError;
 use super::registry::{
-    GetEndpoints, Heartbeat, ListProxies, RegisterProxy, Registry, RemoveProxy,
-    SubscribeDashboard, SubscribeTable, UpdateEndpoints, SUBSCRIBER_BUFFER,
+    GetEndpoints, Heartbeat, ListProxies, RegisterProxy, Registry, RemoveProxy, SubscribeDashboard,
+    SubscribeTable, UpdateEndpoints, SUBSCRIBER_BUFFER,
 };
 use super::tables::TablePatch;
 
@@ -39,12 +39,15 @@ type Reply = Result<HttpResponse, ControllerError>;
 
 /// The controller's route table, shared by the server and nothing else.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::PathConfig::default().error_handler(|e, _| {
-        ControllerError::BadRequest(format!("bad path: {e}")).into()
-    }))
-    .app_data(web::QueryConfig::default().error_handler(|e, _| {
-        ControllerError::BadRequest(format!("bad query string: {e}")).into()
-    }))
+    cfg.app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ControllerError::BadRequest(format!("bad path: {e}")).into()),
+    )
+    .app_data(
+        web::QueryConfig::default().error_handler(|e, _| {
+            ControllerError::BadRequest(format!("bad query string: {e}")).into()
+        }),
+    )
     .service(resource("/").route(web::get().to(dashboard_page)))
     .service(resource("/api/register").route(web::post().to(register)))
     .service(resource("/api/getendpoints").route(web::get().to(get_endpoints)))
@@ -182,7 +185,9 @@ fn port_field(v: &Value) -> Result<u16, ControllerError> {
 }
 
 /// A register body → a checked request.
-pub fn parse_register(m: &serde_json::Map<String, Value>) -> Result<RegisterRequest, ControllerError> {
+pub fn parse_register(
+    m: &serde_json::Map<String, Value>,
+) -> Result<RegisterRequest, ControllerError> {
     let fields: Vec<&'static str> = ["proxy_id", "instance_name", "host", "port"]
         .into_iter()
         .filter(|f| absent(m.get(*f)))

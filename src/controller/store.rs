@@ -59,7 +59,10 @@ impl Store {
     pub async fn open(data_dir: &Path) -> anyhow::Result<Store> {
         let path = data_dir.join("controller.redb");
         std::fs::create_dir_all(data_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create the data directory {}: {e}", data_dir.display())
+            anyhow::anyhow!(
+                "cannot create the data directory {}: {e}",
+                data_dir.display()
+            )
         })?;
         for attempt in 0..50 {
             let p = path.clone();
@@ -133,11 +136,19 @@ impl Store {
         .map_err(storage)?
     }
 
-    /// Stores (or replaces) a proxy; returns once it is durable.
-    pub async fn put_proxy(&self, record: ProxyRecord) -> Result<(), ControllerError> {
+    /// Stores (or replaces) a proxy and deletes the records it `replaces`, in one transaction;
+    /// returns once it is durable.
+    pub async fn put_proxy(
+        &self,
+        record: ProxyRecord,
+        replaces: Vec<String>,
+    ) -> Result<(), ControllerError> {
         let json = serde_json::to_string(&record).map_err(storage)?;
         self.write(move |tx| {
             let mut t = tx.open_table(PROXIES).map_err(storage)?;
+            for old in &replaces {
+                t.remove(old.as_str()).map_err(storage)?;
+            }
             t.insert(record.proxy_id.as_str(), json.as_str())
                 .map_err(storage)?;
             Ok(())

@@ -193,17 +193,26 @@ pub fn looks_like_key(s: &str) -> bool {
     if lower.starts_with("bearer ") || lower.starts_with("basic ") {
         return true;
     }
-    let prefixed = ["sk-", "sk_", "xai-", "gsk_", "hf_", "pk_", "rk_", "ghp_", "github_pat_"]
-        .iter()
-        .any(|p| t.starts_with(p))
+    let prefixed = [
+        "sk-",
+        "sk_",
+        "xai-",
+        "gsk_",
+        "hf_",
+        "pk_",
+        "rk_",
+        "ghp_",
+        "github_pat_",
+    ]
+    .iter()
+    .any(|p| t.starts_with(p))
         && t.len() >= 20;
     if prefixed || (t.starts_with("AIza") && t.len() >= 30) {
         return true;
     }
     // A long run of random-looking token characters (mixed case and digits, no spaces).
     t.len() >= 32
-        && t
-            .chars()
+        && t.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && t.chars().any(|c| c.is_ascii_digit())
         && t.chars().any(|c| c.is_ascii_lowercase())
@@ -228,9 +237,16 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
 /// The table config.yaml gives `for_instance`: every other instance as a peer (at the address
 /// it registered from, newest first in `registered`, else its advertised address), and every AI
 /// endpoint. An AI endpoint named like an instance takes that name.
-pub fn base_table(config: &Config, registered: &[KnownAddress], for_instance: &str) -> EndpointTable {
+pub fn base_table(
+    config: &Config,
+    registered: &[KnownAddress],
+    for_instance: &str,
+) -> EndpointTable {
     let mut table = EndpointTable::new();
-    let configured = config.instances.iter().any(|i| i.name.matches(for_instance));
+    let configured = config
+        .instances
+        .iter()
+        .any(|i| i.name.matches(for_instance));
     if !configured {
         // compat: an instance without its own table gets the `BOT` endpoint alone.
         if let Some(bot) = config.ai_endpoints.iter().find(|a| a.name.matches("BOT")) {
@@ -496,8 +512,15 @@ mod tests {
         let base = EndpointTable::new();
         let e = apply(&base, &patch(json!({"carol": {"host": "h"}}))).unwrap_err();
         assert!(e.contains("`carol`: port is missing"), "{e}");
-        let e = apply(&base, &patch(json!({"carol": {"host": "h", "port": 70000}}))).unwrap_err();
-        assert!(e.contains("port must be a whole number from 1 to 65535"), "{e}");
+        let e = apply(
+            &base,
+            &patch(json!({"carol": {"host": "h", "port": 70000}})),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("port must be a whole number from 1 to 65535"),
+            "{e}"
+        );
         let e = apply(&base, &patch(json!({"carol": {"port": 1}}))).unwrap_err();
         assert!(e.contains("host is missing"), "{e}");
         assert!(apply(&base, &patch(json!({"carol": {"host": "h", "port": 1}}))).is_ok());
@@ -506,7 +529,11 @@ mod tests {
     #[test]
     fn an_unknown_transform_or_provider_is_refused() {
         let base = base_table(&config(), &[], "alice");
-        let e = apply(&base, &patch(json!({"BOT": {"transform_request": "magic"}}))).unwrap_err();
+        let e = apply(
+            &base,
+            &patch(json!({"BOT": {"transform_request": "magic"}})),
+        )
+        .unwrap_err();
         assert!(e.contains("transform_request `magic` is unknown"), "{e}");
         let e = apply(&base, &patch(json!({"BOT": {"provider": "openia"}}))).unwrap_err();
         assert!(e.contains("unknown variant `openia`"), "{e}");

@@ -44,7 +44,10 @@ impl Ctl {
             .send_json(&body)
             .await
             .unwrap();
-        (res.status().as_u16(), res.json().limit(1 << 22).await.unwrap())
+        (
+            res.status().as_u16(),
+            res.json().limit(1 << 22).await.unwrap(),
+        )
     }
 
     async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
@@ -54,12 +57,18 @@ impl Ctl {
             .send_body(body)
             .await
             .unwrap();
-        (res.status().as_u16(), res.json().limit(1 << 22).await.unwrap())
+        (
+            res.status().as_u16(),
+            res.json().limit(1 << 22).await.unwrap(),
+        )
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
         let mut res = client().get(self.url(path)).send().await.unwrap();
-        (res.status().as_u16(), res.json().limit(1 << 22).await.unwrap())
+        (
+            res.status().as_u16(),
+            res.json().limit(1 << 22).await.unwrap(),
+        )
     }
 
     async fn register(&self, id: &str, name: &str, port: u16) -> Value {
@@ -208,7 +217,8 @@ async fn register_accepts_the_port_as_a_numeric_string() {
 #[actix_web::test]
 async fn register_without_a_required_field_is_400_missing_required_fields() {
     let ctl = start(&config()).await;
-    let full = json!({"proxy_id": "p1", "instance_name": "alice", "host": "127.0.0.1", "port": 4001});
+    let full =
+        json!({"proxy_id": "p1", "instance_name": "alice", "host": "127.0.0.1", "port": 4001});
     for field in ["proxy_id", "instance_name", "host", "port"] {
         let mut body = full.clone();
         body.as_object_mut().unwrap().remove(field);
@@ -228,6 +238,25 @@ async fn an_unknown_instance_gets_the_bot_endpoint_alone() {
     let body = ctl.register("p-x", "stranger", 4009).await;
     let names: Vec<&String> = body["endpoints"].as_object().unwrap().keys().collect();
     assert_eq!(names, ["BOT"]);
+}
+
+#[actix_web::test]
+async fn a_proxy_restarted_under_a_new_id_replaces_its_old_entry() {
+    let ctl = start(&config()).await;
+    ctl.register("alice-old", "alice", 4001).await;
+    ctl.register("bob-1", "bob", 4002).await;
+    ctl.register("alice-new", "alice", 4001).await;
+    let ids: Vec<Value> = ctl
+        .state()
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["proxy_id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("alice-new"), json!("bob-1")]);
+    let (status, _) = ctl.get("/api/getendpoints?proxy_id=alice-old").await;
+    assert_eq!(status, 404);
 }
 
 // ---- GET /api/getendpoints ----
@@ -273,14 +302,19 @@ async fn getendpoints_and_heartbeat_count_as_signs_of_life() {
 #[actix_web::test]
 async fn heartbeat_of_an_unknown_proxy_is_404_and_without_id_is_400() {
     let ctl = start(&config()).await;
-    let (status, body) = ctl.post("/api/heartbeat", json!({"proxy_id": "ghost"})).await;
+    let (status, body) = ctl
+        .post("/api/heartbeat", json!({"proxy_id": "ghost"}))
+        .await;
     assert_eq!((status, body), (404, error("Unknown proxy")));
     let (status, body) = ctl.post("/api/heartbeat", json!({})).await;
     assert_eq!(status, 400);
     assert_eq!(body["message"], "Missing required fields");
     let (status, body) = ctl.post("/api/heartbeat", json!({"proxy_id": 7})).await;
     assert_eq!(status, 400);
-    assert!(body["message"].as_str().unwrap().contains("proxy_id must be a string"));
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("proxy_id must be a string"));
 }
 
 // ---- POST /api/update_proxy_endpoints/{id} ----
@@ -307,7 +341,10 @@ async fn an_edit_is_deep_merged_and_answered_with_the_merged_table() {
     assert_eq!(now["endpoints"], body["endpoints"]);
     // Bob's own table is untouched.
     let (_, bob) = ctl.get("/api/getendpoints?proxy_id=p-bob").await;
-    assert_eq!(bob["endpoints"]["BOT"]["model_config"].get("temperature"), None);
+    assert_eq!(
+        bob["endpoints"]["BOT"]["model_config"].get("temperature"),
+        None
+    );
 }
 
 #[actix_web::test]
@@ -321,7 +358,10 @@ async fn an_edit_may_be_a_json_string_and_null_removes_an_entry() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["endpoints"]["carol"], json!({"host": "10.0.0.9", "port": 4444}));
+    assert_eq!(
+        body["endpoints"]["carol"],
+        json!({"host": "10.0.0.9", "port": 4444})
+    );
     assert!(body["endpoints"].get("GEMINI").is_none());
 }
 
@@ -329,7 +369,10 @@ async fn an_edit_may_be_a_json_string_and_null_removes_an_entry() {
 async fn an_edit_of_an_unknown_proxy_is_404() {
     let ctl = start(&config()).await;
     let (status, body) = ctl
-        .post("/api/update_proxy_endpoints/ghost", json!({"endpoints": {}}))
+        .post(
+            "/api/update_proxy_endpoints/ghost",
+            json!({"endpoints": {}}),
+        )
         .await;
     assert_eq!((status, body), (404, error("Unknown proxy")));
 }
@@ -340,19 +383,45 @@ async fn invalid_edits_are_refused_with_a_reason_and_change_nothing() {
     ctl.register("p-alice", "alice", 4001).await;
     let before = ctl.state().await;
     let cases = [
-        (json!({"endpoints": "{not json"}), "endpoints is a string but not valid JSON"),
-        (json!({"endpoints": [1, 2]}), "endpoints must be a JSON object"),
+        (
+            json!({"endpoints": "{not json"}),
+            "endpoints is a string but not valid JSON",
+        ),
+        (
+            json!({"endpoints": [1, 2]}),
+            "endpoints must be a JSON object",
+        ),
         (json!({"endpoints": 5}), "endpoints must be a JSON object"),
-        (json!({"endpoints": {"carol": {"host": "h"}}}), "`carol`: port is missing"),
-        (json!({"endpoints": {"carol": {"host": "h", "port": 70000}}}), "port must be a whole number from 1 to 65535"),
-        (json!({"endpoints": {"carol": {"host": "", "port": 1}}}), "host is empty"),
+        (
+            json!({"endpoints": {"carol": {"host": "h"}}}),
+            "`carol`: port is missing",
+        ),
+        (
+            json!({"endpoints": {"carol": {"host": "h", "port": 70000}}}),
+            "port must be a whole number from 1 to 65535",
+        ),
+        (
+            json!({"endpoints": {"carol": {"host": "", "port": 1}}}),
+            "host is empty",
+        ),
         (json!({"endpoints": {"carol": "h:1"}}), "must be an object"),
-        (json!({"endpoints": {"BOT": {"transform_request": "magic"}}}), "transform_request `magic` is unknown"),
-        (json!({"endpoints": {"BOT": {"provider": "openia"}}}), "unknown variant `openia`"),
-        (json!({"endpoints": {"bad name": {"host": "h", "port": 1}}}), "not a valid name"),
+        (
+            json!({"endpoints": {"BOT": {"transform_request": "magic"}}}),
+            "transform_request `magic` is unknown",
+        ),
+        (
+            json!({"endpoints": {"BOT": {"provider": "openia"}}}),
+            "unknown variant `openia`",
+        ),
+        (
+            json!({"endpoints": {"bad name": {"host": "h", "port": 1}}}),
+            "not a valid name",
+        ),
     ];
     for (edit, expected) in cases {
-        let (status, body) = ctl.post("/api/update_proxy_endpoints/p-alice", edit.clone()).await;
+        let (status, body) = ctl
+            .post("/api/update_proxy_endpoints/p-alice", edit.clone())
+            .await;
         assert_eq!(status, 400, "{edit}: {body}");
         assert_eq!(body["status"], "error");
         let msg = body["message"].as_str().unwrap();
@@ -361,7 +430,10 @@ async fn invalid_edits_are_refused_with_a_reason_and_change_nothing() {
     let (status, body) = ctl
         .post("/api/update_proxy_endpoints/p-alice", json!({"table": {}}))
         .await;
-    assert_eq!((status, &body["message"]), (400, &json!("Missing required fields")));
+    assert_eq!(
+        (status, &body["message"]),
+        (400, &json!("Missing required fields"))
+    );
     assert_eq!(ctl.state().await, before);
 }
 
@@ -377,7 +449,10 @@ async fn an_edit_that_puts_a_key_in_a_table_is_refused() {
         json!({"BOT": {"api_key_env": "sk-proj-0123456789abcdefghijKLMN"}}),
     ] {
         let (status, body) = ctl
-            .post("/api/update_proxy_endpoints/p-alice", json!({"endpoints": edit}))
+            .post(
+                "/api/update_proxy_endpoints/p-alice",
+                json!({"endpoints": edit}),
+            )
             .await;
         assert_eq!(status, 400, "{body}");
         let msg = body["message"].as_str().unwrap();
@@ -385,7 +460,10 @@ async fn an_edit_that_puts_a_key_in_a_table_is_refused() {
             msg.contains("put the key in an environment variable and name it in api_key_env"),
             "{msg}"
         );
-        assert!(!msg.contains("sk-") && !msg.contains("AIza"), "the key is echoed: {msg}");
+        assert!(
+            !msg.contains("sk-") && !msg.contains("AIza"),
+            "the key is echoed: {msg}"
+        );
     }
     assert_eq!(ctl.state().await, before);
 }
@@ -414,9 +492,18 @@ async fn the_dashboard_lists_proxies_and_never_shows_a_key() {
     ctl.register("0123456789abcdef", "alice", 4001).await;
     let mut res = client().get(ctl.url("/")).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
-    assert!(res.headers().get("content-type").unwrap().to_str().unwrap().starts_with("text/html"));
+    assert!(res
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let html = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
-    assert!(html.contains("alice") && html.contains(">01234567<"), "{html}");
+    assert!(
+        html.contains("alice") && html.contains(">01234567<"),
+        "{html}"
+    );
     assert!(html.contains("127.0.0.1:4001"));
     assert!(html.contains(">Active<"));
     assert!(html.contains("<code>PATH</code>") && html.contains(">set<"));
@@ -424,7 +511,11 @@ async fn the_dashboard_lists_proxies_and_never_shows_a_key() {
     let value = std::env::var("PATH").unwrap();
     assert!(!html.contains(&value), "a key's value is on the page");
     assert!(html.contains("/assets/dashboard.css") && html.contains("/assets/dashboard.js"));
-    for asset in ["/assets/dashboard.css", "/assets/dashboard.js", "/assets/style.css"] {
+    for asset in [
+        "/assets/dashboard.css",
+        "/assets/dashboard.js",
+        "/assets/style.css",
+    ] {
         let res = client().get(ctl.url(asset)).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 200, "{asset}");
     }
@@ -451,8 +542,16 @@ async fn bad_bodies_get_a_legacy_error_and_change_nothing() {
     for path in paths {
         let cases: [(Vec<u8>, u16, &str); 5] = [
             (b"{\"proxy_id\": ".to_vec(), 400, "invalid JSON"),
-            (vec![b'{', b'"', 0xff, 0xfe, b'"', b'}'], 400, "not valid UTF-8"),
-            (b"[1,2]".to_vec(), 400, "expected a JSON object body, got an array"),
+            (
+                vec![b'{', b'"', 0xff, 0xfe, b'"', b'}'],
+                400,
+                "not valid UTF-8",
+            ),
+            (
+                b"[1,2]".to_vec(),
+                400,
+                "expected a JSON object body, got an array",
+            ),
             (Vec::new(), 400, "got an empty body"),
             (huge.clone(), 413, "larger than the limit"),
         ];
@@ -466,13 +565,34 @@ async fn bad_bodies_get_a_legacy_error_and_change_nothing() {
     }
     // Wrong types.
     for (body, expected) in [
-        (json!({"proxy_id": 1, "instance_name": "a", "host": "h", "port": 1}), "proxy_id must be a string"),
-        (json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": "eighty"}), "port must be a whole number"),
-        (json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": 0}), "port must be a whole number"),
-        (json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": 1.5}), "port must be a whole number"),
-        (json!({"proxy_id": "p", "instance_name": "a/b", "host": "h", "port": 1}), "not a valid name"),
-        (json!({"proxy_id": "p", "instance_name": "a", "host": ["h"], "port": 1}), "host must be a string"),
-        (json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": 1, "protocol": 5}), "protocol must be"),
+        (
+            json!({"proxy_id": 1, "instance_name": "a", "host": "h", "port": 1}),
+            "proxy_id must be a string",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": "eighty"}),
+            "port must be a whole number",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": 0}),
+            "port must be a whole number",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": 1.5}),
+            "port must be a whole number",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a/b", "host": "h", "port": 1}),
+            "not a valid name",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a", "host": ["h"], "port": 1}),
+            "host must be a string",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": 1, "protocol": 5}),
+            "protocol must be",
+        ),
     ] {
         let (status, answer) = ctl.post("/api/register", body.clone()).await;
         assert_eq!(status, 400, "{body}");
@@ -517,7 +637,10 @@ async fn a_subscribed_proxy_receives_an_edit_without_polling() {
         .await
         .expect("the edit is pushed within a second");
     assert!(update["version"].as_u64().unwrap() > v0);
-    assert_eq!(update["endpoints"]["carol"], json!({"host": "10.0.0.9", "port": 4444}));
+    assert_eq!(
+        update["endpoints"]["carol"],
+        json!({"host": "10.0.0.9", "port": 4444})
+    );
 
     // Another user registering somewhere new changes alice's table too, and bob comes online.
     ctl.register("p-bob", "bob", 4002).await;
@@ -558,7 +681,9 @@ async fn a_silent_proxy_goes_stale_leaves_the_online_set_and_is_dropped() {
     let mut bob_stale_row = false;
     let mut bob_dropped = false;
     for _ in 0..50 {
-        let (status, _) = ctl.post("/api/heartbeat", json!({"proxy_id": "p-alice"})).await;
+        let (status, _) = ctl
+            .post("/api/heartbeat", json!({"proxy_id": "p-alice"}))
+            .await;
         assert_eq!(status, 200);
         while let Some((event, data)) = dash.next(Duration::from_millis(50)).await {
             match event.as_str() {
@@ -581,7 +706,14 @@ async fn a_silent_proxy_goes_stale_leaves_the_online_set_and_is_dropped() {
     assert!(bob_stale_row, "the dashboard shows bob Stale");
     assert!(bob_offline, "alice is told bob is offline");
     assert!(bob_dropped, "bob is dropped");
-    let ids: Vec<Value> = ctl.state().await.as_array().unwrap().iter().map(|p| p["proxy_id"].clone()).collect();
+    let ids: Vec<Value> = ctl
+        .state()
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["proxy_id"].clone())
+        .collect();
     assert_eq!(ids, [json!("p-alice")]);
 }
 
@@ -594,7 +726,10 @@ async fn the_dashboard_stream_announces_new_proxies_edits_and_removals() {
     ctl.register("p-alice", "alice", 4001).await;
     let row = dash.next_named("proxy", SOON).await.unwrap();
     assert_eq!(row["id"], "p-alice");
-    assert!(row["html"].as_str().unwrap().contains("id=\"proxy-p-alice\""));
+    assert!(row["html"]
+        .as_str()
+        .unwrap()
+        .contains("id=\"proxy-p-alice\""));
     ctl.post(
         "/api/update_proxy_endpoints/p-alice",
         json!({"endpoints": {"carol": {"host": "10.0.0.9", "port": 4444}}}),
@@ -630,7 +765,10 @@ async fn registrations_and_edits_survive_a_restart() {
     };
     let (status, body) = again.get("/api/getendpoints?proxy_id=p-alice").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["endpoints"]["carol"], json!({"host": "10.0.0.9", "port": 4444}));
+    assert_eq!(
+        body["endpoints"]["carol"],
+        json!({"host": "10.0.0.9", "port": 4444})
+    );
     let state = again.state().await;
     assert_eq!(state[0]["instance_name"], "alice");
     assert_eq!(state[0]["port"], 4001);
@@ -641,7 +779,7 @@ async fn registrations_and_edits_survive_a_restart() {
 
 /// Starts chromedriver on a free port; `None` (test skipped) when it is not installed and `CI`
 /// is not set.
-async fn chromedriver() -> Option<(std::process::Child, String)> {
+async fn chromedriver() -> Option<(Kill, String)> {
     let path = std::path::Path::new("/usr/bin/chromedriver");
     if !path.exists() {
         if std::env::var_os("CI").is_some() {
@@ -651,12 +789,14 @@ async fn chromedriver() -> Option<(std::process::Child, String)> {
         return None;
     }
     let port = free_listener().local_addr().unwrap().port();
-    let child = std::process::Command::new(path)
-        .arg(format!("--port={port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
+    let child = Kill(
+        std::process::Command::new(path)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
     let url = format!("http://127.0.0.1:{port}");
     for _ in 0..100 {
         if let Ok(mut res) = client().get(format!("{url}/status")).send().await {
@@ -684,21 +824,22 @@ impl Drop for Kill {
 async fn browser_dashboard_shows_proxies_and_a_new_one_appears_without_reload() {
     use fantoccini::{ClientBuilder, Locator};
 
-    let Some((child, driver)) = chromedriver().await else {
+    let Some((_chromedriver, driver)) = chromedriver().await else {
         return;
     };
-    let _driver = Kill(child);
     let profile = tempfile::tempdir().unwrap();
     let ctl = start(&config()).await;
-    ctl.register("a11ce000-1111-2222-3333-444455556666", "alice", 10001).await;
-    ctl.register("b0b00000-1111-2222-3333-444455556666", "bob", 10002).await;
+    ctl.register("a11ce000-1111-2222-3333-444455556666", "alice", 10001)
+        .await;
+    ctl.register("b0b00000-1111-2222-3333-444455556666", "bob", 10002)
+        .await;
 
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
         json!({"binary": "/usr/bin/chromium", "args": [
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,1000",
+            "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,1500",
             format!("--user-data-dir={}", profile.path().display())
         ]}),
     );
@@ -720,9 +861,12 @@ async fn browser_dashboard_shows_proxies_and_a_new_one_appears_without_reload() 
             .at_most(Duration::from_secs(10))
             .for_element(Locator::Css("#live.on"))
             .await?;
-        browser.execute("window.__marker = 'no reload';", vec![]).await?;
+        browser
+            .execute("window.__marker = 'no reload';", vec![])
+            .await?;
 
-        ctl.register("b07b07b0-1111-2222-3333-444455556666", "BOT", 10003).await;
+        ctl.register("b07b07b0-1111-2222-3333-444455556666", "BOT", 10003)
+            .await;
         let row = browser
             .wait()
             .at_most(Duration::from_secs(10))
@@ -731,20 +875,98 @@ async fn browser_dashboard_shows_proxies_and_a_new_one_appears_without_reload() 
         assert!(row.text().await?.contains("BOT"));
         let marker = browser.execute("return window.__marker;", vec![]).await?;
         assert_eq!(marker, json!("no reload"), "the page was reloaded");
-        let count = browser.find(Locator::Id("count-proxies")).await?.text().await?;
+        let count = browser
+            .find(Locator::Id("count-proxies"))
+            .await?
+            .text()
+            .await?;
         assert_eq!(count, "3");
 
-        // Open one editor so the screenshot shows it, then keep the picture.
+        // An invalid edit is refused with the reason, and nothing changes.
+        let alice = "#proxy-a11ce000-1111-2222-3333-444455556666";
         browser
-            .execute(
-                "document.querySelector('#proxy-a11ce000-1111-2222-3333-444455556666 details.editor').open = true;",
-                vec![],
-            )
+            .find(Locator::Css(&format!("{alice} details.editor summary")))
+            .await?
+            .click()
             .await?;
+        let textarea = browser
+            .find(Locator::Css(&format!("{alice} textarea.table-json")))
+            .await?;
+        textarea.clear().await?;
+        textarea.send_keys(r#"{"bob": {"port": 70000}}"#).await?;
+        browser
+            .find(Locator::Css(&format!("{alice} button.save")))
+            .await?
+            .click()
+            .await?;
+        let msg = browser
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(&format!("{alice} .edit-msg.bad")))
+            .await?
+            .text()
+            .await?;
+        assert!(
+            msg.contains("port must be a whole number from 1 to 65535"),
+            "{msg}"
+        );
+        assert!(msg.contains("Nothing was changed"), "{msg}");
+        let (_, table) = ctl
+            .get("/api/getendpoints?proxy_id=a11ce000-1111-2222-3333-444455556666")
+            .await;
+        assert_eq!(table["endpoints"]["bob"]["port"], 10002);
+        // Keep a picture: three proxies (the new one included) and a refused edit.
         let png = browser.screenshot().await?;
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("dashboard.png"), png).unwrap();
+
+        // A valid one is applied and the row shows it.
+        let textarea = browser
+            .find(Locator::Css(&format!("{alice} textarea.table-json")))
+            .await?;
+        textarea.clear().await?;
+        textarea.send_keys(r#"{"bob": {"port": 10102}}"#).await?;
+        browser
+            .find(Locator::Css(&format!("{alice} button.save")))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(&format!("{alice} .edit-msg.ok")))
+            .await?;
+        let (_, table) = ctl
+            .get("/api/getendpoints?proxy_id=a11ce000-1111-2222-3333-444455556666")
+            .await;
+        assert_eq!(table["endpoints"]["bob"]["port"], 10102);
+
+        // Remove asks first; accepting removes the row.
+        browser
+            .find(Locator::Css(
+                "#proxy-b07b07b0-1111-2222-3333-444455556666 button.remove",
+            ))
+            .await?
+            .click()
+            .await?;
+        browser.accept_alert().await?;
+        for _ in 0..100 {
+            let left = browser.find_all(Locator::Css("section.proxy")).await?.len();
+            if left == 2 {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            browser.find_all(Locator::Css("section.proxy")).await?.len(),
+            2
+        );
+        let (status, _) = ctl
+            .get("/api/getendpoints?proxy_id=b07b07b0-1111-2222-3333-444455556666")
+            .await;
+        assert_eq!(status, 404);
+
         Ok::<_, fantoccini::error::CmdError>(())
     }
     .await;
