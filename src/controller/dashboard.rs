@@ -31,6 +31,8 @@ pub struct ProxyView {
     pub protocol: Option<String>,
     pub registered_at_ms: u64,
     pub last_seen_ms: u64,
+    /// How long ago that was, when the view was made (the page's script keeps it ticking).
+    pub age_secs: u64,
     pub badge: Badge,
     pub table: EndpointTable,
     /// `api_key_env` name → whether it is set in the controller's environment.
@@ -99,6 +101,16 @@ pub fn proxy_rows(proxies: &[ProxyView]) -> Markup {
     html! { @for p in proxies { (proxy_row(p)) } }
 }
 
+/// `just now`, `12 s ago`, `3 min ago`, `2 h 5 min ago` (as the page's script writes it).
+pub fn ago(secs: u64) -> String {
+    match secs {
+        0..=2 => "just now".to_string(),
+        3..=59 => format!("{secs} s ago"),
+        60..=3599 => format!("{} min ago", secs / 60),
+        _ => format!("{} h {} min ago", secs / 3600, secs / 60 % 60),
+    }
+}
+
 fn badge_class(b: Badge) -> &'static str {
     match b {
         Badge::Active => "badge ok",
@@ -123,7 +135,7 @@ pub fn proxy_row(p: &ProxyView) -> Markup {
                 }
                 div.where {
                     span.addr { (p.host) ":" (p.port) }
-                    span.seen title="last sign of life" { "seen " span.ago { "just now" } }
+                    span.seen title="last sign of life" { "seen " span.ago { (ago(p.age_secs)) } }
                     span class=(badge_class(p.badge)) { (p.badge.as_str()) }
                 }
                 button.remove type="button" title="remove this proxy from the registry" { "Remove" }
@@ -223,6 +235,7 @@ mod tests {
             protocol: Some("overlay/1".into()),
             registered_at_ms: 1,
             last_seen_ms: 2,
+            age_secs: 75,
             badge: Badge::Warning,
             table,
             keys: [("OPENAI_API_KEY".to_string(), KeyStatus { set: true })].into(),
@@ -234,6 +247,7 @@ mod tests {
         let html = proxy_row(&view()).into_string();
         assert!(html.contains("alice&lt;script&gt;"), "{html}");
         assert!(html.contains(">01234567<"), "{html}");
+        assert!(html.contains("1 min ago"), "{html}");
         assert!(html.contains("127.0.0.1:10001"), "{html}");
         assert!(
             html.contains("badge warn") && html.contains(">Warning<"),

@@ -61,7 +61,9 @@ pub async fn start(settings: ControllerSettings, listener: TcpListener) -> anyho
     })
     .workers(settings.workers)
     .disable_signals()
-    .shutdown_timeout(5)
+    // Every request but the SSE streams ends in milliseconds, and the streams (every proxy
+    // holds one) never end by themselves: a graceful stop waits this long for them, no longer.
+    .shutdown_timeout(1)
     .listen(listener)?
     .run();
     log::info!("{label} listening on {addr}");

@@ -293,6 +293,7 @@ impl Registry {
             protocol: rec.protocol.clone(),
             registered_at_ms: rec.registered_at_ms,
             last_seen_ms: rec.last_seen_ms,
+            age_secs: age(rec.last_seen_ms, now).as_secs(),
             badge: badge(age(rec.last_seen_ms, now), self.liveness()),
             table,
             keys,

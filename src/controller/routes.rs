@@ -145,7 +145,10 @@ fn absent(v: Option<&Value>) -> bool {
     }
 }
 
-fn string_field(m: &serde_json::Map<String, Value>, name: &str) -> Result<String, ControllerError> {
+fn string_field(
+    m: &serde_json::Map<String, Value>,
+    name: &'static str,
+) -> Result<String, ControllerError> {
     match m.get(name) {
         Some(Value::String(s)) => {
             let s = s.trim();
@@ -159,13 +162,7 @@ fn string_field(m: &serde_json::Map<String, Value>, name: &str) -> Result<String
         Some(other) => Err(ControllerError::BadRequest(format!(
             "{name} must be a string, got {other}"
         ))),
-        None => Err(ControllerError::MissingFields {
-            fields: vec![match name {
-                "proxy_id" => "proxy_id",
-                "instance_name" => "instance_name",
-                _ => "host",
-            }],
-        }),
+        None => Err(ControllerError::MissingFields { fields: vec![name] }),
     }
 }
 
@@ -196,6 +193,7 @@ pub fn parse_register(
         return Err(ControllerError::MissingFields { fields });
     }
     let proxy_id = string_field(m, "proxy_id")?;
+    check_proxy_id(&proxy_id)?;
     let instance_name = string_field(m, "instance_name")?;
     InstanceName::parse(&instance_name)
         .map_err(|e| ControllerError::BadRequest(format!("instance_name: {e}")))?;
@@ -217,6 +215,16 @@ pub fn parse_register(
         port,
         protocol,
     })
+}
+
+/// An id must be usable in a URL path segment (`/api/remove_proxy/{proxy_id}`).
+fn check_proxy_id(id: &str) -> Result<(), ControllerError> {
+    if id.len() > 128 || id.contains(['/', '?', '#', '%', '\\']) {
+        return Err(ControllerError::BadRequest(
+            "proxy_id must be at most 128 characters without `/`, `?`, `#`, `%` or `\\`".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn proxy_id_of(m: &serde_json::Map<String, Value>) -> Result<String, ControllerError> {

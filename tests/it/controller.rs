@@ -570,6 +570,10 @@ async fn bad_bodies_get_a_legacy_error_and_change_nothing() {
             "proxy_id must be a string",
         ),
         (
+            json!({"proxy_id": "a/b", "instance_name": "a", "host": "h", "port": 1}),
+            "proxy_id must be at most 128 characters without `/`",
+        ),
+        (
             json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": "eighty"}),
             "port must be a whole number",
         ),
