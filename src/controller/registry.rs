@@ -425,7 +425,9 @@ impl Registry {
             );
             self.forget(&id);
             let store = self.store.clone();
-            ctx.spawn(
+            // `wait`, not `spawn`: no message (a re-registration of this id) runs before the
+            // deletion is stored, so it cannot delete the newer record.
+            ctx.wait(
                 async move {
                     if let Err(e) = store.delete_proxy(id.clone()).await {
                         log::warn!("could not delete dropped proxy {id} from the store: {e}");

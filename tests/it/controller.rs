@@ -684,7 +684,7 @@ async fn a_silent_proxy_goes_stale_leaves_the_online_set_and_is_dropped() {
     let mut bob_offline = false;
     let mut bob_stale_row = false;
     let mut bob_dropped = false;
-    for _ in 0..50 {
+    for _ in 0..150 {
         let (status, _) = ctl
             .post("/api/heartbeat", json!({"proxy_id": "p-alice"}))
             .await;
