@@ -103,6 +103,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../assets/dashboard.js"),
     ),
     (
+        "dashboard.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../assets/dashboard.css"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_bytes!("../assets/favicon.svg"),

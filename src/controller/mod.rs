@@ -1,29 +1,69 @@
-//! The controller role: see the crate docs for its place in the picture.
+//! The controller role: the registry of proxies, their endpoint tables (pushed live to proxies
+//! that subscribe), the original's control-plane API, and the live dashboard.
+//!
+//! - [`registry`]: the `Registry` actor, owner of all mutable state, and the liveness rules.
+//! - [`tables`]: pure table logic: config → table, deep-merged edits, validation, secret refusal.
+//! - [`store`]: redb persistence of registrations and edits.
+//! - [`routes`]: the HTTP routes (legacy and `/api/v1/`), thin.
+//! - [`dashboard`]: the maud views.
+//! - [`error`]: the role's error type and its legacy-shaped answers.
 //!
 //! [`start`] is the role's one door: the binary and the tests both call it with a bound
-//! listener (port 0 in tests) and get back a [`Running`] server.
+//! listener (port 0 in tests) and get back a [`Running`] server. It never carries chat traffic.
+
+pub mod dashboard;
+pub mod error;
+pub mod registry;
+pub mod routes;
+pub mod store;
+pub mod tables;
 
 use std::net::TcpListener;
 
-use actix_web::{App, HttpServer};
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
 
 use crate::config::ControllerSettings;
-use crate::web::{common_routes, Health, Running};
+use crate::web::{common_routes, role_arbiter, Health, Running};
+
+use self::registry::Registry;
+use self::routes::AppState;
+use self::store::Store;
 
 /// Starts the controller on `listener`. Must be called inside an actix system.
 pub async fn start(settings: ControllerSettings, listener: TcpListener) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let label = "controller".to_string();
-    let instance: Option<String> = None;
+    let store = Store::open(&settings.data_dir).await?;
+    let loaded = store
+        .load()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the controller store: {e}"))?;
+    let arbiter = role_arbiter(&label);
+    let config = settings.config.clone();
+    let registry = Registry::start_in_arbiter(&arbiter.handle(), move |_| {
+        Registry::new(config, store, loaded)
+    });
+    let state = web::Data::new(AppState {
+        registry,
+        max_body_bytes: settings.config.delivery.max_body_bytes,
+        instances: settings.config.instances.len(),
+        ai_endpoints: settings.config.ai_endpoints.len(),
+    });
     let tag = label.clone();
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         App::new()
-            .configure(|cfg| common_routes(cfg, Health::new("controller", instance.as_deref())))
+            .app_data(state.clone())
+            .configure(|cfg| common_routes(cfg, Health::new("controller", None)))
+            .configure(routes::configure)
+            .default_service(web::to(routes::no_route))
     })
     .workers(settings.workers)
     .disable_signals()
-    .shutdown_timeout(5)
+    // Every request but the SSE streams ends in milliseconds, and the streams (every proxy
+    // holds one) never end by themselves: a graceful stop waits this long for them, no longer.
+    .shutdown_timeout(1)
     .listen(listener)?
     .run();
     log::info!("{label} listening on {addr}");
@@ -31,6 +71,11 @@ pub async fn start(settings: ControllerSettings, listener: TcpListener) -> anyho
         label,
         addr,
         server,
-        on_stop: Vec::new(),
+        // Stopping the registry's arbiter drops the registry and with it the store, so the
+        // redb file is free for the next controller on this data directory.
+        on_stop: vec![Box::new(move || {
+            arbiter.stop();
+            let _ = arbiter.join();
+        })],
     })
 }

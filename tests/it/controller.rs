@@ -1,1 +1,979 @@
-//! Integration tests: controller.
+//! Integration tests: controller. The original's API row by row (errors included), live table
+//! push, liveness, restart persistence, bad input on every endpoint, and the dashboard in a
+//! headless Chromium.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use overlay::config::Config;
+use serde_json::{json, Value};
+
+use crate::helpers::{client, config_for, free_listener, spawn_controller, Spawned};
+
+/// alice, bob and BOT, plus the AI endpoints BOT (OpenAI, key variable set) and GEMINI (unset).
+fn config() -> Config {
+    let mut c = config_for(&[("alice", &[]), ("bob", &[]), ("BOT", &[])]);
+    c.ai_endpoints = serde_yaml::from_str(
+        "- {name: BOT, provider: openai, model: gpt-4o-mini, api_key_env: PATH}\n\
+         - {name: GEMINI, provider: gemini, model: gemini-2.5-flash, api_key_env: OVERLAY_TEST_UNSET_KEY_VAR}\n",
+    )
+    .unwrap();
+    c
+}
+
+struct Ctl {
+    server: Spawned,
+    dir: tempfile::TempDir,
+}
+
+async fn start(config: &Config) -> Ctl {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_controller(config, dir.path(), free_listener()).await;
+    Ctl { server, dir }
+}
+
+impl Ctl {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.url)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let mut res = client()
+            .post(self.url(path))
+            .send_json(&body)
+            .await
+            .unwrap();
+        (
+            res.status().as_u16(),
+            res.json().limit(1 << 22).await.unwrap(),
+        )
+    }
+
+    async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let mut res = client()
+            .post(self.url(path))
+            .insert_header(("content-type", "application/json"))
+            .send_body(body)
+            .await
+            .unwrap();
+        (
+            res.status().as_u16(),
+            res.json().limit(1 << 22).await.unwrap(),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let mut res = client().get(self.url(path)).send().await.unwrap();
+        (
+            res.status().as_u16(),
+            res.json().limit(1 << 22).await.unwrap(),
+        )
+    }
+
+    async fn register(&self, id: &str, name: &str, port: u16) -> Value {
+        let (status, body) = self
+            .post(
+                "/api/register",
+                json!({"proxy_id": id, "instance_name": name, "host": "127.0.0.1",
+                       "port": port, "protocol": "overlay/1"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Everything the controller holds, as `GET /api/v1/proxies` shows it.
+    async fn state(&self) -> Value {
+        let (status, body) = self.get("/api/v1/proxies").await;
+        assert_eq!(status, 200);
+        body
+    }
+}
+
+fn error(message: &str) -> Value {
+    json!({"status": "error", "message": message})
+}
+
+/// A minimal SSE client over awc: yields (event, data) pairs, skipping comments.
+struct Events {
+    body: Pin<Box<dyn Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>>>>,
+    buf: String,
+}
+
+impl Events {
+    async fn open(url: &str) -> Events {
+        let res = client()
+            .get(url)
+            .insert_header(("accept", "text/event-stream"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{url}");
+        let ct = res.headers().get("content-type").unwrap().to_str().unwrap();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        Events {
+            body: Box::pin(res),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event, or `None` if none arrives within `within` (or the stream ends).
+    async fn next(&mut self, within: Duration) -> Option<(String, Value)> {
+        let deadline = actix_rt::time::Instant::now() + within;
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                let mut event = "message".to_string();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(e) = line.strip_prefix("event:") {
+                        event = e.trim().to_string();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                return Some((event, serde_json::from_str(&data).unwrap()));
+            }
+            let left = deadline.saturating_duration_since(actix_rt::time::Instant::now());
+            let chunk = actix_rt::time::timeout(left, self.body.next()).await;
+            match chunk {
+                Ok(Some(Ok(bytes))) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event named `name` (others skipped), within `within`.
+    async fn next_named(&mut self, name: &str, within: Duration) -> Option<Value> {
+        let deadline = actix_rt::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(actix_rt::time::Instant::now());
+            let (event, data) = self.next(left).await?;
+            if event == name {
+                return Some(data);
+            }
+        }
+    }
+}
+
+const SOON: Duration = Duration::from_secs(5);
+
+// ---- POST /api/register ----
+
+#[actix_web::test]
+async fn register_answers_success_with_the_table_of_the_other_users_and_the_ai_endpoints() {
+    let ctl = start(&config()).await;
+    ctl.register("bob-1", "bob", 4002).await;
+    let body = ctl.register("alice-1", "alice", 4001).await;
+    assert_eq!(body["status"], "success");
+    assert!(body["message"].as_str().unwrap().contains("alice-1"));
+    let endpoints = body["endpoints"].as_object().unwrap();
+    let names: Vec<&str> = endpoints.keys().map(String::as_str).collect();
+    // BOT is the AI endpoint (it takes the instance's name); alice is not in her own table.
+    assert_eq!(names, ["BOT", "GEMINI", "bob"]);
+    assert_eq!(
+        endpoints["bob"],
+        json!({"host": "127.0.0.1", "port": 4002, "native": true})
+    );
+    assert_eq!(endpoints["BOT"]["is_api"], true);
+    assert_eq!(endpoints["BOT"]["transform_request"], "openai_chat");
+    assert_eq!(endpoints["BOT"]["api_key_env"], "PATH");
+}
+
+#[actix_web::test]
+async fn an_original_proxy_registers_without_protocol_and_is_not_native() {
+    let ctl = start(&config()).await;
+    let (status, _) = ctl
+        .post(
+            "/api/register",
+            json!({"proxy_id": "p-bob", "instance_name": "bob", "host": "127.0.0.1", "port": 4002}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body = ctl.register("p-alice", "alice", 4001).await;
+    assert_eq!(
+        body["endpoints"]["bob"],
+        json!({"host": "127.0.0.1", "port": 4002})
+    );
+}
+
+#[actix_web::test]
+async fn register_accepts_the_port_as_a_numeric_string() {
+    let ctl = start(&config()).await;
+    let (status, body) = ctl
+        .post(
+            "/api/register",
+            json!({"proxy_id": "p1", "instance_name": "bob", "host": "10.1.2.3", "port": "4002"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ctl.state().await[0]["port"], 4002);
+}
+
+#[actix_web::test]
+async fn register_without_a_required_field_is_400_missing_required_fields() {
+    let ctl = start(&config()).await;
+    let full =
+        json!({"proxy_id": "p1", "instance_name": "alice", "host": "127.0.0.1", "port": 4001});
+    for field in ["proxy_id", "instance_name", "host", "port"] {
+        let mut body = full.clone();
+        body.as_object_mut().unwrap().remove(field);
+        let (status, answer) = ctl.post("/api/register", body).await;
+        assert_eq!(status, 400);
+        assert_eq!(answer["status"], "error");
+        assert_eq!(answer["message"], "Missing required fields");
+        assert_eq!(answer["missing"], json!([field]));
+    }
+    assert_eq!(ctl.state().await, json!([]));
+}
+
+#[actix_web::test]
+async fn an_unknown_instance_gets_the_bot_endpoint_alone() {
+    let ctl = start(&config()).await;
+    // compat: the original gives an instance without its own table the BOT endpoint alone.
+    let body = ctl.register("p-x", "stranger", 4009).await;
+    let names: Vec<&String> = body["endpoints"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["BOT"]);
+}
+
+#[actix_web::test]
+async fn a_proxy_restarted_under_a_new_id_replaces_its_old_entry() {
+    let ctl = start(&config()).await;
+    ctl.register("alice-old", "alice", 4001).await;
+    ctl.register("bob-1", "bob", 4002).await;
+    ctl.register("alice-new", "alice", 4001).await;
+    let ids: Vec<Value> = ctl
+        .state()
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["proxy_id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("alice-new"), json!("bob-1")]);
+    let (status, _) = ctl.get("/api/getendpoints?proxy_id=alice-old").await;
+    assert_eq!(status, 404);
+}
+
+// ---- GET /api/getendpoints ----
+
+#[actix_web::test]
+async fn getendpoints_answers_the_table_and_404_for_an_unknown_proxy() {
+    let ctl = start(&config()).await;
+    let registered = ctl.register("p-alice", "alice", 4001).await;
+    let (status, body) = ctl.get("/api/getendpoints?proxy_id=p-alice").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "success");
+    assert_eq!(body["endpoints"], registered["endpoints"]);
+
+    let (status, body) = ctl.get("/api/getendpoints?proxy_id=nobody").await;
+    assert_eq!((status, body), (404, error("Unknown proxy")));
+    let (status, body) = ctl.get("/api/getendpoints").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["message"], "Missing required fields");
+}
+
+#[actix_web::test]
+async fn getendpoints_and_heartbeat_count_as_signs_of_life() {
+    let ctl = start(&config()).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    let mut dash = Events::open(&ctl.url("/api/v1/dashboard/stream")).await;
+    dash.next_named("snapshot", SOON).await.unwrap();
+
+    let (status, _) = ctl.get("/api/getendpoints?proxy_id=p-alice").await;
+    assert_eq!(status, 200);
+    let seen = dash.next_named("seen", SOON).await.expect("a seen event");
+    assert_eq!(seen["id"], "p-alice");
+
+    let (status, body) = ctl
+        .post("/api/heartbeat", json!({"proxy_id": "p-alice"}))
+        .await;
+    assert_eq!((status, &body["status"]), (200, &json!("success")));
+    let seen = dash.next_named("seen", SOON).await.expect("a seen event");
+    assert_eq!(seen["id"], "p-alice");
+}
+
+// ---- POST /api/heartbeat ----
+
+#[actix_web::test]
+async fn heartbeat_of_an_unknown_proxy_is_404_and_without_id_is_400() {
+    let ctl = start(&config()).await;
+    let (status, body) = ctl
+        .post("/api/heartbeat", json!({"proxy_id": "ghost"}))
+        .await;
+    assert_eq!((status, body), (404, error("Unknown proxy")));
+    let (status, body) = ctl.post("/api/heartbeat", json!({})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["message"], "Missing required fields");
+    let (status, body) = ctl.post("/api/heartbeat", json!({"proxy_id": 7})).await;
+    assert_eq!(status, 400);
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("proxy_id must be a string"));
+}
+
+// ---- POST /api/update_proxy_endpoints/{id} ----
+
+#[actix_web::test]
+async fn an_edit_is_deep_merged_and_answered_with_the_merged_table() {
+    let ctl = start(&config()).await;
+    ctl.register("p-bob", "bob", 4002).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    let (status, body) = ctl
+        .post(
+            "/api/update_proxy_endpoints/p-alice",
+            json!({"endpoints": {"bob": {"port": 4102}, "BOT": {"model_config": {"temperature": 0.2}}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "success");
+    let e = &body["endpoints"];
+    assert_eq!(e["bob"]["host"], "127.0.0.1");
+    assert_eq!(e["bob"]["port"], 4102);
+    assert_eq!(e["BOT"]["model_config"]["model"], "gpt-4o-mini");
+    assert_eq!(e["BOT"]["model_config"]["temperature"], 0.2);
+    let (_, now) = ctl.get("/api/getendpoints?proxy_id=p-alice").await;
+    assert_eq!(now["endpoints"], body["endpoints"]);
+    // Bob's own table is untouched.
+    let (_, bob) = ctl.get("/api/getendpoints?proxy_id=p-bob").await;
+    assert_eq!(
+        bob["endpoints"]["BOT"]["model_config"].get("temperature"),
+        None
+    );
+}
+
+#[actix_web::test]
+async fn an_edit_may_be_a_json_string_and_null_removes_an_entry() {
+    let ctl = start(&config()).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    let (status, body) = ctl
+        .post(
+            "/api/update_proxy_endpoints/p-alice",
+            json!({"endpoints": "{\"carol\": {\"host\": \"10.0.0.9\", \"port\": 4444}, \"GEMINI\": null}"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["endpoints"]["carol"],
+        json!({"host": "10.0.0.9", "port": 4444})
+    );
+    assert!(body["endpoints"].get("GEMINI").is_none());
+}
+
+#[actix_web::test]
+async fn an_edit_of_an_unknown_proxy_is_404() {
+    let ctl = start(&config()).await;
+    let (status, body) = ctl
+        .post(
+            "/api/update_proxy_endpoints/ghost",
+            json!({"endpoints": {}}),
+        )
+        .await;
+    assert_eq!((status, body), (404, error("Unknown proxy")));
+}
+
+#[actix_web::test]
+async fn invalid_edits_are_refused_with_a_reason_and_change_nothing() {
+    let ctl = start(&config()).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    let before = ctl.state().await;
+    let cases = [
+        (
+            json!({"endpoints": "{not json"}),
+            "endpoints is a string but not valid JSON",
+        ),
+        (
+            json!({"endpoints": [1, 2]}),
+            "endpoints must be a JSON object",
+        ),
+        (json!({"endpoints": 5}), "endpoints must be a JSON object"),
+        (
+            json!({"endpoints": {"carol": {"host": "h"}}}),
+            "`carol`: port is missing",
+        ),
+        (
+            json!({"endpoints": {"carol": {"host": "h", "port": 70000}}}),
+            "port must be a whole number from 1 to 65535",
+        ),
+        (
+            json!({"endpoints": {"carol": {"host": "", "port": 1}}}),
+            "host is empty",
+        ),
+        (json!({"endpoints": {"carol": "h:1"}}), "must be an object"),
+        (
+            json!({"endpoints": {"BOT": {"transform_request": "magic"}}}),
+            "transform_request `magic` is unknown",
+        ),
+        (
+            json!({"endpoints": {"BOT": {"provider": "openia"}}}),
+            "unknown variant `openia`",
+        ),
+        (
+            json!({"endpoints": {"bad name": {"host": "h", "port": 1}}}),
+            "not a valid name",
+        ),
+    ];
+    for (edit, expected) in cases {
+        let (status, body) = ctl
+            .post("/api/update_proxy_endpoints/p-alice", edit.clone())
+            .await;
+        assert_eq!(status, 400, "{edit}: {body}");
+        assert_eq!(body["status"], "error");
+        let msg = body["message"].as_str().unwrap();
+        assert!(msg.contains(expected), "{edit}: {msg}");
+    }
+    let (status, body) = ctl
+        .post("/api/update_proxy_endpoints/p-alice", json!({"table": {}}))
+        .await;
+    assert_eq!(
+        (status, &body["message"]),
+        (400, &json!("Missing required fields"))
+    );
+    assert_eq!(ctl.state().await, before);
+}
+
+#[actix_web::test]
+async fn an_edit_that_puts_a_key_in_a_table_is_refused() {
+    let ctl = start(&config()).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    let before = ctl.state().await;
+    for edit in [
+        json!({"BOT": {"headers": {"Authorization": "Bearer sk-live-123"}}}),
+        json!({"BOT": {"headers": {"x-api-key": "abc"}}}),
+        json!({"GEMINI": {"params": {"key": "AIzaSyA0123456789abcdefghijklmnopqrs"}}}),
+        json!({"BOT": {"api_key_env": "sk-proj-0123456789abcdefghijKLMN"}}),
+    ] {
+        let (status, body) = ctl
+            .post(
+                "/api/update_proxy_endpoints/p-alice",
+                json!({"endpoints": edit}),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        let msg = body["message"].as_str().unwrap();
+        assert!(
+            msg.contains("put the key in an environment variable and name it in api_key_env"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("sk-") && !msg.contains("AIza"),
+            "the key is echoed: {msg}"
+        );
+    }
+    assert_eq!(ctl.state().await, before);
+}
+
+// ---- POST /api/remove_proxy/{id} ----
+
+#[actix_web::test]
+async fn remove_answers_200_then_404() {
+    let ctl = start(&config()).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    let (status, body) = ctl.post("/api/remove_proxy/p-alice", json!({})).await;
+    assert_eq!((status, &body["status"]), (200, &json!("success")));
+    assert_eq!(ctl.state().await, json!([]));
+    let (status, body) = ctl.post("/api/remove_proxy/p-alice", json!({})).await;
+    assert_eq!((status, body), (404, error("Unknown proxy")));
+    let (status, _) = ctl.get("/api/getendpoints?proxy_id=p-alice").await;
+    assert_eq!(status, 404);
+}
+
+// ---- GET / ----
+
+#[actix_web::test]
+async fn the_dashboard_lists_proxies_and_never_shows_a_key() {
+    // BOT's key variable is PATH: set in every environment, and its value must not show.
+    let ctl = start(&config()).await;
+    ctl.register("0123456789abcdef", "alice", 4001).await;
+    let mut res = client().get(ctl.url("/")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(res
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    assert!(
+        html.contains("alice") && html.contains(">01234567<"),
+        "{html}"
+    );
+    assert!(html.contains("127.0.0.1:4001"));
+    assert!(html.contains(">Active<"));
+    assert!(html.contains("<code>PATH</code>") && html.contains(">set<"));
+    assert!(html.contains("OVERLAY_TEST_UNSET_KEY_VAR") && html.contains(">not set<"));
+    let value = std::env::var("PATH").unwrap();
+    assert!(!html.contains(&value), "a key's value is on the page");
+    assert!(html.contains("/assets/dashboard.css") && html.contains("/assets/dashboard.js"));
+    for asset in [
+        "/assets/dashboard.css",
+        "/assets/dashboard.js",
+        "/assets/style.css",
+    ] {
+        let res = client().get(ctl.url(asset)).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{asset}");
+    }
+}
+
+// ---- bad input on every endpoint ----
+
+#[actix_web::test]
+async fn bad_bodies_get_a_legacy_error_and_change_nothing() {
+    let ctl = start(&config()).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    let before = ctl.state().await;
+    let huge = {
+        let mut v = b"{\"proxy_id\":\"".to_vec();
+        v.extend(std::iter::repeat_n(b'x', 300 * 1024));
+        v.extend(b"\"}");
+        v
+    };
+    let paths = [
+        "/api/register",
+        "/api/heartbeat",
+        "/api/update_proxy_endpoints/p-alice",
+    ];
+    for path in paths {
+        let cases: [(Vec<u8>, u16, &str); 5] = [
+            (b"{\"proxy_id\": ".to_vec(), 400, "invalid JSON"),
+            (
+                vec![b'{', b'"', 0xff, 0xfe, b'"', b'}'],
+                400,
+                "not valid UTF-8",
+            ),
+            (
+                b"[1,2]".to_vec(),
+                400,
+                "expected a JSON object body, got an array",
+            ),
+            (Vec::new(), 400, "got an empty body"),
+            (huge.clone(), 413, "larger than the limit"),
+        ];
+        for (body, code, expected) in cases {
+            let (status, answer) = ctl.post_raw(path, body).await;
+            assert_eq!(status, code, "{path}: {answer}");
+            assert_eq!(answer["status"], "error", "{path}");
+            let msg = answer["message"].as_str().unwrap();
+            assert!(msg.contains(expected), "{path}: {msg}");
+        }
+    }
+    // Wrong types.
+    for (body, expected) in [
+        (
+            json!({"proxy_id": 1, "instance_name": "a", "host": "h", "port": 1}),
+            "proxy_id must be a string",
+        ),
+        (
+            json!({"proxy_id": "a/b", "instance_name": "a", "host": "h", "port": 1}),
+            "proxy_id must be at most 128 characters without `/`",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": "eighty"}),
+            "port must be a whole number",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": 0}),
+            "port must be a whole number",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": 1.5}),
+            "port must be a whole number",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a/b", "host": "h", "port": 1}),
+            "not a valid name",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a", "host": ["h"], "port": 1}),
+            "host must be a string",
+        ),
+        (
+            json!({"proxy_id": "p", "instance_name": "a", "host": "h", "port": 1, "protocol": 5}),
+            "protocol must be",
+        ),
+    ] {
+        let (status, answer) = ctl.post("/api/register", body.clone()).await;
+        assert_eq!(status, 400, "{body}");
+        let msg = answer["message"].as_str().unwrap();
+        assert!(msg.contains(expected), "{body}: {msg}");
+    }
+    // Non-UTF-8 in a query, a wrong method, an unknown route.
+    let (status, answer) = ctl.get("/api/getendpoints?proxy_id=%FF%FE").await;
+    assert!(status == 400 || status == 404, "{status}: {answer}");
+    assert_eq!(answer["status"], "error");
+    let (status, answer) = ctl.get("/api/register").await;
+    assert_eq!(status, 405);
+    assert_eq!(answer["status"], "error");
+    let (status, answer) = ctl.get("/api/nothing").await;
+    assert_eq!(status, 404);
+    assert_eq!(answer["status"], "error");
+    assert_eq!(ctl.state().await, before);
+}
+
+// ---- live push ----
+
+#[actix_web::test]
+async fn a_subscribed_proxy_receives_an_edit_without_polling() {
+    let ctl = start(&config()).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    let mut table = Events::open(&ctl.url("/api/v1/proxies/p-alice/table/stream")).await;
+    let (event, first) = table.next(SOON).await.expect("the current table first");
+    assert_eq!(event, "table");
+    assert!(first["endpoints"]["BOT"].is_object());
+    let v0 = first["version"].as_u64().unwrap();
+
+    let (status, _) = ctl
+        .post(
+            "/api/update_proxy_endpoints/p-alice",
+            json!({"endpoints": {"carol": {"host": "10.0.0.9", "port": 4444}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Pushed at once: the event is already on its way when the edit is answered.
+    let update = table
+        .next_named("table", Duration::from_secs(1))
+        .await
+        .expect("the edit is pushed within a second");
+    assert!(update["version"].as_u64().unwrap() > v0);
+    assert_eq!(
+        update["endpoints"]["carol"],
+        json!({"host": "10.0.0.9", "port": 4444})
+    );
+
+    // Another user registering somewhere new changes alice's table too, and bob comes online.
+    ctl.register("p-bob", "bob", 4002).await;
+    let update = table.next_named("table", SOON).await.unwrap();
+    assert_eq!(update["endpoints"]["bob"]["port"], 4002);
+    assert_eq!(update["online"], json!(["bob"]));
+}
+
+#[actix_web::test]
+async fn the_table_stream_of_an_unknown_proxy_is_404_and_removal_ends_it() {
+    let ctl = start(&config()).await;
+    let (status, body) = ctl.get("/api/v1/proxies/ghost/table/stream").await;
+    assert_eq!((status, body), (404, error("Unknown proxy")));
+
+    ctl.register("p-alice", "alice", 4001).await;
+    let mut table = Events::open(&ctl.url("/api/v1/proxies/p-alice/table/stream")).await;
+    table.next(SOON).await.unwrap();
+    ctl.post("/api/remove_proxy/p-alice", json!({})).await;
+    assert!(table.next(SOON).await.is_none(), "the stream ends");
+}
+
+#[actix_web::test]
+async fn a_silent_proxy_goes_stale_leaves_the_online_set_and_is_dropped() {
+    let mut c = config();
+    c.controller.liveness.warning_after_secs = 1;
+    c.controller.liveness.stale_after_secs = 1;
+    c.controller.liveness.drop_after_secs = 2;
+    let ctl = start(&c).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    ctl.register("p-bob", "bob", 4002).await;
+    let mut table = Events::open(&ctl.url("/api/v1/proxies/p-alice/table/stream")).await;
+    let mut dash = Events::open(&ctl.url("/api/v1/dashboard/stream")).await;
+    let (_, first) = table.next(SOON).await.unwrap();
+    assert_eq!(first["online"], json!(["bob"]));
+
+    // Alice keeps heartbeating; bob says nothing.
+    let mut bob_offline = false;
+    let mut bob_stale_row = false;
+    let mut bob_dropped = false;
+    for _ in 0..150 {
+        let (status, _) = ctl
+            .post("/api/heartbeat", json!({"proxy_id": "p-alice"}))
+            .await;
+        assert_eq!(status, 200);
+        while let Some((event, data)) = dash.next(Duration::from_millis(50)).await {
+            match event.as_str() {
+                "proxy" if data["id"] == "p-bob" => {
+                    bob_stale_row |= data["html"].as_str().unwrap().contains(">Stale<")
+                }
+                "removed" if data["id"] == "p-bob" => bob_dropped = true,
+                _ => {}
+            }
+        }
+        while let Some((_, data)) = table.next(Duration::from_millis(50)).await {
+            if data["online"] == json!([]) {
+                bob_offline = true;
+            }
+        }
+        if bob_offline && bob_stale_row && bob_dropped {
+            break;
+        }
+    }
+    assert!(bob_stale_row, "the dashboard shows bob Stale");
+    assert!(bob_offline, "alice is told bob is offline");
+    assert!(bob_dropped, "bob is dropped");
+    let ids: Vec<Value> = ctl
+        .state()
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["proxy_id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("p-alice")]);
+}
+
+#[actix_web::test]
+async fn the_dashboard_stream_announces_new_proxies_edits_and_removals() {
+    let ctl = start(&config()).await;
+    let mut dash = Events::open(&ctl.url("/api/v1/dashboard/stream")).await;
+    let snap = dash.next_named("snapshot", SOON).await.unwrap();
+    assert_eq!(snap["html"], "");
+    ctl.register("p-alice", "alice", 4001).await;
+    let row = dash.next_named("proxy", SOON).await.unwrap();
+    assert_eq!(row["id"], "p-alice");
+    assert!(row["html"]
+        .as_str()
+        .unwrap()
+        .contains("id=\"proxy-p-alice\""));
+    ctl.post(
+        "/api/update_proxy_endpoints/p-alice",
+        json!({"endpoints": {"carol": {"host": "10.0.0.9", "port": 4444}}}),
+    )
+    .await;
+    let row = dash.next_named("proxy", SOON).await.unwrap();
+    assert!(row["html"].as_str().unwrap().contains("10.0.0.9:4444"));
+    ctl.post("/api/remove_proxy/p-alice", json!({})).await;
+    let gone = dash.next_named("removed", SOON).await.unwrap();
+    assert_eq!(gone["id"], "p-alice");
+}
+
+// ---- persistence ----
+
+#[actix_web::test]
+async fn registrations_and_edits_survive_a_restart() {
+    let c = config();
+    let ctl = start(&c).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    let (status, _) = ctl
+        .post(
+            "/api/update_proxy_endpoints/p-alice",
+            json!({"endpoints": {"carol": {"host": "10.0.0.9", "port": 4444}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let Ctl { server, dir } = ctl;
+    server.stop().await;
+
+    let again = Ctl {
+        server: spawn_controller(&c, dir.path(), free_listener()).await,
+        dir,
+    };
+    let (status, body) = again.get("/api/getendpoints?proxy_id=p-alice").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["endpoints"]["carol"],
+        json!({"host": "10.0.0.9", "port": 4444})
+    );
+    let state = again.state().await;
+    assert_eq!(state[0]["instance_name"], "alice");
+    assert_eq!(state[0]["port"], 4001);
+    assert_eq!(state[0]["protocol"], "overlay/1");
+}
+
+// ---- the dashboard in a browser ----
+
+/// Starts chromedriver on a free port; `None` (test skipped) when it is not installed and `CI`
+/// is not set.
+async fn chromedriver() -> Option<(Kill, String)> {
+    let path = std::path::Path::new("/usr/bin/chromedriver");
+    if !path.exists() {
+        if std::env::var_os("CI").is_some() {
+            panic!("chromedriver is not installed at /usr/bin/chromedriver (apt-get install chromium chromium-driver)");
+        }
+        println!("skipping: chromedriver not installed (apt-get install chromium chromium-driver)");
+        return None;
+    }
+    let port = free_listener().local_addr().unwrap().port();
+    let child = Kill(
+        std::process::Command::new(path)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if let Ok(mut res) = client().get(format!("{url}/status")).send().await {
+            if let Ok(body) = res.json::<Value>().await {
+                if body["value"]["ready"] == true {
+                    return Some((child, url));
+                }
+            }
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("chromedriver did not become ready on {url}");
+}
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[actix_web::test]
+async fn browser_dashboard_shows_proxies_and_a_new_one_appears_without_reload() {
+    use fantoccini::{ClientBuilder, Locator};
+
+    let Some((_chromedriver, driver)) = chromedriver().await else {
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let ctl = start(&config()).await;
+    ctl.register("a11ce000-1111-2222-3333-444455556666", "alice", 10001)
+        .await;
+    ctl.register("b0b00000-1111-2222-3333-444455556666", "bob", 10002)
+        .await;
+
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"binary": "/usr/bin/chromium", "args": [
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,1500",
+            format!("--user-data-dir={}", profile.path().display())
+        ]}),
+    );
+    let browser = ClientBuilder::native()
+        .capabilities(caps)
+        .connect(&driver)
+        .await
+        .expect("a chromium session");
+    let result = async {
+        browser.goto(&ctl.url("/")).await?;
+        let rows = browser.find_all(Locator::Css("section.proxy")).await?;
+        assert_eq!(rows.len(), 2);
+        let text = browser.find(Locator::Css("#proxies")).await?.text().await?;
+        assert!(text.contains("alice") && text.contains("bob"), "{text}");
+        assert!(text.contains("a11ce000"), "{text}");
+        // The page is live before the new proxy registers.
+        browser
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("#live.on"))
+            .await?;
+        browser
+            .execute("window.__marker = 'no reload';", vec![])
+            .await?;
+
+        ctl.register("b07b07b0-1111-2222-3333-444455556666", "BOT", 10003)
+            .await;
+        let row = browser
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Id("proxy-b07b07b0-1111-2222-3333-444455556666"))
+            .await?;
+        assert!(row.text().await?.contains("BOT"));
+        let marker = browser.execute("return window.__marker;", vec![]).await?;
+        assert_eq!(marker, json!("no reload"), "the page was reloaded");
+        let count = browser
+            .find(Locator::Id("count-proxies"))
+            .await?
+            .text()
+            .await?;
+        assert_eq!(count, "3");
+
+        // An invalid edit is refused with the reason, and nothing changes.
+        let alice = "#proxy-a11ce000-1111-2222-3333-444455556666";
+        browser
+            .find(Locator::Css(&format!("{alice} details.editor summary")))
+            .await?
+            .click()
+            .await?;
+        let textarea = browser
+            .find(Locator::Css(&format!("{alice} textarea.table-json")))
+            .await?;
+        textarea.clear().await?;
+        textarea.send_keys(r#"{"bob": {"port": 70000}}"#).await?;
+        browser
+            .find(Locator::Css(&format!("{alice} button.save")))
+            .await?
+            .click()
+            .await?;
+        let msg = browser
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(&format!("{alice} .edit-msg.bad")))
+            .await?
+            .text()
+            .await?;
+        assert!(
+            msg.contains("port must be a whole number from 1 to 65535"),
+            "{msg}"
+        );
+        assert!(msg.contains("Nothing was changed"), "{msg}");
+        let (_, table) = ctl
+            .get("/api/getendpoints?proxy_id=a11ce000-1111-2222-3333-444455556666")
+            .await;
+        assert_eq!(table["endpoints"]["bob"]["port"], 10002);
+        // Keep a picture: three proxies (the new one included) and a refused edit.
+        let png = browser.screenshot().await?;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("dashboard.png"), png).unwrap();
+
+        // A valid one is applied and the row shows it.
+        let textarea = browser
+            .find(Locator::Css(&format!("{alice} textarea.table-json")))
+            .await?;
+        textarea.clear().await?;
+        textarea.send_keys(r#"{"bob": {"port": 10102}}"#).await?;
+        browser
+            .find(Locator::Css(&format!("{alice} button.save")))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(&format!("{alice} .edit-msg.ok")))
+            .await?;
+        let (_, table) = ctl
+            .get("/api/getendpoints?proxy_id=a11ce000-1111-2222-3333-444455556666")
+            .await;
+        assert_eq!(table["endpoints"]["bob"]["port"], 10102);
+
+        // Remove asks first; accepting removes the row.
+        browser
+            .find(Locator::Css(
+                "#proxy-b07b07b0-1111-2222-3333-444455556666 button.remove",
+            ))
+            .await?
+            .click()
+            .await?;
+        browser.accept_alert().await?;
+        for _ in 0..100 {
+            let left = browser.find_all(Locator::Css("section.proxy")).await?.len();
+            if left == 2 {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            browser.find_all(Locator::Css("section.proxy")).await?.len(),
+            2
+        );
+        let (status, _) = ctl
+            .get("/api/getendpoints?proxy_id=b07b07b0-1111-2222-3333-444455556666")
+            .await;
+        assert_eq!(status, 404);
+
+        Ok::<_, fantoccini::error::CmdError>(())
+    }
+    .await;
+    let _ = browser.close().await;
+    result.expect("the dashboard works in a browser");
+}

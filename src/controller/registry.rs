@@ -1,0 +1,687 @@
+//! The `Registry` actor: every registered proxy (id, instance, address, last seen), every
+//! instance's table edits, the liveness sweep, and the live subscribers (proxies watching their
+//! table, dashboards watching everything).
+//!
+//! Owns all mutable controller state. A change is answered as success only after the store has
+//! it. It never parses HTTP and never renders a whole page (rows only, for the live dashboard).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use actix_web_lab::sse;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, LivenessConfig};
+use crate::wire::control_plane::{
+    Endpoint, EndpointTable, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
+};
+
+use super::dashboard::{self, KeyStatus, ProxyView};
+use super::error::ControllerError;
+use super::store::{Loaded, ProxyRecord, Store};
+use super::tables::{self, KnownAddress, TablePatch};
+
+/// How often liveness is re-judged.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Events a slow subscriber may fall behind before it is dropped (it reconnects and catches up).
+pub const SUBSCRIBER_BUFFER: usize = 64;
+
+/// A proxy's liveness, from the age of its last sign of life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Badge {
+    Active,
+    Warning,
+    Stale,
+}
+
+impl Badge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Badge::Active => "Active",
+            Badge::Warning => "Warning",
+            Badge::Stale => "Stale",
+        }
+    }
+}
+
+/// compat: the original's badges: Active below `warning_after`, Warning below `stale_after`,
+/// Stale from then on.
+pub fn badge(age: Duration, l: &LivenessConfig) -> Badge {
+    if age < Duration::from_secs(l.warning_after_secs) {
+        Badge::Active
+    } else if age < Duration::from_secs(l.stale_after_secs) {
+        Badge::Warning
+    } else {
+        Badge::Stale
+    }
+}
+
+/// A proxy silent for longer than `drop_after` leaves the registry.
+pub fn should_drop(age: Duration, l: &LivenessConfig) -> bool {
+    age > Duration::from_secs(l.drop_after_secs)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn age(last_seen_ms: u64, now_ms: u64) -> Duration {
+    Duration::from_millis(now_ms.saturating_sub(last_seen_ms))
+}
+
+fn instance_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+// ---- messages ----
+
+/// `POST /api/register`: add or replace a proxy; replies with its table.
+#[derive(Message)]
+#[rtype(result = "Result<EndpointTable, ControllerError>")]
+pub struct RegisterProxy {
+    pub request: RegisterRequest,
+}
+
+/// `GET /api/getendpoints`: a proxy's table; counts as a sign of life.
+#[derive(Message)]
+#[rtype(result = "Result<EndpointTable, ControllerError>")]
+pub struct GetEndpoints {
+    pub proxy_id: String,
+}
+
+/// `POST /api/heartbeat`: a sign of life.
+#[derive(Message)]
+#[rtype(result = "Result<(), ControllerError>")]
+pub struct Heartbeat {
+    pub proxy_id: String,
+}
+
+/// `POST /api/update_proxy_endpoints/{id}`: deep-merge an edit into that proxy's instance table.
+#[derive(Message)]
+#[rtype(result = "Result<EndpointTable, ControllerError>")]
+pub struct UpdateEndpoints {
+    pub proxy_id: String,
+    pub patch: TablePatch,
+}
+
+/// `POST /api/remove_proxy/{id}`: forget a proxy (its instance's edits stay).
+#[derive(Message)]
+#[rtype(result = "Result<(), ControllerError>")]
+pub struct RemoveProxy {
+    pub proxy_id: String,
+}
+
+/// A proxy watches its table: the current one is sent at once, then one per change.
+#[derive(Message)]
+#[rtype(result = "Result<(), ControllerError>")]
+pub struct SubscribeTable {
+    pub proxy_id: String,
+    pub events: mpsc::Sender<sse::Event>,
+}
+
+/// A dashboard watches everything: a `snapshot` at once, then `proxy` / `removed` / `seen`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubscribeDashboard {
+    pub events: mpsc::Sender<sse::Event>,
+}
+
+/// Every proxy as the dashboard shows it.
+#[derive(Message)]
+#[rtype(result = "Vec<ProxyView>")]
+pub struct ListProxies;
+
+// ---- dashboard event payloads ----
+
+/// `event: proxy` (a row to insert or replace) and `event: snapshot` (all rows).
+#[derive(Debug, Serialize)]
+pub struct RowEvent {
+    pub id: String,
+    pub html: String,
+}
+
+/// `event: removed`.
+#[derive(Debug, Serialize)]
+pub struct RemovedEvent {
+    pub id: String,
+}
+
+/// `event: seen`: a sign of life, so the page's "last seen" stays right between row updates.
+#[derive(Debug, Serialize)]
+pub struct SeenEvent {
+    pub id: String,
+    pub last_seen_ms: u64,
+}
+
+// ---- the actor ----
+
+struct TableSubscriber {
+    proxy_id: String,
+    events: mpsc::Sender<sse::Event>,
+    /// What it was last sent, so unchanged tables are not re-sent.
+    last: Option<(EndpointTable, Vec<String>)>,
+}
+
+pub struct Registry {
+    config: Config,
+    store: Store,
+    proxies: BTreeMap<String, ProxyRecord>,
+    /// Instance key (lower-case name) → accumulated edit.
+    edits: BTreeMap<String, TablePatch>,
+    /// Last badge per proxy, to notice changes.
+    badges: BTreeMap<String, Badge>,
+    /// Increases with every change; starts from the clock so it also grows across restarts.
+    version: u64,
+    table_subs: Vec<TableSubscriber>,
+    dashboard_subs: Vec<mpsc::Sender<sse::Event>>,
+}
+
+impl Registry {
+    /// A registry over what the store had. Loaded proxies count as seen now: the controller
+    /// being down is not their fault, and silent ones are dropped after `drop_after_secs`.
+    pub fn new(config: Config, store: Store, loaded: Loaded) -> Registry {
+        let now = now_ms();
+        let proxies = loaded
+            .proxies
+            .into_iter()
+            .map(|mut p| {
+                p.last_seen_ms = p.last_seen_ms.max(now);
+                (p.proxy_id.clone(), p)
+            })
+            .collect::<BTreeMap<_, _>>();
+        let badges = proxies.keys().map(|k| (k.clone(), Badge::Active)).collect();
+        Registry {
+            config,
+            store,
+            proxies,
+            edits: loaded.edits,
+            badges,
+            version: now,
+            table_subs: Vec::new(),
+            dashboard_subs: Vec::new(),
+        }
+    }
+
+    fn liveness(&self) -> &LivenessConfig {
+        &self.config.controller.liveness
+    }
+
+    fn unknown(proxy_id: &str) -> ControllerError {
+        ControllerError::UnknownProxy {
+            proxy_id: proxy_id.to_string(),
+        }
+    }
+
+    /// Registered addresses, newest sign of life first.
+    fn known_addresses(&self) -> Vec<KnownAddress> {
+        let mut recs: Vec<&ProxyRecord> = self.proxies.values().collect();
+        recs.sort_by_key(|r| std::cmp::Reverse(r.last_seen_ms));
+        recs.into_iter()
+            .map(|r| KnownAddress {
+                instance_name: r.instance_name.clone(),
+                host: r.host.clone(),
+                port: r.port,
+                native: r.protocol.as_deref() == Some(NATIVE_PROTOCOL),
+            })
+            .collect()
+    }
+
+    fn base_for(&self, instance: &str) -> EndpointTable {
+        tables::base_table(&self.config, &self.known_addresses(), instance)
+    }
+
+    /// The table of `instance`: config, registrations, and its edits.
+    fn table_of_instance(&self, instance: &str) -> EndpointTable {
+        let base = self.base_for(instance);
+        match self.edits.get(&instance_key(instance)) {
+            Some(patch) => tables::apply_lenient(&base, patch),
+            None => base,
+        }
+    }
+
+    fn table_of(&self, proxy_id: &str) -> Result<EndpointTable, ControllerError> {
+        let rec = self
+            .proxies
+            .get(proxy_id)
+            .ok_or_else(|| Self::unknown(proxy_id))?;
+        Ok(self.table_of_instance(&rec.instance_name))
+    }
+
+    /// Names in `table` (peers only) whose proxy is currently not Stale.
+    fn online_in(&self, table: &EndpointTable, now: u64) -> Vec<String> {
+        table
+            .iter()
+            .filter(|(_, e)| matches!(e, Endpoint::Peer(_)))
+            .filter(|(name, _)| {
+                self.proxies.values().any(|p| {
+                    p.instance_name.eq_ignore_ascii_case(name)
+                        && badge(age(p.last_seen_ms, now), self.liveness()) != Badge::Stale
+                })
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn view_of(&self, rec: &ProxyRecord, now: u64) -> ProxyView {
+        let table = self.table_of_instance(&rec.instance_name);
+        let keys = table
+            .values()
+            .filter_map(|e| match e {
+                Endpoint::Ai(a) => a.api_key_env.clone(),
+                Endpoint::Peer(_) => None,
+            })
+            .map(|var| {
+                let set = std::env::var_os(&var).is_some_and(|v| !v.is_empty());
+                (var, KeyStatus { set })
+            })
+            .collect();
+        ProxyView {
+            proxy_id: rec.proxy_id.clone(),
+            instance_name: rec.instance_name.clone(),
+            in_config: self
+                .config
+                .instances
+                .iter()
+                .any(|i| i.name.matches(&rec.instance_name)),
+            host: rec.host.clone(),
+            port: rec.port,
+            protocol: rec.protocol.clone(),
+            registered_at_ms: rec.registered_at_ms,
+            last_seen_ms: rec.last_seen_ms,
+            age_secs: age(rec.last_seen_ms, now).as_secs(),
+            badge: badge(age(rec.last_seen_ms, now), self.liveness()),
+            table,
+            keys,
+        }
+    }
+
+    fn views(&self, now: u64) -> Vec<ProxyView> {
+        let mut v: Vec<ProxyView> = self
+            .proxies
+            .values()
+            .map(|r| self.view_of(r, now))
+            .collect();
+        v.sort_by(|a, b| {
+            a.instance_name
+                .to_ascii_lowercase()
+                .cmp(&b.instance_name.to_ascii_lowercase())
+                .then(a.registered_at_ms.cmp(&b.registered_at_ms))
+        });
+        v
+    }
+
+    fn update_for(&self, table: EndpointTable, now: u64) -> TableUpdate {
+        let online = self.online_in(&table, now);
+        TableUpdate {
+            version: self.version,
+            endpoints: table,
+            online,
+        }
+    }
+
+    /// Something changed: push new tables to the proxies whose table (or online set) changed,
+    /// and re-send every dashboard row.
+    fn changed(&mut self) {
+        self.version += 1;
+        let now = now_ms();
+        let mut subs = std::mem::take(&mut self.table_subs);
+        subs.retain_mut(|sub| {
+            let Some(rec) = self.proxies.get(&sub.proxy_id) else {
+                return false; // removed: dropping the sender ends its stream
+            };
+            let table = self.table_of_instance(&rec.instance_name);
+            let update = self.update_for(table, now);
+            let state = (update.endpoints.clone(), update.online.clone());
+            if sub.last.as_ref() == Some(&state) {
+                return !sub.events.is_closed();
+            }
+            sub.last = Some(state);
+            send(&sub.events, table_event(&update))
+        });
+        self.table_subs = subs;
+        let rows: Vec<RowEvent> = self
+            .views(now)
+            .iter()
+            .map(|v| RowEvent {
+                id: v.proxy_id.clone(),
+                html: dashboard::proxy_row(v).into_string(),
+            })
+            .collect();
+        for row in rows {
+            self.tell_dashboards("proxy", &row);
+        }
+    }
+
+    fn tell_dashboards(&mut self, event: &str, data: &impl Serialize) {
+        let Ok(d) = sse::Data::new_json(data) else {
+            return;
+        };
+        let ev = sse::Event::Data(d.event(event.to_string()));
+        self.dashboard_subs.retain(|tx| send(tx, ev.clone()));
+    }
+
+    fn seen(&mut self, proxy_id: &str) -> Result<(), ControllerError> {
+        let now = now_ms();
+        let rec = self
+            .proxies
+            .get_mut(proxy_id)
+            .ok_or_else(|| Self::unknown(proxy_id))?;
+        rec.last_seen_ms = now;
+        let ev = SeenEvent {
+            id: proxy_id.to_string(),
+            last_seen_ms: now,
+        };
+        self.tell_dashboards("seen", &ev);
+        // A sign of life can turn a Warning or Stale badge back to Active.
+        self.sweep_badges(now);
+        Ok(())
+    }
+
+    /// Re-judges every badge; pushes when one changed. Returns the proxies to drop.
+    fn sweep_badges(&mut self, now: u64) -> Vec<String> {
+        let l = self.liveness().clone();
+        let mut any = false;
+        let mut drop = Vec::new();
+        for (id, rec) in &self.proxies {
+            let a = age(rec.last_seen_ms, now);
+            if should_drop(a, &l) {
+                drop.push(id.clone());
+            }
+            let b = badge(a, &l);
+            if self.badges.insert(id.clone(), b) != Some(b) {
+                any = true;
+            }
+        }
+        if any {
+            self.changed();
+        }
+        drop
+    }
+
+    fn forget(&mut self, proxy_id: &str) {
+        self.proxies.remove(proxy_id);
+        self.badges.remove(proxy_id);
+        self.tell_dashboards(
+            "removed",
+            &RemovedEvent {
+                id: proxy_id.to_string(),
+            },
+        );
+        self.changed();
+    }
+
+    /// Drops proxies silent for longer than `drop_after_secs`.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        let drop = self.sweep_badges(now_ms());
+        for id in drop {
+            log::info!(
+                "dropping proxy {id}: no sign of life for over {} s",
+                self.liveness().drop_after_secs
+            );
+            self.forget(&id);
+            let store = self.store.clone();
+            // `wait`, not `spawn`: no message (a re-registration of this id) runs before the
+            // deletion is stored, so it cannot delete the newer record.
+            ctx.wait(
+                async move {
+                    if let Err(e) = store.delete_proxy(id.clone()).await {
+                        log::warn!("could not delete dropped proxy {id} from the store: {e}");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+}
+
+fn send(tx: &mpsc::Sender<sse::Event>, ev: sse::Event) -> bool {
+    // A full or closed channel means a gone or hopelessly slow client: drop it; it reconnects.
+    tx.try_send(ev).is_ok()
+}
+
+fn table_event(update: &TableUpdate) -> sse::Event {
+    match sse::Data::new_json(update) {
+        Ok(d) => sse::Event::Data(d.event("table")),
+        Err(e) => sse::Event::Comment(format!("unencodable table: {e}").into()),
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        log::info!(
+            "registry started with {} proxies and {} edited tables",
+            self.proxies.len(),
+            self.edits.len()
+        );
+        ctx.run_interval(SWEEP_EVERY, |act, ctx| act.sweep(ctx));
+    }
+}
+
+impl Handler<RegisterProxy> for Registry {
+    type Result = AtomicResponse<Self, Result<EndpointTable, ControllerError>>;
+
+    fn handle(&mut self, msg: RegisterProxy, _ctx: &mut Self::Context) -> Self::Result {
+        let r = msg.request;
+        let now = now_ms();
+        let registered_at_ms = self
+            .proxies
+            .get(&r.proxy_id)
+            .map(|p| p.registered_at_ms)
+            .unwrap_or(now);
+        let record = ProxyRecord {
+            proxy_id: r.proxy_id,
+            instance_name: r.instance_name,
+            host: r.host,
+            port: r.port,
+            protocol: r.protocol,
+            registered_at_ms,
+            last_seen_ms: now,
+        };
+        // fixes original: a proxy restarted under a new id showed twice until the old entry
+        // was dropped; a registration from the same instance at the same address replaces it.
+        let replaces: Vec<String> = self
+            .proxies
+            .values()
+            .filter(|p| {
+                p.proxy_id != record.proxy_id
+                    && p.instance_name.eq_ignore_ascii_case(&record.instance_name)
+                    && p.host == record.host
+                    && p.port == record.port
+            })
+            .map(|p| p.proxy_id.clone())
+            .collect();
+        let store = self.store.clone();
+        let stored = record.clone();
+        let gone = replaces.clone();
+        AtomicResponse::new(Box::pin(
+            async move { store.put_proxy(stored, gone).await }
+                .into_actor(self)
+                .map(move |res, act, _ctx| {
+                    res?;
+                    for old in &replaces {
+                        log::info!("proxy {old} replaced by {}", record.proxy_id);
+                        act.forget(old);
+                    }
+                    log::info!(
+                        "registered proxy {} ({}) at {}:{}",
+                        record.proxy_id,
+                        record.instance_name,
+                        record.host,
+                        record.port
+                    );
+                    let id = record.proxy_id.clone();
+                    act.badges.insert(id.clone(), Badge::Active);
+                    act.proxies.insert(id.clone(), record);
+                    act.changed();
+                    act.table_of(&id)
+                }),
+        ))
+    }
+}
+
+impl Handler<GetEndpoints> for Registry {
+    type Result = Result<EndpointTable, ControllerError>;
+
+    fn handle(&mut self, msg: GetEndpoints, _ctx: &mut Self::Context) -> Self::Result {
+        self.seen(&msg.proxy_id)?;
+        self.table_of(&msg.proxy_id)
+    }
+}
+
+impl Handler<Heartbeat> for Registry {
+    type Result = Result<(), ControllerError>;
+
+    fn handle(&mut self, msg: Heartbeat, _ctx: &mut Self::Context) -> Self::Result {
+        self.seen(&msg.proxy_id)
+    }
+}
+
+impl Handler<UpdateEndpoints> for Registry {
+    type Result = AtomicResponse<Self, Result<EndpointTable, ControllerError>>;
+
+    fn handle(&mut self, msg: UpdateEndpoints, _ctx: &mut Self::Context) -> Self::Result {
+        let checked = (|| {
+            let rec = self
+                .proxies
+                .get(&msg.proxy_id)
+                .ok_or_else(|| Self::unknown(&msg.proxy_id))?;
+            msg.patch.check_no_secrets()?;
+            let key = instance_key(&rec.instance_name);
+            let combined = match self.edits.get(&key) {
+                Some(old) => old.then(&msg.patch),
+                None => msg.patch.clone(),
+            };
+            let base = self.base_for(&rec.instance_name);
+            let table = tables::apply(&base, &combined).map_err(ControllerError::InvalidEdit)?;
+            Ok((key, combined, table))
+        })();
+        let (key, combined, table) = match checked {
+            Ok(x) => x,
+            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
+        };
+        let store = self.store.clone();
+        let (k, c) = (key.clone(), combined.clone());
+        AtomicResponse::new(Box::pin(
+            async move { store.put_edits(k, c).await }
+                .into_actor(self)
+                .map(move |res, act, _ctx| {
+                    res?;
+                    log::info!("endpoint table of {key} edited");
+                    act.edits.insert(key, combined);
+                    act.changed();
+                    Ok(table)
+                }),
+        ))
+    }
+}
+
+impl Handler<RemoveProxy> for Registry {
+    type Result = AtomicResponse<Self, Result<(), ControllerError>>;
+
+    fn handle(&mut self, msg: RemoveProxy, _ctx: &mut Self::Context) -> Self::Result {
+        if !self.proxies.contains_key(&msg.proxy_id) {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(Self::unknown(&msg.proxy_id)))));
+        }
+        let store = self.store.clone();
+        let id = msg.proxy_id;
+        let stored = id.clone();
+        AtomicResponse::new(Box::pin(
+            async move { store.delete_proxy(stored).await }
+                .into_actor(self)
+                .map(move |res, act, _ctx| {
+                    res?;
+                    log::info!("removed proxy {id}");
+                    act.forget(&id);
+                    Ok(())
+                }),
+        ))
+    }
+}
+
+impl Handler<SubscribeTable> for Registry {
+    type Result = Result<(), ControllerError>;
+
+    fn handle(&mut self, msg: SubscribeTable, _ctx: &mut Self::Context) -> Self::Result {
+        let table = self.table_of(&msg.proxy_id)?;
+        let update = self.update_for(table, now_ms());
+        if send(&msg.events, table_event(&update)) {
+            self.table_subs.push(TableSubscriber {
+                proxy_id: msg.proxy_id,
+                events: msg.events,
+                last: Some((update.endpoints, update.online)),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Handler<SubscribeDashboard> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SubscribeDashboard, _ctx: &mut Self::Context) {
+        let views = self.views(now_ms());
+        let snapshot = RowEvent {
+            id: String::new(),
+            html: dashboard::proxy_rows(&views).into_string(),
+        };
+        if let Ok(d) = sse::Data::new_json(&snapshot) {
+            if send(&msg.events, sse::Event::Data(d.event("snapshot"))) {
+                self.dashboard_subs.push(msg.events);
+            }
+        }
+    }
+}
+
+impl Handler<ListProxies> for Registry {
+    type Result = MessageResult<ListProxies>;
+
+    fn handle(&mut self, _msg: ListProxies, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.views(now_ms()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l() -> LivenessConfig {
+        LivenessConfig {
+            heartbeat_every_secs: 30,
+            warning_after_secs: 60,
+            stale_after_secs: 120,
+            drop_after_secs: 300,
+        }
+    }
+
+    #[test]
+    fn a_proxy_seen_less_than_a_minute_ago_is_active() {
+        assert_eq!(badge(Duration::from_secs(0), &l()), Badge::Active);
+        assert_eq!(badge(Duration::from_millis(59_999), &l()), Badge::Active);
+    }
+
+    #[test]
+    fn a_proxy_silent_for_a_minute_is_a_warning_and_for_two_is_stale() {
+        assert_eq!(badge(Duration::from_secs(60), &l()), Badge::Warning);
+        assert_eq!(badge(Duration::from_secs(119), &l()), Badge::Warning);
+        assert_eq!(badge(Duration::from_secs(120), &l()), Badge::Stale);
+        assert_eq!(badge(Duration::from_secs(10_000), &l()), Badge::Stale);
+    }
+
+    #[test]
+    fn a_proxy_is_dropped_only_after_the_drop_time() {
+        assert!(!should_drop(Duration::from_secs(300), &l()));
+        assert!(should_drop(Duration::from_millis(300_001), &l()));
+    }
+
+    #[test]
+    fn a_clock_going_backwards_counts_as_just_seen() {
+        assert_eq!(age(2_000, 1_000), Duration::ZERO);
+    }
+}

@@ -1,0 +1,401 @@
+//! The controller's HTTP routes: the original's API (kept field for field), ours under
+//! `/api/v1/`, and the dashboard page.
+//!
+//! Handlers are thin: read and check the request (every bad input becomes a legacy-shaped
+//! error), ask the `Registry`, shape the answer. They hold no state of their own.
+
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_lab::sse;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::config::InstanceName;
+use crate::wire::control_plane::{EndpointTable, RegisterRequest};
+use crate::wire::legacy::{success, Endpoints, Note, Registered};
+
+use super::dashboard;
+use super::error::ControllerError;
+use super::registry::{
+    GetEndpoints, Heartbeat, ListProxies, RegisterProxy, Registry, RemoveProxy, SubscribeDashboard,
+    SubscribeTable, UpdateEndpoints, SUBSCRIBER_BUFFER,
+};
+use super::tables::TablePatch;
+
+/// What every handler shares; it does not change while the server runs.
+pub struct AppState {
+    pub registry: Addr<Registry>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    pub instances: usize,
+    pub ai_endpoints: usize,
+}
+
+type Reply = Result<HttpResponse, ControllerError>;
+
+/// The controller's route table, shared by the server and nothing else.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ControllerError::BadRequest(format!("bad path: {e}")).into()),
+    )
+    .app_data(
+        web::QueryConfig::default().error_handler(|e, _| {
+            ControllerError::BadRequest(format!("bad query string: {e}")).into()
+        }),
+    )
+    .service(resource("/").route(web::get().to(dashboard_page)))
+    .service(resource("/api/register").route(web::post().to(register)))
+    .service(resource("/api/getendpoints").route(web::get().to(get_endpoints)))
+    .service(resource("/api/heartbeat").route(web::post().to(heartbeat)))
+    .service(
+        resource("/api/update_proxy_endpoints/{proxy_id}")
+            .route(web::post().to(update_proxy_endpoints)),
+    )
+    .service(resource("/api/remove_proxy/{proxy_id}").route(web::post().to(remove_proxy)))
+    .service(resource("/api/v1/proxies").route(web::get().to(list_proxies)))
+    .service(resource("/api/v1/proxies/{proxy_id}/table/stream").route(web::get().to(table_stream)))
+    .service(resource("/api/v1/dashboard/stream").route(web::get().to(dashboard_stream)));
+}
+
+/// A resource whose wrong methods answer 405 in the legacy shape.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|req: HttpRequest| async move {
+        Err::<HttpResponse, _>(ControllerError::MethodNotAllowed {
+            method: req.method().to_string(),
+            path: req.path().to_string(),
+        })
+    }))
+}
+
+/// Any path no route knows: 404 in the legacy shape.
+pub async fn no_route(req: HttpRequest) -> Reply {
+    Err(ControllerError::NoRoute {
+        method: req.method().to_string(),
+        path: req.path().to_string(),
+    })
+}
+
+// ---- reading bodies ----
+
+/// Reads the body (at most `limit` bytes), as UTF-8 JSON, and requires an object.
+async fn read_object(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<serde_json::Map<String, Value>, ControllerError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ControllerError::TooLarge { limit });
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ControllerError::BadRequest(format!("unreadable body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ControllerError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    parse_object(&body)
+}
+
+/// Bytes → a JSON object, with a message saying what is wrong.
+pub fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ControllerError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ControllerError::BadRequest(format!(
+            "request body is not valid UTF-8 (bad byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    if text.trim().is_empty() {
+        return Err(ControllerError::BadRequest(
+            "expected a JSON object body, got an empty body".into(),
+        ));
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(ControllerError::BadRequest(format!(
+            "expected a JSON object body, got {}",
+            match other {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        ))),
+        Err(e) => Err(ControllerError::BadRequest(format!("invalid JSON: {e}"))),
+    }
+}
+
+fn absent(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.trim().is_empty(),
+        Some(_) => false,
+    }
+}
+
+fn string_field(
+    m: &serde_json::Map<String, Value>,
+    name: &'static str,
+) -> Result<String, ControllerError> {
+    match m.get(name) {
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            if s.len() > 255 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(ControllerError::BadRequest(format!(
+                    "{name} must be at most 255 characters without spaces or control characters"
+                )));
+            }
+            Ok(s.to_string())
+        }
+        Some(other) => Err(ControllerError::BadRequest(format!(
+            "{name} must be a string, got {other}"
+        ))),
+        None => Err(ControllerError::MissingFields { fields: vec![name] }),
+    }
+}
+
+/// compat: the original sends `port` as a number; a numeric string is accepted too.
+fn port_field(v: &Value) -> Result<u16, ControllerError> {
+    let port = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    match port {
+        Some(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(ControllerError::BadRequest(format!(
+            "port must be a whole number from 1 to 65535, got {v}"
+        ))),
+    }
+}
+
+/// A register body → a checked request.
+pub fn parse_register(
+    m: &serde_json::Map<String, Value>,
+) -> Result<RegisterRequest, ControllerError> {
+    let fields: Vec<&'static str> = ["proxy_id", "instance_name", "host", "port"]
+        .into_iter()
+        .filter(|f| absent(m.get(*f)))
+        .collect();
+    if !fields.is_empty() {
+        return Err(ControllerError::MissingFields { fields });
+    }
+    let proxy_id = string_field(m, "proxy_id")?;
+    check_proxy_id(&proxy_id)?;
+    let instance_name = string_field(m, "instance_name")?;
+    InstanceName::parse(&instance_name)
+        .map_err(|e| ControllerError::BadRequest(format!("instance_name: {e}")))?;
+    let host = string_field(m, "host")?;
+    let port = port_field(&m["port"])?;
+    let protocol = match m.get("protocol") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= 64 => Some(s.clone()),
+        Some(other) => {
+            return Err(ControllerError::BadRequest(format!(
+                "protocol must be a short string such as \"overlay/1\", got {other}"
+            )))
+        }
+    };
+    Ok(RegisterRequest {
+        proxy_id,
+        instance_name,
+        host,
+        port,
+        protocol,
+    })
+}
+
+/// An id must be usable in a URL path segment (`/api/remove_proxy/{proxy_id}`).
+fn check_proxy_id(id: &str) -> Result<(), ControllerError> {
+    if id.len() > 128 || id.contains(['/', '?', '#', '%', '\\']) {
+        return Err(ControllerError::BadRequest(
+            "proxy_id must be at most 128 characters without `/`, `?`, `#`, `%` or `\\`".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn proxy_id_of(m: &serde_json::Map<String, Value>) -> Result<String, ControllerError> {
+    if absent(m.get("proxy_id")) {
+        return Err(ControllerError::MissingFields {
+            fields: vec!["proxy_id"],
+        });
+    }
+    string_field(m, "proxy_id")
+}
+
+// ---- the original's API ----
+
+/// # POST /api/register
+async fn register(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
+    let m = read_object(&req, body, state.max_body_bytes).await?;
+    let request = parse_register(&m)?;
+    let message = format!(
+        "Proxy {} registered as {}",
+        request.proxy_id, request.instance_name
+    );
+    let endpoints = state.registry.send(RegisterProxy { request }).await??;
+    Ok(HttpResponse::Ok().json(success(Registered { message, endpoints })))
+}
+
+#[derive(Deserialize)]
+struct EndpointsQuery {
+    proxy_id: Option<String>,
+}
+
+/// # GET /api/getendpoints?proxy_id=ID
+async fn get_endpoints(state: web::Data<AppState>, q: web::Query<EndpointsQuery>) -> Reply {
+    let Some(proxy_id) = q.into_inner().proxy_id.filter(|p| !p.trim().is_empty()) else {
+        return Err(ControllerError::MissingFields {
+            fields: vec!["proxy_id"],
+        });
+    };
+    let endpoints = state.registry.send(GetEndpoints { proxy_id }).await??;
+    Ok(HttpResponse::Ok().json(success(Endpoints { endpoints })))
+}
+
+/// # POST /api/heartbeat
+async fn heartbeat(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
+    let m = read_object(&req, body, state.max_body_bytes).await?;
+    let proxy_id = proxy_id_of(&m)?;
+    state.registry.send(Heartbeat { proxy_id }).await??;
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: "Heartbeat received".into(),
+    })))
+}
+
+/// `{"status":"success","message":...,"endpoints":...}`.
+#[derive(Serialize)]
+struct Updated {
+    message: String,
+    endpoints: EndpointTable,
+}
+
+/// # POST /api/update_proxy_endpoints/{proxy_id}
+async fn update_proxy_endpoints(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+) -> Reply {
+    let proxy_id = path.into_inner();
+    let mut m = read_object(&req, body, state.max_body_bytes).await?;
+    let Some(raw) = m.remove("endpoints").filter(|v| !v.is_null()) else {
+        return Err(ControllerError::MissingFields {
+            fields: vec!["endpoints"],
+        });
+    };
+    let patch = TablePatch::from_value(raw).map_err(ControllerError::BadRequest)?;
+    let endpoints = state
+        .registry
+        .send(UpdateEndpoints { proxy_id, patch })
+        .await??;
+    Ok(HttpResponse::Ok().json(success(Updated {
+        message: "Endpoints updated".into(),
+        endpoints,
+    })))
+}
+
+/// # POST /api/remove_proxy/{proxy_id}
+async fn remove_proxy(state: web::Data<AppState>, path: web::Path<String>) -> Reply {
+    let proxy_id = path.into_inner();
+    state
+        .registry
+        .send(RemoveProxy {
+            proxy_id: proxy_id.clone(),
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: format!("Proxy {proxy_id} removed"),
+    })))
+}
+
+/// # GET /
+async fn dashboard_page(state: web::Data<AppState>) -> Reply {
+    let proxies = state.registry.send(ListProxies).await?;
+    let page = dashboard::page(&proxies, state.instances, state.ai_endpoints);
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(page.into_string()))
+}
+
+// ---- ours ----
+
+/// One proxy in `GET /api/v1/proxies`.
+#[derive(Serialize)]
+struct ProxyInfo {
+    proxy_id: String,
+    instance_name: String,
+    host: String,
+    port: u16,
+    protocol: Option<String>,
+    last_seen_ms: u64,
+    status: &'static str,
+    endpoints: EndpointTable,
+}
+
+/// # GET /api/v1/proxies
+async fn list_proxies(state: web::Data<AppState>) -> Reply {
+    let proxies: Vec<ProxyInfo> = state
+        .registry
+        .send(ListProxies)
+        .await?
+        .into_iter()
+        .map(|p| ProxyInfo {
+            status: p.badge.as_str(),
+            proxy_id: p.proxy_id,
+            instance_name: p.instance_name,
+            host: p.host,
+            port: p.port,
+            protocol: p.protocol,
+            last_seen_ms: p.last_seen_ms,
+            endpoints: p.table,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(proxies))
+}
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// # GET /api/v1/proxies/{proxy_id}/table/stream
+///
+/// SSE: `event: table`, `data:` a `TableUpdate`; the current table first, then one per change.
+async fn table_stream(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<impl actix_web::Responder, ControllerError> {
+    let (events, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+    state
+        .registry
+        .send(SubscribeTable {
+            proxy_id: path.into_inner(),
+            events,
+        })
+        .await??;
+    Ok(sse::Sse::from_infallible_receiver(rx).with_keep_alive(KEEP_ALIVE))
+}
+
+/// # GET /api/v1/dashboard/stream
+///
+/// SSE for the dashboard page: `snapshot` (all rows), `proxy` (one row), `removed`, `seen`.
+async fn dashboard_stream(
+    state: web::Data<AppState>,
+) -> Result<impl actix_web::Responder, ControllerError> {
+    let (events, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+    state.registry.send(SubscribeDashboard { events }).await?;
+    Ok(sse::Sse::from_infallible_receiver(rx)
+        .with_keep_alive(KEEP_ALIVE)
+        .with_retry_duration(Duration::from_secs(2)))
+}

@@ -1,0 +1,590 @@
+//! Endpoint tables as pure functions: the table config.yaml gives an instance, the deep merge of
+//! edits on top of it, and the checks an edit must pass (a valid table, and no secrets).
+//!
+//! Owns the rules; holds no state and does no I/O. The registry decides when to call them.
+
+use serde_json::{Map, Value};
+
+use crate::config::{Config, InstanceName};
+use crate::wire::control_plane::{AiEndpoint, Endpoint, EndpointTable, PeerEndpoint};
+
+use super::error::ControllerError;
+
+/// The transforms a proxy knows (the original's names).
+pub const KNOWN_TRANSFORMS: &[&str] = &["openai_chat", "anthropic_chat", "gemini_chat"];
+
+/// An edit of a table as JSON: endpoint name → (partial) endpoint, deep-merged over the table.
+/// `null` removes what it names (as in JSON Merge Patch, RFC 7396).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TablePatch(Map<String, Value>);
+
+impl TablePatch {
+    /// Parses a patch from JSON text: it must be a JSON object.
+    pub fn parse(text: &str) -> Result<TablePatch, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        TablePatch::from_value(v)
+    }
+
+    /// compat: the original accepts `endpoints` as an object or as a JSON string of one.
+    pub fn from_value(v: Value) -> Result<TablePatch, String> {
+        match v {
+            Value::Object(m) => Ok(TablePatch(m)),
+            Value::String(s) => match serde_json::from_str::<Value>(&s) {
+                Ok(Value::Object(m)) => Ok(TablePatch(m)),
+                Ok(other) => Err(format!(
+                    "endpoints must be a JSON object of name → endpoint, got {}",
+                    kind(&other)
+                )),
+                Err(e) => Err(format!("endpoints is a string but not valid JSON: {e}")),
+            },
+            other => Err(format!(
+                "endpoints must be a JSON object of name → endpoint, got {}",
+                kind(&other)
+            )),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        Value::Object(self.0.clone()).to_string()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// This patch with `later` merged on top (nulls kept, so they still delete from the table).
+    pub fn then(&self, later: &TablePatch) -> TablePatch {
+        let mut acc = Value::Object(self.0.clone());
+        merge(&mut acc, &Value::Object(later.0.clone()), true);
+        match acc {
+            Value::Object(m) => TablePatch(m),
+            _ => TablePatch::default(),
+        }
+    }
+
+    /// Refuses a patch that puts a secret in a table; `Err` names where it is.
+    pub fn check_no_secrets(&self) -> Result<(), ControllerError> {
+        for (name, entry) in &self.0 {
+            find_secret(entry, name)?;
+        }
+        Ok(())
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Deep merge: objects merge key by key; `null` deletes (or, with `keep_nulls`, is kept so a
+/// later merge deletes); anything else replaces.
+pub fn merge(target: &mut Value, patch: &Value, keep_nulls: bool) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, pv) in p {
+                if pv.is_null() && !keep_nulls {
+                    t.remove(k);
+                } else if let Some(tv) = t.get_mut(k) {
+                    merge(tv, pv, keep_nulls);
+                } else {
+                    let mut fresh = if pv.is_object() {
+                        Value::Object(Map::new())
+                    } else {
+                        Value::Null
+                    };
+                    merge(&mut fresh, pv, keep_nulls);
+                    t.insert(k.clone(), fresh);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// Header names whose value is a credential.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "api-key",
+    "cookie",
+];
+/// Query parameters whose value is a credential.
+const SECRET_PARAMS: &[&str] = &["key", "api_key", "apikey", "access_token", "token"];
+/// Field names that hold a credential wherever they appear.
+const SECRET_FIELDS: &[&str] = &[
+    "api_key",
+    "apikey",
+    "secret",
+    "password",
+    "token",
+    "access_token",
+];
+
+fn find_secret(v: &Value, path: &str) -> Result<(), ControllerError> {
+    let refuse = |what: String| Err(ControllerError::SecretInTable { what });
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                let here = format!("{path}.{k}");
+                let lk = k.to_ascii_lowercase();
+                let filled = !(child.is_null() || child.as_str().is_some_and(str::is_empty));
+                if filled && SECRET_FIELDS.contains(&lk.as_str()) {
+                    return refuse(format!("`{here}`"));
+                }
+                if lk == "api_key_env" {
+                    if let Some(s) = child.as_str() {
+                        if !is_env_var_name(s) {
+                            return refuse(format!(
+                                "`{here}` is not an environment variable name and"
+                            ));
+                        }
+                    }
+                }
+                if lk == "headers" || lk == "params" {
+                    let names = if lk == "headers" {
+                        SECRET_HEADERS
+                    } else {
+                        SECRET_PARAMS
+                    };
+                    if let Value::Object(inner) = child {
+                        for (name, val) in inner {
+                            let filled = !(val.is_null() || val.as_str() == Some(""));
+                            if filled && names.contains(&name.to_ascii_lowercase().as_str()) {
+                                return refuse(format!("`{here}.{name}`"));
+                            }
+                        }
+                    }
+                }
+                find_secret(child, &here)?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                find_secret(item, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        Value::String(s) if looks_like_key(s) => refuse(format!("the value of `{path}`")),
+        _ => Ok(()),
+    }
+}
+
+/// A name an environment variable can have: letters, digits, `_`, not starting with a digit.
+pub fn is_env_var_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// A string that looks like an API key or a credential.
+pub fn looks_like_key(s: &str) -> bool {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    if lower.starts_with("bearer ") || lower.starts_with("basic ") {
+        return true;
+    }
+    let prefixed = [
+        "sk-",
+        "sk_",
+        "xai-",
+        "gsk_",
+        "hf_",
+        "pk_",
+        "rk_",
+        "ghp_",
+        "github_pat_",
+    ]
+    .iter()
+    .any(|p| t.starts_with(p))
+        && t.len() >= 20;
+    if prefixed || (t.starts_with("AIza") && t.len() >= 30) {
+        return true;
+    }
+    // A long run of random-looking token characters (mixed case and digits, no spaces).
+    t.len() >= 32
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && t.chars().any(|c| c.is_ascii_digit())
+        && t.chars().any(|c| c.is_ascii_lowercase())
+        && t.chars().any(|c| c.is_ascii_uppercase())
+}
+
+/// A proxy's address as the tables show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownAddress {
+    pub instance_name: String,
+    pub host: String,
+    pub port: u16,
+    pub native: bool,
+}
+
+/// Splits `host:port`; `None` when there is no valid port.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    Some((h.to_string(), p.parse().ok()?))
+}
+
+/// The table config.yaml gives `for_instance`: every other instance as a peer (at the address
+/// it registered from, newest first in `registered`, else its advertised address), and every AI
+/// endpoint. An AI endpoint named like an instance takes that name.
+pub fn base_table(
+    config: &Config,
+    registered: &[KnownAddress],
+    for_instance: &str,
+) -> EndpointTable {
+    let mut table = EndpointTable::new();
+    let configured = config
+        .instances
+        .iter()
+        .any(|i| i.name.matches(for_instance));
+    if !configured {
+        // compat: an instance without its own table gets the `BOT` endpoint alone.
+        if let Some(bot) = config.ai_endpoints.iter().find(|a| a.name.matches("BOT")) {
+            if !bot.name.matches(for_instance) {
+                table.insert(
+                    bot.name.to_string(),
+                    Endpoint::Ai(Box::new(AiEndpoint::from_config(bot))),
+                );
+            }
+        }
+        return table;
+    }
+    for inst in &config.instances {
+        let taken_by_ai = config
+            .ai_endpoints
+            .iter()
+            .any(|a| a.name.matches(inst.name.as_str()));
+        if inst.name.matches(for_instance) || taken_by_ai {
+            continue;
+        }
+        let peer = match registered
+            .iter()
+            .find(|r| inst.name.matches(&r.instance_name))
+        {
+            Some(r) => PeerEndpoint {
+                host: r.host.clone(),
+                port: r.port,
+                native: r.native,
+            },
+            None => {
+                let advertised = inst.proxy.advertised();
+                let (host, port) = split_host_port(&advertised)
+                    .unwrap_or_else(|| (advertised.clone(), inst.proxy.listen.port()));
+                PeerEndpoint {
+                    host,
+                    port,
+                    native: true,
+                }
+            }
+        };
+        // A proxy bound to port 0 that has not registered yet has no address anyone can use.
+        if peer.port != 0 {
+            table.insert(inst.name.to_string(), Endpoint::Peer(peer));
+        }
+    }
+    for ai in &config.ai_endpoints {
+        if !ai.name.matches(for_instance) {
+            table.insert(
+                ai.name.to_string(),
+                Endpoint::Ai(Box::new(AiEndpoint::from_config(ai))),
+            );
+        }
+    }
+    table
+}
+
+/// `base` with `patch` merged on top, checked entry by entry.
+pub fn apply(base: &EndpointTable, patch: &TablePatch) -> Result<EndpointTable, String> {
+    let mut merged = serde_json::to_value(base).map_err(|e| e.to_string())?;
+    merge(&mut merged, &Value::Object(patch.0.clone()), false);
+    check_table(merged)
+}
+
+/// Like [`apply`], but an entry the patch broke (its base entry went away since) is left out
+/// with a warning instead of failing the whole table.
+pub fn apply_lenient(base: &EndpointTable, patch: &TablePatch) -> EndpointTable {
+    let mut merged = match serde_json::to_value(base) {
+        Ok(v) => v,
+        Err(_) => return base.clone(),
+    };
+    merge(&mut merged, &Value::Object(patch.0.clone()), false);
+    let mut out = EndpointTable::new();
+    if let Value::Object(m) = merged {
+        for (name, entry) in m {
+            match check_entry(&name, entry) {
+                Ok(e) => {
+                    out.insert(name, e);
+                }
+                Err(msg) => log::warn!("leaving an edited endpoint out of a table: {msg}"),
+            }
+        }
+    }
+    out
+}
+
+/// A merged table as JSON → a typed table, or what is wrong with it.
+pub fn check_table(v: Value) -> Result<EndpointTable, String> {
+    let Value::Object(m) = v else {
+        return Err(format!("the table must be a JSON object, got {}", kind(&v)));
+    };
+    let mut out = EndpointTable::new();
+    for (name, entry) in m {
+        let e = check_entry(&name, entry)?;
+        out.insert(name, e);
+    }
+    Ok(out)
+}
+
+fn check_entry(name: &str, entry: Value) -> Result<Endpoint, String> {
+    InstanceName::parse(name).map_err(|e| format!("endpoint name {e}"))?;
+    let Value::Object(fields) = &entry else {
+        return Err(format!(
+            "endpoint `{name}` must be an object with host and port, got {}",
+            kind(&entry)
+        ));
+    };
+    match fields.get("host") {
+        Some(Value::String(h)) if !h.trim().is_empty() => {}
+        Some(Value::String(_)) => return Err(format!("endpoint `{name}`: host is empty")),
+        Some(other) => {
+            return Err(format!(
+                "endpoint `{name}`: host must be a string, got {}",
+                kind(other)
+            ))
+        }
+        None => return Err(format!("endpoint `{name}`: host is missing")),
+    }
+    match fields.get("port") {
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|p| (1..=65535).contains(&p)) => {}
+        Some(other) => {
+            return Err(format!(
+                "endpoint `{name}`: port must be a whole number from 1 to 65535, got {other}"
+            ))
+        }
+        None => return Err(format!("endpoint `{name}`: port is missing")),
+    }
+    if let Some(v) = fields.get("is_api") {
+        if !v.is_boolean() {
+            return Err(format!(
+                "endpoint `{name}`: is_api must be true or false, got {v}"
+            ));
+        }
+    }
+    let endpoint: Endpoint =
+        serde_json::from_value(entry).map_err(|e| format!("endpoint `{name}`: {e}"))?;
+    if let Endpoint::Ai(ai) = &endpoint {
+        for (field, t) in [
+            ("transform_request", &ai.transform_request),
+            ("transform_response", &ai.transform_response),
+        ] {
+            if !KNOWN_TRANSFORMS.contains(&t.as_str()) {
+                return Err(format!(
+                    "endpoint `{name}`: {field} `{t}` is unknown; use one of {}",
+                    KNOWN_TRANSFORMS.join(", ")
+                ));
+            }
+        }
+        if let Some(var) = &ai.api_key_env {
+            if !is_env_var_name(var) {
+                return Err(format!(
+                    "endpoint `{name}`: api_key_env `{var}` is not an environment variable name"
+                ));
+            }
+        }
+    }
+    Ok(endpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> Config {
+        Config::parse(
+            "controller: {listen: 127.0.0.1:8000}\ninstances:\n\
+             - {name: alice, peer: {listen: 127.0.0.1:5001}, proxy: {listen: 127.0.0.1:10001}}\n\
+             - {name: bob, peer: {listen: 127.0.0.1:5002}, proxy: {listen: 127.0.0.1:10002, advertise: 'bob.lan:9000'}}\n\
+             - {name: BOT, peer: {listen: 127.0.0.1:5003}, proxy: {listen: 127.0.0.1:10003}}\n\
+             ai_endpoints:\n\
+             - {name: BOT, provider: openai, model: gpt-4o-mini, api_key_env: OPENAI_API_KEY}\n\
+             - {name: GEMINI, provider: gemini, model: gemini-2.5-flash}\n",
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn patch(v: Value) -> TablePatch {
+        TablePatch::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn an_instance_gets_the_others_and_the_ai_endpoints_but_not_itself() {
+        let t = base_table(&config(), &[], "alice");
+        let names: Vec<&str> = t.keys().map(String::as_str).collect();
+        assert_eq!(names, ["BOT", "GEMINI", "bob"]);
+        assert_eq!(
+            t["bob"],
+            Endpoint::Peer(PeerEndpoint {
+                host: "bob.lan".into(),
+                port: 9000,
+                native: true
+            })
+        );
+        assert!(matches!(t["BOT"], Endpoint::Ai(_)));
+    }
+
+    #[test]
+    fn a_registered_address_wins_over_the_config_and_an_original_proxy_is_not_native() {
+        let reg = [KnownAddress {
+            instance_name: "BOB".into(),
+            host: "10.0.0.2".into(),
+            port: 4242,
+            native: false,
+        }];
+        let t = base_table(&config(), &reg, "alice");
+        assert_eq!(
+            t["bob"],
+            Endpoint::Peer(PeerEndpoint {
+                host: "10.0.0.2".into(),
+                port: 4242,
+                native: false
+            })
+        );
+    }
+
+    #[test]
+    fn an_unregistered_proxy_on_port_zero_is_left_out() {
+        let mut c = config();
+        c.instances[1].proxy.advertise = None;
+        c.instances[1].proxy.listen = "127.0.0.1:0".parse().unwrap();
+        assert!(!base_table(&c, &[], "alice").contains_key("bob"));
+    }
+
+    #[test]
+    fn an_unknown_instance_gets_the_bot_endpoint_alone() {
+        let t = base_table(&config(), &[], "stranger");
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["BOT"]);
+    }
+
+    #[test]
+    fn a_deep_merge_changes_only_the_fields_it_names() {
+        let base = base_table(&config(), &[], "alice");
+        let t = apply(&base, &patch(json!({"bob": {"port": 9100}}))).unwrap();
+        match &t["bob"] {
+            Endpoint::Peer(p) => assert_eq!((p.host.as_str(), p.port), ("bob.lan", 9100)),
+            other => panic!("{other:?}"),
+        }
+        let t = apply(
+            &base,
+            &patch(json!({"BOT": {"model_config": {"temperature": 0.1}}})),
+        )
+        .unwrap();
+        match &t["BOT"] {
+            Endpoint::Ai(a) => {
+                assert_eq!(a.model_config.model, "gpt-4o-mini");
+                assert_eq!(a.model_config.temperature, Some(0.1));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn null_removes_an_entry_even_after_accumulating_patches() {
+        let base = base_table(&config(), &[], "alice");
+        let acc = patch(json!({"GEMINI": {"timeout": 5.0}})).then(&patch(json!({"GEMINI": null})));
+        let t = apply(&base, &acc).unwrap();
+        assert!(!t.contains_key("GEMINI"));
+    }
+
+    #[test]
+    fn a_new_entry_needs_a_host_and_a_port_in_range() {
+        let base = EndpointTable::new();
+        let e = apply(&base, &patch(json!({"carol": {"host": "h"}}))).unwrap_err();
+        assert!(e.contains("`carol`: port is missing"), "{e}");
+        let e = apply(
+            &base,
+            &patch(json!({"carol": {"host": "h", "port": 70000}})),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("port must be a whole number from 1 to 65535"),
+            "{e}"
+        );
+        let e = apply(&base, &patch(json!({"carol": {"port": 1}}))).unwrap_err();
+        assert!(e.contains("host is missing"), "{e}");
+        assert!(apply(&base, &patch(json!({"carol": {"host": "h", "port": 1}}))).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_transform_or_provider_is_refused() {
+        let base = base_table(&config(), &[], "alice");
+        let e = apply(
+            &base,
+            &patch(json!({"BOT": {"transform_request": "magic"}})),
+        )
+        .unwrap_err();
+        assert!(e.contains("transform_request `magic` is unknown"), "{e}");
+        let e = apply(&base, &patch(json!({"BOT": {"provider": "openia"}}))).unwrap_err();
+        assert!(e.contains("unknown variant `openia`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_endpoint_name_is_refused() {
+        let e = apply(
+            &EndpointTable::new(),
+            &patch(json!({"no spaces": {"host": "h", "port": 1}})),
+        )
+        .unwrap_err();
+        assert!(e.contains("not a valid name"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_may_be_a_json_string_of_an_object() {
+        let p = TablePatch::from_value(json!("{\"bob\":{\"port\":1}}")).unwrap();
+        assert!(!p.is_empty());
+        assert!(TablePatch::from_value(json!("{nope")).is_err());
+        assert!(TablePatch::from_value(json!([1])).is_err());
+    }
+
+    #[test]
+    fn secrets_are_refused_wherever_they_hide() {
+        for bad in [
+            json!({"BOT": {"headers": {"Authorization": "Bearer abc"}}}),
+            json!({"BOT": {"headers": {"X-Api-Key": "whatever"}}}),
+            json!({"GEMINI": {"params": {"key": "k"}}}),
+            json!({"BOT": {"api_key": "x"}}),
+            json!({"BOT": {"api_key_env": "sk-proj-0123456789abcdefghij"}}),
+            json!({"BOT": {"path": "sk-proj-0123456789abcdefghij"}}),
+            json!({"BOT": {"system_prompt": "AIzaSyA0123456789abcdefghijklmnopqrs"}}),
+        ] {
+            let e = patch(bad.clone()).check_no_secrets().unwrap_err();
+            assert!(
+                e.to_string().contains("name it in api_key_env"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_values_are_not_mistaken_for_secrets() {
+        let ok = patch(json!({"BOT": {
+            "api_key_env": "OPENAI_API_KEY",
+            "headers": {"OpenAI-Beta": "assistants=v2", "Authorization": null},
+            "path": "/v1beta/models/gemini-2.5-flash:generateContent",
+            "system_prompt": "You are a helpful assistant in a group chat. Be concise.",
+            "model_config": {"model": "claude-sonnet-4-5-20250929"}
+        }}));
+        assert!(ok.check_no_secrets().is_ok());
+    }
+}
