@@ -189,8 +189,8 @@ impl Decoder for StreamDecoder {
         Ok(false)
     }
 
-    fn needs_terminator(&self) -> bool {
-        true
+    fn complete_at_eof(&self) -> bool {
+        false
     }
 
     fn outcome(&mut self) -> &mut Outcome {

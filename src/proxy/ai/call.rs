@@ -460,7 +460,7 @@ impl Call<'_> {
                 }
             }
             if eof {
-                if decoder.needs_terminator() {
+                if !decoder.complete_at_eof() {
                     return Err(self.broke_off(
                         "the connection closed before the reply was complete".into(),
                         decoder.outcome().text.clone(),

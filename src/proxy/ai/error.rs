@@ -93,7 +93,7 @@ pub enum AiError {
         attempts: u32,
         detail: String,
     },
-    #[error("Could not reach {provider} at {host}{}: {reason}", attempts_note(*.attempts))]
+    #[error("{provider} could not be reached at {host}{}: {reason}", attempts_note(*.attempts))]
     Unreachable {
         provider: &'static str,
         host: String,

@@ -190,8 +190,10 @@ impl Decoder for StreamDecoder {
         Ok(false)
     }
 
-    fn needs_terminator(&self) -> bool {
-        false
+    fn complete_at_eof(&self) -> bool {
+        // awc reports a dropped chunked connection as a clean end: a stream cut before its
+        // last chunk (which carries finishReason) must not pass for a complete reply.
+        self.outcome.finish.is_some() || self.outcome.blocked.is_some()
     }
 
     fn outcome(&mut self) -> &mut Outcome {
@@ -279,6 +281,21 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_cut_before_its_finish_reason_is_not_complete() {
+        let mut d = StreamDecoder::default();
+        let data = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hel"}]}}]}"#;
+        d.event(
+            &SseEvent {
+                event: None,
+                data: data.into(),
+            },
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert!(!d.complete_at_eof());
+    }
+
+    #[test]
     fn a_stream_yields_each_chunks_text_and_keeps_the_last_finish() {
         let mut d = StreamDecoder::default();
         let mut out = Vec::new();
@@ -299,6 +316,6 @@ mod tests {
         }
         assert_eq!(out, ["Hel", "lo"]);
         assert_eq!(d.outcome().finish, Some(Finish::Length));
-        assert!(!d.needs_terminator());
+        assert!(d.complete_at_eof());
     }
 }

@@ -129,8 +129,10 @@ impl Outcome {
 pub trait Decoder {
     /// Reads one event: visible text goes to `deltas`; `Ok(true)` when it was the terminator.
     fn event(&mut self, ev: &SseEvent, deltas: &mut Vec<String>) -> Result<bool, StreamFault>;
-    /// Whether the stream must end with a terminator (a close without one is a failure).
-    fn needs_terminator(&self) -> bool;
+    /// Whether the connection closing now (before any terminator) ends the answer properly.
+    /// OpenAI-style and Anthropic streams need their terminator; a Gemini stream has none
+    /// and is complete once a chunk carried its finish reason (or a prompt block).
+    fn complete_at_eof(&self) -> bool;
     /// Everything read so far.
     fn outcome(&mut self) -> &mut Outcome;
 }
