@@ -279,6 +279,49 @@ async fn an_exhausted_quota_is_not_retried() {
 }
 
 #[actix_web::test]
+async fn a_rate_limit_asking_for_a_long_wait_is_reported_at_once_with_the_wait() {
+    let r = rig(Kind::OpenAi, "/v1", "BOT", "provider: openai, model: m");
+    r.fake.script([Script::Status {
+        status: 429,
+        headers: vec![("retry-after".into(), "600".into())],
+        body: native_error(Kind::OpenAi, 429, "Rate limit reached for requests"),
+    }]);
+    let (reply, _) = ask(&r.adapter, CHAT).await;
+    let e = reply.unwrap_err();
+    assert!(
+        matches!(e, AiError::RateLimited { attempts: 1, .. }),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "OpenAI is rate limiting this key (HTTP 429): Rate limit reached for requests \
+         (it asks to wait 10m before trying again). Try again in a moment."
+    );
+    assert_eq!(r.fake.requests().len(), 1);
+}
+
+#[actix_web::test]
+async fn an_unreadable_key_file_is_named() {
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    let ep = endpoint(
+        "BOT",
+        "provider: openai, model: m",
+        &format!("{}/v1", fake.url),
+        Some("/nonexistent/overlay-test/key"),
+    );
+    let adapter = AiAdapter::new("BOT".into(), ep).start();
+    let (reply, _) = ask(&adapter, CHAT).await;
+    let e = reply.unwrap_err();
+    assert!(matches!(e, AiError::KeyFile { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with("Cannot read the API key file /nonexistent/overlay-test/key: "),
+        "{e}"
+    );
+    assert!(fake.requests().is_empty());
+}
+
+#[actix_web::test]
 async fn persistent_overload_gives_up_after_the_retries_and_says_so() {
     let r = rig(Kind::OpenAi, "/v1", "BOT", "provider: openai, model: m");
     let overloaded = || Script::Status {
@@ -660,6 +703,29 @@ async fn anthropic_roles_alternate_even_when_the_user_spoke_twice() {
         r.fake.only_request().body["messages"],
         json!([{"role":"user","content":"[alice]: hi\n\n[bob]: and me"}])
     );
+}
+
+#[actix_web::test]
+async fn an_original_anthropic_entry_with_its_key_in_headers_still_works() {
+    let fake = FakeProvider::start(Kind::Anthropic, Some(KEY));
+    let port: u16 = fake.url.rsplit(':').next().unwrap().parse().unwrap();
+    // compat: the original's entry, with the key and version among its headers.
+    let ep: AiEndpoint = serde_json::from_value(json!({
+        "host": "127.0.0.1", "port": port, "is_api": true, "path": "/v1/messages",
+        "headers": {"x-api-key": KEY, "anthropic-version": "2023-06-01", "Content-Type": "application/json"},
+        "transform_request": "anthropic_chat", "transform_response": "anthropic_chat",
+        "model_config": {"model": "claude-3-haiku", "max_tokens": 200}
+    }))
+    .unwrap();
+    let adapter = AiAdapter::new("ANTHROPIC".into(), ep).start();
+    let (reply, _) = ask(&adapter, CHAT).await;
+    assert_eq!(reply.unwrap().text, "Hello there!");
+    let req = fake.only_request();
+    assert_eq!(req.path, "/v1/messages");
+    assert_eq!(req.header("x-api-key"), Some(KEY));
+    assert_eq!(req.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(req.body["max_tokens"], 200);
+    assert_eq!(req.body["model"], "claude-3-haiku");
 }
 
 // ---------------------------------------------------------------- Gemini

@@ -114,11 +114,14 @@ pub async fn ask(
             Retry::After(d) => Some(d),
             Retry::Backoff => Some(backoff(attempts)),
         };
-        let delay = delay.filter(|d| {
-            attempts <= MAX_RETRIES && *d <= MAX_RETRY_AFTER && Instant::now() + *d < deadline
-        });
-        let error = with_attempts(failure.error, attempts);
-        match delay {
+        let fits = |d: &Duration| *d <= MAX_RETRY_AFTER && Instant::now() + *d < deadline;
+        let mut error = with_attempts(failure.error, attempts);
+        if let Retry::After(asked) = failure.retry {
+            if !fits(&asked) {
+                error = with_wait(error, asked);
+            }
+        }
+        match delay.filter(|d| attempts <= MAX_RETRIES && fits(d)) {
             None => {
                 log::warn!("{me}: {error}");
                 return Err(error);
@@ -186,6 +189,51 @@ fn with_attempts(e: AiError, n: u32) -> AiError {
             host,
             attempts: n,
             reason,
+        },
+        other => other,
+    }
+}
+
+/// Adds the wait the provider asked for (too long to wait here) to the error's details.
+fn with_wait(e: AiError, asked: Duration) -> AiError {
+    let secs = Duration::from_secs(asked.as_secs().max(1));
+    let note = |detail: String| {
+        format!(
+            "{detail} (it asks to wait {} before trying again)",
+            humantime::format_duration(secs)
+        )
+    };
+    match e {
+        AiError::RateLimited {
+            provider,
+            attempts,
+            detail,
+        } => AiError::RateLimited {
+            provider,
+            attempts,
+            detail: note(detail),
+        },
+        AiError::Overloaded {
+            provider,
+            status,
+            attempts,
+            detail,
+        } => AiError::Overloaded {
+            provider,
+            status,
+            attempts,
+            detail: note(detail),
+        },
+        AiError::Server {
+            provider,
+            status,
+            attempts,
+            detail,
+        } => AiError::Server {
+            provider,
+            status,
+            attempts,
+            detail: note(detail),
         },
         other => other,
     }
@@ -485,20 +533,36 @@ impl Call<'_> {
     }
 
     fn send_error(&self, e: awc::error::SendRequestError) -> Failure {
-        use awc::error::{ConnectError, SendRequestError as E};
-        match e {
-            E::Connect(ConnectError::Timeout) => Failure {
+        match SendFailure::of(e) {
+            SendFailure::ConnectTimeout => Failure {
                 retry: Retry::Backoff,
                 ..self.timeout(TimeoutKind::Connect, String::new())
             },
-            E::Timeout => self.timeout(TimeoutKind::FirstToken, String::new()),
-            E::Url(e) => self.never(AiError::Config {
-                detail: format!("its URL is not valid ({e})"),
-            }),
-            E::Http(e) => self.never(AiError::Config {
-                detail: format!("the request cannot be built ({e})"),
-            }),
-            other => self.unreachable(other.to_string()),
+            SendFailure::Config(detail) => self.never(AiError::Config { detail }),
+            SendFailure::Unreachable(reason) => self.unreachable(reason),
+        }
+    }
+}
+
+/// Why a request could not be sent.
+#[derive(Debug, PartialEq, Eq)]
+enum SendFailure {
+    /// Opening the connection took longer than the connect timeout (retried).
+    ConnectTimeout,
+    /// The request itself is wrong: retrying cannot help.
+    Config(String),
+    /// DNS, refused connection, reset before an answer… (retried).
+    Unreachable(String),
+}
+
+impl SendFailure {
+    fn of(e: awc::error::SendRequestError) -> SendFailure {
+        use awc::error::{ConnectError, SendRequestError as E};
+        match e {
+            E::Connect(ConnectError::Timeout) => SendFailure::ConnectTimeout,
+            E::Url(e) => SendFailure::Config(format!("its URL is not valid ({e})")),
+            E::Http(e) => SendFailure::Config(format!("the request cannot be built ({e})")),
+            other => SendFailure::Unreachable(other.to_string()),
         }
     }
 }
@@ -506,6 +570,23 @@ impl Call<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connect_timeout_is_told_apart_from_other_send_failures() {
+        use awc::error::{ConnectError, SendRequestError as E};
+        assert_eq!(
+            SendFailure::of(E::Connect(ConnectError::Timeout)),
+            SendFailure::ConnectTimeout
+        );
+        assert!(matches!(
+            SendFailure::of(E::Connect(ConnectError::NoRecords)),
+            SendFailure::Unreachable(_)
+        ));
+        assert!(matches!(
+            SendFailure::of(E::Url(awc::error::InvalidUrl::MissingScheme)),
+            SendFailure::Config(_)
+        ));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -389,6 +389,24 @@ pub fn classify_status(f: StatusFailure<'_>) -> Failure {
     let quota = f.error.is_quota(f.provider) || status == 402;
     let (error, retry) = match status {
         _ if quota => (AiError::Quota { provider, detail }, Retry::Never),
+        300..=399 => {
+            // Redirects are not followed: one could carry the key to another host.
+            let to = f
+                .headers
+                .and_then(|h| h.get("location"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("another address");
+            (
+                AiError::Rejected {
+                    provider,
+                    status,
+                    detail: format!(
+                        "it redirects to {to}; set the endpoint's base_url to the address it names"
+                    ),
+                },
+                Retry::Never,
+            )
+        }
         401 => {
             let detail = if f.provider == Provider::Mistral {
                 format!("{detail} (Mistral answers the same when the plan's quota is used up)")
@@ -503,6 +521,24 @@ mod tests {
         assert_eq!(detail.message, "Unauthorized");
         let text = ProviderError::from_body(b"upstream connect error");
         assert_eq!(text.message, "upstream connect error");
+    }
+
+    #[test]
+    fn a_redirect_is_not_followed_and_says_where_to_point_the_endpoint() {
+        let f = classify(
+            Provider::Openai,
+            301,
+            &headers(&[("location", "https://api.example.com/v2/chat/completions")]),
+            "",
+        );
+        assert_eq!(f.retry, Retry::Never);
+        assert!(
+            f.error.to_string().contains(
+                "redirects to https://api.example.com/v2/chat/completions; set the endpoint's base_url"
+            ),
+            "{}",
+            f.error
+        );
     }
 
     #[test]

@@ -8,6 +8,16 @@
 //! It does not store anything, know about peers, or route messages: the proxy's router decides
 //! who is asked and what happens to the reply (stored once, complete; or shown as an error).
 //!
+//! How the proxy uses it: start one adapter per AI entry of the table
+//! (`AiAdapter::new(name, endpoint).start()` on the role's arbiter), send it [`UpdateEndpoint`]
+//! when that entry changes (stop it when the entry goes away), and for each message a user
+//! sends to it: build the conversation as [`Turn`]s (oldest first, the new message last; the
+//! adapter's own earlier replies have `speaker` = its name), create an unbounded channel,
+//! forward each delta received to the peer as a stream chunk, and await the [`Ask`] result:
+//! `Ok(AiReply)` is stored once, complete; `Err(AiError)` is stored as a message from the
+//! endpoint whose text is the error's `Display` and whose envelope has `error: true` (with
+//! [`AiError::partial_text`] kept if the page should still show what had streamed).
+//!
 //! Layout: [`target`] (table entry → call settings, incl. the original's entries), [`history`]
 //! (conversation → provider roles), [`openai`] / [`anthropic`] / [`gemini`] (wire formats,
 //! pure), [`sse`] (byte-stream parser), [`reply`] (answer → reply or error), [`error`] (what
@@ -40,6 +50,15 @@ pub struct Turn {
     /// The user's name, or the AI endpoint's name (the adapter's own turns are its replies).
     pub speaker: String,
     pub text: String,
+}
+
+impl Turn {
+    pub fn new(speaker: impl Into<String>, text: impl Into<String>) -> Turn {
+        Turn {
+            speaker: speaker.into(),
+            text: text.into(),
+        }
+    }
 }
 
 /// Replace the endpoint's configuration (the table changed). Calls under way keep the old one.

@@ -149,12 +149,12 @@ pub enum StreamFault {
 /// Parses one data event's JSON, first checking it for a top-level `error`.
 pub fn parse_data<T: serde::de::DeserializeOwned>(data: &str) -> Result<T, StreamFault> {
     let v: serde_json::Value = serde_json::from_str(data)
-        .map_err(|e| StreamFault::Malformed(format!("an event is not JSON ({e})")))?;
+        .map_err(|e| StreamFault::Malformed(format!("it sent data that is not JSON ({e})")))?;
     if v.get("error").is_some_and(|e| !e.is_null()) {
         return Err(StreamFault::Provider(ProviderError::from_value(v)));
     }
     serde_json::from_value(v)
-        .map_err(|e| StreamFault::Malformed(format!("an event has an unexpected shape ({e})")))
+        .map_err(|e| StreamFault::Malformed(format!("it sent JSON of an unexpected shape ({e})")))
 }
 
 #[cfg(test)]

@@ -136,6 +136,29 @@ fn tail_of(provider: Provider) -> &'static str {
     }
 }
 
+/// `v1`, `v1beta`, `v2alpha`…
+fn is_version_segment(seg: &str) -> bool {
+    seg.strip_prefix('v')
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// Gemini's API version is a segment of the base URL: `api_version` replaces a version segment
+/// there (or is appended); a base URL that is only a host gets `v1beta`.
+fn gemini_prefix(base: &str, version: Option<&str>) -> String {
+    let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let has_path = after_scheme.contains('/');
+    let (head, last) = base.rsplit_once('/').unwrap_or((base, ""));
+    match version
+        .map(|v| v.trim_matches('/'))
+        .filter(|v| !v.is_empty())
+    {
+        Some(v) if has_path && is_version_segment(last) => format!("{head}/{v}"),
+        Some(v) => format!("{base}/{v}"),
+        None if !has_path => format!("{base}/v1beta"),
+        None => base.to_string(),
+    }
+}
+
 /// Resolves an entry of the endpoint table.
 pub fn resolve(e: &AiEndpoint) -> Result<Target, AiError> {
     let provider = infer_provider(e)?;
@@ -171,6 +194,9 @@ pub fn resolve(e: &AiEndpoint) -> Result<Target, AiError> {
 
     let tail = tail_of(provider);
     let (prefix, full_path) = match legacy_path {
+        None if provider == Provider::Gemini => {
+            (gemini_prefix(&base, e.api_version.as_deref()), None)
+        }
         None => (base.clone(), None),
         Some(p) => match p.find(tail) {
             Some(i) => (format!("{base}{}", &p[..i]), None),
@@ -273,6 +299,20 @@ pub fn resolve(e: &AiEndpoint) -> Result<Target, AiError> {
     });
     extra_headers.retain(|(n, _)| n != "anthropic-version");
 
+    let timeouts = Timeouts::from(&e.timeouts, e.timeout);
+    for (name, d) in [
+        ("connect", timeouts.connect),
+        ("first_token", timeouts.first_token),
+        ("idle", timeouts.idle),
+        ("total", timeouts.total),
+    ] {
+        if d.is_zero() {
+            return Err(bad(format!(
+                "timeouts.{name} is 0; give it a positive number of seconds"
+            )));
+        }
+    }
+
     Ok(Target {
         provider,
         model,
@@ -297,7 +337,7 @@ pub fn resolve(e: &AiEndpoint) -> Result<Target, AiError> {
         max_tokens: e.model_config.max_tokens,
         stream: e.stream,
         history: e.history.clone(),
-        timeouts: Timeouts::from(&e.timeouts, e.timeout),
+        timeouts,
     })
 }
 
@@ -398,6 +438,36 @@ mod tests {
         );
         assert_eq!(t.key, KeySource::Env("G_KEY".into()));
         assert_eq!(t.host, "h:9");
+    }
+
+    #[test]
+    fn the_gemini_api_version_is_taken_from_the_base_url_or_api_version() {
+        let url = |yaml: &str| resolve(&ours(yaml)).unwrap().url;
+        assert_eq!(
+            url("{name: G, provider: gemini, model: m}"),
+            "https://generativelanguage.googleapis.com/v1beta/models/m:generateContent"
+        );
+        assert_eq!(
+            url("{name: G, provider: gemini, model: m, api_version: v1}"),
+            "https://generativelanguage.googleapis.com/v1/models/m:generateContent"
+        );
+        assert_eq!(
+            url("{name: G, provider: gemini, model: m, base_url: 'http://h:1'}"),
+            "http://h:1/v1beta/models/m:generateContent"
+        );
+        assert_eq!(
+            url("{name: G, provider: gemini, model: m, base_url: 'http://h:1/proxy', api_version: v1}"),
+            "http://h:1/proxy/v1/models/m:generateContent"
+        );
+    }
+
+    #[test]
+    fn a_zero_timeout_is_refused() {
+        let e = resolve(&ours(
+            "{name: A, provider: openai, model: m, timeouts: {idle_secs: 0}}",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("timeouts.idle is 0"), "{e}");
     }
 
     #[test]
