@@ -780,6 +780,29 @@ async fn gemini_without_streaming_calls_generate_content_on_the_configured_versi
 }
 
 #[actix_web::test]
+async fn a_gemini_request_without_a_key_gets_the_native_401_shown() {
+    let fake = FakeProvider::start(Kind::Gemini, Some(KEY));
+    let ep = endpoint(
+        "GEMINI",
+        "provider: gemini, model: g, auth_style: none",
+        &format!("{}/v1beta", fake.url),
+        None,
+    );
+    let adapter = AiAdapter::new("GEMINI".into(), ep).start();
+    let (reply, _) = ask(&adapter, CHAT).await;
+    let e = reply.unwrap_err();
+    assert!(
+        matches!(e, AiError::Unauthorized { status: 401, .. }),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("You didn't provide an API key"),
+        "{e}"
+    );
+    assert!(fake.only_request().header("x-goog-api-key").is_none());
+}
+
+#[actix_web::test]
 async fn gemini_thoughts_are_not_shown() {
     let r = rig(
         Kind::Gemini,
@@ -987,6 +1010,22 @@ async fn a_mistral_401_says_it_may_also_mean_quota() {
     let (reply, _) = ask(&adapter, CHAT).await;
     let e = reply.unwrap_err().to_string();
     assert!(e.starts_with("Mistral refused the API key (HTTP 401): Unauthorized (Mistral answers the same when the plan's quota is used up)"), "{e}");
+}
+
+#[actix_web::test]
+async fn a_field_mistral_does_not_know_gets_its_422_shown_in_plain_words() {
+    // An OpenAI-compatible endpoint sends stream_options; Mistral refuses unknown fields.
+    let r = rig(
+        Kind::Mistral,
+        "/v1",
+        "MISTRAL",
+        "provider: openai_compatible, model: m",
+    );
+    let (reply, _) = ask(&r.adapter, CHAT).await;
+    assert_eq!(
+        reply.unwrap_err().to_string(),
+        "The AI server rejected the request (HTTP 422): body.stream_options: Extra inputs are not permitted"
+    );
 }
 
 // ---------------------------------------------------------------- OpenAI-compatible (Ollama)
