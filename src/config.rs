@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -217,6 +218,9 @@ pub struct AiEndpointConfig {
     /// Provider API version header/path segment, where the provider has one.
     #[serde(default)]
     pub api_version: Option<String>,
+    /// Which header carries the key; defaults per provider (see [`AuthStyle`]).
+    #[serde(default)]
+    pub auth_style: Option<AuthStyle>,
     #[serde(default)]
     pub system_prompt: Option<String>,
     #[serde(default)]
@@ -236,6 +240,32 @@ pub struct AiEndpointConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// Which request header carries an AI endpoint's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer KEY` (OpenAI, Mistral, OpenAI-compatible servers, newest Anthropic SDKs).
+    Bearer,
+    /// `x-api-key: KEY` (Anthropic's classic header).
+    XApiKey,
+    /// `x-goog-api-key: KEY` (Gemini; never `?key=` in the URL, which leaks into logs).
+    XGoogApiKey,
+    /// No key at all (local servers such as Ollama).
+    #[serde(rename = "none")]
+    NoAuth,
+}
+
+impl AuthStyle {
+    /// The provider's usual header.
+    pub fn default_for(provider: Provider) -> AuthStyle {
+        match provider {
+            Provider::Anthropic => AuthStyle::XApiKey,
+            Provider::Gemini => AuthStyle::XGoogApiKey,
+            Provider::Openai | Provider::Mistral | Provider::OpenaiCompatible => AuthStyle::Bearer,
+        }
+    }
 }
 
 /// How much of the conversation an AI endpoint is sent.
@@ -263,6 +293,41 @@ pub struct AiTimeouts {
     pub first_token_secs: u64,
     pub idle_secs: u64,
     pub total_secs: u64,
+    /// Optional millisecond overrides of the fields above (sub-second timeouts, e.g. in tests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_token_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+}
+
+impl AiTimeouts {
+    /// Time allowed to open the connection (DNS, TCP, TLS).
+    pub fn connect(&self) -> Duration {
+        ms_or_secs(self.connect_ms, self.connect_secs)
+    }
+    /// Time allowed from sending the request to the first token of the reply.
+    pub fn first_token(&self) -> Duration {
+        ms_or_secs(self.first_token_ms, self.first_token_secs)
+    }
+    /// Longest silence allowed while a reply streams.
+    pub fn idle(&self) -> Duration {
+        ms_or_secs(self.idle_ms, self.idle_secs)
+    }
+    /// Time allowed for the whole call, retries included.
+    pub fn total(&self) -> Duration {
+        ms_or_secs(self.total_ms, self.total_secs)
+    }
+}
+
+fn ms_or_secs(ms: Option<u64>, secs: u64) -> Duration {
+    match ms {
+        Some(ms) => Duration::from_millis(ms),
+        None => Duration::from_secs(secs),
+    }
 }
 
 impl Default for AiTimeouts {
@@ -272,6 +337,10 @@ impl Default for AiTimeouts {
             first_token_secs: 60,
             idle_secs: 30,
             total_secs: 300,
+            connect_ms: None,
+            first_token_ms: None,
+            idle_ms: None,
+            total_ms: None,
         }
     }
 }

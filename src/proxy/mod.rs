@@ -10,6 +10,8 @@ use actix_web::{App, HttpServer};
 use crate::config::ProxySettings;
 use crate::web::{common_routes, Health, Running};
 
+pub mod ai;
+
 /// Starts the proxy on `listener`. Must be called inside an actix system.
 pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AiEndpointConfig, AiTimeouts, HistoryConfig, Provider};
+use crate::config::{AiEndpointConfig, AiTimeouts, AuthStyle, HistoryConfig, Provider};
 
 /// The protocol tag our proxies send when registering; the original sends none.
 pub const NATIVE_PROTOCOL: &str = "overlay/1";
@@ -118,6 +118,9 @@ pub struct AiEndpoint {
     pub api_key_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
+    /// Which header carries the key; when absent, the provider's usual one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_style: Option<AuthStyle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
     #[serde(default = "yes")]
@@ -179,6 +182,7 @@ impl AiEndpoint {
             api_key_env: c.api_key_env.clone(),
             api_key_file: c.api_key_file.as_ref().map(|p| p.display().to_string()),
             api_version: c.api_version.clone(),
+            auth_style: c.auth_style,
             system_prompt: c.system_prompt.clone(),
             stream: c.stream,
             history: c.history.clone(),

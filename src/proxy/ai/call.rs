@@ -1,0 +1,612 @@
+//! One question to an AI endpoint, over HTTP: the request with its auth header, the time limits
+//! (connect, first token, idle, total), retries with backoff before the first token only, and
+//! the answer read whole or streamed delta by delta.
+//!
+//! Owns the I/O of a call and nothing else: request bodies and answers are the provider
+//! modules' pure functions, errors and retry decisions are [`super::error`]'s. Keys go only
+//! into a request header marked sensitive; they never reach a log line or an error.
+
+use std::time::Duration;
+
+use actix_rt::time::{sleep, timeout, Instant};
+use actix_web::http::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use futures_channel::mpsc::UnboundedSender;
+use futures_util::StreamExt;
+
+use crate::config::{AuthStyle, Provider};
+
+use super::error::{
+    classify_status, provider_label, AiError, Failure, ProviderError, Retry, StatusFailure,
+    TimeoutKind,
+};
+use super::history::{self, Role};
+use super::keys::{redact, ApiKey};
+use super::reply::{AiReply, Decoder, Outcome, StreamFault};
+use super::sse::SseParser;
+use super::target::{Target, DEFAULT_ANTHROPIC_VERSION};
+use super::{anthropic, gemini, openai, Turn};
+
+/// Retries after the first attempt (before the first token only).
+const MAX_RETRIES: u32 = 2;
+/// First backoff delay when the provider names none; doubles per retry.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+/// Longest backoff delay we choose ourselves.
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// A provider asking for a longer wait than this is not retried: the user is told at once.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Largest answer body read (non-streamed), and largest error body.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// `fut`'s output, or None when `deadline` passed first.
+async fn timeout_at<F: std::future::Future>(deadline: Instant, fut: F) -> Option<F::Output> {
+    timeout(deadline.saturating_duration_since(Instant::now()), fut)
+        .await
+        .ok()
+}
+
+/// Asks `target` (the endpoint named `me`) for a reply to `history`.
+pub async fn ask(
+    client: awc::Client,
+    me: String,
+    target: Target,
+    history: Vec<Turn>,
+    deltas: Option<UnboundedSender<String>>,
+) -> Result<AiReply, AiError> {
+    let provider = provider_label(target.provider);
+    let msgs = history::to_roles(&history, &me, &target.history);
+    if !msgs.iter().any(|m| m.role == Role::User) {
+        return Err(AiError::NothingToAnswer);
+    }
+    let key = if target.auth == AuthStyle::NoAuth {
+        None
+    } else {
+        target.key.load(target.provider).await?
+    };
+    let stream = target.stream;
+    let body = Bytes::from(match target.provider {
+        Provider::Anthropic => anthropic::request_body(&target, &msgs, stream),
+        Provider::Gemini => gemini::request_body(&target, &msgs),
+        _ => openai::request_body(&target, &msgs, stream),
+    });
+    log::info!(
+        "{me}: asking {provider} model {} ({} messages{})",
+        target.model,
+        msgs.len(),
+        if stream { ", streamed" } else { "" }
+    );
+    let deadline = Instant::now() + target.timeouts.total;
+    let call = Call {
+        client: &client,
+        target: &target,
+        key: key.as_ref(),
+        body,
+        deadline,
+        deltas: deltas.as_ref(),
+    };
+    let mut attempts = 1;
+    let mut retried_empty = false;
+    loop {
+        let failure = match call.attempt().await {
+            Ok(outcome) => match outcome.into_reply(provider, target.max_tokens) {
+                // An empty answer is worth one more try (nothing was shown yet).
+                Err(AiError::Empty { .. }) if !retried_empty && Instant::now() < deadline => {
+                    retried_empty = true;
+                    attempts += 1;
+                    log::warn!("{me}: {provider} sent an empty reply; asking once more");
+                    continue;
+                }
+                Ok(reply) => {
+                    log::info!("{me}: {provider} replied ({} chars)", reply.text.len());
+                    return Ok(reply);
+                }
+                Err(e) => {
+                    log::warn!("{me}: {e}");
+                    return Err(e);
+                }
+            },
+            Err(f) => f,
+        };
+        let delay = match failure.retry {
+            Retry::Never => None,
+            Retry::After(d) => Some(d),
+            Retry::Backoff => Some(backoff(attempts)),
+        };
+        let fits = |d: &Duration| *d <= MAX_RETRY_AFTER && Instant::now() + *d < deadline;
+        let mut error = with_attempts(failure.error, attempts);
+        if let Retry::After(asked) = failure.retry {
+            if !fits(&asked) {
+                error = with_wait(error, asked);
+            }
+        }
+        match delay.filter(|d| attempts <= MAX_RETRIES && fits(d)) {
+            None => {
+                log::warn!("{me}: {error}");
+                return Err(error);
+            }
+            Some(d) => {
+                log::warn!(
+                    "{me}: attempt {attempts} failed ({error}); retrying in {}",
+                    humantime::format_duration(d)
+                );
+                sleep(d).await;
+                attempts += 1;
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: about 0.5 s, 1 s, 2 s… up to [`BACKOFF_MAX`].
+fn backoff(attempt: u32) -> Duration {
+    let base = BACKOFF_START
+        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+        .min(BACKOFF_MAX);
+    // Jitter: 75–100% of the base, from a random UUID (no extra crate for one number).
+    let r = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+    base.mul_f64(0.75 + f64::from(r) / 4000.0)
+}
+
+fn with_attempts(e: AiError, n: u32) -> AiError {
+    match e {
+        AiError::RateLimited {
+            provider, detail, ..
+        } => AiError::RateLimited {
+            provider,
+            attempts: n,
+            detail,
+        },
+        AiError::Overloaded {
+            provider,
+            status,
+            detail,
+            ..
+        } => AiError::Overloaded {
+            provider,
+            status,
+            attempts: n,
+            detail,
+        },
+        AiError::Server {
+            provider,
+            status,
+            detail,
+            ..
+        } => AiError::Server {
+            provider,
+            status,
+            attempts: n,
+            detail,
+        },
+        AiError::Unreachable {
+            provider,
+            host,
+            reason,
+            ..
+        } => AiError::Unreachable {
+            provider,
+            host,
+            attempts: n,
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// Adds the wait the provider asked for (too long to wait here) to the error's details.
+fn with_wait(e: AiError, asked: Duration) -> AiError {
+    let secs = Duration::from_secs(asked.as_secs().max(1));
+    let note = |detail: String| {
+        format!(
+            "{detail} (it asks to wait {} before trying again)",
+            humantime::format_duration(secs)
+        )
+    };
+    match e {
+        AiError::RateLimited {
+            provider,
+            attempts,
+            detail,
+        } => AiError::RateLimited {
+            provider,
+            attempts,
+            detail: note(detail),
+        },
+        AiError::Overloaded {
+            provider,
+            status,
+            attempts,
+            detail,
+        } => AiError::Overloaded {
+            provider,
+            status,
+            attempts,
+            detail: note(detail),
+        },
+        AiError::Server {
+            provider,
+            status,
+            attempts,
+            detail,
+        } => AiError::Server {
+            provider,
+            status,
+            attempts,
+            detail: note(detail),
+        },
+        other => other,
+    }
+}
+
+/// Everything one attempt needs; the same for every attempt of a call.
+struct Call<'a> {
+    client: &'a awc::Client,
+    target: &'a Target,
+    key: Option<&'a ApiKey>,
+    body: Bytes,
+    deadline: Instant,
+    deltas: Option<&'a UnboundedSender<String>>,
+}
+
+impl Call<'_> {
+    fn provider(&self) -> &'static str {
+        provider_label(self.target.provider)
+    }
+
+    fn request(&self) -> Result<awc::ClientRequest, AiError> {
+        let t = self.target;
+        let bad = |detail: String| AiError::Config { detail };
+        let url = if t.stream { &t.stream_url } else { &t.url };
+        let mut req = self.client.post(url.as_str());
+        let mut query = t.query.clone();
+        if t.stream && t.provider == Provider::Gemini {
+            query.push(("alt".into(), "sse".into()));
+        }
+        if !query.is_empty() {
+            req = req
+                .query(&query)
+                .map_err(|e| bad(format!("its `params` cannot form a URL query ({e})")))?;
+        }
+        req = req
+            .insert_header((CONTENT_TYPE, "application/json"))
+            .insert_header((
+                ACCEPT,
+                if t.stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            ));
+        for (name, value) in &t.extra_headers {
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| bad(format!("`{name}` is not a valid header name")))?;
+            let v = HeaderValue::from_str(value)
+                .map_err(|_| bad(format!("the value of header `{name}` is not valid")))?;
+            req = req.insert_header((n, v));
+        }
+        if t.provider == Provider::Anthropic {
+            let version = t
+                .api_version
+                .as_deref()
+                .unwrap_or(DEFAULT_ANTHROPIC_VERSION);
+            let v = HeaderValue::from_str(version).map_err(|_| {
+                bad(format!(
+                    "api_version `{version}` is not a valid header value"
+                ))
+            })?;
+            req = req.insert_header((HeaderName::from_static("anthropic-version"), v));
+        }
+        if let Some(key) = self.key {
+            let (name, value) = match t.auth {
+                AuthStyle::Bearer => ("authorization", format!("Bearer {}", key.expose())),
+                AuthStyle::XApiKey => ("x-api-key", key.expose().to_string()),
+                AuthStyle::XGoogApiKey => ("x-goog-api-key", key.expose().to_string()),
+                AuthStyle::NoAuth => return Ok(req),
+            };
+            let mut v = HeaderValue::from_str(&value).map_err(|_| {
+                bad(format!(
+                    "the API key from {} has characters a header cannot carry",
+                    t.key.describe()
+                ))
+            })?;
+            v.set_sensitive(true);
+            req = req.insert_header((HeaderName::from_static(name), v));
+        }
+        Ok(req)
+    }
+
+    fn never(&self, error: AiError) -> Failure {
+        Failure {
+            error,
+            retry: Retry::Never,
+        }
+    }
+
+    fn timeout(&self, kind: TimeoutKind, partial: String) -> Failure {
+        let t = &self.target.timeouts;
+        let after = match kind {
+            TimeoutKind::Connect => t.connect,
+            TimeoutKind::FirstToken => t.first_token,
+            TimeoutKind::Idle => t.idle,
+            TimeoutKind::Total => t.total,
+        };
+        self.never(AiError::Timeout {
+            provider: self.provider(),
+            kind,
+            after,
+            partial,
+        })
+    }
+
+    fn unreachable(&self, reason: String) -> Failure {
+        Failure {
+            error: AiError::Unreachable {
+                provider: self.provider(),
+                host: self.target.host.clone(),
+                attempts: 1,
+                reason: redact(&reason, self.key),
+            },
+            retry: Retry::Backoff,
+        }
+    }
+
+    fn status_failure(
+        &self,
+        status: StatusCode,
+        headers: Option<&actix_web::http::header::HeaderMap>,
+        error: ProviderError,
+    ) -> Failure {
+        classify_status(StatusFailure {
+            provider: self.target.provider,
+            status,
+            headers,
+            error,
+            key: self.key,
+            key_source: self.target.key.describe(),
+        })
+    }
+
+    /// A failure reported inside a 200 answer: before any text it counts as the HTTP error it
+    /// stands for (so an overload is retried); after some text, the reply broke off.
+    fn fault(&self, fault: StreamFault, partial: &str) -> Failure {
+        match fault {
+            StreamFault::Provider(p) if partial.is_empty() => {
+                let status = p
+                    .implied_status()
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                self.status_failure(status, None, p)
+            }
+            StreamFault::Provider(p) => self.never(AiError::BrokeOff {
+                provider: self.provider(),
+                reason: format!(
+                    "{} reported an error mid-way: {}",
+                    self.provider(),
+                    p.shown(self.key, None)
+                ),
+                partial: partial.to_string(),
+            }),
+            StreamFault::Malformed(m) if partial.is_empty() => self.never(AiError::Protocol {
+                provider: self.provider(),
+                detail: m,
+            }),
+            StreamFault::Malformed(m) => self.never(AiError::BrokeOff {
+                provider: self.provider(),
+                reason: m,
+                partial: partial.to_string(),
+            }),
+        }
+    }
+
+    /// One HTTP exchange.
+    async fn attempt(&self) -> Result<Outcome, Failure> {
+        let req = self.request().map_err(|e| self.never(e))?;
+        let t = self.target;
+        let first_deadline = (Instant::now() + t.timeouts.first_token).min(self.deadline);
+        let first_kind = if first_deadline == self.deadline {
+            TimeoutKind::Total
+        } else {
+            TimeoutKind::FirstToken
+        };
+        let mut resp = match timeout_at(first_deadline, req.send_body(self.body.clone())).await {
+            None => return Err(self.timeout(first_kind, String::new())),
+            Some(Err(e)) => return Err(self.send_error(e)),
+            Some(Ok(r)) => r,
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let body = match timeout_at(self.deadline, resp.body().limit(MAX_ERROR_BODY)).await {
+                Some(Ok(b)) => b,
+                _ => Bytes::new(),
+            };
+            let headers = resp.headers().clone();
+            return Err(self.status_failure(
+                status,
+                Some(&headers),
+                ProviderError::from_body(&body),
+            ));
+        }
+        let is_sse = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !(t.stream && is_sse) {
+            // Not streamed (or a server that answered a stream request in one piece).
+            let body = match timeout_at(self.deadline, resp.body().limit(MAX_BODY)).await {
+                None => return Err(self.timeout(TimeoutKind::Total, String::new())),
+                Some(Err(e)) => {
+                    return Err(self.unreachable(format!("the answer could not be read ({e})")))
+                }
+                Some(Ok(b)) => b,
+            };
+            let parsed = match t.provider {
+                Provider::Anthropic => anthropic::parse_response(&body),
+                Provider::Gemini => gemini::parse_response(&body),
+                _ => openai::parse_response(&body),
+            };
+            let outcome = parsed.map_err(|f| self.fault(f, ""))?;
+            if let Some(tx) = self.deltas.filter(|_| !outcome.text.is_empty()) {
+                let _ = tx.unbounded_send(outcome.text.clone());
+            }
+            return Ok(outcome);
+        }
+        let mut decoder: Box<dyn Decoder> = match t.provider {
+            Provider::Anthropic => Box::<anthropic::StreamDecoder>::default(),
+            Provider::Gemini => Box::<gemini::StreamDecoder>::default(),
+            _ => Box::<openai::StreamDecoder>::default(),
+        };
+        let mut parser = SseParser::new();
+        let mut delivered = false;
+        let mut last_data = Instant::now();
+        let mut out = Vec::new();
+        loop {
+            let (until, kind) = if !delivered {
+                (first_deadline, first_kind)
+            } else if last_data + t.timeouts.idle < self.deadline {
+                (last_data + t.timeouts.idle, TimeoutKind::Idle)
+            } else {
+                (self.deadline, TimeoutKind::Total)
+            };
+            let next = match timeout_at(until, resp.next()).await {
+                None => return Err(self.timeout(kind, decoder.outcome().text.clone())),
+                Some(next) => next,
+            };
+            last_data = Instant::now();
+            let (events, eof) = match next {
+                Some(Ok(bytes)) => match parser.push(&bytes) {
+                    Ok(evs) => (evs, false),
+                    Err(e) => {
+                        let partial = decoder.outcome().text.clone();
+                        return Err(self.fault(StreamFault::Malformed(e.to_string()), &partial));
+                    }
+                },
+                Some(Err(e)) => {
+                    return Err(self.broke_off(
+                        format!("the connection failed mid-way ({e})"),
+                        decoder.outcome().text.clone(),
+                    ))
+                }
+                None => (parser.finish().into_iter().collect(), true),
+            };
+            for ev in events {
+                let done = match decoder.event(&ev, &mut out) {
+                    Ok(done) => done,
+                    Err(f) => {
+                        let partial = decoder.outcome().text.clone();
+                        return Err(self.fault(f, &partial));
+                    }
+                };
+                for d in out.drain(..) {
+                    delivered = true;
+                    if let Some(tx) = self.deltas {
+                        let _ = tx.unbounded_send(d);
+                    }
+                }
+                if done {
+                    return Ok(std::mem::take(decoder.outcome()));
+                }
+            }
+            if eof {
+                if !decoder.complete_at_eof() {
+                    return Err(self.broke_off(
+                        "the connection closed before the reply was complete".into(),
+                        decoder.outcome().text.clone(),
+                    ));
+                }
+                return Ok(std::mem::take(decoder.outcome()));
+            }
+        }
+    }
+
+    /// The stream failed: retried when nothing was shown yet, else reported with what arrived.
+    fn broke_off(&self, reason: String, partial: String) -> Failure {
+        if partial.is_empty() {
+            self.unreachable(reason)
+        } else {
+            self.never(AiError::BrokeOff {
+                provider: self.provider(),
+                reason: redact(&reason, self.key),
+                partial,
+            })
+        }
+    }
+
+    fn send_error(&self, e: awc::error::SendRequestError) -> Failure {
+        match SendFailure::of(e) {
+            SendFailure::ConnectTimeout => Failure {
+                retry: Retry::Backoff,
+                ..self.timeout(TimeoutKind::Connect, String::new())
+            },
+            SendFailure::Config(detail) => self.never(AiError::Config { detail }),
+            SendFailure::Unreachable(reason) => self.unreachable(reason),
+        }
+    }
+}
+
+/// Why a request could not be sent.
+#[derive(Debug, PartialEq, Eq)]
+enum SendFailure {
+    /// Opening the connection took longer than the connect timeout (retried).
+    ConnectTimeout,
+    /// The request itself is wrong: retrying cannot help.
+    Config(String),
+    /// DNS, refused connection, reset before an answer… (retried).
+    Unreachable(String),
+}
+
+impl SendFailure {
+    fn of(e: awc::error::SendRequestError) -> SendFailure {
+        use awc::error::{ConnectError, SendRequestError as E};
+        match e {
+            E::Connect(ConnectError::Timeout) => SendFailure::ConnectTimeout,
+            E::Url(e) => SendFailure::Config(format!("its URL is not valid ({e})")),
+            E::Http(e) => SendFailure::Config(format!("the request cannot be built ({e})")),
+            other => SendFailure::Unreachable(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connect_timeout_is_told_apart_from_other_send_failures() {
+        use awc::error::{ConnectError, SendRequestError as E};
+        assert_eq!(
+            SendFailure::of(E::Connect(ConnectError::Timeout)),
+            SendFailure::ConnectTimeout
+        );
+        assert!(matches!(
+            SendFailure::of(E::Connect(ConnectError::NoRecords)),
+            SendFailure::Unreachable(_)
+        ));
+        assert!(matches!(
+            SendFailure::of(E::Url(awc::error::InvalidUrl::MissingScheme)),
+            SendFailure::Config(_)
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(
+            backoff(1) <= Duration::from_millis(500) && backoff(1) >= Duration::from_millis(375)
+        );
+        assert!(backoff(2) >= Duration::from_millis(750));
+        assert!(backoff(30) <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn the_attempt_count_reaches_the_message() {
+        let e = with_attempts(
+            AiError::RateLimited {
+                provider: "OpenAI",
+                attempts: 1,
+                detail: "slow down".into(),
+            },
+            3,
+        );
+        assert!(e.to_string().contains("after 3 attempts"), "{e}");
+    }
+}

@@ -1,0 +1,178 @@
+//! AI endpoints as peers: one [`AiAdapter`] actor per AI endpoint of this proxy's table.
+//!
+//! The adapter owns the endpoint's resolved configuration and its awc `Client` (built once,
+//! rebuilt only when the connect timeout changes). [`Ask`] sends the conversation so far and
+//! gets back the complete reply, while each text delta goes out on a channel as it streams;
+//! [`UpdateEndpoint`] swaps the configuration when the controller's table changes.
+//!
+//! It does not store anything, know about peers, or route messages: the proxy's router decides
+//! who is asked and what happens to the reply (stored once, complete; or shown as an error).
+//!
+//! How the proxy uses it: start one adapter per AI entry of the table
+//! (`AiAdapter::new(name, endpoint).start()` on the role's arbiter), send it [`UpdateEndpoint`]
+//! when that entry changes (stop it when the entry goes away), and for each message a user
+//! sends to it: build the conversation as [`Turn`]s (oldest first, the new message last; the
+//! adapter's own earlier replies have `speaker` = its name), create an unbounded channel,
+//! forward each delta received to the peer as a stream chunk, and await the [`Ask`] result:
+//! `Ok(AiReply)` is stored once, complete; `Err(AiError)` is stored as a message from the
+//! endpoint whose text is the error's `Display` and whose envelope has `error: true` (with
+//! [`AiError::partial_text`] kept if the page should still show what had streamed).
+//!
+//! Layout: [`target`] (table entry → call settings, incl. the original's entries), [`history`]
+//! (conversation → provider roles), [`openai`] / [`anthropic`] / [`gemini`] (wire formats,
+//! pure), [`sse`] (byte-stream parser), [`reply`] (answer → reply or error), [`error`] (what
+//! users see), [`keys`] (secrets), `call` (the HTTP exchange, timeouts and retries).
+
+use std::time::Duration;
+
+use actix::{Actor, Context, Handler, Message, ResponseFuture};
+use futures_channel::mpsc::UnboundedSender;
+
+use crate::wire::control_plane::AiEndpoint;
+
+pub mod anthropic;
+mod call;
+pub mod error;
+pub mod gemini;
+pub mod history;
+pub mod keys;
+pub mod openai;
+pub mod reply;
+pub mod sse;
+pub mod target;
+
+pub use error::{AiError, TimeoutKind};
+pub use reply::{AiReply, Finish, Usage};
+
+/// One turn of the conversation, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    /// The user's name, or the AI endpoint's name (the adapter's own turns are its replies).
+    pub speaker: String,
+    pub text: String,
+}
+
+impl Turn {
+    pub fn new(speaker: impl Into<String>, text: impl Into<String>) -> Turn {
+        Turn {
+            speaker: speaker.into(),
+            text: text.into(),
+        }
+    }
+}
+
+/// Replace the endpoint's configuration (the table changed). Calls under way keep the old one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UpdateEndpoint {
+    pub endpoint: AiEndpoint,
+}
+
+/// Produce a reply to `history`, whose last turn is the user's new message.
+///
+/// Each text delta is sent on `deltas` as it arrives (a non-streamed reply arrives as one
+/// delta). The result is the complete reply, or an [`AiError`] whose `Display` is the message
+/// the user sees in the conversation; [`AiError::partial_text`] is what had been streamed.
+#[derive(Message)]
+#[rtype(result = "Result<AiReply, AiError>")]
+pub struct Ask {
+    pub history: Vec<Turn>,
+    pub deltas: Option<UnboundedSender<String>>,
+}
+
+/// One AI endpoint.
+pub struct AiAdapter {
+    name: String,
+    target: Result<target::Target, String>,
+    client: awc::Client,
+    connect: Duration,
+}
+
+fn build_client(connect: Duration) -> awc::Client {
+    awc::Client::builder()
+        .connector(awc::Connector::new().timeout(connect))
+        // Our own timeouts (first token, idle, total) apply; awc's 5 s default must not.
+        .disable_timeout()
+        // A redirect could carry the key to another host.
+        .disable_redirects()
+        .finish()
+}
+
+fn resolve(name: &str, endpoint: &AiEndpoint) -> Result<target::Target, String> {
+    target::resolve(endpoint).map_err(|e| {
+        let detail = match e {
+            AiError::Config { detail } => detail,
+            other => other.to_string(),
+        };
+        log::warn!("AI endpoint {name}: {detail}");
+        detail
+    })
+}
+
+impl AiAdapter {
+    /// An adapter for the endpoint `name` of the table. A bad entry is not fatal: every
+    /// [`Ask`] then answers with a configuration error naming what to fix.
+    pub fn new(name: String, endpoint: AiEndpoint) -> Self {
+        let target = resolve(&name, &endpoint);
+        let connect = match &target {
+            Ok(t) => t.timeouts.connect,
+            Err(_) => endpoint.timeouts.connect(),
+        };
+        AiAdapter {
+            name,
+            target,
+            client: build_client(connect),
+            connect,
+        }
+    }
+
+    /// The endpoint's name, as its replies are labelled.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Actor for AiAdapter {
+    type Context = Context<Self>;
+}
+
+impl Handler<UpdateEndpoint> for AiAdapter {
+    type Result = ();
+
+    /// Table changed: resolve the new entry; rebuild the client only if its connect timeout moved.
+    fn handle(&mut self, msg: UpdateEndpoint, _ctx: &mut Context<Self>) {
+        self.target = resolve(&self.name, &msg.endpoint);
+        let connect = match &self.target {
+            Ok(t) => t.timeouts.connect,
+            Err(_) => msg.endpoint.timeouts.connect(),
+        };
+        if connect != self.connect {
+            self.client = build_client(connect);
+            self.connect = connect;
+        }
+    }
+}
+
+impl Handler<Ask> for AiAdapter {
+    type Result = ResponseFuture<Result<AiReply, AiError>>;
+
+    /// Asks the provider; the call runs beside the actor, which stays free for other asks.
+    fn handle(&mut self, msg: Ask, _ctx: &mut Context<Self>) -> Self::Result {
+        let target = match &self.target {
+            Ok(t) => t.clone(),
+            Err(detail) => {
+                let e = AiError::Config {
+                    detail: detail.clone(),
+                };
+                return Box::pin(async move { Err(e) });
+            }
+        };
+        Box::pin(call::ask(
+            self.client.clone(),
+            self.name.clone(),
+            target,
+            msg.history,
+            msg.deltas,
+        ))
+    }
+}

@@ -1,0 +1,206 @@
+//! A byte-stream Server-Sent Events parser, fed chunk by chunk as they come off the socket.
+//!
+//! Owns the framing rules only: LF, CR and CRLF line ends (even split across chunks), multi-line
+//! `data:` fields, `event:` names, comments (`:` lines) ignored, dispatch on a blank line, and a
+//! last event without its blank line flushed at EOF. It knows nothing about any provider's JSON
+//! or terminator (`[DONE]`, `message_stop`): the provider decoders decide that.
+
+/// One dispatched event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` name, when the server sent one.
+    pub event: Option<String>,
+    /// The `data:` lines, joined with `\n`.
+    pub data: String,
+}
+
+/// The longest line accepted; a server sending more without a line end is broken.
+const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Incremental parser: [`SseParser::push`] each chunk, [`SseParser::finish`] at EOF.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    line: Vec<u8>,
+    /// The previous chunk ended on `\r`: a `\n` starting the next one belongs to it.
+    after_cr: bool,
+    event: Option<String>,
+    data: String,
+    has_data: bool,
+    started: bool,
+}
+
+/// The stream is not SSE at all (a line longer than any real event).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an event line is longer than {MAX_LINE_BYTES} bytes")]
+pub struct SseTooLong;
+
+impl SseParser {
+    pub fn new() -> SseParser {
+        SseParser::default()
+    }
+
+    /// Feeds bytes; returns the events completed by them, in order.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, SseTooLong> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if self.after_cr {
+                self.after_cr = false;
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => {
+                    self.after_cr = true;
+                    self.end_line(&mut out);
+                }
+                b'\n' => self.end_line(&mut out),
+                _ => {
+                    if self.line.len() >= MAX_LINE_BYTES {
+                        return Err(SseTooLong);
+                    }
+                    self.line.push(b);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The connection closed: a pending line and event are completed.
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        let mut out = Vec::new();
+        if !self.line.is_empty() {
+            self.end_line(&mut out);
+        }
+        self.end_line(&mut out);
+        out.pop()
+    }
+
+    fn end_line(&mut self, out: &mut Vec<SseEvent>) {
+        let raw = std::mem::take(&mut self.line);
+        let mut line = String::from_utf8_lossy(&raw).into_owned();
+        if !self.started {
+            self.started = true;
+            if let Some(rest) = line.strip_prefix('\u{feff}') {
+                line = rest.to_string();
+            }
+        }
+        if line.is_empty() {
+            if self.has_data {
+                out.push(SseEvent {
+                    event: self.event.take(),
+                    data: std::mem::take(&mut self.data),
+                });
+            }
+            self.event = None;
+            self.data.clear();
+            self.has_data = false;
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line.as_str(), ""),
+        };
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "event" => self.event = Some(value.to_string()),
+            _ => {} // id, retry and unknown fields do not matter here.
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(p.push(c).unwrap());
+        }
+        out.extend(p.finish());
+        out
+    }
+
+    fn data(d: &str) -> SseEvent {
+        SseEvent {
+            event: None,
+            data: d.into(),
+        }
+    }
+
+    #[test]
+    fn lf_cr_and_crlf_line_ends_all_dispatch() {
+        assert_eq!(
+            parse_all(&[b"data: a\n\ndata: b\r\rdata: c\r\n\r\n"]),
+            [data("a"), data("b"), data("c")]
+        );
+    }
+
+    #[test]
+    fn a_crlf_split_across_chunks_is_one_line_end() {
+        assert_eq!(
+            parse_all(&[b"data: a\r", b"\n\r", b"\ndata: b\r\n", b"\r\n"]),
+            [data("a"), data("b")]
+        );
+    }
+
+    #[test]
+    fn multi_line_data_is_joined_with_newlines() {
+        assert_eq!(
+            parse_all(&[b"data: {\"a\":\ndata: 1}\n\n"]),
+            [data("{\"a\":\n1}")]
+        );
+    }
+
+    #[test]
+    fn comments_and_unknown_fields_are_ignored() {
+        assert_eq!(
+            parse_all(&[b": OPENROUTER PROCESSING\n\nid: 7\nretry: 10\ndata: x\n\n"]),
+            [data("x")]
+        );
+    }
+
+    #[test]
+    fn event_names_are_kept_and_reset_per_event() {
+        let evs = parse_all(&[b"event: ping\ndata: {}\n\ndata: y\n\n"]);
+        assert_eq!(evs[0].event.as_deref(), Some("ping"));
+        assert_eq!(evs[1].event, None);
+    }
+
+    #[test]
+    fn an_event_split_anywhere_across_chunks_comes_out_whole() {
+        let text = "event: content_block_delta\ndata: {\"t\":\"héllo\"}\n\n";
+        let bytes = text.as_bytes();
+        for cut in 1..bytes.len() {
+            let evs = parse_all(&[&bytes[..cut], &bytes[cut..]]);
+            assert_eq!(evs.len(), 1, "cut at {cut}");
+            assert_eq!(evs[0].data, "{\"t\":\"héllo\"}");
+        }
+    }
+
+    #[test]
+    fn a_last_event_without_its_blank_line_is_flushed_at_eof() {
+        assert_eq!(parse_all(&[b"data: last"]), [data("last")]);
+    }
+
+    #[test]
+    fn a_field_without_a_space_after_the_colon_is_read() {
+        assert_eq!(parse_all(&[b"data:[DONE]\n\n"]), [data("[DONE]")]);
+    }
+
+    #[test]
+    fn blank_lines_without_data_dispatch_nothing() {
+        assert!(parse_all(&[b"\n\n\r\nevent: x\n\n"]).is_empty());
+    }
+}
