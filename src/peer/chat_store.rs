@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -242,11 +242,41 @@ pub struct ListConversations;
 
 /// The redb database; runs on a `SyncArbiter` (its own threads).
 pub struct ChatStore {
-    db: Arc<Database>,
+    db: Arc<SharedDb>,
+}
+
+/// The open database, shared by the store's threads and closed once, on stop (so the same
+/// file can be opened again at once, e.g. by a restarted peer in the same process).
+pub struct SharedDb(RwLock<Option<Database>>);
+
+impl SharedDb {
+    pub fn new(db: Database) -> Self {
+        Self(RwLock::new(Some(db)))
+    }
+
+    /// Runs `f` with the database; an error once it is closed.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, PeerError>) -> Result<T, PeerError> {
+        let guard = self
+            .0
+            .read()
+            .map_err(|_| PeerError::Storage("the store's lock is poisoned".into()))?;
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(PeerError::unavailable("the chat store is closed")),
+        }
+    }
+
+    /// Closes the database, after the operations in progress.
+    pub fn close(&self) {
+        match self.0.write() {
+            Ok(mut db) => drop(db.take()),
+            Err(poisoned) => drop(poisoned.into_inner().take()),
+        }
+    }
 }
 
 impl ChatStore {
-    pub fn new(db: Arc<Database>) -> Self {
+    pub fn new(db: Arc<SharedDb>) -> Self {
         Self { db }
     }
 
@@ -413,13 +443,16 @@ fn apply(
     }
 }
 
-impl ChatStore {
+/// The blocking operations, on an open database.
+mod blocking {
+    use super::*;
+
     /// One transaction, one commit (durable on return), for the whole batch.
     pub fn write_batch(
-        &self,
+        db: &Database,
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<WriteOutcome, PeerError>>, PeerError> {
-        let tx = self.db.begin_write().map_err(PeerError::storage)?;
+        let tx = db.begin_write().map_err(PeerError::storage)?;
         let mut outcomes = Vec::with_capacity(ops.len());
         {
             let mut meta = tx.open_table(META).map_err(PeerError::storage)?;
@@ -440,12 +473,12 @@ impl ChatStore {
 
     /// A range scan from the newest end: as fast for the millionth message as for the first.
     pub fn page(
-        &self,
+        db: &Database,
         peer: &str,
         before: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, PeerError> {
-        let tx = self.db.begin_read().map_err(PeerError::storage)?;
+        let tx = db.begin_read().map_err(PeerError::storage)?;
         let table = tx.open_table(MESSAGES).map_err(PeerError::storage)?;
         let key = conversation_key(peer);
         let before = before.unwrap_or(u64::MAX);
@@ -475,8 +508,8 @@ impl ChatStore {
     }
 
     /// A whole conversation, oldest first.
-    pub fn history(&self, peer: &str) -> Result<Vec<StoredMessage>, PeerError> {
-        let tx = self.db.begin_read().map_err(PeerError::storage)?;
+    pub fn history(db: &Database, peer: &str) -> Result<Vec<StoredMessage>, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
         let table = tx.open_table(MESSAGES).map_err(PeerError::storage)?;
         let key = conversation_key(peer);
         let mut out = Vec::new();
@@ -491,8 +524,8 @@ impl ChatStore {
     }
 
     /// Every conversation's summary.
-    pub fn conversations(&self) -> Result<Vec<ConversationSummary>, PeerError> {
-        let tx = self.db.begin_read().map_err(PeerError::storage)?;
+    pub fn conversations(db: &Database) -> Result<Vec<ConversationSummary>, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
         let table = tx.open_table(CONVERSATIONS).map_err(PeerError::storage)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(PeerError::storage)? {
@@ -500,6 +533,36 @@ impl ChatStore {
             out.push(decode::<ConversationSummary>(v.value())?);
         }
         Ok(out)
+    }
+}
+
+impl ChatStore {
+    /// One transaction, one commit (durable on return), for the whole batch.
+    pub fn write_batch(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<Result<WriteOutcome, PeerError>>, PeerError> {
+        self.db.with(|db| blocking::write_batch(db, ops))
+    }
+
+    /// The newest `limit` messages with `peer` older than `before`, newest first.
+    pub fn page(
+        &self,
+        peer: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, PeerError> {
+        self.db.with(|db| blocking::page(db, peer, before, limit))
+    }
+
+    /// The whole conversation with `peer`, oldest first.
+    pub fn history(&self, peer: &str) -> Result<Vec<StoredMessage>, PeerError> {
+        self.db.with(|db| blocking::history(db, peer))
+    }
+
+    /// Every conversation's summary.
+    pub fn conversations(&self) -> Result<Vec<ConversationSummary>, PeerError> {
+        self.db.with(blocking::conversations)
     }
 }
 
@@ -733,7 +796,7 @@ mod tests {
     fn store() -> (tempfile::TempDir, ChatStore) {
         let dir = tempfile::tempdir().unwrap();
         let db = ChatStore::open(&dir.path().join("t.redb")).unwrap();
-        (dir, ChatStore::new(Arc::new(db)))
+        (dir, ChatStore::new(Arc::new(SharedDb::new(db))))
     }
 
     fn write(store: &ChatStore, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcome, PeerError>> {

@@ -18,7 +18,6 @@ pub mod views;
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use actix::{Actor, SyncArbiter};
 use actix_web::{web, App, HttpServer};
@@ -27,7 +26,7 @@ use anyhow::Context as _;
 use crate::config::PeerSettings;
 use crate::web::{common_routes, Health, Running};
 use auto_reply::AutoReply;
-use chat_store::{ChatStore, WriteQueue};
+use chat_store::{ChatStore, SharedDb, WriteQueue};
 use proxy_client::ProxyClient;
 use routes::PeerState;
 use updates::Updates;
@@ -49,13 +48,11 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         .await
         .context("opening the chat store")?
         .with_context(|| format!("{label}: cannot open its chat store {}", path.display()))?;
-    let db = Arc::new(db);
-    let weak_db = Arc::downgrade(&db);
+    let db = Arc::new(SharedDb::new(db));
     let store = {
         let db = db.clone();
         SyncArbiter::start(STORE_THREADS, move || ChatStore::new(db.clone()))
     };
-    drop(db);
 
     let arbiter = crate::web::role_arbiter(&label);
     let handle = arbiter.handle();
@@ -109,18 +106,14 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
 
     let stop_label = label.clone();
     let on_stop: Box<dyn FnOnce() + Send> = Box::new(move || {
-        // The actors go with their arbiter; the store threads end when the last address is
-        // dropped, and the database closes with them. Wait (bounded) so a restart in the same
-        // process can open the file again.
+        // The actors go with their arbiter (after the write in progress, if any); then the
+        // database is closed, so a restart in the same process can open the file again.
         arbiter.stop();
-        let _ = arbiter.join();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while weak_db.strong_count() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+        if arbiter.join().is_err() {
+            log::warn!("{stop_label}: an actor thread panicked while stopping");
         }
-        if weak_db.strong_count() > 0 {
-            log::warn!("{stop_label}: the chat store was still open 5 s after stopping");
-        }
+        db.close();
+        log::info!("{stop_label}: chat store closed");
     });
     Ok(Running {
         label,
