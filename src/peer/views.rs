@@ -26,6 +26,12 @@ fn initial(name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// An avatar colour for a name (a class `hue-0`..`hue-5`); chat.js picks the same one.
+pub fn hue(name: &str) -> String {
+    let sum: u32 = name.to_ascii_lowercase().bytes().map(u32::from).sum();
+    format!("hue-{}", sum % 6)
+}
+
 /// One contact button; `chat.js` builds the same markup when it refreshes the list.
 pub fn contact(c: &Contact) -> Markup {
     let kind = match c.kind {
@@ -40,7 +46,7 @@ pub fn contact(c: &Contact) -> Markup {
     html! {
         button.contact type="button" data-peer=(c.name) data-kind=(kind)
             title={ (c.name) @if kind == "ai" { " (AI)" } @if !presence_label.is_empty() { " · " (presence_label) } } {
-            span.avatar.(kind) { (initial(&c.name)) }
+            span.avatar.(kind).(hue(&c.name)) { (initial(&c.name)) }
             span.who {
                 span.name { (c.name) @if c.kind == PeerKind::Ai { span.tag { "AI" } } }
                 span.preview { (c.last_text.as_deref().unwrap_or(if c.reachable { "" } else { "not reachable now" })) }
