@@ -447,6 +447,8 @@
   contacts = contactsFromPage();
   connect();
   fromHash();
+  // On a phone with nothing selected yet, start on the contact list.
+  if (!current && window.matchMedia("(max-width: 720px)").matches) el.app.classList.add("contacts-open");
   // Presence changes are not pushed to the peer: refresh the list now and then.
   setInterval(loadContacts, 30000);
 })();

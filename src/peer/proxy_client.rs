@@ -23,6 +23,8 @@ use crate::wire::legacy::{ErrorBody, FailedBody, ProxyPeers};
 
 /// How long one call to the proxy may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reading who can be reached may take (a page waits for it).
+const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest answer read from the proxy.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
@@ -88,12 +90,13 @@ fn refusal_reason(status: StatusCode, body: &[u8]) -> String {
     }
 }
 
-/// Sends a request and reads a JSON answer, mapping every failure to a [`PeerError`].
-async fn call<T: DeserializeOwned>(
+/// Sends a request and reads the answer's body, mapping every failure (unreachable, or a
+/// non-2xx answer) to a [`PeerError`].
+async fn call(
     request: awc::ClientRequest,
     body: Option<Vec<u8>>,
     what: &str,
-) -> Result<T, PeerError> {
+) -> Result<actix_web::web::Bytes, PeerError> {
     let sent = match body {
         Some(b) => {
             request
@@ -116,7 +119,12 @@ async fn call<T: DeserializeOwned>(
             reason: refusal_reason(status, &bytes),
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| PeerError::ProxyRefused {
+    Ok(bytes)
+}
+
+/// A successful answer's JSON body.
+fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PeerError> {
+    serde_json::from_slice(bytes).map_err(|e| PeerError::ProxyRefused {
         status: 502,
         reason: format!("{what}: the proxy's answer is not what was expected: {e}"),
     })
@@ -128,8 +136,17 @@ impl Handler<PostOutbox> for ProxyClient {
     fn handle(&mut self, msg: PostOutbox, _: &mut Context<Self>) -> Self::Result {
         let request = self.client.post(format!("{}/api/v1/outbox", self.base));
         Box::pin(async move {
+            let id = msg.envelope.id.clone();
             let body = serde_json::to_vec(&msg.envelope).map_err(PeerError::storage)?;
-            call(request, Some(body), "handing the message to the proxy").await
+            let answer = call(request, Some(body), "handing the message to the proxy").await?;
+            // A 2xx is the proxy's word that it holds the message; an answer body other than
+            // `Accepted` does not undo that.
+            Ok(
+                serde_json::from_slice::<Accepted>(&answer).unwrap_or(Accepted {
+                    id,
+                    state: DeliveryState::Pending,
+                }),
+            )
         })
     }
 }
@@ -155,14 +172,21 @@ impl Handler<FetchDirectory> for ProxyClient {
     type Result = ResponseFuture<Result<Vec<DirectoryEntry>, PeerError>>;
 
     fn handle(&mut self, _: FetchDirectory, _: &mut Context<Self>) -> Self::Result {
-        let native = self.client.get(format!("{}/api/v1/directory", self.base));
-        let legacy = self.client.get(format!("{}/peers", self.base));
+        let native = self
+            .client
+            .get(format!("{}/api/v1/directory", self.base))
+            .timeout(DIRECTORY_TIMEOUT);
+        let legacy = self
+            .client
+            .get(format!("{}/peers", self.base))
+            .timeout(DIRECTORY_TIMEOUT);
         Box::pin(async move {
-            match call::<Vec<DirectoryEntry>>(native, None, "reading the directory").await {
-                Ok(d) => Ok(d),
+            match call(native, None, "reading the directory").await {
+                Ok(d) => parse(&d, "reading the directory"),
                 // compat: an original proxy has no directory; its table says who is an AI.
                 Err(PeerError::ProxyRefused { status: 404, .. }) => {
-                    let peers: ProxyPeers = call(legacy, None, "reading the proxy's table").await?;
+                    let what = "reading the proxy's table";
+                    let peers: ProxyPeers = parse(&call(legacy, None, what).await?, what)?;
                     Ok(directory_from_table(&peers))
                 }
                 Err(e) => Err(e),
@@ -175,14 +199,16 @@ impl Handler<FetchLegacyPeers> for ProxyClient {
     type Result = ResponseFuture<Result<ProxyPeers, PeerError>>;
 
     fn handle(&mut self, _: FetchLegacyPeers, _: &mut Context<Self>) -> Self::Result {
-        let request = self.client.get(format!("{}/peers", self.base));
-        Box::pin(async move { call(request, None, "reading the proxy's table").await })
+        let request = self
+            .client
+            .get(format!("{}/peers", self.base))
+            .timeout(DIRECTORY_TIMEOUT);
+        Box::pin(async move {
+            let what = "reading the proxy's table";
+            parse(&call(request, None, what).await?, what)
+        })
     }
 }
-
-/// What `/api/v1/forget` answers; only its success matters.
-#[derive(serde::Deserialize)]
-struct Anything {}
 
 impl Handler<PostForget> for ProxyClient {
     type Result = ResponseFuture<Result<(), PeerError>>;
@@ -191,7 +217,8 @@ impl Handler<PostForget> for ProxyClient {
         let request = self.client.post(format!("{}/api/v1/forget", self.base));
         Box::pin(async move {
             let body = serde_json::to_vec(&msg.forget).map_err(PeerError::storage)?;
-            call::<Anything>(request, Some(body), "asking the proxy to forget")
+            // Only its success matters, whatever its body.
+            call(request, Some(body), "asking the proxy to forget")
                 .await
                 .map(|_| ())
         })
