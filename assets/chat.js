@@ -72,6 +72,14 @@
 
   // ---- contacts ----
 
+  // Same as views.rs `contact_subtitle`: the last message, else what the contact is.
+  function subtitle(c) {
+    if (c.last_text) return c.last_text;
+    if (c.reachable === false) return "not reachable now";
+    if (c.kind === "ai") return "AI model";
+    return c.online === true ? "online" : c.online === false ? "offline" : "person";
+  }
+
   function contactButton(c) {
     var kind = c.kind === "ai" ? "ai" : "person";
     var b = node("button", "contact");
@@ -85,7 +93,7 @@
     var name = node("span", "name", c.name);
     if (kind === "ai") name.appendChild(node("span", "tag", "AI"));
     who.appendChild(name);
-    who.appendChild(node("span", "preview", c.last_text || (c.reachable === false ? "not reachable now" : "")));
+    who.appendChild(node("span", "preview", subtitle(c)));
     var dot = node("span", "presence " + presence);
     if (presence !== "unknown") dot.setAttribute("aria-label", presence);
     b.appendChild(av);
@@ -120,13 +128,12 @@
     var out = [];
     el.contacts.querySelectorAll(".contact").forEach(function (b) {
       var dot = b.querySelector(".presence");
-      var preview = b.querySelector(".preview");
       out.push({
         name: b.dataset.peer,
         kind: b.dataset.kind,
         online: dot.classList.contains("online") ? true : dot.classList.contains("offline") ? false : null,
-        reachable: true,
-        last_text: preview ? preview.textContent : "",
+        reachable: b.dataset.reachable !== "false",
+        last_text: b.dataset.last || "",
       });
     });
     return out;

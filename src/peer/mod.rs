@@ -50,8 +50,11 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         .with_context(|| format!("{label}: cannot open its chat store {}", path.display()))?;
     let db = Arc::new(SharedDb::new(db));
     let store = {
-        let db = db.clone();
-        SyncArbiter::start(STORE_THREADS, move || ChatStore::new(db.clone()))
+        let (db, tag) = (db.clone(), label.clone());
+        SyncArbiter::start(STORE_THREADS, move || {
+            crate::logging::tag_thread(&tag);
+            ChatStore::new(db.clone())
+        })
     };
 
     let arbiter = crate::web::role_arbiter(&label);

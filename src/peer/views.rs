@@ -5,10 +5,27 @@
 //! same markup. maud escapes every value, so a message or name containing `<script>` is text.
 //! fixes original: styles and script are served by the binary (no CDN): the page works offline.
 
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::routes::{Contact, ContactList};
 use crate::wire::data_plane::PeerKind;
+
+/// A fixed, inline picture for the empty conversation (no emoji font needed).
+const CHAT_ICON: &str = r##"<svg width="56" height="56" viewBox="0 0 24 24" fill="none" stroke="#2f6fed" stroke-width="1.6" stroke-linecap="round" stroke-linejoin="round" aria-hidden="true"><path d="M21 12a8 8 0 0 1-11.6 7.1L4 20.5l1.4-4.6A8 8 0 1 1 21 12z" fill="#e8effe"/><path d="M8.5 10.5h7M8.5 13.5h4.5"/></svg>"##;
+
+/// The line under a contact's name: the last message, else what it is.
+pub fn contact_subtitle(c: &Contact) -> String {
+    if let Some(t) = c.last_text.as_deref().filter(|t| !t.is_empty()) {
+        return t.to_string();
+    }
+    match (c.kind, c.online, c.reachable) {
+        (_, _, false) => "not reachable now".into(),
+        (PeerKind::Ai, _, _) => "AI model".into(),
+        (PeerKind::Person, Some(true), _) => "online".into(),
+        (PeerKind::Person, Some(false), _) => "offline".into(),
+        (PeerKind::Person, None, _) => "person".into(),
+    }
+}
 
 /// What the page is rendered from.
 pub struct PageData<'a> {
@@ -45,11 +62,12 @@ pub fn contact(c: &Contact) -> Markup {
     };
     html! {
         button.contact type="button" data-peer=(c.name) data-kind=(kind)
+            data-last=(c.last_text.as_deref().unwrap_or("")) data-reachable=(c.reachable)
             title={ (c.name) @if kind == "ai" { " (AI)" } @if !presence_label.is_empty() { " · " (presence_label) } } {
             span.avatar.(kind).(hue(&c.name)) { (initial(&c.name)) }
             span.who {
                 span.name { (c.name) @if c.kind == PeerKind::Ai { span.tag { "AI" } } }
-                span.preview { (c.last_text.as_deref().unwrap_or(if c.reachable { "" } else { "not reachable now" })) }
+                span.preview { (contact_subtitle(c)) }
             }
             span.presence.(presence) aria-label=(presence_label) {}
         }
@@ -131,7 +149,7 @@ pub fn chat_page(d: &PageData) -> Markup {
                         }
                         section.messages #messages aria-live="polite" {
                             div.empty #empty {
-                                p.big { "👋" }
+                                p.big { (PreEscaped(CHAT_ICON)) }
                                 p { "Choose a person or an AI model on the left to start." }
                             }
                         }

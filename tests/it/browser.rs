@@ -384,6 +384,41 @@ async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
     .await;
     screenshot(&alice, "08-alice-phone-contacts.png").await;
 
+    // bob clears his chat with alice, after confirming.
+    bob.execute(
+        "window.confirmed = []; window.confirm = (q) => { window.confirmed.push(q); return true; };",
+        vec![],
+    )
+    .await
+    .unwrap();
+    bob.find(Locator::Id("clear-chat"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &bob,
+        "bob's chat emptied",
+        "document.querySelectorAll('#messages .msg').length === 0 && !document.getElementById('empty').hidden",
+    )
+    .await;
+    let asked = bob
+        .execute("return window.confirmed;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        asked.as_array().map(Vec::len),
+        Some(1),
+        "asked once: {asked}"
+    );
+    let mut r = client()
+        .get(format!("{}/get_chat_history/alice", o.bob))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!([]));
+
     alice.close().await.unwrap();
     bob.close().await.unwrap();
     drop(driver);

@@ -725,8 +725,9 @@ async fn concurrent_inbox_posts_are_each_stored_exactly_once() {
     let alice = o.url("alice");
     // 200 distinct messages, each posted twice, all at once: group commit must answer each
     // after its own commit and dedup across and within batches.
+    let c = client();
     let posts = (0..400).map(|i| {
-        let url = format!("{alice}/api/v1/inbox");
+        let req = c.post(format!("{alice}/api/v1/inbox"));
         let e = envelope(
             "bob",
             "alice",
@@ -734,9 +735,9 @@ async fn concurrent_inbox_posts_are_each_stored_exactly_once() {
             &format!("n{}", i % 200),
         );
         async move {
-            let (s, ack): (_, Ack) = post_json(&url, &e).await;
-            assert_eq!(s, StatusCode::OK);
-            ack
+            let mut r = req.send_json(&e).await.expect("POST");
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Ack>().await.expect("an ack")
         }
     });
     let acks = futures_util::future::join_all(posts).await;
