@@ -16,11 +16,13 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-use crate::helpers::{client, config_for};
+use crate::helpers::client;
 use crate::peer::fake_overlay;
 use overlay::wire::data_plane::{conversation_id, Envelope, MessageId, StreamChunk};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// Debian's Chromium; elsewhere chromedriver finds the browser itself.
+const CHROMIUM: &str = "/usr/bin/chromium";
 const ENTER: &str = "\u{e007}";
 
 /// alice's and bob's chat pages, and whatever keeps them running.
@@ -30,9 +32,11 @@ pub struct BrowserOverlay {
     _running: Box<dyn std::any::Any>,
 }
 
-/// The overlay the browser test runs against: alice and bob, no auto-reply.
+/// The overlay the browser test runs against: alice and bob, no auto-reply, and an AI
+/// model `BOT` in the directory. With the real proxies this becomes
+/// `helpers::spawn_overlay(helpers::config_for(&[("alice", &[]), ("bob", &[])]))` with the
+/// peers' URLs taken from it (and BOT from an AI endpoint in the config).
 async fn overlay_under_test() -> BrowserOverlay {
-    let _ = config_for; // the real-proxy version: helpers::spawn_overlay(config_for(...))
     let o = fake_overlay(&[("alice", &[]), ("bob", &[])], &["BOT"]).await;
     BrowserOverlay {
         alice: o.url("alice"),
@@ -97,10 +101,11 @@ async fn browser(driver: &Driver, profile: &tempfile::TempDir) -> Client {
     ];
     let mut caps = serde_json::Map::new();
     caps.insert("browserName".into(), json!("chrome"));
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({"args": args, "binary": "/usr/bin/chromium"}),
-    );
+    let mut options = json!({ "args": args });
+    if std::path::Path::new(CHROMIUM).exists() {
+        options["binary"] = json!(CHROMIUM);
+    }
+    caps.insert("goog:chromeOptions".into(), options);
     ClientBuilder::native()
         .capabilities(caps)
         .connect(&driver.url)
