@@ -316,16 +316,35 @@ fn preview(text: &str) -> String {
     }
 }
 
+/// The tables a write transaction changes, opened once per transaction.
+struct Tables<'t> {
+    messages: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    ids: redb::Table<'t, &'static str, (&'static str, u64)>,
+    convs: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(tx: &'t redb::WriteTransaction) -> Result<Self, PeerError> {
+        Ok(Self {
+            messages: tx.open_table(MESSAGES).map_err(PeerError::storage)?,
+            ids: tx.open_table(IDS).map_err(PeerError::storage)?,
+            convs: tx.open_table(CONVERSATIONS).map_err(PeerError::storage)?,
+        })
+    }
+}
+
 /// Applies one op. The outer error aborts the whole transaction (storage failure); the
 /// inner one is this op's own answer (e.g. an unknown id) and writes nothing.
 fn apply(
-    tx: &redb::WriteTransaction,
+    tables: &mut Tables<'_>,
     next_seq: &mut u64,
     op: WriteOp,
 ) -> Result<Result<WriteOutcome, PeerError>, PeerError> {
-    let mut messages = tx.open_table(MESSAGES).map_err(PeerError::storage)?;
-    let mut ids = tx.open_table(IDS).map_err(PeerError::storage)?;
-    let mut convs = tx.open_table(CONVERSATIONS).map_err(PeerError::storage)?;
+    let Tables {
+        messages,
+        ids,
+        convs,
+    } = tables;
     match op {
         WriteOp::Append { mut message } => {
             let existing = ids
@@ -460,9 +479,10 @@ mod blocking {
                 .get(NEXT_SEQ)
                 .map_err(PeerError::storage)?
                 .map_or(1, |g| g.value());
+            let mut tables = Tables::open(&tx)?;
             for op in ops {
                 // A storage error leaves the transaction uncommitted: nothing half-stored.
-                outcomes.push(apply(&tx, &mut next_seq, op)?);
+                outcomes.push(apply(&mut tables, &mut next_seq, op)?);
             }
             meta.insert(NEXT_SEQ, next_seq)
                 .map_err(PeerError::storage)?;
