@@ -373,11 +373,20 @@
 
   el.clearChat.addEventListener("click", function () {
     if (!current || !confirm("Clear your whole chat with " + current + "? This cannot be undone.")) return;
-    fetch("/clear_chat/" + encodeURIComponent(current), { method: "POST" });
+    var peer = current;
+    fetch("/clear_chat/" + encodeURIComponent(peer), { method: "POST" }).then(function (r) {
+      if (!r.ok) return showError("Could not clear the chat (" + r.status + ")");
+      // The `cleared` event does the same; this covers a page whose live link is down.
+      if (same(peer, current)) clearView("Chat cleared.");
+    });
   });
   el.clearAll.addEventListener("click", function () {
     if (!confirm("Clear ALL your chats? This cannot be undone.")) return;
-    fetch("/clear_all_chats", { method: "POST" });
+    fetch("/clear_all_chats", { method: "POST" }).then(function (r) {
+      if (!r.ok) return showError("Could not clear the chats (" + r.status + ")");
+      if (current) clearView("Chat cleared.");
+      loadContacts();
+    });
   });
   el.toggle.addEventListener("click", function () {
     el.app.classList.toggle("contacts-open");
