@@ -1,1 +1,470 @@
-// overlay chat page: live updates over SSE.
+// overlay chat page: contacts, the selected conversation, live updates over SSE.
+//
+// Everything a message or a name contains is put on the page with textContent (never
+// innerHTML), so `<script>` in a message is shown as text. The page never polls for messages:
+// /api/v1/events pushes each stored message, state change, stream chunk and clear.
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var me = body.dataset.me || "";
+  var el = {
+    app: document.getElementById("app"),
+    contacts: document.getElementById("contacts"),
+    messages: document.getElementById("messages"),
+    empty: document.getElementById("empty"),
+    input: document.getElementById("input"),
+    send: document.getElementById("send"),
+    composer: document.getElementById("composer"),
+    convName: document.getElementById("conv-name"),
+    convSub: document.getElementById("conv-sub"),
+    convAvatar: document.getElementById("conv-avatar"),
+    clearChat: document.getElementById("clear-chat"),
+    clearAll: document.getElementById("clear-all"),
+    toggle: document.getElementById("toggle-contacts"),
+    scrim: document.getElementById("scrim"),
+    live: document.getElementById("live"),
+    liveLabel: document.getElementById("live-label"),
+    sendError: document.getElementById("send-error"),
+  };
+
+  var current = null; // the selected peer's name, as the contact list spells it
+  var contacts = []; // [{name, kind, online, reachable, last_text, last_at_ms}]
+  var bubbles = {}; // message id -> {row, msg}
+  var streams = {}; // reply id -> {row, seq, text}
+  var olderBefore = null; // seq for the next older page, or null
+  var unread = {}; // lower-case peer -> count
+
+  function same(a, b) {
+    return String(a || "").toLowerCase() === String(b || "").toLowerCase();
+  }
+
+  function node(tag, cls, text) {
+    var n = document.createElement(tag);
+    if (cls) n.className = cls;
+    if (text !== undefined && text !== null) n.textContent = String(text);
+    return n;
+  }
+
+  function initial(name) {
+    return (String(name || "?").charAt(0) || "?").toUpperCase();
+  }
+
+  // Same palette choice as views.rs `hue`: sum of the lower-case name's bytes, mod 6.
+  function hue(name) {
+    var s = 0, n = String(name || "").toLowerCase();
+    for (var i = 0; i < n.length; i++) s += n.charCodeAt(i);
+    return "hue-" + (s % 6);
+  }
+
+  function contactOf(name) {
+    for (var i = 0; i < contacts.length; i++) if (same(contacts[i].name, name)) return contacts[i];
+    return null;
+  }
+
+  function timeOf(ms) {
+    var d = new Date(ms);
+    var now = new Date();
+    var hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    if (d.toDateString() === now.toDateString()) return hm;
+    return d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + hm;
+  }
+
+  // ---- contacts ----
+
+  // Same as views.rs `contact_subtitle`: the last message, else what the contact is.
+  function subtitle(c) {
+    if (c.last_text) return c.last_text;
+    if (c.reachable === false) return "not reachable now";
+    if (c.kind === "ai") return "AI model";
+    return c.online === true ? "online" : c.online === false ? "offline" : "person";
+  }
+
+  function contactButton(c) {
+    var kind = c.kind === "ai" ? "ai" : "person";
+    var b = node("button", "contact");
+    b.type = "button";
+    b.dataset.peer = c.name;
+    b.dataset.kind = kind;
+    var presence = c.online === true ? "online" : c.online === false ? "offline" : "unknown";
+    b.title = c.name + (kind === "ai" ? " (AI)" : "") + (presence === "unknown" ? "" : " · " + presence);
+    var av = node("span", "avatar " + kind + " " + hue(c.name), initial(c.name));
+    var who = node("span", "who");
+    var name = node("span", "name", c.name);
+    if (kind === "ai") name.appendChild(node("span", "tag", "AI"));
+    who.appendChild(name);
+    who.appendChild(node("span", "preview", subtitle(c)));
+    var dot = node("span", "presence " + presence);
+    if (presence !== "unknown") dot.setAttribute("aria-label", presence);
+    b.appendChild(av);
+    b.appendChild(who);
+    var n = unread[String(c.name).toLowerCase()];
+    if (n) b.appendChild(node("span", "unread", n > 99 ? "99+" : n));
+    b.appendChild(dot);
+    if (current && same(c.name, current)) b.classList.add("active");
+    return b;
+  }
+
+  function renderContacts(error) {
+    var frag = document.createDocumentFragment();
+    if (error) frag.appendChild(node("p", "contacts-error", "Could not reach your proxy: " + error));
+    [["person", "People", "No one yet"], ["ai", "AI models", "None configured"]].forEach(function (g) {
+      frag.appendChild(node("h2", "group", g[1]));
+      var list = node("div", "group-list");
+      list.dataset.group = g[0];
+      var any = false;
+      contacts.forEach(function (c) {
+        if ((c.kind === "ai" ? "ai" : "person") !== g[0]) return;
+        list.appendChild(contactButton(c));
+        any = true;
+      });
+      if (!any) list.appendChild(node("p", "none", g[2]));
+      frag.appendChild(list);
+    });
+    el.contacts.replaceChildren(frag);
+  }
+
+  function contactsFromPage() {
+    var out = [];
+    el.contacts.querySelectorAll(".contact").forEach(function (b) {
+      var dot = b.querySelector(".presence");
+      out.push({
+        name: b.dataset.peer,
+        kind: b.dataset.kind,
+        online: dot.classList.contains("online") ? true : dot.classList.contains("offline") ? false : null,
+        reachable: b.dataset.reachable !== "false",
+        last_text: b.dataset.last || "",
+      });
+    });
+    return out;
+  }
+
+  function loadContacts() {
+    return fetch("/api/v1/contacts")
+      .then(function (r) { return r.json(); })
+      .then(function (list) {
+        contacts = list.contacts || [];
+        renderContacts(list.error);
+        if (current) showHeader(current);
+      })
+      .catch(function () { /* keep the list we have */ });
+  }
+
+  function notePreview(msg) {
+    var c = contactOf(msg.peer);
+    if (!c) {
+      c = { name: msg.peer, kind: "person", online: null, reachable: false };
+      contacts.push(c);
+    }
+    c.last_text = msg.text.length > 80 ? msg.text.slice(0, 80) + "…" : msg.text;
+    c.last_at_ms = msg.sent_at_ms;
+    if (!current || !same(msg.peer, current)) {
+      if (!msg.outgoing) {
+        var k = String(msg.peer).toLowerCase();
+        unread[k] = (unread[k] || 0) + 1;
+      }
+    }
+    renderContacts();
+  }
+
+  // ---- the conversation ----
+
+  function showHeader(peer) {
+    var c = contactOf(peer);
+    var kind = c && c.kind === "ai" ? "ai" : "person";
+    el.convName.textContent = peer;
+    var sub = kind === "ai" ? "AI model" : "Person";
+    if (c && c.online === true) sub += " · online";
+    if (c && c.online === false) sub += " · offline";
+    el.convSub.textContent = sub;
+    el.convAvatar.textContent = initial(peer);
+    el.convAvatar.className = "avatar " + kind + " " + hue(peer);
+    el.convAvatar.hidden = false;
+    el.clearChat.hidden = false;
+  }
+
+  function stateLabel(msg) {
+    if (!msg.outgoing) return null;
+    if (msg.state === "pending") return { cls: "pending", text: "sending…", title: "Handed to your proxy, not yet delivered" };
+    if (msg.state === "delivered") return { cls: "delivered", text: "✓ delivered", title: "Stored by " + msg.to };
+    if (msg.state === "failed") return { cls: "failed", text: "failed: " + (msg.reason || "unknown reason"), title: msg.reason || "" };
+    return null;
+  }
+
+  function fillRow(row, msg) {
+    row.className = "msg " + (msg.outgoing ? "out" : "in") + (msg.error ? " error" : "") +
+      (msg.auto_reply ? " auto" : "") + (msg.outgoing ? " state-" + msg.state : "");
+    row.dataset.id = msg.id;
+    row.dataset.seq = msg.seq;
+    var bubble = node("div", "bubble");
+    if (msg.error) bubble.appendChild(node("span", "error-title", "⚠ " + msg.from + " could not answer"));
+    bubble.appendChild(node("div", "text", msg.text));
+    var meta = node("div", "meta");
+    if (msg.auto_reply) meta.appendChild(node("span", "auto-tag", "auto-reply"));
+    var t = node("time", "time", timeOf(msg.sent_at_ms));
+    t.title = new Date(msg.sent_at_ms).toLocaleString();
+    meta.appendChild(t);
+    var st = stateLabel(msg);
+    if (st) {
+      var s = node("span", "state " + st.cls, st.text);
+      s.title = st.title;
+      meta.appendChild(s);
+    }
+    bubble.appendChild(meta);
+    row.replaceChildren(bubble);
+  }
+
+  function nearBottom() {
+    var m = el.messages;
+    return m.scrollHeight - m.scrollTop - m.clientHeight < 120;
+  }
+
+  function scrollDown() {
+    el.messages.scrollTop = el.messages.scrollHeight;
+  }
+
+  // Puts a message in the right place (by seq), or updates it in place.
+  function upsert(msg, stick) {
+    var known = bubbles[msg.id];
+    if (known) {
+      fillRow(known.row, msg);
+      known.msg = msg;
+      return;
+    }
+    var stream = streams[msg.id];
+    var row = stream ? stream.row : node("div", "msg");
+    delete streams[msg.id];
+    fillRow(row, msg);
+    bubbles[msg.id] = { row: row, msg: msg };
+    if (!row.parentNode) {
+      var rows = el.messages.querySelectorAll(".msg[data-seq]");
+      var before = null;
+      for (var i = 0; i < rows.length; i++) {
+        if (Number(rows[i].dataset.seq) > msg.seq && rows[i] !== row) { before = rows[i]; break; }
+      }
+      el.messages.insertBefore(row, before);
+    }
+    el.empty.hidden = true;
+    if (stick) scrollDown();
+  }
+
+  function clearView(text) {
+    bubbles = {};
+    streams = {};
+    olderBefore = null;
+    el.messages.replaceChildren(el.empty);
+    el.empty.hidden = false;
+    el.empty.querySelector("p:last-child").textContent = text;
+  }
+
+  function olderButton() {
+    var b = node("button", "older ghost", "Show earlier messages");
+    b.type = "button";
+    b.addEventListener("click", function () {
+      var top = el.messages.scrollHeight;
+      b.remove();
+      loadPage(current, olderBefore).then(function () {
+        el.messages.scrollTop = el.messages.scrollHeight - top;
+      });
+    });
+    return b;
+  }
+
+  function loadPage(peer, before) {
+    var url = "/api/v1/conversations/" + encodeURIComponent(peer) + "/messages?limit=100" +
+      (before ? "&before=" + before : "");
+    return fetch(url)
+      .then(function (r) { return r.json(); })
+      .then(function (page) {
+        if (!current || !same(peer, current)) return;
+        var list = (page.messages || []).slice().reverse(); // the API pages newest first
+        list.forEach(function (m) { upsert(m, false); });
+        olderBefore = page.next_before || null;
+        var old = el.messages.querySelector(".older");
+        if (old) old.remove();
+        if (olderBefore) el.messages.insertBefore(olderButton(), el.messages.firstChild.nextSibling);
+      });
+  }
+
+  function select(peer) {
+    if (!peer) return;
+    current = peer;
+    delete unread[String(peer).toLowerCase()];
+    body.dataset.peer = peer;
+    showHeader(peer);
+    clearView("No messages with " + peer + " yet. Say hello!");
+    el.input.disabled = false;
+    el.send.disabled = false;
+    el.input.placeholder = "Message " + peer;
+    el.sendError.hidden = true;
+    el.app.classList.remove("contacts-open");
+    renderContacts();
+    loadPage(peer, null).then(scrollDown);
+    if (window.matchMedia("(min-width: 721px)").matches) el.input.focus();
+  }
+
+  function fromHash() {
+    var h = decodeURIComponent(location.hash.replace(/^#/, ""));
+    if (h && !same(h, current)) {
+      var c = contactOf(h);
+      select(c ? c.name : h);
+    }
+  }
+
+  // ---- sending ----
+
+  function showError(text) {
+    el.sendError.textContent = text;
+    el.sendError.hidden = false;
+  }
+
+  function send() {
+    var text = el.input.value;
+    if (!current || !text.trim()) return;
+    el.input.value = "";
+    autosize();
+    el.sendError.hidden = true;
+    var peer = current;
+    fetch("/send_message", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ peer_id: peer, message: text }),
+    })
+      .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, body: b }; }); })
+      .then(function (res) {
+        if (!res.ok) showError("Not sent: " + (res.body.error || res.body.message || "unknown error"));
+      })
+      .catch(function (e) {
+        el.input.value = text;
+        showError("Not sent: this page cannot reach its peer (" + e.message + ")");
+      });
+  }
+
+  function autosize() {
+    el.input.style.height = "auto";
+    el.input.style.height = Math.min(el.input.scrollHeight + 2, 180) + "px";
+    el.input.style.overflowY = el.input.scrollHeight + 2 > 180 ? "auto" : "hidden";
+  }
+
+  el.input.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      send();
+    }
+  });
+  el.input.addEventListener("input", autosize);
+  el.composer.addEventListener("submit", function (e) {
+    e.preventDefault();
+    send();
+  });
+
+  // ---- contacts, clearing, small screens ----
+
+  el.contacts.addEventListener("click", function (e) {
+    var b = e.target.closest(".contact");
+    if (!b) return;
+    if (same(b.dataset.peer, current)) {
+      el.app.classList.remove("contacts-open");
+      return;
+    }
+    location.hash = encodeURIComponent(b.dataset.peer);
+  });
+  window.addEventListener("hashchange", fromHash);
+
+  el.clearChat.addEventListener("click", function () {
+    if (!current || !confirm("Clear your whole chat with " + current + "? This cannot be undone.")) return;
+    var peer = current;
+    fetch("/clear_chat/" + encodeURIComponent(peer), { method: "POST" }).then(function (r) {
+      if (!r.ok) return showError("Could not clear the chat (" + r.status + ")");
+      // The `cleared` event does the same; this covers a page whose live link is down.
+      if (same(peer, current)) clearView("Chat cleared.");
+    });
+  });
+  el.clearAll.addEventListener("click", function () {
+    if (!confirm("Clear ALL your chats? This cannot be undone.")) return;
+    fetch("/clear_all_chats", { method: "POST" }).then(function (r) {
+      if (!r.ok) return showError("Could not clear the chats (" + r.status + ")");
+      if (current) clearView("Chat cleared.");
+      loadContacts();
+    });
+  });
+  el.toggle.addEventListener("click", function () {
+    el.app.classList.toggle("contacts-open");
+  });
+  el.scrim.addEventListener("click", function () {
+    el.app.classList.remove("contacts-open");
+  });
+
+  // ---- live updates ----
+
+  function onEvent(ev) {
+    var data;
+    try { data = JSON.parse(ev.data); } catch (e) { return; }
+    if (data.type === "message" || data.type === "state") {
+      var m = data.message;
+      if (current && same(m.peer, current)) upsert(m, m.outgoing || nearBottom());
+      if (data.type === "message") notePreview(m);
+    } else if (data.type === "stream") {
+      if (!current || !same(data.peer, current) || bubbles[data.id]) return;
+      var s = streams[data.id];
+      if (!s) {
+        var row = node("div", "msg in streaming");
+        var bubble = node("div", "bubble");
+        bubble.appendChild(node("div", "text", ""));
+        bubble.appendChild(node("div", "meta", data.from + " is writing…"));
+        row.appendChild(bubble);
+        row.dataset.id = data.id;
+        s = streams[data.id] = { row: row, seq: -1, text: "" };
+        var stick = nearBottom();
+        el.messages.appendChild(row);
+        el.empty.hidden = true;
+        if (stick) scrollDown();
+      }
+      if (data.seq <= s.seq) return; // already have it
+      s.seq = data.seq;
+      s.text += data.delta;
+      var stickNow = nearBottom();
+      s.row.querySelector(".text").textContent = s.text;
+      if (stickNow) scrollDown();
+    } else if (data.type === "cleared") {
+      if (data.peer === null || data.peer === undefined) {
+        unread = {};
+        contacts.forEach(function (c) { c.last_text = ""; });
+        if (current) clearView("Chat cleared.");
+      } else {
+        var c = contactOf(data.peer);
+        if (c) c.last_text = "";
+        if (current && same(data.peer, current)) clearView("Chat cleared.");
+      }
+      renderContacts();
+    }
+  }
+
+  var everOpen = false;
+  function connect() {
+    var es = new EventSource("/api/v1/events");
+    es.onopen = function () {
+      body.dataset.live = "1";
+      el.live.className = "live-dot on";
+      el.liveLabel.textContent = "live";
+      // Catch up on anything stored while we were not listening.
+      if (current) loadPage(current, null);
+      if (everOpen) loadContacts();
+      everOpen = true;
+    };
+    es.onerror = function () {
+      body.dataset.live = "0";
+      el.live.className = "live-dot off";
+      el.liveLabel.textContent = "reconnecting…";
+    };
+    es.onmessage = onEvent;
+  }
+
+  contacts = contactsFromPage();
+  connect();
+  fromHash();
+  // On a phone with nothing selected yet, start on the contact list.
+  if (!current && window.matchMedia("(max-width: 720px)").matches) el.app.classList.add("contacts-open");
+  // Presence changes are not pushed to the peer: refresh the list now and then.
+  setInterval(loadContacts, 30000);
+})();

@@ -93,6 +93,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../assets/style.css"),
     ),
     (
+        "chat.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../assets/chat.css"),
+    ),
+    (
         "chat.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../assets/chat.js"),

@@ -1,35 +1,127 @@
-//! The peer role: see the crate docs for its place in the picture.
+//! The peer role: one user's chat page, local store and auto-reply; it talks only to its own
+//! proxy. See the crate docs for its place in the picture.
 //!
 //! [`start`] is the role's one door: the binary and the tests both call it with a bound
 //! listener (port 0 in tests) and get back a [`Running`] server.
+//!
+//! Modules: [`chat_store`] (redb, group commit) · [`updates`] (SSE to open pages) ·
+//! [`auto_reply`] · [`proxy_client`] (the link to the proxy, and sending) · [`routes`] (HTTP) ·
+//! [`views`] (maud) · [`error`].
+
+pub mod auto_reply;
+pub mod chat_store;
+pub mod error;
+pub mod proxy_client;
+pub mod routes;
+pub mod updates;
+pub mod views;
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
-use actix_web::{App, HttpServer};
+use actix::{Actor, SyncArbiter};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
 
 use crate::config::PeerSettings;
 use crate::web::{common_routes, Health, Running};
+use auto_reply::AutoReply;
+use chat_store::{ChatStore, SharedDb, WriteQueue};
+use proxy_client::ProxyClient;
+use routes::PeerState;
+use updates::Updates;
+
+/// Threads doing blocking redb work: one for the write transaction in progress, the others
+/// for reads, so a page of history never waits behind a commit.
+const STORE_THREADS: usize = 3;
 
 /// Starts the peer on `listener`. Must be called inside an actix system.
 pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let label = format!("peer/{}", settings.name);
+
+    let path = settings
+        .data_dir
+        .join(format!("peer-{}.redb", settings.name));
+    let opening = path.clone();
+    let db = web::block(move || ChatStore::open(&opening))
+        .await
+        .context("opening the chat store")?
+        .with_context(|| format!("{label}: cannot open its chat store {}", path.display()))?;
+    let db = Arc::new(SharedDb::new(db));
+    let store = {
+        let (db, tag) = (db.clone(), label.clone());
+        SyncArbiter::start(STORE_THREADS, move || {
+            crate::logging::tag_thread(&tag);
+            ChatStore::new(db.clone())
+        })
+    };
+
+    let arbiter = crate::web::role_arbiter(&label);
+    let handle = arbiter.handle();
+    let updates = Updates::start_in_arbiter(&handle, |_| Updates::default());
+    let writes = {
+        let (store, updates) = (store.clone(), updates.clone());
+        WriteQueue::start_in_arbiter(&handle, move |_| WriteQueue::new(store, updates))
+    };
+    let proxy = {
+        let url = settings.proxy_url.clone();
+        ProxyClient::start_in_arbiter(&handle, move |_| ProxyClient::new(&url))
+    };
+    let auto_reply = {
+        let (me, config) = (settings.name.to_string(), settings.auto_reply.clone());
+        let (writes, proxy) = (writes.clone(), proxy.clone());
+        AutoReply::start_in_arbiter(&handle, move |_| AutoReply::new(&me, config, writes, proxy))
+    };
+
+    let state = web::Data::new(PeerState {
+        name: settings.name.clone(),
+        display_name: settings.display_name.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        max_message_bytes: settings.max_message_bytes,
+        store,
+        writes,
+        updates,
+        proxy,
+        auto_reply,
+    });
+
     let instance: Option<String> = Some(settings.name.to_string());
     let tag = label.clone();
+    let max_body = settings.max_body_bytes;
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
-        App::new().configure(|cfg| common_routes(cfg, Health::new("peer", instance.as_deref())))
+        App::new()
+            .app_data(state.clone())
+            .configure(|cfg| common_routes(cfg, Health::new("peer", instance.as_deref())))
+            .configure(|cfg| routes::configure(cfg, max_body))
     })
     .workers(settings.workers)
     .disable_signals()
     .shutdown_timeout(5)
     .listen(listener)?
     .run();
-    log::info!("{label} listening on {addr}");
+    log::info!(
+        "{label} listening on {addr}, store {}, proxy {}",
+        path.display(),
+        settings.proxy_url
+    );
+
+    let stop_label = label.clone();
+    let on_stop: Box<dyn FnOnce() + Send> = Box::new(move || {
+        // The actors go with their arbiter (after the write in progress, if any); then the
+        // database is closed, so a restart in the same process can open the file again.
+        arbiter.stop();
+        if arbiter.join().is_err() {
+            log::warn!("{stop_label}: an actor thread panicked while stopping");
+        }
+        db.close();
+        log::info!("{stop_label}: chat store closed");
+    });
     Ok(Running {
         label,
         addr,
         server,
-        on_stop: Vec::new(),
+        on_stop: vec![on_stop],
     })
 }

@@ -1,1 +1,430 @@
-//! Integration tests: browser.
+//! Integration tests: browser. Headless Chromium through chromedriver (WebDriver, fantoccini)
+//! drives alice's and bob's real chat pages: alice picks bob, types, presses Enter; the message
+//! appears on bob's open page without a reload, and alice's copy turns delivered.
+//! Screenshots go to `tests/artifacts/`.
+//!
+//! The overlay under the pages is built by [`overlay_under_test`] alone, so it can be swapped
+//! (today: two real peers over the fake relay proxy of `peer.rs`; later: the real proxies).
+//!
+//! Without `/usr/bin/chromedriver` the test is skipped, unless `CI` is set: then it fails.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+use crate::helpers::client;
+use crate::peer::fake_overlay;
+use overlay::wire::data_plane::{conversation_id, Envelope, MessageId, StreamChunk};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// Debian's Chromium; elsewhere chromedriver finds the browser itself.
+const CHROMIUM: &str = "/usr/bin/chromium";
+const ENTER: &str = "\u{e007}";
+
+/// alice's and bob's chat pages, and whatever keeps them running.
+pub struct BrowserOverlay {
+    pub alice: String,
+    pub bob: String,
+    _running: Box<dyn std::any::Any>,
+}
+
+/// The overlay the browser test runs against: alice and bob, no auto-reply, and an AI
+/// model `BOT` in the directory. With the real proxies this becomes
+/// `helpers::spawn_overlay(helpers::config_for(&[("alice", &[]), ("bob", &[])]))` with the
+/// peers' URLs taken from it (and BOT from an AI endpoint in the config).
+async fn overlay_under_test() -> BrowserOverlay {
+    let o = fake_overlay(&[("alice", &[]), ("bob", &[])], &["BOT"]).await;
+    BrowserOverlay {
+        alice: o.url("alice"),
+        bob: o.url("bob"),
+        _running: Box::new(o),
+    }
+}
+
+/// A chromedriver process, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts chromedriver on a free port and waits (bounded) until it says it is ready.
+async fn start_driver() -> Driver {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().unwrap().port()
+    };
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    for _ in 0..200 {
+        if let Ok(mut r) = client().get(format!("{}/status", driver.url)).send().await {
+            if let Ok(v) = r.json::<Value>().await {
+                if v["value"]["ready"] == true {
+                    return driver;
+                }
+            }
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("chromedriver did not become ready within 10 s");
+}
+
+/// A fresh headless Chromium (its own profile directory).
+async fn browser(driver: &Driver, profile: &tempfile::TempDir) -> Client {
+    let args = vec![
+        "--headless".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-background-networking".into(),
+        "--no-first-run".into(),
+        "--disable-dev-shm-usage".into(),
+        "--window-size=1200,780".into(),
+        format!("--user-data-dir={}", profile.path().display()),
+    ];
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), json!("chrome"));
+    let mut options = json!({ "args": args });
+    if std::path::Path::new(CHROMIUM).exists() {
+        options["binary"] = json!(CHROMIUM);
+    }
+    caps.insert("goog:chromeOptions".into(), options);
+    ClientBuilder::native()
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a browser session")
+}
+
+/// Polls a JS expression until it is truthy (bounded: 10 s), or fails naming `what`.
+async fn until(c: &Client, what: &str, js: &str) -> Value {
+    for _ in 0..200 {
+        let v = c
+            .execute(&format!("return ({js});"), vec![])
+            .await
+            .expect("script runs");
+        let truthy = !(v.is_null() || v == false || v == "" || v == 0);
+        if truthy {
+            return v;
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what} ({js})");
+}
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts");
+    std::fs::create_dir_all(&dir).expect("tests/artifacts");
+    dir
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(artifacts().join(name), png).expect("screenshot written");
+}
+
+#[actix_web::test]
+async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
+    if !std::path::Path::new(CHROMEDRIVER).exists() {
+        if std::env::var_os("CI").is_some() {
+            panic!("chromedriver is not installed at {CHROMEDRIVER}; the CI image must have it (apt-get install chromium chromium-driver)");
+        }
+        println!("skipping: chromedriver not installed (apt-get install chromium chromium-driver)");
+        return;
+    }
+    let o = overlay_under_test().await;
+    let driver = start_driver().await;
+    let (pa, pb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = browser(&driver, &pa).await;
+    let bob = browser(&driver, &pb).await;
+
+    // bob has his chat with alice open, and is connected for live updates.
+    bob.goto(&format!("{}/#alice", o.bob)).await.unwrap();
+    until(
+        &bob,
+        "bob's page is live",
+        "document.body.dataset.live === '1'",
+    )
+    .await;
+    until(
+        &bob,
+        "bob's chat with alice is open",
+        "document.body.dataset.peer === 'alice'",
+    )
+    .await;
+
+    // alice picks bob from her contact list, types, presses Enter.
+    alice.goto(&o.alice).await.unwrap();
+    until(
+        &alice,
+        "alice's page is live",
+        "document.body.dataset.live === '1'",
+    )
+    .await;
+    let kinds = alice
+        .execute(
+            "return [...document.querySelectorAll('.contact')].map(c => c.dataset.peer + ':' + c.dataset.kind);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kinds, json!(["bob:person", "BOT:ai"]));
+    screenshot(&alice, "01-alice-contacts.png").await;
+    alice
+        .find(Locator::Css(".contact[data-peer='bob']"))
+        .await
+        .expect("bob in alice's contacts")
+        .click()
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the input is enabled",
+        "!document.getElementById('input').disabled",
+    )
+    .await;
+    let text = "Hi Bob! <script>alert('x')</script> still text";
+    let input = alice.find(Locator::Id("input")).await.unwrap();
+    input.send_keys(text).await.unwrap();
+    input.send_keys(ENTER).await.unwrap();
+
+    // It appears on bob's open page, without a reload, as text.
+    let shown = until(
+        &bob,
+        "the message on bob's page",
+        "(document.querySelector('#messages .msg.in .text') || {}).textContent",
+    )
+    .await;
+    assert_eq!(shown, json!(text));
+    let injected = bob
+        .execute(
+            "return document.querySelectorAll('#messages script').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        injected,
+        json!(0),
+        "message markup must not become elements"
+    );
+
+    // alice's copy turns delivered.
+    until(
+        &alice,
+        "alice's copy is delivered",
+        "document.querySelector('#messages .msg.out.state-delivered .state.delivered')",
+    )
+    .await;
+    assert_eq!(
+        alice
+            .execute("return document.querySelector('#input').value;", vec![])
+            .await
+            .unwrap(),
+        json!(""),
+        "Enter sent the message and emptied the input"
+    );
+
+    // bob answers with a two-line message (Shift+Enter adds a line).
+    let bob_input = bob.find(Locator::Id("input")).await.unwrap();
+    bob_input.send_keys("Hey Alice").await.unwrap();
+    bob.execute(
+        "const i = document.getElementById('input'); i.value += '\\nsecond line'; i.dispatchEvent(new Event('input'));",
+        vec![],
+    )
+    .await
+    .unwrap();
+    bob_input.send_keys(ENTER).await.unwrap();
+    until(
+        &alice,
+        "bob's answer on alice's page",
+        "(document.querySelectorAll('#messages .msg.in .text')[0] || {}).textContent === 'Hey Alice\\nsecond line'",
+    )
+    .await;
+    until(
+        &bob,
+        "bob's copy is delivered",
+        "document.querySelector('#messages .msg.out.state-delivered')",
+    )
+    .await;
+    screenshot(&alice, "02-alice-conversation.png").await;
+    screenshot(&bob, "03-bob-conversation.png").await;
+
+    // An AI reply streams in, then the stored reply replaces it; an AI error shows as an error.
+    alice.goto(&format!("{}/#BOT", o.alice)).await.unwrap();
+    until(
+        &alice,
+        "the chat with BOT is open",
+        "document.body.dataset.peer === 'BOT'",
+    )
+    .await;
+    let http = client();
+    for (seq, delta) in ["The answer", " is"].iter().enumerate() {
+        let chunk = StreamChunk {
+            id: MessageId::parse("ai-reply-1").unwrap(),
+            from: "BOT".into(),
+            conversation: conversation_id("alice", "BOT"),
+            seq: seq as u32,
+            delta: delta.to_string(),
+        };
+        let r = http
+            .post(format!("{}/api/v1/stream", o.alice))
+            .send_json(&chunk)
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    until(
+        &alice,
+        "the reply growing on alice's page",
+        "(document.querySelector('#messages .msg.streaming .text') || {}).textContent === 'The answer is'",
+    )
+    .await;
+    screenshot(&alice, "04-alice-ai-streaming.png").await;
+    let mut full = Envelope::text("BOT", "alice", "The answer is 42.");
+    full.id = MessageId::parse("ai-reply-1").unwrap();
+    let mut failure = Envelope::text("BOT", "alice", "OpenAI answered 429: rate limit reached");
+    failure.error = true;
+    for e in [&full, &failure] {
+        let r = http
+            .post(format!("{}/api/v1/inbox", o.alice))
+            .send_json(e)
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    until(
+        &alice,
+        "the stored reply replaced the streamed one",
+        "!document.querySelector('#messages .msg.streaming') && document.querySelectorAll('#messages .msg.in:not(.error)').length === 1 && document.querySelector('#messages .msg.in .text').textContent === 'The answer is 42.'",
+    )
+    .await;
+    until(
+        &alice,
+        "the AI error shown as an error",
+        "document.querySelector('#messages .msg.in.error .error-title')",
+    )
+    .await;
+    screenshot(&alice, "05-alice-ai-reply-and-error.png").await;
+
+    // A message to someone the proxy does not know fails, visibly, with the reason.
+    alice.goto(&format!("{}/#zed", o.alice)).await.unwrap();
+    until(
+        &alice,
+        "alice's page is live again",
+        "document.body.dataset.live === '1'",
+    )
+    .await;
+    until(
+        &alice,
+        "the chat with zed is open",
+        "document.body.dataset.peer === 'zed'",
+    )
+    .await;
+    let input = alice.find(Locator::Id("input")).await.unwrap();
+    input.send_keys("hello?").await.unwrap();
+    input.send_keys(ENTER).await.unwrap();
+    let reason = until(
+        &alice,
+        "a failed message with its reason",
+        "(document.querySelector('#messages .msg.out.state-failed .state.failed') || {}).textContent",
+    )
+    .await;
+    assert_eq!(reason, json!("failed: Unknown peer: zed"));
+    screenshot(&alice, "06-alice-failed.png").await;
+
+    // Phone-sized: the contacts collapse behind a menu button.
+    alice.set_window_size(390, 844).await.unwrap();
+    alice.goto(&format!("{}/#bob", o.alice)).await.unwrap();
+    until(
+        &alice,
+        "alice's chat with bob again",
+        "document.querySelector('#messages .msg.out')",
+    )
+    .await;
+    let sidebar_hidden = until(
+        &alice,
+        "the contacts are off screen",
+        "document.getElementById('sidebar').getBoundingClientRect().right <= 0 ? 'yes' : ''",
+    )
+    .await;
+    assert_eq!(sidebar_hidden, json!("yes"));
+    screenshot(&alice, "07-alice-phone.png").await;
+    alice
+        .find(Locator::Id("toggle-contacts"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the contacts slide in",
+        "document.getElementById('sidebar').getBoundingClientRect().left >= 0 ? 'yes' : ''",
+    )
+    .await;
+    // Let the slide-in transition finish before the picture (bounded by the transition).
+    until(
+        &alice,
+        "the drawer is fully open",
+        "getComputedStyle(document.getElementById('sidebar')).transform === 'none' ? 'yes' : ''",
+    )
+    .await;
+    screenshot(&alice, "08-alice-phone-contacts.png").await;
+
+    // bob clears his chat with alice, after confirming.
+    bob.execute(
+        "window.confirmed = []; window.confirm = (q) => { window.confirmed.push(q); return true; };",
+        vec![],
+    )
+    .await
+    .unwrap();
+    bob.find(Locator::Id("clear-chat"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &bob,
+        "bob's chat emptied",
+        "document.querySelectorAll('#messages .msg').length === 0 && !document.getElementById('empty').hidden",
+    )
+    .await;
+    let asked = bob
+        .execute("return window.confirmed;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        asked.as_array().map(Vec::len),
+        Some(1),
+        "asked once: {asked}"
+    );
+    let mut r = client()
+        .get(format!("{}/get_chat_history/alice", o.bob))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!([]));
+
+    alice.close().await.unwrap();
+    bob.close().await.unwrap();
+    drop(driver);
+}

@@ -1,1 +1,1162 @@
-//! Integration tests: peer.
+//! Integration tests: peer. Each test starts real peers on port 0 pointed at a FAKE proxy (an
+//! actix-web server in this module, on port 0): it records what the peer hands over
+//! (`/api/v1/outbox`, `/api/v1/forget`), answers `/peers` and `/api/v1/directory`, can be told
+//! to refuse, and relays: every accepted envelope goes to the addressee's peer
+//! (`/api/v1/inbox`) and a `delivered` receipt goes back to the sender's peer, as a real
+//! proxy pair does. The real proxies replace it in the full-overlay tests.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use awc::http::StatusCode;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::helpers::{client, config_for, free_listener};
+use overlay::peer::auto_reply::AutoReplyStats;
+use overlay::peer::chat_store::{HistoryPage, MessageState};
+use overlay::peer::routes::{ContactList, Me};
+use overlay::peer::updates::PageEvent;
+use overlay::wire::data_plane::{
+    conversation_id, Accepted, Ack, DeliveryState, DirectoryEntry, Envelope, Forget, MessageId,
+    PeerKind, Receipt,
+};
+use overlay::wire::legacy::ErrorBody;
+
+// ---------------------------------------------------------------------------------------------
+// The fake proxy (one server standing in for every user's proxy).
+
+/// What the fake proxy saw and how it behaves; shared with the test.
+#[derive(Default)]
+pub struct FakeNet {
+    /// Every envelope handed to `/api/v1/outbox` and accepted.
+    pub outbox: Mutex<Vec<Envelope>>,
+    pub forgets: Mutex<Vec<Forget>>,
+    /// When set, `/api/v1/outbox` answers this status and legacy error message.
+    pub refuse: Mutex<Option<(u16, String)>>,
+    /// Users: name → peer base URL (relayed to); listed as people.
+    pub peers: Mutex<BTreeMap<String, String>>,
+    /// AI names: listed as `ai`; what is sent to them is kept, not relayed.
+    pub ais: Mutex<Vec<String>>,
+    /// Users the directory shows offline.
+    pub offline: Mutex<Vec<String>>,
+}
+
+impl FakeNet {
+    pub fn outbox(&self) -> Vec<Envelope> {
+        self.outbox.lock().unwrap().clone()
+    }
+    fn peer_url(&self, name: &str) -> Option<String> {
+        self.peers
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, u)| u.clone())
+    }
+}
+
+pub struct FakeProxy {
+    pub url: String,
+    pub net: Arc<FakeNet>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl FakeProxy {
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// # POST /api/v1/outbox (fake): record, answer 202, then relay and send the receipt.
+async fn fake_outbox(net: web::Data<Arc<FakeNet>>, env: web::Json<Envelope>) -> HttpResponse {
+    let env = env.into_inner();
+    if let Some((status, message)) = net.refuse.lock().unwrap().clone() {
+        return HttpResponse::build(StatusCode::from_u16(status).unwrap())
+            .json(ErrorBody::new(message));
+    }
+    let is_ai = net
+        .ais
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(&env.to));
+    let target = net.peer_url(&env.to);
+    if target.is_none() && !is_ai {
+        return HttpResponse::NotFound().json(ErrorBody::new(format!("Unknown peer: {}", env.to)));
+    }
+    net.outbox.lock().unwrap().push(env.clone());
+    let accepted = Accepted {
+        id: env.id.clone(),
+        state: DeliveryState::Pending,
+    };
+    if let (Some(target), Some(sender)) = (target, net.peer_url(&env.from)) {
+        actix_web::rt::spawn(async move {
+            let c = client();
+            let state = match c
+                .post(format!("{target}/api/v1/inbox"))
+                .send_json(&env)
+                .await
+            {
+                Ok(r) if r.status().is_success() => DeliveryState::Delivered,
+                Ok(r) => DeliveryState::Failed {
+                    reason: format!("{} answered {}", env.to, r.status()),
+                },
+                Err(e) => DeliveryState::Failed {
+                    reason: format!("{} unreachable: {e}", env.to),
+                },
+            };
+            let receipt = Receipt {
+                id: env.id.clone(),
+                state,
+            };
+            let _ = c
+                .post(format!("{sender}/api/v1/receipts"))
+                .send_json(&receipt)
+                .await;
+        });
+    }
+    HttpResponse::Accepted().json(accepted)
+}
+
+/// # GET /peers (fake): the legacy table.
+async fn fake_peers(net: web::Data<Arc<FakeNet>>) -> HttpResponse {
+    let mut peers = serde_json::Map::new();
+    for (i, name) in net.peers.lock().unwrap().keys().enumerate() {
+        peers.insert(
+            name.clone(),
+            json!({"host": "127.0.0.1", "port": 20000 + i}),
+        );
+    }
+    for name in net.ais.lock().unwrap().iter() {
+        peers.insert(
+            name.clone(),
+            json!({"host": "api.example", "port": 443, "is_api": true}),
+        );
+    }
+    HttpResponse::Ok().json(json!({"instance": "fake", "peers": peers}))
+}
+
+/// # GET /api/v1/directory (fake)
+async fn fake_directory(net: web::Data<Arc<FakeNet>>) -> HttpResponse {
+    let offline = net.offline.lock().unwrap().clone();
+    let mut d: Vec<DirectoryEntry> = net
+        .peers
+        .lock()
+        .unwrap()
+        .keys()
+        .map(|n| DirectoryEntry {
+            name: n.clone(),
+            kind: PeerKind::Person,
+            online: Some(!offline.contains(n)),
+        })
+        .collect();
+    d.extend(net.ais.lock().unwrap().iter().map(|n| DirectoryEntry {
+        name: n.clone(),
+        kind: PeerKind::Ai,
+        online: None,
+    }));
+    HttpResponse::Ok().json(d)
+}
+
+/// # POST /api/v1/forget (fake)
+async fn fake_forget(net: web::Data<Arc<FakeNet>>, f: web::Json<Forget>) -> HttpResponse {
+    net.forgets.lock().unwrap().push(f.into_inner());
+    HttpResponse::Ok().json(json!({"status": "success", "message": "forgotten"}))
+}
+
+/// Starts the fake proxy; `ais` are listed as AI models.
+pub async fn spawn_fake_proxy(ais: &[&str]) -> FakeProxy {
+    let net = Arc::new(FakeNet::default());
+    *net.ais.lock().unwrap() = ais.iter().map(|s| s.to_string()).collect();
+    let data = web::Data::new(net.clone());
+    let listener = free_listener();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/api/v1/outbox", web::post().to(fake_outbox))
+            .route("/peers", web::get().to(fake_peers))
+            .route("/api/v1/directory", web::get().to(fake_directory))
+            .route("/api/v1/forget", web::post().to(fake_forget))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    FakeProxy { url, net, handle }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peers under test.
+
+pub struct TestPeer {
+    pub name: String,
+    pub url: String,
+    handle: actix_web::dev::ServerHandle,
+    task: actix_rt::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestPeer {
+    /// Stops the peer and waits until its store is closed.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
+}
+
+/// Starts `name`'s peer (from `config`) pointed at `proxy_url`, storing in `data_dir`.
+pub async fn start_peer(
+    config: &overlay::config::Config,
+    name: &str,
+    proxy_url: &str,
+    data_dir: &std::path::Path,
+) -> TestPeer {
+    let mut settings = config.peer_settings(name, data_dir).expect("instance");
+    settings.proxy_url = proxy_url.to_string();
+    let running = overlay::peer::start(settings, free_listener())
+        .await
+        .expect("peer starts");
+    let url = running.url();
+    let handle = running.handle();
+    let task = actix_rt::spawn(running.serve());
+    TestPeer {
+        name: name.to_string(),
+        url,
+        handle,
+        task,
+    }
+}
+
+/// Users on one fake proxy: `users` (name, auto-reply lines), plus AI names listed as `ai`.
+pub struct FakeOverlay {
+    pub proxy: FakeProxy,
+    pub peers: Vec<TestPeer>,
+    /// Kept so the stores live as long as the overlay.
+    _data_dir: tempfile::TempDir,
+}
+
+impl FakeOverlay {
+    pub fn url(&self, name: &str) -> String {
+        self.peers
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no peer {name}"))
+            .url
+            .clone()
+    }
+}
+
+pub async fn fake_overlay(users: &[(&str, &[&str])], ais: &[&str]) -> FakeOverlay {
+    let config = config_for(users);
+    let data_dir = tempfile::tempdir().unwrap();
+    let proxy = spawn_fake_proxy(ais).await;
+    let mut peers = Vec::new();
+    for (name, _) in users {
+        let p = start_peer(&config, name, &proxy.url, data_dir.path()).await;
+        proxy
+            .net
+            .peers
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), p.url.clone());
+        peers.push(p);
+    }
+    FakeOverlay {
+        proxy,
+        peers,
+        _data_dir: data_dir,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small HTTP helpers.
+
+async fn get_json<T: DeserializeOwned>(url: &str) -> (StatusCode, T) {
+    let mut r = client().get(url).send().await.expect("GET");
+    let status = r.status();
+    let body = r.body().limit(64 << 20).await.expect("body");
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("GET {url}: {e}: {}", String::from_utf8_lossy(&body)));
+    (status, v)
+}
+
+async fn post_json<T: DeserializeOwned>(
+    url: &str,
+    body: &impl serde::Serialize,
+) -> (StatusCode, T) {
+    let mut r = client().post(url).send_json(body).await.expect("POST");
+    let status = r.status();
+    let bytes = r.body().limit(64 << 20).await.expect("body");
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("POST {url}: {e}: {}", String::from_utf8_lossy(&bytes)));
+    (status, v)
+}
+
+async fn history(peer_url: &str, with: &str) -> Vec<Value> {
+    let (s, v): (_, Vec<Value>) = get_json(&format!("{peer_url}/get_chat_history/{with}")).await;
+    assert_eq!(s, StatusCode::OK);
+    v
+}
+
+/// Polls `check` until it returns Some (bounded: 10 s), or fails naming `what`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..1000 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn stats(peer_url: &str) -> AutoReplyStats {
+    let (_, me): (_, Me) = get_json(&format!("{peer_url}/api/v1/me")).await;
+    me.auto_reply
+}
+
+fn envelope(from: &str, to: &str, id: &str, text: &str) -> Envelope {
+    let mut e = Envelope::text(from, to, text);
+    e.id = MessageId::parse(id).unwrap();
+    e
+}
+
+/// Reads `data:` events from an SSE response, skipping keep-alive comments.
+pub struct SseReader<S> {
+    stream: S,
+    buf: String,
+}
+
+impl<S> SseReader<S>
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event's data, parsed (bounded wait: 10 s).
+    pub async fn next<T: DeserializeOwned>(&mut self) -> T {
+        let read = async {
+            loop {
+                if let Some(end) = self.buf.find("\n\n") {
+                    let event: String = self.buf.drain(..end + 2).collect();
+                    let data: Vec<&str> = event
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                        .collect();
+                    if data.is_empty() {
+                        continue; // a comment (keep-alive) or a retry hint
+                    }
+                    let data = data.join("\n");
+                    return serde_json::from_str(&data)
+                        .unwrap_or_else(|e| panic!("bad event {data}: {e}"));
+                }
+                match self.stream.next().await {
+                    Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                    Some(Err(e)) => panic!("SSE stream failed: {e}"),
+                    None => panic!("SSE stream ended"),
+                }
+            }
+        };
+        actix_rt::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("an SSE event within 10 s")
+    }
+}
+
+async fn subscribe(
+    url: &str,
+) -> SseReader<
+    impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+> {
+    let r = client()
+        .get(url)
+        .insert_header(("accept", "text/event-stream"))
+        .send()
+        .await
+        .expect("subscribe");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream")));
+    SseReader::new(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The original's JSON API, row by row.
+
+#[actix_web::test]
+async fn the_page_and_peer_name_and_peers_follow_the_proxy_table() {
+    let o = fake_overlay(&[("alice", &[]), ("bob", &[]), ("carol", &[])], &["BOT"]).await;
+    let alice = o.url("alice");
+
+    let mut r = client().get(&alice).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let html = String::from_utf8(r.body().await.unwrap().to_vec()).unwrap();
+    assert!(html.contains("/assets/chat.js") && html.contains("/assets/chat.css"));
+    assert!(html.contains("data-peer=\"bob\"") && html.contains("data-peer=\"BOT\""));
+    assert!(
+        !html.contains("data-peer=\"alice\""),
+        "own name is not a contact"
+    );
+    let css = client()
+        .get(format!("{alice}/assets/chat.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(css.status(), StatusCode::OK);
+
+    let (s, name): (_, Value) = get_json(&format!("{alice}/peer_name")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(name, json!({"name": "alice"}));
+
+    let (s, peers): (_, Value) = get_json(&format!("{alice}/peers")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        peers,
+        json!([
+            {"name": "BOT", "id": "BOT"},
+            {"name": "Bob", "id": "bob"},
+            {"name": "Carol", "id": "carol"}
+        ])
+    );
+
+    let (_, contacts): (_, ContactList) = get_json(&format!("{alice}/api/v1/contacts")).await;
+    let kinds: Vec<(&str, PeerKind)> = contacts
+        .contacts
+        .iter()
+        .map(|c| (c.name.as_str(), c.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("bob", PeerKind::Person),
+            ("carol", PeerKind::Person),
+            ("BOT", PeerKind::Ai)
+        ]
+    );
+    assert_eq!(contacts.contacts[0].online, Some(true));
+}
+
+#[actix_web::test]
+async fn send_message_answers_success_once_the_proxy_holds_it_and_it_turns_delivered() {
+    let o = fake_overlay(&[("alice", &[]), ("bob", &[])], &[]).await;
+    let (alice, bob) = (o.url("alice"), o.url("bob"));
+
+    let (s, v): (_, Value) = post_json(
+        &format!("{alice}/send_message"),
+        &json!({"peer_id": "bob", "message": "hello <b>bob</b>"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "success");
+
+    // The proxy got the native envelope before the answer.
+    let sent = o.proxy.net.outbox();
+    assert_eq!(sent.len(), 1);
+    let e = &sent[0];
+    assert_eq!((e.from.as_str(), e.to.as_str()), ("alice", "bob"));
+    assert_eq!(e.conversation, conversation_id("alice", "bob"));
+    assert_eq!(e.body.text(), "hello <b>bob</b>");
+    assert_eq!(v["id"], e.id.as_str());
+
+    // Relayed to bob, and alice's copy turns delivered.
+    let entry = eventually("alice's copy delivered", || {
+        let alice = alice.clone();
+        async move {
+            let h = history(&alice, "bob").await;
+            (h.len() == 1 && h[0]["status"] == "delivered").then(|| h[0].clone())
+        }
+    })
+    .await;
+    assert_eq!(entry["peer_id"], "bob");
+    assert_eq!(entry["sender"], "alice");
+    assert_eq!(entry["message"], "hello <b>bob</b>");
+    assert_eq!(entry["auto_reply"], false);
+    assert!(entry["timestamp"].as_str().unwrap().contains('T'));
+
+    let at_bob = history(&bob, "ALICE").await;
+    assert_eq!(at_bob.len(), 1, "conversations are keyed ignoring case");
+    assert_eq!(at_bob[0]["sender"], "alice");
+    assert_eq!(at_bob[0]["status"], "received");
+}
+
+#[actix_web::test]
+async fn send_message_names_the_missing_fields_and_stores_nothing() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    let alice = o.url("alice");
+    let (s, v): (_, Value) = post_json(&format!("{alice}/send_message"), &json!({})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        v,
+        json!({"status": "failed", "error": "Missing required fields: peer_id, message"})
+    );
+    let (s, v): (_, Value) = post_json(
+        &format!("{alice}/send_message"),
+        &json!({"peer_id": "bob", "message": "  "}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"], "Missing required fields: message");
+    let (s, v): (_, Value) = post_json(
+        &format!("{alice}/send_message"),
+        &json!({"peer_id": "../etc", "message": "x"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("peer_id"), "{v}");
+    assert!(o.proxy.net.outbox().is_empty());
+    assert!(history(&alice, "bob").await.is_empty());
+}
+
+#[actix_web::test]
+async fn a_message_the_proxy_refuses_is_kept_as_failed_with_the_proxys_status() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    let alice = o.url("alice");
+    let (s, v): (_, Value) = post_json(
+        &format!("{alice}/send_message"),
+        &json!({"peer_id": "zed", "message": "anyone?"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v, json!({"status": "failed", "error": "Unknown peer: zed"}));
+    let h = history(&alice, "zed").await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["status"], "failed");
+
+    *o.proxy.net.refuse.lock().unwrap() = Some((413, "message too large for bob".into()));
+    let (s, v): (_, Value) = post_json(
+        &format!("{alice}/send_message"),
+        &json!({"peer_id": "bob", "message": "big"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(v["status"], "failed");
+
+    // The page API shows the reason with the failed message.
+    let (_, page): (_, HistoryPage) =
+        get_json(&format!("{alice}/api/v1/conversations/bob/messages")).await;
+    assert_eq!(
+        page.messages[0].state,
+        MessageState::Failed {
+            reason: "message too large for bob".into()
+        }
+    );
+}
+
+#[actix_web::test]
+async fn an_unreachable_proxy_gives_502_and_the_message_is_kept_as_failed() {
+    let config = config_for(&[("alice", &[])]);
+    let dir = tempfile::tempdir().unwrap();
+    let dead = {
+        let l = free_listener();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let alice = start_peer(&config, "alice", &dead, dir.path()).await;
+    let (s, v): (_, Value) = post_json(
+        &format!("{}/send_message", alice.url),
+        &json!({"peer_id": "bob", "message": "are you there?"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert_eq!(v["status"], "failed");
+    assert!(
+        v["error"].as_str().unwrap().contains("proxy unreachable"),
+        "{v}"
+    );
+    let h = history(&alice.url, "bob").await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["status"], "failed");
+    // /peers cannot be answered either: a clear error, not an empty list.
+    let r = client()
+        .get(format!("{}/peers", alice.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    alice.stop().await;
+}
+
+#[actix_web::test]
+async fn a_legacy_message_is_stored_under_its_sender_once_even_when_retried() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    let alice = o.url("alice");
+    let body = json!({"message": "hi from the original", "from": "Bob",
+                      "timestamp": "2026-11-24T08:41:31.123456"});
+    for _ in 0..2 {
+        let (s, v): (_, Value) = post_json(&format!("{alice}/message"), &body).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["status"], "success");
+    }
+    let h = history(&alice, "bob").await;
+    assert_eq!(h.len(), 1, "a retried post is stored once: {h:?}");
+    assert_eq!(h[0]["sender"], "Bob");
+    assert_eq!(h[0]["message"], "hi from the original");
+    assert_eq!(h[0]["timestamp"], "2026-11-24T08:41:31.123Z");
+
+    let (s, v): (_, Value) = post_json(
+        &format!("{alice}/message"),
+        &json!({"message": "no sender"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        v,
+        json!({"status": "failed", "error": "Missing required fields: from"})
+    );
+}
+
+#[actix_web::test]
+async fn an_unknown_conversation_is_an_empty_history() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    assert!(history(&o.url("alice"), "nobody").await.is_empty());
+    let (s, page): (_, HistoryPage) = get_json(&format!(
+        "{}/api/v1/conversations/nobody/messages",
+        o.url("alice")
+    ))
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.messages.is_empty() && page.next_before.is_none());
+}
+
+#[actix_web::test]
+async fn clear_chat_and_clear_all_answer_success_empty_the_history_and_tell_the_proxy() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    let alice = o.url("alice");
+    for (id, from) in [("c1", "bob"), ("c2", "bob"), ("c3", "carol")] {
+        let (s, _): (_, Ack) = post_json(
+            &format!("{alice}/api/v1/inbox"),
+            &envelope(from, "alice", id, "x"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (s, v): (_, Value) = post_json(&format!("{alice}/clear_chat/BOB"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "success");
+    assert!(v["message"].is_string());
+    assert!(history(&alice, "bob").await.is_empty());
+    assert_eq!(history(&alice, "carol").await.len(), 1);
+
+    let (s, v): (_, Value) = post_json(&format!("{alice}/clear_all_chats"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "success");
+    assert!(history(&alice, "carol").await.is_empty());
+
+    let net = o.proxy.net.clone();
+    eventually("both forgets reach the proxy", || {
+        let net = net.clone();
+        async move {
+            let f = net.forgets.lock().unwrap().clone();
+            (f.len() == 2).then_some(f)
+        }
+    })
+    .await;
+    let f = o.proxy.net.forgets.lock().unwrap().clone();
+    assert!(f.contains(&Forget {
+        with: Some("BOB".into())
+    }));
+    assert!(f.contains(&Forget { with: None }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Native routes: inbox, receipts, stream; idempotency; SSE after commit.
+
+#[actix_web::test]
+async fn the_inbox_stores_a_message_once_by_id() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    let alice = o.url("alice");
+    let e = envelope("bob", "alice", "m-1", "only once");
+    let (s, ack): (_, Ack) = post_json(&format!("{alice}/api/v1/inbox"), &e).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        ack,
+        Ack {
+            id: e.id.clone(),
+            duplicate: false
+        }
+    );
+    let mut again = e.clone();
+    again.body = overlay::wire::data_plane::Body::Text {
+        text: "changed".into(),
+    };
+    let (s, ack): (_, Ack) = post_json(&format!("{alice}/api/v1/inbox"), &again).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(ack.duplicate);
+    let h = history(&alice, "bob").await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["message"], "only once", "a duplicate changes nothing");
+
+    // Misaddressed and malformed envelopes are refused in the proxy's error shape.
+    let (s, v): (_, Value) = post_json(
+        &format!("{alice}/api/v1/inbox"),
+        &envelope("bob", "carol", "m-2", "x"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["status"], "error");
+    let (s, v): (_, Value) =
+        post_json(&format!("{alice}/api/v1/inbox"), &json!({"id": "m-3"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["status"], "error");
+    assert_eq!(history(&alice, "bob").await.len(), 1);
+}
+
+#[actix_web::test]
+async fn concurrent_inbox_posts_are_each_stored_exactly_once() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    let alice = o.url("alice");
+    // 200 distinct messages, each posted twice, all at once: group commit must answer each
+    // after its own commit and dedup across and within batches.
+    let c = client();
+    let posts = (0..400).map(|i| {
+        let req = c.post(format!("{alice}/api/v1/inbox"));
+        let e = envelope(
+            "bob",
+            "alice",
+            &format!("c-{}", i % 200),
+            &format!("n{}", i % 200),
+        );
+        async move {
+            let mut r = req.send_json(&e).await.expect("POST");
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Ack>().await.expect("an ack")
+        }
+    });
+    let acks = futures_util::future::join_all(posts).await;
+    assert_eq!(acks.iter().filter(|a| !a.duplicate).count(), 200);
+    let h = history(&alice, "bob").await;
+    assert_eq!(h.len(), 200);
+    let mut texts: Vec<String> = h
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 200);
+}
+
+#[actix_web::test]
+async fn receipts_change_a_sent_messages_state_and_an_unknown_id_is_404() {
+    let o = fake_overlay(&[("alice", &[])], &["BOT"]).await;
+    let alice = o.url("alice");
+    // To an AI: the fake keeps it (no relay, no receipt), so it stays pending.
+    let (s, v): (_, Value) = post_json(
+        &format!("{alice}/send_message"),
+        &json!({"peer_id": "BOT", "message": "2+2?"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let id = MessageId::parse(v["id"].as_str().unwrap()).unwrap();
+    assert_eq!(history(&alice, "bot").await[0]["status"], "pending");
+
+    let mut events = subscribe(&format!("{alice}/api/v1/events")).await;
+    let failed = Receipt {
+        id: id.clone(),
+        state: DeliveryState::Failed {
+            reason: "BOT: rate limited".into(),
+        },
+    };
+    let (s, _): (_, Value) = post_json(&format!("{alice}/api/v1/receipts"), &failed).await;
+    assert_eq!(s, StatusCode::OK);
+    match events.next::<PageEvent>().await {
+        PageEvent::State { message } => {
+            assert_eq!(message.id, id);
+            assert_eq!(
+                message.state,
+                MessageState::Failed {
+                    reason: "BOT: rate limited".into()
+                }
+            );
+        }
+        other => panic!("expected a state event, got {other:?}"),
+    }
+    let delivered = Receipt {
+        id: id.clone(),
+        state: DeliveryState::Delivered,
+    };
+    let (s, _): (_, Value) = post_json(&format!("{alice}/api/v1/receipts"), &delivered).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(history(&alice, "BOT").await[0]["status"], "delivered");
+
+    let unknown = Receipt {
+        id: MessageId::parse("nope").unwrap(),
+        state: DeliveryState::Delivered,
+    };
+    let (s, v): (_, Value) = post_json(&format!("{alice}/api/v1/receipts"), &unknown).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(
+        v,
+        json!({"status": "error", "message": "Unknown message: nope"})
+    );
+}
+
+#[actix_web::test]
+async fn a_stored_message_is_pushed_to_open_pages_right_after_commit() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    let alice = o.url("alice");
+    let mut page = subscribe(&format!("{alice}/api/v1/events")).await;
+    let mut legacy = subscribe(&format!("{alice}/message_updates")).await;
+
+    let mut e = envelope("bob", "alice", "live-1", "<script>alert(1)</script>");
+    e.sent_at_ms = 1_764_000_000_123;
+    let (s, _): (_, Ack) = post_json(&format!("{alice}/api/v1/inbox"), &e).await;
+    assert_eq!(s, StatusCode::OK);
+
+    match page.next::<PageEvent>().await {
+        PageEvent::Message { message } => {
+            assert_eq!(message.id.as_str(), "live-1");
+            assert_eq!(message.peer, "bob");
+            assert_eq!(message.from, "bob");
+            assert_eq!(message.text, "<script>alert(1)</script>");
+            assert_eq!(message.state, MessageState::Received);
+            assert!(!message.outgoing && !message.auto_reply && !message.error);
+        }
+        other => panic!("expected a message event, got {other:?}"),
+    }
+    let update: Value = legacy.next().await;
+    assert_eq!(
+        update,
+        json!({"peer_id": "bob", "timestamp": "2025-11-24T16:00:00.123Z"})
+    );
+    // The event came after the commit: the history already has it.
+    assert_eq!(history(&alice, "bob").await.len(), 1);
+
+    // An AI error report is stored and pushed as an error.
+    let mut err = envelope("BOT", "alice", "err-1", "BOT failed: 401 invalid key");
+    err.error = true;
+    let (s, _): (_, Ack) = post_json(&format!("{alice}/api/v1/inbox"), &err).await;
+    assert_eq!(s, StatusCode::OK);
+    match page.next::<PageEvent>().await {
+        PageEvent::Message { message } => assert!(message.error && message.peer == "BOT"),
+        other => panic!("expected a message event, got {other:?}"),
+    }
+}
+
+#[actix_web::test]
+async fn stream_chunks_reach_open_pages_and_the_full_reply_is_stored_once() {
+    let o = fake_overlay(&[("alice", &[])], &["BOT"]).await;
+    let alice = o.url("alice");
+    let mut page = subscribe(&format!("{alice}/api/v1/events")).await;
+    for (seq, delta) in ["Hel", "lo"].iter().enumerate() {
+        let chunk = json!({"id": "ai-1", "from": "BOT", "conversation": conversation_id("alice", "BOT"),
+                           "seq": seq, "delta": delta});
+        let (s, _): (_, Value) = post_json(&format!("{alice}/api/v1/stream"), &chunk).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    for expected in ["Hel", "lo"] {
+        match page.next::<PageEvent>().await {
+            PageEvent::Stream {
+                id, peer, delta, ..
+            } => {
+                assert_eq!(
+                    (id.as_str(), peer.as_str(), delta.as_str()),
+                    ("ai-1", "BOT", expected)
+                );
+            }
+            other => panic!("expected a stream event, got {other:?}"),
+        }
+    }
+    assert!(
+        history(&alice, "BOT").await.is_empty(),
+        "chunks are not stored"
+    );
+    let full = envelope("BOT", "alice", "ai-1", "Hello");
+    for _ in 0..2 {
+        let (s, _): (_, Ack) = post_json(&format!("{alice}/api/v1/inbox"), &full).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let h = history(&alice, "BOT").await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["message"], "Hello");
+}
+
+#[actix_web::test]
+async fn history_is_paged_newest_first() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    let alice = o.url("alice");
+    for i in 0..5 {
+        let (s, _): (_, Ack) = post_json(
+            &format!("{alice}/api/v1/inbox"),
+            &envelope("bob", "alice", &format!("p{i}"), &format!("{i}")),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (_, first): (_, HistoryPage) = get_json(&format!(
+        "{alice}/api/v1/conversations/bob/messages?limit=2"
+    ))
+    .await;
+    let texts: Vec<&str> = first.messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["4", "3"]);
+    let before = first.next_before.expect("more pages");
+    let (_, rest): (_, HistoryPage) = get_json(&format!(
+        "{alice}/api/v1/conversations/bob/messages?limit=10&before={before}"
+    ))
+    .await;
+    let texts: Vec<&str> = rest.messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["2", "1", "0"]);
+    assert_eq!(rest.next_before, None);
+    let r = client()
+        .get(format!("{alice}/api/v1/conversations/bob/messages?limit=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // The legacy history is the same conversation, oldest first.
+    let h = history(&alice, "bob").await;
+    let texts: Vec<&str> = h.iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["0", "1", "2", "3", "4"]);
+}
+
+#[actix_web::test]
+async fn a_restarted_peer_keeps_its_history() {
+    let config = config_for(&[("alice", &[])]);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = spawn_fake_proxy(&[]).await;
+    let alice = start_peer(&config, "alice", &proxy.url, dir.path()).await;
+    let (s, _): (_, Ack) = post_json(
+        &format!("{}/api/v1/inbox", alice.url),
+        &envelope("bob", "alice", "keep-1", "still here"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    alice.stop().await;
+    let alice = start_peer(&config, "alice", &proxy.url, dir.path()).await;
+    let h = history(&alice.url, "bob").await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["message"], "still here");
+    alice.stop().await;
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input.
+
+#[actix_web::test]
+async fn an_oversized_message_is_413_and_nothing_is_stored() {
+    let mut config = config_for(&[("alice", &[])]);
+    config.delivery.max_message_bytes = 100;
+    config.delivery.max_body_bytes = 2048;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = spawn_fake_proxy(&[]).await;
+    proxy
+        .net
+        .peers
+        .lock()
+        .unwrap()
+        .insert("bob".into(), "http://127.0.0.1:9".into());
+    let alice = start_peer(&config, "alice", &proxy.url, dir.path()).await;
+    let big = "x".repeat(101);
+
+    let (s, v): (_, Value) = post_json(
+        &format!("{}/send_message", alice.url),
+        &json!({"peer_id": "bob", "message": big}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(v["status"], "failed");
+    assert!(
+        v["error"].as_str().unwrap().contains("limit is 100 bytes"),
+        "{v}"
+    );
+
+    let (s, v): (_, Value) = post_json(
+        &format!("{}/message", alice.url),
+        &json!({"from": "bob", "message": big}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(v["status"], "failed");
+
+    let (s, v): (_, Value) = post_json(
+        &format!("{}/api/v1/inbox", alice.url),
+        &envelope("bob", "alice", "big-1", &big),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(v["status"], "error");
+
+    // A body over max_body_bytes is refused before it is parsed.
+    let huge = "y".repeat(4096);
+    let (s, v): (_, Value) = post_json(
+        &format!("{}/send_message", alice.url),
+        &json!({"peer_id": "bob", "message": huge}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(v["status"], "failed");
+
+    assert!(proxy.net.outbox().is_empty());
+    assert!(history(&alice.url, "bob").await.is_empty());
+    alice.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Auto-reply.
+
+#[actix_web::test]
+async fn alice_and_bob_both_auto_replying_answer_exactly_once_each() {
+    let o = fake_overlay(
+        &[
+            ("alice", &["alice-auto-1", "alice-auto-2"]),
+            ("bob", &["bob-auto-1", "bob-auto-2"]),
+        ],
+        &[],
+    )
+    .await;
+    let (alice, bob) = (o.url("alice"), o.url("bob"));
+
+    let (s, _): (_, Value) = post_json(
+        &format!("{alice}/send_message"),
+        &json!({"peer_id": "bob", "message": "hi bob"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _): (_, Value) = post_json(
+        &format!("{bob}/send_message"),
+        &json!({"peer_id": "alice", "message": "hi alice"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Each has decided about both messages it received (a person's, and an auto-reply):
+    // after that nothing more can be sent, so the counts below are final.
+    for url in [&alice, &bob] {
+        let url = url.clone();
+        eventually("both peers decided about both messages they got", || {
+            let url = url.clone();
+            async move { (stats(&url).await.seen == 2).then_some(()) }
+        })
+        .await;
+    }
+    assert_eq!(stats(&alice).await.answered, 1);
+    assert_eq!(stats(&bob).await.answered, 1);
+
+    let sent = o.proxy.net.outbox();
+    let autos: Vec<(&str, &str)> = sent
+        .iter()
+        .filter(|e| e.auto_reply)
+        .map(|e| (e.from.as_str(), e.body.text()))
+        .collect();
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert_eq!(autos.len(), 2, "{autos:?}");
+    assert!(autos.contains(&("bob", "bob-auto-1")));
+    assert!(autos.contains(&("alice", "alice-auto-1")));
+
+    let at_alice = eventually("alice has all four messages", || {
+        let alice = alice.clone();
+        async move {
+            let h = history(&alice, "bob").await;
+            (h.len() == 4).then_some(h)
+        }
+    })
+    .await;
+    assert_eq!(
+        at_alice.iter().filter(|e| e["auto_reply"] == true).count(),
+        2
+    );
+}
+
+#[actix_web::test]
+async fn auto_reply_answers_people_in_turn_but_never_an_ai_an_error_or_an_auto_reply() {
+    let o = fake_overlay(&[("bob", &["first line", "second line"])], &["BOT"]).await;
+    let bob = o.url("bob");
+    for other in ["carol", "dave"] {
+        // Known to the proxy, but not running: replies are accepted, then fail to relay.
+        let dead = free_listener().local_addr().unwrap();
+        o.proxy
+            .net
+            .peers
+            .lock()
+            .unwrap()
+            .insert(other.into(), format!("http://{dead}"));
+    }
+    let post = |e: Envelope| {
+        let url = format!("{bob}/api/v1/inbox");
+        async move {
+            let (s, _): (_, Ack) = post_json(&url, &e).await;
+            assert_eq!(s, StatusCode::OK);
+        }
+    };
+    post(envelope("BOT", "bob", "n1", "I am an AI")).await;
+    let mut err = envelope("carol", "bob", "n2", "an error report");
+    err.error = true;
+    post(err).await;
+    let mut auto = envelope("carol", "bob", "n3", "an auto-reply");
+    auto.auto_reply = true;
+    post(auto).await;
+    // compat: the original's AI replies come as `auto` legacy messages.
+    let (s, _): (_, Value) = post_json(
+        &format!("{bob}/message"),
+        &json!({"from": "BOT", "message": "legacy AI reply", "timestamp": "2026-11-24T08:00:00", "auto": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    post(envelope("carol", "bob", "n4", "a person")).await;
+    post(envelope("dave", "bob", "n5", "another person")).await;
+
+    let s = eventually("bob decided about all six", || {
+        let bob = bob.clone();
+        async move {
+            let s = stats(&bob).await;
+            (s.seen == 6).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(s.answered, 2);
+    let sent = eventually("both replies handed to the proxy", || {
+        let net = o.proxy.net.clone();
+        async move {
+            let sent = net.outbox();
+            (sent.len() == 2).then_some(sent)
+        }
+    })
+    .await;
+    let got: Vec<(&str, &str, bool)> = sent
+        .iter()
+        .map(|e| (e.to.as_str(), e.body.text(), e.auto_reply))
+        .collect();
+    assert!(got.contains(&("carol", "first line", true)), "{got:?}");
+    assert!(got.contains(&("dave", "second line", true)), "{got:?}");
+}
+
+#[actix_web::test]
+async fn auto_reply_off_answers_nothing() {
+    let o = fake_overlay(&[("behrooz", &[])], &[]).await;
+    let url = o.url("behrooz");
+    let (s, _): (_, Ack) = post_json(
+        &format!("{url}/api/v1/inbox"),
+        &envelope("carol", "behrooz", "q1", "hello"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let s = eventually("behrooz decided", || {
+        let url = url.clone();
+        async move {
+            let s = stats(&url).await;
+            (s.seen == 1).then_some(s)
+        }
+    })
+    .await;
+    assert!(!s.enabled);
+    assert_eq!(s.answered, 0);
+    assert!(o.proxy.net.outbox().is_empty());
+}

@@ -1,0 +1,955 @@
+//! Every conversation of this user, kept in redb at `{data_dir}/peer-{name}.redb`.
+//!
+//! Owns: the tables and their keys, idempotent inserts (an id index), delivery-state changes,
+//! clearing, and the reads the pages and the legacy API need. Two actors:
+//! - [`ChatStore`]: a `SyncArbiter` actor doing the blocking redb work, off the event loop.
+//! - [`WriteQueue`]: the async front every write goes through. While one write transaction is
+//!   being committed, new writes wait in its queue; the next transaction takes all of them at
+//!   once (group commit), and each caller is answered only after the commit that holds its write.
+//!   Right after a commit it publishes what changed to [`Updates`] (the open pages).
+//!
+//! It never talks HTTP and never decides what to send.
+//!
+//! Tables: `messages` keyed by (conversation, seq) so a page of history is a range scan;
+//! `message_ids` (id → key) for idempotency and receipts; `conversations` (per-conversation
+//! summary); `meta` (the next seq). `seq` grows across the whole store and is never reused.
+//! fixes original: no whole-file rewrite per message; a retried message is stored once.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use actix::prelude::*;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::error::PeerError;
+use super::updates::{PageEvent, Publish, Updates};
+use crate::wire::data_plane::{DeliveryState, Envelope, MessageId};
+use crate::wire::legacy::HistoryEntry;
+
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const IDS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("message_ids");
+const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_SEQ: &str = "next_seq";
+
+/// Most writes one transaction takes from the queue.
+const MAX_BATCH: usize = 1024;
+
+/// Where a message is, from this user's point of view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum MessageState {
+    /// Someone else's message, stored here.
+    Received,
+    /// Ours, handed to (or being handed to) the proxy, not yet stored by the receiver.
+    Pending,
+    /// Ours, stored by the receiver.
+    Delivered,
+    /// Ours, given up on; `reason` says why.
+    Failed { reason: String },
+}
+
+impl MessageState {
+    /// The word shown to users and in the legacy history's `status`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            MessageState::Received => "received",
+            MessageState::Pending => "pending",
+            MessageState::Delivered => "delivered",
+            MessageState::Failed { .. } => "failed",
+        }
+    }
+
+    /// The state after a receipt saying `proposed`, or None when the receipt changes nothing:
+    /// a received message has no delivery state, nothing goes back to pending, and a
+    /// delivered message stays delivered (receipts may arrive out of order).
+    pub fn after_receipt(&self, proposed: &DeliveryState) -> Option<MessageState> {
+        let next = match proposed {
+            DeliveryState::Pending => return None,
+            DeliveryState::Delivered => MessageState::Delivered,
+            DeliveryState::Failed { reason } => MessageState::Failed {
+                reason: reason.clone(),
+            },
+        };
+        match self {
+            MessageState::Received | MessageState::Delivered => None,
+            current if *current == next => None,
+            _ => Some(next),
+        }
+    }
+}
+
+/// One message of a conversation, as stored and as the page API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    /// Position in the store; grows with every stored message. 0 until stored.
+    pub seq: u64,
+    /// The other party of the conversation, as named by the sender.
+    pub peer: String,
+    pub from: String,
+    pub to: String,
+    pub text: String,
+    /// When it was born, Unix ms.
+    pub sent_at_ms: u64,
+    /// Written by this user.
+    pub outgoing: bool,
+    #[serde(flatten)]
+    pub state: MessageState,
+    pub auto_reply: bool,
+    /// An error report (e.g. from an AI endpoint), shown as such.
+    pub error: bool,
+}
+
+impl StoredMessage {
+    /// Our own message, about to be handed to the proxy.
+    pub fn outgoing(envelope: &Envelope) -> StoredMessage {
+        StoredMessage {
+            id: envelope.id.clone(),
+            seq: 0,
+            peer: envelope.to.clone(),
+            from: envelope.from.clone(),
+            to: envelope.to.clone(),
+            text: envelope.body.text().to_string(),
+            sent_at_ms: envelope.sent_at_ms,
+            outgoing: true,
+            state: MessageState::Pending,
+            auto_reply: envelope.auto_reply,
+            error: envelope.error,
+        }
+    }
+
+    /// Someone's message to `me`, stored under the sender.
+    pub fn incoming(envelope: &Envelope, me: &str) -> StoredMessage {
+        let peer = if envelope.from.eq_ignore_ascii_case(me) {
+            envelope.to.clone()
+        } else {
+            envelope.from.clone()
+        };
+        StoredMessage {
+            id: envelope.id.clone(),
+            seq: 0,
+            peer,
+            from: envelope.from.clone(),
+            to: envelope.to.clone(),
+            text: envelope.body.text().to_string(),
+            sent_at_ms: envelope.sent_at_ms,
+            outgoing: false,
+            state: MessageState::Received,
+            auto_reply: envelope.auto_reply,
+            error: envelope.error,
+        }
+    }
+
+    /// compat: a row of the original's `GET /get_chat_history/{peer_id}`.
+    pub fn history_entry(&self) -> HistoryEntry {
+        HistoryEntry {
+            peer_id: self.peer.clone(),
+            sender: self.from.clone(),
+            message: self.text.clone(),
+            status: self.state.label().to_string(),
+            timestamp: crate::wire::rfc3339_ms(self.sent_at_ms),
+            auto_reply: self.auto_reply,
+        }
+    }
+}
+
+/// A conversation's key: the other party's name, ignoring case.
+pub fn conversation_key(peer: &str) -> String {
+    peer.trim().to_ascii_lowercase()
+}
+
+/// Summary of one conversation, kept up to date on every insert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    /// The other party, as first named.
+    pub peer: String,
+    pub count: u64,
+    pub last_seq: u64,
+    pub last_at_ms: u64,
+    /// The start of the last message, for the contact list.
+    pub last_text: String,
+}
+
+/// A page of history: newest first, and where the next (older) page starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub messages: Vec<StoredMessage>,
+    /// Pass as `before` for the next older page; None when this page reaches the start.
+    pub next_before: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// ChatStore: the blocking side.
+
+/// A write, as applied inside one transaction.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Append { message: StoredMessage },
+    SetState { id: MessageId, state: DeliveryState },
+    Clear { peer: Option<String> },
+}
+
+/// What one [`WriteOp`] did.
+#[derive(Debug, Clone)]
+pub enum WriteOutcome {
+    /// `duplicate`: the id was stored before; `message` is the stored one, unchanged.
+    Appended {
+        message: StoredMessage,
+        duplicate: bool,
+    },
+    /// `changed`: false when the receipt changed nothing.
+    StateSet {
+        message: StoredMessage,
+        changed: bool,
+    },
+    Cleared {
+        peer: Option<String>,
+        removed: u64,
+    },
+}
+
+/// Applies writes in one transaction; each gets its own outcome, the commit is shared.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Result<WriteOutcome, PeerError>>, PeerError>")]
+pub struct WriteBatch {
+    pub ops: Vec<WriteOp>,
+}
+
+/// The newest `limit` messages of a conversation older than `before` (seq).
+#[derive(Message)]
+#[rtype(result = "Result<HistoryPage, PeerError>")]
+pub struct GetPage {
+    pub peer: String,
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
+/// A whole conversation, oldest first (the legacy history).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<StoredMessage>, PeerError>")]
+pub struct GetHistory {
+    pub peer: String,
+}
+
+/// Every conversation's summary.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ConversationSummary>, PeerError>")]
+pub struct ListConversations;
+
+/// The redb database; runs on a `SyncArbiter` (its own threads).
+pub struct ChatStore {
+    db: Arc<SharedDb>,
+}
+
+/// The open database, shared by the store's threads and closed once, on stop (so the same
+/// file can be opened again at once, e.g. by a restarted peer in the same process).
+pub struct SharedDb(RwLock<Option<Database>>);
+
+impl SharedDb {
+    pub fn new(db: Database) -> Self {
+        Self(RwLock::new(Some(db)))
+    }
+
+    /// Runs `f` with the database; an error once it is closed.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, PeerError>) -> Result<T, PeerError> {
+        let guard = self
+            .0
+            .read()
+            .map_err(|_| PeerError::Storage("the store's lock is poisoned".into()))?;
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(PeerError::unavailable("the chat store is closed")),
+        }
+    }
+
+    /// Closes the database, after the operations in progress.
+    pub fn close(&self) {
+        match self.0.write() {
+            Ok(mut db) => drop(db.take()),
+            Err(poisoned) => drop(poisoned.into_inner().take()),
+        }
+    }
+}
+
+impl ChatStore {
+    pub fn new(db: Arc<SharedDb>) -> Self {
+        Self { db }
+    }
+
+    /// Opens (or creates) the store at `path`, with every table present. Blocking.
+    pub fn open(path: &Path) -> Result<Database, PeerError> {
+        let db = Database::create(path)
+            .map_err(|e| PeerError::Storage(format!("opening {}: {e}", path.display())))?;
+        let tx = db.begin_write().map_err(PeerError::storage)?;
+        {
+            tx.open_table(MESSAGES).map_err(PeerError::storage)?;
+            tx.open_table(IDS).map_err(PeerError::storage)?;
+            tx.open_table(CONVERSATIONS).map_err(PeerError::storage)?;
+            tx.open_table(META).map_err(PeerError::storage)?;
+        }
+        tx.commit().map_err(PeerError::storage)?;
+        Ok(db)
+    }
+}
+
+impl Actor for ChatStore {
+    type Context = SyncContext<Self>;
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, PeerError> {
+    serde_json::from_slice(bytes).map_err(|e| PeerError::Storage(format!("corrupt record: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PeerError> {
+    serde_json::to_vec(value).map_err(PeerError::storage)
+}
+
+fn preview(text: &str) -> String {
+    const MAX: usize = 80;
+    match text.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+/// The tables a write transaction changes, opened once per transaction.
+struct Tables<'t> {
+    messages: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    ids: redb::Table<'t, &'static str, (&'static str, u64)>,
+    convs: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(tx: &'t redb::WriteTransaction) -> Result<Self, PeerError> {
+        Ok(Self {
+            messages: tx.open_table(MESSAGES).map_err(PeerError::storage)?,
+            ids: tx.open_table(IDS).map_err(PeerError::storage)?,
+            convs: tx.open_table(CONVERSATIONS).map_err(PeerError::storage)?,
+        })
+    }
+}
+
+/// Applies one op. The outer error aborts the whole transaction (storage failure); the
+/// inner one is this op's own answer (e.g. an unknown id) and writes nothing.
+fn apply(
+    tables: &mut Tables<'_>,
+    next_seq: &mut u64,
+    op: WriteOp,
+) -> Result<Result<WriteOutcome, PeerError>, PeerError> {
+    let Tables {
+        messages,
+        ids,
+        convs,
+    } = tables;
+    match op {
+        WriteOp::Append { mut message } => {
+            let existing = ids
+                .get(message.id.as_str())
+                .map_err(PeerError::storage)?
+                .map(|g| {
+                    let (k, q) = g.value();
+                    (k.to_string(), q)
+                });
+            if let Some((key, seq)) = existing {
+                let stored = messages
+                    .get((key.as_str(), seq))
+                    .map_err(PeerError::storage)?;
+                if let Some(stored) = stored {
+                    let message = decode(stored.value())?;
+                    return Ok(Ok(WriteOutcome::Appended {
+                        message,
+                        duplicate: true,
+                    }));
+                }
+            }
+            message.seq = *next_seq;
+            *next_seq += 1;
+            let key = conversation_key(&message.peer);
+            messages
+                .insert((key.as_str(), message.seq), encode(&message)?.as_slice())
+                .map_err(PeerError::storage)?;
+            ids.insert(message.id.as_str(), (key.as_str(), message.seq))
+                .map_err(PeerError::storage)?;
+            let summary = match convs.get(key.as_str()).map_err(PeerError::storage)? {
+                Some(g) => Some(decode::<ConversationSummary>(g.value())?),
+                None => None,
+            };
+            let summary = ConversationSummary {
+                peer: summary
+                    .as_ref()
+                    .map(|c| c.peer.clone())
+                    .unwrap_or_else(|| message.peer.clone()),
+                count: summary.as_ref().map_or(0, |c| c.count) + 1,
+                last_seq: message.seq,
+                last_at_ms: message.sent_at_ms,
+                last_text: preview(&message.text),
+            };
+            convs
+                .insert(key.as_str(), encode(&summary)?.as_slice())
+                .map_err(PeerError::storage)?;
+            Ok(Ok(WriteOutcome::Appended {
+                message,
+                duplicate: false,
+            }))
+        }
+        WriteOp::SetState { id, state } => {
+            let found = ids.get(id.as_str()).map_err(PeerError::storage)?.map(|g| {
+                let (k, q) = g.value();
+                (k.to_string(), q)
+            });
+            let Some((key, seq)) = found else {
+                return Ok(Err(PeerError::UnknownMessage(id.to_string())));
+            };
+            let stored = match messages
+                .get((key.as_str(), seq))
+                .map_err(PeerError::storage)?
+            {
+                Some(g) => decode::<StoredMessage>(g.value())?,
+                None => return Ok(Err(PeerError::UnknownMessage(id.to_string()))),
+            };
+            match stored.state.after_receipt(&state) {
+                None => Ok(Ok(WriteOutcome::StateSet {
+                    message: stored,
+                    changed: false,
+                })),
+                Some(next) => {
+                    let mut message = stored;
+                    message.state = next;
+                    messages
+                        .insert((key.as_str(), seq), encode(&message)?.as_slice())
+                        .map_err(PeerError::storage)?;
+                    Ok(Ok(WriteOutcome::StateSet {
+                        message,
+                        changed: true,
+                    }))
+                }
+            }
+        }
+        WriteOp::Clear { peer: Some(peer) } => {
+            let key = conversation_key(&peer);
+            let mut removed_ids = Vec::new();
+            for entry in messages
+                .extract_from_if((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| true)
+                .map_err(PeerError::storage)?
+            {
+                let (_, v) = entry.map_err(PeerError::storage)?;
+                let m: StoredMessage = decode(v.value())?;
+                removed_ids.push(m.id);
+            }
+            for id in &removed_ids {
+                ids.remove(id.as_str()).map_err(PeerError::storage)?;
+            }
+            convs.remove(key.as_str()).map_err(PeerError::storage)?;
+            Ok(Ok(WriteOutcome::Cleared {
+                peer: Some(peer),
+                removed: removed_ids.len() as u64,
+            }))
+        }
+        WriteOp::Clear { peer: None } => {
+            let removed = messages.len().map_err(PeerError::storage)?;
+            messages.retain(|_, _| false).map_err(PeerError::storage)?;
+            ids.retain(|_, _| false).map_err(PeerError::storage)?;
+            convs.retain(|_, _| false).map_err(PeerError::storage)?;
+            Ok(Ok(WriteOutcome::Cleared {
+                peer: None,
+                removed,
+            }))
+        }
+    }
+}
+
+/// The blocking operations, on an open database.
+mod blocking {
+    use super::*;
+
+    /// One transaction, one commit (durable on return), for the whole batch.
+    pub fn write_batch(
+        db: &Database,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<Result<WriteOutcome, PeerError>>, PeerError> {
+        let tx = db.begin_write().map_err(PeerError::storage)?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        {
+            let mut meta = tx.open_table(META).map_err(PeerError::storage)?;
+            let mut next_seq = meta
+                .get(NEXT_SEQ)
+                .map_err(PeerError::storage)?
+                .map_or(1, |g| g.value());
+            let mut tables = Tables::open(&tx)?;
+            for op in ops {
+                // A storage error leaves the transaction uncommitted: nothing half-stored.
+                outcomes.push(apply(&mut tables, &mut next_seq, op)?);
+            }
+            meta.insert(NEXT_SEQ, next_seq)
+                .map_err(PeerError::storage)?;
+        }
+        tx.commit().map_err(PeerError::storage)?;
+        Ok(outcomes)
+    }
+
+    /// A range scan from the newest end: as fast for the millionth message as for the first.
+    pub fn page(
+        db: &Database,
+        peer: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
+        let table = tx.open_table(MESSAGES).map_err(PeerError::storage)?;
+        let key = conversation_key(peer);
+        let before = before.unwrap_or(u64::MAX);
+        let mut messages = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        for entry in table
+            .range((key.as_str(), 0)..(key.as_str(), before))
+            .map_err(PeerError::storage)?
+            .rev()
+        {
+            if messages.len() == limit {
+                more = true;
+                break;
+            }
+            let (_, v) = entry.map_err(PeerError::storage)?;
+            messages.push(decode::<StoredMessage>(v.value())?);
+        }
+        let next_before = if more {
+            messages.last().map(|m| m.seq)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            messages,
+            next_before,
+        })
+    }
+
+    /// A whole conversation, oldest first.
+    pub fn history(db: &Database, peer: &str) -> Result<Vec<StoredMessage>, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
+        let table = tx.open_table(MESSAGES).map_err(PeerError::storage)?;
+        let key = conversation_key(peer);
+        let mut out = Vec::new();
+        for entry in table
+            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+            .map_err(PeerError::storage)?
+        {
+            let (_, v) = entry.map_err(PeerError::storage)?;
+            out.push(decode::<StoredMessage>(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Every conversation's summary.
+    pub fn conversations(db: &Database) -> Result<Vec<ConversationSummary>, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
+        let table = tx.open_table(CONVERSATIONS).map_err(PeerError::storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(PeerError::storage)? {
+            let (_, v) = entry.map_err(PeerError::storage)?;
+            out.push(decode::<ConversationSummary>(v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+impl ChatStore {
+    /// One transaction, one commit (durable on return), for the whole batch.
+    pub fn write_batch(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<Result<WriteOutcome, PeerError>>, PeerError> {
+        self.db.with(|db| blocking::write_batch(db, ops))
+    }
+
+    /// The newest `limit` messages with `peer` older than `before`, newest first.
+    pub fn page(
+        &self,
+        peer: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, PeerError> {
+        self.db.with(|db| blocking::page(db, peer, before, limit))
+    }
+
+    /// The whole conversation with `peer`, oldest first.
+    pub fn history(&self, peer: &str) -> Result<Vec<StoredMessage>, PeerError> {
+        self.db.with(|db| blocking::history(db, peer))
+    }
+
+    /// Every conversation's summary.
+    pub fn conversations(&self) -> Result<Vec<ConversationSummary>, PeerError> {
+        self.db.with(blocking::conversations)
+    }
+}
+
+impl Handler<WriteBatch> for ChatStore {
+    type Result = Result<Vec<Result<WriteOutcome, PeerError>>, PeerError>;
+
+    fn handle(&mut self, msg: WriteBatch, _: &mut SyncContext<Self>) -> Self::Result {
+        self.write_batch(msg.ops)
+    }
+}
+
+impl Handler<GetPage> for ChatStore {
+    type Result = Result<HistoryPage, PeerError>;
+
+    fn handle(&mut self, msg: GetPage, _: &mut SyncContext<Self>) -> Self::Result {
+        self.page(&msg.peer, msg.before, msg.limit)
+    }
+}
+
+impl Handler<GetHistory> for ChatStore {
+    type Result = Result<Vec<StoredMessage>, PeerError>;
+
+    fn handle(&mut self, msg: GetHistory, _: &mut SyncContext<Self>) -> Self::Result {
+        self.history(&msg.peer)
+    }
+}
+
+impl Handler<ListConversations> for ChatStore {
+    type Result = Result<Vec<ConversationSummary>, PeerError>;
+
+    fn handle(&mut self, _: ListConversations, _: &mut SyncContext<Self>) -> Self::Result {
+        self.conversations()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WriteQueue: the async side, group commit.
+
+/// Stores a message unless its id is stored already.
+#[derive(Message)]
+#[rtype(result = "Result<Appended, PeerError>")]
+pub struct AppendMessage {
+    pub message: StoredMessage,
+}
+
+/// Answer to [`AppendMessage`]: the stored message (the earlier one when `duplicate`).
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub message: StoredMessage,
+    pub duplicate: bool,
+}
+
+/// A sent message's delivery state changed (receipt, or the proxy refused it).
+#[derive(Message)]
+#[rtype(result = "Result<StoredMessage, PeerError>")]
+pub struct SetDeliveryState {
+    pub id: MessageId,
+    pub state: DeliveryState,
+}
+
+/// Deletes one conversation (`peer`), or all of them (None). Answers how many messages went.
+#[derive(Message)]
+#[rtype(result = "Result<u64, PeerError>")]
+pub struct ClearConversations {
+    pub peer: Option<String>,
+}
+
+type Reply = oneshot::Sender<Result<WriteOutcome, PeerError>>;
+
+/// Queues writes and commits them in groups; see the module docs.
+pub struct WriteQueue {
+    store: Addr<ChatStore>,
+    updates: Addr<Updates>,
+    waiting: VecDeque<(WriteOp, Reply)>,
+    committing: bool,
+}
+
+impl WriteQueue {
+    pub fn new(store: Addr<ChatStore>, updates: Addr<Updates>) -> Self {
+        Self {
+            store,
+            updates,
+            waiting: VecDeque::new(),
+            committing: false,
+        }
+    }
+
+    fn enqueue(
+        &mut self,
+        op: WriteOp,
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<Result<WriteOutcome, PeerError>> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting.push_back((op, tx));
+        if !self.committing {
+            self.commit_next(ctx);
+        }
+        rx
+    }
+
+    /// Sends everything waiting (up to [`MAX_BATCH`]) as one transaction.
+    fn commit_next(&mut self, ctx: &mut Context<Self>) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let n = self.waiting.len().min(MAX_BATCH);
+        let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = self.waiting.drain(..n).unzip();
+        self.committing = true;
+        self.store
+            .send(WriteBatch { ops })
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                let result = result.map_err(PeerError::from).and_then(|r| r);
+                match result {
+                    Ok(outcomes) => {
+                        for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                            if let Ok(outcome) = &outcome {
+                                act.publish(outcome);
+                            }
+                            let _ = reply.send(outcome);
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("a write transaction failed, nothing of it stored: {e}");
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+                act.committing = false;
+                act.commit_next(ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// Tells the open pages what a committed write changed.
+    fn publish(&self, outcome: &WriteOutcome) {
+        let event = match outcome {
+            WriteOutcome::Appended {
+                duplicate: true, ..
+            }
+            | WriteOutcome::StateSet { changed: false, .. } => return,
+            WriteOutcome::Appended { message, .. } => PageEvent::Message {
+                message: message.clone(),
+            },
+            WriteOutcome::StateSet { message, .. } => PageEvent::State {
+                message: message.clone(),
+            },
+            WriteOutcome::Cleared { peer, .. } => PageEvent::Cleared { peer: peer.clone() },
+        };
+        self.updates.do_send(Publish { event });
+    }
+}
+
+impl Actor for WriteQueue {
+    type Context = Context<Self>;
+}
+
+async fn outcome(
+    rx: oneshot::Receiver<Result<WriteOutcome, PeerError>>,
+) -> Result<WriteOutcome, PeerError> {
+    rx.await
+        .map_err(|_| PeerError::unavailable("the store stopped before committing"))?
+}
+
+impl Handler<AppendMessage> for WriteQueue {
+    type Result = ResponseFuture<Result<Appended, PeerError>>;
+
+    fn handle(&mut self, msg: AppendMessage, ctx: &mut Context<Self>) -> Self::Result {
+        let rx = self.enqueue(
+            WriteOp::Append {
+                message: msg.message,
+            },
+            ctx,
+        );
+        Box::pin(async move {
+            match outcome(rx).await? {
+                WriteOutcome::Appended { message, duplicate } => {
+                    Ok(Appended { message, duplicate })
+                }
+                other => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
+            }
+        })
+    }
+}
+
+impl Handler<SetDeliveryState> for WriteQueue {
+    type Result = ResponseFuture<Result<StoredMessage, PeerError>>;
+
+    fn handle(&mut self, msg: SetDeliveryState, ctx: &mut Context<Self>) -> Self::Result {
+        let rx = self.enqueue(
+            WriteOp::SetState {
+                id: msg.id,
+                state: msg.state,
+            },
+            ctx,
+        );
+        Box::pin(async move {
+            match outcome(rx).await? {
+                WriteOutcome::StateSet { message, .. } => Ok(message),
+                other => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
+            }
+        })
+    }
+}
+
+impl Handler<ClearConversations> for WriteQueue {
+    type Result = ResponseFuture<Result<u64, PeerError>>;
+
+    fn handle(&mut self, msg: ClearConversations, ctx: &mut Context<Self>) -> Self::Result {
+        let rx = self.enqueue(WriteOp::Clear { peer: msg.peer }, ctx);
+        Box::pin(async move {
+            match outcome(rx).await? {
+                WriteOutcome::Cleared { removed, .. } => Ok(removed),
+                other => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: &str, peer: &str, text: &str) -> StoredMessage {
+        let mut e = Envelope::text(peer, "me", text);
+        e.id = MessageId::parse(id).unwrap();
+        StoredMessage::incoming(&e, "me")
+    }
+
+    fn store() -> (tempfile::TempDir, ChatStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ChatStore::open(&dir.path().join("t.redb")).unwrap();
+        (dir, ChatStore::new(Arc::new(SharedDb::new(db))))
+    }
+
+    fn write(store: &ChatStore, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcome, PeerError>> {
+        store.write_batch(ops).unwrap()
+    }
+
+    fn page(store: &ChatStore, peer: &str, before: Option<u64>, limit: usize) -> HistoryPage {
+        store.page(peer, before, limit).unwrap()
+    }
+
+    #[test]
+    fn a_receipt_never_moves_a_message_back_or_off_delivered() {
+        let failed = DeliveryState::Failed { reason: "x".into() };
+        assert_eq!(
+            MessageState::Pending.after_receipt(&DeliveryState::Delivered),
+            Some(MessageState::Delivered)
+        );
+        assert_eq!(
+            MessageState::Delivered.after_receipt(&DeliveryState::Pending),
+            None
+        );
+        assert_eq!(MessageState::Delivered.after_receipt(&failed), None);
+        assert_eq!(
+            MessageState::Failed { reason: "x".into() }.after_receipt(&DeliveryState::Delivered),
+            Some(MessageState::Delivered)
+        );
+        assert_eq!(
+            MessageState::Received.after_receipt(&DeliveryState::Delivered),
+            None
+        );
+    }
+
+    #[test]
+    fn the_same_id_is_stored_once() {
+        let (_d, s) = store();
+        let out = write(
+            &s,
+            vec![
+                WriteOp::Append {
+                    message: msg("m1", "bob", "hi"),
+                },
+                WriteOp::Append {
+                    message: msg("m1", "bob", "hi"),
+                },
+            ],
+        );
+        assert!(matches!(
+            out[0],
+            Ok(WriteOutcome::Appended {
+                duplicate: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            out[1],
+            Ok(WriteOutcome::Appended {
+                duplicate: true,
+                ..
+            })
+        ));
+        assert_eq!(page(&s, "bob", None, 10).messages.len(), 1);
+    }
+
+    #[test]
+    fn conversations_are_keyed_ignoring_case_and_paged_newest_first() {
+        let (_d, s) = store();
+        let ops = (0..5)
+            .map(|i| WriteOp::Append {
+                message: msg(
+                    &format!("m{i}"),
+                    if i % 2 == 0 { "Bob" } else { "bob" },
+                    &i.to_string(),
+                ),
+            })
+            .chain(std::iter::once(WriteOp::Append {
+                message: msg("x", "carol", "other"),
+            }))
+            .collect();
+        write(&s, ops);
+        let first = page(&s, "BOB", None, 2);
+        let texts: Vec<&str> = first.messages.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["4", "3"]);
+        let second = page(&s, "bob", first.next_before, 10);
+        let texts: Vec<&str> = second.messages.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["2", "1", "0"]);
+        assert_eq!(second.next_before, None);
+    }
+
+    #[test]
+    fn clearing_one_conversation_keeps_the_others() {
+        let (_d, s) = store();
+        write(
+            &s,
+            vec![
+                WriteOp::Append {
+                    message: msg("a", "bob", "1"),
+                },
+                WriteOp::Append {
+                    message: msg("b", "carol", "2"),
+                },
+                WriteOp::Clear {
+                    peer: Some("BOB".into()),
+                },
+            ],
+        );
+        assert!(page(&s, "bob", None, 10).messages.is_empty());
+        assert_eq!(page(&s, "carol", None, 10).messages.len(), 1);
+        // The cleared id may be stored again.
+        let out = write(
+            &s,
+            vec![WriteOp::Append {
+                message: msg("a", "bob", "1"),
+            }],
+        );
+        assert!(matches!(
+            out[0],
+            Ok(WriteOutcome::Appended {
+                duplicate: false,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_receipt_for_an_unknown_id_is_an_error_that_writes_nothing() {
+        let (_d, s) = store();
+        let out = write(
+            &s,
+            vec![WriteOp::SetState {
+                id: MessageId::parse("nope").unwrap(),
+                state: DeliveryState::Delivered,
+            }],
+        );
+        assert!(matches!(out[0], Err(PeerError::UnknownMessage(_))));
+    }
+}

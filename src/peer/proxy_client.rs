@@ -1,0 +1,309 @@
+//! The peer's only link to the outside: its own proxy.
+//!
+//! Owns: the one awc `Client` of this peer (built once, on the role's arbiter), the proxy's
+//! URLs, and turning the proxy's answers and failures into [`PeerError`]s. Also [`send`], the
+//! one way a message of this user leaves: stored as pending first, then handed to the proxy,
+//! and kept as failed (with the reason) when the proxy is unreachable or refuses.
+//!
+//! It never talks to anything but the proxy, and never decides what to send.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use awc::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::chat_store::{AppendMessage, SetDeliveryState, StoredMessage, WriteQueue};
+use super::error::PeerError;
+use crate::wire::control_plane::Endpoint;
+use crate::wire::data_plane::{
+    Accepted, DeliveryState, DirectoryEntry, Envelope, Forget, PeerKind,
+};
+use crate::wire::legacy::{ErrorBody, FailedBody, ProxyPeers};
+
+/// How long one call to the proxy may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reading who can be reached may take (a page waits for it).
+const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest answer read from the proxy.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// `POST {proxy}/api/v1/outbox`: hands a message over; answered once the proxy has it durably.
+#[derive(Message)]
+#[rtype(result = "Result<Accepted, PeerError>")]
+pub struct PostOutbox {
+    pub envelope: Envelope,
+}
+
+/// `GET {proxy}/api/v1/directory`, or the legacy `GET {proxy}/peers` when the proxy has no
+/// directory (an original proxy): who this user can reach.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<DirectoryEntry>, PeerError>")]
+pub struct FetchDirectory;
+
+/// `GET {proxy}/peers`: the proxy's legacy endpoint table.
+#[derive(Message)]
+#[rtype(result = "Result<ProxyPeers, PeerError>")]
+pub struct FetchLegacyPeers;
+
+/// `POST {proxy}/api/v1/forget`: a chat (or all) was cleared.
+#[derive(Message)]
+#[rtype(result = "Result<(), PeerError>")]
+pub struct PostForget {
+    pub forget: Forget,
+}
+
+/// Talks to this peer's proxy.
+pub struct ProxyClient {
+    client: awc::Client,
+    base: String,
+}
+
+impl ProxyClient {
+    /// Must be built on the thread the actor runs on (awc clients are per thread).
+    pub fn new(proxy_url: &str) -> Self {
+        Self {
+            client: awc::Client::builder().timeout(CALL_TIMEOUT).finish(),
+            base: proxy_url.trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+impl Actor for ProxyClient {
+    type Context = Context<Self>;
+}
+
+/// The proxy's reason for a refusal: its legacy error message, else the start of its body.
+fn refusal_reason(status: StatusCode, body: &[u8]) -> String {
+    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
+        return e.message;
+    }
+    if let Ok(e) = serde_json::from_slice::<FailedBody>(body) {
+        return e.error;
+    }
+    let text = String::from_utf8_lossy(body);
+    let text: String = text.trim().chars().take(200).collect();
+    if text.is_empty() {
+        format!("proxy answered {status}")
+    } else {
+        format!("proxy answered {status}: {text}")
+    }
+}
+
+/// Sends a request and reads the answer's body, mapping every failure (unreachable, or a
+/// non-2xx answer) to a [`PeerError`].
+async fn call(
+    request: awc::ClientRequest,
+    body: Option<Vec<u8>>,
+    what: &str,
+) -> Result<actix_web::web::Bytes, PeerError> {
+    let sent = match body {
+        Some(b) => {
+            request
+                .insert_header(("content-type", "application/json"))
+                .send_body(b)
+                .await
+        }
+        None => request.send().await,
+    };
+    let mut resp = sent.map_err(|e| PeerError::ProxyUnreachable(format!("{what}: {e}")))?;
+    let status = resp.status();
+    let bytes = resp
+        .body()
+        .limit(MAX_ANSWER)
+        .await
+        .map_err(|e| PeerError::ProxyUnreachable(format!("{what}: reading the answer: {e}")))?;
+    if !status.is_success() {
+        return Err(PeerError::ProxyRefused {
+            status: status.as_u16(),
+            reason: refusal_reason(status, &bytes),
+        });
+    }
+    Ok(bytes)
+}
+
+/// A successful answer's JSON body.
+fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PeerError> {
+    serde_json::from_slice(bytes).map_err(|e| PeerError::ProxyRefused {
+        status: 502,
+        reason: format!("{what}: the proxy's answer is not what was expected: {e}"),
+    })
+}
+
+impl Handler<PostOutbox> for ProxyClient {
+    type Result = ResponseFuture<Result<Accepted, PeerError>>;
+
+    fn handle(&mut self, msg: PostOutbox, _: &mut Context<Self>) -> Self::Result {
+        let request = self.client.post(format!("{}/api/v1/outbox", self.base));
+        Box::pin(async move {
+            let id = msg.envelope.id.clone();
+            let body = serde_json::to_vec(&msg.envelope).map_err(PeerError::storage)?;
+            let answer = call(request, Some(body), "handing the message to the proxy").await?;
+            // A 2xx is the proxy's word that it holds the message; an answer body other than
+            // `Accepted` does not undo that.
+            Ok(
+                serde_json::from_slice::<Accepted>(&answer).unwrap_or(Accepted {
+                    id,
+                    state: DeliveryState::Pending,
+                }),
+            )
+        })
+    }
+}
+
+/// The legacy table as a directory: `is_api` entries are AI models; online is unknown.
+pub fn directory_from_table(peers: &ProxyPeers) -> Vec<DirectoryEntry> {
+    peers
+        .peers
+        .iter()
+        .filter(|(name, _)| !name.eq_ignore_ascii_case(&peers.instance))
+        .map(|(name, endpoint)| DirectoryEntry {
+            name: name.clone(),
+            kind: match endpoint {
+                Endpoint::Ai(_) => PeerKind::Ai,
+                Endpoint::Peer(_) => PeerKind::Person,
+            },
+            online: None,
+        })
+        .collect()
+}
+
+impl Handler<FetchDirectory> for ProxyClient {
+    type Result = ResponseFuture<Result<Vec<DirectoryEntry>, PeerError>>;
+
+    fn handle(&mut self, _: FetchDirectory, _: &mut Context<Self>) -> Self::Result {
+        let native = self
+            .client
+            .get(format!("{}/api/v1/directory", self.base))
+            .timeout(DIRECTORY_TIMEOUT);
+        let legacy = self
+            .client
+            .get(format!("{}/peers", self.base))
+            .timeout(DIRECTORY_TIMEOUT);
+        Box::pin(async move {
+            match call(native, None, "reading the directory").await {
+                Ok(d) => parse(&d, "reading the directory"),
+                // compat: an original proxy has no directory; its table says who is an AI.
+                Err(PeerError::ProxyRefused { status: 404, .. }) => {
+                    let what = "reading the proxy's table";
+                    let peers: ProxyPeers = parse(&call(legacy, None, what).await?, what)?;
+                    Ok(directory_from_table(&peers))
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+impl Handler<FetchLegacyPeers> for ProxyClient {
+    type Result = ResponseFuture<Result<ProxyPeers, PeerError>>;
+
+    fn handle(&mut self, _: FetchLegacyPeers, _: &mut Context<Self>) -> Self::Result {
+        let request = self
+            .client
+            .get(format!("{}/peers", self.base))
+            .timeout(DIRECTORY_TIMEOUT);
+        Box::pin(async move {
+            let what = "reading the proxy's table";
+            parse(&call(request, None, what).await?, what)
+        })
+    }
+}
+
+impl Handler<PostForget> for ProxyClient {
+    type Result = ResponseFuture<Result<(), PeerError>>;
+
+    fn handle(&mut self, msg: PostForget, _: &mut Context<Self>) -> Self::Result {
+        let request = self.client.post(format!("{}/api/v1/forget", self.base));
+        Box::pin(async move {
+            let body = serde_json::to_vec(&msg.forget).map_err(PeerError::storage)?;
+            // Only its success matters, whatever its body.
+            call(request, Some(body), "asking the proxy to forget")
+                .await
+                .map(|_| ())
+        })
+    }
+}
+
+/// Stores `envelope` as our pending message, hands it to the proxy, and answers Ok only once
+/// the proxy has it durably. On failure the message stays, marked failed with the reason.
+/// fixes original: "success" is never answered for a message nobody has.
+pub async fn send(
+    writes: &Addr<WriteQueue>,
+    proxy: &Addr<ProxyClient>,
+    envelope: Envelope,
+) -> Result<StoredMessage, PeerError> {
+    let id = envelope.id.clone();
+    let stored = writes
+        .send(AppendMessage {
+            message: StoredMessage::outgoing(&envelope),
+        })
+        .await??;
+    if stored.duplicate {
+        return Ok(stored.message);
+    }
+    let handed = proxy
+        .send(PostOutbox { envelope })
+        .await
+        .map_err(PeerError::from)
+        .and_then(|r| r);
+    match handed {
+        Ok(accepted) => {
+            if accepted.state != DeliveryState::Pending {
+                if let Ok(Err(e)) = writes
+                    .send(SetDeliveryState {
+                        id,
+                        state: accepted.state,
+                    })
+                    .await
+                {
+                    log::warn!("cannot record the proxy's state for a sent message: {e}");
+                }
+            }
+            Ok(stored.message)
+        }
+        Err(e) => {
+            log::warn!("message {id} to {} failed: {e}", stored.message.to);
+            let failed = writes
+                .send(SetDeliveryState {
+                    id,
+                    state: DeliveryState::Failed { reason: e.reason() },
+                })
+                .await;
+            if let Err(m) = failed.map_err(PeerError::from).and_then(|r| r) {
+                log::error!("cannot mark a failed message as failed: {m}");
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_reason_is_the_proxys_own_message() {
+        let body = br#"{"status":"error","message":"Unknown peer: zed"}"#;
+        assert_eq!(
+            refusal_reason(StatusCode::NOT_FOUND, body),
+            "Unknown peer: zed"
+        );
+        assert_eq!(
+            refusal_reason(StatusCode::BAD_GATEWAY, b""),
+            "proxy answered 502 Bad Gateway"
+        );
+    }
+
+    #[test]
+    fn a_legacy_table_tells_ai_from_people_and_leaves_out_the_owner() {
+        let peers: ProxyPeers = serde_json::from_str(
+            r#"{"instance":"alice","peers":{"alice":{"host":"h","port":1},"bob":{"host":"h","port":2},
+                "BOT":{"host":"api","port":443,"is_api":true}}}"#,
+        )
+        .unwrap();
+        let d = directory_from_table(&peers);
+        let got: Vec<(&str, PeerKind)> = d.iter().map(|e| (e.name.as_str(), e.kind)).collect();
+        assert_eq!(got, [("BOT", PeerKind::Ai), ("bob", PeerKind::Person)]);
+    }
+}

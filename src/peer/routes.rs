@@ -1,0 +1,620 @@
+//! The peer's HTTP routes, in three groups, with one route table ([`configure`]):
+//! - the original's JSON API and page (`/`, `/peer_name`, `/peers`, `/send_message`, `/message`,
+//!   `/get_chat_history/{peer_id}`, `/message_updates`, `/clear_chat/{peer_id}`, `/clear_all_chats`);
+//! - what its proxy calls (`/api/v1/inbox`, `/api/v1/receipts`, `/api/v1/stream`);
+//! - what its own page calls (`/api/v1/me`, `/api/v1/contacts`,
+//!   `/api/v1/conversations/{peer}/messages`, `/api/v1/events`).
+//!
+//! Handlers are thin: check the input, ask an actor, shape the answer. They hold no state.
+
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_lab::sse;
+use serde::{Deserialize, Serialize};
+
+use super::auto_reply::{AutoReply, AutoReplyStats, GetAutoReplyStats, MessageReceived};
+use super::chat_store::{
+    AppendMessage, ChatStore, ClearConversations, ConversationSummary, GetHistory, GetPage,
+    HistoryPage, ListConversations, SetDeliveryState, StoredMessage, WriteQueue,
+};
+use super::error::{NativeError, PeerError};
+use super::proxy_client::{self, FetchDirectory, FetchLegacyPeers, PostForget, ProxyClient};
+use super::updates::{Feed, PageEvent, Publish, Subscribe, Updates};
+use super::views;
+use crate::config::InstanceName;
+use crate::wire::data_plane::{
+    Ack, Body, Envelope, Forget, MessageId, PeerKind, Receipt, StreamChunk,
+};
+use crate::wire::legacy::{self, success, Note, PeerListItem, PeerName};
+
+/// What the handlers share: fixed facts and the actors' addresses.
+pub struct PeerState {
+    pub name: InstanceName,
+    pub display_name: String,
+    pub max_body_bytes: usize,
+    pub max_message_bytes: usize,
+    pub store: Addr<ChatStore>,
+    pub writes: Addr<WriteQueue>,
+    pub updates: Addr<Updates>,
+    pub proxy: Addr<ProxyClient>,
+    pub auto_reply: Addr<AutoReply>,
+}
+
+type State = web::Data<PeerState>;
+
+/// A JSON body reader whose errors are `E`'s shape: 413 over `limit`, 400 otherwise.
+fn json_config<E>(limit: usize) -> web::JsonConfig
+where
+    E: From<PeerError> + Into<actix_web::Error>,
+{
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(move |err, _req| {
+            use actix_web::error::JsonPayloadError as J;
+            let e = match &err {
+                J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => {
+                    PeerError::BodyTooLarge { limit: *limit }
+                }
+                J::ContentType => PeerError::Invalid(
+                    "expected a JSON body with Content-Type: application/json".into(),
+                ),
+                J::Deserialize(e) => PeerError::Invalid(format!("invalid JSON body: {e}")),
+                other => PeerError::Invalid(format!("unreadable body: {other}")),
+            };
+            E::from(e).into()
+        })
+}
+
+/// The route table, shared by the server and nothing else.
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.app_data(json_config::<PeerError>(max_body_bytes))
+        // compat: the original's page and JSON API.
+        .route("/", web::get().to(page))
+        .route("/peer_name", web::get().to(peer_name))
+        .route("/peers", web::get().to(peers))
+        .route("/send_message", web::post().to(send_message))
+        .route("/message", web::post().to(message))
+        .route("/get_chat_history/{peer_id}", web::get().to(chat_history))
+        .route("/message_updates", web::get().to(message_updates))
+        .route("/clear_chat/{peer_id}", web::post().to(clear_chat))
+        .route("/clear_all_chats", web::post().to(clear_all_chats))
+        .service(
+            web::scope("/api/v1")
+                .app_data(json_config::<NativeError>(max_body_bytes))
+                // what the proxy calls
+                .route("/inbox", web::post().to(inbox))
+                .route("/receipts", web::post().to(receipts))
+                .route("/stream", web::post().to(stream))
+                // what the page calls
+                .route("/me", web::get().to(me))
+                .route("/contacts", web::get().to(contacts))
+                .route(
+                    "/conversations/{peer}/messages",
+                    web::get().to(conversation_messages),
+                )
+                .route("/events", web::get().to(events)),
+        );
+}
+
+/// A peer name from a request: a valid instance name.
+fn peer_name_of(s: &str, field: &str) -> Result<String, PeerError> {
+    InstanceName::parse(s.trim())
+        .map(|n| n.to_string())
+        .map_err(|e| PeerError::Invalid(format!("{field}: {e}")))
+}
+
+fn check_size(text: &str, limit: usize) -> Result<(), PeerError> {
+    if text.len() > limit {
+        Err(PeerError::MessageTooLarge {
+            bytes: text.len(),
+            limit,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Answer of `/send_message` and `/message`: the original's success, plus the message id.
+#[derive(Serialize)]
+struct Sent {
+    id: MessageId,
+}
+
+// ---- the original's API ----
+
+/// # GET /
+async fn page(state: State) -> HttpResponse {
+    let contacts = contact_list(&state).await;
+    let auto = state
+        .auto_reply
+        .send(GetAutoReplyStats)
+        .await
+        .unwrap_or_default();
+    let markup = views::chat_page(&views::PageData {
+        name: state.name.as_str(),
+        display_name: &state.display_name,
+        auto_reply: auto.enabled,
+        contacts: &contacts,
+    });
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(markup.into_string())
+}
+
+/// # GET /peer_name
+async fn peer_name(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(PeerName {
+        name: state.name.to_string(),
+    })
+}
+
+/// compat: the original shows a name with its first letter in capitals.
+fn display_of(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// # GET /peers
+async fn peers(state: State) -> Result<HttpResponse, PeerError> {
+    let table = state.proxy.send(FetchLegacyPeers).await??;
+    let list: Vec<PeerListItem> = table
+        .peers
+        .keys()
+        .filter(|n| !state.name.matches(n))
+        .map(|n| PeerListItem {
+            name: display_of(n),
+            id: n.clone(),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// # POST /send_message
+async fn send_message(
+    state: State,
+    body: web::Json<legacy::SendMessage>,
+) -> Result<HttpResponse, PeerError> {
+    let body = body.into_inner();
+    let missing = body.missing_fields();
+    if !missing.is_empty() {
+        return Err(PeerError::MissingFields(missing));
+    }
+    let (Some(peer_id), Some(text)) = (body.peer_id, body.message) else {
+        return Err(PeerError::MissingFields(vec!["peer_id", "message"]));
+    };
+    let to = peer_name_of(&peer_id, "peer_id")?;
+    check_size(&text, state.max_message_bytes)?;
+    let envelope = Envelope::text(state.name.as_str(), &to, text);
+    // fixes original: answered only once the proxy holds the message durably.
+    let stored = proxy_client::send(&state.writes, &state.proxy, envelope).await?;
+    Ok(HttpResponse::Ok().json(success(Sent { id: stored.id })))
+}
+
+/// A legacy message's id: the same for the same post, so a retried post is stored once.
+/// Without a timestamp a retry cannot be told from a repeat, so the message gets a fresh id.
+pub fn legacy_id(from: &str, timestamp: Option<&str>, message: &str) -> MessageId {
+    let Some(ts) = timestamp else {
+        return MessageId::new();
+    };
+    // FNV-1a, 128 bits, over the three fields with separators.
+    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for part in [
+        from.to_ascii_lowercase().as_bytes(),
+        b"\x1f",
+        ts.as_bytes(),
+        b"\x1f",
+        message.as_bytes(),
+    ] {
+        for b in part {
+            h ^= u128::from(*b);
+            h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+        }
+    }
+    MessageId::parse(&format!("legacy-{h:032x}")).unwrap_or_default()
+}
+
+/// # POST /message
+async fn message(
+    state: State,
+    body: web::Json<legacy::Message>,
+) -> Result<HttpResponse, PeerError> {
+    let body = body.into_inner();
+    let missing = body.missing_fields();
+    if !missing.is_empty() {
+        return Err(PeerError::MissingFields(missing));
+    }
+    let (Some(text), Some(from)) = (body.message, body.from) else {
+        return Err(PeerError::MissingFields(vec!["message", "from"]));
+    };
+    let from = peer_name_of(&from, "from")?;
+    check_size(&text, state.max_message_bytes)?;
+    let id = legacy_id(&from, body.timestamp.as_deref(), &text);
+    let sent_at_ms = body
+        .timestamp
+        .as_deref()
+        .and_then(crate::wire::parse_timestamp_ms)
+        .unwrap_or_else(crate::wire::now_ms);
+    let envelope = Envelope {
+        id,
+        conversation: crate::wire::data_plane::conversation_id(&from, state.name.as_str()),
+        from,
+        to: state.name.to_string(),
+        sent_at_ms,
+        body: Body::Text { text },
+        // compat: the original marks an AI's reply `auto`; it is never auto-answered.
+        auto_reply: body.auto.unwrap_or(false),
+        error: false,
+    };
+    let ack = store_incoming(&state, &envelope).await?;
+    Ok(HttpResponse::Ok().json(success(Sent { id: ack.id })))
+}
+
+/// Stores someone's message (once) and lets auto-reply see it the first time.
+async fn store_incoming(state: &PeerState, envelope: &Envelope) -> Result<Ack, PeerError> {
+    let stored = state
+        .writes
+        .send(AppendMessage {
+            message: StoredMessage::incoming(envelope, state.name.as_str()),
+        })
+        .await??;
+    if !stored.duplicate {
+        state.auto_reply.do_send(MessageReceived {
+            message: stored.message.clone(),
+        });
+    }
+    Ok(Ack {
+        id: stored.message.id,
+        duplicate: stored.duplicate,
+    })
+}
+
+/// # GET /get_chat_history/{peer_id}
+async fn chat_history(state: State, peer_id: web::Path<String>) -> Result<HttpResponse, PeerError> {
+    // An unknown conversation is an empty history, not an error.
+    let messages = state
+        .store
+        .send(GetHistory {
+            peer: peer_id.into_inner(),
+        })
+        .await??;
+    let entries: Vec<legacy::HistoryEntry> =
+        messages.iter().map(StoredMessage::history_entry).collect();
+    Ok(HttpResponse::Ok().json(entries))
+}
+
+/// # GET /message_updates
+async fn message_updates(state: State) -> Result<impl actix_web::Responder, PeerError> {
+    let rx = state.updates.send(Subscribe { feed: Feed::Legacy }).await?;
+    Ok(sse::Sse::from_infallible_receiver(rx).with_keep_alive(Duration::from_secs(15)))
+}
+
+/// Asks the proxy to forget a conversation, without waiting; a failure is only logged.
+fn forget(state: &PeerState, with: Option<String>) {
+    let proxy = state.proxy.clone();
+    actix_web::rt::spawn(async move {
+        let what = with.clone().unwrap_or_else(|| "every conversation".into());
+        match proxy
+            .send(PostForget {
+                forget: Forget { with },
+            })
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("the proxy could not forget {what}: {e}"),
+            Err(e) => log::warn!("could not ask the proxy to forget {what}: {e}"),
+        }
+    });
+}
+
+/// # POST /clear_chat/{peer_id}
+async fn clear_chat(state: State, peer_id: web::Path<String>) -> Result<HttpResponse, PeerError> {
+    let peer = peer_id.into_inner();
+    let removed = state
+        .writes
+        .send(ClearConversations {
+            peer: Some(peer.clone()),
+        })
+        .await??;
+    forget(&state, Some(peer.clone()));
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: format!("Chat history with {peer} cleared ({removed} messages)"),
+    })))
+}
+
+/// # POST /clear_all_chats
+async fn clear_all_chats(state: State) -> Result<HttpResponse, PeerError> {
+    let removed = state
+        .writes
+        .send(ClearConversations { peer: None })
+        .await??;
+    forget(&state, None);
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: format!("All chat histories cleared ({removed} messages)"),
+    })))
+}
+
+// ---- what the proxy calls ----
+
+/// # POST /api/v1/inbox
+async fn inbox(state: State, body: web::Json<Envelope>) -> Result<HttpResponse, NativeError> {
+    let envelope = body.into_inner();
+    if !state.name.matches(&envelope.to) {
+        return Err(PeerError::Invalid(format!(
+            "this message is for `{}`, but this is {}'s peer",
+            envelope.to, state.name
+        ))
+        .into());
+    }
+    peer_name_of(&envelope.from, "from")?;
+    check_size(envelope.body.text(), state.max_message_bytes)?;
+    let ack = store_incoming(&state, &envelope).await?;
+    Ok(HttpResponse::Ok().json(ack))
+}
+
+/// # POST /api/v1/receipts
+async fn receipts(state: State, body: web::Json<Receipt>) -> Result<HttpResponse, NativeError> {
+    let receipt = body.into_inner();
+    let message = state
+        .writes
+        .send(SetDeliveryState {
+            id: receipt.id,
+            state: receipt.state,
+        })
+        .await
+        .map_err(PeerError::from)??;
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: format!("message {} is {}", message.id, message.state.label()),
+    })))
+}
+
+/// # POST /api/v1/stream
+async fn stream(state: State, body: web::Json<StreamChunk>) -> Result<HttpResponse, NativeError> {
+    let chunk = body.into_inner();
+    check_size(&chunk.delta, state.max_message_bytes)?;
+    state.updates.do_send(Publish {
+        event: PageEvent::Stream {
+            id: chunk.id.to_string(),
+            peer: chunk.from.clone(),
+            from: chunk.from,
+            seq: chunk.seq,
+            delta: chunk.delta,
+        },
+    });
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: "chunk passed to the open pages".into(),
+    })))
+}
+
+// ---- what the page calls ----
+
+/// `GET /api/v1/me`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Me {
+    pub name: String,
+    pub display_name: String,
+    pub auto_reply: AutoReplyStats,
+}
+
+/// # GET /api/v1/me
+async fn me(state: State) -> Result<HttpResponse, NativeError> {
+    let auto_reply = state
+        .auto_reply
+        .send(GetAutoReplyStats)
+        .await
+        .map_err(PeerError::from)?;
+    Ok(HttpResponse::Ok().json(Me {
+        name: state.name.to_string(),
+        display_name: state.display_name.clone(),
+        auto_reply,
+    }))
+}
+
+/// Someone in the contact list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contact {
+    pub name: String,
+    pub kind: PeerKind,
+    /// None when unknown.
+    pub online: Option<bool>,
+    /// In the proxy's directory (reachable); false for an old conversation only.
+    pub reachable: bool,
+    /// The last message of the conversation, if any.
+    pub last_text: Option<String>,
+    pub last_at_ms: Option<u64>,
+}
+
+/// `GET /api/v1/contacts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactList {
+    pub contacts: Vec<Contact>,
+    /// Why the directory could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+/// Everyone the proxy's directory lists (not ourselves), then anyone we have a conversation
+/// with who is not listed.
+pub fn merge_contacts(
+    me: &str,
+    directory: &[crate::wire::data_plane::DirectoryEntry],
+    conversations: &[ConversationSummary],
+) -> Vec<Contact> {
+    let summary_of = |name: &str| {
+        conversations
+            .iter()
+            .find(|c| c.peer.eq_ignore_ascii_case(name))
+    };
+    let mut out: Vec<Contact> = directory
+        .iter()
+        .filter(|e| !e.name.eq_ignore_ascii_case(me))
+        .map(|e| {
+            let s = summary_of(&e.name);
+            Contact {
+                name: e.name.clone(),
+                kind: e.kind,
+                online: e.online,
+                reachable: true,
+                last_text: s.map(|s| s.last_text.clone()),
+                last_at_ms: s.map(|s| s.last_at_ms),
+            }
+        })
+        .collect();
+    for c in conversations {
+        if !out.iter().any(|o| o.name.eq_ignore_ascii_case(&c.peer)) {
+            out.push(Contact {
+                name: c.peer.clone(),
+                kind: PeerKind::Person,
+                online: None,
+                reachable: false,
+                last_text: Some(c.last_text.clone()),
+                last_at_ms: Some(c.last_at_ms),
+            });
+        }
+    }
+    out
+}
+
+async fn contact_list(state: &PeerState) -> ContactList {
+    let (directory, conversations) = futures_util::future::join(
+        state.proxy.send(FetchDirectory),
+        state.store.send(ListConversations),
+    )
+    .await;
+    let mut error = None;
+    let directory = match directory.map_err(PeerError::from).and_then(|r| r) {
+        Ok(d) => d,
+        Err(e) => {
+            error = Some(e.to_string());
+            Vec::new()
+        }
+    };
+    let conversations = match conversations.map_err(PeerError::from).and_then(|r| r) {
+        Ok(c) => c,
+        Err(e) => {
+            error = Some(e.to_string());
+            Vec::new()
+        }
+    };
+    ContactList {
+        contacts: merge_contacts(state.name.as_str(), &directory, &conversations),
+        error,
+    }
+}
+
+/// # GET /api/v1/contacts
+async fn contacts(state: State) -> HttpResponse {
+    HttpResponse::Ok().json(contact_list(&state).await)
+}
+
+/// Query of `GET /api/v1/conversations/{peer}/messages`.
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    /// Only messages older than this seq (the `next_before` of the previous page).
+    pub before: Option<u64>,
+    /// 1 to 500; default 50.
+    pub limit: Option<usize>,
+}
+
+/// # GET /api/v1/conversations/{peer}/messages
+async fn conversation_messages(
+    state: State,
+    peer: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, NativeError> {
+    let query = web::Query::<PageQuery>::from_query(req.query_string()).map_err(|e| {
+        PeerError::Invalid(format!("bad query: {e}; use ?before=SEQ&limit=N (numbers)"))
+    })?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(PeerError::Invalid(format!("limit {limit} is not between 1 and 500")).into());
+    }
+    let page: HistoryPage = state
+        .store
+        .send(GetPage {
+            peer: peer.into_inner(),
+            before: query.before,
+            limit,
+        })
+        .await
+        .map_err(PeerError::from)??;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// # GET /api/v1/events
+async fn events(state: State) -> Result<impl actix_web::Responder, NativeError> {
+    let rx = state
+        .updates
+        .send(Subscribe { feed: Feed::Page })
+        .await
+        .map_err(PeerError::from)?;
+    Ok(sse::Sse::from_infallible_receiver(rx)
+        .with_keep_alive(Duration::from_secs(15))
+        .with_retry_duration(Duration::from_secs(2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::data_plane::DirectoryEntry;
+
+    #[test]
+    fn a_retried_legacy_post_gets_the_same_id_and_another_post_another() {
+        let a = legacy_id("Bob", Some("2026-11-24T08:00:00"), "hi");
+        assert_eq!(a, legacy_id("bob", Some("2026-11-24T08:00:00"), "hi"));
+        assert_ne!(a, legacy_id("bob", Some("2026-11-24T08:00:01"), "hi"));
+        assert_ne!(a, legacy_id("bob", Some("2026-11-24T08:00:00"), "hi!"));
+        assert!(a.as_str().starts_with("legacy-"));
+    }
+
+    #[test]
+    fn names_are_shown_with_a_capital() {
+        assert_eq!(display_of("alice"), "Alice");
+        assert_eq!(display_of("BOT"), "BOT");
+    }
+
+    #[test]
+    fn contacts_list_the_directory_then_old_conversations_without_ourselves() {
+        let dir = vec![
+            DirectoryEntry {
+                name: "alice".into(),
+                kind: PeerKind::Person,
+                online: Some(true),
+            },
+            DirectoryEntry {
+                name: "bob".into(),
+                kind: PeerKind::Person,
+                online: Some(false),
+            },
+            DirectoryEntry {
+                name: "BOT".into(),
+                kind: PeerKind::Ai,
+                online: None,
+            },
+        ];
+        let convs = vec![
+            ConversationSummary {
+                peer: "Bob".into(),
+                count: 1,
+                last_seq: 1,
+                last_at_ms: 5,
+                last_text: "yo".into(),
+            },
+            ConversationSummary {
+                peer: "zed".into(),
+                count: 1,
+                last_seq: 2,
+                last_at_ms: 6,
+                last_text: "old".into(),
+            },
+        ];
+        let c = merge_contacts("alice", &dir, &convs);
+        let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["bob", "BOT", "zed"]);
+        assert_eq!(c[0].last_text.as_deref(), Some("yo"));
+        assert!(!c[2].reachable);
+    }
+}

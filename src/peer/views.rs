@@ -1,0 +1,214 @@
+//! The chat page, as pure maud functions of their data: no I/O, no actors.
+//!
+//! The page is a shell with the contact list rendered here; `assets/chat.js` loads the
+//! selected conversation, keeps it live over `/api/v1/events`, and re-renders contacts with the
+//! same markup. maud escapes every value, so a message or name containing `<script>` is text.
+//! fixes original: styles and script are served by the binary (no CDN): the page works offline.
+
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+use super::routes::{Contact, ContactList};
+use crate::wire::data_plane::PeerKind;
+
+/// A fixed, inline picture for the empty conversation (no emoji font needed).
+const CHAT_ICON: &str = r##"<svg width="56" height="56" viewBox="0 0 24 24" fill="none" stroke="#2f6fed" stroke-width="1.6" stroke-linecap="round" stroke-linejoin="round" aria-hidden="true"><path d="M21 12a8 8 0 0 1-11.6 7.1L4 20.5l1.4-4.6A8 8 0 1 1 21 12z" fill="#e8effe"/><path d="M8.5 10.5h7M8.5 13.5h4.5"/></svg>"##;
+
+/// The line under a contact's name: the last message, else what it is.
+pub fn contact_subtitle(c: &Contact) -> String {
+    if let Some(t) = c.last_text.as_deref().filter(|t| !t.is_empty()) {
+        return t.to_string();
+    }
+    match (c.kind, c.online, c.reachable) {
+        (_, _, false) => "not reachable now".into(),
+        (PeerKind::Ai, _, _) => "AI model".into(),
+        (PeerKind::Person, Some(true), _) => "online".into(),
+        (PeerKind::Person, Some(false), _) => "offline".into(),
+        (PeerKind::Person, None, _) => "person".into(),
+    }
+}
+
+/// What the page is rendered from.
+pub struct PageData<'a> {
+    pub name: &'a str,
+    pub display_name: &'a str,
+    pub auto_reply: bool,
+    pub contacts: &'a ContactList,
+}
+
+/// The first letter of a name, for its avatar.
+fn initial(name: &str) -> String {
+    name.chars()
+        .next()
+        .map(|c| c.to_uppercase().collect())
+        .unwrap_or_default()
+}
+
+/// An avatar colour for a name (a class `hue-0`..`hue-5`); chat.js picks the same one.
+pub fn hue(name: &str) -> String {
+    let sum: u32 = name.to_ascii_lowercase().bytes().map(u32::from).sum();
+    format!("hue-{}", sum % 6)
+}
+
+/// One contact button; `chat.js` builds the same markup when it refreshes the list.
+pub fn contact(c: &Contact) -> Markup {
+    let kind = match c.kind {
+        PeerKind::Person => "person",
+        PeerKind::Ai => "ai",
+    };
+    let (presence, presence_label) = match c.online {
+        Some(true) => ("online", "online"),
+        Some(false) => ("offline", "offline"),
+        None => ("unknown", ""),
+    };
+    html! {
+        button.contact type="button" data-peer=(c.name) data-kind=(kind)
+            data-last=(c.last_text.as_deref().unwrap_or("")) data-reachable=(c.reachable)
+            title={ (c.name) @if kind == "ai" { " (AI)" } @if !presence_label.is_empty() { " · " (presence_label) } } {
+            span.avatar.(kind).(hue(&c.name)) { (initial(&c.name)) }
+            span.who {
+                span.name { (c.name) @if c.kind == PeerKind::Ai { span.tag { "AI" } } }
+                span.preview { (contact_subtitle(c)) }
+            }
+            span.presence.(presence) aria-label=(presence_label) {}
+        }
+    }
+}
+
+/// The contact list: people first, then AI models.
+pub fn contact_list(list: &ContactList) -> Markup {
+    let people: Vec<&Contact> = list
+        .contacts
+        .iter()
+        .filter(|c| c.kind == PeerKind::Person)
+        .collect();
+    let ais: Vec<&Contact> = list
+        .contacts
+        .iter()
+        .filter(|c| c.kind == PeerKind::Ai)
+        .collect();
+    html! {
+        @if let Some(e) = &list.error {
+            p.contacts-error { "Could not reach your proxy: " (e) }
+        }
+        h2.group { "People" }
+        div.group-list data-group="person" {
+            @for c in &people { (contact(c)) }
+            @if people.is_empty() { p.none { "No one yet" } }
+        }
+        h2.group { "AI models" }
+        div.group-list data-group="ai" {
+            @for c in &ais { (contact(c)) }
+            @if ais.is_empty() { p.none { "None configured" } }
+        }
+    }
+}
+
+/// `GET /`: the chat page.
+pub fn chat_page(d: &PageData) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light";
+                title { (d.display_name) " · overlay chat" }
+                link rel="icon" href="/assets/favicon.svg" type="image/svg+xml";
+                link rel="stylesheet" href="/assets/style.css";
+                link rel="stylesheet" href="/assets/chat.css";
+            }
+            body.chat data-me=(d.name) data-display=(d.display_name) {
+                div.app #app {
+                    aside.sidebar #sidebar {
+                        header.me {
+                            span.avatar.self { (initial(d.display_name)) }
+                            div.who {
+                                span.name { (d.display_name) }
+                                span.sub {
+                                    span.live-dot #live title="live updates" {}
+                                    span #live-label { "connecting…" }
+                                    @if d.auto_reply { span.badge title="Auto-reply is on for this user" { "auto-reply" } }
+                                }
+                            }
+                        }
+                        nav.contacts #contacts aria-label="Contacts" { (contact_list(d.contacts)) }
+                        footer.sidebar-foot {
+                            button.ghost.danger #clear-all type="button" { "Clear all chats" }
+                        }
+                    }
+                    div.scrim #scrim {}
+                    main.conversation #conversation {
+                        header.conv-head {
+                            button.icon #toggle-contacts type="button" aria-label="Show contacts" { "☰" }
+                            span.avatar #conv-avatar hidden {}
+                            div.conv-title {
+                                span.name #conv-name { "Pick someone to chat with" }
+                                span.sub #conv-sub {}
+                            }
+                            button.ghost.danger #clear-chat type="button" hidden { "Clear chat" }
+                        }
+                        section.messages #messages aria-live="polite" {
+                            div.empty #empty {
+                                p.big { (PreEscaped(CHAT_ICON)) }
+                                p { "Choose a person or an AI model on the left to start." }
+                            }
+                        }
+                        p.send-error #send-error role="alert" hidden {}
+                        form.composer #composer autocomplete="off" {
+                            textarea #input rows="1" placeholder="Type a message" disabled
+                                aria-label="Message" {}
+                            button.send #send type="submit" disabled aria-label="Send" { "Send" }
+                        }
+                        p.hint { "Enter sends · Shift+Enter adds a line" }
+                    }
+                }
+                script src="/assets/chat.js" {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_with_markup_is_shown_as_text() {
+        let list = ContactList {
+            contacts: vec![Contact {
+                name: "x".into(),
+                kind: PeerKind::Person,
+                online: Some(true),
+                reachable: true,
+                last_text: Some("<script>alert(1)</script>".into()),
+                last_at_ms: Some(1),
+            }],
+            error: None,
+        };
+        let html = contact_list(&list).into_string();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+    }
+
+    #[test]
+    fn people_and_ai_models_are_listed_apart() {
+        let c = |name: &str, kind| Contact {
+            name: name.into(),
+            kind,
+            online: None,
+            reachable: true,
+            last_text: None,
+            last_at_ms: None,
+        };
+        let list = ContactList {
+            contacts: vec![c("BOT", PeerKind::Ai), c("bob", PeerKind::Person)],
+            error: None,
+        };
+        let html = contact_list(&list).into_string();
+        let people = html.find("data-group=\"person\"").unwrap();
+        let ai = html.find("data-group=\"ai\"").unwrap();
+        let bob = html.find("data-peer=\"bob\"").unwrap();
+        let bot = html.find("data-peer=\"BOT\"").unwrap();
+        assert!(people < bob && bob < ai && ai < bot, "{html}");
+    }
+}
