@@ -14,7 +14,7 @@ pub fn backoff_ceiling_ms(attempt: u32, initial_ms: u64, max_ms: u64) -> u64 {
 /// The wait before retry number `attempt`: uniform in `[0, ceiling]` using `rng`.
 pub fn full_jitter_ms(attempt: u32, initial_ms: u64, max_ms: u64, rng: &mut XorShift) -> u64 {
     let ceiling = backoff_ceiling_ms(attempt, initial_ms, max_ms);
-    rng.next() % (ceiling + 1)
+    rng.next_u64() % (ceiling + 1)
 }
 
 /// xorshift64*: a small, fast, non-cryptographic random source for jitter.
@@ -33,7 +33,7 @@ impl XorShift {
             seed
         })
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -83,8 +83,8 @@ mod tests {
     #[test]
     fn two_sources_seeded_from_entropy_differ() {
         assert_ne!(
-            XorShift::from_entropy().next(),
-            XorShift::from_entropy().next()
+            XorShift::from_entropy().next_u64(),
+            XorShift::from_entropy().next_u64()
         );
     }
 

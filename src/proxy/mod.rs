@@ -34,7 +34,7 @@ use controller_link::{ControllerLink, LinkSettings};
 use outbox::{Outbox, OutboxSettings};
 use router::{default_table, Router, TableSource};
 use routes::ProxyState;
-use store::{Close, LoadAll, Store};
+use store::{LoadAll, Store};
 
 /// Starts the proxy on `listener`. Must be called inside an actix system.
 pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Result<Running> {
@@ -56,7 +56,8 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         .await
         .map_err(|e| anyhow::anyhow!("opening {shown}: {e}"))??;
     let store_tag = label.clone();
-    let store = SyncArbiter::start(1, move || Store::new(db.clone(), &store_tag));
+    let shared = db.clone();
+    let store = SyncArbiter::start(1, move || Store::new(shared.clone(), &store_tag));
     let loaded = store
         .send(LoadAll {
             name: settings.name.to_string(),
@@ -128,9 +129,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         // Stop delivering (drops the actors), then release the store file.
         arbiter.stop();
         let _ = arbiter.join();
-        let (done, closed) = std::sync::mpsc::channel();
-        store.do_send(Close { done });
-        let _ = closed.recv_timeout(Duration::from_secs(5));
+        store::close(&db);
     });
     Ok(Running {
         label,

@@ -150,15 +150,17 @@ pub struct SaveTable {
     pub table: TableUpdate,
 }
 
-/// Closes the database (on shutdown); `done` is signalled once the file is released.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Close {
-    pub done: std::sync::mpsc::Sender<()>,
-}
-
-/// The redb database, shared with the SyncArbiter's factory so [`Close`] can release it.
+/// The redb database, shared with the SyncArbiter's factory so [`close`] can release it.
 pub type SharedDb = Arc<Mutex<Option<Database>>>;
+
+/// Releases the database file (on shutdown), once any transaction under way has finished; the
+/// store answers "closed" afterwards. Called directly, not by message: the SyncArbiter forwards
+/// messages from the thread that started it, which may be the very thread shutting down.
+pub fn close(db: &SharedDb) {
+    if let Ok(mut guard) = db.lock() {
+        guard.take();
+    }
+}
 
 /// Opens (creating if needed, repairing after a crash) `path` with every table present.
 pub fn open(path: &Path) -> Result<SharedDb, ProxyError> {
@@ -382,17 +384,6 @@ impl Handler<SaveTable> for Store {
             }
             txn.commit().map_err(ProxyError::storage)
         })
-    }
-}
-
-impl Handler<Close> for Store {
-    type Result = ();
-
-    fn handle(&mut self, msg: Close, _: &mut SyncContext<Self>) {
-        if let Ok(mut guard) = self.db.lock() {
-            guard.take();
-        }
-        let _ = msg.done.send(());
     }
 }
 
