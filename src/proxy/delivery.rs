@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix_web::http::{header, StatusCode};
 use serde::Serialize;
 
-use crate::wire::data_plane::{Envelope, Receipt};
+use crate::wire::data_plane::{Ack, Envelope, Receipt};
 use crate::wire::legacy::{self, ErrorBody, FailedBody};
 use crate::wire::rfc3339_ms;
 
@@ -76,6 +76,56 @@ pub async fn relay(
         &format!("{name}'s proxy"),
     )
     .await
+}
+
+/// `POST {proxy}/api/v1/relay/batch`: several envelopes in one request, stored by the receiver
+/// in one transaction; delivered only when every id is acknowledged.
+pub async fn relay_batch(
+    client: awc::Client,
+    base_url: String,
+    name: String,
+    envelopes: Vec<Envelope>,
+    timeout: Duration,
+) -> Outcome {
+    let url = format!("{base_url}/api/v1/relay/batch");
+    let what = format!("{name}'s proxy");
+    let call = async {
+        let mut res = client
+            .post(&url)
+            .timeout(timeout)
+            .send_json(&envelopes)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = res.status();
+        let bytes = res
+            .body()
+            .limit(4 * 1024 * 1024)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((status, bytes))
+    };
+    match actix_rt::time::timeout(timeout, call).await {
+        Err(_) => Outcome::Retry {
+            what,
+            error: format!("no answer within {}s", timeout.as_secs()),
+        },
+        Ok(Err(error)) => Outcome::Retry { what, error },
+        Ok(Ok((status, bytes))) => match classify(status, &bytes, &what) {
+            Outcome::Delivered => match serde_json::from_slice::<Vec<Ack>>(&bytes) {
+                Ok(acks)
+                    if acks.len() == envelopes.len()
+                        && acks.iter().zip(&envelopes).all(|(a, e)| a.id == e.id) =>
+                {
+                    Outcome::Delivered
+                }
+                _ => Outcome::Retry {
+                    what,
+                    error: "its answer did not acknowledge every message".to_string(),
+                },
+            },
+            other => other,
+        },
+    }
 }
 
 /// compat: `POST {proxy}/` with `Host: TARGET` and `{message, from, timestamp}` to a proxy of the

@@ -40,6 +40,15 @@ pub struct Enqueue {
     pub origin: Origin,
 }
 
+/// Durably queue several envelopes in ONE commit (a relayed batch); answers once committed, with
+/// `duplicate` per envelope, in order.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<bool>, ProxyError>")]
+pub struct EnqueueMany {
+    pub envelopes: Vec<Envelope>,
+    pub origin: Origin,
+}
+
 /// The router has a new table: routes may have changed.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -92,7 +101,12 @@ struct LaneState {
     timer: Option<SpawnHandle>,
     /// The route changed during an attempt: retry at once if it fails.
     woken: bool,
+    /// Items still to be sent one by one, after a batch was refused as a whole.
+    solo: usize,
 }
+
+/// Most envelopes relayed in one request.
+const MAX_BATCH: usize = 128;
 
 struct Pending {
     op: Op,
@@ -152,6 +166,17 @@ impl Outbox {
         ctx: &mut Context<Self>,
     ) {
         self.batch.push(Pending { op, reply });
+        self.flush(ctx);
+    }
+
+    /// Adds several ops to the next group commit at once (they share one transaction).
+    fn submit_many(
+        &mut self,
+        ops: Vec<(Op, Option<oneshot::Sender<Result<OpResult, ProxyError>>>)>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.batch
+            .extend(ops.into_iter().map(|(op, reply)| Pending { op, reply }));
         self.flush(ctx);
     }
 
@@ -248,6 +273,18 @@ impl Outbox {
             return;
         }
         state.busy = true;
+        if let Some((seqs, attempt)) = self.batch_attempt(lane) {
+            let lane = lane.clone();
+            ctx.spawn(
+                wrap_future(attempt).map(move |outcome, act: &mut Self, ctx| {
+                    act.attempted_batch(lane, seqs, outcome, ctx)
+                }),
+            );
+            return;
+        }
+        let Some(head) = self.lanes.get(lane).and_then(|s| s.items.front()) else {
+            return;
+        };
         let seq = head.seq;
         let record = head.record.clone();
         let attempt = self.attempt(&record);
@@ -256,6 +293,93 @@ impl Outbox {
             wrap_future(attempt)
                 .map(move |outcome, act: &mut Self, ctx| act.attempted(lane, seq, outcome, ctx)),
         );
+    }
+
+    /// A relay of several items from the head of `lane` in one request, when the lane goes to a
+    /// native proxy, holds more than one item and is not sending one by one.
+    fn batch_attempt(&self, lane: &Lane) -> Option<(Vec<u64>, LocalBoxFuture<'static, Outcome>)> {
+        let Lane::Remote(to) = lane else {
+            return None;
+        };
+        let state = self.lanes.get(lane)?;
+        if state.solo > 0 || state.items.len() < 2 {
+            return None;
+        }
+        let Route::Proxy { name, endpoint } =
+            choose_route(&self.endpoints, self.settings.me.as_str(), to)
+        else {
+            return None;
+        };
+        if !endpoint.native {
+            return None;
+        }
+        let budget = self.settings.delivery.max_body_bytes / 2;
+        let (mut seqs, mut envelopes, mut size) = (Vec::new(), Vec::new(), 2usize);
+        for item in state.items.iter().take(MAX_BATCH) {
+            let Payload::Message { envelope, .. } = &item.record.payload else {
+                break;
+            };
+            size += envelope.body.text().len() + envelope.from.len() + envelope.to.len() + 512;
+            if size > budget && !envelopes.is_empty() {
+                break;
+            }
+            seqs.push(item.seq);
+            envelopes.push(envelope.clone());
+        }
+        if envelopes.len() < 2 {
+            return None;
+        }
+        let attempt = delivery::relay_batch(
+            self.client.clone(),
+            endpoint.base_url(),
+            name,
+            envelopes,
+            self.attempt_timeout(),
+        );
+        Some((seqs, attempt.boxed_local()))
+    }
+
+    /// A batch from the head of `lane` was tried.
+    fn attempted_batch(
+        &mut self,
+        lane: Lane,
+        seqs: Vec<u64>,
+        outcome: Outcome,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(state) = self.lanes.get_mut(&lane) else {
+            return;
+        };
+        let intact = state.items.len() >= seqs.len()
+            && state.items.iter().zip(&seqs).all(|(i, s)| i.seq == *s);
+        if !intact {
+            state.busy = false;
+            self.kick(&lane, ctx);
+            return;
+        }
+        match outcome {
+            Outcome::Delivered => {
+                state.busy = false;
+                state.woken = false;
+                let done: Vec<Item> = state.items.drain(..seqs.len()).collect();
+                for item in done {
+                    self.finish(item, DeliveryState::Delivered, ctx);
+                }
+                self.kick(&lane, ctx);
+            }
+            Outcome::Refused { reason } => {
+                // One bad envelope refuses the whole batch: send these one by one, so each
+                // gets its own verdict.
+                log::info!(
+                    "a batch for {} was refused ({reason}); sending it one by one",
+                    lane_name(&lane)
+                );
+                state.busy = false;
+                state.solo = seqs.len();
+                self.kick(&lane, ctx);
+            }
+            retry @ Outcome::Retry { .. } => self.attempted(lane, seqs[0], retry, ctx),
+        }
     }
 
     /// One attempt to hand `record` to its next hop.
@@ -329,6 +453,9 @@ impl Outbox {
         if state.items.front().map(|i| i.seq) != Some(seq) {
             self.kick(&lane, ctx);
             return;
+        }
+        if !matches!(outcome, Outcome::Retry { .. }) {
+            state.solo = state.solo.saturating_sub(1);
         }
         match outcome {
             Outcome::Delivered => {
@@ -513,6 +640,46 @@ impl Handler<Enqueue> for Outbox {
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(ProxyError::Unavailable("the outbox stopped".into())),
             }
+        })
+    }
+}
+
+impl Handler<EnqueueMany> for Outbox {
+    type Result = ResponseFuture<Result<Vec<bool>, ProxyError>>;
+
+    fn handle(&mut self, msg: EnqueueMany, ctx: &mut Context<Self>) -> Self::Result {
+        let now = now_ms();
+        let mut ops = Vec::with_capacity(msg.envelopes.len());
+        let mut replies = Vec::with_capacity(msg.envelopes.len());
+        for envelope in msg.envelopes {
+            let lane = Lane::for_destination(self.settings.me.as_str(), &envelope.to);
+            let id = envelope.id.clone();
+            let payload = Payload::Message {
+                envelope,
+                origin: msg.origin,
+            };
+            let (tx, rx) = oneshot::channel();
+            ops.push((
+                Op::Accept {
+                    id,
+                    record: Record::new(lane, payload, now),
+                },
+                Some(tx),
+            ));
+            replies.push(rx);
+        }
+        self.submit_many(ops, ctx);
+        Box::pin(async move {
+            let mut duplicates = Vec::with_capacity(replies.len());
+            for rx in replies {
+                duplicates.push(match rx.await {
+                    Ok(Ok(OpResult::Duplicate)) => true,
+                    Ok(Ok(_)) => false,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(ProxyError::Unavailable("the outbox stopped".into())),
+                });
+            }
+            Ok(duplicates)
         })
     }
 }

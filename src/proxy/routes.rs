@@ -1,7 +1,7 @@
 //! The proxy's HTTP routes, thin: check the request, ask the router, hand the message to the
 //! outbox, and answer only once it is durably queued. Three audiences:
 //! - its own peer: `POST /api/v1/outbox`, `GET /api/v1/outbox`, `GET /api/v1/directory`;
-//! - other proxies of ours: `POST /api/v1/relay`;
+//! - other proxies of ours: `POST /api/v1/relay`, `POST /api/v1/relay/batch`;
 //! - the original's components (compat): `GET /peers`, and `POST /` (any other path) with
 //!   `Host: TARGET`.
 //!
@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 
 use super::compat::{envelope_from_legacy, host_target};
 use super::error::ProxyError;
-use super::outbox::{Enqueue, GetStatus, Outbox};
+use super::outbox::{Enqueue, EnqueueMany, GetStatus, Outbox};
 use super::router::{GetTable, ListDirectory, ResolveRoute, Route, Router};
 use super::store::Origin;
 use crate::config::InstanceName;
@@ -40,6 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
         .route("/api/v1/outbox", web::post().to(submit))
         .route("/api/v1/outbox", web::get().to(outbox_status))
         .route("/api/v1/relay", web::post().to(relay))
+        .route("/api/v1/relay/batch", web::post().to(relay_batch))
         .route("/api/v1/directory", web::get().to(directory))
         .route("/peers", web::get().to(peers))
         .route("/peers", web::post().to(legacy_post))
@@ -137,6 +138,40 @@ async fn relay(
     Ok(HttpResponse::Ok().json(Ack { id, duplicate }))
 }
 
+/// # POST /api/v1/relay/batch
+/// Another proxy of ours hands over several messages (`[Envelope]`); 200 `[Ack]`, in order, once
+/// all are durably stored in one transaction. One bad envelope refuses the whole batch.
+async fn relay_batch(
+    state: web::Data<ProxyState>,
+    envelopes: web::Json<Vec<Envelope>>,
+) -> Result<HttpResponse, ProxyError> {
+    let envelopes = envelopes.into_inner();
+    if envelopes.is_empty() {
+        return Err(ProxyError::BadRequest("the batch is empty".into()));
+    }
+    for e in &envelopes {
+        if !state.me.matches(&e.to) {
+            return Err(ProxyError::UnknownPeer(e.to.clone()));
+        }
+        state.check_text(e)?;
+    }
+    let ids: Vec<_> = envelopes.iter().map(|e| e.id.clone()).collect();
+    let duplicates = state
+        .outbox
+        .send(EnqueueMany {
+            envelopes,
+            origin: Origin::Relay,
+        })
+        .await
+        .map_err(ProxyError::unavailable)??;
+    let acks: Vec<Ack> = ids
+        .into_iter()
+        .zip(duplicates)
+        .map(|(id, duplicate)| Ack { id, duplicate })
+        .collect();
+    Ok(HttpResponse::Ok().json(acks))
+}
+
 /// # GET /api/v1/directory
 /// Who the own peer can reach: persons (with liveness when known) and AI endpoints.
 async fn directory(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {
@@ -196,13 +231,15 @@ async fn legacy_post(
             missing.join(", ")
         )));
     }
-    let envelope = envelope_from_legacy(&target, &msg);
+    let mut envelope = envelope_from_legacy(&target, &msg);
     state.check_text(&envelope)?;
     let name = match state.route(&target).await? {
         Route::OwnPeer => state.me.to_string(),
         Route::Proxy { name, .. } | Route::Ai { name, .. } => name,
         Route::Unknown => return Err(ProxyError::UnknownPeer(target)),
     };
+    // The name as the table spells it (the Host header may use any case).
+    envelope.to = name.clone();
     // fixes original: "success" only once the message is durably queued.
     state.enqueue(envelope, Origin::Legacy).await?;
     Ok(HttpResponse::Ok().json(success(Note {

@@ -269,12 +269,15 @@ fn dead_addr() -> SocketAddr {
     free_listener().local_addr().unwrap()
 }
 
-/// Polls `cond` every 20 ms for up to 30 s; panics naming `what` if it never holds.
+/// How long a condition may take: generous, as the test machine is shared and fsyncs can stall.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `cond` every 20 ms for up to [`PATIENCE`]; panics naming `what` if it never holds.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(
-            start.elapsed() < Duration::from_secs(30),
+            start.elapsed() < PATIENCE,
             "timed out waiting until {what}"
         );
         actix_rt::time::sleep(Duration::from_millis(20)).await;
@@ -296,7 +299,7 @@ async fn eventually_json(what: &str, url: &str, cond: impl Fn(&Value) -> bool) -
             return v;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(30),
+            start.elapsed() < PATIENCE,
             "timed out waiting until {what}; last answer {v}"
         );
         actix_rt::time::sleep(Duration::from_millis(20)).await;
@@ -984,4 +987,68 @@ async fn the_sender_learns_why_a_message_failed() {
     .await;
     alice.stop().await;
     other_proxy.0.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_queued_batch_with_one_refused_message_delivers_the_others_in_order() {
+    let mut pair = Pair::new(|_| {});
+    let bob_listener = pair.bob_listener.take().unwrap();
+    drop(bob_listener); // bob's proxy is down while alice queues
+    let alice = pair.alice().await;
+    let texts = ["one", "two", &"x".repeat(500), "four", "five"];
+    let sent: Vec<Envelope> = texts
+        .iter()
+        .map(|t| Envelope::text("alice", "bob", *t))
+        .collect();
+    for e in &sent {
+        submit(&alice.url, e).await;
+    }
+    eventually_json(
+        "all five queued and tried",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| v["queued"] == 5 && v["lanes"][0]["head_attempts"].as_u64().unwrap_or(0) >= 1,
+    )
+    .await;
+    // Bob's proxy comes back with a smaller text limit: the batch of five is refused as a
+    // whole, then each message gets its own verdict.
+    let mut strict = pair.config.clone();
+    strict.delivery.max_message_bytes = 100;
+    let bob = spawn_proxy(
+        &strict,
+        "bob",
+        pair.bob_dir.path(),
+        TcpListener::bind(pair.bob_addr).unwrap(),
+    )
+    .await;
+    eventually("alice learns the fate of all five", || {
+        sent.iter()
+            .all(|e| pair.alice_peer.receipt_for(e.id.as_str()).is_some())
+    })
+    .await;
+    assert_eq!(pair.bob_peer.texts(), ["one", "two", "four", "five"]);
+    match pair.alice_peer.receipt_for(sent[2].id.as_str()) {
+        Some(DeliveryState::Failed { reason }) => assert_eq!(
+            reason,
+            "bob's proxy refused it: message text is 500 bytes; the limit is 100 bytes (413)"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The relay batch route itself: one transaction, duplicates reported per envelope.
+    let a = Envelope::text("alice", "bob", "batch a");
+    let b = Envelope::text("alice", "bob", "batch b");
+    let (s, v) = post_json(&format!("{}/api/v1/relay/batch", bob.url), &[&a, &b, &a]).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v,
+        json!([{"id": a.id.as_str(), "duplicate": false},
+               {"id": b.id.as_str(), "duplicate": false},
+               {"id": a.id.as_str(), "duplicate": true}])
+    );
+    eventually("the batch reached bob's peer once each", || {
+        pair.bob_peer.stored_count() == 6
+    })
+    .await;
+    assert!(pair.bob_peer.raw_counts().values().all(|n| *n == 1));
+    alice.stop().await;
+    bob.stop().await;
 }
