@@ -25,7 +25,7 @@ use super::backoff::{full_jitter_ms, human_duration, XorShift};
 use super::delivery::{self, Outcome};
 use super::error::ProxyError;
 use super::router::{choose_route, Route};
-use super::store::{Commit, Lane, Op, OpResult, Origin, Payload, Record, Store};
+use super::store::{Commit, Lane, Op, OpResult, Origin, Payload, PruneSeen, Record, Store};
 use crate::config::{DeliveryConfig, InstanceName};
 use crate::wire::control_plane::{AiEndpoint, EndpointTable};
 use crate::wire::data_plane::{DeliveryState, Envelope, Receipt};
@@ -105,12 +105,18 @@ struct LaneState {
     solo: usize,
 }
 
+/// How often ids seen long ago are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// Most envelopes relayed in one request.
 const MAX_BATCH: usize = 128;
 
+/// Where the result of one op goes once committed.
+type Reply = oneshot::Sender<Result<OpResult, ProxyError>>;
+
 struct Pending {
     op: Op,
-    reply: Option<oneshot::Sender<Result<OpResult, ProxyError>>>,
+    reply: Option<Reply>,
 }
 
 /// The actor.
@@ -159,22 +165,13 @@ impl Outbox {
     }
 
     /// Adds `op` to the next group commit, starting one unless one is under way.
-    fn submit(
-        &mut self,
-        op: Op,
-        reply: Option<oneshot::Sender<Result<OpResult, ProxyError>>>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn submit(&mut self, op: Op, reply: Option<Reply>, ctx: &mut Context<Self>) {
         self.batch.push(Pending { op, reply });
         self.flush(ctx);
     }
 
     /// Adds several ops to the next group commit at once (they share one transaction).
-    fn submit_many(
-        &mut self,
-        ops: Vec<(Op, Option<oneshot::Sender<Result<OpResult, ProxyError>>>)>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn submit_many(&mut self, ops: Vec<(Op, Option<Reply>)>, ctx: &mut Context<Self>) {
         self.batch
             .extend(ops.into_iter().map(|(op, reply)| Pending { op, reply }));
         self.flush(ctx);
@@ -561,6 +558,28 @@ impl Outbox {
         );
     }
 
+    /// Forgets ids older than twice the expiry, at least a week: no sender retries them anymore.
+    fn prune_seen(&mut self, ctx: &mut Context<Self>) {
+        let keep_ms = self
+            .settings
+            .delivery
+            .expire_after_secs
+            .saturating_mul(2)
+            .max(7 * 24 * 3600)
+            .saturating_mul(1000);
+        let prune = self.store.send(PruneSeen {
+            before_ms: now_ms().saturating_sub(keep_ms),
+        });
+        ctx.spawn(wrap_future(async move {
+            match prune.await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => log::info!("forgot {n} message ids seen long ago"),
+                Ok(Err(e)) => log::warn!("cannot prune seen ids: {e}"),
+                Err(e) => log::warn!("cannot prune seen ids: {e}"),
+            }
+        }));
+    }
+
     /// Retries `lane` now (its route changed).
     fn wake(&mut self, lane: &Lane, ctx: &mut Context<Self>) {
         let Some(state) = self.lanes.get_mut(lane) else {
@@ -614,6 +633,7 @@ impl Actor for Outbox {
         for lane in lanes {
             self.kick(&lane, ctx);
         }
+        ctx.run_interval(PRUNE_EVERY, |act, ctx| act.prune_seen(ctx));
     }
 }
 

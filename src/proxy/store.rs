@@ -150,6 +150,14 @@ pub struct SaveTable {
     pub table: TableUpdate,
 }
 
+/// Forgets ids first seen before `before_ms` (a sender retries at most until its expiry, so
+/// older ids cannot come back as retries). Answers how many were forgotten.
+#[derive(Message)]
+#[rtype(result = "Result<u64, ProxyError>")]
+pub struct PruneSeen {
+    pub before_ms: u64,
+}
+
 /// The redb database, shared with the SyncArbiter's factory so [`close`] can release it.
 pub type SharedDb = Arc<Mutex<Option<Database>>>;
 
@@ -371,6 +379,27 @@ impl Handler<LoadAll> for Store {
     }
 }
 
+impl Handler<PruneSeen> for Store {
+    type Result = Result<u64, ProxyError>;
+
+    fn handle(&mut self, msg: PruneSeen, _: &mut SyncContext<Self>) -> Self::Result {
+        self.with_db(|db, _| prune_seen(db, msg.before_ms))
+    }
+}
+
+fn prune_seen(db: &Database, before_ms: u64) -> Result<u64, ProxyError> {
+    let txn = db.begin_write().map_err(ProxyError::storage)?;
+    let forgotten = {
+        let mut seen = txn.open_table(SEEN).map_err(ProxyError::storage)?;
+        let before = seen.len().map_err(ProxyError::storage)?;
+        seen.retain(|_, first_seen| first_seen >= before_ms)
+            .map_err(ProxyError::storage)?;
+        before - seen.len().map_err(ProxyError::storage)?
+    };
+    txn.commit().map_err(ProxyError::storage)?;
+    Ok(forgotten)
+}
+
 impl Handler<SaveTable> for Store {
     type Result = Result<(), ProxyError>;
 
@@ -493,6 +522,33 @@ mod tests {
             run(&db, &mut next, vec![accept("c")]),
             [OpResult::Stored { seq: 3 }]
         );
+    }
+
+    #[test]
+    fn pruning_forgets_only_ids_seen_before_the_cutoff() {
+        let (_dir, db) = db();
+        let mut next = None;
+        let mut late = receipt("late");
+        late.created_ms = 100;
+        let ops = vec![
+            accept("early"),
+            Op::Accept {
+                id: MessageId::parse("late").unwrap(),
+                record: late,
+            },
+        ];
+        run(&db, &mut next, ops);
+        let guard = db.lock().unwrap();
+        assert_eq!(prune_seen(guard.as_ref().unwrap(), 50).unwrap(), 1);
+        drop(guard);
+        assert_eq!(
+            run(&db, &mut next, vec![accept("late")]),
+            [OpResult::Duplicate]
+        );
+        assert!(matches!(
+            run(&db, &mut next, vec![accept("early")])[..],
+            [OpResult::Stored { .. }]
+        ));
     }
 
     #[test]

@@ -142,6 +142,9 @@ struct ControllerLog {
     heartbeats: usize,
     /// Answer heartbeats with 404, as a controller that lost its registry.
     forget: bool,
+    /// Serve the table stream (else 503, as a controller whose stream is broken).
+    stream: bool,
+    polls: usize,
 }
 
 struct FakeController {
@@ -152,8 +155,13 @@ struct FakeController {
 
 impl FakeController {
     fn start(table: EndpointTable, online: &[&str]) -> FakeController {
+        Self::start_with(table, online, true)
+    }
+
+    fn start_with(table: EndpointTable, online: &[&str], stream: bool) -> FakeController {
         let log = Arc::new(Mutex::new(ControllerLog {
             table,
+            stream,
             online: online.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }));
@@ -191,7 +199,8 @@ impl FakeController {
                 .route(
                     "/api/getendpoints",
                     web::get().to(|log: web::Data<Mutex<ControllerLog>>| async move {
-                        let log = log.lock().unwrap();
+                        let mut log = log.lock().unwrap();
+                        log.polls += 1;
                         HttpResponse::Ok().json(legacy::success(legacy::Endpoints {
                             endpoints: log.table.clone(),
                         }))
@@ -202,6 +211,9 @@ impl FakeController {
                     web::get().to(|log: web::Data<Mutex<ControllerLog>>| async move {
                         let update = {
                             let log = log.lock().unwrap();
+                            if !log.stream {
+                                return HttpResponse::ServiceUnavailable().finish();
+                            }
                             TableUpdate {
                                 version: 1,
                                 endpoints: log.table.clone(),
@@ -276,10 +288,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(
-            start.elapsed() < PATIENCE,
-            "timed out waiting until {what}"
-        );
+        assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -1051,4 +1060,46 @@ async fn a_queued_batch_with_one_refused_message_delivers_the_others_in_order() 
     assert!(pair.bob_peer.raw_counts().values().all(|n| *n == 1));
     alice.stop().await;
     bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn without_the_table_stream_the_proxy_polls_and_a_new_address_is_tried_at_once() {
+    let mut pair = Pair::new(|c| {
+        // Backoff far longer than the test: only the table change can make it retry in time.
+        c.delivery.retry_initial_ms = 120_000;
+        c.delivery.retry_max_ms = 120_000;
+    });
+    let bob = pair.bob().await;
+    let mut table = EndpointTable::new();
+    table.insert("bob".into(), peer_endpoint(dead_addr(), true));
+    let controller = FakeController::start_with(table, &[], false);
+    pair.config.controller.listen = controller.addr;
+    let alice = pair.alice().await;
+    eventually("alice registered", || {
+        !controller.log.lock().unwrap().registers.is_empty()
+    })
+    .await;
+    let e = Envelope::text("alice", "bob", "after the move");
+    submit(&alice.url, &e).await;
+    eventually_json(
+        "the first attempt failed",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| v["lanes"][0]["head_attempts"].as_u64().unwrap_or(0) >= 1,
+    )
+    .await;
+    // Bob's proxy "moves" to its real address; only polling can tell alice.
+    controller
+        .log
+        .lock()
+        .unwrap()
+        .table
+        .insert("bob".into(), peer_endpoint(pair.bob_addr, true));
+    eventually("alice polled and delivered", || {
+        pair.bob_peer.order() == [e.id.to_string()]
+    })
+    .await;
+    assert!(controller.log.lock().unwrap().polls >= 1);
+    alice.stop().await;
+    bob.stop().await;
+    controller.stop().await;
 }
