@@ -133,6 +133,8 @@ pub struct Outbox {
     committing: bool,
     /// Loaded from the store at start, put in lanes when the actor starts.
     initial: Vec<(u64, Record)>,
+    /// This actor's own address (set when it starts), for replies queued from async work.
+    addr: Option<Addr<Outbox>>,
 }
 
 impl Outbox {
@@ -157,6 +159,7 @@ impl Outbox {
             batch: Vec::new(),
             committing: false,
             initial: items,
+            addr: None,
         }
     }
 
@@ -427,7 +430,12 @@ impl Outbox {
     }
 
     /// THE AI SEAM (issue 6): hand `envelope` to AI endpoint `name`. The AI adapter replaces this
-    /// one arm; its outcome drives receipts exactly like a proxy's answer does.
+    /// one function; its outcome drives receipts exactly like a proxy's answer does:
+    /// `Delivered` once the AI's reply is durably queued for the own peer (send
+    /// `Enqueue { envelope: reply, origin: Origin::Ai }` to `self.addr`; `to` = this proxy's user
+    /// puts it in the peer's inbox lane), `Retry` for a transient failure (timeouts, 429, 5xx;
+    /// retried with backoff until expiry), `Refused { reason }` for a permanent one. Stream chunks
+    /// can go to `{peer_url}/api/v1/stream` with `self.client`.
     fn deliver_to_ai(
         &self,
         name: String,
@@ -618,6 +626,7 @@ impl Actor for Outbox {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.addr = Some(ctx.address());
         let items = std::mem::take(&mut self.initial);
         if !items.is_empty() {
             log::info!("resuming {} queued items from the outbox", items.len());

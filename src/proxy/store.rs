@@ -57,6 +57,8 @@ pub enum Origin {
     Relay,
     /// A legacy `POST /` (the original has no receipts).
     Legacy,
+    /// An AI endpoint's reply, queued for the own peer by the AI adapter.
+    Ai,
 }
 
 /// What an outbox item carries.
