@@ -23,6 +23,8 @@ pub enum Outcome {
     Retry { what: String, error: String },
     /// Refused for good; `reason` is for the user, e.g. "bob's proxy refused it: ...".
     Refused { reason: String },
+    /// A batch route the receiver does not have (404/405): send one by one instead.
+    Unsupported { reason: String },
 }
 
 /// The legacy body sent to an original proxy for `envelope`.
@@ -78,17 +80,16 @@ pub async fn relay(
     .await
 }
 
-/// `POST {proxy}/api/v1/relay/batch`: several envelopes in one request, stored by the receiver
-/// in one transaction; delivered only when every id is acknowledged.
-pub async fn relay_batch(
+/// `POST {proxy}/api/v1/relay/batch` or `POST {peer}/api/v1/inbox/batch`: several envelopes
+/// (`[Envelope]`) in one request, stored by the receiver in one transaction; delivered only when
+/// every id is acknowledged (`[Ack]`, in order).
+pub async fn post_batch(
     client: awc::Client,
-    base_url: String,
-    name: String,
+    url: String,
+    what: String,
     envelopes: Vec<Envelope>,
     timeout: Duration,
 ) -> Outcome {
-    let url = format!("{base_url}/api/v1/relay/batch");
-    let what = format!("{name}'s proxy");
     let call = async {
         let mut res = client
             .post(&url)
@@ -110,6 +111,13 @@ pub async fn relay_batch(
             error: format!("no answer within {}s", timeout.as_secs()),
         },
         Ok(Err(error)) => Outcome::Retry { what, error },
+        Ok(Ok((status, _)))
+            if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
+        {
+            Outcome::Unsupported {
+                reason: format!("{what} answered {status} to a batch"),
+            }
+        }
         Ok(Ok((status, bytes))) => match classify(status, &bytes, &what) {
             Outcome::Delivered => match serde_json::from_slice::<Vec<Ack>>(&bytes) {
                 Ok(acks)

@@ -111,6 +111,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Most envelopes relayed in one request.
 const MAX_BATCH: usize = 128;
 
+/// Most receipts posted to the own peer at once.
+const RECEIPT_WINDOW: usize = 32;
+
 /// Where the result of one op goes once committed.
 type Reply = oneshot::Sender<Result<OpResult, ProxyError>>;
 
@@ -135,6 +138,8 @@ pub struct Outbox {
     initial: Vec<(u64, Record)>,
     /// This actor's own address (set when it starts), for replies queued from async work.
     addr: Option<Addr<Outbox>>,
+    /// The own peer takes `POST /api/v1/inbox/batch` (until it answers 404).
+    peer_inbox_batch: bool,
 }
 
 impl Outbox {
@@ -160,6 +165,7 @@ impl Outbox {
             committing: false,
             initial: items,
             addr: None,
+            peer_inbox_batch: true,
         }
     }
 
@@ -273,6 +279,15 @@ impl Outbox {
             return;
         }
         state.busy = true;
+        if let Some((seqs, attempt)) = self.receipts_attempt(lane) {
+            let lane = lane.clone();
+            ctx.spawn(
+                wrap_future(attempt).map(move |outcomes, act: &mut Self, ctx| {
+                    act.attempted_receipts(lane, seqs, outcomes, ctx)
+                }),
+            );
+            return;
+        }
         if let Some((seqs, attempt)) = self.batch_attempt(lane) {
             let lane = lane.clone();
             ctx.spawn(
@@ -295,24 +310,30 @@ impl Outbox {
         );
     }
 
-    /// A relay of several items from the head of `lane` in one request, when the lane goes to a
-    /// native proxy, holds more than one item and is not sending one by one.
+    /// Several items from the head of `lane` in one request (relay to a native proxy, or the
+    /// own peer's inbox while it accepts batches), when the lane holds more than one item and is
+    /// not sending one by one.
     fn batch_attempt(&self, lane: &Lane) -> Option<(Vec<u64>, LocalBoxFuture<'static, Outcome>)> {
-        let Lane::Remote(to) = lane else {
-            return None;
-        };
         let state = self.lanes.get(lane)?;
         if state.solo > 0 || state.items.len() < 2 {
             return None;
         }
-        let Route::Proxy { name, endpoint } =
-            choose_route(&self.endpoints, self.settings.me.as_str(), to)
-        else {
-            return None;
+        let (url, what) = match lane {
+            Lane::Remote(to) => {
+                match choose_route(&self.endpoints, self.settings.me.as_str(), to) {
+                    Route::Proxy { name, endpoint } if endpoint.native => (
+                        format!("{}/api/v1/relay/batch", endpoint.base_url()),
+                        format!("{name}'s proxy"),
+                    ),
+                    _ => return None,
+                }
+            }
+            Lane::PeerInbox if self.peer_inbox_batch => (
+                format!("{}/api/v1/inbox/batch", self.settings.peer_url),
+                "your chat app".to_string(),
+            ),
+            _ => return None,
         };
-        if !endpoint.native {
-            return None;
-        }
         let budget = self.settings.delivery.max_body_bytes / 2;
         let (mut seqs, mut envelopes, mut size) = (Vec::new(), Vec::new(), 2usize);
         for item in state.items.iter().take(MAX_BATCH) {
@@ -329,14 +350,119 @@ impl Outbox {
         if envelopes.len() < 2 {
             return None;
         }
-        let attempt = delivery::relay_batch(
+        let attempt = delivery::post_batch(
             self.client.clone(),
-            endpoint.base_url(),
-            name,
+            url,
+            what,
             envelopes,
             self.attempt_timeout(),
         );
         Some((seqs, attempt.boxed_local()))
+    }
+
+    /// Up to [`RECEIPT_WINDOW`] receipts from the head of the receipts lane, posted concurrently
+    /// (their order does not matter: each id gets one final state).
+    fn receipts_attempt(
+        &self,
+        lane: &Lane,
+    ) -> Option<(Vec<u64>, LocalBoxFuture<'static, Vec<Outcome>>)> {
+        if *lane != Lane::PeerReceipts {
+            return None;
+        }
+        let state = self.lanes.get(lane)?;
+        if state.items.len() < 2 {
+            return None;
+        }
+        let now = now_ms();
+        let mut seqs = Vec::new();
+        let mut posts = Vec::new();
+        for item in state.items.iter().take(RECEIPT_WINDOW) {
+            let Payload::Receipt { receipt } = &item.record.payload else {
+                break;
+            };
+            if item.record.next_try_ms > now {
+                break;
+            }
+            seqs.push(item.seq);
+            posts.push(delivery::to_peer_receipts(
+                self.client.clone(),
+                self.settings.peer_url.clone(),
+                receipt.clone(),
+                self.attempt_timeout(),
+            ));
+        }
+        if seqs.len() < 2 {
+            return None;
+        }
+        Some((seqs, futures_util::future::join_all(posts).boxed_local()))
+    }
+
+    /// Several receipts were posted at once; each gets its own outcome.
+    fn attempted_receipts(
+        &mut self,
+        lane: Lane,
+        seqs: Vec<u64>,
+        outcomes: Vec<Outcome>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = now_ms();
+        let Some(state) = self.lanes.get_mut(&lane) else {
+            return;
+        };
+        state.busy = false;
+        let mut done = Vec::new();
+        let mut updates = Vec::new();
+        let d = &self.settings.delivery;
+        for (seq, outcome) in seqs.into_iter().zip(outcomes) {
+            let Some(pos) = state.items.iter().position(|i| i.seq == seq) else {
+                continue;
+            };
+            match outcome {
+                Outcome::Delivered => done.extend(state.items.remove(pos)),
+                Outcome::Refused { reason } | Outcome::Unsupported { reason } => {
+                    if let Some(item) = state.items.remove(pos) {
+                        log::warn!("{}: given up: {reason}", describe(&item.record));
+                        done.push(item);
+                    }
+                }
+                Outcome::Retry { what, error } => {
+                    let item = &mut state.items[pos];
+                    item.record.attempts += 1;
+                    item.record.first_try_ms.get_or_insert(now);
+                    item.record.last_error = Some(format!("{what}: {error}"));
+                    let wait = full_jitter_ms(
+                        item.record.attempts,
+                        d.retry_initial_ms,
+                        d.retry_max_ms,
+                        &mut self.rng,
+                    );
+                    item.record.next_try_ms = now + wait;
+                    updates.push(Op::Update {
+                        seq,
+                        record: item.record.clone(),
+                    });
+                }
+            }
+        }
+        // Keep the lane in order of next try, so the head is the first one due.
+        state
+            .items
+            .make_contiguous()
+            .sort_by_key(|i| (i.record.next_try_ms, i.seq));
+        for op in updates {
+            self.submit(op, None, ctx);
+        }
+        for item in done {
+            self.submit(
+                Op::Finish {
+                    seq: item.seq,
+                    follow_up: None,
+                },
+                None,
+                ctx,
+            );
+        }
+        self.kick(&lane, ctx);
     }
 
     /// A batch from the head of `lane` was tried.
@@ -367,7 +493,14 @@ impl Outbox {
                 }
                 self.kick(&lane, ctx);
             }
-            Outcome::Refused { reason } => {
+            Outcome::Unsupported { reason } if lane == Lane::PeerInbox => {
+                // The own peer has no batch route: one by one from now on.
+                log::info!("{reason}; sending one by one from now on");
+                self.peer_inbox_batch = false;
+                state.busy = false;
+                self.kick(&lane, ctx);
+            }
+            Outcome::Refused { reason } | Outcome::Unsupported { reason } => {
                 // One bad envelope refuses the whole batch: send these one by one, so each
                 // gets its own verdict.
                 log::info!(
@@ -468,7 +601,7 @@ impl Outbox {
                     self.finish(item, DeliveryState::Delivered, ctx);
                 }
             }
-            Outcome::Refused { reason } => {
+            Outcome::Refused { reason } | Outcome::Unsupported { reason } => {
                 if let Some(item) = state.items.pop_front() {
                     log::warn!("{}: given up: {reason}", describe(&item.record));
                     self.finish(item, DeliveryState::Failed { reason }, ctx);

@@ -53,6 +53,8 @@ struct PeerLog {
     /// Ids in the order they were first stored.
     order: Vec<String>,
     receipts: Vec<Receipt>,
+    /// `POST /api/v1/inbox/batch` calls.
+    batch_calls: usize,
 }
 
 #[derive(Clone)]
@@ -61,42 +63,67 @@ struct FakePeer {
     log: Arc<Mutex<PeerLog>>,
 }
 
+/// Stores `e` like the real peer: once per id; every call is counted.
+fn peer_store(log: &Mutex<PeerLog>, e: Envelope) -> Ack {
+    let mut log = log.lock().unwrap();
+    log.raw.push(e.clone());
+    let id = e.id.to_string();
+    let duplicate = log.stored.contains_key(&id);
+    if !duplicate {
+        log.order.push(id.clone());
+        log.stored.insert(id, e.clone());
+    }
+    Ack {
+        id: e.id,
+        duplicate,
+    }
+}
+
 impl FakePeer {
+    /// A peer with the single-envelope inbox only (a batch gets 404).
     fn start() -> FakePeer {
+        Self::start_with(false)
+    }
+
+    /// With `batch`, it also takes `POST /api/v1/inbox/batch` (`[Envelope]` → `[Ack]`).
+    fn start_with(batch: bool) -> FakePeer {
         let log = Arc::new(Mutex::new(PeerLog::default()));
         let data = web::Data::from(log.clone());
-        let (addr, _handle) = start_fake(move |cfg| {
-            cfg.app_data(data.clone())
-                .route(
-                    "/api/v1/inbox",
+        let (addr, _handle) =
+            start_fake(move |cfg| {
+                cfg.app_data(data.clone())
+                    .app_data(web::JsonConfig::default().limit(1 << 22))
+                    .route(
+                        "/api/v1/inbox",
+                        web::post().to(
+                            |log: web::Data<Mutex<PeerLog>>, e: web::Json<Envelope>| async move {
+                                HttpResponse::Ok().json(peer_store(&log, e.into_inner()))
+                            },
+                        ),
+                    )
+                    .route(
+                        "/api/v1/receipts",
+                        web::post().to(
+                            |log: web::Data<Mutex<PeerLog>>, r: web::Json<Receipt>| async move {
+                                log.lock().unwrap().receipts.push(r.into_inner());
+                                HttpResponse::Ok().json(json!({"status": "success"}))
+                            },
+                        ),
+                    );
+                if batch {
+                    cfg.route(
+                    "/api/v1/inbox/batch",
                     web::post().to(
-                        |log: web::Data<Mutex<PeerLog>>, e: web::Json<Envelope>| async move {
-                            let e = e.into_inner();
-                            let mut log = log.lock().unwrap();
-                            log.raw.push(e.clone());
-                            let id = e.id.to_string();
-                            let duplicate = log.stored.contains_key(&id);
-                            if !duplicate {
-                                log.order.push(id);
-                                log.stored.insert(e.id.to_string(), e.clone());
-                            }
-                            HttpResponse::Ok().json(Ack {
-                                id: e.id,
-                                duplicate,
-                            })
-                        },
-                    ),
-                )
-                .route(
-                    "/api/v1/receipts",
-                    web::post().to(
-                        |log: web::Data<Mutex<PeerLog>>, r: web::Json<Receipt>| async move {
-                            log.lock().unwrap().receipts.push(r.into_inner());
-                            HttpResponse::Ok().json(json!({"status": "success"}))
+                        |log: web::Data<Mutex<PeerLog>>, es: web::Json<Vec<Envelope>>| async move {
+                            log.lock().unwrap().batch_calls += 1;
+                            let acks: Vec<Ack> =
+                                es.into_inner().into_iter().map(|e| peer_store(&log, e)).collect();
+                            HttpResponse::Ok().json(acks)
                         },
                     ),
                 );
-        });
+                }
+            });
         FakePeer { addr, log }
     }
 
@@ -360,9 +387,13 @@ struct Pair {
 
 impl Pair {
     fn new(tune: impl FnOnce(&mut Config)) -> Pair {
+        Self::with_bob_peer(FakePeer::start(), tune)
+    }
+
+    fn with_bob_peer(bob_peer: FakePeer, tune: impl FnOnce(&mut Config)) -> Pair {
         let mut config = config_for(&[("alice", &[]), ("bob", &[])]);
         config.controller.listen = dead_addr();
-        let (alice_peer, bob_peer) = (FakePeer::start(), FakePeer::start());
+        let alice_peer = FakePeer::start();
         let (al, bl) = (free_listener(), free_listener());
         let bob_addr = bl.local_addr().unwrap();
         config.set_instance_listeners(
@@ -459,7 +490,8 @@ async fn messages_travel_through_both_proxies_once_each_and_the_sender_learns_th
 
 #[actix_rt::test]
 async fn a_receiving_proxy_that_is_down_gets_the_queued_messages_in_order_when_it_returns() {
-    let mut pair = Pair::new(|_| {});
+    // Bob's peer takes batches: the queue crosses both hops in batches, still in order.
+    let mut pair = Pair::with_bob_peer(FakePeer::start_with(true), |_| {});
     drop(pair.bob_listener.take()); // bob's proxy is down: nothing listens there
     let alice = pair.alice().await;
     let sent: Vec<Envelope> = (0..10)
@@ -491,6 +523,7 @@ async fn a_receiving_proxy_that_is_down_gets_the_queued_messages_in_order_when_i
     let texts: Vec<String> = (0..10).map(|i| format!("while down {i}")).collect();
     assert_eq!(pair.bob_peer.texts(), texts, "in the order sent");
     assert!(pair.bob_peer.raw_counts().values().all(|n| *n == 1));
+    assert!(pair.bob_peer.log.lock().unwrap().batch_calls >= 1);
     eventually("all 10 delivered receipts", || {
         sent.iter()
             .all(|e| pair.alice_peer.receipt_for(e.id.as_str()) == Some(DeliveryState::Delivered))
