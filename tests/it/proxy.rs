@@ -1,1 +1,1138 @@
-//! Integration tests: proxy.
+//! Integration tests: proxy. Real proxies on port 0, with small fakes around them: a fake peer
+//! (records every `/api/v1/inbox` and `/api/v1/receipts` call, stores inbox envelopes by id),
+//! a fake controller (register, heartbeat, table stream, getendpoints), and a fake ORIGINAL
+//! proxy (accepts `POST /` with a `Host:` header). One case runs the real binary to kill it
+//! with SIGKILL.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+use overlay::config::{AiEndpointConfig, Config};
+use overlay::wire::control_plane::{
+    Endpoint, EndpointTable, PeerEndpoint, RegisterRequest, TableUpdate,
+};
+use overlay::wire::data_plane::{Accepted, Ack, DeliveryState, Envelope, Receipt};
+use overlay::wire::legacy;
+
+use crate::helpers::{client, config_for, free_listener, spawn_proxy, Spawned};
+
+// ---------------------------------------------------------------- fakes
+
+/// Starts an HTTP server on a free port with the routes of `configure`.
+fn start_fake<F>(configure: F) -> (SocketAddr, ServerHandle)
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
+    let listener = free_listener();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(move || App::new().configure(configure.clone()))
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    (addr, handle)
+}
+
+/// What a fake peer has been sent.
+#[derive(Default)]
+struct PeerLog {
+    /// Every inbox post, in arrival order (retries included).
+    raw: Vec<Envelope>,
+    /// Stored envelopes by id (idempotent, like the real peer).
+    stored: BTreeMap<String, Envelope>,
+    /// Ids in the order they were first stored.
+    order: Vec<String>,
+    receipts: Vec<Receipt>,
+    /// `POST /api/v1/inbox/batch` calls.
+    batch_calls: usize,
+}
+
+#[derive(Clone)]
+struct FakePeer {
+    addr: SocketAddr,
+    log: Arc<Mutex<PeerLog>>,
+}
+
+/// Stores `e` like the real peer: once per id; every call is counted.
+fn peer_store(log: &Mutex<PeerLog>, e: Envelope) -> Ack {
+    let mut log = log.lock().unwrap();
+    log.raw.push(e.clone());
+    let id = e.id.to_string();
+    let duplicate = log.stored.contains_key(&id);
+    if !duplicate {
+        log.order.push(id.clone());
+        log.stored.insert(id, e.clone());
+    }
+    Ack {
+        id: e.id,
+        duplicate,
+    }
+}
+
+impl FakePeer {
+    /// A peer with the single-envelope inbox only (a batch gets 404).
+    fn start() -> FakePeer {
+        Self::start_with(false)
+    }
+
+    /// With `batch`, it also takes `POST /api/v1/inbox/batch` (`[Envelope]` → `[Ack]`).
+    fn start_with(batch: bool) -> FakePeer {
+        let log = Arc::new(Mutex::new(PeerLog::default()));
+        let data = web::Data::from(log.clone());
+        let (addr, _handle) =
+            start_fake(move |cfg| {
+                cfg.app_data(data.clone())
+                    .app_data(web::JsonConfig::default().limit(1 << 22))
+                    .route(
+                        "/api/v1/inbox",
+                        web::post().to(
+                            |log: web::Data<Mutex<PeerLog>>, e: web::Json<Envelope>| async move {
+                                HttpResponse::Ok().json(peer_store(&log, e.into_inner()))
+                            },
+                        ),
+                    )
+                    .route(
+                        "/api/v1/receipts",
+                        web::post().to(
+                            |log: web::Data<Mutex<PeerLog>>, r: web::Json<Receipt>| async move {
+                                log.lock().unwrap().receipts.push(r.into_inner());
+                                HttpResponse::Ok().json(json!({"status": "success"}))
+                            },
+                        ),
+                    );
+                if batch {
+                    cfg.route(
+                    "/api/v1/inbox/batch",
+                    web::post().to(
+                        |log: web::Data<Mutex<PeerLog>>, es: web::Json<Vec<Envelope>>| async move {
+                            log.lock().unwrap().batch_calls += 1;
+                            let acks: Vec<Ack> =
+                                es.into_inner().into_iter().map(|e| peer_store(&log, e)).collect();
+                            HttpResponse::Ok().json(acks)
+                        },
+                    ),
+                );
+                }
+            });
+        FakePeer { addr, log }
+    }
+
+    fn stored_count(&self) -> usize {
+        self.log.lock().unwrap().stored.len()
+    }
+    fn order(&self) -> Vec<String> {
+        self.log.lock().unwrap().order.clone()
+    }
+    fn texts(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.order
+            .iter()
+            .map(|id| log.stored[id].body.text().to_string())
+            .collect()
+    }
+    /// How many times each id was posted.
+    fn raw_counts(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for e in &self.log.lock().unwrap().raw {
+            *counts.entry(e.id.to_string()).or_insert(0) += 1;
+        }
+        counts
+    }
+    fn receipts(&self) -> Vec<Receipt> {
+        self.log.lock().unwrap().receipts.clone()
+    }
+    fn receipt_for(&self, id: &str) -> Option<DeliveryState> {
+        self.receipts()
+            .into_iter()
+            .rev()
+            .find(|r| r.id.as_str() == id)
+            .map(|r| r.state)
+    }
+}
+
+/// What a fake controller has seen, and the table it hands out.
+#[derive(Default)]
+struct ControllerLog {
+    table: EndpointTable,
+    online: Vec<String>,
+    registers: Vec<RegisterRequest>,
+    heartbeats: usize,
+    /// Answer heartbeats with 404, as a controller that lost its registry.
+    forget: bool,
+    /// Serve the table stream (else 503, as a controller whose stream is broken).
+    stream: bool,
+    polls: usize,
+}
+
+struct FakeController {
+    addr: SocketAddr,
+    log: Arc<Mutex<ControllerLog>>,
+    handle: ServerHandle,
+}
+
+impl FakeController {
+    fn start(table: EndpointTable, online: &[&str]) -> FakeController {
+        Self::start_with(table, online, true)
+    }
+
+    fn start_with(table: EndpointTable, online: &[&str], stream: bool) -> FakeController {
+        let log = Arc::new(Mutex::new(ControllerLog {
+            table,
+            stream,
+            online: online.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }));
+        let data = web::Data::from(log.clone());
+        let (addr, handle) = start_fake(move |cfg| {
+            cfg.app_data(data.clone())
+                .route(
+                    "/api/register",
+                    web::post().to(
+                        |log: web::Data<Mutex<ControllerLog>>,
+                         r: web::Json<RegisterRequest>| async move {
+                            let mut log = log.lock().unwrap();
+                            log.registers.push(r.into_inner());
+                            log.forget = false;
+                            HttpResponse::Ok().json(legacy::success(legacy::Registered {
+                                message: "registered".into(),
+                                endpoints: log.table.clone(),
+                            }))
+                        },
+                    ),
+                )
+                .route(
+                    "/api/heartbeat",
+                    web::post().to(|log: web::Data<Mutex<ControllerLog>>| async move {
+                        let mut log = log.lock().unwrap();
+                        log.heartbeats += 1;
+                        if log.forget {
+                            HttpResponse::NotFound()
+                                .json(legacy::ErrorBody::new("Unknown proxy"))
+                        } else {
+                            HttpResponse::Ok().json(json!({"status": "success"}))
+                        }
+                    }),
+                )
+                .route(
+                    "/api/getendpoints",
+                    web::get().to(|log: web::Data<Mutex<ControllerLog>>| async move {
+                        let mut log = log.lock().unwrap();
+                        log.polls += 1;
+                        HttpResponse::Ok().json(legacy::success(legacy::Endpoints {
+                            endpoints: log.table.clone(),
+                        }))
+                    }),
+                )
+                .route(
+                    "/api/v1/proxies/{id}/table/stream",
+                    web::get().to(|log: web::Data<Mutex<ControllerLog>>| async move {
+                        let update = {
+                            let log = log.lock().unwrap();
+                            if !log.stream {
+                                return HttpResponse::ServiceUnavailable().finish();
+                            }
+                            TableUpdate {
+                                version: 1,
+                                endpoints: log.table.clone(),
+                                online: log.online.clone(),
+                            }
+                        };
+                        let event = format!(
+                            ": hello\n\nevent: table\ndata: {}\n\n",
+                            serde_json::to_string(&update).unwrap()
+                        );
+                        let first = futures_util::stream::once(async move {
+                            Ok::<_, actix_web::Error>(web::Bytes::from(event))
+                        });
+                        let body =
+                            futures_util::StreamExt::chain(first, futures_util::stream::pending());
+                        HttpResponse::Ok()
+                            .content_type("text/event-stream")
+                            .streaming(body)
+                    }),
+                );
+        });
+        FakeController { addr, log, handle }
+    }
+
+    async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// A proxy of the original: `POST /` with `Host: TARGET`, no acks, 200 `success`.
+#[derive(Clone)]
+struct FakeOriginal {
+    addr: SocketAddr,
+    posts: Arc<Mutex<Vec<(String, legacy::Message)>>>,
+}
+
+impl FakeOriginal {
+    fn start() -> FakeOriginal {
+        let posts: Arc<Mutex<Vec<(String, legacy::Message)>>> = Arc::default();
+        let data = web::Data::from(posts.clone());
+        let (addr, _handle) = start_fake(move |cfg| {
+            cfg.app_data(data.clone()).default_service(web::to(
+                |req: HttpRequest,
+                 posts: web::Data<Mutex<Vec<(String, legacy::Message)>>>,
+                 body: web::Json<legacy::Message>| async move {
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    posts.lock().unwrap().push((host, body.into_inner()));
+                    HttpResponse::Ok().json(json!({"status": "success"}))
+                },
+            ));
+        });
+        FakeOriginal { addr, posts }
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// An address nothing listens on (bound, then released).
+fn dead_addr() -> SocketAddr {
+    free_listener().local_addr().unwrap()
+}
+
+/// How long a condition may take: generous, as the test machine is shared and fsyncs can stall.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `cond` every 20 ms for up to [`PATIENCE`]; panics naming `what` if it never holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn get_json(url: &str) -> Value {
+    let mut res = client().get(url).send().await.expect("GET answers");
+    assert!(res.status().is_success(), "GET {url}: {}", res.status());
+    res.json().limit(1 << 20).await.expect("JSON body")
+}
+
+/// Polls `GET url` until `cond` holds on its JSON.
+async fn eventually_json(what: &str, url: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = get_json(url).await;
+        if cond(&v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "timed out waiting until {what}; last answer {v}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn post_json(url: &str, body: &impl serde::Serialize) -> (u16, Value) {
+    let mut res = client()
+        .post(url)
+        .send_json(body)
+        .await
+        .expect("POST answers");
+    let status = res.status().as_u16();
+    let v = res.json().limit(1 << 20).await.unwrap_or(Value::Null);
+    (status, v)
+}
+
+/// Submits `e` to a proxy's outbox and checks the 202 answer.
+async fn submit(proxy: &str, e: &Envelope) {
+    let (status, v) = post_json(&format!("{proxy}/api/v1/outbox"), e).await;
+    assert_eq!(status, 202, "{v}");
+    let accepted: Accepted = serde_json::from_value(v).unwrap();
+    assert_eq!(
+        accepted,
+        Accepted {
+            id: e.id.clone(),
+            state: DeliveryState::Pending
+        }
+    );
+}
+
+async fn outbox_queued(proxy: &str) -> u64 {
+    get_json(&format!("{proxy}/api/v1/outbox")).await["queued"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Two users, each with a fake peer; proxies not started. The controller address is dead.
+struct Pair {
+    config: Config,
+    alice_peer: FakePeer,
+    bob_peer: FakePeer,
+    alice_listener: Option<TcpListener>,
+    bob_listener: Option<TcpListener>,
+    bob_addr: SocketAddr,
+    alice_dir: tempfile::TempDir,
+    bob_dir: tempfile::TempDir,
+}
+
+impl Pair {
+    fn new(tune: impl FnOnce(&mut Config)) -> Pair {
+        Self::with_bob_peer(FakePeer::start(), tune)
+    }
+
+    fn with_bob_peer(bob_peer: FakePeer, tune: impl FnOnce(&mut Config)) -> Pair {
+        let mut config = config_for(&[("alice", &[]), ("bob", &[])]);
+        config.controller.listen = dead_addr();
+        let alice_peer = FakePeer::start();
+        let (al, bl) = (free_listener(), free_listener());
+        let bob_addr = bl.local_addr().unwrap();
+        config.set_instance_listeners(
+            "alice",
+            Some(alice_peer.addr),
+            Some(al.local_addr().unwrap()),
+        );
+        config.set_instance_listeners("bob", Some(bob_peer.addr), Some(bob_addr));
+        tune(&mut config);
+        Pair {
+            config,
+            alice_peer,
+            bob_peer,
+            alice_listener: Some(al),
+            bob_listener: Some(bl),
+            bob_addr,
+            alice_dir: tempfile::tempdir().unwrap(),
+            bob_dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn alice(&mut self) -> Spawned {
+        let l = self.alice_listener.take().unwrap_or_else(free_listener);
+        spawn_proxy(&self.config, "alice", self.alice_dir.path(), l).await
+    }
+
+    /// Bob's proxy, always at the address the tables name.
+    async fn bob(&mut self) -> Spawned {
+        let l = match self.bob_listener.take() {
+            Some(l) => l,
+            None => TcpListener::bind(self.bob_addr).expect("bob's address is free again"),
+        };
+        spawn_proxy(&self.config, "bob", self.bob_dir.path(), l).await
+    }
+}
+
+fn peer_endpoint(addr: SocketAddr, native: bool) -> Endpoint {
+    Endpoint::Peer(PeerEndpoint {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        native,
+    })
+}
+
+// ---------------------------------------------------------------- cases
+
+#[actix_rt::test]
+async fn messages_travel_through_both_proxies_once_each_and_the_sender_learns_they_arrived() {
+    let mut pair = Pair::new(|_| {});
+    let (alice, bob) = (pair.alice().await, pair.bob().await);
+    let sent: Vec<Envelope> = (0..20)
+        .map(|i| Envelope::text("alice", "bob", format!("m{i}")))
+        .collect();
+    for e in &sent {
+        submit(&alice.url, e).await;
+    }
+    // A retried submit is answered the same and queues nothing new.
+    submit(&alice.url, &sent[0]).await;
+    let to_self = Envelope::text("alice", "ALICE", "note to self");
+    submit(&alice.url, &to_self).await;
+
+    eventually("bob's peer stored all 20", || {
+        pair.bob_peer.stored_count() == 20
+    })
+    .await;
+    let ids: Vec<String> = sent.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(pair.bob_peer.order(), ids, "in the order sent");
+    assert!(pair.bob_peer.raw_counts().values().all(|n| *n == 1));
+    eventually("every message has its delivered receipt", || {
+        ids.iter()
+            .all(|id| pair.alice_peer.receipt_for(id) == Some(DeliveryState::Delivered))
+    })
+    .await;
+    eventually("the note to self reached alice's own peer", || {
+        pair.alice_peer.order() == [to_self.id.to_string()]
+            && pair.alice_peer.receipt_for(to_self.id.as_str()) == Some(DeliveryState::Delivered)
+    })
+    .await;
+    eventually_json(
+        "both outboxes are empty",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| v["queued"] == 0,
+    )
+    .await;
+    assert_eq!(outbox_queued(&bob.url).await, 0);
+    assert_eq!(
+        pair.bob_peer.stored_count(),
+        20,
+        "the retried submit was not sent again"
+    );
+    alice.stop().await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_receiving_proxy_that_is_down_gets_the_queued_messages_in_order_when_it_returns() {
+    // Bob's peer takes batches: the queue crosses both hops in batches, still in order.
+    let mut pair = Pair::with_bob_peer(FakePeer::start_with(true), |_| {});
+    drop(pair.bob_listener.take()); // bob's proxy is down: nothing listens there
+    let alice = pair.alice().await;
+    let sent: Vec<Envelope> = (0..10)
+        .map(|i| Envelope::text("alice", "bob", format!("while down {i}")))
+        .collect();
+    for e in &sent {
+        submit(&alice.url, e).await;
+    }
+    let status = eventually_json(
+        "alice's proxy has retried bob's proxy",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| v["lanes"][0]["head_attempts"].as_u64().unwrap_or(0) >= 2,
+    )
+    .await;
+    assert_eq!(status["queued"], 10, "{status}");
+    assert_eq!(status["lanes"][0]["lane"], "bob");
+    assert!(status["lanes"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .starts_with("bob's proxy: "));
+    assert_eq!(pair.bob_peer.stored_count(), 0);
+    assert!(pair.alice_peer.receipts().is_empty(), "still pending");
+
+    let bob = pair.bob().await;
+    eventually("bob's peer stored all 10", || {
+        pair.bob_peer.stored_count() == 10
+    })
+    .await;
+    let texts: Vec<String> = (0..10).map(|i| format!("while down {i}")).collect();
+    assert_eq!(pair.bob_peer.texts(), texts, "in the order sent");
+    assert!(pair.bob_peer.raw_counts().values().all(|n| *n == 1));
+    assert!(pair.bob_peer.log.lock().unwrap().batch_calls >= 1);
+    eventually("all 10 delivered receipts", || {
+        sent.iter()
+            .all(|e| pair.alice_peer.receipt_for(e.id.as_str()) == Some(DeliveryState::Delivered))
+    })
+    .await;
+    alice.stop().await;
+    bob.stop().await;
+}
+
+/// The real binary's proxy for `config` (written to `dir`), and its URL.
+async fn run_binary_proxy(config: &Config, dir: &std::path::Path) -> (std::process::Child, String) {
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, serde_yaml::to_string(config).unwrap()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_overlay"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["proxy", "--name", "alice", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the overlay binary runs");
+    let stdout = child.stdout.take().unwrap();
+    let url = actix_rt::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if line.contains("proxy/alice") {
+                let url = line.split_whitespace().last().unwrap().to_string();
+                // Keep draining stdout so the child never blocks on a full pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                return Some(url);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap()
+    .expect("the binary prints its URL table");
+    (child, url)
+}
+
+#[actix_rt::test]
+async fn a_sending_proxy_killed_with_sigkill_delivers_its_outbox_after_restart_exactly_once() {
+    let mut pair = Pair::new(|_| {});
+    drop(pair.bob_listener.take()); // bob's proxy is down while alice queues
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = run_binary_proxy(&pair.config, dir.path()).await;
+
+    let first: Vec<Envelope> = (0..20)
+        .map(|i| Envelope::text("alice", "bob", format!("before kill {i}")))
+        .collect();
+    for e in &first {
+        submit(&url, e).await;
+    }
+    eventually_json(
+        "all 20 are in alice's outbox and tried",
+        &format!("{url}/api/v1/outbox"),
+        |v| v["queued"] == 20 && v["lanes"][0]["head_attempts"].as_u64().unwrap_or(0) >= 1,
+    )
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    let (mut child, url) = run_binary_proxy(&pair.config, dir.path()).await;
+    let status = get_json(&format!("{url}/api/v1/outbox")).await;
+    assert_eq!(
+        status["queued"], 20,
+        "the restarted proxy resumed its outbox: {status}"
+    );
+    let bob = pair.bob().await;
+    eventually("bob's peer stored all 20", || {
+        pair.bob_peer.stored_count() == 20
+    })
+    .await;
+
+    // Killed again while delivering: whatever was in flight is resumed, nothing is doubled.
+    let second: Vec<Envelope> = (0..30)
+        .map(|i| Envelope::text("alice", "bob", format!("during kill {i}")))
+        .collect();
+    for e in &second {
+        submit(&url, e).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    let (mut child, url) = run_binary_proxy(&pair.config, dir.path()).await;
+
+    eventually("bob's peer stored all 50", || {
+        pair.bob_peer.stored_count() == 50
+    })
+    .await;
+    let sent: Vec<String> = first
+        .iter()
+        .chain(&second)
+        .map(|e| e.id.to_string())
+        .collect();
+    assert_eq!(pair.bob_peer.order(), sent, "each once, in the order sent");
+    let raw = pair.bob_peer.raw_counts();
+    assert_eq!(raw.len(), 50);
+    assert!(
+        raw.values().all(|n| *n == 1),
+        "bob's proxy handed each id to its peer once: {raw:?}"
+    );
+    eventually("all 50 delivered receipts reached alice's peer", || {
+        sent.iter()
+            .all(|id| pair.alice_peer.receipt_for(id) == Some(DeliveryState::Delivered))
+    })
+    .await;
+    eventually_json(
+        "alice's outbox is empty",
+        &format!("{url}/api/v1/outbox"),
+        |v| v["queued"] == 0,
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn routing_continues_from_the_cached_table_while_the_controller_is_down() {
+    let mut pair = Pair::new(|_| {});
+    let bob = pair.bob().await;
+    // The config names a dead address for bob's proxy; only the controller knows the real one.
+    let mut table = EndpointTable::new();
+    table.insert("bob".into(), peer_endpoint(pair.bob_addr, true));
+    table.insert("carol".into(), peer_endpoint(dead_addr(), false));
+    let controller = FakeController::start(table, &["bob"]);
+    pair.config.controller.listen = controller.addr;
+    pair.config
+        .set_instance_listeners("bob", Some(pair.bob_peer.addr), Some(dead_addr()));
+
+    let alice = pair.alice().await;
+    let dir_url = format!("{}/api/v1/directory", alice.url);
+    let dir = eventually_json("the streamed table reached the router", &dir_url, |v| {
+        v.as_array()
+            .is_some_and(|a| a.len() == 2 && a[0]["online"] == true)
+    })
+    .await;
+    assert_eq!(
+        dir,
+        json!([{"name": "bob", "kind": "person", "online": true},
+               {"name": "carol", "kind": "person", "online": false}])
+    );
+    let first_id = {
+        let log = controller.log.lock().unwrap();
+        let r = &log.registers[0];
+        assert_eq!(r.instance_name, "alice");
+        assert_eq!(r.protocol.as_deref(), Some("overlay/1"));
+        assert!(r.proxy_id.starts_with("alice-"), "{}", r.proxy_id);
+        assert_eq!(r.port, alice.addr.port());
+        r.proxy_id.clone()
+    };
+    // A controller that forgot us gets a new registration (same proxy id) on the next heartbeat.
+    controller.log.lock().unwrap().forget = true;
+    eventually("alice registered again", || {
+        controller.log.lock().unwrap().registers.len() >= 2
+    })
+    .await;
+    assert_eq!(
+        controller.log.lock().unwrap().registers[1].proxy_id,
+        first_id
+    );
+    assert!(controller.log.lock().unwrap().heartbeats >= 1);
+
+    alice.stop().await;
+    controller.stop().await;
+    let alice = pair.alice().await;
+    let e = Envelope::text("alice", "bob", "sent while the controller is down");
+    submit(&alice.url, &e).await;
+    eventually("bob's peer got it through the cached route", || {
+        pair.bob_peer.order() == [e.id.to_string()]
+    })
+    .await;
+    let peers = get_json(&format!("{}/peers", alice.url)).await;
+    assert_eq!(peers["peers"]["bob"]["port"], pair.bob_addr.port());
+    alice.stop().await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_same_relay_twice_is_stored_once_and_answered_the_same() {
+    let mut pair = Pair::new(|_| {});
+    let bob = pair.bob().await;
+    let e = Envelope::text("alice", "bob", "once");
+    let (s1, a1) = post_json(&format!("{}/api/v1/relay", bob.url), &e).await;
+    let (s2, a2) = post_json(&format!("{}/api/v1/relay", bob.url), &e).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(a1, json!({"id": e.id.as_str(), "duplicate": false}));
+    assert_eq!(a2, json!({"id": e.id.as_str(), "duplicate": true}));
+    // A later message on the same lane arrives after anything queued before it.
+    let marker = Envelope::text("alice", "bob", "marker");
+    post_json(&format!("{}/api/v1/relay", bob.url), &marker).await;
+    eventually("the marker arrived", || pair.bob_peer.stored_count() == 2).await;
+    assert_eq!(pair.bob_peer.raw_counts()[e.id.as_str()], 1);
+    assert_eq!(pair.bob_peer.texts(), ["once", "marker"]);
+    // A relay for someone else is refused and stores nothing.
+    let stray = Envelope::text("alice", "carol", "not yours");
+    let (s, v) = post_json(&format!("{}/api/v1/relay", bob.url), &stray).await;
+    assert_eq!(
+        (s, v),
+        (
+            404,
+            json!({"status": "error", "message": "Unknown peer: carol"})
+        )
+    );
+    assert_eq!(outbox_queued(&bob.url).await, 0);
+    bob.stop().await;
+}
+
+/// `POST {proxy}/` with `Host: host` and a raw body.
+async fn legacy_post(proxy: &str, host: &str, body: &str) -> (u16, Value) {
+    let mut res = client()
+        .post(format!("{proxy}/"))
+        .insert_header(("Host", host))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(body.to_string())
+        .await
+        .expect("POST / answers");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[actix_rt::test]
+async fn the_originals_wire_format_works_in_both_directions() {
+    let mut pair = Pair::new(|_| {});
+    let original = FakeOriginal::start();
+    let (alice, bob) = (pair.alice().await, pair.bob().await);
+    let mut table = EndpointTable::new();
+    table.insert("bob".into(), peer_endpoint(pair.bob_addr, true));
+    table.insert("carol".into(), peer_endpoint(original.addr, false));
+    let controller = FakeController::start(table, &[]);
+    // Restart alice with the controller that knows carol (an original proxy).
+    alice.stop().await;
+    pair.config.controller.listen = controller.addr;
+    let alice = pair.alice().await;
+    eventually_json("alice knows carol", &format!("{}/peers", alice.url), |v| {
+        v["peers"]["carol"].is_object()
+    })
+    .await;
+
+    // An original proxy posts to ours: to its own user, Host with a port, any path.
+    let body = r#"{"message":"hello from the original","from":"carol","timestamp":"2026-11-24T08:41:31.123456"}"#;
+    let (s, v) = legacy_post(&bob.url, "BOB:10002", body).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "success");
+    // The very same post retried is stored once.
+    assert_eq!(legacy_post(&bob.url, "bob", body).await.0, 200);
+    // Through ours to another of our users.
+    let (s, _) = legacy_post(
+        &alice.url,
+        "bob",
+        r#"{"message":"relayed legacy","from":"carol","timestamp":"2026-11-24T08:41:32"}"#,
+    )
+    .await;
+    assert_eq!(s, 200);
+    eventually("bob's peer got both, once each", || {
+        pair.bob_peer.stored_count() == 2
+    })
+    .await;
+    assert_eq!(
+        pair.bob_peer.texts(),
+        ["hello from the original", "relayed legacy"]
+    );
+    let first = pair
+        .bob_peer
+        .log
+        .lock()
+        .unwrap()
+        .stored
+        .values()
+        .next()
+        .cloned()
+        .unwrap();
+    assert!(first.id.as_str().starts_with("legacy-"));
+    assert!(pair.bob_peer.raw_counts().values().all(|n| *n == 1));
+    let marker = Envelope::text("alice", "bob", "marker");
+    submit(&alice.url, &marker).await;
+    eventually("the marker arrived after them", || {
+        pair.bob_peer.stored_count() == 3
+    })
+    .await;
+    assert_eq!(
+        pair.bob_peer.stored_count(),
+        3,
+        "the retried legacy post was stored once"
+    );
+
+    // Ours delivers to an original proxy: POST / with Host: carol; its 200 counts as delivered.
+    let e = Envelope::text("alice", "carol", "to the original");
+    submit(&alice.url, &e).await;
+    eventually("carol's original proxy got it", || {
+        original.posts.lock().unwrap().len() == 1
+    })
+    .await;
+    let (host, msg) = original.posts.lock().unwrap()[0].clone();
+    assert_eq!(host, "carol");
+    assert_eq!(msg.message.as_deref(), Some("to the original"));
+    assert_eq!(msg.from.as_deref(), Some("alice"));
+    assert!(msg.timestamp.is_some());
+    eventually("alice learns it was delivered", || {
+        pair.alice_peer.receipt_for(e.id.as_str()) == Some(DeliveryState::Delivered)
+    })
+    .await;
+
+    // Bad legacy posts: the original's error shape, naming what is wrong.
+    let (s, v) = legacy_post(&bob.url, "bob", r#"{"from":"carol"}"#).await;
+    assert_eq!(
+        (s, v),
+        (
+            400,
+            json!({"status": "error", "message": "Missing required fields: message"})
+        )
+    );
+    let (s, v) = legacy_post(&bob.url, "bob", "{}").await;
+    assert_eq!(v["message"], "Missing required fields: message, from");
+    assert_eq!(s, 400);
+    let (s, v) = legacy_post(&bob.url, "zed:1", r#"{"message":"x","from":"carol"}"#).await;
+    assert_eq!(
+        (s, v),
+        (
+            404,
+            json!({"status": "error", "message": "Unknown peer: zed"})
+        )
+    );
+    alice.stop().await;
+    bob.stop().await;
+    controller.stop().await;
+}
+
+#[actix_rt::test]
+async fn bad_input_is_refused_with_a_clear_answer_and_nothing_is_stored() {
+    let mut pair = Pair::new(|c| {
+        c.delivery.max_body_bytes = 4096;
+        c.delivery.max_message_bytes = 1000;
+    });
+    let (alice, bob) = (pair.alice().await, pair.bob().await);
+    let outbox = format!("{}/api/v1/outbox", alice.url);
+
+    let (s, v) = post_json(&outbox, &Envelope::text("alice", "zed", "hi")).await;
+    assert_eq!(
+        (s, v),
+        (
+            404,
+            json!({"status": "error", "message": "Unknown peer: zed"})
+        )
+    );
+    let (s, v) = post_json(&outbox, &Envelope::text("mallory", "bob", "hi")).await;
+    assert_eq!(s, 403);
+    assert_eq!(v["status"], "error");
+    assert!(
+        v["message"].as_str().unwrap().contains("only for alice"),
+        "{v}"
+    );
+    let (s, v) = post_json(&outbox, &Envelope::text("alice", "bob", "x".repeat(1001))).await;
+    assert_eq!(s, 413);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit is 1000 bytes"),
+        "{v}"
+    );
+    let (s, _) = post_json(&outbox, &Envelope::text("alice", "bob", "x".repeat(5000))).await;
+    assert_eq!(s, 413);
+    let mut res = client()
+        .post(&outbox)
+        .insert_header(("Content-Type", "application/json"))
+        .send_body("{\"id\":")
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let v: Value = res.json().await.unwrap();
+    assert!(v["message"].as_str().unwrap().contains("JSON"), "{v}");
+    let (s, v) = post_json(&outbox, &json!({"from": "alice", "to": "bob"})).await;
+    assert_eq!(s, 400);
+    assert!(
+        v["message"].as_str().unwrap().contains("missing field"),
+        "{v}"
+    );
+    let (s, _) = post_json(&outbox, &json!({"id": "a b", "from": "alice"})).await;
+    assert_eq!(s, 400);
+    let (s, _) = legacy_post(
+        &bob.url,
+        "bob",
+        &format!(r#"{{"message":"{}","from":"carol"}}"#, "y".repeat(5000)),
+    )
+    .await;
+    assert_eq!(s, 413);
+    let (s, v) = legacy_post(&bob.url, "bob", "not json").await;
+    assert_eq!(s, 400);
+    assert!(
+        v["message"].as_str().unwrap().starts_with("invalid JSON"),
+        "{v}"
+    );
+
+    assert_eq!(outbox_queued(&alice.url).await, 0);
+    // Anything queued by the bad requests would arrive before this marker (one FIFO lane).
+    let marker = Envelope::text("alice", "bob", "marker");
+    submit(&alice.url, &marker).await;
+    eventually("the marker arrived", || pair.bob_peer.stored_count() == 1).await;
+    assert_eq!(pair.bob_peer.texts(), ["marker"]);
+    alice.stop().await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn get_peers_answers_the_legacy_shape_and_the_directory_lists_kinds() {
+    let mut pair = Pair::new(|c| {
+        let ai: AiEndpointConfig =
+            serde_yaml::from_str("{name: GPT, provider: openai, model: gpt-4o-mini}").unwrap();
+        c.ai_endpoints.push(ai);
+    });
+    let alice = pair.alice().await;
+    let v = get_json(&format!("{}/peers", alice.url)).await;
+    assert_eq!(v["instance"], "alice");
+    let peers = v["peers"].as_object().unwrap();
+    assert_eq!(peers.keys().collect::<Vec<_>>(), ["GPT", "bob"]);
+    assert_eq!(peers["bob"]["host"], "127.0.0.1");
+    assert_eq!(peers["bob"]["port"], pair.bob_addr.port());
+    assert_eq!(peers["GPT"]["is_api"], true);
+    assert!(v.as_object().unwrap().len() == 2);
+    let d = get_json(&format!("{}/api/v1/directory", alice.url)).await;
+    assert_eq!(
+        d,
+        json!([{"name": "GPT", "kind": "ai", "online": null},
+               {"name": "bob", "kind": "person", "online": null}])
+    );
+    alice.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_sender_learns_why_a_message_failed() {
+    let mut pair = Pair::new(|c| {
+        c.delivery.expire_after_secs = 1;
+        let ai: AiEndpointConfig =
+            serde_yaml::from_str("{name: GPT, provider: openai, model: gpt-4o-mini}").unwrap();
+        c.ai_endpoints.push(ai);
+    });
+    drop(pair.bob_listener.take()); // bob's proxy never comes
+                                    // dave's table entry points at a proxy that is not dave's: it refuses (404).
+    let refuser = FakePeer::start();
+    let mut extra = pair.config.instances[1].clone();
+    extra.name = overlay::config::InstanceName::parse("dave").unwrap();
+    pair.config.instances.push(extra);
+    let other_proxy = {
+        // Another proxy of ours (a second one for bob): it answers relays for dave with 404.
+        let mut c = pair.config.clone();
+        c.set_instance_listeners("bob", Some(refuser.addr), None);
+        let l = free_listener();
+        let addr = l.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = spawn_proxy(&c, "bob", dir.path(), l).await;
+        (s, addr, dir)
+    };
+    pair.config
+        .set_instance_listeners("dave", None, Some(other_proxy.1));
+    let alice = pair.alice().await;
+
+    let to_bob = Envelope::text("alice", "bob", "into the void");
+    let to_ai = Envelope::text("alice", "gpt", "hello model");
+    let to_dave = Envelope::text("alice", "dave", "wrong door");
+    for e in [&to_bob, &to_ai, &to_dave] {
+        submit(&alice.url, e).await;
+    }
+    eventually("three failed receipts", || {
+        [&to_bob, &to_ai, &to_dave].iter().all(|e| {
+            matches!(
+                pair.alice_peer.receipt_for(e.id.as_str()),
+                Some(DeliveryState::Failed { .. })
+            )
+        })
+    })
+    .await;
+    let reason = |e: &Envelope| match pair.alice_peer.receipt_for(e.id.as_str()) {
+        Some(DeliveryState::Failed { reason }) => reason,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        reason(&to_bob).starts_with("bob's proxy has been unreachable for 1s"),
+        "{}",
+        reason(&to_bob)
+    );
+    assert_eq!(
+        reason(&to_ai),
+        "AI endpoint GPT is not available in this build"
+    );
+    assert_eq!(
+        reason(&to_dave),
+        "dave's proxy refused it: Unknown peer: dave (404)"
+    );
+    assert_eq!(
+        pair.alice_peer.receipts().len(),
+        3,
+        "one receipt each, none delivered"
+    );
+    eventually_json(
+        "alice's outbox is empty",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| v["queued"] == 0,
+    )
+    .await;
+    alice.stop().await;
+    other_proxy.0.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_queued_batch_with_one_refused_message_delivers_the_others_in_order() {
+    let mut pair = Pair::new(|_| {});
+    let bob_listener = pair.bob_listener.take().unwrap();
+    drop(bob_listener); // bob's proxy is down while alice queues
+    let alice = pair.alice().await;
+    let texts = ["one", "two", &"x".repeat(500), "four", "five"];
+    let sent: Vec<Envelope> = texts
+        .iter()
+        .map(|t| Envelope::text("alice", "bob", *t))
+        .collect();
+    for e in &sent {
+        submit(&alice.url, e).await;
+    }
+    eventually_json(
+        "all five queued and tried",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| v["queued"] == 5 && v["lanes"][0]["head_attempts"].as_u64().unwrap_or(0) >= 1,
+    )
+    .await;
+    // Bob's proxy comes back with a smaller text limit: the batch of five is refused as a
+    // whole, then each message gets its own verdict.
+    let mut strict = pair.config.clone();
+    strict.delivery.max_message_bytes = 100;
+    let bob = spawn_proxy(
+        &strict,
+        "bob",
+        pair.bob_dir.path(),
+        TcpListener::bind(pair.bob_addr).unwrap(),
+    )
+    .await;
+    eventually("alice learns the fate of all five", || {
+        sent.iter()
+            .all(|e| pair.alice_peer.receipt_for(e.id.as_str()).is_some())
+    })
+    .await;
+    assert_eq!(pair.bob_peer.texts(), ["one", "two", "four", "five"]);
+    match pair.alice_peer.receipt_for(sent[2].id.as_str()) {
+        Some(DeliveryState::Failed { reason }) => assert_eq!(
+            reason,
+            "bob's proxy refused it: message text is 500 bytes; the limit is 100 bytes (413)"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The relay batch route itself: one transaction, duplicates reported per envelope.
+    let a = Envelope::text("alice", "bob", "batch a");
+    let b = Envelope::text("alice", "bob", "batch b");
+    let (s, v) = post_json(&format!("{}/api/v1/relay/batch", bob.url), &[&a, &b, &a]).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v,
+        json!([{"id": a.id.as_str(), "duplicate": false},
+               {"id": b.id.as_str(), "duplicate": false},
+               {"id": a.id.as_str(), "duplicate": true}])
+    );
+    eventually("the batch reached bob's peer once each", || {
+        pair.bob_peer.stored_count() == 6
+    })
+    .await;
+    assert!(pair.bob_peer.raw_counts().values().all(|n| *n == 1));
+    alice.stop().await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn without_the_table_stream_the_proxy_polls_and_a_new_address_is_tried_at_once() {
+    let mut pair = Pair::new(|c| {
+        // Backoff far longer than the test: only the table change can make it retry in time.
+        c.delivery.retry_initial_ms = 120_000;
+        c.delivery.retry_max_ms = 120_000;
+    });
+    let bob = pair.bob().await;
+    let mut table = EndpointTable::new();
+    table.insert("bob".into(), peer_endpoint(dead_addr(), true));
+    let controller = FakeController::start_with(table, &[], false);
+    pair.config.controller.listen = controller.addr;
+    let alice = pair.alice().await;
+    eventually("alice registered", || {
+        !controller.log.lock().unwrap().registers.is_empty()
+    })
+    .await;
+    let e = Envelope::text("alice", "bob", "after the move");
+    submit(&alice.url, &e).await;
+    eventually_json(
+        "the first attempt failed",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| v["lanes"][0]["head_attempts"].as_u64().unwrap_or(0) >= 1,
+    )
+    .await;
+    // Bob's proxy "moves" to its real address; only polling can tell alice.
+    controller
+        .log
+        .lock()
+        .unwrap()
+        .table
+        .insert("bob".into(), peer_endpoint(pair.bob_addr, true));
+    eventually("alice polled and delivered", || {
+        pair.bob_peer.order() == [e.id.to_string()]
+    })
+    .await;
+    assert!(controller.log.lock().unwrap().polls >= 1);
+    alice.stop().await;
+    bob.stop().await;
+    controller.stop().await;
+}

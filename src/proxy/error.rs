@@ -1,0 +1,71 @@
+//! The proxy's one error type, and its mapping to HTTP status and the original's JSON error
+//! shape (`{"status":"error","message":...}`), in one place. No I/O here.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::wire::legacy::ErrorBody;
+
+/// Everything a proxy request or actor can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProxyError {
+    /// compat: the original's 404 `Unknown peer: X`.
+    #[error("Unknown peer: {0}")]
+    UnknownPeer(String),
+    /// No such route.
+    #[error("{0}")]
+    NotFound(String),
+    /// A peer tried to send in someone else's name.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A body or message text above the configured limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A malformed or incomplete request; the message names what is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The outbox store could not be read or written.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// An actor of the proxy is gone (the proxy is shutting down).
+    #[error("the proxy is shutting down: {0}")]
+    Unavailable(String),
+}
+
+impl ProxyError {
+    pub fn storage(e: impl std::fmt::Display) -> Self {
+        ProxyError::Storage(e.to_string())
+    }
+    pub fn unavailable(e: impl std::fmt::Display) -> Self {
+        ProxyError::Unavailable(e.to_string())
+    }
+}
+
+impl ResponseError for ProxyError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ProxyError::UnknownPeer(_) | ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(ErrorBody::new(self.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_peer_is_the_originals_404() {
+        let e = ProxyError::UnknownPeer("zed".into());
+        assert_eq!(e.status_code(), StatusCode::NOT_FOUND);
+        assert_eq!(e.to_string(), "Unknown peer: zed");
+    }
+}

@@ -1,0 +1,894 @@
+//! The [`Outbox`] actor: durable store-and-forward. Owns the in-memory lanes (one FIFO per
+//! destination, head-of-line, so messages stay in order per conversation), the group commit
+//! (concurrent requests share ONE redb write transaction; nobody is answered before it
+//! committed), the retry timers (exponential backoff with full jitter, persisted so a restart
+//! resumes), expiry, and the receipts the own peer gets when a message it sent changes state.
+//!
+//! It does not parse HTTP requests (routes do) and does not own the table (the router does; it
+//! sends each new one here). The HTTP calls themselves are in [`super::delivery`]; delivering to
+//! an AI endpoint is the one arm [`Outbox::deliver_to_ai`] (the seam of the AI adapter).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use actix::fut::wrap_future;
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, ResponseFuture,
+    SpawnHandle,
+};
+use futures_channel::oneshot;
+use futures_util::future::{ready, LocalBoxFuture};
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+
+use super::backoff::{full_jitter_ms, human_duration, XorShift};
+use super::delivery::{self, Outcome};
+use super::error::ProxyError;
+use super::router::{choose_route, Route};
+use super::store::{Commit, Lane, Op, OpResult, Origin, Payload, PruneSeen, Record, Store};
+use crate::config::{DeliveryConfig, InstanceName};
+use crate::wire::control_plane::{AiEndpoint, EndpointTable};
+use crate::wire::data_plane::{DeliveryState, Envelope, Receipt};
+use crate::wire::now_ms;
+
+/// Durably queue `envelope`; answers once committed. Ok(true): the id was seen before and
+/// nothing new was queued.
+#[derive(Message)]
+#[rtype(result = "Result<bool, ProxyError>")]
+pub struct Enqueue {
+    pub envelope: Envelope,
+    pub origin: Origin,
+}
+
+/// Durably queue several envelopes in ONE commit (a relayed batch); answers once committed, with
+/// `duplicate` per envelope, in order.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<bool>, ProxyError>")]
+pub struct EnqueueMany {
+    pub envelopes: Vec<Envelope>,
+    pub origin: Origin,
+}
+
+/// The router has a new table: routes may have changed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TableChanged {
+    pub endpoints: EndpointTable,
+}
+
+/// What is queued, per lane (for `GET /api/v1/outbox`).
+#[derive(Message)]
+#[rtype(result = "OutboxStatus")]
+pub struct GetStatus;
+
+/// Answer of `GET /api/v1/outbox`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    /// Items not yet handed on, all lanes together.
+    pub queued: usize,
+    pub lanes: Vec<LaneStatus>,
+}
+
+/// One destination's queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaneStatus {
+    /// `peer/inbox`, `peer/receipts`, or the destination name.
+    pub lane: String,
+    pub queued: usize,
+    /// Failed attempts of the item at its head.
+    pub head_attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// What the outbox needs to know about its proxy.
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    pub me: InstanceName,
+    pub peer_url: String,
+    pub delivery: DeliveryConfig,
+}
+
+struct Item {
+    seq: u64,
+    record: Record,
+}
+
+#[derive(Default)]
+struct LaneState {
+    items: VecDeque<Item>,
+    /// An attempt for the head is under way.
+    busy: bool,
+    timer: Option<SpawnHandle>,
+    /// The route changed during an attempt: retry at once if it fails.
+    woken: bool,
+    /// Items still to be sent one by one, after a batch was refused as a whole.
+    solo: usize,
+}
+
+/// How often ids seen long ago are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Most envelopes relayed in one request.
+const MAX_BATCH: usize = 128;
+
+/// Most receipts posted to the own peer at once.
+const RECEIPT_WINDOW: usize = 32;
+
+/// Where the result of one op goes once committed.
+type Reply = oneshot::Sender<Result<OpResult, ProxyError>>;
+
+struct Pending {
+    op: Op,
+    reply: Option<Reply>,
+}
+
+/// The actor.
+pub struct Outbox {
+    settings: OutboxSettings,
+    endpoints: EndpointTable,
+    store: Addr<Store>,
+    /// The one HTTP client of this actor.
+    client: awc::Client,
+    rng: XorShift,
+    lanes: HashMap<Lane, LaneState>,
+    /// Waiting for the next group commit.
+    batch: Vec<Pending>,
+    committing: bool,
+    /// Loaded from the store at start, put in lanes when the actor starts.
+    initial: Vec<(u64, Record)>,
+    /// This actor's own address (set when it starts), for replies queued from async work.
+    addr: Option<Addr<Outbox>>,
+    /// The own peer takes `POST /api/v1/inbox/batch` (until it answers 404).
+    peer_inbox_batch: bool,
+}
+
+impl Outbox {
+    pub fn new(
+        settings: OutboxSettings,
+        endpoints: EndpointTable,
+        store: Addr<Store>,
+        items: Vec<(u64, Record)>,
+    ) -> Outbox {
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(
+                settings.delivery.attempt_timeout_secs.max(1),
+            ))
+            .finish();
+        Outbox {
+            settings,
+            endpoints,
+            store,
+            client,
+            rng: XorShift::from_entropy(),
+            lanes: HashMap::new(),
+            batch: Vec::new(),
+            committing: false,
+            initial: items,
+            addr: None,
+            peer_inbox_batch: true,
+        }
+    }
+
+    fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.delivery.attempt_timeout_secs.max(1))
+    }
+
+    /// Adds `op` to the next group commit, starting one unless one is under way.
+    fn submit(&mut self, op: Op, reply: Option<Reply>, ctx: &mut Context<Self>) {
+        self.batch.push(Pending { op, reply });
+        self.flush(ctx);
+    }
+
+    /// Adds several ops to the next group commit at once (they share one transaction).
+    fn submit_many(&mut self, ops: Vec<(Op, Option<Reply>)>, ctx: &mut Context<Self>) {
+        self.batch
+            .extend(ops.into_iter().map(|(op, reply)| Pending { op, reply }));
+        self.flush(ctx);
+    }
+
+    /// Commits everything waiting in ONE write transaction; then answers each request.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.batch.is_empty() {
+            return;
+        }
+        self.committing = true;
+        let batch = std::mem::take(&mut self.batch);
+        let ops: Vec<Op> = batch.iter().map(|p| p.op.clone()).collect();
+        let commit = self.store.send(Commit { ops });
+        ctx.spawn(wrap_future(commit).map(move |res, act: &mut Self, ctx| {
+            act.committing = false;
+            let res = match res {
+                Ok(r) => r,
+                Err(e) => Err(ProxyError::unavailable(e)),
+            };
+            match res {
+                Ok(results) => {
+                    for (pending, result) in batch.into_iter().zip(results) {
+                        act.committed(pending.op, result, ctx);
+                        if let Some(reply) = pending.reply {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::error!("outbox commit of {} changes failed: {e}", batch.len());
+                    for pending in batch {
+                        if let Some(reply) = pending.reply {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+            act.flush(ctx);
+        }));
+    }
+
+    /// A committed op: a newly stored item joins its lane.
+    fn committed(&mut self, op: Op, result: OpResult, ctx: &mut Context<Self>) {
+        let record = match (op, result) {
+            (Op::Accept { record, .. }, OpResult::Stored { .. }) => record,
+            (
+                Op::Finish {
+                    follow_up: Some(record),
+                    ..
+                },
+                OpResult::Stored { .. },
+            ) => record,
+            _ => return,
+        };
+        let OpResult::Stored { seq } = result else {
+            return;
+        };
+        let lane = record.lane.clone();
+        self.lanes
+            .entry(lane.clone())
+            .or_default()
+            .items
+            .push_back(Item { seq, record });
+        self.kick(&lane, ctx);
+    }
+
+    /// Starts an attempt for the head of `lane` when it is due, else sets its timer.
+    fn kick(&mut self, lane: &Lane, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        let Some(state) = self.lanes.get_mut(lane) else {
+            return;
+        };
+        if state.busy {
+            return;
+        }
+        let Some(head) = state.items.front() else {
+            if let Some(t) = state.timer.take() {
+                ctx.cancel_future(t);
+            }
+            self.lanes.remove(lane);
+            return;
+        };
+        if let Some(t) = state.timer.take() {
+            ctx.cancel_future(t);
+        }
+        if head.record.next_try_ms > now {
+            let wait = Duration::from_millis(head.record.next_try_ms - now);
+            let again = lane.clone();
+            state.timer = Some(ctx.run_later(wait, move |act, ctx| {
+                if let Some(s) = act.lanes.get_mut(&again) {
+                    s.timer = None;
+                }
+                act.kick(&again, ctx);
+            }));
+            return;
+        }
+        state.busy = true;
+        if let Some((seqs, attempt)) = self.receipts_attempt(lane) {
+            let lane = lane.clone();
+            ctx.spawn(
+                wrap_future(attempt).map(move |outcomes, act: &mut Self, ctx| {
+                    act.attempted_receipts(lane, seqs, outcomes, ctx)
+                }),
+            );
+            return;
+        }
+        if let Some((seqs, attempt)) = self.batch_attempt(lane) {
+            let lane = lane.clone();
+            ctx.spawn(
+                wrap_future(attempt).map(move |outcome, act: &mut Self, ctx| {
+                    act.attempted_batch(lane, seqs, outcome, ctx)
+                }),
+            );
+            return;
+        }
+        let Some(head) = self.lanes.get(lane).and_then(|s| s.items.front()) else {
+            return;
+        };
+        let seq = head.seq;
+        let record = head.record.clone();
+        let attempt = self.attempt(&record);
+        let lane = lane.clone();
+        ctx.spawn(
+            wrap_future(attempt)
+                .map(move |outcome, act: &mut Self, ctx| act.attempted(lane, seq, outcome, ctx)),
+        );
+    }
+
+    /// Several items from the head of `lane` in one request (relay to a native proxy, or the
+    /// own peer's inbox while it accepts batches), when the lane holds more than one item and is
+    /// not sending one by one.
+    fn batch_attempt(&self, lane: &Lane) -> Option<(Vec<u64>, LocalBoxFuture<'static, Outcome>)> {
+        let state = self.lanes.get(lane)?;
+        if state.solo > 0 || state.items.len() < 2 {
+            return None;
+        }
+        let (url, what) = match lane {
+            Lane::Remote(to) => {
+                match choose_route(&self.endpoints, self.settings.me.as_str(), to) {
+                    Route::Proxy { name, endpoint } if endpoint.native => (
+                        format!("{}/api/v1/relay/batch", endpoint.base_url()),
+                        format!("{name}'s proxy"),
+                    ),
+                    _ => return None,
+                }
+            }
+            Lane::PeerInbox if self.peer_inbox_batch => (
+                format!("{}/api/v1/inbox/batch", self.settings.peer_url),
+                "your chat app".to_string(),
+            ),
+            _ => return None,
+        };
+        let budget = self.settings.delivery.max_body_bytes / 2;
+        let (mut seqs, mut envelopes, mut size) = (Vec::new(), Vec::new(), 2usize);
+        for item in state.items.iter().take(MAX_BATCH) {
+            let Payload::Message { envelope, .. } = &item.record.payload else {
+                break;
+            };
+            size += envelope.body.text().len() + envelope.from.len() + envelope.to.len() + 512;
+            if size > budget && !envelopes.is_empty() {
+                break;
+            }
+            seqs.push(item.seq);
+            envelopes.push(envelope.clone());
+        }
+        if envelopes.len() < 2 {
+            return None;
+        }
+        let attempt = delivery::post_batch(
+            self.client.clone(),
+            url,
+            what,
+            envelopes,
+            self.attempt_timeout(),
+        );
+        Some((seqs, attempt.boxed_local()))
+    }
+
+    /// Up to [`RECEIPT_WINDOW`] receipts from the head of the receipts lane, posted concurrently
+    /// (their order does not matter: each id gets one final state).
+    fn receipts_attempt(
+        &self,
+        lane: &Lane,
+    ) -> Option<(Vec<u64>, LocalBoxFuture<'static, Vec<Outcome>>)> {
+        if *lane != Lane::PeerReceipts {
+            return None;
+        }
+        let state = self.lanes.get(lane)?;
+        if state.items.len() < 2 {
+            return None;
+        }
+        let now = now_ms();
+        let mut seqs = Vec::new();
+        let mut posts = Vec::new();
+        for item in state.items.iter().take(RECEIPT_WINDOW) {
+            let Payload::Receipt { receipt } = &item.record.payload else {
+                break;
+            };
+            if item.record.next_try_ms > now {
+                break;
+            }
+            seqs.push(item.seq);
+            posts.push(delivery::to_peer_receipts(
+                self.client.clone(),
+                self.settings.peer_url.clone(),
+                receipt.clone(),
+                self.attempt_timeout(),
+            ));
+        }
+        if seqs.len() < 2 {
+            return None;
+        }
+        Some((seqs, futures_util::future::join_all(posts).boxed_local()))
+    }
+
+    /// Several receipts were posted at once; each gets its own outcome.
+    fn attempted_receipts(
+        &mut self,
+        lane: Lane,
+        seqs: Vec<u64>,
+        outcomes: Vec<Outcome>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = now_ms();
+        let Some(state) = self.lanes.get_mut(&lane) else {
+            return;
+        };
+        state.busy = false;
+        let mut done = Vec::new();
+        let mut updates = Vec::new();
+        let d = &self.settings.delivery;
+        for (seq, outcome) in seqs.into_iter().zip(outcomes) {
+            let Some(pos) = state.items.iter().position(|i| i.seq == seq) else {
+                continue;
+            };
+            match outcome {
+                Outcome::Delivered => done.extend(state.items.remove(pos)),
+                Outcome::Refused { reason } | Outcome::Unsupported { reason } => {
+                    if let Some(item) = state.items.remove(pos) {
+                        log::warn!("{}: given up: {reason}", describe(&item.record));
+                        done.push(item);
+                    }
+                }
+                Outcome::Retry { what, error } => {
+                    let item = &mut state.items[pos];
+                    item.record.attempts += 1;
+                    item.record.first_try_ms.get_or_insert(now);
+                    item.record.last_error = Some(format!("{what}: {error}"));
+                    let wait = full_jitter_ms(
+                        item.record.attempts,
+                        d.retry_initial_ms,
+                        d.retry_max_ms,
+                        &mut self.rng,
+                    );
+                    item.record.next_try_ms = now + wait;
+                    updates.push(Op::Update {
+                        seq,
+                        record: item.record.clone(),
+                    });
+                }
+            }
+        }
+        // Keep the lane in order of next try, so the head is the first one due.
+        state
+            .items
+            .make_contiguous()
+            .sort_by_key(|i| (i.record.next_try_ms, i.seq));
+        for op in updates {
+            self.submit(op, None, ctx);
+        }
+        for item in done {
+            self.submit(
+                Op::Finish {
+                    seq: item.seq,
+                    follow_up: None,
+                },
+                None,
+                ctx,
+            );
+        }
+        self.kick(&lane, ctx);
+    }
+
+    /// A batch from the head of `lane` was tried.
+    fn attempted_batch(
+        &mut self,
+        lane: Lane,
+        seqs: Vec<u64>,
+        outcome: Outcome,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(state) = self.lanes.get_mut(&lane) else {
+            return;
+        };
+        let intact = state.items.len() >= seqs.len()
+            && state.items.iter().zip(&seqs).all(|(i, s)| i.seq == *s);
+        if !intact {
+            state.busy = false;
+            self.kick(&lane, ctx);
+            return;
+        }
+        match outcome {
+            Outcome::Delivered => {
+                state.busy = false;
+                state.woken = false;
+                let done: Vec<Item> = state.items.drain(..seqs.len()).collect();
+                for item in done {
+                    self.finish(item, DeliveryState::Delivered, ctx);
+                }
+                self.kick(&lane, ctx);
+            }
+            Outcome::Unsupported { reason } if lane == Lane::PeerInbox => {
+                // The own peer has no batch route: one by one from now on.
+                log::info!("{reason}; sending one by one from now on");
+                self.peer_inbox_batch = false;
+                state.busy = false;
+                self.kick(&lane, ctx);
+            }
+            Outcome::Refused { reason } | Outcome::Unsupported { reason } => {
+                // One bad envelope refuses the whole batch: send these one by one, so each
+                // gets its own verdict.
+                log::info!(
+                    "a batch for {} was refused ({reason}); sending it one by one",
+                    lane_name(&lane)
+                );
+                state.busy = false;
+                state.solo = seqs.len();
+                self.kick(&lane, ctx);
+            }
+            retry @ Outcome::Retry { .. } => self.attempted(lane, seqs[0], retry, ctx),
+        }
+    }
+
+    /// One attempt to hand `record` to its next hop.
+    fn attempt(&self, record: &Record) -> LocalBoxFuture<'static, Outcome> {
+        let client = self.client.clone();
+        let timeout = self.attempt_timeout();
+        let peer_url = self.settings.peer_url.clone();
+        match (&record.lane, &record.payload) {
+            (Lane::PeerReceipts, Payload::Receipt { receipt }) => {
+                delivery::to_peer_receipts(client, peer_url, receipt.clone(), timeout).boxed_local()
+            }
+            (Lane::PeerInbox, Payload::Message { envelope, .. }) => {
+                delivery::to_peer_inbox(client, peer_url, envelope.clone(), timeout).boxed_local()
+            }
+            (Lane::Remote(name), Payload::Message { envelope, .. }) => {
+                match choose_route(&self.endpoints, self.settings.me.as_str(), name) {
+                    Route::OwnPeer => {
+                        delivery::to_peer_inbox(client, peer_url, envelope.clone(), timeout)
+                            .boxed_local()
+                    }
+                    Route::Proxy { name, endpoint } if endpoint.native => delivery::relay(
+                        client,
+                        endpoint.base_url(),
+                        name,
+                        envelope.clone(),
+                        timeout,
+                    )
+                    .boxed_local(),
+                    Route::Proxy { name, endpoint } => delivery::to_legacy_proxy(
+                        client,
+                        endpoint.base_url(),
+                        name,
+                        envelope.clone(),
+                        timeout,
+                    )
+                    .boxed_local(),
+                    Route::Ai { name, endpoint } => self.deliver_to_ai(name, endpoint, envelope),
+                    Route::Unknown => Box::pin(ready(Outcome::Retry {
+                        what: name.clone(),
+                        error: format!("{name} is not in this proxy's endpoint table"),
+                    })),
+                }
+            }
+            (lane, _) => Box::pin(ready(Outcome::Refused {
+                reason: format!("internal error: an item of the wrong kind in lane {lane:?}"),
+            })),
+        }
+    }
+
+    /// THE AI SEAM (issue 6): hand `envelope` to AI endpoint `name`. The AI adapter replaces this
+    /// one function; its outcome drives receipts exactly like a proxy's answer does:
+    /// `Delivered` once the AI's reply is durably queued for the own peer (send
+    /// `Enqueue { envelope: reply, origin: Origin::Ai }` to `self.addr`; `to` = this proxy's user
+    /// puts it in the peer's inbox lane), `Retry` for a transient failure (timeouts, 429, 5xx;
+    /// retried with backoff until expiry), `Refused { reason }` for a permanent one. Stream chunks
+    /// can go to `{peer_url}/api/v1/stream` with `self.client`.
+    fn deliver_to_ai(
+        &self,
+        name: String,
+        _endpoint: Box<AiEndpoint>,
+        _envelope: &Envelope,
+    ) -> LocalBoxFuture<'static, Outcome> {
+        Box::pin(ready(Outcome::Refused {
+            reason: format!("AI endpoint {name} is not available in this build"),
+        }))
+    }
+
+    /// The head of `lane` (item `seq`) was tried.
+    fn attempted(&mut self, lane: Lane, seq: u64, outcome: Outcome, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        let Some(state) = self.lanes.get_mut(&lane) else {
+            return;
+        };
+        state.busy = false;
+        let woken = std::mem::take(&mut state.woken);
+        if state.items.front().map(|i| i.seq) != Some(seq) {
+            self.kick(&lane, ctx);
+            return;
+        }
+        if !matches!(outcome, Outcome::Retry { .. }) {
+            state.solo = state.solo.saturating_sub(1);
+        }
+        match outcome {
+            Outcome::Delivered => {
+                if let Some(item) = state.items.pop_front() {
+                    self.finish(item, DeliveryState::Delivered, ctx);
+                }
+            }
+            Outcome::Refused { reason } | Outcome::Unsupported { reason } => {
+                if let Some(item) = state.items.pop_front() {
+                    log::warn!("{}: given up: {reason}", describe(&item.record));
+                    self.finish(item, DeliveryState::Failed { reason }, ctx);
+                }
+            }
+            Outcome::Retry { what, error } => {
+                let expire_ms = self
+                    .settings
+                    .delivery
+                    .expire_after_secs
+                    .saturating_mul(1000);
+                let expires = matches!(lane, Lane::Remote(_));
+                if let Some(head) = state.items.front_mut() {
+                    head.record.attempts += 1;
+                    head.record.first_try_ms.get_or_insert(now);
+                    head.record.last_error = Some(format!("{what}: {error}"));
+                    if head.record.attempts == 1 {
+                        log::warn!(
+                            "{}: {what} not reachable ({error}); will retry",
+                            describe(&head.record)
+                        );
+                    }
+                }
+                let mut expired = Vec::new();
+                if expires {
+                    let (old, keep): (Vec<Item>, Vec<Item>) = std::mem::take(&mut state.items)
+                        .into_iter()
+                        .partition(|i| i.record.created_ms.saturating_add(expire_ms) <= now);
+                    state.items = keep.into();
+                    expired = old;
+                }
+                let wait = if woken {
+                    0
+                } else {
+                    let attempts = state.items.front().map(|h| h.record.attempts).unwrap_or(1);
+                    let d = &self.settings.delivery;
+                    full_jitter_ms(attempts, d.retry_initial_ms, d.retry_max_ms, &mut self.rng)
+                };
+                let update = state.items.front_mut().and_then(|head| {
+                    (head.seq == seq).then(|| {
+                        head.record.next_try_ms = now + wait;
+                        Op::Update {
+                            seq,
+                            record: head.record.clone(),
+                        }
+                    })
+                });
+                if let Some(op) = update {
+                    self.submit(op, None, ctx);
+                }
+                let reason = format!(
+                    "{what} has been unreachable for {} (last error: {error})",
+                    human_duration(self.settings.delivery.expire_after_secs)
+                );
+                for item in expired {
+                    log::warn!("{}: expired: {reason}", describe(&item.record));
+                    self.finish(
+                        item,
+                        DeliveryState::Failed {
+                            reason: reason.clone(),
+                        },
+                        ctx,
+                    );
+                }
+            }
+        }
+        self.kick(&lane, ctx);
+    }
+
+    /// Removes a handed-on (or given-up) item; its sender's receipt is queued in the same commit.
+    fn finish(&mut self, item: Item, state: DeliveryState, ctx: &mut Context<Self>) {
+        let follow_up = match &item.record.payload {
+            Payload::Message {
+                envelope,
+                origin: Origin::OwnPeer,
+            } => Some(Record::new(
+                Lane::PeerReceipts,
+                Payload::Receipt {
+                    receipt: Receipt {
+                        id: envelope.id.clone(),
+                        state,
+                    },
+                },
+                now_ms(),
+            )),
+            _ => None,
+        };
+        self.submit(
+            Op::Finish {
+                seq: item.seq,
+                follow_up,
+            },
+            None,
+            ctx,
+        );
+    }
+
+    /// Forgets ids older than twice the expiry, at least a week: no sender retries them anymore.
+    fn prune_seen(&mut self, ctx: &mut Context<Self>) {
+        let keep_ms = self
+            .settings
+            .delivery
+            .expire_after_secs
+            .saturating_mul(2)
+            .max(7 * 24 * 3600)
+            .saturating_mul(1000);
+        let prune = self.store.send(PruneSeen {
+            before_ms: now_ms().saturating_sub(keep_ms),
+        });
+        ctx.spawn(wrap_future(async move {
+            match prune.await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => log::info!("forgot {n} message ids seen long ago"),
+                Ok(Err(e)) => log::warn!("cannot prune seen ids: {e}"),
+                Err(e) => log::warn!("cannot prune seen ids: {e}"),
+            }
+        }));
+    }
+
+    /// Retries `lane` now (its route changed).
+    fn wake(&mut self, lane: &Lane, ctx: &mut Context<Self>) {
+        let Some(state) = self.lanes.get_mut(lane) else {
+            return;
+        };
+        if state.busy {
+            state.woken = true;
+            return;
+        }
+        if let Some(head) = state.items.front_mut() {
+            head.record.next_try_ms = now_ms();
+        }
+        self.kick(lane, ctx);
+    }
+}
+
+/// "message m1 for bob" / "receipt for m1", for logs.
+fn describe(record: &Record) -> String {
+    match &record.payload {
+        Payload::Message { envelope, .. } => {
+            format!("message {} for {}", envelope.id, envelope.to)
+        }
+        Payload::Receipt { receipt } => format!("receipt for {}", receipt.id),
+    }
+}
+
+fn lane_name(lane: &Lane) -> String {
+    match lane {
+        Lane::PeerInbox => "peer/inbox".to_string(),
+        Lane::PeerReceipts => "peer/receipts".to_string(),
+        Lane::Remote(n) => n.clone(),
+    }
+}
+
+impl Actor for Outbox {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.addr = Some(ctx.address());
+        let items = std::mem::take(&mut self.initial);
+        if !items.is_empty() {
+            log::info!("resuming {} queued items from the outbox", items.len());
+        }
+        for (seq, record) in items {
+            self.lanes
+                .entry(record.lane.clone())
+                .or_default()
+                .items
+                .push_back(Item { seq, record });
+        }
+        let lanes: Vec<Lane> = self.lanes.keys().cloned().collect();
+        for lane in lanes {
+            self.kick(&lane, ctx);
+        }
+        ctx.run_interval(PRUNE_EVERY, |act, ctx| act.prune_seen(ctx));
+    }
+}
+
+impl Handler<Enqueue> for Outbox {
+    type Result = ResponseFuture<Result<bool, ProxyError>>;
+
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
+        let lane = Lane::for_destination(self.settings.me.as_str(), &msg.envelope.to);
+        let id = msg.envelope.id.clone();
+        let record = Record::new(
+            lane,
+            Payload::Message {
+                envelope: msg.envelope,
+                origin: msg.origin,
+            },
+            now_ms(),
+        );
+        let (tx, rx) = oneshot::channel();
+        self.submit(Op::Accept { id, record }, Some(tx), ctx);
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(OpResult::Duplicate)) => Ok(true),
+                Ok(Ok(_)) => Ok(false),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ProxyError::Unavailable("the outbox stopped".into())),
+            }
+        })
+    }
+}
+
+impl Handler<EnqueueMany> for Outbox {
+    type Result = ResponseFuture<Result<Vec<bool>, ProxyError>>;
+
+    fn handle(&mut self, msg: EnqueueMany, ctx: &mut Context<Self>) -> Self::Result {
+        let now = now_ms();
+        let mut ops = Vec::with_capacity(msg.envelopes.len());
+        let mut replies = Vec::with_capacity(msg.envelopes.len());
+        for envelope in msg.envelopes {
+            let lane = Lane::for_destination(self.settings.me.as_str(), &envelope.to);
+            let id = envelope.id.clone();
+            let payload = Payload::Message {
+                envelope,
+                origin: msg.origin,
+            };
+            let (tx, rx) = oneshot::channel();
+            ops.push((
+                Op::Accept {
+                    id,
+                    record: Record::new(lane, payload, now),
+                },
+                Some(tx),
+            ));
+            replies.push(rx);
+        }
+        self.submit_many(ops, ctx);
+        Box::pin(async move {
+            let mut duplicates = Vec::with_capacity(replies.len());
+            for rx in replies {
+                duplicates.push(match rx.await {
+                    Ok(Ok(OpResult::Duplicate)) => true,
+                    Ok(Ok(_)) => false,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(ProxyError::Unavailable("the outbox stopped".into())),
+                });
+            }
+            Ok(duplicates)
+        })
+    }
+}
+
+impl Handler<TableChanged> for Outbox {
+    type Result = ();
+
+    fn handle(&mut self, msg: TableChanged, ctx: &mut Context<Self>) {
+        let old = std::mem::replace(&mut self.endpoints, msg.endpoints);
+        let me = self.settings.me.to_string();
+        let changed: Vec<Lane> = self
+            .lanes
+            .keys()
+            .filter(|lane| match lane {
+                Lane::Remote(name) => {
+                    choose_route(&old, &me, name) != choose_route(&self.endpoints, &me, name)
+                }
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        for lane in changed {
+            log::info!("route to {} changed: retrying now", lane_name(&lane));
+            self.wake(&lane, ctx);
+        }
+    }
+}
+
+impl Handler<GetStatus> for Outbox {
+    type Result = actix::MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        let mut lanes: Vec<LaneStatus> = self
+            .lanes
+            .iter()
+            .filter(|(_, s)| !s.items.is_empty())
+            .map(|(lane, s)| LaneStatus {
+                lane: lane_name(lane),
+                queued: s.items.len(),
+                head_attempts: s.items.front().map(|h| h.record.attempts).unwrap_or(0),
+                last_error: s.items.front().and_then(|h| h.record.last_error.clone()),
+            })
+            .collect();
+        lanes.sort_by(|a, b| a.lane.cmp(&b.lane));
+        actix::MessageResult(OutboxStatus {
+            queued: lanes.iter().map(|l| l.queued).sum(),
+            lanes,
+        })
+    }
+}

@@ -1,0 +1,263 @@
+//! The proxy's HTTP routes, thin: check the request, ask the router, hand the message to the
+//! outbox, and answer only once it is durably queued. Three audiences:
+//! - its own peer: `POST /api/v1/outbox`, `GET /api/v1/outbox`, `GET /api/v1/directory`;
+//! - other proxies of ours: `POST /api/v1/relay`, `POST /api/v1/relay/batch`;
+//! - the original's components (compat): `GET /peers`, and `POST /` (any other path) with
+//!   `Host: TARGET`.
+//!
+//! No state lives here; nothing is delivered here.
+
+use actix::Addr;
+use actix_web::http::header;
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+
+use super::compat::{envelope_from_legacy, host_target};
+use super::error::ProxyError;
+use super::outbox::{Enqueue, EnqueueMany, GetStatus, Outbox};
+use super::router::{GetTable, ListDirectory, ResolveRoute, Route, Router};
+use super::store::Origin;
+use crate::config::InstanceName;
+use crate::wire::data_plane::{Accepted, Ack, DeliveryState, Envelope};
+use crate::wire::legacy::{self, success, Note, ProxyPeers};
+
+/// What every handler shares (cheap to clone: actor addresses).
+#[derive(Clone)]
+pub struct ProxyState {
+    pub me: InstanceName,
+    pub router: Addr<Router>,
+    pub outbox: Addr<Outbox>,
+    pub max_body_bytes: usize,
+    pub max_message_bytes: usize,
+}
+
+/// The route table.
+pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
+    let limit = state.max_body_bytes;
+    cfg.app_data(web::Data::new(state))
+        .app_data(crate::web::json_config(limit))
+        .route("/api/v1/outbox", web::post().to(submit))
+        .route("/api/v1/outbox", web::get().to(outbox_status))
+        .route("/api/v1/relay", web::post().to(relay))
+        .route("/api/v1/relay/batch", web::post().to(relay_batch))
+        .route("/api/v1/directory", web::get().to(directory))
+        .route("/peers", web::get().to(peers))
+        .route("/peers", web::post().to(legacy_post))
+        .default_service(web::to(legacy_post));
+}
+
+impl ProxyState {
+    fn check_text(&self, e: &Envelope) -> Result<(), ProxyError> {
+        let len = e.body.text().len();
+        if len > self.max_message_bytes {
+            return Err(ProxyError::TooLarge(format!(
+                "message text is {len} bytes; the limit is {} bytes",
+                self.max_message_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    async fn route(&self, name: &str) -> Result<Route, ProxyError> {
+        self.router
+            .send(ResolveRoute {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(ProxyError::unavailable)
+    }
+
+    /// Durably queues; Ok(true) when the id had been queued before.
+    async fn enqueue(&self, envelope: Envelope, origin: Origin) -> Result<bool, ProxyError> {
+        self.outbox
+            .send(Enqueue { envelope, origin })
+            .await
+            .map_err(ProxyError::unavailable)?
+    }
+}
+
+/// # POST /api/v1/outbox
+/// The own peer hands over a message; 202 once it is durably queued (idempotent by id).
+async fn submit(
+    state: web::Data<ProxyState>,
+    envelope: web::Json<Envelope>,
+) -> Result<HttpResponse, ProxyError> {
+    let envelope = envelope.into_inner();
+    // fixes original: a proxy no longer sends in anyone's name.
+    if !state.me.matches(&envelope.from) {
+        return Err(ProxyError::Forbidden(format!(
+            "this proxy sends only for {}; `from` was `{}`",
+            state.me, envelope.from
+        )));
+    }
+    if envelope.to.trim().is_empty() {
+        return Err(ProxyError::BadRequest(
+            "`to` is empty: name who the message is for".into(),
+        ));
+    }
+    if envelope.conversation.trim().is_empty() {
+        return Err(ProxyError::BadRequest("`conversation` is empty".into()));
+    }
+    state.check_text(&envelope)?;
+    if state.route(&envelope.to).await? == Route::Unknown {
+        return Err(ProxyError::UnknownPeer(envelope.to));
+    }
+    let id = envelope.id.clone();
+    state.enqueue(envelope, Origin::OwnPeer).await?;
+    Ok(HttpResponse::Accepted().json(Accepted {
+        id,
+        state: DeliveryState::Pending,
+    }))
+}
+
+/// # GET /api/v1/outbox
+/// What is still queued, per destination.
+async fn outbox_status(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {
+    let status = state
+        .outbox
+        .send(GetStatus)
+        .await
+        .map_err(ProxyError::unavailable)?;
+    Ok(HttpResponse::Ok().json(status))
+}
+
+/// # POST /api/v1/relay
+/// Another proxy hands over a message for this proxy's user; 200 Ack once durably stored.
+async fn relay(
+    state: web::Data<ProxyState>,
+    envelope: web::Json<Envelope>,
+) -> Result<HttpResponse, ProxyError> {
+    let envelope = envelope.into_inner();
+    if !state.me.matches(&envelope.to) {
+        return Err(ProxyError::UnknownPeer(envelope.to));
+    }
+    state.check_text(&envelope)?;
+    let id = envelope.id.clone();
+    let duplicate = state.enqueue(envelope, Origin::Relay).await?;
+    Ok(HttpResponse::Ok().json(Ack { id, duplicate }))
+}
+
+/// # POST /api/v1/relay/batch
+/// Another proxy of ours hands over several messages (`[Envelope]`); 200 `[Ack]`, in order, once
+/// all are durably stored in one transaction. One bad envelope refuses the whole batch.
+async fn relay_batch(
+    state: web::Data<ProxyState>,
+    envelopes: web::Json<Vec<Envelope>>,
+) -> Result<HttpResponse, ProxyError> {
+    let envelopes = envelopes.into_inner();
+    if envelopes.is_empty() {
+        return Err(ProxyError::BadRequest("the batch is empty".into()));
+    }
+    for e in &envelopes {
+        if !state.me.matches(&e.to) {
+            return Err(ProxyError::UnknownPeer(e.to.clone()));
+        }
+        state.check_text(e)?;
+    }
+    let ids: Vec<_> = envelopes.iter().map(|e| e.id.clone()).collect();
+    let duplicates = state
+        .outbox
+        .send(EnqueueMany {
+            envelopes,
+            origin: Origin::Relay,
+        })
+        .await
+        .map_err(ProxyError::unavailable)??;
+    let acks: Vec<Ack> = ids
+        .into_iter()
+        .zip(duplicates)
+        .map(|(id, duplicate)| Ack { id, duplicate })
+        .collect();
+    Ok(HttpResponse::Ok().json(acks))
+}
+
+/// # GET /api/v1/directory
+/// Who the own peer can reach: persons (with liveness when known) and AI endpoints.
+async fn directory(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {
+    let entries = state
+        .router
+        .send(ListDirectory)
+        .await
+        .map_err(ProxyError::unavailable)?;
+    Ok(HttpResponse::Ok().json(entries))
+}
+
+/// # GET /peers
+/// compat: `{"instance": NAME, "peers": TABLE}`.
+async fn peers(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {
+    let table = state
+        .router
+        .send(GetTable)
+        .await
+        .map_err(ProxyError::unavailable)?;
+    Ok(HttpResponse::Ok().json(ProxyPeers {
+        instance: state.me.to_string(),
+        peers: table,
+    }))
+}
+
+/// # POST / (any path), `Host: TARGET`
+/// compat: the original's message post, routed on the Host name.
+async fn legacy_post(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ProxyState>,
+) -> Result<HttpResponse, ProxyError> {
+    if req.method() != Method::POST {
+        return Err(ProxyError::NotFound(format!(
+            "no route {} {}",
+            req.method(),
+            req.path()
+        )));
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().host().map(str::to_string))
+        .ok_or_else(|| {
+            ProxyError::BadRequest("missing Host header: it names who the message is for".into())
+        })?;
+    let target = host_target(&host).to_string();
+    let body = read_limited(payload, state.max_body_bytes).await?;
+    let msg: legacy::Message = serde_json::from_slice(&body)
+        .map_err(|e| ProxyError::BadRequest(format!("invalid JSON: {e}")))?;
+    let missing = msg.missing_fields();
+    if !missing.is_empty() {
+        return Err(ProxyError::BadRequest(format!(
+            "Missing required fields: {}",
+            missing.join(", ")
+        )));
+    }
+    let mut envelope = envelope_from_legacy(&target, &msg);
+    state.check_text(&envelope)?;
+    let name = match state.route(&target).await? {
+        Route::OwnPeer => state.me.to_string(),
+        Route::Proxy { name, .. } | Route::Ai { name, .. } => name,
+        Route::Unknown => return Err(ProxyError::UnknownPeer(target)),
+    };
+    // The name as the table spells it (the Host header may use any case).
+    envelope.to = name.clone();
+    // fixes original: "success" only once the message is durably queued.
+    state.enqueue(envelope, Origin::Legacy).await?;
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: format!("Message queued for delivery to {name}"),
+    })))
+}
+
+/// The request body, refused with 413 past `limit` bytes.
+async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ProxyError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ProxyError::BadRequest(format!("unreadable body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ProxyError::TooLarge(format!(
+                "request body is larger than the limit of {limit} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

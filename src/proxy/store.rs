@@ -1,0 +1,562 @@
+//! The proxy's durable state in `proxy-NAME.redb`: the outbox (every message and receipt not
+//! yet handed on), the `seen` ids (so a retried submit or relay is stored once), the proxy's
+//! stable id and the last endpoint table (so routing works while the controller is down).
+//!
+//! [`Store`] is a `SyncArbiter` actor: every redb call blocks, so it runs on its own thread and
+//! never on the async event loop. It does not decide anything: the [`super::outbox::Outbox`]
+//! batches requests into one [`Commit`] (one write transaction, one fsync) and interprets results.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use actix::{Actor, Handler, Message, SyncContext};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::error::ProxyError;
+use crate::wire::control_plane::TableUpdate;
+use crate::wire::data_plane::{Envelope, MessageId, Receipt};
+
+/// seq → JSON [`Record`]: what is still to be handed on, in arrival order.
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// message id → Unix ms when first stored.
+const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+/// `proxy_id`, `table` → their JSON.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Where an outbox item goes next.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "lane", content = "name", rename_all = "snake_case")]
+pub enum Lane {
+    /// This proxy's own peer, `POST /api/v1/inbox`.
+    PeerInbox,
+    /// This proxy's own peer, `POST /api/v1/receipts`.
+    PeerReceipts,
+    /// Another name of the table (lowercase): another user's proxy or an AI endpoint.
+    Remote(String),
+}
+
+impl Lane {
+    /// The lane of a message for `to`, as seen by the proxy of `me`.
+    pub fn for_destination(me: &str, to: &str) -> Lane {
+        if me.eq_ignore_ascii_case(to) {
+            Lane::PeerInbox
+        } else {
+            Lane::Remote(to.to_ascii_lowercase())
+        }
+    }
+}
+
+/// Where a queued message came from: decides whether its sender learns its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Our own peer sent it (`/api/v1/outbox`): it gets receipts.
+    OwnPeer,
+    /// Another proxy relayed it (`/api/v1/relay`): that proxy already has our ack.
+    Relay,
+    /// A legacy `POST /` (the original has no receipts).
+    Legacy,
+    /// An AI endpoint's reply, queued for the own peer by the AI adapter.
+    Ai,
+}
+
+/// What an outbox item carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    Message { envelope: Envelope, origin: Origin },
+    Receipt { receipt: Receipt },
+}
+
+/// One outbox item with its delivery state (persisted, so a restart resumes where it was).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub lane: Lane,
+    pub payload: Payload,
+    /// When it was queued, Unix ms (expiry counts from here).
+    pub created_ms: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    pub first_try_ms: Option<u64>,
+    /// Not to be tried before this, Unix ms.
+    pub next_try_ms: u64,
+    pub last_error: Option<String>,
+}
+
+impl Record {
+    pub fn new(lane: Lane, payload: Payload, now_ms: u64) -> Record {
+        Record {
+            lane,
+            payload,
+            created_ms: now_ms,
+            attempts: 0,
+            first_try_ms: None,
+            next_try_ms: now_ms,
+            last_error: None,
+        }
+    }
+}
+
+/// One change inside a [`Commit`].
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Store `record` unless `id` was seen before; marks `id` seen.
+    Accept { id: MessageId, record: Record },
+    /// Overwrite the delivery state of item `seq`.
+    Update { seq: u64, record: Record },
+    /// Remove item `seq` (handed on or given up), queueing `follow_up` (a receipt) in its place.
+    Finish { seq: u64, follow_up: Option<Record> },
+}
+
+/// What one [`Op`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpResult {
+    /// Stored under this seq (for `Accept`, or a `Finish` follow-up).
+    Stored {
+        seq: u64,
+    },
+    /// `Accept` of an id already seen: nothing stored.
+    Duplicate,
+    Done,
+}
+
+/// Applies `ops` in ONE write transaction (one fsync); every result is valid only once this
+/// returns Ok, i.e. after the commit.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<OpResult>, ProxyError>")]
+pub struct Commit {
+    pub ops: Vec<Op>,
+}
+
+/// Everything a starting proxy needs from its store; creates the proxy id on first start.
+#[derive(Message)]
+#[rtype(result = "Result<Loaded, ProxyError>")]
+pub struct LoadAll {
+    /// Prefix of a new proxy id, e.g. the instance name.
+    pub name: String,
+}
+
+/// The store's contents at start.
+#[derive(Debug)]
+pub struct Loaded {
+    pub proxy_id: String,
+    pub table: Option<TableUpdate>,
+    pub items: Vec<(u64, Record)>,
+}
+
+/// Remembers the last table from the controller.
+#[derive(Message)]
+#[rtype(result = "Result<(), ProxyError>")]
+pub struct SaveTable {
+    pub table: TableUpdate,
+}
+
+/// Forgets ids first seen before `before_ms` (a sender retries at most until its expiry, so
+/// older ids cannot come back as retries). Answers how many were forgotten.
+#[derive(Message)]
+#[rtype(result = "Result<u64, ProxyError>")]
+pub struct PruneSeen {
+    pub before_ms: u64,
+}
+
+/// The redb database, shared with the SyncArbiter's factory so [`close`] can release it.
+pub type SharedDb = Arc<Mutex<Option<Database>>>;
+
+/// Releases the database file (on shutdown), once any transaction under way has finished; the
+/// store answers "closed" afterwards. Called directly, not by message: the SyncArbiter forwards
+/// messages from the thread that started it, which may be the very thread shutting down.
+pub fn close(db: &SharedDb) {
+    if let Ok(mut guard) = db.lock() {
+        guard.take();
+    }
+}
+
+/// Opens (creating if needed, repairing after a crash) `path` with every table present.
+pub fn open(path: &Path) -> Result<SharedDb, ProxyError> {
+    let db = Database::create(path).map_err(|e| {
+        ProxyError::Storage(format!(
+            "cannot open the outbox store {}: {e}",
+            path.display()
+        ))
+    })?;
+    let txn = db.begin_write().map_err(ProxyError::storage)?;
+    {
+        txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
+        txn.open_table(SEEN).map_err(ProxyError::storage)?;
+        txn.open_table(META).map_err(ProxyError::storage)?;
+    }
+    txn.commit().map_err(ProxyError::storage)?;
+    Ok(Arc::new(Mutex::new(Some(db))))
+}
+
+/// The sync actor over the database.
+pub struct Store {
+    db: SharedDb,
+    /// Log tag of the role (`proxy/alice`).
+    tag: String,
+    /// Next outbox key; above every key in the table.
+    next_seq: Option<u64>,
+}
+
+impl Store {
+    pub fn new(db: SharedDb, tag: &str) -> Store {
+        Store {
+            db,
+            tag: tag.to_string(),
+            next_seq: None,
+        }
+    }
+
+    fn with_db<T>(
+        &mut self,
+        f: impl FnOnce(&Database, &mut Option<u64>) -> Result<T, ProxyError>,
+    ) -> Result<T, ProxyError> {
+        let guard = self
+            .db
+            .lock()
+            .map_err(|_| ProxyError::Storage("the store lock is poisoned".into()))?;
+        match guard.as_ref() {
+            Some(db) => f(db, &mut self.next_seq),
+            None => Err(ProxyError::Unavailable("the store is closed".into())),
+        }
+    }
+}
+
+impl Actor for Store {
+    type Context = SyncContext<Self>;
+
+    fn started(&mut self, _: &mut SyncContext<Self>) {
+        crate::logging::tag_thread(&self.tag);
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ProxyError> {
+    serde_json::to_vec(v).map_err(ProxyError::storage)
+}
+
+/// The next free seq, read once from the table's last key.
+fn next_seq(
+    table: &redb::Table<'_, u64, &[u8]>,
+    cached: &mut Option<u64>,
+) -> Result<u64, ProxyError> {
+    let seq = match *cached {
+        Some(s) => s,
+        None => match table.last().map_err(ProxyError::storage)? {
+            Some((k, _)) => k.value() + 1,
+            None => 1,
+        },
+    };
+    *cached = Some(seq + 1);
+    Ok(seq)
+}
+
+/// Applies `ops` in one write transaction; results are valid only after the commit succeeded.
+fn apply(db: &Database, next: &mut Option<u64>, ops: &[Op]) -> Result<Vec<OpResult>, ProxyError> {
+    let txn = db.begin_write().map_err(ProxyError::storage)?;
+    let mut results = Vec::with_capacity(ops.len());
+    {
+        let mut outbox = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
+        let mut seen = txn.open_table(SEEN).map_err(ProxyError::storage)?;
+        for op in ops {
+            results.push(match op {
+                Op::Accept { id, record } => {
+                    if seen
+                        .get(id.as_str())
+                        .map_err(ProxyError::storage)?
+                        .is_some()
+                    {
+                        OpResult::Duplicate
+                    } else {
+                        seen.insert(id.as_str(), record.created_ms)
+                            .map_err(ProxyError::storage)?;
+                        let seq = next_seq(&outbox, next)?;
+                        outbox
+                            .insert(seq, to_json(record)?.as_slice())
+                            .map_err(ProxyError::storage)?;
+                        OpResult::Stored { seq }
+                    }
+                }
+                Op::Update { seq, record } => {
+                    // An item finished meanwhile stays finished.
+                    if outbox.get(*seq).map_err(ProxyError::storage)?.is_some() {
+                        outbox
+                            .insert(*seq, to_json(record)?.as_slice())
+                            .map_err(ProxyError::storage)?;
+                    }
+                    OpResult::Done
+                }
+                Op::Finish { seq, follow_up } => {
+                    outbox.remove(*seq).map_err(ProxyError::storage)?;
+                    match follow_up {
+                        Some(record) => {
+                            let seq = next_seq(&outbox, next)?;
+                            outbox
+                                .insert(seq, to_json(record)?.as_slice())
+                                .map_err(ProxyError::storage)?;
+                            OpResult::Stored { seq }
+                        }
+                        None => OpResult::Done,
+                    }
+                }
+            });
+        }
+    }
+    txn.commit().map_err(ProxyError::storage)?;
+    Ok(results)
+}
+
+impl Handler<Commit> for Store {
+    type Result = Result<Vec<OpResult>, ProxyError>;
+
+    /// One write transaction for the whole batch: group commit.
+    fn handle(&mut self, msg: Commit, _: &mut SyncContext<Self>) -> Self::Result {
+        let before = self.next_seq;
+        let result = self.with_db(|db, next| apply(db, next, &msg.ops));
+        if result.is_err() {
+            // Nothing of the batch was written: re-read the next seq from the table.
+            self.next_seq = before;
+        }
+        result
+    }
+}
+
+impl Handler<LoadAll> for Store {
+    type Result = Result<Loaded, ProxyError>;
+
+    fn handle(&mut self, msg: LoadAll, _: &mut SyncContext<Self>) -> Self::Result {
+        self.with_db(|db, _| {
+            let txn = db.begin_write().map_err(ProxyError::storage)?;
+            let loaded = {
+                let mut meta = txn.open_table(META).map_err(ProxyError::storage)?;
+                let existing: Option<String> =
+                    match meta.get("proxy_id").map_err(ProxyError::storage)? {
+                        Some(v) => serde_json::from_slice(v.value()).ok(),
+                        None => None,
+                    };
+                let proxy_id = match existing {
+                    Some(id) => id,
+                    None => {
+                        let id = format!(
+                            "{}-{}",
+                            msg.name.to_ascii_lowercase(),
+                            uuid::Uuid::new_v4().simple()
+                        );
+                        meta.insert("proxy_id", to_json(&id)?.as_slice())
+                            .map_err(ProxyError::storage)?;
+                        id
+                    }
+                };
+                let table = match meta.get("table").map_err(ProxyError::storage)? {
+                    Some(v) => match serde_json::from_slice::<TableUpdate>(v.value()) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            log::warn!("ignoring the cached endpoint table: {e}");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let outbox = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
+                let mut items = Vec::with_capacity(outbox.len().unwrap_or(0) as usize);
+                for row in outbox.iter().map_err(ProxyError::storage)? {
+                    let (k, v) = row.map_err(ProxyError::storage)?;
+                    match serde_json::from_slice::<Record>(v.value()) {
+                        Ok(r) => items.push((k.value(), r)),
+                        Err(e) => log::error!(
+                            "outbox item {} is unreadable and is kept aside: {e}",
+                            k.value()
+                        ),
+                    }
+                }
+                Loaded {
+                    proxy_id,
+                    table,
+                    items,
+                }
+            };
+            txn.commit().map_err(ProxyError::storage)?;
+            Ok(loaded)
+        })
+    }
+}
+
+impl Handler<PruneSeen> for Store {
+    type Result = Result<u64, ProxyError>;
+
+    fn handle(&mut self, msg: PruneSeen, _: &mut SyncContext<Self>) -> Self::Result {
+        self.with_db(|db, _| prune_seen(db, msg.before_ms))
+    }
+}
+
+fn prune_seen(db: &Database, before_ms: u64) -> Result<u64, ProxyError> {
+    let txn = db.begin_write().map_err(ProxyError::storage)?;
+    let forgotten = {
+        let mut seen = txn.open_table(SEEN).map_err(ProxyError::storage)?;
+        let before = seen.len().map_err(ProxyError::storage)?;
+        seen.retain(|_, first_seen| first_seen >= before_ms)
+            .map_err(ProxyError::storage)?;
+        before - seen.len().map_err(ProxyError::storage)?
+    };
+    txn.commit().map_err(ProxyError::storage)?;
+    Ok(forgotten)
+}
+
+impl Handler<SaveTable> for Store {
+    type Result = Result<(), ProxyError>;
+
+    fn handle(&mut self, msg: SaveTable, _: &mut SyncContext<Self>) -> Self::Result {
+        self.with_db(|db, _| {
+            let txn = db.begin_write().map_err(ProxyError::storage)?;
+            {
+                let mut meta = txn.open_table(META).map_err(ProxyError::storage)?;
+                meta.insert("table", to_json(&msg.table)?.as_slice())
+                    .map_err(ProxyError::storage)?;
+            }
+            txn.commit().map_err(ProxyError::storage)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::data_plane::DeliveryState;
+
+    fn db() -> (tempfile::TempDir, SharedDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir.path().join("p.redb")).unwrap();
+        (dir, db)
+    }
+
+    fn receipt(id: &str) -> Record {
+        Record::new(
+            Lane::PeerReceipts,
+            Payload::Receipt {
+                receipt: Receipt {
+                    id: MessageId::parse(id).unwrap(),
+                    state: DeliveryState::Delivered,
+                },
+            },
+            1,
+        )
+    }
+
+    fn run(db: &SharedDb, next: &mut Option<u64>, ops: Vec<Op>) -> Vec<OpResult> {
+        let guard = db.lock().unwrap();
+        apply(guard.as_ref().unwrap(), next, &ops).unwrap()
+    }
+
+    fn accept(id: &str) -> Op {
+        Op::Accept {
+            id: MessageId::parse(id).unwrap(),
+            record: receipt(id),
+        }
+    }
+
+    #[test]
+    fn lanes_pick_the_own_peer_ignoring_case() {
+        assert_eq!(Lane::for_destination("alice", "ALICE"), Lane::PeerInbox);
+        assert_eq!(
+            Lane::for_destination("alice", "Bob"),
+            Lane::Remote("bob".into())
+        );
+    }
+
+    #[test]
+    fn the_same_id_accepted_twice_in_one_batch_or_later_is_stored_once() {
+        let (_dir, db) = db();
+        let mut next = None;
+        let r = run(&db, &mut next, vec![accept("a"), accept("a"), accept("b")]);
+        assert_eq!(
+            r,
+            [
+                OpResult::Stored { seq: 1 },
+                OpResult::Duplicate,
+                OpResult::Stored { seq: 2 }
+            ]
+        );
+        assert_eq!(
+            run(&db, &mut next, vec![accept("b")]),
+            [OpResult::Duplicate]
+        );
+    }
+
+    #[test]
+    fn finishing_an_item_removes_it_and_queues_its_follow_up_in_the_same_transaction() {
+        let (_dir, db) = db();
+        let mut next = None;
+        run(&db, &mut next, vec![accept("a")]);
+        let r = run(
+            &db,
+            &mut next,
+            vec![Op::Finish {
+                seq: 1,
+                follow_up: Some(receipt("a")),
+            }],
+        );
+        assert_eq!(r, [OpResult::Stored { seq: 2 }]);
+        let mut store = Store::new(db.clone(), "test");
+        let loaded = store
+            .with_db(|db, _| {
+                let txn = db.begin_read().map_err(ProxyError::storage)?;
+                let t = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
+                let keys: Vec<u64> = t
+                    .iter()
+                    .map_err(ProxyError::storage)?
+                    .map(|r| r.unwrap().0.value())
+                    .collect();
+                Ok(keys)
+            })
+            .unwrap();
+        assert_eq!(loaded, [2]);
+    }
+
+    #[test]
+    fn a_reopened_store_continues_numbering_after_the_last_item() {
+        let (dir, db) = db();
+        let mut next = None;
+        run(&db, &mut next, vec![accept("a"), accept("b")]);
+        drop(db);
+        let db = open(&dir.path().join("p.redb")).unwrap();
+        let mut next = None;
+        assert_eq!(
+            run(&db, &mut next, vec![accept("c")]),
+            [OpResult::Stored { seq: 3 }]
+        );
+    }
+
+    #[test]
+    fn pruning_forgets_only_ids_seen_before_the_cutoff() {
+        let (_dir, db) = db();
+        let mut next = None;
+        let mut late = receipt("late");
+        late.created_ms = 100;
+        let ops = vec![
+            accept("early"),
+            Op::Accept {
+                id: MessageId::parse("late").unwrap(),
+                record: late,
+            },
+        ];
+        run(&db, &mut next, ops);
+        let guard = db.lock().unwrap();
+        assert_eq!(prune_seen(guard.as_ref().unwrap(), 50).unwrap(), 1);
+        drop(guard);
+        assert_eq!(
+            run(&db, &mut next, vec![accept("late")]),
+            [OpResult::Duplicate]
+        );
+        assert!(matches!(
+            run(&db, &mut next, vec![accept("early")])[..],
+            [OpResult::Stored { .. }]
+        ));
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let r = receipt("m1");
+        let back: Record = serde_json::from_slice(&to_json(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+}
