@@ -10,9 +10,9 @@
 
 mod support;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -102,7 +102,11 @@ async fn send(client: &awc::Client, from_url: &str, to: &str, text: &str) {
         .expect("send_message answers");
     if !res.status().is_success() {
         let body = res.body().await.unwrap_or_default();
-        panic!("send_message failed: {} {}", res.status(), String::from_utf8_lossy(&body));
+        panic!(
+            "send_message failed: {} {}",
+            res.status(),
+            String::from_utf8_lossy(&body)
+        );
     }
 }
 
@@ -128,8 +132,12 @@ async fn watch(url: &str) -> Arrivals {
             while let Some(end) = find(&buf, b"\n\n") {
                 let event: Vec<u8> = buf.drain(..end + 2).collect();
                 for line in String::from_utf8_lossy(&event).lines() {
-                    let Some(data) = line.strip_prefix("data:") else { continue };
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim()) else { continue };
+                    let Some(data) = line.strip_prefix("data:") else {
+                        continue;
+                    };
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+                        continue;
+                    };
                     if v["type"] == "message" && v["message"]["outgoing"] == false {
                         if let Some(text) = v["message"]["text"].as_str() {
                             sink.borrow_mut().insert(text.to_string(), Instant::now());
@@ -152,8 +160,14 @@ async fn all_arrived(arrivals: &Arrivals, texts: &[String]) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if Instant::now() > deadline {
-            let missing = texts.iter().filter(|t| !arrivals.borrow().contains_key(*t)).count();
-            panic!("{missing} of {} messages never arrived at the receiver", texts.len());
+            let missing = texts
+                .iter()
+                .filter(|t| !arrivals.borrow().contains_key(*t))
+                .count();
+            panic!(
+                "{missing} of {} messages never arrived at the receiver",
+                texts.len()
+            );
         }
         {
             let a = arrivals.borrow();
@@ -166,7 +180,13 @@ async fn all_arrived(arrivals: &Arrivals, texts: &[String]) -> Instant {
 }
 
 /// Messages per second from alice to bob, `n` messages over `concurrency` senders.
-async fn throughput(pair: &Pair, arrivals: &Arrivals, tag: &str, n: usize, concurrency: usize) -> f64 {
+async fn throughput(
+    pair: &Pair,
+    arrivals: &Arrivals,
+    tag: &str,
+    n: usize,
+    concurrency: usize,
+) -> f64 {
     let texts: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
     let client = client();
     let start = Instant::now();
@@ -205,7 +225,9 @@ async fn latency(pair: &Pair, arrivals: &Arrivals, rate: f64, n: usize) -> (Vec<
         let text = format!("lat-{i}");
         sent.push((text.clone(), due));
         let (client, alice) = (client.clone(), pair.alice.clone());
-        tasks.push(actix_rt::spawn(async move { send(&client, &alice, "bob", &text).await }));
+        tasks.push(actix_rt::spawn(async move {
+            send(&client, &alice, "bob", &text).await
+        }));
     }
     let offered = n as f64 / start.elapsed().as_secs_f64();
     for t in tasks {
@@ -259,7 +281,11 @@ async fn median_get(url: &str, runs: usize) -> Duration {
         let t = Instant::now();
         let mut res = client.get(url).send().await.expect("GET answers");
         let body = res.body().limit(512 * 1024 * 1024).await.expect("body");
-        assert!(res.status().is_success() && !body.is_empty(), "GET {url}: {}", res.status());
+        assert!(
+            res.status().is_success() && !body.is_empty(),
+            "GET {url}: {}",
+            res.status()
+        );
         times.push(t.elapsed());
     }
     times.sort();
@@ -280,7 +306,9 @@ fn machine() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem_gb = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -316,7 +344,8 @@ async fn main() {
         value: c1,
         unit: "msg/s",
         floor: None,
-        note: "one message in flight: the sum of every hop's latency (4 HTTP hops, 4 commits)".into(),
+        note: "one message in flight: the sum of every hop's latency (4 HTTP hops, 4 commits)"
+            .into(),
     });
     figures.push(Figure {
         section: "delivery",
@@ -329,8 +358,16 @@ async fn main() {
 
     let rate = 1_000.0;
     let (lat, offered) = latency(&pair, &arrivals, rate, scaled(5_000)).await;
-    eprintln!("  latency at {offered:.0} msg/s offered: p50 {:?} p99 {:?}", percentile(&lat, 50.0), percentile(&lat, 99.0));
-    for (name, p, floor) in [("p50", 50.0, None), ("p99", 99.0, Some(("<=", 20.0))), ("max", 100.0, None)] {
+    eprintln!(
+        "  latency at {offered:.0} msg/s offered: p50 {:?} p99 {:?}",
+        percentile(&lat, 50.0),
+        percentile(&lat, 99.0)
+    );
+    for (name, p, floor) in [
+        ("p50", 50.0, None),
+        ("p99", 99.0, Some(("<=", 20.0))),
+        ("max", 100.0, None),
+    ] {
         figures.push(Figure {
             section: "latency at 1,000 msg/s",
             name: format!("{name}, send → stored at receiver"),
@@ -348,8 +385,16 @@ async fn main() {
             fill(&pair.bob, stored, target - stored).await;
             stored = target;
         }
-        let page = median_get(&format!("{}/api/v1/conversations/alice/messages?limit=50", pair.bob), 101).await;
-        let whole = median_get(&format!("{}/get_chat_history/alice", pair.bob), if target >= 100_000 { 5 } else { 21 }).await;
+        let page = median_get(
+            &format!("{}/api/v1/conversations/alice/messages?limit=50", pair.bob),
+            101,
+        )
+        .await;
+        let whole = median_get(
+            &format!("{}/get_chat_history/alice", pair.bob),
+            if target >= 100_000 { 5 } else { 21 },
+        )
+        .await;
         eprintln!("  history {stored}: newest page {page:?}, whole {whole:?}");
         figures.push(Figure {
             section: "history",
@@ -398,7 +443,8 @@ async fn main() {
             let tasks: Vec<_> = texts
                 .chunks(texts.len().div_ceil(16))
                 .map(|chunk| {
-                    let (client, behrooz, chunk) = (client.clone(), behrooz.clone(), chunk.to_vec());
+                    let (client, behrooz, chunk) =
+                        (client.clone(), behrooz.clone(), chunk.to_vec());
                     actix_rt::spawn(async move {
                         for t in chunk {
                             send(&client, &behrooz, "bob", &t).await;
@@ -445,7 +491,10 @@ async fn main() {
     let table = support::text_table(&figures);
     println!("\noverlay benchmark — {}\n\n{table}", machine());
     let failed = figures.iter().filter(|f| f.passes() == Some(false)).count();
-    println!("{} floors met, {failed} missed", figures.iter().filter(|f| f.passes() == Some(true)).count());
+    println!(
+        "{} floors met, {failed} missed",
+        figures.iter().filter(|f| f.passes() == Some(true)).count()
+    );
 
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
     std::fs::create_dir_all(&out).expect("create bench-results/");
@@ -459,7 +508,10 @@ async fn main() {
         md.push_str(&format!("- {}: {}: {}\n", f.section, f.name, f.note));
     }
     std::fs::write(out.join("results.md"), md).expect("write results.md");
-    std::fs::write(out.join("chart.svg"), support::svg_chart(&figures, "overlay: each figure against its floor"))
-        .expect("write chart.svg");
+    std::fs::write(
+        out.join("chart.svg"),
+        support::svg_chart(&figures, "overlay: each figure against its floor"),
+    )
+    .expect("write chart.svg");
     println!("written: bench-results/results.md, bench-results/chart.svg");
 }

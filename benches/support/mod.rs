@@ -148,7 +148,9 @@ pub fn svg_chart(figures: &[Figure], title: &str) -> String {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The p-th percentile (0..=100) of sorted samples.

@@ -132,6 +132,7 @@ pub fn conversation_id(a: &str, b: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Accepted {
     pub id: MessageId,
+    #[serde(flatten)]
     pub state: DeliveryState,
 }
 
@@ -243,6 +244,18 @@ mod tests {
         assert!(MessageId::parse("").is_err());
         assert!(serde_json::from_str::<MessageId>("\"../x\"").is_err());
         assert!(MessageId::parse(MessageId::new().as_str()).is_ok());
+    }
+
+    #[test]
+    fn an_accepted_answer_is_flat() {
+        let a = Accepted {
+            id: MessageId::parse("m1").unwrap(),
+            state: DeliveryState::Pending,
+        };
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"id":"m1","state":"pending"}"#
+        );
     }
 
     #[test]

@@ -7,5 +7,6 @@ mod ai;
 mod browser;
 mod cli;
 mod controller;
+mod e2e;
 mod peer;
 mod proxy;
