@@ -16,9 +16,13 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// An RFC 3339 UTC timestamp with milliseconds, for a Unix time in ms.
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z).
+pub const MAX_TIMESTAMP_MS: u64 = 253_402_300_799_999;
+
+/// An RFC 3339 UTC timestamp with milliseconds, for a Unix time in ms. Times past year 9999
+/// (which only a hostile or broken sender writes) are clamped rather than failing.
 pub fn rfc3339_ms(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.min(MAX_TIMESTAMP_MS));
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -40,6 +44,11 @@ mod tests {
     fn timestamps_round_trip_through_rfc3339() {
         let ms = 1_764_000_000_123;
         assert_eq!(parse_timestamp_ms(&rfc3339_ms(ms)), Some(ms));
+    }
+
+    #[test]
+    fn a_timestamp_past_year_9999_is_clamped_not_a_panic() {
+        assert_eq!(rfc3339_ms(u64::MAX), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]
