@@ -175,10 +175,83 @@ pub fn common_routes(cfg: &mut web::ServiceConfig, health: Health) {
     );
 }
 
+/// Refuses a state-changing request that a browser says comes from another site, so a web page
+/// the user visits cannot post to their peer, proxy or controller on their behalf (CSRF).
+///
+/// Browsers mark every request with `Sec-Fetch-Site` (and `Origin` for POSTs); scripts, curl
+/// and the original system's components send neither, so they are unaffected.
+pub fn cross_site_refusal(req: &actix_web::dev::ServiceRequest) -> Option<HttpResponse> {
+    use actix_web::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let cross_site = match header("sec-fetch-site") {
+        Some(site) => site == "cross-site",
+        None => match (header("origin"), header("host")) {
+            // "null" origins (sandboxed frames, file://) are never our own pages.
+            (Some("null"), _) => true,
+            (Some(origin), Some(host)) => {
+                origin.split_once("://").map(|(_, h)| h) != Some(host)
+            }
+            _ => false,
+        },
+    };
+    cross_site.then(|| {
+        HttpResponse::Forbidden().json(ErrorBody::new(
+            "cross-site request refused: this page only accepts changes from its own pages and from scripts",
+        ))
+    })
+}
+
+/// Middleware (`.wrap(middleware::from_fn(refuse_cross_site))`) applying [`cross_site_refusal`].
+pub async fn refuse_cross_site(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<actix_web::body::BoxBody>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    match cross_site_refusal(&req) {
+        Some(refusal) => Ok(req.into_response(refusal)),
+        None => next.call(req).await,
+    }
+}
+
 /// Starts an arbiter (thread) for a role's actors, tagged for logging.
 pub fn role_arbiter(label: &str) -> actix::Arbiter {
     let arbiter = actix::Arbiter::new();
     let tag = label.to_string();
     arbiter.spawn_fn(move || crate::logging::tag_thread(&tag));
     arbiter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn refused(req: TestRequest) -> bool {
+        cross_site_refusal(&req.to_srv_request()).is_some()
+    }
+
+    #[test]
+    fn a_cross_site_post_is_refused() {
+        assert!(refused(TestRequest::post().insert_header(("sec-fetch-site", "cross-site"))));
+        assert!(refused(
+            TestRequest::post()
+                .insert_header(("origin", "http://evil.example"))
+                .insert_header(("host", "127.0.0.1:5000"))
+        ));
+        assert!(refused(TestRequest::post().insert_header(("origin", "null"))));
+    }
+
+    #[test]
+    fn same_origin_pages_and_scripts_are_allowed() {
+        assert!(!refused(TestRequest::post().insert_header(("sec-fetch-site", "same-origin"))));
+        assert!(!refused(
+            TestRequest::post()
+                .insert_header(("origin", "http://127.0.0.1:5000"))
+                .insert_header(("host", "127.0.0.1:5000"))
+        ));
+        assert!(!refused(TestRequest::post()), "curl and the original send neither header");
+        assert!(!refused(TestRequest::get().insert_header(("sec-fetch-site", "cross-site"))));
+    }
 }
