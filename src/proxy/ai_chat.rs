@@ -113,6 +113,8 @@ pub struct AiTurn {
     pub peer_url: String,
     /// Bound of one stream chunk post, and of waiting for the last ones after the reply.
     pub chunk_timeout: Duration,
+    /// Longest message text the peer takes (`delivery.max_message_bytes`).
+    pub max_text_bytes: usize,
 }
 
 /// How many turns of a conversation with `endpoint` to remember: more than the endpoint is
@@ -140,6 +142,45 @@ pub fn error_text(error: &str, partial: &str) -> String {
             partial.trim_end()
         )
     }
+}
+
+/// `text` within `limit` bytes: cut at a character boundary, with a note saying so.
+pub fn fit(text: String, limit: usize) -> String {
+    if text.len() <= limit {
+        return text;
+    }
+    let note = format!(
+        "\n\n[The reply was longer than this overlay's message limit of {limit} bytes; the rest was cut.]"
+    );
+    let room = limit.saturating_sub(note.len());
+    let head = &text[..floor_char_boundary(&text, room)];
+    if head.is_empty() {
+        return text[..floor_char_boundary(&text, limit)].to_string();
+    }
+    format!("{head}{note}")
+}
+
+/// `s` in pieces of at most `max` bytes (at least one character each), in order.
+pub fn pieces_of(s: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let mut end = floor_char_boundary(rest, max.max(1));
+        if end == 0 {
+            end = rest.chars().next().map_or(rest.len(), char::len_utf8);
+        }
+        out.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// The largest character boundary of `s` not above `i`.
+fn floor_char_boundary(s: &str, i: usize) -> usize {
+    if i >= s.len() {
+        return s.len();
+    }
+    (0..=i).rev().find(|&j| s.is_char_boundary(j)).unwrap_or(0)
 }
 
 /// The envelope of an AI endpoint's reply (or error report) `id` for `to`.
@@ -223,6 +264,7 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
             from: turn.name.clone(),
             conversation: conversation_id(&turn.name, &envelope.from),
             timeout: turn.chunk_timeout,
+            max_bytes: MAX_CHUNK_BYTES.min(turn.max_text_bytes),
         };
         (Some(tx), Some(actix_rt::spawn(chunks.forward(rx))))
     } else {
@@ -245,10 +287,12 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
     match answer {
         Ok(reply) => {
             let at_ms = now_ms();
+            // What the user is shown is what the model is reminded of.
+            let text = fit(reply.text, turn.max_text_bytes);
             let said = MemoryTurn {
                 id: reply_id.clone(),
                 speaker: turn.name.clone(),
-                text: reply.text.clone(),
+                text: text.clone(),
                 at_ms,
                 reply_id: None,
             };
@@ -259,14 +303,7 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
             {
                 return outcome;
             }
-            let reply = reply_envelope(
-                reply_id,
-                &turn.name,
-                &envelope.from,
-                reply.text,
-                at_ms,
-                false,
-            );
+            let reply = reply_envelope(reply_id, &turn.name, &envelope.from, text, at_ms, false);
             turn.enqueue(reply).await
         }
         Err(e) => {
@@ -276,7 +313,10 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
                 envelope.id
             );
             // Not remembered: the model never said it.
-            let text = error_text(&e.to_string(), e.partial_text());
+            let text = fit(
+                error_text(&e.to_string(), e.partial_text()),
+                turn.max_text_bytes,
+            );
             let report = reply_envelope(reply_id, &turn.name, &envelope.from, text, now_ms(), true);
             turn.enqueue(report).await
         }
@@ -341,17 +381,19 @@ struct Chunks {
     from: String,
     conversation: String,
     timeout: Duration,
+    /// Largest delta of one chunk (the peer refuses more than its message limit).
+    max_bytes: usize,
 }
 
 impl Chunks {
     /// Posts the deltas in order, one request at a time; deltas that arrived meanwhile travel
-    /// together. Best effort: after the first failed post the rest are dropped (the complete
-    /// reply follows anyway). Ends when the call drops its sender.
+    /// together (up to `max_bytes` a chunk). Best effort: after the first failed post the rest
+    /// are dropped (the complete reply follows anyway). Ends when the call drops its sender.
     async fn forward(self, mut rx: UnboundedReceiver<String>) {
         let mut seq: u32 = 0;
         let mut failed = false;
         while let Some(mut delta) = rx.next().await {
-            while delta.len() < MAX_CHUNK_BYTES {
+            while delta.len() < self.max_bytes {
                 match rx.try_recv() {
                     Ok(more) => delta.push_str(&more),
                     _ => break,
@@ -360,31 +402,37 @@ impl Chunks {
             if failed {
                 continue;
             }
-            let chunk = StreamChunk {
-                id: self.id.clone(),
-                from: self.from.clone(),
-                conversation: self.conversation.clone(),
-                seq,
-                delta,
-            };
-            seq += 1;
-            let post = self
-                .client
-                .post(&self.url)
-                .timeout(self.timeout)
-                .send_json(&chunk);
-            let error = match post.await {
-                Ok(res) if res.status().is_success() => None,
-                Ok(res) => Some(format!("it answered {}", res.status())),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(e) = error {
-                log::info!(
-                    "streaming reply {} to the chat app stopped ({e}); it arrives when complete",
-                    self.id
-                );
-                failed = true;
+            for piece in pieces_of(&delta, self.max_bytes) {
+                if let Err(e) = self.post(seq, piece).await {
+                    log::info!(
+                        "streaming reply {} to the chat app stopped ({e}); it arrives when complete",
+                        self.id
+                    );
+                    failed = true;
+                    break;
+                }
+                seq += 1;
             }
+        }
+    }
+
+    async fn post(&self, seq: u32, delta: &str) -> Result<(), String> {
+        let chunk = StreamChunk {
+            id: self.id.clone(),
+            from: self.from.clone(),
+            conversation: self.conversation.clone(),
+            seq,
+            delta: delta.to_string(),
+        };
+        let post = self
+            .client
+            .post(&self.url)
+            .timeout(self.timeout)
+            .send_json(&chunk);
+        match post.await {
+            Ok(res) if res.status().is_success() => Ok(()),
+            Ok(res) => Err(format!("it answered {}", res.status())),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
@@ -401,6 +449,26 @@ mod tests {
             at_ms: 1,
             reply_id: None,
         }
+    }
+
+    #[test]
+    fn a_reply_within_the_limit_is_untouched_and_a_longer_one_is_cut_with_a_note() {
+        assert_eq!(fit("short".into(), 100), "short");
+        let long = "é".repeat(200); // 400 bytes
+        let cut = fit(long, 150);
+        assert!(cut.len() <= 150, "{}", cut.len());
+        assert!(cut.starts_with("éé"), "{cut}");
+        assert!(cut.ends_with("bytes; the rest was cut.]"), "{cut}");
+        // A limit too small for the note still gives text within it.
+        assert_eq!(fit("abcdef".into(), 4), "abcd");
+    }
+
+    #[test]
+    fn a_delta_is_split_in_order_at_character_boundaries() {
+        assert_eq!(pieces_of("abcdef", 4), ["abcd", "ef"]);
+        assert_eq!(pieces_of("aéb", 2), ["a", "é", "b"]);
+        assert_eq!(pieces_of("é", 1), ["é"], "a character is never split");
+        assert!(pieces_of("", 4).is_empty());
     }
 
     #[test]

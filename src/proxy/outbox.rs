@@ -589,6 +589,7 @@ impl Outbox {
             client: self.client.clone(),
             peer_url: self.settings.peer_url.clone(),
             chunk_timeout: self.attempt_timeout(),
+            max_text_bytes: self.settings.delivery.max_message_bytes,
         };
         ai_chat::converse(turn, envelope.clone()).boxed_local()
     }

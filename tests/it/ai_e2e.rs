@@ -7,18 +7,20 @@
 //! process).
 
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::web::Bytes;
+use actix_web::web::{self, Bytes};
+use actix_web::{App, HttpResponse, HttpServer};
 use awc::error::PayloadError;
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 
 use crate::ai::fake::{pieces, FakeProvider, Kind, Script};
-use crate::helpers::{client, config_for, spawn_overlay, TestOverlay};
+use crate::helpers::{client, config_for, free_listener, spawn_overlay, spawn_proxy, TestOverlay};
 use overlay::config::{AiEndpointConfig, Config};
+use overlay::wire::data_plane::{Ack, DeliveryState, Envelope, Receipt, StreamChunk};
 
 // ---------------------------------------------------------------- helpers
 
@@ -749,4 +751,170 @@ async fn an_endpoint_changed_at_the_controller_is_used_for_the_next_message() {
         ]),
         "the memory stays with the endpoint's name"
     );
+}
+
+// ---------------------------------------------------------------- limits
+
+#[actix_web::test]
+async fn a_reply_longer_than_the_message_limit_arrives_cut_with_a_note() {
+    const KEY: &str = "sk-e2e-long-key-0009";
+    std::env::set_var("OVERLAY_E2E_KEY_LONG", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    let words: Vec<String> = (0..600).map(|i| format!("word{i} ")).collect();
+    fake.script([Script::Reply(words.clone())]);
+    let mut config = config_for(&[("alice", &[])]);
+    config.delivery.max_message_bytes = 2048;
+    config.ai_endpoints.push(ai(&format!(
+        "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_LONG}}",
+        fake.url
+    )));
+    let o = spawn_overlay(config).await;
+    let peer = o.url("peer/alice");
+    let mut page = PageFeed::open(&peer).await;
+
+    send(&peer, "BOT", "talk a lot").await;
+    let (chunks, reply) = page.reply_from("BOT").await;
+    let streamed = streamed_text(&chunks, reply["id"].as_str().unwrap());
+    assert_eq!(
+        streamed,
+        words.concat(),
+        "every chunk within the limit reached the page"
+    );
+    assert!(chunks
+        .iter()
+        .all(|c| c["delta"].as_str().unwrap().len() <= 2048));
+    let text = reply["text"].as_str().unwrap();
+    assert!(text.len() <= 2048, "{}", text.len());
+    assert!(text.starts_with("word0 word1 "), "{text}");
+    assert!(text.ends_with("the rest was cut.]"), "{text}");
+    assert_eq!(reply["error"], false);
+    all_delivered(&peer, "alice", "BOT").await;
+}
+
+// ---------------------------------------------------------------- a crash mid-call
+
+/// What a stand-in for alice's peer was sent by her proxy.
+#[derive(Default)]
+struct PeerLog {
+    inbox: Vec<Envelope>,
+    receipts: Vec<Receipt>,
+    chunks: Vec<StreamChunk>,
+}
+
+type SharedLog = Arc<Mutex<PeerLog>>;
+
+async fn fake_inbox(log: web::Data<SharedLog>, e: web::Json<Envelope>) -> HttpResponse {
+    let mut log = log.lock().unwrap();
+    let duplicate = log.inbox.iter().any(|x| x.id == e.id);
+    if !duplicate {
+        log.inbox.push(e.0.clone());
+    }
+    HttpResponse::Ok().json(Ack {
+        id: e.0.id,
+        duplicate,
+    })
+}
+
+async fn fake_receipts(log: web::Data<SharedLog>, r: web::Json<Receipt>) -> HttpResponse {
+    log.lock().unwrap().receipts.push(r.into_inner());
+    HttpResponse::Ok().json(json!({"status": "success", "message": "ok"}))
+}
+
+async fn fake_stream(log: web::Data<SharedLog>, c: web::Json<StreamChunk>) -> HttpResponse {
+    log.lock().unwrap().chunks.push(c.into_inner());
+    HttpResponse::Ok().json(json!({"status": "success", "message": "ok"}))
+}
+
+/// Starts the stand-in peer; answers its address and what it was sent.
+fn fake_peer() -> (std::net::SocketAddr, SharedLog) {
+    let log: SharedLog = Arc::default();
+    let data = web::Data::new(log.clone());
+    let listener = free_listener();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/api/v1/inbox", web::post().to(fake_inbox))
+            .route("/api/v1/receipts", web::post().to(fake_receipts))
+            .route("/api/v1/stream", web::post().to(fake_stream))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(0)
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_rt::spawn(server);
+    (addr, log)
+}
+
+#[actix_web::test]
+async fn a_delivery_retried_after_the_proxy_stopped_mid_call_remembers_the_message_once() {
+    const KEY: &str = "sk-e2e-crash-key-0010";
+    std::env::set_var("OVERLAY_E2E_KEY_CRASH", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    fake.script([
+        Script::SlowFirstByte(
+            Duration::from_secs(30),
+            Box::new(Script::Reply(pieces(&["never seen"]))),
+        ),
+        Script::Reply(pieces(&["Hello", " once"])),
+    ]);
+    let (peer_addr, log) = fake_peer();
+    let mut config = config_for(&[("alice", &[])]);
+    config.ai_endpoints.push(ai(&format!(
+        "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_CRASH}}",
+        fake.url
+    )));
+    config.set_instance_listeners("alice", Some(peer_addr), None);
+    let dir = tempfile::tempdir().unwrap();
+
+    let first = spawn_proxy(&config, "alice", dir.path(), free_listener()).await;
+    let message = Envelope::text("alice", "BOT", "hi");
+    let (s, v) = post_json(
+        &format!("{}/api/v1/outbox", first.url),
+        &serde_json::to_value(&message).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    eventually("the model was asked", || async {
+        fake.requests().len() == 1
+    })
+    .await;
+    first.stop().await;
+
+    // Started again on the same store: the queued message is delivered again.
+    let _second = spawn_proxy(&config, "alice", dir.path(), free_listener()).await;
+    eventually("the reply reached alice's peer", || async {
+        !log.lock().unwrap().inbox.is_empty()
+    })
+    .await;
+    eventually("alice's message is delivered", || async {
+        log.lock()
+            .unwrap()
+            .receipts
+            .iter()
+            .any(|r| r.id == message.id && r.state == DeliveryState::Delivered)
+    })
+    .await;
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        roles(&requests[1].body),
+        pairs(&[("user", "[alice]: hi")]),
+        "the retried message is remembered once"
+    );
+    let log = log.lock().unwrap();
+    assert_eq!(log.inbox.len(), 1);
+    let reply = &log.inbox[0];
+    assert_eq!((reply.from.as_str(), reply.to.as_str()), ("BOT", "alice"));
+    assert_eq!(reply.body.text(), "Hello once");
+    assert!(!reply.error);
+    let streamed: String = log
+        .chunks
+        .iter()
+        .filter(|c| c.id == reply.id)
+        .map(|c| c.delta.as_str())
+        .collect();
+    assert_eq!(streamed, "Hello once", "chunks carry the reply's id");
 }
