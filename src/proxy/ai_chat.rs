@@ -217,11 +217,14 @@ pub fn history_until(turns: &[MemoryTurn], id: &MessageId) -> Vec<Turn> {
 }
 
 /// Delivers the user's `envelope` to the AI endpoint of `turn`; see the module doc.
-/// `Delivered` once the reply or the error report is durably queued for the sender; `Retry`
+/// `Delivered` once the reply or the error report is durably queued for the own user; `Retry`
 /// when the memory or the outbox could not be written (nothing was lost: the head is tried
 /// again, and the memory makes the retry answer under the same reply id).
 pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
-    let conversation = memory_key(&envelope.from, &turn.name);
+    // compat: as in the original, an AI endpoint answers this proxy's own user (only the own
+    // peer hands this proxy messages for an AI; a legacy post's `from` is only a label).
+    let user = turn.me.clone();
+    let conversation = memory_key(&user, &turn.name);
     let asked = MemoryTurn {
         id: envelope.id.clone(),
         speaker: envelope.from.clone(),
@@ -244,7 +247,7 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
         let reply = reply_envelope(
             reply_id.clone(),
             &turn.name,
-            &envelope.from,
+            &user,
             done.text.clone(),
             done.at_ms,
             false,
@@ -253,28 +256,22 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
     }
     let history = history_until(&turns, &envelope.id);
 
-    // The page sees the reply being written only when it is for the own user.
-    let own = envelope.from.eq_ignore_ascii_case(&turn.me);
-    let (deltas, forwarder) = if own {
-        let (tx, rx) = mpsc::unbounded();
-        let chunks = Chunks {
-            client: turn.client.clone(),
-            url: format!("{}/api/v1/stream", turn.peer_url),
-            id: reply_id.clone(),
-            from: turn.name.clone(),
-            conversation: conversation_id(&turn.name, &envelope.from),
-            timeout: turn.chunk_timeout,
-            max_bytes: MAX_CHUNK_BYTES.min(turn.max_text_bytes),
-        };
-        (Some(tx), Some(actix_rt::spawn(chunks.forward(rx))))
-    } else {
-        (None, None)
+    // The page sees the reply being written, chunk by chunk, from one forwarding task.
+    let (tx, rx) = mpsc::unbounded();
+    let chunks = Chunks {
+        client: turn.client.clone(),
+        url: format!("{}/api/v1/stream", turn.peer_url),
+        id: reply_id.clone(),
+        from: turn.name.clone(),
+        conversation: conversation_id(&turn.name, &user),
+        timeout: turn.chunk_timeout,
+        max_bytes: MAX_CHUNK_BYTES.min(turn.max_text_bytes),
     };
+    let forwarder = actix_rt::spawn(chunks.forward(rx));
+    let deltas = Some(tx);
     let answer = turn.adapter.send(Ask { history, deltas }).await;
-    if let Some(f) = forwarder {
-        // Let the last chunks reach the page before the complete reply does (bounded).
-        let _ = actix_rt::time::timeout(turn.chunk_timeout, f).await;
-    }
+    // Let the last chunks reach the page before the complete reply does (bounded).
+    let _ = actix_rt::time::timeout(turn.chunk_timeout, forwarder).await;
     let answer = match answer {
         Ok(a) => a,
         Err(e) => {
@@ -303,7 +300,7 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
             {
                 return outcome;
             }
-            let reply = reply_envelope(reply_id, &turn.name, &envelope.from, text, at_ms, false);
+            let reply = reply_envelope(reply_id, &turn.name, &user, text, at_ms, false);
             turn.enqueue(reply).await
         }
         Err(e) => {
@@ -317,7 +314,7 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
                 error_text(&e.to_string(), e.partial_text()),
                 turn.max_text_bytes,
             );
-            let report = reply_envelope(reply_id, &turn.name, &envelope.from, text, now_ms(), true);
+            let report = reply_envelope(reply_id, &turn.name, &user, text, now_ms(), true);
             turn.enqueue(report).await
         }
     }
