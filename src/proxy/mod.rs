@@ -10,7 +10,10 @@
 //! (durable queue, delivery, receipts) → [`store`] (redb, on a SyncArbiter) and [`delivery`]
 //! (one HTTP attempt). [`controller_link`] keeps the table fresh. [`compat`] reads the
 //! original's posts; [`backoff`] times retries; [`error`] maps every failure to an answer.
+//! [`ai`] (one adapter per AI endpoint) and [`ai_chat`] (memory, streaming, the reply) are the
+//! outbox's way to an AI endpoint.
 
+pub mod ai_chat;
 pub mod backoff;
 pub mod compat;
 pub mod controller_link;
@@ -110,6 +113,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         me: settings.name.clone(),
         router,
         outbox,
+        store,
         max_body_bytes: settings.delivery.max_body_bytes,
         max_message_bytes: settings.delivery.max_message_bytes,
     };

@@ -6,7 +6,8 @@
 //!
 //! It does not parse HTTP requests (routes do) and does not own the table (the router does; it
 //! sends each new one here). The HTTP calls themselves are in [`super::delivery`]; delivering to
-//! an AI endpoint is the one arm [`Outbox::deliver_to_ai`] (the seam of the AI adapter).
+//! an AI endpoint is the one arm [`Outbox::deliver_to_ai`], which runs [`super::ai_chat`] with
+//! the adapters this actor keeps matched to its table.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -21,6 +22,7 @@ use futures_util::future::{ready, LocalBoxFuture};
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 
+use super::ai_chat::{self, AiAdapters, AiTurn};
 use super::backoff::{full_jitter_ms, human_duration, XorShift};
 use super::delivery::{self, Outcome};
 use super::error::ProxyError;
@@ -140,6 +142,8 @@ pub struct Outbox {
     addr: Option<Addr<Outbox>>,
     /// The own peer takes `POST /api/v1/inbox/batch` (until it answers 404).
     peer_inbox_batch: bool,
+    /// One adapter per AI endpoint of `endpoints` (started with the actor).
+    adapters: AiAdapters,
 }
 
 impl Outbox {
@@ -166,6 +170,7 @@ impl Outbox {
             initial: items,
             addr: None,
             peer_inbox_batch: true,
+            adapters: AiAdapters::new(),
         }
     }
 
@@ -516,7 +521,7 @@ impl Outbox {
     }
 
     /// One attempt to hand `record` to its next hop.
-    fn attempt(&self, record: &Record) -> LocalBoxFuture<'static, Outcome> {
+    fn attempt(&mut self, record: &Record) -> LocalBoxFuture<'static, Outcome> {
         let client = self.client.clone();
         let timeout = self.attempt_timeout();
         let peer_url = self.settings.peer_url.clone();
@@ -562,22 +567,31 @@ impl Outbox {
         }
     }
 
-    /// THE AI SEAM (issue 6): hand `envelope` to AI endpoint `name`. The AI adapter replaces this
-    /// one function; its outcome drives receipts exactly like a proxy's answer does:
-    /// `Delivered` once the AI's reply is durably queued for the own peer (send
-    /// `Enqueue { envelope: reply, origin: Origin::Ai }` to `self.addr`; `to` = this proxy's user
-    /// puts it in the peer's inbox lane), `Retry` for a transient failure (timeouts, 429, 5xx;
-    /// retried with backoff until expiry), `Refused { reason }` for a permanent one. Stream chunks
-    /// can go to `{peer_url}/api/v1/stream` with `self.client`.
+    /// Hands `envelope` to AI endpoint `name` ([`ai_chat::converse`]): `Delivered` once the
+    /// AI's reply, or the error the user sees instead, is durably queued for the sender
+    /// (through [`Enqueue`] to this actor: a reply to this proxy's user joins the peer's inbox
+    /// lane); `Retry` when the AI memory or the outbox could not be written. The adapter
+    /// retries what the provider asks to retry; a failed answer is a message, not a retry.
+    /// The lane waits for this, so a second message to the same AI waits for the first reply.
     fn deliver_to_ai(
-        &self,
+        &mut self,
         name: String,
-        _endpoint: Box<AiEndpoint>,
-        _envelope: &Envelope,
+        endpoint: Box<AiEndpoint>,
+        envelope: &Envelope,
     ) -> LocalBoxFuture<'static, Outcome> {
-        Box::pin(ready(Outcome::Refused {
-            reason: format!("AI endpoint {name} is not available in this build"),
-        }))
+        let turn = AiTurn {
+            me: self.settings.me.to_string(),
+            adapter: self.adapters.adapter(&name, &endpoint),
+            keep: ai_chat::turns_to_keep(&endpoint),
+            name,
+            store: self.store.clone(),
+            outbox: self.addr.clone(),
+            client: self.client.clone(),
+            peer_url: self.settings.peer_url.clone(),
+            chunk_timeout: self.attempt_timeout(),
+            max_text_bytes: self.settings.delivery.max_message_bytes,
+        };
+        ai_chat::converse(turn, envelope.clone()).boxed_local()
     }
 
     /// The head of `lane` (item `seq`) was tried.
@@ -760,6 +774,7 @@ impl Actor for Outbox {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.addr = Some(ctx.address());
+        self.adapters.sync(&self.endpoints);
         let items = std::mem::take(&mut self.initial);
         if !items.is_empty() {
             log::info!("resuming {} queued items from the outbox", items.len());
@@ -851,6 +866,7 @@ impl Handler<TableChanged> for Outbox {
 
     fn handle(&mut self, msg: TableChanged, ctx: &mut Context<Self>) {
         let old = std::mem::replace(&mut self.endpoints, msg.endpoints);
+        self.adapters.sync(&self.endpoints);
         let me = self.settings.me.to_string();
         let changed: Vec<Lane> = self
             .lanes

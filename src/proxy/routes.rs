@@ -1,6 +1,7 @@
 //! The proxy's HTTP routes, thin: check the request, ask the router, hand the message to the
 //! outbox, and answer only once it is durably queued. Three audiences:
-//! - its own peer: `POST /api/v1/outbox`, `GET /api/v1/outbox`, `GET /api/v1/directory`;
+//! - its own peer: `POST /api/v1/outbox`, `GET /api/v1/outbox`, `GET /api/v1/directory`,
+//!   `POST /api/v1/forget` (a chat was cleared: the AI memory of it goes too);
 //! - other proxies of ours: `POST /api/v1/relay`, `POST /api/v1/relay/batch`;
 //! - the original's components (compat): `GET /peers`, and `POST /` (any other path) with
 //!   `Host: TARGET`.
@@ -13,13 +14,14 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
+use super::ai_chat::memory_key;
 use super::compat::{envelope_from_legacy, host_target};
 use super::error::ProxyError;
 use super::outbox::{Enqueue, EnqueueMany, GetStatus, Outbox};
 use super::router::{GetTable, ListDirectory, ResolveRoute, Route, Router};
-use super::store::Origin;
+use super::store::{ForgetMemory, Origin, Store};
 use crate::config::InstanceName;
-use crate::wire::data_plane::{Accepted, Ack, DeliveryState, Envelope};
+use crate::wire::data_plane::{Accepted, Ack, DeliveryState, Envelope, Forget};
 use crate::wire::legacy::{self, success, Note, ProxyPeers};
 
 /// What every handler shares (cheap to clone: actor addresses).
@@ -28,6 +30,7 @@ pub struct ProxyState {
     pub me: InstanceName,
     pub router: Addr<Router>,
     pub outbox: Addr<Outbox>,
+    pub store: Addr<Store>,
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
 }
@@ -42,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
         .route("/api/v1/relay", web::post().to(relay))
         .route("/api/v1/relay/batch", web::post().to(relay_batch))
         .route("/api/v1/directory", web::get().to(directory))
+        .route("/api/v1/forget", web::post().to(forget))
         .route("/peers", web::get().to(peers))
         .route("/peers", web::post().to(legacy_post))
         .default_service(web::to(legacy_post));
@@ -181,6 +185,37 @@ async fn directory(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyEr
         .await
         .map_err(ProxyError::unavailable)?;
     Ok(HttpResponse::Ok().json(entries))
+}
+
+/// # POST /api/v1/forget
+/// The own peer cleared the chat with `with` (every chat when None): the AI memory of that
+/// conversation is forgotten, so the next message starts a fresh context. Legacy success.
+async fn forget(
+    state: web::Data<ProxyState>,
+    body: web::Json<Forget>,
+) -> Result<HttpResponse, ProxyError> {
+    let with = body.into_inner().with;
+    let conversation = match &with {
+        Some(name) => {
+            let name = InstanceName::parse(name.trim()).map_err(|e| {
+                ProxyError::BadRequest(format!("`with` must name a chat partner: {e}"))
+            })?;
+            Some(memory_key(state.me.as_str(), name.as_str()))
+        }
+        None => None,
+    };
+    let forgotten = state
+        .store
+        .send(ForgetMemory { conversation })
+        .await
+        .map_err(ProxyError::unavailable)??;
+    let what = match &with {
+        Some(name) => format!("the conversation with {}", name.trim()),
+        None => "every conversation".to_string(),
+    };
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: format!("Forgot {what} ({forgotten} remembered turns)"),
+    })))
 }
 
 /// # GET /peers

@@ -1,6 +1,7 @@
 //! The proxy's durable state in `proxy-NAME.redb`: the outbox (every message and receipt not
 //! yet handed on), the `seen` ids (so a retried submit or relay is stored once), the proxy's
-//! stable id and the last endpoint table (so routing works while the controller is down).
+//! stable id, the last endpoint table (so routing works while the controller is down), and the
+//! AI memory (each conversation with an AI endpoint, so the model is sent what was said).
 //!
 //! [`Store`] is a `SyncArbiter` actor: every redb call blocks, so it runs on its own thread and
 //! never on the async event loop. It does not decide anything: the [`super::outbox::Outbox`]
@@ -23,6 +24,8 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 /// `proxy_id`, `table` → their JSON.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// conversation id (`alice:bot`) → JSON `[MemoryTurn]`, oldest first.
+const AI_MEMORY: TableDefinition<&str, &[u8]> = TableDefinition::new("ai_memory");
 
 /// Where an outbox item goes next.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -160,6 +163,67 @@ pub struct PruneSeen {
     pub before_ms: u64,
 }
 
+/// One turn of a conversation with an AI endpoint, as remembered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryTurn {
+    /// The message's id (the user's message, or the AI's reply).
+    pub id: MessageId,
+    /// Who said it: the user's name or the AI endpoint's name.
+    pub speaker: String,
+    pub text: String,
+    /// When it was said, Unix ms.
+    pub at_ms: u64,
+    /// For a user's turn: the id minted for the AI's reply to it (so a retried delivery
+    /// answers under the same id, and the reply is stored once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_id: Option<MessageId>,
+}
+
+/// Appends `turn` to AI conversation `conversation` unless a turn with its id is there already
+/// (a retried delivery); keeps the newest `keep` turns. With `only_after`, appends only while
+/// that turn is still remembered (a reply to a question forgotten meanwhile is not kept).
+/// Answers the conversation as remembered afterwards.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<MemoryTurn>, ProxyError>")]
+pub struct Remember {
+    pub conversation: String,
+    pub turn: MemoryTurn,
+    pub keep: usize,
+    pub only_after: Option<MessageId>,
+}
+
+/// Forgets AI conversation `conversation` (every one when None); answers how many turns were
+/// forgotten.
+#[derive(Message)]
+#[rtype(result = "Result<u64, ProxyError>")]
+pub struct ForgetMemory {
+    pub conversation: Option<String>,
+}
+
+/// Adds `turn` to `turns` (see [`Remember`]); true when it was added.
+pub fn remember(
+    turns: &mut Vec<MemoryTurn>,
+    turn: MemoryTurn,
+    keep: usize,
+    only_after: Option<&MessageId>,
+) -> bool {
+    if turns.iter().any(|t| t.id == turn.id) {
+        return false;
+    }
+    if let Some(after) = only_after {
+        if !turns.iter().any(|t| &t.id == after) {
+            return false;
+        }
+    }
+    turns.push(turn);
+    let keep = keep.max(1);
+    if turns.len() > keep {
+        let extra = turns.len() - keep;
+        turns.drain(..extra);
+    }
+    true
+}
+
 /// The redb database, shared with the SyncArbiter's factory so [`close`] can release it.
 pub type SharedDb = Arc<Mutex<Option<Database>>>;
 
@@ -185,6 +249,7 @@ pub fn open(path: &Path) -> Result<SharedDb, ProxyError> {
         txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
         txn.open_table(SEEN).map_err(ProxyError::storage)?;
         txn.open_table(META).map_err(ProxyError::storage)?;
+        txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
     }
     txn.commit().map_err(ProxyError::storage)?;
     Ok(Arc::new(Mutex::new(Some(db))))
@@ -418,10 +483,166 @@ impl Handler<SaveTable> for Store {
     }
 }
 
+impl Handler<Remember> for Store {
+    type Result = Result<Vec<MemoryTurn>, ProxyError>;
+
+    fn handle(&mut self, msg: Remember, _: &mut SyncContext<Self>) -> Self::Result {
+        self.with_db(|db, _| remember_in(db, msg))
+    }
+}
+
+fn remember_in(db: &Database, msg: Remember) -> Result<Vec<MemoryTurn>, ProxyError> {
+    let txn = db.begin_write().map_err(ProxyError::storage)?;
+    let turns = {
+        let mut table = txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
+        let mut turns: Vec<MemoryTurn> = match table
+            .get(msg.conversation.as_str())
+            .map_err(ProxyError::storage)?
+        {
+            Some(v) => serde_json::from_slice(v.value()).unwrap_or_else(|e| {
+                log::warn!(
+                    "the AI memory of {} is unreadable and starts afresh: {e}",
+                    msg.conversation
+                );
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        if remember(&mut turns, msg.turn, msg.keep, msg.only_after.as_ref()) {
+            table
+                .insert(msg.conversation.as_str(), to_json(&turns)?.as_slice())
+                .map_err(ProxyError::storage)?;
+        }
+        turns
+    };
+    txn.commit().map_err(ProxyError::storage)?;
+    Ok(turns)
+}
+
+impl Handler<ForgetMemory> for Store {
+    type Result = Result<u64, ProxyError>;
+
+    fn handle(&mut self, msg: ForgetMemory, _: &mut SyncContext<Self>) -> Self::Result {
+        self.with_db(|db, _| forget_in(db, msg.conversation.as_deref()))
+    }
+}
+
+fn forget_in(db: &Database, conversation: Option<&str>) -> Result<u64, ProxyError> {
+    let count = |v: &[u8]| {
+        serde_json::from_slice::<Vec<MemoryTurn>>(v)
+            .map(|t| t.len() as u64)
+            .unwrap_or(0)
+    };
+    let txn = db.begin_write().map_err(ProxyError::storage)?;
+    let forgotten = {
+        let mut table = txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
+        match conversation {
+            Some(c) => match table.remove(c).map_err(ProxyError::storage)? {
+                Some(v) => count(v.value()),
+                None => 0,
+            },
+            None => {
+                let mut n = 0;
+                table
+                    .retain(|_, v| {
+                        n += count(v);
+                        false
+                    })
+                    .map_err(ProxyError::storage)?;
+                n
+            }
+        }
+    };
+    txn.commit().map_err(ProxyError::storage)?;
+    Ok(forgotten)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::data_plane::DeliveryState;
+
+    fn turn(id: &str) -> MemoryTurn {
+        MemoryTurn {
+            id: MessageId::parse(id).unwrap(),
+            speaker: "alice".into(),
+            text: format!("text of {id}"),
+            at_ms: 1,
+            reply_id: None,
+        }
+    }
+
+    fn ids(turns: &[MemoryTurn]) -> Vec<&str> {
+        turns.iter().map(|t| t.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_turn_is_remembered_once_even_when_its_delivery_is_retried() {
+        let mut turns = Vec::new();
+        assert!(remember(&mut turns, turn("a"), 10, None));
+        let mut again = turn("a");
+        again.text = "changed".into();
+        assert!(!remember(&mut turns, again, 10, None));
+        assert_eq!(ids(&turns), ["a"]);
+        assert_eq!(turns[0].text, "text of a");
+    }
+
+    #[test]
+    fn only_the_newest_turns_are_kept() {
+        let mut turns = Vec::new();
+        for id in ["a", "b", "c", "d"] {
+            remember(&mut turns, turn(id), 3, None);
+        }
+        assert_eq!(ids(&turns), ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_reply_to_a_forgotten_question_is_not_remembered() {
+        let mut turns = Vec::new();
+        let q = MessageId::parse("q").unwrap();
+        assert!(!remember(&mut turns, turn("r"), 10, Some(&q)));
+        assert!(turns.is_empty());
+        remember(&mut turns, turn("q"), 10, None);
+        assert!(remember(&mut turns, turn("r"), 10, Some(&q)));
+        assert_eq!(ids(&turns), ["q", "r"]);
+    }
+
+    #[test]
+    fn forgetting_clears_one_conversation_or_all() {
+        let (_dir, db) = db();
+        let guard = db.lock().unwrap();
+        let db = guard.as_ref().unwrap();
+        for (c, id) in [
+            ("alice:bot", "a"),
+            ("alice:bot", "b"),
+            ("alice:gemini", "c"),
+        ] {
+            remember_in(
+                db,
+                Remember {
+                    conversation: c.into(),
+                    turn: turn(id),
+                    keep: 10,
+                    only_after: None,
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(forget_in(db, Some("alice:bot")).unwrap(), 2);
+        assert_eq!(forget_in(db, Some("alice:bot")).unwrap(), 0);
+        let after = remember_in(
+            db,
+            Remember {
+                conversation: "alice:bot".into(),
+                turn: turn("d"),
+                keep: 10,
+                only_after: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(ids(&after), ["d"], "a fresh context after forgetting");
+        assert_eq!(forget_in(db, None).unwrap(), 2);
+    }
 
     fn db() -> (tempfile::TempDir, SharedDb) {
         let dir = tempfile::tempdir().unwrap();

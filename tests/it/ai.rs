@@ -4,7 +4,7 @@
 //! `Ask`, and asserts both the exact request sent (URL, auth header, roles, system prompt,
 //! required and forbidden fields) and what the user gets (reply, streamed deltas, or error).
 
-mod fake;
+pub(crate) mod fake;
 
 use std::time::Duration;
 

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod ai;
+mod ai_e2e;
 mod browser;
 mod cli;
 mod controller;

@@ -960,9 +960,6 @@ async fn get_peers_answers_the_legacy_shape_and_the_directory_lists_kinds() {
 async fn the_sender_learns_why_a_message_failed() {
     let mut pair = Pair::new(|c| {
         c.delivery.expire_after_secs = 1;
-        let ai: AiEndpointConfig =
-            serde_yaml::from_str("{name: GPT, provider: openai, model: gpt-4o-mini}").unwrap();
-        c.ai_endpoints.push(ai);
     });
     drop(pair.bob_listener.take()); // bob's proxy never comes
                                     // dave's table entry points at a proxy that is not dave's: it refuses (404).
@@ -984,14 +981,14 @@ async fn the_sender_learns_why_a_message_failed() {
         .set_instance_listeners("dave", None, Some(other_proxy.1));
     let alice = pair.alice().await;
 
+    // (An AI endpoint's failure is a message in the conversation: see tests/it/ai_e2e.rs.)
     let to_bob = Envelope::text("alice", "bob", "into the void");
-    let to_ai = Envelope::text("alice", "gpt", "hello model");
     let to_dave = Envelope::text("alice", "dave", "wrong door");
-    for e in [&to_bob, &to_ai, &to_dave] {
+    for e in [&to_bob, &to_dave] {
         submit(&alice.url, e).await;
     }
-    eventually("three failed receipts", || {
-        [&to_bob, &to_ai, &to_dave].iter().all(|e| {
+    eventually("two failed receipts", || {
+        [&to_bob, &to_dave].iter().all(|e| {
             matches!(
                 pair.alice_peer.receipt_for(e.id.as_str()),
                 Some(DeliveryState::Failed { .. })
@@ -1009,16 +1006,12 @@ async fn the_sender_learns_why_a_message_failed() {
         reason(&to_bob)
     );
     assert_eq!(
-        reason(&to_ai),
-        "AI endpoint GPT is not available in this build"
-    );
-    assert_eq!(
         reason(&to_dave),
         "dave's proxy refused it: Unknown peer: dave (404)"
     );
     assert_eq!(
         pair.alice_peer.receipts().len(),
-        3,
+        2,
         "one receipt each, none delivered"
     );
     eventually_json(

@@ -1,0 +1,920 @@
+//! End-to-end tests: a person chats with AI endpoints through the whole overlay (real
+//! controller, proxies and peers, in-process on port 0), the AI endpoints backed by the fake
+//! providers of `tests/it/ai/fake.rs`. What the user sees is read where the user sees it: the
+//! page feed (`GET /api/v1/events`, SSE) and the history (`GET /get_chat_history/NAME`).
+//!
+//! Each test uses its own environment variable names for keys (tests run in parallel in one
+//! process).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::web::{self, Bytes};
+use actix_web::{App, HttpResponse, HttpServer};
+use awc::error::PayloadError;
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Value};
+
+use crate::ai::fake::{pieces, FakeProvider, Kind, Script};
+use crate::helpers::{client, config_for, free_listener, spawn_overlay, spawn_proxy, TestOverlay};
+use overlay::config::{AiEndpointConfig, Config};
+use overlay::wire::data_plane::{Ack, DeliveryState, Envelope, Receipt, StreamChunk};
+
+// ---------------------------------------------------------------- helpers
+
+/// Every log line of this test binary from the first [`capture_logs`] on (all tests share
+/// the process's one logger): our own crate at debug, everything else at info.
+static CAPTURED: Mutex<String> = Mutex::new(String::new());
+
+struct CaptureLogger;
+
+impl log::Log for CaptureLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info || m.target().starts_with("overlay")
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let line = format!("{} {}: {}\n", r.level(), r.target(), r.args());
+            CAPTURED.lock().unwrap().push_str(&line);
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: CaptureLogger = CaptureLogger;
+
+/// Installs the capturing logger (once per process).
+fn capture_logs() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+}
+
+fn captured() -> String {
+    CAPTURED.lock().unwrap().clone()
+}
+
+/// An AI endpoint from YAML fields, e.g. `{name: BOT, provider: openai, model: m}`.
+fn ai(yaml: &str) -> AiEndpointConfig {
+    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("endpoint yaml {yaml}: {e}"))
+}
+
+/// `users` (name, auto-reply lines) with `endpoints`, started.
+async fn overlay_with(users: &[(&str, &[&str])], endpoints: Vec<AiEndpointConfig>) -> TestOverlay {
+    let mut config: Config = config_for(users);
+    config.ai_endpoints.extend(endpoints);
+    spawn_overlay(config).await
+}
+
+async fn get_json(url: &str) -> Value {
+    let mut r = client().get(url).send().await.expect("GET");
+    assert_eq!(r.status(), StatusCode::OK, "GET {url}");
+    let body = r.body().limit(64 << 20).await.expect("body");
+    serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("GET {url}: {e}: {}", String::from_utf8_lossy(&body)))
+}
+
+async fn get_text(url: &str) -> String {
+    let mut r = client().get(url).send().await.expect("GET");
+    let body = r.body().limit(64 << 20).await.expect("body");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+async fn post_json(url: &str, body: &Value) -> (StatusCode, Value) {
+    let mut r = client().post(url).send_json(body).await.expect("POST");
+    let status = r.status();
+    let bytes = r.body().limit(64 << 20).await.expect("body");
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("POST {url}: {e}: {}", String::from_utf8_lossy(&bytes)));
+    (status, v)
+}
+
+/// The person types `text` to `to` in the page; answers the message id.
+async fn send(peer: &str, to: &str, text: &str) -> String {
+    let (s, v) = post_json(
+        &format!("{peer}/send_message"),
+        &json!({"peer_id": to, "message": text}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["id"].as_str().expect("an id").to_string()
+}
+
+async fn history(peer: &str, with: &str) -> Vec<Value> {
+    get_json(&format!("{peer}/get_chat_history/{with}"))
+        .await
+        .as_array()
+        .expect("a list")
+        .clone()
+}
+
+/// (sender, message) of each history entry.
+fn said(h: &[Value]) -> Vec<(String, String)> {
+    h.iter()
+        .map(|e| {
+            (
+                e["sender"].as_str().unwrap().to_string(),
+                e["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `check` until it holds (bounded: 20 s), or fails naming `what`.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..2000 {
+        if check().await {
+            return;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Waits until the history with `with` has `n` entries; answers it.
+async fn history_of_len(peer: &str, with: &str, n: usize) -> Vec<Value> {
+    eventually(&format!("{n} messages with {with}"), || async {
+        history(peer, with).await.len() >= n
+    })
+    .await;
+    history(peer, with).await
+}
+
+/// Waits until every message the user wrote to `with` is `delivered`.
+async fn all_delivered(peer: &str, me: &str, with: &str) {
+    eventually(&format!("{me}'s messages to {with} delivered"), || async {
+        history(peer, with)
+            .await
+            .iter()
+            .filter(|e| e["sender"] == me)
+            .all(|e| e["status"] == "delivered")
+    })
+    .await;
+}
+
+/// The page feed of a peer (`GET /api/v1/events`), event by event.
+struct PageFeed {
+    stream: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>,
+    buf: String,
+}
+
+impl PageFeed {
+    async fn open(peer: &str) -> PageFeed {
+        let r = client()
+            .get(format!("{peer}/api/v1/events"))
+            .insert_header(("accept", "text/event-stream"))
+            .send()
+            .await
+            .expect("subscribe");
+        assert_eq!(r.status(), StatusCode::OK);
+        PageFeed {
+            stream: Box::pin(r),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (bounded wait: 20 s).
+    async fn next(&mut self) -> Value {
+        let read = async {
+            loop {
+                if let Some(end) = self.buf.find("\n\n") {
+                    let event: String = self.buf.drain(..end + 2).collect();
+                    let data: Vec<&str> = event
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                        .collect();
+                    if data.is_empty() {
+                        continue; // keep-alive or retry hint
+                    }
+                    let data = data.join("\n");
+                    return serde_json::from_str::<Value>(&data)
+                        .unwrap_or_else(|e| panic!("bad event {data}: {e}"));
+                }
+                match self.stream.next().await {
+                    Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                    Some(Err(e)) => panic!("the page feed failed: {e}"),
+                    None => panic!("the page feed ended"),
+                }
+            }
+        };
+        actix_rt::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("a page event within 20 s")
+    }
+
+    /// Reads until the stored message from `from` arrives; answers the `stream` events from
+    /// `from` seen before it (in order) and that message. Other events are skipped.
+    async fn reply_from(&mut self, from: &str) -> (Vec<Value>, Value) {
+        let mut streamed = Vec::new();
+        loop {
+            let ev = self.next().await;
+            match ev["type"].as_str() {
+                Some("stream") if ev["from"] == from => streamed.push(ev),
+                Some("message") if ev["message"]["from"] == from => {
+                    return (streamed, ev["message"].clone())
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The streamed text, checking the chunks belong to reply `id` and come in order.
+fn streamed_text(chunks: &[Value], id: &str) -> String {
+    let mut text = String::new();
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c["id"], id, "a chunk of another reply: {c}");
+        assert_eq!(c["seq"], i as u64, "chunks in order: {chunks:?}");
+        text.push_str(c["delta"].as_str().unwrap());
+    }
+    text
+}
+
+/// The request's messages as (role, content).
+fn roles(body: &Value) -> Vec<(String, String)> {
+    body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_string(),
+                m["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    p.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// Asserts `key` appears in none of the pages and answers a user or an operator can read.
+async fn key_shown_nowhere(o: &TestOverlay, user: &str, with: &[&str], key: &str) {
+    let peer = o.url(&format!("peer/{user}"));
+    let proxy = o.url(&format!("proxy/{user}"));
+    let mut urls = vec![
+        format!("{peer}/"),
+        format!("{proxy}/peers"),
+        format!("{proxy}/api/v1/outbox"),
+        format!("{proxy}/api/v1/directory"),
+        o.url("controller") + "/",
+    ];
+    for w in with {
+        urls.push(format!("{peer}/get_chat_history/{w}"));
+        urls.push(format!("{peer}/api/v1/conversations/{w}/messages"));
+    }
+    for url in urls {
+        let text = get_text(&url).await;
+        assert!(!text.contains(key), "the key shows in {url}: {text}");
+    }
+}
+
+// ---------------------------------------------------------------- (a) two messages
+
+#[actix_web::test]
+async fn a_person_chats_with_an_ai_that_remembers_and_streams_its_replies() {
+    const KEY: &str = "sk-e2e-chat-key-0001";
+    std::env::set_var("OVERLAY_E2E_KEY_CHAT", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    fake.script([
+        Script::Reply(pieces(&["Hello", " alice", "!"])),
+        Script::Reply(pieces(&["It", " is", " 4."])),
+    ]);
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: gpt-4o-mini, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_CHAT}}",
+            fake.url
+        ))],
+    )
+    .await;
+    let peer = o.url("peer/alice");
+    let mut page = PageFeed::open(&peer).await;
+
+    send(&peer, "BOT", "hi").await;
+    let (chunks, first) = page.reply_from("BOT").await;
+    assert!(!chunks.is_empty(), "the reply streamed to the page");
+    let id = first["id"].as_str().unwrap();
+    assert_eq!(streamed_text(&chunks, id), "Hello alice!");
+    assert_eq!(first["text"], "Hello alice!");
+    assert_eq!(first["error"], false);
+    assert!(chunks.iter().all(|c| c["peer"] == "BOT"));
+    all_delivered(&peer, "alice", "BOT").await;
+
+    send(&peer, "BOT", "2+2?").await;
+    let (chunks, second) = page.reply_from("BOT").await;
+    assert_eq!(
+        streamed_text(&chunks, second["id"].as_str().unwrap()),
+        "It is 4."
+    );
+    assert_eq!(second["text"], "It is 4.");
+    all_delivered(&peer, "alice", "BOT").await;
+
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2, "one request per message");
+    assert_eq!(requests[0].path, "/v1/chat/completions");
+    assert_eq!(
+        requests[0].header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert_eq!(roles(&requests[0].body), pairs(&[("user", "[alice]: hi")]));
+    assert_eq!(
+        roles(&requests[1].body),
+        pairs(&[
+            ("user", "[alice]: hi"),
+            ("assistant", "Hello alice!"),
+            ("user", "[alice]: 2+2?")
+        ]),
+        "the second request carries the first exchange"
+    );
+    assert_eq!(requests[1].body["stream"], true);
+
+    let h = history(&peer, "BOT").await;
+    assert_eq!(
+        said(&h),
+        pairs(&[
+            ("alice", "hi"),
+            ("BOT", "Hello alice!"),
+            ("alice", "2+2?"),
+            ("BOT", "It is 4.")
+        ]),
+        "each reply stored once, in order"
+    );
+    assert!(h
+        .iter()
+        .filter(|e| e["sender"] == "alice")
+        .all(|e| e["status"] == "delivered"));
+    assert_eq!(history(&peer, "bot").await.len(), 4, "names ignore case");
+    key_shown_nowhere(&o, "alice", &["BOT"], KEY).await;
+}
+
+// ---------------------------------------------------------------- (b) clearing the chat
+
+#[actix_web::test]
+async fn clearing_the_chat_starts_a_fresh_context() {
+    const KEY: &str = "sk-e2e-clear-key-0002";
+    std::env::set_var("OVERLAY_E2E_KEY_CLEAR", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    fake.script([
+        Script::Reply(pieces(&["Noted: blue."])),
+        Script::Reply(pieces(&["I don't know."])),
+    ]);
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_CLEAR}}",
+            fake.url
+        ))],
+    )
+    .await;
+    let peer = o.url("peer/alice");
+
+    send(&peer, "BOT", "my colour is blue").await;
+    history_of_len(&peer, "BOT", 2).await;
+    let (s, v) = post_json(&format!("{peer}/clear_chat/BOT"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(history(&peer, "BOT").await.is_empty());
+
+    send(&peer, "BOT", "what is my colour?").await;
+    let h = history_of_len(&peer, "BOT", 2).await;
+    assert_eq!(
+        said(&h),
+        pairs(&[("alice", "what is my colour?"), ("BOT", "I don't know.")])
+    );
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        roles(&requests[1].body),
+        pairs(&[("user", "[alice]: what is my colour?")]),
+        "only the new message after the chat was cleared"
+    );
+}
+
+#[actix_web::test]
+async fn the_proxy_forgets_one_ai_conversation_or_all_and_refuses_a_bad_name() {
+    const KEY: &str = "sk-e2e-forget-key-0003";
+    std::env::set_var("OVERLAY_E2E_KEY_FORGET", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_FORGET}}",
+            fake.url
+        ))],
+    )
+    .await;
+    let (peer, proxy) = (o.url("peer/alice"), o.url("proxy/alice"));
+    send(&peer, "BOT", "one").await;
+    history_of_len(&peer, "BOT", 2).await;
+
+    let forget = format!("{proxy}/api/v1/forget");
+    let (s, v) = post_json(&forget, &json!({"with": "bad name!"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["status"], "error");
+    assert!(v["message"].as_str().unwrap().contains("`with`"), "{v}");
+    let (s, v) = post_json(&forget, &json!({"with": 7})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = post_json(&forget, &json!({"with": "bob"})).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("success")));
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .contains("(0 remembered turns)"));
+
+    // The bad requests changed nothing: the memory still has the first exchange.
+    send(&peer, "BOT", "two").await;
+    history_of_len(&peer, "BOT", 4).await;
+    assert_eq!(
+        roles(&fake.requests()[1].body),
+        pairs(&[
+            ("user", "[alice]: one"),
+            ("assistant", "Hello there!"),
+            ("user", "[alice]: two")
+        ])
+    );
+
+    let (s, v) = post_json(&forget, &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("(4 remembered turns)"),
+        "{v}"
+    );
+    send(&peer, "BOT", "three").await;
+    history_of_len(&peer, "BOT", 6).await;
+    assert_eq!(
+        roles(&fake.requests()[2].body),
+        pairs(&[("user", "[alice]: three")])
+    );
+}
+
+// ---------------------------------------------------------------- (c) errors
+
+#[actix_web::test]
+async fn a_missing_or_wrong_key_is_an_error_message_from_the_endpoint_and_never_shows_a_key() {
+    const WRONG: &str = "sk-e2e-wrong-key-0004";
+    const RIGHT: &str = "sk-e2e-right-key-0004";
+    capture_logs();
+    std::env::remove_var("OVERLAY_E2E_KEY_MISSING");
+    std::env::set_var("OVERLAY_E2E_KEY_WRONG", WRONG);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(RIGHT));
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![
+            ai(&format!(
+                "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_MISSING}}",
+                fake.url
+            )),
+            ai(&format!(
+                "{{name: GPT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_WRONG}}",
+                fake.url
+            )),
+        ],
+    )
+    .await;
+    let peer = o.url("peer/alice");
+    let mut page = PageFeed::open(&peer).await;
+
+    send(&peer, "BOT", "hi").await;
+    let (chunks, report) = page.reply_from("BOT").await;
+    assert!(chunks.is_empty(), "nothing streamed: {chunks:?}");
+    assert_eq!(report["error"], true, "marked as an error: {report}");
+    let text = report["text"].as_str().unwrap();
+    assert!(text.contains("set OVERLAY_E2E_KEY_MISSING"), "{text}");
+    all_delivered(&peer, "alice", "BOT").await;
+    let h = history(&peer, "BOT").await;
+    assert_eq!(said(&h), pairs(&[("alice", "hi"), ("BOT", text)]));
+    assert!(fake.requests().is_empty(), "nothing sent without a key");
+
+    // A wrong key: the fake echoes it in its 401, as OpenAI does; the user never sees it.
+    send(&peer, "GPT", "hello").await;
+    let (_, report) = page.reply_from("GPT").await;
+    assert_eq!(report["error"], true);
+    let text = report["text"].as_str().unwrap();
+    assert!(text.contains("401"), "{text}");
+    assert!(text.contains("OVERLAY_E2E_KEY_WRONG"), "{text}");
+    assert!(!text.contains(WRONG) && !text.contains("sk-e2e"), "{text}");
+    let messages = get_json(&format!("{peer}/api/v1/conversations/GPT/messages")).await;
+    assert!(
+        messages.to_string().contains("\"error\":true"),
+        "{messages}"
+    );
+    key_shown_nowhere(&o, "alice", &["BOT", "GPT"], WRONG).await;
+    let logs = captured();
+    assert!(
+        logs.contains("AI endpoint GPT did not answer message"),
+        "the failure is logged (and the capture works): {logs}"
+    );
+    assert!(!logs.contains(WRONG), "the key is in the logs");
+}
+
+// ---------------------------------------------------------------- (d) other providers
+
+#[actix_web::test]
+async fn mistral_and_gemini_replies_carry_their_endpoint_names_and_gemini_gets_its_key_header() {
+    const MKEY: &str = "sk-e2e-mistral-0005";
+    const GKEY: &str = "e2e-gemini-key-0005";
+    std::env::set_var("OVERLAY_E2E_KEY_MISTRAL", MKEY);
+    std::env::set_var("OVERLAY_E2E_KEY_GEMINI", GKEY);
+    let mistral = FakeProvider::start(Kind::Mistral, Some(MKEY));
+    let gemini = FakeProvider::start(Kind::Gemini, Some(GKEY));
+    mistral.script([Script::Reply(pieces(&["Bonjour", " alice"]))]);
+    gemini.script([Script::Reply(pieces(&["Hi", " from Gemini"]))]);
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![
+            ai(&format!(
+                "{{name: MISTRAL, provider: mistral, model: mistral-small-latest, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_MISTRAL}}",
+                mistral.url
+            )),
+            ai(&format!(
+                "{{name: GEMINI, provider: gemini, model: gemini-2.5-flash, base_url: '{}/v1beta', api_key_env: OVERLAY_E2E_KEY_GEMINI}}",
+                gemini.url
+            )),
+        ],
+    )
+    .await;
+    let peer = o.url("peer/alice");
+    send(&peer, "mistral", "salut").await;
+    send(&peer, "Gemini", "hello").await;
+
+    let h = history_of_len(&peer, "MISTRAL", 2).await;
+    assert_eq!(
+        h[1]["sender"], "MISTRAL",
+        "fixes original: labelled MISTRAL"
+    );
+    assert_eq!(h[1]["message"], "Bonjour alice");
+    let h = history_of_len(&peer, "GEMINI", 2).await;
+    assert_eq!(h[1]["sender"], "GEMINI");
+    assert_eq!(h[1]["message"], "Hi from Gemini");
+    all_delivered(&peer, "alice", "MISTRAL").await;
+    all_delivered(&peer, "alice", "GEMINI").await;
+
+    let m = mistral.only_request();
+    assert_eq!(m.path, "/v1/chat/completions");
+    assert_eq!(
+        m.header("authorization"),
+        Some(format!("Bearer {MKEY}").as_str())
+    );
+    let g = gemini.only_request();
+    assert_eq!(
+        g.header("x-goog-api-key"),
+        Some(GKEY),
+        "fixes original: the Gemini key is on the request"
+    );
+    assert!(!g.path.contains(GKEY), "never in the URL: {}", g.path);
+    assert!(
+        g.path
+            .starts_with("/v1beta/models/gemini-2.5-flash:streamGenerateContent"),
+        "{}",
+        g.path
+    );
+    assert_eq!(g.body["contents"][0]["role"], "user");
+    key_shown_nowhere(&o, "alice", &["MISTRAL", "GEMINI"], GKEY).await;
+    key_shown_nowhere(&o, "alice", &["MISTRAL", "GEMINI"], MKEY).await;
+}
+
+// ---------------------------------------------------------------- (e) mid-stream failure
+
+#[actix_web::test]
+async fn a_reply_that_breaks_off_mid_stream_shows_the_partial_text_and_an_error_once() {
+    const KEY: &str = "sk-e2e-break-key-0006";
+    std::env::set_var("OVERLAY_E2E_KEY_BREAK", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    fake.script([
+        Script::ErrorAfter(pieces(&["Par", "tial"])),
+        Script::Reply(pieces(&["Fine now."])),
+    ]);
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_BREAK}}",
+            fake.url
+        ))],
+    )
+    .await;
+    let peer = o.url("peer/alice");
+    let mut page = PageFeed::open(&peer).await;
+
+    send(&peer, "BOT", "tell me").await;
+    let (chunks, report) = page.reply_from("BOT").await;
+    let id = report["id"].as_str().unwrap();
+    assert_eq!(
+        streamed_text(&chunks, id),
+        "Partial",
+        "the page saw it stream"
+    );
+    assert_eq!(report["error"], true);
+    let text = report["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Partial\n\n[The reply was cut off here.] "),
+        "{text}"
+    );
+    assert!(text.contains("broke off"), "{text}");
+    all_delivered(&peer, "alice", "BOT").await;
+    let h = history(&peer, "BOT").await;
+    assert_eq!(
+        said(&h),
+        pairs(&[("alice", "tell me"), ("BOT", text)]),
+        "stored once"
+    );
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "not retried after the first token"
+    );
+
+    // The failed reply is not part of the memory: the next request has no assistant turn.
+    send(&peer, "BOT", "again?").await;
+    history_of_len(&peer, "BOT", 4).await;
+    assert_eq!(
+        roles(&fake.requests()[1].body),
+        pairs(&[("user", "[alice]: tell me\n\n[alice]: again?")])
+    );
+}
+
+// ---------------------------------------------------------------- (f) auto-reply
+
+#[actix_web::test]
+async fn an_ai_reply_is_never_answered_by_auto_reply() {
+    const KEY: &str = "sk-e2e-auto-key-0007";
+    std::env::set_var("OVERLAY_E2E_KEY_AUTO", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    let o = overlay_with(
+        &[("alice", &["I'm away"]), ("bob", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_AUTO}}",
+            fake.url
+        ))],
+    )
+    .await;
+    let (alice, bob) = (o.url("peer/alice"), o.url("peer/bob"));
+    let stats = |peer: String| async move {
+        get_json(&format!("{peer}/api/v1/me")).await["auto_reply"].clone()
+    };
+
+    send(&alice, "BOT", "hi").await;
+    history_of_len(&alice, "BOT", 2).await;
+    eventually(
+        "alice's auto-reply decided about the AI's reply",
+        || async { stats(alice.clone()).await["seen"] == 1 },
+    )
+    .await;
+    assert_eq!(stats(alice.clone()).await["answered"], 0);
+
+    // Auto-reply is on: a person's message is answered.
+    send(&bob, "alice", "are you there?").await;
+    let h = history_of_len(&bob, "alice", 2).await;
+    assert_eq!(h[1]["message"], "I'm away");
+    assert_eq!(stats(alice.clone()).await["answered"], 1);
+
+    assert_eq!(fake.requests().len(), 1, "the AI was asked once");
+    assert_eq!(
+        said(&history(&alice, "BOT").await),
+        pairs(&[("alice", "hi"), ("BOT", "Hello there!")])
+    );
+}
+
+// ---------------------------------------------------------------- the table changes
+
+#[actix_web::test]
+async fn an_endpoint_changed_at_the_controller_is_used_for_the_next_message() {
+    const KEY: &str = "sk-e2e-moved-key-0008";
+    std::env::set_var("OVERLAY_E2E_KEY_MOVED", KEY);
+    let (old, new) = (
+        FakeProvider::start(Kind::OpenAi, Some(KEY)),
+        FakeProvider::start(Kind::OpenAi, Some(KEY)),
+    );
+    old.script([Script::Reply(pieces(&["from the old one"]))]);
+    new.script([Script::Reply(pieces(&["from the new one"]))]);
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_MOVED}}",
+            old.url
+        ))],
+    )
+    .await;
+    let (peer, proxy, controller) = (
+        o.url("peer/alice"),
+        o.url("proxy/alice"),
+        o.url("controller"),
+    );
+    send(&peer, "BOT", "one").await;
+    history_of_len(&peer, "BOT", 2).await;
+
+    let registered = || async {
+        let list = get_json(&format!("{controller}/api/v1/proxies")).await;
+        list.as_array()
+            .and_then(|l| l.iter().find(|p| p["instance_name"] == "alice"))
+            .and_then(|p| p["proxy_id"].as_str().map(str::to_string))
+    };
+    eventually("alice's proxy registered", || async {
+        registered().await.is_some()
+    })
+    .await;
+    let proxy_id = registered().await.expect("registered");
+    let new_base = format!("{}/v1", new.url);
+    let (s, v) = post_json(
+        &format!("{controller}/api/update_proxy_endpoints/{proxy_id}"),
+        &json!({"endpoints": {"BOT": {"base_url": new_base}}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    eventually("alice's proxy has the new table", || async {
+        get_json(&format!("{proxy}/peers")).await["peers"]["BOT"]["base_url"] == new_base
+    })
+    .await;
+
+    send(&peer, "BOT", "two").await;
+    let h = history_of_len(&peer, "BOT", 4).await;
+    assert_eq!(h[3]["message"], "from the new one");
+    assert_eq!(old.requests().len(), 1);
+    assert_eq!(
+        roles(&new.only_request().body),
+        pairs(&[
+            ("user", "[alice]: one"),
+            ("assistant", "from the old one"),
+            ("user", "[alice]: two")
+        ]),
+        "the memory stays with the endpoint's name"
+    );
+}
+
+// ---------------------------------------------------------------- limits
+
+#[actix_web::test]
+async fn a_reply_longer_than_the_message_limit_arrives_cut_with_a_note() {
+    const KEY: &str = "sk-e2e-long-key-0009";
+    std::env::set_var("OVERLAY_E2E_KEY_LONG", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    let words: Vec<String> = (0..600).map(|i| format!("word{i} ")).collect();
+    fake.script([Script::Reply(words.clone())]);
+    let mut config = config_for(&[("alice", &[])]);
+    config.delivery.max_message_bytes = 2048;
+    config.ai_endpoints.push(ai(&format!(
+        "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_LONG}}",
+        fake.url
+    )));
+    let o = spawn_overlay(config).await;
+    let peer = o.url("peer/alice");
+    let mut page = PageFeed::open(&peer).await;
+
+    send(&peer, "BOT", "talk a lot").await;
+    let (chunks, reply) = page.reply_from("BOT").await;
+    let streamed = streamed_text(&chunks, reply["id"].as_str().unwrap());
+    assert_eq!(
+        streamed,
+        words.concat(),
+        "every chunk within the limit reached the page"
+    );
+    assert!(chunks
+        .iter()
+        .all(|c| c["delta"].as_str().unwrap().len() <= 2048));
+    let text = reply["text"].as_str().unwrap();
+    assert!(text.len() <= 2048, "{}", text.len());
+    assert!(text.starts_with("word0 word1 "), "{text}");
+    assert!(text.ends_with("the rest was cut.]"), "{text}");
+    assert_eq!(reply["error"], false);
+    all_delivered(&peer, "alice", "BOT").await;
+}
+
+// ---------------------------------------------------------------- a crash mid-call
+
+/// What a stand-in for alice's peer was sent by her proxy.
+#[derive(Default)]
+struct PeerLog {
+    inbox: Vec<Envelope>,
+    receipts: Vec<Receipt>,
+    chunks: Vec<StreamChunk>,
+}
+
+type SharedLog = Arc<Mutex<PeerLog>>;
+
+async fn fake_inbox(log: web::Data<SharedLog>, e: web::Json<Envelope>) -> HttpResponse {
+    let mut log = log.lock().unwrap();
+    let duplicate = log.inbox.iter().any(|x| x.id == e.id);
+    if !duplicate {
+        log.inbox.push(e.0.clone());
+    }
+    HttpResponse::Ok().json(Ack {
+        id: e.0.id,
+        duplicate,
+    })
+}
+
+async fn fake_receipts(log: web::Data<SharedLog>, r: web::Json<Receipt>) -> HttpResponse {
+    log.lock().unwrap().receipts.push(r.into_inner());
+    HttpResponse::Ok().json(json!({"status": "success", "message": "ok"}))
+}
+
+async fn fake_stream(log: web::Data<SharedLog>, c: web::Json<StreamChunk>) -> HttpResponse {
+    log.lock().unwrap().chunks.push(c.into_inner());
+    HttpResponse::Ok().json(json!({"status": "success", "message": "ok"}))
+}
+
+/// Starts the stand-in peer; answers its address and what it was sent.
+fn fake_peer() -> (std::net::SocketAddr, SharedLog) {
+    let log: SharedLog = Arc::default();
+    let data = web::Data::new(log.clone());
+    let listener = free_listener();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/api/v1/inbox", web::post().to(fake_inbox))
+            .route("/api/v1/receipts", web::post().to(fake_receipts))
+            .route("/api/v1/stream", web::post().to(fake_stream))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(0)
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_rt::spawn(server);
+    (addr, log)
+}
+
+#[actix_web::test]
+async fn a_delivery_retried_after_the_proxy_stopped_mid_call_remembers_the_message_once() {
+    const KEY: &str = "sk-e2e-crash-key-0010";
+    std::env::set_var("OVERLAY_E2E_KEY_CRASH", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    fake.script([
+        Script::SlowFirstByte(
+            Duration::from_secs(30),
+            Box::new(Script::Reply(pieces(&["never seen"]))),
+        ),
+        Script::Reply(pieces(&["Hello", " once"])),
+    ]);
+    let (peer_addr, log) = fake_peer();
+    let mut config = config_for(&[("alice", &[])]);
+    config.ai_endpoints.push(ai(&format!(
+        "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_CRASH}}",
+        fake.url
+    )));
+    config.set_instance_listeners("alice", Some(peer_addr), None);
+    let dir = tempfile::tempdir().unwrap();
+
+    let first = spawn_proxy(&config, "alice", dir.path(), free_listener()).await;
+    let message = Envelope::text("alice", "BOT", "hi");
+    let (s, v) = post_json(
+        &format!("{}/api/v1/outbox", first.url),
+        &serde_json::to_value(&message).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    eventually("the model was asked", || async {
+        fake.requests().len() == 1
+    })
+    .await;
+    first.stop().await;
+
+    // Started again on the same store: the queued message is delivered again.
+    let _second = spawn_proxy(&config, "alice", dir.path(), free_listener()).await;
+    eventually("the reply reached alice's peer", || async {
+        !log.lock().unwrap().inbox.is_empty()
+    })
+    .await;
+    eventually("alice's message is delivered", || async {
+        log.lock()
+            .unwrap()
+            .receipts
+            .iter()
+            .any(|r| r.id == message.id && r.state == DeliveryState::Delivered)
+    })
+    .await;
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        roles(&requests[1].body),
+        pairs(&[("user", "[alice]: hi")]),
+        "the retried message is remembered once"
+    );
+    let log = log.lock().unwrap();
+    assert_eq!(log.inbox.len(), 1);
+    let reply = &log.inbox[0];
+    assert_eq!((reply.from.as_str(), reply.to.as_str()), ("BOT", "alice"));
+    assert_eq!(reply.body.text(), "Hello once");
+    assert!(!reply.error);
+    let streamed: String = log
+        .chunks
+        .iter()
+        .filter(|c| c.id == reply.id)
+        .map(|c| c.delta.as_str())
+        .collect();
+    assert_eq!(streamed, "Hello once", "chunks carry the reply's id");
+}
