@@ -191,9 +191,7 @@ pub fn cross_site_refusal(req: &actix_web::dev::ServiceRequest) -> Option<HttpRe
         None => match (header("origin"), header("host")) {
             // "null" origins (sandboxed frames, file://) are never our own pages.
             (Some("null"), _) => true,
-            (Some(origin), Some(host)) => {
-                origin.split_once("://").map(|(_, h)| h) != Some(host)
-            }
+            (Some(origin), Some(host)) => origin.split_once("://").map(|(_, h)| h) != Some(host),
             _ => false,
         },
     };
@@ -234,24 +232,35 @@ mod tests {
 
     #[test]
     fn a_cross_site_post_is_refused() {
-        assert!(refused(TestRequest::post().insert_header(("sec-fetch-site", "cross-site"))));
+        assert!(refused(
+            TestRequest::post().insert_header(("sec-fetch-site", "cross-site"))
+        ));
         assert!(refused(
             TestRequest::post()
                 .insert_header(("origin", "http://evil.example"))
                 .insert_header(("host", "127.0.0.1:5000"))
         ));
-        assert!(refused(TestRequest::post().insert_header(("origin", "null"))));
+        assert!(refused(
+            TestRequest::post().insert_header(("origin", "null"))
+        ));
     }
 
     #[test]
     fn same_origin_pages_and_scripts_are_allowed() {
-        assert!(!refused(TestRequest::post().insert_header(("sec-fetch-site", "same-origin"))));
+        assert!(!refused(
+            TestRequest::post().insert_header(("sec-fetch-site", "same-origin"))
+        ));
         assert!(!refused(
             TestRequest::post()
                 .insert_header(("origin", "http://127.0.0.1:5000"))
                 .insert_header(("host", "127.0.0.1:5000"))
         ));
-        assert!(!refused(TestRequest::post()), "curl and the original send neither header");
-        assert!(!refused(TestRequest::get().insert_header(("sec-fetch-site", "cross-site"))));
+        assert!(
+            !refused(TestRequest::post()),
+            "curl and the original send neither header"
+        );
+        assert!(!refused(
+            TestRequest::get().insert_header(("sec-fetch-site", "cross-site"))
+        ));
     }
 }

@@ -54,7 +54,9 @@ pub async fn start(settings: ControllerSettings, listener: TcpListener) -> anyho
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         App::new()
-            .wrap(actix_web::middleware::from_fn(crate::web::refuse_cross_site))
+            .wrap(actix_web::middleware::from_fn(
+                crate::web::refuse_cross_site,
+            ))
             .app_data(state.clone())
             .configure(|cfg| common_routes(cfg, Health::new("controller", None)))
             .configure(routes::configure)

@@ -83,6 +83,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             me: settings.name.clone(),
             peer_url: settings.peer_url.trim_end_matches('/').to_string(),
             delivery: settings.delivery.clone(),
+            local_ai: settings.config.ai_endpoints.clone(),
         };
         let (endpoints, store, items) = (endpoints.clone(), store.clone(), loaded.items);
         Outbox::start_in_arbiter(&arbiter.handle(), move |_| {

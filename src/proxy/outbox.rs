@@ -88,6 +88,8 @@ pub struct OutboxSettings {
     pub me: InstanceName,
     pub peer_url: String,
     pub delivery: DeliveryConfig,
+    /// The AI endpoints of this proxy's own config.yaml: the only place keys are named.
+    pub local_ai: Vec<crate::config::AiEndpointConfig>,
 }
 
 struct Item {
@@ -158,6 +160,7 @@ impl Outbox {
                 settings.delivery.attempt_timeout_secs.max(1),
             ))
             .finish();
+        let adapters = AiAdapters::new(settings.local_ai.clone());
         Outbox {
             settings,
             endpoints,
@@ -170,7 +173,7 @@ impl Outbox {
             initial: items,
             addr: None,
             peer_inbox_batch: true,
-            adapters: AiAdapters::new(),
+            adapters,
         }
     }
 

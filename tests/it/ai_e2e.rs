@@ -693,9 +693,11 @@ async fn an_ai_reply_is_never_answered_by_auto_reply() {
 async fn an_endpoint_changed_at_the_controller_is_used_for_the_next_message() {
     const KEY: &str = "sk-e2e-moved-key-0008";
     std::env::set_var("OVERLAY_E2E_KEY_MOVED", KEY);
+    // The new address needs no key (a local model, say): the proxy's key stays with the
+    // address its own config names, whatever the controller's table says.
     let (old, new) = (
         FakeProvider::start(Kind::OpenAi, Some(KEY)),
-        FakeProvider::start(Kind::OpenAi, Some(KEY)),
+        FakeProvider::start(Kind::OpenAi, None),
     );
     old.script([Script::Reply(pieces(&["from the old one"]))]);
     new.script([Script::Reply(pieces(&["from the new one"]))]);
@@ -751,6 +753,14 @@ async fn an_endpoint_changed_at_the_controller_is_used_for_the_next_message() {
         ]),
         "the memory stays with the endpoint's name"
     );
+    assert_eq!(
+        new.only_request().header("authorization"),
+        None,
+        "a key of this proxy never follows a table edit to another address"
+    );
+    assert!(old.requests()[0]
+        .header("authorization")
+        .is_some_and(|h| h.ends_with(KEY)));
 }
 
 // ---------------------------------------------------------------- limits
