@@ -52,6 +52,28 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
 }
 
 impl ProxyState {
+    /// An envelope from elsewhere (another proxy, a legacy post for our user): its `from` must
+    /// be a name a peer can store, and not ours (nobody else speaks for our user); its time
+    /// must be plausible. Refused here, it is refused to the sender, never dropped later.
+    fn check_incoming(&self, e: &Envelope) -> Result<(), ProxyError> {
+        crate::config::InstanceName::parse(&e.from)
+            .map_err(|why| ProxyError::BadRequest(format!("from: {why}")))?;
+        if self.me.matches(&e.from) {
+            return Err(ProxyError::Forbidden(format!(
+                "a message from {} can only come from {}'s own peer",
+                e.from, self.me
+            )));
+        }
+        let horizon = crate::wire::now_ms() + 24 * 3600 * 1000;
+        if e.sent_at_ms > horizon {
+            return Err(ProxyError::BadRequest(format!(
+                "sent_at_ms {} is more than a day in the future",
+                e.sent_at_ms
+            )));
+        }
+        self.check_text(e)
+    }
+
     fn check_text(&self, e: &Envelope) -> Result<(), ProxyError> {
         let len = e.body.text().len();
         if len > self.max_message_bytes {
@@ -136,7 +158,7 @@ async fn relay(
     if !state.me.matches(&envelope.to) {
         return Err(ProxyError::UnknownPeer(envelope.to));
     }
-    state.check_text(&envelope)?;
+    state.check_incoming(&envelope)?;
     let id = envelope.id.clone();
     let duplicate = state.enqueue(envelope, Origin::Relay).await?;
     Ok(HttpResponse::Ok().json(Ack { id, duplicate }))
@@ -157,7 +179,7 @@ async fn relay_batch(
         if !state.me.matches(&e.to) {
             return Err(ProxyError::UnknownPeer(e.to.clone()));
         }
-        state.check_text(e)?;
+        state.check_incoming(e)?;
     }
     let ids: Vec<_> = envelopes.iter().map(|e| e.id.clone()).collect();
     let duplicates = state
@@ -267,10 +289,28 @@ async fn legacy_post(
         )));
     }
     let mut envelope = envelope_from_legacy(&target, &msg);
-    state.check_text(&envelope)?;
     let name = match state.route(&target).await? {
-        Route::OwnPeer => state.me.to_string(),
-        Route::Proxy { name, .. } | Route::Ai { name, .. } => name,
+        // compat: an original proxy hands over a message for our user.
+        Route::OwnPeer if !state.me.matches(&envelope.from) => {
+            state.check_incoming(&envelope)?;
+            state.me.to_string()
+        }
+        Route::OwnPeer => {
+            state.check_text(&envelope)?;
+            state.me.to_string()
+        }
+        // compat: an original peer hands its own user's message to us, its proxy.
+        // fixes original: nobody else may send through this proxy in another's name.
+        Route::Proxy { name, .. } | Route::Ai { name, .. } => {
+            if !state.me.matches(&envelope.from) {
+                return Err(ProxyError::Forbidden(format!(
+                    "this proxy sends only {}'s messages, not {}'s",
+                    state.me, envelope.from
+                )));
+            }
+            state.check_text(&envelope)?;
+            name
+        }
         Route::Unknown => return Err(ProxyError::UnknownPeer(target)),
     };
     // The name as the table spells it (the Host header may use any case).

@@ -735,6 +735,29 @@ async fn the_same_relay_twice_is_stored_once_and_answered_the_same() {
     bob.stop().await;
 }
 
+#[actix_rt::test]
+async fn a_relay_in_our_users_name_with_an_unstorable_sender_or_a_wild_time_is_refused() {
+    let mut pair = Pair::new(|_| {});
+    let bob = pair.bob().await;
+    let relay = format!("{}/api/v1/relay", bob.url);
+    // Nobody but bob's own peer speaks for bob.
+    let (s, v) = post_json(&relay, &Envelope::text("BOB", "bob", "it's me, honest")).await;
+    assert_eq!(s, 403, "{v}");
+    // A sender name the peer could not store is refused to the sender, not dropped later.
+    let (s, v) = post_json(&relay, &Envelope::text("Bob Smith", "bob", "hi")).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().starts_with("from: "), "{v}");
+    // A time past year 9999 (which used to panic the history) is refused.
+    let mut far = Envelope::text("alice", "bob", "from the future");
+    far.sent_at_ms = u64::MAX;
+    let (s, v) = post_json(&relay, &far).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("future"), "{v}");
+    assert_eq!(outbox_queued(&bob.url).await, 0);
+    assert_eq!(pair.bob_peer.stored_count(), 0);
+    bob.stop().await;
+}
+
 /// `POST {proxy}/` with `Host: host` and a raw body.
 async fn legacy_post(proxy: &str, host: &str, body: &str) -> (u16, Value) {
     let mut res = client()
@@ -773,14 +796,30 @@ async fn the_originals_wire_format_works_in_both_directions() {
     assert_eq!(v["status"], "success");
     // The very same post retried is stored once.
     assert_eq!(legacy_post(&bob.url, "bob", body).await.0, 200);
-    // Through ours to another of our users.
+    // An original peer of alice's hands her message to ours, her proxy, for bob.
     let (s, _) = legacy_post(
         &alice.url,
         "bob",
-        r#"{"message":"relayed legacy","from":"carol","timestamp":"2026-11-24T08:41:32"}"#,
+        r#"{"message":"relayed legacy","from":"alice","timestamp":"2026-11-24T08:41:32"}"#,
     )
     .await;
     assert_eq!(s, 200);
+    // fixes original: nobody else may send through alice's proxy in another's name.
+    let (s, v) = legacy_post(
+        &alice.url,
+        "bob",
+        r#"{"message":"spoofed","from":"carol","timestamp":"2026-11-24T08:41:33"}"#,
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["status"], "error");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("only alice's messages"),
+        "{v}"
+    );
     eventually("bob's peer got both, once each", || {
         pair.bob_peer.stored_count() == 2
     })
