@@ -185,6 +185,7 @@
 
   function stateLabel(msg) {
     if (!msg.outgoing) return null;
+    if (msg.state === "pending" && msg.waiting) return { cls: "pending waiting", text: "⏳ waiting for your proxy", title: msg.waiting + " (kept; it will be sent when your proxy is back)" };
     if (msg.state === "pending") return { cls: "pending", text: "sending…", title: "Handed to your proxy, not yet delivered" };
     if (msg.state === "delivered") return { cls: "delivered", text: "✓ delivered", title: "Stored by " + msg.to };
     if (msg.state === "failed") return { cls: "failed", text: "failed: " + (msg.reason || "unknown reason"), title: msg.reason || "" };
@@ -332,7 +333,11 @@
     })
       .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, body: b }; }); })
       .then(function (res) {
-        if (!res.ok) showError("Not sent: " + (res.body.error || res.body.message || "unknown error"));
+        if (res.ok) return;
+        var why = res.body.error || res.body.message || "unknown error";
+        // Kept by the peer and sent later: say so, not "Not sent".
+        if (/^not sent yet/i.test(why)) showError("Not sent yet" + why.slice("not sent yet".length));
+        else showError("Not sent: " + why);
       })
       .catch(function (e) {
         el.input.value = text;

@@ -647,6 +647,12 @@ pub struct PeerSettings {
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
     pub workers: usize,
+    /// A message the proxy could not be reached for is handed over again until this old
+    /// (`delivery.expire_after_secs`), then marked failed.
+    pub expire_after_secs: u64,
+    /// First and longest wait between hand-over attempts (`delivery.retry_*_ms`).
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
 }
 
 impl Config {
@@ -686,6 +692,9 @@ impl Config {
             max_body_bytes: self.delivery.max_body_bytes,
             max_message_bytes: self.delivery.max_message_bytes,
             workers: 1,
+            expire_after_secs: self.delivery.expire_after_secs,
+            retry_initial_ms: self.delivery.retry_initial_ms,
+            retry_max_ms: self.delivery.retry_max_ms,
         })
     }
 
