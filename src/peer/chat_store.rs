@@ -197,11 +197,21 @@ pub struct HistoryPage {
 /// A write, as applied inside one transaction.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    Append { message: StoredMessage },
-    SetState { id: MessageId, state: DeliveryState },
+    Append {
+        message: StoredMessage,
+    },
+    SetState {
+        id: MessageId,
+        state: DeliveryState,
+    },
     /// The proxy took our message (`waiting: None`), or could not be reached (`Some(why)`).
-    SetHandOver { id: MessageId, waiting: Option<String> },
-    Clear { peer: Option<String> },
+    SetHandOver {
+        id: MessageId,
+        waiting: Option<String>,
+    },
+    Clear {
+        peer: Option<String>,
+    },
 }
 
 /// What one [`WriteOp`] did.
@@ -767,6 +777,19 @@ struct Waiting {
     with_next: bool,
 }
 
+/// How many of the waiting writes (given each one's `with_next`) the next commit takes: up to
+/// `max`, but never splitting a group between two commits.
+fn commit_size(with_next: impl Iterator<Item = bool>, max: usize) -> usize {
+    let mut n = 0;
+    for joined in with_next {
+        n += 1;
+        if n >= max && !joined {
+            break;
+        }
+    }
+    n
+}
+
 /// Queues writes and commits them in groups; see the module docs.
 pub struct WriteQueue {
     store: Addr<ChatStore>,
@@ -830,11 +853,7 @@ impl WriteQueue {
         if self.waiting.is_empty() {
             return;
         }
-        let mut n = self.waiting.len().min(MAX_BATCH);
-        // Never split a group between two commits.
-        while n < self.waiting.len() && self.waiting[n - 1].with_next {
-            n += 1;
-        }
+        let n = commit_size(self.waiting.iter().map(|w| w.with_next), MAX_BATCH);
         let (ops, replies): (Vec<WriteOp>, Vec<Reply>) =
             self.waiting.drain(..n).map(|w| (w.op, w.reply)).unzip();
         self.committing = true;
@@ -1018,6 +1037,84 @@ mod tests {
 
     fn page(store: &ChatStore, peer: &str, before: Option<u64>, limit: usize) -> HistoryPage {
         store.page(peer, before, limit).unwrap()
+    }
+
+    #[test]
+    fn a_commit_takes_up_to_the_limit_but_never_splits_a_group() {
+        let flags = [false, true, true, false, false];
+        assert_eq!(commit_size(flags.into_iter(), 10), 5);
+        assert_eq!(commit_size(flags.into_iter(), 1), 1);
+        assert_eq!(
+            commit_size(flags.into_iter(), 2),
+            4,
+            "the group 1..=3 stays whole"
+        );
+        assert_eq!(commit_size(std::iter::empty(), 3), 0);
+    }
+
+    #[test]
+    fn a_pending_message_leaves_the_unsent_index_when_handed_over_or_given_a_final_state() {
+        let (_d, s) = store();
+        let ours = |id: &str| {
+            let mut e = Envelope::text("me", "bob", id);
+            e.id = MessageId::parse(id).unwrap();
+            StoredMessage::outgoing(&e)
+        };
+        let id = |x: &str| MessageId::parse(x).unwrap();
+        write(
+            &s,
+            vec![
+                WriteOp::Append { message: ours("a") },
+                WriteOp::Append { message: ours("b") },
+                WriteOp::Append { message: ours("c") },
+                WriteOp::Append {
+                    message: msg("d", "bob", "theirs"),
+                },
+            ],
+        );
+        let unsent = |s: &ChatStore| -> Vec<String> {
+            s.unsent()
+                .unwrap()
+                .iter()
+                .map(|m| m.id.to_string())
+                .collect()
+        };
+        assert_eq!(unsent(&s), ["a", "b", "c"]);
+        write(
+            &s,
+            vec![
+                WriteOp::SetHandOver {
+                    id: id("a"),
+                    waiting: Some("waiting for your proxy: down".into()),
+                },
+                WriteOp::SetHandOver {
+                    id: id("b"),
+                    waiting: None,
+                },
+                WriteOp::SetState {
+                    id: id("c"),
+                    state: DeliveryState::Failed {
+                        reason: "no".into(),
+                    },
+                },
+            ],
+        );
+        let left = s.unsent().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            left[0].waiting.as_deref(),
+            Some("waiting for your proxy: down")
+        );
+        write(
+            &s,
+            vec![WriteOp::SetState {
+                id: id("a"),
+                state: DeliveryState::Delivered,
+            }],
+        );
+        assert!(unsent(&s).is_empty());
+        let page = page(&s, "bob", None, 10);
+        assert!(page.messages.iter().all(|m| m.waiting.is_none()));
     }
 
     #[test]

@@ -131,22 +131,24 @@ impl Resender {
             self.started_ms,
             self.settings.expire_after_secs.saturating_mul(1000),
         );
-        ctx.spawn(wrap_future(pass).map(|result: PassResult, act: &mut Self, ctx| {
-            act.running = false;
-            for w in act.waiters.drain(..) {
-                let _ = w.send(());
-            }
-            if result.unreachable {
-                act.waiting = true;
-                let wait = act.wait_ms;
-                act.wait_ms = (act.wait_ms.saturating_mul(2)).min(act.max_ms());
-                act.schedule(Duration::from_millis(wait), ctx);
-            } else {
-                act.waiting = false;
-                act.wait_ms = act.initial_ms();
-                act.schedule(IDLE_TICK, ctx);
-            }
-        }));
+        ctx.spawn(
+            wrap_future(pass).map(|result: PassResult, act: &mut Self, ctx| {
+                act.running = false;
+                for w in act.waiters.drain(..) {
+                    let _ = w.send(());
+                }
+                if result.unreachable {
+                    act.waiting = true;
+                    let wait = act.wait_ms;
+                    act.wait_ms = (act.wait_ms.saturating_mul(2)).min(act.max_ms());
+                    act.schedule(Duration::from_millis(wait), ctx);
+                } else {
+                    act.waiting = false;
+                    act.wait_ms = act.initial_ms();
+                    act.schedule(IDLE_TICK, ctx);
+                }
+            }),
+        );
     }
 }
 
@@ -293,7 +295,11 @@ mod tests {
         assert!(due(&ours(start + 5, Some("down")), start, start + 10));
         assert!(due(&ours(start - 1, None), start, start + 10));
         assert!(!due(&ours(start + 5, None), start, start + 10));
-        assert!(due(&ours(start + 5, None), start, start + 5 + STUCK_AFTER_MS + 1));
+        assert!(due(
+            &ours(start + 5, None),
+            start,
+            start + 5 + STUCK_AFTER_MS + 1
+        ));
     }
 
     #[test]

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::auto_reply::{AutoReply, AutoReplyStats, GetAutoReplyStats, MessageReceived};
 use super::chat_store::{
-    AppendMany, AppendMessage, ChatStore, ClearConversations, ConversationSummary, GetHistory, GetPage,
-    HistoryPage, ListConversations, SetDeliveryState, StoredMessage, WriteQueue,
+    AppendMany, AppendMessage, ChatStore, ClearConversations, ConversationSummary, GetHistory,
+    GetPage, HistoryPage, ListConversations, SetDeliveryState, StoredMessage, WriteQueue,
 };
 use super::error::{NativeError, PeerError};
 use super::proxy_client::{self, FetchDirectory, FetchLegacyPeers, PostForget, ProxyClient};
