@@ -185,7 +185,7 @@
 
   function stateLabel(msg) {
     if (!msg.outgoing) return null;
-    if (msg.state === "pending" && msg.waiting) return { cls: "pending waiting", text: "⏳ waiting for your proxy", title: msg.waiting + " (kept; it will be sent when your proxy is back)" };
+    if (msg.state === "pending" && msg.waiting) return { cls: "waiting", text: "waiting for your proxy…", title: msg.waiting + " (kept; it will be sent when your proxy is back)" };
     if (msg.state === "pending") return { cls: "pending", text: "sending…", title: "Handed to your proxy, not yet delivered" };
     if (msg.state === "delivered") return { cls: "delivered", text: "✓ delivered", title: "Stored by " + msg.to };
     if (msg.state === "failed") return { cls: "failed", text: "failed: " + (msg.reason || "unknown reason"), title: msg.reason || "" };
@@ -194,7 +194,8 @@
 
   function fillRow(row, msg) {
     row.className = "msg " + (msg.outgoing ? "out" : "in") + (msg.error ? " error" : "") +
-      (msg.auto_reply ? " auto" : "") + (msg.outgoing ? " state-" + msg.state : "");
+      (msg.auto_reply ? " auto" : "") + (msg.outgoing ? " state-" + msg.state : "") +
+      (msg.outgoing && msg.state === "pending" && msg.waiting ? " waiting" : "");
     row.dataset.id = msg.id;
     row.dataset.seq = msg.seq;
     var bubble = node("div", "bubble");
@@ -316,6 +317,8 @@
 
   function showError(text) {
     el.sendError.textContent = text;
+    el.sendError.title = "";
+    delete el.sendError.dataset.waiting;
     el.sendError.hidden = false;
   }
 
@@ -335,9 +338,12 @@
       .then(function (res) {
         if (res.ok) return;
         var why = res.body.error || res.body.message || "unknown error";
-        // Kept by the peer and sent later: say so, not "Not sent".
-        if (/^not sent yet/i.test(why)) showError("Not sent yet" + why.slice("not sent yet".length));
-        else showError("Not sent: " + why);
+        // Kept by the peer and sent later: say so plainly; the details are in the tooltip.
+        if (/^not sent yet/i.test(why)) {
+          showError("Not sent yet: your proxy cannot be reached. The message is kept and will be sent when your proxy is back.");
+          el.sendError.title = why;
+          el.sendError.dataset.waiting = "1";
+        } else showError("Not sent: " + why);
       })
       .catch(function (e) {
         el.input.value = text;
@@ -408,6 +414,12 @@
     if (data.type === "message" || data.type === "state") {
       var m = data.message;
       if (current && same(m.peer, current)) upsert(m, m.outgoing || nearBottom());
+      // The proxy took our kept messages: the "not sent yet" note is over.
+      if (data.type === "state" && m.outgoing && !m.waiting && el.sendError.dataset.waiting &&
+          !el.messages.querySelector(".msg.waiting")) {
+        el.sendError.hidden = true;
+        delete el.sendError.dataset.waiting;
+      }
       if (data.type === "message") notePreview(m);
     } else if (data.type === "stream") {
       if (!current || !same(data.peer, current) || bubbles[data.id]) return;

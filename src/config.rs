@@ -650,9 +650,10 @@ pub struct PeerSettings {
     /// A message the proxy could not be reached for is handed over again until this old
     /// (`delivery.expire_after_secs`), then marked failed.
     pub expire_after_secs: u64,
-    /// First and longest wait between hand-over attempts (`delivery.retry_*_ms`).
-    pub retry_initial_ms: u64,
-    pub retry_max_ms: u64,
+    /// First and longest wait between hand-over attempts (`delivery.retry_*_ms`, capped at
+    /// `u32::MAX` ms: 49 days).
+    pub retry_initial_ms: u32,
+    pub retry_max_ms: u32,
 }
 
 impl Config {
@@ -693,8 +694,8 @@ impl Config {
             max_message_bytes: self.delivery.max_message_bytes,
             workers: 1,
             expire_after_secs: self.delivery.expire_after_secs,
-            retry_initial_ms: self.delivery.retry_initial_ms,
-            retry_max_ms: self.delivery.retry_max_ms,
+            retry_initial_ms: u32::try_from(self.delivery.retry_initial_ms).unwrap_or(u32::MAX),
+            retry_max_ms: u32::try_from(self.delivery.retry_max_ms).unwrap_or(u32::MAX),
         })
     }
 

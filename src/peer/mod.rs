@@ -75,8 +75,8 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         let (store, writes, proxy) = (store.clone(), writes.clone(), proxy.clone());
         let resend = ResendSettings {
             expire_after_secs: settings.expire_after_secs,
-            retry_initial_ms: settings.retry_initial_ms,
-            retry_max_ms: settings.retry_max_ms,
+            retry_initial_ms: u64::from(settings.retry_initial_ms),
+            retry_max_ms: u64::from(settings.retry_max_ms),
         };
         Resender::start_in_arbiter(&handle, move |_| {
             Resender::new(store, writes, proxy, resend)

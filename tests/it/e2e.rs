@@ -185,10 +185,10 @@ async fn a_message_crosses_both_real_proxies_once_and_alices_copy_turns_delivere
     // alice's page learns the state change, pushed, for this very message.
     loop {
         match alice_events.next::<PageEvent>().await {
-            PageEvent::State { message } if message.id.as_str() == id => {
-                if message.state == MessageState::Delivered {
-                    break;
-                }
+            PageEvent::State { message }
+                if message.id.as_str() == id && message.state == MessageState::Delivered =>
+            {
+                break
             }
             _ => {}
         }
@@ -503,4 +503,60 @@ async fn an_original_style_post_lands_in_bobs_history_once_even_when_posted_twic
     assert_eq!(h.len(), 1, "{h:?}");
     assert_eq!(h[0]["message"], "from an original proxy");
     assert_eq!(h[0]["sender"], "alice");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The batch hand-over from a real proxy to a real peer, with one envelope the peer refuses.
+
+/// compat: an original proxy's post to `proxy_url` for `host`.
+async fn legacy_post(proxy_url: &str, host: &str, from: &str, text: &str, ts: &str) -> StatusCode {
+    client()
+        .post(format!("{proxy_url}/"))
+        .insert_header(("Host", host))
+        .send_json(&json!({"message": text, "from": from, "timestamp": ts}))
+        .await
+        .expect("POST / answers")
+        .status()
+}
+
+#[actix_web::test]
+async fn a_queued_batch_for_a_peer_that_refuses_one_envelope_delivers_the_others_once_in_order() {
+    let users: &[(&str, &[&str])] = &[("alice", &[]), ("bob", &[])];
+    let mut o = overlay_of(users).await;
+    let config = bound_config(&o, users);
+    let bob_proxy = o.url("proxy/bob");
+    let bob_peer_addr = o.server("peer/bob").addr;
+    o.stop("peer/bob").await;
+
+    // Queued at bob's proxy while his peer is down; the second has a sender name bob's peer
+    // does not take (not an instance name).
+    let posts = [
+        ("carol", "first", "2026-11-24T08:00:01"),
+        ("not a name!", "refused", "2026-11-24T08:00:02"),
+        ("carol", "second", "2026-11-24T08:00:03"),
+        ("carol", "third", "2026-11-24T08:00:04"),
+    ];
+    for (from, text, ts) in posts {
+        assert_eq!(
+            legacy_post(&bob_proxy, "bob", from, text, ts).await,
+            StatusCode::OK
+        );
+    }
+    eventually("bob's proxy holds the four", || {
+        let p = bob_proxy.clone();
+        async move { (queued(&p).await == 4).then_some(()) }
+    })
+    .await;
+
+    // bob's peer is back: the proxy hands the four over in one batch, which the peer refuses as
+    // a whole (400, naming the bad one); the proxy then sends them one by one.
+    let listener = TcpListener::bind(bob_peer_addr).expect("bob's peer address is free again");
+    let bob = crate::helpers::spawn_peer(&config, "bob", o.data_dir.path(), listener).await;
+    wait_outboxes_empty(std::slice::from_ref(&bob_proxy)).await;
+    assert_eq!(
+        texts_from(&bob.url, "carol", "carol").await,
+        ["first", "second", "third"],
+        "the others once each, in order"
+    );
+    bob.stop().await;
 }
