@@ -19,6 +19,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::chat_store::{ChatStore, ListUnsent, SetDeliveryState, StoredMessage, WriteQueue};
+use super::error::PeerError;
 use super::proxy_client::{hand_over, HandOver, ProxyClient};
 use crate::wire::data_plane::{conversation_id, Body, DeliveryState, Envelope};
 use crate::wire::now_ms;
@@ -173,6 +174,17 @@ fn expired(m: &StoredMessage, expire_after_ms: u64, now: u64) -> bool {
     now.saturating_sub(m.sent_at_ms) > expire_after_ms
 }
 
+/// `secs` for people: `90s`, `5m`, `24h`.
+fn span(secs: u64) -> String {
+    if secs >= 3600 && secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs >= 60 && secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 /// The envelope our stored message was sent in (same id: the proxy takes it once).
 pub fn envelope_of(m: &StoredMessage) -> Envelope {
     Envelope {
@@ -205,7 +217,7 @@ async fn run_pass(
             return PassResult { unreachable: false };
         }
         Err(e) => {
-            log::warn!("cannot read the unsent messages: {e}");
+            log::warn!("cannot read the unsent messages: {}", PeerError::from(e));
             return PassResult { unreachable: false };
         }
     };
@@ -213,18 +225,17 @@ async fn run_pass(
     for m in unsent {
         if expired(&m, expire_after_ms, now) {
             let reason = format!(
-                "not sent: your proxy could not be reached for {}s",
-                expire_after_ms / 1000
+                "not sent: your proxy could not be reached for {}",
+                span(expire_after_ms / 1000)
             );
             log::warn!("message {} to {}: {reason}", m.id, m.to);
-            if let Ok(Err(e)) | Err(e) = writes
+            let failed = writes
                 .send(SetDeliveryState {
                     id: m.id.clone(),
                     state: DeliveryState::Failed { reason },
                 })
-                .await
-                .map_err(super::error::PeerError::from)
-            {
+                .await;
+            if let Err(e) = failed.map_err(PeerError::from).and_then(|r| r) {
                 log::warn!("cannot mark message {} failed: {e}", m.id);
             }
             continue;
@@ -300,6 +311,14 @@ mod tests {
             start,
             start + 5 + STUCK_AFTER_MS + 1
         ));
+    }
+
+    #[test]
+    fn an_expiry_is_said_in_the_largest_whole_unit() {
+        assert_eq!(span(86_400), "24h");
+        assert_eq!(span(300), "5m");
+        assert_eq!(span(90), "90s");
+        assert_eq!(span(1), "1s");
     }
 
     #[test]
