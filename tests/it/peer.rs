@@ -645,6 +645,43 @@ async fn h_id(peer_url: &str) -> String {
 }
 
 #[actix_web::test]
+async fn a_proxy_that_answers_5xx_keeps_the_message_waiting_until_it_takes_it() {
+    let o = fake_overlay(&[("alice", &[]), ("bob", &[])], &[]).await;
+    let alice = o.url("alice");
+    *o.proxy.net.refuse.lock().unwrap() = Some((503, "outbox store busy".into()));
+    let (s, v): (_, Value) = post_json(
+        &format!("{alice}/send_message"),
+        &json!({"peer_id": "bob", "message": "when you can"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("outbox store busy") && e.contains("kept")),
+        "{v}"
+    );
+    let (_, page): (_, HistoryPage) =
+        get_json(&format!("{alice}/api/v1/conversations/bob/messages")).await;
+    assert_eq!(page.messages[0].state, MessageState::Pending);
+    assert!(page.messages[0].waiting.is_some());
+    assert!(o.proxy.net.outbox().is_empty());
+
+    // The proxy recovers: the kept message goes once, and is delivered.
+    *o.proxy.net.refuse.lock().unwrap() = None;
+    eventually("the kept message delivered", || {
+        let alice = alice.clone();
+        async move {
+            let h = history(&alice, "bob").await;
+            (h[0]["status"] == "delivered").then_some(())
+        }
+    })
+    .await;
+    assert_eq!(o.proxy.net.outbox().len(), 1);
+    assert_eq!(history(&o.url("bob"), "alice").await.len(), 1);
+}
+
+#[actix_web::test]
 async fn a_message_left_unsent_is_handed_over_when_the_peer_starts_again() {
     let config = config_for(&[("alice", &[])]);
     let dir = tempfile::tempdir().unwrap();
