@@ -82,7 +82,7 @@
 
   function contactButton(c) {
     var kind = c.kind === "ai" ? "ai" : "person";
-    var b = node("button", "contact");
+    var b = node("button", "contact" + (c.reachable === false ? " unreachable" : ""));
     b.type = "button";
     b.dataset.peer = c.name;
     b.dataset.kind = kind;
@@ -176,6 +176,7 @@
     var sub = kind === "ai" ? "AI model" : "Person";
     if (c && c.online === true) sub += " · online";
     if (c && c.online === false) sub += " · offline";
+    if (c && c.reachable === false) sub += " · not in your proxy's table";
     el.convSub.textContent = sub;
     el.convAvatar.textContent = initial(peer);
     el.convAvatar.className = "avatar " + kind + " " + hue(peer);
