@@ -82,7 +82,7 @@
 
   function contactButton(c) {
     var kind = c.kind === "ai" ? "ai" : "person";
-    var b = node("button", "contact");
+    var b = node("button", "contact" + (c.reachable === false ? " unreachable" : ""));
     b.type = "button";
     b.dataset.peer = c.name;
     b.dataset.kind = kind;
@@ -176,6 +176,7 @@
     var sub = kind === "ai" ? "AI model" : "Person";
     if (c && c.online === true) sub += " · online";
     if (c && c.online === false) sub += " · offline";
+    if (c && c.reachable === false) sub += " · not in your proxy's table";
     el.convSub.textContent = sub;
     el.convAvatar.textContent = initial(peer);
     el.convAvatar.className = "avatar " + kind + " " + hue(peer);
@@ -185,6 +186,7 @@
 
   function stateLabel(msg) {
     if (!msg.outgoing) return null;
+    if (msg.state === "pending" && msg.waiting) return { cls: "waiting", text: "waiting for your proxy…", title: msg.waiting + " (kept; it will be sent when your proxy is back)" };
     if (msg.state === "pending") return { cls: "pending", text: "sending…", title: "Handed to your proxy, not yet delivered" };
     if (msg.state === "delivered") return { cls: "delivered", text: "✓ delivered", title: "Stored by " + msg.to };
     if (msg.state === "failed") return { cls: "failed", text: "failed: " + (msg.reason || "unknown reason"), title: msg.reason || "" };
@@ -193,7 +195,8 @@
 
   function fillRow(row, msg) {
     row.className = "msg " + (msg.outgoing ? "out" : "in") + (msg.error ? " error" : "") +
-      (msg.auto_reply ? " auto" : "") + (msg.outgoing ? " state-" + msg.state : "");
+      (msg.auto_reply ? " auto" : "") + (msg.outgoing ? " state-" + msg.state : "") +
+      (msg.outgoing && msg.state === "pending" && msg.waiting ? " waiting" : "");
     row.dataset.id = msg.id;
     row.dataset.seq = msg.seq;
     var bubble = node("div", "bubble");
@@ -315,6 +318,8 @@
 
   function showError(text) {
     el.sendError.textContent = text;
+    el.sendError.title = "";
+    delete el.sendError.dataset.waiting;
     el.sendError.hidden = false;
   }
 
@@ -332,7 +337,14 @@
     })
       .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, body: b }; }); })
       .then(function (res) {
-        if (!res.ok) showError("Not sent: " + (res.body.error || res.body.message || "unknown error"));
+        if (res.ok) return;
+        var why = res.body.error || res.body.message || "unknown error";
+        // Kept by the peer and sent later: say so plainly; the details are in the tooltip.
+        if (/^not sent yet/i.test(why)) {
+          showError("Not sent yet: your proxy cannot be reached. The message is kept and will be sent when your proxy is back.");
+          el.sendError.title = why;
+          el.sendError.dataset.waiting = "1";
+        } else showError("Not sent: " + why);
       })
       .catch(function (e) {
         el.input.value = text;
@@ -403,6 +415,12 @@
     if (data.type === "message" || data.type === "state") {
       var m = data.message;
       if (current && same(m.peer, current)) upsert(m, m.outgoing || nearBottom());
+      // The proxy took our kept messages: the "not sent yet" note is over.
+      if (data.type === "state" && m.outgoing && !m.waiting && el.sendError.dataset.waiting &&
+          !el.messages.querySelector(".msg.waiting")) {
+        el.sendError.hidden = true;
+        delete el.sendError.dataset.waiting;
+      }
       if (data.type === "message") notePreview(m);
     } else if (data.type === "stream") {
       if (!current || !same(data.peer, current) || bubbles[data.id]) return;

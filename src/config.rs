@@ -647,6 +647,13 @@ pub struct PeerSettings {
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
     pub workers: usize,
+    /// A message the proxy could not be reached for is handed over again until this old
+    /// (`delivery.expire_after_secs`), then marked failed.
+    pub expire_after_secs: u64,
+    /// First and longest wait between hand-over attempts (`delivery.retry_*_ms`, capped at
+    /// `u32::MAX` ms: 49 days).
+    pub retry_initial_ms: u32,
+    pub retry_max_ms: u32,
 }
 
 impl Config {
@@ -686,6 +693,9 @@ impl Config {
             max_body_bytes: self.delivery.max_body_bytes,
             max_message_bytes: self.delivery.max_message_bytes,
             workers: 1,
+            expire_after_secs: self.delivery.expire_after_secs,
+            retry_initial_ms: u32::try_from(self.delivery.retry_initial_ms).unwrap_or(u32::MAX),
+            retry_max_ms: u32::try_from(self.delivery.retry_max_ms).unwrap_or(u32::MAX),
         })
     }
 

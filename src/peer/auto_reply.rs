@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::chat_store::{StoredMessage, WriteQueue};
 use super::error::PeerError;
 use super::proxy_client::{send, FetchDirectory, ProxyClient};
+use super::resend::Resender;
 use crate::config::AutoReplyConfig;
 use crate::wire::data_plane::{DirectoryEntry, Envelope, PeerKind};
 
@@ -94,6 +95,7 @@ pub struct AutoReply {
     directory: Option<(Instant, Vec<DirectoryEntry>)>,
     writes: Addr<WriteQueue>,
     proxy: Addr<ProxyClient>,
+    resender: Addr<Resender>,
 }
 
 impl AutoReply {
@@ -102,6 +104,7 @@ impl AutoReply {
         config: AutoReplyConfig,
         writes: Addr<WriteQueue>,
         proxy: Addr<ProxyClient>,
+        resender: Addr<Resender>,
     ) -> Self {
         let lines = config
             .lines
@@ -124,6 +127,7 @@ impl AutoReply {
             directory: None,
             writes,
             proxy,
+            resender,
         }
     }
 
@@ -157,8 +161,9 @@ impl AutoReply {
         let mut envelope = Envelope::text(&self.me, &message.from, line);
         envelope.auto_reply = true;
         let (writes, proxy) = (self.writes.clone(), self.proxy.clone());
+        let resender = self.resender.clone();
         actix::spawn(async move {
-            if let Err(e) = send(&writes, &proxy, envelope).await {
+            if let Err(e) = send(&writes, &proxy, &resender, envelope).await {
                 log::warn!("auto-reply to {} failed: {e}", message.from);
             }
         });

@@ -12,7 +12,9 @@
 //!
 //! Tables: `messages` keyed by (conversation, seq) so a page of history is a range scan;
 //! `message_ids` (id → key) for idempotency and receipts; `conversations` (per-conversation
-//! summary); `meta` (the next seq). `seq` grows across the whole store and is never reused.
+//! summary); `unsent` (id → key) our pending messages the proxy has not taken yet, so handing
+//! them over again never scans the history; `meta` (the next seq). `seq` grows across the
+//! whole store and is never reused.
 //! fixes original: no whole-file rewrite per message; a retried message is stored once.
 
 use std::collections::VecDeque;
@@ -32,6 +34,7 @@ use crate::wire::legacy::HistoryEntry;
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const IDS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("message_ids");
 const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+const UNSENT: TableDefinition<&str, (&str, u64)> = TableDefinition::new("unsent");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
 
@@ -102,6 +105,10 @@ pub struct StoredMessage {
     pub auto_reply: bool,
     /// An error report (e.g. from an AI endpoint), shown as such.
     pub error: bool,
+    /// Ours, pending, and not yet taken by the proxy: why (e.g. "waiting for your proxy: ...").
+    /// It is handed over again until the proxy takes it or it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 impl StoredMessage {
@@ -119,6 +126,7 @@ impl StoredMessage {
             state: MessageState::Pending,
             auto_reply: envelope.auto_reply,
             error: envelope.error,
+            waiting: None,
         }
     }
 
@@ -141,6 +149,7 @@ impl StoredMessage {
             state: MessageState::Received,
             auto_reply: envelope.auto_reply,
             error: envelope.error,
+            waiting: None,
         }
     }
 
@@ -188,9 +197,21 @@ pub struct HistoryPage {
 /// A write, as applied inside one transaction.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    Append { message: StoredMessage },
-    SetState { id: MessageId, state: DeliveryState },
-    Clear { peer: Option<String> },
+    Append {
+        message: StoredMessage,
+    },
+    SetState {
+        id: MessageId,
+        state: DeliveryState,
+    },
+    /// The proxy took our message (`waiting: None`), or could not be reached (`Some(why)`).
+    SetHandOver {
+        id: MessageId,
+        waiting: Option<String>,
+    },
+    Clear {
+        peer: Option<String>,
+    },
 }
 
 /// What one [`WriteOp`] did.
@@ -239,6 +260,11 @@ pub struct GetHistory {
 #[derive(Message)]
 #[rtype(result = "Result<Vec<ConversationSummary>, PeerError>")]
 pub struct ListConversations;
+
+/// Our pending messages the proxy has not taken yet, oldest first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<StoredMessage>, PeerError>")]
+pub struct ListUnsent;
 
 /// The redb database; runs on a `SyncArbiter` (its own threads).
 pub struct ChatStore {
@@ -289,6 +315,7 @@ impl ChatStore {
             tx.open_table(MESSAGES).map_err(PeerError::storage)?;
             tx.open_table(IDS).map_err(PeerError::storage)?;
             tx.open_table(CONVERSATIONS).map_err(PeerError::storage)?;
+            tx.open_table(UNSENT).map_err(PeerError::storage)?;
             tx.open_table(META).map_err(PeerError::storage)?;
         }
         tx.commit().map_err(PeerError::storage)?;
@@ -321,6 +348,7 @@ struct Tables<'t> {
     messages: redb::Table<'t, (&'static str, u64), &'static [u8]>,
     ids: redb::Table<'t, &'static str, (&'static str, u64)>,
     convs: redb::Table<'t, &'static str, &'static [u8]>,
+    unsent: redb::Table<'t, &'static str, (&'static str, u64)>,
 }
 
 impl<'t> Tables<'t> {
@@ -329,6 +357,7 @@ impl<'t> Tables<'t> {
             messages: tx.open_table(MESSAGES).map_err(PeerError::storage)?,
             ids: tx.open_table(IDS).map_err(PeerError::storage)?,
             convs: tx.open_table(CONVERSATIONS).map_err(PeerError::storage)?,
+            unsent: tx.open_table(UNSENT).map_err(PeerError::storage)?,
         })
     }
 }
@@ -344,6 +373,7 @@ fn apply(
         messages,
         ids,
         convs,
+        unsent,
     } = tables;
     match op {
         WriteOp::Append { mut message } => {
@@ -374,6 +404,11 @@ fn apply(
                 .map_err(PeerError::storage)?;
             ids.insert(message.id.as_str(), (key.as_str(), message.seq))
                 .map_err(PeerError::storage)?;
+            if message.outgoing && message.state == MessageState::Pending {
+                unsent
+                    .insert(message.id.as_str(), (key.as_str(), message.seq))
+                    .map_err(PeerError::storage)?;
+            }
             let summary = match convs.get(key.as_str()).map_err(PeerError::storage)? {
                 Some(g) => Some(decode::<ConversationSummary>(g.value())?),
                 None => None,
@@ -419,6 +454,9 @@ fn apply(
                 Some(next) => {
                     let mut message = stored;
                     message.state = next;
+                    // Delivered or failed: nothing left to hand over.
+                    message.waiting = None;
+                    unsent.remove(id.as_str()).map_err(PeerError::storage)?;
                     messages
                         .insert((key.as_str(), seq), encode(&message)?.as_slice())
                         .map_err(PeerError::storage)?;
@@ -428,6 +466,36 @@ fn apply(
                     }))
                 }
             }
+        }
+        WriteOp::SetHandOver { id, waiting } => {
+            let found = ids.get(id.as_str()).map_err(PeerError::storage)?.map(|g| {
+                let (k, q) = g.value();
+                (k.to_string(), q)
+            });
+            let Some((key, seq)) = found else {
+                return Ok(Err(PeerError::UnknownMessage(id.to_string())));
+            };
+            let Some(mut message) = messages
+                .get((key.as_str(), seq))
+                .map_err(PeerError::storage)?
+                .map(|g| decode::<StoredMessage>(g.value()))
+                .transpose()?
+            else {
+                return Ok(Err(PeerError::UnknownMessage(id.to_string())));
+            };
+            // Only our pending messages are handed over; a later answer changes nothing else.
+            let applies = message.outgoing && message.state == MessageState::Pending;
+            let changed = applies && message.waiting != waiting;
+            if applies && waiting.is_none() {
+                unsent.remove(id.as_str()).map_err(PeerError::storage)?;
+            }
+            if changed {
+                message.waiting = waiting;
+                messages
+                    .insert((key.as_str(), seq), encode(&message)?.as_slice())
+                    .map_err(PeerError::storage)?;
+            }
+            Ok(Ok(WriteOutcome::StateSet { message, changed }))
         }
         WriteOp::Clear { peer: Some(peer) } => {
             let key = conversation_key(&peer);
@@ -442,6 +510,8 @@ fn apply(
             }
             for id in &removed_ids {
                 ids.remove(id.as_str()).map_err(PeerError::storage)?;
+                // A cleared message is not handed over any more.
+                unsent.remove(id.as_str()).map_err(PeerError::storage)?;
             }
             convs.remove(key.as_str()).map_err(PeerError::storage)?;
             Ok(Ok(WriteOutcome::Cleared {
@@ -454,6 +524,7 @@ fn apply(
             messages.retain(|_, _| false).map_err(PeerError::storage)?;
             ids.retain(|_, _| false).map_err(PeerError::storage)?;
             convs.retain(|_, _| false).map_err(PeerError::storage)?;
+            unsent.retain(|_, _| false).map_err(PeerError::storage)?;
             Ok(Ok(WriteOutcome::Cleared {
                 peer: None,
                 removed,
@@ -543,6 +614,23 @@ mod blocking {
         Ok(out)
     }
 
+    /// Our pending messages the proxy has not taken yet, oldest first.
+    pub fn unsent(db: &Database) -> Result<Vec<StoredMessage>, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
+        let index = tx.open_table(UNSENT).map_err(PeerError::storage)?;
+        let table = tx.open_table(MESSAGES).map_err(PeerError::storage)?;
+        let mut out = Vec::new();
+        for entry in index.iter().map_err(PeerError::storage)? {
+            let (_, v) = entry.map_err(PeerError::storage)?;
+            let (key, seq) = v.value();
+            if let Some(m) = table.get((key, seq)).map_err(PeerError::storage)? {
+                out.push(decode::<StoredMessage>(m.value())?);
+            }
+        }
+        out.sort_by_key(|m| m.seq);
+        Ok(out)
+    }
+
     /// Every conversation's summary.
     pub fn conversations(db: &Database) -> Result<Vec<ConversationSummary>, PeerError> {
         let tx = db.begin_read().map_err(PeerError::storage)?;
@@ -584,6 +672,11 @@ impl ChatStore {
     pub fn conversations(&self) -> Result<Vec<ConversationSummary>, PeerError> {
         self.db.with(blocking::conversations)
     }
+
+    /// Our pending messages the proxy has not taken yet, oldest first.
+    pub fn unsent(&self) -> Result<Vec<StoredMessage>, PeerError> {
+        self.db.with(blocking::unsent)
+    }
 }
 
 impl Handler<WriteBatch> for ChatStore {
@@ -607,6 +700,14 @@ impl Handler<GetHistory> for ChatStore {
 
     fn handle(&mut self, msg: GetHistory, _: &mut SyncContext<Self>) -> Self::Result {
         self.history(&msg.peer)
+    }
+}
+
+impl Handler<ListUnsent> for ChatStore {
+    type Result = Result<Vec<StoredMessage>, PeerError>;
+
+    fn handle(&mut self, _: ListUnsent, _: &mut SyncContext<Self>) -> Self::Result {
+        self.unsent()
     }
 }
 
@@ -643,6 +744,22 @@ pub struct SetDeliveryState {
     pub state: DeliveryState,
 }
 
+/// Our pending message was taken by the proxy (`waiting: None`), or not (`Some(why)`, shown
+/// beside it while it waits to be handed over again).
+#[derive(Message)]
+#[rtype(result = "Result<StoredMessage, PeerError>")]
+pub struct SetHandOver {
+    pub id: MessageId,
+    pub waiting: Option<String>,
+}
+
+/// Several messages in ONE transaction (one commit); answers each one's outcome, in order.
+#[derive(Message)]
+#[rtype(result = "Vec<Result<Appended, PeerError>>")]
+pub struct AppendMany {
+    pub messages: Vec<StoredMessage>,
+}
+
 /// Deletes one conversation (`peer`), or all of them (None). Answers how many messages went.
 #[derive(Message)]
 #[rtype(result = "Result<u64, PeerError>")]
@@ -652,11 +769,32 @@ pub struct ClearConversations {
 
 type Reply = oneshot::Sender<Result<WriteOutcome, PeerError>>;
 
+/// A write waiting for the next commit; `with_next`: it must share its commit with the next one
+/// (the ops of one [`AppendMany`]).
+struct Waiting {
+    op: WriteOp,
+    reply: Reply,
+    with_next: bool,
+}
+
+/// How many of the waiting writes (given each one's `with_next`) the next commit takes: up to
+/// `max`, but never splitting a group between two commits.
+fn commit_size(with_next: impl Iterator<Item = bool>, max: usize) -> usize {
+    let mut n = 0;
+    for joined in with_next {
+        n += 1;
+        if n >= max && !joined {
+            break;
+        }
+    }
+    n
+}
+
 /// Queues writes and commits them in groups; see the module docs.
 pub struct WriteQueue {
     store: Addr<ChatStore>,
     updates: Addr<Updates>,
-    waiting: VecDeque<(WriteOp, Reply)>,
+    waiting: VecDeque<Waiting>,
     committing: bool,
 }
 
@@ -675,12 +813,39 @@ impl WriteQueue {
         op: WriteOp,
         ctx: &mut Context<Self>,
     ) -> oneshot::Receiver<Result<WriteOutcome, PeerError>> {
-        let (tx, rx) = oneshot::channel();
-        self.waiting.push_back((op, tx));
+        let (reply, rx) = oneshot::channel();
+        self.waiting.push_back(Waiting {
+            op,
+            reply,
+            with_next: false,
+        });
         if !self.committing {
             self.commit_next(ctx);
         }
         rx
+    }
+
+    /// Queues `ops` so that they are all in the same commit.
+    fn enqueue_group(
+        &mut self,
+        ops: Vec<WriteOp>,
+        ctx: &mut Context<Self>,
+    ) -> Vec<oneshot::Receiver<Result<WriteOutcome, PeerError>>> {
+        let n = ops.len();
+        let mut receivers = Vec::with_capacity(n);
+        for (i, op) in ops.into_iter().enumerate() {
+            let (reply, rx) = oneshot::channel();
+            self.waiting.push_back(Waiting {
+                op,
+                reply,
+                with_next: i + 1 < n,
+            });
+            receivers.push(rx);
+        }
+        if !self.committing {
+            self.commit_next(ctx);
+        }
+        receivers
     }
 
     /// Sends everything waiting (up to [`MAX_BATCH`]) as one transaction.
@@ -688,8 +853,9 @@ impl WriteQueue {
         if self.waiting.is_empty() {
             return;
         }
-        let n = self.waiting.len().min(MAX_BATCH);
-        let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = self.waiting.drain(..n).unzip();
+        let n = commit_size(self.waiting.iter().map(|w| w.with_next), MAX_BATCH);
+        let (ops, replies): (Vec<WriteOp>, Vec<Reply>) =
+            self.waiting.drain(..n).map(|w| (w.op, w.reply)).unzip();
         self.committing = true;
         self.store
             .send(WriteBatch { ops })
@@ -789,6 +955,52 @@ impl Handler<SetDeliveryState> for WriteQueue {
     }
 }
 
+impl Handler<AppendMany> for WriteQueue {
+    type Result = ResponseFuture<Vec<Result<Appended, PeerError>>>;
+
+    fn handle(&mut self, msg: AppendMany, ctx: &mut Context<Self>) -> Self::Result {
+        let ops = msg
+            .messages
+            .into_iter()
+            .map(|message| WriteOp::Append { message })
+            .collect();
+        let receivers = self.enqueue_group(ops, ctx);
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(receivers.len());
+            for rx in receivers {
+                out.push(match outcome(rx).await {
+                    Ok(WriteOutcome::Appended { message, duplicate }) => {
+                        Ok(Appended { message, duplicate })
+                    }
+                    Ok(other) => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
+                    Err(e) => Err(e),
+                });
+            }
+            out
+        })
+    }
+}
+
+impl Handler<SetHandOver> for WriteQueue {
+    type Result = ResponseFuture<Result<StoredMessage, PeerError>>;
+
+    fn handle(&mut self, msg: SetHandOver, ctx: &mut Context<Self>) -> Self::Result {
+        let rx = self.enqueue(
+            WriteOp::SetHandOver {
+                id: msg.id,
+                waiting: msg.waiting,
+            },
+            ctx,
+        );
+        Box::pin(async move {
+            match outcome(rx).await? {
+                WriteOutcome::StateSet { message, .. } => Ok(message),
+                other => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
+            }
+        })
+    }
+}
+
 impl Handler<ClearConversations> for WriteQueue {
     type Result = ResponseFuture<Result<u64, PeerError>>;
 
@@ -825,6 +1037,84 @@ mod tests {
 
     fn page(store: &ChatStore, peer: &str, before: Option<u64>, limit: usize) -> HistoryPage {
         store.page(peer, before, limit).unwrap()
+    }
+
+    #[test]
+    fn a_commit_takes_up_to_the_limit_but_never_splits_a_group() {
+        let flags = [false, true, true, false, false];
+        assert_eq!(commit_size(flags.into_iter(), 10), 5);
+        assert_eq!(commit_size(flags.into_iter(), 1), 1);
+        assert_eq!(
+            commit_size(flags.into_iter(), 2),
+            4,
+            "the group 1..=3 stays whole"
+        );
+        assert_eq!(commit_size(std::iter::empty(), 3), 0);
+    }
+
+    #[test]
+    fn a_pending_message_leaves_the_unsent_index_when_handed_over_or_given_a_final_state() {
+        let (_d, s) = store();
+        let ours = |id: &str| {
+            let mut e = Envelope::text("me", "bob", id);
+            e.id = MessageId::parse(id).unwrap();
+            StoredMessage::outgoing(&e)
+        };
+        let id = |x: &str| MessageId::parse(x).unwrap();
+        write(
+            &s,
+            vec![
+                WriteOp::Append { message: ours("a") },
+                WriteOp::Append { message: ours("b") },
+                WriteOp::Append { message: ours("c") },
+                WriteOp::Append {
+                    message: msg("d", "bob", "theirs"),
+                },
+            ],
+        );
+        let unsent = |s: &ChatStore| -> Vec<String> {
+            s.unsent()
+                .unwrap()
+                .iter()
+                .map(|m| m.id.to_string())
+                .collect()
+        };
+        assert_eq!(unsent(&s), ["a", "b", "c"]);
+        write(
+            &s,
+            vec![
+                WriteOp::SetHandOver {
+                    id: id("a"),
+                    waiting: Some("waiting for your proxy: down".into()),
+                },
+                WriteOp::SetHandOver {
+                    id: id("b"),
+                    waiting: None,
+                },
+                WriteOp::SetState {
+                    id: id("c"),
+                    state: DeliveryState::Failed {
+                        reason: "no".into(),
+                    },
+                },
+            ],
+        );
+        let left = s.unsent().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            left[0].waiting.as_deref(),
+            Some("waiting for your proxy: down")
+        );
+        write(
+            &s,
+            vec![WriteOp::SetState {
+                id: id("a"),
+                state: DeliveryState::Delivered,
+            }],
+        );
+        assert!(unsent(&s).is_empty());
+        let page = page(&s, "bob", None, 10);
+        assert!(page.messages.iter().all(|m| m.waiting.is_none()));
     }
 
     #[test]

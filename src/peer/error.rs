@@ -31,6 +31,9 @@ pub enum PeerError {
     /// The proxy could not be reached (down, timeout, connection refused).
     #[error("proxy unreachable: {0}")]
     ProxyUnreachable(String),
+    /// The proxy could not take our message now; it is kept and handed over again later.
+    #[error("not sent yet: {reason}; kept; will be sent when your proxy is back")]
+    NotSentYet { reason: String },
     /// The proxy answered, and refused.
     #[error("{reason}")]
     ProxyRefused { status: u16, reason: String },
@@ -53,6 +56,17 @@ impl PeerError {
     pub fn reason(&self) -> String {
         self.to_string()
     }
+    /// A failure of the proxy hop that may pass (unreachable, busy, its own 5xx, shutting
+    /// down), as opposed to a refusal for good (its 4xx: unknown peer, too large...).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PeerError::ProxyUnreachable(_) | PeerError::Unavailable(_) => true,
+            PeerError::ProxyRefused { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<actix::MailboxError> for PeerError {
@@ -69,7 +83,9 @@ impl ResponseError for PeerError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             PeerError::UnknownMessage(_) => StatusCode::NOT_FOUND,
-            PeerError::ProxyUnreachable(_) => StatusCode::BAD_GATEWAY,
+            PeerError::ProxyUnreachable(_) | PeerError::NotSentYet { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             // The proxy's own 4xx is passed on (404 unknown peer, 413 too large...); its 5xx
             // means the hop after us failed: a gateway error from here.
             PeerError::ProxyRefused { status, .. } => StatusCode::from_u16(*status)

@@ -5,13 +5,15 @@
 //! listener (port 0 in tests) and get back a [`Running`] server.
 //!
 //! Modules: [`chat_store`] (redb, group commit) · [`updates`] (SSE to open pages) ·
-//! [`auto_reply`] · [`proxy_client`] (the link to the proxy, and sending) · [`routes`] (HTTP) ·
+//! [`auto_reply`] · [`proxy_client`] (the link to the proxy, and sending) · [`resend`] (handing
+//! over again what the proxy has not taken) · [`routes`] (HTTP) ·
 //! [`views`] (maud) · [`error`].
 
 pub mod auto_reply;
 pub mod chat_store;
 pub mod error;
 pub mod proxy_client;
+pub mod resend;
 pub mod routes;
 pub mod updates;
 pub mod views;
@@ -28,6 +30,7 @@ use crate::web::{common_routes, Health, Running};
 use auto_reply::AutoReply;
 use chat_store::{ChatStore, SharedDb, WriteQueue};
 use proxy_client::ProxyClient;
+use resend::{ResendSettings, Resender};
 use routes::PeerState;
 use updates::Updates;
 
@@ -68,10 +71,23 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         let url = settings.proxy_url.clone();
         ProxyClient::start_in_arbiter(&handle, move |_| ProxyClient::new(&url))
     };
+    let resender = {
+        let (store, writes, proxy) = (store.clone(), writes.clone(), proxy.clone());
+        let resend = ResendSettings {
+            expire_after_secs: settings.expire_after_secs,
+            retry_initial_ms: u64::from(settings.retry_initial_ms),
+            retry_max_ms: u64::from(settings.retry_max_ms),
+        };
+        Resender::start_in_arbiter(&handle, move |_| {
+            Resender::new(store, writes, proxy, resend)
+        })
+    };
     let auto_reply = {
         let (me, config) = (settings.name.to_string(), settings.auto_reply.clone());
-        let (writes, proxy) = (writes.clone(), proxy.clone());
-        AutoReply::start_in_arbiter(&handle, move |_| AutoReply::new(&me, config, writes, proxy))
+        let (writes, proxy, resender) = (writes.clone(), proxy.clone(), resender.clone());
+        AutoReply::start_in_arbiter(&handle, move |_| {
+            AutoReply::new(&me, config, writes, proxy, resender)
+        })
     };
 
     let state = web::Data::new(PeerState {
@@ -83,6 +99,7 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         writes,
         updates,
         proxy,
+        resender,
         auto_reply,
     });
 

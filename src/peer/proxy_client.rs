@@ -2,8 +2,9 @@
 //!
 //! Owns: the one awc `Client` of this peer (built once, on the role's arbiter), the proxy's
 //! URLs, and turning the proxy's answers and failures into [`PeerError`]s. Also [`send`], the
-//! one way a message of this user leaves: stored as pending first, then handed to the proxy,
-//! and kept as failed (with the reason) when the proxy is unreachable or refuses.
+//! one way a message of this user leaves: stored as pending first, then handed to the proxy
+//! ([`hand_over`]); kept as failed (with the reason) when the proxy refuses it, and kept pending
+//! ("waiting for your proxy") when the proxy cannot be reached, for the [`Resender`].
 //!
 //! It never talks to anything but the proxy, and never decides what to send.
 
@@ -13,8 +14,9 @@ use actix::prelude::*;
 use awc::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use super::chat_store::{AppendMessage, SetDeliveryState, StoredMessage, WriteQueue};
+use super::chat_store::{AppendMessage, SetDeliveryState, SetHandOver, StoredMessage, WriteQueue};
 use super::error::PeerError;
+use super::resend::{ProxyUnreachable, ResendNow, Resender};
 use crate::wire::control_plane::Endpoint;
 use crate::wire::data_plane::{
     Accepted, DeliveryState, DirectoryEntry, Envelope, Forget, PeerKind,
@@ -225,15 +227,83 @@ impl Handler<PostForget> for ProxyClient {
     }
 }
 
-/// Stores `envelope` as our pending message, hands it to the proxy, and answers Ok only once
-/// the proxy has it durably. On failure the message stays, marked failed with the reason.
-/// fixes original: "success" is never answered for a message nobody has.
-pub async fn send(
+/// How one hand-over of our stored pending message to the proxy ended (already recorded in
+/// the store).
+#[derive(Debug)]
+pub enum HandOver {
+    /// The proxy holds it durably.
+    Taken,
+    /// The proxy could not take it now: kept pending, marked as waiting for the proxy.
+    Waiting(PeerError),
+    /// The proxy refused it for good: marked failed with the reason.
+    Refused(PeerError),
+}
+
+/// Hands our stored pending message to the proxy once and records what came of it.
+pub async fn hand_over(
     writes: &Addr<WriteQueue>,
     proxy: &Addr<ProxyClient>,
     envelope: Envelope,
-) -> Result<StoredMessage, PeerError> {
+) -> HandOver {
     let id = envelope.id.clone();
+    let to = envelope.to.clone();
+    let handed = proxy
+        .send(PostOutbox { envelope })
+        .await
+        .map_err(PeerError::from)
+        .and_then(|r| r);
+    let (outcome, write) = match handed {
+        Ok(accepted) => {
+            let taken = writes.send(SetHandOver {
+                id: id.clone(),
+                waiting: None,
+            });
+            if let Err(e) = taken.await.map_err(PeerError::from).and_then(|r| r) {
+                log::warn!("cannot record that message {id} was handed over: {e}");
+            }
+            if accepted.state == DeliveryState::Pending {
+                return HandOver::Taken;
+            }
+            let state = writes.send(SetDeliveryState {
+                id: id.clone(),
+                state: accepted.state,
+            });
+            (HandOver::Taken, state.await)
+        }
+        Err(e) if e.is_transient() => {
+            log::warn!("message {id} to {to} waits for the proxy: {e}");
+            let waiting = writes.send(SetHandOver {
+                id: id.clone(),
+                waiting: Some(format!("waiting for your proxy: {e}")),
+            });
+            (HandOver::Waiting(e), waiting.await)
+        }
+        Err(e) => {
+            log::warn!("message {id} to {to} refused: {e}");
+            let failed = writes.send(SetDeliveryState {
+                id: id.clone(),
+                state: DeliveryState::Failed { reason: e.reason() },
+            });
+            (HandOver::Refused(e), failed.await)
+        }
+    };
+    if let Err(e) = write.map_err(PeerError::from).and_then(|r| r) {
+        log::error!("cannot record the state of message {id}: {e}");
+    }
+    outcome
+}
+
+/// Stores `envelope` as our pending message, hands it to the proxy, and answers Ok only once
+/// the proxy has it durably. Refused by the proxy: kept as failed with the reason. The proxy
+/// unreachable: an error too, but the message is kept pending and handed over again by the
+/// [`Resender`] until the proxy takes it or it expires.
+/// fixes original: "success" is never answered for a message nobody has, and nothing is lost.
+pub async fn send(
+    writes: &Addr<WriteQueue>,
+    proxy: &Addr<ProxyClient>,
+    resender: &Addr<Resender>,
+    envelope: Envelope,
+) -> Result<StoredMessage, PeerError> {
     let stored = writes
         .send(AppendMessage {
             message: StoredMessage::outgoing(&envelope),
@@ -242,39 +312,19 @@ pub async fn send(
     if stored.duplicate {
         return Ok(stored.message);
     }
-    let handed = proxy
-        .send(PostOutbox { envelope })
-        .await
-        .map_err(PeerError::from)
-        .and_then(|r| r);
-    match handed {
-        Ok(accepted) => {
-            if accepted.state != DeliveryState::Pending {
-                if let Ok(Err(e)) = writes
-                    .send(SetDeliveryState {
-                        id,
-                        state: accepted.state,
-                    })
-                    .await
-                {
-                    log::warn!("cannot record the proxy's state for a sent message: {e}");
-                }
-            }
-            Ok(stored.message)
+    // Older messages still waiting for the proxy go first: a conversation keeps its order.
+    if let Err(e) = resender.send(ResendNow).await {
+        log::warn!("cannot hand over the waiting messages first: {e}");
+    }
+    match hand_over(writes, proxy, envelope).await {
+        HandOver::Taken => Ok(stored.message),
+        HandOver::Waiting(e) => {
+            resender.do_send(ProxyUnreachable);
+            Err(PeerError::NotSentYet {
+                reason: e.to_string(),
+            })
         }
-        Err(e) => {
-            log::warn!("message {id} to {} failed: {e}", stored.message.to);
-            let failed = writes
-                .send(SetDeliveryState {
-                    id,
-                    state: DeliveryState::Failed { reason: e.reason() },
-                })
-                .await;
-            if let Err(m) = failed.map_err(PeerError::from).and_then(|r| r) {
-                log::error!("cannot mark a failed message as failed: {m}");
-            }
-            Err(e)
-        }
+        HandOver::Refused(e) => Err(e),
     }
 }
 

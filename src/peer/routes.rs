@@ -1,7 +1,8 @@
 //! The peer's HTTP routes, in three groups, with one route table ([`configure`]):
 //! - the original's JSON API and page (`/`, `/peer_name`, `/peers`, `/send_message`, `/message`,
 //!   `/get_chat_history/{peer_id}`, `/message_updates`, `/clear_chat/{peer_id}`, `/clear_all_chats`);
-//! - what its proxy calls (`/api/v1/inbox`, `/api/v1/receipts`, `/api/v1/stream`);
+//! - what its proxy calls (`/api/v1/inbox`, `/api/v1/inbox/batch`, `/api/v1/receipts`,
+//!   `/api/v1/stream`);
 //! - what its own page calls (`/api/v1/me`, `/api/v1/contacts`,
 //!   `/api/v1/conversations/{peer}/messages`, `/api/v1/events`).
 //!
@@ -16,11 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use super::auto_reply::{AutoReply, AutoReplyStats, GetAutoReplyStats, MessageReceived};
 use super::chat_store::{
-    AppendMessage, ChatStore, ClearConversations, ConversationSummary, GetHistory, GetPage,
-    HistoryPage, ListConversations, SetDeliveryState, StoredMessage, WriteQueue,
+    AppendMany, AppendMessage, ChatStore, ClearConversations, ConversationSummary, GetHistory,
+    GetPage, HistoryPage, ListConversations, SetDeliveryState, StoredMessage, WriteQueue,
 };
 use super::error::{NativeError, PeerError};
 use super::proxy_client::{self, FetchDirectory, FetchLegacyPeers, PostForget, ProxyClient};
+use super::resend::Resender;
 use super::updates::{Feed, PageEvent, Publish, Subscribe, Updates};
 use super::views;
 use crate::config::InstanceName;
@@ -39,6 +41,7 @@ pub struct PeerState {
     pub writes: Addr<WriteQueue>,
     pub updates: Addr<Updates>,
     pub proxy: Addr<ProxyClient>,
+    pub resender: Addr<Resender>,
     pub auto_reply: Addr<AutoReply>,
 }
 
@@ -85,6 +88,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 .app_data(json_config::<NativeError>(max_body_bytes))
                 // what the proxy calls
                 .route("/inbox", web::post().to(inbox))
+                .route("/inbox/batch", web::post().to(inbox_batch))
                 .route("/receipts", web::post().to(receipts))
                 .route("/stream", web::post().to(stream))
                 // what the page calls
@@ -191,7 +195,7 @@ async fn send_message(
     check_size(&text, state.max_message_bytes)?;
     let envelope = Envelope::text(state.name.as_str(), &to, text);
     // fixes original: answered only once the proxy holds the message durably.
-    let stored = proxy_client::send(&state.writes, &state.proxy, envelope).await?;
+    let stored = proxy_client::send(&state.writes, &state.proxy, &state.resender, envelope).await?;
     Ok(HttpResponse::Ok().json(success(Sent { id: stored.id })))
 }
 
@@ -340,20 +344,75 @@ async fn clear_all_chats(state: State) -> Result<HttpResponse, PeerError> {
 
 // ---- what the proxy calls ----
 
-/// # POST /api/v1/inbox
-async fn inbox(state: State, body: web::Json<Envelope>) -> Result<HttpResponse, NativeError> {
-    let envelope = body.into_inner();
+/// Whether `envelope` is one this peer takes from its proxy: for this user, from a valid name,
+/// not over the size limit.
+fn check_incoming(state: &PeerState, envelope: &Envelope) -> Result<(), PeerError> {
     if !state.name.matches(&envelope.to) {
         return Err(PeerError::Invalid(format!(
             "this message is for `{}`, but this is {}'s peer",
             envelope.to, state.name
-        ))
-        .into());
+        )));
     }
     peer_name_of(&envelope.from, "from")?;
-    check_size(envelope.body.text(), state.max_message_bytes)?;
+    check_size(envelope.body.text(), state.max_message_bytes)
+}
+
+/// # POST /api/v1/inbox
+async fn inbox(state: State, body: web::Json<Envelope>) -> Result<HttpResponse, NativeError> {
+    let envelope = body.into_inner();
+    check_incoming(&state, &envelope)?;
     let ack = store_incoming(&state, &envelope).await?;
     Ok(HttpResponse::Ok().json(ack))
+}
+
+/// # POST /api/v1/inbox/batch
+/// Several messages from the proxy (`[Envelope]`), stored in ONE commit; 200 `[Ack]` in the same
+/// order once committed (idempotent by id, as `/api/v1/inbox`). All or nothing: one envelope this
+/// peer does not take refuses the whole batch with that envelope's status (400, or 413 when too
+/// large; never 404/405, which tell the proxy this route does not exist), naming it, and nothing
+/// is stored; the proxy then sends them one by one so each gets its own answer.
+async fn inbox_batch(
+    state: State,
+    body: web::Json<Vec<Envelope>>,
+) -> Result<HttpResponse, NativeError> {
+    let envelopes = body.into_inner();
+    if envelopes.is_empty() {
+        return Err(PeerError::Invalid("the batch is empty".into()).into());
+    }
+    for (i, e) in envelopes.iter().enumerate() {
+        check_incoming(&state, e).map_err(|err| match err {
+            PeerError::Invalid(why) => {
+                PeerError::Invalid(format!("message {i} (id {}) of the batch: {why}", e.id))
+            }
+            other => other,
+        })?;
+    }
+    let messages = envelopes
+        .iter()
+        .map(|e| StoredMessage::incoming(e, state.name.as_str()))
+        .collect();
+    let stored = state
+        .writes
+        .send(AppendMany { messages })
+        .await
+        .map_err(PeerError::from)?;
+    let mut acks = Vec::with_capacity(stored.len());
+    let mut fresh = Vec::new();
+    for result in stored {
+        // One transaction: either every op is committed or none is (the same error for all).
+        let appended = result?;
+        if !appended.duplicate {
+            fresh.push(appended.message.clone());
+        }
+        acks.push(Ack {
+            id: appended.message.id,
+            duplicate: appended.duplicate,
+        });
+    }
+    for message in fresh {
+        state.auto_reply.do_send(MessageReceived { message });
+    }
+    Ok(HttpResponse::Ok().json(acks))
 }
 
 /// # POST /api/v1/receipts

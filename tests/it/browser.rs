@@ -3,8 +3,11 @@
 //! appears on bob's open page without a reload, and alice's copy turns delivered.
 //! Screenshots go to `tests/artifacts/`.
 //!
-//! The overlay under the pages is built by [`overlay_under_test`] alone, so it can be swapped
-//! (today: two real peers over the fake relay proxy of `peer.rs`; later: the real proxies).
+//! The overlay under the pages is the REAL one ([`overlay_under_test`]: controller, both users'
+//! proxies and peers, as `overlay up` runs them). alice's proxy is stopped and started again
+//! mid-test: her message waits ("waiting for your proxy") and goes once it is back. The AI
+//! reply display is fed by posting to alice's peer what her proxy's AI adapter would post
+//! (`/api/v1/stream`, `/api/v1/inbox`): no AI API is called.
 //!
 //! Without `/usr/bin/chromedriver` the test is skipped, unless `CI` is set: then it fails.
 
@@ -16,8 +19,8 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-use crate::helpers::client;
-use crate::peer::fake_overlay;
+use crate::helpers::{client, config_for, spawn_overlay, spawn_proxy, TestOverlay};
+use overlay::config::{AiEndpointConfig, Config};
 use overlay::wire::data_plane::{conversation_id, Envelope, MessageId, StreamChunk};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -25,23 +28,58 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const ENTER: &str = "\u{e007}";
 
-/// alice's and bob's chat pages, and whatever keeps them running.
+/// alice's and bob's chat pages, and the overlay under them.
 pub struct BrowserOverlay {
     pub alice: String,
     pub bob: String,
-    _running: Box<dyn std::any::Any>,
+    pub overlay: TestOverlay,
+    /// The config with the addresses actually bound (to start a proxy again there).
+    pub config: Config,
 }
 
-/// The overlay the browser test runs against: alice and bob, no auto-reply, and an AI
-/// model `BOT` in the directory. With the real proxies this becomes
-/// `helpers::spawn_overlay(helpers::config_for(&[("alice", &[]), ("bob", &[])]))` with the
-/// peers' URLs taken from it (and BOT from an AI endpoint in the config).
+const USERS: &[(&str, &[&str])] = &[("alice", &[]), ("bob", &[])];
+
+/// The overlay the browser test runs against: the real controller, proxies and peers of alice
+/// and bob (no auto-reply), and an AI model `BOT` in the config (never called: its base URL
+/// is a closed local port), so the contact list shows a person and an AI.
 async fn overlay_under_test() -> BrowserOverlay {
-    let o = fake_overlay(&[("alice", &[]), ("bob", &[])], &["BOT"]).await;
+    let mut config = config_for(USERS);
+    let bot: AiEndpointConfig = serde_yaml::from_str(
+        "{name: BOT, provider: openai, model: gpt-4o-mini, base_url: 'http://127.0.0.1:9/v1'}",
+    )
+    .expect("an AI endpoint");
+    config.ai_endpoints.push(bot);
+    let overlay = spawn_overlay(config.clone()).await;
+    config.controller.listen = overlay.server("controller").addr;
+    for (name, _) in USERS {
+        config.set_instance_listeners(
+            name,
+            Some(overlay.server(&format!("peer/{name}")).addr),
+            Some(overlay.server(&format!("proxy/{name}")).addr),
+        );
+    }
+    let (alice, bob) = (overlay.url("peer/alice"), overlay.url("peer/bob"));
+    // Routing is in place when each one's proxy table lists the other.
+    for (url, other) in [(&alice, "bob"), (&bob, "alice")] {
+        let mut ready = false;
+        for _ in 0..500 {
+            if let Ok(mut r) = client().get(format!("{url}/peers")).send().await {
+                if let Ok(list) = r.json::<Vec<Value>>().await {
+                    if list.iter().any(|p| p["id"] == other) {
+                        ready = true;
+                        break;
+                    }
+                }
+            }
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ready, "{url} never listed {other}");
+    }
     BrowserOverlay {
-        alice: o.url("alice"),
-        bob: o.url("bob"),
-        _running: Box::new(o),
+        alice,
+        bob,
+        overlay,
+        config,
     }
 }
 
@@ -149,7 +187,7 @@ async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
         println!("skipping: chromedriver not installed (apt-get install chromium chromium-driver)");
         return;
     }
-    let o = overlay_under_test().await;
+    let mut o = overlay_under_test().await;
     let driver = start_driver().await;
     let (pa, pb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let alice = browser(&driver, &pa).await;
@@ -266,6 +304,72 @@ async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
     .await;
     screenshot(&alice, "02-alice-conversation.png").await;
     screenshot(&bob, "03-bob-conversation.png").await;
+
+    // alice's proxy goes down: her next message is kept, shown waiting for her proxy, and
+    // goes (once) when the proxy is back.
+    let proxy_addr = o.overlay.server("proxy/alice").addr;
+    o.overlay.stop("proxy/alice").await;
+    let input = alice.find(Locator::Id("input")).await.unwrap();
+    input
+        .send_keys("Sent while my proxy is down")
+        .await
+        .unwrap();
+    input.send_keys(ENTER).await.unwrap();
+    let label = until(
+        &alice,
+        "the message waits for alice's proxy",
+        "(document.querySelector('#messages .msg.out.state-pending.waiting .state.waiting') || {}).textContent",
+    )
+    .await;
+    assert_eq!(label, json!("waiting for your proxy…"));
+    let banner = until(
+        &alice,
+        "alice is told it will be sent later",
+        "!document.getElementById('send-error').hidden && document.getElementById('send-error').textContent",
+    )
+    .await;
+    assert!(
+        banner
+            .as_str()
+            .is_some_and(|b| b.starts_with("Not sent yet")
+                && b.contains("will be sent when your proxy is back")),
+        "{banner}"
+    );
+    screenshot(&alice, "03b-alice-waiting-for-proxy.png").await;
+    let listener = TcpListener::bind(proxy_addr).expect("alice's proxy address is free again");
+    let proxy = spawn_proxy(&o.config, "alice", o.overlay.data_dir.path(), listener).await;
+    until(
+        &bob,
+        "the kept message on bob's page",
+        "[...document.querySelectorAll('#messages .msg.in .text')].some(t => t.textContent === 'Sent while my proxy is down')",
+    )
+    .await;
+    until(
+        &alice,
+        "the kept message turns delivered",
+        "document.querySelectorAll('#messages .msg.out.state-delivered').length === 2 && !document.querySelector('#messages .msg.waiting')",
+    )
+    .await;
+    until(
+        &alice,
+        "the 'not sent yet' note is gone",
+        "document.getElementById('send-error').hidden",
+    )
+    .await;
+    let mut r = client()
+        .get(format!("{}/get_chat_history/alice", o.bob))
+        .send()
+        .await
+        .unwrap();
+    let at_bob: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(
+        at_bob
+            .iter()
+            .filter(|e| e["message"] == "Sent while my proxy is down")
+            .count(),
+        1,
+        "exactly once"
+    );
 
     // An AI reply streams in, then the stored reply replaces it; an AI error shows as an error.
     alice.goto(&format!("{}/#BOT", o.alice)).await.unwrap();
@@ -427,4 +531,5 @@ async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
     alice.close().await.unwrap();
     bob.close().await.unwrap();
     drop(driver);
+    proxy.stop().await;
 }

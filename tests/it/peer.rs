@@ -170,10 +170,14 @@ async fn fake_forget(net: web::Data<Arc<FakeNet>>, f: web::Json<Forget>) -> Http
 
 /// Starts the fake proxy; `ais` are listed as AI models.
 pub async fn spawn_fake_proxy(ais: &[&str]) -> FakeProxy {
+    spawn_fake_proxy_on(ais, free_listener()).await
+}
+
+/// Starts the fake proxy on `listener` (e.g. the address a peer was told, once it is up).
+pub async fn spawn_fake_proxy_on(ais: &[&str], listener: std::net::TcpListener) -> FakeProxy {
     let net = Arc::new(FakeNet::default());
     *net.ais.lock().unwrap() = ais.iter().map(|s| s.to_string()).collect();
     let data = web::Data::new(net.clone());
-    let listener = free_listener();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = HttpServer::new(move || {
         App::new()
@@ -562,14 +566,13 @@ async fn a_message_the_proxy_refuses_is_kept_as_failed_with_the_proxys_status() 
 }
 
 #[actix_web::test]
-async fn an_unreachable_proxy_gives_502_and_the_message_is_kept_as_failed() {
+async fn an_unreachable_proxy_gives_502_and_the_message_is_kept_pending_then_sent_once_it_is_back()
+{
     let config = config_for(&[("alice", &[])]);
     let dir = tempfile::tempdir().unwrap();
-    let dead = {
-        let l = free_listener();
-        format!("http://{}", l.local_addr().unwrap())
-    };
-    let alice = start_peer(&config, "alice", &dead, dir.path()).await;
+    let proxy_addr = free_listener().local_addr().unwrap();
+    let proxy_url = format!("http://{proxy_addr}");
+    let alice = start_peer(&config, "alice", &proxy_url, dir.path()).await;
     let (s, v): (_, Value) = post_json(
         &format!("{}/send_message", alice.url),
         &json!({"peer_id": "bob", "message": "are you there?"}),
@@ -577,13 +580,20 @@ async fn an_unreachable_proxy_gives_502_and_the_message_is_kept_as_failed() {
     .await;
     assert_eq!(s, StatusCode::BAD_GATEWAY);
     assert_eq!(v["status"], "failed");
+    let error = v["error"].as_str().unwrap();
+    assert!(error.contains("proxy unreachable"), "{v}");
     assert!(
-        v["error"].as_str().unwrap().contains("proxy unreachable"),
+        error.contains("kept; will be sent when your proxy is back"),
         "{v}"
     );
+    // Kept pending, with the reason the page shows.
     let h = history(&alice.url, "bob").await;
     assert_eq!(h.len(), 1);
-    assert_eq!(h[0]["status"], "failed");
+    assert_eq!(h[0]["status"], "pending");
+    let (_, page): (_, HistoryPage) =
+        get_json(&format!("{}/api/v1/conversations/bob/messages", alice.url)).await;
+    let waiting = page.messages[0].waiting.clone().expect("a waiting reason");
+    assert!(waiting.starts_with("waiting for your proxy"), "{waiting}");
     // /peers cannot be answered either: a clear error, not an empty list.
     let r = client()
         .get(format!("{}/peers", alice.url))
@@ -591,6 +601,159 @@ async fn an_unreachable_proxy_gives_502_and_the_message_is_kept_as_failed() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+
+    // The proxy comes up on the address alice knows: the message is handed over, once.
+    let mut events = subscribe(&format!("{}/api/v1/events", alice.url)).await;
+    let bob = start_peer(&config_for(&[("bob", &[])]), "bob", &proxy_url, dir.path()).await;
+    let proxy = spawn_fake_proxy_on(&[], std::net::TcpListener::bind(proxy_addr).unwrap()).await;
+    {
+        let mut peers = proxy.net.peers.lock().unwrap();
+        peers.insert("bob".into(), bob.url.clone());
+        peers.insert("alice".into(), alice.url.clone());
+    }
+    let handed = eventually("alice hands the kept message to her proxy", || {
+        let net = proxy.net.clone();
+        async move { (!net.outbox().is_empty()).then(|| net.outbox()) }
+    })
+    .await;
+    assert_eq!(handed[0].body.text(), "are you there?");
+    assert_eq!(handed[0].id.as_str(), h_id(&alice.url).await);
+    // The page learns it left the waiting state, then that it was delivered.
+    loop {
+        match events.next::<PageEvent>().await {
+            PageEvent::State { message } if message.state == MessageState::Delivered => break,
+            PageEvent::State { message } => assert_eq!(message.waiting, None),
+            other => panic!("expected state events, got {other:?}"),
+        }
+    }
+    assert_eq!(history(&bob.url, "alice").await.len(), 1);
+    assert_eq!(history(&alice.url, "bob").await[0]["status"], "delivered");
+    // Nothing is handed over twice once the proxy took it.
+    let (_, page): (_, HistoryPage) =
+        get_json(&format!("{}/api/v1/conversations/bob/messages", alice.url)).await;
+    assert_eq!(page.messages[0].waiting, None);
+    assert_eq!(proxy.net.outbox().len(), 1);
+    alice.stop().await;
+    bob.stop().await;
+    proxy.stop().await;
+}
+
+async fn h_id(peer_url: &str) -> String {
+    let (_, page): (_, HistoryPage) =
+        get_json(&format!("{peer_url}/api/v1/conversations/bob/messages")).await;
+    page.messages[0].id.to_string()
+}
+
+#[actix_web::test]
+async fn a_proxy_that_answers_5xx_keeps_the_message_waiting_until_it_takes_it() {
+    let o = fake_overlay(&[("alice", &[]), ("bob", &[])], &[]).await;
+    let alice = o.url("alice");
+    *o.proxy.net.refuse.lock().unwrap() = Some((503, "outbox store busy".into()));
+    let (s, v): (_, Value) = post_json(
+        &format!("{alice}/send_message"),
+        &json!({"peer_id": "bob", "message": "when you can"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("outbox store busy") && e.contains("kept")),
+        "{v}"
+    );
+    let (_, page): (_, HistoryPage) =
+        get_json(&format!("{alice}/api/v1/conversations/bob/messages")).await;
+    assert_eq!(page.messages[0].state, MessageState::Pending);
+    assert!(page.messages[0].waiting.is_some());
+    assert!(o.proxy.net.outbox().is_empty());
+
+    // The proxy recovers: the kept message goes once, and is delivered.
+    *o.proxy.net.refuse.lock().unwrap() = None;
+    eventually("the kept message delivered", || {
+        let alice = alice.clone();
+        async move {
+            let h = history(&alice, "bob").await;
+            (h[0]["status"] == "delivered").then_some(())
+        }
+    })
+    .await;
+    assert_eq!(o.proxy.net.outbox().len(), 1);
+    assert_eq!(history(&o.url("bob"), "alice").await.len(), 1);
+}
+
+#[actix_web::test]
+async fn a_message_left_unsent_is_handed_over_when_the_peer_starts_again() {
+    let config = config_for(&[("alice", &[])]);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_addr = free_listener().local_addr().unwrap();
+    let proxy_url = format!("http://{proxy_addr}");
+    let alice = start_peer(&config, "alice", &proxy_url, dir.path()).await;
+    for text in ["one", "two"] {
+        let (s, _): (_, Value) = post_json(
+            &format!("{}/send_message", alice.url),
+            &json!({"peer_id": "BOT", "message": text}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_GATEWAY);
+    }
+    alice.stop().await;
+    let proxy =
+        spawn_fake_proxy_on(&["BOT"], std::net::TcpListener::bind(proxy_addr).unwrap()).await;
+    let alice = start_peer(&config, "alice", &proxy_url, dir.path()).await;
+    let handed = eventually("both kept messages handed over after the restart", || {
+        let net = proxy.net.clone();
+        async move { (net.outbox().len() >= 2).then(|| net.outbox()) }
+    })
+    .await;
+    let texts: Vec<&str> = handed.iter().map(|e| e.body.text()).collect();
+    assert_eq!(texts, ["one", "two"], "in the order they were written");
+    eventually("no longer waiting", || {
+        let url = alice.url.clone();
+        async move {
+            let (_, page): (_, HistoryPage) =
+                get_json(&format!("{url}/api/v1/conversations/BOT/messages")).await;
+            page.messages
+                .iter()
+                .all(|m| m.waiting.is_none() && m.state == MessageState::Pending)
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(proxy.net.outbox().len(), 2);
+    alice.stop().await;
+    proxy.stop().await;
+}
+
+#[actix_web::test]
+async fn a_message_the_proxy_never_takes_fails_after_the_expiry() {
+    let mut config = config_for(&[("alice", &[])]);
+    config.delivery.expire_after_secs = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("http://{}", free_listener().local_addr().unwrap());
+    let alice = start_peer(&config, "alice", &dead, dir.path()).await;
+    let (s, _): (_, Value) = post_json(
+        &format!("{}/send_message", alice.url),
+        &json!({"peer_id": "bob", "message": "lost cause"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    let (_, page): (_, HistoryPage) =
+        get_json(&format!("{}/api/v1/conversations/bob/messages", alice.url)).await;
+    assert_eq!(page.messages[0].state, MessageState::Pending);
+    let reason = eventually("the kept message fails after the expiry", || {
+        let url = alice.url.clone();
+        async move {
+            let (_, page): (_, HistoryPage) =
+                get_json(&format!("{url}/api/v1/conversations/bob/messages")).await;
+            match &page.messages[0].state {
+                MessageState::Failed { reason } => Some(reason.clone()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(reason.contains("could not be reached"), "{reason}");
+    assert_eq!(history(&alice.url, "bob").await[0]["status"], "failed");
     alice.stop().await;
 }
 
@@ -751,6 +914,110 @@ async fn concurrent_inbox_posts_are_each_stored_exactly_once() {
     texts.sort();
     texts.dedup();
     assert_eq!(texts.len(), 200);
+}
+
+#[actix_web::test]
+async fn an_inbox_batch_is_stored_once_by_id_and_acked_in_order() {
+    let o = fake_overlay(&[("alice", &["auto from alice"])], &[]).await;
+    let alice = o.url("alice");
+    let (s, _): (_, Ack) = post_json(
+        &format!("{alice}/api/v1/inbox"),
+        &envelope("bob", "alice", "b-0", "before"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut events = subscribe(&format!("{alice}/api/v1/events")).await;
+    let batch = vec![
+        envelope("bob", "alice", "b-1", "first"),
+        envelope("bob", "alice", "b-0", "before (again)"),
+        envelope("carol", "ALICE", "b-2", "second"),
+        envelope("bob", "alice", "b-1", "first (again)"),
+        envelope("bob", "alice", "b-3", "third"),
+    ];
+    let (s, acks): (_, Vec<Ack>) = post_json(&format!("{alice}/api/v1/inbox/batch"), &batch).await;
+    assert_eq!(s, StatusCode::OK);
+    let got: Vec<(&str, bool)> = acks.iter().map(|a| (a.id.as_str(), a.duplicate)).collect();
+    assert_eq!(
+        got,
+        [
+            ("b-1", false),
+            ("b-0", true),
+            ("b-2", false),
+            ("b-1", true),
+            ("b-3", false)
+        ]
+    );
+    // Each new message is pushed to the open pages, in order.
+    let mut pushed = Vec::new();
+    while pushed.len() < 3 {
+        if let PageEvent::Message { message } = events.next::<PageEvent>().await {
+            if !message.outgoing {
+                pushed.push(message.id.to_string());
+            }
+        }
+    }
+    assert_eq!(pushed, ["b-1", "b-2", "b-3"]);
+    let texts: Vec<Value> = history(&alice, "bob")
+        .await
+        .iter()
+        .filter(|e| e["sender"] == "bob")
+        .map(|e| e["message"].clone())
+        .collect();
+    assert_eq!(texts, [json!("before"), json!("first"), json!("third")]);
+    let from_carol = history(&alice, "carol").await;
+    assert_eq!(
+        from_carol.iter().filter(|e| e["sender"] == "carol").count(),
+        1
+    );
+    // Auto-reply saw each new message once (bob's and carol's), as with /api/v1/inbox.
+    eventually("auto-reply decided about the three new messages", || {
+        let alice = alice.clone();
+        async move { (stats(&alice).await.seen == 4).then_some(()) }
+    })
+    .await;
+    // The same batch again: all duplicates, nothing new.
+    let (s, acks): (_, Vec<Ack>) = post_json(&format!("{alice}/api/v1/inbox/batch"), &batch).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(acks.iter().all(|a| a.duplicate));
+    let from_bob = history(&alice, "bob").await;
+    assert_eq!(from_bob.iter().filter(|e| e["sender"] == "bob").count(), 3);
+}
+
+#[actix_web::test]
+async fn an_inbox_batch_with_one_bad_envelope_is_refused_whole_and_nothing_is_stored() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    let alice = o.url("alice");
+    let url = format!("{alice}/api/v1/inbox/batch");
+    // Misaddressed: 400 in the proxy's shape, naming the envelope; never 404/405, which would
+    // tell the proxy there is no batch route.
+    let misaddressed = vec![
+        envelope("bob", "alice", "x-1", "fine"),
+        envelope("bob", "carol", "x-2", "not for alice"),
+    ];
+    let (s, v): (_, Value) = post_json(&url, &misaddressed).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["status"], "error");
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains("x-2") && message.contains("carol"), "{v}");
+    // Too large: 413.
+    let big = "x".repeat(64 * 1024 + 1);
+    let oversized = vec![
+        envelope("bob", "alice", "x-3", "fine"),
+        envelope("bob", "alice", "x-4", &big),
+    ];
+    let r = client().post(&url).send_json(&oversized).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Empty, and not a list.
+    let (s, v): (_, Value) = post_json(&url, &json!([])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["message"].as_str().unwrap().contains("empty"), "{v}");
+    let (s, v): (_, Value) = post_json(&url, &envelope("bob", "alice", "x-5", "one")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["status"], "error");
+    assert!(
+        history(&alice, "bob").await.is_empty(),
+        "nothing half-stored"
+    );
 }
 
 #[actix_web::test]
