@@ -8,18 +8,20 @@
 //!
 //! It never talks to anything but the proxy, and never decides what to send.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use actix::prelude::*;
 use awc::http::StatusCode;
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 
 use super::chat_store::{AppendMessage, SetDeliveryState, SetHandOver, StoredMessage, WriteQueue};
 use super::error::PeerError;
 use super::resend::{ProxyUnreachable, ResendNow, Resender};
 use crate::wire::control_plane::Endpoint;
 use crate::wire::data_plane::{
-    Accepted, DeliveryState, DirectoryEntry, Envelope, Forget, PeerKind,
+    Accepted, DeliveryState, DirectoryEntry, Envelope, Forget, PeerKind, Submitted,
 };
 use crate::wire::legacy::{ErrorBody, FailedBody, ProxyPeers};
 
@@ -55,10 +57,23 @@ pub struct PostForget {
     pub forget: Forget,
 }
 
+/// Most messages handed over in one batch, and their most bytes of text.
+const MAX_BATCH: usize = 256;
+const MAX_BATCH_TEXT_BYTES: usize = 96 * 1024;
+
+type Handed = Result<Accepted, PeerError>;
+
 /// Talks to this peer's proxy.
 pub struct ProxyClient {
     client: awc::Client,
     base: String,
+    /// Messages given to hand over, in the order given, each with where its answer goes.
+    queue: VecDeque<(Envelope, oneshot::Sender<Handed>)>,
+    /// A hand-over is under way; the next one waits for it, so the proxy gets messages in the
+    /// order they were written (and, under load, many in one request).
+    in_flight: bool,
+    /// The proxy takes `POST /api/v1/outbox/batch` (until it answers 404/405).
+    batch: bool,
 }
 
 impl ProxyClient {
@@ -67,8 +82,128 @@ impl ProxyClient {
         Self {
             client: awc::Client::builder().timeout(CALL_TIMEOUT).finish(),
             base: proxy_url.trim_end_matches('/').to_string(),
+            queue: VecDeque::new(),
+            in_flight: false,
+            batch: true,
         }
     }
+
+    /// Hands over what is queued, as one batch, unless a hand-over is under way.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight || self.queue.is_empty() {
+            return;
+        }
+        let mut envelopes = Vec::new();
+        let mut replies = Vec::new();
+        let mut text_bytes = 0;
+        while let Some((envelope, _)) = self.queue.front() {
+            let size = envelope.body.text().len();
+            let full = envelopes.len() >= MAX_BATCH || text_bytes + size > MAX_BATCH_TEXT_BYTES;
+            if !envelopes.is_empty() && full {
+                break;
+            }
+            let Some((envelope, reply)) = self.queue.pop_front() else {
+                break;
+            };
+            text_bytes += size;
+            envelopes.push(envelope);
+            replies.push(reply);
+        }
+        self.in_flight = true;
+        let work = hand_over_all(
+            self.client.clone(),
+            self.base.clone(),
+            envelopes,
+            self.batch,
+        );
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |(results, batch), act, ctx| {
+                    act.batch = batch;
+                    for (result, reply) in results.into_iter().zip(replies) {
+                        let _ = reply.send(result);
+                    }
+                    act.in_flight = false;
+                    act.flush(ctx);
+                }),
+        );
+    }
+}
+
+/// Hands `envelopes` to the proxy, in order: in one batch request when the proxy has the route
+/// (`batch`), else one by one. Answers each envelope's result, and whether batches work.
+async fn hand_over_all(
+    client: awc::Client,
+    base: String,
+    envelopes: Vec<Envelope>,
+    batch: bool,
+) -> (Vec<Handed>, bool) {
+    let what = "handing messages to the proxy";
+    let mut batch = batch;
+    if batch && envelopes.len() > 1 {
+        let request = client.post(format!("{base}/api/v1/outbox/batch"));
+        let body = serde_json::to_vec(&envelopes).map_err(PeerError::storage);
+        let answer = match body {
+            Ok(body) => call(request, Some(body), what).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(bytes) => {
+                let results = match parse::<Vec<Submitted>>(&bytes, what) {
+                    Ok(verdicts) if verdicts.len() == envelopes.len() => verdicts
+                        .into_iter()
+                        .map(|v| match v {
+                            Submitted::Accepted(a) => Ok(a),
+                            Submitted::Refused {
+                                status, message, ..
+                            } => Err(PeerError::ProxyRefused {
+                                status,
+                                reason: message,
+                            }),
+                        })
+                        .collect(),
+                    Ok(_) => {
+                        let e = PeerError::ProxyRefused {
+                            status: 502,
+                            reason: format!("{what}: the proxy answered for another batch"),
+                        };
+                        vec![Err(e); envelopes.len()]
+                    }
+                    Err(e) => vec![Err(e); envelopes.len()],
+                };
+                return (results, true);
+            }
+            // An older proxy without the route: one by one from now on.
+            Err(PeerError::ProxyRefused {
+                status: 404 | 405, ..
+            }) => batch = false,
+            // The batch as a whole was refused (e.g. too large for the proxy's limit): these
+            // go one by one, so each gets its own verdict.
+            Err(PeerError::ProxyRefused { status, .. }) if (400..500).contains(&status) => {}
+            Err(e) => return (vec![Err(e); envelopes.len()], true),
+        }
+    }
+    let mut results = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        results.push(hand_over_one(&client, &base, envelope).await);
+    }
+    (results, batch)
+}
+
+/// `POST {proxy}/api/v1/outbox` for one envelope.
+async fn hand_over_one(client: &awc::Client, base: &str, envelope: Envelope) -> Handed {
+    let request = client.post(format!("{base}/api/v1/outbox"));
+    let id = envelope.id.clone();
+    let body = serde_json::to_vec(&envelope).map_err(PeerError::storage)?;
+    let answer = call(request, Some(body), "handing the message to the proxy").await?;
+    // A 2xx is the proxy's word that it holds the message; an answer body other than
+    // `Accepted` does not undo that.
+    Ok(
+        serde_json::from_slice::<Accepted>(&answer).unwrap_or(Accepted {
+            id,
+            state: DeliveryState::Pending,
+        }),
+    )
 }
 
 impl Actor for ProxyClient {
@@ -133,22 +268,18 @@ fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PeerError> 
 }
 
 impl Handler<PostOutbox> for ProxyClient {
-    type Result = ResponseFuture<Result<Accepted, PeerError>>;
+    type Result = ResponseFuture<Handed>;
 
-    fn handle(&mut self, msg: PostOutbox, _: &mut Context<Self>) -> Self::Result {
-        let request = self.client.post(format!("{}/api/v1/outbox", self.base));
+    fn handle(&mut self, msg: PostOutbox, ctx: &mut Context<Self>) -> Self::Result {
+        let (reply, answer) = oneshot::channel();
+        self.queue.push_back((msg.envelope, reply));
+        self.flush(ctx);
         Box::pin(async move {
-            let id = msg.envelope.id.clone();
-            let body = serde_json::to_vec(&msg.envelope).map_err(PeerError::storage)?;
-            let answer = call(request, Some(body), "handing the message to the proxy").await?;
-            // A 2xx is the proxy's word that it holds the message; an answer body other than
-            // `Accepted` does not undo that.
-            Ok(
-                serde_json::from_slice::<Accepted>(&answer).unwrap_or(Accepted {
-                    id,
-                    state: DeliveryState::Pending,
-                }),
-            )
+            answer.await.unwrap_or_else(|_| {
+                Err(PeerError::ProxyUnreachable(
+                    "the chat app is shutting down".into(),
+                ))
+            })
         })
     }
 }

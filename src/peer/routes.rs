@@ -1,7 +1,7 @@
 //! The peer's HTTP routes, in three groups, with one route table ([`configure`]):
 //! - the original's JSON API and page (`/`, `/peer_name`, `/peers`, `/send_message`, `/message`,
 //!   `/get_chat_history/{peer_id}`, `/message_updates`, `/clear_chat/{peer_id}`, `/clear_all_chats`);
-//! - what its proxy calls (`/api/v1/inbox`, `/api/v1/inbox/batch`, `/api/v1/receipts`,
+//! - what its proxy calls (`/api/v1/inbox`, `/api/v1/inbox/batch`, `/api/v1/receipts`(`/batch`),
 //!   `/api/v1/stream`);
 //! - what its own page calls (`/api/v1/me`, `/api/v1/contacts`,
 //!   `/api/v1/conversations/{peer}/messages`, `/api/v1/events`).
@@ -90,6 +90,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                 .route("/inbox", web::post().to(inbox))
                 .route("/inbox/batch", web::post().to(inbox_batch))
                 .route("/receipts", web::post().to(receipts))
+                .route("/receipts/batch", web::post().to(receipts_batch))
                 .route("/stream", web::post().to(stream))
                 // what the page calls
                 .route("/me", web::get().to(me))
@@ -413,6 +414,33 @@ async fn inbox_batch(
         state.auto_reply.do_send(MessageReceived { message });
     }
     Ok(HttpResponse::Ok().json(acks))
+}
+
+/// # POST /api/v1/receipts/batch
+/// Several receipts (`[Receipt]`) applied together: the write queue commits them in one
+/// transaction. A receipt for an id this peer does not have (e.g. its chat was cleared) is
+/// skipped, as the single route's 404 would be; the answer counts what was applied.
+async fn receipts_batch(
+    state: State,
+    body: web::Json<Vec<Receipt>>,
+) -> Result<HttpResponse, NativeError> {
+    let writes = body.into_inner().into_iter().map(|receipt| {
+        state.writes.send(SetDeliveryState {
+            id: receipt.id,
+            state: receipt.state,
+        })
+    });
+    let mut applied = 0;
+    for result in futures_util::future::join_all(writes).await {
+        match result.map_err(PeerError::from)? {
+            Ok(_) => applied += 1,
+            Err(PeerError::UnknownMessage(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: format!("{applied} receipts applied"),
+    })))
 }
 
 /// # POST /api/v1/receipts

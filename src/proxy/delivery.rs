@@ -60,6 +60,22 @@ pub async fn to_peer_receipts(
     post(&client, &url, None, &receipt, timeout, "your chat app").await
 }
 
+/// `POST {peer}/api/v1/receipts/batch`: several receipts at once; a 2xx means all are applied.
+/// 404/405 (a peer without the route) and any other refusal of the whole batch answer
+/// [`Outcome::Unsupported`]: the caller then posts them one by one, each getting its verdict.
+pub async fn to_peer_receipts_batch(
+    client: awc::Client,
+    peer_url: String,
+    receipts: Vec<Receipt>,
+    timeout: Duration,
+) -> Outcome {
+    let url = format!("{peer_url}/api/v1/receipts/batch");
+    match post(&client, &url, None, &receipts, timeout, "your chat app").await {
+        Outcome::Refused { reason } => Outcome::Unsupported { reason },
+        other => other,
+    }
+}
+
 /// `POST {proxy}/api/v1/relay`: another proxy of ours; its 200 Ack means it stored it.
 pub async fn relay(
     client: awc::Client,

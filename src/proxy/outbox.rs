@@ -115,8 +115,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Most envelopes relayed in one request.
 const MAX_BATCH: usize = 128;
 
-/// Most receipts posted to the own peer at once.
+/// Most receipts posted to the own peer at once (one by one: concurrently; else in one batch).
 const RECEIPT_WINDOW: usize = 32;
+const RECEIPT_BATCH: usize = 512;
 
 /// Where the result of one op goes once committed.
 type Reply = oneshot::Sender<Result<OpResult, ProxyError>>;
@@ -144,6 +145,8 @@ pub struct Outbox {
     addr: Option<Addr<Outbox>>,
     /// The own peer takes `POST /api/v1/inbox/batch` (until it answers 404).
     peer_inbox_batch: bool,
+    /// The own peer takes `POST /api/v1/receipts/batch` (until it refuses one).
+    peer_receipts_batch: bool,
     /// One adapter per AI endpoint of `endpoints` (started with the actor).
     adapters: AiAdapters,
 }
@@ -173,6 +176,7 @@ impl Outbox {
             initial: items,
             addr: None,
             peer_inbox_batch: true,
+            peer_receipts_batch: true,
             adapters,
         }
     }
@@ -368,7 +372,8 @@ impl Outbox {
         Some((seqs, attempt.boxed_local()))
     }
 
-    /// Up to [`RECEIPT_WINDOW`] receipts from the head of the receipts lane, posted concurrently
+    /// Receipts from the head of the receipts lane: up to [`RECEIPT_BATCH`] in one batch post,
+    /// or, to a peer without the batch route, up to [`RECEIPT_WINDOW`] posted concurrently
     /// (their order does not matter: each id gets one final state).
     fn receipts_attempt(
         &self,
@@ -382,9 +387,14 @@ impl Outbox {
             return None;
         }
         let now = now_ms();
+        let window = if self.peer_receipts_batch {
+            RECEIPT_BATCH
+        } else {
+            RECEIPT_WINDOW
+        };
         let mut seqs = Vec::new();
-        let mut posts = Vec::new();
-        for item in state.items.iter().take(RECEIPT_WINDOW) {
+        let mut receipts = Vec::new();
+        for item in state.items.iter().take(window) {
             let Payload::Receipt { receipt } = &item.record.payload else {
                 break;
             };
@@ -392,16 +402,24 @@ impl Outbox {
                 break;
             }
             seqs.push(item.seq);
-            posts.push(delivery::to_peer_receipts(
-                self.client.clone(),
-                self.settings.peer_url.clone(),
-                receipt.clone(),
-                self.attempt_timeout(),
-            ));
+            receipts.push(receipt.clone());
         }
         if seqs.len() < 2 {
             return None;
         }
+        let (client, url, timeout) = (
+            self.client.clone(),
+            self.settings.peer_url.clone(),
+            self.attempt_timeout(),
+        );
+        if self.peer_receipts_batch {
+            let n = receipts.len();
+            let post = delivery::to_peer_receipts_batch(client, url, receipts, timeout);
+            return Some((seqs, post.map(move |o| vec![o; n]).boxed_local()));
+        }
+        let posts = receipts.into_iter().map(|receipt| {
+            delivery::to_peer_receipts(client.clone(), url.clone(), receipt, timeout)
+        });
         Some((seqs, futures_util::future::join_all(posts).boxed_local()))
     }
 
@@ -418,6 +436,16 @@ impl Outbox {
             return;
         };
         state.busy = false;
+        if self.peer_receipts_batch {
+            if let Some(Outcome::Unsupported { reason }) = outcomes.first() {
+                // The own peer has no batch route (or refused the batch as a whole): one by
+                // one from now on, so each receipt gets its own verdict. Nothing is given up.
+                log::info!("receipts batch: {reason}; posting one by one from now on");
+                self.peer_receipts_batch = false;
+                self.kick(&lane, ctx);
+                return;
+            }
+        }
         let mut done = Vec::new();
         let mut updates = Vec::new();
         let d = &self.settings.delivery;

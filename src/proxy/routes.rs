@@ -21,6 +21,7 @@ use super::outbox::{Enqueue, EnqueueMany, GetStatus, Outbox};
 use super::router::{GetTable, ListDirectory, ResolveRoute, Route, Router};
 use super::store::{ForgetMemory, Origin, Store};
 use crate::config::InstanceName;
+use crate::wire::data_plane::Submitted;
 use crate::wire::data_plane::{Accepted, Ack, DeliveryState, Envelope, Forget};
 use crate::wire::legacy::{self, success, Note, ProxyPeers};
 
@@ -42,6 +43,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
         .app_data(crate::web::json_config(limit))
         .route("/api/v1/outbox", web::post().to(submit))
         .route("/api/v1/outbox", web::get().to(outbox_status))
+        .route("/api/v1/outbox/batch", web::post().to(submit_batch))
         .route("/api/v1/relay", web::post().to(relay))
         .route("/api/v1/relay/batch", web::post().to(relay_batch))
         .route("/api/v1/directory", web::get().to(directory))
@@ -72,6 +74,30 @@ impl ProxyState {
             )));
         }
         self.check_text(e)
+    }
+
+    /// A message the own peer hands over: ours, addressed to someone this proxy can reach.
+    async fn check_submission(&self, envelope: &Envelope) -> Result<(), ProxyError> {
+        // fixes original: a proxy no longer sends in anyone's name.
+        if !self.me.matches(&envelope.from) {
+            return Err(ProxyError::Forbidden(format!(
+                "this proxy sends only for {}; `from` was `{}`",
+                self.me, envelope.from
+            )));
+        }
+        if envelope.to.trim().is_empty() {
+            return Err(ProxyError::BadRequest(
+                "`to` is empty: name who the message is for".into(),
+            ));
+        }
+        if envelope.conversation.trim().is_empty() {
+            return Err(ProxyError::BadRequest("`conversation` is empty".into()));
+        }
+        self.check_text(envelope)?;
+        if self.route(&envelope.to).await? == Route::Unknown {
+            return Err(ProxyError::UnknownPeer(envelope.to.clone()));
+        }
+        Ok(())
     }
 
     fn check_text(&self, e: &Envelope) -> Result<(), ProxyError> {
@@ -110,31 +136,56 @@ async fn submit(
     envelope: web::Json<Envelope>,
 ) -> Result<HttpResponse, ProxyError> {
     let envelope = envelope.into_inner();
-    // fixes original: a proxy no longer sends in anyone's name.
-    if !state.me.matches(&envelope.from) {
-        return Err(ProxyError::Forbidden(format!(
-            "this proxy sends only for {}; `from` was `{}`",
-            state.me, envelope.from
-        )));
-    }
-    if envelope.to.trim().is_empty() {
-        return Err(ProxyError::BadRequest(
-            "`to` is empty: name who the message is for".into(),
-        ));
-    }
-    if envelope.conversation.trim().is_empty() {
-        return Err(ProxyError::BadRequest("`conversation` is empty".into()));
-    }
-    state.check_text(&envelope)?;
-    if state.route(&envelope.to).await? == Route::Unknown {
-        return Err(ProxyError::UnknownPeer(envelope.to));
-    }
+    state.check_submission(&envelope).await?;
     let id = envelope.id.clone();
     state.enqueue(envelope, Origin::OwnPeer).await?;
     Ok(HttpResponse::Accepted().json(Accepted {
         id,
         state: DeliveryState::Pending,
     }))
+}
+
+/// # POST /api/v1/outbox/batch
+/// The own peer hands over several messages (`[Envelope]`, in its order); 200 `[Submitted]` in
+/// the same order once the accepted ones are durably queued, in one commit. Each message gets
+/// the verdict a single submit would get: one refused message does not hold up the others.
+async fn submit_batch(
+    state: web::Data<ProxyState>,
+    envelopes: web::Json<Vec<Envelope>>,
+) -> Result<HttpResponse, ProxyError> {
+    let envelopes = envelopes.into_inner();
+    if envelopes.is_empty() {
+        return Err(ProxyError::BadRequest("the batch is empty".into()));
+    }
+    let mut verdicts = Vec::with_capacity(envelopes.len());
+    let mut accepted = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        match state.check_submission(&envelope).await {
+            Ok(()) => {
+                verdicts.push(Submitted::Accepted(Accepted {
+                    id: envelope.id.clone(),
+                    state: DeliveryState::Pending,
+                }));
+                accepted.push(envelope);
+            }
+            Err(e) => verdicts.push(Submitted::Refused {
+                id: envelope.id,
+                status: actix_web::ResponseError::status_code(&e).as_u16(),
+                message: e.to_string(),
+            }),
+        }
+    }
+    if !accepted.is_empty() {
+        state
+            .outbox
+            .send(EnqueueMany {
+                envelopes: accepted,
+                origin: Origin::OwnPeer,
+            })
+            .await
+            .map_err(ProxyError::unavailable)??;
+    }
+    Ok(HttpResponse::Ok().json(verdicts))
 }
 
 /// # GET /api/v1/outbox

@@ -2,7 +2,8 @@
 //! through both proxies, to the peer that stores it; and the receipts that travel back.
 //!
 //! Routes that carry these (all ours, beside the legacy ones):
-//! - peer → its proxy: `POST /api/v1/outbox` [`Envelope`] → 202 [`Accepted`] once it is durably queued.
+//! - peer → its proxy: `POST /api/v1/outbox` [`Envelope`] → 202 [`Accepted`] once it is durably queued;
+//!   `POST /api/v1/outbox/batch` `[Envelope]` → 200 `[Submitted]`, in order, in one commit.
 //! - proxy → proxy:    `POST /api/v1/relay`  [`Envelope`] → 200 [`Ack`] once the receiver stored it.
 //! - proxy → its peer: `POST /api/v1/inbox`  [`Envelope`] → 200 [`Ack`] once the peer stored it;
 //!   `POST /api/v1/receipts` [`Receipt`] (a sent message's state changed);
@@ -136,6 +137,19 @@ pub struct Accepted {
     pub state: DeliveryState,
 }
 
+/// One element of the answer to `POST /api/v1/outbox/batch`, in the order of the batch:
+/// accepted (durably queued), or refused with the status and message a single submit would get.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Submitted {
+    Accepted(Accepted),
+    Refused {
+        id: MessageId,
+        status: u16,
+        message: String,
+    },
+}
+
 /// 200 answer to `relay` / `inbox`: the receiver has stored the message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
@@ -256,6 +270,16 @@ mod tests {
             serde_json::to_string(&a).unwrap(),
             r#"{"id":"m1","state":"pending"}"#
         );
+    }
+
+    #[test]
+    fn a_batch_answer_tells_accepted_from_refused() {
+        let answer: Vec<Submitted> = serde_json::from_str(
+            r#"[{"id":"m1","state":"pending"},{"id":"m2","status":404,"message":"Unknown peer: zed"}]"#,
+        )
+        .unwrap();
+        assert!(matches!(&answer[0], Submitted::Accepted(a) if a.state == DeliveryState::Pending));
+        assert!(matches!(&answer[1], Submitted::Refused { status: 404, .. }));
     }
 
     #[test]

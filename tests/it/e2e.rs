@@ -193,7 +193,12 @@ async fn a_message_crosses_both_real_proxies_once_and_alices_copy_turns_delivere
             _ => {}
         }
     }
-    let at_bob = history(&bob, "alice").await;
+    // Delivered means bob's proxy holds it durably; bob's peer stores it right after.
+    let at_bob = eventually("bob's peer stored it", || async {
+        let h = history(&bob, "alice").await;
+        (!h.is_empty()).then_some(h)
+    })
+    .await;
     assert_eq!(at_bob.len(), 1, "{at_bob:?}");
     assert_eq!(at_bob[0]["sender"], "alice");
     assert_eq!(at_bob[0]["message"], "hello <b>bob</b>");

@@ -1021,6 +1021,54 @@ async fn an_inbox_batch_with_one_bad_envelope_is_refused_whole_and_nothing_is_st
 }
 
 #[actix_web::test]
+async fn a_batch_of_receipts_is_applied_together_skipping_unknown_ids() {
+    let o = fake_overlay(&[("alice", &[])], &["BOT"]).await;
+    let alice = o.url("alice");
+    let mut ids = Vec::new();
+    for text in ["one", "two"] {
+        let (s, v): (_, Value) = post_json(
+            &format!("{alice}/send_message"),
+            &json!({"peer_id": "BOT", "message": text}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        ids.push(MessageId::parse(v["id"].as_str().unwrap()).unwrap());
+    }
+    let batch = vec![
+        Receipt {
+            id: ids[0].clone(),
+            state: DeliveryState::Delivered,
+        },
+        Receipt {
+            id: MessageId::parse("cleared-long-ago").unwrap(),
+            state: DeliveryState::Delivered,
+        },
+        Receipt {
+            id: ids[1].clone(),
+            state: DeliveryState::Failed {
+                reason: "BOT is overloaded".into(),
+            },
+        },
+    ];
+    let (s, v): (_, Value) = post_json(&format!("{alice}/api/v1/receipts/batch"), &batch).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        json!({"status": "success", "message": "2 receipts applied"})
+    );
+    let h = history(&alice, "BOT").await;
+    let states: Vec<&str> = h.iter().map(|m| m["status"].as_str().unwrap()).collect();
+    assert_eq!(states, ["delivered", "failed"]);
+    // Not a list: refused, nothing changes.
+    let (s, _): (_, Value) = post_json(
+        &format!("{alice}/api/v1/receipts/batch"),
+        &json!({"id": "x"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[actix_web::test]
 async fn receipts_change_a_sent_messages_state_and_an_unknown_id_is_404() {
     let o = fake_overlay(&[("alice", &[])], &["BOT"]).await;
     let alice = o.url("alice");

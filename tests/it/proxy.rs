@@ -736,6 +736,43 @@ async fn the_same_relay_twice_is_stored_once_and_answered_the_same() {
 }
 
 #[actix_rt::test]
+async fn a_submitted_batch_gets_a_verdict_per_message_and_the_accepted_travel_in_order() {
+    let mut pair = Pair::new(|_| {});
+    let (alice, bob) = (pair.alice().await, pair.bob().await);
+    let first = Envelope::text("alice", "bob", "first");
+    let stray = Envelope::text("alice", "zed", "to nobody");
+    let spoof = Envelope::text("carol", "bob", "not alice's");
+    let last = Envelope::text("alice", "bob", "last");
+    let batch = vec![first.clone(), stray.clone(), spoof.clone(), last.clone()];
+    let url = format!("{}/api/v1/outbox/batch", alice.url);
+    let (s, v) = post_json(&url, &batch).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!([
+            {"id": first.id.as_str(), "state": "pending"},
+            {"id": stray.id.as_str(), "status": 404, "message": "Unknown peer: zed"},
+            {"id": spoof.id.as_str(), "status": 403, "message": "this proxy sends only for alice; `from` was `carol`"},
+            {"id": last.id.as_str(), "state": "pending"},
+        ])
+    );
+    // Retried whole, nothing new is queued: the accepted ones were stored once.
+    let (s, _) = post_json(&url, &batch).await;
+    assert_eq!(s, 200);
+    eventually("bob's peer stored both", || {
+        pair.bob_peer.stored_count() == 2
+    })
+    .await;
+    assert_eq!(pair.bob_peer.texts(), ["first", "last"]);
+    assert!(pair.bob_peer.raw_counts().values().all(|n| *n == 1));
+    // An empty batch is refused.
+    let (s, v) = post_json(&url, &Vec::<Envelope>::new()).await;
+    assert_eq!((s, v["status"].as_str()), (400, Some("error")));
+    alice.stop().await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_relay_in_our_users_name_with_an_unstorable_sender_or_a_wild_time_is_refused() {
     let mut pair = Pair::new(|_| {});
     let bob = pair.bob().await;
