@@ -58,6 +58,9 @@ pub fn bind(what: &str, addr: SocketAddr, field: &str) -> anyhow::Result<TcpList
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(limit)
+        // compat: the original read any body as JSON; cross-site posts are refused before this
+        // (see `refuse_cross_site`), so a browser form cannot post JSON as text/plain.
+        .content_type_required(false)
         .error_handler(move |err, _req| {
             use actix_web::error::JsonPayloadError as E;
             let (status, message) = match &err {

@@ -109,6 +109,9 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         App::new()
+            .wrap(actix_web::middleware::from_fn(
+                crate::web::refuse_cross_site,
+            ))
             .app_data(state.clone())
             .configure(|cfg| common_routes(cfg, Health::new("peer", instance.as_deref())))
             .configure(|cfg| routes::configure(cfg, max_body))

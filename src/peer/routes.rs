@@ -54,6 +54,8 @@ where
 {
     web::JsonConfig::default()
         .limit(limit)
+        // compat: the original read any body as JSON; cross-site posts are refused before this.
+        .content_type_required(false)
         .error_handler(move |err, _req| {
             use actix_web::error::JsonPayloadError as J;
             let e = match &err {

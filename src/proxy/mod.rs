@@ -123,6 +123,9 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         crate::logging::tag_thread(&tag);
         let state = state.clone();
         App::new()
+            .wrap(actix_web::middleware::from_fn(
+                crate::web::refuse_cross_site,
+            ))
             .configure(|cfg| common_routes(cfg, Health::new("proxy", instance.as_deref())))
             .configure(move |cfg| routes::configure(cfg, state))
     })

@@ -1021,6 +1021,44 @@ async fn an_inbox_batch_with_one_bad_envelope_is_refused_whole_and_nothing_is_st
 }
 
 #[actix_web::test]
+async fn a_cross_site_page_cannot_clear_chats_but_a_script_without_content_type_can_send() {
+    let o = fake_overlay(&[("alice", &[]), ("bob", &[])], &[]).await;
+    let alice = o.url("alice");
+    let client = awc::Client::default();
+    // compat: the original read any body as JSON, so old scripts may omit the content type.
+    let mut res = client
+        .post(format!("{alice}/send_message"))
+        .send_body(r#"{"peer_id":"bob","message":"from a script"}"#)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{:?}", res.body().await);
+    assert_eq!(history(&alice, "bob").await.len(), 1);
+    // A page on another site posting to the user's peer (CSRF) is refused; nothing changes.
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "http://evil.example"),
+    ] {
+        let res = client
+            .post(format!("{alice}/clear_all_chats"))
+            .insert_header((name, value))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{name}");
+    }
+    assert_eq!(history(&alice, "bob").await.len(), 1);
+    // The chat page itself (same origin) may.
+    let res = client
+        .post(format!("{alice}/clear_all_chats"))
+        .insert_header(("sec-fetch-site", "same-origin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(history(&alice, "bob").await.is_empty());
+}
+
+#[actix_web::test]
 async fn a_batch_of_receipts_is_applied_together_skipping_unknown_ids() {
     let o = fake_overlay(&[("alice", &[])], &["BOT"]).await;
     let alice = o.url("alice");

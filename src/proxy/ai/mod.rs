@@ -84,7 +84,8 @@ pub struct Ask {
 pub struct AiAdapter {
     name: String,
     target: Result<target::Target, String>,
-    client: awc::Client,
+    /// Built on the first ask (a TLS client costs memory; many endpoints are never used).
+    client: Option<awc::Client>,
     connect: Duration,
 }
 
@@ -121,7 +122,7 @@ impl AiAdapter {
         AiAdapter {
             name,
             target,
-            client: build_client(connect),
+            client: None,
             connect,
         }
     }
@@ -139,7 +140,7 @@ impl Actor for AiAdapter {
 impl Handler<UpdateEndpoint> for AiAdapter {
     type Result = ();
 
-    /// Table changed: resolve the new entry; rebuild the client only if its connect timeout moved.
+    /// Table changed: resolve the new entry; a new client only if its connect timeout moved.
     fn handle(&mut self, msg: UpdateEndpoint, _ctx: &mut Context<Self>) {
         self.target = resolve(&self.name, &msg.endpoint);
         let connect = match &self.target {
@@ -147,7 +148,7 @@ impl Handler<UpdateEndpoint> for AiAdapter {
             Err(_) => msg.endpoint.timeouts.connect(),
         };
         if connect != self.connect {
-            self.client = build_client(connect);
+            self.client = None;
             self.connect = connect;
         }
     }
@@ -167,8 +168,10 @@ impl Handler<Ask> for AiAdapter {
                 return Box::pin(async move { Err(e) });
             }
         };
+        let connect = self.connect;
+        let client = self.client.get_or_insert_with(|| build_client(connect));
         Box::pin(call::ask(
-            self.client.clone(),
+            client.clone(),
             self.name.clone(),
             target,
             msg.history,
