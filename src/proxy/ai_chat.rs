@@ -389,7 +389,14 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
                 turn.max_text_bytes,
             );
             let report = reply_envelope(reply_id, &turn.name, &user, text, now_ms(), true);
-            turn.enqueue(report).await
+            match turn.enqueue(report).await {
+                // The error is in the conversation; the user's message shows as failed too, so
+                // it is never ticked "delivered" when nobody answered it.
+                Outcome::Delivered => Outcome::Refused {
+                    reason: format!("{} did not answer: {e}", turn.name),
+                },
+                retry => retry,
+            }
         }
     }
 }

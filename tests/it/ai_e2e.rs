@@ -158,6 +158,19 @@ async fn all_delivered(peer: &str, me: &str, with: &str) {
     .await;
 }
 
+/// Waits until every message the user wrote to `with` is `failed` (nobody answered it); the
+/// legacy history carries the state, the native page feed the reason.
+async fn all_failed(peer: &str, me: &str, with: &str) {
+    eventually(&format!("{me}'s messages to {with} failed"), || async {
+        history(peer, with)
+            .await
+            .iter()
+            .filter(|e| e["sender"] == me)
+            .all(|e| e["status"] == "failed")
+    })
+    .await;
+}
+
 /// The page feed of a peer (`GET /api/v1/events`), event by event.
 struct PageFeed {
     stream: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>,
@@ -493,7 +506,20 @@ async fn a_missing_or_wrong_key_is_an_error_message_from_the_endpoint_and_never_
     assert_eq!(report["error"], true, "marked as an error: {report}");
     let text = report["text"].as_str().unwrap();
     assert!(text.contains("set OVERLAY_E2E_KEY_MISSING"), "{text}");
-    all_delivered(&peer, "alice", "BOT").await;
+    all_failed(&peer, "alice", "BOT").await;
+    let page_of = get_json(&format!("{peer}/api/v1/conversations/BOT/messages")).await;
+    let mine = page_of["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["from"] == "alice")
+        .cloned()
+        .unwrap();
+    let reason = mine["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("BOT did not answer: ") && reason.contains("OVERLAY_E2E_KEY_MISSING"),
+        "{mine}"
+    );
     let h = history(&peer, "BOT").await;
     assert_eq!(said(&h), pairs(&[("alice", "hi"), ("BOT", text)]));
     assert!(fake.requests().is_empty(), "nothing sent without a key");
@@ -623,7 +649,7 @@ async fn a_reply_that_breaks_off_mid_stream_shows_the_partial_text_and_an_error_
         "{text}"
     );
     assert!(text.contains("broke off"), "{text}");
-    all_delivered(&peer, "alice", "BOT").await;
+    all_failed(&peer, "alice", "BOT").await;
     let h = history(&peer, "BOT").await;
     assert_eq!(
         said(&h),
