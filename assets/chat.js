@@ -90,7 +90,7 @@
     b.title = c.name + (kind === "ai" ? " (AI)" : "") + (presence === "unknown" ? "" : " · " + presence);
     var av = node("span", "avatar " + kind + " " + hue(c.name), initial(c.name));
     var who = node("span", "who");
-    var name = node("span", "name", c.name);
+    var name = node("span", "name", c.display || c.name);
     if (kind === "ai") name.appendChild(node("span", "tag", "AI"));
     who.appendChild(name);
     who.appendChild(node("span", "preview", subtitle(c)));
@@ -172,7 +172,7 @@
   function showHeader(peer) {
     var c = contactOf(peer);
     var kind = c && c.kind === "ai" ? "ai" : "person";
-    el.convName.textContent = peer;
+    el.convName.textContent = (c && c.display) || peer;
     var sub = kind === "ai" ? "AI model" : "Person";
     if (c && c.online === true) sub += " · online";
     if (c && c.online === false) sub += " · offline";

@@ -507,6 +507,9 @@ async fn me(state: State) -> Result<HttpResponse, NativeError> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Contact {
     pub name: String,
+    /// The name shown: a person's with its first letter in capitals (as `/peers` shows it),
+    /// an AI endpoint's as written.
+    pub display: String,
     pub kind: PeerKind,
     /// None when unknown.
     pub online: Option<bool>,
@@ -544,6 +547,10 @@ pub fn merge_contacts(
             let s = summary_of(&e.name);
             Contact {
                 name: e.name.clone(),
+                display: match e.kind {
+                    PeerKind::Person => display_of(&e.name),
+                    PeerKind::Ai => e.name.clone(),
+                },
                 kind: e.kind,
                 online: e.online,
                 reachable: true,
@@ -556,6 +563,7 @@ pub fn merge_contacts(
         if !out.iter().any(|o| o.name.eq_ignore_ascii_case(&c.peer)) {
             out.push(Contact {
                 name: c.peer.clone(),
+                display: display_of(&c.peer),
                 kind: PeerKind::Person,
                 online: None,
                 reachable: false,

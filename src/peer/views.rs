@@ -66,7 +66,7 @@ pub fn contact(c: &Contact) -> Markup {
             title={ (c.name) @if kind == "ai" { " (AI)" } @if !presence_label.is_empty() { " · " (presence_label) } } {
             span.avatar.(kind).(hue(&c.name)) { (initial(&c.name)) }
             span.who {
-                span.name { (c.name) @if c.kind == PeerKind::Ai { span.tag { "AI" } } }
+                span.name { (c.display) @if c.kind == PeerKind::Ai { span.tag { "AI" } } }
                 span.preview { (contact_subtitle(c)) }
             }
             span.presence.(presence) aria-label=(presence_label) {}
@@ -177,6 +177,7 @@ mod tests {
         let list = ContactList {
             contacts: vec![Contact {
                 name: "x".into(),
+                display: "X".into(),
                 kind: PeerKind::Person,
                 online: Some(true),
                 reachable: true,
@@ -194,6 +195,7 @@ mod tests {
     fn people_and_ai_models_are_listed_apart() {
         let c = |name: &str, kind| Contact {
             name: name.into(),
+            display: name.into(),
             kind,
             online: None,
             reachable: true,

@@ -457,6 +457,19 @@ async fn the_page_and_peer_name_and_peers_follow_the_proxy_table() {
         ]
     );
     assert_eq!(contacts.contacts[0].online, Some(true));
+    // The contact list shows the names as /peers does: "Bob", and AI endpoints as written.
+    let shown: Vec<&str> = contacts
+        .contacts
+        .iter()
+        .map(|c| c.display.as_str())
+        .collect();
+    assert_eq!(shown, ["Bob", "Carol", "BOT"]);
+    let mut r = client().get(&alice).send().await.expect("GET /");
+    let page = String::from_utf8(r.body().await.expect("page").to_vec()).unwrap();
+    assert!(
+        page.contains(r#"<span class="name">Bob</span>"#),
+        "the page lists Bob by his shown name"
+    );
 }
 
 #[actix_web::test]
