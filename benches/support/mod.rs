@@ -102,8 +102,8 @@ pub fn text_table(figures: &[Figure]) -> String {
 /// A horizontal bar chart of each floored figure's margin over its floor (1.0 = at the floor).
 pub fn svg_chart(figures: &[Figure], title: &str) -> String {
     let rows: Vec<&Figure> = figures.iter().filter(|f| f.floor.is_some()).collect();
-    let (left, bar_w, row_h, top) = (330.0, 420.0, 30.0, 56.0);
-    let width = left + bar_w + 120.0;
+    let (left, bar_w, row_h, top) = (480.0, 400.0, 30.0, 56.0);
+    let width = left + bar_w + 150.0;
     let height = top + row_h * rows.len() as f64 + 40.0;
     let max = rows
         .iter()

@@ -23,7 +23,7 @@ use crate::wire::control_plane::Endpoint;
 use crate::wire::data_plane::{
     Accepted, DeliveryState, DirectoryEntry, Envelope, Forget, PeerKind, Submitted,
 };
-use crate::wire::legacy::{ErrorBody, FailedBody, ProxyPeers};
+use crate::wire::legacy::{ErrorBody, FailedBody, Message, ProxyPeers};
 
 /// How long one call to the proxy may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,12 +190,20 @@ async fn hand_over_all(
     (results, batch)
 }
 
-/// `POST {proxy}/api/v1/outbox` for one envelope.
+/// `POST {proxy}/api/v1/outbox` for one envelope; to a proxy of the original, its own format.
 async fn hand_over_one(client: &awc::Client, base: &str, envelope: Envelope) -> Handed {
     let request = client.post(format!("{base}/api/v1/outbox"));
     let id = envelope.id.clone();
     let body = serde_json::to_vec(&envelope).map_err(PeerError::storage)?;
-    let answer = call(request, Some(body), "handing the message to the proxy").await?;
+    let answer = match call(request, Some(body), "handing the message to the proxy").await {
+        Err(PeerError::ProxyRefused { status, reason })
+            if (status == 404 || status == 405)
+                && reason != format!("Unknown peer: {}", envelope.to) =>
+        {
+            return hand_over_legacy(client, base, envelope).await;
+        }
+        other => other?,
+    };
     // A 2xx is the proxy's word that it holds the message; an answer body other than
     // `Accepted` does not undo that.
     Ok(
@@ -204,6 +212,28 @@ async fn hand_over_one(client: &awc::Client, base: &str, envelope: Envelope) -> 
             state: DeliveryState::Pending,
         }),
     )
+}
+
+/// compat: a proxy of the original has no `/api/v1/outbox` (it answers any path as a legacy
+/// post for its own host): `POST {proxy}/` with `Host: TO` and `{message, from, timestamp}`.
+/// It sends no receipts, so its 200 is taken as delivered, as our proxies take it.
+async fn hand_over_legacy(client: &awc::Client, base: &str, envelope: Envelope) -> Handed {
+    let legacy = Message {
+        message: Some(envelope.body.text().to_string()),
+        from: Some(envelope.from.clone()),
+        timestamp: Some(crate::wire::rfc3339_ms(envelope.sent_at_ms)),
+        status: None,
+        auto: envelope.auto_reply.then_some(true),
+    };
+    let body = serde_json::to_vec(&legacy).map_err(PeerError::storage)?;
+    let request = client
+        .post(format!("{base}/"))
+        .insert_header(("host", envelope.to.as_str()));
+    call(request, Some(body), "handing the message to the proxy").await?;
+    Ok(Accepted {
+        id: envelope.id,
+        state: DeliveryState::Delivered,
+    })
 }
 
 impl Actor for ProxyClient {

@@ -3,7 +3,9 @@
 //!
 //! Owns the wire calls to the next hop: `POST {peer}/api/v1/inbox`, `POST {peer}/api/v1/receipts`,
 //! `POST {proxy}/api/v1/relay` (ours), and the legacy `POST {proxy}/` with `Host: TARGET`
-//! (an original proxy, whose 200 counts as delivered). It keeps no state and never retries itself.
+//! (an original proxy, whose 200 counts as delivered). A native route answered 404/405 by a
+//! component of the original falls back to the original's format at once (`POST /message` for
+//! a peer, `POST /` with `Host:` for a proxy). It keeps no state and never retries itself.
 
 use std::time::Duration;
 
@@ -38,15 +40,25 @@ pub fn legacy_body(envelope: &Envelope) -> legacy::Message {
     }
 }
 
-/// `POST {peer_url}/api/v1/inbox`.
+/// `POST {peer_url}/api/v1/inbox`; to a peer of the original, `POST {peer_url}/message`.
 pub async fn to_peer_inbox(
     client: awc::Client,
     peer_url: String,
     envelope: Envelope,
     timeout: Duration,
 ) -> Outcome {
-    let url = format!("{peer_url}/api/v1/inbox");
-    post(&client, &url, None, &envelope, timeout, "your chat app").await
+    let native = format!("{peer_url}/api/v1/inbox");
+    let legacy = format!("{peer_url}/message");
+    post_native_or_legacy(
+        &client,
+        &native,
+        &envelope,
+        &legacy,
+        None,
+        timeout,
+        "your chat app",
+    )
+    .await
 }
 
 /// `POST {peer_url}/api/v1/receipts`.
@@ -84,14 +96,20 @@ pub async fn relay(
     envelope: Envelope,
     timeout: Duration,
 ) -> Outcome {
-    let url = format!("{base_url}/api/v1/relay");
-    post(
+    // A proxy not (yet) registered with our controller is taken for ours; an original proxy
+    // there answers our route as a legacy post for its own host, and gets its own format.
+    let native = format!("{base_url}/api/v1/relay");
+    let legacy = format!("{base_url}/");
+    let what = format!("{name}'s proxy");
+    let host = envelope.to.clone();
+    post_native_or_legacy(
         &client,
-        &url,
-        None,
+        &native,
         &envelope,
+        &legacy,
+        Some(&host),
         timeout,
-        &format!("{name}'s proxy"),
+        &what,
     )
     .await
 }
@@ -182,6 +200,23 @@ async fn post<T: Serialize>(
     timeout: Duration,
     what: &str,
 ) -> Outcome {
+    match send_raw(client, url, host, body, timeout).await {
+        Ok((status, bytes)) => classify(status, &bytes, what),
+        Err(error) => Outcome::Retry {
+            what: what.to_string(),
+            error,
+        },
+    }
+}
+
+/// One POST and its answer (status, body), or why there was none.
+async fn send_raw<T: Serialize>(
+    client: &awc::Client,
+    url: &str,
+    host: Option<&str>,
+    body: &T,
+    timeout: Duration,
+) -> Result<(StatusCode, actix_web::web::Bytes), String> {
     let mut req = client.post(url).timeout(timeout);
     if let Some(h) = host {
         req = req.insert_header((header::HOST, h));
@@ -197,15 +232,49 @@ async fn post<T: Serialize>(
         Ok::<_, String>((status, bytes))
     };
     match actix_rt::time::timeout(timeout, call).await {
-        Err(_) => Outcome::Retry {
+        Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
+        Ok(result) => result,
+    }
+}
+
+/// A 404/405 to one of our routes from a server of the original, which has none of them (its
+/// proxy answers any path as a legacy post, and says `Unknown peer: <its own host>`). Our own
+/// servers' 404 for a message to someone unknown (`Unknown peer: TO`) is a real refusal.
+fn route_missing(status: StatusCode, body: &[u8], to: &str) -> bool {
+    let missing = status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED;
+    missing && error_detail(body) != format!("Unknown peer: {to}")
+}
+
+/// Posts `native` to `native_url`; where the receiver turns out to be the original's
+/// ([`route_missing`]), posts the legacy body to `legacy_url` instead (with `Host: host`).
+#[allow(clippy::too_many_arguments)]
+async fn post_native_or_legacy(
+    client: &awc::Client,
+    native_url: &str,
+    envelope: &Envelope,
+    legacy_url: &str,
+    host: Option<&str>,
+    timeout: Duration,
+    what: &str,
+) -> Outcome {
+    match send_raw(client, native_url, None, envelope, timeout).await {
+        Ok((status, bytes)) if route_missing(status, &bytes, &envelope.to) => {
+            // compat: a component of the original: its own wire format; its 200 is delivery.
+            post(
+                client,
+                legacy_url,
+                host,
+                &legacy_body(envelope),
+                timeout,
+                what,
+            )
+            .await
+        }
+        Ok((status, bytes)) => classify(status, &bytes, what),
+        Err(error) => Outcome::Retry {
             what: what.to_string(),
-            error: format!("no answer within {}s", timeout.as_secs()),
+            error,
         },
-        Ok(Err(e)) => Outcome::Retry {
-            what: what.to_string(),
-            error: e,
-        },
-        Ok(Ok((status, bytes))) => classify(status, &bytes, what),
     }
 }
 

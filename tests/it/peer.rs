@@ -1072,6 +1072,63 @@ async fn a_cross_site_page_cannot_clear_chats_but_a_script_without_content_type_
 }
 
 #[actix_web::test]
+async fn our_peer_hands_messages_to_an_original_proxy_in_its_own_format() {
+    // compat: a proxy of the original answers any POST by its Host name (so our route, posted
+    // with Host 127.0.0.1:port, is "Unknown peer: 127.0.0.1"), and has only GET /peers.
+    type Posts = Mutex<Vec<(String, Value)>>;
+    let posts: Arc<Posts> = Arc::default();
+    let data = web::Data::from(posts.clone());
+    let listener = free_listener();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route(
+                "/peers",
+                web::get().to(|| async {
+                    HttpResponse::Ok().json(json!({"instance": "alice", "peers": {"bob": {"host": "127.0.0.1", "port": 1}}}))
+                }),
+            )
+            .default_service(web::post().to(
+                |req: actix_web::HttpRequest, posts: web::Data<Posts>, body: web::Json<Value>| async move {
+                    let host = req.connection_info().host().to_string();
+                    let target = host.split(':').next().unwrap_or_default().to_string();
+                    if target != "bob" {
+                        return HttpResponse::NotFound()
+                            .json(json!({"status": "error", "message": format!("Unknown peer: {target}")}));
+                    }
+                    posts.lock().unwrap().push((host, body.into_inner()));
+                    HttpResponse::Ok().json(json!({"status": "success"}))
+                },
+            ))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_rt::spawn(server);
+    let config = config_for(&[("alice", &[])]);
+    let dir = tempfile::tempdir().unwrap();
+    let alice = start_peer(&config, "alice", &format!("http://{addr}"), dir.path()).await;
+
+    let (s, v): (_, Value) = post_json(
+        &format!("{}/send_message", alice.url),
+        &json!({"peer_id": "bob", "message": "hello, original proxy"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let got = posts.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "bob");
+    assert_eq!(got[0].1["message"], "hello, original proxy");
+    assert_eq!(got[0].1["from"], "alice");
+    assert!(got[0].1["timestamp"].is_string());
+    // It has no receipts: its 200 is taken as delivered.
+    assert_eq!(history(&alice.url, "bob").await[0]["status"], "delivered");
+}
+
+#[actix_web::test]
 async fn a_batch_of_receipts_is_applied_together_skipping_unknown_ids() {
     let o = fake_overlay(&[("alice", &[])], &["BOT"]).await;
     let alice = o.url("alice");

@@ -292,6 +292,14 @@ impl FakeOriginal {
                         .and_then(|h| h.to_str().ok())
                         .unwrap_or_default()
                         .to_string();
+                    // As the original: it routes on the Host name, whatever the path; an
+                    // address is nobody it knows (that is how it answers our own routes).
+                    let target = host.split(':').next().unwrap_or_default().to_string();
+                    if target.contains('.') || target.is_empty() {
+                        return HttpResponse::NotFound().json(
+                            json!({"status": "error", "message": format!("Unknown peer: {target}")}),
+                        );
+                    }
                     posts.lock().unwrap().push((host, body.into_inner()));
                     HttpResponse::Ok().json(json!({"status": "success"}))
                 },
@@ -773,6 +781,43 @@ async fn a_submitted_batch_gets_a_verdict_per_message_and_the_accepted_travel_in
 }
 
 #[actix_rt::test]
+async fn an_original_peer_behind_our_proxy_gets_messages_in_its_own_format() {
+    // compat: a peer of the original has only `POST /message` (no `/api/v1/inbox`).
+    let got: Arc<Mutex<Vec<legacy::Message>>> = Arc::default();
+    let data = web::Data::from(got.clone());
+    let (peer_addr, _handle) = start_fake(move |cfg| {
+        cfg.app_data(data.clone()).route(
+            "/message",
+            web::post().to(
+                |got: web::Data<Mutex<Vec<legacy::Message>>>, m: web::Json<legacy::Message>| async move {
+                    got.lock().unwrap().push(m.into_inner());
+                    HttpResponse::Ok().json(json!({"status": "success"}))
+                },
+            ),
+        );
+    });
+    let mut pair = Pair::new(|c| c.set_instance_listeners("bob", Some(peer_addr), None));
+    let (alice, bob) = (pair.alice().await, pair.bob().await);
+    let e = Envelope::text("alice", "bob", "hello, original");
+    submit(&alice.url, &e).await;
+    eventually("bob's original peer got it", || {
+        got.lock().unwrap().len() == 1
+    })
+    .await;
+    let m = got.lock().unwrap()[0].clone();
+    assert_eq!(
+        (m.message.as_deref(), m.from.as_deref()),
+        (Some("hello, original"), Some("alice"))
+    );
+    eventually("alice learns it was delivered", || {
+        pair.alice_peer.receipt_for(e.id.as_str()) == Some(DeliveryState::Delivered)
+    })
+    .await;
+    alice.stop().await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_relay_in_our_users_name_with_an_unstorable_sender_or_a_wild_time_is_refused() {
     let mut pair = Pair::new(|_| {});
     let bob = pair.bob().await;
@@ -816,6 +861,8 @@ async fn the_originals_wire_format_works_in_both_directions() {
     let mut table = EndpointTable::new();
     table.insert("bob".into(), peer_endpoint(pair.bob_addr, true));
     table.insert("carol".into(), peer_endpoint(original.addr, false));
+    // An original proxy taken for one of ours (e.g. listed before it registered).
+    table.insert("dave".into(), peer_endpoint(original.addr, true));
     let controller = FakeController::start(table, &[]);
     // Restart alice with the controller that knows carol (an original proxy).
     alice.stop().await;
@@ -902,6 +949,24 @@ async fn the_originals_wire_format_works_in_both_directions() {
     assert_eq!(msg.from.as_deref(), Some("alice"));
     assert!(msg.timestamp.is_some());
     eventually("alice learns it was delivered", || {
+        pair.alice_peer.receipt_for(e.id.as_str()) == Some(DeliveryState::Delivered)
+    })
+    .await;
+    // Taken for ours, it answers our route as the original does (404 for its own host): ours
+    // falls back to the original's format at once, and it is delivered, not refused.
+    let e = Envelope::text("alice", "dave", "to an original taken for ours");
+    submit(&alice.url, &e).await;
+    eventually("dave's original proxy got it", || {
+        original.posts.lock().unwrap().len() == 2
+    })
+    .await;
+    let (host, msg) = original.posts.lock().unwrap()[1].clone();
+    assert_eq!(host, "dave");
+    assert_eq!(
+        msg.message.as_deref(),
+        Some("to an original taken for ours")
+    );
+    eventually("alice learns that one was delivered too", || {
         pair.alice_peer.receipt_for(e.id.as_str()) == Some(DeliveryState::Delivered)
     })
     .await;
