@@ -141,8 +141,9 @@
   function remove(row) {
     var id = row.getAttribute("data-id");
     var name = row.getAttribute("data-name");
-    if (!window.confirm("Remove proxy " + name + " (" + id.slice(0, 8) + ") from the registry?\n" +
-        "Its table edits are kept for the next proxy of " + name + ".")) return;
+    if (!window.confirm("Remove proxy " + name + " (" + id + ") from the registry?\n" +
+        "Its table edits are kept for the next proxy of " + name + ".\n" +
+        "A proxy that is still running registers again within a few seconds.")) return;
     post("/api/remove_proxy/" + encodeURIComponent(id)).then(function (res) {
       if (res.ok || (res.body && res.body.message === "Unknown proxy")) {
         row.remove();
