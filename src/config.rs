@@ -139,6 +139,9 @@ pub struct DeliveryConfig {
     pub max_message_bytes: usize,
     /// Timeout of one delivery attempt to another proxy or a peer.
     pub attempt_timeout_secs: u64,
+    /// Most messages queued for one destination; past it new ones get 503 (retry later), so a
+    /// peer or proxy that is down for long cannot make its queue grow without bound.
+    pub max_queued_per_destination: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -150,6 +153,7 @@ impl Default for DeliveryConfig {
             max_body_bytes: 256 * 1024,
             max_message_bytes: 64 * 1024,
             attempt_timeout_secs: 10,
+            max_queued_per_destination: 100_000,
         }
     }
 }
@@ -499,6 +503,11 @@ impl Config {
             return Err(
                 "delivery: expected 0 < retry_initial_ms <= retry_max_ms; fix the numbers"
                     .to_string(),
+            );
+        }
+        if d.max_queued_per_destination == 0 {
+            return Err(
+                "delivery.max_queued_per_destination: must be above 0 (default 100000)".to_string(),
             );
         }
         if d.max_body_bytes < 1024 || d.max_message_bytes == 0 {

@@ -30,6 +30,9 @@ pub enum ProxyError {
     /// An actor of the proxy is gone (the proxy is shutting down).
     #[error("the proxy is shutting down: {0}")]
     Unavailable(String),
+    /// A destination's queue is at its limit: retry later.
+    #[error("{0}")]
+    QueueFull(String),
 }
 
 impl ProxyError {
@@ -49,7 +52,9 @@ impl ResponseError for ProxyError {
             ProxyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unavailable(_) | ProxyError::QueueFull(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

@@ -825,11 +825,32 @@ impl Actor for Outbox {
     }
 }
 
+impl Outbox {
+    /// Refuses a new message for a lane already holding the most it may (503: retry later).
+    fn refuse_if_full(&self, lane: &Lane, adding: usize) -> Result<(), ProxyError> {
+        let queued = self.lanes.get(lane).map_or(0, |s| s.items.len());
+        let max = self.settings.delivery.max_queued_per_destination;
+        if queued + adding > max {
+            let whom = match lane {
+                Lane::PeerInbox => format!("{}'s chat app", self.settings.me),
+                other => lane_name(other),
+            };
+            return Err(ProxyError::QueueFull(format!(
+                "{queued} messages are already queued for {whom}; try again later"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Handler<Enqueue> for Outbox {
     type Result = ResponseFuture<Result<bool, ProxyError>>;
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
         let lane = Lane::for_destination(self.settings.me.as_str(), &msg.envelope.to);
+        if let Err(e) = self.refuse_if_full(&lane, 1) {
+            return Box::pin(async move { Err(e) });
+        }
         let id = msg.envelope.id.clone();
         let record = Record::new(
             lane,
@@ -856,6 +877,17 @@ impl Handler<EnqueueMany> for Outbox {
     type Result = ResponseFuture<Result<Vec<bool>, ProxyError>>;
 
     fn handle(&mut self, msg: EnqueueMany, ctx: &mut Context<Self>) -> Self::Result {
+        let mut per_lane: HashMap<Lane, usize> = HashMap::new();
+        for e in &msg.envelopes {
+            *per_lane
+                .entry(Lane::for_destination(self.settings.me.as_str(), &e.to))
+                .or_default() += 1;
+        }
+        for (lane, n) in &per_lane {
+            if let Err(e) = self.refuse_if_full(lane, *n) {
+                return Box::pin(async move { Err(e) });
+            }
+        }
         let now = now_ms();
         let mut ops = Vec::with_capacity(msg.envelopes.len());
         let mut replies = Vec::with_capacity(msg.envelopes.len());

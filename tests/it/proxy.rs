@@ -818,6 +818,29 @@ async fn an_original_peer_behind_our_proxy_gets_messages_in_its_own_format() {
 }
 
 #[actix_rt::test]
+async fn a_destination_down_for_long_cannot_make_its_queue_grow_without_bound() {
+    let mut pair = Pair::new(|c| {
+        c.delivery.max_queued_per_destination = 2;
+        // bob's peer is down: what bob's proxy accepts for it stays queued.
+        c.set_instance_listeners("bob", Some(dead_addr()), None);
+    });
+    let bob = pair.bob().await;
+    let relay = format!("{}/api/v1/relay", bob.url);
+    for text in ["one", "two"] {
+        let (s, v) = post_json(&relay, &Envelope::text("alice", "bob", text)).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v) = post_json(&relay, &Envelope::text("alice", "bob", "three")).await;
+    assert_eq!(s, 503, "full: the sender is told to retry later: {v}");
+    assert_eq!(
+        v["message"],
+        "2 messages are already queued for bob's chat app; try again later"
+    );
+    assert_eq!(outbox_queued(&bob.url).await, 2);
+    bob.stop().await;
+}
+
+#[actix_rt::test]
 async fn a_relay_in_our_users_name_with_an_unstorable_sender_or_a_wild_time_is_refused() {
     let mut pair = Pair::new(|_| {});
     let bob = pair.bob().await;
