@@ -29,7 +29,7 @@
   };
 
   var current = null; // the selected peer's name, as the contact list spells it
-  var contacts = []; // [{name, kind, online, reachable, last_text, last_at_ms}]
+  var contacts = []; // [{name, display, kind, online, reachable, last_text, last_at_ms}]
   var bubbles = {}; // message id -> {row, msg}
   var streams = {}; // reply id -> {row, seq, text}
   var olderBefore = null; // seq for the next older page, or null
@@ -130,6 +130,7 @@
       var dot = b.querySelector(".presence");
       out.push({
         name: b.dataset.peer,
+        display: b.dataset.display || b.dataset.peer,
         kind: b.dataset.kind,
         online: dot.classList.contains("online") ? true : dot.classList.contains("offline") ? false : null,
         reachable: b.dataset.reachable !== "false",
@@ -295,10 +296,12 @@
     delete unread[String(peer).toLowerCase()];
     body.dataset.peer = peer;
     showHeader(peer);
-    clearView("No messages with " + peer + " yet. Say hello!");
+    var c = contactOf(peer);
+    var shown = (c && c.display) || peer;
+    clearView("No messages with " + shown + " yet. Say hello!");
     el.input.disabled = false;
     el.send.disabled = false;
-    el.input.placeholder = "Message " + peer;
+    el.input.placeholder = "Message " + shown;
     el.sendError.hidden = true;
     el.app.classList.remove("contacts-open");
     renderContacts();

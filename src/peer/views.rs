@@ -61,7 +61,7 @@ pub fn contact(c: &Contact) -> Markup {
         None => ("unknown", ""),
     };
     html! {
-        button.contact.unreachable[!c.reachable] type="button" data-peer=(c.name) data-kind=(kind)
+        button.contact.unreachable[!c.reachable] type="button" data-peer=(c.name) data-display=(c.display) data-kind=(kind)
             data-last=(c.last_text.as_deref().unwrap_or("")) data-reachable=(c.reachable)
             title={ (c.name) @if kind == "ai" { " (AI)" } @if !presence_label.is_empty() { " · " (presence_label) } } {
             span.avatar.(kind).(hue(&c.name)) { (initial(&c.name)) }

@@ -238,6 +238,15 @@ async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
         "!document.getElementById('input').disabled",
     )
     .await;
+    // People are shown by name as /peers names them: "Bob", in the list and the header.
+    let shown = alice
+        .execute(
+            "return [document.querySelector(\".contact[data-peer='bob'] .name\").firstChild.textContent, document.getElementById('conv-name').textContent];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(shown, json!(["Bob", "Bob"]));
     let text = "Hi Bob! <script>alert('x')</script> still text";
     let input = alice.find(Locator::Id("input")).await.unwrap();
     input.send_keys(text).await.unwrap();
