@@ -8,10 +8,12 @@ WORKDIR /src
 RUN apt-get update && apt-get install -y --no-install-recommends pkg-config libssl-dev && rm -rf /var/lib/apt/lists/*
 # Dependencies first, so source edits don't rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && cargo build --release --locked 2>/dev/null || true
+RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/overlay.rs \
+    && cargo build --release --locked --bin overlay
 COPY src ./src
 COPY assets ./assets
+COPY benches ./benches
 COPY config.yaml ./config.yaml
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin overlay
 
