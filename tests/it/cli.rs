@@ -368,6 +368,20 @@ fn every_docker_compose_service_runs_a_valid_overlay_command() {
         dockerfile.contains("USER "),
         "the image runs as a non-root user"
     );
+    // The build stage needs every path the manifest names (the bench target) and the binary
+    // embeds (assets/): no Docker engine runs here, so check the COPY lines instead.
+    for needed in ["Cargo.lock", "src", "assets", "benches", "config.yaml"] {
+        let copied = dockerfile.lines().any(|l| {
+            l.starts_with("COPY ")
+                && l.split_whitespace()
+                    .any(|w| w.trim_end_matches('/') == needed)
+        });
+        assert!(copied, "the Dockerfile does not copy {needed}");
+    }
+    assert!(
+        !dockerfile.contains("|| true"),
+        "a failing build step must fail the image build"
+    );
     let mut published = Vec::new();
     for (name, svc) in services {
         let name = name.as_str().unwrap();
