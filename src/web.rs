@@ -178,8 +178,9 @@ pub fn common_routes(cfg: &mut web::ServiceConfig, health: Health) {
     );
 }
 
-/// Refuses a state-changing request that a browser says comes from another site, so a web page
-/// the user visits cannot post to their peer, proxy or controller on their behalf (CSRF).
+/// Refuses a state-changing request that a browser says comes from another origin, so a web page
+/// the user visits (even another server on the same host) cannot post to their peer, proxy or
+/// controller on their behalf (CSRF). Not covered: DNS rebinding (no Host allow-list yet).
 ///
 /// Browsers mark every request with `Sec-Fetch-Site` (and `Origin` for POSTs); scripts, curl
 /// and the original system's components send neither, so they are unaffected.
@@ -190,7 +191,9 @@ pub fn cross_site_refusal(req: &actix_web::dev::ServiceRequest) -> Option<HttpRe
     }
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let cross_site = match header("sec-fetch-site") {
-        Some(site) => site == "cross-site",
+        // `same-site` ignores the port: any page on 127.0.0.1 (another local server) is
+        // same-site. Only our own origin, or the user typing/bookmarking (`none`), may.
+        Some(site) => !matches!(site, "same-origin" | "none"),
         None => match (header("origin"), header("host")) {
             // "null" origins (sandboxed frames, file://) are never our own pages.
             (Some("null"), _) => true,

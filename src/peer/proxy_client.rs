@@ -120,8 +120,18 @@ impl ProxyClient {
             work.into_actor(self)
                 .map(move |(results, batch), act, ctx| {
                     act.batch = batch;
+                    // The proxy could not take a message now: what queued behind it waits too
+                    // (handed over again, in order, by the resender) rather than overtaking it.
+                    let transient = results
+                        .iter()
+                        .find_map(|r| r.as_ref().err().filter(|e| e.is_transient()).cloned());
                     for (result, reply) in results.into_iter().zip(replies) {
                         let _ = reply.send(result);
+                    }
+                    if let Some(e) = transient {
+                        for (_, reply) in act.queue.drain(..) {
+                            let _ = reply.send(Err(e.clone()));
+                        }
                     }
                     act.in_flight = false;
                     act.flush(ctx);

@@ -126,15 +126,14 @@ pub fn with_local_keys(name: &str, table: &AiEndpoint, local: &[AiEndpointConfig
         None => {
             e.api_key_env = None;
             e.api_key_file = None;
-            let table_key = e.params.contains_key("key")
-                || e.headers.keys().any(|h| {
-                    matches!(
-                        h.to_ascii_lowercase().as_str(),
-                        "authorization" | "x-api-key" | "api-key" | "x-goog-api-key"
-                    )
-                });
-            if !table_key {
-                // No local default variable either (e.g. OPENAI_API_KEY): nothing of ours goes out.
+            // A key written in the table entry itself is the table's own and may be used; the
+            // resolver says whether there is a usable one (exactly as it would read it).
+            // Otherwise nothing of ours goes out: not even the provider's usual variable.
+            let own_key = matches!(
+                super::ai::target::resolve(&e).map(|t| t.key),
+                Ok(super::ai::keys::KeySource::Legacy { .. })
+            );
+            if !own_key {
                 e.auth_style = Some(AuthStyle::NoAuth);
             }
         }
@@ -556,6 +555,27 @@ mod tests {
         let e = with_local_keys("X", &AiEndpoint::from_config(&theirs[0]), &[]);
         assert_eq!(e.api_key_env, None);
         assert_eq!(e.auth_style, Some(AuthStyle::NoAuth));
+    }
+
+    #[test]
+    fn an_empty_or_unusable_key_in_a_table_entry_brings_no_local_key_along() {
+        let theirs =
+            local("{name: G, provider: gemini, model: m, base_url: 'https://evil.example/v1beta'}");
+        for (header, value) in [
+            ("x-goog-api-key", ""),
+            ("authorization", "bearer lowercase"),
+        ] {
+            let mut table = AiEndpoint::from_config(&theirs[0]);
+            table.headers.insert(header.into(), value.into());
+            let e = with_local_keys("G", &table, &[]);
+            assert_eq!(e.auth_style, Some(AuthStyle::NoAuth), "{header}: {value:?}");
+        }
+        let mut table = AiEndpoint::from_config(&theirs[0]);
+        table.params.insert("key".into(), " ".into());
+        assert_eq!(
+            with_local_keys("G", &table, &[]).auth_style,
+            Some(AuthStyle::NoAuth)
+        );
     }
 
     #[test]

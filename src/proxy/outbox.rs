@@ -30,7 +30,7 @@ use super::router::{choose_route, Route};
 use super::store::{Commit, Lane, Op, OpResult, Origin, Payload, PruneSeen, Record, Store};
 use crate::config::{DeliveryConfig, InstanceName};
 use crate::wire::control_plane::{AiEndpoint, EndpointTable};
-use crate::wire::data_plane::{DeliveryState, Envelope, Receipt};
+use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
 use crate::wire::now_ms;
 
 /// Durably queue `envelope`; answers once committed. Ok(true): the id was seen before and
@@ -827,9 +827,22 @@ impl Actor for Outbox {
 
 impl Outbox {
     /// Refuses a new message for a lane already holding the most it may (503: retry later).
-    fn refuse_if_full(&self, lane: &Lane, adding: usize) -> Result<(), ProxyError> {
+    /// Messages already queued (a resend) are never refused: they are answered as duplicates.
+    fn refuse_if_full(&self, lane: &Lane, ids: &[&MessageId]) -> Result<(), ProxyError> {
         let queued = self.lanes.get(lane).map_or(0, |s| s.items.len());
         let max = self.settings.delivery.max_queued_per_destination;
+        let held = |id: &MessageId| {
+            self.lanes.get(lane).is_some_and(|s| {
+                s.items.iter().any(|i| {
+                    matches!(&i.record.payload, Payload::Message { envelope, .. } if &envelope.id == id)
+                })
+            })
+        };
+        let adding = if queued + ids.len() > max {
+            ids.iter().filter(|id| !held(id)).count()
+        } else {
+            ids.len()
+        };
         if queued + adding > max {
             let whom = match lane {
                 Lane::PeerInbox => format!("{}'s chat app", self.settings.me),
@@ -848,7 +861,7 @@ impl Handler<Enqueue> for Outbox {
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
         let lane = Lane::for_destination(self.settings.me.as_str(), &msg.envelope.to);
-        if let Err(e) = self.refuse_if_full(&lane, 1) {
+        if let Err(e) = self.refuse_if_full(&lane, &[&msg.envelope.id]) {
             return Box::pin(async move { Err(e) });
         }
         let id = msg.envelope.id.clone();
@@ -877,14 +890,15 @@ impl Handler<EnqueueMany> for Outbox {
     type Result = ResponseFuture<Result<Vec<bool>, ProxyError>>;
 
     fn handle(&mut self, msg: EnqueueMany, ctx: &mut Context<Self>) -> Self::Result {
-        let mut per_lane: HashMap<Lane, usize> = HashMap::new();
+        let mut per_lane: HashMap<Lane, Vec<&MessageId>> = HashMap::new();
         for e in &msg.envelopes {
-            *per_lane
+            per_lane
                 .entry(Lane::for_destination(self.settings.me.as_str(), &e.to))
-                .or_default() += 1;
+                .or_default()
+                .push(&e.id);
         }
-        for (lane, n) in &per_lane {
-            if let Err(e) = self.refuse_if_full(lane, *n) {
+        for (lane, ids) in &per_lane {
+            if let Err(e) = self.refuse_if_full(lane, ids) {
                 return Box::pin(async move { Err(e) });
             }
         }

@@ -53,6 +53,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
         .default_service(web::to(legacy_post));
 }
 
+/// A message's time must be plausible: not more than a day ahead of this proxy's clock.
+fn check_time(e: &Envelope) -> Result<(), ProxyError> {
+    let horizon = crate::wire::now_ms() + 24 * 3600 * 1000;
+    if e.sent_at_ms > horizon {
+        return Err(ProxyError::BadRequest(format!(
+            "sent_at_ms {} is more than a day in the future",
+            e.sent_at_ms
+        )));
+    }
+    Ok(())
+}
+
 impl ProxyState {
     /// An envelope from elsewhere (another proxy, a legacy post for our user): its `from` must
     /// be a name a peer can store, and not ours (nobody else speaks for our user); its time
@@ -66,13 +78,7 @@ impl ProxyState {
                 e.from, self.me
             )));
         }
-        let horizon = crate::wire::now_ms() + 24 * 3600 * 1000;
-        if e.sent_at_ms > horizon {
-            return Err(ProxyError::BadRequest(format!(
-                "sent_at_ms {} is more than a day in the future",
-                e.sent_at_ms
-            )));
-        }
+        check_time(e)?;
         self.check_text(e)
     }
 
@@ -347,6 +353,7 @@ async fn legacy_post(
             state.me.to_string()
         }
         Route::OwnPeer => {
+            check_time(&envelope)?;
             state.check_text(&envelope)?;
             state.me.to_string()
         }

@@ -826,8 +826,12 @@ async fn a_destination_down_for_long_cannot_make_its_queue_grow_without_bound() 
     });
     let bob = pair.bob().await;
     let relay = format!("{}/api/v1/relay", bob.url);
-    for text in ["one", "two"] {
-        let (s, v) = post_json(&relay, &Envelope::text("alice", "bob", text)).await;
+    let queued = [
+        Envelope::text("alice", "bob", "one"),
+        Envelope::text("alice", "bob", "two"),
+    ];
+    for e in &queued {
+        let (s, v) = post_json(&relay, e).await;
         assert_eq!(s, 200, "{v}");
     }
     let (s, v) = post_json(&relay, &Envelope::text("alice", "bob", "three")).await;
@@ -836,6 +840,9 @@ async fn a_destination_down_for_long_cannot_make_its_queue_grow_without_bound() 
         v["message"],
         "2 messages are already queued for bob's chat app; try again later"
     );
+    // A resend of a message already queued is the same message: answered, not refused.
+    let (s, v) = post_json(&relay, &queued[0]).await;
+    assert_eq!((s, v["duplicate"].as_bool()), (200, Some(true)), "{v}");
     assert_eq!(outbox_queued(&bob.url).await, 2);
     bob.stop().await;
 }
@@ -860,6 +867,15 @@ async fn a_relay_in_our_users_name_with_an_unstorable_sender_or_a_wild_time_is_r
     assert!(v["message"].as_str().unwrap().contains("future"), "{v}");
     assert_eq!(outbox_queued(&bob.url).await, 0);
     assert_eq!(pair.bob_peer.stored_count(), 0);
+    // A page of another origin in the user's browser cannot post to the proxy (CSRF).
+    let res = awc::Client::default()
+        .post(&relay)
+        .insert_header(("sec-fetch-site", "same-site"))
+        .send_json(&Envelope::text("alice", "bob", "from a web page"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(outbox_queued(&bob.url).await, 0);
     bob.stop().await;
 }
 
