@@ -502,6 +502,141 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    use std::sync::{Arc, Mutex};
+
+    /// A proxy on port 0 whose routes the test chooses; it records every path posted to.
+    fn proxy(
+        routes: impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+    ) -> (String, Arc<Mutex<Vec<String>>>) {
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = HttpServer::new(move || {
+            let log = log.clone();
+            App::new()
+                .wrap_fn(move |req, srv| {
+                    log.lock().unwrap().push(req.path().to_string());
+                    actix_web::dev::Service::call(srv, req)
+                })
+                .configure(routes.clone())
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_rt::spawn(server);
+        (url, seen)
+    }
+
+    fn three() -> Vec<Envelope> {
+        vec![
+            Envelope::text("alice", "bob", "one"),
+            Envelope::text("alice", "zed", "two"),
+            Envelope::text("alice", "bob", "three"),
+        ]
+    }
+
+    async fn single(e: web::Json<Envelope>) -> HttpResponse {
+        if e.to == "zed" {
+            return HttpResponse::NotFound().json(ErrorBody::new("Unknown peer: zed"));
+        }
+        HttpResponse::Accepted().json(Accepted {
+            id: e.id.clone(),
+            state: DeliveryState::Pending,
+        })
+    }
+
+    #[actix_rt::test]
+    async fn a_batch_answer_gives_each_message_its_own_verdict_in_one_request() {
+        let (url, seen) = proxy(|cfg| {
+            cfg.route(
+                "/api/v1/outbox/batch",
+                web::post().to(|b: web::Json<Vec<Envelope>>| async move {
+                    let verdicts: Vec<Submitted> = b
+                        .iter()
+                        .map(|e| match e.to.as_str() {
+                            "zed" => Submitted::Refused {
+                                id: e.id.clone(),
+                                status: 404,
+                                message: "Unknown peer: zed".into(),
+                            },
+                            _ => Submitted::Accepted(Accepted {
+                                id: e.id.clone(),
+                                state: DeliveryState::Pending,
+                            }),
+                        })
+                        .collect();
+                    HttpResponse::Ok().json(verdicts)
+                }),
+            );
+        });
+        let (results, batch) = hand_over_all(awc::Client::default(), url, three(), true).await;
+        assert!(batch);
+        assert!(results[0].is_ok() && results[2].is_ok());
+        assert!(
+            matches!(&results[1], Err(PeerError::ProxyRefused { status: 404, reason }) if reason == "Unknown peer: zed")
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["/api/v1/outbox/batch"],
+            "one request"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_proxy_without_the_batch_route_gets_the_messages_one_by_one_in_order() {
+        let (url, seen) = proxy(|cfg| {
+            cfg.route("/api/v1/outbox", web::post().to(single));
+        });
+        let (results, batch) = hand_over_all(awc::Client::default(), url, three(), true).await;
+        assert!(!batch, "batches are not tried again");
+        assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                "/api/v1/outbox/batch",
+                "/api/v1/outbox",
+                "/api/v1/outbox",
+                "/api/v1/outbox"
+            ]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_batch_refused_as_a_whole_is_retried_one_by_one_and_batches_stay_on() {
+        let (url, _) = proxy(|cfg| {
+            cfg.route(
+                "/api/v1/outbox/batch",
+                web::post().to(|| async {
+                    HttpResponse::PayloadTooLarge()
+                        .json(ErrorBody::new("request body is too large"))
+                }),
+            )
+            .route("/api/v1/outbox", web::post().to(single));
+        });
+        let (results, batch) = hand_over_all(awc::Client::default(), url, three(), true).await;
+        assert!(batch);
+        assert!(results[0].is_ok() && results[2].is_ok());
+        assert!(matches!(
+            &results[1],
+            Err(PeerError::ProxyRefused { status: 404, .. })
+        ));
+    }
+
+    #[actix_rt::test]
+    async fn an_unreachable_proxy_leaves_every_message_waiting() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", dead.local_addr().unwrap());
+        drop(dead);
+        let (results, _) = hand_over_all(awc::Client::default(), url, three(), true).await;
+        assert!(results
+            .iter()
+            .all(|r| matches!(r, Err(e) if e.is_transient())));
+    }
 
     #[test]
     fn a_refusal_reason_is_the_proxys_own_message() {
