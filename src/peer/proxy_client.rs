@@ -228,14 +228,8 @@ async fn hand_over_one(client: &awc::Client, base: &str, envelope: Envelope) -> 
 /// post for its own host): `POST {proxy}/` with `Host: TO` and `{message, from, timestamp}`.
 /// It sends no receipts, so its 200 is taken as delivered, as our proxies take it.
 async fn hand_over_legacy(client: &awc::Client, base: &str, envelope: Envelope) -> Handed {
-    let legacy = Message {
-        message: Some(envelope.body.text().to_string()),
-        from: Some(envelope.from.clone()),
-        timestamp: Some(crate::wire::rfc3339_ms(envelope.sent_at_ms)),
-        status: None,
-        auto: envelope.auto_reply.then_some(true),
-    };
-    let body = serde_json::to_vec(&legacy).map_err(PeerError::storage)?;
+    let body =
+        serde_json::to_vec(&Message::from_envelope(&envelope)).map_err(PeerError::storage)?;
     let request = client
         .post(format!("{base}/"))
         .insert_header(("host", envelope.to.as_str()));

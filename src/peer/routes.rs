@@ -26,9 +26,7 @@ use super::resend::Resender;
 use super::updates::{Feed, PageEvent, Publish, Subscribe, Updates};
 use super::views;
 use crate::config::InstanceName;
-use crate::wire::data_plane::{
-    Ack, Body, Envelope, Forget, MessageId, PeerKind, Receipt, StreamChunk,
-};
+use crate::wire::data_plane::{Ack, Envelope, Forget, MessageId, PeerKind, Receipt, StreamChunk};
 use crate::wire::legacy::{self, success, Note, PeerListItem, PeerName};
 
 /// What the handlers share: fixed facts and the actors' addresses.
@@ -202,29 +200,6 @@ async fn send_message(
     Ok(HttpResponse::Ok().json(success(Sent { id: stored.id })))
 }
 
-/// A legacy message's id: the same for the same post, so a retried post is stored once.
-/// Without a timestamp a retry cannot be told from a repeat, so the message gets a fresh id.
-pub fn legacy_id(from: &str, timestamp: Option<&str>, message: &str) -> MessageId {
-    let Some(ts) = timestamp else {
-        return MessageId::new();
-    };
-    // FNV-1a, 128 bits, over the three fields with separators.
-    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    for part in [
-        from.to_ascii_lowercase().as_bytes(),
-        b"\x1f",
-        ts.as_bytes(),
-        b"\x1f",
-        message.as_bytes(),
-    ] {
-        for b in part {
-            h ^= u128::from(*b);
-            h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
-        }
-    }
-    MessageId::parse(&format!("legacy-{h:032x}")).unwrap_or_default()
-}
-
 /// # POST /message
 async fn message(
     state: State,
@@ -235,28 +210,12 @@ async fn message(
     if !missing.is_empty() {
         return Err(PeerError::MissingFields(missing));
     }
-    let (Some(text), Some(from)) = (body.message, body.from) else {
+    let (Some(text), Some(from)) = (&body.message, &body.from) else {
         return Err(PeerError::MissingFields(vec!["message", "from"]));
     };
-    let from = peer_name_of(&from, "from")?;
-    check_size(&text, state.max_message_bytes)?;
-    let id = legacy_id(&from, body.timestamp.as_deref(), &text);
-    let sent_at_ms = body
-        .timestamp
-        .as_deref()
-        .and_then(crate::wire::parse_timestamp_ms)
-        .unwrap_or_else(crate::wire::now_ms);
-    let envelope = Envelope {
-        id,
-        conversation: crate::wire::data_plane::conversation_id(&from, state.name.as_str()),
-        from,
-        to: state.name.to_string(),
-        sent_at_ms,
-        body: Body::Text { text },
-        // compat: the original marks an AI's reply `auto`; it is never auto-answered.
-        auto_reply: body.auto.unwrap_or(false),
-        error: false,
-    };
+    peer_name_of(from, "from")?;
+    check_size(text, state.max_message_bytes)?;
+    let envelope = body.to_envelope(state.name.as_str());
     let ack = store_incoming(&state, &envelope).await?;
     Ok(HttpResponse::Ok().json(success(Sent { id: ack.id })))
 }
@@ -657,15 +616,6 @@ async fn events(state: State) -> Result<impl actix_web::Responder, NativeError> 
 mod tests {
     use super::*;
     use crate::wire::data_plane::DirectoryEntry;
-
-    #[test]
-    fn a_retried_legacy_post_gets_the_same_id_and_another_post_another() {
-        let a = legacy_id("Bob", Some("2026-11-24T08:00:00"), "hi");
-        assert_eq!(a, legacy_id("bob", Some("2026-11-24T08:00:00"), "hi"));
-        assert_ne!(a, legacy_id("bob", Some("2026-11-24T08:00:01"), "hi"));
-        assert_ne!(a, legacy_id("bob", Some("2026-11-24T08:00:00"), "hi!"));
-        assert!(a.as_str().starts_with("legacy-"));
-    }
 
     #[test]
     fn names_are_shown_with_a_capital() {

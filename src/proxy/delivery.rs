@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use crate::wire::data_plane::{Ack, Envelope, Receipt};
 use crate::wire::legacy::{self, ErrorBody, FailedBody};
-use crate::wire::rfc3339_ms;
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,17 +26,6 @@ pub enum Outcome {
     Refused { reason: String },
     /// A batch route the receiver does not have (404/405): send one by one instead.
     Unsupported { reason: String },
-}
-
-/// The legacy body sent to an original proxy for `envelope`.
-pub fn legacy_body(envelope: &Envelope) -> legacy::Message {
-    legacy::Message {
-        message: Some(envelope.body.text().to_string()),
-        from: Some(envelope.from.clone()),
-        timestamp: Some(rfc3339_ms(envelope.sent_at_ms)),
-        status: None,
-        auto: envelope.auto_reply.then_some(true),
-    }
 }
 
 /// `POST {peer_url}/api/v1/inbox`; to a peer of the original, `POST {peer_url}/message`.
@@ -180,7 +168,7 @@ pub async fn to_legacy_proxy(
     timeout: Duration,
 ) -> Outcome {
     let url = format!("{base_url}/");
-    let body = legacy_body(&envelope);
+    let body = legacy::Message::from_envelope(&envelope);
     post(
         &client,
         &url,
@@ -264,7 +252,7 @@ async fn post_native_or_legacy(
                 client,
                 legacy_url,
                 host,
-                &legacy_body(envelope),
+                &legacy::Message::from_envelope(envelope),
                 timeout,
                 what,
             )
@@ -357,17 +345,5 @@ mod tests {
                 reason: "bob's proxy refused it: Unknown peer: bob (404)".into()
             }
         );
-    }
-
-    #[test]
-    fn the_legacy_body_carries_text_sender_and_an_iso_timestamp() {
-        let mut e = Envelope::text("alice", "carol", "hi");
-        e.sent_at_ms = 1_764_000_000_000;
-        let b = legacy_body(&e);
-        assert_eq!(b.message.as_deref(), Some("hi"));
-        assert_eq!(b.from.as_deref(), Some("alice"));
-        let ts = b.timestamp.as_deref().unwrap();
-        assert_eq!(crate::wire::parse_timestamp_ms(ts), Some(1_764_000_000_000));
-        assert!(serde_json::to_string(&b).unwrap().find("auto").is_none());
     }
 }

@@ -15,7 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::ai_chat::memory_key;
-use super::compat::{envelope_from_legacy, host_target};
+use super::compat::host_target;
 use super::error::ProxyError;
 use super::outbox::{Enqueue, EnqueueMany, GetStatus, Outbox};
 use super::router::{GetTable, ListDirectory, ResolveRoute, Route, Router};
@@ -345,7 +345,7 @@ async fn legacy_post(
             missing.join(", ")
         )));
     }
-    let mut envelope = envelope_from_legacy(&target, &msg);
+    let mut envelope = msg.to_envelope(&target);
     let name = match state.route(&target).await? {
         // compat: an original proxy hands over a message for our user.
         Route::OwnPeer if !state.me.matches(&envelope.from) => {

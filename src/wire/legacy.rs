@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::control_plane::EndpointTable;
+use super::data_plane::{conversation_id, Body, Envelope, MessageId};
+use super::{now_ms, parse_timestamp_ms, rfc3339_ms};
 
 /// The original's `status` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +115,41 @@ pub struct Message {
 
 impl Message {
     /// The names of required fields that are missing or empty.
+    /// The native envelope of this message to `target` (its fields checked present). Its id is
+    /// a hash of (target, from, timestamp, text), so the very same post retried is stored once,
+    /// whichever role receives it; without a timestamp a retry cannot be told from a repeat, so
+    /// the id is fresh.
+    pub fn to_envelope(&self, target: &str) -> Envelope {
+        let from = self.from.as_deref().unwrap_or_default().trim().to_string();
+        let text = self.message.clone().unwrap_or_default();
+        let timestamp = self.timestamp.as_deref();
+        Envelope {
+            id: legacy_id(target, &from, timestamp, &text),
+            conversation: conversation_id(&from, target),
+            to: target.to_string(),
+            sent_at_ms: timestamp
+                .and_then(parse_timestamp_ms)
+                .unwrap_or_else(now_ms),
+            body: Body::Text { text },
+            // compat: the original marks an AI's reply `auto`; it is never auto-answered.
+            auto_reply: self.auto.unwrap_or(false),
+            error: false,
+            from,
+        }
+    }
+
+    /// The original's body for `envelope`, as its proxies (`POST /`) and peers (`POST /message`)
+    /// take it.
+    pub fn from_envelope(envelope: &Envelope) -> Message {
+        Message {
+            message: Some(envelope.body.text().to_string()),
+            from: Some(envelope.from.clone()),
+            timestamp: Some(rfc3339_ms(envelope.sent_at_ms)),
+            status: None,
+            auto: envelope.auto_reply.then_some(true),
+        }
+    }
+
     pub fn missing_fields(&self) -> Vec<&'static str> {
         let mut missing = Vec::new();
         if self.message.is_none() {
@@ -123,6 +160,27 @@ impl Message {
         }
         missing
     }
+}
+
+/// `legacy-` + 32 hex digits of a 128-bit FNV-1a hash of (target, from, timestamp, message),
+/// names lower-cased (they are compared ignoring case); `legacy-` + a fresh id without a timestamp.
+fn legacy_id(target: &str, from: &str, timestamp: Option<&str>, message: &str) -> MessageId {
+    let Some(ts) = timestamp else {
+        return MessageId::parse(&format!("legacy-{}", MessageId::new())).unwrap_or_default();
+    };
+    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for part in [
+        target.to_ascii_lowercase().as_bytes(),
+        from.to_ascii_lowercase().as_bytes(),
+        ts.as_bytes(),
+        message.as_bytes(),
+    ] {
+        for b in part.iter().chain(b"\x1f") {
+            h ^= u128::from(*b);
+            h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+        }
+    }
+    MessageId::parse(&format!("legacy-{h:032x}")).unwrap_or_default()
 }
 
 // ---- peer ----
@@ -178,4 +236,69 @@ pub struct HistoryEntry {
 pub struct MessageUpdate {
     pub peer_id: String,
     pub timestamp: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(from: &str, ts: Option<&str>, text: &str) -> Message {
+        Message {
+            message: Some(text.into()),
+            from: Some(from.into()),
+            timestamp: ts.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_same_legacy_post_gets_the_same_id_whatever_the_case_of_its_names() {
+        let ts = Some("2026-11-24T08:41:31.123456");
+        let a = post("carol", ts, "hi").to_envelope("bob");
+        let b = post("Carol", ts, "hi").to_envelope("BOB");
+        assert_eq!(a.id, b.id);
+        assert!(a.id.as_str().starts_with("legacy-"));
+        assert_eq!(a.conversation, "bob:carol");
+        assert_eq!(a.body.text(), "hi");
+    }
+
+    #[test]
+    fn different_posts_get_different_ids() {
+        let a = post("carol", Some("2026-11-24T08:41:31"), "hi").to_envelope("bob");
+        for other in [
+            post("carol", Some("2026-11-24T08:41:32"), "hi").to_envelope("bob"),
+            post("carol", Some("2026-11-24T08:41:31"), "hi!").to_envelope("bob"),
+            post("carol", Some("2026-11-24T08:41:31"), "hi").to_envelope("dave"),
+        ] {
+            assert_ne!(a.id, other.id);
+        }
+    }
+
+    #[test]
+    fn posts_without_a_timestamp_are_never_merged() {
+        let a = post("carol", None, "hi").to_envelope("bob");
+        let b = post("carol", None, "hi").to_envelope("bob");
+        assert_ne!(a.id, b.id);
+        assert!(a.id.as_str().starts_with("legacy-"));
+    }
+
+    #[test]
+    fn an_envelope_goes_out_with_text_sender_and_an_iso_timestamp() {
+        let mut e = Envelope::text("alice", "carol", "hello");
+        e.sent_at_ms = 1_764_000_000_000;
+        e.auto_reply = true;
+        let m = Message::from_envelope(&e);
+        assert_eq!(m.message.as_deref(), Some("hello"));
+        assert_eq!(m.from.as_deref(), Some("alice"));
+        assert_eq!(m.timestamp.as_deref(), Some("2025-11-24T16:00:00.000Z"));
+        assert_eq!(m.auto, Some(true));
+        assert_eq!(
+            m.to_envelope("carol").sent_at_ms,
+            e.sent_at_ms,
+            "round trip of the time"
+        );
+        e.auto_reply = false;
+        let plain = serde_json::to_string(&Message::from_envelope(&e)).unwrap();
+        assert!(!plain.contains("auto"), "{plain}");
+    }
 }
