@@ -6,19 +6,19 @@
 //! Each test uses its own environment variable names for keys (tests run in parallel in one
 //! process).
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::web::{self, Bytes};
+use actix_web::web;
 use actix_web::{App, HttpResponse, HttpServer};
-use awc::error::PayloadError;
-use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 
 use crate::ai::fake::{pieces, FakeProvider, Kind, Script};
-use crate::helpers::{client, config_for, free_listener, spawn_overlay, spawn_proxy, TestOverlay};
+use crate::helpers::{
+    client, config_for, free_listener, spawn_overlay, spawn_proxy, subscribe, SseReader,
+    TestOverlay,
+};
 use overlay::config::{AiEndpointConfig, Config};
 use overlay::wire::data_plane::{Ack, DeliveryState, Envelope, Receipt, StreamChunk};
 
@@ -172,54 +172,16 @@ async fn all_failed(peer: &str, me: &str, with: &str) {
 }
 
 /// The page feed of a peer (`GET /api/v1/events`), event by event.
-struct PageFeed {
-    stream: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>,
-    buf: String,
-}
+struct PageFeed(SseReader);
 
 impl PageFeed {
     async fn open(peer: &str) -> PageFeed {
-        let r = client()
-            .get(format!("{peer}/api/v1/events"))
-            .insert_header(("accept", "text/event-stream"))
-            .send()
-            .await
-            .expect("subscribe");
-        assert_eq!(r.status(), StatusCode::OK);
-        PageFeed {
-            stream: Box::pin(r),
-            buf: String::new(),
-        }
+        PageFeed(subscribe(&format!("{peer}/api/v1/events")).await)
     }
 
     /// The next event (bounded wait: 20 s).
     async fn next(&mut self) -> Value {
-        let read = async {
-            loop {
-                if let Some(end) = self.buf.find("\n\n") {
-                    let event: String = self.buf.drain(..end + 2).collect();
-                    let data: Vec<&str> = event
-                        .lines()
-                        .filter_map(|l| l.strip_prefix("data:"))
-                        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                        .collect();
-                    if data.is_empty() {
-                        continue; // keep-alive or retry hint
-                    }
-                    let data = data.join("\n");
-                    return serde_json::from_str::<Value>(&data)
-                        .unwrap_or_else(|e| panic!("bad event {data}: {e}"));
-                }
-                match self.stream.next().await {
-                    Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
-                    Some(Err(e)) => panic!("the page feed failed: {e}"),
-                    None => panic!("the page feed ended"),
-                }
-            }
-        };
-        actix_rt::time::timeout(Duration::from_secs(20), read)
-            .await
-            .expect("a page event within 20 s")
+        self.0.next_within(Duration::from_secs(20)).await
     }
 
     /// Reads until the stored message from `from` arrives; answers the `stream` events from

@@ -12,8 +12,9 @@ use awc::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::helpers::{client, config_for, spawn_overlay, spawn_proxy, Spawned, TestOverlay};
-use crate::peer::SseReader;
+use crate::helpers::{
+    client, config_for, spawn_overlay, spawn_proxy, subscribe, Spawned, SseReader, TestOverlay,
+};
 use overlay::config::Config;
 use overlay::peer::chat_store::{HistoryPage, MessageState};
 use overlay::peer::routes::Me;
@@ -116,19 +117,8 @@ async fn wait_outboxes_empty(proxies: &[String]) {
 }
 
 /// Subscribes to a peer's page events.
-async fn events(
-    peer_url: &str,
-) -> SseReader<
-    impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
-> {
-    let r = client()
-        .get(format!("{peer_url}/api/v1/events"))
-        .insert_header(("accept", "text/event-stream"))
-        .send()
-        .await
-        .expect("subscribe");
-    assert_eq!(r.status(), StatusCode::OK);
-    SseReader::new(r)
+async fn events(peer_url: &str) -> SseReader {
+    subscribe(&format!("{peer_url}/api/v1/events")).await
 }
 
 /// The real overlay of `users`, with routing in place between every pair.

@@ -4,6 +4,7 @@
 //! - [`spawn_overlay`]: the whole of a config (controller, proxies, peers), as `overlay up` runs it.
 //! - [`spawn_controller`], [`spawn_proxy`], [`spawn_peer`]: one role at a time.
 //! - [`Spawned`]: a running server: its URL, and `stop()` to take it down mid-test.
+//! - [`subscribe`] / [`SseReader`]: a Server-Sent Events feed, event by event.
 
 #![allow(dead_code)]
 
@@ -164,4 +165,78 @@ pub fn client() -> awc::Client {
     awc::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .finish()
+}
+
+/// The body of an SSE response.
+type SseBody = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>>>,
+>;
+
+/// Reads `data:` events from an SSE response, skipping keep-alive comments and retry hints.
+pub struct SseReader {
+    stream: SseBody,
+    buf: String,
+}
+
+impl SseReader {
+    /// The next event's data, parsed (bounded wait: 10 s).
+    pub async fn next<T: serde::de::DeserializeOwned>(&mut self) -> T {
+        self.next_within(std::time::Duration::from_secs(10)).await
+    }
+
+    /// The next event's data, parsed; fails the test if none arrives `within`.
+    pub async fn next_within<T: serde::de::DeserializeOwned>(
+        &mut self,
+        within: std::time::Duration,
+    ) -> T {
+        use futures_util::StreamExt;
+        let read = async {
+            loop {
+                if let Some(end) = self.buf.find("\n\n") {
+                    let event: String = self.buf.drain(..end + 2).collect();
+                    let data: Vec<&str> = event
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                        .collect();
+                    if data.is_empty() {
+                        continue; // a comment (keep-alive) or a retry hint
+                    }
+                    let data = data.join("\n");
+                    return serde_json::from_str(&data)
+                        .unwrap_or_else(|e| panic!("bad event {data}: {e}"));
+                }
+                match self.stream.next().await {
+                    Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                    Some(Err(e)) => panic!("SSE stream failed: {e}"),
+                    None => panic!("SSE stream ended"),
+                }
+            }
+        };
+        actix_rt::time::timeout(within, read)
+            .await
+            .unwrap_or_else(|_| panic!("no SSE event within {within:?}"))
+    }
+}
+
+/// Opens the SSE feed at `url`, checking it answers 200 `text/event-stream`.
+pub async fn subscribe(url: &str) -> SseReader {
+    let r = client()
+        .get(url)
+        .insert_header(("accept", "text/event-stream"))
+        .send()
+        .await
+        .expect("subscribe");
+    assert_eq!(r.status(), awc::http::StatusCode::OK, "{url}");
+    assert!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream")),
+        "{url} is not an event stream"
+    );
+    SseReader {
+        stream: Box::pin(r),
+        buf: String::new(),
+    }
 }

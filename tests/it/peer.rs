@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use awc::http::StatusCode;
-use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::helpers::{client, config_for, free_listener};
+use crate::helpers::{client, config_for, free_listener, subscribe};
 use overlay::peer::auto_reply::AutoReplyStats;
 use overlay::peer::chat_store::{HistoryPage, MessageState};
 use overlay::peer::routes::{ContactList, Me};
@@ -333,74 +332,6 @@ fn envelope(from: &str, to: &str, id: &str, text: &str) -> Envelope {
     let mut e = Envelope::text(from, to, text);
     e.id = MessageId::parse(id).unwrap();
     e
-}
-
-/// Reads `data:` events from an SSE response, skipping keep-alive comments.
-pub struct SseReader<S> {
-    stream: S,
-    buf: String,
-}
-
-impl<S> SseReader<S>
-where
-    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
-{
-    pub fn new(stream: S) -> Self {
-        Self {
-            stream,
-            buf: String::new(),
-        }
-    }
-
-    /// The next event's data, parsed (bounded wait: 10 s).
-    pub async fn next<T: DeserializeOwned>(&mut self) -> T {
-        let read = async {
-            loop {
-                if let Some(end) = self.buf.find("\n\n") {
-                    let event: String = self.buf.drain(..end + 2).collect();
-                    let data: Vec<&str> = event
-                        .lines()
-                        .filter_map(|l| l.strip_prefix("data:"))
-                        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                        .collect();
-                    if data.is_empty() {
-                        continue; // a comment (keep-alive) or a retry hint
-                    }
-                    let data = data.join("\n");
-                    return serde_json::from_str(&data)
-                        .unwrap_or_else(|e| panic!("bad event {data}: {e}"));
-                }
-                match self.stream.next().await {
-                    Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
-                    Some(Err(e)) => panic!("SSE stream failed: {e}"),
-                    None => panic!("SSE stream ended"),
-                }
-            }
-        };
-        actix_rt::time::timeout(Duration::from_secs(10), read)
-            .await
-            .expect("an SSE event within 10 s")
-    }
-}
-
-async fn subscribe(
-    url: &str,
-) -> SseReader<
-    impl futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
-> {
-    let r = client()
-        .get(url)
-        .insert_header(("accept", "text/event-stream"))
-        .send()
-        .await
-        .expect("subscribe");
-    assert_eq!(r.status(), StatusCode::OK);
-    assert!(r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream")));
-    SseReader::new(r)
 }
 
 // ---------------------------------------------------------------------------------------------
