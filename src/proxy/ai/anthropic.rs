@@ -201,14 +201,8 @@ impl Decoder for StreamDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AiEndpointConfig;
-    use crate::wire::control_plane::AiEndpoint;
+    use crate::proxy::ai::target::tests::target;
     use serde_json::{json, Value};
-
-    fn target(yaml: &str) -> Target {
-        let c: AiEndpointConfig = serde_yaml::from_str(yaml).unwrap();
-        super::super::target::resolve(&AiEndpoint::from_config(&c)).unwrap()
-    }
 
     fn body(t: &Target) -> Value {
         let msgs = [RoleMsg {

@@ -342,8 +342,14 @@ pub fn resolve(e: &AiEndpoint) -> Result<Target, AiError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The target of an endpoint written as config YAML (shared by the providers' tests).
+    pub(crate) fn target(yaml: &str) -> Target {
+        let c: crate::config::AiEndpointConfig = serde_yaml::from_str(yaml).unwrap();
+        resolve(&AiEndpoint::from_config(&c)).unwrap()
+    }
     use crate::config::AiEndpointConfig;
 
     fn legacy(json: &str) -> AiEndpoint {
