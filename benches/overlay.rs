@@ -6,7 +6,10 @@
 //! and the real `overlay up` binary for memory and start-up time. Every message counted as
 //! delivered was durably committed by the sender's peer, both proxies and the receiver's peer.
 //!
-//! `OVERLAY_BENCH_SCALE=0.2 cargo bench --bench overlay` runs a smaller, quicker version.
+//! `OVERLAY_BENCH_SCALE=0.2 cargo bench --bench overlay` runs a smaller, quicker version;
+//! `OVERLAY_BENCH_ONLY=delivery` runs only the delivery and latency figures, and
+//! `OVERLAY_BENCH_ONLY=throughput` only the delivery at concurrency 16 (for profiling); neither
+//! writes to `bench-results/`.
 
 mod support;
 
@@ -24,6 +27,15 @@ fn scale() -> f64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0)
+}
+
+/// `OVERLAY_BENCH_ONLY`: run only part of the benchmark.
+fn only() -> Option<&'static str> {
+    match std::env::var("OVERLAY_BENCH_ONLY").ok()?.as_str() {
+        "delivery" => Some("delivery"),
+        "throughput" => Some("throughput"),
+        other => panic!("OVERLAY_BENCH_ONLY={other}: expected delivery or throughput"),
+    }
 }
 
 fn scaled(n: usize) -> usize {
@@ -334,6 +346,11 @@ async fn main() {
 
     fill(&pair.bob, "alice", 0, 1_000 - scaled(500).min(1000)).await;
     let n = scaled(3_000);
+    if only() == Some("throughput") {
+        let c16 = throughput(&pair, &arrivals, "c16", n * 3, 16).await;
+        println!("concurrency 16: {c16:.0} msg/s");
+        return;
+    }
     let c1 = throughput(&pair, &arrivals, "c1", n / 3, 1).await;
     eprintln!("  concurrency 1: {c1:.0} msg/s");
     let c16_1k = throughput(&pair, &arrivals, "c16a", n * 3, 16).await;
@@ -376,6 +393,11 @@ async fn main() {
             floor,
             note: format!("offered {offered:.0} msg/s open loop"),
         });
+    }
+
+    if only() == Some("delivery") {
+        println!("\n{}", support::text_table(&figures));
+        return;
     }
 
     // ---- history reads as a conversation grows (bob's with carol, grown to each size) ----

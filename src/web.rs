@@ -219,6 +219,18 @@ pub async fn refuse_cross_site(
     }
 }
 
+/// A role's shared state (its actors' addresses), built the first time an HTTP worker asks for
+/// it, on that worker's thread: the actors it starts then run on the same event loop as the
+/// handlers that ask them, so a request reaches an actor without crossing a thread (each
+/// crossing is a wake-up and a context switch; a message used to make dozens of them). With
+/// several workers, the others share the first one's actors.
+pub type OnWorker<S> = std::sync::Arc<std::sync::LazyLock<S, Box<dyn FnOnce() -> S + Send>>>;
+
+/// Builds an [`OnWorker`]: `build` runs once, on the first worker that needs the state.
+pub fn on_worker<S>(build: impl FnOnce() -> S + Send + 'static) -> OnWorker<S> {
+    std::sync::Arc::new(std::sync::LazyLock::new(Box::new(build)))
+}
+
 /// Starts an arbiter (thread) for a role's actors, tagged for logging.
 pub fn role_arbiter(label: &str) -> actix::Arbiter {
     let arbiter = actix::Arbiter::new();

@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 
 use super::error::PeerError;
 use super::updates::{PageEvent, Publish, Updates};
+use crate::durability::CommitPolicy;
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId};
 use crate::wire::legacy::HistoryEntry;
 
@@ -214,6 +215,15 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// Whether the commit holding this op must reach the disk before it returns: everything
+    /// someone is answered for. A hand-over record need not (see [`crate::durability`]): lost
+    /// in a crash, the message is handed over again and the proxy knows it by its id.
+    pub fn must_be_durable(&self) -> bool {
+        !matches!(self, WriteOp::SetHandOver { .. })
+    }
+}
+
 /// What one [`WriteOp`] did.
 #[derive(Debug, Clone)]
 pub enum WriteOutcome {
@@ -238,6 +248,8 @@ pub enum WriteOutcome {
 #[rtype(result = "Result<Vec<Result<WriteOutcome, PeerError>>, PeerError>")]
 pub struct WriteBatch {
     pub ops: Vec<WriteOp>,
+    /// The commit is on disk when it returns (see [`crate::durability`]).
+    pub durable: bool,
 }
 
 /// The newest `limit` messages of a conversation older than `before` (seq).
@@ -537,12 +549,14 @@ fn apply(
 mod blocking {
     use super::*;
 
-    /// One transaction, one commit (durable on return), for the whole batch.
+    /// One transaction, one commit (on disk on return when `durable`), for the whole batch.
     pub fn write_batch(
         db: &Database,
         ops: Vec<WriteOp>,
+        durable: bool,
     ) -> Result<Vec<Result<WriteOutcome, PeerError>>, PeerError> {
-        let tx = db.begin_write().map_err(PeerError::storage)?;
+        let mut tx = db.begin_write().map_err(PeerError::storage)?;
+        tx.set_durability(crate::durability::redb(durable));
         let mut outcomes = Vec::with_capacity(ops.len());
         {
             let mut meta = tx.open_table(META).map_err(PeerError::storage)?;
@@ -645,12 +659,13 @@ mod blocking {
 }
 
 impl ChatStore {
-    /// One transaction, one commit (durable on return), for the whole batch.
+    /// One transaction, one commit (on disk on return when `durable`), for the whole batch.
     pub fn write_batch(
         &self,
         ops: Vec<WriteOp>,
+        durable: bool,
     ) -> Result<Vec<Result<WriteOutcome, PeerError>>, PeerError> {
-        self.db.with(|db| blocking::write_batch(db, ops))
+        self.db.with(|db| blocking::write_batch(db, ops, durable))
     }
 
     /// The newest `limit` messages with `peer` older than `before`, newest first.
@@ -683,7 +698,7 @@ impl Handler<WriteBatch> for ChatStore {
     type Result = Result<Vec<Result<WriteOutcome, PeerError>>, PeerError>;
 
     fn handle(&mut self, msg: WriteBatch, _: &mut SyncContext<Self>) -> Self::Result {
-        self.write_batch(msg.ops)
+        self.write_batch(msg.ops, msg.durable)
     }
 }
 
@@ -796,6 +811,8 @@ pub struct WriteQueue {
     updates: Addr<Updates>,
     waiting: VecDeque<Waiting>,
     committing: bool,
+    /// Which group commits must reach the disk before they return.
+    commits: CommitPolicy,
 }
 
 impl WriteQueue {
@@ -805,6 +822,7 @@ impl WriteQueue {
             updates,
             waiting: VecDeque::new(),
             committing: false,
+            commits: CommitPolicy::default(),
         }
     }
 
@@ -857,8 +875,9 @@ impl WriteQueue {
         let (ops, replies): (Vec<WriteOp>, Vec<Reply>) =
             self.waiting.drain(..n).map(|w| (w.op, w.reply)).unzip();
         self.committing = true;
+        let durable = self.commits.next(ops.iter().any(WriteOp::must_be_durable));
         self.store
-            .send(WriteBatch { ops })
+            .send(WriteBatch { ops, durable })
             .into_actor(self)
             .map(move |result, act, ctx| {
                 let result = result.map_err(PeerError::from).and_then(|r| r);
@@ -1032,7 +1051,7 @@ mod tests {
     }
 
     fn write(store: &ChatStore, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcome, PeerError>> {
-        store.write_batch(ops).unwrap()
+        store.write_batch(ops, true).unwrap()
     }
 
     fn page(store: &ChatStore, peer: &str, before: Option<u64>, limit: usize) -> HistoryPage {

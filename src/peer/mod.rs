@@ -60,48 +60,11 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         })
     };
 
-    let arbiter = crate::web::role_arbiter(&label);
-    let handle = arbiter.handle();
-    let updates = Updates::start_in_arbiter(&handle, |_| Updates::default());
-    let writes = {
-        let (store, updates) = (store.clone(), updates.clone());
-        WriteQueue::start_in_arbiter(&handle, move |_| WriteQueue::new(store, updates))
+    // The actors are started on the HTTP worker's thread, where the handlers run.
+    let state = {
+        let (store, settings) = (store.clone(), settings.clone());
+        crate::web::on_worker(move || web::Data::new(start_actors(&settings, store)))
     };
-    let proxy = {
-        let url = settings.proxy_url.clone();
-        ProxyClient::start_in_arbiter(&handle, move |_| ProxyClient::new(&url))
-    };
-    let resender = {
-        let (store, writes, proxy) = (store.clone(), writes.clone(), proxy.clone());
-        let resend = ResendSettings {
-            expire_after_secs: settings.expire_after_secs,
-            retry_initial_ms: u64::from(settings.retry_initial_ms),
-            retry_max_ms: u64::from(settings.retry_max_ms),
-        };
-        Resender::start_in_arbiter(&handle, move |_| {
-            Resender::new(store, writes, proxy, resend)
-        })
-    };
-    let auto_reply = {
-        let (me, config) = (settings.name.to_string(), settings.auto_reply.clone());
-        let (writes, proxy, resender) = (writes.clone(), proxy.clone(), resender.clone());
-        AutoReply::start_in_arbiter(&handle, move |_| {
-            AutoReply::new(&me, config, writes, proxy, resender)
-        })
-    };
-
-    let state = web::Data::new(PeerState {
-        name: settings.name.clone(),
-        display_name: settings.display_name.clone(),
-        max_body_bytes: settings.max_body_bytes,
-        max_message_bytes: settings.max_message_bytes,
-        store,
-        writes,
-        updates,
-        proxy,
-        resender,
-        auto_reply,
-    });
 
     let instance: Option<String> = Some(settings.name.to_string());
     let tag = label.clone();
@@ -112,7 +75,7 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
             .wrap(actix_web::middleware::from_fn(
                 crate::web::refuse_cross_site,
             ))
-            .app_data(state.clone())
+            .app_data((*state).clone())
             .configure(|cfg| common_routes(cfg, Health::new("peer", instance.as_deref())))
             .configure(|cfg| routes::configure(cfg, max_body))
     })
@@ -129,12 +92,8 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
 
     let stop_label = label.clone();
     let on_stop: Box<dyn FnOnce() + Send> = Box::new(move || {
-        // The actors go with their arbiter (after the write in progress, if any); then the
-        // database is closed, so a restart in the same process can open the file again.
-        arbiter.stop();
-        if arbiter.join().is_err() {
-            log::warn!("{stop_label}: an actor thread panicked while stopping");
-        }
+        // The actors stop with the server's worker; the database is closed here (after the
+        // write in progress, if any), so a restart in the same process can open the file again.
         db.close();
         log::info!("{stop_label}: chat store closed");
     });
@@ -144,4 +103,37 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         server,
         on_stop: vec![on_stop],
     })
+}
+
+/// Starts the peer's actors on the current thread (an HTTP worker's), around the store.
+fn start_actors(settings: &PeerSettings, store: actix::Addr<ChatStore>) -> PeerState {
+    let updates = Updates::default().start();
+    let writes = WriteQueue::new(store.clone(), updates.clone()).start();
+    let proxy = ProxyClient::new(&settings.proxy_url).start();
+    let resend = ResendSettings {
+        expire_after_secs: settings.expire_after_secs,
+        retry_initial_ms: u64::from(settings.retry_initial_ms),
+        retry_max_ms: u64::from(settings.retry_max_ms),
+    };
+    let resender = Resender::new(store.clone(), writes.clone(), proxy.clone(), resend).start();
+    let auto_reply = AutoReply::new(
+        settings.name.as_str(),
+        settings.auto_reply.clone(),
+        writes.clone(),
+        proxy.clone(),
+        resender.clone(),
+    )
+    .start();
+    PeerState {
+        name: settings.name.clone(),
+        display_name: settings.display_name.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        max_message_bytes: settings.max_message_bytes,
+        store,
+        writes,
+        updates,
+        proxy,
+        resender,
+        auto_reply,
+    }
 }

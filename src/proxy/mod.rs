@@ -77,51 +77,22 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             TableSource::Config,
         ),
     };
-    let arbiter = crate::web::role_arbiter(&label);
-    let outbox = {
-        let settings = OutboxSettings {
-            me: settings.name.clone(),
-            peer_url: settings.peer_url.trim_end_matches('/').to_string(),
-            delivery: settings.delivery.clone(),
-            local_ai: settings.config.ai_endpoints.clone(),
-        };
-        let (endpoints, store, items) = (endpoints.clone(), store.clone(), loaded.items);
-        Outbox::start_in_arbiter(&arbiter.handle(), move |_| {
-            Outbox::new(settings, endpoints, store, items)
-        })
-    };
-    let router = {
-        let (me, outbox, store) = (settings.name.clone(), outbox.clone(), store.clone());
-        Router::start_in_arbiter(&arbiter.handle(), move |_| {
-            Router::new(me, endpoints, source, outbox, store)
-        })
-    };
-    {
-        let link = LinkSettings {
-            controller_url: settings.controller_url.trim_end_matches('/').to_string(),
+    // The actors are started on the HTTP worker's thread, where the handlers run.
+    let state = {
+        let boot = Boot {
+            settings: settings.clone(),
+            endpoints,
+            source,
+            store: store.clone(),
+            items: loaded.items,
             proxy_id: loaded.proxy_id.clone(),
-            instance_name: settings.name.to_string(),
-            advertise: settings.advertise.clone(),
-            heartbeat_every: Duration::from_secs(settings.liveness.heartbeat_every_secs.max(1)),
         };
-        let router = router.clone();
-        ControllerLink::start_in_arbiter(&arbiter.handle(), move |_| {
-            ControllerLink::new(link, router)
-        });
-    }
-
-    let state = ProxyState {
-        me: settings.name.clone(),
-        router,
-        outbox,
-        store,
-        max_body_bytes: settings.delivery.max_body_bytes,
-        max_message_bytes: settings.delivery.max_message_bytes,
+        crate::web::on_worker(move || boot.start_actors())
     };
     let tag = label.clone();
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
-        let state = state.clone();
+        let state = (*state).clone();
         App::new()
             .wrap(actix_web::middleware::from_fn(
                 crate::web::refuse_cross_site,
@@ -136,9 +107,8 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
     .run();
     log::info!("{label} listening on {addr} (proxy id {})", loaded.proxy_id);
     let on_stop: Box<dyn FnOnce() + Send> = Box::new(move || {
-        // Stop delivering (drops the actors), then release the store file.
-        arbiter.stop();
-        let _ = arbiter.join();
+        // The actors stop with the server's worker; release the store file (after the write in
+        // progress, if any), so a restart in the same process can open it again.
         store::close(&db);
     });
     Ok(Running {
@@ -147,4 +117,64 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         server,
         on_stop: vec![on_stop],
     })
+}
+
+/// What the proxy's actors start from.
+struct Boot {
+    settings: ProxySettings,
+    endpoints: crate::wire::control_plane::EndpointTable,
+    source: TableSource,
+    store: actix::Addr<Store>,
+    items: Vec<(u64, store::Record)>,
+    proxy_id: String,
+}
+
+impl Boot {
+    /// Starts the proxy's actors on the current thread (an HTTP worker's).
+    fn start_actors(self) -> ProxyState {
+        let Boot {
+            settings,
+            endpoints,
+            source,
+            store,
+            items,
+            proxy_id,
+        } = self;
+        let outbox = Outbox::new(
+            OutboxSettings {
+                me: settings.name.clone(),
+                peer_url: settings.peer_url.trim_end_matches('/').to_string(),
+                delivery: settings.delivery.clone(),
+                local_ai: settings.config.ai_endpoints.clone(),
+            },
+            endpoints.clone(),
+            store.clone(),
+            items,
+        )
+        .start();
+        let router = Router::new(
+            settings.name.clone(),
+            endpoints,
+            source,
+            outbox.clone(),
+            store.clone(),
+        )
+        .start();
+        let link = LinkSettings {
+            controller_url: settings.controller_url.trim_end_matches('/').to_string(),
+            proxy_id,
+            instance_name: settings.name.to_string(),
+            advertise: settings.advertise.clone(),
+            heartbeat_every: Duration::from_secs(settings.liveness.heartbeat_every_secs.max(1)),
+        };
+        ControllerLink::new(link, router.clone()).start();
+        ProxyState {
+            me: settings.name.clone(),
+            router,
+            outbox,
+            store,
+            max_body_bytes: settings.delivery.max_body_bytes,
+            max_message_bytes: settings.delivery.max_message_bytes,
+        }
+    }
 }

@@ -29,6 +29,7 @@ use super::error::ProxyError;
 use super::router::{choose_route, Route};
 use super::store::{Commit, Lane, Op, OpResult, Origin, Payload, PruneSeen, Record, Store};
 use crate::config::{DeliveryConfig, InstanceName};
+use crate::durability::CommitPolicy;
 use crate::wire::control_plane::{AiEndpoint, EndpointTable};
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
 use crate::wire::now_ms;
@@ -139,6 +140,8 @@ pub struct Outbox {
     /// Waiting for the next group commit.
     batch: Vec<Pending>,
     committing: bool,
+    /// Which group commits must reach the disk before they return.
+    commits: CommitPolicy,
     /// Loaded from the store at start, put in lanes when the actor starts.
     initial: Vec<(u64, Record)>,
     /// This actor's own address (set when it starts), for replies queued from async work.
@@ -173,6 +176,7 @@ impl Outbox {
             lanes: HashMap::new(),
             batch: Vec::new(),
             committing: false,
+            commits: CommitPolicy::default(),
             initial: items,
             addr: None,
             peer_inbox_batch: true,
@@ -206,7 +210,8 @@ impl Outbox {
         self.committing = true;
         let batch = std::mem::take(&mut self.batch);
         let ops: Vec<Op> = batch.iter().map(|p| p.op.clone()).collect();
-        let commit = self.store.send(Commit { ops });
+        let durable = self.commits.next(ops.iter().any(Op::must_be_durable));
+        let commit = self.store.send(Commit { ops, durable });
         ctx.spawn(wrap_future(commit).map(move |res, act: &mut Self, ctx| {
             act.committing = false;
             let res = match res {

@@ -112,6 +112,15 @@ pub enum Op {
     Finish { seq: u64, follow_up: Option<Record> },
 }
 
+impl Op {
+    /// Whether the commit holding this op must reach the disk before it returns: an accepted
+    /// item is answered for (its sender is told we hold it). Updates and finishes are redone
+    /// when lost (the item is tried again and its receiver deduplicates it by id).
+    pub fn must_be_durable(&self) -> bool {
+        matches!(self, Op::Accept { .. })
+    }
+}
+
 /// What one [`Op`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpResult {
@@ -124,12 +133,14 @@ pub enum OpResult {
     Done,
 }
 
-/// Applies `ops` in ONE write transaction (one fsync); every result is valid only once this
-/// returns Ok, i.e. after the commit.
+/// Applies `ops` in ONE write transaction (at most one fsync); every result is valid only once
+/// this returns Ok, i.e. after the commit, which is on disk when `durable` (see
+/// [`crate::durability`]).
 #[derive(Message)]
 #[rtype(result = "Result<Vec<OpResult>, ProxyError>")]
 pub struct Commit {
     pub ops: Vec<Op>,
+    pub durable: bool,
 }
 
 /// Everything a starting proxy needs from its store; creates the proxy id on first start.
@@ -317,8 +328,14 @@ fn next_seq(
 }
 
 /// Applies `ops` in one write transaction; results are valid only after the commit succeeded.
-fn apply(db: &Database, next: &mut Option<u64>, ops: &[Op]) -> Result<Vec<OpResult>, ProxyError> {
-    let txn = db.begin_write().map_err(ProxyError::storage)?;
+fn apply(
+    db: &Database,
+    next: &mut Option<u64>,
+    ops: &[Op],
+    durable: bool,
+) -> Result<Vec<OpResult>, ProxyError> {
+    let mut txn = db.begin_write().map_err(ProxyError::storage)?;
+    txn.set_durability(crate::durability::redb(durable));
     let mut results = Vec::with_capacity(ops.len());
     {
         let mut outbox = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
@@ -377,7 +394,7 @@ impl Handler<Commit> for Store {
     /// One write transaction for the whole batch: group commit.
     fn handle(&mut self, msg: Commit, _: &mut SyncContext<Self>) -> Self::Result {
         let before = self.next_seq;
-        let result = self.with_db(|db, next| apply(db, next, &msg.ops));
+        let result = self.with_db(|db, next| apply(db, next, &msg.ops, msg.durable));
         if result.is_err() {
             // Nothing of the batch was written: re-read the next seq from the table.
             self.next_seq = before;
@@ -665,7 +682,7 @@ mod tests {
 
     fn run(db: &SharedDb, next: &mut Option<u64>, ops: Vec<Op>) -> Vec<OpResult> {
         let guard = db.lock().unwrap();
-        apply(guard.as_ref().unwrap(), next, &ops).unwrap()
+        apply(guard.as_ref().unwrap(), next, &ops, true).unwrap()
     }
 
     fn accept(id: &str) -> Op {
