@@ -15,7 +15,7 @@
 //! - [`controller`], [`proxy`], [`peer`]: one folder per role, each with `run()` as its door.
 //! - [`up`]: every role of `config.yaml` in one process.
 //! - [`web`]: small pieces every role's HTTP server shares (assets, JSON limits, server handles).
-//! - [`durability`]: which group commits must reach the disk before they return.
+//! - [`group_commit`]: when the stores commit, and which commits must reach the disk first.
 //! - [`logging`]: env_logger set up so every line names its role and instance.
 //!
 //! Roles depend on `wire`, `config` and `web`, never on each other; only `up` and the CLI
@@ -24,7 +24,7 @@
 pub mod cli;
 pub mod config;
 pub mod controller;
-pub mod durability;
+pub mod group_commit;
 pub mod logging;
 pub mod peer;
 pub mod proxy;

@@ -22,14 +22,14 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::error::PeerError;
 use super::updates::{PageEvent, Publish, Updates};
-use crate::durability::CommitPolicy;
-use crate::wire::data_plane::{DeliveryState, Envelope, MessageId};
+use crate::group_commit::{CommitPolicy, RIDE_ALONG};
+use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
 use crate::wire::legacy::HistoryEntry;
 
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -217,7 +217,7 @@ pub enum WriteOp {
 
 impl WriteOp {
     /// Whether the commit holding this op must reach the disk before it returns: everything
-    /// someone is answered for. A hand-over record need not (see [`crate::durability`]): lost
+    /// someone is answered for. A hand-over record need not (see [`crate::group_commit`]): lost
     /// in a crash, the message is handed over again and the proxy knows it by its id.
     pub fn must_be_durable(&self) -> bool {
         !matches!(self, WriteOp::SetHandOver { .. })
@@ -248,7 +248,7 @@ pub enum WriteOutcome {
 #[rtype(result = "Result<Vec<Result<WriteOutcome, PeerError>>, PeerError>")]
 pub struct WriteBatch {
     pub ops: Vec<WriteOp>,
-    /// The commit is on disk when it returns (see [`crate::durability`]).
+    /// The commit is on disk when it returns (see [`crate::group_commit`]).
     pub durable: bool,
 }
 
@@ -556,7 +556,8 @@ mod blocking {
         durable: bool,
     ) -> Result<Vec<Result<WriteOutcome, PeerError>>, PeerError> {
         let mut tx = db.begin_write().map_err(PeerError::storage)?;
-        tx.set_durability(crate::durability::redb(durable));
+        tx.set_durability(crate::group_commit::redb(durable))
+            .map_err(PeerError::storage)?;
         let mut outcomes = Vec::with_capacity(ops.len());
         {
             let mut meta = tx.open_table(META).map_err(PeerError::storage)?;
@@ -759,6 +760,15 @@ pub struct SetDeliveryState {
     pub state: DeliveryState,
 }
 
+/// Receipts from the proxy: each message's new delivery state. Not urgent: they ride along with
+/// the next commit (see [`crate::group_commit`]), and are answered once it is on disk. Each
+/// gets its own outcome (an unknown id is [`PeerError::UnknownMessage`]).
+#[derive(Message)]
+#[rtype(result = "Vec<Result<StoredMessage, PeerError>>")]
+pub struct ApplyReceipts {
+    pub receipts: Vec<Receipt>,
+}
+
 /// Our pending message was taken by the proxy (`waiting: None`), or not (`Some(why)`, shown
 /// beside it while it waits to be handed over again).
 #[derive(Message)]
@@ -790,6 +800,8 @@ struct Waiting {
     op: WriteOp,
     reply: Reply,
     with_next: bool,
+    /// Someone waits for it now: it starts a commit (see [`crate::group_commit`]).
+    urgent: bool,
 }
 
 /// How many of the waiting writes (given each one's `with_next`) the next commit takes: up to
@@ -813,6 +825,8 @@ pub struct WriteQueue {
     committing: bool,
     /// Which group commits must reach the disk before they return.
     commits: CommitPolicy,
+    /// Writes that are not urgent wait for an urgent commit to ride along with, until this.
+    ride_along: Option<SpawnHandle>,
 }
 
 impl WriteQueue {
@@ -823,12 +837,15 @@ impl WriteQueue {
             waiting: VecDeque::new(),
             committing: false,
             commits: CommitPolicy::default(),
+            ride_along: None,
         }
     }
 
+    /// Queues `op` for the next commit; `urgent`: someone waits for it now.
     fn enqueue(
         &mut self,
         op: WriteOp,
+        urgent: bool,
         ctx: &mut Context<Self>,
     ) -> oneshot::Receiver<Result<WriteOutcome, PeerError>> {
         let (reply, rx) = oneshot::channel();
@@ -836,10 +853,9 @@ impl WriteQueue {
             op,
             reply,
             with_next: false,
+            urgent,
         });
-        if !self.committing {
-            self.commit_next(ctx);
-        }
+        self.schedule(ctx);
         rx
     }
 
@@ -847,6 +863,7 @@ impl WriteQueue {
     fn enqueue_group(
         &mut self,
         ops: Vec<WriteOp>,
+        urgent: bool,
         ctx: &mut Context<Self>,
     ) -> Vec<oneshot::Receiver<Result<WriteOutcome, PeerError>>> {
         let n = ops.len();
@@ -857,19 +874,39 @@ impl WriteQueue {
                 op,
                 reply,
                 with_next: i + 1 < n,
+                urgent,
             });
             receivers.push(rx);
         }
-        if !self.committing {
-            self.commit_next(ctx);
-        }
+        self.schedule(ctx);
         receivers
+    }
+
+    /// Commits what is waiting: at once when some of it is urgent, else with the next urgent
+    /// commit or after [`RIDE_ALONG`] at the latest.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.waiting.is_empty() {
+            return;
+        }
+        if self.waiting.iter().any(|w| w.urgent) {
+            self.commit_next(ctx);
+        } else if self.ride_along.is_none() {
+            self.ride_along = Some(ctx.run_later(RIDE_ALONG, |act, ctx| {
+                act.ride_along = None;
+                if !act.committing {
+                    act.commit_next(ctx);
+                }
+            }));
+        }
     }
 
     /// Sends everything waiting (up to [`MAX_BATCH`]) as one transaction.
     fn commit_next(&mut self, ctx: &mut Context<Self>) {
         if self.waiting.is_empty() {
             return;
+        }
+        if let Some(timer) = self.ride_along.take() {
+            ctx.cancel_future(timer);
         }
         let n = commit_size(self.waiting.iter().map(|w| w.with_next), MAX_BATCH);
         let (ops, replies): (Vec<WriteOp>, Vec<Reply>) =
@@ -898,7 +935,7 @@ impl WriteQueue {
                     }
                 }
                 act.committing = false;
-                act.commit_next(ctx);
+                act.schedule(ctx);
             })
             .spawn(ctx);
     }
@@ -941,6 +978,7 @@ impl Handler<AppendMessage> for WriteQueue {
             WriteOp::Append {
                 message: msg.message,
             },
+            true,
             ctx,
         );
         Box::pin(async move {
@@ -963,6 +1001,7 @@ impl Handler<SetDeliveryState> for WriteQueue {
                 id: msg.id,
                 state: msg.state,
             },
+            true,
             ctx,
         );
         Box::pin(async move {
@@ -983,7 +1022,7 @@ impl Handler<AppendMany> for WriteQueue {
             .into_iter()
             .map(|message| WriteOp::Append { message })
             .collect();
-        let receivers = self.enqueue_group(ops, ctx);
+        let receivers = self.enqueue_group(ops, true, ctx);
         Box::pin(async move {
             let mut out = Vec::with_capacity(receivers.len());
             for rx in receivers {
@@ -1000,15 +1039,44 @@ impl Handler<AppendMany> for WriteQueue {
     }
 }
 
+impl Handler<ApplyReceipts> for WriteQueue {
+    type Result = ResponseFuture<Vec<Result<StoredMessage, PeerError>>>;
+
+    fn handle(&mut self, msg: ApplyReceipts, ctx: &mut Context<Self>) -> Self::Result {
+        let ops = msg
+            .receipts
+            .into_iter()
+            .map(|r| WriteOp::SetState {
+                id: r.id,
+                state: r.state,
+            })
+            .collect();
+        let receivers = self.enqueue_group(ops, false, ctx);
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(receivers.len());
+            for rx in receivers {
+                out.push(match outcome(rx).await {
+                    Ok(WriteOutcome::StateSet { message, .. }) => Ok(message),
+                    Ok(other) => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
+                    Err(e) => Err(e),
+                });
+            }
+            out
+        })
+    }
+}
+
 impl Handler<SetHandOver> for WriteQueue {
     type Result = ResponseFuture<Result<StoredMessage, PeerError>>;
 
     fn handle(&mut self, msg: SetHandOver, ctx: &mut Context<Self>) -> Self::Result {
+        // Bookkeeping: it rides along with the next commit.
         let rx = self.enqueue(
             WriteOp::SetHandOver {
                 id: msg.id,
                 waiting: msg.waiting,
             },
+            false,
             ctx,
         );
         Box::pin(async move {
@@ -1024,7 +1092,7 @@ impl Handler<ClearConversations> for WriteQueue {
     type Result = ResponseFuture<Result<u64, PeerError>>;
 
     fn handle(&mut self, msg: ClearConversations, ctx: &mut Context<Self>) -> Self::Result {
-        let rx = self.enqueue(WriteOp::Clear { peer: msg.peer }, ctx);
+        let rx = self.enqueue(WriteOp::Clear { peer: msg.peer }, true, ctx);
         Box::pin(async move {
             match outcome(rx).await? {
                 WriteOutcome::Cleared { removed, .. } => Ok(removed),

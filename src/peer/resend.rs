@@ -176,9 +176,9 @@ fn expired(m: &StoredMessage, expire_after_ms: u64, now: u64) -> bool {
 
 /// `secs` for people: `90s`, `5m`, `24h`.
 fn span(secs: u64) -> String {
-    if secs >= 3600 && secs % 3600 == 0 {
+    if secs >= 3600 && secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs >= 60 && secs % 60 == 0 {
+    } else if secs >= 60 && secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")

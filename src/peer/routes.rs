@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::auto_reply::{AutoReply, AutoReplyStats, GetAutoReplyStats, MessageReceived};
 use super::chat_store::{
-    AppendMany, AppendMessage, ChatStore, ClearConversations, ConversationSummary, GetHistory,
-    GetPage, HistoryPage, ListConversations, SetDeliveryState, StoredMessage, WriteQueue,
+    AppendMany, AppendMessage, ApplyReceipts, ChatStore, ClearConversations, ConversationSummary,
+    GetHistory, GetPage, HistoryPage, ListConversations, SetDeliveryState, StoredMessage,
+    WriteQueue,
 };
 use super::error::{NativeError, PeerError};
 use super::proxy_client::{self, FetchDirectory, FetchLegacyPeers, PostForget, ProxyClient};
@@ -385,15 +386,16 @@ async fn receipts_batch(
     state: State,
     body: web::Json<Vec<Receipt>>,
 ) -> Result<HttpResponse, NativeError> {
-    let writes = body.into_inner().into_iter().map(|receipt| {
-        state.writes.send(SetDeliveryState {
-            id: receipt.id,
-            state: receipt.state,
+    let results = state
+        .writes
+        .send(ApplyReceipts {
+            receipts: body.into_inner(),
         })
-    });
+        .await
+        .map_err(PeerError::from)?;
     let mut applied = 0;
-    for result in futures_util::future::join_all(writes).await {
-        match result.map_err(PeerError::from)? {
+    for result in results {
+        match result {
             Ok(_) => applied += 1,
             Err(PeerError::UnknownMessage(_)) => {}
             Err(e) => return Err(e.into()),

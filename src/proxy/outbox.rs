@@ -29,7 +29,7 @@ use super::error::ProxyError;
 use super::router::{choose_route, Route};
 use super::store::{Commit, Lane, Op, OpResult, Origin, Payload, PruneSeen, Record, Store};
 use crate::config::{DeliveryConfig, InstanceName};
-use crate::durability::CommitPolicy;
+use crate::group_commit::{CommitPolicy, RIDE_ALONG};
 use crate::wire::control_plane::{AiEndpoint, EndpointTable};
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
 use crate::wire::now_ms;
@@ -142,6 +142,8 @@ pub struct Outbox {
     committing: bool,
     /// Which group commits must reach the disk before they return.
     commits: CommitPolicy,
+    /// Bookkeeping waits for an urgent commit to ride along with, until this fires.
+    ride_along: Option<SpawnHandle>,
     /// Loaded from the store at start, put in lanes when the actor starts.
     initial: Vec<(u64, Record)>,
     /// This actor's own address (set when it starts), for replies queued from async work.
@@ -177,6 +179,7 @@ impl Outbox {
             batch: Vec::new(),
             committing: false,
             commits: CommitPolicy::default(),
+            ride_along: None,
             initial: items,
             addr: None,
             peer_inbox_batch: true,
@@ -202,10 +205,30 @@ impl Outbox {
         self.flush(ctx);
     }
 
-    /// Commits everything waiting in ONE write transaction; then answers each request.
+    /// Commits what is waiting, now when some of it is urgent (accepted items: someone waits
+    /// for the answer); else (bookkeeping) with the next urgent commit, or after
+    /// [`RIDE_ALONG`] at the latest. See [`crate::group_commit`].
     fn flush(&mut self, ctx: &mut Context<Self>) {
         if self.committing || self.batch.is_empty() {
             return;
+        }
+        if self.batch.iter().any(|p| p.op.must_be_durable()) {
+            self.commit(ctx);
+        } else if self.ride_along.is_none() {
+            self.ride_along = Some(ctx.run_later(RIDE_ALONG, |act, ctx| {
+                act.ride_along = None;
+                act.commit(ctx);
+            }));
+        }
+    }
+
+    /// Commits everything waiting in ONE write transaction; then answers each request.
+    fn commit(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.batch.is_empty() {
+            return;
+        }
+        if let Some(timer) = self.ride_along.take() {
+            ctx.cancel_future(timer);
         }
         self.committing = true;
         let batch = std::mem::take(&mut self.batch);

@@ -135,7 +135,7 @@ pub enum OpResult {
 
 /// Applies `ops` in ONE write transaction (at most one fsync); every result is valid only once
 /// this returns Ok, i.e. after the commit, which is on disk when `durable` (see
-/// [`crate::durability`]).
+/// [`crate::group_commit`]).
 #[derive(Message)]
 #[rtype(result = "Result<Vec<OpResult>, ProxyError>")]
 pub struct Commit {
@@ -335,7 +335,8 @@ fn apply(
     durable: bool,
 ) -> Result<Vec<OpResult>, ProxyError> {
     let mut txn = db.begin_write().map_err(ProxyError::storage)?;
-    txn.set_durability(crate::durability::redb(durable));
+    txn.set_durability(crate::group_commit::redb(durable))
+        .map_err(ProxyError::storage)?;
     let mut results = Vec::with_capacity(ops.len());
     {
         let mut outbox = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
@@ -578,6 +579,7 @@ fn forget_in(db: &Database, conversation: Option<&str>) -> Result<u64, ProxyErro
 mod tests {
     use super::*;
     use crate::wire::data_plane::DeliveryState;
+    use redb::ReadableDatabase;
 
     fn turn(id: &str) -> MemoryTurn {
         MemoryTurn {

@@ -1,14 +1,23 @@
-//! When a group commit must be on the disk before anyone is answered.
+//! When a store's group commit happens, and whether it must reach the disk before it returns.
 //!
-//! Both stores (the proxy's outbox, the peer's chat store) commit in groups. A group holding a
-//! change someone is about to be told of ("the proxy holds your message", "stored") must reach
-//! the disk (an fsync) before its commit returns. A group of bookkeeping only (an item handed
-//! on, a message handed over) need not: lost in a crash, it is redone on restart (the item is
-//! handed on again and its receiver, which deduplicates by id, answers that it has it), and the
-//! next durable commit takes it to the disk anyway. Skipping those fsyncs halves the stores'
-//! disk flushes under load, and every flush the disk does not do makes the others quicker.
+//! Both stores (the proxy's outbox, the peer's chat store) queue their writes and commit them in
+//! groups, one commit at a time. Each write says two things:
+//! - **urgent**: someone is waiting for it now (a user's send, a message handed over or relayed
+//!   to us). It starts a commit as soon as none is under way. Other writes (bookkeeping,
+//!   receipts) wait for the next commit to ride along with, at most [`RIDE_ALONG`]: they do not
+//!   make commits of their own while urgent ones keep coming, so the urgent ones wait less.
+//! - **must be durable**: someone will be told it is stored ("the proxy holds your message",
+//!   a receipt answered). The commit holding it reaches the disk (an fsync) before it returns.
+//!   A commit of bookkeeping only need not: lost in a crash, it is redone on restart (the item
+//!   is handed on again and its receiver, which deduplicates by id, answers that it has it), and
+//!   the next durable commit takes it to the disk anyway.
+
+use std::time::Duration;
 
 use redb::Durability;
+
+/// Longest a write that is not urgent waits for a commit to ride along with.
+pub const RIDE_ALONG: Duration = Duration::from_millis(20);
 
 /// Most lazy commits in a row: then one is durable anyway (redb frees pages only in durable
 /// commits, and it bounds what a crash makes the stores redo).
