@@ -370,7 +370,7 @@ async fn main() {
         value: c16_1k,
         unit: "msg/s",
         floor: Some((">=", 5_000.0)),
-        note: "CPU: both proxies, both peers and the load generator share 2 cores".into(),
+        note: "16 in flight, each waiting for two fsynced commits in turn (sender's store, its proxy's outbox) and the store threads: ~16 / 5.5 ms".into(),
     });
 
     let rate = 1_000.0;
@@ -391,7 +391,9 @@ async fn main() {
             value: ms(percentile(&lat, p)),
             unit: "ms",
             floor,
-            note: format!("offered {offered:.0} msg/s open loop"),
+            note: format!(
+                "offered {offered:.0} msg/s open loop; four fsynced commits in turn; the tail is fsync stalls of the disk"
+            ),
         });
     }
 
@@ -496,7 +498,7 @@ async fn main() {
         value: idle_rss,
         unit: "MB",
         floor: Some(("<=", 50.0)),
-        note: "9 servers × 1 worker thread, actors, redb page caches".into(),
+        note: "9 servers × 1 worker thread (each role's actors on it), redb page caches".into(),
     });
     figures.push(Figure {
         section: "overlay up",

@@ -6,6 +6,8 @@
 //! - [`WriteQueue`]: the async front every write goes through. While one write transaction is
 //!   being committed, new writes wait in its queue; the next transaction takes all of them at
 //!   once (group commit), and each caller is answered only after the commit that holds its write.
+//!   Writes nobody waits for now (hand-over records, receipts) ride along with the next urgent
+//!   one ([`crate::group_commit`]).
 //!   Right after a commit it publishes what changed to [`Updates`] (the open pages).
 //!
 //! It never talks HTTP and never decides what to send.
@@ -1124,6 +1126,82 @@ mod tests {
 
     fn page(store: &ChatStore, peer: &str, before: Option<u64>, limit: usize) -> HistoryPage {
         store.page(peer, before, limit).unwrap()
+    }
+
+    #[test]
+    fn only_hand_over_records_skip_the_disk() {
+        let id = || MessageId::parse("m1").unwrap();
+        assert!(WriteOp::Append {
+            message: msg("m1", "bob", "hi")
+        }
+        .must_be_durable());
+        assert!(WriteOp::SetState {
+            id: id(),
+            state: DeliveryState::Delivered
+        }
+        .must_be_durable());
+        assert!(WriteOp::Clear { peer: None }.must_be_durable());
+        assert!(!WriteOp::SetHandOver {
+            id: id(),
+            waiting: None
+        }
+        .must_be_durable());
+    }
+
+    /// Bookkeeping alone (no urgent write to ride along with) is still committed, after
+    /// `RIDE_ALONG`; and receipts are answered only once committed.
+    #[actix_rt::test]
+    async fn writes_that_are_not_urgent_are_committed_without_an_urgent_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ChatStore::open(&dir.path().join("t.redb")).unwrap();
+        let shared = Arc::new(SharedDb::new(db));
+        let store = {
+            let shared = shared.clone();
+            SyncArbiter::start(1, move || ChatStore::new(shared.clone()))
+        };
+        let writes = WriteQueue::new(store.clone(), Updates::default().start()).start();
+        let mut e = Envelope::text("me", "bob", "hello");
+        e.id = MessageId::parse("m1").unwrap();
+        writes
+            .send(AppendMessage {
+                message: StoredMessage::outgoing(&e),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let handed = writes.send(SetHandOver {
+            id: e.id.clone(),
+            waiting: None,
+        });
+        handed.await.unwrap().unwrap();
+        assert!(store.send(ListUnsent).await.unwrap().unwrap().is_empty());
+        let applied = writes
+            .send(ApplyReceipts {
+                receipts: vec![
+                    Receipt {
+                        id: e.id.clone(),
+                        state: DeliveryState::Delivered,
+                    },
+                    Receipt {
+                        id: MessageId::parse("unknown").unwrap(),
+                        state: DeliveryState::Delivered,
+                    },
+                ],
+            })
+            .await
+            .unwrap();
+        assert_eq!(applied[0].as_ref().unwrap().state, MessageState::Delivered);
+        assert!(matches!(applied[1], Err(PeerError::UnknownMessage(_))));
+        let page = store
+            .send(GetPage {
+                peer: "bob".into(),
+                before: None,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.messages[0].state, MessageState::Delivered);
     }
 
     #[test]

@@ -596,6 +596,28 @@ mod tests {
     }
 
     #[test]
+    fn only_accepted_items_wait_for_the_disk() {
+        let accept = Op::Accept {
+            id: MessageId::parse("m1").unwrap(),
+            record: receipt("m1"),
+        };
+        assert!(accept.must_be_durable(), "its sender is told we hold it");
+        let update = Op::Update {
+            seq: 1,
+            record: receipt("m1"),
+        };
+        let finish = Op::Finish {
+            seq: 1,
+            follow_up: Some(receipt("m1")),
+        };
+        assert!(!update.must_be_durable(), "a lost retry time is redone");
+        assert!(
+            !finish.must_be_durable(),
+            "a lost finish is redone, deduplicated"
+        );
+    }
+
+    #[test]
     fn a_turn_is_remembered_once_even_when_its_delivery_is_retried() {
         let mut turns = Vec::new();
         assert!(remember(&mut turns, turn("a"), 10, None));
