@@ -423,15 +423,17 @@ pub async fn hand_over(
                 id: id.clone(),
                 waiting: None,
             });
+            let logged_id = id.clone();
+            let taken = async move {
+                if let Err(e) = taken.await.map_err(PeerError::from).and_then(|r| r) {
+                    log::warn!("cannot record that message {logged_id} was handed over: {e}");
+                }
+            };
             if accepted.state == DeliveryState::Pending {
                 // Not waited for: the proxy holds the message durably now, whatever this
                 // write does. Were it lost (a crash before it reached the disk), the message
                 // would be handed over again at restart and the proxy would know it by its id.
-                actix_rt::spawn(async move {
-                    if let Err(e) = taken.await.map_err(PeerError::from).and_then(|r| r) {
-                        log::warn!("cannot record that message {id} was handed over: {e}");
-                    }
-                });
+                actix_rt::spawn(taken);
                 return HandOver::Taken;
             }
             // An original proxy: its 200 already says what became of the message.
@@ -439,9 +441,7 @@ pub async fn hand_over(
                 id: id.clone(),
                 state: accepted.state,
             });
-            if let Err(e) = taken.await.map_err(PeerError::from).and_then(|r| r) {
-                log::warn!("cannot record that message {id} was handed over: {e}");
-            }
+            taken.await;
             (HandOver::Taken, state.await)
         }
         Err(e) if e.is_transient() => {

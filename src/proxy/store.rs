@@ -113,9 +113,10 @@ pub enum Op {
 }
 
 impl Op {
-    /// Whether the commit holding this op must reach the disk before it returns: an accepted
-    /// item is answered for (its sender is told we hold it). Updates and finishes are redone
-    /// when lost (the item is tried again and its receiver deduplicates it by id).
+    /// Whether the commit holding this op must reach the disk before it returns, and so start
+    /// at once (the outbox's urgent writes): an accepted item is answered for (its sender is
+    /// told we hold it). Updates and finishes are redone when lost (the item is tried again and
+    /// its receiver deduplicates it by id); they ride along with the next accept.
     pub fn must_be_durable(&self) -> bool {
         matches!(self, Op::Accept { .. })
     }
