@@ -1,21 +1,24 @@
-//! Every conversation of this user, kept in redb at `{data_dir}/peer-{name}.redb`.
+//! Every conversation of this user, kept in redb at `{data_dir}/peer-{name}.redb`, behind the
+//! write-ahead log `peer-{name}.wal` ([`crate::wal`]).
 //!
 //! Owns: the tables and their keys, idempotent inserts (an id index), delivery-state changes,
 //! clearing, and the reads the pages and the legacy API need. Two actors:
-//! - [`ChatStore`]: a `SyncArbiter` actor doing the blocking redb work, off the event loop.
-//! - [`WriteQueue`]: the async front every write goes through. While one write transaction is
-//!   being committed, new writes wait in its queue; the next transaction takes all of them at
-//!   once (group commit), and each caller is answered only after the commit that holds its write.
-//!   Writes nobody waits for now (hand-over records, receipts) ride along with the next urgent
-//!   one ([`crate::group_commit`]).
-//!   Right after a commit it publishes what changed to [`Updates`] (the open pages).
+//! - [`ChatStore`]: a `SyncArbiter` actor doing the blocking reads, off the event loop.
+//! - [`WriteQueue`]: the one writer, on the role's worker thread. Writes wait in its queue
+//!   until the current turn of the event loop ends; then one transaction takes all of them
+//!   (group commit), committed to redb without waiting for the disk, and the same group is
+//!   logged. Each caller is answered once the log has it on disk. Writes nobody waits for now
+//!   (hand-over records, receipts) ride along with the next urgent one
+//!   ([`crate::group_commit`]). Once logged, it publishes what changed to [`Updates`] (the open
+//!   pages).
 //!
 //! It never talks HTTP and never decides what to send.
 //!
 //! Tables: `messages` keyed by (conversation, seq) so a page of history is a range scan;
 //! `message_ids` (id → key) for idempotency and receipts; `conversations` (per-conversation
 //! summary); `unsent` (id → key) our pending messages the proxy has not taken yet, so handing
-//! them over again never scans the history; `meta` (the next seq). `seq` grows across the
+//! them over again never scans the history; `meta` (the next seq, and the LSN of the last
+//! logged group applied). `seq` grows across the
 //! whole store and is never reused.
 //! fixes original: no whole-file rewrite per message; a retried message is stored once.
 
@@ -30,7 +33,8 @@ use tokio::sync::oneshot;
 
 use super::error::PeerError;
 use super::updates::{PageEvent, Publish, Updates};
-use crate::group_commit::{CommitPolicy, RIDE_ALONG};
+use crate::group_commit::RIDE_ALONG;
+use crate::wal::Wal;
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
 use crate::wire::legacy::HistoryEntry;
 
@@ -40,6 +44,8 @@ const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conver
 const UNSENT: TableDefinition<&str, (&str, u64)> = TableDefinition::new("unsent");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
+/// The LSN of the last logged group this state has ([`crate::wal`]).
+const WAL_LSN: &str = "wal_lsn";
 
 /// Most writes one transaction takes from the queue.
 const MAX_BATCH: usize = 1024;
@@ -197,8 +203,9 @@ pub struct HistoryPage {
 // ---------------------------------------------------------------------------------------------
 // ChatStore: the blocking side.
 
-/// A write, as applied inside one transaction.
-#[derive(Debug, Clone)]
+/// A write, as applied inside one transaction (and logged, as JSON, for replay).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum WriteOp {
     Append {
         message: StoredMessage,
@@ -215,15 +222,6 @@ pub enum WriteOp {
     Clear {
         peer: Option<String>,
     },
-}
-
-impl WriteOp {
-    /// Whether the commit holding this op must reach the disk before it returns: everything
-    /// someone is answered for. A hand-over record need not (see [`crate::group_commit`]): lost
-    /// in a crash, the message is handed over again and the proxy knows it by its id.
-    pub fn must_be_durable(&self) -> bool {
-        !matches!(self, WriteOp::SetHandOver { .. })
-    }
 }
 
 /// What one [`WriteOp`] did.
@@ -243,15 +241,6 @@ pub enum WriteOutcome {
         peer: Option<String>,
         removed: u64,
     },
-}
-
-/// Applies writes in one transaction; each gets its own outcome, the commit is shared.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<Result<WriteOutcome, PeerError>>, PeerError>")]
-pub struct WriteBatch {
-    pub ops: Vec<WriteOp>,
-    /// The commit is on disk when it returns (see [`crate::group_commit`]).
-    pub durable: bool,
 }
 
 /// The newest `limit` messages of a conversation older than `before` (seq).
@@ -280,7 +269,7 @@ pub struct ListConversations;
 #[rtype(result = "Result<Vec<StoredMessage>, PeerError>")]
 pub struct ListUnsent;
 
-/// The redb database; runs on a `SyncArbiter` (its own threads).
+/// The redb database's reads; runs on a `SyncArbiter` (its own threads).
 pub struct ChatStore {
     db: Arc<SharedDb>,
 }
@@ -320,20 +309,40 @@ impl ChatStore {
         Self { db }
     }
 
-    /// Opens (or creates) the store at `path`, with every table present. Blocking.
-    pub fn open(path: &Path) -> Result<Database, PeerError> {
+    /// Opens (or creates) the store at `path` with every table present, and its log at
+    /// `log`; applies again what the log has that the database lost (a crash), then commits
+    /// durably so the log can start again. Blocking.
+    pub fn open(path: &Path, log: &Path, tag: &str) -> Result<(Database, Wal), PeerError> {
         let db = Database::create(path)
             .map_err(|e| PeerError::Storage(format!("opening {}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(PeerError::storage)?;
-        {
+        let applied = {
             tx.open_table(MESSAGES).map_err(PeerError::storage)?;
             tx.open_table(IDS).map_err(PeerError::storage)?;
             tx.open_table(CONVERSATIONS).map_err(PeerError::storage)?;
             tx.open_table(UNSENT).map_err(PeerError::storage)?;
-            tx.open_table(META).map_err(PeerError::storage)?;
-        }
+            let meta = tx.open_table(META).map_err(PeerError::storage)?;
+            let lsn = meta.get(WAL_LSN).map_err(PeerError::storage)?;
+            lsn.map_or(0, |g| g.value())
+        };
         tx.commit().map_err(PeerError::storage)?;
-        Ok(db)
+        let (mut wal, replay) = Wal::open(log, applied, tag)
+            .map_err(|e| PeerError::Storage(format!("opening {}: {e}", log.display())))?;
+        if !replay.is_empty() {
+            log::info!(
+                "{tag}: applying {} logged write groups again after an unclean stop",
+                replay.len()
+            );
+        }
+        let mut lsn = applied;
+        for group in replay {
+            lsn += 1;
+            let ops: Vec<WriteOp> = decode(&group)?;
+            blocking::write_batch(&db, ops, lsn, false)?;
+        }
+        blocking::checkpoint(&db, lsn)?;
+        wal.checkpointed();
+        Ok((db, wal))
     }
 }
 
@@ -551,10 +560,12 @@ fn apply(
 mod blocking {
     use super::*;
 
-    /// One transaction, one commit (on disk on return when `durable`), for the whole batch.
+    /// One transaction, one commit (on disk on return when `durable`), for the whole batch,
+    /// recorded as logged group `lsn`.
     pub fn write_batch(
         db: &Database,
         ops: Vec<WriteOp>,
+        lsn: u64,
         durable: bool,
     ) -> Result<Vec<Result<WriteOutcome, PeerError>>, PeerError> {
         let mut tx = db.begin_write().map_err(PeerError::storage)?;
@@ -574,9 +585,20 @@ mod blocking {
             }
             meta.insert(NEXT_SEQ, next_seq)
                 .map_err(PeerError::storage)?;
+            meta.insert(WAL_LSN, lsn).map_err(PeerError::storage)?;
         }
         tx.commit().map_err(PeerError::storage)?;
         Ok(outcomes)
+    }
+
+    /// A durable commit of everything so far, as logged group `lsn` (a checkpoint).
+    pub fn checkpoint(db: &Database, lsn: u64) -> Result<(), PeerError> {
+        let tx = db.begin_write().map_err(PeerError::storage)?;
+        tx.open_table(META)
+            .map_err(PeerError::storage)?
+            .insert(WAL_LSN, lsn)
+            .map_err(PeerError::storage)?;
+        tx.commit().map_err(PeerError::storage)
     }
 
     /// A range scan from the newest end: as fast for the millionth message as for the first.
@@ -662,15 +684,6 @@ mod blocking {
 }
 
 impl ChatStore {
-    /// One transaction, one commit (on disk on return when `durable`), for the whole batch.
-    pub fn write_batch(
-        &self,
-        ops: Vec<WriteOp>,
-        durable: bool,
-    ) -> Result<Vec<Result<WriteOutcome, PeerError>>, PeerError> {
-        self.db.with(|db| blocking::write_batch(db, ops, durable))
-    }
-
     /// The newest `limit` messages with `peer` older than `before`, newest first.
     pub fn page(
         &self,
@@ -694,14 +707,6 @@ impl ChatStore {
     /// Our pending messages the proxy has not taken yet, oldest first.
     pub fn unsent(&self) -> Result<Vec<StoredMessage>, PeerError> {
         self.db.with(blocking::unsent)
-    }
-}
-
-impl Handler<WriteBatch> for ChatStore {
-    type Result = Result<Vec<Result<WriteOutcome, PeerError>>, PeerError>;
-
-    fn handle(&mut self, msg: WriteBatch, _: &mut SyncContext<Self>) -> Self::Result {
-        self.write_batch(msg.ops, msg.durable)
     }
 }
 
@@ -821,24 +826,25 @@ fn commit_size(with_next: impl Iterator<Item = bool>, max: usize) -> usize {
 
 /// Queues writes and commits them in groups; see the module docs.
 pub struct WriteQueue {
-    store: Addr<ChatStore>,
+    db: Arc<SharedDb>,
+    wal: Wal,
     updates: Addr<Updates>,
     waiting: VecDeque<Waiting>,
-    committing: bool,
-    /// Which group commits must reach the disk before they return.
-    commits: CommitPolicy,
+    /// A commit is due at the end of this turn of the event loop.
+    commit_due: bool,
     /// Writes that are not urgent wait for an urgent commit to ride along with, until this.
     ride_along: Option<SpawnHandle>,
 }
 
 impl WriteQueue {
-    pub fn new(store: Addr<ChatStore>, updates: Addr<Updates>) -> Self {
+    /// The writer of `db`, logging to `wal` (as opened with it by [`ChatStore::open`]).
+    pub fn new(db: Arc<SharedDb>, wal: Wal, updates: Addr<Updates>) -> Self {
         Self {
-            store,
+            db,
+            wal,
             updates,
             waiting: VecDeque::new(),
-            committing: false,
-            commits: CommitPolicy::default(),
+            commit_due: false,
             ride_along: None,
         }
     }
@@ -884,62 +890,80 @@ impl WriteQueue {
         receivers
     }
 
-    /// Commits what is waiting: at once when some of it is urgent, else with the next urgent
-    /// commit or after [`RIDE_ALONG`] at the latest.
+    /// Commits what is waiting: at the end of this turn of the event loop when some of it is
+    /// urgent (so the writes arriving in the same turn share the commit), else with the next
+    /// urgent commit or after [`RIDE_ALONG`] at the latest.
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.waiting.is_empty() {
+        if self.commit_due || self.waiting.is_empty() {
             return;
         }
         if self.waiting.iter().any(|w| w.urgent) {
-            self.commit_next(ctx);
+            self.commit_due = true;
+            tokio::task::yield_now()
+                .into_actor(self)
+                .map(|(), act, ctx| {
+                    act.commit_due = false;
+                    act.commit_next(ctx);
+                })
+                .spawn(ctx);
         } else if self.ride_along.is_none() {
             self.ride_along = Some(ctx.run_later(RIDE_ALONG, |act, ctx| {
                 act.ride_along = None;
-                if !act.committing {
-                    act.commit_next(ctx);
-                }
+                act.commit_next(ctx);
             }));
         }
     }
 
-    /// Sends everything waiting (up to [`MAX_BATCH`]) as one transaction.
+    /// Commits everything waiting (up to [`MAX_BATCH`]) as one transaction and logs it; its
+    /// writers are answered once the log has it on disk.
     fn commit_next(&mut self, ctx: &mut Context<Self>) {
-        if self.waiting.is_empty() {
-            return;
-        }
         if let Some(timer) = self.ride_along.take() {
             ctx.cancel_future(timer);
+        }
+        if self.waiting.is_empty() {
+            return;
         }
         let n = commit_size(self.waiting.iter().map(|w| w.with_next), MAX_BATCH);
         let (ops, replies): (Vec<WriteOp>, Vec<Reply>) =
             self.waiting.drain(..n).map(|w| (w.op, w.reply)).unzip();
-        self.committing = true;
-        let durable = self.commits.next(ops.iter().any(WriteOp::must_be_durable));
-        self.store
-            .send(WriteBatch { ops, durable })
-            .into_actor(self)
-            .map(move |result, act, ctx| {
-                let result = result.map_err(PeerError::from).and_then(|r| r);
-                match result {
-                    Ok(outcomes) => {
+        let checkpoint = self.wal.checkpoint_due();
+        let lsn = self.wal.next_lsn();
+        let committed = encode(&ops).and_then(|logged| {
+            let outcomes = self
+                .db
+                .with(|db| blocking::write_batch(db, ops, lsn, checkpoint))?;
+            Ok((logged, outcomes))
+        });
+        match committed {
+            Ok((logged, outcomes)) => {
+                let flushed = self.wal.append(&logged);
+                if checkpoint {
+                    self.wal.checkpointed();
+                }
+                flushed
+                    .into_actor(self)
+                    .map(move |flushed, act, _| {
+                        let flushed = flushed
+                            .unwrap_or_else(|_| Err("the store's log stopped".to_string()))
+                            .map_err(PeerError::Storage);
                         for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                            let outcome = flushed.clone().and(outcome);
                             if let Ok(outcome) = &outcome {
                                 act.publish(outcome);
                             }
                             let _ = reply.send(outcome);
                         }
-                    }
-                    Err(e) => {
-                        log::error!("a write transaction failed, nothing of it stored: {e}");
-                        for reply in replies {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
+                    })
+                    .spawn(ctx);
+            }
+            Err(e) => {
+                log::error!("a write transaction failed, nothing of it stored: {e}");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
                 }
-                act.committing = false;
-                act.schedule(ctx);
-            })
-            .spawn(ctx);
+            }
+        }
+        self.schedule(ctx);
     }
 
     /// Tells the open pages what a committed write changed.
@@ -1114,38 +1138,79 @@ mod tests {
         StoredMessage::incoming(&e, "me")
     }
 
+    fn open(dir: &Path) -> (Arc<SharedDb>, Wal) {
+        let (db, wal) = ChatStore::open(&dir.join("t.redb"), &dir.join("t.wal"), "t").unwrap();
+        (Arc::new(SharedDb::new(db)), wal)
+    }
+
     fn store() -> (tempfile::TempDir, ChatStore) {
         let dir = tempfile::tempdir().unwrap();
-        let db = ChatStore::open(&dir.path().join("t.redb")).unwrap();
-        (dir, ChatStore::new(Arc::new(SharedDb::new(db))))
+        let (db, _) = open(dir.path());
+        (dir, ChatStore::new(db))
     }
 
     fn write(store: &ChatStore, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcome, PeerError>> {
-        store.write_batch(ops, true).unwrap()
+        store
+            .db
+            .with(|db| blocking::write_batch(db, ops, 0, true))
+            .unwrap()
     }
 
     fn page(store: &ChatStore, peer: &str, before: Option<u64>, limit: usize) -> HistoryPage {
         store.page(peer, before, limit).unwrap()
     }
 
-    #[test]
-    fn only_hand_over_records_skip_the_disk() {
-        let id = || MessageId::parse("m1").unwrap();
-        assert!(WriteOp::Append {
-            message: msg("m1", "bob", "hi")
+    /// Groups the log has but the database lost (a crash before the next checkpoint) are
+    /// applied again, in order, when the store opens; and only once.
+    #[actix_rt::test]
+    async fn groups_logged_but_lost_by_the_database_are_applied_again_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mine = Envelope::text("me", "bob", "hello");
+        mine.id = MessageId::parse("m1").unwrap();
+        let groups = vec![
+            vec![WriteOp::Append {
+                message: StoredMessage::outgoing(&mine),
+            }],
+            vec![
+                WriteOp::Append {
+                    message: msg("m2", "bob", "hi back"),
+                },
+                WriteOp::SetState {
+                    id: mine.id.clone(),
+                    state: DeliveryState::Delivered,
+                },
+            ],
+        ];
+        {
+            let (_, mut wal) = open(dir.path());
+            for group in &groups {
+                wal.append(&encode(group).unwrap()).await.unwrap().unwrap();
+            }
         }
-        .must_be_durable());
-        assert!(WriteOp::SetState {
-            id: id(),
-            state: DeliveryState::Delivered
-        }
-        .must_be_durable());
-        assert!(WriteOp::Clear { peer: None }.must_be_durable());
-        assert!(!WriteOp::SetHandOver {
-            id: id(),
-            waiting: None
-        }
-        .must_be_durable());
+        let check = |db: Arc<SharedDb>| {
+            let store = ChatStore::new(db);
+            let page = page(&store, "bob", None, 10);
+            let texts: Vec<(&str, MessageState, u64)> = page
+                .messages
+                .iter()
+                .map(|m| (m.text.as_str(), m.state.clone(), m.seq))
+                .collect();
+            assert_eq!(
+                texts,
+                vec![
+                    ("hi back", MessageState::Received, 2),
+                    ("hello", MessageState::Delivered, 1)
+                ]
+            );
+            assert!(store.unsent().unwrap().is_empty());
+            assert_eq!(store.conversations().unwrap()[0].count, 2);
+        };
+        let (db, wal) = open(dir.path());
+        check(db.clone());
+        db.close();
+        drop(wal);
+        let (db, _) = open(dir.path());
+        check(db);
     }
 
     /// Bookkeeping alone (no urgent write to ride along with) is still committed, after
@@ -1153,13 +1218,12 @@ mod tests {
     #[actix_rt::test]
     async fn writes_that_are_not_urgent_are_committed_without_an_urgent_one() {
         let dir = tempfile::tempdir().unwrap();
-        let db = ChatStore::open(&dir.path().join("t.redb")).unwrap();
-        let shared = Arc::new(SharedDb::new(db));
+        let (shared, wal) = open(dir.path());
         let store = {
             let shared = shared.clone();
             SyncArbiter::start(1, move || ChatStore::new(shared.clone()))
         };
-        let writes = WriteQueue::new(store.clone(), Updates::default().start()).start();
+        let writes = WriteQueue::new(shared, wal, Updates::default().start()).start();
         let mut e = Envelope::text("me", "bob", "hello");
         e.id = MessageId::parse("m1").unwrap();
         writes

@@ -26,6 +26,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 
 use crate::config::PeerSettings;
+use crate::wal::Wal;
 use crate::web::{common_routes, Health, Running};
 use auto_reply::AutoReply;
 use chat_store::{ChatStore, SharedDb, WriteQueue};
@@ -46,8 +47,11 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     let path = settings
         .data_dir
         .join(format!("peer-{}.redb", settings.name));
-    let opening = path.clone();
-    let db = web::block(move || ChatStore::open(&opening))
+    let log = settings
+        .data_dir
+        .join(format!("peer-{}.wal", settings.name));
+    let (opening, tag) = (path.clone(), label.clone());
+    let (db, wal) = web::block(move || ChatStore::open(&opening, &log, &tag))
         .await
         .context("opening the chat store")?
         .with_context(|| format!("{label}: cannot open its chat store {}", path.display()))?;
@@ -62,8 +66,8 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
 
     // The actors are started on the HTTP worker's thread, where the handlers run.
     let state = {
-        let (store, settings) = (store.clone(), settings.clone());
-        crate::web::on_worker(move || web::Data::new(start_actors(&settings, store)))
+        let (store, settings, db) = (store.clone(), settings.clone(), db.clone());
+        crate::web::on_worker(move || web::Data::new(start_actors(&settings, store, db, wal)))
     };
 
     let instance: Option<String> = Some(settings.name.to_string());
@@ -105,10 +109,16 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     })
 }
 
-/// Starts the peer's actors on the current thread (an HTTP worker's), around the store.
-fn start_actors(settings: &PeerSettings, store: actix::Addr<ChatStore>) -> PeerState {
+/// Starts the peer's actors on the current thread (an HTTP worker's), around the store: its
+/// readers (`store`), the database and its log (for the one writer).
+fn start_actors(
+    settings: &PeerSettings,
+    store: actix::Addr<ChatStore>,
+    db: Arc<SharedDb>,
+    wal: Wal,
+) -> PeerState {
     let updates = Updates::default().start();
-    let writes = WriteQueue::new(store.clone(), updates.clone()).start();
+    let writes = WriteQueue::new(db, wal, updates.clone()).start();
     let proxy = ProxyClient::new(&settings.proxy_url).start();
     let resend = ResendSettings {
         expire_after_secs: settings.expire_after_secs,

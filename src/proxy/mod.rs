@@ -56,8 +56,12 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
     let path = settings
         .data_dir
         .join(format!("proxy-{}.redb", settings.name));
+    let log = settings
+        .data_dir
+        .join(format!("proxy-{}.wal", settings.name));
     let shown = path.display().to_string();
-    let db = web::block(move || store::open(&path))
+    let opening_tag = label.clone();
+    let (db, wal) = web::block(move || store::open(&path, &log, &opening_tag))
         .await
         .map_err(|e| anyhow::anyhow!("opening {shown}: {e}"))??;
     let store_tag = label.clone();
@@ -84,6 +88,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             endpoints,
             source,
             store: store.clone(),
+            outbox_store: (db.clone(), wal),
             items: loaded.items,
             proxy_id: loaded.proxy_id.clone(),
         };
@@ -125,6 +130,8 @@ struct Boot {
     endpoints: crate::wire::control_plane::EndpointTable,
     source: TableSource,
     store: actix::Addr<Store>,
+    /// The database and its log, for the outbox, which writes its changes itself.
+    outbox_store: (store::SharedDb, crate::wal::Wal),
     items: Vec<(u64, store::Record)>,
     proxy_id: String,
 }
@@ -137,6 +144,7 @@ impl Boot {
             endpoints,
             source,
             store,
+            outbox_store,
             items,
             proxy_id,
         } = self;
@@ -149,6 +157,7 @@ impl Boot {
             },
             endpoints.clone(),
             store.clone(),
+            outbox_store,
             items,
         )
         .start();

@@ -27,9 +27,10 @@ use super::backoff::{full_jitter_ms, human_duration, XorShift};
 use super::delivery::{self, Outcome};
 use super::error::ProxyError;
 use super::router::{choose_route, Route};
-use super::store::{Commit, Lane, Op, OpResult, Origin, Payload, PruneSeen, Record, Store};
+use super::store::{self, Lane, Op, OpResult, Origin, Payload, PruneSeen, Record, SharedDb, Store};
 use crate::config::{DeliveryConfig, InstanceName};
-use crate::group_commit::{CommitPolicy, RIDE_ALONG};
+use crate::group_commit::RIDE_ALONG;
+use crate::wal::Wal;
 use crate::wire::control_plane::{AiEndpoint, EndpointTable};
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
 use crate::wire::now_ms;
@@ -137,11 +138,15 @@ pub struct Outbox {
     client: awc::Client,
     rng: XorShift,
     lanes: HashMap<Lane, LaneState>,
+    /// The store's database, whose outbox this actor writes, and its log.
+    db: SharedDb,
+    wal: Wal,
+    /// The next outbox key, once read (see [`store::commit`]).
+    next_seq: Option<u64>,
     /// Waiting for the next group commit.
     batch: Vec<Pending>,
-    committing: bool,
-    /// Which group commits must reach the disk before they return.
-    commits: CommitPolicy,
+    /// A commit is due at the end of this turn of the event loop.
+    commit_due: bool,
     /// Bookkeeping waits for an urgent commit to ride along with, until this fires.
     ride_along: Option<SpawnHandle>,
     /// Loaded from the store at start, put in lanes when the actor starts.
@@ -157,10 +162,13 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// The outbox of `db` (its log `wal`, as opened with it by [`store::open`]), holding
+    /// `items` from the start; `store` does the rest of the store's work.
     pub fn new(
         settings: OutboxSettings,
         endpoints: EndpointTable,
         store: Addr<Store>,
+        (db, wal): (SharedDb, Wal),
         items: Vec<(u64, Record)>,
     ) -> Outbox {
         let client = awc::Client::builder()
@@ -176,9 +184,11 @@ impl Outbox {
             client,
             rng: XorShift::from_entropy(),
             lanes: HashMap::new(),
+            db,
+            wal,
+            next_seq: None,
             batch: Vec::new(),
-            committing: false,
-            commits: CommitPolicy::default(),
+            commit_due: false,
             ride_along: None,
             initial: items,
             addr: None,
@@ -205,15 +215,22 @@ impl Outbox {
         self.flush(ctx);
     }
 
-    /// Commits what is waiting, now when some of it is urgent (accepted items: someone waits
-    /// for the answer); else (bookkeeping) with the next urgent commit, or after
-    /// [`RIDE_ALONG`] at the latest. See [`crate::group_commit`].
+    /// Commits what is waiting: at the end of this turn of the event loop when some of it is
+    /// urgent (accepted items: someone waits for the answer; what arrives in the same turn
+    /// shares the commit), else with the next urgent commit or after [`RIDE_ALONG`] at the
+    /// latest. See [`crate::group_commit`].
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.batch.is_empty() {
+        if self.commit_due || self.batch.is_empty() {
             return;
         }
-        if self.batch.iter().any(|p| p.op.must_be_durable()) {
-            self.commit(ctx);
+        if self.batch.iter().any(|p| p.op.is_urgent()) {
+            self.commit_due = true;
+            ctx.spawn(
+                wrap_future(tokio::task::yield_now()).map(|(), act: &mut Self, ctx| {
+                    act.commit_due = false;
+                    act.commit(ctx);
+                }),
+            );
         } else if self.ride_along.is_none() {
             self.ride_along = Some(ctx.run_later(RIDE_ALONG, |act, ctx| {
                 act.ride_along = None;
@@ -222,45 +239,63 @@ impl Outbox {
         }
     }
 
-    /// Commits everything waiting in ONE write transaction; then answers each request.
+    /// Commits everything waiting in ONE write transaction (not waiting for the disk) and logs
+    /// it: new items join their lanes at once, and each request is answered once the log has
+    /// the group on disk (see [`crate::wal`]).
     fn commit(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.batch.is_empty() {
-            return;
-        }
         if let Some(timer) = self.ride_along.take() {
             ctx.cancel_future(timer);
         }
-        self.committing = true;
-        let batch = std::mem::take(&mut self.batch);
-        let ops: Vec<Op> = batch.iter().map(|p| p.op.clone()).collect();
-        let durable = self.commits.next(ops.iter().any(Op::must_be_durable));
-        let commit = self.store.send(Commit { ops, durable });
-        ctx.spawn(wrap_future(commit).map(move |res, act: &mut Self, ctx| {
-            act.committing = false;
-            let res = match res {
-                Ok(r) => r,
-                Err(e) => Err(ProxyError::unavailable(e)),
-            };
-            match res {
-                Ok(results) => {
-                    for (pending, result) in batch.into_iter().zip(results) {
-                        act.committed(pending.op, result, ctx);
-                        if let Some(reply) = pending.reply {
-                            let _ = reply.send(Ok(result));
-                        }
+        if self.batch.is_empty() {
+            return;
+        }
+        let (ops, replies): (Vec<Op>, Vec<Option<Reply>>) = std::mem::take(&mut self.batch)
+            .into_iter()
+            .map(|p| (p.op, p.reply))
+            .unzip();
+        let checkpoint = self.wal.checkpoint_due();
+        let lsn = self.wal.next_lsn();
+        let next = &mut self.next_seq;
+        let committed = serde_json::to_vec(&ops)
+            .map_err(ProxyError::storage)
+            .and_then(|logged| {
+                let results = store::with_db(&self.db, |db| {
+                    store::commit(db, next, &ops, lsn, checkpoint)
+                })?;
+                Ok((logged, results))
+            });
+        match committed {
+            Ok((logged, results)) => {
+                let flushed = self.wal.append(&logged);
+                if checkpoint {
+                    self.wal.checkpointed();
+                }
+                let mut answers = Vec::new();
+                for ((op, reply), result) in ops.into_iter().zip(replies).zip(results) {
+                    self.committed(op, result, ctx);
+                    if let Some(reply) = reply {
+                        answers.push((reply, result));
                     }
                 }
-                Err(e) => {
-                    log::error!("outbox commit of {} changes failed: {e}", batch.len());
-                    for pending in batch {
-                        if let Some(reply) = pending.reply {
-                            let _ = reply.send(Err(e.clone()));
+                if !answers.is_empty() {
+                    ctx.spawn(wrap_future(flushed).map(move |flushed, _: &mut Self, _| {
+                        let flushed = flushed
+                            .unwrap_or_else(|_| Err("the outbox log stopped".to_string()))
+                            .map_err(ProxyError::Storage);
+                        for (reply, result) in answers {
+                            let _ = reply.send(flushed.clone().map(|()| result));
                         }
-                    }
+                    }));
                 }
             }
-            act.flush(ctx);
-        }));
+            Err(e) => {
+                log::error!("outbox commit of {} changes failed: {e}", ops.len());
+                for reply in replies.into_iter().flatten() {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+        self.flush(ctx);
     }
 
     /// A committed op: a newly stored item joins its lane.

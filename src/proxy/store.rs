@@ -3,9 +3,11 @@
 //! stable id, the last endpoint table (so routing works while the controller is down), and the
 //! AI memory (each conversation with an AI endpoint, so the model is sent what was said).
 //!
-//! [`Store`] is a `SyncArbiter` actor: every redb call blocks, so it runs on its own thread and
-//! never on the async event loop. It does not decide anything: the [`super::outbox::Outbox`]
-//! batches requests into one [`Commit`] (one write transaction, one fsync) and interprets results.
+//! The outbox's changes ([`Op`]) are written by the [`super::outbox::Outbox`] itself, in groups
+//! ([`commit`]: one write transaction, not waiting for the disk), each logged to
+//! `proxy-NAME.wal` ([`crate::wal`]) before anyone is answered; [`open`] applies again what the
+//! log has that the database lost. Everything else (table, AI memory, pruning) goes through
+//! [`Store`], a `SyncArbiter` actor: those redb calls block, so they run on its own thread.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::error::ProxyError;
+use crate::wal::Wal;
 use crate::wire::control_plane::TableUpdate;
 use crate::wire::data_plane::{Envelope, MessageId, Receipt};
 
@@ -22,10 +25,46 @@ use crate::wire::data_plane::{Envelope, MessageId, Receipt};
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// message id → Unix ms when first stored.
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
-/// `proxy_id`, `table` → their JSON.
+/// `proxy_id`, `table` → their JSON; `wal_lsn` → [`Position`].
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// conversation id (`alice:bot`) → JSON `[MemoryTurn]`, oldest first.
 const AI_MEMORY: TableDefinition<&str, &[u8]> = TableDefinition::new("ai_memory");
+const WAL_LSN: &str = "wal_lsn";
+
+/// Where the outbox is, saved with every group of its changes: the LSN of the last logged group
+/// applied ([`crate::wal`]) and the next outbox key then (so a group applied again after a
+/// crash numbers its items exactly as the first time). Two u64, little-endian.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Position {
+    lsn: u64,
+    next_seq: u64,
+}
+
+impl Position {
+    fn read(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Self, ProxyError> {
+        let Some(bytes) = meta.get(WAL_LSN).map_err(ProxyError::storage)? else {
+            return Ok(Position::default());
+        };
+        let bytes = bytes.value();
+        let word = |i: usize| {
+            bytes
+                .get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        Ok(Position {
+            lsn: word(0),
+            next_seq: word(1),
+        })
+    }
+
+    fn bytes(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.lsn.to_le_bytes());
+        out[8..].copy_from_slice(&self.next_seq.to_le_bytes());
+        out
+    }
+}
 
 /// Where an outbox item goes next.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -101,8 +140,9 @@ impl Record {
     }
 }
 
-/// One change inside a [`Commit`].
-#[derive(Debug, Clone)]
+/// One change to the outbox, applied in a group by [`commit`] (and logged, as JSON, for replay).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// Store `record` unless `id` was seen before; marks `id` seen.
     Accept { id: MessageId, record: Record },
@@ -113,11 +153,10 @@ pub enum Op {
 }
 
 impl Op {
-    /// Whether the commit holding this op must reach the disk before it returns, and so start
-    /// at once (the outbox's urgent writes): an accepted item is answered for (its sender is
-    /// told we hold it). Updates and finishes are redone when lost (the item is tried again and
-    /// its receiver deduplicates it by id); they ride along with the next accept.
-    pub fn must_be_durable(&self) -> bool {
+    /// Whether someone waits for this op now, so that it starts a commit at once (see
+    /// [`crate::group_commit`]): an accepted item's sender waits to be told we hold it.
+    /// Updates and finishes are bookkeeping; they ride along with the next accept.
+    pub fn is_urgent(&self) -> bool {
         matches!(self, Op::Accept { .. })
     }
 }
@@ -132,16 +171,6 @@ pub enum OpResult {
     /// `Accept` of an id already seen: nothing stored.
     Duplicate,
     Done,
-}
-
-/// Applies `ops` in ONE write transaction (at most one fsync); every result is valid only once
-/// this returns Ok, i.e. after the commit, which is on disk when `durable` (see
-/// [`crate::group_commit`]).
-#[derive(Message)]
-#[rtype(result = "Result<Vec<OpResult>, ProxyError>")]
-pub struct Commit {
-    pub ops: Vec<Op>,
-    pub durable: bool,
 }
 
 /// Everything a starting proxy needs from its store; creates the proxy id on first start.
@@ -248,8 +277,10 @@ pub fn close(db: &SharedDb) {
     }
 }
 
-/// Opens (creating if needed, repairing after a crash) `path` with every table present.
-pub fn open(path: &Path) -> Result<SharedDb, ProxyError> {
+/// Opens (creating if needed, repairing after a crash) `path` with every table present, and
+/// its log at `log`; applies again the groups of outbox changes the log has that the database
+/// lost, then commits durably so the log can start again. Blocking.
+pub fn open(path: &Path, log: &Path, tag: &str) -> Result<(SharedDb, Wal), ProxyError> {
     let db = Database::create(path).map_err(|e| {
         ProxyError::Storage(format!(
             "cannot open the outbox store {}: {e}",
@@ -257,23 +288,54 @@ pub fn open(path: &Path) -> Result<SharedDb, ProxyError> {
         ))
     })?;
     let txn = db.begin_write().map_err(ProxyError::storage)?;
-    {
+    let applied = {
         txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
         txn.open_table(SEEN).map_err(ProxyError::storage)?;
-        txn.open_table(META).map_err(ProxyError::storage)?;
         txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
-    }
+        Position::read(&txn.open_table(META).map_err(ProxyError::storage)?)?.lsn
+    };
     txn.commit().map_err(ProxyError::storage)?;
-    Ok(Arc::new(Mutex::new(Some(db))))
+    let (mut wal, replay) = Wal::open(log, applied, tag).map_err(|e| {
+        ProxyError::Storage(format!("cannot open the outbox log {}: {e}", log.display()))
+    })?;
+    if !replay.is_empty() {
+        log::info!(
+            "{tag}: applying {} logged groups of outbox changes again after an unclean stop",
+            replay.len()
+        );
+    }
+    let mut lsn = applied;
+    let mut next = None;
+    for group in replay {
+        lsn += 1;
+        let ops: Vec<Op> = serde_json::from_slice(&group).map_err(ProxyError::storage)?;
+        commit(&db, &mut next, &ops, lsn, false)?;
+    }
+    // A durable commit (a checkpoint) of all that, so the log can start again.
+    commit(&db, &mut next, &[], lsn, true)?;
+    wal.checkpointed();
+    Ok((Arc::new(Mutex::new(Some(db))), wal))
 }
 
-/// The sync actor over the database.
+/// Runs `f` with the database; an error once it is closed.
+pub fn with_db<T>(
+    db: &SharedDb,
+    f: impl FnOnce(&Database) -> Result<T, ProxyError>,
+) -> Result<T, ProxyError> {
+    let guard = db
+        .lock()
+        .map_err(|_| ProxyError::Storage("the store lock is poisoned".into()))?;
+    match guard.as_ref() {
+        Some(db) => f(db),
+        None => Err(ProxyError::Unavailable("the store is closed".into())),
+    }
+}
+
+/// The sync actor over the database, for everything but the outbox's changes.
 pub struct Store {
     db: SharedDb,
     /// Log tag of the role (`proxy/alice`).
     tag: String,
-    /// Next outbox key; above every key in the table.
-    next_seq: Option<u64>,
 }
 
 impl Store {
@@ -281,22 +343,14 @@ impl Store {
         Store {
             db,
             tag: tag.to_string(),
-            next_seq: None,
         }
     }
 
     fn with_db<T>(
-        &mut self,
-        f: impl FnOnce(&Database, &mut Option<u64>) -> Result<T, ProxyError>,
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, ProxyError>,
     ) -> Result<T, ProxyError> {
-        let guard = self
-            .db
-            .lock()
-            .map_err(|_| ProxyError::Storage("the store lock is poisoned".into()))?;
-        match guard.as_ref() {
-            Some(db) => f(db, &mut self.next_seq),
-            None => Err(ProxyError::Unavailable("the store is closed".into())),
-        }
+        with_db(&self.db, f)
     }
 }
 
@@ -312,35 +366,37 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ProxyError> {
     serde_json::to_vec(v).map_err(ProxyError::storage)
 }
 
-/// The next free seq, read once from the table's last key.
-fn next_seq(
-    table: &redb::Table<'_, u64, &[u8]>,
-    cached: &mut Option<u64>,
-) -> Result<u64, ProxyError> {
-    let seq = match *cached {
-        Some(s) => s,
-        None => match table.last().map_err(ProxyError::storage)? {
-            Some((k, _)) => k.value() + 1,
-            None => 1,
-        },
-    };
-    *cached = Some(seq + 1);
-    Ok(seq)
+/// Takes the next free seq.
+fn take(next: &mut u64) -> u64 {
+    *next += 1;
+    *next - 1
 }
 
-/// Applies `ops` in one write transaction; results are valid only after the commit succeeded.
-fn apply(
+/// Applies `ops` in ONE write transaction, recorded as logged group `lsn`; on disk on return
+/// when `durable` (a checkpoint, see [`crate::wal`]). Results are valid only when it returns
+/// Ok (else nothing was written). `next`: the next outbox key, read from the store when None.
+pub fn commit(
     db: &Database,
     next: &mut Option<u64>,
     ops: &[Op],
+    lsn: u64,
     durable: bool,
 ) -> Result<Vec<OpResult>, ProxyError> {
     let mut txn = db.begin_write().map_err(ProxyError::storage)?;
     txn.set_durability(crate::group_commit::redb(durable))
         .map_err(ProxyError::storage)?;
     let mut results = Vec::with_capacity(ops.len());
+    let mut meta = txn.open_table(META).map_err(ProxyError::storage)?;
+    let mut outbox = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
+    let mut next_free = match *next {
+        Some(seq) => seq,
+        None => {
+            let last = outbox.last().map_err(ProxyError::storage)?;
+            let after_last = last.map_or(1, |(k, _)| k.value() + 1);
+            Position::read(&meta)?.next_seq.max(after_last)
+        }
+    };
     {
-        let mut outbox = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
         let mut seen = txn.open_table(SEEN).map_err(ProxyError::storage)?;
         for op in ops {
             results.push(match op {
@@ -354,7 +410,7 @@ fn apply(
                     } else {
                         seen.insert(id.as_str(), record.created_ms)
                             .map_err(ProxyError::storage)?;
-                        let seq = next_seq(&outbox, next)?;
+                        let seq = take(&mut next_free);
                         outbox
                             .insert(seq, to_json(record)?.as_slice())
                             .map_err(ProxyError::storage)?;
@@ -374,7 +430,7 @@ fn apply(
                     outbox.remove(*seq).map_err(ProxyError::storage)?;
                     match follow_up {
                         Some(record) => {
-                            let seq = next_seq(&outbox, next)?;
+                            let seq = take(&mut next_free);
                             outbox
                                 .insert(seq, to_json(record)?.as_slice())
                                 .map_err(ProxyError::storage)?;
@@ -386,30 +442,23 @@ fn apply(
             });
         }
     }
+    let position = Position {
+        lsn,
+        next_seq: next_free,
+    };
+    meta.insert(WAL_LSN, position.bytes().as_slice())
+        .map_err(ProxyError::storage)?;
+    drop((meta, outbox));
     txn.commit().map_err(ProxyError::storage)?;
+    *next = Some(next_free);
     Ok(results)
-}
-
-impl Handler<Commit> for Store {
-    type Result = Result<Vec<OpResult>, ProxyError>;
-
-    /// One write transaction for the whole batch: group commit.
-    fn handle(&mut self, msg: Commit, _: &mut SyncContext<Self>) -> Self::Result {
-        let before = self.next_seq;
-        let result = self.with_db(|db, next| apply(db, next, &msg.ops, msg.durable));
-        if result.is_err() {
-            // Nothing of the batch was written: re-read the next seq from the table.
-            self.next_seq = before;
-        }
-        result
-    }
 }
 
 impl Handler<LoadAll> for Store {
     type Result = Result<Loaded, ProxyError>;
 
     fn handle(&mut self, msg: LoadAll, _: &mut SyncContext<Self>) -> Self::Result {
-        self.with_db(|db, _| {
+        self.with_db(|db| {
             let txn = db.begin_write().map_err(ProxyError::storage)?;
             let loaded = {
                 let mut meta = txn.open_table(META).map_err(ProxyError::storage)?;
@@ -469,7 +518,7 @@ impl Handler<PruneSeen> for Store {
     type Result = Result<u64, ProxyError>;
 
     fn handle(&mut self, msg: PruneSeen, _: &mut SyncContext<Self>) -> Self::Result {
-        self.with_db(|db, _| prune_seen(db, msg.before_ms))
+        self.with_db(|db| prune_seen(db, msg.before_ms))
     }
 }
 
@@ -490,7 +539,7 @@ impl Handler<SaveTable> for Store {
     type Result = Result<(), ProxyError>;
 
     fn handle(&mut self, msg: SaveTable, _: &mut SyncContext<Self>) -> Self::Result {
-        self.with_db(|db, _| {
+        self.with_db(|db| {
             let txn = db.begin_write().map_err(ProxyError::storage)?;
             {
                 let mut meta = txn.open_table(META).map_err(ProxyError::storage)?;
@@ -506,7 +555,7 @@ impl Handler<Remember> for Store {
     type Result = Result<Vec<MemoryTurn>, ProxyError>;
 
     fn handle(&mut self, msg: Remember, _: &mut SyncContext<Self>) -> Self::Result {
-        self.with_db(|db, _| remember_in(db, msg))
+        self.with_db(|db| remember_in(db, msg))
     }
 }
 
@@ -542,7 +591,7 @@ impl Handler<ForgetMemory> for Store {
     type Result = Result<u64, ProxyError>;
 
     fn handle(&mut self, msg: ForgetMemory, _: &mut SyncContext<Self>) -> Self::Result {
-        self.with_db(|db, _| forget_in(db, msg.conversation.as_deref()))
+        self.with_db(|db| forget_in(db, msg.conversation.as_deref()))
     }
 }
 
@@ -597,12 +646,12 @@ mod tests {
     }
 
     #[test]
-    fn only_accepted_items_wait_for_the_disk() {
+    fn only_accepted_items_start_a_commit() {
         let accept = Op::Accept {
             id: MessageId::parse("m1").unwrap(),
             record: receipt("m1"),
         };
-        assert!(accept.must_be_durable(), "its sender is told we hold it");
+        assert!(accept.is_urgent(), "its sender is told we hold it");
         let update = Op::Update {
             seq: 1,
             record: receipt("m1"),
@@ -611,11 +660,8 @@ mod tests {
             seq: 1,
             follow_up: Some(receipt("m1")),
         };
-        assert!(!update.must_be_durable(), "a lost retry time is redone");
-        assert!(
-            !finish.must_be_durable(),
-            "a lost finish is redone, deduplicated"
-        );
+        assert!(!update.is_urgent(), "a lost retry time is redone");
+        assert!(!finish.is_urgent(), "a lost finish is redone, deduplicated");
     }
 
     #[test]
@@ -688,7 +734,7 @@ mod tests {
 
     fn db() -> (tempfile::TempDir, SharedDb) {
         let dir = tempfile::tempdir().unwrap();
-        let db = open(&dir.path().join("p.redb")).unwrap();
+        let (db, _) = open(&dir.path().join("p.redb"), &dir.path().join("p.wal"), "t").unwrap();
         (dir, db)
     }
 
@@ -707,7 +753,7 @@ mod tests {
 
     fn run(db: &SharedDb, next: &mut Option<u64>, ops: Vec<Op>) -> Vec<OpResult> {
         let guard = db.lock().unwrap();
-        apply(guard.as_ref().unwrap(), next, &ops, true).unwrap()
+        commit(guard.as_ref().unwrap(), next, &ops, 0, true).unwrap()
     }
 
     fn accept(id: &str) -> Op {
@@ -759,9 +805,8 @@ mod tests {
             }],
         );
         assert_eq!(r, [OpResult::Stored { seq: 2 }]);
-        let mut store = Store::new(db.clone(), "test");
-        let loaded = store
-            .with_db(|db, _| {
+        let loaded = Store::new(db.clone(), "test")
+            .with_db(|db| {
                 let txn = db.begin_read().map_err(ProxyError::storage)?;
                 let t = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
                 let keys: Vec<u64> = t
@@ -781,11 +826,82 @@ mod tests {
         let mut next = None;
         run(&db, &mut next, vec![accept("a"), accept("b")]);
         drop(db);
-        let db = open(&dir.path().join("p.redb")).unwrap();
+        let (db, _) = open(&dir.path().join("p.redb"), &dir.path().join("p.wal"), "t").unwrap();
         let mut next = None;
         assert_eq!(
             run(&db, &mut next, vec![accept("c")]),
             [OpResult::Stored { seq: 3 }]
+        );
+    }
+
+    /// The groups the log has past the database's LSN are applied again at open, numbering
+    /// items as the first time (a later group names them by number), and only once.
+    #[test]
+    fn groups_logged_but_lost_by_the_database_are_applied_again_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let (redb, log) = (dir.path().join("p.redb"), dir.path().join("p.wal"));
+        let outbox_keys = |db: &SharedDb| {
+            with_db(db, |db| {
+                let txn = db.begin_read().map_err(ProxyError::storage)?;
+                let t = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
+                let keys: Vec<u64> = t
+                    .iter()
+                    .map_err(ProxyError::storage)?
+                    .map(|r| r.unwrap().0.value())
+                    .collect();
+                Ok(keys)
+            })
+            .unwrap()
+        };
+        {
+            let (db, mut wal) = open(&redb, &log, "t").unwrap();
+            // Group 1 reached the database: the highest item (2) is gone, the next key is 3.
+            let first = vec![
+                accept("a"),
+                accept("b"),
+                Op::Finish {
+                    seq: 2,
+                    follow_up: None,
+                },
+            ];
+            let mut next = None;
+            with_db(&db, |db| commit(db, &mut next, &first, 1, true)).unwrap();
+            drop(wal.append(&serde_json::to_vec(&first).unwrap()));
+            // Groups 2 and 3 reached only the log: item c was numbered 3, then finished.
+            let later = [
+                vec![accept("c")],
+                vec![Op::Finish {
+                    seq: 3,
+                    follow_up: None,
+                }],
+            ];
+            for group in later {
+                drop(wal.append(&serde_json::to_vec(&group).unwrap()));
+            }
+            close(&db);
+        }
+        let (db, wal) = open(&redb, &log, "t").unwrap();
+        assert_eq!(
+            outbox_keys(&db),
+            [1],
+            "c was numbered 3 again, and finished"
+        );
+        close(&db);
+        drop(wal);
+        let (db, wal) = open(&redb, &log, "t").unwrap();
+        assert_eq!(outbox_keys(&db), [1], "applied once");
+        let mut next = None;
+        let lsn = wal.next_lsn();
+        assert_eq!(
+            with_db(&db, |db| commit(
+                db,
+                &mut next,
+                &[accept("c"), accept("d")],
+                lsn,
+                false
+            ))
+            .unwrap(),
+            [OpResult::Duplicate, OpResult::Stored { seq: 4 }]
         );
     }
 

@@ -545,6 +545,8 @@ async fn a_receiving_proxy_that_is_down_gets_the_queued_messages_in_order_when_i
 async fn run_binary_proxy(config: &Config, dir: &std::path::Path) -> (std::process::Child, String) {
     let file = dir.join("config.yaml");
     std::fs::write(&file, serde_yaml::to_string(config).unwrap()).unwrap();
+    // Its log, shown if it fails to start.
+    let stderr = dir.join("stderr.log");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_overlay"))
         .arg("--config")
         .arg(&file)
@@ -552,7 +554,7 @@ async fn run_binary_proxy(config: &Config, dir: &std::path::Path) -> (std::proce
         .arg(dir.join("data"))
         .args(["proxy", "--name", "alice", "--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .expect("the overlay binary runs");
     let stdout = child.stdout.take().unwrap();
@@ -571,7 +573,10 @@ async fn run_binary_proxy(config: &Config, dir: &std::path::Path) -> (std::proce
     })
     .await
     .unwrap()
-    .expect("the binary prints its URL table");
+    .unwrap_or_else(|| {
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        panic!("the binary did not print its URL table; its log:\n{log}")
+    });
     (child, url)
 }
 
