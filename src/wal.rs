@@ -31,9 +31,9 @@ const HEADER: usize = 16;
 /// The file grows by this much (zero-filled) when a write would pass its end.
 const CHUNK: u64 = 1 << 20;
 /// A checkpoint is due once the log holds this much since the last one...
-const CHECKPOINT_BYTES: u64 = 4 << 20;
+const CHECKPOINT_BYTES: u64 = 16 << 20;
 /// ... or this many groups (each checkpoint's redb commit stays small).
-const CHECKPOINT_GROUPS: u64 = 256;
+const CHECKPOINT_GROUPS: u64 = 4096;
 
 /// Resolves once a group is on disk (or the write failed, with why).
 pub type Flushed = oneshot::Receiver<Result<(), String>>;

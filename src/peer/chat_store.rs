@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 
 use super::error::PeerError;
 use super::updates::{PageEvent, Publish, Updates};
-use crate::group_commit::RIDE_ALONG;
+use crate::group_commit::{CommitTimer, GroupWriter};
 use crate::wal::Wal;
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
 use crate::wire::legacy::HistoryEntry;
@@ -830,10 +830,7 @@ pub struct WriteQueue {
     wal: Wal,
     updates: Addr<Updates>,
     waiting: VecDeque<Waiting>,
-    /// A commit is due at the end of this turn of the event loop.
-    commit_due: bool,
-    /// Writes that are not urgent wait for an urgent commit to ride along with, until this.
-    ride_along: Option<SpawnHandle>,
+    timer: CommitTimer,
 }
 
 impl WriteQueue {
@@ -844,8 +841,7 @@ impl WriteQueue {
             wal,
             updates,
             waiting: VecDeque::new(),
-            commit_due: false,
-            ride_along: None,
+            timer: CommitTimer::default(),
         }
     }
 
@@ -890,36 +886,18 @@ impl WriteQueue {
         receivers
     }
 
-    /// Commits what is waiting: at the end of this turn of the event loop when some of it is
-    /// urgent (so the writes arriving in the same turn share the commit), else with the next
-    /// urgent commit or after [`RIDE_ALONG`] at the latest.
+    /// Commits what is waiting, when [`CommitTimer::schedule`] says.
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if self.commit_due || self.waiting.is_empty() {
-            return;
-        }
-        if self.waiting.iter().any(|w| w.urgent) {
-            self.commit_due = true;
-            tokio::task::yield_now()
-                .into_actor(self)
-                .map(|(), act, ctx| {
-                    act.commit_due = false;
-                    act.commit_next(ctx);
-                })
-                .spawn(ctx);
-        } else if self.ride_along.is_none() {
-            self.ride_along = Some(ctx.run_later(RIDE_ALONG, |act, ctx| {
-                act.ride_along = None;
-                act.commit_next(ctx);
-            }));
+        if !self.waiting.is_empty() {
+            let urgent = self.waiting.iter().any(|w| w.urgent);
+            CommitTimer::schedule(self, urgent, ctx);
         }
     }
 
     /// Commits everything waiting (up to [`MAX_BATCH`]) as one transaction and logs it; its
     /// writers are answered once the log has it on disk.
     fn commit_next(&mut self, ctx: &mut Context<Self>) {
-        if let Some(timer) = self.ride_along.take() {
-            ctx.cancel_future(timer);
-        }
+        self.timer.committing(ctx);
         if self.waiting.is_empty() {
             return;
         }
@@ -987,6 +965,16 @@ impl WriteQueue {
 
 impl Actor for WriteQueue {
     type Context = Context<Self>;
+}
+
+impl GroupWriter for WriteQueue {
+    fn timer(&mut self) -> &mut CommitTimer {
+        &mut self.timer
+    }
+
+    fn commit(&mut self, ctx: &mut Context<Self>) {
+        self.commit_next(ctx);
+    }
 }
 
 async fn outcome(

@@ -29,7 +29,7 @@ use super::error::ProxyError;
 use super::router::{choose_route, Route};
 use super::store::{self, Lane, Op, OpResult, Origin, Payload, PruneSeen, Record, SharedDb, Store};
 use crate::config::{DeliveryConfig, InstanceName};
-use crate::group_commit::RIDE_ALONG;
+use crate::group_commit::{CommitTimer, GroupWriter};
 use crate::wal::Wal;
 use crate::wire::control_plane::{AiEndpoint, EndpointTable};
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
@@ -145,10 +145,8 @@ pub struct Outbox {
     next_seq: Option<u64>,
     /// Waiting for the next group commit.
     batch: Vec<Pending>,
-    /// A commit is due at the end of this turn of the event loop.
-    commit_due: bool,
-    /// Bookkeeping waits for an urgent commit to ride along with, until this fires.
-    ride_along: Option<SpawnHandle>,
+    /// When the next group commit happens.
+    timer: CommitTimer,
     /// Loaded from the store at start, put in lanes when the actor starts.
     initial: Vec<(u64, Record)>,
     /// This actor's own address (set when it starts), for replies queued from async work.
@@ -188,8 +186,7 @@ impl Outbox {
             wal,
             next_seq: None,
             batch: Vec::new(),
-            commit_due: false,
-            ride_along: None,
+            timer: CommitTimer::default(),
             initial: items,
             addr: None,
             peer_inbox_batch: true,
@@ -215,37 +212,20 @@ impl Outbox {
         self.flush(ctx);
     }
 
-    /// Commits what is waiting: at the end of this turn of the event loop when some of it is
-    /// urgent (accepted items: someone waits for the answer; what arrives in the same turn
-    /// shares the commit), else with the next urgent commit or after [`RIDE_ALONG`] at the
-    /// latest. See [`crate::group_commit`].
+    /// Commits what is waiting, when [`CommitTimer::schedule`] says: accepted items are
+    /// urgent (someone waits for the answer), the rest is bookkeeping.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.commit_due || self.batch.is_empty() {
-            return;
-        }
-        if self.batch.iter().any(|p| p.op.is_urgent()) {
-            self.commit_due = true;
-            ctx.spawn(
-                wrap_future(tokio::task::yield_now()).map(|(), act: &mut Self, ctx| {
-                    act.commit_due = false;
-                    act.commit(ctx);
-                }),
-            );
-        } else if self.ride_along.is_none() {
-            self.ride_along = Some(ctx.run_later(RIDE_ALONG, |act, ctx| {
-                act.ride_along = None;
-                act.commit(ctx);
-            }));
+        if !self.batch.is_empty() {
+            let urgent = self.batch.iter().any(|p| p.op.is_urgent());
+            CommitTimer::schedule(self, urgent, ctx);
         }
     }
 
     /// Commits everything waiting in ONE write transaction (not waiting for the disk) and logs
     /// it: new items join their lanes at once, and each request is answered once the log has
     /// the group on disk (see [`crate::wal`]).
-    fn commit(&mut self, ctx: &mut Context<Self>) {
-        if let Some(timer) = self.ride_along.take() {
-            ctx.cancel_future(timer);
-        }
+    fn commit_now(&mut self, ctx: &mut Context<Self>) {
+        self.timer.committing(ctx);
         if self.batch.is_empty() {
             return;
         }
@@ -860,6 +840,16 @@ fn lane_name(lane: &Lane) -> String {
         Lane::PeerInbox => "peer/inbox".to_string(),
         Lane::PeerReceipts => "peer/receipts".to_string(),
         Lane::Remote(n) => n.clone(),
+    }
+}
+
+impl GroupWriter for Outbox {
+    fn timer(&mut self) -> &mut CommitTimer {
+        &mut self.timer
+    }
+
+    fn commit(&mut self, ctx: &mut Context<Self>) {
+        self.commit_now(ctx);
     }
 }
 
