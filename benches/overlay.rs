@@ -112,8 +112,9 @@ async fn send(client: &awc::Client, from_url: &str, to: &str, text: &str) {
         .send_json(&serde_json::json!({"peer_id": to, "message": text}))
         .await
         .expect("send_message answers");
+    // Read to the end, so the connection is kept for the next send (as a browser does).
+    let body = res.body().await.unwrap_or_default();
     if !res.status().is_success() {
-        let body = res.body().await.unwrap_or_default();
         panic!(
             "send_message failed: {} {}",
             res.status(),
@@ -269,11 +270,13 @@ async fn fill(bob: &str, from: &'static str, start: usize, count: usize) {
                         "bob",
                         format!("history message number {i} with a little text in it"),
                     );
-                    let res = client
+                    let mut res = client
                         .post(format!("{bob}/api/v1/inbox"))
                         .send_json(&env)
                         .await
                         .expect("inbox answers");
+                    // Read to the end, so the connection is kept.
+                    let _ = res.body().await;
                     assert!(res.status().is_success(), "inbox: {}", res.status());
                     i += concurrency;
                 }
