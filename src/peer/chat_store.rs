@@ -29,6 +29,7 @@ use std::sync::{Arc, RwLock};
 use actix::prelude::*;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::oneshot;
 
 use super::error::PeerError;
@@ -745,10 +746,19 @@ impl Handler<ListConversations> for ChatStore {
 // ---------------------------------------------------------------------------------------------
 // WriteQueue: the async side, group commit.
 
-/// Stores a message unless its id is stored already.
+/// Stores a message unless its id is stored already; answered once it is on disk.
 #[derive(Message)]
 #[rtype(result = "Result<Appended, PeerError>")]
 pub struct AppendMessage {
+    pub message: StoredMessage,
+}
+
+/// Stores our own message unless its id is stored already, like [`AppendMessage`], but answered
+/// as soon as it is committed (visible, in the unsent index), with what resolves once it is on
+/// disk: the sender hands it to the proxy meanwhile and answers the user once both hold it.
+#[derive(Message)]
+#[rtype(result = "Result<(Appended, Durable), PeerError>")]
+pub struct AppendOutgoing {
     pub message: StoredMessage,
 }
 
@@ -799,7 +809,13 @@ pub struct ClearConversations {
     pub peer: Option<String>,
 }
 
-type Reply = oneshot::Sender<Result<WriteOutcome, PeerError>>;
+/// Resolves once a committed group is on disk (its log record flushed).
+pub type Durable = Shared<BoxFuture<'static, Result<(), PeerError>>>;
+
+/// A write's answer, sent as soon as its group is committed (visible to readers), with what
+/// tells when it is on disk.
+type Committed = Result<(WriteOutcome, Durable), PeerError>;
+type Reply = oneshot::Sender<Committed>;
 
 /// A write waiting for the next commit; `with_next`: it must share its commit with the next one
 /// (the ops of one [`AppendMany`]).
@@ -851,7 +867,7 @@ impl WriteQueue {
         op: WriteOp,
         urgent: bool,
         ctx: &mut Context<Self>,
-    ) -> oneshot::Receiver<Result<WriteOutcome, PeerError>> {
+    ) -> oneshot::Receiver<Committed> {
         let (reply, rx) = oneshot::channel();
         self.waiting.push_back(Waiting {
             op,
@@ -869,7 +885,7 @@ impl WriteQueue {
         ops: Vec<WriteOp>,
         urgent: bool,
         ctx: &mut Context<Self>,
-    ) -> Vec<oneshot::Receiver<Result<WriteOutcome, PeerError>>> {
+    ) -> Vec<oneshot::Receiver<Committed>> {
         let n = ops.len();
         let mut receivers = Vec::with_capacity(n);
         for (i, op) in ops.into_iter().enumerate() {
@@ -918,18 +934,27 @@ impl WriteQueue {
                 if checkpoint {
                     self.wal.checkpointed();
                 }
-                flushed
+                let durable: Durable = async move {
+                    flushed
+                        .await
+                        .unwrap_or_else(|_| Err("the store's log stopped".to_string()))
+                        .map_err(PeerError::Storage)
+                }
+                .boxed()
+                .shared();
+                let mut changes = Vec::with_capacity(outcomes.len());
+                for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                    if let Ok(outcome) = &outcome {
+                        changes.push(outcome.clone());
+                    }
+                    let _ = reply.send(outcome.map(|o| (o, durable.clone())));
+                }
+                // The open pages learn of it once it is on disk.
+                durable
                     .into_actor(self)
-                    .map(move |flushed, act, _| {
-                        let flushed = flushed
-                            .unwrap_or_else(|_| Err("the store's log stopped".to_string()))
-                            .map_err(PeerError::Storage);
-                        for (outcome, reply) in outcomes.into_iter().zip(replies) {
-                            let outcome = flushed.clone().and(outcome);
-                            if let Ok(outcome) = &outcome {
-                                act.publish(outcome);
-                            }
-                            let _ = reply.send(outcome);
+                    .map(move |durable, act, _| {
+                        if durable.is_ok() {
+                            changes.iter().for_each(|c| act.publish(c));
                         }
                     })
                     .spawn(ctx);
@@ -977,11 +1002,17 @@ impl GroupWriter for WriteQueue {
     }
 }
 
-async fn outcome(
-    rx: oneshot::Receiver<Result<WriteOutcome, PeerError>>,
-) -> Result<WriteOutcome, PeerError> {
+/// A write's outcome once committed, before it is on disk.
+async fn committed(rx: oneshot::Receiver<Committed>) -> Committed {
     rx.await
         .map_err(|_| PeerError::unavailable("the store stopped before committing"))?
+}
+
+/// A write's outcome once on disk.
+async fn outcome(rx: oneshot::Receiver<Committed>) -> Result<WriteOutcome, PeerError> {
+    let (outcome, durable) = committed(rx).await?;
+    durable.await?;
+    Ok(outcome)
 }
 
 impl Handler<AppendMessage> for WriteQueue {
@@ -1001,6 +1032,28 @@ impl Handler<AppendMessage> for WriteQueue {
                     Ok(Appended { message, duplicate })
                 }
                 other => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
+            }
+        })
+    }
+}
+
+impl Handler<AppendOutgoing> for WriteQueue {
+    type Result = ResponseFuture<Result<(Appended, Durable), PeerError>>;
+
+    fn handle(&mut self, msg: AppendOutgoing, ctx: &mut Context<Self>) -> Self::Result {
+        let rx = self.enqueue(
+            WriteOp::Append {
+                message: msg.message,
+            },
+            true,
+            ctx,
+        );
+        Box::pin(async move {
+            match committed(rx).await? {
+                (WriteOutcome::Appended { message, duplicate }, durable) => {
+                    Ok((Appended { message, duplicate }, durable))
+                }
+                (other, _) => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
             }
         })
     }

@@ -16,7 +16,9 @@ use awc::http::StatusCode;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use super::chat_store::{AppendMessage, SetDeliveryState, SetHandOver, StoredMessage, WriteQueue};
+use super::chat_store::{
+    AppendOutgoing, SetDeliveryState, SetHandOver, StoredMessage, WriteQueue,
+};
 use super::error::PeerError;
 use super::resend::{ProxyUnreachable, ResendNow, Resender};
 use crate::wire::control_plane::Endpoint;
@@ -478,19 +480,26 @@ pub async fn send(
     resender: &Addr<Resender>,
     envelope: Envelope,
 ) -> Result<StoredMessage, PeerError> {
-    let stored = writes
-        .send(AppendMessage {
+    // Our copy reaches the disk while the proxy takes its own: the answer waits for both.
+    let (stored, durable) = writes
+        .send(AppendOutgoing {
             message: StoredMessage::outgoing(&envelope),
         })
         .await??;
     if stored.duplicate {
+        durable.await?;
         return Ok(stored.message);
     }
     // Older messages still waiting for the proxy go first: a conversation keeps its order.
     if let Err(e) = resender.send(ResendNow).await {
         log::warn!("cannot hand over the waiting messages first: {e}");
     }
-    match hand_over(writes, proxy, envelope).await {
+    let handed = hand_over(writes, proxy, envelope).await;
+    if let Err(e) = durable.await {
+        log::error!("message {} could not be stored: {e}", stored.message.id);
+        return Err(e);
+    }
+    match handed {
         HandOver::Taken => Ok(stored.message),
         HandOver::Waiting(e) => {
             resender.do_send(ProxyUnreachable);
