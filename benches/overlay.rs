@@ -337,6 +337,10 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem_gb:.0} GiB RAM, Linux")
 }
 
+/// The same allocator as the `overlay` binary (src/main.rs), so the in-process figures are its.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[actix_rt::main]
 async fn main() {
     let mut figures: Vec<Figure> = Vec::new();

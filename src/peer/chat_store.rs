@@ -27,9 +27,9 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
-use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::oneshot;
 
 use super::error::PeerError;

@@ -16,9 +16,7 @@ use awc::http::StatusCode;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use super::chat_store::{
-    AppendOutgoing, SetDeliveryState, SetHandOver, StoredMessage, WriteQueue,
-};
+use super::chat_store::{AppendOutgoing, SetDeliveryState, SetHandOver, StoredMessage, WriteQueue};
 use super::error::PeerError;
 use super::resend::{ProxyUnreachable, ResendNow, Resender};
 use crate::wire::control_plane::Endpoint;
