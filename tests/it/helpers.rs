@@ -5,6 +5,7 @@
 //! - [`spawn_controller`], [`spawn_proxy`], [`spawn_peer`]: one role at a time.
 //! - [`Spawned`]: a running server: its URL, and `stop()` to take it down mid-test.
 //! - [`subscribe`] / [`SseReader`]: a Server-Sent Events feed, event by event.
+//! - [`run_binary`]: the real `overlay` binary, for the cases where the process is the subject.
 
 #![allow(dead_code)]
 
@@ -239,4 +240,51 @@ pub async fn subscribe(url: &str) -> SseReader {
         stream: Box::pin(r),
         buf: String::new(),
     }
+}
+
+/// The real `overlay` binary running `role` (e.g. `["peer", "--name", "alice"]`) with `config`
+/// (written to `dir`) and its data in `dir/data`; answers it and the URL of the server `label`
+/// (e.g. `peer/alice`) from the table it prints. Its log goes to `dir/stderr.log`, shown if it
+/// does not start.
+pub async fn run_binary(
+    config: &Config,
+    dir: &Path,
+    role: &[&str],
+    label: &str,
+) -> (std::process::Child, String) {
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, serde_yaml::to_string(config).unwrap()).unwrap();
+    let stderr = dir.join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_overlay"))
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(role)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("the overlay binary runs");
+    let stdout = child.stdout.take().unwrap();
+    let label = label.to_string();
+    let url = actix_rt::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if line.contains(&label) {
+                let url = line.split_whitespace().last().unwrap().to_string();
+                // Keep draining stdout so the child never blocks on a full pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                return Some(url);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|| {
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        panic!("the binary did not print its URL table; its log:\n{log}")
+    });
+    (child, url)
 }

@@ -14,7 +14,7 @@ use awc::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::helpers::{client, config_for, free_listener, subscribe};
+use crate::helpers::{client, config_for, free_listener, run_binary, subscribe};
 use overlay::peer::auto_reply::AutoReplyStats;
 use overlay::peer::chat_store::{HistoryPage, MessageState};
 use overlay::peer::routes::{ContactList, Me};
@@ -1299,6 +1299,54 @@ async fn a_restarted_peer_keeps_its_history() {
     assert_eq!(h[0]["message"], "still here");
     alice.stop().await;
     proxy.stop().await;
+}
+
+/// A peer killed with SIGKILL keeps every message it answered for, sent and received: what
+/// its database had not made durable yet is applied again from its log when it starts.
+#[actix_web::test]
+async fn a_peer_killed_with_sigkill_keeps_every_message_it_answered_for() {
+    let config = config_for(&[("alice", &[]), ("bob", &[])]);
+    let dir = tempfile::tempdir().unwrap();
+    // Alice's own proxy runs in the same process; bob's is down, so her messages stay queued.
+    let role = ["peer", "--name", "alice", "--listen", "127.0.0.1:0"];
+    let (mut child, url) = run_binary(&config, dir.path(), &role, "peer/alice").await;
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        let text = format!("sent {i}");
+        let (s, v): (_, Value) = post_json(
+            &format!("{url}/send_message"),
+            &json!({"peer_id": "bob", "message": text}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        sent.push(text);
+        let (s, _): (_, Ack) = post_json(
+            &format!("{url}/api/v1/inbox"),
+            &envelope("bob", "alice", &format!("in-{i}"), &format!("received {i}")),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    let (mut child, url) = run_binary(&config, dir.path(), &role, "peer/alice").await;
+    let texts: Vec<String> = history(&url, "bob")
+        .await
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (0..30)
+        .flat_map(|i| [format!("sent {i}"), format!("received {i}")])
+        .collect();
+    assert_eq!(texts, expected, "every message, once, in order");
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(
+        log.contains("logged write groups again"),
+        "the messages came back from the log: {log}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ use overlay::wire::control_plane::{
 use overlay::wire::data_plane::{Accepted, Ack, DeliveryState, Envelope, Receipt};
 use overlay::wire::legacy;
 
-use crate::helpers::{client, config_for, free_listener, spawn_proxy, Spawned};
+use crate::helpers::{client, config_for, free_listener, run_binary, spawn_proxy, Spawned};
 
 // ---------------------------------------------------------------- fakes
 
@@ -541,43 +541,10 @@ async fn a_receiving_proxy_that_is_down_gets_the_queued_messages_in_order_when_i
     bob.stop().await;
 }
 
-/// The real binary's proxy for `config` (written to `dir`), and its URL.
+/// The real binary's proxy of alice for `config` (written to `dir`), and its URL.
 async fn run_binary_proxy(config: &Config, dir: &std::path::Path) -> (std::process::Child, String) {
-    let file = dir.join("config.yaml");
-    std::fs::write(&file, serde_yaml::to_string(config).unwrap()).unwrap();
-    // Its log, shown if it fails to start.
-    let stderr = dir.join("stderr.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_overlay"))
-        .arg("--config")
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["proxy", "--name", "alice", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("the overlay binary runs");
-    let stdout = child.stdout.take().unwrap();
-    let url = actix_rt::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        while let Some(Ok(line)) = lines.next() {
-            if line.contains("proxy/alice") {
-                let url = line.split_whitespace().last().unwrap().to_string();
-                // Keep draining stdout so the child never blocks on a full pipe.
-                std::thread::spawn(move || lines.for_each(drop));
-                return Some(url);
-            }
-        }
-        None
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|| {
-        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
-        panic!("the binary did not print its URL table; its log:\n{log}")
-    });
-    (child, url)
+    let role = ["proxy", "--name", "alice", "--listen", "127.0.0.1:0"];
+    run_binary(config, dir, &role, "proxy/alice").await
 }
 
 #[actix_rt::test]
