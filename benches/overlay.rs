@@ -368,7 +368,8 @@ async fn main() {
         value: c1,
         unit: "msg/s",
         floor: None,
-        note: "one message in flight: the sum of every hop's latency (4 HTTP hops, 4 commits)"
+        note: "one message in flight: the sum of every hop's latency (4 HTTP hops; 3 log flushes in \
+               turn: the sender's store beside its proxy's, the receiver's proxy, the receiver's store)"
             .into(),
     });
     figures.push(Figure {
@@ -377,7 +378,11 @@ async fn main() {
         value: c16_1k,
         unit: "msg/s",
         floor: Some((">=", 5_000.0)),
-        note: "16 in flight, each waiting for two fsynced commits in turn (sender's store, its proxy's outbox) and the store threads: ~16 / 5.5 ms".into(),
+        note: "16 in flight, each waiting for its proxy to log it (one fdatasync, ~0.3 ms under \
+               load; its own store's flush runs beside) behind the hand-over already in flight: \
+               the disk's flush latency more than CPU (~1.5 of 2 cores busy, ~290 µs of CPU per \
+               message with the load generator)"
+            .into(),
     });
 
     let rate = 1_000.0;
@@ -399,7 +404,9 @@ async fn main() {
             unit: "ms",
             floor,
             note: format!(
-                "offered {offered:.0} msg/s open loop; four fsynced commits in turn; the tail is fsync stalls of the disk"
+                "offered {offered:.0} msg/s open loop; 4 HTTP hops and 3 log flushes in turn; the \
+                 tail: the disk's flush stalls and redb checkpoints (a durable commit every 4096 \
+                 groups)"
             ),
         });
     }
@@ -497,7 +504,7 @@ async fn main() {
         value: ready_ms,
         unit: "ms",
         floor: Some(("<=", 1_000.0)),
-        note: "process start, config parse, 9 binds, 9 stores opened".into(),
+        note: "process start, config parse, 9 binds, 9 stores opened (8 with their logs)".into(),
     });
     figures.push(Figure {
         section: "overlay up",
@@ -505,7 +512,7 @@ async fn main() {
         value: idle_rss,
         unit: "MB",
         floor: Some(("<=", 50.0)),
-        note: "9 servers × 1 worker thread (each role's actors on it), redb page caches".into(),
+        note: "9 servers × 1 worker thread (each role's actors on it), redb page caches, mimalloc arenas (no huge pages)".into(),
     });
     figures.push(Figure {
         section: "overlay up",
