@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use futures_util::future::{BoxFuture, FutureExt};
 use tokio::sync::oneshot;
 
 /// Bytes before a record's payload.
@@ -35,8 +36,11 @@ const CHECKPOINT_BYTES: u64 = 16 << 20;
 /// ... or this many groups (each checkpoint's redb commit stays small).
 const CHECKPOINT_GROUPS: u64 = 4096;
 
-/// Resolves once a group is on disk (or the write failed, with why).
-pub type Flushed = oneshot::Receiver<Result<(), String>>;
+/// Logged groups to apply again, in order, each with its LSN.
+pub type Replay = Vec<(u64, Vec<u8>)>;
+
+/// Resolves once a group is on disk, or with why it is not.
+pub type Flushed = BoxFuture<'static, Result<(), String>>;
 
 enum Command {
     Append {
@@ -59,10 +63,10 @@ pub struct Wal {
 
 impl Wal {
     /// Opens (creating) the log at `path` of a store whose redb state has every group up to
-    /// LSN `applied`. Returns the log and the groups it holds after `applied`, in order: the
-    /// store must apply them, commit durably and call [`Wal::checkpointed`] before anything
-    /// else is written. Blocking.
-    pub fn open(path: &Path, applied: u64, tag: &str) -> io::Result<(Wal, Vec<Vec<u8>>)> {
+    /// LSN `applied`. Returns the log and the groups it holds after `applied`, in order, each
+    /// with its LSN: the store must apply them, commit durably (as LSN `next_lsn() - 1`) and
+    /// call [`Wal::checkpointed`] before anything else is written. Blocking.
+    pub fn open(path: &Path, applied: u64, tag: &str) -> io::Result<(Wal, Replay)> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -71,6 +75,13 @@ impl Wal {
             .open(path)?;
         let contents = std::fs::read(path)?;
         let (replay, end) = records_after(&contents, applied);
+        if !replay.is_empty() {
+            log::info!(
+                "{tag}: {} logged groups to apply again after an unclean stop ({})",
+                replay.len(),
+                path.display()
+            );
+        }
         let next_lsn = applied + replay.len() as u64 + 1;
         let (commands, receiver) = mpsc::channel();
         let allocated = contents.len() as u64;
@@ -97,18 +108,35 @@ impl Wal {
         Ok((wal, replay))
     }
 
-    /// The LSN the next [`Wal::append`] takes: the store commits it to redb with the group.
+    /// The LSN the next group takes.
     pub fn next_lsn(&self) -> u64 {
         self.next_lsn
     }
 
     /// Whether the next group's redb commit should be durable (a checkpoint).
-    pub fn checkpoint_due(&self) -> bool {
+    fn checkpoint_due(&self) -> bool {
         self.bytes_since_checkpoint >= CHECKPOINT_BYTES
             || self.groups_since_checkpoint >= CHECKPOINT_GROUPS
     }
 
-    /// Logs a group (committed to redb under [`Wal::next_lsn`]); resolves once on disk.
+    /// Commits a group: `apply(lsn, checkpoint)` writes it to the database as LSN `lsn`,
+    /// durably when `checkpoint`; only once it has, the group (`payload`) is logged. Answers
+    /// what `apply` did, and what resolves once the log has the group on disk.
+    pub fn commit<T, E>(
+        &mut self,
+        payload: &[u8],
+        apply: impl FnOnce(u64, bool) -> Result<T, E>,
+    ) -> Result<(T, Flushed), E> {
+        let checkpoint = self.checkpoint_due();
+        let applied = apply(self.next_lsn, checkpoint)?;
+        let flushed = self.append(payload);
+        if checkpoint {
+            self.checkpointed();
+        }
+        Ok((applied, flushed))
+    }
+
+    /// Logs a group (in the database as LSN [`Wal::next_lsn`]); resolves once on disk.
     pub fn append(&mut self, payload: &[u8]) -> Flushed {
         let lsn = self.next_lsn;
         self.next_lsn += 1;
@@ -116,14 +144,17 @@ impl Wal {
         self.bytes_since_checkpoint += record.len() as u64;
         self.groups_since_checkpoint += 1;
         let (flushed, answer) = oneshot::channel();
-        let sent = self
-            .commands
-            .as_ref()
-            .map(|c| c.send(Command::Append { record, flushed }));
-        if let Some(Err(mpsc::SendError(Command::Append { flushed, .. }))) = sent {
-            let _ = flushed.send(Err(format!("the log {} is closed", self.path.display())));
+        if let Some(c) = &self.commands {
+            // Refused only when the writer has stopped: `answer` then says so.
+            let _ = c.send(Command::Append { record, flushed });
         }
-        answer
+        let path = self.path.display().to_string();
+        async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(format!("the log {path} has stopped")))
+        }
+        .boxed()
     }
 
     /// Every group appended so far is in a durable redb commit: the log starts again.
@@ -161,9 +192,9 @@ fn encode(lsn: u64, payload: &[u8]) -> Vec<u8> {
     record
 }
 
-/// The payloads of the records after LSN `applied` (consecutive from `applied + 1`), and the
+/// The records after LSN `applied` (consecutive from `applied + 1`), with their LSNs, and the
 /// offset where the log's valid records end.
-fn records_after(log: &[u8], applied: u64) -> (Vec<Vec<u8>>, usize) {
+fn records_after(log: &[u8], applied: u64) -> (Replay, usize) {
     let mut replay = Vec::new();
     let mut at = 0;
     let mut expected = None;
@@ -184,11 +215,11 @@ fn records_after(log: &[u8], applied: u64) -> (Vec<Vec<u8>>, usize) {
             // Records of an older round (before the last restart) are all at or before `applied`.
             None if lsn <= applied => {}
             None if lsn == applied + 1 => {
-                replay.push(payload.to_vec());
+                replay.push((lsn, payload.to_vec()));
                 expected = Some(lsn + 1);
             }
             Some(next) if lsn == next => {
-                replay.push(payload.to_vec());
+                replay.push((lsn, payload.to_vec()));
                 expected = Some(lsn + 1);
             }
             _ => break,
@@ -274,7 +305,7 @@ mod tests {
     use super::*;
 
     async fn flushed(f: Flushed) {
-        f.await.unwrap().unwrap();
+        f.await.unwrap();
     }
 
     #[actix_rt::test]
@@ -290,7 +321,7 @@ mod tests {
             }
         }
         let (wal, replay) = Wal::open(&path, 1, "t").unwrap();
-        assert_eq!(replay, vec![b"two".to_vec(), b"three".to_vec()]);
+        assert_eq!(replay, vec![(2, b"two".to_vec()), (3, b"three".to_vec())]);
         assert_eq!(wal.next_lsn(), 4);
         drop(wal);
         let (_, replay) = Wal::open(&path, 3, "t").unwrap();
@@ -313,7 +344,7 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len() as u64, CHUNK, "preallocated, zero-filled");
         let (wal, replay) = Wal::open(&path, 3, "t").unwrap();
-        assert_eq!(replay, vec![b"4".to_vec()]);
+        assert_eq!(replay, vec![(4, b"4".to_vec())]);
         assert_eq!(wal.next_lsn(), 5);
         drop(wal);
         // Crashed between the checkpoint's commit and the next append: nothing to redo.
@@ -337,13 +368,16 @@ mod tests {
         bytes[second] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         let (mut wal, replay) = Wal::open(&path, 0, "t").unwrap();
-        assert_eq!(replay, vec![b"one".to_vec()]);
+        assert_eq!(replay, vec![(1, b"one".to_vec())]);
         assert_eq!(wal.next_lsn(), 2, "the torn record's LSN is given again");
         // The next record overwrites the torn one.
         flushed(wal.append(b"two again")).await;
         drop(wal);
         let (_, replay) = Wal::open(&path, 0, "t").unwrap();
-        assert_eq!(replay, vec![b"one".to_vec(), b"two again".to_vec()]);
+        assert_eq!(
+            replay,
+            vec![(1, b"one".to_vec()), (2, b"two again".to_vec())]
+        );
         // A gap after the applied LSN (a lost record) is not skipped over.
         assert!(records_after(&std::fs::read(&path).unwrap(), 5)
             .0
@@ -366,5 +400,49 @@ mod tests {
         assert!(wal.checkpoint_due());
         wal.checkpointed();
         assert!(!wal.checkpoint_due());
+    }
+
+    /// A group is logged only once the database has it; the group whose commit is due to be
+    /// durable is told so, and after it the log starts again.
+    #[actix_rt::test]
+    async fn a_group_is_logged_after_its_commit_and_checkpoints_restart_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.wal");
+        let (mut wal, _) = Wal::open(&path, 0, "t").unwrap();
+        let refused: Result<((), Flushed), &str> = wal.commit(b"lost", |lsn, _| {
+            assert_eq!(lsn, 1);
+            Err("the database refused it")
+        });
+        assert!(refused.is_err());
+        assert_eq!(wal.next_lsn(), 1, "nothing logged: the LSN is given again");
+        let mut durable = Vec::new();
+        for i in 0..=CHECKPOINT_GROUPS {
+            let (lsn, flushed) = wal
+                .commit(format!("g{i}").as_bytes(), |lsn, checkpoint| {
+                    durable.push(checkpoint);
+                    Ok::<_, ()>(lsn)
+                })
+                .unwrap();
+            assert_eq!(lsn, i + 1);
+            flushed.await.unwrap();
+        }
+        let last = CHECKPOINT_GROUPS as usize;
+        assert!(durable[..last].iter().all(|d| !d));
+        assert!(
+            durable[last],
+            "the group after {CHECKPOINT_GROUPS} is a checkpoint"
+        );
+        let (g, flushed) = wal
+            .commit(b"after", |lsn, c| Ok::<_, ()>((lsn, c)))
+            .unwrap();
+        assert_eq!(g, (CHECKPOINT_GROUPS + 2, false));
+        flushed.await.unwrap();
+        drop(wal);
+        // The checkpoint's database state has everything up to it: the log holds only what came
+        // after, at its beginning.
+        let (_, replay) = Wal::open(&path, CHECKPOINT_GROUPS + 1, "t").unwrap();
+        assert_eq!(replay, vec![(CHECKPOINT_GROUPS + 2, b"after".to_vec())]);
+        let (_, end) = records_after(&std::fs::read(&path).unwrap(), CHECKPOINT_GROUPS + 1);
+        assert_eq!(end, HEADER + b"after".len(), "at the log's beginning");
     }
 }

@@ -329,19 +329,11 @@ impl ChatStore {
         tx.commit().map_err(PeerError::storage)?;
         let (mut wal, replay) = Wal::open(log, applied, tag)
             .map_err(|e| PeerError::Storage(format!("opening {}: {e}", log.display())))?;
-        if !replay.is_empty() {
-            log::info!(
-                "{tag}: applying {} logged write groups again after an unclean stop",
-                replay.len()
-            );
+        for (lsn, group) in replay {
+            blocking::write_batch(&db, decode(&group)?, lsn, false)?;
         }
-        let mut lsn = applied;
-        for group in replay {
-            lsn += 1;
-            let ops: Vec<WriteOp> = decode(&group)?;
-            blocking::write_batch(&db, ops, lsn, false)?;
-        }
-        blocking::checkpoint(&db, lsn)?;
+        // A durable commit (a checkpoint) of all that, so the log can start again.
+        blocking::write_batch(&db, Vec::new(), wal.next_lsn() - 1, true)?;
         wal.checkpointed();
         Ok((db, wal))
     }
@@ -590,16 +582,6 @@ mod blocking {
         }
         tx.commit().map_err(PeerError::storage)?;
         Ok(outcomes)
-    }
-
-    /// A durable commit of everything so far, as logged group `lsn` (a checkpoint).
-    pub fn checkpoint(db: &Database, lsn: u64) -> Result<(), PeerError> {
-        let tx = db.begin_write().map_err(PeerError::storage)?;
-        tx.open_table(META)
-            .map_err(PeerError::storage)?
-            .insert(WAL_LSN, lsn)
-            .map_err(PeerError::storage)?;
-        tx.commit().map_err(PeerError::storage)
     }
 
     /// A range scan from the newest end: as fast for the millionth message as for the first.
@@ -920,28 +902,18 @@ impl WriteQueue {
         let n = commit_size(self.waiting.iter().map(|w| w.with_next), MAX_BATCH);
         let (ops, replies): (Vec<WriteOp>, Vec<Reply>) =
             self.waiting.drain(..n).map(|w| (w.op, w.reply)).unzip();
-        let checkpoint = self.wal.checkpoint_due();
-        let lsn = self.wal.next_lsn();
+        let db = &self.db;
         let committed = encode(&ops).and_then(|logged| {
-            let outcomes = self
-                .db
-                .with(|db| blocking::write_batch(db, ops, lsn, checkpoint))?;
-            Ok((logged, outcomes))
+            self.wal.commit(&logged, |lsn, durable| {
+                db.with(|db| blocking::write_batch(db, ops, lsn, durable))
+            })
         });
         match committed {
-            Ok((logged, outcomes)) => {
-                let flushed = self.wal.append(&logged);
-                if checkpoint {
-                    self.wal.checkpointed();
-                }
-                let durable: Durable = async move {
-                    flushed
-                        .await
-                        .unwrap_or_else(|_| Err("the store's log stopped".to_string()))
-                        .map_err(PeerError::Storage)
-                }
-                .boxed()
-                .shared();
+            Ok((outcomes, flushed)) => {
+                let durable: Durable = flushed
+                    .map(|r| r.map_err(PeerError::Storage))
+                    .boxed()
+                    .shared();
                 let mut changes = Vec::with_capacity(outcomes.len());
                 for (outcome, reply) in outcomes.into_iter().zip(replies) {
                     if let Ok(outcome) = &outcome {
@@ -1225,7 +1197,7 @@ mod tests {
         {
             let (_, mut wal) = open(dir.path());
             for group in &groups {
-                wal.append(&encode(group).unwrap()).await.unwrap().unwrap();
+                wal.append(&encode(group).unwrap()).await.unwrap();
             }
         }
         let check = |db: Arc<SharedDb>| {

@@ -233,23 +233,16 @@ impl Outbox {
             .into_iter()
             .map(|p| (p.op, p.reply))
             .unzip();
-        let checkpoint = self.wal.checkpoint_due();
-        let lsn = self.wal.next_lsn();
-        let next = &mut self.next_seq;
+        let (db, next) = (&self.db, &mut self.next_seq);
         let committed = serde_json::to_vec(&ops)
             .map_err(ProxyError::storage)
             .and_then(|logged| {
-                let results = store::with_db(&self.db, |db| {
-                    store::commit(db, next, &ops, lsn, checkpoint)
-                })?;
-                Ok((logged, results))
+                self.wal.commit(&logged, |lsn, durable| {
+                    store::with_db(db, |db| store::commit(db, next, &ops, lsn, durable))
+                })
             });
         match committed {
-            Ok((logged, results)) => {
-                let flushed = self.wal.append(&logged);
-                if checkpoint {
-                    self.wal.checkpointed();
-                }
+            Ok((results, flushed)) => {
                 let mut answers = Vec::new();
                 for ((op, reply), result) in ops.into_iter().zip(replies).zip(results) {
                     self.committed(op, result, ctx);
@@ -259,9 +252,7 @@ impl Outbox {
                 }
                 if !answers.is_empty() {
                     ctx.spawn(wrap_future(flushed).map(move |flushed, _: &mut Self, _| {
-                        let flushed = flushed
-                            .unwrap_or_else(|_| Err("the outbox log stopped".to_string()))
-                            .map_err(ProxyError::Storage);
+                        let flushed = flushed.map_err(ProxyError::Storage);
                         for (reply, result) in answers {
                             let _ = reply.send(flushed.clone().map(|()| result));
                         }

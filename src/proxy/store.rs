@@ -298,21 +298,13 @@ pub fn open(path: &Path, log: &Path, tag: &str) -> Result<(SharedDb, Wal), Proxy
     let (mut wal, replay) = Wal::open(log, applied, tag).map_err(|e| {
         ProxyError::Storage(format!("cannot open the outbox log {}: {e}", log.display()))
     })?;
-    if !replay.is_empty() {
-        log::info!(
-            "{tag}: applying {} logged groups of outbox changes again after an unclean stop",
-            replay.len()
-        );
-    }
-    let mut lsn = applied;
     let mut next = None;
-    for group in replay {
-        lsn += 1;
+    for (lsn, group) in replay {
         let ops: Vec<Op> = serde_json::from_slice(&group).map_err(ProxyError::storage)?;
         commit(&db, &mut next, &ops, lsn, false)?;
     }
     // A durable commit (a checkpoint) of all that, so the log can start again.
-    commit(&db, &mut next, &[], lsn, true)?;
+    commit(&db, &mut next, &[], wal.next_lsn() - 1, true)?;
     wal.checkpointed();
     Ok((Arc::new(Mutex::new(Some(db))), wal))
 }
@@ -805,19 +797,22 @@ mod tests {
             }],
         );
         assert_eq!(r, [OpResult::Stored { seq: 2 }]);
-        let loaded = Store::new(db.clone(), "test")
-            .with_db(|db| {
-                let txn = db.begin_read().map_err(ProxyError::storage)?;
-                let t = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
-                let keys: Vec<u64> = t
-                    .iter()
-                    .map_err(ProxyError::storage)?
-                    .map(|r| r.unwrap().0.value())
-                    .collect();
-                Ok(keys)
-            })
-            .unwrap();
-        assert_eq!(loaded, [2]);
+        assert_eq!(outbox_keys(&db), [2]);
+    }
+
+    /// The keys of the items in the outbox table, in order.
+    fn outbox_keys(db: &SharedDb) -> Vec<u64> {
+        with_db(db, |db| {
+            let txn = db.begin_read().map_err(ProxyError::storage)?;
+            let t = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
+            let keys: Vec<u64> = t
+                .iter()
+                .map_err(ProxyError::storage)?
+                .map(|r| r.unwrap().0.value())
+                .collect();
+            Ok(keys)
+        })
+        .unwrap()
     }
 
     #[test]
@@ -840,19 +835,6 @@ mod tests {
     fn groups_logged_but_lost_by_the_database_are_applied_again_alike() {
         let dir = tempfile::tempdir().unwrap();
         let (redb, log) = (dir.path().join("p.redb"), dir.path().join("p.wal"));
-        let outbox_keys = |db: &SharedDb| {
-            with_db(db, |db| {
-                let txn = db.begin_read().map_err(ProxyError::storage)?;
-                let t = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
-                let keys: Vec<u64> = t
-                    .iter()
-                    .map_err(ProxyError::storage)?
-                    .map(|r| r.unwrap().0.value())
-                    .collect();
-                Ok(keys)
-            })
-            .unwrap()
-        };
         {
             let (db, mut wal) = open(&redb, &log, "t").unwrap();
             // Group 1 reached the database: the highest item (2) is gone, the next key is 3.

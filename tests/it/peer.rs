@@ -1342,7 +1342,7 @@ async fn a_peer_killed_with_sigkill_keeps_every_message_it_answered_for() {
     assert_eq!(texts, expected, "every message, once, in order");
     let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
     assert!(
-        log.contains("logged write groups again"),
+        log.contains("logged groups to apply again"),
         "the messages came back from the log: {log}"
     );
     child.kill().unwrap();
