@@ -244,6 +244,36 @@ pub enum WriteOutcome {
     },
 }
 
+impl WriteOutcome {
+    /// The outcome of an `Append`.
+    fn appended(self) -> Result<Appended, PeerError> {
+        match self {
+            WriteOutcome::Appended { message, duplicate } => Ok(Appended { message, duplicate }),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// The message after a `SetState` or `SetHandOver`.
+    fn state_set(self) -> Result<StoredMessage, PeerError> {
+        match self {
+            WriteOutcome::StateSet { message, .. } => Ok(message),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// How many messages a `Clear` removed.
+    fn cleared(self) -> Result<u64, PeerError> {
+        match self {
+            WriteOutcome::Cleared { removed, .. } => Ok(removed),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    fn unexpected(&self) -> PeerError {
+        PeerError::Storage(format!("unexpected outcome {self:?}"))
+    }
+}
+
 /// The newest `limit` messages of a conversation older than `before` (seq).
 #[derive(Message)]
 #[rtype(result = "Result<HistoryPage, PeerError>")]
@@ -998,14 +1028,7 @@ impl Handler<AppendMessage> for WriteQueue {
             true,
             ctx,
         );
-        Box::pin(async move {
-            match outcome(rx).await? {
-                WriteOutcome::Appended { message, duplicate } => {
-                    Ok(Appended { message, duplicate })
-                }
-                other => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
-            }
-        })
+        Box::pin(async move { outcome(rx).await?.appended() })
     }
 }
 
@@ -1021,12 +1044,8 @@ impl Handler<AppendOutgoing> for WriteQueue {
             ctx,
         );
         Box::pin(async move {
-            match committed(rx).await? {
-                (WriteOutcome::Appended { message, duplicate }, durable) => {
-                    Ok((Appended { message, duplicate }, durable))
-                }
-                (other, _) => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
-            }
+            let (outcome, durable) = committed(rx).await?;
+            Ok((outcome.appended()?, durable))
         })
     }
 }
@@ -1043,12 +1062,7 @@ impl Handler<SetDeliveryState> for WriteQueue {
             true,
             ctx,
         );
-        Box::pin(async move {
-            match outcome(rx).await? {
-                WriteOutcome::StateSet { message, .. } => Ok(message),
-                other => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
-            }
-        })
+        Box::pin(async move { outcome(rx).await?.state_set() })
     }
 }
 
@@ -1065,13 +1079,7 @@ impl Handler<AppendMany> for WriteQueue {
         Box::pin(async move {
             let mut out = Vec::with_capacity(receivers.len());
             for rx in receivers {
-                out.push(match outcome(rx).await {
-                    Ok(WriteOutcome::Appended { message, duplicate }) => {
-                        Ok(Appended { message, duplicate })
-                    }
-                    Ok(other) => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
-                    Err(e) => Err(e),
-                });
+                out.push(outcome(rx).await.and_then(WriteOutcome::appended));
             }
             out
         })
@@ -1094,11 +1102,7 @@ impl Handler<ApplyReceipts> for WriteQueue {
         Box::pin(async move {
             let mut out = Vec::with_capacity(receivers.len());
             for rx in receivers {
-                out.push(match outcome(rx).await {
-                    Ok(WriteOutcome::StateSet { message, .. }) => Ok(message),
-                    Ok(other) => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
-                    Err(e) => Err(e),
-                });
+                out.push(outcome(rx).await.and_then(WriteOutcome::state_set));
             }
             out
         })
@@ -1118,12 +1122,7 @@ impl Handler<SetHandOver> for WriteQueue {
             false,
             ctx,
         );
-        Box::pin(async move {
-            match outcome(rx).await? {
-                WriteOutcome::StateSet { message, .. } => Ok(message),
-                other => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
-            }
-        })
+        Box::pin(async move { outcome(rx).await?.state_set() })
     }
 }
 
@@ -1132,12 +1131,7 @@ impl Handler<ClearConversations> for WriteQueue {
 
     fn handle(&mut self, msg: ClearConversations, ctx: &mut Context<Self>) -> Self::Result {
         let rx = self.enqueue(WriteOp::Clear { peer: msg.peer }, true, ctx);
-        Box::pin(async move {
-            match outcome(rx).await? {
-                WriteOutcome::Cleared { removed, .. } => Ok(removed),
-                other => Err(PeerError::Storage(format!("unexpected outcome {other:?}"))),
-            }
-        })
+        Box::pin(async move { outcome(rx).await?.cleared() })
     }
 }
 
