@@ -15,8 +15,8 @@
 //! - [`controller`], [`proxy`], [`peer`]: one folder per role, each with `run()` as its door.
 //! - [`up`]: every role of `config.yaml` in one process.
 //! - [`web`]: small pieces every role's HTTP server shares (assets, JSON limits, server handles).
-//! - [`group_commit`]: when the stores commit their queued writes, as one group.
-//! - [`wal`]: the write-ahead log that makes each group durable before anyone is answered.
+//! - [`storage`]: the durable-store kit both stores are built from: write-ahead log, group
+//!   commit, open-and-replay, and the one writer of each store.
 //! - [`logging`]: env_logger set up so every line names its role and instance.
 //!
 //! Roles depend on `wire`, `config` and `web`, never on each other; only `up` and the CLI
@@ -25,11 +25,10 @@
 pub mod cli;
 pub mod config;
 pub mod controller;
-pub mod group_commit;
 pub mod logging;
 pub mod peer;
 pub mod proxy;
+pub mod storage;
 pub mod up;
-pub mod wal;
 pub mod web;
 pub mod wire;

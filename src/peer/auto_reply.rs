@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::chat_store::{StoredMessage, WriteQueue};
 use super::error::PeerError;
 use super::proxy_client::{send, FetchDirectory, ProxyClient};
 use super::resend::Resender;
+use super::store::{StoredMessage, WriteQueue};
 use crate::config::AutoReplyConfig;
 use crate::wire::data_plane::{DirectoryEntry, Envelope, PeerKind};
 

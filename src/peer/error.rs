@@ -118,6 +118,15 @@ impl ResponseError for NativeError {
     }
 }
 
+impl From<crate::storage::StorageError> for PeerError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        match e {
+            crate::storage::StorageError::Failed(why) => PeerError::Storage(why),
+            crate::storage::StorageError::Closed(why) => PeerError::Unavailable(why),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

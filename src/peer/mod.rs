@@ -4,17 +4,17 @@
 //! [`start`] is the role's one door: the binary and the tests both call it with a bound
 //! listener (port 0 in tests) and get back a [`Running`] server.
 //!
-//! Modules: [`chat_store`] (redb, group commit) · [`updates`] (SSE to open pages) ·
+//! Modules: [`store`] (redb, group commit) · [`updates`] (SSE to open pages) ·
 //! [`auto_reply`] · [`proxy_client`] (the link to the proxy, and sending) · [`resend`] (handing
 //! over again what the proxy has not taken) · [`routes`] (HTTP) ·
 //! [`views`] (maud) · [`error`].
 
 pub mod auto_reply;
-pub mod chat_store;
 pub mod error;
 pub mod proxy_client;
 pub mod resend;
 pub mod routes;
+pub mod store;
 pub mod updates;
 pub mod views;
 
@@ -26,13 +26,13 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 
 use crate::config::PeerSettings;
-use crate::wal::Wal;
+use crate::storage::{SharedDb, Wal};
 use crate::web::{common_routes, Health, Running};
 use auto_reply::AutoReply;
-use chat_store::{ChatStore, SharedDb, WriteQueue};
 use proxy_client::ProxyClient;
 use resend::{ResendSettings, Resender};
 use routes::PeerState;
+use store::{ChatSchema, ChatStore};
 use updates::Updates;
 
 /// Threads doing blocking redb work: one for the write transaction in progress, the others
@@ -51,11 +51,10 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         .data_dir
         .join(format!("peer-{}.wal", settings.name));
     let (opening, tag) = (path.clone(), label.clone());
-    let (db, wal) = web::block(move || ChatStore::open(&opening, &log, &tag))
+    let (db, wal) = web::block(move || crate::storage::open(&mut ChatSchema, &opening, &log, &tag))
         .await
         .context("opening the chat store")?
         .with_context(|| format!("{label}: cannot open its chat store {}", path.display()))?;
-    let db = Arc::new(SharedDb::new(db));
     let store = {
         let (db, tag) = (db.clone(), label.clone());
         SyncArbiter::start(STORE_THREADS, move || {
@@ -118,7 +117,7 @@ fn start_actors(
     wal: Wal,
 ) -> PeerState {
     let updates = Updates::default().start();
-    let writes = WriteQueue::new(db, wal, updates.clone()).start();
+    let writes = store::writer((db, wal), updates.clone()).start();
     let proxy = ProxyClient::new(&settings.proxy_url).start();
     let resend = ResendSettings {
         expire_after_secs: settings.expire_after_secs,

@@ -16,9 +16,9 @@ use awc::http::StatusCode;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use super::chat_store::{AppendOutgoing, SetDeliveryState, SetHandOver, StoredMessage, WriteQueue};
 use super::error::PeerError;
 use super::resend::{ProxyUnreachable, ResendNow, Resender};
+use super::store::{AppendOutgoing, SetDeliveryState, SetHandOver, StoredMessage, WriteQueue};
 use crate::wire::control_plane::Endpoint;
 use crate::wire::data_plane::{
     Accepted, DeliveryState, DirectoryEntry, Envelope, Forget, PeerKind, Submitted,

@@ -18,9 +18,9 @@ use actix::fut::wrap_future;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::chat_store::{ChatStore, ListUnsent, SetDeliveryState, StoredMessage, WriteQueue};
 use super::error::PeerError;
 use super::proxy_client::{hand_over, HandOver, ProxyClient};
+use super::store::{ChatStore, ListUnsent, SetDeliveryState, StoredMessage, WriteQueue};
 use crate::wire::data_plane::{conversation_id, Body, DeliveryState, Envelope};
 use crate::wire::now_ms;
 

@@ -16,14 +16,14 @@ use actix_web_lab::sse;
 use serde::{Deserialize, Serialize};
 
 use super::auto_reply::{AutoReply, AutoReplyStats, GetAutoReplyStats, MessageReceived};
-use super::chat_store::{
+use super::error::{NativeError, PeerError};
+use super::proxy_client::{self, FetchDirectory, FetchLegacyPeers, PostForget, ProxyClient};
+use super::resend::Resender;
+use super::store::{
     AppendMany, AppendMessage, ApplyReceipts, ChatStore, ClearConversations, ConversationSummary,
     GetHistory, GetPage, HistoryPage, ListConversations, SetDeliveryState, StoredMessage,
     WriteQueue,
 };
-use super::error::{NativeError, PeerError};
-use super::proxy_client::{self, FetchDirectory, FetchLegacyPeers, PostForget, ProxyClient};
-use super::resend::Resender;
 use super::updates::{Feed, PageEvent, Publish, Subscribe, Updates};
 use super::views;
 use crate::config::InstanceName;

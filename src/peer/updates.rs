@@ -6,7 +6,7 @@
 //! A client whose connection is gone, or who stopped reading, is dropped.
 //!
 //! fixes original: events are pushed when a write commits, instead of polling the store every
-//! 0.5 s. It never touches the store.
+//! 0.5 s. It never touches the store: the store's writer tells it what each commit changed.
 
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ use actix_web_lab::sse;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::chat_store::StoredMessage;
+use super::store::{ChatSchema, StoredMessage, WriteOutcome};
+use crate::storage::Applied;
 use crate::wire::legacy::MessageUpdate;
 
 /// Events a client may fall behind by before it is dropped (its page reconnects and resyncs).
@@ -125,12 +126,11 @@ impl Handler<Subscribe> for Updates {
     }
 }
 
-impl Handler<Publish> for Updates {
-    type Result = ();
-
-    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+impl Updates {
+    /// Sends `event` to every client of both feeds.
+    fn publish(&mut self, event: &PageEvent) {
         if !self.legacy.is_empty() {
-            if let Some(update) = msg.event.legacy() {
+            if let Some(update) = event.legacy() {
                 match sse::Data::new_json(&update) {
                     Ok(data) => broadcast(&mut self.legacy, data.into()),
                     Err(e) => log::error!("cannot encode a legacy update: {e}"),
@@ -138,11 +138,62 @@ impl Handler<Publish> for Updates {
             }
         }
         if !self.pages.is_empty() {
-            match sse::Data::new_json(&msg.event) {
+            match sse::Data::new_json(event) {
                 Ok(data) => broadcast(&mut self.pages, data.into()),
                 Err(e) => log::error!("cannot encode a page event: {e}"),
             }
         }
+    }
+}
+
+impl PageEvent {
+    /// What the open pages are told of a committed write, if anything.
+    fn of_write(outcome: &WriteOutcome) -> Option<PageEvent> {
+        Some(match outcome {
+            WriteOutcome::Appended {
+                duplicate: true, ..
+            }
+            | WriteOutcome::StateSet { changed: false, .. } => return None,
+            WriteOutcome::Appended { message, .. } => PageEvent::Message {
+                message: message.clone(),
+            },
+            WriteOutcome::StateSet { message, .. } => PageEvent::State {
+                message: message.clone(),
+            },
+            WriteOutcome::Cleared { peer, .. } => PageEvent::Cleared { peer: peer.clone() },
+        })
+    }
+}
+
+impl Handler<Publish> for Updates {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+        self.publish(&msg.event);
+    }
+}
+
+/// A group of the chat store was committed: the open pages learn of it once it is on disk.
+impl Handler<Applied<ChatSchema>> for Updates {
+    type Result = ();
+
+    fn handle(&mut self, msg: Applied<ChatSchema>, ctx: &mut Context<Self>) {
+        let events: Vec<PageEvent> = msg
+            .changes
+            .iter()
+            .filter_map(|(_, outcome)| outcome.as_ref().ok().and_then(PageEvent::of_write))
+            .collect();
+        if events.is_empty() {
+            return;
+        }
+        msg.durable
+            .into_actor(self)
+            .map(move |durable, act, _| {
+                if durable.is_ok() {
+                    events.iter().for_each(|e| act.publish(e));
+                }
+            })
+            .spawn(ctx);
     }
 }
 

@@ -63,6 +63,15 @@ impl ResponseError for ProxyError {
     }
 }
 
+impl From<crate::storage::StorageError> for ProxyError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        match e {
+            crate::storage::StorageError::Failed(why) => ProxyError::Storage(why),
+            crate::storage::StorageError::Closed(why) => ProxyError::Unavailable(why),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

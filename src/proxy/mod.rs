@@ -7,7 +7,7 @@
 //! listener (port 0 in tests) and get back a [`Running`] server.
 //!
 //! Modules: [`routes`] (HTTP, thin) → [`router`] (the table, route choice) and [`outbox`]
-//! (durable queue, delivery, receipts) → [`store`] (redb, on a SyncArbiter) and [`delivery`]
+//! (durable queue, delivery, receipts) → [`store`] (redb, its one writer) and [`delivery`]
 //! (one HTTP attempt). [`controller_link`] keeps the table fresh. [`compat`] reads the
 //! original's posts; [`backoff`] times retries; [`error`] maps every failure to an answer.
 //! [`ai`] (one adapter per AI endpoint) and [`ai_chat`] (memory, streaming, the reply) are the
@@ -27,7 +27,7 @@ pub mod store;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use actix::{Actor, SyncArbiter};
+use actix::{Actor, AsyncContext};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 
@@ -37,7 +37,7 @@ use controller_link::{ControllerLink, LinkSettings};
 use outbox::{Outbox, OutboxSettings};
 use router::{default_table, Router, TableSource};
 use routes::ProxyState;
-use store::{LoadAll, Store};
+use store::Store;
 
 pub mod ai;
 
@@ -61,18 +61,14 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         .join(format!("proxy-{}.wal", settings.name));
     let shown = path.display().to_string();
     let opening_tag = label.clone();
-    let (db, wal) = web::block(move || store::open(&path, &log, &opening_tag))
-        .await
-        .map_err(|e| anyhow::anyhow!("opening {shown}: {e}"))??;
-    let store_tag = label.clone();
-    let shared = db.clone();
-    let store = SyncArbiter::start(1, move || Store::new(shared.clone(), &store_tag));
-    let loaded = store
-        .send(LoadAll {
-            name: settings.name.to_string(),
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("the store of {label} did not start: {e}"))??;
+    let name = settings.name.to_string();
+    let (db, wal, loaded) = web::block(move || {
+        let (db, wal) = store::open(&path, &log, &opening_tag)?;
+        let loaded = store::load(&db, &name)?;
+        Ok::<_, error::ProxyError>((db, wal, loaded))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("opening {shown}: {e}"))??;
 
     let (endpoints, source) = match loaded.table {
         Some(t) => (t.endpoints, TableSource::Cache),
@@ -87,8 +83,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             settings: settings.clone(),
             endpoints,
             source,
-            store: store.clone(),
-            outbox_store: (db.clone(), wal),
+            opened: (db.clone(), wal),
             items: loaded.items,
             proxy_id: loaded.proxy_id.clone(),
         };
@@ -114,7 +109,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
     let on_stop: Box<dyn FnOnce() + Send> = Box::new(move || {
         // The actors stop with the server's worker; release the store file (after the write in
         // progress, if any), so a restart in the same process can open it again.
-        store::close(&db);
+        db.close();
     });
     Ok(Running {
         label,
@@ -129,9 +124,11 @@ struct Boot {
     settings: ProxySettings,
     endpoints: crate::wire::control_plane::EndpointTable,
     source: TableSource,
-    store: actix::Addr<Store>,
-    /// The database and its log, for the outbox, which writes its changes itself.
-    outbox_store: (store::SharedDb, crate::wal::Wal),
+    /// The database and its log, for the store's one writer.
+    opened: (
+        std::sync::Arc<crate::storage::SharedDb>,
+        crate::storage::Wal,
+    ),
     items: Vec<(u64, store::Record)>,
     proxy_id: String,
 }
@@ -143,12 +140,16 @@ impl Boot {
             settings,
             endpoints,
             source,
-            store,
-            outbox_store,
+            opened,
             items,
             proxy_id,
         } = self;
-        let outbox = Outbox::new(
+        // The outbox observes the writer (it learns of its committed changes from there).
+        let outbox_ctx = actix::Context::<Outbox>::new();
+        let store: actix::Addr<Store> = store::writer(opened)
+            .observed_by(outbox_ctx.address().recipient())
+            .start();
+        let outbox = outbox_ctx.run(Outbox::new(
             OutboxSettings {
                 me: settings.name.clone(),
                 peer_url: settings.peer_url.trim_end_matches('/').to_string(),
@@ -157,10 +158,8 @@ impl Boot {
             },
             endpoints.clone(),
             store.clone(),
-            outbox_store,
             items,
-        )
-        .start();
+        ));
         let router = Router::new(
             settings.name.clone(),
             endpoints,

@@ -17,20 +17,19 @@ use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, ResponseFuture,
     SpawnHandle,
 };
-use futures_channel::oneshot;
 use futures_util::future::{ready, LocalBoxFuture};
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use super::ai_chat::{self, AiAdapters, AiTurn};
 use super::backoff::{full_jitter_ms, human_duration, XorShift};
 use super::delivery::{self, Outcome};
 use super::error::ProxyError;
 use super::router::{choose_route, Route};
-use super::store::{self, Lane, Op, OpResult, Origin, Payload, PruneSeen, Record, SharedDb, Store};
+use super::store::{Lane, Op, OpResult, Origin, Payload, ProxySchema, PruneSeen, Record, Store};
 use crate::config::{DeliveryConfig, InstanceName};
-use crate::group_commit::{CommitTimer, GroupWriter};
-use crate::wal::Wal;
+use crate::storage::{durable, Applied, Committed, Write};
 use crate::wire::control_plane::{AiEndpoint, EndpointTable};
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
 use crate::wire::now_ms;
@@ -121,14 +120,6 @@ const MAX_BATCH: usize = 128;
 const RECEIPT_WINDOW: usize = 32;
 const RECEIPT_BATCH: usize = 512;
 
-/// Where the result of one op goes once committed.
-type Reply = oneshot::Sender<Result<OpResult, ProxyError>>;
-
-struct Pending {
-    op: Op,
-    reply: Option<Reply>,
-}
-
 /// The actor.
 pub struct Outbox {
     settings: OutboxSettings,
@@ -138,15 +129,6 @@ pub struct Outbox {
     client: awc::Client,
     rng: XorShift,
     lanes: HashMap<Lane, LaneState>,
-    /// The store's database, whose outbox this actor writes, and its log.
-    db: SharedDb,
-    wal: Wal,
-    /// The next outbox key, once read (see [`store::commit`]).
-    next_seq: Option<u64>,
-    /// Waiting for the next group commit.
-    batch: Vec<Pending>,
-    /// When the next group commit happens.
-    timer: CommitTimer,
     /// Loaded from the store at start, put in lanes when the actor starts.
     initial: Vec<(u64, Record)>,
     /// This actor's own address (set when it starts), for replies queued from async work.
@@ -160,13 +142,12 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// The outbox of `db` (its log `wal`, as opened with it by [`store::open`]), holding
-    /// `items` from the start; `store` does the rest of the store's work.
+    /// The outbox holding `items` from the start, writing its changes through `store` (whose
+    /// observer it must be: it learns of its committed changes from there).
     pub fn new(
         settings: OutboxSettings,
         endpoints: EndpointTable,
         store: Addr<Store>,
-        (db, wal): (SharedDb, Wal),
         items: Vec<(u64, Record)>,
     ) -> Outbox {
         let client = awc::Client::builder()
@@ -182,11 +163,6 @@ impl Outbox {
             client,
             rng: XorShift::from_entropy(),
             lanes: HashMap::new(),
-            db,
-            wal,
-            next_seq: None,
-            batch: Vec::new(),
-            timer: CommitTimer::default(),
             initial: items,
             addr: None,
             peer_inbox_batch: true,
@@ -199,79 +175,24 @@ impl Outbox {
         Duration::from_secs(self.settings.delivery.attempt_timeout_secs.max(1))
     }
 
-    /// Adds `op` to the next group commit, starting one unless one is under way.
-    fn submit(&mut self, op: Op, reply: Option<Reply>, ctx: &mut Context<Self>) {
-        self.batch.push(Pending { op, reply });
-        self.flush(ctx);
+    /// Hands `ops` to the store's writer, to be committed in one group; answers where each
+    /// one's result comes (see [`crate::storage::Writer`]). The outbox learns of the group
+    /// itself as the writer's observer ([`Applied`]), in commit order.
+    fn write(&self, ops: Vec<Op>) -> Vec<oneshot::Receiver<Committed<ProxySchema>>> {
+        let urgent = ops.iter().any(Op::is_urgent);
+        let (write, receivers) = Write::new(ops, urgent);
+        self.store.do_send(write);
+        receivers
     }
 
-    /// Adds several ops to the next group commit at once (they share one transaction).
-    fn submit_many(&mut self, ops: Vec<(Op, Option<Reply>)>, ctx: &mut Context<Self>) {
-        self.batch
-            .extend(ops.into_iter().map(|(op, reply)| Pending { op, reply }));
-        self.flush(ctx);
-    }
-
-    /// Commits what is waiting, when [`CommitTimer::schedule`] says: accepted items are
-    /// urgent (someone waits for the answer), the rest is bookkeeping.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if !self.batch.is_empty() {
-            let urgent = self.batch.iter().any(|p| p.op.is_urgent());
-            CommitTimer::schedule(self, urgent, ctx);
-        }
-    }
-
-    /// Commits everything waiting in ONE write transaction (not waiting for the disk) and logs
-    /// it: new items join their lanes at once, and each request is answered once the log has
-    /// the group on disk (see [`crate::wal`]).
-    fn commit_now(&mut self, ctx: &mut Context<Self>) {
-        self.timer.committing(ctx);
-        if self.batch.is_empty() {
-            return;
-        }
-        let (ops, replies): (Vec<Op>, Vec<Option<Reply>>) = std::mem::take(&mut self.batch)
-            .into_iter()
-            .map(|p| (p.op, p.reply))
-            .unzip();
-        let (db, next) = (&self.db, &mut self.next_seq);
-        let committed = serde_json::to_vec(&ops)
-            .map_err(ProxyError::storage)
-            .and_then(|logged| {
-                self.wal.commit(&logged, |lsn, durable| {
-                    store::with_db(db, |db| store::commit(db, next, &ops, lsn, durable))
-                })
-            });
-        match committed {
-            Ok((results, flushed)) => {
-                let mut answers = Vec::new();
-                for ((op, reply), result) in ops.into_iter().zip(replies).zip(results) {
-                    self.committed(op, result, ctx);
-                    if let Some(reply) = reply {
-                        answers.push((reply, result));
-                    }
-                }
-                if !answers.is_empty() {
-                    ctx.spawn(wrap_future(flushed).map(move |flushed, _: &mut Self, _| {
-                        let flushed = flushed.map_err(ProxyError::Storage);
-                        for (reply, result) in answers {
-                            let _ = reply.send(flushed.clone().map(|()| result));
-                        }
-                    }));
-                }
-            }
-            Err(e) => {
-                log::error!("outbox commit of {} changes failed: {e}", ops.len());
-                for reply in replies.into_iter().flatten() {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
-        self.flush(ctx);
+    /// Bookkeeping nobody waits for: it rides along with the next urgent commit.
+    fn submit(&self, op: Op) {
+        self.write(vec![op]);
     }
 
     /// A committed op: a newly stored item joins its lane.
     fn committed(&mut self, op: Op, result: OpResult, ctx: &mut Context<Self>) {
-        let record = match (op, result) {
+        let record = match (op, result.clone()) {
             (Op::Accept { record, .. }, OpResult::Stored { .. }) => record,
             (
                 Op::Finish {
@@ -520,17 +441,13 @@ impl Outbox {
             .make_contiguous()
             .sort_by_key(|i| (i.record.next_try_ms, i.seq));
         for op in updates {
-            self.submit(op, None, ctx);
+            self.submit(op);
         }
         for item in done {
-            self.submit(
-                Op::Finish {
-                    seq: item.seq,
-                    follow_up: None,
-                },
-                None,
-                ctx,
-            );
+            self.submit(Op::Finish {
+                seq: item.seq,
+                follow_up: None,
+            });
         }
         self.kick(&lane, ctx);
     }
@@ -559,7 +476,7 @@ impl Outbox {
                 state.woken = false;
                 let done: Vec<Item> = state.items.drain(..seqs.len()).collect();
                 for item in done {
-                    self.finish(item, DeliveryState::Delivered, ctx);
+                    self.finish(item, DeliveryState::Delivered);
                 }
                 self.kick(&lane, ctx);
             }
@@ -677,13 +594,13 @@ impl Outbox {
         match outcome {
             Outcome::Delivered => {
                 if let Some(item) = state.items.pop_front() {
-                    self.finish(item, DeliveryState::Delivered, ctx);
+                    self.finish(item, DeliveryState::Delivered);
                 }
             }
             Outcome::Refused { reason } | Outcome::Unsupported { reason } => {
                 if let Some(item) = state.items.pop_front() {
                     log::warn!("{}: given up: {reason}", describe(&item.record));
-                    self.finish(item, DeliveryState::Failed { reason }, ctx);
+                    self.finish(item, DeliveryState::Failed { reason });
                 }
             }
             Outcome::Retry { what, error } => {
@@ -729,7 +646,7 @@ impl Outbox {
                     })
                 });
                 if let Some(op) = update {
-                    self.submit(op, None, ctx);
+                    self.submit(op);
                 }
                 let reason = format!(
                     "{what} has been unreachable for {} (last error: {error})",
@@ -742,7 +659,6 @@ impl Outbox {
                         DeliveryState::Failed {
                             reason: reason.clone(),
                         },
-                        ctx,
                     );
                 }
             }
@@ -751,7 +667,7 @@ impl Outbox {
     }
 
     /// Removes a handed-on (or given-up) item; its sender's receipt is queued in the same commit.
-    fn finish(&mut self, item: Item, state: DeliveryState, ctx: &mut Context<Self>) {
+    fn finish(&mut self, item: Item, state: DeliveryState) {
         let follow_up = match &item.record.payload {
             Payload::Message {
                 envelope,
@@ -768,14 +684,10 @@ impl Outbox {
             )),
             _ => None,
         };
-        self.submit(
-            Op::Finish {
-                seq: item.seq,
-                follow_up,
-            },
-            None,
-            ctx,
-        );
+        self.submit(Op::Finish {
+            seq: item.seq,
+            follow_up,
+        });
     }
 
     /// Forgets ids older than twice the expiry, at least a week: no sender retries them anymore.
@@ -834,13 +746,14 @@ fn lane_name(lane: &Lane) -> String {
     }
 }
 
-impl GroupWriter for Outbox {
-    fn timer(&mut self) -> &mut CommitTimer {
-        &mut self.timer
-    }
+/// A group of the store's writer was applied: new items join their lanes, in commit order.
+impl Handler<Applied<ProxySchema>> for Outbox {
+    type Result = ();
 
-    fn commit(&mut self, ctx: &mut Context<Self>) {
-        self.commit_now(ctx);
+    fn handle(&mut self, msg: Applied<ProxySchema>, ctx: &mut Context<Self>) {
+        for (op, result) in msg.changes {
+            self.committed(op, result, ctx);
+        }
     }
 }
 
@@ -903,7 +816,7 @@ impl Outbox {
 impl Handler<Enqueue> for Outbox {
     type Result = ResponseFuture<Result<bool, ProxyError>>;
 
-    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Enqueue, _: &mut Context<Self>) -> Self::Result {
         let lane = Lane::for_destination(self.settings.me.as_str(), &msg.envelope.to);
         if let Err(e) = self.refuse_if_full(&lane, &[&msg.envelope.id]) {
             return Box::pin(async move { Err(e) });
@@ -917,15 +830,13 @@ impl Handler<Enqueue> for Outbox {
             },
             now_ms(),
         );
-        let (tx, rx) = oneshot::channel();
-        self.submit(Op::Accept { id, record }, Some(tx), ctx);
+        let answers = self.write(vec![Op::Accept { id, record }]);
         Box::pin(async move {
-            match rx.await {
-                Ok(Ok(OpResult::Duplicate)) => Ok(true),
-                Ok(Ok(_)) => Ok(false),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(ProxyError::Unavailable("the outbox stopped".into())),
+            let mut duplicate = false;
+            for rx in answers {
+                duplicate = durable::<ProxySchema>(rx).await? == OpResult::Duplicate;
             }
+            Ok(duplicate)
         })
     }
 }
@@ -933,7 +844,7 @@ impl Handler<Enqueue> for Outbox {
 impl Handler<EnqueueMany> for Outbox {
     type Result = ResponseFuture<Result<Vec<bool>, ProxyError>>;
 
-    fn handle(&mut self, msg: EnqueueMany, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: EnqueueMany, _: &mut Context<Self>) -> Self::Result {
         let mut per_lane: HashMap<Lane, Vec<&MessageId>> = HashMap::new();
         for e in &msg.envelopes {
             per_lane
@@ -948,7 +859,6 @@ impl Handler<EnqueueMany> for Outbox {
         }
         let now = now_ms();
         let mut ops = Vec::with_capacity(msg.envelopes.len());
-        let mut replies = Vec::with_capacity(msg.envelopes.len());
         for envelope in msg.envelopes {
             let lane = Lane::for_destination(self.settings.me.as_str(), &envelope.to);
             let id = envelope.id.clone();
@@ -956,26 +866,16 @@ impl Handler<EnqueueMany> for Outbox {
                 envelope,
                 origin: msg.origin,
             };
-            let (tx, rx) = oneshot::channel();
-            ops.push((
-                Op::Accept {
-                    id,
-                    record: Record::new(lane, payload, now),
-                },
-                Some(tx),
-            ));
-            replies.push(rx);
+            ops.push(Op::Accept {
+                id,
+                record: Record::new(lane, payload, now),
+            });
         }
-        self.submit_many(ops, ctx);
+        let replies = self.write(ops);
         Box::pin(async move {
             let mut duplicates = Vec::with_capacity(replies.len());
             for rx in replies {
-                duplicates.push(match rx.await {
-                    Ok(Ok(OpResult::Duplicate)) => true,
-                    Ok(Ok(_)) => false,
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) => return Err(ProxyError::Unavailable("the outbox stopped".into())),
-                });
+                duplicates.push(durable::<ProxySchema>(rx).await? == OpResult::Duplicate);
             }
             Ok(duplicates)
         })

@@ -3,21 +3,21 @@
 //! stable id, the last endpoint table (so routing works while the controller is down), and the
 //! AI memory (each conversation with an AI endpoint, so the model is sent what was said).
 //!
-//! The outbox's changes ([`Op`]) are written by the [`super::outbox::Outbox`] itself, in groups
-//! ([`commit`]: one write transaction, not waiting for the disk), each logged to
-//! `proxy-NAME.wal` ([`crate::wal`]) before anyone is answered; [`open`] applies again what the
-//! log has that the database lost. Everything else (table, AI memory, pruning) goes through
-//! [`Store`], a `SyncArbiter` actor: those redb calls block, so they run on its own thread.
+//! Every change ([`Op`]: the outbox's, the table, pruning, the AI memory) goes through ONE
+//! writer, [`Store`] (the kit's [`Writer`] over [`ProxySchema`], see [`crate::storage`]), in
+//! groups: one write transaction each, not waiting for the disk, logged to `proxy-NAME.wal`
+//! before anyone is answered; [`open`] applies again what the log has that the database lost.
+//! The outbox learns of each applied group as the writer's observer.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use actix::{Actor, Handler, Message, SyncContext};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use actix::{Handler, Message, ResponseFuture};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::error::ProxyError;
-use crate::wal::Wal;
+use crate::storage::{durable, Schema, SharedDb, Wal, Writer};
 use crate::wire::control_plane::TableUpdate;
 use crate::wire::data_plane::{Envelope, MessageId, Receipt};
 
@@ -32,7 +32,7 @@ const AI_MEMORY: TableDefinition<&str, &[u8]> = TableDefinition::new("ai_memory"
 const WAL_LSN: &str = "wal_lsn";
 
 /// Where the outbox is, saved with every group of its changes: the LSN of the last logged group
-/// applied ([`crate::wal`]) and the next outbox key then (so a group applied again after a
+/// applied ([`crate::storage::wal`]) and the next outbox key then (so a group applied again after a
 /// crash numbers its items exactly as the first time). Two u64, little-endian.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Position {
@@ -140,7 +140,8 @@ impl Record {
     }
 }
 
-/// One change to the outbox, applied in a group by [`commit`] (and logged, as JSON, for replay).
+/// One change to the proxy's store, applied in a group by [`ProxySchema`] (and logged, as JSON,
+/// for replay).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
@@ -150,19 +151,36 @@ pub enum Op {
     Update { seq: u64, record: Record },
     /// Remove item `seq` (handed on or given up), queueing `follow_up` (a receipt) in its place.
     Finish { seq: u64, follow_up: Option<Record> },
+    /// See [`SaveTable`].
+    SaveTable { table: TableUpdate },
+    /// See [`PruneSeen`].
+    PruneSeen { before_ms: u64 },
+    /// See [`Remember`].
+    Remember {
+        conversation: String,
+        turn: MemoryTurn,
+        keep: usize,
+        only_after: Option<MessageId>,
+    },
+    /// See [`ForgetMemory`].
+    Forget { conversation: Option<String> },
 }
 
 impl Op {
     /// Whether someone waits for this op now, so that it starts a commit at once (see
-    /// [`crate::group_commit`]): an accepted item's sender waits to be told we hold it.
-    /// Updates and finishes are bookkeeping; they ride along with the next accept.
+    /// [`crate::storage::group_commit`]): an accepted item's sender waits to be told we hold
+    /// it, and an AI conversation waits for its memory. Outbox updates and finishes, the table
+    /// and pruning are bookkeeping; they ride along with the next urgent write.
     pub fn is_urgent(&self) -> bool {
-        matches!(self, Op::Accept { .. })
+        matches!(
+            self,
+            Op::Accept { .. } | Op::Remember { .. } | Op::Forget { .. }
+        )
     }
 }
 
 /// What one [`Op`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpResult {
     /// Stored under this seq (for `Accept`, or a `Finish` follow-up).
     Stored {
@@ -171,14 +189,10 @@ pub enum OpResult {
     /// `Accept` of an id already seen: nothing stored.
     Duplicate,
     Done,
-}
-
-/// Everything a starting proxy needs from its store; creates the proxy id on first start.
-#[derive(Message)]
-#[rtype(result = "Result<Loaded, ProxyError>")]
-pub struct LoadAll {
-    /// Prefix of a new proxy id, e.g. the instance name.
-    pub name: String,
+    /// How many ids (`PruneSeen`) or turns (`Forget`) were forgotten.
+    Forgotten(u64),
+    /// The AI conversation as remembered after a `Remember`.
+    Turns(Arc<Vec<MemoryTurn>>),
 }
 
 /// The store's contents at start.
@@ -265,93 +279,19 @@ pub fn remember(
     true
 }
 
-/// The redb database, shared with the SyncArbiter's factory so [`close`] can release it.
-pub type SharedDb = Arc<Mutex<Option<Database>>>;
+/// The proxy store's writer: the ONE writer of `proxy-NAME.redb` (the outbox's changes, the
+/// table, pruning and the AI memory alike), on the role's worker thread.
+pub type Store = Writer<ProxySchema>;
 
-/// Releases the database file (on shutdown), once any transaction under way has finished; the
-/// store answers "closed" afterwards. Called directly, not by message: the SyncArbiter forwards
-/// messages from the thread that started it, which may be the very thread shutting down.
-pub fn close(db: &SharedDb) {
-    if let Ok(mut guard) = db.lock() {
-        guard.take();
-    }
+/// The writer of `db` and its log (as opened together by [`open`]).
+pub fn writer(opened: (Arc<SharedDb>, Wal)) -> Store {
+    Writer::new(ProxySchema::default(), opened, usize::MAX)
 }
 
 /// Opens (creating if needed, repairing after a crash) `path` with every table present, and
-/// its log at `log`; applies again the groups of outbox changes the log has that the database
-/// lost, then commits durably so the log can start again. Blocking.
-pub fn open(path: &Path, log: &Path, tag: &str) -> Result<(SharedDb, Wal), ProxyError> {
-    let db = Database::create(path).map_err(|e| {
-        ProxyError::Storage(format!(
-            "cannot open the outbox store {}: {e}",
-            path.display()
-        ))
-    })?;
-    let txn = db.begin_write().map_err(ProxyError::storage)?;
-    let applied = {
-        txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
-        txn.open_table(SEEN).map_err(ProxyError::storage)?;
-        txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
-        Position::read(&txn.open_table(META).map_err(ProxyError::storage)?)?.lsn
-    };
-    txn.commit().map_err(ProxyError::storage)?;
-    let (mut wal, replay) = Wal::open(log, applied, tag).map_err(|e| {
-        ProxyError::Storage(format!("cannot open the outbox log {}: {e}", log.display()))
-    })?;
-    let mut next = None;
-    for (lsn, group) in replay {
-        let ops: Vec<Op> = serde_json::from_slice(&group).map_err(ProxyError::storage)?;
-        commit(&db, &mut next, &ops, lsn, false)?;
-    }
-    // A durable commit (a checkpoint) of all that, so the log can start again.
-    commit(&db, &mut next, &[], wal.next_lsn() - 1, true)?;
-    wal.checkpointed();
-    Ok((Arc::new(Mutex::new(Some(db))), wal))
-}
-
-/// Runs `f` with the database; an error once it is closed.
-pub fn with_db<T>(
-    db: &SharedDb,
-    f: impl FnOnce(&Database) -> Result<T, ProxyError>,
-) -> Result<T, ProxyError> {
-    let guard = db
-        .lock()
-        .map_err(|_| ProxyError::Storage("the store lock is poisoned".into()))?;
-    match guard.as_ref() {
-        Some(db) => f(db),
-        None => Err(ProxyError::Unavailable("the store is closed".into())),
-    }
-}
-
-/// The sync actor over the database, for everything but the outbox's changes.
-pub struct Store {
-    db: SharedDb,
-    /// Log tag of the role (`proxy/alice`).
-    tag: String,
-}
-
-impl Store {
-    pub fn new(db: SharedDb, tag: &str) -> Store {
-        Store {
-            db,
-            tag: tag.to_string(),
-        }
-    }
-
-    fn with_db<T>(
-        &self,
-        f: impl FnOnce(&Database) -> Result<T, ProxyError>,
-    ) -> Result<T, ProxyError> {
-        with_db(&self.db, f)
-    }
-}
-
-impl Actor for Store {
-    type Context = SyncContext<Self>;
-
-    fn started(&mut self, _: &mut SyncContext<Self>) {
-        crate::logging::tag_thread(&self.tag);
-    }
+/// its log at `log`; applies again the groups the log has that the database lost. Blocking.
+pub fn open(path: &Path, log: &Path, tag: &str) -> Result<(Arc<SharedDb>, Wal), ProxyError> {
+    crate::storage::open(&mut ProxySchema::default(), path, log, tag)
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ProxyError> {
@@ -364,257 +304,303 @@ fn take(next: &mut u64) -> u64 {
     *next - 1
 }
 
-/// Applies `ops` in ONE write transaction, recorded as logged group `lsn`; on disk on return
-/// when `durable` (a checkpoint, see [`crate::wal`]). Results are valid only when it returns
-/// Ok (else nothing was written). `next`: the next outbox key, read from the store when None.
-pub fn commit(
-    db: &Database,
-    next: &mut Option<u64>,
-    ops: &[Op],
-    lsn: u64,
-    durable: bool,
-) -> Result<Vec<OpResult>, ProxyError> {
-    let mut txn = db.begin_write().map_err(ProxyError::storage)?;
-    txn.set_durability(crate::group_commit::redb(durable))
-        .map_err(ProxyError::storage)?;
-    let mut results = Vec::with_capacity(ops.len());
-    let mut meta = txn.open_table(META).map_err(ProxyError::storage)?;
-    let mut outbox = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
-    let mut next_free = match *next {
-        Some(seq) => seq,
-        None => {
-            let last = outbox.last().map_err(ProxyError::storage)?;
-            let after_last = last.map_or(1, |(k, _)| k.value() + 1);
-            Position::read(&meta)?.next_seq.max(after_last)
-        }
-    };
-    {
-        let mut seen = txn.open_table(SEEN).map_err(ProxyError::storage)?;
-        for op in ops {
-            results.push(match op {
-                Op::Accept { id, record } => {
-                    if seen
-                        .get(id.as_str())
-                        .map_err(ProxyError::storage)?
-                        .is_some()
-                    {
-                        OpResult::Duplicate
-                    } else {
-                        seen.insert(id.as_str(), record.created_ms)
-                            .map_err(ProxyError::storage)?;
-                        let seq = take(&mut next_free);
-                        outbox
-                            .insert(seq, to_json(record)?.as_slice())
-                            .map_err(ProxyError::storage)?;
-                        OpResult::Stored { seq }
-                    }
+/// Everything a starting proxy needs from its store; creates the proxy id (prefixed with
+/// `name`) on first start. Blocking; run before the writer starts.
+pub fn load(db: &SharedDb, name: &str) -> Result<Loaded, ProxyError> {
+    db.with(|db| {
+        let txn = db.begin_write().map_err(ProxyError::storage)?;
+        let loaded = {
+            let mut meta = txn.open_table(META).map_err(ProxyError::storage)?;
+            let existing: Option<String> =
+                match meta.get("proxy_id").map_err(ProxyError::storage)? {
+                    Some(v) => serde_json::from_slice(v.value()).ok(),
+                    None => None,
+                };
+            let proxy_id = match existing {
+                Some(id) => id,
+                None => {
+                    let id = format!(
+                        "{}-{}",
+                        name.to_ascii_lowercase(),
+                        uuid::Uuid::new_v4().simple()
+                    );
+                    meta.insert("proxy_id", to_json(&id)?.as_slice())
+                        .map_err(ProxyError::storage)?;
+                    id
                 }
-                Op::Update { seq, record } => {
-                    // An item finished meanwhile stays finished.
-                    if outbox.get(*seq).map_err(ProxyError::storage)?.is_some() {
-                        outbox
-                            .insert(*seq, to_json(record)?.as_slice())
-                            .map_err(ProxyError::storage)?;
+            };
+            let table = match meta.get("table").map_err(ProxyError::storage)? {
+                Some(v) => match serde_json::from_slice::<TableUpdate>(v.value()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        log::warn!("ignoring the cached endpoint table: {e}");
+                        None
                     }
-                    OpResult::Done
+                },
+                None => None,
+            };
+            let outbox = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
+            let mut items = Vec::with_capacity(outbox.len().unwrap_or(0) as usize);
+            for row in outbox.iter().map_err(ProxyError::storage)? {
+                let (k, v) = row.map_err(ProxyError::storage)?;
+                match serde_json::from_slice::<Record>(v.value()) {
+                    Ok(r) => items.push((k.value(), r)),
+                    Err(e) => log::error!(
+                        "outbox item {} is unreadable and is kept aside: {e}",
+                        k.value()
+                    ),
                 }
-                Op::Finish { seq, follow_up } => {
-                    outbox.remove(*seq).map_err(ProxyError::storage)?;
-                    match follow_up {
-                        Some(record) => {
+            }
+            Loaded {
+                proxy_id,
+                table,
+                items,
+            }
+        };
+        txn.commit().map_err(ProxyError::storage)?;
+        Ok(loaded)
+    })
+}
+
+/// The proxy store's part in the kit: its tables, and how a group of [`Op`]s is applied.
+#[derive(Debug, Default)]
+pub struct ProxySchema {
+    /// The next outbox key, once read.
+    next: Option<u64>,
+}
+
+impl Schema for ProxySchema {
+    type Op = Op;
+    type Outcome = OpResult;
+    type Error = ProxyError;
+
+    fn create_tables(txn: &WriteTransaction) -> Result<u64, ProxyError> {
+        txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
+        txn.open_table(SEEN).map_err(ProxyError::storage)?;
+        txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
+        Ok(Position::read(&txn.open_table(META).map_err(ProxyError::storage)?)?.lsn)
+    }
+
+    fn apply(
+        &mut self,
+        txn: &WriteTransaction,
+        ops: &[Op],
+        lsn: u64,
+    ) -> Result<Vec<OpResult>, ProxyError> {
+        let mut results = Vec::with_capacity(ops.len());
+        let mut meta = txn.open_table(META).map_err(ProxyError::storage)?;
+        let mut outbox = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
+        let mut next_free = match self.next {
+            Some(seq) => seq,
+            None => {
+                let last = outbox.last().map_err(ProxyError::storage)?;
+                let after_last = last.map_or(1, |(k, _)| k.value() + 1);
+                Position::read(&meta)?.next_seq.max(after_last)
+            }
+        };
+        {
+            let mut seen = txn.open_table(SEEN).map_err(ProxyError::storage)?;
+            let mut memory = txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
+            for op in ops {
+                results.push(match op {
+                    Op::Accept { id, record } => {
+                        if seen
+                            .get(id.as_str())
+                            .map_err(ProxyError::storage)?
+                            .is_some()
+                        {
+                            OpResult::Duplicate
+                        } else {
+                            seen.insert(id.as_str(), record.created_ms)
+                                .map_err(ProxyError::storage)?;
                             let seq = take(&mut next_free);
                             outbox
                                 .insert(seq, to_json(record)?.as_slice())
                                 .map_err(ProxyError::storage)?;
                             OpResult::Stored { seq }
                         }
-                        None => OpResult::Done,
                     }
-                }
-            });
-        }
-    }
-    let position = Position {
-        lsn,
-        next_seq: next_free,
-    };
-    meta.insert(WAL_LSN, position.bytes().as_slice())
-        .map_err(ProxyError::storage)?;
-    drop((meta, outbox));
-    txn.commit().map_err(ProxyError::storage)?;
-    *next = Some(next_free);
-    Ok(results)
-}
-
-impl Handler<LoadAll> for Store {
-    type Result = Result<Loaded, ProxyError>;
-
-    fn handle(&mut self, msg: LoadAll, _: &mut SyncContext<Self>) -> Self::Result {
-        self.with_db(|db| {
-            let txn = db.begin_write().map_err(ProxyError::storage)?;
-            let loaded = {
-                let mut meta = txn.open_table(META).map_err(ProxyError::storage)?;
-                let existing: Option<String> =
-                    match meta.get("proxy_id").map_err(ProxyError::storage)? {
-                        Some(v) => serde_json::from_slice(v.value()).ok(),
-                        None => None,
-                    };
-                let proxy_id = match existing {
-                    Some(id) => id,
-                    None => {
-                        let id = format!(
-                            "{}-{}",
-                            msg.name.to_ascii_lowercase(),
-                            uuid::Uuid::new_v4().simple()
-                        );
-                        meta.insert("proxy_id", to_json(&id)?.as_slice())
-                            .map_err(ProxyError::storage)?;
-                        id
-                    }
-                };
-                let table = match meta.get("table").map_err(ProxyError::storage)? {
-                    Some(v) => match serde_json::from_slice::<TableUpdate>(v.value()) {
-                        Ok(t) => Some(t),
-                        Err(e) => {
-                            log::warn!("ignoring the cached endpoint table: {e}");
-                            None
+                    Op::Update { seq, record } => {
+                        // An item finished meanwhile stays finished.
+                        if outbox.get(*seq).map_err(ProxyError::storage)?.is_some() {
+                            outbox
+                                .insert(*seq, to_json(record)?.as_slice())
+                                .map_err(ProxyError::storage)?;
                         }
-                    },
-                    None => None,
-                };
-                let outbox = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
-                let mut items = Vec::with_capacity(outbox.len().unwrap_or(0) as usize);
-                for row in outbox.iter().map_err(ProxyError::storage)? {
-                    let (k, v) = row.map_err(ProxyError::storage)?;
-                    match serde_json::from_slice::<Record>(v.value()) {
-                        Ok(r) => items.push((k.value(), r)),
-                        Err(e) => log::error!(
-                            "outbox item {} is unreadable and is kept aside: {e}",
-                            k.value()
-                        ),
+                        OpResult::Done
                     }
-                }
-                Loaded {
-                    proxy_id,
-                    table,
-                    items,
-                }
-            };
-            txn.commit().map_err(ProxyError::storage)?;
-            Ok(loaded)
-        })
-    }
-}
-
-impl Handler<PruneSeen> for Store {
-    type Result = Result<u64, ProxyError>;
-
-    fn handle(&mut self, msg: PruneSeen, _: &mut SyncContext<Self>) -> Self::Result {
-        self.with_db(|db| prune_seen(db, msg.before_ms))
-    }
-}
-
-fn prune_seen(db: &Database, before_ms: u64) -> Result<u64, ProxyError> {
-    let txn = db.begin_write().map_err(ProxyError::storage)?;
-    let forgotten = {
-        let mut seen = txn.open_table(SEEN).map_err(ProxyError::storage)?;
-        let before = seen.len().map_err(ProxyError::storage)?;
-        seen.retain(|_, first_seen| first_seen >= before_ms)
-            .map_err(ProxyError::storage)?;
-        before - seen.len().map_err(ProxyError::storage)?
-    };
-    txn.commit().map_err(ProxyError::storage)?;
-    Ok(forgotten)
-}
-
-impl Handler<SaveTable> for Store {
-    type Result = Result<(), ProxyError>;
-
-    fn handle(&mut self, msg: SaveTable, _: &mut SyncContext<Self>) -> Self::Result {
-        self.with_db(|db| {
-            let txn = db.begin_write().map_err(ProxyError::storage)?;
-            {
-                let mut meta = txn.open_table(META).map_err(ProxyError::storage)?;
-                meta.insert("table", to_json(&msg.table)?.as_slice())
-                    .map_err(ProxyError::storage)?;
+                    Op::Finish { seq, follow_up } => {
+                        outbox.remove(*seq).map_err(ProxyError::storage)?;
+                        match follow_up {
+                            Some(record) => {
+                                let seq = take(&mut next_free);
+                                outbox
+                                    .insert(seq, to_json(record)?.as_slice())
+                                    .map_err(ProxyError::storage)?;
+                                OpResult::Stored { seq }
+                            }
+                            None => OpResult::Done,
+                        }
+                    }
+                    Op::SaveTable { table } => {
+                        meta.insert("table", to_json(table)?.as_slice())
+                            .map_err(ProxyError::storage)?;
+                        OpResult::Done
+                    }
+                    Op::PruneSeen { before_ms } => {
+                        let before = seen.len().map_err(ProxyError::storage)?;
+                        seen.retain(|_, first_seen| first_seen >= *before_ms)
+                            .map_err(ProxyError::storage)?;
+                        OpResult::Forgotten(before - seen.len().map_err(ProxyError::storage)?)
+                    }
+                    Op::Remember {
+                        conversation,
+                        turn,
+                        keep,
+                        only_after,
+                    } => {
+                        let mut turns = recall(&memory, conversation)?;
+                        if remember(&mut turns, turn.clone(), *keep, only_after.as_ref()) {
+                            memory
+                                .insert(conversation.as_str(), to_json(&turns)?.as_slice())
+                                .map_err(ProxyError::storage)?;
+                        }
+                        OpResult::Turns(Arc::new(turns))
+                    }
+                    Op::Forget { conversation } => {
+                        OpResult::Forgotten(forget(&mut memory, conversation.as_deref())?)
+                    }
+                });
             }
-            txn.commit().map_err(ProxyError::storage)
-        })
+        }
+        let position = Position {
+            lsn,
+            next_seq: next_free,
+        };
+        meta.insert(WAL_LSN, position.bytes().as_slice())
+            .map_err(ProxyError::storage)?;
+        // Kept only once the group is applied: a failed group leaves the next key as it was.
+        self.next = Some(next_free);
+        Ok(results)
     }
 }
 
-impl Handler<Remember> for Store {
-    type Result = Result<Vec<MemoryTurn>, ProxyError>;
-
-    fn handle(&mut self, msg: Remember, _: &mut SyncContext<Self>) -> Self::Result {
-        self.with_db(|db| remember_in(db, msg))
-    }
-}
-
-fn remember_in(db: &Database, msg: Remember) -> Result<Vec<MemoryTurn>, ProxyError> {
-    let txn = db.begin_write().map_err(ProxyError::storage)?;
-    let turns = {
-        let mut table = txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
-        let mut turns: Vec<MemoryTurn> = match table
-            .get(msg.conversation.as_str())
-            .map_err(ProxyError::storage)?
-        {
+/// AI conversation `conversation` as remembered (empty when unreadable, with a warning).
+fn recall(
+    memory: &impl ReadableTable<&'static str, &'static [u8]>,
+    conversation: &str,
+) -> Result<Vec<MemoryTurn>, ProxyError> {
+    Ok(
+        match memory.get(conversation).map_err(ProxyError::storage)? {
             Some(v) => serde_json::from_slice(v.value()).unwrap_or_else(|e| {
-                log::warn!(
-                    "the AI memory of {} is unreadable and starts afresh: {e}",
-                    msg.conversation
-                );
+                log::warn!("the AI memory of {conversation} is unreadable and starts afresh: {e}");
                 Vec::new()
             }),
             None => Vec::new(),
-        };
-        if remember(&mut turns, msg.turn, msg.keep, msg.only_after.as_ref()) {
-            table
-                .insert(msg.conversation.as_str(), to_json(&turns)?.as_slice())
-                .map_err(ProxyError::storage)?;
-        }
-        turns
-    };
-    txn.commit().map_err(ProxyError::storage)?;
-    Ok(turns)
+        },
+    )
 }
 
-impl Handler<ForgetMemory> for Store {
-    type Result = Result<u64, ProxyError>;
-
-    fn handle(&mut self, msg: ForgetMemory, _: &mut SyncContext<Self>) -> Self::Result {
-        self.with_db(|db| forget_in(db, msg.conversation.as_deref()))
-    }
-}
-
-fn forget_in(db: &Database, conversation: Option<&str>) -> Result<u64, ProxyError> {
+/// Forgets AI conversation `conversation` (every one when None); how many turns went.
+fn forget(
+    memory: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    conversation: Option<&str>,
+) -> Result<u64, ProxyError> {
     let count = |v: &[u8]| {
         serde_json::from_slice::<Vec<MemoryTurn>>(v)
             .map(|t| t.len() as u64)
             .unwrap_or(0)
     };
-    let txn = db.begin_write().map_err(ProxyError::storage)?;
-    let forgotten = {
-        let mut table = txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
-        match conversation {
-            Some(c) => match table.remove(c).map_err(ProxyError::storage)? {
-                Some(v) => count(v.value()),
-                None => 0,
-            },
-            None => {
-                let mut n = 0;
-                table
-                    .retain(|_, v| {
-                        n += count(v);
-                        false
-                    })
-                    .map_err(ProxyError::storage)?;
-                n
-            }
+    Ok(match conversation {
+        Some(c) => match memory.remove(c).map_err(ProxyError::storage)? {
+            Some(v) => count(v.value()),
+            None => 0,
+        },
+        None => {
+            let mut n = 0;
+            memory
+                .retain(|_, v| {
+                    n += count(v);
+                    false
+                })
+                .map_err(ProxyError::storage)?;
+            n
         }
-    };
-    txn.commit().map_err(ProxyError::storage)?;
-    Ok(forgotten)
+    })
+}
+
+/// The answer of one op once on disk.
+fn answer(
+    writer: &mut Store,
+    op: Op,
+    urgent: bool,
+    ctx: &mut actix::Context<Store>,
+) -> ResponseFuture<Result<OpResult, ProxyError>> {
+    let rx = writer.enqueue(op, urgent, ctx);
+    Box::pin(durable::<ProxySchema>(rx))
+}
+
+impl Handler<SaveTable> for Store {
+    type Result = ResponseFuture<Result<(), ProxyError>>;
+
+    fn handle(&mut self, msg: SaveTable, ctx: &mut actix::Context<Self>) -> Self::Result {
+        let done = answer(self, Op::SaveTable { table: msg.table }, false, ctx);
+        Box::pin(async move { done.await.map(|_| ()) })
+    }
+}
+
+impl Handler<PruneSeen> for Store {
+    type Result = ResponseFuture<Result<u64, ProxyError>>;
+
+    fn handle(&mut self, msg: PruneSeen, ctx: &mut actix::Context<Self>) -> Self::Result {
+        let op = Op::PruneSeen {
+            before_ms: msg.before_ms,
+        };
+        let done = answer(self, op, false, ctx);
+        Box::pin(async move {
+            match done.await? {
+                OpResult::Forgotten(n) => Ok(n),
+                other => Err(ProxyError::Storage(format!("unexpected outcome {other:?}"))),
+            }
+        })
+    }
+}
+
+impl Handler<Remember> for Store {
+    type Result = ResponseFuture<Result<Vec<MemoryTurn>, ProxyError>>;
+
+    fn handle(&mut self, msg: Remember, ctx: &mut actix::Context<Self>) -> Self::Result {
+        let op = Op::Remember {
+            conversation: msg.conversation,
+            turn: msg.turn,
+            keep: msg.keep,
+            only_after: msg.only_after,
+        };
+        let done = answer(self, op, true, ctx);
+        Box::pin(async move {
+            match done.await? {
+                OpResult::Turns(turns) => Ok(Arc::unwrap_or_clone(turns)),
+                other => Err(ProxyError::Storage(format!("unexpected outcome {other:?}"))),
+            }
+        })
+    }
+}
+
+impl Handler<ForgetMemory> for Store {
+    type Result = ResponseFuture<Result<u64, ProxyError>>;
+
+    fn handle(&mut self, msg: ForgetMemory, ctx: &mut actix::Context<Self>) -> Self::Result {
+        let op = Op::Forget {
+            conversation: msg.conversation,
+        };
+        let done = answer(self, op, true, ctx);
+        Box::pin(async move {
+            match done.await? {
+                OpResult::Forgotten(n) => Ok(n),
+                other => Err(ProxyError::Storage(format!("unexpected outcome {other:?}"))),
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -690,41 +676,43 @@ mod tests {
     #[test]
     fn forgetting_clears_one_conversation_or_all() {
         let (_dir, db) = db();
-        let guard = db.lock().unwrap();
-        let db = guard.as_ref().unwrap();
+        let mut schema = ProxySchema::default();
+        let remember_in = |schema: &mut ProxySchema, c: &str, id: &str| {
+            let op = Op::Remember {
+                conversation: c.into(),
+                turn: turn(id),
+                keep: 10,
+                only_after: None,
+            };
+            match &run(&db, schema, vec![op])[..] {
+                [OpResult::Turns(turns)] => turns.as_ref().clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let forget_in = |schema: &mut ProxySchema, c: Option<&str>| {
+            let op = Op::Forget {
+                conversation: c.map(str::to_string),
+            };
+            match &run(&db, schema, vec![op])[..] {
+                [OpResult::Forgotten(n)] => *n,
+                other => panic!("{other:?}"),
+            }
+        };
         for (c, id) in [
             ("alice:bot", "a"),
             ("alice:bot", "b"),
             ("alice:gemini", "c"),
         ] {
-            remember_in(
-                db,
-                Remember {
-                    conversation: c.into(),
-                    turn: turn(id),
-                    keep: 10,
-                    only_after: None,
-                },
-            )
-            .unwrap();
+            remember_in(&mut schema, c, id);
         }
-        assert_eq!(forget_in(db, Some("alice:bot")).unwrap(), 2);
-        assert_eq!(forget_in(db, Some("alice:bot")).unwrap(), 0);
-        let after = remember_in(
-            db,
-            Remember {
-                conversation: "alice:bot".into(),
-                turn: turn("d"),
-                keep: 10,
-                only_after: None,
-            },
-        )
-        .unwrap();
+        assert_eq!(forget_in(&mut schema, Some("alice:bot")), 2);
+        assert_eq!(forget_in(&mut schema, Some("alice:bot")), 0);
+        let after = remember_in(&mut schema, "alice:bot", "d");
         assert_eq!(ids(&after), ["d"], "a fresh context after forgetting");
-        assert_eq!(forget_in(db, None).unwrap(), 2);
+        assert_eq!(forget_in(&mut schema, None), 2);
     }
 
-    fn db() -> (tempfile::TempDir, SharedDb) {
+    fn db() -> (tempfile::TempDir, Arc<SharedDb>) {
         let dir = tempfile::tempdir().unwrap();
         let (db, _) = open(&dir.path().join("p.redb"), &dir.path().join("p.wal"), "t").unwrap();
         (dir, db)
@@ -743,9 +731,9 @@ mod tests {
         )
     }
 
-    fn run(db: &SharedDb, next: &mut Option<u64>, ops: Vec<Op>) -> Vec<OpResult> {
-        let guard = db.lock().unwrap();
-        commit(guard.as_ref().unwrap(), next, &ops, 0, true).unwrap()
+    fn run(db: &SharedDb, next: &mut ProxySchema, ops: Vec<Op>) -> Vec<OpResult> {
+        db.with(|db| crate::storage::apply_group(next, db, &ops, 0, true))
+            .unwrap()
     }
 
     fn accept(id: &str) -> Op {
@@ -767,7 +755,7 @@ mod tests {
     #[test]
     fn the_same_id_accepted_twice_in_one_batch_or_later_is_stored_once() {
         let (_dir, db) = db();
-        let mut next = None;
+        let mut next = ProxySchema::default();
         let r = run(&db, &mut next, vec![accept("a"), accept("a"), accept("b")]);
         assert_eq!(
             r,
@@ -786,7 +774,7 @@ mod tests {
     #[test]
     fn finishing_an_item_removes_it_and_queues_its_follow_up_in_the_same_transaction() {
         let (_dir, db) = db();
-        let mut next = None;
+        let mut next = ProxySchema::default();
         run(&db, &mut next, vec![accept("a")]);
         let r = run(
             &db,
@@ -802,7 +790,7 @@ mod tests {
 
     /// The keys of the items in the outbox table, in order.
     fn outbox_keys(db: &SharedDb) -> Vec<u64> {
-        with_db(db, |db| {
+        db.with(|db| {
             let txn = db.begin_read().map_err(ProxyError::storage)?;
             let t = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
             let keys: Vec<u64> = t
@@ -810,7 +798,7 @@ mod tests {
                 .map_err(ProxyError::storage)?
                 .map(|r| r.unwrap().0.value())
                 .collect();
-            Ok(keys)
+            Ok::<_, ProxyError>(keys)
         })
         .unwrap()
     }
@@ -818,11 +806,11 @@ mod tests {
     #[test]
     fn a_reopened_store_continues_numbering_after_the_last_item() {
         let (dir, db) = db();
-        let mut next = None;
+        let mut next = ProxySchema::default();
         run(&db, &mut next, vec![accept("a"), accept("b")]);
         drop(db);
         let (db, _) = open(&dir.path().join("p.redb"), &dir.path().join("p.wal"), "t").unwrap();
-        let mut next = None;
+        let mut next = ProxySchema::default();
         assert_eq!(
             run(&db, &mut next, vec![accept("c")]),
             [OpResult::Stored { seq: 3 }]
@@ -846,8 +834,9 @@ mod tests {
                     follow_up: None,
                 },
             ];
-            let mut next = None;
-            with_db(&db, |db| commit(db, &mut next, &first, 1, true)).unwrap();
+            let mut next = ProxySchema::default();
+            db.with(|db| crate::storage::apply_group(&mut next, db, &first, 1, true))
+                .unwrap();
             drop(wal.append(&serde_json::to_vec(&first).unwrap()));
             // Groups 2 and 3 reached only the log: item c was numbered 3, then finished.
             let later = [
@@ -860,7 +849,7 @@ mod tests {
             for group in later {
                 drop(wal.append(&serde_json::to_vec(&group).unwrap()));
             }
-            close(&db);
+            db.close();
         }
         let (db, wal) = open(&redb, &log, "t").unwrap();
         assert_eq!(
@@ -868,16 +857,16 @@ mod tests {
             [1],
             "c was numbered 3 again, and finished"
         );
-        close(&db);
+        db.close();
         drop(wal);
         let (db, wal) = open(&redb, &log, "t").unwrap();
         assert_eq!(outbox_keys(&db), [1], "applied once");
-        let mut next = None;
+        let mut next = ProxySchema::default();
         let lsn = wal.next_lsn();
         assert_eq!(
-            with_db(&db, |db| commit(
-                db,
+            db.with(|db| crate::storage::apply_group(
                 &mut next,
+                db,
                 &[accept("c"), accept("d")],
                 lsn,
                 false
@@ -890,7 +879,7 @@ mod tests {
     #[test]
     fn pruning_forgets_only_ids_seen_before_the_cutoff() {
         let (_dir, db) = db();
-        let mut next = None;
+        let mut next = ProxySchema::default();
         let mut late = receipt("late");
         late.created_ms = 100;
         let ops = vec![
@@ -901,9 +890,10 @@ mod tests {
             },
         ];
         run(&db, &mut next, ops);
-        let guard = db.lock().unwrap();
-        assert_eq!(prune_seen(guard.as_ref().unwrap(), 50).unwrap(), 1);
-        drop(guard);
+        assert_eq!(
+            run(&db, &mut next, vec![Op::PruneSeen { before_ms: 50 }]),
+            [OpResult::Forgotten(1)]
+        );
         assert_eq!(
             run(&db, &mut next, vec![accept("late")]),
             [OpResult::Duplicate]

@@ -16,8 +16,8 @@ use crate::helpers::{
     client, config_for, spawn_overlay, spawn_proxy, subscribe, Spawned, SseReader, TestOverlay,
 };
 use overlay::config::Config;
-use overlay::peer::chat_store::{HistoryPage, MessageState};
 use overlay::peer::routes::Me;
+use overlay::peer::store::{HistoryPage, MessageState};
 use overlay::peer::updates::PageEvent;
 use overlay::proxy::outbox::OutboxStatus;
 

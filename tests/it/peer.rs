@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use crate::helpers::{client, config_for, free_listener, run_binary, subscribe};
 use overlay::peer::auto_reply::AutoReplyStats;
-use overlay::peer::chat_store::{HistoryPage, MessageState};
 use overlay::peer::routes::{ContactList, Me};
+use overlay::peer::store::{HistoryPage, MessageState};
 use overlay::peer::updates::PageEvent;
 use overlay::wire::data_plane::{
     conversation_id, Accepted, Ack, DeliveryState, DirectoryEntry, Envelope, Forget, MessageId,

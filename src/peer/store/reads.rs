@@ -1,0 +1,198 @@
+//! [`ChatStore`]: the chat store's blocking reads, on a `SyncArbiter` (its own threads), so a
+//! page of history never waits behind a commit. It never writes.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use super::schema::{decode, CONVERSATIONS, MESSAGES, UNSENT};
+use super::{conversation_key, ConversationSummary, HistoryPage, StoredMessage};
+use crate::peer::error::PeerError;
+use crate::storage::SharedDb;
+
+/// The newest `limit` messages of a conversation older than `before` (seq).
+#[derive(Message)]
+#[rtype(result = "Result<HistoryPage, PeerError>")]
+pub struct GetPage {
+    pub peer: String,
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
+/// A whole conversation, oldest first (the legacy history).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<StoredMessage>, PeerError>")]
+pub struct GetHistory {
+    pub peer: String,
+}
+
+/// Every conversation's summary.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ConversationSummary>, PeerError>")]
+pub struct ListConversations;
+
+/// Our pending messages the proxy has not taken yet, oldest first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<StoredMessage>, PeerError>")]
+pub struct ListUnsent;
+
+/// The redb database's reads; runs on a `SyncArbiter` (its own threads).
+pub struct ChatStore {
+    pub(super) db: Arc<SharedDb>,
+}
+
+impl ChatStore {
+    pub fn new(db: Arc<SharedDb>) -> Self {
+        Self { db }
+    }
+}
+
+impl Actor for ChatStore {
+    type Context = SyncContext<Self>;
+}
+
+/// The blocking operations, on an open database.
+mod blocking {
+    use super::*;
+
+    /// A range scan from the newest end: as fast for the millionth message as for the first.
+    pub fn page(
+        db: &Database,
+        peer: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
+        let table = tx.open_table(MESSAGES).map_err(PeerError::storage)?;
+        let key = conversation_key(peer);
+        let before = before.unwrap_or(u64::MAX);
+        let mut messages = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        for entry in table
+            .range((key.as_str(), 0)..(key.as_str(), before))
+            .map_err(PeerError::storage)?
+            .rev()
+        {
+            if messages.len() == limit {
+                more = true;
+                break;
+            }
+            let (_, v) = entry.map_err(PeerError::storage)?;
+            messages.push(decode::<StoredMessage>(v.value())?);
+        }
+        let next_before = if more {
+            messages.last().map(|m| m.seq)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            messages,
+            next_before,
+        })
+    }
+
+    /// A whole conversation, oldest first.
+    pub fn history(db: &Database, peer: &str) -> Result<Vec<StoredMessage>, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
+        let table = tx.open_table(MESSAGES).map_err(PeerError::storage)?;
+        let key = conversation_key(peer);
+        let mut out = Vec::new();
+        for entry in table
+            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+            .map_err(PeerError::storage)?
+        {
+            let (_, v) = entry.map_err(PeerError::storage)?;
+            out.push(decode::<StoredMessage>(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Our pending messages the proxy has not taken yet, oldest first.
+    pub fn unsent(db: &Database) -> Result<Vec<StoredMessage>, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
+        let index = tx.open_table(UNSENT).map_err(PeerError::storage)?;
+        let table = tx.open_table(MESSAGES).map_err(PeerError::storage)?;
+        let mut out = Vec::new();
+        for entry in index.iter().map_err(PeerError::storage)? {
+            let (_, v) = entry.map_err(PeerError::storage)?;
+            let (key, seq) = v.value();
+            if let Some(m) = table.get((key, seq)).map_err(PeerError::storage)? {
+                out.push(decode::<StoredMessage>(m.value())?);
+            }
+        }
+        out.sort_by_key(|m| m.seq);
+        Ok(out)
+    }
+
+    /// Every conversation's summary.
+    pub fn conversations(db: &Database) -> Result<Vec<ConversationSummary>, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
+        let table = tx.open_table(CONVERSATIONS).map_err(PeerError::storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(PeerError::storage)? {
+            let (_, v) = entry.map_err(PeerError::storage)?;
+            out.push(decode::<ConversationSummary>(v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+impl ChatStore {
+    /// The newest `limit` messages with `peer` older than `before`, newest first.
+    pub fn page(
+        &self,
+        peer: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, PeerError> {
+        self.db.with(|db| blocking::page(db, peer, before, limit))
+    }
+
+    /// The whole conversation with `peer`, oldest first.
+    pub fn history(&self, peer: &str) -> Result<Vec<StoredMessage>, PeerError> {
+        self.db.with(|db| blocking::history(db, peer))
+    }
+
+    /// Every conversation's summary.
+    pub fn conversations(&self) -> Result<Vec<ConversationSummary>, PeerError> {
+        self.db.with(blocking::conversations)
+    }
+
+    /// Our pending messages the proxy has not taken yet, oldest first.
+    pub fn unsent(&self) -> Result<Vec<StoredMessage>, PeerError> {
+        self.db.with(blocking::unsent)
+    }
+}
+
+impl Handler<GetPage> for ChatStore {
+    type Result = Result<HistoryPage, PeerError>;
+
+    fn handle(&mut self, msg: GetPage, _: &mut SyncContext<Self>) -> Self::Result {
+        self.page(&msg.peer, msg.before, msg.limit)
+    }
+}
+
+impl Handler<GetHistory> for ChatStore {
+    type Result = Result<Vec<StoredMessage>, PeerError>;
+
+    fn handle(&mut self, msg: GetHistory, _: &mut SyncContext<Self>) -> Self::Result {
+        self.history(&msg.peer)
+    }
+}
+
+impl Handler<ListUnsent> for ChatStore {
+    type Result = Result<Vec<StoredMessage>, PeerError>;
+
+    fn handle(&mut self, _: ListUnsent, _: &mut SyncContext<Self>) -> Self::Result {
+        self.unsent()
+    }
+}
+
+impl Handler<ListConversations> for ChatStore {
+    type Result = Result<Vec<ConversationSummary>, PeerError>;
+
+    fn handle(&mut self, _: ListConversations, _: &mut SyncContext<Self>) -> Self::Result {
+        self.conversations()
+    }
+}
