@@ -69,7 +69,7 @@ impl Position {
 /// Where an outbox item goes next.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "lane", content = "name", rename_all = "snake_case")]
-pub enum Lane {
+pub enum LaneId {
     /// This proxy's own peer, `POST /api/v1/inbox`.
     PeerInbox,
     /// This proxy's own peer, `POST /api/v1/receipts`.
@@ -78,13 +78,13 @@ pub enum Lane {
     Remote(String),
 }
 
-impl Lane {
+impl LaneId {
     /// The lane of a message for `to`, as seen by the proxy of `me`.
-    pub fn for_destination(me: &str, to: &str) -> Lane {
+    pub fn for_destination(me: &str, to: &str) -> LaneId {
         if me.eq_ignore_ascii_case(to) {
-            Lane::PeerInbox
+            LaneId::PeerInbox
         } else {
-            Lane::Remote(to.to_ascii_lowercase())
+            LaneId::Remote(to.to_ascii_lowercase())
         }
     }
 }
@@ -114,7 +114,7 @@ pub enum Payload {
 /// One outbox item with its delivery state (persisted, so a restart resumes where it was).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    pub lane: Lane,
+    pub lane: LaneId,
     pub payload: Payload,
     /// When it was queued, Unix ms (expiry counts from here).
     pub created_ms: u64,
@@ -127,7 +127,7 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(lane: Lane, payload: Payload, now_ms: u64) -> Record {
+    pub fn new(lane: LaneId, payload: Payload, now_ms: u64) -> Record {
         Record {
             lane,
             payload,
@@ -142,7 +142,7 @@ impl Record {
 
 /// One change to the proxy's store, applied in a group by [`ProxySchema`] (and logged, as JSON,
 /// for replay).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// Store `record` unless `id` was seen before; marks `id` seen.
@@ -720,7 +720,7 @@ mod tests {
 
     fn receipt(id: &str) -> Record {
         Record::new(
-            Lane::PeerReceipts,
+            LaneId::PeerReceipts,
             Payload::Receipt {
                 receipt: Receipt {
                     id: MessageId::parse(id).unwrap(),
@@ -745,10 +745,10 @@ mod tests {
 
     #[test]
     fn lanes_pick_the_own_peer_ignoring_case() {
-        assert_eq!(Lane::for_destination("alice", "ALICE"), Lane::PeerInbox);
+        assert_eq!(LaneId::for_destination("alice", "ALICE"), LaneId::PeerInbox);
         assert_eq!(
-            Lane::for_destination("alice", "Bob"),
-            Lane::Remote("bob".into())
+            LaneId::for_destination("alice", "Bob"),
+            LaneId::Remote("bob".into())
         );
     }
 

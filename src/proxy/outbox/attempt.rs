@@ -1,0 +1,173 @@
+//! The attempt futures of the [`Outbox`]: for the head of a lane, which request goes where
+//! (the route is chosen from the table at attempt time), as one future resolving to each
+//! item's [`Outcome`]: receipts together, a batch of messages, one message, or a delivery to
+//! an AI endpoint. Building a future changes nothing; the outbox applies its outcome.
+
+use std::time::Duration;
+
+use futures_util::future::{ready, LocalBoxFuture};
+use futures_util::FutureExt;
+
+use super::super::ai_chat::{self, AiTurn};
+use super::super::delivery::{self, Outcome};
+use super::super::router::{choose_route, Route};
+use super::super::store::{LaneId, Payload, Record};
+use super::Outbox;
+use crate::wire::control_plane::AiEndpoint;
+use crate::wire::data_plane::Envelope;
+
+/// Most envelopes relayed in one request.
+const MAX_BATCH: usize = 128;
+
+/// Most receipts posted to the own peer at once (one by one: concurrently; else in one batch).
+const RECEIPT_WINDOW: usize = 32;
+const RECEIPT_BATCH: usize = 512;
+
+impl Outbox {
+    fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.delivery.attempt_timeout_secs.max(1))
+    }
+
+    /// Several items from the head of lane `id` in one request (relay to a native proxy, or
+    /// the own peer's inbox while it accepts batches), when the lane has a batch to send.
+    pub(super) fn batch_attempt(
+        &self,
+        id: &LaneId,
+    ) -> Option<(Vec<u64>, LocalBoxFuture<'static, Outcome>)> {
+        let lane = self.lanes.get(id)?;
+        let (url, what) = match id {
+            LaneId::Remote(to) => {
+                match choose_route(&self.endpoints, self.settings.me.as_str(), to) {
+                    Route::Proxy { name, endpoint } if endpoint.native => (
+                        format!("{}/api/v1/relay/batch", endpoint.base_url()),
+                        format!("{name}'s proxy"),
+                    ),
+                    _ => return None,
+                }
+            }
+            LaneId::PeerInbox if self.peer_inbox_batch => (
+                format!("{}/api/v1/inbox/batch", self.settings.peer_url),
+                "your chat app".to_string(),
+            ),
+            _ => return None,
+        };
+        let (seqs, envelopes) = lane.batch(MAX_BATCH, self.settings.delivery.max_body_bytes / 2)?;
+        let attempt = delivery::post_batch(
+            self.client.clone(),
+            url,
+            what,
+            envelopes,
+            self.attempt_timeout(),
+        );
+        Some((seqs, attempt.boxed_local()))
+    }
+
+    /// Receipts from the head of the receipts lane: up to [`RECEIPT_BATCH`] in one batch post,
+    /// or, to a peer without the batch route, up to [`RECEIPT_WINDOW`] posted concurrently
+    /// (their order does not matter: each id gets one final state).
+    pub(super) fn receipts_attempt(
+        &self,
+        id: &LaneId,
+    ) -> Option<(Vec<u64>, LocalBoxFuture<'static, Vec<Outcome>>)> {
+        if *id != LaneId::PeerReceipts {
+            return None;
+        }
+        let window = if self.peer_receipts_batch {
+            RECEIPT_BATCH
+        } else {
+            RECEIPT_WINDOW
+        };
+        let (seqs, receipts) = self
+            .lanes
+            .get(id)?
+            .due_receipts(crate::wire::now_ms(), window)?;
+        let (client, url, timeout) = (
+            self.client.clone(),
+            self.settings.peer_url.clone(),
+            self.attempt_timeout(),
+        );
+        if self.peer_receipts_batch {
+            let n = receipts.len();
+            let post = delivery::to_peer_receipts_batch(client, url, receipts, timeout);
+            return Some((seqs, post.map(move |o| vec![o; n]).boxed_local()));
+        }
+        let posts = receipts.into_iter().map(|receipt| {
+            delivery::to_peer_receipts(client.clone(), url.clone(), receipt, timeout)
+        });
+        Some((seqs, futures_util::future::join_all(posts).boxed_local()))
+    }
+
+    /// One attempt to hand `record` to its next hop.
+    pub(super) fn attempt(&mut self, record: &Record) -> LocalBoxFuture<'static, Outcome> {
+        let client = self.client.clone();
+        let timeout = self.attempt_timeout();
+        let peer_url = self.settings.peer_url.clone();
+        match (&record.lane, &record.payload) {
+            (LaneId::PeerReceipts, Payload::Receipt { receipt }) => {
+                delivery::to_peer_receipts(client, peer_url, receipt.clone(), timeout).boxed_local()
+            }
+            (LaneId::PeerInbox, Payload::Message { envelope, .. }) => {
+                delivery::to_peer_inbox(client, peer_url, envelope.clone(), timeout).boxed_local()
+            }
+            (LaneId::Remote(name), Payload::Message { envelope, .. }) => {
+                match choose_route(&self.endpoints, self.settings.me.as_str(), name) {
+                    Route::OwnPeer => {
+                        delivery::to_peer_inbox(client, peer_url, envelope.clone(), timeout)
+                            .boxed_local()
+                    }
+                    Route::Proxy { name, endpoint } if endpoint.native => delivery::relay(
+                        client,
+                        endpoint.base_url(),
+                        name,
+                        envelope.clone(),
+                        timeout,
+                    )
+                    .boxed_local(),
+                    Route::Proxy { name, endpoint } => delivery::to_legacy_proxy(
+                        client,
+                        endpoint.base_url(),
+                        name,
+                        envelope.clone(),
+                        timeout,
+                    )
+                    .boxed_local(),
+                    Route::Ai { name, endpoint } => self.deliver_to_ai(name, endpoint, envelope),
+                    Route::Unknown => Box::pin(ready(Outcome::Retry {
+                        what: name.clone(),
+                        error: format!("{name} is not in this proxy's endpoint table"),
+                    })),
+                }
+            }
+            (lane, _) => Box::pin(ready(Outcome::Refused {
+                reason: format!("internal error: an item of the wrong kind in lane {lane:?}"),
+            })),
+        }
+    }
+
+    /// Hands `envelope` to AI endpoint `name` ([`ai_chat::converse`]): `Delivered` once the
+    /// AI's reply, or the error the user sees instead, is durably queued for the sender
+    /// (through [`Enqueue`] to this actor: a reply to this proxy's user joins the peer's inbox
+    /// lane); `Retry` when the AI memory or the outbox could not be written. The adapter
+    /// retries what the provider asks to retry; a failed answer is a message, not a retry.
+    /// The lane waits for this, so a second message to the same AI waits for the first reply.
+    fn deliver_to_ai(
+        &mut self,
+        name: String,
+        endpoint: Box<AiEndpoint>,
+        envelope: &Envelope,
+    ) -> LocalBoxFuture<'static, Outcome> {
+        let turn = AiTurn {
+            me: self.settings.me.to_string(),
+            adapter: self.adapters.adapter(&name, &endpoint),
+            keep: ai_chat::turns_to_keep(&endpoint),
+            name,
+            store: self.store.clone(),
+            outbox: self.addr.clone(),
+            client: self.client.clone(),
+            peer_url: self.settings.peer_url.clone(),
+            chunk_timeout: self.attempt_timeout(),
+            max_text_bytes: self.settings.delivery.max_message_bytes,
+        };
+        ai_chat::converse(turn, envelope.clone()).boxed_local()
+    }
+}
