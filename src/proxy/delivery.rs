@@ -9,11 +9,16 @@
 
 use std::time::Duration;
 
-use actix_web::http::{header, StatusCode};
 use serde::Serialize;
 
+use crate::hop::post::{self, post_json, Answer};
 use crate::wire::data_plane::{Ack, Envelope, Receipt};
-use crate::wire::legacy::{self, ErrorBody, FailedBody};
+use crate::wire::legacy;
+
+/// The most of an answer read: an ack or an error is small.
+const ANSWER_LIMIT: usize = 64 * 1024;
+/// The most of a batch's answer read (one ack per envelope).
+const BATCH_ANSWER_LIMIT: usize = 4 * 1024 * 1024;
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,49 +117,23 @@ pub async fn post_batch(
     envelopes: Vec<Envelope>,
     timeout: Duration,
 ) -> Outcome {
-    let call = async {
-        let mut res = client
-            .post(&url)
-            .timeout(timeout)
-            .send_json(&envelopes)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = res.status();
-        let bytes = res
-            .body()
-            .limit(4 * 1024 * 1024)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((status, bytes))
-    };
-    match actix_rt::time::timeout(timeout, call).await {
-        Err(_) => Outcome::Retry {
-            what,
-            error: format!("no answer within {}s", timeout.as_secs()),
+    match post_json(client.post(&url), &envelopes, BATCH_ANSWER_LIMIT, timeout).await {
+        Answer::RouteMissing { status, .. } => Outcome::Unsupported {
+            reason: format!("{what} answered {status} to a batch"),
         },
-        Ok(Err(error)) => Outcome::Retry { what, error },
-        Ok(Ok((status, _)))
-            if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
-        {
-            Outcome::Unsupported {
-                reason: format!("{what} answered {status} to a batch"),
+        Answer::Ok { body, .. } => match serde_json::from_slice::<Vec<Ack>>(&body) {
+            Ok(acks)
+                if acks.len() == envelopes.len()
+                    && acks.iter().zip(&envelopes).all(|(a, e)| a.id == e.id) =>
+            {
+                Outcome::Delivered
             }
-        }
-        Ok(Ok((status, bytes))) => match classify(status, &bytes, &what) {
-            Outcome::Delivered => match serde_json::from_slice::<Vec<Ack>>(&bytes) {
-                Ok(acks)
-                    if acks.len() == envelopes.len()
-                        && acks.iter().zip(&envelopes).all(|(a, e)| a.id == e.id) =>
-                {
-                    Outcome::Delivered
-                }
-                _ => Outcome::Retry {
-                    what,
-                    error: "its answer did not acknowledge every message".to_string(),
-                },
+            _ => Outcome::Retry {
+                what,
+                error: "its answer did not acknowledge every message".to_string(),
             },
-            other => other,
         },
+        other => classify(other, &what),
     }
 }
 
@@ -180,6 +159,7 @@ pub async fn to_legacy_proxy(
     .await
 }
 
+/// `POST url` (with `Host: host`) and what its answer means for a delivery to `what`.
 async fn post<T: Serialize>(
     client: &awc::Client,
     url: &str,
@@ -188,54 +168,26 @@ async fn post<T: Serialize>(
     timeout: Duration,
     what: &str,
 ) -> Outcome {
-    match send_raw(client, url, host, body, timeout).await {
-        Ok((status, bytes)) => classify(status, &bytes, what),
-        Err(error) => Outcome::Retry {
-            what: what.to_string(),
-            error,
-        },
-    }
+    classify(send(client, url, host, body, timeout).await, what)
 }
 
-/// One POST and its answer (status, body), or why there was none.
-async fn send_raw<T: Serialize>(
+async fn send<T: Serialize>(
     client: &awc::Client,
     url: &str,
     host: Option<&str>,
     body: &T,
     timeout: Duration,
-) -> Result<(StatusCode, actix_web::web::Bytes), String> {
-    let mut req = client.post(url).timeout(timeout);
+) -> Answer {
+    let mut request = client.post(url);
     if let Some(h) = host {
-        req = req.insert_header((header::HOST, h));
+        request = request.insert_header((actix_web::http::header::HOST, h));
     }
-    let call = async {
-        let mut res = req.send_json(body).await.map_err(|e| e.to_string())?;
-        let status = res.status();
-        let bytes = res
-            .body()
-            .limit(64 * 1024)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((status, bytes))
-    };
-    match actix_rt::time::timeout(timeout, call).await {
-        Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
-        Ok(result) => result,
-    }
+    post_json(request, body, ANSWER_LIMIT, timeout).await
 }
 
-/// A 404/405 to one of our routes from a server of the original, which has none of them (its
-/// proxy answers any path as a legacy post, and says `Unknown peer: <its own host>`). Our own
-/// servers' 404 for a message to someone unknown (`Unknown peer: TO`) is a real refusal.
-fn route_missing(status: StatusCode, body: &[u8], to: &str) -> bool {
-    let missing = status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED;
-    missing && error_detail(body) != format!("Unknown peer: {to}")
-}
-
-/// Posts `native` to `native_url`; where the receiver turns out to be the original's
-/// ([`route_missing`]), posts the legacy body to `legacy_url` instead (with `Host: host`).
-#[allow(clippy::too_many_arguments)]
+/// Posts `native` to `native_url`; where the receiver turns out to be the original's (a 404/405
+/// that is not [`legacy::is_unknown_peer`] for the addressee: the original has none of our
+/// routes), posts the legacy body to `legacy_url` instead (with `Host: host`).
 async fn post_native_or_legacy(
     client: &awc::Client,
     native_url: &str,
@@ -245,72 +197,41 @@ async fn post_native_or_legacy(
     timeout: Duration,
     what: &str,
 ) -> Outcome {
-    match send_raw(client, native_url, None, envelope, timeout).await {
-        Ok((status, bytes)) if route_missing(status, &bytes, &envelope.to) => {
+    match send(client, native_url, None, envelope, timeout).await {
+        Answer::RouteMissing { body, .. } if !legacy::is_unknown_peer(&body, &envelope.to) => {
             // compat: a component of the original: its own wire format; its 200 is delivery.
-            post(
-                client,
-                legacy_url,
-                host,
-                &legacy::Message::from_envelope(envelope),
-                timeout,
-                what,
-            )
-            .await
+            let body = legacy::Message::from_envelope(envelope);
+            post(client, legacy_url, host, &body, timeout, what).await
         }
-        Ok((status, bytes)) => classify(status, &bytes, what),
-        Err(error) => Outcome::Retry {
-            what: what.to_string(),
-            error,
-        },
+        other => classify(other, what),
     }
 }
 
-/// 2xx: delivered; 408, 429 and 5xx: retry; any other status: refused for good.
-pub fn classify(status: StatusCode, body: &[u8], what: &str) -> Outcome {
-    if status.is_success() {
-        return Outcome::Delivered;
-    }
-    let detail = error_detail(body);
-    let detail = if detail.is_empty() {
-        status.to_string()
-    } else {
-        format!("{detail} ({})", status.as_u16())
+/// 2xx: delivered; transient (no answer, 408, 429, 5xx): retry; any other status: refused for
+/// good, in the receiver's own words.
+pub fn classify(answer: Answer, what: &str) -> Outcome {
+    let refused = |detail: String| Outcome::Refused {
+        reason: format!("{what} refused it: {detail}"),
     };
-    if status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-    {
-        Outcome::Retry {
+    match answer {
+        Answer::Ok { .. } => Outcome::Delivered,
+        Answer::Transient { reason } => Outcome::Retry {
             what: what.to_string(),
-            error: detail,
-        }
-    } else {
-        Outcome::Refused {
-            reason: format!("{what} refused it: {detail}"),
-        }
+            error: reason,
+        },
+        Answer::RouteMissing { status, body } => refused(post::detail(status, &body)),
+        Answer::Refused { reason, .. } => refused(reason),
     }
-}
-
-/// The message of an error answer in either legacy shape, else its text (shortened).
-fn error_detail(body: &[u8]) -> String {
-    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
-        return e.message;
-    }
-    if let Ok(e) = serde_json::from_slice::<FailedBody>(body) {
-        return e.error;
-    }
-    String::from_utf8_lossy(body)
-        .chars()
-        .take(200)
-        .collect::<String>()
-        .trim()
-        .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::http::StatusCode;
+
+    fn classify(status: StatusCode, body: &'static [u8], what: &str) -> Outcome {
+        super::classify(Answer::from_status(status, body.into()), what)
+    }
 
     #[test]
     fn a_2xx_answer_counts_as_delivered() {

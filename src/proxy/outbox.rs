@@ -23,13 +23,13 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 
 use super::ai_chat::{self, AiAdapters, AiTurn};
-use super::backoff::{full_jitter_ms, human_duration, XorShift};
 use super::delivery::{self, Outcome};
 use super::error::ProxyError;
 use super::router::{choose_route, Route};
 use super::store::{self, Lane, Op, OpResult, Origin, Payload, PruneSeen, Record, SharedDb, Store};
 use crate::config::{DeliveryConfig, InstanceName};
 use crate::group_commit::{CommitTimer, GroupWriter};
+use crate::hop::backoff::{full_jitter_ms, human_duration, XorShift};
 use crate::wal::Wal;
 use crate::wire::control_plane::{AiEndpoint, EndpointTable};
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};

@@ -15,7 +15,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::ai_chat::memory_key;
-use super::compat::host_target;
 use super::error::ProxyError;
 use super::outbox::{Enqueue, EnqueueMany, GetStatus, Outbox};
 use super::router::{GetTable, ListDirectory, ResolveRoute, Route, Router};
@@ -23,6 +22,7 @@ use super::store::{ForgetMemory, Origin, Store};
 use crate::config::InstanceName;
 use crate::wire::data_plane::Submitted;
 use crate::wire::data_plane::{Accepted, Ack, DeliveryState, Envelope, Forget};
+use crate::wire::host_port::HostPort;
 use crate::wire::legacy::{self, success, Note, ProxyPeers};
 
 /// What every handler shares (cheap to clone: actor addresses).
@@ -334,7 +334,7 @@ async fn legacy_post(
         .ok_or_else(|| {
             ProxyError::BadRequest("missing Host header: it names who the message is for".into())
         })?;
-    let target = host_target(&host).to_string();
+    let target = HostPort::host_of(&host);
     let body = read_limited(payload, state.max_body_bytes).await?;
     let msg: legacy::Message = serde_json::from_slice(&body)
         .map_err(|e| ProxyError::BadRequest(format!("invalid JSON: {e}")))?;
