@@ -12,7 +12,6 @@ use actix::Addr;
 use actix_web::http::header;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 
 use super::ai_chat::memory_key;
 use super::error::ProxyError;
@@ -20,6 +19,7 @@ use super::outbox::{Enqueue, EnqueueMany, GetStatus, Outbox};
 use super::router::{GetTable, ListDirectory, ResolveRoute, Route, Router};
 use super::store::{ForgetMemory, Origin, Store};
 use crate::config::InstanceName;
+use crate::web::{read_limited, BodyError};
 use crate::wire::data_plane::Submitted;
 use crate::wire::data_plane::{Accepted, Ack, DeliveryState, Envelope, Forget};
 use crate::wire::host_port::HostPort;
@@ -335,7 +335,12 @@ async fn legacy_post(
             ProxyError::BadRequest("missing Host header: it names who the message is for".into())
         })?;
     let target = HostPort::host_of(&host);
-    let body = read_limited(payload, state.max_body_bytes).await?;
+    let body = read_limited(&req, payload, state.max_body_bytes)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { .. } => ProxyError::TooLarge(e.to_string()),
+            other => ProxyError::BadRequest(other.to_string()),
+        })?;
     let msg: legacy::Message = serde_json::from_slice(&body)
         .map_err(|e| ProxyError::BadRequest(format!("invalid JSON: {e}")))?;
     let missing = msg.missing_fields();
@@ -378,19 +383,4 @@ async fn legacy_post(
     Ok(HttpResponse::Ok().json(success(Note {
         message: format!("Message queued for delivery to {name}"),
     })))
-}
-
-/// The request body, refused with 413 past `limit` bytes.
-async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ProxyError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ProxyError::BadRequest(format!("unreadable body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ProxyError::TooLarge(format!(
-                "request body is larger than the limit of {limit} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
