@@ -40,16 +40,13 @@ pub async fn to_peer_inbox(
     envelope: Envelope,
     timeout: Duration,
 ) -> Outcome {
-    let native = format!("{peer_url}/api/v1/inbox");
+    let hop = Hop::new(&client, timeout, "your chat app");
     let legacy = format!("{peer_url}/message");
-    post_native_or_legacy(
-        &client,
-        &native,
+    hop.native_or_legacy(
+        &format!("{peer_url}/api/v1/inbox"),
         &envelope,
         &legacy,
         None,
-        timeout,
-        "your chat app",
     )
     .await
 }
@@ -62,7 +59,8 @@ pub async fn to_peer_receipts(
     timeout: Duration,
 ) -> Outcome {
     let url = format!("{peer_url}/api/v1/receipts");
-    post(&client, &url, None, &receipt, timeout, "your chat app").await
+    let hop = Hop::new(&client, timeout, "your chat app");
+    hop.post(&url, None, &receipt).await
 }
 
 /// `POST {peer}/api/v1/receipts/batch`: several receipts at once; a 2xx means all are applied.
@@ -75,7 +73,8 @@ pub async fn to_peer_receipts_batch(
     timeout: Duration,
 ) -> Outcome {
     let url = format!("{peer_url}/api/v1/receipts/batch");
-    match post(&client, &url, None, &receipts, timeout, "your chat app").await {
+    let hop = Hop::new(&client, timeout, "your chat app");
+    match hop.post(&url, None, &receipts).await {
         Outcome::Refused { reason } => Outcome::Unsupported { reason },
         other => other,
     }
@@ -94,17 +93,9 @@ pub async fn relay(
     let native = format!("{base_url}/api/v1/relay");
     let legacy = format!("{base_url}/");
     let what = format!("{name}'s proxy");
-    let host = envelope.to.clone();
-    post_native_or_legacy(
-        &client,
-        &native,
-        &envelope,
-        &legacy,
-        Some(&host),
-        timeout,
-        &what,
-    )
-    .await
+    let hop = Hop::new(&client, timeout, &what);
+    hop.native_or_legacy(&native, &envelope, &legacy, Some(&envelope.to))
+        .await
 }
 
 /// `POST {proxy}/api/v1/relay/batch` or `POST {peer}/api/v1/inbox/batch`: several envelopes
@@ -148,62 +139,59 @@ pub async fn to_legacy_proxy(
 ) -> Outcome {
     let url = format!("{base_url}/");
     let body = legacy::Message::from_envelope(&envelope);
-    post(
-        &client,
-        &url,
-        Some(&envelope.to),
-        &body,
-        timeout,
-        &format!("{name}'s proxy"),
-    )
-    .await
+    let what = format!("{name}'s proxy");
+    let hop = Hop::new(&client, timeout, &what);
+    hop.post(&url, Some(&envelope.to), &body).await
 }
 
-/// `POST url` (with `Host: host`) and what its answer means for a delivery to `what`.
-async fn post<T: Serialize>(
-    client: &awc::Client,
-    url: &str,
-    host: Option<&str>,
-    body: &T,
+/// One attempt's settings: the shared client, the deadline, and who is asked (for the reasons
+/// users read, e.g. "bob's proxy").
+struct Hop<'a> {
+    client: &'a awc::Client,
     timeout: Duration,
-    what: &str,
-) -> Outcome {
-    classify(send(client, url, host, body, timeout).await, what)
+    what: &'a str,
 }
 
-async fn send<T: Serialize>(
-    client: &awc::Client,
-    url: &str,
-    host: Option<&str>,
-    body: &T,
-    timeout: Duration,
-) -> Answer {
-    let mut request = client.post(url);
-    if let Some(h) = host {
-        request = request.insert_header((actix_web::http::header::HOST, h));
-    }
-    post_json(request, body, ANSWER_LIMIT, timeout).await
-}
-
-/// Posts `native` to `native_url`; where the receiver turns out to be the original's (a 404/405
-/// that is not [`legacy::is_unknown_peer`] for the addressee: the original has none of our
-/// routes), posts the legacy body to `legacy_url` instead (with `Host: host`).
-async fn post_native_or_legacy(
-    client: &awc::Client,
-    native_url: &str,
-    envelope: &Envelope,
-    legacy_url: &str,
-    host: Option<&str>,
-    timeout: Duration,
-    what: &str,
-) -> Outcome {
-    match send(client, native_url, None, envelope, timeout).await {
-        Answer::RouteMissing { body, .. } if !legacy::is_unknown_peer(&body, &envelope.to) => {
-            // compat: a component of the original: its own wire format; its 200 is delivery.
-            let body = legacy::Message::from_envelope(envelope);
-            post(client, legacy_url, host, &body, timeout, what).await
+impl<'a> Hop<'a> {
+    fn new(client: &'a awc::Client, timeout: Duration, what: &'a str) -> Hop<'a> {
+        Hop {
+            client,
+            timeout,
+            what,
         }
-        other => classify(other, what),
+    }
+
+    /// `POST url` (with `Host: host`) and what its answer means.
+    async fn post<T: Serialize>(&self, url: &str, host: Option<&str>, body: &T) -> Outcome {
+        classify(self.send(url, host, body).await, self.what)
+    }
+
+    async fn send<T: Serialize>(&self, url: &str, host: Option<&str>, body: &T) -> Answer {
+        let mut request = self.client.post(url);
+        if let Some(h) = host {
+            request = request.insert_header((actix_web::http::header::HOST, h));
+        }
+        post_json(request, body, ANSWER_LIMIT, self.timeout).await
+    }
+
+    /// Posts `envelope` to `native_url`; where the receiver turns out to be the original's (a
+    /// 404/405 that is not [`legacy::is_unknown_peer`] for the addressee: the original has none
+    /// of our routes), posts the legacy body to `legacy_url` instead (with `Host: host`).
+    async fn native_or_legacy(
+        &self,
+        native_url: &str,
+        envelope: &Envelope,
+        legacy_url: &str,
+        host: Option<&str>,
+    ) -> Outcome {
+        match self.send(native_url, None, envelope).await {
+            Answer::RouteMissing { body, .. } if !legacy::is_unknown_peer(&body, &envelope.to) => {
+                // compat: a component of the original: its own wire format; its 200 is delivery.
+                let body = legacy::Message::from_envelope(envelope);
+                self.post(legacy_url, host, &body).await
+            }
+            other => classify(other, self.what),
+        }
     }
 }
 
