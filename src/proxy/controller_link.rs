@@ -277,10 +277,11 @@ fn registered_address(advertise: &str) -> (String, u16) {
 /// Why a request to the controller did not give what was asked, for the log.
 fn failure(answer: Answer) -> String {
     match answer {
+        Answer::Unreachable { reason } => reason,
         Answer::Ok { status, .. }
+        | Answer::Busy { status, .. }
         | Answer::RouteMissing { status, .. }
         | Answer::Refused { status, .. } => format!("answered {status}"),
-        Answer::Transient { reason } => reason,
     }
 }
 

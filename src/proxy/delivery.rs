@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::hop::post::{self, post_json, Answer};
+use crate::hop::post::{post_json, Answer};
 use crate::wire::data_plane::{Ack, Envelope, Receipt};
 use crate::wire::legacy;
 
@@ -198,17 +198,15 @@ impl<'a> Hop<'a> {
 /// 2xx: delivered; transient (no answer, 408, 429, 5xx): retry; any other status: refused for
 /// good, in the receiver's own words.
 pub fn classify(answer: Answer, what: &str) -> Outcome {
-    let refused = |detail: String| Outcome::Refused {
-        reason: format!("{what} refused it: {detail}"),
-    };
     match answer {
         Answer::Ok { .. } => Outcome::Delivered,
-        Answer::Transient { reason } => Outcome::Retry {
+        transient if transient.is_transient() => Outcome::Retry {
             what: what.to_string(),
-            error: reason,
+            error: transient.reason(),
         },
-        Answer::RouteMissing { status, body } => refused(post::detail(status, &body)),
-        Answer::Refused { reason, .. } => refused(reason),
+        refused => Outcome::Refused {
+            reason: format!("{what} refused it: {}", refused.reason()),
+        },
     }
 }
 
