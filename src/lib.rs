@@ -14,6 +14,7 @@
 //! - [`wire`]: the serde types that cross process boundaries, and nothing else.
 //! - [`controller`], [`proxy`], [`peer`]: one folder per role, each with `run()` as its door.
 //! - [`up`]: every role of `config.yaml` in one process.
+//! - [`hop`]: one toolkit for HTTP hops: post and classify, backoff, `host:port`, SSE parsing.
 //! - [`web`]: small pieces every role's HTTP server shares (assets, JSON limits, server handles).
 //! - [`storage`]: the durable-store kit both stores are built from: write-ahead log, group
 //!   commit, open-and-replay, and the one writer of each store.
@@ -25,6 +26,7 @@
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod hop;
 pub mod logging;
 pub mod peer;
 pub mod proxy;

@@ -1,6 +1,7 @@
 //! Pieces every role's HTTP server shares: the running-server handle, the static assets
-//! compiled into the binary (no CDN: pages work offline), JSON body limits with errors in the
-//! original's shape, and the `/healthz` probe.
+//! compiled into the binary (no CDN: pages work offline), the one body limit every role reads
+//! requests with ([`json_config_with`], [`read_limited`], their [`BodyError`]; in the original's
+//! error shape by default), and the `/healthz` probe.
 //!
 //! Nothing here knows about a particular role.
 
@@ -53,39 +54,103 @@ pub fn bind(what: &str, addr: SocketAddr, field: &str) -> anyhow::Result<TcpList
     })
 }
 
-/// A JSON body reader with a size limit whose errors are the original's error shape:
-/// 413 when too large, 400 naming what is wrong otherwise.
-pub fn json_config(limit: usize) -> web::JsonConfig {
+/// Why a request body was not read: every role's body limit and JSON errors, in one wording.
+/// Each role turns it into its own error (and error shape); [`json_config`] gives the original's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Past the limit while reading (or declared so, for a raw read).
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// Declared past the limit by its `Content-Length`, for a JSON extractor.
+    #[error("request body is {length} bytes; the limit is {limit} bytes")]
+    TooLong { length: usize, limit: usize },
+    #[error("expected a JSON body with Content-Type: application/json")]
+    ContentType,
+    /// Well-formed JSON whose fields do not fit.
+    #[error("invalid fields in JSON body: {0}")]
+    InvalidFields(String),
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("unreadable body: {0}")]
+    Unreadable(String),
+}
+
+impl BodyError {
+    /// 413 for a body over the limit, 400 for anything else.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge { .. } | BodyError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl From<&actix_web::error::JsonPayloadError> for BodyError {
+    fn from(err: &actix_web::error::JsonPayloadError) -> BodyError {
+        use actix_web::error::JsonPayloadError as E;
+        match err {
+            E::OverflowKnownLength { length, limit } => BodyError::TooLong {
+                length: *length,
+                limit: *limit,
+            },
+            E::Overflow { limit } => BodyError::TooLarge { limit: *limit },
+            E::ContentType => BodyError::ContentType,
+            E::Deserialize(e) if e.is_data() => BodyError::InvalidFields(e.to_string()),
+            E::Deserialize(e) => BodyError::InvalidJson(e.to_string()),
+            other => BodyError::Unreadable(other.to_string()),
+        }
+    }
+}
+
+/// The one JSON body reader every role uses: `limit` bytes at most, any content type, and each
+/// failure answered as `answer` makes of its [`BodyError`].
+pub fn json_config_with<F, E>(limit: usize, answer: F) -> web::JsonConfig
+where
+    F: Fn(BodyError) -> E + Send + Sync + 'static,
+    E: Into<actix_web::Error>,
+{
     web::JsonConfig::default()
         .limit(limit)
         // compat: the original read any body as JSON; cross-site posts are refused before this
         // (see `refuse_cross_site`), so a browser form cannot post JSON as text/plain.
         .content_type_required(false)
-        .error_handler(move |err, _req| {
-            use actix_web::error::JsonPayloadError as E;
-            let (status, message) = match &err {
-                E::OverflowKnownLength { length, limit } => (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body is {length} bytes; the limit is {limit} bytes"),
-                ),
-                E::Overflow { limit } => (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body is larger than the limit of {limit} bytes"),
-                ),
-                E::ContentType => (
-                    StatusCode::BAD_REQUEST,
-                    "expected a JSON body with Content-Type: application/json".to_string(),
-                ),
-                E::Deserialize(e) if e.is_data() => (
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid fields in JSON body: {e}"),
-                ),
-                E::Deserialize(e) => (StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
-                other => (StatusCode::BAD_REQUEST, format!("unreadable body: {other}")),
-            };
-            let body = HttpResponse::build(status).json(ErrorBody::new(message));
-            actix_web::error::InternalError::from_response(err, body).into()
-        })
+        .error_handler(move |err, _req| answer(BodyError::from(&err)).into())
+}
+
+/// [`json_config_with`] answering in the original's error shape: 413 when too large, 400
+/// naming what is wrong otherwise.
+pub fn json_config(limit: usize) -> web::JsonConfig {
+    json_config_with(limit, |e: BodyError| {
+        let body = HttpResponse::build(e.status()).json(ErrorBody::new(e.to_string()));
+        actix_web::error::InternalError::from_response(e, body)
+    })
+}
+
+/// A raw request body, for handlers that parse it themselves: refused past `limit` bytes, as
+/// soon as `Content-Length` says so, or else once that much has been read.
+pub async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, BodyError> {
+    use futures_util::StreamExt;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// The assets compiled into the binary: (name, content type, bytes).
@@ -243,6 +308,53 @@ pub fn role_arbiter(label: &str) -> actix::Arbiter {
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+
+    async fn read(req: TestRequest, limit: usize) -> Result<web::Bytes, BodyError> {
+        use actix_web::FromRequest;
+        let (req, mut payload) = req.to_http_parts();
+        let payload = web::Payload::from_request(&req, &mut payload)
+            .await
+            .map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        read_limited(&req, payload, limit).await
+    }
+
+    #[actix_rt::test]
+    async fn a_raw_body_within_the_limit_is_read_and_one_past_it_refused() {
+        let ok = read(TestRequest::post().set_payload("{}"), 10).await;
+        assert_eq!(ok, Ok(web::Bytes::from_static(b"{}")));
+        let big = read(TestRequest::post().set_payload(vec![b'x'; 11]), 10).await;
+        assert_eq!(big, Err(BodyError::TooLarge { limit: 10 }));
+        assert_eq!(
+            big.unwrap_err().to_string(),
+            "request body is larger than the limit of 10 bytes"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn the_json_reader_answers_in_the_originals_shape() {
+        use actix_web::{test, App};
+        let app = test::init_service(App::new().app_data(json_config(16)).route(
+            "/",
+            web::post().to(|_: web::Json<serde_json::Value>| async { HttpResponse::Ok().finish() }),
+        ))
+        .await;
+        let post = |body: &'static str| TestRequest::post().uri("/").set_payload(body);
+        let res = test::call_service(&app, post(r#"{"text":"far too long"}"#).to_request()).await;
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body: ErrorBody = test::read_body_json(res).await;
+        assert_eq!(
+            body.message,
+            "request body is 23 bytes; the limit is 16 bytes"
+        );
+        let res = test::call_service(&app, post("{").to_request()).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let body: ErrorBody = test::read_body_json(res).await;
+        assert!(
+            body.message.starts_with("invalid JSON: "),
+            "{}",
+            body.message
+        );
+    }
 
     fn refused(req: TestRequest) -> bool {
         cross_site_refusal(&req.to_srv_request()).is_some()

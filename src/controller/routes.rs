@@ -9,12 +9,12 @@ use std::time::Duration;
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_lab::sse;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::config::InstanceName;
+use crate::web::BodyError;
 use crate::wire::control_plane::{EndpointTable, RegisterRequest};
 use crate::wire::legacy::{success, Endpoints, Note, Registered};
 
@@ -85,26 +85,17 @@ pub async fn no_route(req: HttpRequest) -> Reply {
 /// Reads the body (at most `limit` bytes), as UTF-8 JSON, and requires an object.
 async fn read_object(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<serde_json::Map<String, Value>, ControllerError> {
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ControllerError::TooLarge { limit });
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ControllerError::BadRequest(format!("unreadable body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ControllerError::TooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = crate::web::read_limited(req, payload, limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { limit } | BodyError::TooLong { limit, .. } => {
+                ControllerError::TooLarge { limit }
+            }
+            other => ControllerError::BadRequest(other.to_string()),
+        })?;
     parse_object(&body)
 }
 

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Config, InstanceName};
 use crate::wire::control_plane::{AiEndpoint, Endpoint, EndpointTable, PeerEndpoint};
+use crate::wire::host_port::HostPort;
 
 use super::error::ControllerError;
 
@@ -228,12 +229,6 @@ pub struct KnownAddress {
     pub native: bool,
 }
 
-/// Splits `host:port`; `None` when there is no valid port.
-pub fn split_host_port(s: &str) -> Option<(String, u16)> {
-    let (h, p) = s.rsplit_once(':')?;
-    Some((h.to_string(), p.parse().ok()?))
-}
-
 /// The table config.yaml gives `for_instance`: every other instance as a peer (at the address
 /// it registered from, newest first in `registered`, else its advertised address), and every AI
 /// endpoint. An AI endpoint named like an instance takes that name.
@@ -278,8 +273,12 @@ pub fn base_table(
             },
             None => {
                 let advertised = inst.proxy.advertised();
-                let (host, port) = split_host_port(&advertised)
-                    .unwrap_or_else(|| (advertised.clone(), inst.proxy.listen.port()));
+                let port = inst.proxy.listen.port();
+                let HostPort { host, port } =
+                    HostPort::parse_or(&advertised, port).unwrap_or(HostPort {
+                        host: advertised,
+                        port,
+                    });
                 PeerEndpoint {
                     host,
                     port,

@@ -5,21 +5,33 @@
 //! down, polls `GET /api/getendpoints` every few seconds and retries the stream.
 //!
 //! Every table it learns goes to the [`Router`] at once; it routes nothing itself and never
-//! touches the outbox. One awc `Client`, built once.
+//! touches the outbox. One awc `Client`, built once; requests, retry timing and the SSE parser
+//! are the [`crate::hop`] ones.
 
 use std::time::Duration;
 
 use actix::fut::wrap_future;
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, SpawnHandle};
-use futures_util::StreamExt;
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use futures_util::{Stream, StreamExt};
 
-use super::backoff::{full_jitter_ms, XorShift};
 use super::router::{Router, SetTable, TableSource};
+use crate::hop::backoff::{full_jitter_ms, XorShift};
+use crate::hop::post::{self, Answer};
+use crate::hop::sse::SseParser;
 use crate::wire::control_plane::{HeartbeatRequest, RegisterRequest, TableUpdate, NATIVE_PROTOCOL};
+use crate::wire::host_port::HostPort;
 use crate::wire::legacy::{Endpoints, Registered};
 
 /// How long the fallback waits between polls (and stream retries).
 const POLL_EVERY: Duration = Duration::from_secs(5);
+/// How long one request to the controller may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of a table answer read.
+const TABLE_LIMIT: usize = 16 * 1024 * 1024;
+/// The most of a heartbeat answer read.
+const SMALL_LIMIT: usize = 64 * 1024;
 
 /// What the link needs to know.
 #[derive(Debug, Clone)]
@@ -50,9 +62,7 @@ impl ControllerLink {
         ControllerLink {
             settings,
             router,
-            client: awc::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .finish(),
+            client: awc::Client::builder().timeout(REQUEST_TIMEOUT).finish(),
             rng: XorShift::from_entropy(),
             registered: false,
             registering: false,
@@ -63,7 +73,7 @@ impl ControllerLink {
     }
 
     fn register_request(&self) -> RegisterRequest {
-        let (host, port) = split_host_port(&self.settings.advertise);
+        let (host, port) = registered_address(&self.settings.advertise);
         RegisterRequest {
             proxy_id: self.settings.proxy_id.clone(),
             instance_name: self.settings.instance_name.clone(),
@@ -80,16 +90,15 @@ impl ControllerLink {
         }
         self.registering = true;
         let url = format!("{}/api/register", self.settings.controller_url);
-        let req = self.client.post(url).send_json(&self.register_request());
+        let req = self.client.post(url);
+        let body = self.register_request();
         let call = async move {
-            let mut res = req.await.map_err(|e| e.to_string())?;
-            if !res.status().is_success() {
-                return Err(format!("answered {}", res.status()));
+            match post::post_json(req, &body, TABLE_LIMIT, REQUEST_TIMEOUT).await {
+                Answer::Ok { body, .. } => {
+                    serde_json::from_slice::<Registered>(&body).map_err(|e| e.to_string())
+                }
+                other => Err(failure(other)),
             }
-            res.json::<Registered>()
-                .limit(16 * 1024 * 1024)
-                .await
-                .map_err(|e| e.to_string())
         };
         ctx.spawn(wrap_future(call).map(|res, act: &mut Self, ctx| {
             act.registering = false;
@@ -135,21 +144,22 @@ impl ControllerLink {
             return;
         }
         let url = format!("{}/api/heartbeat", self.settings.controller_url);
-        let req = self.client.post(url).send_json(&HeartbeatRequest {
+        let body = HeartbeatRequest {
             proxy_id: self.settings.proxy_id.clone(),
-        });
-        ctx.spawn(wrap_future(req).map(|res, act: &mut Self, ctx| match res {
-            Ok(r) if r.status() == awc::http::StatusCode::NOT_FOUND => {
-                log::info!("the controller forgot this proxy: registering again");
-                act.registered = false;
-                act.register(ctx);
-            }
-            Ok(r) if !r.status().is_success() => {
-                log::debug!("heartbeat answered {}", r.status())
-            }
-            Ok(_) => {}
-            Err(e) => log::debug!("heartbeat failed: {e}"),
-        }));
+        };
+        let req = self.client.post(url);
+        let call = async move { post::post_json(req, &body, SMALL_LIMIT, REQUEST_TIMEOUT).await };
+        ctx.spawn(
+            wrap_future(call).map(|answer, act: &mut Self, ctx| match answer {
+                Answer::Ok { .. } => {}
+                Answer::RouteMissing { status, .. } if status == StatusCode::NOT_FOUND => {
+                    log::info!("the controller forgot this proxy: registering again");
+                    act.registered = false;
+                    act.register(ctx);
+                }
+                other => log::debug!("heartbeat failed: {}", failure(other)),
+            }),
+        );
     }
 
     /// Follows the table stream until it ends; then falls back to polling.
@@ -170,30 +180,19 @@ impl ControllerLink {
             .insert_header((awc::http::header::ACCEPT, "text/event-stream"))
             .send();
         let follow = async move {
-            let mut res = req.await.map_err(|e| e.to_string())?;
+            let res = req.await.map_err(|e| e.to_string())?;
             if !res.status().is_success() {
                 return Err(format!("answered {}", res.status()));
             }
-            let mut parser = SseParser::default();
-            loop {
-                let chunk = match actix_rt::time::timeout(idle, res.next()).await {
-                    Err(_) => return Err(format!("silent for {}s", idle.as_secs())),
-                    Ok(None) => return Err("the controller closed the stream".to_string()),
-                    Ok(Some(Err(e))) => return Err(e.to_string()),
-                    Ok(Some(Ok(bytes))) => bytes,
-                };
-                for data in parser.push(&chunk) {
-                    match serde_json::from_str::<TableUpdate>(&data) {
-                        Ok(t) => router.do_send(SetTable {
-                            endpoints: t.endpoints,
-                            online: Some(t.online),
-                            version: t.version,
-                            source: TableSource::Controller,
-                        }),
-                        Err(e) => log::warn!("ignoring a table event that is not a table: {e}"),
-                    }
-                }
-            }
+            follow_tables(res, idle, |t| {
+                router.do_send(SetTable {
+                    endpoints: t.endpoints,
+                    online: Some(t.online),
+                    version: t.version,
+                    source: TableSource::Controller,
+                })
+            })
+            .await
         };
         ctx.spawn(
             wrap_future(follow).map(|res: Result<(), String>, act: &mut Self, ctx| {
@@ -227,21 +226,15 @@ impl ControllerLink {
             "{}/api/getendpoints?proxy_id={}",
             self.settings.controller_url, self.settings.proxy_id
         );
-        let req = self.client.get(url).send();
+        let req = self.client.get(url);
         let call = async move {
-            let mut res = req.await.map_err(|e| e.to_string())?;
-            let status = res.status();
-            if status == awc::http::StatusCode::NOT_FOUND {
-                return Ok(None);
+            match post::send(req, TABLE_LIMIT, REQUEST_TIMEOUT).await {
+                Answer::Ok { body, .. } => serde_json::from_slice::<Endpoints>(&body)
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                Answer::RouteMissing { status, .. } if status == StatusCode::NOT_FOUND => Ok(None),
+                other => Err(failure(other)),
             }
-            if !status.is_success() {
-                return Err(format!("answered {status}"));
-            }
-            res.json::<Endpoints>()
-                .limit(16 * 1024 * 1024)
-                .await
-                .map(Some)
-                .map_err(|e| e.to_string())
         };
         ctx.spawn(wrap_future(call).map(|res, act: &mut Self, ctx| {
             match res {
@@ -272,71 +265,152 @@ impl Actor for ControllerLink {
     }
 }
 
-/// `host:port` → (host, port); a missing or bad port gives 0.
-fn split_host_port(s: &str) -> (String, u16) {
-    match s.rsplit_once(':') {
-        Some((h, p)) => (
-            h.trim_matches(|c| c == '[' || c == ']').to_string(),
-            p.parse().unwrap_or(0),
-        ),
-        None => (s.to_string(), 0),
+/// The advertised `host:port` as the registration carries it: the host without IPv6 brackets;
+/// a text that is not a `host:port` goes as the host, with port 0.
+fn registered_address(advertise: &str) -> (String, u16) {
+    match HostPort::parse(advertise) {
+        Ok(a) => (a.bare_host().to_string(), a.port),
+        Err(_) => (advertise.trim().to_string(), 0),
     }
 }
 
-/// Splits a Server-Sent-Events byte stream into the `data` of each event.
-#[derive(Debug, Default)]
-pub struct SseParser {
-    buf: String,
-    data: Vec<String>,
+/// Why a request to the controller did not give what was asked, for the log.
+fn failure(answer: Answer) -> String {
+    match answer {
+        Answer::Unreachable { reason } => reason,
+        Answer::Ok { status, .. }
+        | Answer::Busy { status, .. }
+        | Answer::RouteMissing { status, .. }
+        | Answer::Refused { status, .. } => format!("answered {status}"),
+    }
 }
 
-impl SseParser {
-    /// Feeds bytes; returns the data of every event completed by them.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.buf.push_str(&String::from_utf8_lossy(bytes));
-        let mut events = Vec::new();
-        while let Some(i) = self.buf.find('\n') {
-            let line: String = self.buf.drain(..=i).collect();
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                if !self.data.is_empty() {
-                    events.push(self.data.join("\n"));
-                    self.data.clear();
-                }
-            } else if let Some(d) = line.strip_prefix("data:") {
-                self.data.push(d.strip_prefix(' ').unwrap_or(d).to_string());
+/// Reads a table stream (SSE of [`TableUpdate`]) until it fails, ends or stays silent for
+/// `idle`, handing each table to `on_table`. Always ends with why it stopped.
+async fn follow_tables<S, E>(
+    mut chunks: S,
+    idle: Duration,
+    mut on_table: impl FnMut(TableUpdate),
+) -> Result<(), String>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut parser = SseParser::new();
+    loop {
+        let chunk = match actix_rt::time::timeout(idle, chunks.next()).await {
+            Err(_) => return Err(format!("silent for {}s", idle.as_secs())),
+            Ok(None) => return Err("the controller closed the stream".to_string()),
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(Some(Ok(bytes))) => bytes,
+        };
+        // Comments (`: keep-alive`), `event:`, `id:` and `retry:` lines carry no table.
+        for event in parser.push(&chunk).map_err(|e| e.to_string())? {
+            match serde_json::from_str::<TableUpdate>(&event.data) {
+                Ok(t) => on_table(t),
+                Err(e) => log::warn!("ignoring a table event that is not a table: {e}"),
             }
-            // Comments (`: keep-alive`), `event:`, `id:` and `retry:` lines carry no table.
         }
-        events
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::stream;
 
-    #[test]
-    fn an_event_split_across_chunks_is_put_back_together() {
-        let mut p = SseParser::default();
-        assert!(p
-            .push(b": keep-alive\n\nevent: table\ndata: {\"a\":")
-            .is_empty());
-        assert_eq!(p.push(b"1}\n\ndata: x\r\n\r\n"), ["{\"a\":1}", "x"]);
+    const TABLE: &str = r#"{"version":7,"endpoints":{"zoë":{"host":"127.0.0.1","port":9}}}"#;
+
+    /// `event: table` carrying [`TABLE`], cut inside the `ë` (a two-byte character).
+    fn split_event() -> (Bytes, Bytes) {
+        let text = format!(": keep-alive\n\nevent: table\ndata: {TABLE}\n\n");
+        let cut = text.find('ë').unwrap() + 1;
+        let bytes = Bytes::from(text);
+        (bytes.slice(..cut), bytes.slice(cut..))
     }
 
-    #[test]
-    fn multi_line_data_is_joined_with_newlines() {
-        let mut p = SseParser::default();
-        assert_eq!(p.push(b"data: a\ndata: b\n\n"), ["a\nb"]);
+    async fn tables_of<S>(chunks: S) -> (Vec<TableUpdate>, String)
+    where
+        S: Stream<Item = Result<Bytes, String>> + Unpin,
+    {
+        let mut got = Vec::new();
+        let end = follow_tables(chunks, Duration::from_secs(5), |t| got.push(t)).await;
+        (got, end.unwrap_err())
+    }
+
+    #[actix_rt::test]
+    async fn a_table_with_a_character_split_across_chunks_arrives_intact() {
+        let (a, b) = split_event();
+        let (tables, end) = tables_of(stream::iter([Ok(a), Ok(b)])).await;
+        assert_eq!(tables.len(), 1);
+        assert_eq!(tables[0].version, 7);
+        assert!(tables[0].endpoints.contains_key("zoë"), "{tables:?}");
+        assert_eq!(end, "the controller closed the stream");
+    }
+
+    #[actix_rt::test]
+    async fn an_endless_line_ends_the_stream_instead_of_growing_the_buffer() {
+        let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
+        let endless = stream::repeat_with(move || Ok(chunk.clone()));
+        let (tables, end) = tables_of(endless).await;
+        assert!(tables.is_empty());
+        assert!(end.contains("longer than"), "{end}");
+    }
+
+    #[actix_rt::test]
+    async fn a_real_stream_from_a_server_splitting_a_character_is_followed() {
+        use actix_web::{web, App, HttpResponse, HttpServer};
+        let server = HttpServer::new(|| {
+            App::new().route(
+                "/stream",
+                web::get().to(|| async {
+                    let (a, b) = split_event();
+                    // The second half comes later, so it cannot share a read with the first.
+                    let chunks = stream::unfold(0, move |i| {
+                        let (a, b) = (a.clone(), b.clone());
+                        async move {
+                            match i {
+                                0 => Some((Ok::<_, actix_web::Error>(a), 1)),
+                                1 => {
+                                    actix_rt::time::sleep(Duration::from_millis(50)).await;
+                                    Some((Ok(b), 2))
+                                }
+                                _ => None,
+                            }
+                        }
+                    });
+                    HttpResponse::Ok()
+                        .content_type("text/event-stream")
+                        .streaming(chunks)
+                }),
+            )
+        })
+        .workers(1)
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        let res = awc::Client::default()
+            .get(format!("http://127.0.0.1:{port}/stream"))
+            .send()
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let end = follow_tables(res, Duration::from_secs(5), |t| got.push(t)).await;
+        handle.stop(false).await;
+        assert_eq!(got.len(), 1, "{end:?}");
+        assert!(got[0].endpoints.contains_key("zoë"), "{got:?}");
     }
 
     #[test]
     fn the_advertised_address_splits_into_host_and_port() {
         assert_eq!(
-            split_host_port("127.0.0.1:10001"),
+            registered_address("127.0.0.1:10001"),
             ("127.0.0.1".into(), 10001)
         );
-        assert_eq!(split_host_port("[::1]:7"), ("::1".into(), 7));
+        assert_eq!(registered_address("[::1]:7"), ("::1".into(), 7));
+        assert_eq!(registered_address("bob"), ("bob".into(), 0));
     }
 }

@@ -9,11 +9,16 @@
 
 use std::time::Duration;
 
-use actix_web::http::{header, StatusCode};
 use serde::Serialize;
 
+use crate::hop::post::{post_json, Answer};
 use crate::wire::data_plane::{Ack, Envelope, Receipt};
-use crate::wire::legacy::{self, ErrorBody, FailedBody};
+use crate::wire::legacy;
+
+/// The most of an answer read: an ack or an error is small.
+const ANSWER_LIMIT: usize = 64 * 1024;
+/// The most of a batch's answer read (one ack per envelope).
+const BATCH_ANSWER_LIMIT: usize = 4 * 1024 * 1024;
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,16 +40,13 @@ pub async fn to_peer_inbox(
     envelope: Envelope,
     timeout: Duration,
 ) -> Outcome {
-    let native = format!("{peer_url}/api/v1/inbox");
+    let hop = Hop::new(&client, timeout, "your chat app");
     let legacy = format!("{peer_url}/message");
-    post_native_or_legacy(
-        &client,
-        &native,
+    hop.native_or_legacy(
+        &format!("{peer_url}/api/v1/inbox"),
         &envelope,
         &legacy,
         None,
-        timeout,
-        "your chat app",
     )
     .await
 }
@@ -57,7 +59,8 @@ pub async fn to_peer_receipts(
     timeout: Duration,
 ) -> Outcome {
     let url = format!("{peer_url}/api/v1/receipts");
-    post(&client, &url, None, &receipt, timeout, "your chat app").await
+    let hop = Hop::new(&client, timeout, "your chat app");
+    hop.post(&url, None, &receipt).await
 }
 
 /// `POST {peer}/api/v1/receipts/batch`: several receipts at once; a 2xx means all are applied.
@@ -70,7 +73,8 @@ pub async fn to_peer_receipts_batch(
     timeout: Duration,
 ) -> Outcome {
     let url = format!("{peer_url}/api/v1/receipts/batch");
-    match post(&client, &url, None, &receipts, timeout, "your chat app").await {
+    let hop = Hop::new(&client, timeout, "your chat app");
+    match hop.post(&url, None, &receipts).await {
         Outcome::Refused { reason } => Outcome::Unsupported { reason },
         other => other,
     }
@@ -89,17 +93,9 @@ pub async fn relay(
     let native = format!("{base_url}/api/v1/relay");
     let legacy = format!("{base_url}/");
     let what = format!("{name}'s proxy");
-    let host = envelope.to.clone();
-    post_native_or_legacy(
-        &client,
-        &native,
-        &envelope,
-        &legacy,
-        Some(&host),
-        timeout,
-        &what,
-    )
-    .await
+    let hop = Hop::new(&client, timeout, &what);
+    hop.native_or_legacy(&native, &envelope, &legacy, Some(&envelope.to))
+        .await
 }
 
 /// `POST {proxy}/api/v1/relay/batch` or `POST {peer}/api/v1/inbox/batch`: several envelopes
@@ -112,49 +108,23 @@ pub async fn post_batch(
     envelopes: Vec<Envelope>,
     timeout: Duration,
 ) -> Outcome {
-    let call = async {
-        let mut res = client
-            .post(&url)
-            .timeout(timeout)
-            .send_json(&envelopes)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = res.status();
-        let bytes = res
-            .body()
-            .limit(4 * 1024 * 1024)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((status, bytes))
-    };
-    match actix_rt::time::timeout(timeout, call).await {
-        Err(_) => Outcome::Retry {
-            what,
-            error: format!("no answer within {}s", timeout.as_secs()),
+    match post_json(client.post(&url), &envelopes, BATCH_ANSWER_LIMIT, timeout).await {
+        Answer::RouteMissing { status, .. } => Outcome::Unsupported {
+            reason: format!("{what} answered {status} to a batch"),
         },
-        Ok(Err(error)) => Outcome::Retry { what, error },
-        Ok(Ok((status, _)))
-            if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED =>
-        {
-            Outcome::Unsupported {
-                reason: format!("{what} answered {status} to a batch"),
+        Answer::Ok { body, .. } => match serde_json::from_slice::<Vec<Ack>>(&body) {
+            Ok(acks)
+                if acks.len() == envelopes.len()
+                    && acks.iter().zip(&envelopes).all(|(a, e)| a.id == e.id) =>
+            {
+                Outcome::Delivered
             }
-        }
-        Ok(Ok((status, bytes))) => match classify(status, &bytes, &what) {
-            Outcome::Delivered => match serde_json::from_slice::<Vec<Ack>>(&bytes) {
-                Ok(acks)
-                    if acks.len() == envelopes.len()
-                        && acks.iter().zip(&envelopes).all(|(a, e)| a.id == e.id) =>
-                {
-                    Outcome::Delivered
-                }
-                _ => Outcome::Retry {
-                    what,
-                    error: "its answer did not acknowledge every message".to_string(),
-                },
+            _ => Outcome::Retry {
+                what,
+                error: "its answer did not acknowledge every message".to_string(),
             },
-            other => other,
         },
+        other => classify(other, &what),
     }
 }
 
@@ -169,148 +139,85 @@ pub async fn to_legacy_proxy(
 ) -> Outcome {
     let url = format!("{base_url}/");
     let body = legacy::Message::from_envelope(&envelope);
-    post(
-        &client,
-        &url,
-        Some(&envelope.to),
-        &body,
-        timeout,
-        &format!("{name}'s proxy"),
-    )
-    .await
+    let what = format!("{name}'s proxy");
+    let hop = Hop::new(&client, timeout, &what);
+    hop.post(&url, Some(&envelope.to), &body).await
 }
 
-async fn post<T: Serialize>(
-    client: &awc::Client,
-    url: &str,
-    host: Option<&str>,
-    body: &T,
+/// One attempt's settings: the shared client, the deadline, and who is asked (for the reasons
+/// users read, e.g. "bob's proxy").
+struct Hop<'a> {
+    client: &'a awc::Client,
     timeout: Duration,
-    what: &str,
-) -> Outcome {
-    match send_raw(client, url, host, body, timeout).await {
-        Ok((status, bytes)) => classify(status, &bytes, what),
-        Err(error) => Outcome::Retry {
+    what: &'a str,
+}
+
+impl<'a> Hop<'a> {
+    fn new(client: &'a awc::Client, timeout: Duration, what: &'a str) -> Hop<'a> {
+        Hop {
+            client,
+            timeout,
+            what,
+        }
+    }
+
+    /// `POST url` (with `Host: host`) and what its answer means.
+    async fn post<T: Serialize>(&self, url: &str, host: Option<&str>, body: &T) -> Outcome {
+        classify(self.send(url, host, body).await, self.what)
+    }
+
+    async fn send<T: Serialize>(&self, url: &str, host: Option<&str>, body: &T) -> Answer {
+        let mut request = self.client.post(url);
+        if let Some(h) = host {
+            request = request.insert_header((actix_web::http::header::HOST, h));
+        }
+        post_json(request, body, ANSWER_LIMIT, self.timeout).await
+    }
+
+    /// Posts `envelope` to `native_url`; where the receiver turns out to be the original's (a
+    /// 404/405 that is not [`legacy::is_unknown_peer`] for the addressee: the original has none
+    /// of our routes), posts the legacy body to `legacy_url` instead (with `Host: host`).
+    async fn native_or_legacy(
+        &self,
+        native_url: &str,
+        envelope: &Envelope,
+        legacy_url: &str,
+        host: Option<&str>,
+    ) -> Outcome {
+        match self.send(native_url, None, envelope).await {
+            Answer::RouteMissing { body, .. } if !legacy::is_unknown_peer(&body, &envelope.to) => {
+                // compat: a component of the original: its own wire format; its 200 is delivery.
+                let body = legacy::Message::from_envelope(envelope);
+                self.post(legacy_url, host, &body).await
+            }
+            other => classify(other, self.what),
+        }
+    }
+}
+
+/// 2xx: delivered; transient (no answer, 408, 429, 5xx): retry; any other status: refused for
+/// good, in the receiver's own words.
+pub fn classify(answer: Answer, what: &str) -> Outcome {
+    match answer {
+        Answer::Ok { .. } => Outcome::Delivered,
+        transient if transient.is_transient() => Outcome::Retry {
             what: what.to_string(),
-            error,
+            error: transient.reason(),
+        },
+        refused => Outcome::Refused {
+            reason: format!("{what} refused it: {}", refused.reason()),
         },
     }
-}
-
-/// One POST and its answer (status, body), or why there was none.
-async fn send_raw<T: Serialize>(
-    client: &awc::Client,
-    url: &str,
-    host: Option<&str>,
-    body: &T,
-    timeout: Duration,
-) -> Result<(StatusCode, actix_web::web::Bytes), String> {
-    let mut req = client.post(url).timeout(timeout);
-    if let Some(h) = host {
-        req = req.insert_header((header::HOST, h));
-    }
-    let call = async {
-        let mut res = req.send_json(body).await.map_err(|e| e.to_string())?;
-        let status = res.status();
-        let bytes = res
-            .body()
-            .limit(64 * 1024)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((status, bytes))
-    };
-    match actix_rt::time::timeout(timeout, call).await {
-        Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
-        Ok(result) => result,
-    }
-}
-
-/// A 404/405 to one of our routes from a server of the original, which has none of them (its
-/// proxy answers any path as a legacy post, and says `Unknown peer: <its own host>`). Our own
-/// servers' 404 for a message to someone unknown (`Unknown peer: TO`) is a real refusal.
-fn route_missing(status: StatusCode, body: &[u8], to: &str) -> bool {
-    let missing = status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED;
-    missing && error_detail(body) != format!("Unknown peer: {to}")
-}
-
-/// Posts `native` to `native_url`; where the receiver turns out to be the original's
-/// ([`route_missing`]), posts the legacy body to `legacy_url` instead (with `Host: host`).
-#[allow(clippy::too_many_arguments)]
-async fn post_native_or_legacy(
-    client: &awc::Client,
-    native_url: &str,
-    envelope: &Envelope,
-    legacy_url: &str,
-    host: Option<&str>,
-    timeout: Duration,
-    what: &str,
-) -> Outcome {
-    match send_raw(client, native_url, None, envelope, timeout).await {
-        Ok((status, bytes)) if route_missing(status, &bytes, &envelope.to) => {
-            // compat: a component of the original: its own wire format; its 200 is delivery.
-            post(
-                client,
-                legacy_url,
-                host,
-                &legacy::Message::from_envelope(envelope),
-                timeout,
-                what,
-            )
-            .await
-        }
-        Ok((status, bytes)) => classify(status, &bytes, what),
-        Err(error) => Outcome::Retry {
-            what: what.to_string(),
-            error,
-        },
-    }
-}
-
-/// 2xx: delivered; 408, 429 and 5xx: retry; any other status: refused for good.
-pub fn classify(status: StatusCode, body: &[u8], what: &str) -> Outcome {
-    if status.is_success() {
-        return Outcome::Delivered;
-    }
-    let detail = error_detail(body);
-    let detail = if detail.is_empty() {
-        status.to_string()
-    } else {
-        format!("{detail} ({})", status.as_u16())
-    };
-    if status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-    {
-        Outcome::Retry {
-            what: what.to_string(),
-            error: detail,
-        }
-    } else {
-        Outcome::Refused {
-            reason: format!("{what} refused it: {detail}"),
-        }
-    }
-}
-
-/// The message of an error answer in either legacy shape, else its text (shortened).
-fn error_detail(body: &[u8]) -> String {
-    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
-        return e.message;
-    }
-    if let Ok(e) = serde_json::from_slice::<FailedBody>(body) {
-        return e.error;
-    }
-    String::from_utf8_lossy(body)
-        .chars()
-        .take(200)
-        .collect::<String>()
-        .trim()
-        .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::http::StatusCode;
+
+    fn classify(status: StatusCode, body: &'static [u8], what: &str) -> Outcome {
+        super::classify(Answer::from_status(status, body.into()), what)
+    }
 
     #[test]
     fn a_2xx_answer_counts_as_delivered() {

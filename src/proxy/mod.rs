@@ -8,14 +8,12 @@
 //!
 //! Modules: [`routes`] (HTTP, thin) → [`router`] (the table, route choice) and [`outbox`]
 //! (durable queue, delivery, receipts) → [`store`] (redb, its one writer) and [`delivery`]
-//! (one HTTP attempt). [`controller_link`] keeps the table fresh. [`compat`] reads the
-//! original's posts; [`backoff`] times retries; [`error`] maps every failure to an answer.
+//! (one HTTP attempt). [`controller_link`] keeps the table fresh. [`error`] maps every failure
+//! to an answer. Posting, retry timing and SSE come from [`crate::hop`].
 //! [`ai`] (one adapter per AI endpoint) and [`ai_chat`] (memory, streaming, the reply) are the
 //! outbox's way to an AI endpoint.
 
 pub mod ai_chat;
-pub mod backoff;
-pub mod compat;
 pub mod controller_link;
 pub mod delivery;
 pub mod error;

@@ -12,17 +12,17 @@ use actix::Addr;
 use actix_web::http::header;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 
 use super::ai_chat::memory_key;
-use super::compat::host_target;
 use super::error::ProxyError;
 use super::outbox::{Enqueue, EnqueueMany, GetStatus, Outbox};
 use super::router::{GetTable, ListDirectory, ResolveRoute, Route, Router};
 use super::store::{ForgetMemory, Origin, Store};
 use crate::config::InstanceName;
+use crate::web::{read_limited, BodyError};
 use crate::wire::data_plane::Submitted;
 use crate::wire::data_plane::{Accepted, Ack, DeliveryState, Envelope, Forget};
+use crate::wire::host_port::HostPort;
 use crate::wire::legacy::{self, success, Note, ProxyPeers};
 
 /// What every handler shares (cheap to clone: actor addresses).
@@ -126,6 +126,14 @@ impl ProxyState {
             .map_err(ProxyError::unavailable)
     }
 
+    /// A message another proxy relays: for this proxy's user, and acceptable from elsewhere.
+    fn check_relayed(&self, e: &Envelope) -> Result<(), ProxyError> {
+        if !self.me.matches(&e.to) {
+            return Err(ProxyError::UnknownPeer(e.to.clone()));
+        }
+        self.check_incoming(e)
+    }
+
     /// Durably queues; Ok(true) when the id had been queued before.
     async fn enqueue(&self, envelope: Envelope, origin: Origin) -> Result<bool, ProxyError> {
         self.outbox
@@ -133,6 +141,27 @@ impl ProxyState {
             .await
             .map_err(ProxyError::unavailable)?
     }
+
+    /// Durably queues all in one commit; per envelope, whether its id had been queued before.
+    async fn enqueue_many(
+        &self,
+        envelopes: Vec<Envelope>,
+        origin: Origin,
+    ) -> Result<Vec<bool>, ProxyError> {
+        self.outbox
+            .send(EnqueueMany { envelopes, origin })
+            .await
+            .map_err(ProxyError::unavailable)?
+    }
+}
+
+/// A batch's envelopes; an empty batch is a mistake of the sender.
+fn batch(envelopes: web::Json<Vec<Envelope>>) -> Result<Vec<Envelope>, ProxyError> {
+    let envelopes = envelopes.into_inner();
+    if envelopes.is_empty() {
+        return Err(ProxyError::BadRequest("the batch is empty".into()));
+    }
+    Ok(envelopes)
 }
 
 /// # POST /api/v1/outbox
@@ -159,10 +188,7 @@ async fn submit_batch(
     state: web::Data<ProxyState>,
     envelopes: web::Json<Vec<Envelope>>,
 ) -> Result<HttpResponse, ProxyError> {
-    let envelopes = envelopes.into_inner();
-    if envelopes.is_empty() {
-        return Err(ProxyError::BadRequest("the batch is empty".into()));
-    }
+    let envelopes = batch(envelopes)?;
     let mut verdicts = Vec::with_capacity(envelopes.len());
     let mut accepted = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {
@@ -182,14 +208,7 @@ async fn submit_batch(
         }
     }
     if !accepted.is_empty() {
-        state
-            .outbox
-            .send(EnqueueMany {
-                envelopes: accepted,
-                origin: Origin::OwnPeer,
-            })
-            .await
-            .map_err(ProxyError::unavailable)??;
+        state.enqueue_many(accepted, Origin::OwnPeer).await?;
     }
     Ok(HttpResponse::Ok().json(verdicts))
 }
@@ -212,10 +231,7 @@ async fn relay(
     envelope: web::Json<Envelope>,
 ) -> Result<HttpResponse, ProxyError> {
     let envelope = envelope.into_inner();
-    if !state.me.matches(&envelope.to) {
-        return Err(ProxyError::UnknownPeer(envelope.to));
-    }
-    state.check_incoming(&envelope)?;
+    state.check_relayed(&envelope)?;
     let id = envelope.id.clone();
     let duplicate = state.enqueue(envelope, Origin::Relay).await?;
     Ok(HttpResponse::Ok().json(Ack { id, duplicate }))
@@ -228,25 +244,12 @@ async fn relay_batch(
     state: web::Data<ProxyState>,
     envelopes: web::Json<Vec<Envelope>>,
 ) -> Result<HttpResponse, ProxyError> {
-    let envelopes = envelopes.into_inner();
-    if envelopes.is_empty() {
-        return Err(ProxyError::BadRequest("the batch is empty".into()));
-    }
+    let envelopes = batch(envelopes)?;
     for e in &envelopes {
-        if !state.me.matches(&e.to) {
-            return Err(ProxyError::UnknownPeer(e.to.clone()));
-        }
-        state.check_incoming(e)?;
+        state.check_relayed(e)?;
     }
     let ids: Vec<_> = envelopes.iter().map(|e| e.id.clone()).collect();
-    let duplicates = state
-        .outbox
-        .send(EnqueueMany {
-            envelopes,
-            origin: Origin::Relay,
-        })
-        .await
-        .map_err(ProxyError::unavailable)??;
+    let duplicates = state.enqueue_many(envelopes, Origin::Relay).await?;
     let acks: Vec<Ack> = ids
         .into_iter()
         .zip(duplicates)
@@ -334,8 +337,13 @@ async fn legacy_post(
         .ok_or_else(|| {
             ProxyError::BadRequest("missing Host header: it names who the message is for".into())
         })?;
-    let target = host_target(&host).to_string();
-    let body = read_limited(payload, state.max_body_bytes).await?;
+    let target = HostPort::host_of(&host);
+    let body = read_limited(&req, payload, state.max_body_bytes)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { .. } => ProxyError::TooLarge(e.to_string()),
+            other => ProxyError::BadRequest(other.to_string()),
+        })?;
     let msg: legacy::Message = serde_json::from_slice(&body)
         .map_err(|e| ProxyError::BadRequest(format!("invalid JSON: {e}")))?;
     let missing = msg.missing_fields();
@@ -378,19 +386,4 @@ async fn legacy_post(
     Ok(HttpResponse::Ok().json(success(Note {
         message: format!("Message queued for delivery to {name}"),
     })))
-}
-
-/// The request body, refused with 413 past `limit` bytes.
-async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ProxyError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ProxyError::BadRequest(format!("unreadable body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ProxyError::TooLarge(format!(
-                "request body is larger than the limit of {limit} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }

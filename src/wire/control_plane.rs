@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::host_port::HostPort;
 use crate::config::{AiEndpointConfig, AiTimeouts, AuthStyle, HistoryConfig, Provider};
 
 /// The protocol tag our proxies send when registering; the original sends none.
@@ -199,14 +200,11 @@ pub fn split_url(url: &str) -> (String, u16, String) {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/').to_string()),
         None => (rest, String::new()),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => match p.parse() {
-            Ok(p) => (h.to_string(), p),
-            Err(_) => (authority.to_string(), default_port),
-        },
-        _ => (authority.to_string(), default_port),
-    };
-    (host, port, prefix)
+    let addr = HostPort::parse_or(authority, default_port).unwrap_or_else(|_| HostPort {
+        host: authority.to_string(),
+        port: default_port,
+    });
+    (addr.host, addr.port, prefix)
 }
 
 /// One event of `GET /api/v1/proxies/{proxy_id}/table/stream`: the proxy's whole current table.

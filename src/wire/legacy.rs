@@ -73,6 +73,35 @@ impl FailedBody {
     }
 }
 
+/// The message of an error answer in either legacy shape ([`ErrorBody`], [`FailedBody`]), else
+/// the start of its text (200 characters, trimmed); empty for an empty body.
+pub fn error_message(body: &[u8]) -> String {
+    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
+        return e.message;
+    }
+    if let Ok(e) = serde_json::from_slice::<FailedBody>(body) {
+        return e.error;
+    }
+    String::from_utf8_lossy(body)
+        .chars()
+        .take(200)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// compat: the original's refusal of a name it does not know, `Unknown peer: NAME`.
+pub fn unknown_peer(name: &str) -> String {
+    format!("Unknown peer: {name}")
+}
+
+/// An error body saying `Unknown peer: TO`: the receiver knows the route but not `to`, a real
+/// refusal. A server of the original answers any path of ours as a post for its own host, so
+/// its 404 names that host instead, and tells it apart from ours.
+pub fn is_unknown_peer(body: &[u8], to: &str) -> bool {
+    error_message(body) == unknown_peer(to)
+}
+
 // ---- controller ----
 
 /// 200 answer to `POST /api/register`.
@@ -241,6 +270,26 @@ pub struct MessageUpdate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_message_is_read_from_either_legacy_shape_or_the_text() {
+        assert_eq!(error_message(br#"{"status":"error","message":"no"}"#), "no");
+        assert_eq!(
+            error_message(br#"{"status":"failed","error":"nope"}"#),
+            "nope"
+        );
+        assert_eq!(error_message(b"  plain words \n"), "plain words");
+        assert_eq!(error_message(&[b'x'; 300]).len(), 200);
+        assert_eq!(error_message(b""), "");
+    }
+
+    #[test]
+    fn unknown_peer_names_only_the_addressee() {
+        let body = serde_json::to_vec(&ErrorBody::new(unknown_peer("bob"))).unwrap();
+        assert!(is_unknown_peer(&body, "bob"));
+        assert!(!is_unknown_peer(&body, "carol"));
+        assert!(!is_unknown_peer(b"Unknown peer: 127.0.0.1", "bob"));
+    }
 
     fn post(from: &str, ts: Option<&str>, text: &str) -> Message {
         Message {

@@ -3,9 +3,11 @@
 //! - [`control_plane`]: proxy ⇄ controller (registration, heartbeats, endpoint tables).
 //! - [`data_plane`]: the native message envelope between peers and proxies, with receipts.
 //! - [`legacy`]: the original Python system's JSON shapes, kept byte-compatible.
+//! - [`host_port`]: the one `host:port` type (advertised addresses, `Host:` headers, URLs).
 
 pub mod control_plane;
 pub mod data_plane;
+pub mod host_port;
 pub mod legacy;
 
 /// Milliseconds since the Unix epoch, now.

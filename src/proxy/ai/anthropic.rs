@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::history::{Role, RoleMsg};
 use super::reply::{parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
-use super::sse::SseEvent;
 use super::target::{Target, DEFAULT_ANTHROPIC_MAX_TOKENS};
+use crate::hop::sse::SseEvent;
 
 #[derive(Debug, Serialize)]
 struct Request<'a> {

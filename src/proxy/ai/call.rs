@@ -24,9 +24,9 @@ use super::error::{
 use super::history::{self, Role};
 use super::keys::{redact, ApiKey};
 use super::reply::{AiReply, Decoder, Outcome, StreamFault};
-use super::sse::SseParser;
 use super::target::{Target, DEFAULT_ANTHROPIC_VERSION};
 use super::{anthropic, gemini, openai, Turn};
+use crate::hop::sse::SseParser;
 
 /// Retries after the first attempt (before the first token only).
 const MAX_RETRIES: u32 = 2;

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::history::{Role, RoleMsg};
 use super::reply::{parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
-use super::sse::SseEvent;
 use super::target::Target;
+use crate::hop::sse::SseEvent;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

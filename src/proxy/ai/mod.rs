@@ -20,7 +20,7 @@
 //!
 //! Layout: [`target`] (table entry → call settings, incl. the original's entries), [`history`]
 //! (conversation → provider roles), [`openai`] / [`anthropic`] / [`gemini`] (wire formats,
-//! pure), [`sse`] (byte-stream parser), [`reply`] (answer → reply or error), [`error`] (what
+//! pure; SSE framing is [`crate::hop::sse`]), [`reply`] (answer → reply or error), [`error`] (what
 //! users see), [`keys`] (secrets), `call` (the HTTP exchange, timeouts and retries).
 
 use std::time::Duration;
@@ -38,7 +38,6 @@ pub mod history;
 pub mod keys;
 pub mod openai;
 pub mod reply;
-pub mod sse;
 pub mod target;
 
 pub use error::{AiError, TimeoutKind};

@@ -19,8 +19,8 @@ use crate::config::Provider;
 
 use super::history::{Role, RoleMsg};
 use super::reply::{parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
-use super::sse::SseEvent;
 use super::target::Target;
+use crate::hop::sse::SseEvent;
 
 /// Which dialect of the chat-completions API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

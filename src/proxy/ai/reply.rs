@@ -5,7 +5,7 @@
 //! [`Decoder`] interface streamed answers go through. Pure: no I/O.
 
 use super::error::{AiError, ProviderError};
-use super::sse::SseEvent;
+use crate::hop::sse::SseEvent;
 
 /// Why the model stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

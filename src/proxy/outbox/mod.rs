@@ -25,12 +25,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::ai_chat::AiAdapters;
-use super::backoff::{full_jitter_ms, human_duration, XorShift};
 use super::delivery::Outcome;
 use super::error::ProxyError;
 use super::router::choose_route;
 use super::store::{LaneId, Op, OpResult, Origin, Payload, ProxySchema, PruneSeen, Record, Store};
 use crate::config::{DeliveryConfig, InstanceName};
+use crate::hop::backoff::{full_jitter_ms, human_duration, XorShift};
 use crate::storage::{durable, Applied, Committed, Write};
 use crate::wire::control_plane::EndpointTable;
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};

@@ -1,5 +1,6 @@
-//! Retry timing for deliveries: exponential backoff with full jitter, and the tiny random
-//! source it needs. Pure functions only: no clocks read here, no I/O.
+//! Retry timing for every hop: exponential backoff with full jitter, the tiny random source it
+//! needs, and [`human_duration`], the one way a wait or an age is written for people.
+//! Pure functions only: no clocks read here, no I/O.
 //!
 //! Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"): the n-th retry waits a
 //! uniformly random time in `[0, min(max, initial * 2^(n-1))]`, so many senders retrying the

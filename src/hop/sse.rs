@@ -1,9 +1,12 @@
-//! A byte-stream Server-Sent Events parser, fed chunk by chunk as they come off the socket.
+//! The one Server-Sent-Events client parser, fed chunk by chunk as they come off the socket:
+//! the AI providers' streams and the controller's table stream both go through it.
 //!
 //! Owns the framing rules only: LF, CR and CRLF line ends (even split across chunks), multi-line
 //! `data:` fields, `event:` names, comments (`:` lines) ignored, dispatch on a blank line, and a
-//! last event without its blank line flushed at EOF. It knows nothing about any provider's JSON
-//! or terminator (`[DONE]`, `message_stop`): the provider decoders decide that.
+//! last event without its blank line flushed at EOF. Bytes are kept until a line ends, so a UTF-8
+//! character split across two chunks arrives whole; a line longer than [`MAX_LINE_BYTES`] is an
+//! error, not a buffer that grows forever. It knows nothing about what the data means (a table,
+//! a provider's JSON, `[DONE]`): the callers decide that.
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +18,7 @@ pub struct SseEvent {
 }
 
 /// The longest line accepted; a server sending more without a line end is broken.
-const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Incremental parser: [`SseParser::push`] each chunk, [`SseParser::finish`] at EOF.
 #[derive(Debug, Default)]
@@ -161,6 +164,7 @@ mod tests {
             parse_all(&[b"data: {\"a\":\ndata: 1}\n\n"]),
             [data("{\"a\":\n1}")]
         );
+        assert_eq!(parse_all(&[b"data: a\ndata: b\n\n"]), [data("a\nb")]);
     }
 
     #[test]
@@ -197,6 +201,48 @@ mod tests {
     #[test]
     fn a_field_without_a_space_after_the_colon_is_read() {
         assert_eq!(parse_all(&[b"data:[DONE]\n\n"]), [data("[DONE]")]);
+    }
+
+    // Moved from proxy/controller_link.rs, whose own parser this one replaced.
+    #[test]
+    fn an_event_split_across_chunks_is_put_back_together() {
+        let mut p = SseParser::default();
+        assert!(p
+            .push(b": keep-alive\n\nevent: table\ndata: {\"a\":")
+            .unwrap()
+            .is_empty());
+        let evs = p.push(b"1}\n\ndata: x\r\n\r\n").unwrap();
+        let datas: Vec<&str> = evs.iter().map(|e| e.data.as_str()).collect();
+        assert_eq!(datas, ["{\"a\":1}", "x"]);
+    }
+
+    #[test]
+    fn a_utf8_character_split_across_two_chunks_arrives_intact() {
+        let bytes = "data: {\"name\":\"zoë\"}\n\n".as_bytes();
+        let cut = bytes.iter().position(|b| *b >= 0x80).unwrap() + 1;
+        let mut p = SseParser::new();
+        assert!(p.push(&bytes[..cut]).unwrap().is_empty());
+        assert_eq!(p.push(&bytes[cut..]).unwrap(), [data("{\"name\":\"zoë\"}")]);
+    }
+
+    #[test]
+    fn an_endless_line_is_refused_not_buffered_forever() {
+        let mut p = SseParser::new();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut fed = 0;
+        let refused = loop {
+            match p.push(&chunk) {
+                Ok(events) => assert!(events.is_empty()),
+                Err(e) => break e,
+            }
+            fed += chunk.len();
+            assert!(
+                fed <= MAX_LINE_BYTES,
+                "buffered {fed} bytes without a line end"
+            );
+        };
+        assert_eq!(refused, SseTooLong);
+        assert!(p.line.len() <= MAX_LINE_BYTES);
     }
 
     #[test]

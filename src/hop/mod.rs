@@ -1,0 +1,14 @@
+//! One toolkit for the HTTP hops between processes (peer → proxy → proxy → peer, proxy →
+//! controller, proxy → AI API): every hop posts, reads, times and retries the same way.
+//!
+//! - [`post`]: one request with a bounded answer read within a deadline, and one rule for what
+//!   the answer means ([`post::Answer`]: ok, transient, refused, or a route the receiver lacks).
+//! - [`backoff`]: when to retry (exponential, full jitter), and the one way a wait is written.
+//! - [`sse`]: the one Server-Sent-Events client parser (bytes in, events out; bounded lines).
+//!
+//! It knows no role and no actor; addresses are [`crate::wire::host_port::HostPort`] (they cross
+//! the wire, so the type lives there), error bodies are read by [`crate::wire::legacy`].
+
+pub mod backoff;
+pub mod post;
+pub mod sse;
