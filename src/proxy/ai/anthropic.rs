@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::history::{Role, RoleMsg};
 use super::reply::{parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
 use super::sse::SseEvent;
-use super::target::{Target, DEFAULT_ANTHROPIC_MAX_TOKENS};
+use super::target::Target;
+
+/// Anthropic requires `max_tokens`; this is sent when the endpoint sets none.
+pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 
 #[derive(Debug, Serialize)]
 struct Request<'a> {
@@ -41,7 +44,7 @@ pub fn request_body(t: &Target, msgs: &[RoleMsg], stream: bool) -> Vec<u8> {
     let top_p = if temperature.is_some() { None } else { t.top_p };
     let req = Request {
         model: &t.model,
-        max_tokens: t.max_tokens.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS),
+        max_tokens: t.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         system: t.system_prompt.as_deref(),
         messages: msgs
             .iter()

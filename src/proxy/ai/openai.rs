@@ -15,26 +15,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Provider;
+use crate::config::{ChatDialect, WireFormat};
 
 use super::history::{Role, RoleMsg};
 use super::reply::{parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
 use super::sse::SseEvent;
 use super::target::Target;
 
-/// Which dialect of the chat-completions API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flavor {
-    OpenAi,
-    Mistral,
-    Compatible,
-}
-
-fn flavor(p: Provider) -> Flavor {
-    match p {
-        Provider::Mistral => Flavor::Mistral,
-        Provider::OpenaiCompatible => Flavor::Compatible,
-        _ => Flavor::OpenAi,
+/// Which dialect of the chat-completions API the target's provider speaks.
+fn dialect(t: &Target) -> ChatDialect {
+    match t.provider.spec().format {
+        WireFormat::OpenaiChat(d) => d,
+        // Only chat-completions targets are asked in this format.
+        _ => ChatDialect::OpenAi,
     }
 }
 
@@ -82,8 +75,8 @@ struct StreamOptions {
 
 /// The JSON body of a chat-completions call.
 pub fn request_body(t: &Target, msgs: &[RoleMsg], stream: bool) -> Vec<u8> {
-    let f = flavor(t.provider);
-    let reasoning = f == Flavor::OpenAi && is_reasoning_model(&t.model);
+    let f = dialect(t);
+    let reasoning = f == ChatDialect::OpenAi && is_reasoning_model(&t.model);
     let mut messages = Vec::with_capacity(msgs.len() + 1);
     if let Some(s) = &t.system_prompt {
         messages.push(Message {
@@ -111,18 +104,18 @@ pub fn request_body(t: &Target, msgs: &[RoleMsg], stream: bool) -> Vec<u8> {
         messages,
         temperature,
         top_p,
-        max_completion_tokens: if f == Flavor::OpenAi {
+        max_completion_tokens: if f == ChatDialect::OpenAi {
             t.max_tokens
         } else {
             None
         },
-        max_tokens: if f == Flavor::OpenAi {
+        max_tokens: if f == ChatDialect::OpenAi {
             None
         } else {
             t.max_tokens
         },
         stream,
-        stream_options: (stream && f != Flavor::Mistral).then_some(StreamOptions {
+        stream_options: (stream && f != ChatDialect::Mistral).then_some(StreamOptions {
             include_usage: true,
         }),
     };
