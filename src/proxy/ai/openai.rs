@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ChatDialect, WireFormat};
 
 use super::history::{Role, RoleMsg};
-use super::reply::{parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
+use super::reply::{parse_body, parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
 use super::sse::SseEvent;
 use super::target::Target;
 
@@ -195,18 +195,9 @@ fn finish_of(raw: &str) -> Finish {
     }
 }
 
-fn note_finish(o: &mut Outcome, raw: Option<String>) {
-    // Older Ollama sends "" instead of null; Mistral may put it on a later chunk: keep the last.
-    if let Some(r) = raw.filter(|r| !r.is_empty()) {
-        o.finish = Some(finish_of(&r));
-        o.finish_raw = Some(r);
-    }
-}
-
 /// Reads a non-streamed answer.
 pub fn parse_response(body: &[u8]) -> Result<Outcome, StreamFault> {
-    let text = String::from_utf8_lossy(body);
-    let c: Completion = parse_data(&text)?;
+    let c: Completion = parse_body(body)?;
     let mut o = Outcome {
         usage: c.usage.map(Usage::from),
         ..Outcome::default()
@@ -222,7 +213,7 @@ pub fn parse_response(body: &[u8]) -> Result<Outcome, StreamFault> {
         }
         o.refusal = m.refusal.filter(|r| !r.trim().is_empty());
     }
-    note_finish(&mut o, choice.finish_reason);
+    o.note_finish(choice.finish_reason, finish_of);
     Ok(o)
 }
 
@@ -255,13 +246,9 @@ impl Decoder for StreamDecoder {
                     self.refusal.push_str(&r);
                 }
             }
-            note_finish(&mut self.outcome, choice.finish_reason);
+            self.outcome.note_finish(choice.finish_reason, finish_of);
         }
         Ok(false)
-    }
-
-    fn complete_at_eof(&self) -> bool {
-        false
     }
 
     fn outcome(&mut self) -> &mut Outcome {
@@ -272,28 +259,12 @@ impl Decoder for StreamDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::ai::history::tests::three_turns;
     use crate::proxy::ai::target::tests::target;
     use serde_json::{json, Value};
 
-    fn msgs() -> Vec<RoleMsg> {
-        vec![
-            RoleMsg {
-                role: Role::User,
-                text: "[alice]: hi".into(),
-            },
-            RoleMsg {
-                role: Role::Assistant,
-                text: "hello".into(),
-            },
-            RoleMsg {
-                role: Role::User,
-                text: "[alice]: 2+2?".into(),
-            },
-        ]
-    }
-
     fn body(t: &Target, stream: bool) -> Value {
-        serde_json::from_slice(&request_body(t, &msgs(), stream)).unwrap()
+        serde_json::from_slice(&request_body(t, &three_turns(), stream)).unwrap()
     }
 
     #[test]
