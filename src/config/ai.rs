@@ -174,9 +174,16 @@ impl Provider {
 }
 
 impl ProviderSpec {
-    /// compat: whether `host` (lower case) is this provider's API.
+    /// compat: whether `host` (in any case) is this provider's API.
     pub fn serves(&self, host: &str) -> bool {
-        self.host_suffix.is_some_and(|s| host.ends_with(s))
+        self.host_suffix
+            .is_some_and(|s| host.to_ascii_lowercase().ends_with(s))
+    }
+
+    /// Whether an error message of this provider means a used-up quota (in any case).
+    pub fn says_quota(&self, message: &str) -> bool {
+        let message = message.to_ascii_lowercase();
+        self.quota_words.iter().any(|w| message.contains(w))
     }
 }
 
@@ -401,6 +408,16 @@ mod tests {
                 assert!(!default.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn hosts_and_quota_words_are_matched_in_any_case() {
+        assert!(Provider::Mistral.spec().serves("API.Mistral.AI"));
+        assert!(!Provider::OpenaiCompatible.spec().serves("localhost"));
+        let gemini = Provider::Gemini.spec();
+        assert!(gemini.says_quota("Quota exceeded for GenerateRequestsPerDay"));
+        assert!(!gemini.says_quota("Resource has been exhausted"));
+        assert!(!Provider::Openai.spec().says_quota("requests per day"));
     }
 
     #[test]

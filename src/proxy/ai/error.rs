@@ -283,11 +283,10 @@ impl ProviderError {
 
     fn is_quota(&self, provider: Provider) -> bool {
         let has = |s: &Option<String>, what: &str| s.as_deref() == Some(what);
-        let msg = self.message.to_ascii_lowercase();
         has(&self.code, "insufficient_quota")
             || has(&self.kind, "insufficient_quota")
             || has(&self.kind, "billing_error")
-            || provider.spec().quota_words.iter().any(|w| msg.contains(w))
+            || provider.spec().says_quota(&self.message)
     }
 
     /// The HTTP status an error inside a 200 stream stands for (Anthropic's `error.type`).

@@ -90,8 +90,7 @@ pub fn infer_provider(e: &AiEndpoint) -> Result<Provider, AiError> {
         .base_url
         .as_deref()
         .map(|u| crate::wire::control_plane::split_url(u).0)
-        .unwrap_or_else(|| e.host.clone())
-        .to_ascii_lowercase();
+        .unwrap_or_else(|| e.host.clone());
     // compat: the original names a format, not a provider (openai_chat for Mistral too): the
     // provider of that format whose host this is, else its catch-all (no host of its own), else
     // the only one. An unknown format: the provider whose host this is.
