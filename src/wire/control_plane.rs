@@ -7,6 +7,8 @@
 //!
 //! An endpoint table maps a name (another user, or an AI model) to where it is reached.
 //! Tables never hold secrets: an AI endpoint names the environment variable of its key.
+//! The entries are types only: config.yaml's endpoints become entries in `config`, and the
+//! proxy resolves an entry into a call in `proxy::ai::target`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

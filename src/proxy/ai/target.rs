@@ -5,6 +5,7 @@
 //! `transform_request` and the host, base URL from host/port/path, a key in `headers`
 //! (`Authorization: Bearer`, `x-api-key`) or `params.key`, the single `timeout`. Pure: it never
 //! reads the environment or a file (keys are read at call time by [`KeySource::load`]).
+//! What differs per provider is read from its descriptor ([`Provider::spec`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
