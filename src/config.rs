@@ -4,6 +4,8 @@
 //! the cross-field checks serde cannot do (duplicate names and ports), and the derivation of
 //! each role's settings. It never opens a socket or a store.
 //!
+//! The `ai_endpoints:` section and what each AI provider is ([`ProviderSpec`]) are in `config/ai.rs`.
+//!
 //! Secrets are never written in the file: an AI endpoint names the environment variable (or
 //! file) that holds its key, and only the proxy that calls the API ever reads it.
 

@@ -3,7 +3,7 @@
 //! Owns [`ProviderSpec`], the one descriptor per [`Provider`] (names, default URL, key header and
 //! variable, request format, version, error hints): every other module reads it instead of
 //! matching on the provider, so adding a provider is a variant of the enum and a row of
-//! [`PROVIDERS`]. Also the checks of one endpoint and its table entry ([`AiEndpoint::from_config`]),
+//! [`PROVIDERS`] (with its arm in [`Provider::spec`]). Also the checks of one endpoint and its table entry ([`AiEndpoint::from_config`]),
 //! in the original's shape with our own fields. Pure: no I/O, never reads a key.
 
 use std::collections::BTreeMap;
@@ -81,8 +81,8 @@ pub enum ApiVersion {
     PathSegment { default: &'static str },
 }
 
-/// One row per [`Provider`], in the enum's order: a new variant without its row does not
-/// compile (the array's length) or fails the tests (the order).
+/// One row per [`Provider`], in the enum's order ([`Provider::spec`] picks the row; a test
+/// checks that each row is its provider's).
 pub const PROVIDERS: [ProviderSpec; 5] = [
     ProviderSpec {
         provider: Provider::Openai,
@@ -158,8 +158,15 @@ pub const PROVIDERS: [ProviderSpec; 5] = [
 impl Provider {
     /// What overlay knows about this provider.
     pub fn spec(self) -> &'static ProviderSpec {
-        // The rows are in the enum's order (a test checks it).
-        &PROVIDERS[self as usize]
+        // Exhaustive, so a new variant does not compile without its row.
+        let row = match self {
+            Provider::Openai => 0,
+            Provider::Anthropic => 1,
+            Provider::Gemini => 2,
+            Provider::Mistral => 3,
+            Provider::OpenaiCompatible => 4,
+        };
+        &PROVIDERS[row]
     }
 
     /// Its name in config.yaml and tables.
