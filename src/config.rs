@@ -4,6 +4,8 @@
 //! the cross-field checks serde cannot do (duplicate names and ports), and the derivation of
 //! each role's settings. It never opens a socket or a store.
 //!
+//! The `ai_endpoints:` section and what each AI provider is ([`ProviderSpec`]) are in `config/ai.rs`.
+//!
 //! Secrets are never written in the file: an AI endpoint names the environment variable (or
 //! file) that holds its key, and only the proxy that calls the API ever reads it.
 
@@ -11,9 +13,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+mod ai;
+
+pub use crate::wire::control_plane::{AiTimeouts, AuthStyle, HistoryConfig, Provider};
+pub use ai::{AiEndpointConfig, ApiVersion, ChatDialect, ProviderSpec, WireFormat, PROVIDERS};
 
 /// The whole of `config.yaml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -158,197 +164,6 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// The AI API families overlay speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Provider {
-    Openai,
-    Anthropic,
-    Gemini,
-    Mistral,
-    /// Any OpenAI-compatible server: Ollama, vLLM, LiteLLM, llama.cpp...
-    OpenaiCompatible,
-}
-
-impl Provider {
-    /// The API's base URL when the config names none.
-    pub fn default_base_url(self) -> &'static str {
-        match self {
-            Provider::Openai => "https://api.openai.com/v1",
-            Provider::Anthropic => "https://api.anthropic.com/v1",
-            Provider::Gemini => "https://generativelanguage.googleapis.com/v1beta",
-            Provider::Mistral => "https://api.mistral.ai/v1",
-            Provider::OpenaiCompatible => "http://127.0.0.1:11434/v1",
-        }
-    }
-
-    /// compat: the original's `transform_request` / `transform_response` names.
-    pub fn legacy_transform(self) -> &'static str {
-        match self {
-            Provider::Openai | Provider::Mistral | Provider::OpenaiCompatible => "openai_chat",
-            Provider::Anthropic => "anthropic_chat",
-            Provider::Gemini => "gemini_chat",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Openai => "openai",
-            Provider::Anthropic => "anthropic",
-            Provider::Gemini => "gemini",
-            Provider::Mistral => "mistral",
-            Provider::OpenaiCompatible => "openai_compatible",
-        }
-    }
-}
-
-/// One AI model reachable as a peer: `ai_endpoints[i]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AiEndpointConfig {
-    /// The name people pick in the chat, e.g. `BOT`, `ANTHROPIC`.
-    pub name: InstanceName,
-    pub provider: Provider,
-    pub model: String,
-    /// API base URL; defaults per provider (plain `http://` is fine for local servers).
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// Environment variable holding the API key (read by the proxy that calls the API).
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    /// File holding the API key, as an alternative to `api_key_env`.
-    #[serde(default)]
-    pub api_key_file: Option<PathBuf>,
-    /// Provider API version header/path segment, where the provider has one.
-    #[serde(default)]
-    pub api_version: Option<String>,
-    /// Which header carries the key; defaults per provider (see [`AuthStyle`]).
-    #[serde(default)]
-    pub auth_style: Option<AuthStyle>,
-    #[serde(default)]
-    pub system_prompt: Option<String>,
-    #[serde(default)]
-    pub temperature: Option<f64>,
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    #[serde(default)]
-    pub max_tokens: Option<u32>,
-    /// Stream replies token by token (default true).
-    #[serde(default = "yes")]
-    pub stream: bool,
-    #[serde(default)]
-    pub history: HistoryConfig,
-    #[serde(default)]
-    pub timeouts: AiTimeouts,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Which request header carries an AI endpoint's key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthStyle {
-    /// `Authorization: Bearer KEY` (OpenAI, Mistral, OpenAI-compatible servers, newest Anthropic SDKs).
-    Bearer,
-    /// `x-api-key: KEY` (Anthropic's classic header).
-    XApiKey,
-    /// `x-goog-api-key: KEY` (Gemini; never `?key=` in the URL, which leaks into logs).
-    XGoogApiKey,
-    /// No key at all (local servers such as Ollama).
-    #[serde(rename = "none")]
-    NoAuth,
-}
-
-impl AuthStyle {
-    /// The provider's usual header.
-    pub fn default_for(provider: Provider) -> AuthStyle {
-        match provider {
-            Provider::Anthropic => AuthStyle::XApiKey,
-            Provider::Gemini => AuthStyle::XGoogApiKey,
-            Provider::Openai | Provider::Mistral | Provider::OpenaiCompatible => AuthStyle::Bearer,
-        }
-    }
-}
-
-/// How much of the conversation an AI endpoint is sent.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HistoryConfig {
-    pub max_turns: usize,
-    pub max_chars: usize,
-}
-
-impl Default for HistoryConfig {
-    fn default() -> Self {
-        Self {
-            max_turns: 40,
-            max_chars: 24_000,
-        }
-    }
-}
-
-/// Timeouts of one AI call, in seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AiTimeouts {
-    pub connect_secs: u64,
-    pub first_token_secs: u64,
-    pub idle_secs: u64,
-    pub total_secs: u64,
-    /// Optional millisecond overrides of the fields above (sub-second timeouts, e.g. in tests).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_token_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub total_ms: Option<u64>,
-}
-
-impl AiTimeouts {
-    /// Time allowed to open the connection (DNS, TCP, TLS).
-    pub fn connect(&self) -> Duration {
-        ms_or_secs(self.connect_ms, self.connect_secs)
-    }
-    /// Time allowed from sending the request to the first token of the reply.
-    pub fn first_token(&self) -> Duration {
-        ms_or_secs(self.first_token_ms, self.first_token_secs)
-    }
-    /// Longest silence allowed while a reply streams.
-    pub fn idle(&self) -> Duration {
-        ms_or_secs(self.idle_ms, self.idle_secs)
-    }
-    /// Time allowed for the whole call, retries included.
-    pub fn total(&self) -> Duration {
-        ms_or_secs(self.total_ms, self.total_secs)
-    }
-}
-
-fn ms_or_secs(ms: Option<u64>, secs: u64) -> Duration {
-    match ms {
-        Some(ms) => Duration::from_millis(ms),
-        None => Duration::from_secs(secs),
-    }
-}
-
-impl Default for AiTimeouts {
-    fn default() -> Self {
-        Self {
-            connect_secs: 10,
-            first_token_secs: 60,
-            idle_secs: 30,
-            total_secs: 300,
-            connect_ms: None,
-            first_token_ms: None,
-            idle_ms: None,
-            total_ms: None,
-        }
-    }
-}
-
 /// A user or endpoint name: 1 to 64 of `A-Z a-z 0-9 _ - .`, compared case-insensitively.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
@@ -457,35 +272,7 @@ impl Config {
                     ai.name
                 ));
             }
-            if ai.model.trim().is_empty() {
-                return Err(format!(
-                    "ai_endpoints[{i}].model: is empty; write the model's name, e.g. `model: gpt-4o-mini`"
-                ));
-            }
-            if let Some(url) = &ai.base_url {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(format!(
-                        "ai_endpoints[{i}].base_url: `{url}` is not an http(s) URL; \
-                         write e.g. `base_url: http://127.0.0.1:11434/v1`"
-                    ));
-                }
-            }
-            if ai.api_key_env.is_some() && ai.api_key_file.is_some() {
-                return Err(format!(
-                    "ai_endpoints[{i}]: both api_key_env and api_key_file are set; keep one of them"
-                ));
-            }
-            if let Some(var) = &ai.api_key_env {
-                let valid = !var.is_empty()
-                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    && !var.starts_with(|c: char| c.is_ascii_digit());
-                if !valid {
-                    return Err(format!(
-                        "ai_endpoints[{i}].api_key_env: `{var}` is not an environment variable name; \
-                         write the variable's name (e.g. `OPENAI_API_KEY`), never the key itself"
-                    ));
-                }
-            }
+            ai.check(i)?;
         }
         let l = &self.controller.liveness;
         if !(l.heartbeat_every_secs > 0

@@ -7,13 +7,15 @@
 //!
 //! An endpoint table maps a name (another user, or an AI model) to where it is reached.
 //! Tables never hold secrets: an AI endpoint names the environment variable of its key.
+//! The entries are types only: config.yaml's endpoints become entries in `config`, and the
+//! proxy resolves an entry into a call in `proxy::ai::target`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::host_port::HostPort;
-use crate::config::{AiEndpointConfig, AiTimeouts, AuthStyle, HistoryConfig, Provider};
 
 /// The protocol tag our proxies send when registering; the original sends none.
 pub const NATIVE_PROTOCOL: &str = "overlay/1";
@@ -149,45 +151,109 @@ pub struct ModelConfig {
     pub top_p: Option<f64>,
 }
 
-impl AiEndpoint {
-    /// The table entry for an AI endpoint of config.yaml.
-    pub fn from_config(c: &AiEndpointConfig) -> AiEndpoint {
-        let base = c
-            .base_url
-            .clone()
-            .unwrap_or_else(|| c.provider.default_base_url().to_string());
-        let (host, port, prefix) = split_url(&base);
-        let path = match c.provider {
-            Provider::Anthropic => format!("{prefix}/messages"),
-            Provider::Gemini => format!("{prefix}/models/{}:generateContent", c.model),
-            _ => format!("{prefix}/chat/completions"),
-        };
-        AiEndpoint {
-            host,
-            port,
-            is_api: true,
-            path,
-            headers: BTreeMap::new(),
-            params: BTreeMap::new(),
-            transform_request: c.provider.legacy_transform().to_string(),
-            transform_response: c.provider.legacy_transform().to_string(),
-            timeout: Some(c.timeouts.total_secs as f64),
-            model_config: ModelConfig {
-                model: c.model.clone(),
-                temperature: c.temperature,
-                max_tokens: c.max_tokens,
-                top_p: c.top_p,
-            },
-            provider: Some(c.provider),
-            base_url: Some(base),
-            api_key_env: c.api_key_env.clone(),
-            api_key_file: c.api_key_file.as_ref().map(|p| p.display().to_string()),
-            api_version: c.api_version.clone(),
-            auth_style: c.auth_style,
-            system_prompt: c.system_prompt.clone(),
-            stream: c.stream,
-            history: c.history.clone(),
-            timeouts: c.timeouts.clone(),
+/// The AI API families overlay speaks, by their name in config.yaml and tables.
+///
+/// What each one is (URL, key header, request format…) is its descriptor,
+/// [`crate::config::ProviderSpec`]: adding a provider is a variant here and a row there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Openai,
+    Anthropic,
+    Gemini,
+    Mistral,
+    /// Any OpenAI-compatible server: Ollama, vLLM, LiteLLM, llama.cpp...
+    OpenaiCompatible,
+}
+
+/// Which request header carries an AI endpoint's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer KEY` (OpenAI, Mistral, OpenAI-compatible servers, newest Anthropic SDKs).
+    Bearer,
+    /// `x-api-key: KEY` (Anthropic's classic header).
+    XApiKey,
+    /// `x-goog-api-key: KEY` (Gemini; never `?key=` in the URL, which leaks into logs).
+    XGoogApiKey,
+    /// No key at all (local servers such as Ollama).
+    #[serde(rename = "none")]
+    NoAuth,
+}
+
+/// How much of the conversation an AI endpoint is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    pub max_turns: usize,
+    pub max_chars: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            max_turns: 40,
+            max_chars: 24_000,
+        }
+    }
+}
+
+/// Timeouts of one AI call, in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AiTimeouts {
+    pub connect_secs: u64,
+    pub first_token_secs: u64,
+    pub idle_secs: u64,
+    pub total_secs: u64,
+    /// Optional millisecond overrides of the fields above (sub-second timeouts, e.g. in tests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_token_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+}
+
+impl AiTimeouts {
+    /// Time allowed to open the connection (DNS, TCP, TLS).
+    pub fn connect(&self) -> Duration {
+        ms_or_secs(self.connect_ms, self.connect_secs)
+    }
+    /// Time allowed from sending the request to the first token of the reply.
+    pub fn first_token(&self) -> Duration {
+        ms_or_secs(self.first_token_ms, self.first_token_secs)
+    }
+    /// Longest silence allowed while a reply streams.
+    pub fn idle(&self) -> Duration {
+        ms_or_secs(self.idle_ms, self.idle_secs)
+    }
+    /// Time allowed for the whole call, retries included.
+    pub fn total(&self) -> Duration {
+        ms_or_secs(self.total_ms, self.total_secs)
+    }
+}
+
+fn ms_or_secs(ms: Option<u64>, secs: u64) -> Duration {
+    match ms {
+        Some(ms) => Duration::from_millis(ms),
+        None => Duration::from_secs(secs),
+    }
+}
+
+impl Default for AiTimeouts {
+    fn default() -> Self {
+        Self {
+            connect_secs: 10,
+            first_token_secs: 60,
+            idle_secs: 30,
+            total_secs: 300,
+            connect_ms: None,
+            first_token_ms: None,
+            idle_ms: None,
+            total_ms: None,
         }
     }
 }
@@ -249,19 +315,5 @@ mod tests {
             ("127.0.0.1".into(), 11434, "/v1".into())
         );
         assert_eq!(split_url("http://h"), ("h".into(), 80, "".into()));
-    }
-
-    #[test]
-    fn a_config_endpoint_becomes_a_table_entry_without_secrets() {
-        let c: AiEndpointConfig = serde_yaml::from_str(
-            "{name: GEMINI, provider: gemini, model: gemini-2.5-flash, api_key_env: GEMINI_API_KEY}",
-        )
-        .unwrap();
-        let e = AiEndpoint::from_config(&c);
-        assert_eq!(e.host, "generativelanguage.googleapis.com");
-        assert_eq!(e.path, "/v1beta/models/gemini-2.5-flash:generateContent");
-        assert_eq!(e.transform_request, "gemini_chat");
-        assert_eq!(e.api_key_env.as_deref(), Some("GEMINI_API_KEY"));
-        assert!(e.headers.is_empty() && e.params.is_empty());
     }
 }

@@ -9,9 +9,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::history::{Role, RoleMsg};
-use super::reply::{parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
-use super::target::{Target, DEFAULT_ANTHROPIC_MAX_TOKENS};
+use super::reply::{parse_body, parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
+use super::target::Target;
 use crate::hop::sse::SseEvent;
+
+/// Anthropic requires `max_tokens`; this is sent when the endpoint sets none.
+pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 
 #[derive(Debug, Serialize)]
 struct Request<'a> {
@@ -41,7 +44,7 @@ pub fn request_body(t: &Target, msgs: &[RoleMsg], stream: bool) -> Vec<u8> {
     let top_p = if temperature.is_some() { None } else { t.top_p };
     let req = Request {
         model: &t.model,
-        max_tokens: t.max_tokens.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS),
+        max_tokens: t.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         system: t.system_prompt.as_deref(),
         messages: msgs
             .iter()
@@ -65,7 +68,7 @@ struct Answer {
     #[serde(default)]
     content: Vec<Block>,
     stop_reason: Option<String>,
-    usage: Option<WireUsage>,
+    usage: Option<Usage>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,12 +76,6 @@ struct Block {
     #[serde(rename = "type")]
     kind: String,
     text: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Clone, Copy)]
-struct WireUsage {
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
 }
 
 fn finish_of(raw: &str) -> Finish {
@@ -90,27 +87,17 @@ fn finish_of(raw: &str) -> Finish {
     }
 }
 
-fn note_finish(o: &mut Outcome, raw: Option<String>) {
-    if let Some(r) = raw.filter(|r| !r.is_empty()) {
-        o.finish = Some(finish_of(&r));
-        o.finish_raw = Some(r);
-    }
-}
-
 /// Reads a non-streamed answer.
 pub fn parse_response(body: &[u8]) -> Result<Outcome, StreamFault> {
-    let m: Answer = parse_data(&String::from_utf8_lossy(body))?;
+    let m: Answer = parse_body(body)?;
     let mut o = Outcome {
-        usage: m.usage.map(|u| Usage {
-            input_tokens: u.input_tokens,
-            output_tokens: u.output_tokens,
-        }),
+        usage: m.usage,
         ..Outcome::default()
     };
     for b in m.content.iter().filter(|b| b.kind == "text") {
         o.push(b.text.as_deref().unwrap_or_default());
     }
-    note_finish(&mut o, m.stop_reason);
+    o.note_finish(m.stop_reason, finish_of);
     Ok(o)
 }
 
@@ -121,7 +108,7 @@ struct StreamEvent {
     message: Option<Answer>,
     content_block: Option<Block>,
     delta: Option<Delta>,
-    usage: Option<WireUsage>,
+    usage: Option<Usage>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,10 +138,7 @@ impl Decoder for StreamDecoder {
         match e.kind.as_str() {
             "message_start" => {
                 if let Some(u) = e.message.and_then(|m| m.usage) {
-                    self.outcome.usage = Some(Usage {
-                        input_tokens: u.input_tokens,
-                        output_tokens: u.output_tokens,
-                    });
+                    self.outcome.usage = Some(u);
                 }
             }
             "content_block_start" => {
@@ -170,7 +154,7 @@ impl Decoder for StreamDecoder {
             }
             "message_delta" => {
                 if let Some(d) = e.delta {
-                    note_finish(&mut self.outcome, d.stop_reason);
+                    self.outcome.note_finish(d.stop_reason, finish_of);
                 }
                 if let Some(u) = e.usage {
                     // Cumulative counts: the last value is the total.
@@ -187,10 +171,6 @@ impl Decoder for StreamDecoder {
             _ => {} // ping, content_block_stop, and event types added later.
         }
         Ok(false)
-    }
-
-    fn complete_at_eof(&self) -> bool {
-        false
     }
 
     fn outcome(&mut self) -> &mut Outcome {

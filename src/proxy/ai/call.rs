@@ -15,16 +15,15 @@ use actix_web::web::Bytes;
 use futures_channel::mpsc::UnboundedSender;
 use futures_util::StreamExt;
 
-use crate::config::{AuthStyle, Provider};
+use crate::config::{ApiVersion, AuthStyle, WireFormat};
 
 use super::error::{
-    classify_status, provider_label, AiError, Failure, ProviderError, Retry, StatusFailure,
-    TimeoutKind,
+    classify_status, AiError, Failure, ProviderError, Retry, StatusFailure, TimeoutKind,
 };
-use super::history::{self, Role};
+use super::history::{self, Role, RoleMsg};
 use super::keys::{redact, ApiKey};
 use super::reply::{AiReply, Decoder, Outcome, StreamFault};
-use super::target::{Target, DEFAULT_ANTHROPIC_VERSION};
+use super::target::Target;
 use super::{anthropic, gemini, openai, Turn};
 use crate::hop::sse::SseParser;
 
@@ -39,6 +38,36 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Largest answer body read (non-streamed), and largest error body.
 const MAX_BODY: usize = 16 * 1024 * 1024;
 const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The pure functions of one wire format: the one place that picks a provider module.
+struct Codec {
+    request_body: fn(&Target, &[RoleMsg], bool) -> Vec<u8>,
+    parse_response: fn(&[u8]) -> Result<Outcome, StreamFault>,
+    stream_decoder: fn() -> Box<dyn Decoder>,
+}
+
+impl Codec {
+    fn of(format: WireFormat) -> Codec {
+        match format {
+            WireFormat::OpenaiChat(_) => Codec {
+                request_body: openai::request_body,
+                parse_response: openai::parse_response,
+                stream_decoder: || Box::<openai::StreamDecoder>::default(),
+            },
+            WireFormat::AnthropicChat => Codec {
+                request_body: anthropic::request_body,
+                parse_response: anthropic::parse_response,
+                stream_decoder: || Box::<anthropic::StreamDecoder>::default(),
+            },
+            WireFormat::GeminiChat => Codec {
+                // Whether it streams is in Gemini's URL, not its body.
+                request_body: |t, msgs, _stream| gemini::request_body(t, msgs),
+                parse_response: gemini::parse_response,
+                stream_decoder: || Box::<gemini::StreamDecoder>::default(),
+            },
+        }
+    }
+}
 
 /// `fut`'s output, or None when `deadline` passed first.
 async fn timeout_at<F: std::future::Future>(deadline: Instant, fut: F) -> Option<F::Output> {
@@ -55,7 +84,8 @@ pub async fn ask(
     history: Vec<Turn>,
     deltas: Option<UnboundedSender<String>>,
 ) -> Result<AiReply, AiError> {
-    let provider = provider_label(target.provider);
+    let provider = target.provider.spec().label;
+    let codec = Codec::of(target.provider.spec().format);
     let msgs = history::to_roles(&history, &me, &target.history);
     if !msgs.iter().any(|m| m.role == Role::User) {
         return Err(AiError::NothingToAnswer);
@@ -66,11 +96,7 @@ pub async fn ask(
         target.key.load(target.provider).await?
     };
     let stream = target.stream;
-    let body = Bytes::from(match target.provider {
-        Provider::Anthropic => anthropic::request_body(&target, &msgs, stream),
-        Provider::Gemini => gemini::request_body(&target, &msgs),
-        _ => openai::request_body(&target, &msgs, stream),
-    });
+    let body = Bytes::from((codec.request_body)(&target, &msgs, stream));
     log::info!(
         "{me}: asking {provider} model {} ({} messages{})",
         target.model,
@@ -82,6 +108,7 @@ pub async fn ask(
         client: &client,
         target: &target,
         key: key.as_ref(),
+        codec,
         body,
         deadline,
         deltas: deltas.as_ref(),
@@ -244,6 +271,7 @@ struct Call<'a> {
     client: &'a awc::Client,
     target: &'a Target,
     key: Option<&'a ApiKey>,
+    codec: Codec,
     body: Bytes,
     deadline: Instant,
     deltas: Option<&'a UnboundedSender<String>>,
@@ -251,17 +279,18 @@ struct Call<'a> {
 
 impl Call<'_> {
     fn provider(&self) -> &'static str {
-        provider_label(self.target.provider)
+        self.target.provider.spec().label
     }
 
     fn request(&self) -> Result<awc::ClientRequest, AiError> {
         let t = self.target;
+        let spec = t.provider.spec();
         let bad = |detail: String| AiError::Config { detail };
         let url = if t.stream { &t.stream_url } else { &t.url };
         let mut req = self.client.post(url.as_str());
         let mut query = t.query.clone();
-        if t.stream && t.provider == Provider::Gemini {
-            query.push(("alt".into(), "sse".into()));
+        if let Some((name, value)) = spec.format.stream_query().filter(|_| t.stream) {
+            query.push((name.into(), value.into()));
         }
         if !query.is_empty() {
             req = req
@@ -285,17 +314,14 @@ impl Call<'_> {
                 .map_err(|_| bad(format!("the value of header `{name}` is not valid")))?;
             req = req.insert_header((n, v));
         }
-        if t.provider == Provider::Anthropic {
-            let version = t
-                .api_version
-                .as_deref()
-                .unwrap_or(DEFAULT_ANTHROPIC_VERSION);
+        if let ApiVersion::Header { name, default } = spec.version {
+            let version = t.api_version.as_deref().unwrap_or(default);
             let v = HeaderValue::from_str(version).map_err(|_| {
                 bad(format!(
                     "api_version `{version}` is not a valid header value"
                 ))
             })?;
-            req = req.insert_header((HeaderName::from_static("anthropic-version"), v));
+            req = req.insert_header((HeaderName::from_static(name), v));
         }
         if let Some(key) = self.key {
             let (name, value) = match t.auth {
@@ -440,22 +466,13 @@ impl Call<'_> {
                 }
                 Some(Ok(b)) => b,
             };
-            let parsed = match t.provider {
-                Provider::Anthropic => anthropic::parse_response(&body),
-                Provider::Gemini => gemini::parse_response(&body),
-                _ => openai::parse_response(&body),
-            };
-            let outcome = parsed.map_err(|f| self.fault(f, ""))?;
+            let outcome = (self.codec.parse_response)(&body).map_err(|f| self.fault(f, ""))?;
             if let Some(tx) = self.deltas.filter(|_| !outcome.text.is_empty()) {
                 let _ = tx.unbounded_send(outcome.text.clone());
             }
             return Ok(outcome);
         }
-        let mut decoder: Box<dyn Decoder> = match t.provider {
-            Provider::Anthropic => Box::<anthropic::StreamDecoder>::default(),
-            Provider::Gemini => Box::<gemini::StreamDecoder>::default(),
-            _ => Box::<openai::StreamDecoder>::default(),
-        };
+        let mut decoder = (self.codec.stream_decoder)();
         let mut parser = SseParser::new();
         let mut delivered = false;
         let mut last_data = Instant::now();

@@ -15,17 +15,6 @@ use crate::config::Provider;
 
 use super::keys::{redact, ApiKey};
 
-/// The provider's name as users know it.
-pub fn provider_label(p: Provider) -> &'static str {
-    match p {
-        Provider::Openai => "OpenAI",
-        Provider::Anthropic => "Anthropic",
-        Provider::Gemini => "Gemini",
-        Provider::Mistral => "Mistral",
-        Provider::OpenaiCompatible => "The AI server",
-    }
-}
-
 /// Which time limit ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutKind {
@@ -294,11 +283,10 @@ impl ProviderError {
 
     fn is_quota(&self, provider: Provider) -> bool {
         let has = |s: &Option<String>, what: &str| s.as_deref() == Some(what);
-        let msg = self.message.to_ascii_lowercase();
         has(&self.code, "insufficient_quota")
             || has(&self.kind, "insufficient_quota")
             || has(&self.kind, "billing_error")
-            || (provider == Provider::Gemini && (msg.contains("per day") || msg.contains("perday")))
+            || provider.spec().says_quota(&self.message)
     }
 
     /// The HTTP status an error inside a 200 stream stands for (Anthropic's `error.type`).
@@ -368,7 +356,8 @@ pub struct StatusFailure<'a> {
 
 /// Classifies a failed answer (an HTTP error, or an error event before the first token).
 pub fn classify_status(f: StatusFailure<'_>) -> Failure {
-    let provider = provider_label(f.provider);
+    let spec = f.provider.spec();
+    let provider = spec.label;
     let status = f.status.as_u16();
     let detail = f.error.shown(f.key, Some(f.status));
     let asked = f.headers.and_then(retry_after);
@@ -408,10 +397,9 @@ pub fn classify_status(f: StatusFailure<'_>) -> Failure {
             )
         }
         401 => {
-            let detail = if f.provider == Provider::Mistral {
-                format!("{detail} (Mistral answers the same when the plan's quota is used up)")
-            } else {
-                detail
+            let detail = match spec.unauthorized_hint {
+                Some(hint) => format!("{detail} ({hint})"),
+                None => detail,
             };
             (
                 AiError::Unauthorized {

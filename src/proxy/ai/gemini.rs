@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::history::{Role, RoleMsg};
-use super::reply::{parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
+use super::reply::{parse_body, parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
 use super::target::Target;
 use crate::hop::sse::SseEvent;
 
@@ -157,10 +157,7 @@ fn absorb(o: &mut Outcome, r: Response) -> String {
                 text.push_str(p.text.as_deref().unwrap_or_default());
             }
         }
-        if let Some(raw) = c.finish_reason.filter(|r| !r.is_empty()) {
-            o.finish = Some(finish_of(&raw));
-            o.finish_raw = Some(raw);
-        }
+        o.note_finish(c.finish_reason, finish_of);
     }
     o.push(&text);
     text
@@ -168,7 +165,7 @@ fn absorb(o: &mut Outcome, r: Response) -> String {
 
 /// Reads a non-streamed answer.
 pub fn parse_response(body: &[u8]) -> Result<Outcome, StreamFault> {
-    let r: Response = parse_data(&String::from_utf8_lossy(body))?;
+    let r: Response = parse_body(body)?;
     let mut o = Outcome::default();
     absorb(&mut o, r);
     Ok(o)
@@ -204,27 +201,14 @@ impl Decoder for StreamDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::ai::history::tests::three_turns;
     use crate::proxy::ai::target::tests::target;
     use serde_json::{json, Value};
 
     #[test]
     fn roles_are_user_and_model_and_the_system_prompt_is_a_system_instruction() {
         let t = target("{name: G, provider: gemini, model: gemini-2.5-flash, system_prompt: Be terse., temperature: 0.7, top_p: 0.9, max_tokens: 64}");
-        let msgs = [
-            RoleMsg {
-                role: Role::User,
-                text: "[alice]: hi".into(),
-            },
-            RoleMsg {
-                role: Role::Assistant,
-                text: "hello".into(),
-            },
-            RoleMsg {
-                role: Role::User,
-                text: "[alice]: 2+2?".into(),
-            },
-        ];
-        let b: Value = serde_json::from_slice(&request_body(&t, &msgs)).unwrap();
+        let b: Value = serde_json::from_slice(&request_body(&t, &three_turns())).unwrap();
         assert_eq!(
             b,
             json!({"contents":[{"role":"user","parts":[{"text":"[alice]: hi"}]},

@@ -77,8 +77,26 @@ pub fn to_roles(history: &[Turn], me: &str, limits: &HistoryConfig) -> Vec<RoleM
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// alice asks, the endpoint answers, alice asks again (shared by the providers' tests).
+    pub(crate) fn three_turns() -> Vec<RoleMsg> {
+        vec![
+            RoleMsg {
+                role: Role::User,
+                text: "[alice]: hi".into(),
+            },
+            RoleMsg {
+                role: Role::Assistant,
+                text: "hello".into(),
+            },
+            RoleMsg {
+                role: Role::User,
+                text: "[alice]: 2+2?".into(),
+            },
+        ]
+    }
 
     fn t(speaker: &str, text: &str) -> Turn {
         Turn {

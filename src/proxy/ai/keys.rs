@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::config::Provider;
 
-use super::error::{provider_label, AiError};
+use super::error::AiError;
 
 /// A secret API key. Printing it, in any way, shows `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -53,17 +53,6 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    /// The conventional environment variable of a provider, used when the endpoint names none.
-    pub fn default_env(provider: Provider) -> Option<&'static str> {
-        match provider {
-            Provider::Openai => Some("OPENAI_API_KEY"),
-            Provider::Anthropic => Some("ANTHROPIC_API_KEY"),
-            Provider::Gemini => Some("GEMINI_API_KEY"),
-            Provider::Mistral => Some("MISTRAL_API_KEY"),
-            Provider::OpenaiCompatible => None,
-        }
-    }
-
     /// Where the key comes from, in words a user can act on (never the key).
     pub fn describe(&self) -> String {
         match self {
@@ -83,7 +72,7 @@ impl KeySource {
             KeySource::Env(var) => match std::env::var(var) {
                 Ok(v) if !v.trim().is_empty() => Ok(Some(ApiKey::new(&v))),
                 _ => Err(AiError::MissingKey {
-                    provider: provider_label(provider),
+                    provider: provider.spec().label,
                     var: var.clone(),
                 }),
             },

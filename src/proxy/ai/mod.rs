@@ -5,7 +5,7 @@
 //! gets back the complete reply, while each text delta goes out on a channel as it streams;
 //! [`UpdateEndpoint`] swaps the configuration when the controller's table changes.
 //!
-//! It does not store anything, know about peers, or route messages: the proxy's router decides
+//! It does not store anything, know about peers, or route messages: the rest of the proxy decides
 //! who is asked and what happens to the reply (stored once, complete; or shown as an error).
 //!
 //! How the proxy uses it: start one adapter per AI entry of the table
@@ -21,7 +21,9 @@
 //! Layout: [`target`] (table entry → call settings, incl. the original's entries), [`history`]
 //! (conversation → provider roles), [`openai`] / [`anthropic`] / [`gemini`] (wire formats,
 //! pure; SSE framing is [`crate::hop::sse`]), [`reply`] (answer → reply or error), [`error`] (what
-//! users see), [`keys`] (secrets), `call` (the HTTP exchange, timeouts and retries).
+//! users see), [`keys`] (secrets), `call` (the HTTP exchange, timeouts and retries, and the one
+//! place that picks a format's module). What differs per provider (URL, key header, format,
+//! version, error hints) is its descriptor, `crate::config::ProviderSpec`.
 
 use std::time::Duration;
 

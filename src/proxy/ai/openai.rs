@@ -15,26 +15,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Provider;
+use crate::config::{ChatDialect, WireFormat};
 
 use super::history::{Role, RoleMsg};
-use super::reply::{parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
+use super::reply::{parse_body, parse_data, Decoder, Finish, Outcome, StreamFault, Usage};
 use super::target::Target;
 use crate::hop::sse::SseEvent;
 
-/// Which dialect of the chat-completions API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flavor {
-    OpenAi,
-    Mistral,
-    Compatible,
-}
-
-fn flavor(p: Provider) -> Flavor {
-    match p {
-        Provider::Mistral => Flavor::Mistral,
-        Provider::OpenaiCompatible => Flavor::Compatible,
-        _ => Flavor::OpenAi,
+/// Which dialect of the chat-completions API the target's provider speaks.
+fn dialect(t: &Target) -> ChatDialect {
+    match t.provider.spec().format {
+        WireFormat::OpenaiChat(d) => d,
+        // Only chat-completions targets are asked in this format.
+        _ => ChatDialect::OpenAi,
     }
 }
 
@@ -82,8 +75,8 @@ struct StreamOptions {
 
 /// The JSON body of a chat-completions call.
 pub fn request_body(t: &Target, msgs: &[RoleMsg], stream: bool) -> Vec<u8> {
-    let f = flavor(t.provider);
-    let reasoning = f == Flavor::OpenAi && is_reasoning_model(&t.model);
+    let f = dialect(t);
+    let reasoning = f == ChatDialect::OpenAi && is_reasoning_model(&t.model);
     let mut messages = Vec::with_capacity(msgs.len() + 1);
     if let Some(s) = &t.system_prompt {
         messages.push(Message {
@@ -111,18 +104,18 @@ pub fn request_body(t: &Target, msgs: &[RoleMsg], stream: bool) -> Vec<u8> {
         messages,
         temperature,
         top_p,
-        max_completion_tokens: if f == Flavor::OpenAi {
+        max_completion_tokens: if f == ChatDialect::OpenAi {
             t.max_tokens
         } else {
             None
         },
-        max_tokens: if f == Flavor::OpenAi {
+        max_tokens: if f == ChatDialect::OpenAi {
             None
         } else {
             t.max_tokens
         },
         stream,
-        stream_options: (stream && f != Flavor::Mistral).then_some(StreamOptions {
+        stream_options: (stream && f != ChatDialect::Mistral).then_some(StreamOptions {
             include_usage: true,
         }),
     };
@@ -202,18 +195,9 @@ fn finish_of(raw: &str) -> Finish {
     }
 }
 
-fn note_finish(o: &mut Outcome, raw: Option<String>) {
-    // Older Ollama sends "" instead of null; Mistral may put it on a later chunk: keep the last.
-    if let Some(r) = raw.filter(|r| !r.is_empty()) {
-        o.finish = Some(finish_of(&r));
-        o.finish_raw = Some(r);
-    }
-}
-
 /// Reads a non-streamed answer.
 pub fn parse_response(body: &[u8]) -> Result<Outcome, StreamFault> {
-    let text = String::from_utf8_lossy(body);
-    let c: Completion = parse_data(&text)?;
+    let c: Completion = parse_body(body)?;
     let mut o = Outcome {
         usage: c.usage.map(Usage::from),
         ..Outcome::default()
@@ -229,7 +213,7 @@ pub fn parse_response(body: &[u8]) -> Result<Outcome, StreamFault> {
         }
         o.refusal = m.refusal.filter(|r| !r.trim().is_empty());
     }
-    note_finish(&mut o, choice.finish_reason);
+    o.note_finish(choice.finish_reason, finish_of);
     Ok(o)
 }
 
@@ -262,13 +246,9 @@ impl Decoder for StreamDecoder {
                     self.refusal.push_str(&r);
                 }
             }
-            note_finish(&mut self.outcome, choice.finish_reason);
+            self.outcome.note_finish(choice.finish_reason, finish_of);
         }
         Ok(false)
-    }
-
-    fn complete_at_eof(&self) -> bool {
-        false
     }
 
     fn outcome(&mut self) -> &mut Outcome {
@@ -279,28 +259,12 @@ impl Decoder for StreamDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::ai::history::tests::three_turns;
     use crate::proxy::ai::target::tests::target;
     use serde_json::{json, Value};
 
-    fn msgs() -> Vec<RoleMsg> {
-        vec![
-            RoleMsg {
-                role: Role::User,
-                text: "[alice]: hi".into(),
-            },
-            RoleMsg {
-                role: Role::Assistant,
-                text: "hello".into(),
-            },
-            RoleMsg {
-                role: Role::User,
-                text: "[alice]: 2+2?".into(),
-            },
-        ]
-    }
-
     fn body(t: &Target, stream: bool) -> Value {
-        serde_json::from_slice(&request_body(t, &msgs(), stream)).unwrap()
+        serde_json::from_slice(&request_body(t, &three_turns(), stream)).unwrap()
     }
 
     #[test]

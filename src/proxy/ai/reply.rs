@@ -22,8 +22,8 @@ pub enum Finish {
     Error,
 }
 
-/// Tokens used, when the provider says.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Tokens used, when the provider says (Anthropic's `usage` has this very shape).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 pub struct Usage {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
@@ -57,6 +57,16 @@ impl Outcome {
     /// Appends visible text.
     pub fn push(&mut self, text: &str) {
         self.text.push_str(text);
+    }
+
+    /// Notes the provider's finish word, as `finish_of` reads it. An empty word (older Ollama
+    /// sends `""` for null) is none; a later word replaces an earlier one (Mistral may put it on
+    /// a later chunk).
+    pub fn note_finish(&mut self, raw: Option<String>, finish_of: fn(&str) -> Finish) {
+        if let Some(r) = raw.filter(|r| !r.is_empty()) {
+            self.finish = Some(finish_of(&r));
+            self.finish_raw = Some(r);
+        }
     }
 
     /// The reply the user gets, or why there is none.
@@ -130,9 +140,11 @@ pub trait Decoder {
     /// Reads one event: visible text goes to `deltas`; `Ok(true)` when it was the terminator.
     fn event(&mut self, ev: &SseEvent, deltas: &mut Vec<String>) -> Result<bool, StreamFault>;
     /// Whether the connection closing now (before any terminator) ends the answer properly.
-    /// OpenAI-style and Anthropic streams need their terminator; a Gemini stream has none
-    /// and is complete once a chunk carried its finish reason (or a prompt block).
-    fn complete_at_eof(&self) -> bool;
+    /// OpenAI-style and Anthropic streams need their terminator (so: no); a Gemini stream has
+    /// none and is complete once a chunk carried its finish reason (or a prompt block).
+    fn complete_at_eof(&self) -> bool {
+        false
+    }
     /// Everything read so far.
     fn outcome(&mut self) -> &mut Outcome;
 }
@@ -144,6 +156,11 @@ pub enum StreamFault {
     Provider(ProviderError),
     /// Data that is not what the provider sends.
     Malformed(String),
+}
+
+/// Parses a whole (non-streamed) answer body like one data event.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, StreamFault> {
+    parse_data(&String::from_utf8_lossy(body))
 }
 
 /// Parses one data event's JSON, first checking it for a top-level `error`.
@@ -225,6 +242,28 @@ mod tests {
             e.to_string()
                 .contains("the model refused: I can't help with that."),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_finish_word_is_noted_unless_empty_and_the_last_one_counts() {
+        let of = |raw: &str| {
+            if raw == "length" {
+                Finish::Length
+            } else {
+                Finish::Stop
+            }
+        };
+        let mut o = Outcome::default();
+        o.note_finish(Some(String::new()), of);
+        assert_eq!((o.finish, o.finish_raw.as_deref()), (None, None));
+        o.note_finish(Some("stop".into()), of);
+        o.note_finish(None, of);
+        assert_eq!(o.finish, Some(Finish::Stop));
+        o.note_finish(Some("length".into()), of);
+        assert_eq!(
+            (o.finish, o.finish_raw.as_deref()),
+            (Some(Finish::Length), Some("length"))
         );
     }
 

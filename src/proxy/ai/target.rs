@@ -5,20 +5,18 @@
 //! `transform_request` and the host, base URL from host/port/path, a key in `headers`
 //! (`Authorization: Bearer`, `x-api-key`) or `params.key`, the single `timeout`. Pure: it never
 //! reads the environment or a file (keys are read at call time by [`KeySource::load`]).
+//! What differs per provider is read from its descriptor ([`Provider::spec`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{AiTimeouts, AuthStyle, HistoryConfig, Provider};
+use crate::config::{
+    AiTimeouts, ApiVersion, AuthStyle, HistoryConfig, Provider, ProviderSpec, WireFormat, PROVIDERS,
+};
 use crate::wire::control_plane::AiEndpoint;
 
 use super::error::AiError;
 use super::keys::{ApiKey, KeySource};
-
-/// Anthropic's API version when the endpoint names none.
-pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
-/// Anthropic requires `max_tokens`; this is sent when the endpoint sets none.
-pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 1024;
 
 /// One endpoint, ready to call.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,7 +33,7 @@ pub struct Target {
     pub host: String,
     pub auth: AuthStyle,
     pub key: KeySource,
-    /// Anthropic's `anthropic-version`.
+    /// The version the endpoint names (sent as its provider's [`ApiVersion`] says).
     pub api_version: Option<String>,
     /// Non-secret extra headers from the original's entry.
     pub extra_headers: Vec<(String, String)>,
@@ -93,46 +91,39 @@ pub fn infer_provider(e: &AiEndpoint) -> Result<Provider, AiError> {
         .base_url
         .as_deref()
         .map(|u| crate::wire::control_plane::split_url(u).0)
-        .unwrap_or_else(|| e.host.clone())
-        .to_ascii_lowercase();
-    let by_host = || {
-        if host.ends_with("mistral.ai") {
-            Some(Provider::Mistral)
-        } else if host.ends_with("openai.com") {
-            Some(Provider::Openai)
-        } else if host.ends_with("anthropic.com") {
-            Some(Provider::Anthropic)
-        } else if host.ends_with("googleapis.com") {
-            Some(Provider::Gemini)
-        } else {
-            None
-        }
+        .unwrap_or_else(|| e.host.clone());
+    // compat: the original names a format, not a provider (openai_chat for Mistral too): the
+    // provider of that format whose host this is, else its catch-all (no host of its own), else
+    // the only one. An unknown format: the provider whose host this is.
+    let serving = |s: &&ProviderSpec| s.serves(&host);
+    let family: Vec<&ProviderSpec> = PROVIDERS
+        .iter()
+        .filter(|s| s.format.legacy_name() == e.transform_request)
+        .collect();
+    let found = match family.first() {
+        None => PROVIDERS.iter().find(serving),
+        Some(first) => family
+            .iter()
+            .copied()
+            .find(serving)
+            .or_else(|| family.iter().copied().find(|s| s.host_suffix.is_none()))
+            .or(Some(*first)),
     };
-    match e.transform_request.as_str() {
-        "anthropic_chat" => Ok(Provider::Anthropic),
-        "gemini_chat" => Ok(Provider::Gemini),
-        // compat: the original used openai_chat for Mistral too.
-        "openai_chat" => Ok(match by_host() {
-            Some(Provider::Mistral) => Provider::Mistral,
-            Some(Provider::Openai) => Provider::Openai,
-            _ => Provider::OpenaiCompatible,
-        }),
-        _ => by_host().ok_or_else(|| {
-            bad(format!(
-                "cannot tell which API `{}` speaks; set `provider` (openai, anthropic, gemini, \
-                 mistral or openai_compatible)",
-                e.host
-            ))
-        }),
-    }
+    found.map(|s| s.provider).ok_or_else(|| {
+        bad(format!(
+            "cannot tell which API `{}` speaks; set `provider` ({})",
+            e.host,
+            provider_names()
+        ))
+    })
 }
 
-/// The path under the base URL that each provider's chat call uses.
-fn tail_of(provider: Provider) -> &'static str {
-    match provider {
-        Provider::Anthropic => "/messages",
-        Provider::Gemini => "/models/",
-        _ => "/chat/completions",
+/// `openai, anthropic, gemini, mistral or openai_compatible`.
+fn provider_names() -> String {
+    let names: Vec<&str> = PROVIDERS.iter().map(|s| s.name).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
     }
 }
 
@@ -142,9 +133,9 @@ fn is_version_segment(seg: &str) -> bool {
         .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
 }
 
-/// Gemini's API version is a segment of the base URL: `api_version` replaces a version segment
-/// there (or is appended); a base URL that is only a host gets `v1beta`.
-fn gemini_prefix(base: &str, version: Option<&str>) -> String {
+/// An API version that is a segment of the base URL (Gemini's): `api_version` replaces a
+/// version segment there (or is appended); a base URL that is only a host gets `default`.
+fn versioned_prefix(base: &str, version: Option<&str>, default: &str) -> String {
     let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
     let has_path = after_scheme.contains('/');
     let (head, last) = base.rsplit_once('/').unwrap_or((base, ""));
@@ -154,7 +145,7 @@ fn gemini_prefix(base: &str, version: Option<&str>) -> String {
     {
         Some(v) if has_path && is_version_segment(last) => format!("{head}/{v}"),
         Some(v) => format!("{base}/{v}"),
-        None if !has_path => format!("{base}/v1beta"),
+        None if !has_path => format!("{base}/{default}"),
         None => base.to_string(),
     }
 }
@@ -162,6 +153,8 @@ fn gemini_prefix(base: &str, version: Option<&str>) -> String {
 /// Resolves an entry of the endpoint table.
 pub fn resolve(e: &AiEndpoint) -> Result<Target, AiError> {
     let provider = infer_provider(e)?;
+    let spec = provider.spec();
+    let format = spec.format;
     let mut model = e.model_config.model.trim().to_string();
 
     // Base URL: ours, else the original's host/port/path with the provider's tail cut off.
@@ -192,20 +185,20 @@ pub fn resolve(e: &AiEndpoint) -> Result<Target, AiError> {
         )));
     }
 
-    let tail = tail_of(provider);
-    let (prefix, full_path) = match legacy_path {
-        None if provider == Provider::Gemini => {
-            (gemini_prefix(&base, e.api_version.as_deref()), None)
-        }
-        None => (base.clone(), None),
-        Some(p) => match p.find(tail) {
+    let (prefix, full_path) = match (legacy_path, spec.version) {
+        (None, ApiVersion::PathSegment { default }) => (
+            versioned_prefix(&base, e.api_version.as_deref(), default),
+            None,
+        ),
+        (None, _) => (base.clone(), None),
+        (Some(p), _) => match p.find(format.path_start()) {
             Some(i) => (format!("{base}{}", &p[..i]), None),
             None if p.is_empty() => (base.clone(), None),
             // A path of another shape is taken as the complete endpoint path.
             None => (base.clone(), Some(format!("{base}{p}"))),
         },
     };
-    if provider == Provider::Gemini && model.is_empty() {
+    if format == WireFormat::GeminiChat && model.is_empty() {
         // compat: the original's Gemini path names the model: /v1beta/models/{model}:generateContent.
         if let Some(rest) = e.path.split("/models/").nth(1) {
             model = rest.split(':').next().unwrap_or_default().to_string();
@@ -215,20 +208,16 @@ pub fn resolve(e: &AiEndpoint) -> Result<Target, AiError> {
     if model.is_empty() {
         return Err(bad("no model is set; set `model` (e.g. gpt-4o-mini)"));
     }
-    let (url, stream_url) = match (provider, full_path) {
-        (Provider::Gemini, Some(full)) => {
+    let (url, stream_url) = match full_path {
+        Some(full) if format == WireFormat::GeminiChat => {
             let stream = full.replace(":generateContent", ":streamGenerateContent");
             (full, stream)
         }
-        (Provider::Gemini, None) => (
-            format!("{prefix}/models/{model}:generateContent"),
-            format!("{prefix}/models/{model}:streamGenerateContent"),
+        Some(full) => (full.clone(), full),
+        None => (
+            format!("{prefix}{}", format.call_path(&model, false)),
+            format!("{prefix}{}", format.call_path(&model, true)),
         ),
-        (_, Some(full)) => (full.clone(), full),
-        (_, None) => {
-            let u = format!("{prefix}{tail}");
-            (u.clone(), u)
-        }
     };
 
     // Keys: ours (env / file), else one written in the original's entry, else the usual variable.
@@ -263,24 +252,25 @@ pub fn resolve(e: &AiEndpoint) -> Result<Target, AiError> {
                     AuthStyle::XGoogApiKey,
                 ));
             }
-        } else if !(provider == Provider::Gemini && name == "alt") {
+        } else if format.stream_query().is_none_or(|(ours, _)| name != ours) {
             query.push((name.clone(), value.clone()));
         }
     }
-    let default_auth = AuthStyle::default_for(provider);
+    let default_auth = spec.default_auth;
     let (key, auth) = match (&e.api_key_env, &e.api_key_file, legacy_key) {
         (Some(var), _, _) => (KeySource::Env(var.clone()), default_auth),
         (None, Some(file), _) => (KeySource::File(PathBuf::from(file)), default_auth),
         (None, None, Some((field, key, style))) => {
-            // A key found in a provider's own header keeps that header.
-            let style = if provider == Provider::Gemini {
-                AuthStyle::XGoogApiKey
+            // A key found in a provider's own header keeps that header; Gemini takes its key
+            // in its own header only.
+            let style = if format == WireFormat::GeminiChat {
+                default_auth
             } else {
                 style
             };
             (KeySource::Legacy { field, key }, style)
         }
-        (None, None, None) => match KeySource::default_env(provider) {
+        (None, None, None) => match spec.key_env {
             Some(var) => (KeySource::Env(var.to_string()), default_auth),
             None => (KeySource::NoKey, AuthStyle::NoAuth),
         },
@@ -291,13 +281,19 @@ pub fn resolve(e: &AiEndpoint) -> Result<Target, AiError> {
     } else {
         key
     };
+    // A version header written in the original's entry is ours to send (or not).
+    let is_version_header = |n: &str| {
+        PROVIDERS
+            .iter()
+            .any(|s| matches!(s.version, ApiVersion::Header { name, .. } if name == n))
+    };
     let api_version = e.api_version.clone().or_else(|| {
         extra_headers
             .iter()
-            .find(|(n, _)| n == "anthropic-version")
+            .find(|(n, _)| is_version_header(n))
             .map(|(_, v)| v.clone())
     });
-    extra_headers.retain(|(n, _)| n != "anthropic-version");
+    extra_headers.retain(|(n, _)| !is_version_header(n));
 
     let timeouts = Timeouts::from(&e.timeouts, e.timeout);
     for (name, d) in [
