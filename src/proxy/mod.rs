@@ -6,20 +6,20 @@
 //! [`start`] is the role's one door: the binary and the tests both call it with a bound
 //! listener (port 0 in tests) and get back a [`Running`] server.
 //!
-//! Modules: [`routes`] (HTTP, thin) → [`router`] (the table, route choice) and [`outbox`]
-//! (durable queue, delivery, receipts) → [`store`] (redb, its one writer) and [`delivery`]
-//! (one HTTP attempt). [`controller_link`] keeps the table fresh. [`error`] maps every failure
+//! One way through: [`routes`] (HTTP, thin) → [`outbox`] (durable queue, delivery, receipts)
+//! → [`delivery`] (one HTTP attempt) or [`ai`] (the AI desk: adapters, memory, streaming; its
+//! reply comes back to the outbox as the answer) → [`store`] (redb, its one writer, observed
+//! by the outbox). [`controller_link`] → [`router`] (the one owner of the table) → the table's
+//! subscribers (outbox, AI desk), routing by the pure [`routing`]. [`error`] maps every failure
 //! to an answer. Posting, retry timing and SSE come from [`crate::hop`].
-//! [`ai`] (one adapter per AI endpoint) and [`ai_chat`] (memory, streaming, the reply) are the
-//! outbox's way to an AI endpoint.
 
-pub mod ai_chat;
 pub mod controller_link;
 pub mod delivery;
 pub mod error;
 pub mod outbox;
 pub mod router;
 pub mod routes;
+pub mod routing;
 pub mod store;
 
 use std::net::TcpListener;
@@ -31,10 +31,12 @@ use anyhow::Context as _;
 
 use crate::config::ProxySettings;
 use crate::web::{common_routes, Health, Running};
+use ai::desk::{AiDesk, DeskSettings};
 use controller_link::{ControllerLink, LinkSettings};
 use outbox::{Outbox, OutboxSettings};
-use router::{default_table, Router, TableSource};
+use router::{Router, SubscribeTable, TableSource};
 use routes::ProxyState;
+use routing::default_table;
 use store::Store;
 
 pub mod ai;
@@ -142,30 +144,42 @@ impl Boot {
             items,
             proxy_id,
         } = self;
+        let peer_url = settings.peer_url.trim_end_matches('/').to_string();
         // The outbox observes the writer (it learns of its committed changes from there).
         let outbox_ctx = actix::Context::<Outbox>::new();
         let store: actix::Addr<Store> = store::writer(opened)
             .observed_by(outbox_ctx.address().recipient())
             .start();
-        let outbox = outbox_ctx.run(Outbox::new(
-            OutboxSettings {
-                me: settings.name.clone(),
-                peer_url: settings.peer_url.trim_end_matches('/').to_string(),
-                delivery: settings.delivery.clone(),
+        let desk = AiDesk::new(
+            DeskSettings {
+                me: settings.name.to_string(),
+                peer_url: peer_url.clone(),
                 local_ai: settings.config.ai_endpoints.clone(),
+                chunk_timeout: Duration::from_secs(settings.delivery.attempt_timeout_secs.max(1)),
+                max_text_bytes: settings.delivery.max_message_bytes,
             },
-            endpoints.clone(),
-            store.clone(),
-            items,
-        ));
-        let router = Router::new(
-            settings.name.clone(),
-            endpoints,
-            source,
-            outbox.clone(),
             store.clone(),
         )
         .start();
+        let router = Router::new(settings.name.clone(), endpoints, source, store.clone());
+        let outbox = outbox_ctx.run(Outbox::new(
+            OutboxSettings {
+                me: settings.name.clone(),
+                peer_url,
+                delivery: settings.delivery.clone(),
+            },
+            router.table(),
+            store.clone(),
+            desk.clone(),
+            items,
+        ));
+        let router = router.start();
+        router.do_send(SubscribeTable {
+            subscriber: outbox.clone().recipient(),
+        });
+        router.do_send(SubscribeTable {
+            subscriber: desk.clone().recipient(),
+        });
         let link = LinkSettings {
             controller_url: settings.controller_url.trim_end_matches('/').to_string(),
             proxy_id,
@@ -178,7 +192,7 @@ impl Boot {
             me: settings.name.clone(),
             router,
             outbox,
-            store,
+            desk,
             max_body_bytes: settings.delivery.max_body_bytes,
             max_message_bytes: settings.delivery.max_message_bytes,
         }

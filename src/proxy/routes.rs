@@ -13,11 +13,12 @@ use actix_web::http::header;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::ai_chat::memory_key;
+use super::ai::desk::{AiDesk, ForgetConversation};
 use super::error::ProxyError;
 use super::outbox::{Enqueue, EnqueueMany, GetStatus, Outbox};
-use super::router::{GetTable, ListDirectory, ResolveRoute, Route, Router};
-use super::store::{ForgetMemory, Origin, Store};
+use super::router::{GetTable, ListDirectory, ResolveRoute, Router};
+use super::routing::Route;
+use super::store::Origin;
 use crate::config::InstanceName;
 use crate::web::{read_limited, BodyError};
 use crate::wire::data_plane::Submitted;
@@ -31,7 +32,7 @@ pub struct ProxyState {
     pub me: InstanceName,
     pub router: Addr<Router>,
     pub outbox: Addr<Outbox>,
-    pub store: Addr<Store>,
+    pub desk: Addr<AiDesk>,
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
 }
@@ -277,18 +278,18 @@ async fn forget(
     body: web::Json<Forget>,
 ) -> Result<HttpResponse, ProxyError> {
     let with = body.into_inner().with;
-    let conversation = match &with {
+    let partner = match &with {
         Some(name) => {
             let name = InstanceName::parse(name.trim()).map_err(|e| {
                 ProxyError::BadRequest(format!("`with` must name a chat partner: {e}"))
             })?;
-            Some(memory_key(state.me.as_str(), name.as_str()))
+            Some(name.to_string())
         }
         None => None,
     };
     let forgotten = state
-        .store
-        .send(ForgetMemory { conversation })
+        .desk
+        .send(ForgetConversation { with: partner })
         .await
         .map_err(ProxyError::unavailable)??;
     let what = match &with {
@@ -310,7 +311,7 @@ async fn peers(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError>
         .map_err(ProxyError::unavailable)?;
     Ok(HttpResponse::Ok().json(ProxyPeers {
         instance: state.me.to_string(),
-        peers: table,
+        peers: (*table).clone(),
     }))
 }
 

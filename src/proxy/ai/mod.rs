@@ -1,22 +1,13 @@
-//! AI endpoints as peers: one [`AiAdapter`] actor per AI endpoint of this proxy's table.
+//! AI endpoints as peers. The proxy's way to them is the [`desk::AiDesk`] actor: it keeps one
+//! [`AiAdapter`] actor per AI endpoint of the table, and runs a user's turn
+//! ([`conversation`]: memory, streaming chunks to the page, the reply answered to the outbox,
+//! which queues it durably). [`trust`] decides which of this proxy's keys may go where.
 //!
 //! The adapter owns the endpoint's resolved configuration and its awc `Client` (built once,
 //! rebuilt only when the connect timeout changes). [`Ask`] sends the conversation so far and
 //! gets back the complete reply, while each text delta goes out on a channel as it streams;
-//! [`UpdateEndpoint`] swaps the configuration when the controller's table changes.
-//!
-//! It does not store anything, know about peers, or route messages: the rest of the proxy decides
-//! who is asked and what happens to the reply (stored once, complete; or shown as an error).
-//!
-//! How the proxy uses it: start one adapter per AI entry of the table
-//! (`AiAdapter::new(name, endpoint).start()` on the role's arbiter), send it [`UpdateEndpoint`]
-//! when that entry changes (stop it when the entry goes away), and for each message a user
-//! sends to it: build the conversation as [`Turn`]s (oldest first, the new message last; the
-//! adapter's own earlier replies have `speaker` = its name), create an unbounded channel,
-//! forward each delta received to the peer as a stream chunk, and await the [`Ask`] result:
-//! `Ok(AiReply)` is stored once, complete; `Err(AiError)` is stored as a message from the
-//! endpoint whose text is the error's `Display` and whose envelope has `error: true` (with
-//! [`AiError::partial_text`] kept if the page should still show what had streamed).
+//! [`UpdateEndpoint`] swaps the configuration when the controller's table changes. It does not
+//! store anything, know about peers, or route messages.
 //!
 //! Layout: [`target`] (table entry → call settings, incl. the original's entries), [`history`]
 //! (conversation → provider roles), [`openai`] / [`anthropic`] / [`gemini`] (wire formats,
@@ -34,6 +25,8 @@ use crate::wire::control_plane::AiEndpoint;
 
 pub mod anthropic;
 mod call;
+pub mod conversation;
+pub mod desk;
 pub mod error;
 pub mod gemini;
 pub mod history;
@@ -41,6 +34,7 @@ pub mod keys;
 pub mod openai;
 pub mod reply;
 pub mod target;
+pub mod trust;
 
 pub use error::{AiError, TimeoutKind};
 pub use reply::{AiReply, Finish, Usage};

@@ -8,9 +8,9 @@ use std::time::Duration;
 use futures_util::future::{ready, LocalBoxFuture};
 use futures_util::FutureExt;
 
-use super::super::ai_chat::{self, AiTurn};
+use super::super::ai::desk::Converse;
 use super::super::delivery::{self, Outcome};
-use super::super::router::{choose_route, Route};
+use super::super::routing::{choose_route, Route};
 use super::super::store::{LaneId, Payload, Record};
 use super::Outbox;
 use crate::wire::control_plane::AiEndpoint;
@@ -98,11 +98,14 @@ impl Outbox {
     }
 
     /// One attempt to hand `record` to its next hop.
-    pub(super) fn attempt(&mut self, record: &Record) -> LocalBoxFuture<'static, Outcome> {
+    pub(super) fn attempt(
+        &self,
+        record: &Record,
+    ) -> LocalBoxFuture<'static, (Outcome, Option<Envelope>)> {
         let client = self.client.clone();
         let timeout = self.attempt_timeout();
         let peer_url = self.settings.peer_url.clone();
-        match (&record.lane, &record.payload) {
+        let hop: LocalBoxFuture<'static, Outcome> = match (&record.lane, &record.payload) {
             (LaneId::PeerReceipts, Payload::Receipt { receipt }) => {
                 delivery::to_peer_receipts(client, peer_url, receipt.clone(), timeout).boxed_local()
             }
@@ -131,7 +134,9 @@ impl Outbox {
                         timeout,
                     )
                     .boxed_local(),
-                    Route::Ai { name, endpoint } => self.deliver_to_ai(name, endpoint, envelope),
+                    Route::Ai { name, endpoint } => {
+                        return self.deliver_to_ai(name, endpoint, envelope)
+                    }
                     Route::Unknown => Box::pin(ready(Outcome::Retry {
                         what: name.clone(),
                         error: format!("{name} is not in this proxy's endpoint table"),
@@ -141,33 +146,38 @@ impl Outbox {
             (lane, _) => Box::pin(ready(Outcome::Refused {
                 reason: format!("internal error: an item of the wrong kind in lane {lane:?}"),
             })),
-        }
+        };
+        hop.map(|outcome| (outcome, None)).boxed_local()
     }
 
-    /// Hands `envelope` to AI endpoint `name` ([`ai_chat::converse`]): `Delivered` once the
-    /// AI's reply, or the error the user sees instead, is durably queued for the sender
-    /// (through [`Enqueue`] to this actor: a reply to this proxy's user joins the peer's inbox
-    /// lane); `Retry` when the AI memory or the outbox could not be written. The adapter
-    /// retries what the provider asks to retry; a failed answer is a message, not a retry.
-    /// The lane waits for this, so a second message to the same AI waits for the first reply.
+    /// Asks AI endpoint `name` through the desk: `Delivered` with the AI's reply, or `Refused`
+    /// with the error report the user sees instead (both queued with the outcome); `Retry` when
+    /// the AI memory could not be written or the desk is gone. The adapter retries what the
+    /// provider asks to retry; a failed answer is a message, not a retry. The lane waits for
+    /// this, so a second message to the same AI waits for the first reply.
     fn deliver_to_ai(
-        &mut self,
+        &self,
         name: String,
         endpoint: Box<AiEndpoint>,
         envelope: &Envelope,
-    ) -> LocalBoxFuture<'static, Outcome> {
-        let turn = AiTurn {
-            me: self.settings.me.to_string(),
-            adapter: self.adapters.adapter(&name, &endpoint),
-            keep: ai_chat::turns_to_keep(&endpoint),
-            name,
-            store: self.store.clone(),
-            outbox: self.addr.clone(),
-            client: self.client.clone(),
-            peer_url: self.settings.peer_url.clone(),
-            chunk_timeout: self.attempt_timeout(),
-            max_text_bytes: self.settings.delivery.max_message_bytes,
-        };
-        ai_chat::converse(turn, envelope.clone()).boxed_local()
+    ) -> LocalBoxFuture<'static, (Outcome, Option<Envelope>)> {
+        let ask = self.desk.send(Converse {
+            name: name.clone(),
+            endpoint,
+            envelope: envelope.clone(),
+        });
+        async move {
+            match ask.await {
+                Ok(conversed) => (conversed.outcome, conversed.reply),
+                Err(e) => (
+                    Outcome::Retry {
+                        what: format!("AI endpoint {name}"),
+                        error: format!("the AI desk stopped: {e}"),
+                    },
+                    None,
+                ),
+            }
+        }
+        .boxed_local()
     }
 }

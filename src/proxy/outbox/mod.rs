@@ -6,14 +6,16 @@
 //! that writer's observer, and only then puts new items in their lanes.
 //!
 //! It does not parse HTTP requests (routes do) and does not own the table (the router does; it
-//! sends each new one here). [`attempt`] builds each attempt's future (the HTTP calls themselves
-//! are in [`super::delivery`]; delivering to an AI endpoint runs [`super::ai_chat`] with the
-//! adapters this actor keeps matched to its table).
+//! publishes each new one, which this actor routes from). [`attempt`] builds each attempt's
+//! future (the HTTP calls themselves are in [`super::delivery`]; an AI endpoint is asked through
+//! the [`super::ai::desk::AiDesk`], whose reply comes back as the attempt's result and is queued
+//! in the same commit that finishes the user's message).
 
 mod attempt;
 pub mod lane;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::wrap_future;
@@ -24,10 +26,11 @@ use actix::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::ai_chat::AiAdapters;
+use super::ai::desk::AiDesk;
 use super::delivery::Outcome;
 use super::error::ProxyError;
-use super::router::choose_route;
+use super::router::TableChanged;
+use super::routing::choose_route;
 use super::store::{LaneId, Op, OpResult, Origin, Payload, ProxySchema, PruneSeen, Record, Store};
 use crate::config::{DeliveryConfig, InstanceName};
 use crate::hop::backoff::{full_jitter_ms, human_duration, XorShift};
@@ -53,13 +56,6 @@ pub struct Enqueue {
 pub struct EnqueueMany {
     pub envelopes: Vec<Envelope>,
     pub origin: Origin,
-}
-
-/// The router has a new table: routes may have changed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct TableChanged {
-    pub endpoints: EndpointTable,
 }
 
 /// What is queued, per lane (for `GET /api/v1/outbox`).
@@ -92,8 +88,6 @@ pub struct OutboxSettings {
     pub me: InstanceName,
     pub peer_url: String,
     pub delivery: DeliveryConfig,
-    /// The AI endpoints of this proxy's own config.yaml: the only place keys are named.
-    pub local_ai: Vec<crate::config::AiEndpointConfig>,
 }
 
 /// How often ids seen long ago are forgotten.
@@ -102,7 +96,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// The actor.
 pub struct Outbox {
     settings: OutboxSettings,
-    endpoints: EndpointTable,
+    /// The table, as the router last published it (shared, not a copy).
+    endpoints: Arc<EndpointTable>,
     /// The proxy store's one writer; this actor is its observer.
     store: Addr<Store>,
     /// The one HTTP client of this actor.
@@ -113,14 +108,12 @@ pub struct Outbox {
     timers: HashMap<LaneId, SpawnHandle>,
     /// Loaded from the store at start, put in lanes when the actor starts.
     initial: Vec<(u64, Record)>,
-    /// This actor's own address (set when it starts), for replies queued from async work.
-    addr: Option<Addr<Outbox>>,
     /// The own peer takes `POST /api/v1/inbox/batch` (until it answers 404).
     peer_inbox_batch: bool,
     /// The own peer takes `POST /api/v1/receipts/batch` (until it refuses one).
     peer_receipts_batch: bool,
-    /// One adapter per AI endpoint of `endpoints` (started with the actor).
-    adapters: AiAdapters,
+    /// The way to AI endpoints.
+    desk: Addr<AiDesk>,
 }
 
 impl Outbox {
@@ -128,8 +121,9 @@ impl Outbox {
     /// observer it must be: it learns of its committed changes from there).
     pub fn new(
         settings: OutboxSettings,
-        endpoints: EndpointTable,
+        endpoints: Arc<EndpointTable>,
         store: Addr<Store>,
+        desk: Addr<AiDesk>,
         items: Vec<(u64, Record)>,
     ) -> Outbox {
         let client = awc::Client::builder()
@@ -137,7 +131,6 @@ impl Outbox {
                 settings.delivery.attempt_timeout_secs.max(1),
             ))
             .finish();
-        let adapters = AiAdapters::new(settings.local_ai.clone());
         Outbox {
             settings,
             endpoints,
@@ -147,10 +140,9 @@ impl Outbox {
             lanes: HashMap::new(),
             timers: HashMap::new(),
             initial: items,
-            addr: None,
             peer_inbox_batch: true,
             peer_receipts_batch: true,
-            adapters,
+            desk,
         }
     }
 }
@@ -159,8 +151,6 @@ impl Actor for Outbox {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.addr = Some(ctx.address());
-        self.adapters.sync(&self.endpoints);
         let items = std::mem::take(&mut self.initial);
         if !items.is_empty() {
             log::info!("resuming {} queued items from the outbox", items.len());
@@ -253,7 +243,6 @@ impl Handler<TableChanged> for Outbox {
 
     fn handle(&mut self, msg: TableChanged, ctx: &mut Context<Self>) {
         let old = std::mem::replace(&mut self.endpoints, msg.endpoints);
-        self.adapters.sync(&self.endpoints);
         let me = self.settings.me.to_string();
         let changed: Vec<LaneId> = self
             .lanes
@@ -428,13 +417,22 @@ impl Outbox {
         let (seq, record) = (head.seq, head.record.clone());
         let attempt = self.attempt(&record);
         ctx.spawn(
-            wrap_future(attempt)
-                .map(move |outcome, act: &mut Self, ctx| act.attempted(lane_id, seq, outcome, ctx)),
+            wrap_future(attempt).map(move |(outcome, reply), act: &mut Self, ctx| {
+                act.attempted(lane_id, seq, outcome, reply, ctx)
+            }),
         );
     }
 
-    /// The head of lane `id` (item `seq`) was tried.
-    fn attempted(&mut self, id: LaneId, seq: u64, outcome: Outcome, ctx: &mut Context<Self>) {
+    /// The head of lane `id` (item `seq`) was tried; `reply`: an AI endpoint's answer to it, for
+    /// the own peer, queued in the same commit that finishes it.
+    fn attempted(
+        &mut self,
+        id: LaneId,
+        seq: u64,
+        outcome: Outcome,
+        reply: Option<Envelope>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(lane) = self.lanes.get_mut(&id) else {
             return;
         };
@@ -446,7 +444,22 @@ impl Outbox {
         };
         let unreachable_for = human_duration(d.expire_after_secs);
         let verdict = lane.tried(seq, outcome, now_ms(), &mut policy, &unreachable_for);
-        self.apply(verdict);
+        // A reply to an item that is no longer the head (a stale answer) is not queued: the
+        // AI memory has it, and the item's next attempt hands the same reply on.
+        let finished = verdict.finished.iter().any(|(item, _)| item.seq == seq);
+        let reply = reply.filter(|_| finished).map(|envelope| {
+            let lane = LaneId::for_destination(self.settings.me.as_str(), &envelope.to);
+            let id = envelope.id.clone();
+            let payload = Payload::Message {
+                envelope,
+                origin: Origin::Ai,
+            };
+            Op::Accept {
+                id,
+                record: Record::new(lane, payload, now_ms()),
+            }
+        });
+        self.apply(reply, verdict);
         self.kick(&id, ctx);
     }
 
@@ -469,7 +482,7 @@ impl Outbox {
         match outcome {
             Outcome::Delivered => {
                 let verdict = lane.batch_delivered(seqs.len());
-                self.apply(verdict);
+                self.apply(None, verdict);
             }
             Outcome::Unsupported { reason } if id == LaneId::PeerInbox => {
                 // The own peer has no batch route: one by one from now on.
@@ -484,7 +497,7 @@ impl Outbox {
                 );
                 lane.one_by_one(seqs.len());
             }
-            retry @ Outcome::Retry { .. } => return self.attempted(id, seqs[0], retry, ctx),
+            retry @ Outcome::Retry { .. } => return self.attempted(id, seqs[0], retry, None, ctx),
         }
         self.kick(&id, ctx);
     }
@@ -514,14 +527,15 @@ impl Outbox {
         let (d, rng) = (&self.settings.delivery, &mut self.rng);
         let mut wait = |n| full_jitter_ms(n, d.retry_initial_ms, d.retry_max_ms, rng);
         let verdict = lane.receipts_tried(seqs, outcomes, now_ms(), &mut wait);
-        self.apply(verdict);
+        self.apply(None, verdict);
         self.kick(&id, ctx);
     }
 
-    /// Writes what an attempt changed, as one group of bookkeeping: the updated records, and
-    /// each finished item removed with its sender's receipt queued in its place.
-    fn apply(&self, verdict: Verdict) {
-        let mut ops = verdict.updates;
+    /// Writes what an attempt changed, as one group: a reply to queue (`first`), the updated
+    /// records, and each finished item removed with its sender's receipt queued in its place.
+    fn apply(&self, first: Option<Op>, verdict: Verdict) {
+        let mut ops: Vec<Op> = first.into_iter().collect();
+        ops.extend(verdict.updates);
         ops.extend(
             verdict
                 .finished

@@ -1,170 +1,55 @@
-//! Conversations with AI endpoints, end to end: the [`AiAdapters`] (one [`AiAdapter`] actor
-//! per AI entry of the current table: started, updated, stopped with the table), and
-//! [`converse`], the one delivery of a user's message to an AI endpoint that the outbox runs
-//! for the head of that endpoint's lane (so a second message waits for the first reply).
+//! One conversation turn with an AI endpoint, as the outbox delivers a user's message to it:
+//! the user's turn joins the AI memory (idempotent by message id), the conversation so far is
+//! asked, each delta is forwarded in order to the own peer as a `POST {peer}/api/v1/stream`
+//! chunk by one forwarding task (best effort, never holding up the call), and the complete
+//! reply, or the error (with any partial text, marked as cut off), is answered to the caller
+//! ([`Conversed`]), which queues it durably for the own peer. Also the pure text helpers of
+//! that turn (cutting to the message limit, error text, the reply's envelope, what the model
+//! is sent).
 //!
-//! One delivery: the user's turn joins the AI memory (redb, idempotent by message id), the
-//! conversation so far is asked, each delta is forwarded in order to the own peer as a
-//! `POST {peer}/api/v1/stream` chunk by one forwarding task (best effort, never holding up the
-//! call), and the complete reply, or the error (with any partial text, marked as cut off), is
-//! queued ONCE, durably, for the own peer through the outbox. Only then is the user's message
-//! delivered.
-//!
-//! It does not talk to providers (the adapter does), does not own the outbox's lanes or
-//! retries, and never logs a key (the adapter's errors never contain one).
+//! It does not own the adapters ([`super::desk::AiDesk`] does), the outbox's lanes or retries,
+//! and never logs a key (the adapter's errors never contain one).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use futures_channel::mpsc::{self, UnboundedReceiver};
 use futures_util::StreamExt;
 
-use super::ai::{AiAdapter, Ask, Turn, UpdateEndpoint};
-use super::delivery::Outcome;
-use super::outbox::{Enqueue, Outbox};
-use super::store::{MemoryTurn, Origin, Remember, Store};
-use crate::config::{AiEndpointConfig, AuthStyle};
-use crate::wire::control_plane::{split_url, AiEndpoint, Endpoint, EndpointTable};
+use super::{AiAdapter, Ask, Turn};
+use crate::proxy::delivery::Outcome;
+use crate::proxy::store::{MemoryTurn, Remember, Store};
+use crate::wire::control_plane::AiEndpoint;
 use crate::wire::data_plane::{conversation_id, Body, Envelope, MessageId, StreamChunk};
 use crate::wire::now_ms;
 
 /// Fewest turns remembered per conversation, whatever the endpoint's history bound.
 const MIN_KEEP: usize = 100;
 /// Most turns remembered per conversation.
-const MAX_KEEP: usize = 5000;
+pub(super) const MAX_KEEP: usize = 5000;
 /// Largest stream chunk made by joining deltas that were waiting.
 const MAX_CHUNK_BYTES: usize = 16 * 1024;
 
-/// The adapters of the AI entries of the current table, by the table's name.
-#[derive(Default)]
-pub struct AiAdapters {
-    by_name: HashMap<String, (AiEndpoint, Addr<AiAdapter>)>,
-    /// The AI endpoints of this proxy's own config: where its keys may be sent.
-    local: Vec<AiEndpointConfig>,
+/// What delivering a user's message to an AI endpoint came to: the outcome for the user's
+/// message, and the reply (or error report) to queue for the own peer with it, if any.
+#[derive(Debug)]
+pub struct Conversed {
+    pub outcome: Outcome,
+    pub reply: Option<Envelope>,
 }
 
-impl AiAdapters {
-    pub fn new(local: Vec<AiEndpointConfig>) -> AiAdapters {
-        AiAdapters {
-            by_name: HashMap::new(),
-            local,
+impl Conversed {
+    fn answered(reply: Envelope) -> Conversed {
+        Conversed {
+            outcome: Outcome::Delivered,
+            reply: Some(reply),
         }
     }
 
-    /// Matches the adapters to `table`: starts one per new AI entry, updates changed ones, and
-    /// stops those whose entry went away (dropping the last address stops an actor once the
-    /// calls it has under way are answered). Call from an actor on the role's arbiter: that
-    /// is where new adapters run.
-    pub fn sync(&mut self, table: &EndpointTable) {
-        self.by_name.retain(|name, _| {
-            let keep = matches!(table.get(name), Some(Endpoint::Ai(_)));
-            if !keep {
-                log::info!("AI endpoint {name} left the table: its adapter stops");
-            }
-            keep
-        });
-        for (name, entry) in table {
-            let Endpoint::Ai(endpoint) = entry else {
-                continue;
-            };
-            self.adapter(name, endpoint);
-        }
-    }
-
-    /// The adapter of AI endpoint `name`, started or updated to `endpoint` if needed.
-    pub fn adapter(&mut self, name: &str, endpoint: &AiEndpoint) -> Addr<AiAdapter> {
-        let endpoint = &with_local_keys(name, endpoint, &self.local);
-        match self.by_name.get_mut(name) {
-            Some((current, addr)) => {
-                if current != endpoint {
-                    log::info!("AI endpoint {name} changed: its adapter is updated");
-                    addr.do_send(UpdateEndpoint {
-                        endpoint: endpoint.clone(),
-                    });
-                    *current = endpoint.clone();
-                }
-                addr.clone()
-            }
-            None => {
-                let addr = AiAdapter::new(name.to_string(), endpoint.clone()).start();
-                self.by_name
-                    .insert(name.to_string(), (endpoint.clone(), addr.clone()));
-                addr
-            }
-        }
-    }
-
-    /// The names with a running adapter, sorted (for tests and logs).
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.by_name.keys().cloned().collect();
-        names.sort();
-        names
-    }
-}
-
-/// The endpoint as this proxy will call it, with key sources from its OWN config only.
-///
-/// Tables come from the controller, which anyone who can reach it may edit; were a table's
-/// `api_key_env` / `api_key_file` honoured, an edit could make the proxy read any variable or
-/// file and send it to any URL. So: a key of this proxy's environment or files is sent only to
-/// the origin (scheme, host, port) its own config.yaml names for that endpoint, from the key
-/// source that config names. An endpoint the local config does not know, or moved to another
-/// origin, is called without a local key (a key written in the original's table entry itself,
-/// in `headers` or `params`, is still used: it is the table's own, not ours).
-pub fn with_local_keys(name: &str, table: &AiEndpoint, local: &[AiEndpointConfig]) -> AiEndpoint {
-    let mut e = table.clone();
-    let trusted = local
-        .iter()
-        .find(|c| c.name.matches(name))
-        .filter(|c| origin_of_config(c) == origin_of_entry(table));
-    match trusted {
-        Some(c) => {
-            e.api_key_env = c.api_key_env.clone();
-            e.api_key_file = c.api_key_file.as_ref().map(|p| p.display().to_string());
-        }
-        None => {
-            e.api_key_env = None;
-            e.api_key_file = None;
-            // A key written in the table entry itself is the table's own and may be used; the
-            // resolver says whether there is a usable one (exactly as it would read it).
-            // Otherwise nothing of ours goes out: not even the provider's usual variable.
-            let own_key = matches!(
-                super::ai::target::resolve(&e).map(|t| t.key),
-                Ok(super::ai::keys::KeySource::Legacy { .. })
-            );
-            if !own_key {
-                e.auth_style = Some(AuthStyle::NoAuth);
-            }
-        }
-    }
-    e
-}
-
-/// (scheme, host, port) of a URL, lower-cased.
-fn origin(url: &str) -> (String, String, u16) {
-    let scheme = url
-        .split_once("://")
-        .map_or("http", |(s, _)| s)
-        .to_ascii_lowercase();
-    let (host, port, _) = split_url(url);
-    (scheme, host.to_ascii_lowercase(), port)
-}
-
-fn origin_of_config(c: &AiEndpointConfig) -> (String, String, u16) {
-    origin(
-        c.base_url
-            .as_deref()
-            .unwrap_or(c.provider.default_base_url()),
-    )
-}
-
-fn origin_of_entry(e: &AiEndpoint) -> (String, String, u16) {
-    match &e.base_url {
-        Some(b) => origin(b),
-        None => {
-            let scheme = if e.port == 443 { "https" } else { "http" };
-            (scheme.to_string(), e.host.to_ascii_lowercase(), e.port)
+    fn not_now(outcome: Outcome) -> Conversed {
+        Conversed {
+            outcome,
+            reply: None,
         }
     }
 }
@@ -179,9 +64,7 @@ pub struct AiTurn {
     pub keep: usize,
     pub adapter: Addr<AiAdapter>,
     pub store: Addr<Store>,
-    /// The outbox the reply is queued in.
-    pub outbox: Option<Addr<Outbox>>,
-    /// The outbox's one client, for stream chunks.
+    /// The desk's one client, for stream chunks.
     pub client: awc::Client,
     pub peer_url: String,
     /// Bound of one stream chunk post, and of waiting for the last ones after the reply.
@@ -289,11 +172,13 @@ pub fn history_until(turns: &[MemoryTurn], id: &MessageId) -> Vec<Turn> {
         .collect()
 }
 
-/// Delivers the user's `envelope` to the AI endpoint of `turn`; see the module doc.
-/// `Delivered` once the reply or the error report is durably queued for the own user; `Retry`
-/// when the memory or the outbox could not be written (nothing was lost: the head is tried
-/// again, and the memory makes the retry answer under the same reply id).
-pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
+/// Delivers the user's `envelope` to the AI endpoint of `turn`; see the module doc. Answers the
+/// reply (or the error report) for the own user, which the caller queues durably in the same
+/// commit that finishes the user's message: `Delivered` with the reply, `Refused` with the
+/// error report (the user's message shows as failed: nobody answered it), or `Retry` without
+/// one when the memory could not be written (nothing was lost: the head is tried again, and the
+/// memory makes the retry answer under the same reply id).
+pub async fn converse(turn: AiTurn, envelope: Envelope) -> Conversed {
     // compat: as in the original, an AI endpoint answers this proxy's own user (only the own
     // peer hands this proxy messages for an AI; a legacy post's `from` is only a label).
     let user = turn.me.clone();
@@ -307,7 +192,7 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
     };
     let turns = match turn.remember(&conversation, asked, None).await {
         Ok(t) => t,
-        Err(outcome) => return outcome,
+        Err(outcome) => return Conversed::not_now(outcome),
     };
     let reply_id = turns
         .iter()
@@ -325,7 +210,7 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
             done.at_ms,
             false,
         );
-        return turn.enqueue(reply).await;
+        return Conversed::answered(reply);
     }
     let history = history_until(&turns, &envelope.id);
 
@@ -348,10 +233,10 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
     let answer = match answer {
         Ok(a) => a,
         Err(e) => {
-            return Outcome::Retry {
+            return Conversed::not_now(Outcome::Retry {
                 what: format!("AI endpoint {}", turn.name),
                 error: format!("its adapter stopped: {e}"),
-            }
+            })
         }
     };
     match answer {
@@ -371,10 +256,11 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
                 .remember(&conversation, said, Some(envelope.id.clone()))
                 .await
             {
-                return outcome;
+                return Conversed::not_now(outcome);
             }
-            let reply = reply_envelope(reply_id, &turn.name, &user, text, at_ms, false);
-            turn.enqueue(reply).await
+            Conversed::answered(reply_envelope(
+                reply_id, &turn.name, &user, text, at_ms, false,
+            ))
         }
         Err(e) => {
             log::warn!(
@@ -387,14 +273,20 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Outcome {
                 error_text(&e.to_string(), e.partial_text()),
                 turn.max_text_bytes,
             );
-            let report = reply_envelope(reply_id, &turn.name, &user, text, now_ms(), true);
-            match turn.enqueue(report).await {
-                // The error is in the conversation; the user's message shows as failed too, so
-                // it is never ticked "delivered" when nobody answered it.
-                Outcome::Delivered => Outcome::Refused {
+            // The error is in the conversation; the user's message shows as failed too, so it
+            // is never ticked "delivered" when nobody answered it.
+            Conversed {
+                outcome: Outcome::Refused {
                     reason: format!("{} did not answer: {e}", turn.name),
                 },
-                retry => retry,
+                reply: Some(reply_envelope(
+                    reply_id,
+                    &turn.name,
+                    &user,
+                    text,
+                    now_ms(),
+                    true,
+                )),
             }
         }
     }
@@ -424,28 +316,6 @@ impl AiTurn {
             Ok(Ok(turns)) => Ok(turns),
             Ok(Err(e)) => Err(retry(e.to_string())),
             Err(e) => Err(retry(e.to_string())),
-        }
-    }
-
-    /// Queues `reply` durably for its reader; `Delivered` once committed.
-    async fn enqueue(&self, reply: Envelope) -> Outcome {
-        let retry = |error: String| Outcome::Retry {
-            what: "the outbox".to_string(),
-            error,
-        };
-        let Some(outbox) = &self.outbox else {
-            return retry("it is not running".to_string());
-        };
-        match outbox
-            .send(Enqueue {
-                envelope: reply,
-                origin: Origin::Ai,
-            })
-            .await
-        {
-            Ok(Ok(_)) => Outcome::Delivered,
-            Ok(Err(e)) => retry(e.to_string()),
-            Err(e) => retry(e.to_string()),
         }
     }
 }
@@ -517,75 +387,6 @@ impl Chunks {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn local(yaml: &str) -> Vec<AiEndpointConfig> {
-        vec![serde_yaml::from_str(yaml).unwrap()]
-    }
-
-    #[test]
-    fn a_table_entry_matching_the_local_config_uses_the_local_key_source() {
-        let mine = local("{name: BOT, provider: openai, model: m, api_key_env: MY_OPENAI_KEY}");
-        let mut table = AiEndpoint::from_config(&mine[0]);
-        table.api_key_env = Some("AWS_SECRET_ACCESS_KEY".into());
-        table.model_config.model = "gpt-5".into();
-        let e = with_local_keys("bot", &table, &mine);
-        assert_eq!(e.api_key_env.as_deref(), Some("MY_OPENAI_KEY"));
-        assert_eq!(e.model_config.model, "gpt-5", "other edits apply");
-        assert_eq!(e.auth_style, None);
-    }
-
-    #[test]
-    fn an_entry_moved_to_another_origin_gets_no_local_key() {
-        let mine = local("{name: BOT, provider: openai, model: m, api_key_env: MY_OPENAI_KEY}");
-        let mut table = AiEndpoint::from_config(&mine[0]);
-        table.base_url = Some("http://evil.example/v1".into());
-        table.api_key_file = Some("/root/.ssh/id_rsa".into());
-        let e = with_local_keys("BOT", &table, &mine);
-        assert_eq!((e.api_key_env, e.api_key_file), (None, None));
-        assert_eq!(
-            e.auth_style,
-            Some(AuthStyle::NoAuth),
-            "not even OPENAI_API_KEY by default"
-        );
-    }
-
-    #[test]
-    fn an_endpoint_unknown_to_the_local_config_gets_no_local_key() {
-        let theirs = local("{name: X, provider: openai_compatible, model: m, base_url: 'http://h:1/v1', api_key_env: HOME}");
-        let e = with_local_keys("X", &AiEndpoint::from_config(&theirs[0]), &[]);
-        assert_eq!(e.api_key_env, None);
-        assert_eq!(e.auth_style, Some(AuthStyle::NoAuth));
-    }
-
-    #[test]
-    fn an_empty_or_unusable_key_in_a_table_entry_brings_no_local_key_along() {
-        let theirs =
-            local("{name: G, provider: gemini, model: m, base_url: 'https://evil.example/v1beta'}");
-        for (header, value) in [
-            ("x-goog-api-key", ""),
-            ("authorization", "bearer lowercase"),
-        ] {
-            let mut table = AiEndpoint::from_config(&theirs[0]);
-            table.headers.insert(header.into(), value.into());
-            let e = with_local_keys("G", &table, &[]);
-            assert_eq!(e.auth_style, Some(AuthStyle::NoAuth), "{header}: {value:?}");
-        }
-        let mut table = AiEndpoint::from_config(&theirs[0]);
-        table.params.insert("key".into(), " ".into());
-        assert_eq!(
-            with_local_keys("G", &table, &[]).auth_style,
-            Some(AuthStyle::NoAuth)
-        );
-    }
-
-    #[test]
-    fn a_key_written_in_an_original_table_entry_is_still_used() {
-        let theirs = local("{name: G, provider: gemini, model: m}");
-        let mut table = AiEndpoint::from_config(&theirs[0]);
-        table.params.insert("key".into(), "AIza-table".into());
-        let e = with_local_keys("G", &table, &[]);
-        assert_eq!(e.auth_style, None, "the table's own key goes out as before");
-    }
 
     fn turn(id: &str, speaker: &str, text: &str) -> MemoryTurn {
         MemoryTurn {
@@ -669,50 +470,6 @@ mod tests {
             memory_key("Alice", "MISTRAL"),
             memory_key("alice", "mistral")
         );
-    }
-
-    fn table(base_url: Option<&str>) -> EndpointTable {
-        let mut t = EndpointTable::new();
-        if let Some(url) = base_url {
-            let c: crate::config::AiEndpointConfig = serde_yaml::from_str(&format!(
-                "{{name: BOT, provider: openai, model: m, base_url: '{url}'}}"
-            ))
-            .unwrap();
-            t.insert(
-                "BOT".into(),
-                Endpoint::Ai(Box::new(AiEndpoint::from_config(&c))),
-            );
-        }
-        t
-    }
-
-    #[actix_rt::test]
-    async fn adapters_follow_the_table_started_updated_in_place_and_stopped() {
-        let mut adapters = AiAdapters::new(Vec::new());
-        adapters.sync(&table(Some("http://127.0.0.1:1/v1")));
-        assert_eq!(adapters.names(), ["BOT"]);
-        let first = adapters.by_name["BOT"].1.clone();
-        let weak = first.downgrade();
-        drop(first);
-
-        adapters.sync(&table(Some("http://127.0.0.1:2/v1")));
-        let (endpoint, addr) = &adapters.by_name["BOT"];
-        assert_eq!(endpoint.base_url.as_deref(), Some("http://127.0.0.1:2/v1"));
-        assert!(
-            weak.upgrade().is_some_and(|a| &a == addr),
-            "the same adapter, updated"
-        );
-
-        adapters.sync(&table(None));
-        assert!(adapters.names().is_empty());
-        // Its last address is gone: it stops once its loop runs.
-        for _ in 0..200 {
-            if weak.upgrade().is_none() {
-                return;
-            }
-            actix_rt::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the adapter of a removed endpoint did not stop");
     }
 
     #[test]
