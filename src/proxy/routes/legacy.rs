@@ -1,0 +1,103 @@
+//! compat: the routes the original's components call: its table (`GET /peers`) and its message
+//! post (`POST /` with `Host: TARGET`, any path), answered in its shapes.
+
+use actix_web::http::header;
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::{check_time, ProxyState};
+use crate::proxy::error::ProxyError;
+use crate::proxy::router::GetTable;
+use crate::proxy::routing::Route;
+use crate::proxy::store::Origin;
+use crate::web::{read_limited, BodyError};
+use crate::wire::host_port::HostPort;
+use crate::wire::legacy::{self, success, Note, ProxyPeers};
+
+/// # GET /peers
+/// compat: `{"instance": NAME, "peers": TABLE}`.
+pub(super) async fn peers(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {
+    let table = state
+        .router
+        .send(GetTable)
+        .await
+        .map_err(ProxyError::unavailable)?;
+    Ok(HttpResponse::Ok().json(ProxyPeers {
+        instance: state.me.to_string(),
+        peers: (*table).clone(),
+    }))
+}
+
+/// # POST / (any path), `Host: TARGET`
+/// compat: the original's message post, routed on the Host name.
+pub(super) async fn legacy_post(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ProxyState>,
+) -> Result<HttpResponse, ProxyError> {
+    if req.method() != Method::POST {
+        return Err(ProxyError::NotFound(format!(
+            "no route {} {}",
+            req.method(),
+            req.path()
+        )));
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().host().map(str::to_string))
+        .ok_or_else(|| {
+            ProxyError::BadRequest("missing Host header: it names who the message is for".into())
+        })?;
+    let target = HostPort::host_of(&host);
+    let body = read_limited(&req, payload, state.max_body_bytes)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { .. } => ProxyError::TooLarge(e.to_string()),
+            other => ProxyError::BadRequest(other.to_string()),
+        })?;
+    let msg: legacy::Message = serde_json::from_slice(&body)
+        .map_err(|e| ProxyError::BadRequest(format!("invalid JSON: {e}")))?;
+    let missing = msg.missing_fields();
+    if !missing.is_empty() {
+        return Err(ProxyError::BadRequest(format!(
+            "Missing required fields: {}",
+            missing.join(", ")
+        )));
+    }
+    let mut envelope = msg.to_envelope(&target);
+    let name = match state.route(&target).await? {
+        // compat: an original proxy hands over a message for our user.
+        Route::OwnPeer if !state.me.matches(&envelope.from) => {
+            state.check_incoming(&envelope)?;
+            state.me.to_string()
+        }
+        Route::OwnPeer => {
+            check_time(&envelope)?;
+            state.check_text(&envelope)?;
+            state.me.to_string()
+        }
+        // compat: an original peer hands its own user's message to us, its proxy.
+        // fixes original: nobody else may send through this proxy in another's name.
+        Route::Proxy { name, .. } | Route::Ai { name, .. } => {
+            if !state.me.matches(&envelope.from) {
+                return Err(ProxyError::Forbidden(format!(
+                    "this proxy sends only {}'s messages, not {}'s",
+                    state.me, envelope.from
+                )));
+            }
+            state.check_text(&envelope)?;
+            name
+        }
+        Route::Unknown => return Err(ProxyError::UnknownPeer(target)),
+    };
+    // The name as the table spells it (the Host header may use any case).
+    envelope.to = name.clone();
+    // fixes original: "success" only once the message is durably queued.
+    state.enqueue(envelope, Origin::Legacy).await?;
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: format!("Message queued for delivery to {name}"),
+    })))
+}

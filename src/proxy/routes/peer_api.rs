@@ -1,0 +1,118 @@
+//! The routes this proxy's own peer calls: hand messages over, see the queue, the directory,
+//! and forget an AI conversation when a chat is cleared.
+
+use actix_web::{web, HttpResponse};
+
+use super::{batch, ProxyState};
+use crate::config::InstanceName;
+use crate::proxy::ai::desk::ForgetConversation;
+use crate::proxy::error::ProxyError;
+use crate::proxy::outbox::GetStatus;
+use crate::proxy::router::ListDirectory;
+use crate::proxy::store::Origin;
+use crate::wire::data_plane::{Accepted, DeliveryState, Envelope, Forget, Submitted};
+use crate::wire::legacy::{success, Note};
+
+/// # POST /api/v1/outbox
+/// The own peer hands over a message; 202 once it is durably queued (idempotent by id).
+pub(super) async fn submit(
+    state: web::Data<ProxyState>,
+    envelope: web::Json<Envelope>,
+) -> Result<HttpResponse, ProxyError> {
+    let envelope = envelope.into_inner();
+    state.check_submission(&envelope).await?;
+    let id = envelope.id.clone();
+    state.enqueue(envelope, Origin::OwnPeer).await?;
+    Ok(HttpResponse::Accepted().json(Accepted {
+        id,
+        state: DeliveryState::Pending,
+    }))
+}
+
+/// # POST /api/v1/outbox/batch
+/// The own peer hands over several messages (`[Envelope]`, in its order); 200 `[Submitted]` in
+/// the same order once the accepted ones are durably queued, in one commit. Each message gets
+/// the verdict a single submit would get: one refused message does not hold up the others.
+pub(super) async fn submit_batch(
+    state: web::Data<ProxyState>,
+    envelopes: web::Json<Vec<Envelope>>,
+) -> Result<HttpResponse, ProxyError> {
+    let envelopes = batch(envelopes)?;
+    let mut verdicts = Vec::with_capacity(envelopes.len());
+    let mut accepted = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        match state.check_submission(&envelope).await {
+            Ok(()) => {
+                verdicts.push(Submitted::Accepted(Accepted {
+                    id: envelope.id.clone(),
+                    state: DeliveryState::Pending,
+                }));
+                accepted.push(envelope);
+            }
+            Err(e) => verdicts.push(Submitted::Refused {
+                id: envelope.id,
+                status: actix_web::ResponseError::status_code(&e).as_u16(),
+                message: e.to_string(),
+            }),
+        }
+    }
+    if !accepted.is_empty() {
+        state.enqueue_many(accepted, Origin::OwnPeer).await?;
+    }
+    Ok(HttpResponse::Ok().json(verdicts))
+}
+
+/// # GET /api/v1/outbox
+/// What is still queued, per destination.
+pub(super) async fn outbox_status(
+    state: web::Data<ProxyState>,
+) -> Result<HttpResponse, ProxyError> {
+    let status = state
+        .outbox
+        .send(GetStatus)
+        .await
+        .map_err(ProxyError::unavailable)?;
+    Ok(HttpResponse::Ok().json(status))
+}
+
+/// # GET /api/v1/directory
+/// Who the own peer can reach: persons (with liveness when known) and AI endpoints.
+pub(super) async fn directory(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {
+    let entries = state
+        .router
+        .send(ListDirectory)
+        .await
+        .map_err(ProxyError::unavailable)?;
+    Ok(HttpResponse::Ok().json(entries))
+}
+
+/// # POST /api/v1/forget
+/// The own peer cleared the chat with `with` (every chat when None): the AI memory of that
+/// conversation is forgotten, so the next message starts a fresh context. Legacy success.
+pub(super) async fn forget(
+    state: web::Data<ProxyState>,
+    body: web::Json<Forget>,
+) -> Result<HttpResponse, ProxyError> {
+    let with = body.into_inner().with;
+    let partner = match &with {
+        Some(name) => {
+            let name = InstanceName::parse(name.trim()).map_err(|e| {
+                ProxyError::BadRequest(format!("`with` must name a chat partner: {e}"))
+            })?;
+            Some(name.to_string())
+        }
+        None => None,
+    };
+    let forgotten = state
+        .desk
+        .send(ForgetConversation { with: partner })
+        .await
+        .map_err(ProxyError::unavailable)??;
+    let what = match &with {
+        Some(name) => format!("the conversation with {}", name.trim()),
+        None => "every conversation".to_string(),
+    };
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: format!("Forgot {what} ({forgotten} remembered turns)"),
+    })))
+}
