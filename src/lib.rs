@@ -15,6 +15,7 @@
 //! - [`controller`], [`proxy`], [`peer`]: one folder per role, each with `run()` as its door.
 //! - [`up`]: every role of `config.yaml` in one process.
 //! - [`hop`]: one toolkit for HTTP hops: post and classify, backoff, `host:port`, SSE parsing.
+//! - [`layout`]: the page layout both roles' pages share (a pure maud function).
 //! - [`web`]: small pieces every role's HTTP server shares (assets, JSON limits, server handles).
 //! - [`storage`]: the durable-store kit both stores are built from: write-ahead log, group
 //!   commit, open-and-replay, and the one writer of each store.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod hop;
+pub mod layout;
 pub mod logging;
 pub mod peer;
 pub mod proxy;

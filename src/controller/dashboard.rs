@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use maud::{html, Markup, DOCTYPE};
+use maud::{html, Markup};
+
+use crate::layout::layout;
 
 use crate::wire::control_plane::{Endpoint, EndpointTable};
 
@@ -51,17 +53,10 @@ impl ProxyView {
 
 /// The whole page at `GET /`.
 pub fn page(proxies: &[ProxyView], instances: usize, ai_endpoints: usize) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "overlay · controller" }
-                link rel="icon" href="/assets/favicon.svg" type="image/svg+xml";
-                link rel="stylesheet" href="/assets/style.css";
-                link rel="stylesheet" href="/assets/dashboard.css";
-            }
+    layout(
+        "overlay · controller",
+        "/assets/dashboard.css",
+        html! {
             body.dashboard {
                 header.dash-header {
                     div.brand {
@@ -92,8 +87,8 @@ pub fn page(proxies: &[ProxyView], instances: usize, ai_endpoints: usize) -> Mar
                 }
                 script src="/assets/dashboard.js" defer {}
             }
-        }
-    }
+        },
+    )
 }
 
 /// Every row, in order.

@@ -5,9 +5,10 @@
 //! same markup. maud escapes every value, so a message or name containing `<script>` is text.
 //! fixes original: styles and script are served by the binary (no CDN): the page works offline.
 
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, PreEscaped};
 
 use super::routes::{Contact, ContactList};
+use crate::layout::layout;
 use crate::wire::data_plane::PeerKind;
 
 /// A fixed, inline picture for the empty conversation (no emoji font needed).
@@ -105,18 +106,10 @@ pub fn contact_list(list: &ContactList) -> Markup {
 
 /// `GET /`: the chat page.
 pub fn chat_page(d: &PageData) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="color-scheme" content="light";
-                title { (d.display_name) " · overlay chat" }
-                link rel="icon" href="/assets/favicon.svg" type="image/svg+xml";
-                link rel="stylesheet" href="/assets/style.css";
-                link rel="stylesheet" href="/assets/chat.css";
-            }
+    layout(
+        &format!("{} · overlay chat", d.display_name),
+        "/assets/chat.css",
+        html! {
             body.chat data-me=(d.name) data-display=(d.display_name) {
                 div.app #app {
                     aside.sidebar #sidebar {
@@ -164,8 +157,8 @@ pub fn chat_page(d: &PageData) -> Markup {
                 }
                 script src="/assets/chat.js" {}
             }
-        }
-    }
+        },
+    )
 }
 
 #[cfg(test)]
