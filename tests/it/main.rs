@@ -11,3 +11,4 @@ mod controller;
 mod e2e;
 mod peer;
 mod proxy;
+mod upgrade;
