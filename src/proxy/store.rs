@@ -529,23 +529,36 @@ fn forget(
     })
 }
 
-/// The answer of one op once on disk.
-fn answer(
+/// The answer of one op once on disk: what `pick` takes from its result (an unexpected result
+/// is a storage error naming it).
+fn answer<T: 'static>(
     writer: &mut Store,
     op: Op,
     urgent: bool,
     ctx: &mut actix::Context<Store>,
-) -> ResponseFuture<Result<OpResult, ProxyError>> {
+    pick: impl FnOnce(OpResult) -> Result<T, OpResult> + 'static,
+) -> ResponseFuture<Result<T, ProxyError>> {
     let rx = writer.enqueue(op, urgent, ctx);
-    Box::pin(durable::<ProxySchema>(rx))
+    Box::pin(async move {
+        pick(durable::<ProxySchema>(rx).await?)
+            .map_err(|other| ProxyError::Storage(format!("unexpected outcome {other:?}")))
+    })
+}
+
+/// How many were forgotten.
+fn forgotten(result: OpResult) -> Result<u64, OpResult> {
+    match result {
+        OpResult::Forgotten(n) => Ok(n),
+        other => Err(other),
+    }
 }
 
 impl Handler<SaveTable> for Store {
     type Result = ResponseFuture<Result<(), ProxyError>>;
 
     fn handle(&mut self, msg: SaveTable, ctx: &mut actix::Context<Self>) -> Self::Result {
-        let done = answer(self, Op::SaveTable { table: msg.table }, false, ctx);
-        Box::pin(async move { done.await.map(|_| ()) })
+        let op = Op::SaveTable { table: msg.table };
+        answer(self, op, false, ctx, |_| Ok(()))
     }
 }
 
@@ -553,16 +566,8 @@ impl Handler<PruneSeen> for Store {
     type Result = ResponseFuture<Result<u64, ProxyError>>;
 
     fn handle(&mut self, msg: PruneSeen, ctx: &mut actix::Context<Self>) -> Self::Result {
-        let op = Op::PruneSeen {
-            before_ms: msg.before_ms,
-        };
-        let done = answer(self, op, false, ctx);
-        Box::pin(async move {
-            match done.await? {
-                OpResult::Forgotten(n) => Ok(n),
-                other => Err(ProxyError::Storage(format!("unexpected outcome {other:?}"))),
-            }
-        })
+        let before_ms = msg.before_ms;
+        answer(self, Op::PruneSeen { before_ms }, false, ctx, forgotten)
     }
 }
 
@@ -576,12 +581,9 @@ impl Handler<Remember> for Store {
             keep: msg.keep,
             only_after: msg.only_after,
         };
-        let done = answer(self, op, true, ctx);
-        Box::pin(async move {
-            match done.await? {
-                OpResult::Turns(turns) => Ok(Arc::unwrap_or_clone(turns)),
-                other => Err(ProxyError::Storage(format!("unexpected outcome {other:?}"))),
-            }
+        answer(self, op, true, ctx, |result| match result {
+            OpResult::Turns(turns) => Ok(Arc::unwrap_or_clone(turns)),
+            other => Err(other),
         })
     }
 }
@@ -590,16 +592,8 @@ impl Handler<ForgetMemory> for Store {
     type Result = ResponseFuture<Result<u64, ProxyError>>;
 
     fn handle(&mut self, msg: ForgetMemory, ctx: &mut actix::Context<Self>) -> Self::Result {
-        let op = Op::Forget {
-            conversation: msg.conversation,
-        };
-        let done = answer(self, op, true, ctx);
-        Box::pin(async move {
-            match done.await? {
-                OpResult::Forgotten(n) => Ok(n),
-                other => Err(ProxyError::Storage(format!("unexpected outcome {other:?}"))),
-            }
-        })
+        let conversation = msg.conversation;
+        answer(self, Op::Forget { conversation }, true, ctx, forgotten)
     }
 }
 

@@ -323,6 +323,27 @@ mod tests {
         }
     }
 
+    /// A fresh store in `dir`: the database and its log.
+    fn open(dir: &tempfile::TempDir) -> (Arc<SharedDb>, Wal) {
+        let (path, log) = (dir.path().join("c.redb"), dir.path().join("c.wal"));
+        super::super::open(&mut Counters, &path, &log, "test").unwrap()
+    }
+
+    /// Writes `ops` as one group; their answers once on disk.
+    async fn write(
+        writer: &Addr<Writer<Counters>>,
+        ops: Vec<Add>,
+        urgent: bool,
+    ) -> Vec<Result<u64, Error>> {
+        let (write, receivers) = Write::new(ops, urgent);
+        writer.do_send(write);
+        let mut answers = Vec::new();
+        for rx in receivers {
+            answers.push(durable::<Counters>(rx).await);
+        }
+        answers
+    }
+
     fn value(db: &SharedDb, key: u64) -> u64 {
         db.with(|db| {
             let txn = db.begin_read().map_err(StorageError::failed)?;
@@ -375,8 +396,7 @@ mod tests {
     #[actix_rt::test]
     async fn writes_of_one_turn_share_a_group_and_are_answered_once_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let (path, log) = (dir.path().join("c.redb"), dir.path().join("c.wal"));
-        let opened = super::super::open(&mut Counters, &path, &log, "test").unwrap();
+        let opened = open(&dir);
         let db = opened.0.clone();
         let groups = Groups::default().start();
         let writer = Writer::new(Counters, opened, 1)
@@ -406,37 +426,29 @@ mod tests {
     #[actix_rt::test]
     async fn a_reopened_store_has_every_group_the_log_flushed() {
         let dir = tempfile::tempdir().unwrap();
-        let (path, log) = (dir.path().join("c.redb"), dir.path().join("c.wal"));
         {
-            let opened = super::super::open(&mut Counters, &path, &log, "test").unwrap();
+            let opened = open(&dir);
             let db = opened.0.clone();
             let writer = Writer::new(Counters, opened, 64).start();
             for by in 1..=10 {
-                let (write, rx) = Write::new(vec![Add { key: 7, by }], by % 2 == 0);
-                writer.do_send(write);
-                for rx in rx {
-                    durable::<Counters>(rx).await.unwrap();
-                }
+                write(&writer, vec![Add { key: 7, by }], by % 2 == 0).await;
             }
             // Closed without a checkpoint: redb has the groups only lazily, the log durably.
             db.close();
         }
-        let (db, _wal) = super::super::open(&mut Counters, &path, &log, "test").unwrap();
+        let (db, _wal) = open(&dir);
         assert_eq!(value(&db, 7), 55);
     }
 
     #[actix_rt::test]
     async fn a_closed_store_answers_closed_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (path, log) = (dir.path().join("c.redb"), dir.path().join("c.wal"));
-        let opened = super::super::open(&mut Counters, &path, &log, "test").unwrap();
+        let opened = open(&dir);
         let db = opened.0.clone();
         let writer = Writer::new(Counters, opened, 64).start();
         db.close();
-        let (write, rx) = Write::new(vec![Add { key: 1, by: 1 }], true);
-        writer.do_send(write);
-        for rx in rx {
-            let err = durable::<Counters>(rx).await.unwrap_err();
+        for answer in write(&writer, vec![Add { key: 1, by: 1 }], true).await {
+            let err = answer.unwrap_err();
             assert!(err.0.contains("closed"), "{err}");
         }
     }

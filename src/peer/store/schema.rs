@@ -100,6 +100,27 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// The stored message `id`, with its key, if there is one.
+fn find(
+    ids: &redb::Table<'_, &'static str, (&'static str, u64)>,
+    messages: &redb::Table<'_, (&'static str, u64), &'static [u8]>,
+    id: &MessageId,
+) -> Result<Option<(String, u64, StoredMessage)>, PeerError> {
+    let Some((key, seq)) = ids.get(id.as_str()).map_err(PeerError::storage)?.map(|g| {
+        let (k, q) = g.value();
+        (k.to_string(), q)
+    }) else {
+        return Ok(None);
+    };
+    match messages
+        .get((key.as_str(), seq))
+        .map_err(PeerError::storage)?
+    {
+        Some(g) => Ok(Some((key, seq, decode::<StoredMessage>(g.value())?))),
+        None => Ok(None),
+    }
+}
+
 /// Applies one op. The outer error aborts the whole transaction (storage failure); the
 /// inner one is this op's own answer (e.g. an unknown id) and writes nothing.
 fn apply(
@@ -170,19 +191,8 @@ fn apply(
             }))
         }
         WriteOp::SetState { id, state } => {
-            let found = ids.get(id.as_str()).map_err(PeerError::storage)?.map(|g| {
-                let (k, q) = g.value();
-                (k.to_string(), q)
-            });
-            let Some((key, seq)) = found else {
+            let Some((key, seq, stored)) = find(ids, messages, &id)? else {
                 return Ok(Err(PeerError::UnknownMessage(id.to_string())));
-            };
-            let stored = match messages
-                .get((key.as_str(), seq))
-                .map_err(PeerError::storage)?
-            {
-                Some(g) => decode::<StoredMessage>(g.value())?,
-                None => return Ok(Err(PeerError::UnknownMessage(id.to_string()))),
             };
             match stored.state.after_receipt(&state) {
                 None => Ok(Ok(WriteOutcome::StateSet {
@@ -206,19 +216,7 @@ fn apply(
             }
         }
         WriteOp::SetHandOver { id, waiting } => {
-            let found = ids.get(id.as_str()).map_err(PeerError::storage)?.map(|g| {
-                let (k, q) = g.value();
-                (k.to_string(), q)
-            });
-            let Some((key, seq)) = found else {
-                return Ok(Err(PeerError::UnknownMessage(id.to_string())));
-            };
-            let Some(mut message) = messages
-                .get((key.as_str(), seq))
-                .map_err(PeerError::storage)?
-                .map(|g| decode::<StoredMessage>(g.value()))
-                .transpose()?
-            else {
+            let Some((key, seq, mut message)) = find(ids, messages, &id)? else {
                 return Ok(Err(PeerError::UnknownMessage(id.to_string())));
             };
             // Only our pending messages are handed over; a later answer changes nothing else.

@@ -11,7 +11,9 @@ use super::schema::{ChatSchema, WriteOp, WriteOutcome};
 use super::StoredMessage;
 use crate::peer::error::PeerError;
 use crate::peer::updates::Updates;
-use crate::storage::{committed, durable, SharedDb, Wal, Writer};
+use tokio::sync::oneshot::Receiver;
+
+use crate::storage::{committed, durable, Committed, SharedDb, Wal, Writer};
 use crate::wire::data_plane::{DeliveryState, MessageId, Receipt};
 
 /// Most writes one transaction takes from the queue.
@@ -93,10 +95,22 @@ pub struct ClearConversations {
 }
 
 /// A write's outcome once on disk.
-async fn outcome(
-    rx: tokio::sync::oneshot::Receiver<crate::storage::Committed<ChatSchema>>,
-) -> Result<WriteOutcome, PeerError> {
+async fn outcome(rx: Receiver<Committed<ChatSchema>>) -> Result<WriteOutcome, PeerError> {
     durable::<ChatSchema>(rx).await?
+}
+
+/// Each write's answer once on disk, in order, as `pick` reads its outcome.
+fn each<T: 'static>(
+    receivers: Vec<Receiver<Committed<ChatSchema>>>,
+    pick: fn(WriteOutcome) -> Result<T, PeerError>,
+) -> ResponseFuture<Vec<Result<T, PeerError>>> {
+    Box::pin(async move {
+        let mut out = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            out.push(outcome(rx).await.and_then(pick));
+        }
+        out
+    })
 }
 
 impl WriteOutcome {
@@ -187,14 +201,7 @@ impl Handler<AppendMany> for WriteQueue {
             .into_iter()
             .map(|message| WriteOp::Append { message })
             .collect();
-        let receivers = self.enqueue_group(ops, true, ctx);
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(receivers.len());
-            for rx in receivers {
-                out.push(outcome(rx).await.and_then(WriteOutcome::appended));
-            }
-            out
-        })
+        each(self.enqueue_group(ops, true, ctx), WriteOutcome::appended)
     }
 }
 
@@ -210,14 +217,7 @@ impl Handler<ApplyReceipts> for WriteQueue {
                 state: r.state,
             })
             .collect();
-        let receivers = self.enqueue_group(ops, false, ctx);
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(receivers.len());
-            for rx in receivers {
-                out.push(outcome(rx).await.and_then(WriteOutcome::state_set));
-            }
-            out
-        })
+        each(self.enqueue_group(ops, false, ctx), WriteOutcome::state_set)
     }
 }
 

@@ -118,22 +118,14 @@ impl Outbox {
                         delivery::to_peer_inbox(client, peer_url, envelope.clone(), timeout)
                             .boxed_local()
                     }
-                    Route::Proxy { name, endpoint } if endpoint.native => delivery::relay(
-                        client,
-                        endpoint.base_url(),
-                        name,
-                        envelope.clone(),
-                        timeout,
-                    )
-                    .boxed_local(),
-                    Route::Proxy { name, endpoint } => delivery::to_legacy_proxy(
-                        client,
-                        endpoint.base_url(),
-                        name,
-                        envelope.clone(),
-                        timeout,
-                    )
-                    .boxed_local(),
+                    Route::Proxy { name, endpoint } => {
+                        let (url, e) = (endpoint.base_url(), envelope.clone());
+                        if endpoint.native {
+                            delivery::relay(client, url, name, e, timeout).boxed_local()
+                        } else {
+                            delivery::to_legacy_proxy(client, url, name, e, timeout).boxed_local()
+                        }
+                    }
                     Route::Ai { name, endpoint } => {
                         return self.deliver_to_ai(name, endpoint, envelope)
                     }

@@ -5,7 +5,7 @@ use actix_web::http::header;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{check_time, ProxyState};
+use super::{ask, check_time, ProxyState};
 use crate::proxy::error::ProxyError;
 use crate::proxy::router::GetTable;
 use crate::proxy::routing::Route;
@@ -17,11 +17,7 @@ use crate::wire::legacy::{self, success, Note, ProxyPeers};
 /// # GET /peers
 /// compat: `{"instance": NAME, "peers": TABLE}`.
 pub(super) async fn peers(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {
-    let table = state
-        .router
-        .send(GetTable)
-        .await
-        .map_err(ProxyError::unavailable)?;
+    let table = ask(&state.router, GetTable).await?;
     Ok(HttpResponse::Ok().json(ProxyPeers {
         instance: state.me.to_string(),
         peers: (*table).clone(),

@@ -13,6 +13,10 @@ mod legacy;
 mod peer_api;
 mod relay_api;
 
+use legacy::{legacy_post, peers};
+use peer_api::{directory, forget, outbox_status, submit, submit_batch};
+use relay_api::{relay, relay_batch};
+
 use actix::Addr;
 use actix_web::web;
 
@@ -41,22 +45,16 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
     let limit = state.max_body_bytes;
     cfg.app_data(web::Data::new(state))
         .app_data(crate::web::json_config(limit))
-        .route("/api/v1/outbox", web::post().to(peer_api::submit))
-        .route("/api/v1/outbox", web::get().to(peer_api::outbox_status))
-        .route(
-            "/api/v1/outbox/batch",
-            web::post().to(peer_api::submit_batch),
-        )
-        .route("/api/v1/directory", web::get().to(peer_api::directory))
-        .route("/api/v1/forget", web::post().to(peer_api::forget))
-        .route("/api/v1/relay", web::post().to(relay_api::relay))
-        .route(
-            "/api/v1/relay/batch",
-            web::post().to(relay_api::relay_batch),
-        )
-        .route("/peers", web::get().to(legacy::peers))
-        .route("/peers", web::post().to(legacy::legacy_post))
-        .default_service(web::to(legacy::legacy_post));
+        .route("/api/v1/outbox", web::post().to(submit))
+        .route("/api/v1/outbox", web::get().to(outbox_status))
+        .route("/api/v1/outbox/batch", web::post().to(submit_batch))
+        .route("/api/v1/directory", web::get().to(directory))
+        .route("/api/v1/forget", web::post().to(forget))
+        .route("/api/v1/relay", web::post().to(relay))
+        .route("/api/v1/relay/batch", web::post().to(relay_batch))
+        .route("/peers", web::get().to(peers))
+        .route("/peers", web::post().to(legacy_post))
+        .default_service(web::to(legacy_post));
 }
 
 /// A message's time must be plausible: not more than a day ahead of this proxy's clock.
@@ -69,6 +67,17 @@ fn check_time(e: &Envelope) -> Result<(), ProxyError> {
         )));
     }
     Ok(())
+}
+
+/// Asks actor `to` and waits for its answer; a stopped actor is "unavailable".
+async fn ask<A, M>(to: &Addr<A>, msg: M) -> Result<M::Result, ProxyError>
+where
+    A: actix::Actor + actix::Handler<M>,
+    A::Context: actix::dev::ToEnvelope<A, M>,
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+{
+    to.send(msg).await.map_err(ProxyError::unavailable)
 }
 
 impl ProxyState {

@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::{batch, ProxyState};
+use super::{ask, batch, ProxyState};
 use crate::config::InstanceName;
 use crate::proxy::ai::desk::ForgetConversation;
 use crate::proxy::error::ProxyError;
@@ -67,23 +67,13 @@ pub(super) async fn submit_batch(
 pub(super) async fn outbox_status(
     state: web::Data<ProxyState>,
 ) -> Result<HttpResponse, ProxyError> {
-    let status = state
-        .outbox
-        .send(GetStatus)
-        .await
-        .map_err(ProxyError::unavailable)?;
-    Ok(HttpResponse::Ok().json(status))
+    Ok(HttpResponse::Ok().json(ask(&state.outbox, GetStatus).await?))
 }
 
 /// # GET /api/v1/directory
 /// Who the own peer can reach: persons (with liveness when known) and AI endpoints.
 pub(super) async fn directory(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {
-    let entries = state
-        .router
-        .send(ListDirectory)
-        .await
-        .map_err(ProxyError::unavailable)?;
-    Ok(HttpResponse::Ok().json(entries))
+    Ok(HttpResponse::Ok().json(ask(&state.router, ListDirectory).await?))
 }
 
 /// # POST /api/v1/forget
@@ -103,11 +93,7 @@ pub(super) async fn forget(
         }
         None => None,
     };
-    let forgotten = state
-        .desk
-        .send(ForgetConversation { with: partner })
-        .await
-        .map_err(ProxyError::unavailable)??;
+    let forgotten = ask(&state.desk, ForgetConversation { with: partner }).await??;
     let what = match &with {
         Some(name) => format!("the conversation with {}", name.trim()),
         None => "every conversation".to_string(),
