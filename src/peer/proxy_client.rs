@@ -5,7 +5,7 @@
 //! the thread that uses it) and the base URL; it keeps no other state.
 //!
 //! It never talks to anything but the proxy, and never decides what to send or when:
-//! [`super::outgoing`] does.
+//! the peer's `outgoing` module does.
 
 use std::time::Duration;
 

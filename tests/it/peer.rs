@@ -1754,3 +1754,50 @@ async fn auto_replies_whose_hand_over_failed_reach_the_proxy_in_order() {
     assert_eq!(taken, ["first line", "second line", "third line"]);
     bob.stop().await;
 }
+
+#[actix_web::test]
+async fn messages_kept_while_the_proxy_was_down_go_before_those_sent_once_it_is_back() {
+    let config = config_for(&[("alice", &[])]);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_addr = free_listener().local_addr().unwrap();
+    let alice = start_peer(
+        &config,
+        "alice",
+        &format!("http://{proxy_addr}"),
+        dir.path(),
+    )
+    .await;
+    let send = |text: &'static str| {
+        let url = format!("{}/send_message", alice.url);
+        async move {
+            let (s, v): (_, Value) =
+                post_json(&url, &json!({"peer_id": "BOT", "message": text})).await;
+            (s, v)
+        }
+    };
+    for text in ["kept 1", "kept 2", "kept 3"] {
+        let (s, v) = send(text).await;
+        assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("kept"), "{v}");
+    }
+    let proxy =
+        spawn_fake_proxy_on(&["BOT"], std::net::TcpListener::bind(proxy_addr).unwrap()).await;
+    for text in ["new 1", "new 2"] {
+        let (s, v) = send(text).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let handed = eventually("every message handed over, none waiting", || {
+        let (net, url) = (proxy.net.clone(), alice.url.clone());
+        async move {
+            let (_, page): (_, HistoryPage) =
+                get_json(&format!("{url}/api/v1/conversations/BOT/messages")).await;
+            let settled = page.messages.iter().all(|m| m.waiting.is_none());
+            (net.outbox().len() >= 5 && settled).then(|| net.outbox())
+        }
+    })
+    .await;
+    let texts: Vec<&str> = handed.iter().map(|e| e.body.text()).collect();
+    assert_eq!(texts, ["kept 1", "kept 2", "kept 3", "new 1", "new 2"]);
+    alice.stop().await;
+    proxy.stop().await;
+}
