@@ -15,9 +15,9 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::error::PeerError;
-use super::proxy_client::{send, FetchDirectory, ProxyClient};
-use super::resend::Resender;
-use super::store::{StoredMessage, WriteQueue};
+use super::outgoing::{Outgoing, SendMessage};
+use super::proxy_client::ProxyApi;
+use super::store::StoredMessage;
 use crate::config::AutoReplyConfig;
 use crate::wire::data_plane::{DirectoryEntry, Envelope, PeerKind};
 
@@ -93,18 +93,19 @@ pub struct AutoReply {
     next_line: usize,
     stats: AutoReplyStats,
     directory: Option<(Instant, Vec<DirectoryEntry>)>,
-    writes: Addr<WriteQueue>,
-    proxy: Addr<ProxyClient>,
-    resender: Addr<Resender>,
+    /// Where the replies go: after everything sent before them, in the order decided.
+    outgoing: Addr<Outgoing>,
+    /// Where the directory is read.
+    proxy: ProxyApi,
 }
 
 impl AutoReply {
+    /// Must be built on the thread the actor runs on (`proxy`'s client is per thread).
     pub fn new(
         me: &str,
         config: AutoReplyConfig,
-        writes: Addr<WriteQueue>,
-        proxy: Addr<ProxyClient>,
-        resender: Addr<Resender>,
+        outgoing: Addr<Outgoing>,
+        proxy: ProxyApi,
     ) -> Self {
         let lines = config
             .lines
@@ -125,9 +126,8 @@ impl AutoReply {
             config,
             next_line: 0,
             directory: None,
-            writes,
+            outgoing,
             proxy,
-            resender,
         }
     }
 
@@ -160,10 +160,10 @@ impl AutoReply {
         self.stats.answered += 1;
         let mut envelope = Envelope::text(&self.me, &message.from, line);
         envelope.auto_reply = true;
-        let (writes, proxy) = (self.writes.clone(), self.proxy.clone());
-        let resender = self.resender.clone();
+        // Given to the sender now, so the replies keep the order they were decided in.
+        let sent = self.outgoing.send(SendMessage { envelope });
         actix::spawn(async move {
-            if let Err(e) = send(&writes, &proxy, &resender, envelope).await {
+            if let Err(e) = sent.await.map_err(PeerError::from).and_then(|r| r) {
                 log::warn!("auto-reply to {} failed: {e}", message.from);
             }
         });
@@ -190,25 +190,20 @@ impl Handler<MessageReceived> for AutoReply {
             return;
         }
         // Wait for the directory before the next message, so lines stay in order.
-        ctx.wait(
-            self.proxy
-                .send(FetchDirectory)
-                .into_actor(self)
-                .map(move |fetched, act, _| {
-                    let fetched = fetched.map_err(PeerError::from).and_then(|r| r);
-                    match fetched {
-                        Ok(entries) => {
-                            act.directory = Some((Instant::now(), entries));
-                            let kind = act.kind_of(&message.from).unwrap_or(None);
-                            act.decide(message, Ok(kind));
-                        }
-                        Err(e) => {
-                            log::warn!("cannot read the directory, so no auto-reply: {e}");
-                            act.decide(message, Err(()));
-                        }
-                    }
-                }),
-        );
+        let proxy = self.proxy.clone();
+        ctx.wait(async move { proxy.directory().await }.into_actor(self).map(
+            move |fetched, act, _| match fetched {
+                Ok(entries) => {
+                    act.directory = Some((Instant::now(), entries));
+                    let kind = act.kind_of(&message.from).unwrap_or(None);
+                    act.decide(message, Ok(kind));
+                }
+                Err(e) => {
+                    log::warn!("cannot read the directory, so no auto-reply: {e}");
+                    act.decide(message, Err(()));
+                }
+            },
+        ));
     }
 }
 

@@ -5,14 +5,14 @@
 //! listener (port 0 in tests) and get back a [`Running`] server.
 //!
 //! Modules: [`store`] (redb, group commit) · [`updates`] (SSE to open pages) ·
-//! [`auto_reply`] · [`proxy_client`] (the link to the proxy, and sending) · [`resend`] (handing
-//! over again what the proxy has not taken) · [`routes`] (HTTP) ·
-//! [`views`] (maud) · [`error`].
+//! [`auto_reply`] · [`outgoing`] (sending: the line of what the proxy has not taken, in order,
+//! handed over and handed over again) · [`proxy_client`] (plain HTTP calls to the proxy) ·
+//! [`routes`] (HTTP) · [`views`] (maud) · [`error`].
 
 pub mod auto_reply;
 pub mod error;
+pub mod outgoing;
 pub mod proxy_client;
-pub mod resend;
 pub mod routes;
 pub mod store;
 pub mod updates;
@@ -29,8 +29,8 @@ use crate::config::PeerSettings;
 use crate::storage::{SharedDb, Wal};
 use crate::web::{common_routes, Health, Running};
 use auto_reply::AutoReply;
-use proxy_client::ProxyClient;
-use resend::{ResendSettings, Resender};
+use outgoing::{Outgoing, OutgoingSettings};
+use proxy_client::ProxyApi;
 use routes::PeerState;
 use store::{ChatSchema, ChatStore};
 use updates::Updates;
@@ -72,6 +72,7 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     let instance: Option<String> = Some(settings.name.to_string());
     let tag = label.clone();
     let max_body = settings.max_body_bytes;
+    let proxy_url = settings.proxy_url.clone();
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         App::new()
@@ -79,6 +80,8 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
                 crate::web::refuse_cross_site,
             ))
             .app_data((*state).clone())
+            // The handlers' reads from the proxy: one client per worker, built on its thread.
+            .app_data(web::Data::new(ProxyApi::new(&proxy_url)))
             .configure(|cfg| common_routes(cfg, Health::new("peer", instance.as_deref())))
             .configure(|cfg| routes::configure(cfg, max_body))
     })
@@ -118,19 +121,18 @@ fn start_actors(
 ) -> PeerState {
     let updates = Updates::default().start();
     let writes = store::writer((db, wal), updates.clone()).start();
-    let proxy = ProxyClient::new(&settings.proxy_url).start();
-    let resend = ResendSettings {
+    let timing = OutgoingSettings {
         expire_after_secs: settings.expire_after_secs,
         retry_initial_ms: u64::from(settings.retry_initial_ms),
         retry_max_ms: u64::from(settings.retry_max_ms),
     };
-    let resender = Resender::new(store.clone(), writes.clone(), proxy.clone(), resend).start();
+    let proxy = ProxyApi::new(&settings.proxy_url);
+    let outgoing = Outgoing::new(store.clone(), writes.clone(), proxy.clone(), timing).start();
     let auto_reply = AutoReply::new(
         settings.name.as_str(),
         settings.auto_reply.clone(),
-        writes.clone(),
-        proxy.clone(),
-        resender.clone(),
+        outgoing.clone(),
+        proxy,
     )
     .start();
     PeerState {
@@ -141,8 +143,7 @@ fn start_actors(
         store,
         writes,
         updates,
-        proxy,
-        resender,
+        outgoing,
         auto_reply,
     }
 }

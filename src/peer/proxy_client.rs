@@ -1,24 +1,18 @@
-//! The peer's only link to the outside: its own proxy.
+//! The peer's only link to the outside: plain HTTP calls to its own proxy.
 //!
-//! Owns: the one awc `Client` of this peer (built once, on the role's arbiter), the proxy's
-//! URLs, and turning the proxy's answers and failures into [`PeerError`]s. Also [`send`], the
-//! one way a message of this user leaves: stored as pending first, then handed to the proxy
-//! ([`hand_over`]); kept as failed (with the reason) when the proxy refuses it, and kept pending
-//! ("waiting for your proxy") when the proxy cannot be reached, for the [`Resender`].
+//! Owns: the proxy's URLs, the shape of each call, and turning the proxy's answers and
+//! failures into [`PeerError`]s. [`ProxyApi`] holds an awc `Client` (one per thread: built on
+//! the thread that uses it) and the base URL; it keeps no other state.
 //!
-//! It never talks to anything but the proxy, and never decides what to send.
+//! It never talks to anything but the proxy, and never decides what to send or when:
+//! the peer's `outgoing` module does.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use actix::prelude::*;
 use awc::http::StatusCode;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
 
 use super::error::PeerError;
-use super::resend::{ProxyUnreachable, ResendNow, Resender};
-use super::store::{AppendOutgoing, SetDeliveryState, SetHandOver, StoredMessage, WriteQueue};
 use crate::wire::control_plane::Endpoint;
 use crate::wire::data_plane::{
     Accepted, DeliveryState, DirectoryEntry, Envelope, Forget, PeerKind, Submitted,
@@ -32,116 +26,72 @@ const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest answer read from the proxy.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
-/// `POST {proxy}/api/v1/outbox`: hands a message over; answered once the proxy has it durably.
-#[derive(Message)]
-#[rtype(result = "Result<Accepted, PeerError>")]
-pub struct PostOutbox {
-    pub envelope: Envelope,
-}
+/// The proxy's answer for one message handed over.
+pub type Handed = Result<Accepted, PeerError>;
 
-/// `GET {proxy}/api/v1/directory`, or the legacy `GET {proxy}/peers` when the proxy has no
-/// directory (an original proxy): who this user can reach.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<DirectoryEntry>, PeerError>")]
-pub struct FetchDirectory;
-
-/// `GET {proxy}/peers`: the proxy's legacy endpoint table.
-#[derive(Message)]
-#[rtype(result = "Result<ProxyPeers, PeerError>")]
-pub struct FetchLegacyPeers;
-
-/// `POST {proxy}/api/v1/forget`: a chat (or all) was cleared.
-#[derive(Message)]
-#[rtype(result = "Result<(), PeerError>")]
-pub struct PostForget {
-    pub forget: Forget,
-}
-
-/// Most messages handed over in one batch, and their most bytes of text.
-const MAX_BATCH: usize = 256;
-const MAX_BATCH_TEXT_BYTES: usize = 96 * 1024;
-
-type Handed = Result<Accepted, PeerError>;
-
-/// Talks to this peer's proxy.
-pub struct ProxyClient {
+/// This peer's proxy, called over HTTP.
+#[derive(Clone)]
+pub struct ProxyApi {
     client: awc::Client,
     base: String,
-    /// Messages given to hand over, in the order given, each with where its answer goes.
-    queue: VecDeque<(Envelope, oneshot::Sender<Handed>)>,
-    /// A hand-over is under way; the next one waits for it, so the proxy gets messages in the
-    /// order they were written (and, under load, many in one request).
-    in_flight: bool,
-    /// The proxy takes `POST /api/v1/outbox/batch` (until it answers 404/405).
-    batch: bool,
 }
 
-impl ProxyClient {
-    /// Must be built on the thread the actor runs on (awc clients are per thread).
+impl ProxyApi {
+    /// Must be built on the thread it is used on (awc clients are per thread).
     pub fn new(proxy_url: &str) -> Self {
         Self {
             client: awc::Client::builder().timeout(CALL_TIMEOUT).finish(),
             base: proxy_url.trim_end_matches('/').to_string(),
-            queue: VecDeque::new(),
-            in_flight: false,
-            batch: true,
         }
     }
 
-    /// Hands over what is queued, as one batch, unless a hand-over is under way.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight || self.queue.is_empty() {
-            return;
-        }
-        let mut envelopes = Vec::new();
-        let mut replies = Vec::new();
-        let mut text_bytes = 0;
-        while let Some((envelope, _)) = self.queue.front() {
-            let size = envelope.body.text().len();
-            let full = envelopes.len() >= MAX_BATCH || text_bytes + size > MAX_BATCH_TEXT_BYTES;
-            if !envelopes.is_empty() && full {
-                break;
+    /// `POST {proxy}/api/v1/outbox[/batch]`: hands `envelopes` over in order (see
+    /// [`hand_over_all`]); answers each one's result, and whether batches work.
+    pub async fn hand_over(&self, envelopes: Vec<Envelope>, batch: bool) -> (Vec<Handed>, bool) {
+        hand_over_all(self.client.clone(), self.base.clone(), envelopes, batch).await
+    }
+
+    /// `GET {proxy}/api/v1/directory`, or the legacy `GET {proxy}/peers` when the proxy has no
+    /// directory (an original proxy): who this user can reach.
+    pub async fn directory(&self) -> Result<Vec<DirectoryEntry>, PeerError> {
+        let native = self
+            .client
+            .get(format!("{}/api/v1/directory", self.base))
+            .timeout(DIRECTORY_TIMEOUT);
+        match call(native, None, "reading the directory").await {
+            Ok(d) => parse(&d, "reading the directory"),
+            // compat: an original proxy has no directory; its table says who is an AI.
+            Err(PeerError::ProxyRefused { status: 404, .. }) => {
+                Ok(directory_from_table(&self.legacy_peers().await?))
             }
-            let Some((envelope, reply)) = self.queue.pop_front() else {
-                break;
-            };
-            text_bytes += size;
-            envelopes.push(envelope);
-            replies.push(reply);
+            Err(e) => Err(e),
         }
-        self.in_flight = true;
-        let work = hand_over_all(
-            self.client.clone(),
-            self.base.clone(),
-            envelopes,
-            self.batch,
-        );
-        ctx.spawn(
-            work.into_actor(self)
-                .map(move |(results, batch), act, ctx| {
-                    act.batch = batch;
-                    // The proxy could not take a message now: what queued behind it waits too
-                    // (handed over again, in order, by the resender) rather than overtaking it.
-                    let transient = results
-                        .iter()
-                        .find_map(|r| r.as_ref().err().filter(|e| e.is_transient()).cloned());
-                    for (result, reply) in results.into_iter().zip(replies) {
-                        let _ = reply.send(result);
-                    }
-                    if let Some(e) = transient {
-                        for (_, reply) in act.queue.drain(..) {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
-                    act.in_flight = false;
-                    act.flush(ctx);
-                }),
-        );
+    }
+
+    /// `GET {proxy}/peers`: the proxy's legacy endpoint table.
+    pub async fn legacy_peers(&self) -> Result<ProxyPeers, PeerError> {
+        let request = self
+            .client
+            .get(format!("{}/peers", self.base))
+            .timeout(DIRECTORY_TIMEOUT);
+        let what = "reading the proxy's table";
+        parse(&call(request, None, what).await?, what)
+    }
+
+    /// `POST {proxy}/api/v1/forget`: a chat (or all) was cleared.
+    pub async fn forget(&self, forget: &Forget) -> Result<(), PeerError> {
+        let request = self.client.post(format!("{}/api/v1/forget", self.base));
+        let body = serde_json::to_vec(forget).map_err(PeerError::storage)?;
+        // Only its success matters, whatever its body.
+        call(request, Some(body), "asking the proxy to forget")
+            .await
+            .map(|_| ())
     }
 }
 
 /// Hands `envelopes` to the proxy, in order: in one batch request when the proxy has the route
-/// (`batch`), else one by one. Answers each envelope's result, and whether batches work.
+/// (`batch`), else one by one, stopping at the first the proxy could not take now (the later
+/// ones get its error). Answers each envelope's result, and whether batches work.
 async fn hand_over_all(
     client: awc::Client,
     base: String,
@@ -193,9 +143,19 @@ async fn hand_over_all(
             Err(e) => return (vec![Err(e); envelopes.len()], true),
         }
     }
-    let mut results = Vec::with_capacity(envelopes.len());
+    let mut results: Vec<Handed> = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {
-        results.push(hand_over_one(&client, &base, envelope).await);
+        // The proxy could not take one now: the later ones are not tried (they would overtake
+        // it), and wait with it.
+        let transient = results
+            .last()
+            .and_then(|r| r.as_ref().err())
+            .filter(|e| e.is_transient())
+            .cloned();
+        results.push(match transient {
+            Some(e) => Err(e),
+            None => hand_over_one(&client, &base, envelope).await,
+        });
     }
     (results, batch)
 }
@@ -238,10 +198,6 @@ async fn hand_over_legacy(client: &awc::Client, base: &str, envelope: Envelope) 
         id: envelope.id,
         state: DeliveryState::Delivered,
     })
-}
-
-impl Actor for ProxyClient {
-    type Context = Context<Self>;
 }
 
 /// The proxy's reason for a refusal: its legacy error message, else the start of its body.
@@ -301,23 +257,6 @@ fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PeerError> 
     })
 }
 
-impl Handler<PostOutbox> for ProxyClient {
-    type Result = ResponseFuture<Handed>;
-
-    fn handle(&mut self, msg: PostOutbox, ctx: &mut Context<Self>) -> Self::Result {
-        let (reply, answer) = oneshot::channel();
-        self.queue.push_back((msg.envelope, reply));
-        self.flush(ctx);
-        Box::pin(async move {
-            answer.await.unwrap_or_else(|_| {
-                Err(PeerError::ProxyUnreachable(
-                    "the chat app is shutting down".into(),
-                ))
-            })
-        })
-    }
-}
-
 /// The legacy table as a directory: `is_api` entries are AI models; online is unknown.
 pub fn directory_from_table(peers: &ProxyPeers) -> Vec<DirectoryEntry> {
     peers
@@ -333,180 +272,6 @@ pub fn directory_from_table(peers: &ProxyPeers) -> Vec<DirectoryEntry> {
             online: None,
         })
         .collect()
-}
-
-impl Handler<FetchDirectory> for ProxyClient {
-    type Result = ResponseFuture<Result<Vec<DirectoryEntry>, PeerError>>;
-
-    fn handle(&mut self, _: FetchDirectory, _: &mut Context<Self>) -> Self::Result {
-        let native = self
-            .client
-            .get(format!("{}/api/v1/directory", self.base))
-            .timeout(DIRECTORY_TIMEOUT);
-        let legacy = self
-            .client
-            .get(format!("{}/peers", self.base))
-            .timeout(DIRECTORY_TIMEOUT);
-        Box::pin(async move {
-            match call(native, None, "reading the directory").await {
-                Ok(d) => parse(&d, "reading the directory"),
-                // compat: an original proxy has no directory; its table says who is an AI.
-                Err(PeerError::ProxyRefused { status: 404, .. }) => {
-                    let what = "reading the proxy's table";
-                    let peers: ProxyPeers = parse(&call(legacy, None, what).await?, what)?;
-                    Ok(directory_from_table(&peers))
-                }
-                Err(e) => Err(e),
-            }
-        })
-    }
-}
-
-impl Handler<FetchLegacyPeers> for ProxyClient {
-    type Result = ResponseFuture<Result<ProxyPeers, PeerError>>;
-
-    fn handle(&mut self, _: FetchLegacyPeers, _: &mut Context<Self>) -> Self::Result {
-        let request = self
-            .client
-            .get(format!("{}/peers", self.base))
-            .timeout(DIRECTORY_TIMEOUT);
-        Box::pin(async move {
-            let what = "reading the proxy's table";
-            parse(&call(request, None, what).await?, what)
-        })
-    }
-}
-
-impl Handler<PostForget> for ProxyClient {
-    type Result = ResponseFuture<Result<(), PeerError>>;
-
-    fn handle(&mut self, msg: PostForget, _: &mut Context<Self>) -> Self::Result {
-        let request = self.client.post(format!("{}/api/v1/forget", self.base));
-        Box::pin(async move {
-            let body = serde_json::to_vec(&msg.forget).map_err(PeerError::storage)?;
-            // Only its success matters, whatever its body.
-            call(request, Some(body), "asking the proxy to forget")
-                .await
-                .map(|_| ())
-        })
-    }
-}
-
-/// How one hand-over of our stored pending message to the proxy ended (already recorded in
-/// the store).
-#[derive(Debug)]
-pub enum HandOver {
-    /// The proxy holds it durably.
-    Taken,
-    /// The proxy could not take it now: kept pending, marked as waiting for the proxy.
-    Waiting(PeerError),
-    /// The proxy refused it for good: marked failed with the reason.
-    Refused(PeerError),
-}
-
-/// Hands our stored pending message to the proxy once and records what came of it.
-pub async fn hand_over(
-    writes: &Addr<WriteQueue>,
-    proxy: &Addr<ProxyClient>,
-    envelope: Envelope,
-) -> HandOver {
-    let id = envelope.id.clone();
-    let to = envelope.to.clone();
-    let handed = proxy
-        .send(PostOutbox { envelope })
-        .await
-        .map_err(PeerError::from)
-        .and_then(|r| r);
-    let (outcome, write) = match handed {
-        Ok(accepted) => {
-            let taken = writes.send(SetHandOver {
-                id: id.clone(),
-                waiting: None,
-            });
-            let logged_id = id.clone();
-            let taken = async move {
-                if let Err(e) = taken.await.map_err(PeerError::from).and_then(|r| r) {
-                    log::warn!("cannot record that message {logged_id} was handed over: {e}");
-                }
-            };
-            if accepted.state == DeliveryState::Pending {
-                // Not waited for: the proxy holds the message durably now, whatever this
-                // write does. Were it lost (a crash before it reached the disk), the message
-                // would be handed over again at restart and the proxy would know it by its id.
-                actix_rt::spawn(taken);
-                return HandOver::Taken;
-            }
-            // An original proxy: its 200 already says what became of the message.
-            let state = writes.send(SetDeliveryState {
-                id: id.clone(),
-                state: accepted.state,
-            });
-            taken.await;
-            (HandOver::Taken, state.await)
-        }
-        Err(e) if e.is_transient() => {
-            log::warn!("message {id} to {to} waits for the proxy: {e}");
-            let waiting = writes.send(SetHandOver {
-                id: id.clone(),
-                waiting: Some(format!("waiting for your proxy: {e}")),
-            });
-            (HandOver::Waiting(e), waiting.await)
-        }
-        Err(e) => {
-            log::warn!("message {id} to {to} refused: {e}");
-            let failed = writes.send(SetDeliveryState {
-                id: id.clone(),
-                state: DeliveryState::Failed { reason: e.reason() },
-            });
-            (HandOver::Refused(e), failed.await)
-        }
-    };
-    if let Err(e) = write.map_err(PeerError::from).and_then(|r| r) {
-        log::error!("cannot record the state of message {id}: {e}");
-    }
-    outcome
-}
-
-/// Stores `envelope` as our pending message, hands it to the proxy, and answers Ok only once
-/// the proxy has it durably. Refused by the proxy: kept as failed with the reason. The proxy
-/// unreachable: an error too, but the message is kept pending and handed over again by the
-/// [`Resender`] until the proxy takes it or it expires.
-/// fixes original: "success" is never answered for a message nobody has, and nothing is lost.
-pub async fn send(
-    writes: &Addr<WriteQueue>,
-    proxy: &Addr<ProxyClient>,
-    resender: &Addr<Resender>,
-    envelope: Envelope,
-) -> Result<StoredMessage, PeerError> {
-    // Our copy reaches the disk while the proxy takes its own: the answer waits for both.
-    let (stored, durable) = writes
-        .send(AppendOutgoing {
-            message: StoredMessage::outgoing(&envelope),
-        })
-        .await??;
-    if stored.duplicate {
-        durable.await?;
-        return Ok(stored.message);
-    }
-    // Older messages still waiting for the proxy go first: a conversation keeps its order.
-    if let Err(e) = resender.send(ResendNow).await {
-        log::warn!("cannot hand over the waiting messages first: {e}");
-    }
-    let handed = hand_over(writes, proxy, envelope).await;
-    if let Err(e) = durable.await {
-        log::error!("message {} could not be stored: {e}", stored.message.id);
-        return Err(e);
-    }
-    match handed {
-        HandOver::Taken => Ok(stored.message),
-        HandOver::Waiting(e) => {
-            resender.do_send(ProxyUnreachable);
-            Err(PeerError::NotSentYet {
-                reason: e.to_string(),
-            })
-        }
-        HandOver::Refused(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

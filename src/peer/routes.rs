@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::auto_reply::{AutoReply, AutoReplyStats, GetAutoReplyStats, MessageReceived};
 use super::error::{NativeError, PeerError};
-use super::proxy_client::{self, FetchDirectory, FetchLegacyPeers, PostForget, ProxyClient};
-use super::resend::Resender;
+use super::outgoing::{Outgoing, SendMessage};
+use super::proxy_client::ProxyApi;
 use super::store::{
     AppendMany, AppendMessage, ApplyReceipts, ChatStore, ClearConversations, ConversationSummary,
     GetHistory, GetPage, HistoryPage, ListConversations, SetDeliveryState, StoredMessage,
@@ -39,12 +39,13 @@ pub struct PeerState {
     pub store: Addr<ChatStore>,
     pub writes: Addr<WriteQueue>,
     pub updates: Addr<Updates>,
-    pub proxy: Addr<ProxyClient>,
-    pub resender: Addr<Resender>,
+    pub outgoing: Addr<Outgoing>,
     pub auto_reply: Addr<AutoReply>,
 }
 
 type State = web::Data<PeerState>;
+/// The proxy's read-only calls, one client per HTTP worker (see [`super::start`]).
+type Proxy = web::Data<ProxyApi>;
 
 /// A JSON body reader whose errors are `E`'s shape: 413 over `limit`, 400 otherwise.
 fn json_config<E>(limit: usize) -> web::JsonConfig
@@ -131,8 +132,8 @@ struct Sent {
 // ---- the original's API ----
 
 /// # GET /
-async fn page(state: State) -> HttpResponse {
-    let contacts = contact_list(&state).await;
+async fn page(state: State, proxy: Proxy) -> HttpResponse {
+    let contacts = contact_list(&state, &proxy).await;
     let auto = state
         .auto_reply
         .send(GetAutoReplyStats)
@@ -166,8 +167,8 @@ fn display_of(name: &str) -> String {
 }
 
 /// # GET /peers
-async fn peers(state: State) -> Result<HttpResponse, PeerError> {
-    let table = state.proxy.send(FetchLegacyPeers).await??;
+async fn peers(state: State, proxy: Proxy) -> Result<HttpResponse, PeerError> {
+    let table = proxy.legacy_peers().await?;
     let list: Vec<PeerListItem> = table
         .peers
         .keys()
@@ -197,7 +198,7 @@ async fn send_message(
     check_size(&text, state.max_message_bytes)?;
     let envelope = Envelope::text(state.name.as_str(), &to, text);
     // fixes original: answered only once the proxy holds the message durably.
-    let stored = proxy_client::send(&state.writes, &state.proxy, &state.resender, envelope).await?;
+    let stored = state.outgoing.send(SendMessage { envelope }).await??;
     Ok(HttpResponse::Ok().json(success(Sent { id: stored.id })))
 }
 
@@ -261,25 +262,22 @@ async fn message_updates(state: State) -> Result<impl actix_web::Responder, Peer
 }
 
 /// Asks the proxy to forget a conversation, without waiting; a failure is only logged.
-fn forget(state: &PeerState, with: Option<String>) {
-    let proxy = state.proxy.clone();
+fn forget(proxy: &ProxyApi, with: Option<String>) {
+    let proxy = proxy.clone();
     actix_web::rt::spawn(async move {
         let what = with.clone().unwrap_or_else(|| "every conversation".into());
-        match proxy
-            .send(PostForget {
-                forget: Forget { with },
-            })
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::warn!("the proxy could not forget {what}: {e}"),
-            Err(e) => log::warn!("could not ask the proxy to forget {what}: {e}"),
+        if let Err(e) = proxy.forget(&Forget { with }).await {
+            log::warn!("the proxy could not forget {what}: {e}");
         }
     });
 }
 
 /// # POST /clear_chat/{peer_id}
-async fn clear_chat(state: State, peer_id: web::Path<String>) -> Result<HttpResponse, PeerError> {
+async fn clear_chat(
+    state: State,
+    proxy: Proxy,
+    peer_id: web::Path<String>,
+) -> Result<HttpResponse, PeerError> {
     let peer = peer_id.into_inner();
     let removed = state
         .writes
@@ -287,19 +285,19 @@ async fn clear_chat(state: State, peer_id: web::Path<String>) -> Result<HttpResp
             peer: Some(peer.clone()),
         })
         .await??;
-    forget(&state, Some(peer.clone()));
+    forget(&proxy, Some(peer.clone()));
     Ok(HttpResponse::Ok().json(success(Note {
         message: format!("Chat history with {peer} cleared ({removed} messages)"),
     })))
 }
 
 /// # POST /clear_all_chats
-async fn clear_all_chats(state: State) -> Result<HttpResponse, PeerError> {
+async fn clear_all_chats(state: State, proxy: Proxy) -> Result<HttpResponse, PeerError> {
     let removed = state
         .writes
         .send(ClearConversations { peer: None })
         .await??;
-    forget(&state, None);
+    forget(&proxy, None);
     Ok(HttpResponse::Ok().json(success(Note {
         message: format!("All chat histories cleared ({removed} messages)"),
     })))
@@ -536,14 +534,11 @@ pub fn merge_contacts(
     out
 }
 
-async fn contact_list(state: &PeerState) -> ContactList {
-    let (directory, conversations) = futures_util::future::join(
-        state.proxy.send(FetchDirectory),
-        state.store.send(ListConversations),
-    )
-    .await;
+async fn contact_list(state: &PeerState, proxy: &ProxyApi) -> ContactList {
+    let (directory, conversations) =
+        futures_util::future::join(proxy.directory(), state.store.send(ListConversations)).await;
     let mut error = None;
-    let directory = match directory.map_err(PeerError::from).and_then(|r| r) {
+    let directory = match directory {
         Ok(d) => d,
         Err(e) => {
             error = Some(e.to_string());
@@ -564,8 +559,8 @@ async fn contact_list(state: &PeerState) -> ContactList {
 }
 
 /// # GET /api/v1/contacts
-async fn contacts(state: State) -> HttpResponse {
-    HttpResponse::Ok().json(contact_list(&state).await)
+async fn contacts(state: State, proxy: Proxy) -> HttpResponse {
+    HttpResponse::Ok().json(contact_list(&state, &proxy).await)
 }
 
 /// Query of `GET /api/v1/conversations/{peer}/messages`.

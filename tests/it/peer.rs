@@ -1562,3 +1562,242 @@ async fn auto_reply_off_answers_nothing() {
     assert_eq!(s.answered, 0);
     assert!(o.proxy.net.outbox().is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Order of what the user was told would be sent (issue 13).
+
+/// How the scripted proxy answers one `POST /api/v1/outbox`.
+enum Answer {
+    /// 503 "outbox store busy": the peer keeps the message and hands it over again.
+    Busy,
+    /// 503 too, but only once the test says so: the hand-over is under way meanwhile.
+    BusyWhenReleased(tokio::sync::oneshot::Receiver<()>),
+}
+
+/// What the scripted proxy saw; shared with the test.
+#[derive(Default)]
+struct Script {
+    /// Answers to the first hand-overs, in order; every later one is accepted.
+    answers: Mutex<std::collections::VecDeque<Answer>>,
+    /// Hand-overs seen (`/api/v1/outbox` requests), answered or not.
+    requests: Mutex<usize>,
+    /// Envelopes accepted, in the order the proxy took them.
+    accepted: Mutex<Vec<Envelope>>,
+}
+
+impl Script {
+    fn requests(&self) -> usize {
+        *self.requests.lock().unwrap()
+    }
+    fn accepted_texts(&self) -> Vec<String> {
+        let accepted = self.accepted.lock().unwrap();
+        accepted.iter().map(|e| e.body.text().to_string()).collect()
+    }
+}
+
+/// # POST /api/v1/outbox (scripted): the next scripted answer, else accepted and recorded.
+async fn scripted_outbox(script: web::Data<Arc<Script>>, env: web::Json<Envelope>) -> HttpResponse {
+    *script.requests.lock().unwrap() += 1;
+    let answer = script.answers.lock().unwrap().pop_front();
+    let busy = || {
+        HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
+            .json(ErrorBody::new("outbox store busy"))
+    };
+    match answer {
+        Some(Answer::Busy) => busy(),
+        Some(Answer::BusyWhenReleased(release)) => {
+            let _ = release.await;
+            busy()
+        }
+        None => {
+            let env = env.into_inner();
+            script.accepted.lock().unwrap().push(env.clone());
+            HttpResponse::Accepted().json(Accepted {
+                id: env.id,
+                state: DeliveryState::Pending,
+            })
+        }
+    }
+}
+
+/// A proxy whose hand-over answers follow `answers` (then accept everything); it has no batch
+/// route, and an empty directory (so anyone writing is a person to auto-reply to).
+async fn spawn_scripted_proxy(answers: Vec<Answer>) -> (String, Arc<Script>) {
+    let script = Arc::new(Script::default());
+    *script.answers.lock().unwrap() = answers.into();
+    let data = web::Data::new(script.clone());
+    let listener = free_listener();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/api/v1/outbox", web::post().to(scripted_outbox))
+            .route(
+                "/api/v1/directory",
+                web::get().to(|| async { HttpResponse::Ok().json(Vec::<DirectoryEntry>::new()) }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_rt::spawn(server);
+    (url, script)
+}
+
+/// Waits until `peer_url`'s conversation with `with` holds `n` messages.
+async fn stored(peer_url: &str, with: &str, n: usize) {
+    let what = format!("{n} messages stored with {with}");
+    eventually(&what, || async move {
+        (history(peer_url, with).await.len() >= n).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the proxy took `n` messages and none of ours waits any more, then answers what
+/// the proxy took, in the order it took them.
+async fn all_taken(peer_url: &str, with: &str, script: &Script, n: usize) -> Vec<String> {
+    eventually("every message taken by the proxy", || async move {
+        let (_, page): (_, HistoryPage) =
+            get_json(&format!("{peer_url}/api/v1/conversations/{with}/messages")).await;
+        let ours_settled = page
+            .messages
+            .iter()
+            .filter(|m| m.outgoing)
+            .all(|m| m.waiting.is_none());
+        (script.accepted.lock().unwrap().len() >= n && ours_settled).then_some(())
+    })
+    .await;
+    script.accepted_texts()
+}
+
+#[actix_web::test]
+async fn kept_messages_reach_the_proxy_before_the_ones_sent_after_them() {
+    // The first hand-over is refused as busy (kept); the retry of it is under way when the
+    // user sends the next message, and refused too; after that the proxy takes everything.
+    let (release, held) = tokio::sync::oneshot::channel();
+    let (proxy_url, script) =
+        spawn_scripted_proxy(vec![Answer::Busy, Answer::BusyWhenReleased(held)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = start_peer(
+        &config_for(&[("alice", &[])]),
+        "alice",
+        &proxy_url,
+        dir.path(),
+    )
+    .await;
+    let send = |text: &'static str| {
+        let url = format!("{}/send_message", alice.url);
+        async move {
+            let (s, v): (_, Value) =
+                post_json(&url, &json!({"peer_id": "bob", "message": text})).await;
+            assert!(
+                s == StatusCode::OK
+                    || (s == StatusCode::BAD_GATEWAY
+                        && v["error"].as_str().is_some_and(|e| e.contains("kept"))),
+                "{text}: {s} {v}"
+            );
+        }
+    };
+
+    send("one").await;
+    eventually("the retry of the kept message is under way", || {
+        let script = script.clone();
+        async move { (script.requests() >= 2).then_some(()) }
+    })
+    .await;
+    let two = actix_rt::spawn(send("two"));
+    stored(&alice.url, "bob", 2).await;
+    release.send(()).unwrap();
+    two.await.unwrap();
+    send("three").await;
+
+    let taken = all_taken(&alice.url, "bob", &script, 3).await;
+    assert_eq!(
+        taken,
+        ["one", "two", "three"],
+        "in the order they were sent"
+    );
+    alice.stop().await;
+}
+
+#[actix_web::test]
+async fn auto_replies_whose_hand_over_failed_reach_the_proxy_in_order() {
+    let (release, held) = tokio::sync::oneshot::channel();
+    let (proxy_url, script) =
+        spawn_scripted_proxy(vec![Answer::Busy, Answer::BusyWhenReleased(held)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_for(&[("bob", &["first line", "second line", "third line"])]);
+    let bob = start_peer(&config, "bob", &proxy_url, dir.path()).await;
+    let post = |id: &'static str| {
+        let url = format!("{}/api/v1/inbox", bob.url);
+        async move {
+            let (s, _): (_, Ack) = post_json(&url, &envelope("carol", "bob", id, "hi")).await;
+            assert_eq!(s, StatusCode::OK);
+        }
+    };
+
+    post("c1").await;
+    eventually("the retry of the first auto-reply is under way", || {
+        let script = script.clone();
+        async move { (script.requests() >= 2).then_some(()) }
+    })
+    .await;
+    post("c2").await;
+    // carol's two messages and the two auto-replies.
+    stored(&bob.url, "carol", 4).await;
+    release.send(()).unwrap();
+    post("c3").await;
+
+    let taken = all_taken(&bob.url, "carol", &script, 3).await;
+    assert_eq!(taken, ["first line", "second line", "third line"]);
+    bob.stop().await;
+}
+
+#[actix_web::test]
+async fn messages_kept_while_the_proxy_was_down_go_before_those_sent_once_it_is_back() {
+    let config = config_for(&[("alice", &[])]);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_addr = free_listener().local_addr().unwrap();
+    let alice = start_peer(
+        &config,
+        "alice",
+        &format!("http://{proxy_addr}"),
+        dir.path(),
+    )
+    .await;
+    let send = |text: &'static str| {
+        let url = format!("{}/send_message", alice.url);
+        async move {
+            let (s, v): (_, Value) =
+                post_json(&url, &json!({"peer_id": "BOT", "message": text})).await;
+            (s, v)
+        }
+    };
+    for text in ["kept 1", "kept 2", "kept 3"] {
+        let (s, v) = send(text).await;
+        assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("kept"), "{v}");
+    }
+    let proxy =
+        spawn_fake_proxy_on(&["BOT"], std::net::TcpListener::bind(proxy_addr).unwrap()).await;
+    for text in ["new 1", "new 2"] {
+        let (s, v) = send(text).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let handed = eventually("every message handed over, none waiting", || {
+        let (net, url) = (proxy.net.clone(), alice.url.clone());
+        async move {
+            let (_, page): (_, HistoryPage) =
+                get_json(&format!("{url}/api/v1/conversations/BOT/messages")).await;
+            let settled = page.messages.iter().all(|m| m.waiting.is_none());
+            (net.outbox().len() >= 5 && settled).then(|| net.outbox())
+        }
+    })
+    .await;
+    let texts: Vec<&str> = handed.iter().map(|e| e.body.text()).collect();
+    assert_eq!(texts, ["kept 1", "kept 2", "kept 3", "new 1", "new 2"]);
+    alice.stop().await;
+    proxy.stop().await;
+}
