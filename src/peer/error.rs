@@ -62,7 +62,7 @@ impl PeerError {
         match self {
             PeerError::ProxyUnreachable(_) | PeerError::Unavailable(_) => true,
             PeerError::ProxyRefused { status, .. } => {
-                *status >= 500 || *status == 408 || *status == 429
+                StatusCode::from_u16(*status).is_ok_and(crate::hop::post::is_transient)
             }
             _ => false,
         }

@@ -363,17 +363,6 @@ fn next_wait(wait_ms: u64, max_ms: u64) -> u64 {
     wait_ms.saturating_mul(2).min(max_ms)
 }
 
-/// `secs` for people: `90s`, `5m`, `24h`.
-fn span(secs: u64) -> String {
-    if secs >= 3600 && secs.is_multiple_of(3600) {
-        format!("{}h", secs / 3600)
-    } else if secs >= 60 && secs.is_multiple_of(60) {
-        format!("{}m", secs / 60)
-    } else {
-        format!("{secs}s")
-    }
-}
-
 /// The envelope our stored message was sent in (same id: the proxy takes it once).
 pub fn envelope_of(m: &StoredMessage) -> Envelope {
     Envelope {
@@ -594,7 +583,7 @@ impl Outgoing {
                 Step::Expired { id, to } => {
                     let reason = format!(
                         "not sent: your proxy could not be reached for {}",
-                        span(self.settings.expire_after_secs)
+                        crate::hop::backoff::human_duration(self.settings.expire_after_secs)
                     );
                     log::warn!("message {id} to {to}: {reason}");
                     let failed = self.writes.send(SetDeliveryState {
@@ -782,14 +771,6 @@ mod tests {
             start,
             start + 5 + STUCK_AFTER_MS + 1
         ));
-    }
-
-    #[test]
-    fn an_expiry_is_said_in_the_largest_whole_unit() {
-        assert_eq!(span(86_400), "24h");
-        assert_eq!(span(300), "5m");
-        assert_eq!(span(90), "90s");
-        assert_eq!(span(1), "1s");
     }
 
     #[test]

@@ -13,11 +13,12 @@ use awc::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::PeerError;
+use crate::hop::post::{post_encoded, send, Answer};
 use crate::wire::control_plane::Endpoint;
 use crate::wire::data_plane::{
     Accepted, DeliveryState, DirectoryEntry, Envelope, Forget, PeerKind, Submitted,
 };
-use crate::wire::legacy::{ErrorBody, FailedBody, Message, ProxyPeers};
+use crate::wire::legacy::{self, Message, ProxyPeers};
 
 /// How long one call to the proxy may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,11 +55,8 @@ impl ProxyApi {
     /// `GET {proxy}/api/v1/directory`, or the legacy `GET {proxy}/peers` when the proxy has no
     /// directory (an original proxy): who this user can reach.
     pub async fn directory(&self) -> Result<Vec<DirectoryEntry>, PeerError> {
-        let native = self
-            .client
-            .get(format!("{}/api/v1/directory", self.base))
-            .timeout(DIRECTORY_TIMEOUT);
-        match call(native, None, "reading the directory").await {
+        let native = self.client.get(format!("{}/api/v1/directory", self.base));
+        match call(native, None, DIRECTORY_TIMEOUT, "reading the directory").await {
             Ok(d) => parse(&d, "reading the directory"),
             // compat: an original proxy has no directory; its table says who is an AI.
             Err(PeerError::ProxyRefused { status: 404, .. }) => {
@@ -70,12 +68,9 @@ impl ProxyApi {
 
     /// `GET {proxy}/peers`: the proxy's legacy endpoint table.
     pub async fn legacy_peers(&self) -> Result<ProxyPeers, PeerError> {
-        let request = self
-            .client
-            .get(format!("{}/peers", self.base))
-            .timeout(DIRECTORY_TIMEOUT);
+        let request = self.client.get(format!("{}/peers", self.base));
         let what = "reading the proxy's table";
-        parse(&call(request, None, what).await?, what)
+        parse(&call(request, None, DIRECTORY_TIMEOUT, what).await?, what)
     }
 
     /// `POST {proxy}/api/v1/forget`: a chat (or all) was cleared.
@@ -83,9 +78,14 @@ impl ProxyApi {
         let request = self.client.post(format!("{}/api/v1/forget", self.base));
         let body = serde_json::to_vec(forget).map_err(PeerError::storage)?;
         // Only its success matters, whatever its body.
-        call(request, Some(body), "asking the proxy to forget")
-            .await
-            .map(|_| ())
+        call(
+            request,
+            Some(body),
+            CALL_TIMEOUT,
+            "asking the proxy to forget",
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -104,7 +104,7 @@ async fn hand_over_all(
         let request = client.post(format!("{base}/api/v1/outbox/batch"));
         let body = serde_json::to_vec(&envelopes).map_err(PeerError::storage);
         let answer = match body {
-            Ok(body) => call(request, Some(body), what).await,
+            Ok(body) => call(request, Some(body), CALL_TIMEOUT, what).await,
             Err(e) => Err(e),
         };
         match answer {
@@ -165,10 +165,10 @@ async fn hand_over_one(client: &awc::Client, base: &str, envelope: Envelope) -> 
     let request = client.post(format!("{base}/api/v1/outbox"));
     let id = envelope.id.clone();
     let body = serde_json::to_vec(&envelope).map_err(PeerError::storage)?;
-    let answer = match call(request, Some(body), "handing the message to the proxy").await {
+    let what = "handing the message to the proxy";
+    let answer = match call(request, Some(body), CALL_TIMEOUT, what).await {
         Err(PeerError::ProxyRefused { status, reason })
-            if (status == 404 || status == 405)
-                && reason != format!("Unknown peer: {}", envelope.to) =>
+            if (status == 404 || status == 405) && reason != legacy::unknown_peer(&envelope.to) =>
         {
             return hand_over_legacy(client, base, envelope).await;
         }
@@ -193,7 +193,13 @@ async fn hand_over_legacy(client: &awc::Client, base: &str, envelope: Envelope) 
     let request = client
         .post(format!("{base}/"))
         .insert_header(("host", envelope.to.as_str()));
-    call(request, Some(body), "handing the message to the proxy").await?;
+    call(
+        request,
+        Some(body),
+        CALL_TIMEOUT,
+        "handing the message to the proxy",
+    )
+    .await?;
     Ok(Accepted {
         id: envelope.id,
         state: DeliveryState::Delivered,
@@ -202,14 +208,10 @@ async fn hand_over_legacy(client: &awc::Client, base: &str, envelope: Envelope) 
 
 /// The proxy's reason for a refusal: its legacy error message, else the start of its body.
 fn refusal_reason(status: StatusCode, body: &[u8]) -> String {
-    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
-        return e.message;
+    if let Some(message) = legacy::error_field(body) {
+        return message;
     }
-    if let Ok(e) = serde_json::from_slice::<FailedBody>(body) {
-        return e.error;
-    }
-    let text = String::from_utf8_lossy(body);
-    let text: String = text.trim().chars().take(200).collect();
+    let text = legacy::error_message(body);
     if text.is_empty() {
         format!("proxy answered {status}")
     } else {
@@ -217,36 +219,30 @@ fn refusal_reason(status: StatusCode, body: &[u8]) -> String {
     }
 }
 
-/// Sends a request and reads the answer's body, mapping every failure (unreachable, or a
-/// non-2xx answer) to a [`PeerError`].
+/// Sends a request (with `body` as JSON, if any) and reads the answer's body, all within
+/// `timeout`, mapping every failure (unreachable, or a non-2xx answer) to a [`PeerError`].
 async fn call(
     request: awc::ClientRequest,
     body: Option<Vec<u8>>,
+    timeout: Duration,
     what: &str,
 ) -> Result<actix_web::web::Bytes, PeerError> {
-    let sent = match body {
-        Some(b) => {
-            request
-                .insert_header(("content-type", "application/json"))
-                .send_body(b)
-                .await
-        }
-        None => request.send().await,
+    let answer = match body {
+        Some(b) => post_encoded(request, b, MAX_ANSWER, timeout).await,
+        None => send(request, MAX_ANSWER, timeout).await,
     };
-    let mut resp = sent.map_err(|e| PeerError::ProxyUnreachable(format!("{what}: {e}")))?;
-    let status = resp.status();
-    let bytes = resp
-        .body()
-        .limit(MAX_ANSWER)
-        .await
-        .map_err(|e| PeerError::ProxyUnreachable(format!("{what}: reading the answer: {e}")))?;
-    if !status.is_success() {
-        return Err(PeerError::ProxyRefused {
+    match answer {
+        Answer::Ok { body, .. } => Ok(body),
+        Answer::Unreachable { reason } => {
+            Err(PeerError::ProxyUnreachable(format!("{what}: {reason}")))
+        }
+        Answer::Busy { status, body }
+        | Answer::RouteMissing { status, body }
+        | Answer::Refused { status, body } => Err(PeerError::ProxyRefused {
             status: status.as_u16(),
-            reason: refusal_reason(status, &bytes),
-        });
+            reason: refusal_reason(status, &body),
+        }),
     }
-    Ok(bytes)
 }
 
 /// A successful answer's JSON body.
@@ -277,6 +273,7 @@ pub fn directory_from_table(peers: &ProxyPeers) -> Vec<DirectoryEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::legacy::ErrorBody;
     use actix_web::{web, App, HttpResponse, HttpServer};
     use std::sync::{Arc, Mutex};
 

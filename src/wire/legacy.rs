@@ -76,11 +76,8 @@ impl FailedBody {
 /// The message of an error answer in either legacy shape ([`ErrorBody`], [`FailedBody`]), else
 /// the start of its text (200 characters, trimmed); empty for an empty body.
 pub fn error_message(body: &[u8]) -> String {
-    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
-        return e.message;
-    }
-    if let Ok(e) = serde_json::from_slice::<FailedBody>(body) {
-        return e.error;
+    if let Some(message) = error_field(body) {
+        return message;
     }
     String::from_utf8_lossy(body)
         .chars()
@@ -93,6 +90,17 @@ pub fn error_message(body: &[u8]) -> String {
 /// compat: the original's refusal of a name it does not know, `Unknown peer: NAME`.
 pub fn unknown_peer(name: &str) -> String {
     format!("Unknown peer: {name}")
+}
+
+/// The message of an error body in the original's shapes (`{"message"}` or `{"error"}`), if
+/// the body is one.
+pub fn error_field(body: &[u8]) -> Option<String> {
+    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
+        return Some(e.message);
+    }
+    serde_json::from_slice::<FailedBody>(body)
+        .ok()
+        .map(|e| e.error)
 }
 
 /// An error body saying `Unknown peer: TO`: the receiver knows the route but not `to`, a real
