@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::config::InstanceName;
 use crate::web::BodyError;
 use crate::wire::control_plane::{EndpointTable, RegisterRequest};
+use crate::wire::host_port::is_host;
 use crate::wire::legacy::{success, Endpoints, Note, Registered};
 
 use super::dashboard;
@@ -186,9 +187,23 @@ pub fn parse_register(
     let proxy_id = string_field(m, "proxy_id")?;
     check_proxy_id(&proxy_id)?;
     let instance_name = string_field(m, "instance_name")?;
-    InstanceName::parse(&instance_name)
-        .map_err(|e| ControllerError::BadRequest(format!("instance_name: {e}")))?;
+    // fixes original: look-alike names (invisible or right-to-left characters, emoji) are
+    // refused by the config's name rule.
+    InstanceName::parse(&instance_name).map_err(|_| {
+        ControllerError::BadRequest(format!(
+            "instance_name `{}` is not a valid name: use 1 to 64 letters, digits, `_`, `-` or `.`",
+            shown(&instance_name)
+        ))
+    })?;
     let host = string_field(m, "host")?;
+    // fixes original: any string was accepted as the address other proxies are sent to.
+    if !is_host(&host) {
+        return Err(ControllerError::BadRequest(format!(
+            "host `{}` is not a host name or IP address: write a name such as bob.lan or an \
+             address such as 192.168.1.20 or ::1 (no scheme, port or path)",
+            shown(&host)
+        )));
+    }
     let port = port_field(&m["port"])?;
     let protocol = match m.get("protocol") {
         None | Some(Value::Null) => None,
@@ -208,14 +223,29 @@ pub fn parse_register(
     })
 }
 
-/// An id must be usable in a URL path segment (`/api/remove_proxy/{proxy_id}`).
+/// An id must be usable in a URL path segment (`/api/remove_proxy/{proxy_id}`) and must read
+/// as what it is on the dashboard: visible ASCII only.
 fn check_proxy_id(id: &str) -> Result<(), ControllerError> {
-    if id.len() > 128 || id.contains(['/', '?', '#', '%', '\\']) {
-        return Err(ControllerError::BadRequest(
-            "proxy_id must be at most 128 characters without `/`, `?`, `#`, `%` or `\\`".into(),
-        ));
+    // fixes original: invisible, right-to-left and other look-alike characters were accepted.
+    let visible = id.chars().all(|c| c.is_ascii_graphic());
+    if id.len() > 128 || !visible || id.contains(['/', '?', '#', '%', '\\']) {
+        return Err(ControllerError::BadRequest(format!(
+            "proxy_id `{}` is refused: proxy_id must be at most 128 characters without `/`, `?`, \
+             `#`, `%` or `\\`, in visible ASCII (letters, digits, punctuation)",
+            shown(id)
+        )));
     }
     Ok(())
+}
+
+/// A refused value as an error message shows it: invisible and right-to-left characters
+/// escaped (`\u{202e}`), at most 64 characters.
+fn shown(value: &str) -> String {
+    let mut out: String = value.chars().take(64).flat_map(char::escape_debug).collect();
+    if value.chars().count() > 64 {
+        out.push('…');
+    }
+    out
 }
 
 fn proxy_id_of(m: &serde_json::Map<String, Value>) -> Result<String, ControllerError> {

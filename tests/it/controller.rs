@@ -232,6 +232,52 @@ async fn register_without_a_required_field_is_400_missing_required_fields() {
 }
 
 #[actix_web::test]
+async fn register_refuses_hosts_that_are_no_host_and_look_alike_names_naming_the_field() {
+    let ctl = start(&config()).await;
+    let full =
+        json!({"proxy_id": "p1", "instance_name": "alice", "host": "127.0.0.1", "port": 4001});
+    let cases = [
+        ("host", "evil.example/x"),
+        ("host", "http://bob.lan"),
+        ("host", "<script>"),
+        ("host", "bob\u{202e}nal.evil"),
+        ("host", "b\u{200b}ob.lan"),
+        ("host", "\u{1f600}.example"),
+        ("host", "a..b"),
+        ("proxy_id", "p\u{202e}1"),
+        ("proxy_id", "p\u{200b}1"),
+        ("proxy_id", "p\u{1f600}"),
+        ("instance_name", "ali\u{200b}ce"),
+        ("instance_name", "\u{202e}ecila"),
+        ("instance_name", "alice\u{1f600}"),
+    ];
+    for (field, value) in cases {
+        let mut body = full.clone();
+        body[field] = json!(value);
+        let (status, answer) = ctl.post("/api/register", body).await;
+        assert_eq!(status, 400, "{field} {value:?}: {answer}");
+        assert_eq!(answer["status"], "error");
+        let msg = answer["message"].as_str().unwrap();
+        assert!(msg.starts_with(field), "{field} {value:?}: {msg}");
+        assert!(
+            !msg.contains('\u{202e}') && !msg.contains('\u{200b}'),
+            "an invisible character is echoed: {msg:?}"
+        );
+    }
+    assert_eq!(ctl.state().await, json!([]), "nothing was registered");
+    // Names and addresses in every form our proxies and the original's send are still accepted.
+    for (i, host) in ["10.1.2.3", "::1", "[::1]", "bob.lan", "localhost", "my_box-2"]
+        .into_iter()
+        .enumerate()
+    {
+        let body = json!({"proxy_id": format!("p{i}"), "instance_name": "bob", "host": host,
+                          "port": 4002 + i});
+        let (status, answer) = ctl.post("/api/register", body).await;
+        assert_eq!(status, 200, "{host}: {answer}");
+    }
+}
+
+#[actix_web::test]
 async fn an_unknown_instance_gets_the_bot_endpoint_alone() {
     let ctl = start(&config()).await;
     // compat: the original gives an instance without its own table the BOT endpoint alone.
