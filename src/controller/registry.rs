@@ -179,6 +179,8 @@ pub struct Registry {
     version: u64,
     table_subs: Vec<TableSubscriber>,
     dashboard_subs: Vec<mpsc::Sender<sse::Event>>,
+    /// Instance keys whose stored edit held more than its typed part: rewritten at start.
+    untyped_edits: Vec<String>,
 }
 
 impl Registry {
@@ -195,16 +197,33 @@ impl Registry {
             })
             .collect::<BTreeMap<_, _>>();
         let badges = proxies.keys().map(|k| (k.clone(), Badge::Active)).collect();
-        Registry {
+        let mut registry = Registry {
             config,
             store,
             proxies,
-            edits: loaded.edits,
+            edits: BTreeMap::new(),
             badges,
             version: now,
             table_subs: Vec::new(),
             dashboard_subs: Vec::new(),
+            untyped_edits: Vec::new(),
+        };
+        // fixes original: edits stored before unknown fields were refused may carry some;
+        // only their typed part is kept (and written back when the registry starts).
+        for (key, patch) in loaded.edits {
+            let base = registry.base_for(&key);
+            let (typed, unknown) = patch.typed(&base, &|name| registry.configured(name));
+            if typed != patch {
+                log::info!(
+                    "the stored edit of {key} had {} unknown fields or empty removals; \
+                     keeping its typed part",
+                    unknown.len()
+                );
+                registry.untyped_edits.push(key.clone());
+            }
+            registry.edits.insert(key, typed);
         }
+        registry
     }
 
     fn liveness(&self) -> &LivenessConfig {
@@ -229,6 +248,12 @@ impl Registry {
                 native: r.protocol.as_deref() == Some(NATIVE_PROTOCOL),
             })
             .collect()
+    }
+
+    /// `name` is an instance or AI endpoint of config.yaml (so it may be in a table later).
+    fn configured(&self, name: &str) -> bool {
+        self.config.instances.iter().any(|i| i.name.matches(name))
+            || self.config.ai_endpoints.iter().any(|a| a.name.matches(name))
     }
 
     fn base_for(&self, instance: &str) -> EndpointTable {
@@ -461,6 +486,24 @@ impl Actor for Registry {
             self.edits.len()
         );
         ctx.run_interval(SWEEP_EVERY, |act, ctx| act.sweep(ctx));
+        let rewrite: Vec<(String, TablePatch)> = std::mem::take(&mut self.untyped_edits)
+            .into_iter()
+            .filter_map(|k| self.edits.get(&k).map(|p| (k, p.clone())))
+            .collect();
+        if !rewrite.is_empty() {
+            let store = self.store.clone();
+            // `wait`: no edit of these instances is handled before their rewrite is stored.
+            ctx.wait(
+                async move {
+                    for (key, patch) in rewrite {
+                        if let Err(e) = store.put_edits(key.clone(), patch).await {
+                            log::warn!("could not rewrite the stored edit of {key}: {e}");
+                        }
+                    }
+                }
+                .into_actor(self),
+            );
+        }
     }
 }
 
@@ -553,12 +596,19 @@ impl Handler<UpdateEndpoints> for Registry {
                 .get(&msg.proxy_id)
                 .ok_or_else(|| Self::unknown(&msg.proxy_id))?;
             msg.patch.check_no_secrets()?;
+            let base = self.base_for(&rec.instance_name);
+            let may_appear = |name: &str| self.configured(name);
+            let (_, unknown) = msg.patch.typed(&base, &may_appear);
+            if !unknown.is_empty() {
+                return Err(ControllerError::UnknownFields { fields: unknown });
+            }
             let key = instance_key(&rec.instance_name);
             let combined = match self.edits.get(&key) {
                 Some(old) => old.then(&msg.patch),
                 None => msg.patch.clone(),
             };
-            let base = self.base_for(&rec.instance_name);
+            // Stored: typed fields only, and removals of what is there (older junk goes too).
+            let (combined, _) = combined.typed(&base, &may_appear);
             let table = tables::apply(&base, &combined).map_err(ControllerError::InvalidEdit)?;
             Ok((key, combined, table))
         })();

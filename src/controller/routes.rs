@@ -25,7 +25,7 @@ use super::registry::{
     GetEndpoints, Heartbeat, ListProxies, RegisterProxy, Registry, RemoveProxy, SubscribeDashboard,
     SubscribeTable, UpdateEndpoints, SUBSCRIBER_BUFFER,
 };
-use super::tables::TablePatch;
+use super::tables::{shown, TablePatch};
 
 /// What every handler shares; it does not change while the server runs.
 pub struct AppState {
@@ -236,16 +236,6 @@ fn check_proxy_id(id: &str) -> Result<(), ControllerError> {
         )));
     }
     Ok(())
-}
-
-/// A refused value as an error message shows it: invisible and right-to-left characters
-/// escaped (`\u{202e}`), at most 64 characters.
-fn shown(value: &str) -> String {
-    let mut out: String = value.chars().take(64).flat_map(char::escape_debug).collect();
-    if value.chars().count() > 64 {
-        out.push('…');
-    }
-    out
 }
 
 fn proxy_id_of(m: &serde_json::Map<String, Value>) -> Result<String, ControllerError> {

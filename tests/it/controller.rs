@@ -484,6 +484,55 @@ async fn invalid_edits_are_refused_with_a_reason_and_change_nothing() {
 }
 
 #[actix_web::test]
+async fn an_edit_with_unknown_fields_is_refused_naming_them_and_only_typed_fields_are_stored() {
+    let ctl = start(&config()).await;
+    ctl.register("p-bob", "bob", 4002).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    let before = ctl.state().await;
+    let junk = "x".repeat(200 * 1024);
+    let db = ctl.dir.path().join("controller.redb");
+    let size_before = std::fs::metadata(&db).unwrap().len();
+    for _ in 0..20 {
+        let (status, body) = ctl
+            .post(
+                "/api/update_proxy_endpoints/p-alice",
+                json!({"endpoints": {"BOT": {"junk": junk, "model_config": {"colour": "blue"}},
+                                     "bob": {"port": 4102, "system_prompt": "hi"}}}),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        let msg = body["message"].as_str().unwrap();
+        for field in ["`BOT.junk`", "`BOT.model_config.colour`", "`bob.system_prompt`"] {
+            assert!(msg.contains(field), "{field} not named: {msg}");
+        }
+        assert!(msg.len() < 2_000, "the junk is echoed: {} bytes", msg.len());
+    }
+    assert_eq!(ctl.state().await, before, "a refused edit changes nothing");
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        size_before,
+        "refused edits do not grow the store"
+    );
+
+    // A valid edit: what is stored is its typed part, without removals of nothing.
+    let (status, body) = ctl
+        .post(
+            "/api/update_proxy_endpoints/p-alice",
+            json!({"endpoints": {"BOT": {"model_config": {"temperature": 0.3}}, "ghost": null}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let Ctl { server, dir } = ctl;
+    server.stop().await;
+    let store = overlay::controller::store::Store::open(dir.path())
+        .await
+        .unwrap();
+    let loaded = store.load().await.unwrap();
+    let stored: Value = serde_json::from_str(&loaded.edits["alice"].to_json()).unwrap();
+    assert_eq!(stored, json!({"BOT": {"model_config": {"temperature": 0.3}}}));
+}
+
+#[actix_web::test]
 async fn an_edit_that_puts_a_key_in_a_table_is_refused() {
     let ctl = start(&config()).await;
     ctl.register("p-alice", "alice", 4001).await;
