@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, LivenessConfig};
 use crate::wire::control_plane::{
-    Endpoint, EndpointTable, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
+    Endpoint, EndpointTable, KeyReport, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
 };
 
-use super::dashboard::{self, KeyStatus, ProxyView};
+use super::dashboard::{self, KeyStatus, KeyWitness, ProxyView};
 use super::error::ControllerError;
 use super::store::{Loaded, ProxyRecord, Store};
 use super::tables::{self, KnownAddress, TablePatch};
@@ -94,11 +94,12 @@ pub struct GetEndpoints {
     pub proxy_id: String,
 }
 
-/// `POST /api/heartbeat`: a sign of life.
+/// `POST /api/heartbeat`: a sign of life, perhaps with the proxy's current key report.
 #[derive(Message)]
 #[rtype(result = "Result<(), ControllerError>")]
 pub struct Heartbeat {
     pub proxy_id: String,
+    pub api_keys: Option<KeyReport>,
 }
 
 /// `POST /api/update_proxy_endpoints/{id}`: deep-merge an edit into that proxy's instance table.
@@ -253,7 +254,11 @@ impl Registry {
     /// `name` is an instance or AI endpoint of config.yaml (so it may be in a table later).
     fn configured(&self, name: &str) -> bool {
         self.config.instances.iter().any(|i| i.name.matches(name))
-            || self.config.ai_endpoints.iter().any(|a| a.name.matches(name))
+            || self
+                .config
+                .ai_endpoints
+                .iter()
+                .any(|a| a.name.matches(name))
     }
 
     fn base_for(&self, instance: &str) -> EndpointTable {
@@ -294,17 +299,9 @@ impl Registry {
 
     fn view_of(&self, rec: &ProxyRecord, now: u64) -> ProxyView {
         let table = self.table_of_instance(&rec.instance_name);
-        let keys = table
-            .values()
-            .filter_map(|e| match e {
-                Endpoint::Ai(a) => a.api_key_env.clone(),
-                Endpoint::Peer(_) => None,
-            })
-            .map(|var| {
-                let set = std::env::var_os(&var).is_some_and(|v| !v.is_empty());
-                (var, KeyStatus { set })
-            })
-            .collect();
+        let keys = key_statuses(&table, rec.api_keys.as_ref(), |var| {
+            std::env::var_os(var).is_some_and(|v| !v.is_empty())
+        });
         ProxyView {
             proxy_id: rec.proxy_id.clone(),
             instance_name: rec.instance_name.clone(),
@@ -464,6 +461,44 @@ impl Registry {
     }
 }
 
+/// AI endpoint name → whether its key is there, for the dashboard: as the proxy reported it
+/// (the only place that knows), or, for a proxy that does not report (the original's, an older
+/// one), whether the entry's `api_key_env` is set in the controller's environment (`env_set`),
+/// labelled as such. An endpoint a reporting proxy did not list is left out.
+///
+/// fixes original (and our first version): "key set" was read from the controller's own
+/// environment only, which is right only when every role runs in one process.
+pub fn key_statuses(
+    table: &EndpointTable,
+    report: Option<&KeyReport>,
+    env_set: impl Fn(&str) -> bool,
+) -> BTreeMap<String, KeyStatus> {
+    table
+        .iter()
+        .filter_map(|(name, e)| match e {
+            Endpoint::Ai(a) => Some((name, a)),
+            Endpoint::Peer(_) => None,
+        })
+        .filter_map(|(name, ai)| {
+            let status = match report {
+                Some(r) => {
+                    r.iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, &set)| KeyStatus {
+                            set,
+                            witness: KeyWitness::Proxy,
+                        })?
+                }
+                None => KeyStatus {
+                    set: env_set(ai.api_key_env.as_deref()?),
+                    witness: KeyWitness::ControllerEnvironment,
+                },
+            };
+            Some((name.clone(), status))
+        })
+        .collect()
+}
+
 fn send(tx: &mpsc::Sender<sse::Event>, ev: sse::Event) -> bool {
     // A full or closed channel means a gone or hopelessly slow client: drop it; it reconnects.
     tx.try_send(ev).is_ok()
@@ -524,6 +559,7 @@ impl Handler<RegisterProxy> for Registry {
             host: r.host,
             port: r.port,
             protocol: r.protocol,
+            api_keys: r.api_keys,
             registered_at_ms,
             last_seen_ms: now,
         };
@@ -582,7 +618,16 @@ impl Handler<Heartbeat> for Registry {
     type Result = Result<(), ControllerError>;
 
     fn handle(&mut self, msg: Heartbeat, _ctx: &mut Self::Context) -> Self::Result {
-        self.seen(&msg.proxy_id)
+        self.seen(&msg.proxy_id)?;
+        if let Some(report) = msg.api_keys {
+            if let Some(rec) = self.proxies.get_mut(&msg.proxy_id) {
+                if rec.api_keys.as_ref() != Some(&report) {
+                    rec.api_keys = Some(report);
+                    self.changed();
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -728,6 +773,46 @@ mod tests {
     fn a_proxy_is_dropped_only_after_the_drop_time() {
         assert!(!should_drop(Duration::from_secs(300), &l()));
         assert!(should_drop(Duration::from_millis(300_001), &l()));
+    }
+
+    fn ai_table() -> EndpointTable {
+        let ai: Vec<crate::config::AiEndpointConfig> = serde_yaml::from_str(
+            "- {name: BOT, provider: openai, model: m, api_key_env: CTL_HAS_IT}\n\
+             - {name: GEMINI, provider: gemini, model: g, api_key_env: CTL_LACKS_IT}\n",
+        )
+        .unwrap();
+        ai.iter()
+            .map(|c| {
+                let e = crate::wire::control_plane::AiEndpoint::from_config(c);
+                (c.name.to_string(), Endpoint::Ai(Box::new(e)))
+            })
+            .collect()
+    }
+
+    fn status(set: bool, witness: KeyWitness) -> KeyStatus {
+        KeyStatus { set, witness }
+    }
+
+    #[test]
+    fn a_proxys_own_report_wins_over_the_controllers_environment() {
+        let report: KeyReport = [("bot".to_string(), false), ("GEMINI".to_string(), true)].into();
+        let keys = key_statuses(&ai_table(), Some(&report), |var| var == "CTL_HAS_IT");
+        assert_eq!(keys["BOT"], status(false, KeyWitness::Proxy));
+        assert_eq!(keys["GEMINI"], status(true, KeyWitness::Proxy));
+        // An endpoint the proxy did not list is not guessed at.
+        let report: KeyReport = [("GEMINI".to_string(), true)].into();
+        let keys = key_statuses(&ai_table(), Some(&report), |_| true);
+        assert_eq!(keys.get("BOT"), None);
+    }
+
+    #[test]
+    fn a_proxy_that_does_not_report_gets_the_controllers_environment_labelled_as_such() {
+        let keys = key_statuses(&ai_table(), None, |var| var == "CTL_HAS_IT");
+        assert_eq!(keys["BOT"], status(true, KeyWitness::ControllerEnvironment));
+        assert_eq!(
+            keys["GEMINI"],
+            status(false, KeyWitness::ControllerEnvironment)
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::config::InstanceName;
 use crate::web::BodyError;
-use crate::wire::control_plane::{EndpointTable, RegisterRequest};
+use crate::wire::control_plane::{EndpointTable, KeyReport, RegisterRequest};
 use crate::wire::host_port::is_host;
 use crate::wire::legacy::{success, Endpoints, Note, Registered};
 
@@ -220,7 +220,41 @@ pub fn parse_register(
         host,
         port,
         protocol,
+        api_keys: api_keys_field(m)?,
     })
+}
+
+/// The most endpoints one key report may name.
+const MAX_REPORTED_KEYS: usize = 256;
+
+/// The optional `api_keys` of a register or heartbeat body: endpoint name → true / false.
+pub fn api_keys_field(
+    m: &serde_json::Map<String, Value>,
+) -> Result<Option<KeyReport>, ControllerError> {
+    let bad = |why: String| {
+        ControllerError::BadRequest(format!(
+            "api_keys must be an object of AI endpoint name → true or false (at most \
+             {MAX_REPORTED_KEYS}): {why}"
+        ))
+    };
+    let entries = match m.get("api_keys") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(entries)) => entries,
+        Some(other) => return Err(bad(format!("got {other}"))),
+    };
+    if entries.len() > MAX_REPORTED_KEYS {
+        return Err(bad(format!("got {} names", entries.len())));
+    }
+    let mut report = KeyReport::new();
+    for (name, has) in entries {
+        InstanceName::parse(name)
+            .map_err(|_| bad(format!("`{}` is not an endpoint name", shown(name))))?;
+        let Some(has) = has.as_bool() else {
+            return Err(bad(format!("`{name}` is {has}")));
+        };
+        report.insert(name.clone(), has);
+    }
+    Ok(Some(report))
 }
 
 /// An id must be usable in a URL path segment (`/api/remove_proxy/{proxy_id}`) and must read
@@ -281,7 +315,11 @@ async fn get_endpoints(state: web::Data<AppState>, q: web::Query<EndpointsQuery>
 async fn heartbeat(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
     let m = read_object(&req, body, state.max_body_bytes).await?;
     let proxy_id = proxy_id_of(&m)?;
-    state.registry.send(Heartbeat { proxy_id }).await??;
+    let api_keys = api_keys_field(&m)?;
+    state
+        .registry
+        .send(Heartbeat { proxy_id, api_keys })
+        .await??;
     Ok(HttpResponse::Ok().json(success(Note {
         message: "Heartbeat received".into(),
     })))

@@ -786,10 +786,7 @@ mod tests {
         let base = base_table(&config(), &[], "alice");
         let added = patch(json!({"carol": {"host": "10.0.0.9", "port": 4444}}));
         let both = added.then(&patch(json!({"carol": null})));
-        assert_eq!(
-            both.typed(&base, &nothing_else).0,
-            TablePatch::default()
-        );
+        assert_eq!(both.typed(&base, &nothing_else).0, TablePatch::default());
     }
 
     #[test]

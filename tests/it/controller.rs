@@ -266,9 +266,16 @@ async fn register_refuses_hosts_that_are_no_host_and_look_alike_names_naming_the
     }
     assert_eq!(ctl.state().await, json!([]), "nothing was registered");
     // Names and addresses in every form our proxies and the original's send are still accepted.
-    for (i, host) in ["10.1.2.3", "::1", "[::1]", "bob.lan", "localhost", "my_box-2"]
-        .into_iter()
-        .enumerate()
+    for (i, host) in [
+        "10.1.2.3",
+        "::1",
+        "[::1]",
+        "bob.lan",
+        "localhost",
+        "my_box-2",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let body = json!({"proxy_id": format!("p{i}"), "instance_name": "bob", "host": host,
                           "port": 4002 + i});
@@ -502,7 +509,11 @@ async fn an_edit_with_unknown_fields_is_refused_naming_them_and_only_typed_field
             .await;
         assert_eq!(status, 400, "{body}");
         let msg = body["message"].as_str().unwrap();
-        for field in ["`BOT.junk`", "`BOT.model_config.colour`", "`bob.system_prompt`"] {
+        for field in [
+            "`BOT.junk`",
+            "`BOT.model_config.colour`",
+            "`bob.system_prompt`",
+        ] {
             assert!(msg.contains(field), "{field} not named: {msg}");
         }
         assert!(msg.len() < 2_000, "the junk is echoed: {} bytes", msg.len());
@@ -529,7 +540,10 @@ async fn an_edit_with_unknown_fields_is_refused_naming_them_and_only_typed_field
         .unwrap();
     let loaded = store.load().await.unwrap();
     let stored: Value = serde_json::from_str(&loaded.edits["alice"].to_json()).unwrap();
-    assert_eq!(stored, json!({"BOT": {"model_config": {"temperature": 0.3}}}));
+    assert_eq!(
+        stored,
+        json!({"BOT": {"model_config": {"temperature": 0.3}}})
+    );
 }
 
 #[actix_web::test]
@@ -614,6 +628,162 @@ async fn the_dashboard_lists_proxies_and_never_shows_a_key() {
         let res = client().get(ctl.url(asset)).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 200, "{asset}");
     }
+}
+
+/// The key cell of endpoint `name` in the dashboard row of proxy `proxy_id`.
+fn key_cell(html: &str, proxy_id: &str, name: &str) -> String {
+    let row = html
+        .split("<section class=\"proxy\"")
+        .find(|r| r.contains(&format!("id=\"proxy-{proxy_id}\"")))
+        .unwrap_or_else(|| panic!("no row for {proxy_id}: {html}"));
+    let tr = row
+        .split("<tr>")
+        .find(|r| r.contains(&format!(">{name}<")))
+        .unwrap_or_else(|| panic!("no {name} in the row of {proxy_id}: {row}"));
+    // The key is the row's last cell.
+    let cell = tr.rsplit("<td").next().unwrap();
+    cell.split("</td>").next().unwrap().to_string()
+}
+
+async fn dashboard(ctl: &Ctl) -> String {
+    let mut res = client().get(ctl.url("/")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    String::from_utf8(res.body().limit(1 << 22).await.unwrap().to_vec()).unwrap()
+}
+
+#[actix_web::test]
+async fn the_dashboard_shows_the_keys_each_proxy_reports_not_the_controllers_environment() {
+    // BOT's variable (PATH) is set in the controller's environment, GEMINI's is not; the
+    // proxies say otherwise, and they are the ones calling the APIs.
+    let ctl = start(&config()).await;
+    let (status, body) = ctl
+        .post(
+            "/api/register",
+            json!({"proxy_id": "p-alice", "instance_name": "alice", "host": "127.0.0.1",
+                   "port": 4001, "protocol": "overlay/1",
+                   "api_keys": {"BOT": false, "GEMINI": true}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // An original proxy reports nothing: the controller's environment, labelled as such.
+    let (status, _) = ctl
+        .post(
+            "/api/register",
+            json!({"proxy_id": "p-bob", "instance_name": "bob", "host": "127.0.0.1", "port": 4002}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let html = dashboard(&ctl).await;
+    let cell = key_cell(&html, "p-alice", "GEMINI");
+    assert!(
+        cell.contains(">set<") && !cell.contains("not set"),
+        "{cell}"
+    );
+    let cell = key_cell(&html, "p-alice", "BOT");
+    assert!(
+        cell.contains("<code>PATH</code>") && cell.contains(">not set<"),
+        "{cell}"
+    );
+    let cell = key_cell(&html, "p-bob", "BOT");
+    assert!(
+        cell.contains(">set<") && cell.contains("controller"),
+        "{cell}"
+    );
+    let cell = key_cell(&html, "p-bob", "GEMINI");
+    assert!(
+        cell.contains(">not set<") && cell.contains("controller"),
+        "{cell}"
+    );
+
+    // A heartbeat carries the proxy's current report: a key set since shows at once.
+    let mut dash = Events::open(&ctl.url("/api/v1/dashboard/stream")).await;
+    dash.next_named("snapshot", SOON).await.unwrap();
+    let (status, _) = ctl
+        .post(
+            "/api/heartbeat",
+            json!({"proxy_id": "p-alice", "api_keys": {"BOT": true, "GEMINI": true}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = actix_rt::time::Instant::now() + SOON;
+    loop {
+        let left = deadline.saturating_duration_since(actix_rt::time::Instant::now());
+        let row = dash
+            .next_named("proxy", left)
+            .await
+            .expect("alice's row is re-sent with BOT set");
+        if row["id"] == "p-alice" {
+            let html = row["html"].as_str().unwrap();
+            assert!(key_cell(html, "p-alice", "BOT").contains(">set<"), "{html}");
+            break;
+        }
+    }
+    let html = dashboard(&ctl).await;
+    assert!(key_cell(&html, "p-alice", "BOT").contains(">set<"));
+
+    // A report that is not names and booleans is refused, naming the field.
+    for bad in [json!(["BOT"]), json!({"BOT": "yes"}), json!({"B OT": true})] {
+        let (status, answer) = ctl
+            .post(
+                "/api/heartbeat",
+                json!({"proxy_id": "p-alice", "api_keys": bad}),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+        assert!(answer["message"].as_str().unwrap().starts_with("api_keys"));
+    }
+}
+
+#[actix_web::test]
+async fn a_real_proxy_reports_which_of_its_endpoints_have_a_key_where_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("anthropic.key");
+    std::fs::write(&key_file, "sk-ant-test-0123456789\n").unwrap();
+    let mut c = config_for(&[("alice", &[]), ("bob", &[])]);
+    c.ai_endpoints = serde_yaml::from_str(&format!(
+        "- {{name: CLAUDE, provider: anthropic, model: m, api_key_file: '{}'}}\n\
+         - {{name: GEMINI, provider: gemini, model: g, api_key_file: '{}'}}\n",
+        key_file.display(),
+        dir.path().join("missing.key").display()
+    ))
+    .unwrap();
+    let ctl_listener = free_listener();
+    c.controller.listen = ctl_listener.local_addr().unwrap();
+    let proxy_listener = free_listener();
+    c.set_instance_listeners("alice", None, Some(proxy_listener.local_addr().unwrap()));
+    let ctl = Ctl {
+        server: spawn_controller(&c, &dir.path().join("ctl"), ctl_listener).await,
+        dir,
+    };
+    let proxy =
+        crate::helpers::spawn_proxy(&c, "alice", &ctl.dir.path().join("p"), proxy_listener).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let html = loop {
+        let html = dashboard(&ctl).await;
+        if html.contains("class=\"proxy\"") {
+            break html;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not register"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    let id = ctl.state().await[0]["proxy_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cell = key_cell(&html, &id, "CLAUDE");
+    assert!(
+        cell.contains(">set<") && !cell.contains("controller"),
+        "{cell}"
+    );
+    let cell = key_cell(&html, &id, "GEMINI");
+    assert!(cell.contains(">not set<"), "{cell}");
+    assert!(!html.contains("sk-ant-test"), "a key is on the page");
+    proxy.stop().await;
 }
 
 // ---- bad input on every endpoint ----
