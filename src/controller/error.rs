@@ -68,7 +68,7 @@ fn unknown_fields_message(fields: &[String]) -> String {
         named.push(format!("and {} more", fields.len() - NAMED_AT_MOST));
     }
     format!(
-        "unknown field{} {}: a peer endpoint has {}; an AI endpoint has {}; nothing was changed",
+        "unknown field{} {}: a peer endpoint has {}; an AI endpoint has {}",
         if fields.len() == 1 { "" } else { "s" },
         named.join(", "),
         PEER.names().join(", "),
