@@ -30,7 +30,7 @@ use crate::wire::control_plane::{
     AiEndpoint, HeartbeatRequest, KeyReport, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
 };
 use crate::wire::host_port::HostPort;
-use crate::wire::legacy::{Endpoints, Registered};
+use crate::wire::legacy::{Endpoints, ErrorBody, Registered};
 
 /// How long the fallback waits between polls (and stream retries).
 const POLL_EVERY: Duration = Duration::from_secs(5);
@@ -315,10 +315,14 @@ async fn key_report(endpoints: &[AiEndpointConfig]) -> KeyReport {
 fn failure(answer: Answer) -> String {
     match answer {
         Answer::Unreachable { reason } => reason,
+        // A refusal says why (a registration with an advertised host that is no host, say).
+        Answer::Refused { status, body } => match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => format!("answered {status}: {}", e.message),
+            Err(_) => format!("answered {status}"),
+        },
         Answer::Ok { status, .. }
         | Answer::Busy { status, .. }
-        | Answer::RouteMissing { status, .. }
-        | Answer::Refused { status, .. } => format!("answered {status}"),
+        | Answer::RouteMissing { status, .. } => format!("answered {status}"),
     }
 }
 
@@ -467,6 +471,25 @@ mod tests {
         assert_eq!(report, expected, "LOCAL takes no key and is not listed");
         let wire = serde_json::to_string(&report).unwrap();
         assert!(!wire.contains("sk-file-key"), "{wire}");
+    }
+
+    #[test]
+    fn a_refusal_is_logged_with_the_controllers_reason() {
+        let body =
+            Bytes::from_static(br#"{"status":"error","message":"host `a/b` is not a host name"}"#);
+        let why = failure(Answer::Refused {
+            status: StatusCode::BAD_REQUEST,
+            body,
+        });
+        assert_eq!(
+            why,
+            "answered 400 Bad Request: host `a/b` is not a host name"
+        );
+        let why = failure(Answer::Refused {
+            status: StatusCode::BAD_REQUEST,
+            body: Bytes::from_static(b"<html>"),
+        });
+        assert_eq!(why, "answered 400 Bad Request");
     }
 
     #[test]

@@ -547,6 +547,36 @@ async fn an_edit_with_unknown_fields_is_refused_naming_them_and_only_typed_field
 }
 
 #[actix_web::test]
+async fn an_edit_stored_with_unknown_fields_before_is_cut_to_its_typed_part_at_start() {
+    use overlay::controller::{store::Store, tables::TablePatch};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What an earlier controller stored for alice: junk beside a real change.
+        let store = Store::open(dir.path()).await.unwrap();
+        let old = json!({"BOT": {"junk": "x".repeat(100_000), "model_config": {"temperature": 0.4}},
+                         "ghost": null});
+        store
+            .put_edits("alice".into(), TablePatch::from_value(old).unwrap())
+            .await
+            .unwrap();
+    }
+    let ctl = Ctl {
+        server: spawn_controller(&config(), dir.path(), free_listener()).await,
+        dir,
+    };
+    let body = ctl.register("p-alice", "alice", 4001).await;
+    assert_eq!(body["endpoints"]["BOT"]["model_config"]["temperature"], 0.4);
+    let Ctl { server, dir } = ctl;
+    server.stop().await;
+    let loaded = Store::open(dir.path()).await.unwrap().load().await.unwrap();
+    let stored: Value = serde_json::from_str(&loaded.edits["alice"].to_json()).unwrap();
+    assert_eq!(
+        stored,
+        json!({"BOT": {"model_config": {"temperature": 0.4}}})
+    );
+}
+
+#[actix_web::test]
 async fn an_edit_that_puts_a_key_in_a_table_is_refused() {
     let ctl = start(&config()).await;
     ctl.register("p-alice", "alice", 4001).await;
