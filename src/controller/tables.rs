@@ -1,5 +1,6 @@
 //! Endpoint tables as pure functions: the table config.yaml gives an instance, the deep merge of
-//! edits on top of it, and the checks an edit must pass (a valid table, and no secrets).
+//! edits on top of it, and the checks an edit must pass (only the fields a typed entry has, a
+//! valid table, and no secrets).
 //!
 //! Owns the rules; holds no state and does no I/O. The registry decides when to call them.
 
