@@ -2,8 +2,10 @@
 //! one row per proxy (the same row function renders the page and the live SSE updates, so there
 //! is one renderer).
 //!
-//! Never shows a key: an AI endpoint shows the name of its environment variable and whether it is
-//! set in the controller's environment. Does no I/O.
+//! Never shows a key: an AI endpoint shows the name of its environment variable (or key file)
+//! and whether the proxy has the key, as the proxy reported it (for a proxy that does not
+//! report, whether the variable is set in the controller's environment, labelled as such).
+//! Does no I/O.
 
 use std::collections::BTreeMap;
 
@@ -15,10 +17,21 @@ use crate::wire::control_plane::{Endpoint, EndpointTable};
 
 use super::registry::Badge;
 
-/// Whether an API key's environment variable is set (never its value).
+/// Whether an AI endpoint's key is there (never the key), and who says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyStatus {
     pub set: bool,
+    pub witness: KeyWitness,
+}
+
+/// Who knows whether a key is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyWitness {
+    /// The proxy that calls the API reported it.
+    Proxy,
+    /// The proxy does not report its keys (the original's, an older one): the controller's own
+    /// environment, right only when both run in one process (`overlay up`).
+    ControllerEnvironment,
 }
 
 /// One proxy, as shown.
@@ -37,7 +50,7 @@ pub struct ProxyView {
     pub age_secs: u64,
     pub badge: Badge,
     pub table: EndpointTable,
-    /// `api_key_env` name → whether it is set in the controller's environment.
+    /// AI endpoint name → whether its key is there (see `registry::key_statuses`).
     pub keys: BTreeMap<String, KeyStatus>,
 }
 
@@ -170,7 +183,7 @@ fn endpoint_table(p: &ProxyView) -> Markup {
                                 td { span.kind.ai { (ai.provider.map(|p| p.as_str()).unwrap_or("ai")) } }
                                 td { code { (ai.host) ":" (ai.port) } }
                                 td { (ai.model_config.model) span.muted { " · " (ai.transform_request) } }
-                                td { (key_cell(ai.api_key_env.as_deref(), ai.api_key_file.as_deref(), &p.keys)) }
+                                td.key { (key_cell(ai.api_key_env.as_deref(), ai.api_key_file.as_deref(), p.keys.get(name))) }
                             },
                         }
                     }
@@ -180,19 +193,35 @@ fn endpoint_table(p: &ProxyView) -> Markup {
     }
 }
 
-fn key_cell(env: Option<&str>, file: Option<&str>, keys: &BTreeMap<String, KeyStatus>) -> Markup {
+fn key_cell(env: Option<&str>, file: Option<&str>, status: Option<&KeyStatus>) -> Markup {
     html! {
         @if let Some(var) = env {
             code { (var) } " "
-            @if keys.get(var).is_some_and(|k| k.set) {
-                span.keystate.set title="set in the controller's environment" { "set" }
-            } @else {
-                span.keystate.unset title="not set in the controller's environment (the proxy may still have it)" { "not set" }
-            }
         } @else if let Some(f) = file {
-            "file " code { (f) }
-        } @else {
-            span.muted { "none" }
+            "file " code { (f) } " "
+        }
+        @match status {
+            Some(KeyStatus { set: true, witness: KeyWitness::Proxy }) => {
+                span.keystate.set title="this proxy has the key where it runs (as it reported)" { "set" }
+            }
+            Some(KeyStatus { set: false, witness: KeyWitness::Proxy }) => {
+                span.keystate.unset title="this proxy has no key for this endpoint where it runs (as it reported)" { "not set" }
+            }
+            Some(KeyStatus { set, witness: KeyWitness::ControllerEnvironment }) => {
+                @if *set {
+                    span.keystate.set title="set in the controller's environment; this proxy does not report its keys" { "set" }
+                } @else {
+                    span.keystate.unset title="not set in the controller's environment; this proxy does not report its keys and may still have it" { "not set" }
+                }
+                " " span.muted.witness { "(controller's environment)" }
+            }
+            None => {
+                @if env.is_some() || file.is_some() {
+                    span.muted title="this proxy did not report this endpoint's key" { "not reported" }
+                } @else {
+                    span.muted { "none" }
+                }
+            }
         }
     }
 }
@@ -233,7 +262,14 @@ mod tests {
             age_secs: 75,
             badge: Badge::Warning,
             table,
-            keys: [("OPENAI_API_KEY".to_string(), KeyStatus { set: true })].into(),
+            keys: [(
+                "BOT".to_string(),
+                KeyStatus {
+                    set: true,
+                    witness: KeyWitness::Proxy,
+                },
+            )]
+            .into(),
         }
     }
 
@@ -250,14 +286,45 @@ mod tests {
         );
     }
 
+    /// The key cell of the BOT row.
+    fn bot_key_cell(v: &ProxyView) -> String {
+        let html = proxy_row(v).into_string();
+        let row = html
+            .split("<tr>")
+            .find(|r| r.contains(">BOT<"))
+            .unwrap_or_else(|| panic!("no BOT row: {html}"));
+        let cell = row.split("<td class=\"key\">").nth(1).unwrap();
+        cell.split("</td>").next().unwrap().to_string()
+    }
+
     #[test]
-    fn an_ai_endpoint_shows_its_key_variable_and_whether_it_is_set() {
-        let html = proxy_row(&view()).into_string();
-        assert!(html.contains("<code>OPENAI_API_KEY</code>"), "{html}");
-        assert!(html.contains(">set<"), "{html}");
+    fn an_ai_endpoint_shows_its_key_variable_and_whether_its_proxy_has_the_key() {
         let mut v = view();
+        let cell = bot_key_cell(&v);
+        assert!(cell.contains("<code>OPENAI_API_KEY</code>"), "{cell}");
+        assert!(
+            cell.contains(">set<") && !cell.contains("controller"),
+            "{cell}"
+        );
+        v.keys.get_mut("BOT").unwrap().set = false;
+        assert!(bot_key_cell(&v).contains(">not set<"));
         v.keys.clear();
-        assert!(proxy_row(&v).into_string().contains(">not set<"));
+        assert!(bot_key_cell(&v).contains(">not reported<"));
+    }
+
+    #[test]
+    fn what_the_controller_environment_says_is_labelled_as_such() {
+        let mut v = view();
+        v.keys.insert(
+            "BOT".into(),
+            KeyStatus {
+                set: false,
+                witness: KeyWitness::ControllerEnvironment,
+            },
+        );
+        let cell = bot_key_cell(&v);
+        assert!(cell.contains(">not set<"), "{cell}");
+        assert!(cell.contains("(controller's environment)"), "{cell}");
     }
 
     #[test]

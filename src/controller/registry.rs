@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, LivenessConfig};
 use crate::wire::control_plane::{
-    Endpoint, EndpointTable, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
+    Endpoint, EndpointTable, KeyReport, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
 };
 
-use super::dashboard::{self, KeyStatus, ProxyView};
+use super::dashboard::{self, KeyStatus, KeyWitness, ProxyView};
 use super::error::ControllerError;
 use super::store::{Loaded, ProxyRecord, Store};
 use super::tables::{self, KnownAddress, TablePatch};
@@ -94,11 +94,12 @@ pub struct GetEndpoints {
     pub proxy_id: String,
 }
 
-/// `POST /api/heartbeat`: a sign of life.
+/// `POST /api/heartbeat`: a sign of life, perhaps with the proxy's current key report.
 #[derive(Message)]
 #[rtype(result = "Result<(), ControllerError>")]
 pub struct Heartbeat {
     pub proxy_id: String,
+    pub api_keys: Option<KeyReport>,
 }
 
 /// `POST /api/update_proxy_endpoints/{id}`: deep-merge an edit into that proxy's instance table.
@@ -179,6 +180,8 @@ pub struct Registry {
     version: u64,
     table_subs: Vec<TableSubscriber>,
     dashboard_subs: Vec<mpsc::Sender<sse::Event>>,
+    /// Instance keys whose stored edit held more than its typed part: rewritten at start.
+    untyped_edits: Vec<String>,
 }
 
 impl Registry {
@@ -195,16 +198,33 @@ impl Registry {
             })
             .collect::<BTreeMap<_, _>>();
         let badges = proxies.keys().map(|k| (k.clone(), Badge::Active)).collect();
-        Registry {
+        let mut registry = Registry {
             config,
             store,
             proxies,
-            edits: loaded.edits,
+            edits: BTreeMap::new(),
             badges,
             version: now,
             table_subs: Vec::new(),
             dashboard_subs: Vec::new(),
+            untyped_edits: Vec::new(),
+        };
+        // fixes original: edits stored before unknown fields were refused may carry some;
+        // only their typed part is kept (and written back when the registry starts).
+        for (key, patch) in loaded.edits {
+            let base = registry.base_for(&key);
+            let (typed, unknown) = patch.typed(&base, &|name| registry.configured(name));
+            if typed != patch {
+                log::info!(
+                    "the stored edit of {key} had {} unknown fields or empty removals; \
+                     keeping its typed part",
+                    unknown.len()
+                );
+                registry.untyped_edits.push(key.clone());
+            }
+            registry.edits.insert(key, typed);
         }
+        registry
     }
 
     fn liveness(&self) -> &LivenessConfig {
@@ -229,6 +249,16 @@ impl Registry {
                 native: r.protocol.as_deref() == Some(NATIVE_PROTOCOL),
             })
             .collect()
+    }
+
+    /// `name` is an instance or AI endpoint of config.yaml (so it may be in a table later).
+    fn configured(&self, name: &str) -> bool {
+        self.config.instances.iter().any(|i| i.name.matches(name))
+            || self
+                .config
+                .ai_endpoints
+                .iter()
+                .any(|a| a.name.matches(name))
     }
 
     fn base_for(&self, instance: &str) -> EndpointTable {
@@ -269,17 +299,9 @@ impl Registry {
 
     fn view_of(&self, rec: &ProxyRecord, now: u64) -> ProxyView {
         let table = self.table_of_instance(&rec.instance_name);
-        let keys = table
-            .values()
-            .filter_map(|e| match e {
-                Endpoint::Ai(a) => a.api_key_env.clone(),
-                Endpoint::Peer(_) => None,
-            })
-            .map(|var| {
-                let set = std::env::var_os(&var).is_some_and(|v| !v.is_empty());
-                (var, KeyStatus { set })
-            })
-            .collect();
+        let keys = key_statuses(&table, rec.api_keys.as_ref(), |var| {
+            std::env::var_os(var).is_some_and(|v| !v.is_empty())
+        });
         ProxyView {
             proxy_id: rec.proxy_id.clone(),
             instance_name: rec.instance_name.clone(),
@@ -439,6 +461,44 @@ impl Registry {
     }
 }
 
+/// AI endpoint name → whether its key is there, for the dashboard: as the proxy reported it
+/// (the only place that knows), or, for a proxy that does not report (the original's, an older
+/// one), whether the entry's `api_key_env` is set in the controller's environment (`env_set`),
+/// labelled as such. An endpoint a reporting proxy did not list is left out.
+///
+/// fixes original (and our first version): "key set" was read from the controller's own
+/// environment only, which is right only when every role runs in one process.
+pub fn key_statuses(
+    table: &EndpointTable,
+    report: Option<&KeyReport>,
+    env_set: impl Fn(&str) -> bool,
+) -> BTreeMap<String, KeyStatus> {
+    table
+        .iter()
+        .filter_map(|(name, e)| match e {
+            Endpoint::Ai(a) => Some((name, a)),
+            Endpoint::Peer(_) => None,
+        })
+        .filter_map(|(name, ai)| {
+            let status = match report {
+                Some(r) => {
+                    r.iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, &set)| KeyStatus {
+                            set,
+                            witness: KeyWitness::Proxy,
+                        })?
+                }
+                None => KeyStatus {
+                    set: env_set(ai.api_key_env.as_deref()?),
+                    witness: KeyWitness::ControllerEnvironment,
+                },
+            };
+            Some((name.clone(), status))
+        })
+        .collect()
+}
+
 fn send(tx: &mpsc::Sender<sse::Event>, ev: sse::Event) -> bool {
     // A full or closed channel means a gone or hopelessly slow client: drop it; it reconnects.
     tx.try_send(ev).is_ok()
@@ -461,6 +521,24 @@ impl Actor for Registry {
             self.edits.len()
         );
         ctx.run_interval(SWEEP_EVERY, |act, ctx| act.sweep(ctx));
+        let rewrite: Vec<(String, TablePatch)> = std::mem::take(&mut self.untyped_edits)
+            .into_iter()
+            .filter_map(|k| self.edits.get(&k).map(|p| (k, p.clone())))
+            .collect();
+        if !rewrite.is_empty() {
+            let store = self.store.clone();
+            // `wait`: no edit of these instances is handled before their rewrite is stored.
+            ctx.wait(
+                async move {
+                    for (key, patch) in rewrite {
+                        if let Err(e) = store.put_edits(key.clone(), patch).await {
+                            log::warn!("could not rewrite the stored edit of {key}: {e}");
+                        }
+                    }
+                }
+                .into_actor(self),
+            );
+        }
     }
 }
 
@@ -481,6 +559,7 @@ impl Handler<RegisterProxy> for Registry {
             host: r.host,
             port: r.port,
             protocol: r.protocol,
+            api_keys: r.api_keys,
             registered_at_ms,
             last_seen_ms: now,
         };
@@ -539,7 +618,16 @@ impl Handler<Heartbeat> for Registry {
     type Result = Result<(), ControllerError>;
 
     fn handle(&mut self, msg: Heartbeat, _ctx: &mut Self::Context) -> Self::Result {
-        self.seen(&msg.proxy_id)
+        self.seen(&msg.proxy_id)?;
+        if let Some(report) = msg.api_keys {
+            if let Some(rec) = self.proxies.get_mut(&msg.proxy_id) {
+                if rec.api_keys.as_ref() != Some(&report) {
+                    rec.api_keys = Some(report);
+                    self.changed();
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -553,12 +641,19 @@ impl Handler<UpdateEndpoints> for Registry {
                 .get(&msg.proxy_id)
                 .ok_or_else(|| Self::unknown(&msg.proxy_id))?;
             msg.patch.check_no_secrets()?;
+            let base = self.base_for(&rec.instance_name);
+            let may_appear = |name: &str| self.configured(name);
+            let (_, unknown) = msg.patch.typed(&base, &may_appear);
+            if !unknown.is_empty() {
+                return Err(ControllerError::UnknownFields { fields: unknown });
+            }
             let key = instance_key(&rec.instance_name);
             let combined = match self.edits.get(&key) {
                 Some(old) => old.then(&msg.patch),
                 None => msg.patch.clone(),
             };
-            let base = self.base_for(&rec.instance_name);
+            // Stored: typed fields only, and removals of what is there (older junk goes too).
+            let (combined, _) = combined.typed(&base, &may_appear);
             let table = tables::apply(&base, &combined).map_err(ControllerError::InvalidEdit)?;
             Ok((key, combined, table))
         })();
@@ -678,6 +773,46 @@ mod tests {
     fn a_proxy_is_dropped_only_after_the_drop_time() {
         assert!(!should_drop(Duration::from_secs(300), &l()));
         assert!(should_drop(Duration::from_millis(300_001), &l()));
+    }
+
+    fn ai_table() -> EndpointTable {
+        let ai: Vec<crate::config::AiEndpointConfig> = serde_yaml::from_str(
+            "- {name: BOT, provider: openai, model: m, api_key_env: CTL_HAS_IT}\n\
+             - {name: GEMINI, provider: gemini, model: g, api_key_env: CTL_LACKS_IT}\n",
+        )
+        .unwrap();
+        ai.iter()
+            .map(|c| {
+                let e = crate::wire::control_plane::AiEndpoint::from_config(c);
+                (c.name.to_string(), Endpoint::Ai(Box::new(e)))
+            })
+            .collect()
+    }
+
+    fn status(set: bool, witness: KeyWitness) -> KeyStatus {
+        KeyStatus { set, witness }
+    }
+
+    #[test]
+    fn a_proxys_own_report_wins_over_the_controllers_environment() {
+        let report: KeyReport = [("bot".to_string(), false), ("GEMINI".to_string(), true)].into();
+        let keys = key_statuses(&ai_table(), Some(&report), |var| var == "CTL_HAS_IT");
+        assert_eq!(keys["BOT"], status(false, KeyWitness::Proxy));
+        assert_eq!(keys["GEMINI"], status(true, KeyWitness::Proxy));
+        // An endpoint the proxy did not list is not guessed at.
+        let report: KeyReport = [("GEMINI".to_string(), true)].into();
+        let keys = key_statuses(&ai_table(), Some(&report), |_| true);
+        assert_eq!(keys.get("BOT"), None);
+    }
+
+    #[test]
+    fn a_proxy_that_does_not_report_gets_the_controllers_environment_labelled_as_such() {
+        let keys = key_statuses(&ai_table(), None, |var| var == "CTL_HAS_IT");
+        assert_eq!(keys["BOT"], status(true, KeyWitness::ControllerEnvironment));
+        assert_eq!(
+            keys["GEMINI"],
+            status(false, KeyWitness::ControllerEnvironment)
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 
 use crate::config::InstanceName;
 use crate::web::BodyError;
-use crate::wire::control_plane::{EndpointTable, RegisterRequest};
+use crate::wire::control_plane::{EndpointTable, KeyReport, RegisterRequest};
+use crate::wire::host_port::is_host;
 use crate::wire::legacy::{success, Endpoints, Note, Registered};
 
 use super::dashboard;
@@ -24,7 +25,7 @@ use super::registry::{
     GetEndpoints, Heartbeat, ListProxies, RegisterProxy, Registry, RemoveProxy, SubscribeDashboard,
     SubscribeTable, UpdateEndpoints, SUBSCRIBER_BUFFER,
 };
-use super::tables::TablePatch;
+use super::tables::{shown, TablePatch};
 
 /// What every handler shares; it does not change while the server runs.
 pub struct AppState {
@@ -186,9 +187,23 @@ pub fn parse_register(
     let proxy_id = string_field(m, "proxy_id")?;
     check_proxy_id(&proxy_id)?;
     let instance_name = string_field(m, "instance_name")?;
-    InstanceName::parse(&instance_name)
-        .map_err(|e| ControllerError::BadRequest(format!("instance_name: {e}")))?;
+    // fixes original: look-alike names (invisible or right-to-left characters, emoji) are
+    // refused by the config's name rule.
+    InstanceName::parse(&instance_name).map_err(|_| {
+        ControllerError::BadRequest(format!(
+            "instance_name `{}` is not a valid name: use 1 to 64 letters, digits, `_`, `-` or `.`",
+            shown(&instance_name)
+        ))
+    })?;
     let host = string_field(m, "host")?;
+    // fixes original: any string was accepted as the address other proxies are sent to.
+    if !is_host(&host) {
+        return Err(ControllerError::BadRequest(format!(
+            "host `{}` is not a host name or IP address: write a name such as bob.lan or an \
+             address such as 192.168.1.20 or ::1 (no scheme, port or path)",
+            shown(&host)
+        )));
+    }
     let port = port_field(&m["port"])?;
     let protocol = match m.get("protocol") {
         None | Some(Value::Null) => None,
@@ -205,15 +220,54 @@ pub fn parse_register(
         host,
         port,
         protocol,
+        api_keys: api_keys_field(m)?,
     })
 }
 
-/// An id must be usable in a URL path segment (`/api/remove_proxy/{proxy_id}`).
+/// The most endpoints one key report may name.
+const MAX_REPORTED_KEYS: usize = 256;
+
+/// The optional `api_keys` of a register or heartbeat body: endpoint name → true / false.
+pub fn api_keys_field(
+    m: &serde_json::Map<String, Value>,
+) -> Result<Option<KeyReport>, ControllerError> {
+    let bad = |why: String| {
+        ControllerError::BadRequest(format!(
+            "api_keys must be an object of AI endpoint name → true or false (at most \
+             {MAX_REPORTED_KEYS}): {why}"
+        ))
+    };
+    let entries = match m.get("api_keys") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(entries)) => entries,
+        Some(other) => return Err(bad(format!("got {other}"))),
+    };
+    if entries.len() > MAX_REPORTED_KEYS {
+        return Err(bad(format!("got {} names", entries.len())));
+    }
+    let mut report = KeyReport::new();
+    for (name, has) in entries {
+        InstanceName::parse(name)
+            .map_err(|_| bad(format!("`{}` is not an endpoint name", shown(name))))?;
+        let Some(has) = has.as_bool() else {
+            return Err(bad(format!("`{name}` is {has}")));
+        };
+        report.insert(name.clone(), has);
+    }
+    Ok(Some(report))
+}
+
+/// An id must be usable in a URL path segment (`/api/remove_proxy/{proxy_id}`) and must read
+/// as what it is on the dashboard: visible ASCII only.
 fn check_proxy_id(id: &str) -> Result<(), ControllerError> {
-    if id.len() > 128 || id.contains(['/', '?', '#', '%', '\\']) {
-        return Err(ControllerError::BadRequest(
-            "proxy_id must be at most 128 characters without `/`, `?`, `#`, `%` or `\\`".into(),
-        ));
+    // fixes original: invisible, right-to-left and other look-alike characters were accepted.
+    let visible = id.chars().all(|c| c.is_ascii_graphic());
+    if id.len() > 128 || !visible || id.contains(['/', '?', '#', '%', '\\']) {
+        return Err(ControllerError::BadRequest(format!(
+            "proxy_id `{}` is refused: proxy_id must be at most 128 characters without `/`, `?`, \
+             `#`, `%` or `\\`, in visible ASCII (letters, digits, punctuation)",
+            shown(id)
+        )));
     }
     Ok(())
 }
@@ -261,7 +315,11 @@ async fn get_endpoints(state: web::Data<AppState>, q: web::Query<EndpointsQuery>
 async fn heartbeat(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
     let m = read_object(&req, body, state.max_body_bytes).await?;
     let proxy_id = proxy_id_of(&m)?;
-    state.registry.send(Heartbeat { proxy_id }).await??;
+    let api_keys = api_keys_field(&m)?;
+    state
+        .registry
+        .send(Heartbeat { proxy_id, api_keys })
+        .await??;
     Ok(HttpResponse::Ok().json(success(Note {
         message: "Heartbeat received".into(),
     })))

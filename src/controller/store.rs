@@ -12,6 +12,8 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::wire::control_plane::KeyReport;
+
 use super::error::ControllerError;
 use super::tables::TablePatch;
 
@@ -30,6 +32,10 @@ pub struct ProxyRecord {
     /// `overlay/1` for our proxies; absent for the original's.
     #[serde(default)]
     pub protocol: Option<String>,
+    /// Which of its AI endpoints have a key where the proxy runs, as it last reported;
+    /// absent for the original's proxies and older ones (heartbeat updates are not stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<KeyReport>,
     /// Milliseconds since the Unix epoch.
     pub registered_at_ms: u64,
     /// Milliseconds since the Unix epoch (not persisted on every heartbeat; see `Registry`).

@@ -1,5 +1,6 @@
 //! Endpoint tables as pure functions: the table config.yaml gives an instance, the deep merge of
-//! edits on top of it, and the checks an edit must pass (a valid table, and no secrets).
+//! edits on top of it, and the checks an edit must pass (only the fields a typed entry has, a
+//! valid table, and no secrets).
 //!
 //! Owns the rules; holds no state and does no I/O. The registry decides when to call them.
 
@@ -63,6 +64,45 @@ impl TablePatch {
         }
     }
 
+    /// This patch cut down to what a typed table holds: the fields of each entry's kind (the
+    /// original's and ours, see [`PEER`] and [`AI`]) and removals (`null`) of what `base` has or
+    /// of an entry `may_appear` says could come back (a configured instance not registered yet).
+    /// Also answers the paths of the unknown fields it left out (`BOT.junk`).
+    ///
+    /// fixes original: an edit's unknown fields were kept forever, so a few large junk edits
+    /// grew the store and the controller's memory without limit.
+    pub fn typed(
+        &self,
+        base: &EndpointTable,
+        may_appear: &dyn Fn(&str) -> bool,
+    ) -> (TablePatch, Vec<String>) {
+        let base = match serde_json::to_value(base) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        let mut unknown = Vec::new();
+        let mut out = Map::new();
+        for (name, entry) in &self.0 {
+            let base_entry = base.get(name);
+            if entry.is_null() {
+                if base_entry.is_some() || may_appear(name) {
+                    out.insert(name.clone(), Value::Null);
+                }
+                continue;
+            }
+            let is_api = entry
+                .get("is_api")
+                .or_else(|| base_entry.and_then(|b| b.get("is_api")))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let shape = if is_api { AI } else { PEER };
+            if let Some(v) = strip(entry, base_entry, shape, &shown(name), &mut unknown) {
+                out.insert(name.clone(), v);
+            }
+        }
+        (TablePatch(out), unknown)
+    }
+
     /// Refuses a patch that puts a secret in a table; `Err` names where it is.
     pub fn check_no_secrets(&self) -> Result<(), ControllerError> {
         for (name, entry) in &self.0 {
@@ -81,6 +121,124 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// What a part of an endpoint entry may hold.
+#[derive(Debug, Clone, Copy)]
+pub enum Shape {
+    /// A value the typed entry checks (a string, a number, a boolean).
+    Value,
+    /// An object with these fields only.
+    Fields(&'static [(&'static str, Shape)]),
+    /// An object with any names (`headers`, `params`), each a value.
+    AnyNames,
+}
+
+/// A peer entry: the original's `host`, `port` (and `is_api: false`), and our `native`.
+pub const PEER: Shape = Shape::Fields(&[
+    ("host", Shape::Value),
+    ("port", Shape::Value),
+    ("is_api", Shape::Value),
+    ("native", Shape::Value),
+]);
+
+/// compat: the original's `model_config` fields, those our proxies use.
+const MODEL_CONFIG: Shape = Shape::Fields(&[
+    ("model", Shape::Value),
+    ("temperature", Shape::Value),
+    ("max_tokens", Shape::Value),
+    ("top_p", Shape::Value),
+]);
+
+const HISTORY: Shape = Shape::Fields(&[("max_turns", Shape::Value), ("max_chars", Shape::Value)]);
+
+const TIMEOUTS: Shape = Shape::Fields(&[
+    ("connect_secs", Shape::Value),
+    ("first_token_secs", Shape::Value),
+    ("idle_secs", Shape::Value),
+    ("total_secs", Shape::Value),
+    ("connect_ms", Shape::Value),
+    ("first_token_ms", Shape::Value),
+    ("idle_ms", Shape::Value),
+    ("total_ms", Shape::Value),
+]);
+
+/// An AI entry: the original's fields, then ours (the fields of [`AiEndpoint`]).
+pub const AI: Shape = Shape::Fields(&[
+    ("host", Shape::Value),
+    ("port", Shape::Value),
+    ("is_api", Shape::Value),
+    ("path", Shape::Value),
+    ("headers", Shape::AnyNames),
+    ("params", Shape::AnyNames),
+    ("transform_request", Shape::Value),
+    ("transform_response", Shape::Value),
+    ("timeout", Shape::Value),
+    ("model_config", MODEL_CONFIG),
+    ("provider", Shape::Value),
+    ("base_url", Shape::Value),
+    ("api_key_env", Shape::Value),
+    ("api_key_file", Shape::Value),
+    ("api_version", Shape::Value),
+    ("auth_style", Shape::Value),
+    ("system_prompt", Shape::Value),
+    ("stream", Shape::Value),
+    ("history", HISTORY),
+    ("timeouts", TIMEOUTS),
+]);
+
+impl Shape {
+    /// The field names of a [`Shape::Fields`], for messages.
+    pub fn names(self) -> Vec<&'static str> {
+        match self {
+            Shape::Fields(f) => f.iter().map(|(n, _)| *n).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `patch` (part of an entry) cut to `shape`; `None` drops it (a removal of nothing).
+/// Values of the wrong type are kept: the typed check refuses them with a reason.
+fn strip(
+    patch: &Value,
+    base: Option<&Value>,
+    shape: Shape,
+    path: &str,
+    unknown: &mut Vec<String>,
+) -> Option<Value> {
+    if patch.is_null() {
+        return base.filter(|b| !b.is_null()).map(|_| Value::Null);
+    }
+    let (Value::Object(fields), Shape::Fields(_) | Shape::AnyNames) = (patch, shape) else {
+        return Some(patch.clone());
+    };
+    let mut out = Map::new();
+    for (k, v) in fields {
+        let here = format!("{path}.{}", shown(k));
+        let sub = match shape {
+            Shape::Value | Shape::AnyNames => Shape::Value,
+            Shape::Fields(known) => match known.iter().find(|(n, _)| n == k) {
+                Some((_, sub)) => *sub,
+                None => {
+                    unknown.push(here);
+                    continue;
+                }
+            },
+        };
+        if let Some(x) = strip(v, base.and_then(|b| b.get(k)), sub, &here, unknown) {
+            out.insert(k.clone(), x);
+        }
+    }
+    Some(Value::Object(out))
+}
+
+/// A name as a message shows it: invisible characters escaped, at most 64 characters.
+pub fn shown(name: &str) -> String {
+    let mut out: String = name.chars().take(64).flat_map(char::escape_debug).collect();
+    if name.chars().count() > 64 {
+        out.push('…');
+    }
+    out
 }
 
 /// Deep merge: objects merge key by key; `null` deletes (or, with `keep_nulls`, is kept so a
@@ -331,11 +489,22 @@ pub fn apply_lenient(base: &EndpointTable, patch: &TablePatch) -> EndpointTable 
     out
 }
 
+/// The most endpoints one table may have (every change sends the whole table to its proxy).
+pub const MAX_ENTRIES: usize = 1024;
+/// The most `headers` or `params` one AI endpoint may have.
+pub const MAX_NAMED: usize = 64;
+
 /// A merged table as JSON → a typed table, or what is wrong with it.
 pub fn check_table(v: Value) -> Result<EndpointTable, String> {
     let Value::Object(m) = v else {
         return Err(format!("the table must be a JSON object, got {}", kind(&v)));
     };
+    if m.len() > MAX_ENTRIES {
+        return Err(format!(
+            "a table may have at most {MAX_ENTRIES} endpoints; this edit makes {}",
+            m.len()
+        ));
+    }
     let mut out = EndpointTable::new();
     for (name, entry) in m {
         let e = check_entry(&name, entry)?;
@@ -390,6 +559,13 @@ fn check_entry(name: &str, entry: Value) -> Result<Endpoint, String> {
                 return Err(format!(
                     "endpoint `{name}`: {field} `{t}` is unknown; use one of {}",
                     KNOWN_TRANSFORMS.join(", ")
+                ));
+            }
+        }
+        for (field, n) in [("headers", ai.headers.len()), ("params", ai.params.len())] {
+            if n > MAX_NAMED {
+                return Err(format!(
+                    "endpoint `{name}`: {field} may have at most {MAX_NAMED} entries, got {n}"
                 ));
             }
         }
@@ -554,6 +730,104 @@ mod tests {
         assert!(!p.is_empty());
         assert!(TablePatch::from_value(json!("{nope")).is_err());
         assert!(TablePatch::from_value(json!([1])).is_err());
+    }
+
+    fn nothing_else(_: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn unknown_fields_are_named_and_left_out_at_every_level() {
+        let base = base_table(&config(), &[], "alice");
+        let p = patch(json!({
+            "BOT": {"junk": "x", "model_config": {"temperature": 0.2, "colour": "blue"},
+                    "headers": {"OpenAI-Beta": "v2"}, "timeouts": {"idle_secs": 5, "nap": 1}},
+            "bob": {"port": 4102, "model_config": {"model": "m"}},
+        }));
+        let (typed, unknown) = p.typed(&base, &nothing_else);
+        assert_eq!(
+            unknown,
+            [
+                "BOT.junk",
+                "BOT.model_config.colour",
+                "BOT.timeouts.nap",
+                "bob.model_config"
+            ]
+        );
+        assert_eq!(
+            typed,
+            patch(json!({
+                "BOT": {"model_config": {"temperature": 0.2}, "headers": {"OpenAI-Beta": "v2"},
+                        "timeouts": {"idle_secs": 5}},
+                "bob": {"port": 4102},
+            }))
+        );
+    }
+
+    #[test]
+    fn a_removal_is_kept_only_when_it_removes_something() {
+        let base = base_table(&config(), &[], "alice");
+        let p = patch(json!({
+            "GEMINI": null, "ghost": null, "BOT": {"system_prompt": null, "timeout": null,
+                                                   "headers": {"X-Nothing": null}},
+        }));
+        let (typed, unknown) = p.typed(&base, &nothing_else);
+        assert!(unknown.is_empty());
+        assert_eq!(
+            typed,
+            patch(json!({"GEMINI": null, "BOT": {"timeout": null, "headers": {}}}))
+        );
+        // A configured instance missing from the table now may come back: its removal stays.
+        let (typed, _) = patch(json!({"carol": null})).typed(&base, &|n| n == "carol");
+        assert_eq!(typed, patch(json!({"carol": null})));
+    }
+
+    #[test]
+    fn an_entry_and_its_removal_leave_nothing_behind() {
+        let base = base_table(&config(), &[], "alice");
+        let added = patch(json!({"carol": {"host": "10.0.0.9", "port": 4444}}));
+        let both = added.then(&patch(json!({"carol": null})));
+        assert_eq!(both.typed(&base, &nothing_else).0, TablePatch::default());
+    }
+
+    #[test]
+    fn the_shapes_name_every_field_of_the_typed_entries() {
+        fn keys(v: &Value) -> Vec<String> {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        }
+        fn sorted(mut v: Vec<&str>) -> Vec<String> {
+            v.sort();
+            v.into_iter().map(String::from).collect()
+        }
+        let ai: AiEndpoint = serde_json::from_value(json!({
+            "host": "h", "port": 1, "is_api": true, "timeout": 1.0,
+            "model_config": {"model": "m", "temperature": 0.1, "max_tokens": 5, "top_p": 0.5},
+            "provider": "openai", "base_url": "http://h", "api_key_env": "K", "api_key_file": "f",
+            "api_version": "v", "auth_style": "bearer", "system_prompt": "s",
+            "timeouts": {"connect_ms": 1, "first_token_ms": 1, "idle_ms": 1, "total_ms": 1},
+        }))
+        .unwrap();
+        let v = serde_json::to_value(&ai).unwrap();
+        assert_eq!(keys(&v), sorted(AI.names()));
+        let Shape::Fields(ai_fields) = AI else {
+            panic!("AI is a set of fields")
+        };
+        for (name, shape) in ai_fields {
+            if let Shape::Fields(_) = shape {
+                assert_eq!(keys(&v[*name]), sorted(shape.names()), "{name}");
+            }
+        }
+        let peer = PeerEndpoint {
+            host: "h".into(),
+            port: 1,
+            native: true,
+        };
+        let mut peer_fields = keys(&serde_json::to_value(&peer).unwrap());
+        peer_fields.push("is_api".into());
+        peer_fields.sort();
+        assert_eq!(peer_fields, sorted(PEER.names()));
     }
 
     #[test]

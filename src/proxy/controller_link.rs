@@ -4,6 +4,9 @@
 //! (`GET /api/v1/proxies/{proxy_id}/table/stream`, SSE of `TableUpdate`) and, while the stream is
 //! down, polls `GET /api/getendpoints` every few seconds and retries the stream.
 //!
+//! Registrations and heartbeats say which of this proxy's AI endpoints have a key here (names
+//! and yes/no, never a key), so the dashboard shows the truth of the machine the proxy runs on.
+//!
 //! Every table it learns goes to the [`Router`] at once; it routes nothing itself and never
 //! touches the outbox. One awc `Client`, built once; requests, retry timing and the SSE parser
 //! are the [`crate::hop`] ones.
@@ -16,13 +19,18 @@ use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use super::ai::keys::KeySource;
+use super::ai::target::resolve;
 use super::router::{Router, SetTable, TableSource};
+use crate::config::AiEndpointConfig;
 use crate::hop::backoff::{full_jitter_ms, XorShift};
 use crate::hop::post::{self, Answer};
 use crate::hop::sse::SseParser;
-use crate::wire::control_plane::{HeartbeatRequest, RegisterRequest, TableUpdate, NATIVE_PROTOCOL};
+use crate::wire::control_plane::{
+    AiEndpoint, HeartbeatRequest, KeyReport, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
+};
 use crate::wire::host_port::HostPort;
-use crate::wire::legacy::{Endpoints, Registered};
+use crate::wire::legacy::{Endpoints, ErrorBody, Registered};
 
 /// How long the fallback waits between polls (and stream retries).
 const POLL_EVERY: Duration = Duration::from_secs(5);
@@ -42,6 +50,9 @@ pub struct LinkSettings {
     /// `host:port` other proxies reach this one at.
     pub advertise: String,
     pub heartbeat_every: Duration,
+    /// This proxy's own AI endpoints (its config.yaml): which of them have a key here is
+    /// reported with every registration and heartbeat (names and yes/no only, never a key).
+    pub ai_endpoints: Vec<AiEndpointConfig>,
 }
 
 /// The actor.
@@ -80,6 +91,7 @@ impl ControllerLink {
             host,
             port,
             protocol: Some(NATIVE_PROTOCOL.to_string()),
+            api_keys: None,
         }
     }
 
@@ -91,8 +103,10 @@ impl ControllerLink {
         self.registering = true;
         let url = format!("{}/api/register", self.settings.controller_url);
         let req = self.client.post(url);
-        let body = self.register_request();
+        let mut body = self.register_request();
+        let ai = self.settings.ai_endpoints.clone();
         let call = async move {
+            body.api_keys = Some(key_report(&ai).await);
             match post::post_json(req, &body, TABLE_LIMIT, REQUEST_TIMEOUT).await {
                 Answer::Ok { body, .. } => {
                     serde_json::from_slice::<Registered>(&body).map_err(|e| e.to_string())
@@ -144,11 +158,16 @@ impl ControllerLink {
             return;
         }
         let url = format!("{}/api/heartbeat", self.settings.controller_url);
-        let body = HeartbeatRequest {
+        let mut body = HeartbeatRequest {
             proxy_id: self.settings.proxy_id.clone(),
+            api_keys: None,
         };
         let req = self.client.post(url);
-        let call = async move { post::post_json(req, &body, SMALL_LIMIT, REQUEST_TIMEOUT).await };
+        let ai = self.settings.ai_endpoints.clone();
+        let call = async move {
+            body.api_keys = Some(key_report(&ai).await);
+            post::post_json(req, &body, SMALL_LIMIT, REQUEST_TIMEOUT).await
+        };
         ctx.spawn(
             wrap_future(call).map(|answer, act: &mut Self, ctx| match answer {
                 Answer::Ok { .. } => {}
@@ -274,14 +293,36 @@ fn registered_address(advertise: &str) -> (String, u16) {
     }
 }
 
+/// Which of `endpoints` have their key here now, by the key source the proxy calls them with
+/// (environment variable, key file, or the provider's usual variable); endpoints that take no
+/// key are left out. Reads each key to know it is there and drops it at once.
+async fn key_report(endpoints: &[AiEndpointConfig]) -> KeyReport {
+    let mut report = KeyReport::new();
+    for c in endpoints {
+        let Ok(target) = resolve(&AiEndpoint::from_config(c)) else {
+            continue; // an endpoint the proxy cannot call says nothing about keys
+        };
+        if target.key == KeySource::NoKey {
+            continue;
+        }
+        let has = matches!(target.key.load(target.provider).await, Ok(Some(_)));
+        report.insert(c.name.to_string(), has);
+    }
+    report
+}
+
 /// Why a request to the controller did not give what was asked, for the log.
 fn failure(answer: Answer) -> String {
     match answer {
         Answer::Unreachable { reason } => reason,
+        // A refusal says why (a registration with an advertised host that is no host, say).
+        Answer::Refused { status, body } => match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => format!("answered {status}: {}", e.message),
+            Err(_) => format!("answered {status}"),
+        },
         Answer::Ok { status, .. }
         | Answer::Busy { status, .. }
-        | Answer::RouteMissing { status, .. }
-        | Answer::Refused { status, .. } => format!("answered {status}"),
+        | Answer::RouteMissing { status, .. } => format!("answered {status}"),
     }
 }
 
@@ -402,6 +443,53 @@ mod tests {
         handle.stop(false).await;
         assert_eq!(got.len(), 1, "{end:?}");
         assert!(got[0].endpoints.contains_key("zoë"), "{got:?}");
+    }
+
+    #[actix_rt::test]
+    async fn the_key_report_says_which_endpoints_have_a_key_here_and_never_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "sk-file-key-0123456789\n").unwrap();
+        let yaml = format!(
+            "- {{name: FROMFILE, provider: anthropic, model: m, api_key_file: '{}'}}\n\
+             - {{name: NOFILE, provider: anthropic, model: m, api_key_file: '{}'}}\n\
+             - {{name: FROMENV, provider: openai, model: m, api_key_env: PATH}}\n\
+             - {{name: UNSET, provider: openai, model: m, api_key_env: OVERLAY_TEST_UNSET_KEY_VAR}}\n\
+             - {{name: LOCAL, provider: openai_compatible, model: m, base_url: 'http://127.0.0.1:1/v1'}}\n",
+            file.display(),
+            dir.path().join("missing").display()
+        );
+        let endpoints: Vec<AiEndpointConfig> = serde_yaml::from_str(&yaml).unwrap();
+        let report = key_report(&endpoints).await;
+        let expected: KeyReport = [
+            ("FROMFILE".to_string(), true),
+            ("NOFILE".to_string(), false),
+            ("FROMENV".to_string(), true),
+            ("UNSET".to_string(), false),
+        ]
+        .into();
+        assert_eq!(report, expected, "LOCAL takes no key and is not listed");
+        let wire = serde_json::to_string(&report).unwrap();
+        assert!(!wire.contains("sk-file-key"), "{wire}");
+    }
+
+    #[test]
+    fn a_refusal_is_logged_with_the_controllers_reason() {
+        let body =
+            Bytes::from_static(br#"{"status":"error","message":"host `a/b` is not a host name"}"#);
+        let why = failure(Answer::Refused {
+            status: StatusCode::BAD_REQUEST,
+            body,
+        });
+        assert_eq!(
+            why,
+            "answered 400 Bad Request: host `a/b` is not a host name"
+        );
+        let why = failure(Answer::Refused {
+            status: StatusCode::BAD_REQUEST,
+            body: Bytes::from_static(b"<html>"),
+        });
+        assert_eq!(why, "answered 400 Bad Request");
     }
 
     #[test]

@@ -186,6 +186,7 @@ impl Boot {
             instance_name: settings.name.to_string(),
             advertise: settings.advertise.clone(),
             heartbeat_every: Duration::from_secs(settings.liveness.heartbeat_every_secs.max(1)),
+            ai_endpoints: settings.config.ai_endpoints.clone(),
         };
         ControllerLink::new(link, router.clone()).start();
         ProxyState {

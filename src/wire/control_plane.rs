@@ -30,13 +30,24 @@ pub struct RegisterRequest {
     /// Ours only: [`NATIVE_PROTOCOL`] when the proxy speaks the native envelope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// Ours only: which of this proxy's AI endpoints have a key where it runs. Absent from the
+    /// original's proxies and older ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<KeyReport>,
 }
 
 /// `POST /api/heartbeat` body.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HeartbeatRequest {
     pub proxy_id: String,
+    /// Ours only: as in [`RegisterRequest::api_keys`], so a key set or removed later shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<KeyReport>,
 }
+
+/// AI endpoint name → whether the proxy has that endpoint's API key now (never the key, never
+/// where it is). Only endpoints that take a key are listed.
+pub type KeyReport = BTreeMap<String, bool>;
 
 /// Name → endpoint, as handed to one proxy.
 pub type EndpointTable = BTreeMap<String, Endpoint>;

@@ -62,6 +62,46 @@ impl HostPort {
     }
 }
 
+/// Whether `s` is a host a registration may name: an IPv4 address, an IPv6 address (bare or
+/// in brackets), or a DNS name: dot-separated labels of ASCII letters, digits, `-` and `_`
+/// (1 to 63 characters, not starting or ending with `-`), 253 characters in all, an optional
+/// final dot. Anything else (spaces, slashes, a scheme, invisible or right-to-left characters,
+/// emoji) is not a host.
+pub fn is_host(s: &str) -> bool {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(s);
+    if bare.parse::<Ipv6Addr>().is_ok() {
+        return true;
+    }
+    if bare.len() != s.len() {
+        return false; // brackets around something that is not an IPv6 address
+    }
+    if s.parse::<Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = s.strip_suffix('.').unwrap_or(s);
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    let labels_ok = name.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    });
+    // All-digit labels that are not an IPv4 address (`999.1.1.1`, `1.2.3`) are no name either.
+    let numeric = name
+        .split('.')
+        .all(|label| label.chars().all(|c| c.is_ascii_digit()));
+    labels_ok && !numeric
+}
+
 /// (host, port when written), checked.
 fn split(s: &str) -> Result<(String, Option<u16>), HostPortError> {
     let s = s.trim();
@@ -185,6 +225,51 @@ mod tests {
         assert_eq!(HostPort::parse_or("h", 80), Ok(hp("h", 80)));
         assert_eq!(HostPort::parse_or("h:9", 80), Ok(hp("h", 9)));
         assert_eq!(HostPort::parse_or("[::1]", 443), Ok(hp("[::1]", 443)));
+    }
+
+    #[test]
+    fn names_and_ip_addresses_are_hosts() {
+        for s in [
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+            "fe80::1",
+            "localhost",
+            "bob",
+            "api.example.com",
+            "api.example.com.",
+            "my_service-2",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(is_host(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn look_alikes_urls_and_junk_are_not_hosts() {
+        for s in [
+            "",
+            ".",
+            "a b",
+            "evil.com/x",
+            "http://h",
+            "h:80",
+            "a..b",
+            "-bad.example",
+            "bad-.example",
+            "ali\u{200b}ce",
+            "\u{202e}moc.evil",
+            "caf\u{e9}",
+            "\u{1f600}.example",
+            "999.1.1.1",
+            "1.2.3",
+            "[bob]",
+            "[::1",
+        ] {
+            assert!(!is_host(s), "{s:?}");
+        }
+        assert!(!is_host(&"a".repeat(64)));
+        assert!(!is_host(&["a"; 128].join(".")));
     }
 
     // Moved from proxy/compat.rs.

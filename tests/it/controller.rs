@@ -232,6 +232,59 @@ async fn register_without_a_required_field_is_400_missing_required_fields() {
 }
 
 #[actix_web::test]
+async fn register_refuses_hosts_that_are_no_host_and_look_alike_names_naming_the_field() {
+    let ctl = start(&config()).await;
+    let full =
+        json!({"proxy_id": "p1", "instance_name": "alice", "host": "127.0.0.1", "port": 4001});
+    let cases = [
+        ("host", "evil.example/x"),
+        ("host", "http://bob.lan"),
+        ("host", "<script>"),
+        ("host", "bob\u{202e}nal.evil"),
+        ("host", "b\u{200b}ob.lan"),
+        ("host", "\u{1f600}.example"),
+        ("host", "a..b"),
+        ("proxy_id", "p\u{202e}1"),
+        ("proxy_id", "p\u{200b}1"),
+        ("proxy_id", "p\u{1f600}"),
+        ("instance_name", "ali\u{200b}ce"),
+        ("instance_name", "\u{202e}ecila"),
+        ("instance_name", "alice\u{1f600}"),
+    ];
+    for (field, value) in cases {
+        let mut body = full.clone();
+        body[field] = json!(value);
+        let (status, answer) = ctl.post("/api/register", body).await;
+        assert_eq!(status, 400, "{field} {value:?}: {answer}");
+        assert_eq!(answer["status"], "error");
+        let msg = answer["message"].as_str().unwrap();
+        assert!(msg.starts_with(field), "{field} {value:?}: {msg}");
+        assert!(
+            !msg.contains('\u{202e}') && !msg.contains('\u{200b}'),
+            "an invisible character is echoed: {msg:?}"
+        );
+    }
+    assert_eq!(ctl.state().await, json!([]), "nothing was registered");
+    // Names and addresses in every form our proxies and the original's send are still accepted.
+    for (i, host) in [
+        "10.1.2.3",
+        "::1",
+        "[::1]",
+        "bob.lan",
+        "localhost",
+        "my_box-2",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = json!({"proxy_id": format!("p{i}"), "instance_name": "bob", "host": host,
+                          "port": 4002 + i});
+        let (status, answer) = ctl.post("/api/register", body).await;
+        assert_eq!(status, 200, "{host}: {answer}");
+    }
+}
+
+#[actix_web::test]
 async fn an_unknown_instance_gets_the_bot_endpoint_alone() {
     let ctl = start(&config()).await;
     // compat: the original gives an instance without its own table the BOT endpoint alone.
@@ -438,6 +491,92 @@ async fn invalid_edits_are_refused_with_a_reason_and_change_nothing() {
 }
 
 #[actix_web::test]
+async fn an_edit_with_unknown_fields_is_refused_naming_them_and_only_typed_fields_are_stored() {
+    let ctl = start(&config()).await;
+    ctl.register("p-bob", "bob", 4002).await;
+    ctl.register("p-alice", "alice", 4001).await;
+    let before = ctl.state().await;
+    let junk = "x".repeat(200 * 1024);
+    let db = ctl.dir.path().join("controller.redb");
+    let size_before = std::fs::metadata(&db).unwrap().len();
+    for _ in 0..20 {
+        let (status, body) = ctl
+            .post(
+                "/api/update_proxy_endpoints/p-alice",
+                json!({"endpoints": {"BOT": {"junk": junk, "model_config": {"colour": "blue"}},
+                                     "bob": {"port": 4102, "system_prompt": "hi"}}}),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        let msg = body["message"].as_str().unwrap();
+        for field in [
+            "`BOT.junk`",
+            "`BOT.model_config.colour`",
+            "`bob.system_prompt`",
+        ] {
+            assert!(msg.contains(field), "{field} not named: {msg}");
+        }
+        assert!(msg.len() < 2_000, "the junk is echoed: {} bytes", msg.len());
+    }
+    assert_eq!(ctl.state().await, before, "a refused edit changes nothing");
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        size_before,
+        "refused edits do not grow the store"
+    );
+
+    // A valid edit: what is stored is its typed part, without removals of nothing.
+    let (status, body) = ctl
+        .post(
+            "/api/update_proxy_endpoints/p-alice",
+            json!({"endpoints": {"BOT": {"model_config": {"temperature": 0.3}}, "ghost": null}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let Ctl { server, dir } = ctl;
+    server.stop().await;
+    let store = overlay::controller::store::Store::open(dir.path())
+        .await
+        .unwrap();
+    let loaded = store.load().await.unwrap();
+    let stored: Value = serde_json::from_str(&loaded.edits["alice"].to_json()).unwrap();
+    assert_eq!(
+        stored,
+        json!({"BOT": {"model_config": {"temperature": 0.3}}})
+    );
+}
+
+#[actix_web::test]
+async fn an_edit_stored_with_unknown_fields_before_is_cut_to_its_typed_part_at_start() {
+    use overlay::controller::{store::Store, tables::TablePatch};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What an earlier controller stored for alice: junk beside a real change.
+        let store = Store::open(dir.path()).await.unwrap();
+        let old = json!({"BOT": {"junk": "x".repeat(100_000), "model_config": {"temperature": 0.4}},
+                         "ghost": null});
+        store
+            .put_edits("alice".into(), TablePatch::from_value(old).unwrap())
+            .await
+            .unwrap();
+    }
+    let ctl = Ctl {
+        server: spawn_controller(&config(), dir.path(), free_listener()).await,
+        dir,
+    };
+    let body = ctl.register("p-alice", "alice", 4001).await;
+    assert_eq!(body["endpoints"]["BOT"]["model_config"]["temperature"], 0.4);
+    let Ctl { server, dir } = ctl;
+    server.stop().await;
+    let loaded = Store::open(dir.path()).await.unwrap().load().await.unwrap();
+    let stored: Value = serde_json::from_str(&loaded.edits["alice"].to_json()).unwrap();
+    assert_eq!(
+        stored,
+        json!({"BOT": {"model_config": {"temperature": 0.4}}})
+    );
+}
+
+#[actix_web::test]
 async fn an_edit_that_puts_a_key_in_a_table_is_refused() {
     let ctl = start(&config()).await;
     ctl.register("p-alice", "alice", 4001).await;
@@ -519,6 +658,162 @@ async fn the_dashboard_lists_proxies_and_never_shows_a_key() {
         let res = client().get(ctl.url(asset)).send().await.unwrap();
         assert_eq!(res.status().as_u16(), 200, "{asset}");
     }
+}
+
+/// The key cell of endpoint `name` in the dashboard row of proxy `proxy_id`.
+fn key_cell(html: &str, proxy_id: &str, name: &str) -> String {
+    let row = html
+        .split("<section class=\"proxy\"")
+        .find(|r| r.contains(&format!("id=\"proxy-{proxy_id}\"")))
+        .unwrap_or_else(|| panic!("no row for {proxy_id}: {html}"));
+    let tr = row
+        .split("<tr>")
+        .find(|r| r.contains(&format!(">{name}<")))
+        .unwrap_or_else(|| panic!("no {name} in the row of {proxy_id}: {row}"));
+    // The key is the row's last cell.
+    let cell = tr.rsplit("<td").next().unwrap();
+    cell.split("</td>").next().unwrap().to_string()
+}
+
+async fn dashboard(ctl: &Ctl) -> String {
+    let mut res = client().get(ctl.url("/")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    String::from_utf8(res.body().limit(1 << 22).await.unwrap().to_vec()).unwrap()
+}
+
+#[actix_web::test]
+async fn the_dashboard_shows_the_keys_each_proxy_reports_not_the_controllers_environment() {
+    // BOT's variable (PATH) is set in the controller's environment, GEMINI's is not; the
+    // proxies say otherwise, and they are the ones calling the APIs.
+    let ctl = start(&config()).await;
+    let (status, body) = ctl
+        .post(
+            "/api/register",
+            json!({"proxy_id": "p-alice", "instance_name": "alice", "host": "127.0.0.1",
+                   "port": 4001, "protocol": "overlay/1",
+                   "api_keys": {"BOT": false, "GEMINI": true}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // An original proxy reports nothing: the controller's environment, labelled as such.
+    let (status, _) = ctl
+        .post(
+            "/api/register",
+            json!({"proxy_id": "p-bob", "instance_name": "bob", "host": "127.0.0.1", "port": 4002}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let html = dashboard(&ctl).await;
+    let cell = key_cell(&html, "p-alice", "GEMINI");
+    assert!(
+        cell.contains(">set<") && !cell.contains("not set"),
+        "{cell}"
+    );
+    let cell = key_cell(&html, "p-alice", "BOT");
+    assert!(
+        cell.contains("<code>PATH</code>") && cell.contains(">not set<"),
+        "{cell}"
+    );
+    let cell = key_cell(&html, "p-bob", "BOT");
+    assert!(
+        cell.contains(">set<") && cell.contains("controller"),
+        "{cell}"
+    );
+    let cell = key_cell(&html, "p-bob", "GEMINI");
+    assert!(
+        cell.contains(">not set<") && cell.contains("controller"),
+        "{cell}"
+    );
+
+    // A heartbeat carries the proxy's current report: a key set since shows at once.
+    let mut dash = Events::open(&ctl.url("/api/v1/dashboard/stream")).await;
+    dash.next_named("snapshot", SOON).await.unwrap();
+    let (status, _) = ctl
+        .post(
+            "/api/heartbeat",
+            json!({"proxy_id": "p-alice", "api_keys": {"BOT": true, "GEMINI": true}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = actix_rt::time::Instant::now() + SOON;
+    loop {
+        let left = deadline.saturating_duration_since(actix_rt::time::Instant::now());
+        let row = dash
+            .next_named("proxy", left)
+            .await
+            .expect("alice's row is re-sent with BOT set");
+        if row["id"] == "p-alice" {
+            let html = row["html"].as_str().unwrap();
+            assert!(key_cell(html, "p-alice", "BOT").contains(">set<"), "{html}");
+            break;
+        }
+    }
+    let html = dashboard(&ctl).await;
+    assert!(key_cell(&html, "p-alice", "BOT").contains(">set<"));
+
+    // A report that is not names and booleans is refused, naming the field.
+    for bad in [json!(["BOT"]), json!({"BOT": "yes"}), json!({"B OT": true})] {
+        let (status, answer) = ctl
+            .post(
+                "/api/heartbeat",
+                json!({"proxy_id": "p-alice", "api_keys": bad}),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+        assert!(answer["message"].as_str().unwrap().starts_with("api_keys"));
+    }
+}
+
+#[actix_web::test]
+async fn a_real_proxy_reports_which_of_its_endpoints_have_a_key_where_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("anthropic.key");
+    std::fs::write(&key_file, "sk-ant-test-0123456789\n").unwrap();
+    let mut c = config_for(&[("alice", &[]), ("bob", &[])]);
+    c.ai_endpoints = serde_yaml::from_str(&format!(
+        "- {{name: CLAUDE, provider: anthropic, model: m, api_key_file: '{}'}}\n\
+         - {{name: GEMINI, provider: gemini, model: g, api_key_file: '{}'}}\n",
+        key_file.display(),
+        dir.path().join("missing.key").display()
+    ))
+    .unwrap();
+    let ctl_listener = free_listener();
+    c.controller.listen = ctl_listener.local_addr().unwrap();
+    let proxy_listener = free_listener();
+    c.set_instance_listeners("alice", None, Some(proxy_listener.local_addr().unwrap()));
+    let ctl = Ctl {
+        server: spawn_controller(&c, &dir.path().join("ctl"), ctl_listener).await,
+        dir,
+    };
+    let proxy =
+        crate::helpers::spawn_proxy(&c, "alice", &ctl.dir.path().join("p"), proxy_listener).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let html = loop {
+        let html = dashboard(&ctl).await;
+        if html.contains("class=\"proxy\"") {
+            break html;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not register"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    let id = ctl.state().await[0]["proxy_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cell = key_cell(&html, &id, "CLAUDE");
+    assert!(
+        cell.contains(">set<") && !cell.contains("controller"),
+        "{cell}"
+    );
+    let cell = key_cell(&html, &id, "GEMINI");
+    assert!(cell.contains(">not set<"), "{cell}");
+    assert!(!html.contains("sk-ant-test"), "a key is on the page");
+    proxy.stop().await;
 }
 
 // ---- bad input on every endpoint ----
