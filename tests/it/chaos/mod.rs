@@ -11,7 +11,8 @@
 //!   --nocapture`; prints its figures.
 //!
 //! `OVERLAY_CHAOS_SEED` replays a schedule's random choices (timing still varies);
-//! `OVERLAY_CHAOS_LOG` sets the roles' `RUST_LOG` (default `warn`; logs in the temp dir).
+//! `OVERLAY_CHAOS_LOG` sets the roles' `RUST_LOG` (default `warn`; logs in the temp dir);
+//! `OVERLAY_CHAOS_NETNS=0` keeps everything on loopback (as when not root).
 
 mod checker;
 mod cluster;
@@ -574,7 +575,13 @@ async fn chaos_run(users: usize, load: Duration, settle_within: Duration) -> Fig
     println!("chaos: seed {seed} (OVERLAY_CHAOS_SEED={seed} to replay the choices)");
     let mut dice = Dice::new(seed);
 
-    let lab = match Lab::unavailable() {
+    let forced_off = std::env::var("OVERLAY_CHAOS_NETNS").is_ok_and(|v| v == "0");
+    let unavailable = if forced_off {
+        Some("OVERLAY_CHAOS_NETNS=0".to_string())
+    } else {
+        Lab::unavailable()
+    };
+    let lab = match unavailable {
         Some(why) => {
             println!(
                 "chaos: network namespaces skipped ({why}); kill/restart, delay and cut-off \

@@ -91,8 +91,35 @@ impl Lab {
         None
     }
 
+    /// Removes the namespaces of earlier runs whose test process is gone (killed before its
+    /// guards ran): `ovc{pid}x…` with no process `pid`.
+    fn remove_stale() {
+        let Ok(list) = run(&["ip", "netns", "list"]) else {
+            return;
+        };
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            let Some(pid) = ns
+                .strip_prefix("ovc")
+                .and_then(|rest| rest.split_once('x'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                if let Ok(pids) = run(&["ip", "netns", "pids", ns]) {
+                    for p in pids.split_whitespace() {
+                        let _ = run(&["kill", "-9", p]);
+                    }
+                }
+                let _ = run(&["ip", "netns", "del", ns]);
+            }
+        }
+    }
+
     /// Creates the router and `hosts` host namespaces, joined as described above.
     pub fn create(hosts: usize) -> Result<Lab, String> {
+        Lab::remove_stale();
         let n = LABS.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("ovc{}x{n}", std::process::id());
         // A 10.B.0.0/16 no route of this namespace uses yet.
