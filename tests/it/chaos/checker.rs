@@ -9,7 +9,10 @@
 //! - a client's promised messages are stored in the order it sent them (a message stored after
 //!   a later one of the same client is *reordered*, "overtaken"), "kept" ones included;
 //! - nothing is stored that no client tried to send, or at another receiver or from another
-//!   sender than the one it was sent to/from (else *phantom*).
+//!   sender than the one it was sent to/from (else *phantom*);
+//! - a user's auto-replies to one person are stored in the order they were written (their
+//!   `sent_at_ms`; an auto-reply stored after a later-written one is *auto-reply reordered*).
+//!   Auto-replies are nobody's promise, so they are not counted lost.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -48,6 +51,10 @@ pub struct Stored {
     pub from: String,
     pub text: String,
     pub position: u64,
+    /// Marked as an auto-reply by its sender.
+    pub auto_reply: bool,
+    /// When its sender wrote it, Unix ms.
+    pub sent_at_ms: u64,
 }
 
 /// The text client `client` sends as its `seq`-th message.
@@ -93,6 +100,11 @@ pub struct Verdict {
     pub reordered_kept: usize,
     /// Stored, but never sent, or at the wrong receiver, or from the wrong sender (the texts).
     pub phantom: Vec<String>,
+    /// Auto-replies stored.
+    pub auto_replies: usize,
+    /// Auto-replies stored after one their sender wrote later to the same person (overtaken):
+    /// (sender, receiver, position, written at ms).
+    pub auto_reordered: Vec<(String, String, u64, u64)>,
 }
 
 impl Verdict {
@@ -102,12 +114,13 @@ impl Verdict {
             && self.duplicated.is_empty()
             && self.reordered.is_empty()
             && self.phantom.is_empty()
+            && self.auto_reordered.is_empty()
     }
 
     /// One line of figures.
     pub fn figures(&self) -> String {
         format!(
-            "sends {}, promised {} (kept {}), stored {}, lost {}, duplicated {}, reordered {} (of them kept {}), phantom {}",
+            "sends {}, promised {} (kept {}), stored {}, lost {}, duplicated {}, reordered {} (of them kept {}), phantom {}; auto-replies {}, of them reordered {}",
             self.sends,
             self.promised,
             self.kept,
@@ -116,7 +129,9 @@ impl Verdict {
             self.duplicated.len(),
             self.reordered.len(),
             self.reordered_kept,
-            self.phantom.len()
+            self.phantom.len(),
+            self.auto_replies,
+            self.auto_reordered.len()
         )
     }
 
@@ -126,7 +141,7 @@ impl Verdict {
             v.iter().take(10).map(|(c, s)| text_of(*c, *s)).collect()
         };
         format!(
-            "{}\n  lost (first 10): {:?}\n  duplicated (first 10): {:?}\n  reordered (first 10): {:?}\n  phantom (first 10): {:?}",
+            "{}\n  lost (first 10): {:?}\n  duplicated (first 10): {:?}\n  reordered (first 10): {:?}\n  phantom (first 10): {:?}\n  auto-replies reordered (first 10: from, to, position, written at): {:?}",
             self.figures(),
             first(&self.lost),
             self.duplicated.iter().take(10).collect::<Vec<_>>(),
@@ -140,7 +155,8 @@ impl Verdict {
                     text_of(*bc, *bs)
                 ))
                 .collect::<Vec<_>>(),
-            self.phantom.iter().take(10).collect::<Vec<_>>()
+            self.phantom.iter().take(10).collect::<Vec<_>>(),
+            self.auto_reordered.iter().take(10).collect::<Vec<_>>()
         )
     }
 }
@@ -157,7 +173,17 @@ pub fn check(sends: &[Sent], stored: &[Stored]) -> Verdict {
 
     // Where each message of ours was stored (positions), phantoms aside.
     let mut copies: BTreeMap<MsgRef, Vec<u64>> = BTreeMap::new();
+    // Auto-replies per (sender, receiver): (position, written at).
+    let mut autos: BTreeMap<(&str, &str), Vec<(u64, u64)>> = BTreeMap::new();
     for m in stored {
+        if m.auto_reply && parse_text(&m.text).is_none() {
+            v.auto_replies += 1;
+            autos
+                .entry((&m.from, &m.receiver))
+                .or_default()
+                .push((m.position, m.sent_at_ms));
+            continue;
+        }
         let sent = parse_text(&m.text).and_then(|r| by_ref.get(&r).map(|s| (r, *s)));
         match sent {
             Some((r, s)) if s.from == m.from && s.to == m.receiver => {
@@ -208,6 +234,25 @@ pub fn check(sends: &[Sent], stored: &[Stored]) -> Verdict {
             }
         }
     }
+    for ((from, to), mut list) in autos {
+        // In the order written, newest first; overtaken: one written strictly later (equal
+        // times are no order) was stored before it.
+        list.sort_unstable_by_key(|(position, written)| (std::cmp::Reverse(*written), *position));
+        let mut earliest_stored_later_written = u64::MAX;
+        let mut overtaken = Vec::new();
+        for group in list.chunk_by(|a, b| a.1 == b.1) {
+            for (position, written) in group {
+                if *position > earliest_stored_later_written {
+                    overtaken.push((from.to_string(), to.to_string(), *position, *written));
+                }
+            }
+            for (position, _) in group {
+                earliest_stored_later_written = earliest_stored_later_written.min(*position);
+            }
+        }
+        overtaken.sort_by_key(|o| o.2);
+        v.auto_reordered.extend(overtaken);
+    }
     v
 }
 
@@ -231,6 +276,19 @@ mod tests {
             from: format!("u{client}"),
             text: text_of(client, seq),
             position,
+            auto_reply: false,
+            sent_at_ms: 1_000 + u64::from(seq),
+        }
+    }
+
+    fn auto(from: &str, position: u64, written: u64) -> Stored {
+        Stored {
+            receiver: "rx".into(),
+            from: from.into(),
+            text: "Hi! This is an automated response.".into(),
+            position,
+            auto_reply: true,
+            sent_at_ms: written,
         }
     }
 
@@ -352,5 +410,48 @@ mod tests {
         );
         assert_eq!(v.phantom.len(), 4, "{}", v.explain());
         assert!(v.lost.is_empty() && v.duplicated.is_empty() && v.reordered.is_empty());
+    }
+
+    #[test]
+    fn auto_replies_stored_in_the_order_written_are_clean_and_never_phantoms() {
+        let sends = vec![sent(1, 1, Outcome::Sent)];
+        // Equal times are no order; another sender's auto-replies interleave freely.
+        let at_rx = vec![
+            stored(1, 1, 1),
+            auto("bob", 2, 500),
+            auto("bob", 3, 500),
+            auto("carol", 4, 100),
+            auto("bob", 5, 501),
+        ];
+        let v = check(&sends, &at_rx);
+        assert!(v.is_clean(), "{}", v.explain());
+        assert_eq!(v.auto_replies, 4);
+    }
+
+    #[test]
+    fn an_auto_reply_stored_after_a_later_written_one_is_reordered() {
+        let at_rx = vec![
+            auto("bob", 1, 500),
+            auto("bob", 2, 700),
+            auto("bob", 3, 600),
+            auto("bob", 4, 800),
+        ];
+        let v = check(&[], &at_rx);
+        // The one written at 600 is stored after the one written at 700.
+        assert_eq!(
+            v.auto_reordered,
+            vec![("bob".to_string(), "rx".to_string(), 3, 600)]
+        );
+        assert!(!v.is_clean());
+    }
+
+    #[test]
+    fn a_message_of_ours_marked_as_an_auto_reply_is_still_checked_as_ours() {
+        let sends = vec![sent(1, 1, Outcome::Sent)];
+        let mut marked = stored(1, 1, 1);
+        marked.auto_reply = true;
+        let v = check(&sends, &[marked]);
+        assert!(v.is_clean(), "{}", v.explain());
+        assert_eq!((v.stored, v.auto_replies), (1, 0));
     }
 }

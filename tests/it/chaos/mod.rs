@@ -4,7 +4,8 @@
 //! of "kept" messages), and network faults: a delaying relay in front of every proxy, and, in
 //! network namespaces this test creates (when it runs as root with `ip` and `nft`), random
 //! loss and partitions between users. Then everything is healed, the queues drain, and
-//! [`checker::check`] proves from the histories: lost = duplicated = reordered = phantom = ∅.
+//! [`checker::check`] proves from the histories: lost = duplicated = reordered = phantom = ∅,
+//! and the last user's auto-replies (it answers everyone) are stored in the order written.
 //!
 //! - `chaos_short_run_keeps_every_promise`: a bounded run (~40 s of load) in `cargo test`.
 //! - `chaos_long_run`: `OVERLAY_CHAOS_SECS=600 cargo test --test it chaos_long_run -- --ignored
@@ -160,6 +161,12 @@ impl Cluster {
                 "  - name: {}\n    peer: {{listen: \"{}\"}}\n    proxy: {{listen: \"{}\", advertise: \"{}\"}}\n",
                 names[i], peer_addr[i], proxy_addr[i], relays[i].addr
             ));
+            if i == users - 1 {
+                // The last user answers every message: auto-replies under faults (defect 2).
+                yaml.push_str(
+                    "    auto_reply: {enabled: true, lines: [\"auto one\", \"auto two\", \"auto three\"]}\n",
+                );
+            }
         }
         yaml.push_str(
             "delivery: {retry_initial_ms: 50, retry_max_ms: 1000, attempt_timeout_secs: 3}\n",
@@ -493,6 +500,8 @@ struct PageMessage {
     text: String,
     outgoing: bool,
     state: String,
+    auto_reply: bool,
+    sent_at_ms: u64,
 }
 
 #[derive(serde::Deserialize)]
@@ -546,6 +555,8 @@ async fn read_stores(cluster: &Cluster) -> Result<(Vec<Stored>, usize), String> 
                             from: m.from,
                             text: m.text,
                             position: m.seq,
+                            auto_reply: m.auto_reply,
+                            sent_at_ms: m.sent_at_ms,
                         });
                     }
                 }
