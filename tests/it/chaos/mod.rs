@@ -79,7 +79,7 @@ struct Figures {
 }
 
 impl Figures {
-    fn print(&self) -> String {
+    fn summary(&self) -> String {
         let kills: u32 = self.kills.values().sum();
         format!(
             "chaos run: network {}, {} users, {} clients, load {:.0} s, settle {:.1} s, total {:.0} s\n\
@@ -693,7 +693,7 @@ async fn chaos_run(users: usize, load: Duration, settle_within: Duration) -> Fig
         verdict,
         still_pending,
     };
-    println!("{}", figures.print());
+    println!("{}", figures.summary());
     if !figures.verdict.is_clean() || figures.still_pending > 0 {
         let roles = cluster.roles.borrow();
         for r in roles.iter() {
@@ -707,15 +707,19 @@ fn assert_clean(f: &Figures) {
     assert!(
         f.verdict.is_clean() && f.still_pending == 0,
         "the chaos run broke a promise:\n{}\n{}",
-        f.print(),
+        f.summary(),
         f.verdict.explain()
     );
     assert!(
         f.verdict.promised > 0,
         "nothing was promised: {}",
-        f.print()
+        f.summary()
     );
-    assert!(f.kills.values().sum::<u32>() > 0, "no kills: {}", f.print());
+    assert!(
+        f.kills.values().sum::<u32>() > 0,
+        "no kills: {}",
+        f.summary()
+    );
 }
 
 #[actix_web::test]
