@@ -6,6 +6,7 @@ mod helpers;
 mod ai;
 mod ai_e2e;
 mod browser;
+mod chaos;
 mod cli;
 mod controller;
 mod e2e;
