@@ -1281,3 +1281,106 @@ async fn without_the_table_stream_the_proxy_polls_and_a_new_address_is_tried_at_
     bob.stop().await;
     controller.stop().await;
 }
+
+/// Any web server at all: answers every POST 200, in turn with `{}` and with an HTML page, and
+/// records each request's path.
+fn start_any_web_server(listener: TcpListener) -> (Arc<Mutex<Vec<String>>>, ServerHandle) {
+    let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+    let data = web::Data::from(paths.clone());
+    let server = HttpServer::new(move || {
+        App::new().app_data(data.clone()).default_service(web::to(
+            |req: HttpRequest, paths: web::Data<Mutex<Vec<String>>>| async move {
+                let mut paths = paths.lock().unwrap();
+                paths.push(req.path().to_string());
+                if paths.len() % 2 == 1 {
+                    HttpResponse::Ok().json(json!({}))
+                } else {
+                    HttpResponse::Ok()
+                        .content_type("text/html")
+                        .body("<html><body>It works!</body></html>")
+                }
+            },
+        ))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    (paths, handle)
+}
+
+#[actix_rt::test]
+async fn a_2xx_that_is_not_an_ack_is_a_failed_attempt_and_the_message_stays_queued() {
+    // Bob's table entry points at some web server, not a proxy of ours.
+    let mut pair = Pair::new(|c| {
+        c.delivery.retry_initial_ms = 20;
+        c.delivery.retry_max_ms = 100;
+    });
+    let (relays, web) = start_any_web_server(pair.bob_listener.take().unwrap());
+    let alice = pair.alice().await;
+    let e = Envelope::text("alice", "bob", "eaten?");
+    submit(&alice.url, &e).await;
+    let status = eventually_json(
+        "alice's proxy has tried the web server with both answers",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| v["lanes"][0]["head_attempts"].as_u64().unwrap_or(0) >= 3,
+    )
+    .await;
+    assert_eq!(status["queued"], 1, "still queued: {status}");
+    let error = status["lanes"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("bob's proxy: ") && error.contains("not an acknowledgement"),
+        "{status}"
+    );
+    assert!(relays.lock().unwrap().iter().all(|p| p == "/api/v1/relay"));
+    assert!(
+        pair.alice_peer.receipt_for(e.id.as_str()).is_none(),
+        "not delivered: {:?}",
+        pair.alice_peer.receipts()
+    );
+    alice.stop().await;
+
+    // The own peer's inbox is checked the same way: a note to self to a web server.
+    let mut pair = Pair::new(|c| {
+        c.delivery.retry_initial_ms = 20;
+        c.delivery.retry_max_ms = 100;
+    });
+    let page = free_listener();
+    pair.config
+        .set_instance_listeners("alice", Some(page.local_addr().unwrap()), None);
+    let (posts, web2) = start_any_web_server(page);
+    let alice = pair.alice().await;
+    let note = Envelope::text("alice", "ALICE", "note to self");
+    submit(&alice.url, &note).await;
+    let status = eventually_json(
+        "alice's proxy has tried the inbox with both answers",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| {
+            v["lanes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l["head_attempts"].as_u64().unwrap_or(0) >= 3)
+        },
+    )
+    .await;
+    assert_eq!(status["queued"], 1, "still queued: {status}");
+    assert!(
+        status.to_string().contains("not an acknowledgement"),
+        "{status}"
+    );
+    assert!(
+        !posts.lock().unwrap().iter().any(|p| p.contains("receipts")),
+        "no receipt says delivered: {:?}",
+        posts.lock().unwrap()
+    );
+    alice.stop().await;
+    web.stop(false).await;
+    web2.stop(false).await;
+}
