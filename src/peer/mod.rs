@@ -72,17 +72,22 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     let instance: Option<String> = Some(settings.name.to_string());
     let tag = label.clone();
     let max_body = settings.max_body_bytes;
+    let limits = crate::web::ServerLimits::of(&settings.server);
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         App::new()
             .wrap(actix_web::middleware::from_fn(
                 crate::web::refuse_cross_site,
             ))
+            .wrap(actix_web::middleware::from_fn(move |req, next| {
+                crate::web::body_deadline(req, next, limits.body_timeout)
+            }))
             .app_data((*state).clone())
             .configure(|cfg| common_routes(cfg, Health::new("peer", instance.as_deref())))
             .configure(|cfg| routes::configure(cfg, max_body))
     })
     .workers(settings.workers)
+    .max_connections(limits.max_connections)
     .disable_signals()
     .shutdown_timeout(5)
     .listen(listener)?
