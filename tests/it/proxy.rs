@@ -1509,14 +1509,34 @@ async fn slow_bodies_on_one_port_are_cut_off_at_their_deadline_and_stop_nothing_
     assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");
 
-    // A body declared over the limit is refused at once, whatever the route, before it comes.
+    let mut o = o;
+    for label in [
+        "proxy/alice",
+        "proxy/bob",
+        "peer/alice",
+        "peer/bob",
+        "controller",
+    ] {
+        o.stop(label).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_body_declared_over_the_limit_is_refused_before_it_comes_on_every_role() {
+    let mut config = config_for(&[("alice", &[])]);
+    // Long enough that a refusal cannot be the deadline's.
+    config.server.body_timeout_secs = 600;
+    let mut o = crate::helpers::spawn_overlay(config).await;
     let too_big = 10 * 1024 * 1024;
     for (label, path, host) in [
         ("proxy/alice", "/", "alice"),
         ("proxy/alice", "/api/v1/relay", "x"),
+        ("proxy/alice", "/api/v1/outbox", "x"),
         ("peer/alice", "/message", "x"),
         ("peer/alice", "/send_message", "x"),
+        ("peer/alice", "/api/v1/inbox", "x"),
         ("controller", "/api/register", "x"),
+        ("controller", "/api/update_proxy_endpoints/p", "x"),
     ] {
         let client = slow_client(
             o.server(label).addr,
@@ -1530,14 +1550,7 @@ async fn slow_bodies_on_one_port_are_cut_off_at_their_deadline_and_stop_nothing_
             "{label} {path}: {answer}"
         );
     }
-    let mut o = o;
-    for label in [
-        "proxy/alice",
-        "proxy/bob",
-        "peer/alice",
-        "peer/bob",
-        "controller",
-    ] {
+    for label in ["proxy/alice", "peer/alice", "controller"] {
         o.stop(label).await;
     }
 }
