@@ -286,7 +286,7 @@ fn has_body(headers: &header::HeaderMap) -> bool {
 /// sees an error and the client gets 408 in the original's error shape; a response given before
 /// the body was all read (a refusal, or a route that ignores it) closes the connection, so
 /// nothing is left draining a body that never ends.
-// fixes original: a body that trickled or never came held its connection without limit, and
+// Before it (issue 13): a body that trickled or never came held its connection without limit, and
 // about 1,050 of them used up the open-file limit of every role in the process.
 pub async fn body_deadline(
     mut req: actix_web::dev::ServiceRequest,

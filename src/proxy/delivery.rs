@@ -199,7 +199,7 @@ impl<'a> Hop<'a> {
 
 /// The answer of one of our routes that store a message (relay, inbox): delivered only when its
 /// 2xx is our [`Ack`] of `id`; otherwise as [`classify`].
-// fixes original: its 200 meant nothing; ours did, until any web server's 200 counted too.
+// Before (issue 13), any 2xx counted: a table entry pointing at some web server ate messages.
 pub fn acknowledged(answer: Answer, id: &MessageId, what: &str) -> Outcome {
     let Answer::Ok { status, body } = answer else {
         return classify(answer, what);

@@ -469,7 +469,7 @@ impl Call<'_> {
                 Some(Ok(b)) => b,
             };
             if let Some(reason) = cut_short(resp.headers(), body.len()) {
-                // fixes original: a body cut short was parsed, and failed as an unreadable reply.
+                // awc hands over what came when the connection closes early: not a reply.
                 return Err(self.broke_off(reason, String::new()));
             }
             let outcome = (self.codec.parse_response)(&body).map_err(|f| self.fault(f, ""))?;
