@@ -124,6 +124,8 @@ pub struct UpArgs {
 }
 
 /// What a command line resolved to, checked, before anything listens.
+// One per process, built once: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Plan {
     Controller {

@@ -35,6 +35,9 @@ pub struct Config {
     /// How proxies deliver messages: retries, expiry, body limits.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// What every role's HTTP listener allows its clients: body deadline, connections.
+    #[serde(default)]
+    pub server: ServerConfig,
 }
 
 /// `controller:`: where the controller listens and how it judges liveness.
@@ -148,6 +151,27 @@ pub struct DeliveryConfig {
     /// Most messages queued for one destination; past it new ones get 503 (retry later), so a
     /// peer or proxy that is down for long cannot make its queue grow without bound.
     pub max_queued_per_destination: usize,
+}
+
+/// `server:`: what every role's HTTP listener allows its clients.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Longest a request body may take to arrive once its headers have (every role, every
+    /// route); past it: 408 and the connection is closed.
+    pub body_timeout_secs: u64,
+    /// Most connections one listener (controller, each proxy, each peer) keeps open at once;
+    /// more wait to be accepted, so one flooded port cannot use up the open-file limit.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            body_timeout_secs: 15,
+            max_connections: 512,
+        }
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -297,6 +321,13 @@ impl Config {
                 "delivery.max_queued_per_destination: must be above 0 (default 100000)".to_string(),
             );
         }
+        if self.server.body_timeout_secs == 0 || self.server.max_connections == 0 {
+            return Err(
+                "server: body_timeout_secs and max_connections must be above 0 \
+                 (defaults 15 and 512)"
+                    .to_string(),
+            );
+        }
         if d.max_body_bytes < 1024 || d.max_message_bytes == 0 {
             return Err(
                 "delivery: max_body_bytes must be at least 1024 and max_message_bytes above 0"
@@ -442,6 +473,8 @@ pub struct PeerSettings {
     pub auto_reply: AutoReplyConfig,
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
+    /// `server:`, as for every role.
+    pub server: ServerConfig,
     pub workers: usize,
     /// A message the proxy could not be reached for is handed over again until this old
     /// (`delivery.expire_after_secs`), then marked failed.
@@ -488,6 +521,7 @@ impl Config {
             auto_reply: inst.auto_reply.clone(),
             max_body_bytes: self.delivery.max_body_bytes,
             max_message_bytes: self.delivery.max_message_bytes,
+            server: self.server,
             workers: 1,
             expire_after_secs: self.delivery.expire_after_secs,
             retry_initial_ms: u32::try_from(self.delivery.retry_initial_ms).unwrap_or(u32::MAX),

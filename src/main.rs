@@ -42,6 +42,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    // Each connection is an open file; the common soft limit (1024) is one busy port's worth.
+    overlay::web::raise_open_file_limit();
     let system = actix_rt::System::new();
     match system.block_on(overlay::up::serve(plan, cli.data_dir.clone())) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,15 +1,24 @@
 //! Pieces every role's HTTP server shares: the running-server handle, the static assets
 //! compiled into the binary (no CDN: pages work offline), the one body limit every role reads
 //! requests with ([`json_config_with`], [`read_limited`], their [`BodyError`]; in the original's
-//! error shape by default), and the `/healthz` probe.
+//! error shape by default), the limits every server puts on its clients ([`body_deadline`]:
+//! how long a body may take; [`ServerLimits`]), and the `/healthz` probe.
 //!
 //! Nothing here knows about a particular role.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
-use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::dev::{Payload, Server, ServerHandle};
+use actix_web::error::PayloadError;
+use actix_web::http::{header, ConnectionType, StatusCode};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 
 use crate::wire::legacy::ErrorBody;
@@ -151,6 +160,232 @@ pub async fn read_limited(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// What every role's server allows its clients: how long a request body may take to arrive
+/// (headers have their own, shorter limit: actix's `client_request_timeout`), and how many
+/// connections one listener keeps open (per worker; more wait in the kernel's backlog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ServerLimits {
+    /// From the config's `server:` section.
+    pub fn of(server: &crate::config::ServerConfig) -> ServerLimits {
+        ServerLimits {
+            body_timeout: Duration::from_secs(server.body_timeout_secs.max(1)),
+            max_connections: server.max_connections.max(1),
+        }
+    }
+}
+
+/// How far a request's body has come, as [`body_deadline`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    /// Not (all) read yet.
+    Reading,
+    /// Read to its end.
+    Done,
+    /// Its deadline passed first.
+    TimedOut,
+}
+
+/// A request body that ends in an error once `deadline` has passed: a body that trickles or
+/// never comes cannot hold the connection (and its file descriptor) for longer. Dropped before
+/// its end, it leaves the body in `left` for [`body_deadline`] to keep until the response goes.
+struct TimedPayload {
+    inner: Option<Payload>,
+    deadline: Pin<Box<actix_rt::time::Sleep>>,
+    after: Duration,
+    state: Rc<Cell<BodyState>>,
+    left: Rc<Cell<Option<Payload>>>,
+}
+
+impl Stream for TimedPayload {
+    type Item = Result<web::Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.state.get() == BodyState::TimedOut {
+            return Poll::Ready(None);
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_next_unpin(cx) {
+            Poll::Ready(None) => {
+                self.state.set(BodyState::Done);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(chunk)) => Poll::Ready(Some(chunk)),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => {
+                    self.state.set(BodyState::TimedOut);
+                    let why = body_timeout_message(self.after);
+                    Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        why,
+                    )))))
+                }
+            },
+        }
+    }
+}
+
+impl Drop for TimedPayload {
+    fn drop(&mut self) {
+        if self.state.get() != BodyState::Done {
+            self.left.set(self.inner.take());
+        }
+    }
+}
+
+/// A response body that keeps the unread rest of its request's body alive until it has been
+/// sent: actix then closes the connection after the response instead of draining (reading and
+/// discarding) a chunked body that may never end.
+struct WithUnread {
+    body: actix_web::body::BoxBody,
+    _unread: Payload,
+}
+
+impl actix_web::body::MessageBody for WithUnread {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<web::Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+fn body_timeout_message(after: Duration) -> String {
+    format!(
+        "the request body did not arrive within {}s",
+        after.as_secs()
+    )
+}
+
+/// Whether a request announces a body (`Content-Length` above 0, or chunked).
+fn has_body(headers: &header::HeaderMap) -> bool {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    declared.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// Middleware for every role (`.wrap(from_fn(move |r, n| body_deadline(r, n, after)))`): the
+/// body of a request must arrive within `after` of its headers. Past it, the handler reading it
+/// sees an error and the client gets 408 in the original's error shape; a response given before
+/// the body was all read (a refusal, or a route that ignores it) closes the connection, so
+/// nothing is left draining a body that never ends.
+// Before it (issue 13): a body that trickled or never came held its connection without limit, and
+// about 1,050 of them used up the open-file limit of every role in the process.
+pub async fn body_deadline(
+    mut req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<actix_web::body::BoxBody>,
+    after: Duration,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    if !has_body(req.headers()) {
+        return next.call(req).await;
+    }
+    let state = Rc::new(Cell::new(BodyState::Reading));
+    let left = Rc::new(Cell::new(None));
+    let timed = TimedPayload {
+        inner: Some(req.take_payload()),
+        deadline: Box::pin(actix_rt::time::sleep(after)),
+        after,
+        state: state.clone(),
+        left: left.clone(),
+    };
+    let stream: Pin<Box<dyn Stream<Item = Result<web::Bytes, PayloadError>>>> = Box::pin(timed);
+    req.set_payload(Payload::from(stream));
+    let answered = next.call(req).await;
+    let timed_out = state.get() == BodyState::TimedOut;
+    let mut res = match answered {
+        Ok(res) => res,
+        Err(_) if timed_out => {
+            return Err(actix_web::error::ErrorRequestTimeout(body_timeout_message(
+                after,
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    if timed_out {
+        let (req, _) = res.into_parts();
+        let answer =
+            HttpResponse::RequestTimeout().json(ErrorBody::new(body_timeout_message(after)));
+        res = actix_web::dev::ServiceResponse::new(req, answer);
+    }
+    if state.get() == BodyState::Done {
+        return Ok(res);
+    }
+    res.response_mut()
+        .head_mut()
+        .set_connection_type(ConnectionType::Close);
+    Ok(match left.take() {
+        Some(unread) => res
+            .map_body(|_, body| WithUnread {
+                body,
+                _unread: unread,
+            })
+            .map_into_boxed_body(),
+        None => res,
+    })
+}
+
+/// Raises this process's soft limit of open files to its hard limit (where they differ): each
+/// connection is a file, and the common soft limit of 1024 is reached by one busy port. Says
+/// what it did; a failure only costs the headroom, so it is logged, not fatal.
+#[cfg(unix)]
+pub fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the `rlimit` struct passed by reference.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        log::warn!(
+            "cannot read the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let wanted = open_file_target(limit.rlim_cur, limit.rlim_max);
+    if wanted <= limit.rlim_cur {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        log::info!("open-file limit raised from {} to {wanted}", limit.rlim_cur);
+    } else {
+        log::warn!(
+            "cannot raise the open-file limit from {} to {wanted}: {}",
+            limit.rlim_cur,
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() {}
+
+/// The soft limit to ask for: the hard one, but not past 1,048,576 (an "unlimited" hard limit
+/// is refused as a soft one on some systems), and never lower than now.
+fn open_file_target(soft: u64, hard: u64) -> u64 {
+    const CEILING: u64 = 1 << 20;
+    hard.min(CEILING).max(soft)
 }
 
 /// The assets compiled into the binary: (name, content type, bytes).
@@ -354,6 +589,50 @@ mod tests {
             "{}",
             body.message
         );
+    }
+
+    #[test]
+    fn the_soft_open_file_limit_goes_up_to_the_hard_one_within_reason() {
+        assert_eq!(open_file_target(1024, 524_288), 524_288);
+        assert_eq!(open_file_target(1024, 1024), 1024);
+        assert_eq!(open_file_target(1024, u64::MAX), 1 << 20, "unlimited");
+        assert_eq!(
+            open_file_target(2_000_000, u64::MAX),
+            2_000_000,
+            "never lower"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn raising_the_open_file_limit_reaches_the_target() {
+        let read = || {
+            let mut l = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes the struct passed by reference.
+            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+            (l.rlim_cur, l.rlim_max)
+        };
+        let (soft, hard) = read();
+        raise_open_file_limit();
+        assert_eq!(read(), (open_file_target(soft, hard), hard));
+    }
+
+    #[test]
+    fn only_a_request_that_announces_a_body_has_one() {
+        let has = |pairs: &[(&str, &str)]| {
+            let mut req = TestRequest::post();
+            for p in pairs {
+                req = req.insert_header(*p);
+            }
+            has_body(req.to_http_request().headers())
+        };
+        assert!(has(&[("content-length", "3")]));
+        assert!(has(&[("transfer-encoding", "chunked")]));
+        assert!(!has(&[("content-length", "0")]));
+        assert!(!has(&[]));
     }
 
     fn refused(req: TestRequest) -> bool {

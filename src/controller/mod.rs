@@ -51,18 +51,23 @@ pub async fn start(settings: ControllerSettings, listener: TcpListener) -> anyho
         ai_endpoints: settings.config.ai_endpoints.len(),
     });
     let tag = label.clone();
+    let limits = crate::web::ServerLimits::of(&settings.config.server);
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         App::new()
             .wrap(actix_web::middleware::from_fn(
                 crate::web::refuse_cross_site,
             ))
+            .wrap(actix_web::middleware::from_fn(move |req, next| {
+                crate::web::body_deadline(req, next, limits.body_timeout)
+            }))
             .app_data(state.clone())
             .configure(|cfg| common_routes(cfg, Health::new("controller", None)))
             .configure(routes::configure)
             .default_service(web::to(routes::no_route))
     })
     .workers(settings.workers)
+    .max_connections(limits.max_connections)
     .disable_signals()
     // Every request but the SSE streams ends in milliseconds, and the streams (every proxy
     // holds one) never end by themselves: a graceful stop waits this long for them, no longer.

@@ -4,7 +4,8 @@
 //!
 //! Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"): the n-th retry waits a
 //! uniformly random time in `[0, min(max, initial * 2^(n-1))]`, so many senders retrying the
-//! same proxy do not stampede it in lock-step.
+//! same proxy do not stampede it in lock-step. Where a person waits for the answer,
+//! [`three_quarter_jitter_ms`] keeps the wait near its ceiling instead.
 
 /// The ceiling of the wait before retry number `attempt` (1 = the first retry), in ms.
 pub fn backoff_ceiling_ms(attempt: u32, initial_ms: u64, max_ms: u64) -> u64 {
@@ -16,6 +17,20 @@ pub fn backoff_ceiling_ms(attempt: u32, initial_ms: u64, max_ms: u64) -> u64 {
 pub fn full_jitter_ms(attempt: u32, initial_ms: u64, max_ms: u64, rng: &mut XorShift) -> u64 {
     let ceiling = backoff_ceiling_ms(attempt, initial_ms, max_ms);
     rng.next_u64() % (ceiling + 1)
+}
+
+/// The wait before retry number `attempt` when someone is waiting for the answer (an AI call
+/// with the user watching): uniform in `[3/4 ceiling, ceiling]`, so a retry never comes at once
+/// yet two callers still drift apart.
+pub fn three_quarter_jitter_ms(
+    attempt: u32,
+    initial_ms: u64,
+    max_ms: u64,
+    rng: &mut XorShift,
+) -> u64 {
+    let ceiling = backoff_ceiling_ms(attempt, initial_ms, max_ms);
+    let floor = ceiling - ceiling / 4;
+    floor + rng.next_u64() % (ceiling - floor + 1)
 }
 
 /// xorshift64*: a small, fast, non-cryptographic random source for jitter.
@@ -79,6 +94,17 @@ mod tests {
             .collect();
         assert!(waits.iter().all(|w| *w <= 400));
         assert!(waits.iter().any(|w| *w < 100) && waits.iter().any(|w| *w > 300));
+    }
+
+    #[test]
+    fn three_quarter_jitter_stays_between_three_quarters_and_the_ceiling() {
+        let mut rng = XorShift::seeded(7);
+        let waits: Vec<u64> = (0..1000)
+            .map(|_| three_quarter_jitter_ms(2, 500, 8000, &mut rng))
+            .collect();
+        assert!(waits.iter().all(|w| (750..=1000).contains(w)));
+        assert!(waits.iter().any(|w| *w < 800) && waits.iter().any(|w| *w > 950));
+        assert!((6000..=8000).contains(&three_quarter_jitter_ms(30, 500, 8000, &mut rng)));
     }
 
     #[test]

@@ -73,12 +73,16 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     let tag = label.clone();
     let max_body = settings.max_body_bytes;
     let proxy_url = settings.proxy_url.clone();
+    let limits = crate::web::ServerLimits::of(&settings.server);
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         App::new()
             .wrap(actix_web::middleware::from_fn(
                 crate::web::refuse_cross_site,
             ))
+            .wrap(actix_web::middleware::from_fn(move |req, next| {
+                crate::web::body_deadline(req, next, limits.body_timeout)
+            }))
             .app_data((*state).clone())
             // The handlers' reads from the proxy: one client per worker, built on its thread.
             .app_data(web::Data::new(ProxyApi::new(&proxy_url)))
@@ -86,6 +90,7 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
             .configure(|cfg| routes::configure(cfg, max_body))
     })
     .workers(settings.workers)
+    .max_connections(limits.max_connections)
     .disable_signals()
     .shutdown_timeout(5)
     .listen(listener)?

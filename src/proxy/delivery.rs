@@ -3,7 +3,9 @@
 //!
 //! Owns the wire calls to the next hop: `POST {peer}/api/v1/inbox`, `POST {peer}/api/v1/receipts`,
 //! `POST {proxy}/api/v1/relay` (ours), and the legacy `POST {proxy}/` with `Host: TARGET`
-//! (an original proxy, whose 200 counts as delivered). A native route answered 404/405 by a
+//! (an original proxy, whose 200 counts as delivered). On our own routes (relay, inbox, their
+//! batches) only the receiver's [`Ack`] of the message's id counts as stored; any other 2xx
+//! (some web server's `{}` or HTML page) is a failed attempt, retried. A native route answered 404/405 by a
 //! component of the original falls back to the original's format at once (`POST /message` for
 //! a peer, `POST /` with `Host:` for a proxy). It keeps no state and never retries itself.
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::hop::post::{post_json, Answer};
-use crate::wire::data_plane::{Ack, Envelope, Receipt};
+use crate::wire::data_plane::{Ack, Envelope, MessageId, Receipt};
 use crate::wire::legacy;
 
 /// The most of an answer read: an ack or an error is small.
@@ -23,7 +25,7 @@ const BATCH_ANSWER_LIMIT: usize = 4 * 1024 * 1024;
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The next hop has it (it answered 2xx).
+    /// The next hop has it (it acknowledged the id on our routes; a 2xx from the original's).
     Delivered,
     /// Not now: `what` (e.g. "bob's proxy") could not be reached or asked to retry.
     Retry { what: String, error: String },
@@ -190,8 +192,45 @@ impl<'a> Hop<'a> {
                 let body = legacy::Message::from_envelope(envelope);
                 self.post(legacy_url, host, &body).await
             }
-            other => classify(other, self.what),
+            other => acknowledged(other, &envelope.id, self.what),
         }
+    }
+}
+
+/// The answer of one of our routes that store a message (relay, inbox): delivered only when its
+/// 2xx is our [`Ack`] of `id`; otherwise as [`classify`].
+// Before (issue 13), any 2xx counted: a table entry pointing at some web server ate messages.
+pub fn acknowledged(answer: Answer, id: &MessageId, what: &str) -> Outcome {
+    let Answer::Ok { status, body } = answer else {
+        return classify(answer, what);
+    };
+    match serde_json::from_slice::<Ack>(&body) {
+        Ok(ack) if ack.id == *id => Outcome::Delivered,
+        Ok(ack) => Outcome::Retry {
+            what: what.to_string(),
+            error: format!(
+                "it answered {status} acknowledging another message ({}), not {id}",
+                ack.id
+            ),
+        },
+        Err(_) => Outcome::Retry {
+            what: what.to_string(),
+            error: format!(
+                "it answered {status} but not an acknowledgement of the message ({})",
+                answer_start(&body)
+            ),
+        },
+    }
+}
+
+/// The start of an answer's body, on one line, for an error message.
+fn answer_start(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None if line.is_empty() => "an empty body".to_string(),
+        None => line,
     }
 }
 
@@ -214,6 +253,7 @@ pub fn classify(answer: Answer, what: &str) -> Outcome {
 mod tests {
     use super::*;
     use actix_web::http::StatusCode;
+    use actix_web::web::Bytes;
 
     fn classify(status: StatusCode, body: &'static [u8], what: &str) -> Outcome {
         super::classify(Answer::from_status(status, body.into()), what)
@@ -229,6 +269,62 @@ mod tests {
             classify(StatusCode::ACCEPTED, b"{}", "x"),
             Outcome::Delivered
         );
+    }
+
+    fn ok(body: &'static [u8]) -> Answer {
+        Answer::from_status(StatusCode::OK, body.into())
+    }
+
+    #[test]
+    fn only_an_ack_of_the_same_id_counts_as_stored() {
+        let id = MessageId::new();
+        let ack = serde_json::to_vec(&Ack {
+            id: id.clone(),
+            duplicate: false,
+        })
+        .unwrap();
+        let answer = Answer::from_status(StatusCode::OK, ack.into());
+        assert_eq!(acknowledged(answer, &id, "x"), Outcome::Delivered);
+        let other = serde_json::to_vec(&Ack {
+            id: MessageId::new(),
+            duplicate: true,
+        })
+        .unwrap();
+        let answer = Answer::from_status(StatusCode::OK, other.into());
+        assert!(matches!(
+            acknowledged(answer, &id, "x"),
+            Outcome::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn any_other_2xx_on_our_routes_is_a_failed_attempt_saying_what_came() {
+        let id = MessageId::new();
+        for (body, shown) in [
+            (&b"{}"[..], "({})"),
+            (
+                b"<html>\n<body>It works!</body></html>",
+                "(<html> <body>It works!</body></html>)",
+            ),
+            (b"", "(an empty body)"),
+        ] {
+            match acknowledged(ok(body), &id, "bob's proxy") {
+                Outcome::Retry { what, error } => {
+                    assert_eq!(what, "bob's proxy");
+                    assert!(
+                        error.starts_with("it answered 200 OK but not an ack"),
+                        "{error}"
+                    );
+                    assert!(error.ends_with(shown), "{error}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let refused = Answer::from_status(StatusCode::BAD_REQUEST, Bytes::new());
+        assert!(matches!(
+            acknowledged(refused, &id, "x"),
+            Outcome::Refused { .. }
+        ));
     }
 
     #[test]

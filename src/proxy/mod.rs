@@ -90,6 +90,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         crate::web::on_worker(move || boot.start_actors())
     };
     let tag = label.clone();
+    let limits = crate::web::ServerLimits::of(&settings.config.server);
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         let state = (*state).clone();
@@ -97,10 +98,14 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             .wrap(actix_web::middleware::from_fn(
                 crate::web::refuse_cross_site,
             ))
+            .wrap(actix_web::middleware::from_fn(move |req, next| {
+                crate::web::body_deadline(req, next, limits.body_timeout)
+            }))
             .configure(|cfg| common_routes(cfg, Health::new("proxy", instance.as_deref())))
             .configure(move |cfg| routes::configure(cfg, state))
     })
     .workers(settings.workers)
+    .max_connections(limits.max_connections)
     .disable_signals()
     .shutdown_timeout(5)
     .listen(listener)?

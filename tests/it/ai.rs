@@ -422,6 +422,48 @@ async fn a_stream_that_closes_without_done_is_a_broken_reply() {
 }
 
 #[actix_web::test]
+async fn a_whole_reply_cut_short_of_its_content_length_is_a_broken_connection_and_retried() {
+    let r = rig(
+        Kind::OpenAi,
+        "/v1",
+        "BOT",
+        "provider: openai, model: m, stream: false",
+    );
+    r.fake.script([
+        Script::CutShort(pieces(&["Four, as it happens."])),
+        Script::Reply(pieces(&["Four."])),
+    ]);
+    let (reply, deltas) = ask(&r.adapter, CHAT).await;
+    assert_eq!(reply.expect("the second attempt's reply").text, "Four.");
+    assert_eq!(deltas, ["Four."], "nothing of the cut answer was shown");
+    assert_eq!(r.fake.requests().len(), 2);
+}
+
+#[actix_web::test]
+async fn a_whole_reply_always_cut_short_ends_as_a_broken_connection_not_an_unreadable_reply() {
+    let r = rig(
+        Kind::Anthropic,
+        "/v1",
+        "ANTHROPIC",
+        "provider: anthropic, model: m, stream: false",
+    );
+    let cut = || Script::CutShort(pieces(&["Four, as it happens."]));
+    r.fake
+        .script([cut(), cut(), cut(), Script::Reply(pieces(&["late"]))]);
+    let (reply, deltas) = ask(&r.adapter, CHAT).await;
+    let e = reply.unwrap_err();
+    assert!(
+        matches!(&e, AiError::Unreachable { attempts: 3, .. }),
+        "{e:?}"
+    );
+    let shown = e.to_string();
+    assert!(shown.contains("connection broke"), "{shown}");
+    assert!(!shown.contains("cannot read"), "{shown}");
+    assert!(deltas.is_empty(), "{deltas:?}");
+    assert_eq!(r.fake.requests().len(), 3);
+}
+
+#[actix_web::test]
 async fn a_connection_reset_mid_stream_is_a_broken_reply() {
     let r = rig(Kind::OpenAi, "/v1", "BOT", "provider: openai, model: m");
     r.fake.script([Script::ResetAfter(pieces(&["Half"]))]);

@@ -1281,3 +1281,276 @@ async fn without_the_table_stream_the_proxy_polls_and_a_new_address_is_tried_at_
     bob.stop().await;
     controller.stop().await;
 }
+
+/// Any web server at all: answers every POST 200, in turn with `{}` and with an HTML page, and
+/// records each request's path.
+fn start_any_web_server(listener: TcpListener) -> (Arc<Mutex<Vec<String>>>, ServerHandle) {
+    let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+    let data = web::Data::from(paths.clone());
+    let server = HttpServer::new(move || {
+        App::new().app_data(data.clone()).default_service(web::to(
+            |req: HttpRequest, paths: web::Data<Mutex<Vec<String>>>| async move {
+                let mut paths = paths.lock().unwrap();
+                paths.push(req.path().to_string());
+                if paths.len() % 2 == 1 {
+                    HttpResponse::Ok().json(json!({}))
+                } else {
+                    HttpResponse::Ok()
+                        .content_type("text/html")
+                        .body("<html><body>It works!</body></html>")
+                }
+            },
+        ))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    (paths, handle)
+}
+
+#[actix_rt::test]
+async fn a_2xx_that_is_not_an_ack_is_a_failed_attempt_and_the_message_stays_queued() {
+    // Bob's table entry points at some web server, not a proxy of ours.
+    let mut pair = Pair::new(|c| {
+        c.delivery.retry_initial_ms = 20;
+        c.delivery.retry_max_ms = 100;
+    });
+    let (relays, web) = start_any_web_server(pair.bob_listener.take().unwrap());
+    let alice = pair.alice().await;
+    let e = Envelope::text("alice", "bob", "eaten?");
+    submit(&alice.url, &e).await;
+    let status = eventually_json(
+        "alice's proxy has tried the web server with both answers",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| v["lanes"][0]["head_attempts"].as_u64().unwrap_or(0) >= 3,
+    )
+    .await;
+    assert_eq!(status["queued"], 1, "still queued: {status}");
+    let error = status["lanes"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("bob's proxy: ") && error.contains("not an acknowledgement"),
+        "{status}"
+    );
+    assert!(relays.lock().unwrap().iter().all(|p| p == "/api/v1/relay"));
+    assert!(
+        pair.alice_peer.receipt_for(e.id.as_str()).is_none(),
+        "not delivered: {:?}",
+        pair.alice_peer.receipts()
+    );
+    alice.stop().await;
+
+    // The own peer's inbox is checked the same way: a note to self to a web server.
+    let mut pair = Pair::new(|c| {
+        c.delivery.retry_initial_ms = 20;
+        c.delivery.retry_max_ms = 100;
+    });
+    let page = free_listener();
+    pair.config
+        .set_instance_listeners("alice", Some(page.local_addr().unwrap()), None);
+    let (posts, web2) = start_any_web_server(page);
+    let alice = pair.alice().await;
+    let note = Envelope::text("alice", "ALICE", "note to self");
+    submit(&alice.url, &note).await;
+    let status = eventually_json(
+        "alice's proxy has tried the inbox with both answers",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| {
+            v["lanes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l["head_attempts"].as_u64().unwrap_or(0) >= 3)
+        },
+    )
+    .await;
+    assert_eq!(status["queued"], 1, "still queued: {status}");
+    assert!(
+        status.to_string().contains("not an acknowledgement"),
+        "{status}"
+    );
+    assert!(
+        !posts.lock().unwrap().iter().any(|p| p.contains("receipts")),
+        "no receipt says delivered: {:?}",
+        posts.lock().unwrap()
+    );
+    alice.stop().await;
+    web.stop(false).await;
+    web2.stop(false).await;
+}
+
+/// A client that sends `head` (request line and headers, announcing a body) and then `start` of
+/// the body, and either nothing more or (`trickle`) those bytes every 100 ms while the
+/// connection lasts. Runs on its own threads (blocking sockets); the handle answers everything the server
+/// sent until it closed the connection.
+fn slow_client(
+    addr: SocketAddr,
+    head: String,
+    start: &'static str,
+    trickle: Option<&'static [u8]>,
+) -> std::thread::JoinHandle<String> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connects");
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(start.as_bytes()).unwrap();
+        let writer = trickle.map(|bytes| {
+            let mut w = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while started.elapsed() < PATIENCE
+                    && w.write_all(bytes).and_then(|_| w.flush()).is_ok()
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        });
+        let mut answer = Vec::new();
+        // Until the server closes it (EOF or reset); a read timeout leaves the answer empty.
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(_) => {
+                    let got = String::from_utf8_lossy(&answer).into_owned();
+                    return format!("never closed, after: {got}");
+                }
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+}
+
+fn post_head(path: &str, host: &str, length: usize) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n"
+    )
+}
+
+/// Waits (without blocking the test's event loop) for a slow client's answer.
+async fn answer_of(client: std::thread::JoinHandle<String>) -> String {
+    eventually("the slow client's connection ended", || {
+        client.is_finished()
+    })
+    .await;
+    client.join().expect("the slow client ran")
+}
+
+#[actix_rt::test]
+async fn slow_bodies_on_one_port_are_cut_off_at_their_deadline_and_stop_nothing_else() {
+    let mut config = config_for(&[("alice", &[]), ("bob", &[])]);
+    config.server.body_timeout_secs = 1;
+    config.server.max_connections = 30;
+    let o = crate::helpers::spawn_overlay(config).await;
+    let proxy = o.server("proxy/alice").addr;
+
+    // 50 clients on alice's proxy announce a body and never finish it: half send nothing more,
+    // half trickle a byte now and then (which used to keep the connection alive forever).
+    let slow: Vec<_> = (0..50)
+        .map(|i| {
+            let head = if i % 2 == 0 {
+                post_head("/api/v1/relay", "127.0.0.1", 1000)
+            } else {
+                post_head("/", "alice", 1000) // the original's route
+            };
+            slow_client(
+                proxy,
+                head,
+                "{\"message\":",
+                (i % 4 < 2).then_some(&b" "[..]),
+            )
+        })
+        .collect();
+    // A body announced chunked, on a route that ignores bodies, trickled forever.
+    let chunked = slow_client(
+        o.server("peer/alice").addr,
+        "POST /clear_all_chats HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_string(),
+        "",
+        Some(b"1\r\n \r\n"),
+    );
+
+    // The other ports answer meanwhile, and so does the flooded one (once slots free up).
+    for label in [
+        "controller",
+        "peer/alice",
+        "proxy/bob",
+        "peer/bob",
+        "proxy/alice",
+    ] {
+        let health = get_json(&format!("{}/healthz", o.url(label))).await;
+        assert!(health["role"].is_string(), "{label}: {health}");
+    }
+    // A normal post to the flooded port is served as ever.
+    let e = Envelope::text("alice", "bob", "while flooded");
+    submit(&o.url("proxy/alice"), &e).await;
+
+    // Every slow connection was answered 408 (the body's deadline) and closed.
+    for client in slow {
+        let answer = answer_of(client).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("did not arrive within 1s"), "{answer}");
+    }
+    let answer = answer_of(chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+
+    let mut o = o;
+    for label in [
+        "proxy/alice",
+        "proxy/bob",
+        "peer/alice",
+        "peer/bob",
+        "controller",
+    ] {
+        o.stop(label).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_body_declared_over_the_limit_is_refused_before_it_comes_on_every_role() {
+    let mut config = config_for(&[("alice", &[])]);
+    // Long enough that a refusal cannot be the deadline's.
+    config.server.body_timeout_secs = 600;
+    let mut o = crate::helpers::spawn_overlay(config).await;
+    let too_big = 10 * 1024 * 1024;
+    for (label, path, host) in [
+        ("proxy/alice", "/", "alice"),
+        ("proxy/alice", "/api/v1/relay", "x"),
+        ("proxy/alice", "/api/v1/outbox", "x"),
+        ("peer/alice", "/message", "x"),
+        ("peer/alice", "/send_message", "x"),
+        ("peer/alice", "/api/v1/inbox", "x"),
+        ("controller", "/api/register", "x"),
+        ("controller", "/api/update_proxy_endpoints/p", "x"),
+    ] {
+        let client = slow_client(
+            o.server(label).addr,
+            post_head(path, host, too_big),
+            "",
+            None,
+        );
+        let answer = answer_of(client).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "{label} {path}: {answer}"
+        );
+    }
+    for label in ["proxy/alice", "peer/alice", "controller"] {
+        o.stop(label).await;
+    }
+}

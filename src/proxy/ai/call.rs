@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use actix_rt::time::{sleep, timeout, Instant};
-use actix_web::http::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use actix_web::http::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
+};
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use futures_channel::mpsc::UnboundedSender;
@@ -25,6 +27,7 @@ use super::keys::{redact, ApiKey};
 use super::reply::{AiReply, Decoder, Outcome, StreamFault};
 use super::target::Target;
 use super::{anthropic, gemini, openai, Turn};
+use crate::hop::backoff::{three_quarter_jitter_ms, XorShift};
 use crate::hop::sse::SseParser;
 
 /// Retries after the first attempt (before the first token only).
@@ -165,14 +168,13 @@ pub async fn ask(
     }
 }
 
-/// Exponential backoff with jitter: about 0.5 s, 1 s, 2 s… up to [`BACKOFF_MAX`].
+/// Exponential backoff, three quarters to all of about 0.5 s, 1 s, 2 s… up to [`BACKOFF_MAX`]
+/// (the hop toolkit's; a person is waiting, so never a retry at once).
 fn backoff(attempt: u32) -> Duration {
-    let base = BACKOFF_START
-        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
-        .min(BACKOFF_MAX);
-    // Jitter: 75–100% of the base, from a random UUID (no extra crate for one number).
-    let r = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
-    base.mul_f64(0.75 + f64::from(r) / 4000.0)
+    let max_ms = u64::try_from(BACKOFF_MAX.as_millis()).unwrap_or(u64::MAX);
+    let start_ms = u64::try_from(BACKOFF_START.as_millis()).unwrap_or(max_ms);
+    let mut rng = XorShift::from_entropy();
+    Duration::from_millis(three_quarter_jitter_ms(attempt, start_ms, max_ms, &mut rng))
 }
 
 fn with_attempts(e: AiError, n: u32) -> AiError {
@@ -466,6 +468,10 @@ impl Call<'_> {
                 }
                 Some(Ok(b)) => b,
             };
+            if let Some(reason) = cut_short(resp.headers(), body.len()) {
+                // awc hands over what came when the connection closes early: not a reply.
+                return Err(self.broke_off(reason, String::new()));
+            }
             let outcome = (self.codec.parse_response)(&body).map_err(|f| self.fault(f, ""))?;
             if let Some(tx) = self.deltas.filter(|_| !outcome.text.is_empty()) {
                 let _ = tx.unbounded_send(outcome.text.clone());
@@ -561,6 +567,24 @@ impl Call<'_> {
     }
 }
 
+/// Why a whole answer of `got` bytes is not whole: fewer bytes than its `Content-Length`
+/// promised (the connection closed early; awc hands over what came). None when it is whole, or
+/// when the length cannot be compared (no such header, or a compressed body, decoded here).
+fn cut_short(headers: &HeaderMap, got: usize) -> Option<String> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if text(CONTENT_ENCODING).is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity")) {
+        return None;
+    }
+    let declared: u64 = text(CONTENT_LENGTH)?.trim().parse().ok()?;
+    (u64::try_from(got).ok()? < declared).then(|| {
+        format!("the connection broke before the whole answer arrived ({got} of {declared} bytes)")
+    })
+}
+
 /// Why a request could not be sent.
 #[derive(Debug, PartialEq, Eq)]
 enum SendFailure {
@@ -603,6 +627,38 @@ mod tests {
             SendFailure::of(E::Url(awc::error::InvalidUrl::MissingScheme)),
             SendFailure::Config(_)
         ));
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn an_answer_shorter_than_its_content_length_is_cut_short() {
+        let h = headers(&[("content-length", "120")]);
+        assert_eq!(
+            cut_short(&h, 60).as_deref(),
+            Some("the connection broke before the whole answer arrived (60 of 120 bytes)")
+        );
+        assert_eq!(cut_short(&h, 120), None);
+    }
+
+    #[test]
+    fn an_answer_without_a_comparable_length_is_taken_as_it_came() {
+        assert_eq!(cut_short(&headers(&[]), 10), None);
+        assert_eq!(cut_short(&headers(&[("content-length", "x")]), 10), None);
+        let gzip = headers(&[("content-length", "40"), ("content-encoding", "gzip")]);
+        assert_eq!(
+            cut_short(&gzip, 10),
+            None,
+            "the length is of the compressed body"
+        );
+        let identity = headers(&[("content-length", "40"), ("content-encoding", "identity")]);
+        assert!(cut_short(&identity, 10).is_some());
     }
 
     #[test]

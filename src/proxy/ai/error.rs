@@ -12,6 +12,7 @@ use actix_web::http::StatusCode;
 use serde::Deserialize;
 
 use crate::config::Provider;
+use crate::hop::post::is_transient;
 
 use super::keys::{redact, ApiKey};
 
@@ -429,7 +430,8 @@ pub fn classify_status(f: StatusFailure<'_>) -> Failure {
             },
             transient(true),
         ),
-        408 | 409 | 500..=599 => (
+        // The hops' rule (408, 429, 5xx), and 409: a provider's lock timeout, retried by its SDKs.
+        _ if is_transient(f.status) || status == 409 => (
             AiError::Server {
                 provider,
                 status,

@@ -68,6 +68,9 @@ pub enum Script {
     CloseAfter(Vec<String>),
     /// Stream these pieces, then break the connection (a reset, no terminator).
     ResetAfter(Vec<String>),
+    /// A whole (non-streamed) reply of these pieces whose `Content-Length` is right, but the
+    /// connection closes after the first half of the body.
+    CutShort(Vec<String>),
     /// The reply is refused / filtered by the provider's safety system.
     Filtered,
     /// Gemini: a prompt block (no candidates).
@@ -554,7 +557,40 @@ fn partial_steps(kind: Kind, rec: &Recorded, p: &[String]) -> Vec<Step> {
 }
 
 fn whole_reply(kind: Kind, text: &str, finish: &str) -> HttpResponse {
-    let body = match kind {
+    HttpResponse::Ok().json(whole_body(kind, text, finish))
+}
+
+/// [`whole_reply`]'s body announced whole (`Content-Length`), its first half sent, then the
+/// connection broken.
+fn cut_short(kind: Kind, text: &str) -> HttpResponse {
+    let body = whole_body(kind, text, stop_word(kind))
+        .to_string()
+        .into_bytes();
+    let half = Bytes::from(body[..body.len() / 2].to_vec());
+    let steps: Vec<Result<Bytes, actix_web::Error>> = vec![
+        Ok(half),
+        Err(actix_web::error::ErrorInternalServerError(
+            "connection closed",
+        )),
+    ];
+    let stream =
+        futures_util::StreamExt::then(futures_util::stream::iter(steps), |step| async move {
+            if step.is_err() {
+                // Let the half reach the client first, as on a real network.
+                actix_rt::time::sleep(Duration::from_millis(100)).await;
+            }
+            step
+        });
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(actix_web::body::SizedStream::new(
+            body.len() as u64,
+            Box::pin(stream),
+        ))
+}
+
+fn whole_body(kind: Kind, text: &str, finish: &str) -> Value {
+    match kind {
         Kind::Anthropic => json!({"id":"msg_1","type":"message","role":"assistant","model":"m",
             "content": if text.is_empty() { json!([]) } else { json!([{"type":"text","text":text}]) },
             "stop_reason":finish,"stop_sequence":null,"usage":{"input_tokens":11,"output_tokens":3}}),
@@ -565,8 +601,7 @@ fn whole_reply(kind: Kind, text: &str, finish: &str) -> HttpResponse {
         _ => json!({"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m",
             "choices":[{"index":0,"message":{"role":"assistant","content":text,"refusal":null},"finish_reason":finish}],
             "usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}),
-    };
-    HttpResponse::Ok().json(body)
+    }
 }
 
 fn stop_word(kind: Kind) -> &'static str {
@@ -615,6 +650,7 @@ fn respond(
                 sse_response(s)
             }
             Script::CloseAfter(p) => sse_response(partial_steps(kind, &rec, &p)),
+            Script::CutShort(p) => cut_short(kind, &joined(&p)),
             Script::ResetAfter(p) => {
                 let mut s = partial_steps(kind, &rec, &p);
                 s.push(Step::Reset);
