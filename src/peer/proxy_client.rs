@@ -7,6 +7,8 @@
 //! It never talks to anything but the proxy, and never decides what to send or when:
 //! the peer's `outgoing` module does.
 
+use std::cell::OnceCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use awc::http::StatusCode;
@@ -30,32 +32,39 @@ const MAX_ANSWER: usize = 4 * 1024 * 1024;
 /// The proxy's answer for one message handed over.
 pub type Handed = Result<Accepted, PeerError>;
 
-/// This peer's proxy, called over HTTP.
+/// This peer's proxy, called over HTTP. Clones share one client, built on first use (a client
+/// costs about a megabyte and a few milliseconds to build, and a worker that never calls the
+/// proxy needs none).
 #[derive(Clone)]
 pub struct ProxyApi {
-    client: awc::Client,
+    client: Rc<OnceCell<awc::Client>>,
     base: String,
 }
 
 impl ProxyApi {
-    /// Must be built on the thread it is used on (awc clients are per thread).
+    /// Must be used on the thread it is built on (awc clients are per thread).
     pub fn new(proxy_url: &str) -> Self {
         Self {
-            client: awc::Client::builder().timeout(CALL_TIMEOUT).finish(),
+            client: Rc::default(),
             base: proxy_url.trim_end_matches('/').to_string(),
         }
+    }
+
+    fn client(&self) -> &awc::Client {
+        self.client
+            .get_or_init(|| awc::Client::builder().timeout(CALL_TIMEOUT).finish())
     }
 
     /// `POST {proxy}/api/v1/outbox[/batch]`: hands `envelopes` over in order (see
     /// [`hand_over_all`]); answers each one's result, and whether batches work.
     pub async fn hand_over(&self, envelopes: Vec<Envelope>, batch: bool) -> (Vec<Handed>, bool) {
-        hand_over_all(self.client.clone(), self.base.clone(), envelopes, batch).await
+        hand_over_all(self.client().clone(), self.base.clone(), envelopes, batch).await
     }
 
     /// `GET {proxy}/api/v1/directory`, or the legacy `GET {proxy}/peers` when the proxy has no
     /// directory (an original proxy): who this user can reach.
     pub async fn directory(&self) -> Result<Vec<DirectoryEntry>, PeerError> {
-        let native = self.client.get(format!("{}/api/v1/directory", self.base));
+        let native = self.client().get(format!("{}/api/v1/directory", self.base));
         match call(native, None, DIRECTORY_TIMEOUT, "reading the directory").await {
             Ok(d) => parse(&d, "reading the directory"),
             // compat: an original proxy has no directory; its table says who is an AI.
@@ -68,14 +77,14 @@ impl ProxyApi {
 
     /// `GET {proxy}/peers`: the proxy's legacy endpoint table.
     pub async fn legacy_peers(&self) -> Result<ProxyPeers, PeerError> {
-        let request = self.client.get(format!("{}/peers", self.base));
+        let request = self.client().get(format!("{}/peers", self.base));
         let what = "reading the proxy's table";
         parse(&call(request, None, DIRECTORY_TIMEOUT, what).await?, what)
     }
 
     /// `POST {proxy}/api/v1/forget`: a chat (or all) was cleared.
     pub async fn forget(&self, forget: &Forget) -> Result<(), PeerError> {
-        let request = self.client.post(format!("{}/api/v1/forget", self.base));
+        let request = self.client().post(format!("{}/api/v1/forget", self.base));
         let body = serde_json::to_vec(forget).map_err(PeerError::storage)?;
         // Only its success matters, whatever its body.
         call(

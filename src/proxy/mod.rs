@@ -155,15 +155,19 @@ impl Boot {
         let store: actix::Addr<Store> = store::writer(opened)
             .observed_by(outbox_ctx.address().recipient())
             .start();
+        // One HTTP client for the outbox and the AI desk (a client costs about a megabyte).
+        let attempt_timeout = Duration::from_secs(settings.delivery.attempt_timeout_secs.max(1));
+        let client = awc::Client::builder().timeout(attempt_timeout).finish();
         let desk = AiDesk::new(
             DeskSettings {
                 me: settings.name.to_string(),
                 peer_url: peer_url.clone(),
                 local_ai: settings.config.ai_endpoints.clone(),
-                chunk_timeout: Duration::from_secs(settings.delivery.attempt_timeout_secs.max(1)),
+                chunk_timeout: attempt_timeout,
                 max_text_bytes: settings.delivery.max_message_bytes,
             },
             store.clone(),
+            client.clone(),
         )
         .start();
         let router = Router::new(settings.name.clone(), endpoints, source, store.clone());
@@ -176,6 +180,7 @@ impl Boot {
             router.table(),
             store.clone(),
             desk.clone(),
+            client,
             items,
         ));
         let router = router.start();

@@ -60,18 +60,19 @@ pub struct AiDesk {
     settings: DeskSettings,
     adapters: AiAdapters,
     store: Addr<Store>,
-    /// The one HTTP client of this actor, for stream chunks.
+    /// The proxy's HTTP client (the outbox's), for stream chunks.
     client: awc::Client,
 }
 
 impl AiDesk {
-    /// Must be built on the thread the actor runs on (awc clients are per thread).
-    pub fn new(settings: DeskSettings, store: Addr<Store>) -> AiDesk {
+    /// Must be built on the thread of `client` (awc clients are per thread): the outbox's,
+    /// shared, as building one costs about a megabyte.
+    pub fn new(settings: DeskSettings, store: Addr<Store>, client: awc::Client) -> AiDesk {
         AiDesk {
             adapters: AiAdapters::new(settings.local_ai.clone()),
             settings,
             store,
-            client: awc::Client::default(),
+            client,
         }
     }
 }

@@ -118,19 +118,16 @@ pub struct Outbox {
 
 impl Outbox {
     /// The outbox holding `items` from the start, writing its changes through `store` (whose
-    /// observer it must be: it learns of its committed changes from there).
+    /// observer it must be: it learns of its committed changes from there), calling with
+    /// `client` (built on this thread, shared with the AI desk).
     pub fn new(
         settings: OutboxSettings,
         endpoints: Arc<EndpointTable>,
         store: Addr<Store>,
         desk: Addr<AiDesk>,
+        client: awc::Client,
         items: Vec<(u64, Record)>,
     ) -> Outbox {
-        let client = awc::Client::builder()
-            .timeout(Duration::from_secs(
-                settings.delivery.attempt_timeout_secs.max(1),
-            ))
-            .finish();
         Outbox {
             settings,
             endpoints,
