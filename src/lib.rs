@@ -21,8 +21,28 @@
 //!   commit, open-and-replay, and the one writer of each store.
 //! - [`logging`]: env_logger set up so every line names its role and instance.
 //!
-//! Roles depend on `wire`, `config` and `web`, never on each other; only `up` and the CLI
-//! entry point know all three.
+//! Roles depend on `wire`, `config`, `hop`, `storage`, `layout` and `web`, never on each
+//! other; only `up` and the CLI entry point know all three.
+//!
+//! # Actors and who sends what to whom
+//! Each role's actors run on its HTTP worker thread (the readers of the chat store on their
+//! own threads); calls go one way, routes → actors → (redb | awc), and an actor that needs to
+//! hear from another subscribes with a `Recipient` instead of knowing its type.
+//!
+//! | role | actor (file) | takes | sends to |
+//! |---|---|---|---|
+//! | controller | `Registry` (controller/registry.rs) | RegisterProxy, Heartbeat, GetEndpoints, UpdateEndpoints, RemoveProxy, SubscribeTable, SubscribeDashboard, ListProxies | its redb store; SSE subscribers (tables, dashboard) |
+//! | proxy | `ControllerLink` (proxy/controller_link.rs) | its timers | the controller over HTTP; Router `SetTable` |
+//! | proxy | `Router` (proxy/router.rs): the one owner of the table | SetTable, SubscribeTable, ResolveRoute, ListDirectory, GetTable | subscribers `TableChanged` (Outbox, AiDesk); Store `SaveTable` |
+//! | proxy | `Outbox` (proxy/outbox/) | Enqueue, EnqueueMany, GetStatus, TableChanged, `Applied` (from the Store) | Store `Write`; next hops over HTTP; AiDesk `Converse` (the reply is the answer) |
+//! | proxy | `AiDesk` (proxy/ai/desk.rs) | Converse, ForgetConversation, TableChanged | AiAdapter `Ask`; Store `Remember` / `ForgetMemory`; own peer's stream route |
+//! | proxy | `AiAdapter` ×N (proxy/ai/mod.rs) | Ask, UpdateEndpoint | the provider over HTTP |
+//! | proxy | `Store` = `storage::Writer<ProxySchema>` (proxy/store.rs): the one writer of `proxy-NAME.redb` | Write, SaveTable, PruneSeen, Remember, ForgetMemory | its observer (Outbox) `Applied` |
+//! | peer | `Outgoing` (peer/outgoing.rs): the one owner of sending | SendMessage | WriteQueue; ChatStore `ListUnsent`; the proxy over HTTP |
+//! | peer | `AutoReply` (peer/auto_reply.rs) | MessageReceived, GetAutoReplyStats | Outgoing `SendMessage` |
+//! | peer | `WriteQueue` = `storage::Writer<ChatSchema>` (peer/store/writes.rs) | AppendMessage, AppendOutgoing, AppendMany, SetDeliveryState, ApplyReceipts, SetHandOver, ClearConversations | its observer (Updates) `Applied` |
+//! | peer | `ChatStore` (peer/store/reads.rs), a SyncArbiter | GetPage, GetHistory, ListConversations, ListUnsent | — |
+//! | peer | `Updates` (peer/updates.rs) | Subscribe, Publish, CountClients, `Applied` (from the WriteQueue) | open pages over SSE |
 
 pub mod cli;
 pub mod config;
