@@ -375,6 +375,36 @@ async fn clearing_the_chat_starts_a_fresh_context() {
     );
 }
 
+/// Clearing every chat on the page still makes the AI forget (the peer says "all" explicitly).
+#[actix_web::test]
+async fn clearing_all_chats_starts_a_fresh_context() {
+    const KEY: &str = "sk-e2e-clear-all-key-0005";
+    std::env::set_var("OVERLAY_E2E_KEY_CLEAR_ALL", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_CLEAR_ALL}}",
+            fake.url
+        ))],
+    )
+    .await;
+    let peer = o.url("peer/alice");
+    send(&peer, "BOT", "my colour is blue").await;
+    history_of_len(&peer, "BOT", 2).await;
+    let (s, v) = post_json(&format!("{peer}/clear_all_chats"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    send(&peer, "BOT", "what is my colour?").await;
+    history_of_len(&peer, "BOT", 2).await;
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        roles(&requests[1].body),
+        pairs(&[("user", "[alice]: what is my colour?")]),
+        "only the new message after every chat was cleared"
+    );
+}
+
 #[actix_web::test]
 async fn the_proxy_forgets_one_ai_conversation_or_all_and_refuses_a_bad_name() {
     const KEY: &str = "sk-e2e-forget-key-0003";
@@ -399,6 +429,22 @@ async fn the_proxy_forgets_one_ai_conversation_or_all_and_refuses_a_bad_name() {
     assert!(v["message"].as_str().unwrap().contains("`with`"), "{v}");
     let (s, v) = post_json(&forget, &json!({"with": 7})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // "All" is never a default: an empty, unclear or misspelled request forgets nothing.
+    for (body, names) in [
+        (json!({}), "`{\"all\": true}`"),
+        (json!([]), "say what to forget"),
+        (json!({"all": false}), "`{\"all\": true}`"),
+        (json!({"with": "BOT", "all": true}), "not both"),
+        (json!({"wiht": "BOT"}), "unknown field `wiht`"),
+    ] {
+        let (s, v) = post_json(&forget, &body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["status"], "error", "{body}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(names),
+            "{body}: {v}"
+        );
+    }
     let (s, v) = post_json(&forget, &json!({"with": "bob"})).await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("success")));
     assert!(v["message"]
@@ -418,7 +464,7 @@ async fn the_proxy_forgets_one_ai_conversation_or_all_and_refuses_a_bad_name() {
         ])
     );
 
-    let (s, v) = post_json(&forget, &json!({})).await;
+    let (s, v) = post_json(&forget, &json!({"all": true})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(
         v["message"]
