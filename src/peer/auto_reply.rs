@@ -2,7 +2,8 @@
 //! auto-reply.
 //!
 //! Owns: the decision (who is answered), the round-robin position, and counters of what it
-//! decided. It answers only a message from a person: never an auto-reply, an error report, an
+//! decided. The position is kept in the chat store (logged like every write), so after a
+//! restart the next reply is the next line, not the first one again. It answers only a message from a person: never an auto-reply, an error report, an
 //! AI's reply (a name the directory lists as `ai`, or a legacy `auto` message), ourselves, or
 //! our own messages. fixes original: two auto-replying users no longer ping-pong forever.
 //!
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::error::PeerError;
 use super::outgoing::{Outgoing, SendMessage};
 use super::proxy_client::ProxyApi;
-use super::store::StoredMessage;
+use super::store::{ChatStore, GetAutoReplyNext, SetAutoReplyNext, StoredMessage, WriteQueue};
 use crate::config::AutoReplyConfig;
 use crate::wire::data_plane::{DirectoryEntry, Envelope, PeerKind};
 
@@ -90,23 +91,43 @@ pub fn skip_reason(
 pub struct AutoReply {
     me: String,
     config: AutoReplyConfig,
-    next_line: usize,
+    /// How many replies were decided, ever (kept in the store): the next line is this modulo
+    /// the number of lines.
+    next_line: u64,
     stats: AutoReplyStats,
     directory: Option<(Instant, Vec<DirectoryEntry>)>,
     /// Where the replies go: after everything sent before them, in the order decided.
     outgoing: Addr<Outgoing>,
     /// Where the directory is read.
     proxy: ProxyApi,
+    /// Where the kept position is read (once, on start) and written.
+    store: Addr<ChatStore>,
+    writes: Addr<WriteQueue>,
+}
+
+/// Where an [`AutoReply`] sends its replies and keeps its place.
+pub struct AutoReplyLinks {
+    pub outgoing: Addr<Outgoing>,
+    pub proxy: ProxyApi,
+    pub store: Addr<ChatStore>,
+    pub writes: Addr<WriteQueue>,
+}
+
+/// The line to send after `decided` replies, round-robin over `count` lines (`count` > 0).
+fn line_index(decided: u64, count: usize) -> usize {
+    // The remainder is below `count`, so it fits a usize.
+    (decided % count as u64) as usize
 }
 
 impl AutoReply {
     /// Must be built on the thread the actor runs on (`proxy`'s client is per thread).
-    pub fn new(
-        me: &str,
-        config: AutoReplyConfig,
-        outgoing: Addr<Outgoing>,
-        proxy: ProxyApi,
-    ) -> Self {
+    pub fn new(me: &str, config: AutoReplyConfig, links: AutoReplyLinks) -> Self {
+        let AutoReplyLinks {
+            outgoing,
+            proxy,
+            store,
+            writes,
+        } = links;
         let lines = config
             .lines
             .iter()
@@ -128,6 +149,8 @@ impl AutoReply {
             directory: None,
             outgoing,
             proxy,
+            store,
+            writes,
         }
     }
 
@@ -155,9 +178,13 @@ impl AutoReply {
             );
             return;
         }
-        let line = self.config.lines[self.next_line % self.config.lines.len()].clone();
+        let line = self.config.lines[line_index(self.next_line, self.config.lines.len())].clone();
         self.next_line += 1;
         self.stats.answered += 1;
+        // Kept before the reply is handed over, so it rides along with the reply's own commit.
+        self.writes.do_send(SetAutoReplyNext {
+            next: self.next_line,
+        });
         let mut envelope = Envelope::text(&self.me, &message.from, line);
         envelope.auto_reply = true;
         // Given to the sender now, so the replies keep the order they were decided in.
@@ -172,6 +199,17 @@ impl AutoReply {
 
 impl Actor for AutoReply {
     type Context = Context<Self>;
+
+    /// Reads the kept position before deciding about any message.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let read = self.store.send(GetAutoReplyNext);
+        ctx.wait(read.into_actor(self).map(|kept, act, _| {
+            match kept.map_err(PeerError::from).and_then(|r| r) {
+                Ok(next) => act.next_line = next,
+                Err(e) => log::warn!("auto-reply starts from its first line: {e}"),
+            }
+        }));
+    }
 }
 
 impl Handler<MessageReceived> for AutoReply {
@@ -228,6 +266,13 @@ mod tests {
     }
 
     const PERSON: Result<Option<PeerKind>, ()> = Ok(Some(PeerKind::Person));
+
+    #[test]
+    fn the_line_index_goes_round_the_lines_from_the_kept_count() {
+        let lines: Vec<usize> = (0..5).map(|n| line_index(n, 3)).collect();
+        assert_eq!(lines, [0, 1, 2, 0, 1]);
+        assert_eq!(line_index(u64::MAX, 1), 0);
+    }
 
     #[test]
     fn a_persons_message_is_answered() {

@@ -37,6 +37,13 @@ pub enum PeerError {
     /// The proxy answered, and refused.
     #[error("{reason}")]
     ProxyRefused { status: u16, reason: String },
+    /// A chat was cleared here, but the proxy could not forget the AI's memory of it (an AI
+    /// may still answer from the old conversation): `cleared` says what was cleared.
+    #[error(
+        "{cleared}, but your proxy could not forget the AI's memory of it ({reason}); \
+         clear it again once your proxy is back"
+    )]
+    NotForgotten { cleared: String, reason: String },
     /// redb failed; the operation did not happen.
     #[error("storage error: {0}")]
     Storage(String),
@@ -83,9 +90,9 @@ impl ResponseError for PeerError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             PeerError::UnknownMessage(_) => StatusCode::NOT_FOUND,
-            PeerError::ProxyUnreachable(_) | PeerError::NotSentYet { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            PeerError::ProxyUnreachable(_)
+            | PeerError::NotSentYet { .. }
+            | PeerError::NotForgotten { .. } => StatusCode::BAD_GATEWAY,
             // The proxy's own 4xx is passed on (404 unknown peer, 413 too large...); its 5xx
             // means the hop after us failed: a gateway error from here.
             PeerError::ProxyRefused { status, .. } => StatusCode::from_u16(*status)

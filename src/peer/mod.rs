@@ -28,7 +28,7 @@ use anyhow::Context as _;
 use crate::config::PeerSettings;
 use crate::storage::{SharedDb, Wal};
 use crate::web::{common_routes, Health, Running};
-use auto_reply::AutoReply;
+use auto_reply::{AutoReply, AutoReplyLinks};
 use outgoing::{Outgoing, OutgoingSettings};
 use proxy_client::ProxyApi;
 use routes::PeerState;
@@ -136,8 +136,12 @@ fn start_actors(
     let auto_reply = AutoReply::new(
         settings.name.as_str(),
         settings.auto_reply.clone(),
-        outgoing.clone(),
-        proxy,
+        AutoReplyLinks {
+            outgoing: outgoing.clone(),
+            proxy,
+            store: store.clone(),
+            writes: writes.clone(),
+        },
     )
     .start();
     PeerState {

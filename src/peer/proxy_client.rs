@@ -82,19 +82,27 @@ impl ProxyApi {
         parse(&call(request, None, DIRECTORY_TIMEOUT, what).await?, what)
     }
 
-    /// `POST {proxy}/api/v1/forget`: a chat (or all) was cleared.
+    /// `POST {proxy}/api/v1/forget`: a chat (or all, [`Forget::all`]) was cleared; answered
+    /// once the proxy has forgotten it. compat: an original proxy has no such route (404/405)
+    /// and keeps no AI memory, so there is nothing to forget: that is a success too.
     pub async fn forget(&self, forget: &Forget) -> Result<(), PeerError> {
         let request = self.client().post(format!("{}/api/v1/forget", self.base));
         let body = serde_json::to_vec(forget).map_err(PeerError::storage)?;
         // Only its success matters, whatever its body.
-        call(
+        match call(
             request,
             Some(body),
             CALL_TIMEOUT,
             "asking the proxy to forget",
         )
         .await
-        .map(|_| ())
+        {
+            Ok(_)
+            | Err(PeerError::ProxyRefused {
+                status: 404 | 405, ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 

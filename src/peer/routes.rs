@@ -215,9 +215,11 @@ async fn message(
     let (Some(text), Some(from)) = (&body.message, &body.from) else {
         return Err(PeerError::MissingFields(vec!["message", "from"]));
     };
-    peer_name_of(from, "from")?;
+    let from = peer_name_of(from, "from")?;
     check_size(text, state.max_message_bytes)?;
-    let envelope = body.to_envelope(state.name.as_str());
+    let mut envelope = body.to_envelope(state.name.as_str());
+    // Normalised once, here: the name checked is the name stored.
+    envelope.from = from;
     let ack = store_incoming(&state, &envelope).await?;
     Ok(HttpResponse::Ok().json(success(Sent { id: ack.id })))
 }
@@ -261,18 +263,34 @@ async fn message_updates(state: State) -> Result<impl actix_web::Responder, Peer
     Ok(sse::Sse::from_infallible_receiver(rx).with_keep_alive(Duration::from_secs(15)))
 }
 
-/// Asks the proxy to forget a conversation, without waiting; a failure is only logged.
-fn forget(proxy: &ProxyApi, with: Option<String>) {
-    let proxy = proxy.clone();
-    actix_web::rt::spawn(async move {
-        let what = with.clone().unwrap_or_else(|| "every conversation".into());
-        if let Err(e) = proxy.forget(&Forget { with }).await {
-            log::warn!("the proxy could not forget {what}: {e}");
+/// Asks the proxy to forget the AI memory of the chat with `with` (every chat when None), and
+/// waits for it: the clear is answered only once a message sent next cannot meet the old
+/// conversation. The chat is cleared here whatever happens: when the proxy could not forget,
+/// the answer says so ([`PeerError::NotForgotten`], 502) instead of pretending.
+async fn forget(
+    proxy: &ProxyApi,
+    with: Option<&str>,
+    cleared: String,
+) -> Result<String, PeerError> {
+    let request = match with {
+        Some(peer) => Forget::chat(peer),
+        None => Forget::all(),
+    };
+    match proxy.forget(&request).await {
+        Ok(()) => Ok(cleared),
+        Err(e) => {
+            log::warn!("{cleared}, but the proxy could not forget it: {e}");
+            Err(PeerError::NotForgotten {
+                cleared,
+                reason: e.to_string(),
+            })
         }
-    });
+    }
 }
 
 /// # POST /clear_chat/{peer_id}
+/// Deletes the chat here, then has the proxy forget its AI memory; answered after both, so a
+/// message sent right after never meets the old conversation.
 async fn clear_chat(
     state: State,
     proxy: Proxy,
@@ -285,43 +303,47 @@ async fn clear_chat(
             peer: Some(peer.clone()),
         })
         .await??;
-    forget(&proxy, Some(peer.clone()));
-    Ok(HttpResponse::Ok().json(success(Note {
-        message: format!("Chat history with {peer} cleared ({removed} messages)"),
-    })))
+    let cleared = format!("Chat history with {peer} cleared ({removed} messages)");
+    // A name no endpoint can have has no AI memory to forget.
+    if InstanceName::parse(peer.trim()).is_err() {
+        return Ok(HttpResponse::Ok().json(success(Note { message: cleared })));
+    }
+    let message = forget(&proxy, Some(&peer), cleared).await?;
+    Ok(HttpResponse::Ok().json(success(Note { message })))
 }
 
 /// # POST /clear_all_chats
+/// Deletes every chat here, then has the proxy forget every AI memory; answered after both.
 async fn clear_all_chats(state: State, proxy: Proxy) -> Result<HttpResponse, PeerError> {
     let removed = state
         .writes
         .send(ClearConversations { peer: None })
         .await??;
-    forget(&proxy, None);
-    Ok(HttpResponse::Ok().json(success(Note {
-        message: format!("All chat histories cleared ({removed} messages)"),
-    })))
+    let cleared = format!("All chat histories cleared ({removed} messages)");
+    let message = forget(&proxy, None, cleared).await?;
+    Ok(HttpResponse::Ok().json(success(Note { message })))
 }
 
 // ---- what the proxy calls ----
 
-/// Whether `envelope` is one this peer takes from its proxy: for this user, from a valid name,
-/// not over the size limit.
-fn check_incoming(state: &PeerState, envelope: &Envelope) -> Result<(), PeerError> {
+/// `envelope` as this peer stores it, if it takes it from its proxy: for this user, from a
+/// valid name, not over the size limit. The sender's name is normalised here, once, at the
+/// edge: what was checked (the trimmed name) is what is stored and shown.
+fn take_incoming(state: &PeerState, mut envelope: Envelope) -> Result<Envelope, PeerError> {
     if !state.name.matches(&envelope.to) {
         return Err(PeerError::Invalid(format!(
             "this message is for `{}`, but this is {}'s peer",
             envelope.to, state.name
         )));
     }
-    peer_name_of(&envelope.from, "from")?;
-    check_size(envelope.body.text(), state.max_message_bytes)
+    envelope.from = peer_name_of(&envelope.from, "from")?;
+    check_size(envelope.body.text(), state.max_message_bytes)?;
+    Ok(envelope)
 }
 
 /// # POST /api/v1/inbox
 async fn inbox(state: State, body: web::Json<Envelope>) -> Result<HttpResponse, NativeError> {
-    let envelope = body.into_inner();
-    check_incoming(&state, &envelope)?;
+    let envelope = take_incoming(&state, body.into_inner())?;
     let ack = store_incoming(&state, &envelope).await?;
     Ok(HttpResponse::Ok().json(ack))
 }
@@ -336,17 +358,19 @@ async fn inbox_batch(
     state: State,
     body: web::Json<Vec<Envelope>>,
 ) -> Result<HttpResponse, NativeError> {
-    let envelopes = body.into_inner();
-    if envelopes.is_empty() {
+    let received = body.into_inner();
+    if received.is_empty() {
         return Err(PeerError::Invalid("the batch is empty".into()).into());
     }
-    for (i, e) in envelopes.iter().enumerate() {
-        check_incoming(&state, e).map_err(|err| match err {
+    let mut envelopes = Vec::with_capacity(received.len());
+    for (i, e) in received.into_iter().enumerate() {
+        let id = e.id.clone();
+        envelopes.push(take_incoming(&state, e).map_err(|err| match err {
             PeerError::Invalid(why) => {
-                PeerError::Invalid(format!("message {i} (id {}) of the batch: {why}", e.id))
+                PeerError::Invalid(format!("message {i} (id {id}) of the batch: {why}"))
             }
             other => other,
-        })?;
+        })?);
     }
     let messages = envelopes
         .iter()

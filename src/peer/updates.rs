@@ -153,7 +153,8 @@ impl PageEvent {
             WriteOutcome::Appended {
                 duplicate: true, ..
             }
-            | WriteOutcome::StateSet { changed: false, .. } => return None,
+            | WriteOutcome::StateSet { changed: false, .. }
+            | WriteOutcome::AutoReplyNextSet { .. } => return None,
             WriteOutcome::Appended { message, .. } => PageEvent::Message {
                 message: message.clone(),
             },

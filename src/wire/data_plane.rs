@@ -218,16 +218,82 @@ pub enum PeerKind {
     Ai,
 }
 
-/// `POST /api/v1/forget`: the user cleared the chat with `with` (or every chat, when None).
+/// `POST /api/v1/forget`: the user cleared a chat, so an AI starts a fresh context. Exactly
+/// one of two forms: `{"with": "BOT"}` forgets the conversation with `BOT`;
+/// `{"all": true}` forgets every conversation. Anything else (`{}`, `[]`, `{"all": false}`,
+/// both fields, a misspelled or unknown field) is refused ([`Forget::scope`], and unknown
+/// fields by serde): "all" is never the default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Forget {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub with: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+impl Forget {
+    /// Forget the conversation with `with`.
+    pub fn chat(with: impl Into<String>) -> Self {
+        Self {
+            with: Some(with.into()),
+            all: false,
+        }
+    }
+
+    /// Forget every conversation.
+    pub fn all() -> Self {
+        Self {
+            with: None,
+            all: true,
+        }
+    }
+
+    /// What is to be forgotten: `Some(name)` one conversation, `None` all of them; or why the
+    /// request says neither clearly.
+    pub fn scope(&self) -> Result<Option<&str>, String> {
+        match (&self.with, self.all) {
+            (Some(with), false) => Ok(Some(with)),
+            (None, true) => Ok(None),
+            (Some(_), true) => Err(
+                "give either `with` (one conversation) or `\"all\": true`, not both".to_string(),
+            ),
+            (None, false) => Err(
+                "say what to forget: `{\"with\": NAME}` for one conversation or \
+                 `{\"all\": true}` for every one"
+                    .to_string(),
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forget_all_must_be_said_explicitly() {
+        let parse = |s: &str| serde_json::from_str::<Forget>(s).map_err(|e| e.to_string());
+        assert_eq!(parse(r#"{"with":"bot"}"#).unwrap().scope(), Ok(Some("bot")));
+        assert_eq!(parse(r#"{"all":true}"#).unwrap().scope(), Ok(None));
+        assert!(parse("{}").unwrap().scope().is_err());
+        assert!(parse(r#"{"all":false}"#).unwrap().scope().is_err());
+        assert!(parse(r#"{"with":"bot","all":true}"#)
+            .unwrap()
+            .scope()
+            .is_err());
+        assert!(parse(r#"{"wiht":"bot"}"#)
+            .unwrap_err()
+            .contains("unknown field `wiht`"));
+        assert!(parse("[]").unwrap().scope().is_err());
+    }
+
+    #[test]
+    fn forget_is_sent_in_its_explicit_forms() {
+        let json = |f: &Forget| serde_json::to_string(f).unwrap();
+        assert_eq!(json(&Forget::chat("BOT")), r#"{"with":"BOT"}"#);
+        assert_eq!(json(&Forget::all()), r#"{"all":true}"#);
+    }
 
     #[test]
     fn an_envelope_round_trips_through_json() {

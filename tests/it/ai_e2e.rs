@@ -375,6 +375,127 @@ async fn clearing_the_chat_starts_a_fresh_context() {
     );
 }
 
+/// Clearing every chat on the page still makes the AI forget (the peer says "all" explicitly).
+#[actix_web::test]
+async fn clearing_all_chats_starts_a_fresh_context() {
+    const KEY: &str = "sk-e2e-clear-all-key-0005";
+    std::env::set_var("OVERLAY_E2E_KEY_CLEAR_ALL", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_CLEAR_ALL}}",
+            fake.url
+        ))],
+    )
+    .await;
+    let peer = o.url("peer/alice");
+    send(&peer, "BOT", "my colour is blue").await;
+    history_of_len(&peer, "BOT", 2).await;
+    let (s, v) = post_json(&format!("{peer}/clear_all_chats"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    send(&peer, "BOT", "what is my colour?").await;
+    history_of_len(&peer, "BOT", 2).await;
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        roles(&requests[1].body),
+        pairs(&[("user", "[alice]: what is my colour?")]),
+        "only the new message after every chat was cleared"
+    );
+}
+
+/// # any route (relay): passes the request on to the proxy behind it, holding every
+/// `POST /api/v1/forget` for the delay first: a proxy that is slow to forget.
+async fn slow_forget_relay(
+    req: actix_web::HttpRequest,
+    body: web::Bytes,
+    to: web::Data<(String, Duration)>,
+) -> HttpResponse {
+    let (target, delay) = to.get_ref();
+    if req.path() == "/api/v1/forget" {
+        actix_rt::time::sleep(*delay).await;
+    }
+    let mut forward = client().request(req.method().clone(), format!("{target}{}", req.uri()));
+    if let Some(ct) = req.headers().get("content-type") {
+        forward = forward.insert_header(("content-type", ct.clone()));
+    }
+    match forward.send_body(body).await {
+        Ok(mut r) => {
+            let bytes = r.body().limit(64 << 20).await.unwrap_or_default();
+            HttpResponse::build(r.status())
+                .content_type("application/json")
+                .body(bytes)
+        }
+        Err(e) => HttpResponse::BadGateway().body(e.to_string()),
+    }
+}
+
+/// A message sent right after a chat was cleared never reaches the AI with the old
+/// conversation, even when the proxy is slow to forget: the clear is answered only after the
+/// forget. alice's second peer talks to her proxy through a relay that holds each forget.
+#[actix_web::test]
+async fn a_message_sent_right_after_clearing_never_meets_the_old_conversation() {
+    const KEY: &str = "sk-e2e-slow-forget-key-0006";
+    std::env::set_var("OVERLAY_E2E_KEY_SLOW_FORGET", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    fake.script([
+        Script::Reply(pieces(&["Noted: blue."])),
+        Script::Reply(pieces(&["I don't know."])),
+    ]);
+    let mut config: Config = config_for(&[("alice", &[])]);
+    config.ai_endpoints.push(ai(&format!(
+        "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_SLOW_FORGET}}",
+        fake.url
+    )));
+    let o = spawn_overlay(config.clone()).await;
+
+    let relay_listener = free_listener();
+    let relay_url = format!("http://{}", relay_listener.local_addr().unwrap());
+    let to = web::Data::new((o.url("proxy/alice"), Duration::from_millis(500)));
+    let relay = HttpServer::new(move || {
+        App::new()
+            .app_data(to.clone())
+            .default_service(web::to(slow_forget_relay))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(relay_listener)
+    .unwrap()
+    .run();
+    let relay_handle = relay.handle();
+    actix_rt::spawn(relay);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = config.peer_settings("alice", dir.path()).unwrap();
+    settings.proxy_url = relay_url;
+    let running = overlay::peer::start(settings, free_listener())
+        .await
+        .unwrap();
+    let peer = running.url();
+    let peer_handle = running.handle();
+    let peer_task = actix_rt::spawn(running.serve());
+
+    send(&peer, "BOT", "my colour is blue").await;
+    // Her proxy hands the reply to her first peer, once the exchange is remembered.
+    history_of_len(&o.url("peer/alice"), "BOT", 1).await;
+    let (s, v) = post_json(&format!("{peer}/clear_chat/BOT"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    send(&peer, "BOT", "what is my colour?").await;
+    history_of_len(&o.url("peer/alice"), "BOT", 2).await;
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        roles(&requests[1].body),
+        pairs(&[("user", "[alice]: what is my colour?")]),
+        "the forget came first, however slow"
+    );
+
+    peer_handle.stop(true).await;
+    let _ = peer_task.await;
+    relay_handle.stop(false).await;
+}
+
 #[actix_web::test]
 async fn the_proxy_forgets_one_ai_conversation_or_all_and_refuses_a_bad_name() {
     const KEY: &str = "sk-e2e-forget-key-0003";
@@ -399,6 +520,22 @@ async fn the_proxy_forgets_one_ai_conversation_or_all_and_refuses_a_bad_name() {
     assert!(v["message"].as_str().unwrap().contains("`with`"), "{v}");
     let (s, v) = post_json(&forget, &json!({"with": 7})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // "All" is never a default: an empty, unclear or misspelled request forgets nothing.
+    for (body, names) in [
+        (json!({}), "`{\"all\": true}`"),
+        (json!([]), "say what to forget"),
+        (json!({"all": false}), "`{\"all\": true}`"),
+        (json!({"with": "BOT", "all": true}), "not both"),
+        (json!({"wiht": "BOT"}), "unknown field `wiht`"),
+    ] {
+        let (s, v) = post_json(&forget, &body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["status"], "error", "{body}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(names),
+            "{body}: {v}"
+        );
+    }
     let (s, v) = post_json(&forget, &json!({"with": "bob"})).await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("success")));
     assert!(v["message"]
@@ -418,7 +555,7 @@ async fn the_proxy_forgets_one_ai_conversation_or_all_and_refuses_a_bad_name() {
         ])
     );
 
-    let (s, v) = post_json(&forget, &json!({})).await;
+    let (s, v) = post_json(&forget, &json!({"all": true})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(
         v["message"]

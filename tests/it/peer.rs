@@ -20,8 +20,8 @@ use overlay::peer::routes::{ContactList, Me};
 use overlay::peer::store::{HistoryPage, MessageState};
 use overlay::peer::updates::PageEvent;
 use overlay::wire::data_plane::{
-    conversation_id, Accepted, Ack, DeliveryState, DirectoryEntry, Envelope, Forget, MessageId,
-    PeerKind, Receipt,
+    conversation_id, Accepted, Ack, DeliveryState, DirectoryEntry, Envelope, MessageId, PeerKind,
+    Receipt,
 };
 use overlay::wire::legacy::ErrorBody;
 
@@ -33,7 +33,12 @@ use overlay::wire::legacy::ErrorBody;
 pub struct FakeNet {
     /// Every envelope handed to `/api/v1/outbox` and accepted.
     pub outbox: Mutex<Vec<Envelope>>,
-    pub forgets: Mutex<Vec<Forget>>,
+    /// Every `/api/v1/forget` body, as sent.
+    pub forgets: Mutex<Vec<Value>>,
+    /// How long `/api/v1/forget` takes before it answers (a slow proxy).
+    pub forget_delay: Mutex<Duration>,
+    /// What the fake took, in order: `outbox:{text}` and `forget` (recorded when answered).
+    pub events: Mutex<Vec<String>>,
     /// When set, `/api/v1/outbox` answers this status and legacy error message.
     pub refuse: Mutex<Option<(u16, String)>>,
     /// Users: name → peer base URL (relayed to); listed as people.
@@ -88,6 +93,10 @@ async fn fake_outbox(net: web::Data<Arc<FakeNet>>, env: web::Json<Envelope>) -> 
         return HttpResponse::NotFound().json(ErrorBody::new(format!("Unknown peer: {}", env.to)));
     }
     net.outbox.lock().unwrap().push(env.clone());
+    net.events
+        .lock()
+        .unwrap()
+        .push(format!("outbox:{}", env.body.text()));
     let accepted = Accepted {
         id: env.id.clone(),
         state: DeliveryState::Pending,
@@ -162,8 +171,11 @@ async fn fake_directory(net: web::Data<Arc<FakeNet>>) -> HttpResponse {
 }
 
 /// # POST /api/v1/forget (fake)
-async fn fake_forget(net: web::Data<Arc<FakeNet>>, f: web::Json<Forget>) -> HttpResponse {
+async fn fake_forget(net: web::Data<Arc<FakeNet>>, f: web::Json<Value>) -> HttpResponse {
+    let delay = *net.forget_delay.lock().unwrap();
+    actix_rt::time::sleep(delay).await;
     net.forgets.lock().unwrap().push(f.into_inner());
+    net.events.lock().unwrap().push("forget".into());
     HttpResponse::Ok().json(json!({"status": "success", "message": "forgotten"}))
 }
 
@@ -777,10 +789,84 @@ async fn clear_chat_and_clear_all_answer_success_empty_the_history_and_tell_the_
     })
     .await;
     let f = o.proxy.net.forgets.lock().unwrap().clone();
-    assert!(f.contains(&Forget {
-        with: Some("BOB".into())
-    }));
-    assert!(f.contains(&Forget { with: None }));
+    assert!(f.contains(&json!({"with": "BOB"})), "{f:?}");
+    // Clearing every chat says "all" explicitly: an empty body forgets nothing any more.
+    assert!(f.contains(&json!({"all": true})), "{f:?}");
+}
+
+/// Clearing a chat is answered only once the proxy has forgotten the AI's memory of it, so
+/// a message sent right after reaches the proxy after the forget, however slow the proxy is.
+#[actix_web::test]
+async fn clearing_a_chat_answers_after_the_proxy_forgot_so_the_next_message_comes_after() {
+    let o = fake_overlay(&[("alice", &[])], &["BOT"]).await;
+    let alice = o.url("alice");
+    let net = o.proxy.net.clone();
+    *net.forget_delay.lock().unwrap() = Duration::from_millis(300);
+    let send = |text: &'static str| {
+        let url = format!("{alice}/send_message");
+        async move {
+            let (s, v): (_, Value) =
+                post_json(&url, &json!({"peer_id": "BOT", "message": text})).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+    };
+    send("old").await;
+    let (s, v): (_, Value) = post_json(&format!("{alice}/clear_chat/BOT"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    send("after one").await;
+    let (s, v): (_, Value) = post_json(&format!("{alice}/clear_all_chats"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    send("after all").await;
+    assert_eq!(
+        net.events.lock().unwrap().clone(),
+        [
+            "outbox:old",
+            "forget",
+            "outbox:after one",
+            "forget",
+            "outbox:after all"
+        ],
+        "each clear answered only after the proxy forgot"
+    );
+}
+
+/// With the proxy down, clearing a chat still clears it here, and the answer says the AI's
+/// memory could not be forgotten (502), instead of a success.
+#[actix_web::test]
+async fn clearing_a_chat_with_the_proxy_down_says_the_ai_memory_was_not_forgotten() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    let alice = o.url("alice");
+    let (s, _): (_, Ack) = post_json(
+        &format!("{alice}/api/v1/inbox"),
+        &envelope("bob", "alice", "down-1", "x"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let FakeOverlay {
+        proxy,
+        peers,
+        _data_dir,
+    } = o;
+    proxy.stop().await;
+    for (route, what) in [
+        (
+            "clear_chat/bob",
+            "Chat history with bob cleared (1 messages)",
+        ),
+        ("clear_all_chats", "All chat histories cleared (0 messages)"),
+    ] {
+        let (s, v): (_, Value) = post_json(&format!("{alice}/{route}"), &json!({})).await;
+        assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
+        assert_eq!(v["status"], "failed", "{v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(error.starts_with(what), "{v}");
+        assert!(error.contains("could not forget the AI's memory"), "{v}");
+    }
+    assert!(
+        history(&alice, "bob").await.is_empty(),
+        "cleared here all the same"
+    );
+    drop(peers);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1799,5 +1885,117 @@ async fn messages_kept_while_the_proxy_was_down_go_before_those_sent_once_it_is_
     let texts: Vec<&str> = handed.iter().map(|e| e.body.text()).collect();
     assert_eq!(texts, ["kept 1", "kept 2", "kept 3", "new 1", "new 2"]);
     alice.stop().await;
+    proxy.stop().await;
+}
+
+/// A sender's name is normalised once, where it comes in: " behrooz" is stored and shown as
+/// "behrooz", in the same conversation as "behrooz", on every incoming route.
+#[actix_web::test]
+async fn a_sender_name_with_spaces_is_stored_and_shown_trimmed() {
+    let o = fake_overlay(&[("alice", &[])], &[]).await;
+    let alice = o.url("alice");
+    let (s, _): (_, Ack) = post_json(
+        &format!("{alice}/api/v1/inbox"),
+        &envelope(" behrooz", "alice", "trim-1", "one"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _): (_, Vec<Ack>) = post_json(
+        &format!("{alice}/api/v1/inbox/batch"),
+        &[envelope("behrooz\t", "alice", "trim-2", "two")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v): (_, Value) = post_json(
+        &format!("{alice}/message"),
+        &json!({"from": "  behrooz ", "message": "three", "timestamp": "2026-11-24T08:00:00"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _): (_, Ack) = post_json(
+        &format!("{alice}/api/v1/inbox"),
+        &envelope("behrooz", "alice", "trim-4", "four"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    let h = history(&alice, "behrooz").await;
+    let rows: Vec<(&str, &str, &str)> = h
+        .iter()
+        .map(|e| {
+            (
+                e["peer_id"].as_str().unwrap(),
+                e["sender"].as_str().unwrap(),
+                e["message"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("behrooz", "behrooz", "one"),
+            ("behrooz", "behrooz", "two"),
+            ("behrooz", "behrooz", "three"),
+            ("behrooz", "behrooz", "four")
+        ]
+    );
+    let (_, contacts): (_, ContactList) = get_json(&format!("{alice}/api/v1/contacts")).await;
+    let names = serde_json::to_value(&contacts).unwrap().to_string();
+    assert!(!names.contains(" behrooz"), "{names}");
+}
+
+/// The auto-reply keeps its place in the store: with lines a, b, c, two messages get a and b;
+/// after a restart on the same data dir the next one gets c, not a again.
+#[actix_web::test]
+async fn auto_reply_keeps_its_place_across_a_restart() {
+    let config = config_for(&[("bob", &["a", "b", "c"])]);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = spawn_fake_proxy(&[]).await;
+    // carol is known to the proxy but not running: replies are accepted, then fail to relay.
+    let dead = free_listener().local_addr().unwrap();
+    proxy
+        .net
+        .peers
+        .lock()
+        .unwrap()
+        .insert("carol".into(), format!("http://{dead}"));
+    // The replies, one per id (a reply may be handed over again after the restart).
+    let replies = |net: Arc<FakeNet>, n: usize| async move {
+        eventually(&format!("{n} auto-replies handed over"), || {
+            let net = net.clone();
+            async move {
+                let mut seen: Vec<(MessageId, String)> = Vec::new();
+                for e in net.outbox() {
+                    if !seen.iter().any(|(id, _)| *id == e.id) {
+                        seen.push((e.id.clone(), e.body.text().to_string()));
+                    }
+                }
+                (seen.len() >= n).then(|| seen.into_iter().map(|(_, t)| t).collect::<Vec<_>>())
+            }
+        })
+        .await
+    };
+    let bob = start_peer(&config, "bob", &proxy.url, dir.path()).await;
+    for (i, n) in [(1, 1), (2, 2)] {
+        let (s, _): (_, Ack) = post_json(
+            &format!("{}/api/v1/inbox", bob.url),
+            &envelope("carol", "bob", &format!("ar-{i}"), "hello"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        replies(proxy.net.clone(), n).await;
+    }
+    assert_eq!(replies(proxy.net.clone(), 2).await, ["a", "b"]);
+    bob.stop().await;
+
+    let bob = start_peer(&config, "bob", &proxy.url, dir.path()).await;
+    let (s, _): (_, Ack) = post_json(
+        &format!("{}/api/v1/inbox", bob.url),
+        &envelope("carol", "bob", "ar-3", "hello again"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(replies(proxy.net.clone(), 3).await, ["a", "b", "c"]);
+    bob.stop().await;
     proxy.stop().await;
 }

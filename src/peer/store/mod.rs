@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId};
 use crate::wire::legacy::HistoryEntry;
 
-pub use reads::{ChatStore, GetHistory, GetPage, ListConversations, ListUnsent};
+pub use reads::{ChatStore, GetAutoReplyNext, GetHistory, GetPage, ListConversations, ListUnsent};
 pub use schema::{ChatSchema, WriteOp, WriteOutcome};
 pub use writes::{
     writer, AppendMany, AppendMessage, AppendOutgoing, Appended, ApplyReceipts, ClearConversations,
-    Durable, SetDeliveryState, SetHandOver, WriteQueue,
+    Durable, SetAutoReplyNext, SetDeliveryState, SetHandOver, WriteQueue,
 };
 
 /// Where a message is, from this user's point of view.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::schema::{decode, CONVERSATIONS, MESSAGES, UNSENT};
+use super::schema::{decode, AUTO_REPLY_NEXT, CONVERSATIONS, MESSAGES, META, UNSENT};
 use super::{conversation_key, ConversationSummary, HistoryPage, StoredMessage};
 use crate::peer::error::PeerError;
 use crate::storage::SharedDb;
@@ -36,6 +36,11 @@ pub struct ListConversations;
 #[derive(Message)]
 #[rtype(result = "Result<Vec<StoredMessage>, PeerError>")]
 pub struct ListUnsent;
+
+/// The auto-reply's kept place: how many replies were decided before (0 when never kept).
+#[derive(Message)]
+#[rtype(result = "Result<u64, PeerError>")]
+pub struct GetAutoReplyNext;
 
 /// The redb database's reads; runs on a `SyncArbiter` (its own threads).
 pub struct ChatStore {
@@ -125,6 +130,14 @@ mod blocking {
         Ok(out)
     }
 
+    /// The auto-reply's kept place (0 when never kept).
+    pub fn auto_reply_next(db: &Database) -> Result<u64, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
+        let meta = tx.open_table(META).map_err(PeerError::storage)?;
+        let next = meta.get(AUTO_REPLY_NEXT).map_err(PeerError::storage)?;
+        Ok(next.map_or(0, |g| g.value()))
+    }
+
     /// Every conversation's summary.
     pub fn conversations(db: &Database) -> Result<Vec<ConversationSummary>, PeerError> {
         let tx = db.begin_read().map_err(PeerError::storage)?;
@@ -163,6 +176,11 @@ impl ChatStore {
     pub fn unsent(&self) -> Result<Vec<StoredMessage>, PeerError> {
         self.db.with(blocking::unsent)
     }
+
+    /// The auto-reply's kept place (0 when never kept).
+    pub fn auto_reply_next(&self) -> Result<u64, PeerError> {
+        self.db.with(blocking::auto_reply_next)
+    }
 }
 
 impl Handler<GetPage> for ChatStore {
@@ -194,5 +212,13 @@ impl Handler<ListConversations> for ChatStore {
 
     fn handle(&mut self, _: ListConversations, _: &mut SyncContext<Self>) -> Self::Result {
         self.conversations()
+    }
+}
+
+impl Handler<GetAutoReplyNext> for ChatStore {
+    type Result = Result<u64, PeerError>;
+
+    fn handle(&mut self, _: GetAutoReplyNext, _: &mut SyncContext<Self>) -> Self::Result {
+        self.auto_reply_next()
     }
 }

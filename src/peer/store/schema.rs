@@ -4,8 +4,8 @@
 //! Tables: `messages` keyed by (conversation, seq) so a page of history is a range scan;
 //! `message_ids` (id → key) for idempotency and receipts; `conversations` (per-conversation
 //! summary); `unsent` (id → key) our pending messages the proxy has not taken yet, so handing
-//! them over again never scans the history; `meta` (the next seq, and the LSN of the last
-//! logged group applied). `seq` grows across the whole store and is never reused.
+//! them over again never scans the history; `meta` (the next seq, the auto-reply's place in
+//! its lines, and the LSN of the last logged group applied). `seq` grows across the whole store and is never reused.
 
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -20,8 +20,11 @@ const IDS: TableDefinition<&str, (&str, u64)> = TableDefinition::new("message_id
 pub(super) const CONVERSATIONS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("conversations");
 pub(super) const UNSENT: TableDefinition<&str, (&str, u64)> = TableDefinition::new("unsent");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_SEQ: &str = "next_seq";
+/// How many auto-replies were decided: the next line is this modulo the number of lines. A
+/// store without it (e.g. of v0.1.0) starts at the first line.
+pub(super) const AUTO_REPLY_NEXT: &str = "auto_reply_next";
 /// The LSN of the last logged group this state has ([`crate::storage::wal`]).
 const WAL_LSN: &str = "wal_lsn";
 
@@ -44,6 +47,10 @@ pub enum WriteOp {
     Clear {
         peer: Option<String>,
     },
+    /// The auto-reply's place: `next` replies decided so far (see [`AUTO_REPLY_NEXT`]).
+    SetAutoReplyNext {
+        next: u64,
+    },
 }
 
 /// What one [`WriteOp`] did.
@@ -62,6 +69,10 @@ pub enum WriteOutcome {
     Cleared {
         peer: Option<String>,
         removed: u64,
+    },
+    /// The auto-reply's place was kept.
+    AutoReplyNextSet {
+        next: u64,
     },
 }
 
@@ -87,6 +98,7 @@ struct Tables<'t> {
     ids: redb::Table<'t, &'static str, (&'static str, u64)>,
     convs: redb::Table<'t, &'static str, &'static [u8]>,
     unsent: redb::Table<'t, &'static str, (&'static str, u64)>,
+    meta: redb::Table<'t, &'static str, u64>,
 }
 
 impl<'t> Tables<'t> {
@@ -96,6 +108,7 @@ impl<'t> Tables<'t> {
             ids: tx.open_table(IDS).map_err(PeerError::storage)?,
             convs: tx.open_table(CONVERSATIONS).map_err(PeerError::storage)?,
             unsent: tx.open_table(UNSENT).map_err(PeerError::storage)?,
+            meta: tx.open_table(META).map_err(PeerError::storage)?,
         })
     }
 }
@@ -133,6 +146,7 @@ fn apply(
         ids,
         convs,
         unsent,
+        meta,
     } = tables;
     match op {
         WriteOp::Append { mut message } => {
@@ -266,6 +280,11 @@ fn apply(
                 removed,
             }))
         }
+        WriteOp::SetAutoReplyNext { next } => {
+            meta.insert(AUTO_REPLY_NEXT, next)
+                .map_err(PeerError::storage)?;
+            Ok(Ok(WriteOutcome::AutoReplyNextSet { next }))
+        }
     }
 }
 
@@ -296,16 +315,17 @@ impl Schema for ChatSchema {
         lsn: u64,
     ) -> Result<Vec<Self::Outcome>, PeerError> {
         let mut outcomes = Vec::with_capacity(ops.len());
-        let mut meta = tx.open_table(META).map_err(PeerError::storage)?;
-        let mut next_seq = meta
+        let mut tables = Tables::open(tx)?;
+        let mut next_seq = tables
+            .meta
             .get(NEXT_SEQ)
             .map_err(PeerError::storage)?
             .map_or(1, |g| g.value());
-        let mut tables = Tables::open(tx)?;
         for op in ops {
             // A storage error leaves the transaction uncommitted: nothing half-stored.
             outcomes.push(apply(&mut tables, &mut next_seq, op.clone())?);
         }
+        let meta = &mut tables.meta;
         meta.insert(NEXT_SEQ, next_seq)
             .map_err(PeerError::storage)?;
         meta.insert(WAL_LSN, lsn).map_err(PeerError::storage)?;

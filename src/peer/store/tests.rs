@@ -342,3 +342,24 @@ fn a_receipt_for_an_unknown_id_is_an_error_that_writes_nothing() {
     );
     assert!(matches!(out[0], Err(PeerError::UnknownMessage(_))));
 }
+
+/// The auto-reply's place is a logged write like any other: kept, and applied again from the
+/// log when the database lost it; a store that never kept one answers 0.
+#[actix_rt::test]
+async fn the_auto_reply_place_is_kept_and_replayed_from_the_log() {
+    let (_dir, fresh) = store();
+    assert_eq!(fresh.auto_reply_next().unwrap(), 0);
+    write(&fresh, vec![WriteOp::SetAutoReplyNext { next: 2 }]);
+    assert_eq!(fresh.auto_reply_next().unwrap(), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_, mut wal) = open(dir.path());
+        let group = vec![WriteOp::SetAutoReplyNext { next: 5 }];
+        wal.append(&serde_json::to_vec(&group).unwrap())
+            .await
+            .unwrap();
+    }
+    let (db, _) = open(dir.path());
+    assert_eq!(ChatStore::new(db).auto_reply_next().unwrap(), 5);
+}

@@ -94,6 +94,14 @@ pub struct ClearConversations {
     pub peer: Option<String>,
 }
 
+/// Keeps the auto-reply's place (`next` replies decided so far). Bookkeeping: it rides along
+/// with the next commit (the reply it was decided for is one), logged like every write.
+#[derive(Message)]
+#[rtype(result = "Result<(), PeerError>")]
+pub struct SetAutoReplyNext {
+    pub next: u64,
+}
+
 /// A write's outcome once on disk.
 async fn outcome(rx: Receiver<Committed<ChatSchema>>) -> Result<WriteOutcome, PeerError> {
     durable::<ChatSchema>(rx).await?
@@ -244,5 +252,17 @@ impl Handler<ClearConversations> for WriteQueue {
     fn handle(&mut self, msg: ClearConversations, ctx: &mut Context<Self>) -> Self::Result {
         let rx = self.enqueue(WriteOp::Clear { peer: msg.peer }, true, ctx);
         Box::pin(async move { outcome(rx).await?.cleared() })
+    }
+}
+
+impl Handler<SetAutoReplyNext> for WriteQueue {
+    type Result = ResponseFuture<Result<(), PeerError>>;
+
+    fn handle(&mut self, msg: SetAutoReplyNext, ctx: &mut Context<Self>) -> Self::Result {
+        let rx = self.enqueue(WriteOp::SetAutoReplyNext { next: msg.next }, false, ctx);
+        Box::pin(async move {
+            outcome(rx).await?;
+            Ok(())
+        })
     }
 }

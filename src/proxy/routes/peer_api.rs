@@ -77,14 +77,17 @@ pub(super) async fn directory(state: web::Data<ProxyState>) -> Result<HttpRespon
 }
 
 /// # POST /api/v1/forget
-/// The own peer cleared the chat with `with` (every chat when None): the AI memory of that
-/// conversation is forgotten, so the next message starts a fresh context. Legacy success.
+/// The own peer cleared a chat: `{"with": NAME}` forgets the AI memory of the conversation with
+/// NAME, `{"all": true}` every conversation's, so the next message starts a fresh context.
+/// Anything else (`{}`, `[]`, `{"all": false}`, both fields, an unknown field) is a 400 naming
+/// what is wrong, and forgets nothing: "all" is never a default. Legacy success.
 pub(super) async fn forget(
     state: web::Data<ProxyState>,
     body: web::Json<Forget>,
 ) -> Result<HttpResponse, ProxyError> {
-    let with = body.into_inner().with;
-    let partner = match &with {
+    let body = body.into_inner();
+    let scope = body.scope().map_err(ProxyError::BadRequest)?;
+    let partner = match scope {
         Some(name) => {
             let name = InstanceName::parse(name.trim()).map_err(|e| {
                 ProxyError::BadRequest(format!("`with` must name a chat partner: {e}"))
@@ -93,11 +96,11 @@ pub(super) async fn forget(
         }
         None => None,
     };
-    let forgotten = ask(&state.desk, ForgetConversation { with: partner }).await??;
-    let what = match &with {
-        Some(name) => format!("the conversation with {}", name.trim()),
+    let what = match &partner {
+        Some(name) => format!("the conversation with {name}"),
         None => "every conversation".to_string(),
     };
+    let forgotten = ask(&state.desk, ForgetConversation { with: partner }).await??;
     Ok(HttpResponse::Ok().json(success(Note {
         message: format!("Forgot {what} ({forgotten} remembered turns)"),
     })))
