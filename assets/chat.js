@@ -390,6 +390,8 @@
     if (!current || !confirm("Clear your whole chat with " + current + "? This cannot be undone.")) return;
     var peer = current;
     fetch("/clear_chat/" + encodeURIComponent(peer), { method: "POST" }).then(function (r) {
+      // 502: cleared here, but the proxy could not forget the AI's memory; the answer says so.
+      if (r.status === 502) return clearedButSays(r, same(peer, current));
       if (!r.ok) return showError("Could not clear the chat (" + r.status + ")");
       // The `cleared` event does the same; this covers a page whose live link is down.
       if (same(peer, current)) clearView("Chat cleared.");
@@ -398,11 +400,20 @@
   el.clearAll.addEventListener("click", function () {
     if (!confirm("Clear ALL your chats? This cannot be undone.")) return;
     fetch("/clear_all_chats", { method: "POST" }).then(function (r) {
+      if (r.status === 502) return clearedButSays(r, !!current).then(loadContacts);
       if (!r.ok) return showError("Could not clear the chats (" + r.status + ")");
       if (current) clearView("Chat cleared.");
       loadContacts();
     });
   });
+  // A clear whose chat went but whose AI memory the proxy could not forget: shown as cleared,
+  // with the server's words on what is left to do.
+  function clearedButSays(r, shown) {
+    return r.json().catch(function () { return {}; }).then(function (body) {
+      if (shown) clearView("Chat cleared.");
+      showError(body.error || body.message || "Cleared, but your proxy could not forget the AI's memory of it.");
+    });
+  }
   el.toggle.addEventListener("click", function () {
     el.app.classList.toggle("contacts-open");
   });
