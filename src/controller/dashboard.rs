@@ -15,7 +15,7 @@ use crate::layout::layout;
 
 use crate::wire::control_plane::{Endpoint, EndpointTable};
 
-use super::registry::Badge;
+use super::liveness::Badge;
 
 /// Whether an AI endpoint's key is there (never the key), and who says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,6 @@ use serde::Serialize;
 
 use crate::wire::legacy::{ErrorBody, Status};
 
-use super::tables::{AI, PEER};
-
 /// The message every refused secret carries: keys never enter the controller.
 pub const KEY_HINT: &str =
     "put the key in an environment variable and name it in api_key_env (keys never go into tables)";
@@ -36,8 +34,10 @@ pub enum ControllerError {
     InvalidEdit(String),
     /// An edit naming fields that no endpoint has (neither the original's nor ours); nothing
     /// was changed. `fields` are paths such as `BOT.model_config.colour`.
-    #[error("{}", unknown_fields_message(fields))]
-    UnknownFields { fields: Vec<String> },
+    /// Fields no endpoint has; the message names them and what an endpoint has (see
+    /// `tables::unknown_fields`).
+    #[error("{0}")]
+    UnknownFields(String),
     /// An edit that would put a secret into a table; nothing was changed.
     #[error("{what} looks like a secret; {KEY_HINT}")]
     SecretInTable { what: String },
@@ -53,27 +53,6 @@ pub enum ControllerError {
     /// The registry did not answer (it is stopping).
     #[error("the controller is shutting down: {0}")]
     Unavailable(String),
-}
-
-/// At most this many unknown fields are named in one answer.
-const NAMED_AT_MOST: usize = 10;
-
-fn unknown_fields_message(fields: &[String]) -> String {
-    let mut named: Vec<String> = fields
-        .iter()
-        .take(NAMED_AT_MOST)
-        .map(|f| format!("`{f}`"))
-        .collect();
-    if fields.len() > NAMED_AT_MOST {
-        named.push(format!("and {} more", fields.len() - NAMED_AT_MOST));
-    }
-    format!(
-        "unknown field{} {}: a peer endpoint has {}; an AI endpoint has {}",
-        if fields.len() == 1 { "" } else { "s" },
-        named.join(", "),
-        PEER.names().join(", "),
-        AI.names().join(", ")
-    )
 }
 
 impl From<actix::MailboxError> for ControllerError {
@@ -96,7 +75,7 @@ impl ResponseError for ControllerError {
             ControllerError::MissingFields { .. }
             | ControllerError::BadRequest(_)
             | ControllerError::InvalidEdit(_)
-            | ControllerError::UnknownFields { .. }
+            | ControllerError::UnknownFields(_)
             | ControllerError::SecretInTable { .. } => StatusCode::BAD_REQUEST,
             ControllerError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ControllerError::UnknownProxy { .. } | ControllerError::NoRoute { .. } => {

@@ -13,6 +13,7 @@
 
 pub mod dashboard;
 pub mod error;
+pub mod liveness;
 pub mod registry;
 pub mod routes;
 pub mod store;

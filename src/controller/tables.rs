@@ -580,6 +580,32 @@ fn check_entry(name: &str, entry: Value) -> Result<Endpoint, String> {
     Ok(endpoint)
 }
 
+/// At most this many unknown fields are named in one answer.
+const NAMED_AT_MOST: usize = 10;
+
+/// The refusal of an edit naming `fields`, which no endpoint has, and what an endpoint has.
+pub fn unknown_fields(fields: &[String]) -> ControllerError {
+    ControllerError::UnknownFields(unknown_fields_message(fields))
+}
+
+fn unknown_fields_message(fields: &[String]) -> String {
+    let mut named: Vec<String> = fields
+        .iter()
+        .take(NAMED_AT_MOST)
+        .map(|f| format!("`{f}`"))
+        .collect();
+    if fields.len() > NAMED_AT_MOST {
+        named.push(format!("and {} more", fields.len() - NAMED_AT_MOST));
+    }
+    format!(
+        "unknown field{} {}: a peer endpoint has {}; an AI endpoint has {}",
+        if fields.len() == 1 { "" } else { "s" },
+        named.join(", "),
+        PEER.names().join(", "),
+        AI.names().join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 //! [`routes`] (HTTP) · [`views`] (maud) · [`error`].
 
 pub mod auto_reply;
+pub mod contacts;
 pub mod error;
 pub mod outgoing;
 pub mod proxy_client;

@@ -16,18 +16,18 @@ use actix_web_lab::sse;
 use serde::{Deserialize, Serialize};
 
 use super::auto_reply::{AutoReply, AutoReplyStats, GetAutoReplyStats, MessageReceived};
+use super::contacts::{display_of, merge_contacts, ContactList};
 use super::error::{NativeError, PeerError};
 use super::outgoing::{Outgoing, SendMessage};
 use super::proxy_client::ProxyApi;
 use super::store::{
-    AppendMany, AppendMessage, ApplyReceipts, ChatStore, ClearConversations, ConversationSummary,
-    GetHistory, GetPage, HistoryPage, ListConversations, SetDeliveryState, StoredMessage,
-    WriteQueue,
+    AppendMany, AppendMessage, ApplyReceipts, ChatStore, ClearConversations, GetHistory, GetPage,
+    HistoryPage, ListConversations, SetDeliveryState, StoredMessage, WriteQueue,
 };
 use super::updates::{Feed, PageEvent, Publish, Subscribe, Updates};
 use super::views;
 use crate::config::InstanceName;
-use crate::wire::data_plane::{Ack, Envelope, Forget, MessageId, PeerKind, Receipt, StreamChunk};
+use crate::wire::data_plane::{Ack, Envelope, Forget, MessageId, Receipt, StreamChunk};
 use crate::wire::legacy::{self, success, Note, PeerListItem, PeerName};
 
 /// What the handlers share: fixed facts and the actors' addresses.
@@ -155,15 +155,6 @@ async fn peer_name(state: State) -> HttpResponse {
     HttpResponse::Ok().json(PeerName {
         name: state.name.to_string(),
     })
-}
-
-/// compat: the original shows a name with its first letter in capitals.
-fn display_of(name: &str) -> String {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => String::new(),
-    }
 }
 
 /// # GET /peers
@@ -486,78 +477,6 @@ async fn me(state: State) -> Result<HttpResponse, NativeError> {
     }))
 }
 
-/// Someone in the contact list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Contact {
-    pub name: String,
-    /// The name shown: a person's with its first letter in capitals (as `/peers` shows it),
-    /// an AI endpoint's as written.
-    pub display: String,
-    pub kind: PeerKind,
-    /// None when unknown.
-    pub online: Option<bool>,
-    /// In the proxy's directory (reachable); false for an old conversation only.
-    pub reachable: bool,
-    /// The last message of the conversation, if any.
-    pub last_text: Option<String>,
-    pub last_at_ms: Option<u64>,
-}
-
-/// `GET /api/v1/contacts`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ContactList {
-    pub contacts: Vec<Contact>,
-    /// Why the directory could not be read, if it could not.
-    pub error: Option<String>,
-}
-
-/// Everyone the proxy's directory lists (not ourselves), then anyone we have a conversation
-/// with who is not listed.
-pub fn merge_contacts(
-    me: &str,
-    directory: &[crate::wire::data_plane::DirectoryEntry],
-    conversations: &[ConversationSummary],
-) -> Vec<Contact> {
-    let summary_of = |name: &str| {
-        conversations
-            .iter()
-            .find(|c| c.peer.eq_ignore_ascii_case(name))
-    };
-    let mut out: Vec<Contact> = directory
-        .iter()
-        .filter(|e| !e.name.eq_ignore_ascii_case(me))
-        .map(|e| {
-            let s = summary_of(&e.name);
-            Contact {
-                name: e.name.clone(),
-                display: match e.kind {
-                    PeerKind::Person => display_of(&e.name),
-                    PeerKind::Ai => e.name.clone(),
-                },
-                kind: e.kind,
-                online: e.online,
-                reachable: true,
-                last_text: s.map(|s| s.last_text.clone()),
-                last_at_ms: s.map(|s| s.last_at_ms),
-            }
-        })
-        .collect();
-    for c in conversations {
-        if !out.iter().any(|o| o.name.eq_ignore_ascii_case(&c.peer)) {
-            out.push(Contact {
-                name: c.peer.clone(),
-                display: display_of(&c.peer),
-                kind: PeerKind::Person,
-                online: None,
-                reachable: false,
-                last_text: Some(c.last_text.clone()),
-                last_at_ms: Some(c.last_at_ms),
-            });
-        }
-    }
-    out
-}
-
 async fn contact_list(state: &PeerState, proxy: &ProxyApi) -> ContactList {
     let (directory, conversations) =
         futures_util::future::join(proxy.directory(), state.store.send(ListConversations)).await;
@@ -631,58 +550,4 @@ async fn events(state: State) -> Result<impl actix_web::Responder, NativeError> 
     Ok(sse::Sse::from_infallible_receiver(rx)
         .with_keep_alive(Duration::from_secs(15))
         .with_retry_duration(Duration::from_secs(2)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::data_plane::DirectoryEntry;
-
-    #[test]
-    fn names_are_shown_with_a_capital() {
-        assert_eq!(display_of("alice"), "Alice");
-        assert_eq!(display_of("BOT"), "BOT");
-    }
-
-    #[test]
-    fn contacts_list_the_directory_then_old_conversations_without_ourselves() {
-        let dir = vec![
-            DirectoryEntry {
-                name: "alice".into(),
-                kind: PeerKind::Person,
-                online: Some(true),
-            },
-            DirectoryEntry {
-                name: "bob".into(),
-                kind: PeerKind::Person,
-                online: Some(false),
-            },
-            DirectoryEntry {
-                name: "BOT".into(),
-                kind: PeerKind::Ai,
-                online: None,
-            },
-        ];
-        let convs = vec![
-            ConversationSummary {
-                peer: "Bob".into(),
-                count: 1,
-                last_seq: 1,
-                last_at_ms: 5,
-                last_text: "yo".into(),
-            },
-            ConversationSummary {
-                peer: "zed".into(),
-                count: 1,
-                last_seq: 2,
-                last_at_ms: 6,
-                last_text: "old".into(),
-            },
-        ];
-        let c = merge_contacts("alice", &dir, &convs);
-        let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["bob", "BOT", "zed"]);
-        assert_eq!(c[0].last_text.as_deref(), Some("yo"));
-        assert!(!c[2].reachable);
-    }
 }

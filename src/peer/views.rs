@@ -7,7 +7,7 @@
 
 use maud::{html, Markup, PreEscaped};
 
-use super::routes::{Contact, ContactList};
+use super::contacts::{Contact, ContactList};
 use crate::layout::layout;
 use crate::wire::data_plane::PeerKind;
 

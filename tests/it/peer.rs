@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 use crate::helpers::{client, config_for, free_listener, run_binary, subscribe};
 use overlay::peer::auto_reply::AutoReplyStats;
-use overlay::peer::routes::{ContactList, Me};
+use overlay::peer::contacts::ContactList;
+use overlay::peer::routes::Me;
 use overlay::peer::store::{HistoryPage, MessageState};
 use overlay::peer::updates::PageEvent;
 use overlay::wire::data_plane::{
