@@ -1554,3 +1554,63 @@ async fn a_body_declared_over_the_limit_is_refused_before_it_comes_on_every_role
         o.stop(label).await;
     }
 }
+
+#[actix_rt::test]
+async fn the_own_peer_cannot_submit_a_message_with_a_wild_time() {
+    let mut pair = Pair::new(|_| {});
+    let alice = pair.alice().await;
+    let outbox = format!("{}/api/v1/outbox", alice.url);
+    for (sent_at_ms, says) in [
+        (u64::MAX, "future"),
+        (overlay::wire::now_ms() + 2 * 24 * 3600 * 1000, "future"),
+        (0, "before"),
+        (86_400_000, "before"),
+    ] {
+        let mut e = Envelope::text("alice", "bob", "when?");
+        e.sent_at_ms = sent_at_ms;
+        let (s, v) = post_json(&outbox, &e).await;
+        assert_eq!(s, 400, "{sent_at_ms}: {v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(
+            message.contains("sent_at_ms") && message.contains(says),
+            "{v}"
+        );
+        let (s, v) = post_json(&format!("{outbox}/batch"), &[e]).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v[0]["status"], 400, "{v}");
+    }
+    assert_eq!(outbox_queued(&alice.url).await, 0);
+    alice.stop().await;
+}
+
+#[actix_rt::test]
+async fn only_the_receivers_own_proxy_marks_an_ai_error() {
+    let mut pair = Pair::new(|_| {});
+    let (alice, bob) = (pair.alice().await, pair.bob().await);
+    // The own peer may not claim an error report: refused, naming the field.
+    let mut own = Envelope::text("alice", "bob", "⚠ BOT could not answer");
+    own.error = true;
+    let (s, v) = post_json(&format!("{}/api/v1/outbox", alice.url), &own).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("`error`"), "{v}");
+    let (s, v) = post_json(&format!("{}/api/v1/outbox/batch", alice.url), &[own]).await;
+    assert_eq!((s, v[0]["status"].as_u64()), (200, Some(400)), "{v}");
+    // Another proxy relays a message marked as an error and an auto-reply: it arrives as the
+    // person's own (auto-)reply, never as an error of bob's AI.
+    let mut relayed = Envelope::text("alice", "bob", "⚠ alice could not answer");
+    relayed.error = true;
+    relayed.auto_reply = true;
+    let (s, v) = post_json(&format!("{}/api/v1/relay", bob.url), &relayed).await;
+    assert_eq!(s, 200, "{v}");
+    let mut batched = Envelope::text("alice", "bob", "⚠ in a batch");
+    batched.error = true;
+    let (s, v) = post_json(&format!("{}/api/v1/relay/batch", bob.url), &[batched]).await;
+    assert_eq!(s, 200, "{v}");
+    eventually("both arrived", || pair.bob_peer.stored_count() == 2).await;
+    let log = pair.bob_peer.log.lock().unwrap();
+    assert!(log.stored.values().all(|e| !e.error), "{:?}", log.stored);
+    assert!(log.stored[&relayed.id.to_string()].auto_reply);
+    drop(log);
+    alice.stop().await;
+    bob.stop().await;
+}
