@@ -1614,3 +1614,54 @@ async fn only_the_receivers_own_proxy_marks_an_ai_error() {
     alice.stop().await;
     bob.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_person_entry_naming_this_proxy_its_peer_or_the_controller_is_never_posted_to() {
+    let mut pair = Pair::new(|_| {});
+    let own = pair.alice_listener.as_ref().unwrap().local_addr().unwrap();
+    let (own_peer, controller) = (pair.alice_peer.addr, pair.config.controller.listen);
+    for (name, proxy) in [("carol", own), ("dave", own_peer), ("erin", controller)] {
+        let mut extra = pair.config.instances[1].clone();
+        extra.name = overlay::config::InstanceName::parse(name).unwrap();
+        pair.config.instances.push(extra);
+        pair.config.set_instance_listeners(name, None, Some(proxy));
+    }
+    let alice = pair.alice().await;
+    let sent: Vec<Envelope> = ["carol", "dave", "erin"]
+        .iter()
+        .map(|to| Envelope::text("alice", to, "hello?"))
+        .collect();
+    for e in &sent {
+        submit(&alice.url, e).await;
+    }
+    eventually("three failed receipts", || {
+        sent.iter().all(|e| {
+            matches!(
+                pair.alice_peer.receipt_for(e.id.as_str()),
+                Some(DeliveryState::Failed { .. })
+            )
+        })
+    })
+    .await;
+    for (e, whose) in sent
+        .iter()
+        .zip(["this proxy's own", "your chat app's", "the controller's"])
+    {
+        let Some(DeliveryState::Failed { reason }) = pair.alice_peer.receipt_for(e.id.as_str())
+        else {
+            unreachable!()
+        };
+        assert!(
+            reason.starts_with(&format!("{}'s address in the controller's table", e.to))
+                && reason.contains(whose),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        pair.alice_peer.stored_count(),
+        0,
+        "nothing posted to the own peer"
+    );
+    assert_eq!(outbox_queued(&alice.url).await, 0);
+    alice.stop().await;
+}
