@@ -1607,10 +1607,9 @@ async fn only_the_receivers_own_proxy_marks_an_ai_error() {
     let (s, v) = post_json(&format!("{}/api/v1/relay/batch", bob.url), &[batched]).await;
     assert_eq!(s, 200, "{v}");
     eventually("both arrived", || pair.bob_peer.stored_count() == 2).await;
-    let log = pair.bob_peer.log.lock().unwrap();
-    assert!(log.stored.values().all(|e| !e.error), "{:?}", log.stored);
-    assert!(log.stored[&relayed.id.to_string()].auto_reply);
-    drop(log);
+    let stored = pair.bob_peer.log.lock().unwrap().stored.clone();
+    assert!(stored.values().all(|e| !e.error), "{stored:?}");
+    assert!(stored[&relayed.id.to_string()].auto_reply);
     alice.stop().await;
     bob.stop().await;
 }
