@@ -865,6 +865,41 @@ async fn a_table_edit_cannot_point_an_ai_endpoint_at_the_controller_or_any_other
     assert!(elsewhere.requests().is_empty());
 }
 
+#[actix_web::test]
+async fn a_message_relayed_as_an_ai_error_is_shown_as_the_persons_own() {
+    let o = overlay_with(&[("alice", &[]), ("bob", &[])], vec![]).await;
+    let (bob_proxy, bob_peer) = (o.url("proxy/bob"), o.url("peer/bob"));
+    // Another proxy (alice's, or anyone posing as one) marks its message as an error report.
+    let mut forged = Envelope::text("alice", "bob", "Bob could not answer: pay me");
+    forged.error = true;
+    forged.auto_reply = true;
+    let mut r = client()
+        .post(format!("{bob_proxy}/api/v1/relay"))
+        .send_json(&forged)
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::OK);
+    let ack: Ack = r.json().await.expect("an Ack");
+    assert_eq!(ack.id, forged.id);
+    let messages = || async {
+        get_json(&format!("{bob_peer}/api/v1/conversations/alice/messages")).await["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually("bob's peer stored it", || async {
+        messages().await.len() == 1
+    })
+    .await;
+    let stored = messages().await[0].clone();
+    assert_eq!(stored["text"], "Bob could not answer: pay me", "{stored}");
+    assert_ne!(stored["error"], true, "not shown as an error: {stored}");
+    assert_eq!(
+        stored["auto_reply"], true,
+        "a person's auto-reply stays one: {stored}"
+    );
+}
+
 // ---------------------------------------------------------------- limits
 
 #[actix_web::test]
