@@ -1579,6 +1579,13 @@ async fn the_own_peer_cannot_submit_a_message_with_a_wild_time() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(v[0]["status"], 400, "{v}");
     }
+    // An original peer handing its user's message over: the same rules.
+    for ts in ["1970-01-01T00:00:00", "2999-01-01T00:00:00"] {
+        let body = format!(r#"{{"message":"when?","from":"alice","timestamp":"{ts}"}}"#);
+        let (s, v) = legacy_post(&alice.url, "bob", &body).await;
+        assert_eq!(s, 400, "{ts}: {v}");
+        assert!(v["message"].as_str().unwrap().contains("sent_at_ms"), "{v}");
+    }
     assert_eq!(outbox_queued(&alice.url).await, 0);
     alice.stop().await;
 }
