@@ -31,6 +31,7 @@ use anyhow::Context as _;
 
 use crate::config::ProxySettings;
 use crate::web::{common_routes, Health, Running};
+use crate::wire::host_port::HostPort;
 use ai::desk::{AiDesk, DeskSettings};
 use controller_link::{ControllerLink, LinkSettings};
 use outbox::{Outbox, OutboxSettings};
@@ -86,6 +87,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             opened: (db.clone(), wal),
             items: loaded.items,
             proxy_id: loaded.proxy_id.clone(),
+            listening: addr,
         };
         crate::web::on_worker(move || boot.start_actors())
     };
@@ -124,6 +126,16 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
     })
 }
 
+/// This proxy's own addresses: where it listens, and where it says it can be reached.
+fn own_addresses(listening: std::net::SocketAddr, advertise: &str) -> Vec<HostPort> {
+    let mut own = vec![HostPort {
+        host: listening.ip().to_string(),
+        port: listening.port(),
+    }];
+    own.extend(HostPort::parse(advertise).ok());
+    own
+}
+
 /// What the proxy's actors start from.
 struct Boot {
     settings: ProxySettings,
@@ -136,6 +148,8 @@ struct Boot {
     ),
     items: Vec<(u64, store::Record)>,
     proxy_id: String,
+    /// The listener's address: a table entry naming it would have this proxy post to itself.
+    listening: std::net::SocketAddr,
 }
 
 impl Boot {
@@ -148,6 +162,7 @@ impl Boot {
             opened,
             items,
             proxy_id,
+            listening,
         } = self;
         let peer_url = settings.peer_url.trim_end_matches('/').to_string();
         // The outbox observes the writer (it learns of its committed changes from there).
@@ -174,8 +189,13 @@ impl Boot {
         let outbox = outbox_ctx.run(Outbox::new(
             OutboxSettings {
                 me: settings.name.clone(),
-                peer_url,
+                peer_url: peer_url.clone(),
                 delivery: settings.delivery.clone(),
+                not_peers: routing::not_peers(
+                    &own_addresses(listening, &settings.advertise),
+                    &peer_url,
+                    &settings.controller_url,
+                ),
             },
             router.table(),
             store.clone(),

@@ -1,13 +1,14 @@
 //! Routing, as pure functions of a table: where a message for a name goes ([`choose_route`]:
 //! this proxy's own peer, another user's proxy, or an AI endpoint; names compared ignoring
 //! case), the table a proxy starts from when it has none ([`default_table`]), and the
-//! directory its peer shows ([`directory`]).
+//! directory its peer shows ([`directory`]), and which addresses a person's entry may never
+//! name ([`peer_refusal`]: this proxy's own, its peer's, the controller's).
 //!
 //! The table itself has one owner, the [`super::router::Router`]; the actors that route hold the
 //! snapshot it published (the same one, shared, never a copy of their own).
 
 use crate::config::Config;
-use crate::wire::control_plane::{AiEndpoint, Endpoint, EndpointTable, PeerEndpoint};
+use crate::wire::control_plane::{split_url, AiEndpoint, Endpoint, EndpointTable, PeerEndpoint};
 use crate::wire::data_plane::{DirectoryEntry, PeerKind};
 use crate::wire::host_port::HostPort;
 
@@ -45,6 +46,75 @@ pub fn choose_route(table: &EndpointTable, me: &str, to: &str) -> Route {
         },
         None => Route::Unknown,
     }
+}
+
+/// An address a person's table entry may not name, and whose it is (for the error).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotAPeer {
+    pub addr: HostPort,
+    pub whose: &'static str,
+}
+
+/// The addresses of this proxy's neighbours that are not another user's proxy: its own
+/// listener and advertised address (its admin and relay routes), its own peer's and the
+/// controller's (URLs as the settings give them).
+pub fn not_peers(own: &[HostPort], peer_url: &str, controller_url: &str) -> Vec<NotAPeer> {
+    let of_url = |url: &str, whose| {
+        let (host, port, _) = split_url(url);
+        NotAPeer {
+            addr: HostPort { host, port },
+            whose,
+        }
+    };
+    own.iter()
+        .map(|addr| NotAPeer {
+            addr: addr.clone(),
+            whose: "this proxy's own",
+        })
+        .chain([
+            of_url(peer_url, "your chat app's"),
+            of_url(controller_url, "the controller's"),
+        ])
+        .collect()
+}
+
+/// Why this proxy will not send a message for `name` to `endpoint`, if it will not: the table
+/// comes from the controller, which anyone who reaches it may edit, and an entry naming this
+/// proxy's own routes or the controller's would make it post there (issue 13, defect 5).
+///
+/// Addresses are compared by port and host, a loopback or unspecified host standing for any
+/// other (this proxy cannot know every name of its machine: a LAN address of its own host
+/// with its own port is not recognised).
+pub fn peer_refusal(name: &str, endpoint: &PeerEndpoint, not_peers: &[NotAPeer]) -> Option<String> {
+    let hit = not_peers
+        .iter()
+        .find(|n| n.addr.port == endpoint.port && same_host(&n.addr.host, &endpoint.host))?;
+    Some(format!(
+        "{name}'s address in the controller's table ({}:{}) is {} address, not another \
+         user's proxy; this proxy does not send there",
+        endpoint.host, endpoint.port, hit.whose
+    ))
+}
+
+fn same_host(a: &str, b: &str) -> bool {
+    let bare = |h: &str| {
+        h.trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase()
+    };
+    let (a, b) = (bare(a), bare(b));
+    a == b || (is_local(&a) && is_local(&b))
+}
+
+/// Loopback or unspecified: this machine, whatever the name.
+fn is_local(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
 }
 
 /// The table of `me` built from the config alone (no controller, no cache): every other
@@ -154,6 +224,51 @@ mod tests {
         );
         assert!(matches!(&t["bob"], Endpoint::Peer(p) if p.port == 10002 && p.native));
         assert!(matches!(&t["BOT"], Endpoint::Ai(_)));
+    }
+
+    fn neighbours() -> Vec<NotAPeer> {
+        not_peers(
+            &[HostPort::parse("0.0.0.0:10001").unwrap()],
+            "http://127.0.0.1:11001/",
+            "http://localhost:9000",
+        )
+    }
+
+    fn peer(host: &str, port: u16) -> PeerEndpoint {
+        PeerEndpoint {
+            host: host.into(),
+            port,
+            native: true,
+        }
+    }
+
+    #[test]
+    fn a_person_entry_at_this_proxy_its_peer_or_the_controller_is_refused_naming_whose() {
+        for (host, port, whose) in [
+            ("127.0.0.1", 10001, "this proxy's own"),
+            ("LOCALHOST", 11001, "your chat app's"),
+            ("[::1]", 9000, "the controller's"),
+            ("127.0.0.2", 9000, "the controller's"),
+        ] {
+            let why = peer_refusal("bob", &peer(host, port), &neighbours())
+                .unwrap_or_else(|| panic!("{host}:{port} was allowed"));
+            assert!(
+                why.starts_with("bob's address in the controller's table"),
+                "{why}"
+            );
+            assert!(why.contains(whose), "{why}");
+        }
+    }
+
+    #[test]
+    fn another_users_proxy_is_not_refused() {
+        for (host, port) in [
+            ("127.0.0.1", 10002),
+            ("10.0.0.3", 9000),
+            ("bob.example", 10001),
+        ] {
+            assert_eq!(peer_refusal("bob", &peer(host, port), &neighbours()), None);
+        }
     }
 
     #[test]

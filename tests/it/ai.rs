@@ -1257,3 +1257,79 @@ async fn an_ask_without_a_delta_channel_still_gets_the_whole_reply() {
         .unwrap();
     assert_eq!(reply.unwrap().text, "Hello there!");
 }
+
+// ---------------------------------------------------------------- the key, echoed
+
+/// Standard base64 of `KEY`, padded, and its URL-safe form without padding.
+fn key_in_base64() -> [String; 2] {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut std = String::new();
+    for chunk in KEY.as_bytes().chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..=chunk.len() {
+            std.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+        std.push_str(&"=".repeat(3 - chunk.len()));
+    }
+    let url = std.replace('+', "-").replace('/', "_").replace('=', "");
+    [std, url]
+}
+
+fn no_key_encoding_in(text: &str) {
+    no_key_in(text);
+    for encoded in key_in_base64() {
+        let core = &encoded[..encoded.len() - 4];
+        assert!(!text.contains(core), "the key leaked in base64: {text}");
+    }
+}
+
+#[actix_web::test]
+async fn a_key_echoed_raw_or_in_base64_in_a_streamed_reply_is_never_shown() {
+    for piece_chars in [1, 3, 7, 1000] {
+        let r = rig(Kind::OpenAi, "/v1", "BOT", "provider: openai, model: m");
+        r.fake.script([Script::EchoKey {
+            text: "Your key is {key} and in base64 {key64}. Keep it safe.".into(),
+            piece_chars,
+        }]);
+        let (reply, deltas) = ask(&r.adapter, CHAT).await;
+        let reply = reply.expect("a reply");
+        assert_eq!(
+            reply.text, "Your key is *** and in base64 ***. Keep it safe.",
+            "{piece_chars}"
+        );
+        let streamed = deltas.concat();
+        no_key_encoding_in(&streamed);
+        for d in &deltas {
+            no_key_encoding_in(d);
+        }
+        assert!(streamed.starts_with("Your key is ") && streamed.ends_with(". Keep it safe."));
+        assert!(
+            r.fake
+                .only_request()
+                .header("authorization")
+                .is_some_and(|a| a.ends_with(KEY)),
+            "the fake echoed the key it was sent"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn a_key_echoed_in_a_whole_reply_is_never_shown() {
+    let r = rig(
+        Kind::Anthropic,
+        "/v1",
+        "ANTHROPIC",
+        "provider: anthropic, model: m, stream: false",
+    );
+    r.fake.script([Script::EchoKey {
+        text: "{key64} is {key}".into(),
+        piece_chars: 1000,
+    }]);
+    let (reply, deltas) = ask(&r.adapter, CHAT).await;
+    assert_eq!(reply.expect("a reply").text, "*** is ***");
+    for d in &deltas {
+        no_key_encoding_in(d);
+    }
+}

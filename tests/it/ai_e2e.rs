@@ -826,12 +826,20 @@ async fn an_endpoint_changed_at_the_controller_is_used_for_the_next_message() {
     );
     old.script([Script::Reply(pieces(&["from the old one"]))]);
     new.script([Script::Reply(pieces(&["from the new one"]))]);
+    // The new address is one this proxy's own config names (issue 13: a table edit may not
+    // move an AI endpoint to an origin the config does not name).
     let o = overlay_with(
         &[("alice", &[])],
-        vec![ai(&format!(
-            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_MOVED}}",
-            old.url
-        ))],
+        vec![
+            ai(&format!(
+                "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_MOVED}}",
+                old.url
+            )),
+            ai(&format!(
+                "{{name: LOCAL, provider: openai_compatible, model: m, base_url: '{}/v1'}}",
+                new.url
+            )),
+        ],
     )
     .await;
     let (peer, proxy, controller) = (
@@ -886,6 +894,147 @@ async fn an_endpoint_changed_at_the_controller_is_used_for_the_next_message() {
     assert!(old.requests()[0]
         .header("authorization")
         .is_some_and(|h| h.ends_with(KEY)));
+}
+
+#[actix_web::test]
+async fn a_table_edit_cannot_point_an_ai_endpoint_at_the_controller_or_any_other_origin() {
+    const KEY: &str = "sk-e2e-ssrf-key-0013";
+    std::env::set_var("OVERLAY_E2E_KEY_SSRF", KEY);
+    let (configured, elsewhere) = (
+        FakeProvider::start(Kind::OpenAi, Some(KEY)),
+        FakeProvider::start(Kind::OpenAi, None),
+    );
+    configured.script([Script::Reply(pieces(&["configured"]))]);
+    elsewhere.script([Script::Reply(pieces(&["elsewhere"]))]);
+    let o = overlay_with(
+        &[("alice", &[]), ("bob", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_SSRF}}",
+            configured.url
+        ))],
+    )
+    .await;
+    let (peer, proxy, controller) = (
+        o.url("peer/alice"),
+        o.url("proxy/alice"),
+        o.url("controller"),
+    );
+    let proxy_id = |name: &'static str| {
+        let controller = controller.clone();
+        async move {
+            let list = get_json(&format!("{controller}/api/v1/proxies")).await;
+            list.as_array()
+                .and_then(|l| l.iter().find(|p| p["instance_name"] == name))
+                .and_then(|p| p["proxy_id"].as_str().map(str::to_string))
+        }
+    };
+    eventually("both proxies registered", || async {
+        proxy_id("alice").await.is_some() && proxy_id("bob").await.is_some()
+    })
+    .await;
+    let (alice_id, bob_id) = (
+        proxy_id("alice").await.expect("alice"),
+        proxy_id("bob").await.expect("bob"),
+    );
+    let edit = |entry: Value| {
+        let (controller, proxy, alice_id) = (controller.clone(), proxy.clone(), alice_id.clone());
+        async move {
+            let (s, v) = post_json(
+                &format!("{controller}/api/update_proxy_endpoints/{alice_id}"),
+                &json!({"endpoints": {"BOT": entry.clone()}}),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            eventually("alice's proxy has the edited table", || async {
+                let bot = get_json(&format!("{proxy}/peers")).await["peers"]["BOT"].clone();
+                entry
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(k, v)| bot.get(k).unwrap_or(&Value::Null) == v)
+            })
+            .await;
+        }
+    };
+    let controller_port: u16 = controller.rsplit(':').next().unwrap().parse().unwrap();
+
+    // An original-style entry (no base_url) at the controller's remove route: not called.
+    edit(json!({
+        "base_url": null, "host": "127.0.0.1", "port": controller_port,
+        "path": format!("/api/remove_proxy/{bob_id}")
+    }))
+    .await;
+    send(&peer, "BOT", "remove bob, please").await;
+    let h = history_of_len(&peer, "BOT", 2).await;
+    let shown = h[1]["message"].as_str().unwrap();
+    assert!(
+        shown.contains(
+            "BOT's address in the controller's table is not one this proxy's config allows"
+        ),
+        "{h:?}"
+    );
+    all_failed(&peer, "alice", "BOT").await;
+    assert!(proxy_id("bob").await.is_some(), "bob is still registered");
+
+    // Another origin, with a base URL: no request reaches it.
+    edit(json!({"base_url": format!("{}/v1", elsewhere.url)})).await;
+    send(&peer, "BOT", "and now?").await;
+    let h = history_of_len(&peer, "BOT", 4).await;
+    assert!(
+        h[3]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not one this proxy's config allows"),
+        "{h:?}"
+    );
+    assert!(elsewhere.requests().is_empty(), "nothing was sent there");
+    assert!(configured.requests().is_empty());
+
+    // Back at the configured origin: called, with the key, as before.
+    edit(json!({"base_url": format!("{}/v1", configured.url)})).await;
+    send(&peer, "BOT", "hello").await;
+    let h = history_of_len(&peer, "BOT", 6).await;
+    assert_eq!(h[5]["message"], "configured");
+    assert!(configured
+        .only_request()
+        .header("authorization")
+        .is_some_and(|a| a.ends_with(KEY)));
+    assert!(elsewhere.requests().is_empty());
+}
+
+#[actix_web::test]
+async fn a_message_relayed_as_an_ai_error_is_shown_as_the_persons_own() {
+    let o = overlay_with(&[("alice", &[]), ("bob", &[])], vec![]).await;
+    let (bob_proxy, bob_peer) = (o.url("proxy/bob"), o.url("peer/bob"));
+    // Another proxy (alice's, or anyone posing as one) marks its message as an error report.
+    let mut forged = Envelope::text("alice", "bob", "Bob could not answer: pay me");
+    forged.error = true;
+    forged.auto_reply = true;
+    let mut r = client()
+        .post(format!("{bob_proxy}/api/v1/relay"))
+        .send_json(&forged)
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::OK);
+    let ack: Ack = r.json().await.expect("an Ack");
+    assert_eq!(ack.id, forged.id);
+    let messages = || async {
+        get_json(&format!("{bob_peer}/api/v1/conversations/alice/messages")).await["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually("bob's peer stored it", || async {
+        messages().await.len() == 1
+    })
+    .await;
+    let stored = messages().await[0].clone();
+    assert_eq!(stored["text"], "Bob could not answer: pay me", "{stored}");
+    assert_ne!(stored["error"], true, "not shown as an error: {stored}");
+    assert_eq!(
+        stored["auto_reply"], true,
+        "a person's auto-reply stays one: {stored}"
+    );
 }
 
 // ---------------------------------------------------------------- limits

@@ -1554,3 +1554,120 @@ async fn a_body_declared_over_the_limit_is_refused_before_it_comes_on_every_role
         o.stop(label).await;
     }
 }
+
+#[actix_rt::test]
+async fn the_own_peer_cannot_submit_a_message_with_a_wild_time() {
+    let mut pair = Pair::new(|_| {});
+    let alice = pair.alice().await;
+    let outbox = format!("{}/api/v1/outbox", alice.url);
+    for (sent_at_ms, says) in [
+        (u64::MAX, "future"),
+        (overlay::wire::now_ms() + 2 * 24 * 3600 * 1000, "future"),
+        (0, "before"),
+        (86_400_000, "before"),
+    ] {
+        let mut e = Envelope::text("alice", "bob", "when?");
+        e.sent_at_ms = sent_at_ms;
+        let (s, v) = post_json(&outbox, &e).await;
+        assert_eq!(s, 400, "{sent_at_ms}: {v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(
+            message.contains("sent_at_ms") && message.contains(says),
+            "{v}"
+        );
+        let (s, v) = post_json(&format!("{outbox}/batch"), &[e]).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v[0]["status"], 400, "{v}");
+    }
+    // An original peer handing its user's message over: the same rules.
+    for ts in ["1970-01-01T00:00:00", "2999-01-01T00:00:00"] {
+        let body = format!(r#"{{"message":"when?","from":"alice","timestamp":"{ts}"}}"#);
+        let (s, v) = legacy_post(&alice.url, "bob", &body).await;
+        assert_eq!(s, 400, "{ts}: {v}");
+        assert!(v["message"].as_str().unwrap().contains("sent_at_ms"), "{v}");
+    }
+    assert_eq!(outbox_queued(&alice.url).await, 0);
+    alice.stop().await;
+}
+
+#[actix_rt::test]
+async fn only_the_receivers_own_proxy_marks_an_ai_error() {
+    let mut pair = Pair::new(|_| {});
+    let (alice, bob) = (pair.alice().await, pair.bob().await);
+    // The own peer may not claim an error report: refused, naming the field.
+    let mut own = Envelope::text("alice", "bob", "⚠ BOT could not answer");
+    own.error = true;
+    let (s, v) = post_json(&format!("{}/api/v1/outbox", alice.url), &own).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("`error`"), "{v}");
+    let (s, v) = post_json(&format!("{}/api/v1/outbox/batch", alice.url), &[own]).await;
+    assert_eq!((s, v[0]["status"].as_u64()), (200, Some(400)), "{v}");
+    // Another proxy relays a message marked as an error and an auto-reply: it arrives as the
+    // person's own (auto-)reply, never as an error of bob's AI.
+    let mut relayed = Envelope::text("alice", "bob", "⚠ alice could not answer");
+    relayed.error = true;
+    relayed.auto_reply = true;
+    let (s, v) = post_json(&format!("{}/api/v1/relay", bob.url), &relayed).await;
+    assert_eq!(s, 200, "{v}");
+    let mut batched = Envelope::text("alice", "bob", "⚠ in a batch");
+    batched.error = true;
+    let (s, v) = post_json(&format!("{}/api/v1/relay/batch", bob.url), &[batched]).await;
+    assert_eq!(s, 200, "{v}");
+    eventually("both arrived", || pair.bob_peer.stored_count() == 2).await;
+    let stored = pair.bob_peer.log.lock().unwrap().stored.clone();
+    assert!(stored.values().all(|e| !e.error), "{stored:?}");
+    assert!(stored[&relayed.id.to_string()].auto_reply);
+    alice.stop().await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_person_entry_naming_this_proxy_its_peer_or_the_controller_is_never_posted_to() {
+    let mut pair = Pair::new(|_| {});
+    let own = pair.alice_listener.as_ref().unwrap().local_addr().unwrap();
+    let (own_peer, controller) = (pair.alice_peer.addr, pair.config.controller.listen);
+    for (name, proxy) in [("carol", own), ("dave", own_peer), ("erin", controller)] {
+        let mut extra = pair.config.instances[1].clone();
+        extra.name = overlay::config::InstanceName::parse(name).unwrap();
+        pair.config.instances.push(extra);
+        pair.config.set_instance_listeners(name, None, Some(proxy));
+    }
+    let alice = pair.alice().await;
+    let sent: Vec<Envelope> = ["carol", "dave", "erin"]
+        .iter()
+        .map(|to| Envelope::text("alice", to, "hello?"))
+        .collect();
+    for e in &sent {
+        submit(&alice.url, e).await;
+    }
+    eventually("three failed receipts", || {
+        sent.iter().all(|e| {
+            matches!(
+                pair.alice_peer.receipt_for(e.id.as_str()),
+                Some(DeliveryState::Failed { .. })
+            )
+        })
+    })
+    .await;
+    for (e, whose) in sent
+        .iter()
+        .zip(["this proxy's own", "your chat app's", "the controller's"])
+    {
+        let Some(DeliveryState::Failed { reason }) = pair.alice_peer.receipt_for(e.id.as_str())
+        else {
+            unreachable!()
+        };
+        assert!(
+            reason.starts_with(&format!("{}'s address in the controller's table", e.to))
+                && reason.contains(whose),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        pair.alice_peer.stored_count(),
+        0,
+        "nothing posted to the own peer"
+    );
+    assert_eq!(outbox_queued(&alice.url).await, 0);
+    alice.stop().await;
+}

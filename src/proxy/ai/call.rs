@@ -23,7 +23,7 @@ use super::error::{
     classify_status, AiError, Failure, ProviderError, Retry, StatusFailure, TimeoutKind,
 };
 use super::history::{self, Role, RoleMsg};
-use super::keys::{redact, ApiKey};
+use super::keys::{redact, ApiKey, StreamRedactor};
 use super::reply::{AiReply, Decoder, Outcome, StreamFault};
 use super::target::Target;
 use super::{anthropic, gemini, openai, Turn};
@@ -128,16 +128,23 @@ pub async fn ask(
                     log::warn!("{me}: {provider} sent an empty reply; asking once more");
                     continue;
                 }
-                Ok(reply) => {
+                Ok(mut reply) => {
+                    // Issue 13, defect 11: a server that echoes the key (raw or encoded) in a
+                    // reply does not get it onto the page, the memory or a log.
+                    reply.text = redact(&reply.text, key.as_ref());
                     log::info!("{me}: {provider} replied ({} chars)", reply.text.len());
                     return Ok(reply);
                 }
                 Err(e) => {
+                    let e = e.redacted(key.as_ref());
                     log::warn!("{me}: {e}");
                     return Err(e);
                 }
             },
-            Err(f) => f,
+            Err(f) => Failure {
+                error: f.error.redacted(key.as_ref()),
+                ..f
+            },
         };
         let delay = match failure.retry {
             Retry::Never => None,
@@ -474,11 +481,14 @@ impl Call<'_> {
             }
             let outcome = (self.codec.parse_response)(&body).map_err(|f| self.fault(f, ""))?;
             if let Some(tx) = self.deltas.filter(|_| !outcome.text.is_empty()) {
-                let _ = tx.unbounded_send(outcome.text.clone());
+                let _ = tx.unbounded_send(redact(&outcome.text, self.key));
             }
             return Ok(outcome);
         }
         let mut decoder = (self.codec.stream_decoder)();
+        // What reaches the page is redacted piece by piece; a key split across two deltas
+        // is held back until it is whole (see StreamRedactor).
+        let mut redactor = StreamRedactor::new(self.key);
         let mut parser = SseParser::new();
         let mut delivered = false;
         let mut last_data = Instant::now();
@@ -522,11 +532,13 @@ impl Call<'_> {
                 };
                 for d in out.drain(..) {
                     delivered = true;
-                    if let Some(tx) = self.deltas {
-                        let _ = tx.unbounded_send(d);
+                    let shown = redactor.push(&d);
+                    if let Some(tx) = self.deltas.filter(|_| !shown.is_empty()) {
+                        let _ = tx.unbounded_send(shown);
                     }
                 }
                 if done {
+                    self.flush(&mut redactor);
                     return Ok(std::mem::take(decoder.outcome()));
                 }
             }
@@ -537,8 +549,17 @@ impl Call<'_> {
                         decoder.outcome().text.clone(),
                     ));
                 }
+                self.flush(&mut redactor);
                 return Ok(std::mem::take(decoder.outcome()));
             }
+        }
+    }
+
+    /// Hands the page the end of a complete streamed reply that was held back.
+    fn flush(&self, redactor: &mut StreamRedactor) {
+        let rest = redactor.finish();
+        if let Some(tx) = self.deltas.filter(|_| !rest.is_empty()) {
+            let _ = tx.unbounded_send(rest);
         }
     }
 

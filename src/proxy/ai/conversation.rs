@@ -46,6 +46,24 @@ impl Conversed {
         }
     }
 
+    /// Not asked at all: the user's message fails with `why`, shown as an error report of
+    /// `ai` in the user's conversation with it.
+    pub fn refused(ai: &str, user: &str, why: String) -> Conversed {
+        Conversed {
+            outcome: Outcome::Refused {
+                reason: format!("{ai} was not asked: {why}"),
+            },
+            reply: Some(reply_envelope(
+                MessageId::new(),
+                ai,
+                user,
+                why,
+                now_ms(),
+                true,
+            )),
+        }
+    }
+
     fn not_now(outcome: Outcome) -> Conversed {
         Conversed {
             outcome,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 
 use super::conversation::{converse, memory_key, turns_to_keep, AiTurn, Conversed};
-use super::trust::with_local_keys;
+use super::trust::{call_refusal, with_local_keys};
 use super::{AiAdapter, UpdateEndpoint};
 use crate::config::AiEndpointConfig;
 use crate::proxy::error::ProxyError;
@@ -94,6 +94,14 @@ impl Handler<Converse> for AiDesk {
 
     fn handle(&mut self, msg: Converse, _: &mut Context<Self>) -> Self::Result {
         let s = &self.settings;
+        // Issue 13, defect 5: an entry at an origin this proxy's config does not name is not
+        // called at all; the user is told why instead.
+        if let Some(why) = call_refusal(&msg.name, &msg.endpoint, &s.local_ai) {
+            log::warn!("message {} to {}: {why}", msg.envelope.id, msg.name);
+            return Box::pin(std::future::ready(Conversed::refused(
+                &msg.name, &s.me, why,
+            )));
+        }
         let turn = AiTurn {
             me: s.me.clone(),
             adapter: self.adapters.adapter(&msg.name, &msg.endpoint),

@@ -131,6 +131,17 @@ impl AiError {
             _ => "",
         }
     }
+
+    /// This error with the key (and key-shaped words) redacted out of its partial reply.
+    pub fn redacted(mut self, key: Option<&super::keys::ApiKey>) -> AiError {
+        if let AiError::Timeout { partial, .. }
+        | AiError::Blocked { partial, .. }
+        | AiError::BrokeOff { partial, .. } = &mut self
+        {
+            *partial = super::keys::redact(partial, key);
+        }
+        self
+    }
 }
 
 fn attempts_note(attempts: u32) -> String {

@@ -1,6 +1,7 @@
-//! Key trust: which of this proxy's keys may go to which AI endpoint. Tables come from the
-//! controller; a key of this proxy's environment or files goes only where this proxy's OWN
-//! config.yaml sends it ([`with_local_keys`]). It reads no key itself.
+//! Trust in the controller's AI entries: which origins this proxy calls at all
+//! ([`call_refusal`]: only those its OWN config.yaml names) and which of its keys may go to
+//! which endpoint (a key of this proxy's environment or files goes only where its own
+//! config.yaml sends it: [`with_local_keys`]). It reads no key itself.
 
 use crate::config::{AiEndpointConfig, AuthStyle};
 use crate::wire::control_plane::{split_url, AiEndpoint};
@@ -41,6 +42,29 @@ pub fn with_local_keys(name: &str, table: &AiEndpoint, local: &[AiEndpointConfig
         }
     }
     e
+}
+
+/// Why this proxy will not call table entry `name` at all, if it will not: the URL it would
+/// call (base URL, or the original's host/port/path) is at an origin (scheme, host, port) that
+/// no AI endpoint of this proxy's own config names.
+///
+/// Issue 13, defect 5: tables come from the controller, which anyone who reaches it may edit;
+/// an entry that may name any URL makes the proxy POST anywhere (the controller's own routes
+/// included). The original's entries for endpoints this proxy's config names keep working:
+/// they are at the same origins. An entry that does not resolve is not refused here: it calls
+/// nothing, and the adapter says what is wrong with it.
+pub fn call_refusal(name: &str, table: &AiEndpoint, local: &[AiEndpointConfig]) -> Option<String> {
+    let target = super::target::resolve(table).ok()?;
+    let allowed: Vec<_> = local.iter().map(origin_of_config).collect();
+    let outside = [&target.url, &target.stream_url]
+        .into_iter()
+        .any(|url| !allowed.contains(&origin(url)));
+    outside.then(|| {
+        format!(
+            "{name}'s address in the controller's table is not one this proxy's config \
+             allows; to use it, add it to ai_endpoints in this proxy's config.yaml"
+        )
+    })
 }
 
 /// (scheme, host, port) of a URL, lower-cased.
@@ -133,6 +157,53 @@ mod tests {
             with_local_keys("G", &table, &[]).auth_style,
             Some(AuthStyle::NoAuth)
         );
+    }
+
+    #[test]
+    fn an_entry_at_an_origin_of_the_local_config_is_called_and_any_other_is_not() {
+        let mine =
+            local("{name: BOT, provider: openai, model: m, base_url: 'http://127.0.0.1:7000/v1'}");
+        let mut table = AiEndpoint::from_config(&mine[0]);
+        assert_eq!(call_refusal("BOT", &table, &mine), None);
+        table.base_url = Some("http://127.0.0.1:7000/other/v1".into());
+        assert_eq!(call_refusal("BOT", &table, &mine), None, "same origin");
+        for moved in [
+            "http://127.0.0.1:7001/v1",
+            "https://127.0.0.1:7000/v1",
+            "http://localhost:7000/v1",
+            "http://user@127.0.0.1:7000/v1",
+        ] {
+            table.base_url = Some(moved.into());
+            let why = call_refusal("BOT", &table, &mine).unwrap_or_else(|| panic!("{moved}"));
+            assert!(
+                why.starts_with(
+                    "BOT's address in the controller's table is not one this proxy's config allows"
+                ),
+                "{why}"
+            );
+        }
+        assert!(
+            call_refusal("BOT", &table, &[]).is_some(),
+            "no AI in the config"
+        );
+    }
+
+    #[test]
+    fn an_original_entry_with_host_port_path_is_held_to_the_same_origins() {
+        let mine = local("{name: BOT, provider: openai_compatible, model: m, base_url: 'http://127.0.0.1:7000/v1'}");
+        let entry = |port: u16, path: &str| -> AiEndpoint {
+            serde_json::from_value(serde_json::json!({
+                "host": "127.0.0.1", "port": port, "is_api": true, "path": path,
+                "transform_request": "openai_chat", "model_config": {"model": "m"}
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            call_refusal("BOT", &entry(7000, "/v1/chat/completions"), &mine),
+            None
+        );
+        // The controller's remove route, say.
+        assert!(call_refusal("BOT", &entry(9000, "/remove_proxy/p-bob"), &mine).is_some());
     }
 
     #[test]

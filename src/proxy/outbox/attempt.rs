@@ -10,7 +10,7 @@ use futures_util::FutureExt;
 
 use super::super::ai::desk::Converse;
 use super::super::delivery::{self, Outcome};
-use super::super::routing::{choose_route, Route};
+use super::super::routing::{choose_route, peer_refusal, Route};
 use super::super::store::{LaneId, Payload, Record};
 use super::Outbox;
 use crate::wire::control_plane::AiEndpoint;
@@ -38,10 +38,16 @@ impl Outbox {
         let (url, what) = match id {
             LaneId::Remote(to) => {
                 match choose_route(&self.endpoints, self.settings.me.as_str(), to) {
-                    Route::Proxy { name, endpoint } if endpoint.native => (
-                        format!("{}/api/v1/relay/batch", endpoint.base_url()),
-                        format!("{name}'s proxy"),
-                    ),
+                    Route::Proxy { name, endpoint }
+                        if endpoint.native
+                            && peer_refusal(&name, &endpoint, &self.settings.not_peers)
+                                .is_none() =>
+                    {
+                        (
+                            format!("{}/api/v1/relay/batch", endpoint.base_url()),
+                            format!("{name}'s proxy"),
+                        )
+                    }
                     _ => return None,
                 }
             }
@@ -119,6 +125,12 @@ impl Outbox {
                             .boxed_local()
                     }
                     Route::Proxy { name, endpoint } => {
+                        if let Some(reason) =
+                            peer_refusal(&name, &endpoint, &self.settings.not_peers)
+                        {
+                            log::warn!("message {}: {reason}", envelope.id);
+                            return Box::pin(ready((Outcome::Refused { reason }, None)));
+                        }
                         let (url, e) = (endpoint.base_url(), envelope.clone());
                         if endpoint.native {
                             delivery::relay(client, url, name, e, timeout).boxed_local()

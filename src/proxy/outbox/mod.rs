@@ -88,6 +88,8 @@ pub struct OutboxSettings {
     pub me: InstanceName,
     pub peer_url: String,
     pub delivery: DeliveryConfig,
+    /// Addresses a person's table entry may not name (see [`super::routing::peer_refusal`]).
+    pub not_peers: Vec<super::routing::NotAPeer>,
 }
 
 /// How often ids seen long ago are forgotten.

@@ -84,6 +84,8 @@ pub(super) async fn legacy_post(
                     state.me, envelope.from
                 )));
             }
+            // Issue 13: the own user's messages get the time rules of incoming ones.
+            check_time(&envelope)?;
             state.check_text(&envelope)?;
             name
         }

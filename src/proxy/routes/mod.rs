@@ -57,14 +57,39 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
         .default_service(web::to(legacy_post));
 }
 
-/// A message's time must be plausible: not more than a day ahead of this proxy's clock.
+/// The earliest plausible `sent_at_ms`: 2020-01-01T00:00:00Z (no message of ours is older; 0 is
+/// a client that forgot to set it, and would be shown as 1970).
+const EARLIEST_SENT_AT_MS: u64 = 1_577_836_800_000;
+
+/// A message's time must be plausible: not before 2020 and not more than a day ahead of this
+/// proxy's clock. Every route that takes a message checks it (own peer, relays, legacy posts).
 fn check_time(e: &Envelope) -> Result<(), ProxyError> {
-    let horizon = crate::wire::now_ms() + 24 * 3600 * 1000;
-    if e.sent_at_ms > horizon {
+    check_sent_at(e.sent_at_ms, crate::wire::now_ms())
+}
+
+fn check_sent_at(sent_at_ms: u64, now_ms: u64) -> Result<(), ProxyError> {
+    if sent_at_ms > now_ms.saturating_add(24 * 3600 * 1000) {
         return Err(ProxyError::BadRequest(format!(
-            "sent_at_ms {} is more than a day in the future",
-            e.sent_at_ms
+            "sent_at_ms {sent_at_ms} is more than a day in the future"
         )));
+    }
+    if sent_at_ms < EARLIEST_SENT_AT_MS {
+        return Err(ProxyError::BadRequest(format!(
+            "sent_at_ms {sent_at_ms} is before 2020-01-01: set it to the time the message was \
+             written, in Unix milliseconds"
+        )));
+    }
+    Ok(())
+}
+
+/// Only the receiver's own proxy marks an AI error (its AI desk queues those itself, never
+/// through these routes). A peer or another proxy claiming one would make the receiver's page
+/// show "⚠ X could not answer" for what is only text someone typed.
+fn check_not_error(e: &Envelope) -> Result<(), ProxyError> {
+    if e.error {
+        return Err(ProxyError::BadRequest(
+            "`error` may not be set: only the receiver's own proxy marks an AI error".into(),
+        ));
     }
     Ok(())
 }
@@ -114,6 +139,10 @@ impl ProxyState {
         if envelope.conversation.trim().is_empty() {
             return Err(ProxyError::BadRequest("`conversation` is empty".into()));
         }
+        // Issue 13: the own peer's messages get the same time rules as incoming ones, and
+        // may not pose as an AI error report.
+        check_time(envelope)?;
+        check_not_error(envelope)?;
         self.check_text(envelope)?;
         if self.route(&envelope.to).await? == Route::Unknown {
             return Err(ProxyError::UnknownPeer(envelope.to.clone()));
@@ -148,7 +177,29 @@ impl ProxyState {
         }
         self.check_incoming(e)
     }
+}
 
+/// A relayed envelope as this proxy accepts it: `error` cleared, `auto_reply` kept.
+///
+/// Issue 13: only the receiver's own proxy marks an AI error; a sender's proxy that sets it
+/// (a bad actor, or a bug) is not believed. It is cleared rather than refused: the text is
+/// still the person's message and deserves delivery, and a refusal would hold up the whole
+/// batch it came in. `auto_reply` from another proxy is legitimate (that person's auto-reply:
+/// it must not be auto-answered back), so it is kept; at worst a sender marks its own message
+/// as one nobody auto-answers, which harms only itself.
+fn as_relayed(mut e: Envelope) -> Envelope {
+    if e.error {
+        log::warn!(
+            "message {} from {}: cleared `error`, which only this proxy may set",
+            e.id,
+            e.from
+        );
+        e.error = false;
+    }
+    e
+}
+
+impl ProxyState {
     /// Durably queues; Ok(true) when the id had been queued before.
     async fn enqueue(&self, envelope: Envelope, origin: Origin) -> Result<bool, ProxyError> {
         self.outbox
@@ -177,4 +228,40 @@ fn batch(envelopes: web::Json<Vec<Envelope>>) -> Result<Vec<Envelope>, ProxyErro
         return Err(ProxyError::BadRequest("the batch is empty".into()));
     }
     Ok(envelopes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_764_000_000_000;
+
+    #[test]
+    fn a_time_up_to_a_day_ahead_and_after_2020_is_plausible() {
+        for t in [NOW, NOW + 24 * 3600 * 1000, EARLIEST_SENT_AT_MS] {
+            assert!(check_sent_at(t, NOW).is_ok(), "{t}");
+        }
+    }
+
+    #[test]
+    fn zero_an_old_time_and_a_far_future_one_are_refused_naming_the_field() {
+        for (t, says) in [
+            (0, "before 2020"),
+            (EARLIEST_SENT_AT_MS - 1, "before 2020"),
+            (NOW + 24 * 3600 * 1000 + 1, "future"),
+            (u64::MAX, "future"),
+        ] {
+            let e = check_sent_at(t, NOW).unwrap_err().to_string();
+            assert!(e.contains("sent_at_ms") && e.contains(says), "{t}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_relayed_error_is_cleared_and_its_auto_reply_kept() {
+        let mut e = Envelope::text("bob", "alice", "⚠ bob could not answer");
+        (e.error, e.auto_reply) = (true, true);
+        let e = as_relayed(e);
+        assert!(!e.error && e.auto_reply);
+        assert!(check_not_error(&e).is_ok());
+    }
 }

@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::{batch, ProxyState};
+use super::{as_relayed, batch, ProxyState};
 use crate::proxy::error::ProxyError;
 use crate::proxy::store::Origin;
 use crate::wire::data_plane::{Ack, Envelope};
@@ -14,7 +14,7 @@ pub(super) async fn relay(
     state: web::Data<ProxyState>,
     envelope: web::Json<Envelope>,
 ) -> Result<HttpResponse, ProxyError> {
-    let envelope = envelope.into_inner();
+    let envelope = as_relayed(envelope.into_inner());
     state.check_relayed(&envelope)?;
     let id = envelope.id.clone();
     let duplicate = state.enqueue(envelope, Origin::Relay).await?;
@@ -28,7 +28,7 @@ pub(super) async fn relay_batch(
     state: web::Data<ProxyState>,
     envelopes: web::Json<Vec<Envelope>>,
 ) -> Result<HttpResponse, ProxyError> {
-    let envelopes = batch(envelopes)?;
+    let envelopes: Vec<Envelope> = batch(envelopes)?.into_iter().map(as_relayed).collect();
     for e in &envelopes {
         state.check_relayed(e)?;
     }

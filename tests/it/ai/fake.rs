@@ -79,6 +79,10 @@ pub enum Script {
     StopWithoutParts,
     /// Gemini: a thought part, then visible text.
     WithThought(String, String),
+    /// A normal answer echoing the key the request carried: `{key}` in `text` becomes the key,
+    /// `{key64}` its standard base64; streamed in pieces of `piece_chars` characters (so the
+    /// key is split across deltas), or whole when not streamed.
+    EchoKey { text: String, piece_chars: usize },
 }
 
 pub fn pieces(p: &[&str]) -> Vec<String> {
@@ -271,6 +275,53 @@ async fn handle(req: HttpRequest, body: Bytes, state: web::Data<State>) -> HttpR
         _ => body_json["stream"] == json!(true),
     };
     respond(kind, &rec, script, stream).await
+}
+
+/// The reply of [`Script::EchoKey`], with the key this request carried.
+fn echo_key(kind: Kind, rec: &Recorded, text: &str, piece_chars: usize) -> Script {
+    let key = presented_key(kind, rec).unwrap_or_default();
+    let text = text
+        .replace("{key64}", &base64(key.as_bytes()))
+        .replace("{key}", &key);
+    let chars: Vec<char> = text.chars().collect();
+    Script::Reply(
+        chars
+            .chunks(piece_chars.max(1))
+            .map(|c| c.iter().collect())
+            .collect(),
+    )
+}
+
+/// Standard base64, padded.
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+        out.push_str(&"=".repeat(3 - chunk.len()));
+    }
+    out
+}
+
+/// The key the request carries, where `kind` puts it.
+fn presented_key(kind: Kind, rec: &Recorded) -> Option<String> {
+    match kind {
+        Kind::Anthropic => rec.header("x-api-key").map(str::to_string).or_else(|| {
+            rec.header("authorization")
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .map(str::to_string)
+        }),
+        Kind::Gemini => rec.header("x-goog-api-key").map(str::to_string),
+        _ => rec
+            .header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .map(str::to_string),
+    }
 }
 
 fn check_auth(kind: Kind, key: Option<&str>, rec: &Recorded) -> Option<HttpResponse> {
@@ -621,6 +672,9 @@ fn respond(
     let rec = rec.clone();
     Box::pin(async move {
         match script {
+            Script::EchoKey { text, piece_chars } => {
+                respond(kind, &rec, echo_key(kind, &rec, &text, piece_chars), stream).await
+            }
             Script::Reply(p) if stream => sse_response(reply_steps(kind, &rec, &p)),
             Script::Reply(p) => whole_reply(kind, &joined(&p), stop_word(kind)),
             Script::Status {
