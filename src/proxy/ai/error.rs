@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::config::Provider;
 use crate::hop::post::is_transient;
 
-use super::keys::{redact, ApiKey};
+use super::keys::{redact, ApiKey, KeyError};
 
 /// Which time limit ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,6 +461,15 @@ pub fn classify_status(f: StatusFailure<'_>) -> Failure {
         ),
     };
     Failure { error, retry }
+}
+
+impl From<KeyError> for AiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Missing { provider, var } => AiError::MissingKey { provider, var },
+            KeyError::File { path, reason } => AiError::KeyFile { path, reason },
+        }
+    }
 }
 
 #[cfg(test)]

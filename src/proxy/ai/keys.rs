@@ -12,8 +12,6 @@ use std::path::PathBuf;
 
 use crate::config::Provider;
 
-use super::error::AiError;
-
 /// A secret API key. Printing it, in any way, shows `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
@@ -67,13 +65,13 @@ impl KeySource {
 
     /// Reads the key now. `Ok(None)` only for [`KeySource::NoKey`]; a configured source that
     /// is unset or empty is an error telling the user what to set.
-    pub async fn load(&self, provider: Provider) -> Result<Option<ApiKey>, AiError> {
+    pub async fn load(&self, provider: Provider) -> Result<Option<ApiKey>, KeyError> {
         match self {
             KeySource::NoKey => Ok(None),
             KeySource::Legacy { key, .. } => Ok(Some(key.clone())),
             KeySource::Env(var) => match std::env::var(var) {
                 Ok(v) if !v.trim().is_empty() => Ok(Some(ApiKey::new(&v))),
-                _ => Err(AiError::MissingKey {
+                _ => Err(KeyError::Missing {
                     provider: provider.spec().label,
                     var: var.clone(),
                 }),
@@ -84,15 +82,15 @@ impl KeySource {
                 let shown = path.display().to_string();
                 match read {
                     Ok(Ok(text)) if !text.trim().is_empty() => Ok(Some(ApiKey::new(&text))),
-                    Ok(Ok(_)) => Err(AiError::KeyFile {
+                    Ok(Ok(_)) => Err(KeyError::File {
                         path: shown,
                         reason: "it is empty; write the key in it".to_string(),
                     }),
-                    Ok(Err(e)) => Err(AiError::KeyFile {
+                    Ok(Err(e)) => Err(KeyError::File {
                         path: shown,
                         reason: e.to_string(),
                     }),
-                    Err(e) => Err(AiError::KeyFile {
+                    Err(e) => Err(KeyError::File {
                         path: shown,
                         reason: e.to_string(),
                     }),
@@ -100,6 +98,15 @@ impl KeySource {
             }
         }
     }
+}
+
+/// Why a configured key could not be read (the AI error says it to the user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    /// The environment variable `var` is unset or empty.
+    Missing { provider: &'static str, var: String },
+    /// The key file at `path` could not be read, or is empty.
+    File { path: String, reason: String },
 }
 
 /// `text` with `key` (raw, or in a common encoding: base64 standard or URL-safe, with or
@@ -494,6 +501,8 @@ mod tests {
         let e = futures_util::FutureExt::now_or_never(source.load(Provider::Openai))
             .expect("env lookup does not wait")
             .unwrap_err();
+        // What the user is told: the AI error it becomes.
+        let e = super::super::error::AiError::from(e);
         assert!(
             e.to_string()
                 .contains("set OVERLAY_TEST_SURELY_UNSET_VAR in the environment of this proxy"),
