@@ -6,7 +6,7 @@
 //! it. It never parses HTTP and never renders a whole page (rows only, for the live dashboard).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web_lab::sse;
@@ -17,6 +17,7 @@ use crate::config::{Config, LivenessConfig};
 use crate::wire::control_plane::{
     Endpoint, EndpointTable, KeyReport, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
 };
+use crate::wire::now_ms;
 
 use super::dashboard::{self, KeyStatus, KeyWitness, ProxyView};
 use super::error::ControllerError;
@@ -28,13 +29,6 @@ use super::tables::{self, KnownAddress, TablePatch};
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Events a slow subscriber may fall behind before it is dropped (it reconnects and catches up).
 pub const SUBSCRIBER_BUFFER: usize = 64;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn instance_key(name: &str) -> String {
     name.to_ascii_lowercase()

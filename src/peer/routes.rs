@@ -27,6 +27,7 @@ use super::store::{
 use super::updates::{Feed, PageEvent, Publish, Subscribe, Updates};
 use super::views;
 use crate::config::InstanceName;
+use crate::web::BodyError;
 use crate::wire::data_plane::{Ack, Envelope, Forget, MessageId, Receipt, StreamChunk};
 use crate::wire::legacy::{self, success, Note, PeerListItem, PeerName};
 
@@ -47,29 +48,20 @@ type State = web::Data<PeerState>;
 /// The proxy's read-only calls, one client per HTTP worker (see [`super::start`]).
 type Proxy = web::Data<ProxyApi>;
 
-/// A JSON body reader whose errors are `E`'s shape: 413 over `limit`, 400 otherwise.
+/// The JSON body reader of every route here (the shared one, `crate::web`): over the limit is
+/// [`PeerError::BodyTooLarge`], anything else unreadable [`PeerError::Invalid`] saying what.
 fn json_config<E>(limit: usize) -> web::JsonConfig
 where
     E: From<PeerError> + Into<actix_web::Error>,
 {
-    web::JsonConfig::default()
-        .limit(limit)
-        // compat: the original read any body as JSON; cross-site posts are refused before this.
-        .content_type_required(false)
-        .error_handler(move |err, _req| {
-            use actix_web::error::JsonPayloadError as J;
-            let e = match &err {
-                J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => {
-                    PeerError::BodyTooLarge { limit: *limit }
-                }
-                J::ContentType => PeerError::Invalid(
-                    "expected a JSON body with Content-Type: application/json".into(),
-                ),
-                J::Deserialize(e) => PeerError::Invalid(format!("invalid JSON body: {e}")),
-                other => PeerError::Invalid(format!("unreadable body: {other}")),
-            };
-            E::from(e).into()
+    crate::web::json_config_with(limit, |e: BodyError| {
+        E::from(match e {
+            BodyError::TooLarge { limit } | BodyError::TooLong { limit, .. } => {
+                PeerError::BodyTooLarge { limit }
+            }
+            other => PeerError::Invalid(other.to_string()),
         })
+    })
 }
 
 /// The route table, shared by the server and nothing else.

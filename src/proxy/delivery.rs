@@ -82,21 +82,25 @@ pub async fn to_peer_receipts_batch(
     }
 }
 
+/// One message for another user's proxy: where, for whom (`name`, as the table spells it),
+/// and how long the attempt may take.
+pub struct ToProxy {
+    pub client: awc::Client,
+    pub base_url: String,
+    pub name: String,
+    pub envelope: Envelope,
+    pub timeout: Duration,
+}
+
 /// `POST {proxy}/api/v1/relay`: another proxy of ours; its 200 Ack means it stored it.
-pub async fn relay(
-    client: awc::Client,
-    base_url: String,
-    name: String,
-    envelope: Envelope,
-    timeout: Duration,
-) -> Outcome {
+pub async fn relay(to: ToProxy) -> Outcome {
     // A proxy not (yet) registered with our controller is taken for ours; an original proxy
     // there answers our route as a legacy post for its own host, and gets its own format.
-    let native = format!("{base_url}/api/v1/relay");
-    let legacy = format!("{base_url}/");
-    let what = format!("{name}'s proxy");
-    let hop = Hop::new(&client, timeout, &what);
-    hop.native_or_legacy(&native, &envelope, &legacy, Some(&envelope.to))
+    let native = format!("{}/api/v1/relay", to.base_url);
+    let legacy = format!("{}/", to.base_url);
+    let what = format!("{}'s proxy", to.name);
+    let (envelope, hop) = (&to.envelope, Hop::new(&to.client, to.timeout, &what));
+    hop.native_or_legacy(&native, envelope, &legacy, Some(&envelope.to))
         .await
 }
 
@@ -132,18 +136,12 @@ pub async fn post_batch(
 
 /// compat: `POST {proxy}/` with `Host: TARGET` and `{message, from, timestamp}` to a proxy of the
 /// original; it has no acks, so its 200 counts as delivered.
-pub async fn to_legacy_proxy(
-    client: awc::Client,
-    base_url: String,
-    name: String,
-    envelope: Envelope,
-    timeout: Duration,
-) -> Outcome {
-    let url = format!("{base_url}/");
-    let body = legacy::Message::from_envelope(&envelope);
-    let what = format!("{name}'s proxy");
-    let hop = Hop::new(&client, timeout, &what);
-    hop.post(&url, Some(&envelope.to), &body).await
+pub async fn to_legacy_proxy(to: ToProxy) -> Outcome {
+    let body = legacy::Message::from_envelope(&to.envelope);
+    let what = format!("{}'s proxy", to.name);
+    let hop = Hop::new(&to.client, to.timeout, &what);
+    hop.post(&format!("{}/", to.base_url), Some(&to.envelope.to), &body)
+        .await
 }
 
 /// One attempt's settings: the shared client, the deadline, and who is asked (for the reasons

@@ -131,11 +131,17 @@ impl Outbox {
                             log::warn!("message {}: {reason}", envelope.id);
                             return Box::pin(ready((Outcome::Refused { reason }, None)));
                         }
-                        let (url, e) = (endpoint.base_url(), envelope.clone());
+                        let to = delivery::ToProxy {
+                            client,
+                            base_url: endpoint.base_url(),
+                            name,
+                            envelope: envelope.clone(),
+                            timeout,
+                        };
                         if endpoint.native {
-                            delivery::relay(client, url, name, e, timeout).boxed_local()
+                            delivery::relay(to).boxed_local()
                         } else {
-                            delivery::to_legacy_proxy(client, url, name, e, timeout).boxed_local()
+                            delivery::to_legacy_proxy(to).boxed_local()
                         }
                     }
                     Route::Ai { name, endpoint } => {
