@@ -539,6 +539,27 @@ pub fn role_arbiter(label: &str) -> actix::Arbiter {
     arbiter
 }
 
+/// A role's app with the guards every request passes: each body within its deadline (the
+/// outer one, so a refusal still closes a connection whose body never came) and cross-site
+/// posts refused.
+pub fn guarded_app(
+    limits: ServerLimits,
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    actix_web::App::new()
+        .wrap(actix_web::middleware::from_fn(refuse_cross_site))
+        .wrap(actix_web::middleware::from_fn(move |req, next| {
+            body_deadline(req, next, limits.body_timeout)
+        }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ pub mod tables;
 use std::net::TcpListener;
 
 use actix::Actor;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, HttpServer};
 
 use crate::config::ControllerSettings;
 use crate::web::{common_routes, role_arbiter, Health, Running};
@@ -55,13 +55,7 @@ pub async fn start(settings: ControllerSettings, listener: TcpListener) -> anyho
     let limits = crate::web::ServerLimits::of(&settings.config.server);
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
-        App::new()
-            .wrap(actix_web::middleware::from_fn(
-                crate::web::refuse_cross_site,
-            ))
-            .wrap(actix_web::middleware::from_fn(move |req, next| {
-                crate::web::body_deadline(req, next, limits.body_timeout)
-            }))
+        crate::web::guarded_app(limits)
             .app_data(state.clone())
             .configure(|cfg| common_routes(cfg, Health::new("controller", None)))
             .configure(routes::configure)

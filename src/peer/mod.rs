@@ -23,7 +23,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix::{Actor, SyncArbiter};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, HttpServer};
 use anyhow::Context as _;
 
 use crate::config::PeerSettings;
@@ -77,13 +77,7 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     let limits = crate::web::ServerLimits::of(&settings.server);
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
-        App::new()
-            .wrap(actix_web::middleware::from_fn(
-                crate::web::refuse_cross_site,
-            ))
-            .wrap(actix_web::middleware::from_fn(move |req, next| {
-                crate::web::body_deadline(req, next, limits.body_timeout)
-            }))
+        crate::web::guarded_app(limits)
             .app_data((*state).clone())
             // The handlers' reads from the proxy: one client per worker, built on its thread.
             .app_data(web::Data::new(ProxyApi::new(&proxy_url)))

@@ -26,7 +26,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use actix::{Actor, AsyncContext};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, HttpServer};
 use anyhow::Context as _;
 
 use crate::config::ProxySettings;
@@ -96,13 +96,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         let state = (*state).clone();
-        App::new()
-            .wrap(actix_web::middleware::from_fn(
-                crate::web::refuse_cross_site,
-            ))
-            .wrap(actix_web::middleware::from_fn(move |req, next| {
-                crate::web::body_deadline(req, next, limits.body_timeout)
-            }))
+        crate::web::guarded_app(limits)
             .configure(|cfg| common_routes(cfg, Health::new("proxy", instance.as_deref())))
             .configure(move |cfg| routes::configure(cfg, state))
     })
