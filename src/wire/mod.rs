@@ -4,11 +4,15 @@
 //! - [`data_plane`]: the native message envelope between peers and proxies, with receipts.
 //! - [`legacy`]: the original Python system's JSON shapes, kept byte-compatible.
 //! - [`host_port`]: the one `host:port` type (advertised addresses, `Host:` headers, URLs).
+//! - [`peer_name`]: [`PeerName`], a name that compares ignoring ASCII case.
 
 pub mod control_plane;
 pub mod data_plane;
 pub mod host_port;
 pub mod legacy;
+pub mod peer_name;
+
+pub use peer_name::PeerName;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
