@@ -21,6 +21,7 @@ use super::proxy_client::ProxyApi;
 use super::store::{ChatStore, GetAutoReplyNext, SetAutoReplyNext, StoredMessage, WriteQueue};
 use crate::config::AutoReplyConfig;
 use crate::wire::data_plane::{DirectoryEntry, Envelope, PeerKind};
+use crate::wire::PeerName;
 
 /// How long a fetched directory is trusted.
 const DIRECTORY_TTL: Duration = Duration::from_secs(10);
@@ -159,10 +160,11 @@ impl AutoReply {
         if at.elapsed() > DIRECTORY_TTL {
             return None;
         }
+        let name = PeerName::from(name);
         Some(
             entries
                 .iter()
-                .find(|e| e.name.eq_ignore_ascii_case(name))
+                .find(|e| name == e.name.as_str())
                 .map(|e| e.kind),
         )
     }

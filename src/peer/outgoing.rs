@@ -239,7 +239,7 @@ impl Line {
                 Err(error) if error.is_transient() => {
                     steps.push(Step::Kept {
                         id,
-                        to,
+                        to: to.into_string(),
                         error,
                         record: !q.waiting,
                         reply: q.reply.take(),
@@ -251,7 +251,7 @@ impl Line {
                     self.recording.insert(id.clone());
                     steps.push(Step::Refused {
                         id,
-                        to,
+                        to: to.into_string(),
                         error,
                         reply: q.reply.take(),
                     });
@@ -270,7 +270,7 @@ impl Line {
             if q.reply.is_some() || !q.waiting {
                 steps.push(Step::Kept {
                     id: q.envelope.id.clone(),
-                    to: q.envelope.to.clone(),
+                    to: q.envelope.to.to_string(),
                     error: error.clone(),
                     record: !q.waiting,
                     reply: q.reply.take(),
@@ -308,7 +308,7 @@ impl Line {
                 self.recording.insert(q.envelope.id.clone());
                 steps.push(Step::Expired {
                     id: q.envelope.id,
-                    to: q.envelope.to,
+                    to: q.envelope.to.into_string(),
                 });
                 continue;
             }
@@ -367,8 +367,8 @@ fn next_wait(wait_ms: u64, max_ms: u64) -> u64 {
 pub fn envelope_of(m: &StoredMessage) -> Envelope {
     Envelope {
         id: m.id.clone(),
-        from: m.from.clone(),
-        to: m.to.clone(),
+        from: m.from.as_str().into(),
+        to: m.to.as_str().into(),
         conversation: conversation_id(&m.from, &m.to),
         sent_at_ms: m.sent_at_ms,
         body: Body::Text {

@@ -21,6 +21,7 @@ use crate::wire::data_plane::{
     Accepted, DeliveryState, DirectoryEntry, Envelope, Forget, PeerKind, Submitted,
 };
 use crate::wire::legacy::{self, Message, ProxyPeers};
+use crate::wire::PeerName;
 
 /// How long one call to the proxy may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -272,10 +273,11 @@ fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PeerError> 
 
 /// The legacy table as a directory: `is_api` entries are AI models; online is unknown.
 pub fn directory_from_table(peers: &ProxyPeers) -> Vec<DirectoryEntry> {
+    let me = PeerName::from(peers.instance.as_str());
     peers
         .peers
         .iter()
-        .filter(|(name, _)| !name.eq_ignore_ascii_case(&peers.instance))
+        .filter(|(name, _)| me != name.as_str())
         .map(|(name, endpoint)| DirectoryEntry {
             name: name.clone(),
             kind: match endpoint {

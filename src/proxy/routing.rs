@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::wire::control_plane::{split_url, AiEndpoint, Endpoint, EndpointTable, PeerEndpoint};
 use crate::wire::data_plane::{DirectoryEntry, PeerKind};
 use crate::wire::host_port::HostPort;
+use crate::wire::PeerName;
 
 /// Where a message for one name goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,10 +33,11 @@ pub enum Route {
 
 /// The route for `to`, as the proxy of `me` with `table` sees it (names compared ignoring case).
 pub fn choose_route(table: &EndpointTable, me: &str, to: &str) -> Route {
-    if me.eq_ignore_ascii_case(to) {
+    let to = PeerName::from(to);
+    if to == me {
         return Route::OwnPeer;
     }
-    match table.iter().find(|(name, _)| name.eq_ignore_ascii_case(to)) {
+    match table.iter().find(|(name, _)| to == **name) {
         Some((name, Endpoint::Peer(p))) => Route::Proxy {
             name: name.clone(),
             endpoint: p.clone(),
@@ -155,11 +157,14 @@ pub fn directory(table: &EndpointTable, online: Option<&[String]>) -> Vec<Direct
                 kind: PeerKind::Ai,
                 online: None,
             },
-            Endpoint::Peer(_) => DirectoryEntry {
-                name: name.clone(),
-                kind: PeerKind::Person,
-                online: online.map(|o| o.iter().any(|n| n.eq_ignore_ascii_case(name))),
-            },
+            Endpoint::Peer(_) => {
+                let this = PeerName::from(name.as_str());
+                DirectoryEntry {
+                    name: name.clone(),
+                    kind: PeerKind::Person,
+                    online: online.map(|o| o.iter().any(|n| this == *n)),
+                }
+            }
         })
         .collect()
 }

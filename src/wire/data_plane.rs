@@ -18,6 +18,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::PeerName;
+
 /// A message's globally unique id, minted where the message is born.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
@@ -72,9 +74,9 @@ impl<'de> Deserialize<'de> for MessageId {
 pub struct Envelope {
     pub id: MessageId,
     /// Instance (or AI endpoint) name of the author.
-    pub from: String,
+    pub from: PeerName,
     /// Instance (or AI endpoint) name it is for.
-    pub to: String,
+    pub to: PeerName,
     /// The conversation it belongs to; for two parties, [`conversation_id`] of both names.
     pub conversation: String,
     /// When it was born, Unix ms.
@@ -108,8 +110,8 @@ impl Envelope {
     pub fn text(from: &str, to: &str, text: impl Into<String>) -> Envelope {
         Envelope {
             id: MessageId::new(),
-            from: from.to_string(),
-            to: to.to_string(),
+            from: from.into(),
+            to: to.into(),
             conversation: conversation_id(from, to),
             sent_at_ms: super::now_ms(),
             body: Body::Text { text: text.into() },
@@ -121,7 +123,7 @@ impl Envelope {
 
 /// The id of the two-party conversation between `a` and `b`: the same from both ends.
 pub fn conversation_id(a: &str, b: &str) -> String {
-    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    let (a, b) = (PeerName::from(a).key(), PeerName::from(b).key());
     if a <= b {
         format!("{a}:{b}")
     } else {

@@ -163,7 +163,7 @@ impl Message {
         Envelope {
             id: legacy_id(target, &from, timestamp, &text),
             conversation: conversation_id(&from, target),
-            to: target.to_string(),
+            to: target.into(),
             sent_at_ms: timestamp
                 .and_then(parse_timestamp_ms)
                 .unwrap_or_else(now_ms),
@@ -171,7 +171,7 @@ impl Message {
             // compat: the original marks an AI's reply `auto`; it is never auto-answered.
             auto_reply: self.auto.unwrap_or(false),
             error: false,
-            from,
+            from: from.into(),
         }
     }
 
@@ -180,7 +180,7 @@ impl Message {
     pub fn from_envelope(envelope: &Envelope) -> Message {
         Message {
             message: Some(envelope.body.text().to_string()),
-            from: Some(envelope.from.clone()),
+            from: Some(envelope.from.to_string()),
             timestamp: Some(rfc3339_ms(envelope.sent_at_ms)),
             status: None,
             auto: envelope.auto_reply.then_some(true),
@@ -207,8 +207,8 @@ fn legacy_id(target: &str, from: &str, timestamp: Option<&str>, message: &str) -
     };
     let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
     for part in [
-        target.to_ascii_lowercase().as_bytes(),
-        from.to_ascii_lowercase().as_bytes(),
+        super::PeerName::from(target).key().as_bytes(),
+        super::PeerName::from(from).key().as_bytes(),
         ts.as_bytes(),
         message.as_bytes(),
     ] {

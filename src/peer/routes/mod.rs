@@ -190,7 +190,7 @@ fn take_incoming(state: &PeerState, mut envelope: Envelope) -> Result<Envelope, 
             envelope.to, state.name
         )));
     }
-    envelope.from = peer_name_of(&envelope.from, "from")?;
+    envelope.from = peer_name_of(&envelope.from, "from")?.into();
     check_size(envelope.body.text(), state.max_message_bytes)?;
     Ok(envelope)
 }

@@ -75,7 +75,7 @@ pub async fn message(
     check_size(text, state.max_message_bytes)?;
     let mut envelope = body.to_envelope(state.name.as_str());
     // Normalised once, here: the name checked is the name stored.
-    envelope.from = from;
+    envelope.from = from.into();
     let ack = store_incoming(&state, &envelope).await?;
     Ok(HttpResponse::Ok().json(success(Sent { id: ack.id })))
 }

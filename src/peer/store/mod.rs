@@ -104,9 +104,9 @@ impl StoredMessage {
         StoredMessage {
             id: envelope.id.clone(),
             seq: 0,
-            peer: envelope.to.clone(),
-            from: envelope.from.clone(),
-            to: envelope.to.clone(),
+            peer: envelope.to.to_string(),
+            from: envelope.from.to_string(),
+            to: envelope.to.to_string(),
             text: envelope.body.text().to_string(),
             sent_at_ms: envelope.sent_at_ms,
             outgoing: true,
@@ -119,7 +119,7 @@ impl StoredMessage {
 
     /// Someone's message to `me`, stored under the sender.
     pub fn incoming(envelope: &Envelope, me: &str) -> StoredMessage {
-        let peer = if envelope.from.eq_ignore_ascii_case(me) {
+        let peer = if envelope.from == me {
             envelope.to.clone()
         } else {
             envelope.from.clone()
@@ -127,9 +127,9 @@ impl StoredMessage {
         StoredMessage {
             id: envelope.id.clone(),
             seq: 0,
-            peer,
-            from: envelope.from.clone(),
-            to: envelope.to.clone(),
+            peer: peer.to_string(),
+            from: envelope.from.to_string(),
+            to: envelope.to.to_string(),
             text: envelope.body.text().to_string(),
             sent_at_ms: envelope.sent_at_ms,
             outgoing: false,
@@ -155,7 +155,7 @@ impl StoredMessage {
 
 /// A conversation's key: the other party's name, ignoring case.
 pub fn conversation_key(peer: &str) -> String {
-    peer.trim().to_ascii_lowercase()
+    crate::wire::PeerName::from(peer.trim()).key()
 }
 
 /// Summary of one conversation, kept up to date on every insert.

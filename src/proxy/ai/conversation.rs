@@ -168,8 +168,8 @@ pub fn reply_envelope(
 ) -> Envelope {
     Envelope {
         id,
-        from: ai.to_string(),
-        to: to.to_string(),
+        from: ai.into(),
+        to: to.into(),
         conversation: conversation_id(ai, to),
         sent_at_ms: at_ms,
         body: Body::Text { text },
@@ -203,7 +203,7 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Conversed {
     let conversation = memory_key(&user, &turn.name);
     let asked = MemoryTurn {
         id: envelope.id.clone(),
-        speaker: envelope.from.clone(),
+        speaker: envelope.from.to_string(),
         text: envelope.body.text().to_string(),
         at_ms: envelope.sent_at_ms,
         reply_id: Some(MessageId::new()),

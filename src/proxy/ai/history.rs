@@ -8,6 +8,7 @@
 //! No I/O, no provider JSON: each provider module turns [`RoleMsg`]s into its own shape.
 
 use crate::config::HistoryConfig;
+use crate::wire::PeerName;
 
 use super::Turn;
 
@@ -30,7 +31,8 @@ pub struct RoleMsg {
 ///
 /// The result is empty when no person said anything that can be answered.
 pub fn to_roles(history: &[Turn], me: &str, limits: &HistoryConfig) -> Vec<RoleMsg> {
-    let mine = |t: &Turn| t.speaker.trim().eq_ignore_ascii_case(me.trim());
+    let me = PeerName::from(me.trim());
+    let mine = |t: &Turn| me == t.speaker.trim();
     // Keep the newest turns within both bounds; the newest turn always stays.
     let usable: Vec<&Turn> = history
         .iter()

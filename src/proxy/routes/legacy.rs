@@ -92,7 +92,7 @@ pub(super) async fn legacy_post(
         Route::Unknown => return Err(ProxyError::UnknownPeer(target)),
     };
     // The name as the table spells it (the Host header may use any case).
-    envelope.to = name.clone();
+    envelope.to = name.clone().into();
     // fixes original: "success" only once the message is durably queued.
     state.enqueue(envelope, Origin::Legacy).await?;
     Ok(HttpResponse::Ok().json(success(Note {

@@ -145,7 +145,7 @@ impl ProxyState {
         check_not_error(envelope)?;
         self.check_text(envelope)?;
         if self.route(&envelope.to).await? == Route::Unknown {
-            return Err(ProxyError::UnknownPeer(envelope.to.clone()));
+            return Err(ProxyError::UnknownPeer(envelope.to.to_string()));
         }
         Ok(())
     }
@@ -173,7 +173,7 @@ impl ProxyState {
     /// A message another proxy relays: for this proxy's user, and acceptable from elsewhere.
     fn check_relayed(&self, e: &Envelope) -> Result<(), ProxyError> {
         if !self.me.matches(&e.to) {
-            return Err(ProxyError::UnknownPeer(e.to.clone()));
+            return Err(ProxyError::UnknownPeer(e.to.to_string()));
         }
         self.check_incoming(e)
     }
