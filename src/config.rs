@@ -266,11 +266,10 @@ impl Config {
 
     /// Checks what serde cannot: unique names, unique ports, sane numbers.
     fn check(&self) -> Result<(), String> {
-        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        let mut names: BTreeMap<crate::wire::PeerName, String> = BTreeMap::new();
         for (i, inst) in self.instances.iter().enumerate() {
             let here = format!("instances[{i}].name");
-            if let Some(first) = names.insert(inst.name.as_str().to_ascii_lowercase(), here.clone())
-            {
+            if let Some(first) = names.insert(inst.name.as_str().into(), here.clone()) {
                 return Err(format!(
                     "{here}: `{}` is already the name of {first} (names are compared ignoring case); \
                      give every instance its own name",
@@ -285,12 +284,10 @@ impl Config {
                 ));
             }
         }
-        let mut ai_names: BTreeMap<String, String> = BTreeMap::new();
+        let mut ai_names: BTreeMap<crate::wire::PeerName, String> = BTreeMap::new();
         for (i, ai) in self.ai_endpoints.iter().enumerate() {
             let here = format!("ai_endpoints[{i}].name");
-            if let Some(first) =
-                ai_names.insert(ai.name.as_str().to_ascii_lowercase(), here.clone())
-            {
+            if let Some(first) = ai_names.insert(ai.name.as_str().into(), here.clone()) {
                 return Err(format!(
                     "{here}: `{}` is already the name of {first}; give every AI endpoint its own name",
                     ai.name

@@ -17,7 +17,7 @@ use crate::config::{Config, LivenessConfig};
 use crate::wire::control_plane::{
     Endpoint, EndpointTable, KeyReport, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
 };
-use crate::wire::now_ms;
+use crate::wire::{now_ms, PeerName};
 
 use super::dashboard::{self, KeyStatus, KeyWitness, ProxyView};
 use super::error::ControllerError;
@@ -31,7 +31,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 pub const SUBSCRIBER_BUFFER: usize = 64;
 
 fn instance_key(name: &str) -> String {
-    name.to_ascii_lowercase()
+    PeerName::from(name).key()
 }
 
 // ---- messages ----
@@ -244,8 +244,9 @@ impl Registry {
             .iter()
             .filter(|(_, e)| matches!(e, Endpoint::Peer(_)))
             .filter(|(name, _)| {
+                let name = PeerName::from(name.as_str());
                 self.proxies.values().any(|p| {
-                    p.instance_name.eq_ignore_ascii_case(name)
+                    name == p.instance_name
                         && badge(age(p.last_seen_ms, now), self.liveness()) != Badge::Stale
                 })
             })
@@ -284,12 +285,7 @@ impl Registry {
             .values()
             .map(|r| self.view_of(r, now))
             .collect();
-        v.sort_by(|a, b| {
-            a.instance_name
-                .to_ascii_lowercase()
-                .cmp(&b.instance_name.to_ascii_lowercase())
-                .then(a.registered_at_ms.cmp(&b.registered_at_ms))
-        });
+        v.sort_by_cached_key(|v| (PeerName::from(v.instance_name.as_str()), v.registered_at_ms));
         v
     }
 
@@ -438,8 +434,9 @@ pub fn key_statuses(
         .filter_map(|(name, ai)| {
             let status = match report {
                 Some(r) => {
+                    let name = PeerName::from(name.as_str());
                     r.iter()
-                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .find(|(n, _)| name == n.as_str())
                         .map(|(_, &set)| KeyStatus {
                             set,
                             witness: KeyWitness::Proxy,
@@ -521,12 +518,13 @@ impl Handler<RegisterProxy> for Registry {
         };
         // fixes original: a proxy restarted under a new id showed twice until the old entry
         // was dropped; a registration from the same instance at the same address replaces it.
+        let instance = PeerName::from(record.instance_name.as_str());
         let replaces: Vec<String> = self
             .proxies
             .values()
             .filter(|p| {
                 p.proxy_id != record.proxy_id
-                    && p.instance_name.eq_ignore_ascii_case(&record.instance_name)
+                    && instance == p.instance_name
                     && p.host == record.host
                     && p.port == record.port
             })

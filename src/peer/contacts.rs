@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::ConversationSummary;
 use crate::wire::data_plane::PeerKind;
+use crate::wire::PeerName;
 
 /// compat: the original shows a name with its first letter in capitals.
 pub fn display_of(name: &str) -> String {
@@ -49,13 +50,13 @@ pub fn merge_contacts(
     conversations: &[ConversationSummary],
 ) -> Vec<Contact> {
     let summary_of = |name: &str| {
-        conversations
-            .iter()
-            .find(|c| c.peer.eq_ignore_ascii_case(name))
+        let name = PeerName::from(name);
+        conversations.iter().find(|c| name == c.peer.as_str())
     };
+    let me = PeerName::from(me);
     let mut out: Vec<Contact> = directory
         .iter()
-        .filter(|e| !e.name.eq_ignore_ascii_case(me))
+        .filter(|e| me != e.name.as_str())
         .map(|e| {
             let s = summary_of(&e.name);
             Contact {
@@ -73,7 +74,8 @@ pub fn merge_contacts(
         })
         .collect();
     for c in conversations {
-        if !out.iter().any(|o| o.name.eq_ignore_ascii_case(&c.peer)) {
+        let peer = PeerName::from(c.peer.as_str());
+        if !out.iter().any(|o| peer == o.name.as_str()) {
             out.push(Contact {
                 name: c.peer.clone(),
                 display: display_of(&c.peer),

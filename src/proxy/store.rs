@@ -20,6 +20,7 @@ use super::error::ProxyError;
 use crate::storage::{durable, Schema, SharedDb, Wal, Writer};
 use crate::wire::control_plane::TableUpdate;
 use crate::wire::data_plane::{Envelope, MessageId, Receipt};
+use crate::wire::PeerName;
 
 /// seq → JSON [`Record`]: what is still to be handed on, in arrival order.
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
@@ -74,17 +75,19 @@ pub enum LaneId {
     PeerInbox,
     /// This proxy's own peer, `POST /api/v1/receipts`.
     PeerReceipts,
-    /// Another name of the table (lowercase): another user's proxy or an AI endpoint.
-    Remote(String),
+    /// Another name of the table (its key, lowercase, as records have always stored it):
+    /// another user's proxy or an AI endpoint.
+    Remote(PeerName),
 }
 
 impl LaneId {
     /// The lane of a message for `to`, as seen by the proxy of `me`.
     pub fn for_destination(me: &str, to: &str) -> LaneId {
-        if me.eq_ignore_ascii_case(to) {
+        let to = PeerName::from(to);
+        if to == me {
             LaneId::PeerInbox
         } else {
-            LaneId::Remote(to.to_ascii_lowercase())
+            LaneId::Remote(to.key().into())
         }
     }
 }
@@ -321,7 +324,7 @@ pub fn load(db: &SharedDb, name: &str) -> Result<Loaded, ProxyError> {
                 None => {
                     let id = format!(
                         "{}-{}",
-                        name.to_ascii_lowercase(),
+                        PeerName::from(name).key(),
                         uuid::Uuid::new_v4().simple()
                     );
                     meta.insert("proxy_id", to_json(&id)?.as_slice())

@@ -148,7 +148,7 @@ impl Outbox {
                         return self.deliver_to_ai(name, endpoint, envelope)
                     }
                     Route::Unknown => Box::pin(ready(Outcome::Retry {
-                        what: name.clone(),
+                        what: name.to_string(),
                         error: format!("{name} is not in this proxy's endpoint table"),
                     })),
                 }

@@ -606,6 +606,6 @@ fn lane_name(lane: &LaneId) -> String {
     match lane {
         LaneId::PeerInbox => "peer/inbox".to_string(),
         LaneId::PeerReceipts => "peer/receipts".to_string(),
-        LaneId::Remote(n) => n.clone(),
+        LaneId::Remote(n) => n.to_string(),
     }
 }
