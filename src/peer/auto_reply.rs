@@ -72,7 +72,7 @@ pub fn skip_reason(
         Some(Skip::Disabled)
     } else if message.outgoing {
         Some(Skip::Ours)
-    } else if message.from.eq_ignore_ascii_case(me) {
+    } else if message.from == me {
         Some(Skip::FromMyself)
     } else if message.auto_reply {
         Some(Skip::AutoReply)

@@ -367,7 +367,7 @@ fn next_wait(wait_ms: u64, max_ms: u64) -> u64 {
 pub fn envelope_of(m: &StoredMessage) -> Envelope {
     Envelope {
         id: m.id.clone(),
-        from: m.from.as_str().into(),
+        from: m.from.clone(),
         to: m.to.as_str().into(),
         conversation: conversation_id(&m.from, &m.to),
         sent_at_ms: m.sent_at_ms,

@@ -46,7 +46,11 @@ fn initial(name: &str) -> String {
 
 /// An avatar colour for a name (a class `hue-0`..`hue-5`); chat.js picks the same one.
 pub fn hue(name: &str) -> String {
-    let sum: u32 = crate::wire::PeerName::from(name).key().bytes().map(u32::from).sum();
+    let sum: u32 = crate::wire::PeerName::from(name)
+        .key()
+        .bytes()
+        .map(u32::from)
+        .sum();
     format!("hue-{}", sum % 6)
 }
 

@@ -80,7 +80,7 @@ pub struct StoredMessage {
     pub seq: u64,
     /// The other party of the conversation, as named by the sender.
     pub peer: String,
-    pub from: String,
+    pub from: crate::wire::PeerName,
     pub to: String,
     pub text: String,
     /// When it was born, Unix ms.
@@ -105,7 +105,7 @@ impl StoredMessage {
             id: envelope.id.clone(),
             seq: 0,
             peer: envelope.to.to_string(),
-            from: envelope.from.to_string(),
+            from: envelope.from.clone(),
             to: envelope.to.to_string(),
             text: envelope.body.text().to_string(),
             sent_at_ms: envelope.sent_at_ms,
@@ -128,7 +128,7 @@ impl StoredMessage {
             id: envelope.id.clone(),
             seq: 0,
             peer: peer.to_string(),
-            from: envelope.from.to_string(),
+            from: envelope.from.clone(),
             to: envelope.to.to_string(),
             text: envelope.body.text().to_string(),
             sent_at_ms: envelope.sent_at_ms,
@@ -144,7 +144,7 @@ impl StoredMessage {
     pub fn history_entry(&self) -> HistoryEntry {
         HistoryEntry {
             peer_id: self.peer.clone(),
-            sender: self.from.clone(),
+            sender: self.from.to_string(),
             message: self.text.clone(),
             status: self.state.label().to_string(),
             timestamp: crate::wire::rfc3339_ms(self.sent_at_ms),
