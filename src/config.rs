@@ -188,10 +188,11 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// A user or endpoint name: 1 to 64 of `A-Z a-z 0-9 _ - .`, compared case-insensitively.
+/// A user or endpoint name: 1 to 64 of `A-Z a-z 0-9 _ - .`, compared case-insensitively
+/// (a [`PeerName`](crate::wire::PeerName) checked once).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct InstanceName(String);
+pub struct InstanceName(crate::wire::PeerName);
 
 impl InstanceName {
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -200,7 +201,7 @@ impl InstanceName {
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if ok {
-            Ok(Self(s.to_string()))
+            Ok(Self(s.into()))
         } else {
             Err(format!(
                 "`{s}` is not a valid name: use 1 to 64 letters, digits, `_`, `-` or `.`"
@@ -208,11 +209,11 @@ impl InstanceName {
         }
     }
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
     /// Same name, ignoring case (routing is case-insensitive).
     pub fn matches(&self, other: &str) -> bool {
-        self.0.eq_ignore_ascii_case(other)
+        self.0 == other
     }
 }
 
