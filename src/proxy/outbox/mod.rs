@@ -303,14 +303,11 @@ impl Outbox {
     /// Messages already queued (a resend) are never refused: they are answered as duplicates.
     fn refuse_if_full(&self, id: &LaneId, ids: &[&MessageId]) -> Result<(), ProxyError> {
         let max = self.settings.delivery.max_queued_per_destination;
-        let Some(Err(queued)) = self.lanes.get(id).map(|lane| lane.room_for(ids, max)) else {
-            return if ids.len() > max {
-                Err(self.full(id, 0))
-            } else {
-                Ok(())
-            };
-        };
-        Err(self.full(id, queued))
+        // A lane not there yet holds nothing: the same rule as an empty one.
+        let empty = Lane::default();
+        let lane = self.lanes.get(id).unwrap_or(&empty);
+        lane.room_for(ids, max)
+            .map_err(|queued| self.full(id, queued))
     }
 
     fn full(&self, id: &LaneId, queued: usize) -> ProxyError {
