@@ -19,6 +19,7 @@
 //! - [`web`]: small pieces every role's HTTP server shares (assets, JSON limits, server handles).
 //! - [`storage`]: the durable-store kit both stores are built from: write-ahead log, group
 //!   commit, open-and-replay, and the one writer of each store.
+//! - [`trust`]: the root of trust: keys, signatures, root certificates, join tokens, rate limits.
 //! - [`logging`]: env_logger set up so every line names its role and instance.
 //!
 //! Roles depend on `wire`, `config`, `hop`, `storage`, `layout` and `web`, never on each
@@ -53,6 +54,7 @@ pub mod logging;
 pub mod peer;
 pub mod proxy;
 pub mod storage;
+pub mod trust;
 pub mod up;
 pub mod web;
 pub mod wire;

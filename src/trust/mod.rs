@@ -1,0 +1,12 @@
+//! The root of trust: who is who (keys), what they said (signatures), how one joins (tokens).
+//!
+//! Pure building blocks, no actors and no HTTP: [`keys`] (identity keys, public keys,
+//! fingerprints, signatures, key files), [`signed`] (signed JSON documents and key
+//! certificates checked against a pinned root), [`token`] (join tokens and the verifier the
+//! controller stores instead of the secret) and [`limiter`] (a token bucket per source address).
+//!
+//! Must not: log or render a private key or a token secret.
+
+pub mod keys;
+
+pub use keys::{Fingerprint, Identity, KeyError, PublicKey, Signature};
