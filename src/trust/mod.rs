@@ -8,5 +8,7 @@
 //! Must not: log or render a private key or a token secret.
 
 pub mod keys;
+pub mod signed;
 
 pub use keys::{Fingerprint, Identity, KeyError, PublicKey, Signature};
+pub use signed::{check_chain, issue, KeyCert, Signed, CERT_DOMAIN};
