@@ -9,6 +9,8 @@
 
 pub mod keys;
 pub mod signed;
+pub mod token;
 
 pub use keys::{Fingerprint, Identity, KeyError, PublicKey, Signature};
 pub use signed::{check_chain, issue, KeyCert, Signed, CERT_DOMAIN};
+pub use token::{JoinToken, TokenError, TokenVerifier};
