@@ -8,9 +8,11 @@
 //! Must not: log or render a private key or a token secret.
 
 pub mod keys;
+pub mod limiter;
 pub mod signed;
 pub mod token;
 
 pub use keys::{Fingerprint, Identity, KeyError, PublicKey, Signature};
+pub use limiter::RateLimiter;
 pub use signed::{check_chain, issue, KeyCert, Signed, CERT_DOMAIN};
 pub use token::{JoinToken, TokenError, TokenVerifier};
