@@ -52,6 +52,20 @@ pub struct ProxyView {
     pub table: EndpointTable,
     /// AI endpoint name → whether its key is there (see `registry::key_statuses`).
     pub keys: BTreeMap<String, KeyStatus>,
+    /// Its user's state in the directory (`active`, `pending`, `legacy`, `revoked`).
+    pub trust: &'static str,
+    /// The pinned key's fingerprint, when there is one.
+    pub fingerprint: Option<String>,
+    /// The directory version it said it applied, and the newest one.
+    pub applied_version: Option<u64>,
+    pub current_version: u64,
+}
+
+impl ProxyView {
+    /// It acknowledged a directory version older than the newest (or none while joined).
+    pub fn behind(&self) -> bool {
+        self.trust == "active" && self.applied_version.is_none_or(|v| v < self.current_version)
+    }
 }
 
 impl ProxyView {

@@ -47,6 +47,19 @@ pub enum ControllerError {
     /// The path exists, the method does not.
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    /// No credential, or a wrong one, on a route that needs one (the admin API).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated or not, this is not allowed: a name pinned to another key, a used or
+    /// expired token, a revoked key, a bad proof. The message says which and what to do.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many attempts from this source; try again after `retry_after_secs`.
+    #[error("too many attempts from {source_addr}; try again in {retry_after_secs} s")]
+    TooManyRequests {
+        source_addr: String,
+        retry_after_secs: u64,
+    },
     /// The controller's store failed; nothing was answered as success.
     #[error("storage failed: {0}")]
     Storage(String),
@@ -82,6 +95,9 @@ impl ResponseError for ControllerError {
                 StatusCode::NOT_FOUND
             }
             ControllerError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ControllerError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ControllerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ControllerError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ControllerError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ControllerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -95,6 +111,14 @@ impl ResponseError for ControllerError {
                 message: self.to_string(),
                 missing: fields,
             }),
+            ControllerError::TooManyRequests {
+                retry_after_secs, ..
+            } => res
+                .insert_header(("Retry-After", retry_after_secs.to_string()))
+                .json(ErrorBody::new(self.to_string())),
+            ControllerError::Unauthorized(_) => res
+                .insert_header(("WWW-Authenticate", "Bearer realm=\"overlay admin\""))
+                .json(ErrorBody::new(self.to_string())),
             _ => res.json(ErrorBody::new(self.to_string())),
         }
     }

@@ -3,7 +3,9 @@
 //!
 //! - [`registry`]: the `Registry` actor, owner of all mutable state, and the liveness rules.
 //! - [`tables`]: pure table logic: config → table, deep-merged edits, validation, secret refusal.
-//! - [`store`]: redb persistence of registrations and edits.
+//! - [`directory`]: the directory (pure), its versions and the signed documents.
+//! - [`trust`]: the controller's keys on disk (root, online key, certificate, admin token).
+//! - [`store`]: redb persistence of registrations, edits, pins, tokens, audit and version.
 //! - [`routes`]: the HTTP routes (legacy and `/api/v1/`), thin.
 //! - [`dashboard`]: the maud views.
 //! - [`error`]: the role's error type and its legacy-shaped answers.
@@ -12,12 +14,14 @@
 //! listener (port 0 in tests) and get back a [`Running`] server. It never carries chat traffic.
 
 pub mod dashboard;
+pub mod directory;
 pub mod error;
 pub mod liveness;
 pub mod registry;
 pub mod routes;
 pub mod store;
 pub mod tables;
+pub mod trust;
 
 use std::net::TcpListener;
 
@@ -31,10 +35,32 @@ use self::registry::Registry;
 use self::routes::AppState;
 use self::store::Store;
 
+/// What a process that runs the controller may ask of it directly (`overlay up` provisions its
+/// own users through it): the root fingerprint and the registry.
+#[derive(Clone)]
+pub struct Handle {
+    pub root: crate::trust::Fingerprint,
+    pub registry: actix::Addr<Registry>,
+}
+
 /// Starts the controller on `listener`. Must be called inside an actix system.
 pub async fn start(settings: ControllerSettings, listener: TcpListener) -> anyhow::Result<Running> {
+    Ok(start_with_handle(settings, listener).await?.0)
+}
+
+/// [`start`], and a [`Handle`] on the running controller.
+pub async fn start_with_handle(
+    settings: ControllerSettings,
+    listener: TcpListener,
+) -> anyhow::Result<(Running, Handle)> {
     let addr = listener.local_addr()?;
     let label = "controller".to_string();
+    let keys = trust::load(&settings.data_dir)
+        .map_err(|e| anyhow::anyhow!("the controller's keys: {e}"))?;
+    log::info!(
+        "controller root fingerprint {} (proxies pin it with --controller-root)",
+        keys.root
+    );
     let store = Store::open(&settings.data_dir).await?;
     let loaded = store
         .load()
@@ -42,11 +68,22 @@ pub async fn start(settings: ControllerSettings, listener: TcpListener) -> anyho
         .map_err(|e| anyhow::anyhow!("reading the controller store: {e}"))?;
     let arbiter = role_arbiter(&label);
     let config = settings.config.clone();
+    let root = keys.root.clone();
+    let signer = directory::Signer {
+        online: keys.online,
+        cert: keys.cert,
+    };
     let registry = Registry::start_in_arbiter(&arbiter.handle(), move |_| {
-        Registry::new(config, store, loaded)
+        Registry::new(config, store, loaded, root, signer)
     });
+    let handle = Handle {
+        root: keys.root.clone(),
+        registry: registry.clone(),
+    };
     let state = web::Data::new(AppState {
         registry,
+        root: keys.root,
+        admin_token: keys.admin_token,
         max_body_bytes: settings.config.delivery.max_body_bytes,
         instances: settings.config.instances.len(),
         ai_endpoints: settings.config.ai_endpoints.len(),
@@ -70,7 +107,8 @@ pub async fn start(settings: ControllerSettings, listener: TcpListener) -> anyho
     .listen(listener)?
     .run();
     log::info!("{label} listening on {addr}");
-    Ok(Running {
+    Ok((
+        Running {
         label,
         addr,
         server,
@@ -80,5 +118,7 @@ pub async fn start(settings: ControllerSettings, listener: TcpListener) -> anyho
             arbiter.stop();
             let _ = arbiter.join();
         })],
-    })
+    },
+        handle,
+    ))
 }

@@ -22,14 +22,19 @@ use crate::wire::legacy::{success, Endpoints, Note, Registered};
 use super::dashboard;
 use super::error::ControllerError;
 use super::registry::{
-    GetEndpoints, Heartbeat, ListProxies, RegisterProxy, Registry, RemoveProxy, SubscribeDashboard,
-    SubscribeTable, UpdateEndpoints, SUBSCRIBER_BUFFER,
+    AckDirectory, GetEndpoints, Heartbeat, IssueToken, Join, ListProxies, RegisterProxy,
+    RegisterSigned, Registry, RemoveProxy, Revoke, Rotate, SubscribeDashboard, SubscribeDirectory,
+    SubscribeTable, TrustOverview, UpdateEndpoints, SUBSCRIBER_BUFFER,
 };
 use super::tables::{shown, TablePatch};
 
 /// What every handler shares; it does not change while the server runs.
 pub struct AppState {
     pub registry: Addr<Registry>,
+    /// The root fingerprint, shown on the dashboard.
+    pub root: crate::trust::Fingerprint,
+    /// The admin API's bearer token (from `admin.token`).
+    pub admin_token: String,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     pub instances: usize,
@@ -60,7 +65,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/api/remove_proxy/{proxy_id}").route(web::post().to(remove_proxy)))
     .service(resource("/api/v1/proxies").route(web::get().to(list_proxies)))
     .service(resource("/api/v1/proxies/{proxy_id}/table/stream").route(web::get().to(table_stream)))
-    .service(resource("/api/v1/dashboard/stream").route(web::get().to(dashboard_stream)));
+    .service(resource("/api/v1/dashboard/stream").route(web::get().to(dashboard_stream)))
+    .service(resource("/api/v1/join").route(web::post().to(join)))
+    .service(resource("/api/v1/register").route(web::post().to(register_signed)))
+    .service(resource("/api/v1/rotate").route(web::post().to(rotate)))
+    .service(resource("/api/v1/directory/stream").route(web::get().to(directory_stream)))
+    .service(resource("/api/v1/directory/ack").route(web::post().to(directory_ack)))
+    .service(
+        resource("/api/v1/admin/tokens")
+            .route(web::post().to(create_token))
+            .route(web::get().to(list_tokens)),
+    )
+    .service(resource("/api/v1/admin/revoke").route(web::post().to(revoke)))
+    .service(resource("/api/v1/admin/trust").route(web::get().to(trust_overview)));
 }
 
 /// A resource whose wrong methods answer 405 in the legacy shape.
@@ -291,7 +308,11 @@ async fn register(state: web::Data<AppState>, req: HttpRequest, body: web::Paylo
         "Proxy {} registered as {}",
         request.proxy_id, request.instance_name
     );
-    let endpoints = state.registry.send(RegisterProxy { request }).await??;
+    let source = source_of(&req).to_string();
+    let endpoints = state
+        .registry
+        .send(RegisterProxy { request, source })
+        .await??;
     Ok(HttpResponse::Ok().json(success(Registered { message, endpoints })))
 }
 
@@ -447,4 +468,287 @@ async fn dashboard_stream(
     Ok(sse::Sse::from_infallible_receiver(rx)
         .with_keep_alive(KEEP_ALIVE)
         .with_retry_duration(Duration::from_secs(2)))
+}
+
+// ---- trust: joining, signed registration, rotation, the directory stream ----
+
+/// The address a request came from (the unspecified address when unknown).
+fn source_of(req: &HttpRequest) -> std::net::IpAddr {
+    req.peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// Reads the body as JSON of `T`, with a message naming what is wrong.
+async fn read_typed<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    what: &str,
+) -> Result<T, ControllerError> {
+    let body = crate::web::read_limited(req, payload, limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { limit } | BodyError::TooLong { limit, .. } => {
+                ControllerError::TooLarge { limit }
+            }
+            other => ControllerError::BadRequest(other.to_string()),
+        })?;
+    parse_object(&body)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ControllerError::BadRequest(format!("not a valid {what}: {e}")))
+}
+
+/// # POST /api/v1/join
+/// A proxy redeems a join token for its key; answers the signed snapshot of its view.
+async fn join(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
+    let request = read_typed(&req, body, state.max_body_bytes, "join request").await?;
+    let source = source_of(&req);
+    let snapshot = state.registry.send(Join { request, source }).await??;
+    Ok(HttpResponse::Ok().json(snapshot))
+}
+
+/// # POST /api/v1/register
+/// A joined proxy registers, signed by its key; answers the signed snapshot of its view.
+async fn register_signed(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Reply {
+    let claim = read_typed(&req, body, state.max_body_bytes, "signed registration").await?;
+    let source = source_of(&req);
+    let snapshot = state
+        .registry
+        .send(RegisterSigned { claim, source })
+        .await??;
+    Ok(HttpResponse::Ok().json(snapshot))
+}
+
+/// # POST /api/v1/rotate
+/// A proxy replaces its key, signed by the old key and the new one.
+async fn rotate(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
+    let request = read_typed(&req, body, state.max_body_bytes, "rotation").await?;
+    let source = source_of(&req);
+    state.registry.send(Rotate { request, source }).await??;
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: "key rotated".into(),
+    })))
+}
+
+#[derive(Deserialize)]
+struct DirectoryQuery {
+    proxy_id: Option<String>,
+}
+
+/// # GET /api/v1/directory/stream?proxy_id=ID
+///
+/// SSE: `snapshot` and `delta` (signed, `id:` the version; `Last-Event-ID` resumes with a
+/// delta), and `online` (unsigned).
+async fn directory_stream(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<DirectoryQuery>,
+) -> Result<impl actix_web::Responder, ControllerError> {
+    let Some(proxy_id) = q.into_inner().proxy_id.filter(|p| !p.trim().is_empty()) else {
+        return Err(ControllerError::MissingFields {
+            fields: vec!["proxy_id"],
+        });
+    };
+    let last_event_id = match req.headers().get("Last-Event-ID") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ControllerError::BadRequest(
+                        "Last-Event-ID must be a directory version (a whole number)".into(),
+                    )
+                })?,
+        ),
+    };
+    let (events, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+    state
+        .registry
+        .send(SubscribeDirectory {
+            proxy_id,
+            last_event_id,
+            events,
+        })
+        .await??;
+    Ok(sse::Sse::from_infallible_receiver(rx).with_keep_alive(KEEP_ALIVE))
+}
+
+/// # POST /api/v1/directory/ack
+async fn directory_ack(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
+    let ack: crate::wire::directory::DirectoryAck =
+        read_typed(&req, body, 4096, "acknowledgement").await?;
+    state
+        .registry
+        .send(AckDirectory {
+            proxy_id: ack.proxy_id,
+            version: ack.version,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: format!("version {} acknowledged", ack.version),
+    })))
+}
+
+// ---- the admin API: `Authorization: Bearer <admin.token>` ----
+
+/// Refuses a request without the admin token (compared in constant time).
+fn require_admin(state: &AppState, req: &HttpRequest) -> Result<(), ControllerError> {
+    use subtle::ConstantTimeEq;
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if bool::from(t.as_bytes().ct_eq(state.admin_token.as_bytes())) => Ok(()),
+        Some(_) => Err(ControllerError::Unauthorized(
+            "the admin token is wrong: it is in admin.token in the controller's data directory"
+                .into(),
+        )),
+        None => Err(ControllerError::Unauthorized(
+            "this needs the admin token (Authorization: Bearer TOKEN); it is in admin.token in \
+             the controller's data directory"
+                .into(),
+        )),
+    }
+}
+
+/// Body of `POST /api/v1/admin/tokens`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    name: String,
+    /// How long the token is valid: `24h`, `30m`, `7d` (default 24h).
+    #[serde(default)]
+    ttl: Option<String>,
+    /// It may replace a key already pinned to the name (a lost key).
+    #[serde(default)]
+    replace: bool,
+}
+
+/// Answer of `POST /api/v1/admin/tokens`: the token, shown once.
+#[derive(Serialize, Deserialize)]
+pub struct TokenAnswer {
+    pub token: String,
+    pub name: String,
+    pub root: String,
+    pub expires_at_ms: u64,
+    pub replace: bool,
+}
+
+/// `24h`, `90m`, `7d`, `3600s` → a duration.
+pub fn parse_ttl(s: &str) -> Result<Duration, ControllerError> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        ControllerError::BadRequest(format!(
+            "ttl `{}` is not a duration ({e}); write e.g. 24h, 30m or 7d",
+            shown(s)
+        ))
+    })
+}
+
+/// # POST /api/v1/admin/tokens
+async fn create_token(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
+    require_admin(&state, &req)?;
+    let t: TokenRequest = read_typed(&req, body, 4096, "token request").await?;
+    let ttl = match &t.ttl {
+        Some(s) => parse_ttl(s)?,
+        None => Duration::from_secs(24 * 3600),
+    };
+    let issued = state
+        .registry
+        .send(IssueToken {
+            name: t.name,
+            ttl,
+            replace: t.replace,
+            source: format!("admin API from {}", source_of(&req)),
+        })
+        .await??;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(TokenAnswer {
+            token: issued.token.to_string(),
+            name: issued.name,
+            root: issued.root.to_string(),
+            expires_at_ms: issued.expires_at_ms,
+            replace: issued.replace,
+        }))
+}
+
+/// One open token in `GET /api/v1/admin/tokens` (never its secret).
+#[derive(Serialize)]
+struct TokenInfo {
+    id: String,
+    name: String,
+    expires_at_ms: u64,
+    replace: bool,
+}
+
+/// # GET /api/v1/admin/tokens
+async fn list_tokens(state: web::Data<AppState>, req: HttpRequest) -> Reply {
+    require_admin(&state, &req)?;
+    let view = state.registry.send(TrustOverview).await?;
+    let tokens: Vec<TokenInfo> = view
+        .tokens
+        .into_iter()
+        .map(|t| TokenInfo {
+            id: t.id,
+            name: t.name,
+            expires_at_ms: t.expires_at_ms,
+            replace: t.replace,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(tokens))
+}
+
+/// Body of `POST /api/v1/admin/revoke`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    name: String,
+    reason: String,
+}
+
+/// # POST /api/v1/admin/revoke
+async fn revoke(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
+    require_admin(&state, &req)?;
+    let r: RevokeRequest = read_typed(&req, body, 4096, "revocation").await?;
+    state
+        .registry
+        .send(Revoke {
+            name: r.name.clone(),
+            reason: r.reason,
+            source: format!("admin API from {}", source_of(&req)),
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(success(Note {
+        message: format!("the key of {} is revoked", r.name),
+    })))
+}
+
+/// `GET /api/v1/admin/trust`: the root, the directory version, every user, open tokens, audit.
+#[derive(Serialize)]
+struct TrustAnswer {
+    root: String,
+    version: u64,
+    users: Vec<crate::wire::directory::UserEntry>,
+    audit: Vec<super::store::AuditEntry>,
+}
+
+/// # GET /api/v1/admin/trust
+async fn trust_overview(state: web::Data<AppState>, req: HttpRequest) -> Reply {
+    require_admin(&state, &req)?;
+    let view = state.registry.send(TrustOverview).await?;
+    Ok(HttpResponse::Ok().json(TrustAnswer {
+        root: view.root.to_string(),
+        version: view.version,
+        users: view.users,
+        audit: view.audit,
+    }))
 }

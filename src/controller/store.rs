@@ -1,5 +1,10 @@
-//! The controller's durable state in redb (`{data_dir}/controller.redb`): registered proxies and
-//! the endpoint-table edits made through the dashboard or `update_proxy_endpoints`.
+//! The controller's durable state in redb (`{data_dir}/controller.redb`): registered proxies,
+//! the endpoint-table edits made through the dashboard or `update_proxy_endpoints`, the pinned
+//! identity keys, the join tokens (their verifiers, never their secrets), the audit log and the
+//! directory version.
+//!
+//! Every change is one [`Change`] list written in one transaction, so redeeming a token and
+//! pinning the key it was redeemed for are stored together or not at all.
 //!
 //! Owns the file, its tables and the record encoding. Every call runs on the blocking pool
 //! (`web::block`), never on an event loop. It knows nothing of liveness, tables or HTTP.
@@ -12,6 +17,7 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::trust::{PublicKey, TokenVerifier};
 use crate::wire::control_plane::KeyReport;
 
 use super::error::ControllerError;
@@ -21,6 +27,87 @@ use super::tables::TablePatch;
 const PROXIES: TableDefinition<&str, &str> = TableDefinition::new("proxies");
 /// instance key (lower-case instance name) → JSON of the accumulated edit patch.
 const EDITS: TableDefinition<&str, &str> = TableDefinition::new("edits");
+/// user key (lower-case name) → JSON of [`PinRecord`].
+const PINS: TableDefinition<&str, &str> = TableDefinition::new("pins");
+/// token id → JSON of [`TokenRecord`].
+const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
+/// sequence number → JSON of [`AuditEntry`].
+const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
+/// `version` → the directory version last handed out.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The audit log keeps this many entries; older ones are deleted as new ones come.
+pub const AUDIT_KEEP: u64 = 2_000;
+
+/// A name's pinned key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    /// The name as spelled when it joined.
+    pub name: String,
+    pub key: PublicKey,
+    pub pinned_at_ms: u64,
+    /// Set when the key was revoked: when and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revocation>,
+}
+
+/// When and why a key was revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub at_ms: u64,
+    pub reason: String,
+}
+
+/// A join token as kept: its verifier, never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    /// The name it may join as.
+    pub name: String,
+    pub verifier: TokenVerifier,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// It may replace a key already pinned to the name (recovery of a lost key).
+    #[serde(default)]
+    pub replace: bool,
+    /// Set once redeemed: when, and the key it pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<TokenUse>,
+}
+
+/// When a token was redeemed and for which key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUse {
+    pub at_ms: u64,
+    pub key: PublicKey,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// `join`, `replace`, `rotate`, `revoke`, `token`, `refused`, `register`.
+    pub kind: String,
+    /// The user it is about.
+    pub name: String,
+    /// Where the request came from (`cli`, an IP address...).
+    pub source: String,
+    pub detail: String,
+}
+
+/// One write of a [`Change`] list.
+#[derive(Debug, Clone)]
+pub enum Change {
+    PutProxy(ProxyRecord),
+    DeleteProxy(String),
+    PutEdits(String, TablePatch),
+    PutPin(String, PinRecord),
+    PutToken(TokenRecord),
+    DeleteToken(String),
+    Audit(AuditEntry),
+    Version(u64),
+}
 
 /// A registered proxy as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +134,12 @@ pub struct ProxyRecord {
 pub struct Loaded {
     pub proxies: Vec<ProxyRecord>,
     pub edits: BTreeMap<String, TablePatch>,
+    pub pins: BTreeMap<String, PinRecord>,
+    pub tokens: BTreeMap<String, TokenRecord>,
+    /// Oldest first.
+    pub audit: Vec<AuditEntry>,
+    /// The directory version last handed out (0: never).
+    pub version: u64,
 }
 
 /// A cheap handle on the open database.
@@ -105,6 +198,10 @@ impl Store {
             let tx = db.begin_write().map_err(storage)?;
             tx.open_table(PROXIES).map_err(storage)?;
             tx.open_table(EDITS).map_err(storage)?;
+            tx.open_table(PINS).map_err(storage)?;
+            tx.open_table(TOKENS).map_err(storage)?;
+            tx.open_table(AUDIT).map_err(storage)?;
+            tx.open_table(META).map_err(storage)?;
             tx.commit().map_err(storage)
         })
         .await
@@ -136,6 +233,46 @@ impl Store {
                     Err(e) => log::warn!("skipping unreadable edit of {}: {e}", k.value()),
                 }
             }
+            let pins = tx.open_table(PINS).map_err(storage)?;
+            for row in pins.iter().map_err(storage)? {
+                let (k, v) = row.map_err(storage)?;
+                match serde_json::from_str::<PinRecord>(v.value()) {
+                    Ok(p) => {
+                        loaded.pins.insert(k.value().to_string(), p);
+                    }
+                    // A pin that cannot be read must not turn into "not pinned" (that would let
+                    // anyone with a token take the name): refuse to start instead.
+                    Err(e) => {
+                        return Err(ControllerError::Storage(format!(
+                            "the pinned key of {} is unreadable ({e}); restore controller.redb                              from a backup",
+                            k.value()
+                        )))
+                    }
+                }
+            }
+            let tokens = tx.open_table(TOKENS).map_err(storage)?;
+            for row in tokens.iter().map_err(storage)? {
+                let (k, v) = row.map_err(storage)?;
+                match serde_json::from_str::<TokenRecord>(v.value()) {
+                    Ok(t) => {
+                        loaded.tokens.insert(k.value().to_string(), t);
+                    }
+                    Err(e) => log::warn!("skipping unreadable join token {}: {e}", k.value()),
+                }
+            }
+            let audit = tx.open_table(AUDIT).map_err(storage)?;
+            for row in audit.iter().map_err(storage)? {
+                let (_, v) = row.map_err(storage)?;
+                if let Ok(a) = serde_json::from_str::<AuditEntry>(v.value()) {
+                    loaded.audit.push(a);
+                }
+            }
+            let meta = tx.open_table(META).map_err(storage)?;
+            loaded.version = meta
+                .get("version")
+                .map_err(storage)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             Ok(loaded)
         })
         .await
@@ -149,35 +286,79 @@ impl Store {
         record: ProxyRecord,
         replaces: Vec<String>,
     ) -> Result<(), ControllerError> {
-        let json = serde_json::to_string(&record).map_err(storage)?;
-        self.write(move |tx| {
-            let mut t = tx.open_table(PROXIES).map_err(storage)?;
-            for old in &replaces {
-                t.remove(old.as_str()).map_err(storage)?;
-            }
-            t.insert(record.proxy_id.as_str(), json.as_str())
-                .map_err(storage)?;
-            Ok(())
-        })
-        .await
+        let mut changes: Vec<Change> = replaces.into_iter().map(Change::DeleteProxy).collect();
+        changes.push(Change::PutProxy(record));
+        self.commit(changes).await
     }
 
     /// Deletes a proxy; returns once it is durable.
     pub async fn delete_proxy(&self, proxy_id: String) -> Result<(), ControllerError> {
-        self.write(move |tx| {
-            let mut t = tx.open_table(PROXIES).map_err(storage)?;
-            t.remove(proxy_id.as_str()).map_err(storage)?;
-            Ok(())
-        })
-        .await
+        self.commit(vec![Change::DeleteProxy(proxy_id)]).await
     }
 
     /// Stores the whole accumulated edit patch of an instance; returns once it is durable.
     pub async fn put_edits(&self, key: String, patch: TablePatch) -> Result<(), ControllerError> {
-        let json = patch.to_json();
+        self.commit(vec![Change::PutEdits(key, patch)]).await
+    }
+
+    /// Writes every change in one transaction; returns once it is durable. The audit log is
+    /// trimmed to its last [`AUDIT_KEEP`] entries in the same transaction.
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), ControllerError> {
+        let mut encoded = Vec::with_capacity(changes.len());
+        for c in changes {
+            let json = match &c {
+                Change::PutProxy(r) => serde_json::to_string(r).map_err(storage)?,
+                Change::PutEdits(_, p) => p.to_json(),
+                Change::PutPin(_, p) => serde_json::to_string(p).map_err(storage)?,
+                Change::PutToken(t) => serde_json::to_string(t).map_err(storage)?,
+                Change::Audit(a) => serde_json::to_string(a).map_err(storage)?,
+                Change::DeleteProxy(_) | Change::DeleteToken(_) | Change::Version(_) => {
+                    String::new()
+                }
+            };
+            encoded.push((c, json));
+        }
         self.write(move |tx| {
-            let mut t = tx.open_table(EDITS).map_err(storage)?;
-            t.insert(key.as_str(), json.as_str()).map_err(storage)?;
+            for (change, json) in &encoded {
+                match change {
+                    Change::PutProxy(r) => {
+                        let mut t = tx.open_table(PROXIES).map_err(storage)?;
+                        t.insert(r.proxy_id.as_str(), json.as_str()).map_err(storage)?;
+                    }
+                    Change::DeleteProxy(id) => {
+                        let mut t = tx.open_table(PROXIES).map_err(storage)?;
+                        t.remove(id.as_str()).map_err(storage)?;
+                    }
+                    Change::PutEdits(key, _) => {
+                        let mut t = tx.open_table(EDITS).map_err(storage)?;
+                        t.insert(key.as_str(), json.as_str()).map_err(storage)?;
+                    }
+                    Change::PutPin(key, _) => {
+                        let mut t = tx.open_table(PINS).map_err(storage)?;
+                        t.insert(key.as_str(), json.as_str()).map_err(storage)?;
+                    }
+                    Change::PutToken(tok) => {
+                        let mut t = tx.open_table(TOKENS).map_err(storage)?;
+                        t.insert(tok.id.as_str(), json.as_str()).map_err(storage)?;
+                    }
+                    Change::DeleteToken(id) => {
+                        let mut t = tx.open_table(TOKENS).map_err(storage)?;
+                        t.remove(id.as_str()).map_err(storage)?;
+                    }
+                    Change::Audit(a) => {
+                        let mut t = tx.open_table(AUDIT).map_err(storage)?;
+                        t.insert(a.seq, json.as_str()).map_err(storage)?;
+                        if a.seq > AUDIT_KEEP {
+                            t.retain_in(..a.seq - AUDIT_KEEP, |_, _| false)
+                                .map_err(storage)?;
+                        }
+                    }
+                    Change::Version(v) => {
+                        let mut t = tx.open_table(META).map_err(storage)?;
+                        t.insert("version", *v).map_err(storage)?;
+                    }
+                }
+            }
             Ok(())
         })
         .await

@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 
 use crate::config::{Config, InstanceName};
 use crate::wire::control_plane::{AiEndpoint, Endpoint, EndpointTable, PeerEndpoint};
-use crate::wire::host_port::HostPort;
+use crate::wire::directory::{Directory, UserState};
+use crate::wire::PeerName;
 
 use super::error::ControllerError;
 
@@ -378,29 +379,20 @@ pub fn looks_like_key(s: &str) -> bool {
         && t.chars().any(|c| c.is_ascii_uppercase())
 }
 
-/// A proxy's address as the tables show it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KnownAddress {
-    pub instance_name: String,
-    pub host: String,
-    pub port: u16,
-    pub native: bool,
-}
-
-/// The table config.yaml gives `for_instance`: every other instance as a peer (at the address
-/// it registered from, newest first in `registered`, else its advertised address), and every AI
-/// endpoint. An AI endpoint named like an instance takes that name.
-pub fn base_table(
-    config: &Config,
-    registered: &[KnownAddress],
-    for_instance: &str,
-) -> EndpointTable {
+/// The table config.yaml and the directory give `for_instance`: every other user the config
+/// names or that joined with a key, as a peer at its directory address, and every AI endpoint.
+/// An AI endpoint named like a user takes that name; revoked users and users without an address
+/// yet are left out.
+pub fn base_table(config: &Config, directory: &Directory, for_instance: &str) -> EndpointTable {
     let mut table = EndpointTable::new();
+    let joined = directory
+        .user(for_instance)
+        .is_some_and(|u| u.state == UserState::Active);
     let configured = config
         .instances
         .iter()
         .any(|i| i.name.matches(for_instance));
-    if !configured {
+    if !configured && !joined {
         // compat: an instance without its own table gets the `BOT` endpoint alone.
         if let Some(bot) = config.ai_endpoints.iter().find(|a| a.name.matches("BOT")) {
             if !bot.name.matches(for_instance) {
@@ -412,42 +404,28 @@ pub fn base_table(
         }
         return table;
     }
-    for inst in &config.instances {
-        let taken_by_ai = config
-            .ai_endpoints
-            .iter()
-            .any(|a| a.name.matches(inst.name.as_str()));
-        if inst.name.matches(for_instance) || taken_by_ai {
+    for user in directory.users.values() {
+        let name = PeerName::from(user.name.as_str());
+        let taken_by_ai = config.ai_endpoints.iter().any(|a| a.name.matches(&user.name));
+        let listed = user.state == UserState::Active
+            || config.instances.iter().any(|i| i.name.matches(&user.name));
+        if name == for_instance
+            || taken_by_ai
+            || !listed
+            || matches!(user.state, UserState::Revoked { .. })
+            // A proxy bound to port 0 that has not registered yet has no address anyone can use.
+            || user.port == 0
+        {
             continue;
         }
-        let peer = match registered
-            .iter()
-            .find(|r| inst.name.matches(&r.instance_name))
-        {
-            Some(r) => PeerEndpoint {
-                host: r.host.clone(),
-                port: r.port,
-                native: r.native,
-            },
-            None => {
-                let advertised = inst.proxy.advertised();
-                let port = inst.proxy.listen.port();
-                let HostPort { host, port } =
-                    HostPort::parse_or(&advertised, port).unwrap_or(HostPort {
-                        host: advertised,
-                        port,
-                    });
-                PeerEndpoint {
-                    host,
-                    port,
-                    native: true,
-                }
-            }
-        };
-        // A proxy bound to port 0 that has not registered yet has no address anyone can use.
-        if peer.port != 0 {
-            table.insert(inst.name.to_string(), Endpoint::Peer(peer));
-        }
+        table.insert(
+            user.name.clone(),
+            Endpoint::Peer(PeerEndpoint {
+                host: user.host.clone(),
+                port: user.port,
+                native: user.native,
+            }),
+        );
     }
     for ai in &config.ai_endpoints {
         if !ai.name.matches(for_instance) {
@@ -631,7 +609,7 @@ mod tests {
 
     #[test]
     fn an_instance_gets_the_others_and_the_ai_endpoints_but_not_itself() {
-        let t = base_table(&config(), &[], "alice");
+        let t = base_table(&config(), &dir(&config()), "alice");
         let names: Vec<&str> = t.keys().map(String::as_str).collect();
         assert_eq!(names, ["BOT", "GEMINI", "bob"]);
         assert_eq!(
@@ -645,15 +623,25 @@ mod tests {
         assert!(matches!(t["BOT"], Endpoint::Ai(_)));
     }
 
+    fn dir(c: &Config) -> Directory {
+        crate::controller::directory::build(c, &Default::default(), &Default::default())
+    }
+
     #[test]
     fn a_registered_address_wins_over_the_config_and_an_original_proxy_is_not_native() {
-        let reg = [KnownAddress {
+        let rec = crate::controller::store::ProxyRecord {
+            proxy_id: "p".into(),
             instance_name: "BOB".into(),
             host: "10.0.0.2".into(),
             port: 4242,
-            native: false,
-        }];
-        let t = base_table(&config(), &reg, "alice");
+            protocol: None,
+            api_keys: None,
+            registered_at_ms: 1,
+            last_seen_ms: 1,
+        };
+        let proxies = [("p".to_string(), rec)].into();
+        let d = crate::controller::directory::build(&config(), &proxies, &Default::default());
+        let t = base_table(&config(), &d, "alice");
         assert_eq!(
             t["bob"],
             Endpoint::Peer(PeerEndpoint {
@@ -669,18 +657,18 @@ mod tests {
         let mut c = config();
         c.instances[1].proxy.advertise = None;
         c.instances[1].proxy.listen = "127.0.0.1:0".parse().unwrap();
-        assert!(!base_table(&c, &[], "alice").contains_key("bob"));
+        assert!(!base_table(&c, &dir(&c), "alice").contains_key("bob"));
     }
 
     #[test]
     fn an_unknown_instance_gets_the_bot_endpoint_alone() {
-        let t = base_table(&config(), &[], "stranger");
+        let t = base_table(&config(), &dir(&config()), "stranger");
         assert_eq!(t.keys().collect::<Vec<_>>(), ["BOT"]);
     }
 
     #[test]
     fn a_deep_merge_changes_only_the_fields_it_names() {
-        let base = base_table(&config(), &[], "alice");
+        let base = base_table(&config(), &dir(&config()), "alice");
         let t = apply(&base, &patch(json!({"bob": {"port": 9100}}))).unwrap();
         match &t["bob"] {
             Endpoint::Peer(p) => assert_eq!((p.host.as_str(), p.port), ("bob.lan", 9100)),
@@ -702,7 +690,7 @@ mod tests {
 
     #[test]
     fn null_removes_an_entry_even_after_accumulating_patches() {
-        let base = base_table(&config(), &[], "alice");
+        let base = base_table(&config(), &dir(&config()), "alice");
         let acc = patch(json!({"GEMINI": {"timeout": 5.0}})).then(&patch(json!({"GEMINI": null})));
         let t = apply(&base, &acc).unwrap();
         assert!(!t.contains_key("GEMINI"));
@@ -729,7 +717,7 @@ mod tests {
 
     #[test]
     fn an_unknown_transform_or_provider_is_refused() {
-        let base = base_table(&config(), &[], "alice");
+        let base = base_table(&config(), &dir(&config()), "alice");
         let e = apply(
             &base,
             &patch(json!({"BOT": {"transform_request": "magic"}})),
@@ -764,7 +752,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named_and_left_out_at_every_level() {
-        let base = base_table(&config(), &[], "alice");
+        let base = base_table(&config(), &dir(&config()), "alice");
         let p = patch(json!({
             "BOT": {"junk": "x", "model_config": {"temperature": 0.2, "colour": "blue"},
                     "headers": {"OpenAI-Beta": "v2"}, "timeouts": {"idle_secs": 5, "nap": 1}},
@@ -792,7 +780,7 @@ mod tests {
 
     #[test]
     fn a_removal_is_kept_only_when_it_removes_something() {
-        let base = base_table(&config(), &[], "alice");
+        let base = base_table(&config(), &dir(&config()), "alice");
         let p = patch(json!({
             "GEMINI": null, "ghost": null, "BOT": {"system_prompt": null, "timeout": null,
                                                    "headers": {"X-Nothing": null}},
@@ -810,7 +798,7 @@ mod tests {
 
     #[test]
     fn an_entry_and_its_removal_leave_nothing_behind() {
-        let base = base_table(&config(), &[], "alice");
+        let base = base_table(&config(), &dir(&config()), "alice");
         let added = patch(json!({"carol": {"host": "10.0.0.9", "port": 4444}}));
         let both = added.then(&patch(json!({"carol": null})));
         assert_eq!(both.typed(&base, &nothing_else).0, TablePatch::default());

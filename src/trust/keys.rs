@@ -10,9 +10,6 @@
 //! echo a key file's content in an error, or accept weak (small-order) public keys.
 
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -121,92 +118,23 @@ impl Identity {
     /// Writes a new key to `path`, which must not exist yet (O_EXCL), with mode 0600; creates
     /// missing parent directories with mode 0700. File and directory are fsynced.
     pub fn create(path: &Path) -> Result<Identity, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| KeyError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-        }
         let identity = Identity::try_generate()?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
         let text = format!(
             "{KEY_FILE_HEADER}\n{}\n",
             STANDARD.encode(identity.key.to_bytes())
         );
-        let written = file
-            .write_all(text.as_bytes())
-            .and_then(|()| file.sync_all());
-        if let Err(e) = written {
-            // A half-written key file would be refused forever after; take it away.
-            drop(file);
-            let _ = fs::remove_file(path);
-            return Err(io(e));
-        }
-        let dir = dir.unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| KeyError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        super::private_file::create(path, text.as_bytes())?;
         Ok(identity)
     }
 
     /// Reads the key at `path`; refuses a file that group or others can access, a file owned
     /// by another user, and anything not in the key file format.
     pub fn load(path: &Path) -> Result<Identity, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let malformed = |why: &str| KeyError::Malformed {
+        let bytes = super::private_file::read(path, KEY_FILE_MAX_BYTES)?;
+        let seed = parse_key_file(&bytes).map_err(|why| KeyError::Malformed {
             path: path.to_path_buf(),
             why: why.to_string(),
-        };
-        let file = File::open(path).map_err(io)?;
-        // fstat on the open file: what is checked is what is read.
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(malformed("not a regular file"));
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
-        if meta.uid() != me {
-            return Err(KeyError::Owner {
-                path: path.to_path_buf(),
-                owner: meta.uid(),
-                me,
-            });
-        }
-        let mut bytes = Vec::new();
-        file.take(KEY_FILE_MAX_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() as u64 > KEY_FILE_MAX_BYTES {
-            return Err(malformed("longer than any key file"));
-        }
-        let seed = parse_key_file(&bytes).map_err(malformed)?;
+        })?;
         Ok(Identity::from_seed(seed))
     }
 
@@ -497,6 +425,7 @@ impl<'de> Deserialize<'de> for Signature {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
     fn seed_b64(seed: [u8; 32]) -> String {

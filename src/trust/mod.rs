@@ -9,6 +9,7 @@
 
 pub mod keys;
 pub mod limiter;
+pub mod private_file;
 pub mod signed;
 pub mod token;
 

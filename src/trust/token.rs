@@ -136,6 +136,12 @@ fn in_alphabet(s: &str) -> bool {
     s.bytes().all(|b| ALPHABET.contains(&b))
 }
 
+/// `n` random characters of `[a-z0-9]` (about 5.17 bits each): admin tokens and the like.
+/// Panics only when the OS random source fails, as [`JoinToken::generate`] does.
+pub fn random_text(n: usize) -> String {
+    random_chars(n).expect("the operating system's random source failed")
+}
+
 /// `n` characters of [`ALPHABET`] from the OS, rejection-sampled: bytes ≥ 252 (= 7 × 36) are
 /// dropped so every character is equally likely.
 fn random_chars(n: usize) -> Result<String, TokenError> {

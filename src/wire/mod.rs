@@ -1,6 +1,7 @@
 //! Serde types that cross process boundaries, and nothing else: no actix, no I/O.
 //!
 //! - [`control_plane`]: proxy ⇄ controller (registration, heartbeats, endpoint tables).
+//! - [`directory`]: the signed, versioned directory and the join / registration claims.
 //! - [`data_plane`]: the native message envelope between peers and proxies, with receipts.
 //! - [`legacy`]: the original Python system's JSON shapes, kept byte-compatible.
 //! - [`host_port`]: the one `host:port` type (advertised addresses, `Host:` headers, URLs).
@@ -8,6 +9,7 @@
 
 pub mod control_plane;
 pub mod data_plane;
+pub mod directory;
 pub mod host_port;
 pub mod legacy;
 pub mod peer_name;

@@ -4,6 +4,20 @@
 //!
 //! Owns all mutable controller state. A change is answered as success only after the store has
 //! it. It never parses HTTP and never renders a whole page (rows only, for the live dashboard).
+//!
+//! - [`trust`]: joining with a token, signed registration, rotation, tokens, revocation, and
+//!   the audit log.
+//! - [`publish`]: the directory's versions and the signed snapshots and deltas each proxy's
+//!   stream is sent; acknowledgements.
+
+mod publish;
+mod trust;
+
+pub use publish::{AckDirectory, SubscribeDirectory};
+pub use trust::{
+    IssueToken, IssuedToken, Join, Pinned, RegisterSigned, Revoke, Rotate, TrustOverview,
+    TrustView,
+};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,13 +31,16 @@ use crate::config::{Config, LivenessConfig};
 use crate::wire::control_plane::{
     Endpoint, EndpointTable, KeyReport, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
 };
+use crate::trust::{Fingerprint, RateLimiter};
+use crate::wire::directory::Directory;
 use crate::wire::{now_ms, PeerName};
 
 use super::dashboard::{self, KeyStatus, KeyWitness, ProxyView};
+use super::directory::{self as dir, History, Signer};
 use super::error::ControllerError;
 use super::liveness::{age, badge, should_drop, Badge};
-use super::store::{Loaded, ProxyRecord, Store};
-use super::tables::{self, KnownAddress, TablePatch};
+use super::store::{AuditEntry, Loaded, PinRecord, ProxyRecord, Store, TokenRecord};
+use super::tables::{self, TablePatch};
 
 /// How often liveness is re-judged.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -41,6 +58,8 @@ fn instance_key(name: &str) -> String {
 #[rtype(result = "Result<EndpointTable, ControllerError>")]
 pub struct RegisterProxy {
     pub request: RegisterRequest,
+    /// Where it came from, for the audit log.
+    pub source: String,
 }
 
 /// `GET /api/getendpoints`: a proxy's table; counts as a sign of life.
@@ -132,18 +151,45 @@ pub struct Registry {
     edits: BTreeMap<String, TablePatch>,
     /// Last badge per proxy, to notice changes.
     badges: BTreeMap<String, Badge>,
-    /// Increases with every change; starts from the clock so it also grows across restarts.
+    /// The directory version: increases with every change of the directory or of an edit;
+    /// stored, and never below the clock at start, so it grows across restarts and restores.
     version: u64,
     table_subs: Vec<TableSubscriber>,
     dashboard_subs: Vec<mpsc::Sender<sse::Event>>,
     /// Instance keys whose stored edit held more than its typed part: rewritten at start.
     untyped_edits: Vec<String>,
+    /// The root's fingerprint (what proxies pin) and the online key that signs for it.
+    root: Fingerprint,
+    signer: Signer,
+    /// User key (lower-case name) → pinned identity key.
+    pins: BTreeMap<String, PinRecord>,
+    /// Token id → token (its verifier only).
+    tokens: BTreeMap<String, TokenRecord>,
+    /// The newest audit entries (the store keeps more), oldest first.
+    audit: std::collections::VecDeque<AuditEntry>,
+    audit_seq: u64,
+    /// The last versions, for deltas.
+    history: History,
+    dir_subs: Vec<publish::DirSubscriber>,
+    /// Proxy id → the directory version it last said it applied.
+    acked: BTreeMap<String, u64>,
+    /// Join, rotation and signed-registration attempts per source address.
+    limiter: RateLimiter,
 }
+
+/// Audit entries kept in memory for the dashboard.
+const AUDIT_SHOWN: usize = 200;
 
 impl Registry {
     /// A registry over what the store had. Loaded proxies count as seen now: the controller
     /// being down is not their fault, and silent ones are dropped after `drop_after_secs`.
-    pub fn new(config: Config, store: Store, loaded: Loaded) -> Registry {
+    pub fn new(
+        config: Config,
+        store: Store,
+        loaded: Loaded,
+        root: Fingerprint,
+        signer: Signer,
+    ) -> Registry {
         let now = now_ms();
         let proxies = loaded
             .proxies
@@ -160,10 +206,26 @@ impl Registry {
             proxies,
             edits: BTreeMap::new(),
             badges,
-            version: now,
+            version: loaded.version.saturating_add(1).max(now),
             table_subs: Vec::new(),
             dashboard_subs: Vec::new(),
             untyped_edits: Vec::new(),
+            root,
+            signer,
+            pins: loaded.pins,
+            tokens: loaded.tokens,
+            audit_seq: loaded.audit.last().map(|a| a.seq).unwrap_or(0),
+            audit: loaded
+                .audit
+                .into_iter()
+                .rev()
+                .take(AUDIT_SHOWN)
+                .rev()
+                .collect(),
+            history: History::default(),
+            dir_subs: Vec::new(),
+            acked: BTreeMap::new(),
+            limiter: RateLimiter::new(20, 20),
         };
         // fixes original: edits stored before unknown fields were refused may carry some;
         // only their typed part is kept (and written back when the registry starts).
@@ -193,20 +255,6 @@ impl Registry {
         }
     }
 
-    /// Registered addresses, newest sign of life first.
-    fn known_addresses(&self) -> Vec<KnownAddress> {
-        let mut recs: Vec<&ProxyRecord> = self.proxies.values().collect();
-        recs.sort_by_key(|r| std::cmp::Reverse(r.last_seen_ms));
-        recs.into_iter()
-            .map(|r| KnownAddress {
-                instance_name: r.instance_name.clone(),
-                host: r.host.clone(),
-                port: r.port,
-                native: r.protocol.as_deref() == Some(NATIVE_PROTOCOL),
-            })
-            .collect()
-    }
-
     /// `name` is an instance or AI endpoint of config.yaml (so it may be in a table later).
     fn configured(&self, name: &str) -> bool {
         self.config.instances.iter().any(|i| i.name.matches(name))
@@ -217,17 +265,26 @@ impl Registry {
                 .any(|a| a.name.matches(name))
     }
 
-    fn base_for(&self, instance: &str) -> EndpointTable {
-        tables::base_table(&self.config, &self.known_addresses(), instance)
+    /// The directory now: config, registrations, pinned keys.
+    fn directory(&self) -> Directory {
+        dir::build(&self.config, &self.proxies, &self.pins)
     }
 
-    /// The table of `instance`: config, registrations, and its edits.
-    fn table_of_instance(&self, instance: &str) -> EndpointTable {
-        let base = self.base_for(instance);
-        match self.edits.get(&instance_key(instance)) {
-            Some(patch) => tables::apply_lenient(&base, patch),
-            None => base,
+    /// The directory as last published (every change publishes at once), else built now.
+    fn dir_now(&self) -> std::sync::Arc<Directory> {
+        match self.history.current() {
+            Some(v) => v.directory.clone(),
+            None => std::sync::Arc::new(self.directory()),
         }
+    }
+
+    fn base_for(&self, instance: &str) -> EndpointTable {
+        tables::base_table(&self.config, &self.dir_now(), instance)
+    }
+
+    /// The table of `instance`: config, directory, and its edits.
+    fn table_of_instance(&self, instance: &str) -> EndpointTable {
+        dir::table_for(&self.config, &self.dir_now(), &self.edits, instance)
     }
 
     fn table_of(&self, proxy_id: &str) -> Result<EndpointTable, ControllerError> {
@@ -256,6 +313,8 @@ impl Registry {
 
     fn view_of(&self, rec: &ProxyRecord, now: u64) -> ProxyView {
         let table = self.table_of_instance(&rec.instance_name);
+        let directory = self.dir_now();
+        let directory_user = directory.user(&rec.instance_name);
         let keys = key_statuses(&table, rec.api_keys.as_ref(), |var| {
             std::env::var_os(var).is_some_and(|v| !v.is_empty())
         });
@@ -276,6 +335,12 @@ impl Registry {
             badge: badge(age(rec.last_seen_ms, now), self.liveness()),
             table,
             keys,
+            trust: directory_user.map(|u| u.state.as_str()).unwrap_or("legacy"),
+            fingerprint: directory_user
+                .and_then(|u| u.key)
+                .map(|k| k.fingerprint().to_string()),
+            applied_version: self.acked(&rec.proxy_id),
+            current_version: self.version,
         }
     }
 
@@ -300,8 +365,8 @@ impl Registry {
 
     /// Something changed: push new tables to the proxies whose table (or online set) changed,
     /// and re-send every dashboard row.
-    fn changed(&mut self) {
-        self.version += 1;
+    fn changed(&mut self, ctx: &mut Context<Self>) {
+        self.publish(ctx);
         let now = now_ms();
         let mut subs = std::mem::take(&mut self.table_subs);
         subs.retain_mut(|sub| {
@@ -329,6 +394,19 @@ impl Registry {
         for row in rows {
             self.tell_dashboards("proxy", &row);
         }
+        self.send_online();
+    }
+
+    /// Re-sends one proxy's dashboard row.
+    fn refresh_row(&mut self, proxy_id: &str) {
+        let Some(rec) = self.proxies.get(proxy_id) else {
+            return;
+        };
+        let row = RowEvent {
+            id: proxy_id.to_string(),
+            html: dashboard::proxy_row(&self.view_of(rec, now_ms())).into_string(),
+        };
+        self.tell_dashboards("proxy", &row);
     }
 
     fn tell_dashboards(&mut self, event: &str, data: &impl Serialize) {
@@ -339,7 +417,7 @@ impl Registry {
         self.dashboard_subs.retain(|tx| send(tx, ev.clone()));
     }
 
-    fn seen(&mut self, proxy_id: &str) -> Result<(), ControllerError> {
+    fn seen(&mut self, proxy_id: &str, ctx: &mut Context<Self>) -> Result<(), ControllerError> {
         let now = now_ms();
         let rec = self
             .proxies
@@ -352,12 +430,12 @@ impl Registry {
         };
         self.tell_dashboards("seen", &ev);
         // A sign of life can turn a Warning or Stale badge back to Active.
-        self.sweep_badges(now);
+        self.sweep_badges(now, ctx);
         Ok(())
     }
 
     /// Re-judges every badge; pushes when one changed. Returns the proxies to drop.
-    fn sweep_badges(&mut self, now: u64) -> Vec<String> {
+    fn sweep_badges(&mut self, now: u64, ctx: &mut Context<Self>) -> Vec<String> {
         let l = self.liveness().clone();
         let mut any = false;
         let mut drop = Vec::new();
@@ -372,12 +450,12 @@ impl Registry {
             }
         }
         if any {
-            self.changed();
+            self.changed(ctx);
         }
         drop
     }
 
-    fn forget(&mut self, proxy_id: &str) {
+    fn forget(&mut self, proxy_id: &str, ctx: &mut Context<Self>) {
         self.proxies.remove(proxy_id);
         self.badges.remove(proxy_id);
         self.tell_dashboards(
@@ -386,18 +464,19 @@ impl Registry {
                 id: proxy_id.to_string(),
             },
         );
-        self.changed();
+        self.acked.remove(proxy_id);
+        self.changed(ctx);
     }
 
     /// Drops proxies silent for longer than `drop_after_secs`.
     fn sweep(&mut self, ctx: &mut Context<Self>) {
-        let drop = self.sweep_badges(now_ms());
+        let drop = self.sweep_badges(now_ms(), ctx);
         for id in drop {
             log::info!(
                 "dropping proxy {id}: no sign of life for over {} s",
                 self.liveness().drop_after_secs
             );
-            self.forget(&id);
+            self.forget(&id, ctx);
             let store = self.store.clone();
             // `wait`, not `spawn`: no message (a re-registration of this id) runs before the
             // deletion is stored, so it cannot delete the newer record.
@@ -474,6 +553,19 @@ impl Actor for Registry {
             self.edits.len()
         );
         ctx.run_interval(SWEEP_EVERY, |act, ctx| act.sweep(ctx));
+        self.publish(ctx);
+        for p in self.proxies.values() {
+            let key = instance_key(&p.instance_name);
+            if !self.pins.contains_key(&key) && p.protocol.as_deref() == Some(NATIVE_PROTOCOL) {
+                log::warn!(
+                    "proxy {} ({}) registered before keys were pinned: it is not trusted on \
+                     first use; it needs a join token (`overlay token create --name {}`)",
+                    p.proxy_id,
+                    p.instance_name,
+                    p.instance_name
+                );
+            }
+        }
         let rewrite: Vec<(String, TablePatch)> = std::mem::take(&mut self.untyped_edits)
             .into_iter()
             .filter_map(|k| self.edits.get(&k).map(|p| (k, p.clone())))
@@ -495,11 +587,12 @@ impl Actor for Registry {
     }
 }
 
-impl Handler<RegisterProxy> for Registry {
-    type Result = AtomicResponse<Self, Result<EndpointTable, ControllerError>>;
-
-    fn handle(&mut self, msg: RegisterProxy, _ctx: &mut Self::Context) -> Self::Result {
-        let r = msg.request;
+impl Registry {
+    /// The record a registration makes, and the records it replaces.
+    ///
+    /// fixes original: a proxy restarted under a new id showed twice until the old entry was
+    /// dropped; a registration from the same instance at the same address replaces it.
+    fn registration(&self, r: RegisterRequest) -> (ProxyRecord, Vec<String>) {
         let now = now_ms();
         let registered_at_ms = self
             .proxies
@@ -516,8 +609,6 @@ impl Handler<RegisterProxy> for Registry {
             registered_at_ms,
             last_seen_ms: now,
         };
-        // fixes original: a proxy restarted under a new id showed twice until the old entry
-        // was dropped; a registration from the same instance at the same address replaces it.
         let instance = PeerName::from(record.instance_name.as_str());
         let replaces: Vec<String> = self
             .proxies
@@ -530,29 +621,76 @@ impl Handler<RegisterProxy> for Registry {
             })
             .map(|p| p.proxy_id.clone())
             .collect();
+        (record, replaces)
+    }
+
+    /// A stored registration takes effect.
+    fn registered(&mut self, record: ProxyRecord, replaces: &[String], ctx: &mut Context<Self>) {
+        for old in replaces {
+            log::info!("proxy {old} replaced by {}", record.proxy_id);
+            self.forget(old, ctx);
+        }
+        log::info!(
+            "registered proxy {} ({}) at {}:{}",
+            record.proxy_id,
+            record.instance_name,
+            record.host,
+            record.port
+        );
+        let id = record.proxy_id.clone();
+        self.badges.insert(id.clone(), Badge::Active);
+        self.proxies.insert(id, record);
+        self.changed(ctx);
+    }
+
+    /// Refuses an unsigned registration that would speak for a name with a pinned key, or
+    /// replace the record of a proxy whose name has one.
+    fn check_unsigned(&self, r: &RegisterRequest) -> Result<(), ControllerError> {
+        let taken = |name: &str| self.pins.get(&instance_key(name));
+        let by_id = self
+            .proxies
+            .get(&r.proxy_id)
+            .and_then(|p| taken(&p.instance_name).map(|pin| (p, pin)));
+        if let Some(pin) = taken(&r.instance_name) {
+            return Err(ControllerError::Forbidden(format!(
+                "{} has a pinned key ({}): its registrations must be signed with that key \
+                 (overlay/1 proxies do so); an unsigned registration cannot speak for it",
+                pin.name,
+                pin.key.fingerprint()
+            )));
+        }
+        if let Some((p, pin)) = by_id {
+            return Err(ControllerError::Forbidden(format!(
+                "proxy id {} belongs to {}, which has a pinned key ({}): an unsigned \
+                 registration cannot take it over",
+                p.proxy_id,
+                pin.name,
+                pin.key.fingerprint()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Handler<RegisterProxy> for Registry {
+    type Result = AtomicResponse<Self, Result<EndpointTable, ControllerError>>;
+
+    fn handle(&mut self, msg: RegisterProxy, _ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.check_unsigned(&msg.request) {
+            self.record_audit("refused", &msg.request.instance_name, &msg.source, &e.to_string());
+            return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
+        }
+        let (record, replaces) = self.registration(msg.request);
         let store = self.store.clone();
         let stored = record.clone();
         let gone = replaces.clone();
         AtomicResponse::new(Box::pin(
             async move { store.put_proxy(stored, gone).await }
                 .into_actor(self)
-                .map(move |res, act, _ctx| {
+                .map(move |res, act, ctx| {
                     res?;
-                    for old in &replaces {
-                        log::info!("proxy {old} replaced by {}", record.proxy_id);
-                        act.forget(old);
-                    }
-                    log::info!(
-                        "registered proxy {} ({}) at {}:{}",
-                        record.proxy_id,
-                        record.instance_name,
-                        record.host,
-                        record.port
-                    );
                     let id = record.proxy_id.clone();
-                    act.badges.insert(id.clone(), Badge::Active);
-                    act.proxies.insert(id.clone(), record);
-                    act.changed();
+                    act.registered(record, &replaces, ctx);
                     act.table_of(&id)
                 }),
         ))
@@ -562,8 +700,8 @@ impl Handler<RegisterProxy> for Registry {
 impl Handler<GetEndpoints> for Registry {
     type Result = Result<EndpointTable, ControllerError>;
 
-    fn handle(&mut self, msg: GetEndpoints, _ctx: &mut Self::Context) -> Self::Result {
-        self.seen(&msg.proxy_id)?;
+    fn handle(&mut self, msg: GetEndpoints, ctx: &mut Self::Context) -> Self::Result {
+        self.seen(&msg.proxy_id, ctx)?;
         self.table_of(&msg.proxy_id)
     }
 }
@@ -571,13 +709,13 @@ impl Handler<GetEndpoints> for Registry {
 impl Handler<Heartbeat> for Registry {
     type Result = Result<(), ControllerError>;
 
-    fn handle(&mut self, msg: Heartbeat, _ctx: &mut Self::Context) -> Self::Result {
-        self.seen(&msg.proxy_id)?;
+    fn handle(&mut self, msg: Heartbeat, ctx: &mut Self::Context) -> Self::Result {
+        self.seen(&msg.proxy_id, ctx)?;
         if let Some(report) = msg.api_keys {
             if let Some(rec) = self.proxies.get_mut(&msg.proxy_id) {
                 if rec.api_keys.as_ref() != Some(&report) {
                     rec.api_keys = Some(report);
-                    self.changed();
+                    self.changed(ctx);
                 }
             }
         }
@@ -620,11 +758,11 @@ impl Handler<UpdateEndpoints> for Registry {
         AtomicResponse::new(Box::pin(
             async move { store.put_edits(k, c).await }
                 .into_actor(self)
-                .map(move |res, act, _ctx| {
+                .map(move |res, act, ctx| {
                     res?;
                     log::info!("endpoint table of {key} edited");
                     act.edits.insert(key, combined);
-                    act.changed();
+                    act.changed(ctx);
                     Ok(table)
                 }),
         ))
@@ -644,10 +782,10 @@ impl Handler<RemoveProxy> for Registry {
         AtomicResponse::new(Box::pin(
             async move { store.delete_proxy(stored).await }
                 .into_actor(self)
-                .map(move |res, act, _ctx| {
+                .map(move |res, act, ctx| {
                     res?;
                     log::info!("removed proxy {id}");
-                    act.forget(&id);
+                    act.forget(&id, ctx);
                     Ok(())
                 }),
         ))

@@ -1,0 +1,289 @@
+//! The controller's keys on disk: the root key (the overlay's root of trust, which proxies pin by
+//! fingerprint), the online signing key and the root's certificate of it, and the admin token
+//! that the command line (`overlay token create`, `overlay revoke`) presents.
+//!
+//! In the data directory: `controller-root.key` (move it offline once the controller is set up:
+//! it is needed again only to certify a new online key), `controller.key`, `controller.cert`,
+//! `root.fingerprint` (public: what proxies pin), `admin.token`. Every secret file is 0600 and
+//! checked at load ([`crate::trust::private_file`]); none of them is ever logged.
+//!
+//! A lost online key is recovered with `overlay controller init` and the root key: a new online
+//! key and certificate, and no proxy needs re-pinning (they pin the root).
+
+use std::path::{Path, PathBuf};
+
+use crate::trust::private_file;
+use crate::trust::{Fingerprint, Identity, KeyCert, KeyError, Signed};
+use crate::wire::now_ms;
+
+pub const ROOT_KEY_FILE: &str = "controller-root.key";
+pub const ONLINE_KEY_FILE: &str = "controller.key";
+pub const CERT_FILE: &str = "controller.cert";
+pub const FINGERPRINT_FILE: &str = "root.fingerprint";
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// What the running controller signs with.
+pub struct ControllerKeys {
+    /// The root's fingerprint: what proxies pin.
+    pub root: Fingerprint,
+    /// The online key: signs directory documents.
+    pub online: Identity,
+    /// The root's certificate of `online`.
+    pub cert: Signed<KeyCert>,
+    /// `Bearer` token of the admin API.
+    pub admin_token: String,
+}
+
+/// What `init` did, for the user.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Init {
+    /// A new root key (and online key) was made.
+    NewRoot,
+    /// The root key was there; a new online key was certified (recovery of a lost online key).
+    NewOnlineKey,
+    /// Everything was already there.
+    Nothing,
+}
+
+fn path(dir: &Path, file: &str) -> PathBuf {
+    dir.join(file)
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> KeyError {
+    KeyError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Makes whatever is missing of the root key, the online key and its certificate.
+/// `root_key` overrides where the root key is (an offline copy brought back for recovery).
+pub fn init(data_dir: &Path, root_key: Option<&Path>) -> Result<(Init, Fingerprint), KeyError> {
+    let root_path = root_key
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| path(data_dir, ROOT_KEY_FILE));
+    let online_path = path(data_dir, ONLINE_KEY_FILE);
+    let cert_path = path(data_dir, CERT_FILE);
+    if let Some(fp) = certified(data_dir)? {
+        if root_key.is_none() {
+            return Ok((Init::Nothing, fp));
+        }
+    }
+    let (root, created_root) = if root_path.exists() || root_key.is_some() {
+        (Identity::load(&root_path)?, false)
+    } else {
+        (Identity::create(&root_path)?, true)
+    };
+    let root_fp = root.fingerprint();
+    if !created_root && cert_path.exists() {
+        // An existing certificate under another root means the wrong root key was given.
+        if let Ok(cert) = read_cert(&cert_path) {
+            if cert.signer().fingerprint() != root_fp {
+                return Err(KeyError::Untrusted(format!(
+                    "{} certifies the online key under root {}, not under the given root {}",
+                    cert_path.display(),
+                    cert.signer().fingerprint(),
+                    root_fp
+                )));
+            }
+        }
+    }
+    // A new online key every time the root certifies one: a lost or leaked one is replaced.
+    if online_path.exists() {
+        let old = online_path.with_extension("key.replaced");
+        std::fs::rename(&online_path, &old).map_err(|e| io_error(&online_path, e))?;
+    }
+    let online = Identity::create(&online_path)?;
+    let serial = now_ms();
+    let cert = crate::trust::issue(
+        &root,
+        &KeyCert {
+            key: online.public(),
+            role: "controller-online".into(),
+            serial,
+            issued_at_ms: serial,
+            not_after_ms: None,
+        },
+    );
+    let text = serde_json::to_string_pretty(&cert).map_err(|e| KeyError::Malformed {
+        path: cert_path.clone(),
+        why: e.to_string(),
+    })?;
+    private_file::replace(&cert_path, text.as_bytes(), 0o644)?;
+    private_file::replace(
+        &path(data_dir, FINGERPRINT_FILE),
+        format!("{root_fp}\n").as_bytes(),
+        0o644,
+    )?;
+    let what = if created_root {
+        Init::NewRoot
+    } else {
+        Init::NewOnlineKey
+    };
+    Ok((what, root_fp))
+}
+
+/// The root fingerprint, when the online key and its certificate are both there and agree.
+fn certified(data_dir: &Path) -> Result<Option<Fingerprint>, KeyError> {
+    let online_path = path(data_dir, ONLINE_KEY_FILE);
+    let cert_path = path(data_dir, CERT_FILE);
+    if !online_path.exists() || !cert_path.exists() {
+        return Ok(None);
+    }
+    let online = Identity::load(&online_path)?;
+    let cert = read_cert(&cert_path)?;
+    let root = cert.signer().fingerprint();
+    let certified = crate::trust::signed::check_chain(&root, &cert, now_ms())?;
+    if certified.key != online.public() {
+        return Err(KeyError::Untrusted(format!(
+            "{} certifies another key than {}: run `overlay controller init` with the root key \
+             to certify a new online key",
+            cert_path.display(),
+            online_path.display()
+        )));
+    }
+    Ok(Some(root))
+}
+
+fn read_cert(p: &Path) -> Result<Signed<KeyCert>, KeyError> {
+    let text = std::fs::read_to_string(p).map_err(|e| io_error(p, e))?;
+    serde_json::from_str(&text).map_err(|e| KeyError::Malformed {
+        path: p.to_path_buf(),
+        why: e.to_string(),
+    })
+}
+
+/// The keys the controller runs with. A data directory with nothing in it is initialised
+/// (logged with where the root key is and that it belongs offline); one with an online key
+/// but no certificate is an error naming the fix.
+pub fn load(data_dir: &Path) -> Result<ControllerKeys, KeyError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| io_error(data_dir, e))?;
+    let root_fp = match certified(data_dir)? {
+        Some(fp) => fp,
+        None => {
+            let root_path = path(data_dir, ROOT_KEY_FILE);
+            let had_root = root_path.exists();
+            let online_path = path(data_dir, ONLINE_KEY_FILE);
+            if !had_root && online_path.exists() {
+                return Err(KeyError::Untrusted(format!(
+                    "{} has no valid certificate ({}) and the root key is not in {}: run \
+                     `overlay controller init --root-key PATH` with the root key's offline copy",
+                    online_path.display(),
+                    path(data_dir, CERT_FILE).display(),
+                    data_dir.display()
+                )));
+            }
+            let (what, fp) = init(data_dir, None)?;
+            if what == Init::NewRoot {
+                log::warn!(
+                    "created the controller's root key {} (fingerprint {fp}): proxies pin this \
+                     fingerprint; back the key up and keep it offline (README, Trust)",
+                    root_path.display()
+                );
+            }
+            fp
+        }
+    };
+    let online = Identity::load(&path(data_dir, ONLINE_KEY_FILE))?;
+    let cert = read_cert(&path(data_dir, CERT_FILE))?;
+    let admin_token = admin_token(data_dir)?;
+    Ok(ControllerKeys {
+        root: root_fp,
+        online,
+        cert,
+        admin_token,
+    })
+}
+
+/// The admin token, made (0600) on first use. Never logged: the log says where it is.
+pub fn admin_token(data_dir: &Path) -> Result<String, KeyError> {
+    let p = path(data_dir, ADMIN_TOKEN_FILE);
+    let fresh = crate::trust::token::random_text(40);
+    match private_file::create(&p, format!("{fresh}\n").as_bytes()) {
+        Ok(()) => {
+            log::info!(
+                "wrote the admin token to {} (mode 0600): `overlay token create` and \
+                 `overlay revoke` read it from there",
+                p.display()
+            );
+            Ok(fresh)
+        }
+        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            let bytes = private_file::read(&p, 1024)?;
+            let text = String::from_utf8(bytes).map_err(|_| KeyError::Malformed {
+                path: p.clone(),
+                why: "not text".into(),
+            })?;
+            let token = text.trim().to_string();
+            if token.len() < 20 {
+                return Err(KeyError::Malformed {
+                    path: p,
+                    why: "shorter than an admin token; delete it to have a new one made".into(),
+                });
+            }
+            Ok(token)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The root fingerprint of the controller whose data directory this is (from its public file).
+pub fn root_fingerprint(data_dir: &Path) -> Result<Fingerprint, KeyError> {
+    let p = path(data_dir, FINGERPRINT_FILE);
+    let text = std::fs::read_to_string(&p).map_err(|e| io_error(&p, e))?;
+    Fingerprint::parse(text.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_directory_gets_a_root_an_online_key_and_a_certificate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = load(dir.path()).unwrap();
+        assert!(dir.path().join(ROOT_KEY_FILE).exists());
+        assert_eq!(root_fingerprint(dir.path()).unwrap(), keys.root);
+        let again = load(dir.path()).unwrap();
+        assert_eq!(again.root, keys.root);
+        assert_eq!(again.online.public(), keys.online.public());
+        assert_eq!(again.admin_token, keys.admin_token);
+        let (what, fp) = init(dir.path(), None).unwrap();
+        assert_eq!((what, fp), (Init::Nothing, keys.root));
+    }
+
+    #[test]
+    fn a_lost_online_key_is_replaced_under_the_same_root_from_the_offline_root_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load(dir.path()).unwrap();
+        // The root key goes offline; the online key is lost.
+        let offline = tempfile::tempdir().unwrap();
+        let root_copy = offline.path().join("root.key");
+        std::fs::rename(dir.path().join(ROOT_KEY_FILE), &root_copy).unwrap();
+        std::fs::remove_file(dir.path().join(ONLINE_KEY_FILE)).unwrap();
+        let refused = load(dir.path()).err().expect("no online key, no root: refused");
+        assert!(refused.to_string().contains("--root-key"), "{refused}");
+        let (what, fp) = init(dir.path(), Some(&root_copy)).unwrap();
+        assert_eq!(what, Init::NewOnlineKey);
+        assert_eq!(fp, first.root, "the same root: no proxy re-pins");
+        let second = load(dir.path()).unwrap();
+        assert_ne!(second.online.public(), first.online.public());
+        let chained =
+            crate::trust::signed::check_chain(&first.root, &second.cert, now_ms()).unwrap();
+        assert_eq!(chained.key, second.online.public());
+    }
+
+    #[test]
+    fn the_admin_token_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        load(dir.path()).unwrap();
+        for f in [ADMIN_TOKEN_FILE, ROOT_KEY_FILE, ONLINE_KEY_FILE] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+    }
+}
