@@ -51,6 +51,11 @@ pub struct ControllerConfig {
     pub url: Option<String>,
     #[serde(default)]
     pub liveness: LivenessConfig,
+    /// The controller's root fingerprint (`sha256:…`, printed by `overlay controller init`),
+    /// which proxies pin: they believe only directories signed under it. `overlay up` needs
+    /// none (it runs the controller itself).
+    #[serde(default)]
+    pub root: Option<crate::trust::Fingerprint>,
 }
 
 /// `controller.liveness:` thresholds, in seconds.
@@ -457,6 +462,10 @@ pub struct ProxySettings {
     /// The whole config: used to build a routing table until the controller (or the cache) has one.
     pub config: Config,
     pub workers: usize,
+    /// The controller's root fingerprint; without one the proxy follows no controller.
+    pub root: Option<crate::trust::Fingerprint>,
+    /// A join token for the first registration (or a replacement of a lost key).
+    pub join: Option<crate::trust::JoinToken>,
 }
 
 /// What one user's peer (chat page + store) needs to run.
@@ -505,6 +514,8 @@ impl Config {
             liveness: self.controller.liveness.clone(),
             config: self.clone(),
             workers: 1,
+            root: self.controller.root.clone(),
+            join: None,
         })
     }
 

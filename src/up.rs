@@ -113,13 +113,15 @@ pub async fn start_all(
     let mut servers = Vec::new();
     let mut cs = config.controller_settings(data_dir);
     cs.workers = workers;
-    servers.push(controller::start(cs, controller_l).await?);
+    let (running, handle) = controller::start_with_handle(cs, controller_l).await?;
+    servers.push(running);
     let mut peers = Vec::new();
     for (name, proxy_l, peer_l) in bound {
         let mut ps = config
             .proxy_settings(&name, data_dir)
             .map_err(anyhow::Error::msg)?;
         ps.workers = workers;
+        provision(&handle, &mut ps).await?;
         servers.push(proxy::start(ps, proxy_l).await?);
         let mut ps = config
             .peer_settings(&name, data_dir)
@@ -131,6 +133,49 @@ pub async fn start_all(
         servers.push(peer::start(ps, peer_l).await?);
     }
     Ok(servers)
+}
+
+/// `overlay up` runs the controller, so it provisions its own users: each proxy pins the
+/// controller's root, and one that has not joined gets a join token (as `overlay token create`
+/// makes), so no manual step is needed. A proxy whose key file was lost gets a replace token;
+/// a revoked one gets nothing (revocation stands until an admin makes a replace token).
+async fn provision(handle: &controller::Handle, ps: &mut crate::config::ProxySettings) -> anyhow::Result<()> {
+    use controller::registry::{IssueToken, Pinned};
+    ps.root = Some(handle.root.clone());
+    let name = ps.name.to_string();
+    let key_path = ps.data_dir.join(format!("proxy-{name}.key"));
+    let (identity, _) = crate::trust::Identity::load_or_create(&key_path)
+        .map_err(|e| anyhow::anyhow!("proxy {name}: its identity key: {e}"))?;
+    let replace = match handle.registry.send(Pinned { name: name.clone() }).await? {
+        Some((key, _)) if key == identity.public() => return Ok(()),
+        Some((_, true)) => {
+            log::warn!("the key of {name} is revoked: its proxy is not joined again");
+            return Ok(());
+        }
+        Some((key, false)) => {
+            log::warn!(
+                "{name} is pinned to key {}, not to the one in {} ({}): `overlay up` runs the \
+                 controller, so it replaces the lost key",
+                key.fingerprint(),
+                key_path.display(),
+                identity.fingerprint()
+            );
+            true
+        }
+        None => false,
+    };
+    let issued = handle
+        .registry
+        .send(IssueToken {
+            name: name.clone(),
+            ttl: std::time::Duration::from_secs(3600),
+            replace,
+            source: "overlay up".into(),
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("a join token for {name}: {e}"))?;
+    ps.join = Some(issued.token);
+    Ok(())
 }
 
 /// An address or URL whose port is 0 gets the port actually bound.

@@ -284,6 +284,10 @@ mod tests {
                 },
             )]
             .into(),
+            trust: "active",
+            fingerprint: Some(format!("sha256:{}", "ab".repeat(32))),
+            applied_version: Some(7),
+            current_version: 7,
         }
     }
 

@@ -1,45 +1,55 @@
-//! The [`ControllerLink`] actor: this proxy's side of the control plane. Registers at start
-//! (retrying with backoff while the controller is down), heartbeats, re-registers when the
-//! controller forgot it (404), follows the table stream
-//! (`GET /api/v1/proxies/{proxy_id}/table/stream`, SSE of `TableUpdate`) and, while the stream is
-//! down, polls `GET /api/getendpoints` every few seconds and retries the stream.
+//! The [`ControllerLink`] actor: this proxy's side of the control plane. It proves who it is
+//! with its identity key: a signed registration (`POST /api/v1/register`), or, the first time,
+//! a join with a token (`POST /api/v1/join`, the token's secret never sent); both answer a
+//! signed snapshot of this proxy's view. Then it follows the directory stream
+//! (`GET /api/v1/directory/stream`, resumed with `Last-Event-ID` = the version applied):
+//! every snapshot and delta is checked against the pinned root (root → online key → document),
+//! must be for this user and unexpired, and goes to the [`Router`], which applies it in version
+//! order; the applied version is acknowledged. A delta that does not verify or does not apply
+//! makes it ask for a snapshot. It heartbeats (`POST /api/heartbeat`), registers again when the
+//! controller forgot it, and retries with backoff while the controller is down.
+//!
+//! Without a pinned root it does not follow any controller: a table nobody can vouch for is not
+//! believed (the proxy routes from its stored view or the config, and the log says how to pin).
 //!
 //! Registrations and heartbeats say which of this proxy's AI endpoints have a key here (names
 //! and yes/no, never a key), so the dashboard shows the truth of the machine the proxy runs on.
-//!
-//! Every table it learns goes to the [`Router`] at once; it routes nothing itself and never
-//! touches the outbox. One awc `Client`, built once; requests, retry timing and the SSE parser
-//! are the [`crate::hop`] ones.
+//! One awc `Client`, built once; requests, retry timing and the SSE parser are [`crate::hop`]'s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::wrap_future;
-use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, SpawnHandle};
+use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context};
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use super::ai::keys::KeySource;
 use super::ai::target::resolve;
-use super::router::{Router, SetTable, TableSource};
+use super::router::{AppliedVersion, ApplyView, Router, SetOnline, ViewRefused, ViewUpdate};
 use crate::config::AiEndpointConfig;
 use crate::hop::backoff::{full_jitter_ms, XorShift};
 use crate::hop::post::{self, Answer};
-use crate::hop::sse::SseParser;
-use crate::wire::control_plane::{
-    AiEndpoint, HeartbeatRequest, KeyReport, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
+use crate::hop::sse::{SseEvent, SseParser};
+use crate::trust::{Fingerprint, Identity, JoinToken, Signed};
+use crate::wire::control_plane::{AiEndpoint, HeartbeatRequest, KeyReport, NATIVE_PROTOCOL};
+use crate::wire::directory::{
+    Certified, Delta, DirectoryAck, JoinRequest, Online, RegisterClaim, Snapshot, DELTA_DOMAIN,
+    REGISTER_DOMAIN, SNAPSHOT_DOMAIN,
 };
 use crate::wire::host_port::HostPort;
-use crate::wire::legacy::{Endpoints, ErrorBody, Registered};
+use crate::wire::legacy::ErrorBody;
+use crate::wire::{now_ms, PeerName};
 
-/// How long the fallback waits between polls (and stream retries).
-const POLL_EVERY: Duration = Duration::from_secs(5);
 /// How long one request to the controller may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most of a table answer read.
-const TABLE_LIMIT: usize = 16 * 1024 * 1024;
+/// The most of a snapshot answer read.
+const VIEW_LIMIT: usize = 16 * 1024 * 1024;
 /// The most of a heartbeat answer read.
 const SMALL_LIMIT: usize = 64 * 1024;
+/// The longest wait between two tries at registering or at the stream.
+const MAX_RETRY_MS: u64 = 30_000;
 
 /// What the link needs to know.
 #[derive(Debug, Clone)]
@@ -53,6 +63,12 @@ pub struct LinkSettings {
     /// This proxy's own AI endpoints (its config.yaml): which of them have a key here is
     /// reported with every registration and heartbeat (names and yes/no only, never a key).
     pub ai_endpoints: Vec<AiEndpointConfig>,
+    /// This proxy's identity key.
+    pub identity: Arc<Identity>,
+    /// The controller's root fingerprint, pinned.
+    pub root: Fingerprint,
+    /// A join token, for the first registration (or a replacement of a lost key).
+    pub join: Option<JoinToken>,
 }
 
 /// The actor.
@@ -65,7 +81,19 @@ pub struct ControllerLink {
     registering: bool,
     register_failures: u32,
     streaming: bool,
-    poll_timer: Option<SpawnHandle>,
+    stream_failures: u32,
+    /// The next stream asks for a snapshot (no `Last-Event-ID`).
+    want_snapshot: bool,
+    /// The last refusal logged, so a repeated one is not logged again.
+    last_refusal: Option<String>,
+}
+
+/// Why registering did not work.
+enum RegisterFailure {
+    /// The controller says this proxy has not joined (and we may have a token for that).
+    NotJoined(String),
+    /// Anything else, in words.
+    Other(String),
 }
 
 impl ControllerLink {
@@ -79,73 +107,115 @@ impl ControllerLink {
             registering: false,
             register_failures: 0,
             streaming: false,
-            poll_timer: None,
+            stream_failures: 0,
+            want_snapshot: false,
+            last_refusal: None,
         }
     }
 
-    fn register_request(&self) -> RegisterRequest {
-        let (host, port) = registered_address(&self.settings.advertise);
-        RegisterRequest {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.controller_url)
+    }
+
+    fn verifier(&self) -> Verifier {
+        Verifier {
+            root: self.settings.root.clone(),
+            me: self.settings.instance_name.clone(),
+            router: self.router.clone(),
+            client: self.client.clone(),
+            ack_url: self.url("/api/v1/directory/ack"),
             proxy_id: self.settings.proxy_id.clone(),
-            instance_name: self.settings.instance_name.clone(),
-            host,
-            port,
-            protocol: Some(NATIVE_PROTOCOL.to_string()),
-            api_keys: None,
         }
     }
 
-    /// `POST /api/register`, retried with backoff until it succeeds.
+    /// Registers (signed), or joins with the token when the controller says we have not
+    /// joined; retried with backoff until it works.
     fn register(&mut self, ctx: &mut Context<Self>) {
         if self.registering {
             return;
         }
         self.registering = true;
-        let url = format!("{}/api/register", self.settings.controller_url);
-        let req = self.client.post(url);
-        let mut body = self.register_request();
         let ai = self.settings.ai_endpoints.clone();
+        let register = self.client.post(self.url("/api/v1/register"));
+        let join = self.client.post(self.url("/api/v1/join"));
+        let token = self.settings.join.clone();
+        let identity = self.settings.identity.clone();
+        let root = self.settings.root.clone();
+        let name = self.settings.instance_name.clone();
+        let verifier = self.verifier();
+        let settings = self.settings.clone();
         let call = async move {
-            body.api_keys = Some(key_report(&ai).await);
-            match post::post_json(req, &body, TABLE_LIMIT, REQUEST_TIMEOUT).await {
-                Answer::Ok { body, .. } => {
-                    serde_json::from_slice::<Registered>(&body).map_err(|e| e.to_string())
+            let keys = key_report(&ai).await;
+            let claim = sign_claim(&settings, keys);
+            let answer = post::post_json(register, &claim, VIEW_LIMIT, REQUEST_TIMEOUT).await;
+            let body = match answer {
+                Answer::Ok { body, .. } => body,
+                Answer::Refused { status, body } if status == StatusCode::FORBIDDEN => {
+                    let why = message_of(&body).unwrap_or_else(|| "refused".into());
+                    let Some(token) = token.filter(|_| why.contains("has not joined")) else {
+                        return Err(RegisterFailure::NotJoined(why));
+                    };
+                    let request = JoinRequest {
+                        token_id: token.id().to_string(),
+                        proof: token.proof(&root, &name, &identity.public()),
+                        claim,
+                    };
+                    log::info!("joining the controller with token {}", token.id());
+                    match post::post_json(join, &request, VIEW_LIMIT, REQUEST_TIMEOUT).await {
+                        Answer::Ok { body, .. } => body,
+                        other => return Err(RegisterFailure::Other(failure(other))),
+                    }
                 }
-                other => Err(failure(other)),
-            }
+                Answer::RouteMissing { status, .. } if status == StatusCode::NOT_FOUND => {
+                    return Err(RegisterFailure::Other(
+                        "the controller has no /api/v1/register: it is a release before signed \
+                         directories (or not an overlay controller); upgrade it"
+                            .into(),
+                    ))
+                }
+                other => return Err(RegisterFailure::Other(failure(other))),
+            };
+            verifier
+                .snapshot_answer(&body)
+                .await
+                .map_err(RegisterFailure::Other)
         };
         ctx.spawn(wrap_future(call).map(|res, act: &mut Self, ctx| {
             act.registering = false;
             match res {
-                Ok(reg) => {
+                Ok(version) => {
                     log::info!(
-                        "registered with the controller as {}: {} names",
+                        "registered with the controller as {} (key {}): directory version \
+                         {version}",
                         act.settings.proxy_id,
-                        reg.endpoints.len()
+                        act.settings.identity.fingerprint()
                     );
                     act.registered = true;
                     act.register_failures = 0;
-                    act.router.do_send(SetTable {
-                        endpoints: reg.endpoints,
-                        online: None,
-                        version: 0,
-                        source: TableSource::Controller,
-                    });
+                    act.last_refusal = None;
                     if !act.streaming {
                         act.stream(ctx);
                     }
                 }
                 Err(e) => {
                     act.register_failures += 1;
-                    let wait =
-                        full_jitter_ms(act.register_failures, 250, 5_000, &mut act.rng).max(100);
-                    if act.register_failures == 1 {
+                    let why = match e {
+                        RegisterFailure::NotJoined(why) => format!(
+                            "{why} (this proxy's key is {})",
+                            act.settings.identity.fingerprint()
+                        ),
+                        RegisterFailure::Other(why) => why,
+                    };
+                    if act.last_refusal.as_deref() != Some(why.as_str()) {
                         log::warn!(
-                            "cannot register with the controller at {} ({e}); routing from the \
-                             cached or configured table, retrying",
+                            "cannot register with the controller at {}: {why}; routing from \
+                             the stored or configured table, retrying",
                             act.settings.controller_url
                         );
+                        act.last_refusal = Some(why);
                     }
+                    let wait = full_jitter_ms(act.register_failures, 250, MAX_RETRY_MS, &mut act.rng)
+                        .max(100);
                     ctx.run_later(Duration::from_millis(wait), |act, ctx| act.register(ctx));
                 }
             }
@@ -157,7 +227,7 @@ impl ControllerLink {
         if !self.registered {
             return;
         }
-        let url = format!("{}/api/heartbeat", self.settings.controller_url);
+        let url = self.url("/api/heartbeat");
         let mut body = HeartbeatRequest {
             proxy_id: self.settings.proxy_id.clone(),
             api_keys: None,
@@ -181,97 +251,216 @@ impl ControllerLink {
         );
     }
 
-    /// Follows the table stream until it ends; then falls back to polling.
+    /// Follows the directory stream until it ends; then tries again (or registers again).
     fn stream(&mut self, ctx: &mut Context<Self>) {
-        if let Some(t) = self.poll_timer.take() {
-            ctx.cancel_future(t);
-        }
         self.streaming = true;
-        let url = format!(
-            "{}/api/v1/proxies/{}/table/stream",
-            self.settings.controller_url, self.settings.proxy_id
-        );
+        let url = self.url(&format!(
+            "/api/v1/directory/stream?proxy_id={}",
+            self.settings.proxy_id
+        ));
         let router = self.router.clone();
+        let client = self.client.clone();
+        let want_snapshot = std::mem::take(&mut self.want_snapshot);
         let idle = (self.settings.heartbeat_every * 3).max(Duration::from_secs(30));
-        let req = self
-            .client
-            .get(url)
-            .insert_header((awc::http::header::ACCEPT, "text/event-stream"))
-            .send();
+        let verifier = self.verifier();
         let follow = async move {
-            let res = req.await.map_err(|e| e.to_string())?;
-            if !res.status().is_success() {
-                return Err(format!("answered {}", res.status()));
+            let applied = if want_snapshot {
+                None
+            } else {
+                router.send(AppliedVersion).await.ok().flatten()
+            };
+            let mut req = client
+                .get(url)
+                .timeout(Duration::from_secs(u64::MAX / 4))
+                .insert_header((awc::http::header::ACCEPT, "text/event-stream"));
+            if let Some(v) = applied {
+                req = req.insert_header(("Last-Event-ID", v.to_string()));
             }
-            follow_tables(res, idle, |t| {
-                router.do_send(SetTable {
-                    endpoints: t.endpoints,
-                    online: Some(t.online),
-                    version: t.version,
-                    source: TableSource::Controller,
-                })
-            })
-            .await
+            let res = actix_rt::time::timeout(REQUEST_TIMEOUT, req.send())
+                .await
+                .map_err(|_| StreamEnd::Retry("no answer".into()))?
+                .map_err(|e| StreamEnd::Retry(e.to_string()))?;
+            match res.status() {
+                s if s.is_success() => {}
+                StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => {
+                    return Err(StreamEnd::Register(format!("answered {}", res.status())))
+                }
+                s => return Err(StreamEnd::Retry(format!("answered {s}"))),
+            }
+            follow_events(res, idle, |event| verifier.on_event(event)).await
         };
         ctx.spawn(
-            wrap_future(follow).map(|res: Result<(), String>, act: &mut Self, ctx| {
+            wrap_future(follow).map(|res: Result<(), StreamEnd>, act: &mut Self, ctx| {
                 act.streaming = false;
-                if let Err(e) = res {
-                    log::info!(
-                        "table stream ended ({e}); polling every {}s",
-                        POLL_EVERY.as_secs()
-                    );
+                act.stream_failures += 1;
+                let wait =
+                    full_jitter_ms(act.stream_failures.min(6), 500, MAX_RETRY_MS, &mut act.rng)
+                        .max(200);
+                match res {
+                    Err(StreamEnd::Register(why)) => {
+                        log::info!("directory stream refused ({why}): registering again");
+                        act.registered = false;
+                        ctx.run_later(Duration::from_millis(wait), |act, ctx| act.register(ctx));
+                    }
+                    Err(StreamEnd::Snapshot(why)) => {
+                        log::warn!("{why}: asking the controller for a snapshot");
+                        act.want_snapshot = true;
+                        act.stream_failures = 0;
+                        ctx.run_later(Duration::from_millis(200), |act, ctx| act.stream(ctx));
+                    }
+                    Err(StreamEnd::Retry(why)) | Err(StreamEnd::Ended(why)) => {
+                        log::info!(
+                            "directory stream ended ({why}); trying again in {} ms",
+                            wait
+                        );
+                        ctx.run_later(Duration::from_millis(wait), |act, ctx| act.stream(ctx));
+                    }
+                    Ok(()) => {
+                        ctx.run_later(Duration::from_millis(wait), |act, ctx| act.stream(ctx));
+                    }
                 }
-                act.schedule_poll(ctx);
             }),
         );
     }
+}
 
-    fn schedule_poll(&mut self, ctx: &mut Context<Self>) {
-        self.poll_timer = Some(ctx.run_later(POLL_EVERY, |act, ctx| {
-            act.poll_timer = None;
-            act.poll(ctx);
-        }));
+/// Why a directory stream stopped.
+#[derive(Debug)]
+enum StreamEnd {
+    /// The connection failed or ended: try again (resuming from the applied version).
+    Retry(String),
+    /// The stream ran and then ended.
+    Ended(String),
+    /// A document did not verify or did not apply: a snapshot is needed.
+    Snapshot(String),
+    /// The controller does not know this proxy (or will not serve it): register again.
+    Register(String),
+}
+
+/// Checks documents against the pinned root and hands them to the router.
+#[derive(Clone)]
+struct Verifier {
+    root: Fingerprint,
+    me: String,
+    router: Addr<Router>,
+    client: awc::Client,
+    ack_url: String,
+    proxy_id: String,
+}
+
+impl Verifier {
+    /// A snapshot checked: for this user, unexpired, signed under the pinned root.
+    fn check_snapshot(&self, data: &[u8], now: u64) -> Result<Snapshot, String> {
+        let doc: Certified<Snapshot> =
+            serde_json::from_slice(data).map_err(|e| format!("not a signed snapshot: {e}"))?;
+        let s = doc
+            .verify(&self.root, SNAPSHOT_DOMAIN, now)
+            .map_err(|e| format!("a snapshot that does not verify: {e}"))?;
+        self.check_for_me(&s.for_user, s.expires_at_ms, now)?;
+        Ok(s)
     }
 
-    /// `GET /api/getendpoints?proxy_id=`, then another try at the stream.
-    fn poll(&mut self, ctx: &mut Context<Self>) {
-        if !self.registered {
-            // Registration retries on its own and starts the stream when it succeeds.
-            self.register(ctx);
-            return;
+    /// A delta checked the same way.
+    fn check_delta(&self, data: &[u8], now: u64) -> Result<Delta, String> {
+        let doc: Certified<Delta> =
+            serde_json::from_slice(data).map_err(|e| format!("not a signed delta: {e}"))?;
+        let d = doc
+            .verify(&self.root, DELTA_DOMAIN, now)
+            .map_err(|e| format!("a delta that does not verify: {e}"))?;
+        self.check_for_me(&d.for_user, d.expires_at_ms, now)?;
+        Ok(d)
+    }
+
+    fn check_for_me(&self, user: &str, expires_at_ms: u64, now: u64) -> Result<(), String> {
+        if PeerName::from(user) != self.me.as_str() {
+            return Err(format!("a document for {user}, not for {}", self.me));
         }
-        let url = format!(
-            "{}/api/getendpoints?proxy_id={}",
-            self.settings.controller_url, self.settings.proxy_id
-        );
-        let req = self.client.get(url);
-        let call = async move {
-            match post::send(req, TABLE_LIMIT, REQUEST_TIMEOUT).await {
-                Answer::Ok { body, .. } => serde_json::from_slice::<Endpoints>(&body)
-                    .map(Some)
-                    .map_err(|e| e.to_string()),
-                Answer::RouteMissing { status, .. } if status == StatusCode::NOT_FOUND => Ok(None),
-                other => Err(failure(other)),
-            }
+        if expires_at_ms <= now {
+            return Err(format!(
+                "a document that expired {} s ago",
+                (now - expires_at_ms) / 1000
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands a verified document to the router; acknowledges the version applied.
+    async fn apply(&self, update: ViewUpdate) -> Result<u64, ViewRefused> {
+        let applied = self
+            .router
+            .send(ApplyView(update))
+            .await
+            .map_err(|e| ViewRefused::Storage(e.to_string()))??;
+        let ack = DirectoryAck {
+            proxy_id: self.proxy_id.clone(),
+            version: applied,
         };
-        ctx.spawn(wrap_future(call).map(|res, act: &mut Self, ctx| {
-            match res {
-                Ok(Some(e)) => act.router.do_send(SetTable {
-                    endpoints: e.endpoints,
-                    online: None,
-                    version: 0,
-                    source: TableSource::Controller,
-                }),
-                Ok(None) => {
-                    act.registered = false;
-                    act.register(ctx);
-                    return;
-                }
-                Err(e) => log::debug!("polling the controller failed: {e}"),
+        let req = self.client.post(&self.ack_url);
+        if let Answer::Unreachable { reason } =
+            post::post_json(req, &ack, SMALL_LIMIT, REQUEST_TIMEOUT).await
+        {
+            log::debug!("could not acknowledge directory version {applied}: {reason}");
+        }
+        Ok(applied)
+    }
+
+    /// The snapshot a registration or a join answered.
+    async fn snapshot_answer(&self, body: &[u8]) -> Result<u64, String> {
+        let s = self.check_snapshot(body, now_ms())?;
+        match self.apply(ViewUpdate::Snapshot(s)).await {
+            Ok(v) => Ok(v),
+            // An older version than ours: a replay; the stream brings the current one.
+            Err(ViewRefused::Older { got, have }) => {
+                log::warn!("refused directory version {got}: version {have} is applied already");
+                Ok(have)
             }
-            act.stream(ctx);
-        }));
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// One event of the directory stream.
+    async fn on_event(&self, event: SseEvent) -> Result<(), StreamEnd> {
+        let now = now_ms();
+        match event.event.as_deref() {
+            Some("snapshot") => {
+                let s = self.check_snapshot(event.data.as_bytes(), now);
+                let s = s.map_err(StreamEnd::Snapshot)?;
+                match self.apply(ViewUpdate::Snapshot(s)).await {
+                    Ok(_) => Ok(()),
+                    Err(ViewRefused::Older { got, have }) => {
+                        log::warn!(
+                            "refused directory version {got} from the controller: version \
+                             {have} is applied already (no rollback)"
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(StreamEnd::Retry(e.to_string())),
+                }
+            }
+            Some("delta") => {
+                let d = self
+                    .check_delta(event.data.as_bytes(), now)
+                    .map_err(StreamEnd::Snapshot)?;
+                match self.apply(ViewUpdate::Delta(d)).await {
+                    Ok(_) => Ok(()),
+                    Err(ViewRefused::Older { got, have }) => {
+                        log::warn!(
+                            "refused a delta to version {got}: version {have} is applied already"
+                        );
+                        Ok(())
+                    }
+                    Err(e @ ViewRefused::Gap { .. }) => Err(StreamEnd::Snapshot(e.to_string())),
+                    Err(e) => Err(StreamEnd::Retry(e.to_string())),
+                }
+            }
+            Some("online") => {
+                if let Ok(o) = serde_json::from_str::<Online>(&event.data) {
+                    self.router.do_send(SetOnline(o.names));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -282,6 +471,29 @@ impl Actor for ControllerLink {
         self.register(ctx);
         ctx.run_interval(self.settings.heartbeat_every, |act, ctx| act.heartbeat(ctx));
     }
+}
+
+/// What this proxy says about itself, signed with its key.
+fn sign_claim(settings: &LinkSettings, api_keys: KeyReport) -> Signed<RegisterClaim> {
+    let (host, port) = registered_address(&settings.advertise);
+    let claim = RegisterClaim {
+        proxy_id: settings.proxy_id.clone(),
+        instance_name: settings.instance_name.clone(),
+        host,
+        port,
+        protocol: NATIVE_PROTOCOL.to_string(),
+        root: settings.root.clone(),
+        time_ms: now_ms(),
+        api_keys: Some(api_keys),
+    };
+    Signed::sign(REGISTER_DOMAIN, &claim, &settings.identity)
+}
+
+/// The `message` of a refusal in the legacy error shape.
+fn message_of(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|e| e.message)
 }
 
 /// The advertised `host:port` as the registration carries it: the host without IPv6 brackets;
@@ -326,31 +538,36 @@ fn failure(answer: Answer) -> String {
     }
 }
 
-/// Reads a table stream (SSE of [`TableUpdate`]) until it fails, ends or stays silent for
-/// `idle`, handing each table to `on_table`. Always ends with why it stopped.
-async fn follow_tables<S, E>(
+/// Reads an SSE stream until it fails, ends or stays silent for `idle`, handing each event to
+/// `on_event` (one at a time: the next is read once it is done). Always ends with why.
+async fn follow_events<S, E, F>(
     mut chunks: S,
     idle: Duration,
-    mut on_table: impl FnMut(TableUpdate),
-) -> Result<(), String>
+    mut on_event: impl FnMut(SseEvent) -> F,
+) -> Result<(), StreamEnd>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
+    F: std::future::Future<Output = Result<(), StreamEnd>>,
 {
     let mut parser = SseParser::new();
     loop {
         let chunk = match actix_rt::time::timeout(idle, chunks.next()).await {
-            Err(_) => return Err(format!("silent for {}s", idle.as_secs())),
-            Ok(None) => return Err("the controller closed the stream".to_string()),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Err(_) => return Err(StreamEnd::Ended(format!("silent for {}s", idle.as_secs()))),
+            Ok(None) => {
+                return Err(StreamEnd::Ended(
+                    "the controller closed the stream".to_string(),
+                ))
+            }
+            Ok(Some(Err(e))) => return Err(StreamEnd::Ended(e.to_string())),
             Ok(Some(Ok(bytes))) => bytes,
         };
-        // Comments (`: keep-alive`), `event:`, `id:` and `retry:` lines carry no table.
-        for event in parser.push(&chunk).map_err(|e| e.to_string())? {
-            match serde_json::from_str::<TableUpdate>(&event.data) {
-                Ok(t) => on_table(t),
-                Err(e) => log::warn!("ignoring a table event that is not a table: {e}"),
-            }
+        // Comments (`: keep-alive`), `id:` and `retry:` lines carry no event of their own.
+        let events = parser
+            .push(&chunk)
+            .map_err(|e| StreamEnd::Ended(e.to_string()))?;
+        for event in events {
+            on_event(event).await?;
         }
     }
 }
@@ -359,6 +576,7 @@ where
 mod tests {
     use super::*;
     use futures_util::stream;
+    use crate::wire::control_plane::TableUpdate;
 
     const TABLE: &str = r#"{"version":7,"endpoints":{"zoë":{"host":"127.0.0.1","port":9}}}"#;
 
@@ -370,13 +588,23 @@ mod tests {
         (bytes.slice(..cut), bytes.slice(cut..))
     }
 
+    /// The tables in the events of `chunks`, and why the stream ended.
     async fn tables_of<S>(chunks: S) -> (Vec<TableUpdate>, String)
     where
         S: Stream<Item = Result<Bytes, String>> + Unpin,
     {
-        let mut got = Vec::new();
-        let end = follow_tables(chunks, Duration::from_secs(5), |t| got.push(t)).await;
-        (got, end.unwrap_err())
+        let got = std::cell::RefCell::new(Vec::new());
+        let end = follow_events(chunks, Duration::from_secs(5), |e| {
+            got.borrow_mut()
+                .push(serde_json::from_str::<TableUpdate>(&e.data).unwrap());
+            async { Ok(()) }
+        })
+        .await;
+        let why = match end.unwrap_err() {
+            StreamEnd::Ended(why) => why,
+            other => panic!("{other:?}"),
+        };
+        (got.into_inner(), why)
     }
 
     #[actix_rt::test]
@@ -438,8 +666,14 @@ mod tests {
             .send()
             .await
             .unwrap();
-        let mut got = Vec::new();
-        let end = follow_tables(res, Duration::from_secs(5), |t| got.push(t)).await;
+        let got = std::cell::RefCell::new(Vec::new());
+        let end = follow_events(res, Duration::from_secs(5), |e| {
+            got.borrow_mut()
+                .push(serde_json::from_str::<TableUpdate>(&e.data).unwrap());
+            async { Ok(()) }
+        })
+        .await;
+        let got = got.into_inner();
         handle.stop(false).await;
         assert_eq!(got.len(), 1, "{end:?}");
         assert!(got[0].endpoints.contains_key("zoë"), "{got:?}");

@@ -71,6 +71,19 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
     .await
     .map_err(|e| anyhow::anyhow!("opening {shown}: {e}"))??;
 
+    let key_path = settings
+        .data_dir
+        .join(format!("proxy-{}.key", settings.name));
+    let (identity, created) = crate::trust::Identity::load_or_create(&key_path)
+        .map_err(|e| anyhow::anyhow!("{label}: its identity key: {e}"))?;
+    if created {
+        log::info!(
+            "{label}: made its identity key {} (fingerprint {})",
+            key_path.display(),
+            identity.fingerprint()
+        );
+    }
+    let identity = std::sync::Arc::new(identity);
     let (endpoints, source) = match loaded.table {
         Some(t) => (t.endpoints, TableSource::Cache),
         None => (
@@ -86,6 +99,8 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             source,
             opened: (db.clone(), wal),
             items: loaded.items,
+            view: loaded.view,
+            identity,
             proxy_id: loaded.proxy_id.clone(),
             listening: addr,
         };
@@ -141,6 +156,9 @@ struct Boot {
         crate::storage::Wal,
     ),
     items: Vec<(u64, store::Record)>,
+    /// The directory view stored last.
+    view: Option<crate::wire::directory::Snapshot>,
+    identity: std::sync::Arc<crate::trust::Identity>,
     proxy_id: String,
     /// The listener's address: a table entry naming it would have this proxy post to itself.
     listening: std::net::SocketAddr,
@@ -155,6 +173,8 @@ impl Boot {
             source,
             opened,
             items,
+            view,
+            identity,
             proxy_id,
             listening,
         } = self;
@@ -179,7 +199,14 @@ impl Boot {
             client.clone(),
         )
         .start();
-        let router = Router::new(settings.name.clone(), endpoints, source, store.clone());
+        let router = Router::new(
+            settings.name.clone(),
+            endpoints,
+            source,
+            view,
+            store.clone(),
+        );
+        let directory = router.directory();
         let outbox = outbox_ctx.run(Outbox::new(
             OutboxSettings {
                 me: settings.name.clone(),
@@ -204,15 +231,32 @@ impl Boot {
         router.do_send(SubscribeTable {
             subscriber: desk.clone().recipient(),
         });
-        let link = LinkSettings {
-            controller_url: settings.controller_url.trim_end_matches('/').to_string(),
-            proxy_id,
-            instance_name: settings.name.to_string(),
-            advertise: settings.advertise.clone(),
-            heartbeat_every: Duration::from_secs(settings.liveness.heartbeat_every_secs.max(1)),
-            ai_endpoints: settings.config.ai_endpoints.clone(),
-        };
-        ControllerLink::new(link, router.clone()).start();
+        let controller_url = settings.controller_url.trim_end_matches('/').to_string();
+        match settings.root.clone() {
+            Some(root) => {
+                let link = LinkSettings {
+                    controller_url,
+                    proxy_id,
+                    instance_name: settings.name.to_string(),
+                    advertise: settings.advertise.clone(),
+                    heartbeat_every: Duration::from_secs(
+                        settings.liveness.heartbeat_every_secs.max(1),
+                    ),
+                    ai_endpoints: settings.config.ai_endpoints.clone(),
+                    identity,
+                    root,
+                    join: settings.join.clone(),
+                };
+                ControllerLink::new(link, router.clone()).start();
+            }
+            None => log::error!(
+                "proxy {}: no controller root is pinned, so it follows no controller (a table \
+                 nobody vouches for is not believed) and routes from its stored or configured \
+                 table. Pin the root with --controller-root sha256:… or controller.root in \
+                 config.yaml (`overlay controller init` prints it)",
+                settings.name
+            ),
+        }
         ProxyState {
             me: settings.name.clone(),
             router,
@@ -220,6 +264,7 @@ impl Boot {
             desk,
             max_body_bytes: settings.delivery.max_body_bytes,
             max_message_bytes: settings.delivery.max_message_bytes,
+            directory,
         }
     }
 }

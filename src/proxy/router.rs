@@ -1,43 +1,71 @@
-//! The [`Router`] actor: the one owner of this proxy's endpoint table (from the controller, else
-//! the redb cache, else the config). It keeps the table, caches a controller's table in the
-//! store, answers the peer's directory and the legacy table, and hands each new table, as one
+//! The [`Router`] actor: the one owner of this proxy's endpoint table and of the directory view
+//! it came with (from the controller's signed documents, else the store's copy of the last one,
+//! else the config). It applies snapshots and deltas in version order and never goes back to
+//! an older version (no rollback to a revoked key), stores each view before saying it was
+//! applied, answers the peer's directory and the legacy table, and hands each new table, as one
 //! shared snapshot, to the actors that subscribed ([`TableChanged`]): the outbox (which routes
-//! from it) and the AI desk (which keeps one adapter per AI entry).
+//! from it) and the AI desk (which keeps one adapter per AI entry). The directory itself is
+//! published on a watch channel, read by the routes that take messages in (a revoked sender is
+//! refused there).
 //!
-//! It never delivers anything and never talks to the controller: the controller link hands it
-//! tables ([`SetTable`]). Route choice itself is the pure [`super::routing`].
+//! It never delivers anything, never talks to the controller and checks no signature: the
+//! controller link verifies documents and hands them over ([`ApplyView`]). Route choice itself
+//! is the pure [`super::routing`].
 
 use std::sync::Arc;
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, Recipient};
+use actix::prelude::*;
+use tokio::sync::watch;
 
 use super::routing::{choose_route, directory, Route};
-use super::store::{SaveTable, Store};
+use super::store::{SaveView, Store};
 use crate::config::InstanceName;
-use crate::wire::control_plane::{EndpointTable, TableUpdate};
+use crate::wire::control_plane::EndpointTable;
 use crate::wire::data_plane::DirectoryEntry;
+use crate::wire::directory::{Delta, Directory, Snapshot};
 
-/// Where a table came from.
+/// Where the table came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableSource {
-    /// The controller (register answer, stream, or poll): cached in redb.
+    /// A signed view from the controller, in this run.
     Controller,
-    /// The redb cache of an earlier run.
+    /// The store's copy of the last view (or, from a release before the signed directory, of
+    /// the last table).
     Cache,
     /// Built from config.yaml.
     Config,
 }
 
-/// Replaces the table.
+/// A verified document from the controller.
+#[derive(Debug)]
+pub enum ViewUpdate {
+    Snapshot(Snapshot),
+    Delta(Delta),
+}
+
+/// Why a document was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ViewRefused {
+    /// Older than what was applied: a replay, or a controller restored from an old backup.
+    #[error("directory version {got} is older than version {have}, applied already")]
+    Older { got: u64, have: u64 },
+    /// A delta that does not start at the applied version: a snapshot is needed.
+    #[error("a delta from version {from} does not apply to {}", have.map(|v| format!("version {v}")).unwrap_or_else(|| "no view".into()))]
+    Gap { from: u64, have: Option<u64> },
+    /// The view could not be stored, so it is not applied.
+    #[error("could not store the directory view: {0}")]
+    Storage(String),
+}
+
+/// Applies a verified document; answers the version now applied once it is stored.
+#[derive(Message)]
+#[rtype(result = "Result<u64, ViewRefused>")]
+pub struct ApplyView(pub ViewUpdate);
+
+/// Names whose proxy the controller sees alive.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetTable {
-    pub endpoints: EndpointTable,
-    /// Names whose proxy the controller sees alive; None when unknown.
-    pub online: Option<Vec<String>>,
-    pub version: u64,
-    pub source: TableSource,
-}
+pub struct SetOnline(pub Vec<String>);
 
 /// The table changed: the new one, shared (sent to every subscriber, and at once on subscribing).
 #[derive(Message, Clone)]
@@ -70,30 +98,47 @@ pub struct ListDirectory;
 #[rtype(result = "Arc<EndpointTable>")]
 pub struct GetTable;
 
+/// The version of the view applied (None before the first).
+#[derive(Message)]
+#[rtype(result = "Option<u64>")]
+pub struct AppliedVersion;
+
 /// The actor.
 pub struct Router {
     me: InstanceName,
     endpoints: Arc<EndpointTable>,
     online: Option<Vec<String>>,
     source: TableSource,
+    /// The signed view applied last; its version is the floor.
+    view: Option<Snapshot>,
     store: Addr<Store>,
     subscribers: Vec<Recipient<TableChanged>>,
+    directory: watch::Sender<Arc<Directory>>,
 }
 
 impl Router {
+    /// A router starting from `view` (the stored one) when there is one, else from `endpoints`.
     pub fn new(
         me: InstanceName,
         endpoints: EndpointTable,
         source: TableSource,
+        view: Option<Snapshot>,
         store: Addr<Store>,
     ) -> Router {
+        let (endpoints, source) = match &view {
+            Some(v) => (v.table.clone(), TableSource::Cache),
+            None => (endpoints, source),
+        };
+        let dir = view.as_ref().map(|v| v.directory.clone()).unwrap_or_default();
         Router {
             me,
             endpoints: Arc::new(endpoints),
             online: None,
             source,
+            view,
             store,
             subscribers: Vec::new(),
+            directory: watch::Sender::new(Arc::new(dir)),
         }
     }
 
@@ -102,10 +147,62 @@ impl Router {
         self.endpoints.clone()
     }
 
+    /// The directory as the router will publish it; routes keep the receiver.
+    pub fn directory(&self) -> watch::Receiver<Arc<Directory>> {
+        self.directory.subscribe()
+    }
+
     fn changed(&self) -> TableChanged {
         TableChanged {
             endpoints: self.endpoints.clone(),
         }
+    }
+
+    fn adopt(&mut self, view: Snapshot) {
+        if view.table != *self.endpoints || self.source != TableSource::Controller {
+            log::info!(
+                "directory version {}: {} names to route",
+                view.version,
+                view.table.len()
+            );
+        }
+        if view.table != *self.endpoints {
+            self.endpoints = Arc::new(view.table.clone());
+            let news = self.changed();
+            self.subscribers.retain(|s| s.connected());
+            self.subscribers
+                .iter()
+                .for_each(|s| s.do_send(news.clone()));
+        }
+        if **self.directory.borrow() != view.directory {
+            self.directory.send_replace(Arc::new(view.directory.clone()));
+        }
+        self.source = TableSource::Controller;
+        self.view = Some(view);
+    }
+}
+
+/// The view `update` makes of the current one, or why it is refused.
+fn next_view(view: Option<&Snapshot>, update: ViewUpdate) -> Result<Option<Snapshot>, ViewRefused> {
+    let have = view.map(|v| v.version);
+    match update {
+        ViewUpdate::Snapshot(s) => match have {
+            Some(h) if s.version < h => Err(ViewRefused::Older {
+                got: s.version,
+                have: h,
+            }),
+            Some(h) if s.version == h => Ok(None),
+            _ => Ok(Some(s)),
+        },
+        ViewUpdate::Delta(d) => match (view, have) {
+            (_, Some(h)) if d.to <= h => Err(ViewRefused::Older { got: d.to, have: h }),
+            (Some(v), Some(h)) if d.from == h => {
+                let mut next = v.clone();
+                d.apply_to(&mut next);
+                Ok(Some(next))
+            }
+            _ => Err(ViewRefused::Gap { from: d.from, have }),
+        },
     }
 }
 
@@ -114,10 +211,14 @@ impl Actor for Router {
 
     fn started(&mut self, _: &mut Context<Self>) {
         log::info!(
-            "routing {} names for {} (table from {:?})",
+            "routing {} names for {} (table from {:?}{})",
             self.endpoints.len(),
             self.me,
-            self.source
+            self.source,
+            match &self.view {
+                Some(v) => format!(", directory version {}", v.version),
+                None => String::new(),
+            }
         );
     }
 }
@@ -131,68 +232,144 @@ impl Handler<SubscribeTable> for Router {
     }
 }
 
-impl Handler<SetTable> for Router {
+impl Handler<ApplyView> for Router {
+    type Result = ResponseActFuture<Self, Result<u64, ViewRefused>>;
+
+    fn handle(&mut self, msg: ApplyView, _: &mut Context<Self>) -> Self::Result {
+        let next = match next_view(self.view.as_ref(), msg.0) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                let v = self.view.as_ref().map(|v| v.version).unwrap_or(0);
+                self.source = TableSource::Controller;
+                return Box::pin(fut::ready(Ok(v)));
+            }
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        let save = self.store.send(SaveView { view: next.clone() });
+        Box::pin(
+            async move { save.await }
+                .into_actor(self)
+                .map(move |res, act, _| match res {
+                    Ok(Ok(())) => {
+                        // Another document may have been applied while this one was stored.
+                        if act.view.as_ref().is_some_and(|v| v.version >= next.version) {
+                            return Ok(act.view.as_ref().map(|v| v.version).unwrap_or(0));
+                        }
+                        let version = next.version;
+                        act.adopt(next);
+                        Ok(version)
+                    }
+                    Ok(Err(e)) => Err(ViewRefused::Storage(e.to_string())),
+                    Err(e) => Err(ViewRefused::Storage(e.to_string())),
+                }),
+        )
+    }
+}
+
+impl Handler<SetOnline> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: SetTable, ctx: &mut Context<Self>) {
-        let changed = msg.endpoints != *self.endpoints;
-        if changed || msg.source != self.source {
-            log::info!(
-                "endpoint table v{} from {:?}: {} names",
-                msg.version,
-                msg.source,
-                msg.endpoints.len()
-            );
-        }
-        if changed {
-            self.endpoints = Arc::new(msg.endpoints);
-            let news = self.changed();
-            self.subscribers.retain(|s| s.connected());
-            self.subscribers
-                .iter()
-                .for_each(|s| s.do_send(news.clone()));
-        }
-        self.online = msg.online;
-        self.source = msg.source;
-        if msg.source == TableSource::Controller {
-            let save = self.store.send(SaveTable {
-                table: TableUpdate {
-                    version: msg.version,
-                    endpoints: (*self.endpoints).clone(),
-                    online: Vec::new(),
-                },
-            });
-            ctx.spawn(actix::fut::wrap_future(async move {
-                match save.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => log::warn!("cannot cache the endpoint table: {e}"),
-                    Err(e) => log::warn!("cannot cache the endpoint table: {e}"),
-                }
-            }));
-        }
+    fn handle(&mut self, msg: SetOnline, _: &mut Context<Self>) {
+        self.online = Some(msg.0);
     }
 }
 
 impl Handler<ResolveRoute> for Router {
-    type Result = actix::MessageResult<ResolveRoute>;
+    type Result = MessageResult<ResolveRoute>;
 
     fn handle(&mut self, msg: ResolveRoute, _: &mut Context<Self>) -> Self::Result {
-        actix::MessageResult(choose_route(&self.endpoints, self.me.as_str(), &msg.name))
+        MessageResult(choose_route(&self.endpoints, self.me.as_str(), &msg.name))
     }
 }
 
 impl Handler<ListDirectory> for Router {
-    type Result = actix::MessageResult<ListDirectory>;
+    type Result = MessageResult<ListDirectory>;
 
     fn handle(&mut self, _: ListDirectory, _: &mut Context<Self>) -> Self::Result {
-        actix::MessageResult(directory(&self.endpoints, self.online.as_deref()))
+        MessageResult(directory(&self.endpoints, self.online.as_deref()))
     }
 }
 
 impl Handler<GetTable> for Router {
-    type Result = actix::MessageResult<GetTable>;
+    type Result = MessageResult<GetTable>;
 
     fn handle(&mut self, _: GetTable, _: &mut Context<Self>) -> Self::Result {
-        actix::MessageResult(self.endpoints.clone())
+        MessageResult(self.endpoints.clone())
+    }
+}
+
+impl Handler<AppliedVersion> for Router {
+    type Result = Option<u64>;
+
+    fn handle(&mut self, _: AppliedVersion, _: &mut Context<Self>) -> Self::Result {
+        self.view.as_ref().map(|v| v.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::directory::{UserEntry, UserState};
+
+    fn snap(version: u64) -> Snapshot {
+        Snapshot {
+            for_user: "alice".into(),
+            version,
+            issued_at_ms: 1,
+            expires_at_ms: 2,
+            directory: Directory::default(),
+            table: EndpointTable::new(),
+        }
+    }
+
+    fn delta(from: u64, to: u64) -> Delta {
+        let bob = UserEntry {
+            name: "bob".into(),
+            proxy_id: None,
+            key: None,
+            host: "h".into(),
+            port: 1,
+            native: true,
+            state: UserState::Pending,
+        };
+        Delta {
+            for_user: "alice".into(),
+            from,
+            to,
+            issued_at_ms: 3,
+            expires_at_ms: 4,
+            users: [("bob".to_string(), Some(bob))].into(),
+            ai: None,
+            table: Default::default(),
+        }
+    }
+
+    #[test]
+    fn an_older_snapshot_or_delta_is_refused_and_a_gap_asks_for_a_snapshot() {
+        let ten = snap(10);
+        let r = Some(&ten);
+        assert_eq!(
+            next_view(r, ViewUpdate::Snapshot(snap(9))),
+            Err(ViewRefused::Older { got: 9, have: 10 })
+        );
+        assert_eq!(
+            next_view(r, ViewUpdate::Delta(delta(8, 9))),
+            Err(ViewRefused::Older { got: 9, have: 10 })
+        );
+        assert_eq!(
+            next_view(r, ViewUpdate::Delta(delta(11, 12))),
+            Err(ViewRefused::Gap {
+                from: 11,
+                have: Some(10)
+            })
+        );
+        let next = next_view(r, ViewUpdate::Delta(delta(10, 12))).unwrap().unwrap();
+        assert_eq!(next.version, 12);
+        assert!(next.directory.user("bob").is_some());
+        assert!(next_view(r, ViewUpdate::Snapshot(snap(11))).unwrap().is_some());
+        assert_eq!(
+            next_view(None, ViewUpdate::Delta(delta(1, 2))),
+            Err(ViewRefused::Gap { from: 1, have: None })
+        );
     }
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::error::ProxyError;
 use crate::storage::{durable, Schema, SharedDb, Wal, Writer};
 use crate::wire::control_plane::TableUpdate;
+use crate::wire::directory::Snapshot;
 use crate::wire::data_plane::{Envelope, MessageId, Receipt};
 use crate::wire::PeerName;
 
@@ -154,8 +155,10 @@ pub enum Op {
     Update { seq: u64, record: Record },
     /// Remove item `seq` (handed on or given up), queueing `follow_up` (a receipt) in its place.
     Finish { seq: u64, follow_up: Option<Record> },
-    /// See [`SaveTable`].
+    /// The last table of a release before the signed directory (replayed from its log only).
     SaveTable { table: TableUpdate },
+    /// See [`SaveView`].
+    SaveView { view: Box<Snapshot> },
     /// See [`PruneSeen`].
     PruneSeen { before_ms: u64 },
     /// See [`Remember`].
@@ -202,15 +205,19 @@ pub enum OpResult {
 #[derive(Debug)]
 pub struct Loaded {
     pub proxy_id: String,
+    /// The last table a release before the signed directory cached (unsigned; used until the
+    /// controller hands a signed view).
     pub table: Option<TableUpdate>,
+    /// The last signed view applied: the version never to go below, and the table.
+    pub view: Option<Snapshot>,
     pub items: Vec<(u64, Record)>,
 }
 
-/// Remembers the last table from the controller.
+/// Remembers the directory view applied last (its version is the floor for the next one).
 #[derive(Message)]
 #[rtype(result = "Result<(), ProxyError>")]
-pub struct SaveTable {
-    pub table: TableUpdate,
+pub struct SaveView {
+    pub view: Snapshot,
 }
 
 /// Forgets ids first seen before `before_ms` (a sender retries at most until its expiry, so
@@ -342,6 +349,18 @@ pub fn load(db: &SharedDb, name: &str) -> Result<Loaded, ProxyError> {
                 },
                 None => None,
             };
+            let view = match meta.get("view").map_err(ProxyError::storage)? {
+                Some(v) => match serde_json::from_slice::<Snapshot>(v.value()) {
+                    Ok(t) => Some(t),
+                    // Unreadable: the next signed snapshot replaces it. Its version floor is
+                    // lost, which the log says.
+                    Err(e) => {
+                        log::warn!("ignoring the stored directory view (unreadable: {e})");
+                        None
+                    }
+                },
+                None => None,
+            };
             let outbox = txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
             let mut items = Vec::with_capacity(outbox.len().unwrap_or(0) as usize);
             for row in outbox.iter().map_err(ProxyError::storage)? {
@@ -357,6 +376,7 @@ pub fn load(db: &SharedDb, name: &str) -> Result<Loaded, ProxyError> {
             Loaded {
                 proxy_id,
                 table,
+                view,
                 items,
             }
         };
@@ -447,6 +467,11 @@ impl Schema for ProxySchema {
                     }
                     Op::SaveTable { table } => {
                         meta.insert("table", to_json(table)?.as_slice())
+                            .map_err(ProxyError::storage)?;
+                        OpResult::Done
+                    }
+                    Op::SaveView { view } => {
+                        meta.insert("view", to_json(view)?.as_slice())
                             .map_err(ProxyError::storage)?;
                         OpResult::Done
                     }
@@ -556,12 +581,16 @@ fn forgotten(result: OpResult) -> Result<u64, OpResult> {
     }
 }
 
-impl Handler<SaveTable> for Store {
+impl Handler<SaveView> for Store {
     type Result = ResponseFuture<Result<(), ProxyError>>;
 
-    fn handle(&mut self, msg: SaveTable, ctx: &mut actix::Context<Self>) -> Self::Result {
-        let op = Op::SaveTable { table: msg.table };
-        answer(self, op, false, ctx, |_| Ok(()))
+    fn handle(&mut self, msg: SaveView, ctx: &mut actix::Context<Self>) -> Self::Result {
+        // Urgent: the version is the floor against rollback, so it is durable before the
+        // controller is told it was applied.
+        let op = Op::SaveView {
+            view: Box::new(msg.view),
+        };
+        answer(self, op, true, ctx, |_| Ok(()))
     }
 }
 

@@ -134,14 +134,44 @@ pub async fn spawn_proxy(
     data_dir: &Path,
     listener: TcpListener,
 ) -> Spawned {
-    let settings = config
+    let mut settings = config
         .proxy_settings(name, data_dir)
         .expect("instance exists");
+    provision(&mut settings, config, data_dir).await;
     Spawned::spawn(
         overlay::proxy::start(settings, listener)
             .await
             .expect("proxy starts"),
     )
+}
+
+/// When a controller keeps its data in `data_dir` (as `overlay up` does), the proxy pins its
+/// root and gets a join token from its admin API, as an operator would give it (a proxy that
+/// joined already does not need it: the controller refuses to make one, and that is fine).
+pub async fn provision(
+    settings: &mut overlay::config::ProxySettings,
+    config: &Config,
+    data_dir: &Path,
+) {
+    let Ok(root) = overlay::controller::trust::root_fingerprint(data_dir) else {
+        return;
+    };
+    settings.root = Some(root);
+    let Ok(admin) = std::fs::read_to_string(data_dir.join("admin.token")) else {
+        return;
+    };
+    let answer = client()
+        .post(format!("{}/api/v1/admin/tokens", config.controller_url()))
+        .bearer_auth(admin.trim())
+        .send_json(&serde_json::json!({"name": settings.name.as_str(), "ttl": "1h"}))
+        .await;
+    if let Ok(mut res) = answer {
+        if res.status().is_success() {
+            let t: serde_json::Value = res.json().await.expect("a token answer");
+            let token = t["token"].as_str().expect("a token").parse().expect("a join token");
+            settings.join = Some(token);
+        }
+    }
 }
 
 /// Starts `name`'s peer on `listener`.

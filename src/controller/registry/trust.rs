@@ -85,9 +85,10 @@ pub struct Revoke {
     pub source: String,
 }
 
-/// The key pinned to `name`, if any (for `overlay up`, which provisions its own users).
+/// The key pinned to `name` and whether it was revoked, if any (for `overlay up`, which
+/// provisions its own users).
 #[derive(Message)]
-#[rtype(result = "Option<PublicKey>")]
+#[rtype(result = "Option<(PublicKey, bool)>")]
 pub struct Pinned {
     pub name: String,
 }
@@ -646,13 +647,12 @@ impl Handler<Revoke> for Registry {
 }
 
 impl Handler<Pinned> for Registry {
-    type Result = Option<PublicKey>;
+    type Result = Option<(PublicKey, bool)>;
 
     fn handle(&mut self, msg: Pinned, _: &mut Context<Self>) -> Self::Result {
         self.pins
             .get(&instance_key(&msg.name))
-            .filter(|p| p.revoked.is_none())
-            .map(|p| p.key)
+            .map(|p| (p.key, p.revoked.is_some()))
     }
 }
 

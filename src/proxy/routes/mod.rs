@@ -38,6 +38,8 @@ pub struct ProxyState {
     pub desk: Addr<AiDesk>,
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
+    /// The directory as the router last applied it (who is revoked).
+    pub directory: tokio::sync::watch::Receiver<std::sync::Arc<crate::wire::directory::Directory>>,
 }
 
 /// The route table.
@@ -116,6 +118,15 @@ impl ProxyState {
             return Err(ProxyError::Forbidden(format!(
                 "a message from {} can only come from {}'s own peer",
                 e.from, self.me
+            )));
+        }
+        // A revoked key's messages are refused everywhere, even ones queued before the
+        // revocation: the sender's proxy shows them failed with this reason.
+        if let Some((at_ms, reason)) = self.directory.borrow().revoked(&e.from) {
+            return Err(ProxyError::Forbidden(format!(
+                "the key of {} was revoked at {} ({reason}): its messages are refused",
+                e.from,
+                crate::wire::rfc3339_ms(at_ms)
             )));
         }
         check_time(e)?;
