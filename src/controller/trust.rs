@@ -163,13 +163,18 @@ pub fn load(data_dir: &Path) -> Result<ControllerKeys, KeyError> {
         None => {
             let root_path = path(data_dir, ROOT_KEY_FILE);
             let had_root = root_path.exists();
-            let online_path = path(data_dir, ONLINE_KEY_FILE);
-            if !had_root && online_path.exists() {
+            // Anything of an earlier set-up but the root key: never make a new root silently
+            // (every proxy would have to re-pin); the offline root key recovers it.
+            let earlier = [ONLINE_KEY_FILE, CERT_FILE, FINGERPRINT_FILE]
+                .iter()
+                .map(|f| path(data_dir, f))
+                .find(|p| p.exists());
+            if let (false, Some(found)) = (had_root, earlier) {
                 return Err(KeyError::Untrusted(format!(
-                    "{} has no valid certificate ({}) and the root key is not in {}: run \
-                     `overlay controller init --root-key PATH` with the root key's offline copy",
-                    online_path.display(),
-                    path(data_dir, CERT_FILE).display(),
+                    "{} is there but the online key and its certificate are not both valid, and \
+                     the root key is not in {}: run `overlay controller init --root-key PATH` \
+                     with the root key's offline copy to certify a new online key",
+                    found.display(),
                     data_dir.display()
                 )));
             }

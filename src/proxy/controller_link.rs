@@ -27,7 +27,9 @@ use futures_util::{Stream, StreamExt};
 
 use super::ai::keys::KeySource;
 use super::ai::target::resolve;
-use super::router::{AppliedVersion, ApplyView, Router, SetOnline, ViewRefused, ViewUpdate};
+use super::router::{
+    AppliedVersion, ApplyView, Router, SetOnline, Settled, ViewRefused, ViewUpdate,
+};
 use crate::config::AiEndpointConfig;
 use crate::hop::backoff::{full_jitter_ms, XorShift};
 use crate::hop::post::{self, Answer};
@@ -182,6 +184,9 @@ impl ControllerLink {
         };
         ctx.spawn(wrap_future(call).map(|res, act: &mut Self, ctx| {
             act.registering = false;
+            // The first try is over, whatever its outcome: a controller that refuses or cannot
+            // be reached leaves the stored view as fresh as it can be.
+            act.router.do_send(Settled);
             match res {
                 Ok(version) => {
                     log::info!(

@@ -205,8 +205,9 @@ impl Boot {
             source,
             view,
             store.clone(),
+            settings.root.is_none(),
         );
-        let directory = router.directory();
+        let published = router.published();
         let outbox = outbox_ctx.run(Outbox::new(
             OutboxSettings {
                 me: settings.name.clone(),
@@ -264,7 +265,7 @@ impl Boot {
             desk,
             max_body_bytes: settings.delivery.max_body_bytes,
             max_message_bytes: settings.delivery.max_message_bytes,
-            directory,
+            published,
         }
     }
 }

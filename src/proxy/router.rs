@@ -62,6 +62,21 @@ pub enum ViewRefused {
 #[rtype(result = "Result<u64, ViewRefused>")]
 pub struct ApplyView(pub ViewUpdate);
 
+/// The controller link's first registration of this run is over (done, or the controller is
+/// unreachable): from now on the view is as fresh as it can be, and messages are taken in.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Settled;
+
+/// What the routes that take messages in read: the directory (who is revoked), and whether it
+/// was checked with the controller in this run. Until then a stored view may predate a
+/// revocation, so incoming messages are asked to come back shortly (503).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Published {
+    pub directory: Directory,
+    pub checked: bool,
+}
+
 /// Names whose proxy the controller sees alive.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -113,17 +128,19 @@ pub struct Router {
     view: Option<Snapshot>,
     store: Addr<Store>,
     subscribers: Vec<Recipient<TableChanged>>,
-    directory: watch::Sender<Arc<Directory>>,
+    published: watch::Sender<Arc<Published>>,
 }
 
 impl Router {
     /// A router starting from `view` (the stored one) when there is one, else from `endpoints`.
+    /// `checked`: no controller to check with (no root pinned), so the view is as good as it gets.
     pub fn new(
         me: InstanceName,
         endpoints: EndpointTable,
         source: TableSource,
         view: Option<Snapshot>,
         store: Addr<Store>,
+        checked: bool,
     ) -> Router {
         let (endpoints, source) = match &view {
             Some(v) => (v.table.clone(), TableSource::Cache),
@@ -138,7 +155,10 @@ impl Router {
             view,
             store,
             subscribers: Vec::new(),
-            directory: watch::Sender::new(Arc::new(dir)),
+            published: watch::Sender::new(Arc::new(Published {
+                directory: dir,
+                checked,
+            })),
         }
     }
 
@@ -148,8 +168,19 @@ impl Router {
     }
 
     /// The directory as the router will publish it; routes keep the receiver.
-    pub fn directory(&self) -> watch::Receiver<Arc<Directory>> {
-        self.directory.subscribe()
+    pub fn published(&self) -> watch::Receiver<Arc<Published>> {
+        self.published.subscribe()
+    }
+
+    fn publish(&self, directory: Option<&Directory>, checked: bool) {
+        let now = self.published.borrow().clone();
+        let directory = directory.unwrap_or(&now.directory);
+        if now.directory != *directory || now.checked != checked {
+            self.published.send_replace(Arc::new(Published {
+                directory: directory.clone(),
+                checked,
+            }));
+        }
     }
 
     fn changed(&self) -> TableChanged {
@@ -174,9 +205,7 @@ impl Router {
                 .iter()
                 .for_each(|s| s.do_send(news.clone()));
         }
-        if **self.directory.borrow() != view.directory {
-            self.directory.send_replace(Arc::new(view.directory.clone()));
-        }
+        self.publish(Some(&view.directory), true);
         self.source = TableSource::Controller;
         self.view = Some(view);
     }
@@ -263,6 +292,17 @@ impl Handler<ApplyView> for Router {
                     Err(e) => Err(ViewRefused::Storage(e.to_string())),
                 }),
         )
+    }
+}
+
+impl Handler<Settled> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _: Settled, _: &mut Context<Self>) {
+        if !self.published.borrow().checked {
+            log::info!("taking incoming messages: the directory was checked with the controller");
+        }
+        self.publish(None, true);
     }
 }
 

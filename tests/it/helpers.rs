@@ -50,7 +50,7 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    fn spawn(running: Running) -> Spawned {
+    pub fn spawn(running: Running) -> Spawned {
         let handle = running.handle();
         let label = running.label.clone();
         let url = running.url();

@@ -12,4 +12,5 @@ mod controller;
 mod e2e;
 mod peer;
 mod proxy;
+mod trust;
 mod upgrade;

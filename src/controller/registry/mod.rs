@@ -168,6 +168,8 @@ pub struct Registry {
     /// The newest audit entries (the store keeps more), oldest first.
     audit: std::collections::VecDeque<AuditEntry>,
     audit_seq: u64,
+    /// Audit entries not stored yet (stored together, shortly).
+    pending_audit: Vec<AuditEntry>,
     /// The last versions, for deltas.
     history: History,
     dir_subs: Vec<publish::DirSubscriber>,
@@ -222,6 +224,7 @@ impl Registry {
                 .take(AUDIT_SHOWN)
                 .rev()
                 .collect(),
+            pending_audit: Vec::new(),
             history: History::default(),
             dir_subs: Vec::new(),
             acked: BTreeMap::new(),
@@ -675,9 +678,15 @@ impl Registry {
 impl Handler<RegisterProxy> for Registry {
     type Result = AtomicResponse<Self, Result<EndpointTable, ControllerError>>;
 
-    fn handle(&mut self, msg: RegisterProxy, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: RegisterProxy, ctx: &mut Self::Context) -> Self::Result {
         if let Err(e) = self.check_unsigned(&msg.request) {
-            self.record_audit("refused", &msg.request.instance_name, &msg.source, &e.to_string());
+            self.record_audit(
+                "refused",
+                &msg.request.instance_name,
+                &msg.source,
+                &e.to_string(),
+                ctx,
+            );
             return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
         }
         let (record, replaces) = self.registration(msg.request);

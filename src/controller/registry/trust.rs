@@ -27,6 +27,9 @@ use super::super::store::{
 };
 use super::{instance_key, Registry, AUDIT_SHOWN};
 
+/// How long refusals wait to be stored together.
+const AUDIT_FLUSH: Duration = Duration::from_millis(500);
+
 /// The longest a join token may live.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -115,17 +118,33 @@ fn forbidden(why: impl Into<String>) -> ControllerError {
 }
 
 impl Registry {
-    /// Appends to the audit log (stored in the background; the dashboard sees it at once).
-    pub(super) fn record_audit(&mut self, kind: &str, name: &str, source: &str, detail: &str) {
+    /// Appends to the audit log: the dashboard sees it at once; it is stored with the others
+    /// of the next [`AUDIT_FLUSH`] in one transaction (a burst of refusals costs one write).
+    pub(super) fn record_audit(
+        &mut self,
+        kind: &str,
+        name: &str,
+        source: &str,
+        detail: &str,
+        ctx: &mut Context<Self>,
+    ) {
         let entry = self.audit_entry(kind, name, source, detail);
-        let store = self.store.clone();
-        let e = entry.clone();
-        actix::spawn(async move {
-            if let Err(err) = store.commit(vec![Change::Audit(e)]).await {
-                log::warn!("could not store an audit entry: {err}");
-            }
-        });
+        self.pending_audit.push(entry.clone());
         self.remember_audit(entry);
+        if self.pending_audit.len() == 1 {
+            ctx.run_later(AUDIT_FLUSH, |act, _| {
+                let changes: Vec<Change> = std::mem::take(&mut act.pending_audit)
+                    .into_iter()
+                    .map(Change::Audit)
+                    .collect();
+                let store = act.store.clone();
+                actix::spawn(async move {
+                    if let Err(err) = store.commit(changes).await {
+                        log::warn!("could not store audit entries: {err}");
+                    }
+                });
+            });
+        }
     }
 
     fn audit_entry(&mut self, kind: &str, name: &str, source: &str, detail: &str) -> AuditEntry {
@@ -156,16 +175,38 @@ impl Registry {
         debug_assert!(AUDIT_SHOWN as u64 <= AUDIT_KEEP);
     }
 
-    /// A source over its attempts is refused before any signature is checked.
-    fn limit(&mut self, source: IpAddr) -> Result<(), ControllerError> {
-        let now = Instant::now();
-        if self.limiter.allow(source, now) {
+    /// A source over its failed attempts is refused before any signature is checked.
+    fn limit(&self, source: IpAddr) -> Result<(), ControllerError> {
+        let wait = self.limiter.retry_after(source, Instant::now());
+        if wait.is_zero() {
             return Ok(());
         }
         Err(ControllerError::TooManyRequests {
             source_addr: source.to_string(),
-            retry_after_secs: self.limiter.retry_after(source, now).as_secs().max(1),
+            retry_after_secs: wait.as_secs().max(1),
         })
+    }
+
+    /// A refused attempt: counted against its source, and in the audit log.
+    fn refused(
+        &mut self,
+        source: IpAddr,
+        name: &str,
+        what: &str,
+        e: &ControllerError,
+        ctx: &mut Context<Self>,
+    ) {
+        if matches!(e, ControllerError::TooManyRequests { .. }) {
+            return;
+        }
+        self.limiter.allow(source, Instant::now());
+        self.record_audit(
+            "refused",
+            name,
+            &source.to_string(),
+            &format!("{what}: {e}"),
+            ctx,
+        );
     }
 
     /// A claim signed by its own key, meant for this controller, made just now.
@@ -310,7 +351,7 @@ impl Registry {
 impl Handler<Join> for Registry {
     type Result = AtomicResponse<Self, Result<Certified<Snapshot>, ControllerError>>;
 
-    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
         let source = msg.source.to_string();
         let planned = self.limit(msg.source).and_then(|()| {
             let c = self.check_claim(&msg.request.claim)?;
@@ -327,9 +368,7 @@ impl Handler<Join> for Registry {
                     .peek()
                     .map(|c| c.instance_name)
                     .unwrap_or_default();
-                if !matches!(e, ControllerError::TooManyRequests { .. }) {
-                    self.record_audit("refused", &name, &source, &format!("join: {e}"));
-                }
+                self.refused(msg.source, &name, "join", &e, ctx);
                 return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
             }
         };
@@ -376,8 +415,7 @@ impl Handler<Join> for Registry {
 impl Handler<RegisterSigned> for Registry {
     type Result = AtomicResponse<Self, Result<Certified<Snapshot>, ControllerError>>;
 
-    fn handle(&mut self, msg: RegisterSigned, _: &mut Context<Self>) -> Self::Result {
-        let source = msg.source.to_string();
+    fn handle(&mut self, msg: RegisterSigned, ctx: &mut Context<Self>) -> Self::Result {
         let checked = self.limit(msg.source).and_then(|()| {
             let c = self.check_claim(&msg.claim)?;
             self.check_id(&c)?;
@@ -409,10 +447,8 @@ impl Handler<RegisterSigned> for Registry {
         let claim = match checked {
             Ok(c) => c,
             Err(e) => {
-                if !matches!(e, ControllerError::TooManyRequests { .. }) {
-                    let name = msg.claim.peek().map(|c| c.instance_name).unwrap_or_default();
-                    self.record_audit("refused", &name, &source, &format!("register: {e}"));
-                }
+                let name = msg.claim.peek().map(|c| c.instance_name).unwrap_or_default();
+                self.refused(msg.source, &name, "register", &e, ctx);
                 return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
             }
         };
@@ -436,7 +472,7 @@ impl Handler<RegisterSigned> for Registry {
 impl Handler<Rotate> for Registry {
     type Result = AtomicResponse<Self, Result<(), ControllerError>>;
 
-    fn handle(&mut self, msg: Rotate, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Rotate, ctx: &mut Context<Self>) -> Self::Result {
         let source = msg.source.to_string();
         let r = &msg.request;
         let checked = self.limit(msg.source).and_then(|()| {
@@ -476,9 +512,7 @@ impl Handler<Rotate> for Registry {
         let (claim, key, pin) = match checked {
             Ok(x) => x,
             Err(e) => {
-                if !matches!(e, ControllerError::TooManyRequests { .. }) {
-                    self.record_audit("refused", "", &source, &format!("rotate: {e}"));
-                }
+                self.refused(msg.source, "", "rotate", &e, ctx);
                 return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
             }
         };

@@ -38,8 +38,9 @@ pub struct ProxyState {
     pub desk: Addr<AiDesk>,
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
-    /// The directory as the router last applied it (who is revoked).
-    pub directory: tokio::sync::watch::Receiver<std::sync::Arc<crate::wire::directory::Directory>>,
+    /// The directory as the router last applied it (who is revoked), and whether it was checked
+    /// with the controller in this run.
+    pub published: tokio::sync::watch::Receiver<std::sync::Arc<crate::proxy::router::Published>>,
 }
 
 /// The route table.
@@ -122,7 +123,15 @@ impl ProxyState {
         }
         // A revoked key's messages are refused everywhere, even ones queued before the
         // revocation: the sender's proxy shows them failed with this reason.
-        if let Some((at_ms, reason)) = self.directory.borrow().revoked(&e.from) {
+        let published = self.published.borrow().clone();
+        if !published.checked {
+            return Err(ProxyError::Unavailable(
+                "this proxy is starting: it checks its directory with the controller before it \
+                 takes messages in; try again shortly"
+                    .into(),
+            ));
+        }
+        if let Some((at_ms, reason)) = published.directory.revoked(&e.from) {
             return Err(ProxyError::Forbidden(format!(
                 "the key of {} was revoked at {} ({reason}): its messages are refused",
                 e.from,
