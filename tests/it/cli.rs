@@ -692,3 +692,41 @@ fn tools_say_when_the_controller_is_not_running() {
         stderr(&out)
     );
 }
+
+#[test]
+fn provision_dir_gets_the_root_and_a_private_join_token_per_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let provision = dir.path().join("provision");
+    std::fs::create_dir(&provision).unwrap();
+    let config = port_zero_config(dir.path());
+    let mut child = overlay()
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--data-dir", data.to_str().unwrap(), "controller"])
+        .args(["--provision-dir", provision.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The table is printed after provisioning.
+    let rows = read_url_table(&mut child);
+    let result = std::panic::catch_unwind(|| {
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let root = std::fs::read_to_string(provision.join("root.fingerprint")).unwrap();
+        let expected = std::fs::read_to_string(data.join("root.fingerprint")).unwrap();
+        assert_eq!(root.trim(), expected.trim());
+        for name in ["behrooz", "alice", "bob", "BOT"] {
+            let path = provision.join(format!("{name}.join"));
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+            let text = std::fs::read_to_string(&path).unwrap();
+            overlay::trust::JoinToken::parse(text.trim()).expect("a join token");
+        }
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
