@@ -1,8 +1,10 @@
-//! The command line: `overlay [--config F] [--data-dir D] [--check] controller | proxy | peer | up`.
+//! The command line: `overlay [--config F] [--data-dir D] [--check] controller [init] | proxy |
+//! peer | up | id | token create | revoke`.
 //!
 //! Owns the flags and their help text, and turns flags + config.yaml into a checked [`Plan`]
-//! before anything listens. It does not run servers itself: [`Plan::run`] hands over to the
-//! roles (and to [`crate::up`]).
+//! (the servers) or [`Tool`] (the one-shot admin commands) before anything listens or is
+//! written. It runs nothing itself: [`crate::up`] starts the servers, [`crate::admin_client`]
+//! runs the tools.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,7 +56,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the controller: registry of proxies, endpoint tables, dashboard.
+    /// Run the controller (registry of proxies, signed directory, dashboard); `controller init`
+    /// makes its keys.
     Controller(ControllerArgs),
     /// Run one user's proxy: routes that user's messages to other proxies and to AI APIs.
     Proxy(ProxyArgs),
@@ -62,13 +65,115 @@ pub enum Command {
     Peer(PeerArgs),
     /// Run every role of the config in one process: the controller, and each user's proxy and peer.
     Up(UpArgs),
+    /// Print a public key's fingerprint: the controller's root, or with --name a proxy's.
+    Id(IdArgs),
+    /// Join tokens: `token create --name NAME` lets that user's proxy join the controller.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Revoke the key pinned to a user's name (asks the running controller).
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControllerCommand {
+    /// Make whatever is missing of the root key, the online key and its certificate, and print
+    /// the root fingerprint that proxies pin; with --root-key, certify a new online key.
+    Init(InitArgs),
 }
 
 #[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The root key file, e.g. its offline copy brought back to replace a lost online key
+    /// (default: controller-root.key in the data directory).
+    #[arg(long, value_name = "PATH")]
+    pub root_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The user whose proxy key to show (data-dir/proxy-NAME.key, made if missing);
+    /// without it, the controller's root fingerprint.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Ask the running controller for a join token for NAME and print the command that uses it.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// The user (an instance name of the config) the token lets join.
+    #[arg(long)]
+    pub name: String,
+    /// How long the token is valid: e.g. 30m, 24h, 7d.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub ttl: String,
+    /// The token may replace a key already pinned to the name (its key file was lost).
+    #[arg(long)]
+    pub replace: bool,
+    /// The controller's URL, instead of controller.url of the config.
+    #[arg(long, value_name = "URL")]
+    pub controller_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The user whose pinned key is revoked.
+    pub name: String,
+    /// Why, for the audit log.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// The controller's URL, instead of controller.url of the config.
+    #[arg(long, value_name = "URL")]
+    pub controller_url: Option<String>,
+}
+
+/// How a proxy trusts the controller: the pinned root and, to join, a token.
+#[derive(Debug, Args, Default)]
+pub struct TrustArgs {
+    /// The controller's root fingerprint to pin (sha256:…, printed by `overlay controller
+    /// init`), instead of controller.root of the config.
+    #[arg(
+        long,
+        value_name = "FINGERPRINT",
+        env = "OVERLAY_CONTROLLER_ROOT",
+        conflicts_with = "controller_root_file"
+    )]
+    pub controller_root: Option<String>,
+    /// Read the root fingerprint from this file (waits up to 60 s for it to appear: another
+    /// container may write it).
+    #[arg(long, value_name = "PATH")]
+    pub controller_root_file: Option<PathBuf>,
+    /// The join token (from `overlay token create`) this proxy joins with, once.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "OVERLAY_JOIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "join_file"
+    )]
+    pub join: Option<String>,
+    /// Read the join token from this file, mode 0600 (waits up to 60 s for it to appear).
+    #[arg(long, value_name = "PATH")]
+    pub join_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ControllerArgs {
     /// Address to listen on, instead of controller.listen (e.g. 0.0.0.0:8000).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Write root.fingerprint and a join token NAME.join (valid 1 h) for every user of the
+    /// config whose proxy has not joined yet into DIR, for proxies that share it
+    /// (docker-compose's provision volume).
+    #[arg(long, value_name = "DIR")]
+    pub provision_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<ControllerCommand>,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +193,8 @@ pub struct ProxyArgs {
     /// This user's peer's URL, instead of the instance's peer address.
     #[arg(long, value_name = "URL")]
     pub peer_url: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 #[derive(Debug, Args)]
@@ -101,8 +208,9 @@ pub struct PeerArgs {
     /// host:port the proxy uses to reach this peer, instead of peer.advertise.
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
-    /// Use the proxy at this URL instead of starting this user's proxy in the same process.
-    #[arg(long, value_name = "URL")]
+    /// Use the proxy at this URL instead of starting this user's proxy in the same process
+    /// (that proxy has its own root and token: the trust flags do not apply).
+    #[arg(long, value_name = "URL", conflicts_with = "TrustArgs")]
     pub proxy_url: Option<String>,
     /// Address the in-process proxy listens on, instead of the instance's proxy.listen.
     #[arg(long, value_name = "ADDR", conflicts_with = "proxy_url")]
@@ -113,6 +221,8 @@ pub struct PeerArgs {
     /// The controller's URL for the in-process proxy, instead of controller.url.
     #[arg(long, value_name = "URL", conflicts_with = "proxy_url")]
     pub controller_url: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 #[derive(Debug, Args)]
@@ -131,22 +241,191 @@ pub enum Plan {
     Controller {
         settings: ControllerSettings,
         listen: SocketAddr,
+        provision: Option<Provision>,
     },
     Proxy {
         settings: ProxySettings,
         listen: SocketAddr,
+        files: TrustFiles,
     },
     /// A peer, with its own proxy unless `proxy` is None (then `settings.proxy_url` is remote).
     Peer {
         settings: PeerSettings,
         listen: SocketAddr,
-        proxy: Option<(ProxySettings, SocketAddr)>,
+        proxy: Option<(ProxySettings, SocketAddr, TrustFiles)>,
     },
     Up {
         config: Config,
         data_dir: PathBuf,
         workers: usize,
     },
+}
+
+/// Files a proxy reads its root and join token from as it starts (`--controller-root-file`,
+/// `--join-file`): they may not exist yet when another container writes them, so they are
+/// read then, not when the command line is checked.
+#[derive(Debug, Default, Clone)]
+pub struct TrustFiles {
+    pub root: Option<PathBuf>,
+    pub join: Option<PathBuf>,
+}
+
+/// `overlay controller --provision-dir DIR`: where to write join tokens for the config's users.
+#[derive(Debug, Clone)]
+pub struct Provision {
+    pub dir: PathBuf,
+    pub names: Vec<String>,
+}
+
+/// A one-shot admin command: it starts no server (see [`crate::admin_client`]).
+#[derive(Debug)]
+pub enum Tool {
+    /// `overlay id [--name NAME]`.
+    Id {
+        data_dir: PathBuf,
+        name: Option<String>,
+    },
+    /// `overlay controller init [--root-key PATH]`.
+    ControllerInit {
+        data_dir: PathBuf,
+        root_key: Option<PathBuf>,
+    },
+    /// `overlay token create`.
+    TokenCreate {
+        data_dir: PathBuf,
+        name: String,
+        ttl: String,
+        replace: bool,
+        controller_url: Option<String>,
+    },
+    /// `overlay revoke NAME --reason TEXT`.
+    Revoke {
+        data_dir: PathBuf,
+        name: String,
+        reason: String,
+        controller_url: Option<String>,
+    },
+}
+
+impl Tool {
+    /// The command line as a tool, if it is one; the error is for the user, as one line.
+    pub fn from_cli(cli: &Cli) -> Option<Result<Tool, String>> {
+        let data_dir = cli.data_dir.clone();
+        let url = |u: &Option<String>| -> Result<Option<String>, String> {
+            u.as_deref()
+                .map(|u| check_url("--controller-url", u))
+                .transpose()
+        };
+        let tool = match &cli.command {
+            Command::Controller(ControllerArgs {
+                command: Some(ControllerCommand::Init(a)),
+                ..
+            }) => Ok(Tool::ControllerInit {
+                data_dir,
+                root_key: a.root_key.clone(),
+            }),
+            Command::Id(a) => match &a.name {
+                Some(n) if !is_file_safe(n) => Err(format!(
+                    "--name: `{n}` is not a user name (letters, digits, `-`, `_` and `.`)"
+                )),
+                name => Ok(Tool::Id {
+                    data_dir,
+                    name: name.clone(),
+                }),
+            },
+            Command::Token(TokenCommand::Create(a)) => humantime::parse_duration(a.ttl.trim())
+                .map_err(|e| format!("--ttl `{}`: {e}; write e.g. 30m, 24h or 7d", a.ttl))
+                .and_then(|_| {
+                    Ok(Tool::TokenCreate {
+                        data_dir,
+                        name: a.name.clone(),
+                        ttl: a.ttl.trim().to_string(),
+                        replace: a.replace,
+                        controller_url: url(&a.controller_url)?,
+                    })
+                }),
+            Command::Revoke(a) => url(&a.controller_url).map(|controller_url| Tool::Revoke {
+                data_dir,
+                name: a.name.clone(),
+                reason: a.reason.clone(),
+                controller_url,
+            }),
+            _ => return None,
+        };
+        Some(tool)
+    }
+
+    /// The controller URL still to be taken from the config (the flag was not given).
+    pub fn missing_controller_url(&mut self) -> Option<&mut Option<String>> {
+        match self {
+            Tool::TokenCreate { controller_url, .. } | Tool::Revoke { controller_url, .. }
+                if controller_url.is_none() =>
+            {
+                Some(controller_url)
+            }
+            _ => None,
+        }
+    }
+
+    /// What the tool would do, for `--check`.
+    pub fn describe(&self) -> String {
+        match self {
+            Tool::Id { name: None, .. } => "print the controller's root fingerprint".into(),
+            Tool::Id { name: Some(n), .. } => format!("print the fingerprint of {n}'s proxy key"),
+            Tool::ControllerInit { data_dir, .. } => {
+                format!(
+                    "make the controller's missing keys in {}",
+                    data_dir.display()
+                )
+            }
+            Tool::TokenCreate {
+                name,
+                controller_url,
+                ..
+            } => format!(
+                "ask the controller at {} for a join token for {name}",
+                controller_url.as_deref().unwrap_or("?")
+            ),
+            Tool::Revoke {
+                name,
+                controller_url,
+                ..
+            } => format!(
+                "ask the controller at {} to revoke the key of {name}",
+                controller_url.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+}
+
+/// A name that can be part of a file name in the data directory (`proxy-NAME.key`).
+fn is_file_safe(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Applies `--controller-root` / `--join` to `s` (a bad value is one line naming the flag and
+/// the expected form, never echoing a token) and answers the files to read at start.
+fn apply_trust(s: &mut ProxySettings, t: &TrustArgs) -> Result<TrustFiles, String> {
+    if let Some(fp) = &t.controller_root {
+        s.root = Some(
+            crate::trust::Fingerprint::parse(fp.trim())
+                .map_err(|e| format!("--controller-root (or OVERLAY_CONTROLLER_ROOT): {e}"))?,
+        );
+    }
+    if let Some(token) = &t.join {
+        s.join = Some(
+            crate::trust::JoinToken::parse(token.trim())
+                .map_err(|e| format!("--join (or OVERLAY_JOIN_TOKEN): {e}"))?,
+        );
+    }
+    Ok(TrustFiles {
+        root: t.controller_root_file.clone(),
+        join: t.join_file.clone(),
+    })
 }
 
 fn check_url(flag: &str, url: &str) -> Result<String, String> {
@@ -172,7 +451,19 @@ impl Plan {
                 let listen = config.controller.listen;
                 let mut settings = config.controller_settings(&data_dir);
                 settings.workers = workers;
-                Plan::Controller { settings, listen }
+                let provision = a.provision_dir.as_ref().map(|dir| Provision {
+                    dir: dir.clone(),
+                    names: config
+                        .instances
+                        .iter()
+                        .map(|i| i.name.to_string())
+                        .collect(),
+                });
+                Plan::Controller {
+                    settings,
+                    listen,
+                    provision,
+                }
             }
             Command::Proxy(a) => {
                 let name = config.instance(&a.name)?.name.to_string();
@@ -189,9 +480,11 @@ impl Plan {
                     s.peer_url = check_url("--peer-url", u)?;
                 }
                 s.workers = workers;
+                let files = apply_trust(&mut s, &a.trust)?;
                 Plan::Proxy {
                     settings: s,
                     listen,
+                    files,
                 }
             }
             Command::Peer(a) => {
@@ -217,7 +510,8 @@ impl Plan {
                             p.peer_url = format!("http://{adv}");
                         }
                         p.workers = workers;
-                        Some((p, inst.proxy.listen))
+                        let files = apply_trust(&mut p, &a.trust)?;
+                        Some((p, inst.proxy.listen, files))
                     }
                 };
                 Plan::Peer {
@@ -240,14 +534,31 @@ impl Plan {
                     workers,
                 }
             }
+            Command::Id(_) | Command::Token(_) | Command::Revoke(_) => {
+                return Err("this command starts no server (see Tool::from_cli)".into())
+            }
         })
     }
 
     /// One line per server this plan would start, for `--check`.
     pub fn describe(&self) -> Vec<String> {
         match self {
-            Plan::Controller { listen, .. } => vec![format!("controller on {listen}")],
-            Plan::Proxy { settings, listen } => vec![format!(
+            Plan::Controller {
+                listen, provision, ..
+            } => {
+                let mut lines = vec![format!("controller on {listen}")];
+                if let Some(p) = provision {
+                    lines.push(format!(
+                        "provisioning of {} into {}",
+                        p.names.join(", "),
+                        p.dir.display()
+                    ));
+                }
+                lines
+            }
+            Plan::Proxy {
+                settings, listen, ..
+            } => vec![format!(
                 "proxy {} on {listen} (advertised as {}, controller {}, peer {})",
                 settings.name, settings.advertise, settings.controller_url, settings.peer_url
             )],
@@ -260,7 +571,7 @@ impl Plan {
                     "peer {} on {listen} (proxy {})",
                     settings.name, settings.proxy_url
                 )];
-                if let Some((p, l)) = proxy {
+                if let Some((p, l, _)) = proxy {
                     lines.push(format!(
                         "proxy {} on {l} (advertised as {}, controller {})",
                         p.name, p.advertise, p.controller_url

@@ -10,6 +10,7 @@
 //!
 //! Modules:
 //! - [`cli`]: the command line (`controller | proxy | peer | up`), turned into checked settings.
+//! - [`admin_client`]: the admin commands (`id`, `controller init`, `token create`, `revoke`).
 //! - [`config`]: `config.yaml` parsed, validated and split into per-role settings.
 //! - [`wire`]: the serde types that cross process boundaries, and nothing else.
 //! - [`controller`], [`proxy`], [`peer`]: one folder per role, each with `run()` as its door.
@@ -45,6 +46,7 @@
 //! | peer | `ChatStore` (peer/store/reads.rs), a SyncArbiter | GetPage, GetHistory, ListConversations, ListUnsent | — |
 //! | peer | `Updates` (peer/updates.rs) | Subscribe, Publish, CountClients, `Applied` (from the WriteQueue) | open pages over SSE |
 
+pub mod admin_client;
 pub mod cli;
 pub mod config;
 pub mod controller;

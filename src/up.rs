@@ -4,13 +4,15 @@
 //! Owns the order of start-up (bind every listener first, so port 0 works and a taken port
 //! fails before anything runs; then the controller, the proxies, the peers), the table of URLs
 //! printed for the user, and the clean shutdown on Ctrl-C / SIGTERM. The roles themselves are
-//! started through their own `start()`; nothing here knows their insides.
+//! started through their own `start()`; nothing here knows their insides. Also the trust
+//! plumbing around them: a proxy's `--join-file` / `--controller-root-file` (waited for), and
+//! the controller's `--provision-dir`, which writes those files for the config's users.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
-use crate::cli::Plan;
-use crate::config::{reachable, Config};
+use crate::cli::{Plan, Provision, TrustFiles};
+use crate::config::{reachable, Config, ProxySettings};
 use crate::web::{bind, Running};
 use crate::{controller, peer, proxy};
 
@@ -39,16 +41,26 @@ pub async fn serve(plan: Plan, data_dir: PathBuf) -> anyhow::Result<()> {
 /// Binds every listener of the plan, then starts its servers: controller, proxies, peers.
 pub async fn start(plan: Plan) -> anyhow::Result<Vec<Running>> {
     match plan {
-        Plan::Controller { settings, listen } => {
+        Plan::Controller {
+            settings,
+            listen,
+            provision,
+        } => {
             let l = bind("the controller", listen, "controller.listen")?;
-            Ok(vec![controller::start(settings, l).await?])
+            let (running, handle) = controller::start_with_handle(settings, l).await?;
+            if let Some(p) = provision {
+                provision_dir(&handle, &p).await?;
+            }
+            Ok(vec![running])
         }
         Plan::Proxy {
             mut settings,
             listen,
+            files,
         } => {
             let l = bind(&format!("proxy {}", settings.name), listen, "proxy.listen")?;
             fix_port_zero(&mut settings.advertise, l.local_addr()?);
+            read_trust_files(&mut settings, &files).await?;
             Ok(vec![proxy::start(settings, l).await?])
         }
         Plan::Peer {
@@ -59,8 +71,9 @@ pub async fn start(plan: Plan) -> anyhow::Result<Vec<Running>> {
             let peer_l = bind(&format!("peer {}", settings.name), listen, "peer.listen")?;
             let peer_addr = peer_l.local_addr()?;
             let mut servers = Vec::new();
-            if let Some((mut p, proxy_listen)) = proxy {
+            if let Some((mut p, proxy_listen, files)) = proxy {
                 let proxy_l = bind(&format!("proxy {}", p.name), proxy_listen, "proxy.listen")?;
+                read_trust_files(&mut p, &files).await?;
                 let proxy_addr = proxy_l.local_addr()?;
                 fix_port_zero(&mut p.advertise, proxy_addr);
                 fix_port_zero(&mut p.peer_url, peer_addr);
@@ -139,7 +152,10 @@ pub async fn start_all(
 /// controller's root, and one that has not joined gets a join token (as `overlay token create`
 /// makes), so no manual step is needed. A proxy whose key file was lost gets a replace token;
 /// a revoked one gets nothing (revocation stands until an admin makes a replace token).
-async fn provision(handle: &controller::Handle, ps: &mut crate::config::ProxySettings) -> anyhow::Result<()> {
+async fn provision(
+    handle: &controller::Handle,
+    ps: &mut crate::config::ProxySettings,
+) -> anyhow::Result<()> {
     use controller::registry::{IssueToken, Pinned};
     ps.root = Some(handle.root.clone());
     let name = ps.name.to_string();
@@ -176,6 +192,108 @@ async fn provision(handle: &controller::Handle, ps: &mut crate::config::ProxySet
         .map_err(|e| anyhow::anyhow!("a join token for {name}: {e}"))?;
     ps.join = Some(issued.token);
     Ok(())
+}
+
+/// `overlay controller --provision-dir DIR`: the controller writes `DIR/root.fingerprint` and,
+/// for each user of the config whose proxy has not joined, a join token `DIR/NAME.join` (0600,
+/// valid 1 h), which that proxy reads with `--join-file` (docker-compose's shared volume). A
+/// joined or revoked name gets no new token: its file, if any, is left as it is.
+async fn provision_dir(handle: &controller::Handle, p: &Provision) -> anyhow::Result<()> {
+    use crate::trust::private_file;
+    use controller::registry::{IssueToken, Pinned};
+    let fp_path = p.dir.join("root.fingerprint");
+    private_file::replace(&fp_path, format!("{}\n", handle.root).as_bytes(), 0o644)
+        .map_err(|e| anyhow::anyhow!("--provision-dir: {e}"))?;
+    for name in &p.names {
+        if handle
+            .registry
+            .send(Pinned { name: name.clone() })
+            .await?
+            .is_some()
+        {
+            continue;
+        }
+        let issued = handle
+            .registry
+            .send(IssueToken {
+                name: name.clone(),
+                ttl: std::time::Duration::from_secs(3600),
+                replace: false,
+                source: "provision-dir".into(),
+            })
+            .await?
+            .map_err(|e| anyhow::anyhow!("--provision-dir: a join token for {name}: {e}"))?;
+        let path = p.dir.join(format!("{name}.join"));
+        private_file::replace(&path, format!("{}\n", issued.token).as_bytes(), 0o600)
+            .map_err(|e| anyhow::anyhow!("--provision-dir: {e}"))?;
+        log::info!(
+            "wrote a join token for {name} to {} (valid 1 h)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// How long `--join-file` / `--controller-root-file` wait for their file to appear.
+const TRUST_FILE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const TRUST_FILE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Reads `--controller-root-file` and `--join-file` into `ps`. A missing file is waited for
+/// (it comes from another container: the controller's `--provision-dir`), polled every
+/// 200 ms for up to 60 s.
+async fn read_trust_files(ps: &mut ProxySettings, files: &TrustFiles) -> anyhow::Result<()> {
+    if let Some(path) = &files.root {
+        let text = wait_for_file(path, "--controller-root-file", |p| {
+            std::fs::read_to_string(p).map_err(|e| (e.kind(), e.to_string()))
+        })
+        .await?;
+        ps.root = Some(
+            crate::trust::Fingerprint::parse(text.trim())
+                .map_err(|e| anyhow::anyhow!("--controller-root-file {}: {e}", path.display()))?,
+        );
+    }
+    if let Some(path) = &files.join {
+        let bytes = wait_for_file(path, "--join-file", |p| {
+            crate::trust::private_file::read(p, 1024).map_err(|e| match &e {
+                crate::trust::KeyError::Io { source, .. } => (source.kind(), e.to_string()),
+                _ => (std::io::ErrorKind::Other, e.to_string()),
+            })
+        })
+        .await?;
+        let text = String::from_utf8_lossy(&bytes);
+        ps.join = Some(
+            crate::trust::JoinToken::parse(text.trim())
+                .map_err(|e| anyhow::anyhow!("--join-file {}: {e}", path.display()))?,
+        );
+    }
+    Ok(())
+}
+
+/// `read(path)`, retried while the file does not exist (logged once), up to [`TRUST_FILE_WAIT`].
+async fn wait_for_file<T>(
+    path: &Path,
+    flag: &str,
+    read: impl Fn(&Path) -> Result<T, (std::io::ErrorKind, String)>,
+) -> anyhow::Result<T> {
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match read(path) {
+            Ok(v) => return Ok(v),
+            Err((std::io::ErrorKind::NotFound, _)) if started.elapsed() < TRUST_FILE_WAIT => {
+                if !told {
+                    log::info!(
+                        "{flag}: waiting for {} to appear (up to {} s)",
+                        path.display(),
+                        TRUST_FILE_WAIT.as_secs()
+                    );
+                    told = true;
+                }
+                actix_rt::time::sleep(TRUST_FILE_POLL).await;
+            }
+            Err((_, e)) => anyhow::bail!("{flag} {}: {e}", path.display()),
+        }
+    }
 }
 
 /// An address or URL whose port is 0 gets the port actually bound.

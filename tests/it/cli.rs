@@ -182,7 +182,7 @@ fn help_describes_every_flag_of_every_command() {
         assert!(top.contains(needle), "overlay --help lacks {needle}: {top}");
     }
     let expected: &[(&str, &[&str])] = &[
-        ("controller", &["--listen"]),
+        ("controller", &["--listen", "--provision-dir"]),
         (
             "proxy",
             &[
@@ -191,6 +191,10 @@ fn help_describes_every_flag_of_every_command() {
                 "--advertise",
                 "--controller-url",
                 "--peer-url",
+                "--controller-root",
+                "--controller-root-file",
+                "--join",
+                "--join-file",
             ],
         ),
         (
@@ -203,9 +207,13 @@ fn help_describes_every_flag_of_every_command() {
                 "--proxy-listen",
                 "--proxy-advertise",
                 "--controller-url",
+                "--controller-root",
+                "--join-file",
             ],
         ),
         ("up", &["--host"]),
+        ("id", &["--name"]),
+        ("revoke", &["--reason", "--controller-url"]),
     ];
     for (cmd, flags) in expected {
         let out = run(&[cmd, "--help"]);
@@ -424,5 +432,301 @@ fn every_docker_compose_service_runs_a_valid_overlay_command() {
             published.iter().any(|p| p.ends_with(&format!(":{port}"))),
             "port {port} is published: {published:?}"
         );
+    }
+}
+
+/// `overlay --data-dir DIR ARGS...`, without a config file (the tools need none).
+fn run_in(data: &Path, args: &[&str]) -> Output {
+    overlay()
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("overlay runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The `sha256:…` word of `text`.
+fn fingerprint_in(text: &str) -> String {
+    text.split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("no fingerprint in {text}"))
+        .to_string()
+}
+
+#[test]
+fn controller_init_is_idempotent_and_id_prints_its_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let before = run_in(&data, &["id"]);
+    assert_eq!(before.status.code(), Some(1));
+    assert!(
+        stderr(&before).contains("overlay controller init"),
+        "{}",
+        stderr(&before)
+    );
+
+    let first = run_in(&data, &["controller", "init"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let text = stdout(&first);
+    assert!(
+        text.contains("controller-root.key") && text.contains("offline"),
+        "{text}"
+    );
+    assert!(text.contains("--controller-root"), "{text}");
+    let fp = fingerprint_in(&text);
+
+    let second = run_in(&data, &["controller", "init"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stdout(&second).contains("nothing to do"),
+        "{}",
+        stdout(&second)
+    );
+    assert_eq!(fingerprint_in(&stdout(&second)), fp);
+
+    let id = run_in(&data, &["id"]);
+    assert!(id.status.success(), "{}", stderr(&id));
+    assert_eq!(stdout(&id).trim(), fp);
+}
+
+#[test]
+fn id_with_a_name_makes_a_private_key_and_never_prints_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run_in(&data, &["id", "--name", "alice"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = data.join("proxy-alice.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let line = stdout(&out);
+    assert!(
+        line.trim().starts_with("sha256:") && line.trim().lines().count() == 1,
+        "{line}"
+    );
+    assert!(
+        stderr(&out).contains("proxy-alice.key"),
+        "says it made the key"
+    );
+    let text = std::fs::read_to_string(&key).unwrap();
+    let seed = text
+        .lines()
+        .nth(1)
+        .expect("the key file's seed line")
+        .trim();
+    assert!(seed.len() >= 40, "{seed}");
+    let again = run_in(&data, &["id", "--name", "alice"]);
+    assert_eq!(stdout(&again), line, "the same key, not a new one");
+    for o in [&out, &again] {
+        assert!(!stdout(o).contains(seed) && !stderr(o).contains(seed));
+    }
+}
+
+#[test]
+fn a_world_readable_proxy_key_stops_the_proxy_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(run_in(&data, &["id", "--name", "alice"]).status.success());
+    let key = data.join("proxy-alice.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = port_zero_config(dir.path());
+    let out = run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "proxy",
+        "--name",
+        "alice",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_bad_controller_root_or_join_token_is_refused_naming_the_flag() {
+    let out = run(&[
+        "--config",
+        SHIPPED,
+        "--check",
+        "proxy",
+        "--name",
+        "alice",
+        "--controller-root",
+        "nonsense",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--controller-root") && err.contains("sha256:"),
+        "{err}"
+    );
+    let secret = "zzzzzzzzzzzzzzzzzzzzzzzzz";
+    let out = run(&[
+        "--config", SHIPPED, "--check", "peer", "--name", "alice", "--join", secret,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("--join") && !err.contains(secret), "{err}");
+    let out = run(&[
+        "--config",
+        SHIPPED,
+        "--check",
+        "peer",
+        "--name",
+        "alice",
+        "--proxy-url",
+        "http://127.0.0.1:1",
+        "--controller-root-file",
+        "/x",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the remote proxy has its own root"
+    );
+}
+
+#[test]
+fn token_create_and_revoke_talk_to_a_running_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = port_zero_config(dir.path());
+    let mut child = overlay()
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--data-dir", data.to_str().unwrap(), "controller"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rows = read_url_table(&mut child);
+    let url = rows
+        .iter()
+        .find(|(l, _)| l == "controller")
+        .map(|(_, u)| u.clone())
+        .expect("the controller's URL");
+    let tool = |args: &[&str]| {
+        overlay()
+            .args(["--config", config.to_str().unwrap()])
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(args)
+            .args(["--controller-url", &url])
+            .output()
+            .unwrap()
+    };
+    let out = tool(&["token", "create", "--name", "alice", "--ttl", "2h"]);
+    let text = stdout(&out);
+    let fp = std::fs::read_to_string(data.join("root.fingerprint")).unwrap();
+    // Checked with the controller still running; it is stopped whatever the outcome.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(out.status.success(), "{}", stderr(&out));
+        let token = text
+            .lines()
+            .find_map(|l| l.strip_prefix("join token for alice: "))
+            .unwrap_or_else(|| panic!("{text}"));
+        overlay::trust::JoinToken::parse(token.trim()).expect("a join token");
+        let command = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("overlay peer"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            command.contains(&format!("--controller-root {}", fp.trim()))
+                && command.contains(&format!("--controller-url {url}"))
+                && command.contains(&format!("--join {}", token.trim())),
+            "{command}"
+        );
+
+        let revoked = tool(&["revoke", "bob", "--reason", "lost laptop"]);
+        assert_eq!(revoked.status.code(), Some(1));
+        assert!(
+            stderr(&revoked).contains("the controller refused"),
+            "{}",
+            stderr(&revoked)
+        );
+
+        // A wrong admin token file: the controller's 401 message.
+        let admin = data.join("admin.token");
+        let real = std::fs::read(&admin).unwrap();
+        std::fs::remove_file(&admin).unwrap();
+        overlay::trust::private_file::create(&admin, b"wrong-wrong-wrong-wrong-wrong\n").unwrap();
+        let refused = tool(&["token", "create", "--name", "bob"]);
+        std::fs::remove_file(&admin).unwrap();
+        overlay::trust::private_file::create(&admin, &real).unwrap();
+        assert_eq!(refused.status.code(), Some(1));
+        let err = stderr(&refused);
+        assert!(
+            err.contains("401") && err.contains("admin token is wrong"),
+            "{err}"
+        );
+    }));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn tools_say_when_the_controller_is_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    overlay::controller::trust::load(&data).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = run_in(
+        &data,
+        &["revoke", "alice", "--reason", "x", "--controller-url", &url],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "cannot reach the controller at {url}: is it running?"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn provision_dir_gets_the_root_and_a_private_join_token_per_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let provision = dir.path().join("provision");
+    std::fs::create_dir(&provision).unwrap();
+    let config = port_zero_config(dir.path());
+    let mut child = overlay()
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--data-dir", data.to_str().unwrap(), "controller"])
+        .args(["--provision-dir", provision.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The table is printed after provisioning.
+    let rows = read_url_table(&mut child);
+    let result = std::panic::catch_unwind(|| {
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let root = std::fs::read_to_string(provision.join("root.fingerprint")).unwrap();
+        let expected = std::fs::read_to_string(data.join("root.fingerprint")).unwrap();
+        assert_eq!(root.trim(), expected.trim());
+        for name in ["behrooz", "alice", "bob", "BOT"] {
+            let path = provision.join(format!("{name}.join"));
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+            let text = std::fs::read_to_string(&path).unwrap();
+            overlay::trust::JoinToken::parse(text.trim()).expect("a join token");
+        }
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
     }
 }
