@@ -188,7 +188,7 @@ pub fn proxy_row(p: &ProxyView) -> Markup {
                     span.addr { (p.host) ":" (p.port) }
                     span.seen title="last sign of life" { "seen " span.ago { (ago(p.age_secs)) } }
                     span class=(badge_class(p.badge)) { (p.badge.as_str()) }
-                    span class={ "state st-" (p.trust) } title=(proxy_trust_title(p)) { (p.trust) }
+                    span class={ "state st-" (p.trust) } title=(proxy_trust_title(p)) { "key " (p.trust) }
                     @if p.behind() {
                         span.state.st-behind title=(behind_text(p)) { "behind" }
                     }
@@ -526,8 +526,8 @@ fn audit_table(audit: &[AuditEntry]) -> Markup {
                                 td.nowrap { (time(e.at_ms)) }
                                 td { span class={ "kind k-" (e.kind) } { (e.kind) } }
                                 td.ep-name { (e.name) }
-                                td.muted { (e.source) }
-                                td { (e.detail) }
+                                td.muted.source { (e.source) }
+                                td.detail { (e.detail) }
                             }
                         }
                     }
@@ -704,7 +704,7 @@ mod tests {
         assert!(html.contains("acknowledged version 5 of 7"), "{html}");
         let row = proxy_row(&v).into_string();
         assert!(
-            row.contains("st-behind") && row.contains(">active<"),
+            row.contains("st-behind") && row.contains(">key active<"),
             "{row}"
         );
         assert!(!proxy_row(&view()).into_string().contains("st-behind"));
