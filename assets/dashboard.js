@@ -283,7 +283,7 @@
 
   function refusal(res) {
     var m = (res.body && res.body.message) || "refused";
-    if (res.status === 401) m += " (check the admin token)";
+    if (res.status === 401 && m.indexOf("admin token") < 0) m += " (check the admin token)";
     return m;
   }
 
