@@ -1,6 +1,9 @@
-// overlay dashboard: live updates over SSE, table edits, proxy removal.
+// overlay dashboard: live updates over SSE, table edits, proxy removal, and the trust sections
+// (users, join tokens, audit log) with their admin actions.
 // Rows are rendered by the server (one renderer); this file only swaps them in, keeps an editor
-// the user is typing in, and keeps "last seen" ticking.
+// the user is typing in, and keeps "last seen" ticking. The trust parts (`[data-trust]`) are
+// re-fetched from `GET /` when the audit log grows. The admin token stays in this tab's
+// sessionStorage; a created join token is shown once and kept nowhere.
 (function () {
   "use strict";
   var list = document.getElementById("proxies");
@@ -193,6 +196,7 @@
       if (r) r.remove();
       refresh();
     });
+    es.addEventListener("audit", function () { reloadTrust(); });
     es.addEventListener("seen", function (e) {
       var d = JSON.parse(e.data);
       var r = document.getElementById("proxy-" + d.id);
@@ -201,6 +205,151 @@
     });
   }
 
+  // ---- trust ----
+
+  var TOKEN_KEY = "overlay.adminToken";
+  var adminInput = document.getElementById("admin-token");
+  var reloading = null;
+  var reloadAgain = false;
+
+  function storage() {
+    try { return window.sessionStorage; } catch (e) { return null; }
+  }
+
+  if (adminInput) {
+    var st = storage();
+    if (st && st.getItem(TOKEN_KEY)) adminInput.value = st.getItem(TOKEN_KEY);
+    adminInput.addEventListener("input", function () {
+      var s = storage();
+      if (!s) return;
+      var v = adminInput.value.trim();
+      if (v) s.setItem(TOKEN_KEY, v); else s.removeItem(TOKEN_KEY);
+    });
+  }
+
+  function localTimes(root) {
+    var ts = (root || document).querySelectorAll("time[data-ms]");
+    for (var i = 0; i < ts.length; i++) {
+      var ms = Number(ts[i].getAttribute("data-ms"));
+      if (ms) ts[i].textContent = new Date(ms).toLocaleString();
+    }
+  }
+
+  // Fetch the page again and swap in every `[data-trust]` part (one at a time; a request
+  // arriving meanwhile runs once more afterwards).
+  function reloadTrust() {
+    if (reloading) { reloadAgain = true; return reloading; }
+    reloading = fetch("/", { cache: "no-store" })
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var parts = doc.querySelectorAll("[data-trust][id]");
+        for (var i = 0; i < parts.length; i++) {
+          var cur = document.getElementById(parts[i].id);
+          if (cur) cur.replaceWith(document.importNode(parts[i], true));
+        }
+        localTimes(document);
+      })
+      .catch(function () { /* the next event tries again */ })
+      .then(function () {
+        reloading = null;
+        if (reloadAgain) { reloadAgain = false; reloadTrust(); }
+      });
+    return reloading;
+  }
+
+  function admin(url, body) {
+    var token = adminInput ? adminInput.value.trim() : "";
+    if (!token) {
+      return Promise.resolve({ ok: false, body: { message: "Paste the admin token first (from admin.token in the controller's data directory)" } });
+    }
+    return fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token },
+      body: JSON.stringify(body)
+    }).then(function (r) {
+      return r.json().catch(function () { return { status: "error", message: "HTTP " + r.status }; })
+        .then(function (j) { return { ok: r.ok, status: r.status, body: j }; });
+    }).catch(function (e) {
+      return { ok: false, body: { message: "Could not reach the controller: " + e.message } };
+    });
+  }
+
+  function tell(el, text, kind) {
+    if (!el) return;
+    el.textContent = text;
+    el.className = "admin-msg" + (kind ? " " + kind : "");
+  }
+
+  function refusal(res) {
+    var m = (res.body && res.body.message) || "refused";
+    if (res.status === 401 && m.indexOf("admin token") < 0) m += " (check the admin token)";
+    return m;
+  }
+
+  var form = document.getElementById("token-form");
+  var created = document.getElementById("token-created");
+  var tokenMsg = document.getElementById("token-msg");
+  if (form) {
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var name = form.elements.namedItem("name").value.trim();
+      var body = { name: name, ttl: form.elements.namedItem("ttl").value, replace: form.elements.namedItem("replace").checked };
+      tell(tokenMsg, "Creating…", "");
+      if (created) created.hidden = true;
+      admin("/api/v1/admin/tokens", body).then(function (res) {
+        if (!res.ok) { tell(tokenMsg, refusal(res), "bad"); return; }
+        var t = res.body;
+        tell(tokenMsg, "Created a token for " + t.name + ", valid until " + new Date(t.expires_at_ms).toLocaleString() + ".", "ok");
+        document.getElementById("created-token").textContent = t.token;
+        document.getElementById("created-command").textContent =
+          "overlay peer --name " + t.name + " --controller-url " + location.origin +
+          " --controller-root " + t.root + " --join " + t.token;
+        if (created) created.hidden = false;
+        form.reset();
+        reloadTrust();
+      });
+    });
+  }
+
+  document.addEventListener("click", function (ev) {
+    var t = ev.target;
+    if (!t || !t.classList) return;
+    if (t.classList.contains("copy")) {
+      var src = document.getElementById(t.getAttribute("data-copy"));
+      if (!src) return;
+      var done = function () { t.textContent = "Copied"; setTimeout(function () { t.textContent = "Copy"; }, 1500); };
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(src.textContent).then(done, function () { selectText(src); });
+      } else {
+        selectText(src);
+        try { if (document.execCommand("copy")) done(); } catch (e) { /* selected: copy by hand */ }
+      }
+    } else if (t.classList.contains("revoke")) {
+      var name = t.getAttribute("data-name");
+      var msg = document.getElementById("users-msg");
+      var reason = window.prompt("Revoke the key of " + name + "?\nMessages from it will be refused everywhere; " +
+        "it can join again only with a token that may replace its key.\n\nReason (kept in the audit log):");
+      if (reason === null) return;
+      reason = reason.trim();
+      if (!reason) { tell(msg, "A reason is needed; nothing was revoked.", "bad"); return; }
+      tell(msg, "Revoking " + name + "…", "");
+      admin("/api/v1/admin/revoke", { name: name, reason: reason }).then(function (res) {
+        if (res.ok) { tell(msg, "Revoked " + name + ".", "ok"); reloadTrust(); }
+        else tell(msg, refusal(res) + ". Nothing was changed.", "bad");
+      });
+    }
+  });
+
+  function selectText(el) {
+    var r = document.createRange();
+    r.selectNodeContents(el);
+    var sel = window.getSelection();
+    sel.removeAllRanges();
+    sel.addRange(r);
+  }
+
+  localTimes(document);
   refresh();
   setInterval(tick, 1000);
   connect();

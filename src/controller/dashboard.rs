@@ -6,16 +6,30 @@
 //! and whether the proxy has the key, as the proxy reported it (for a proxy that does not
 //! report, whether the variable is set in the controller's environment, labelled as such).
 //! Does no I/O.
+//!
+//! Trust (issue #14): the root fingerprint and directory version, notices (users without a
+//! pinned key, proxies behind, revocations), every directory user, open join tokens (id, name,
+//! expiry: never a secret, which the controller does not have) and the newest audit entries.
+//! Each trust part carries `data-trust` and an id: the script re-fetches `GET /` and swaps
+//! those parts in when the audit log grows. The admin forms call the admin API from the
+//! script, with the admin token the user typed (kept in the tab's sessionStorage only).
 
 use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
 
 use maud::{html, Markup};
 
 use crate::layout::layout;
 
 use crate::wire::control_plane::{Endpoint, EndpointTable};
+use crate::wire::directory::{UserEntry, UserState};
 
 use super::liveness::Badge;
+use super::registry::TrustView;
+use super::store::{AuditEntry, TokenRecord};
+
+/// How many audit entries the page shows (newest first).
+pub const AUDIT_ON_PAGE: usize = 50;
 
 /// Whether an AI endpoint's key is there (never the key), and who says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +78,10 @@ pub struct ProxyView {
 impl ProxyView {
     /// It acknowledged a directory version older than the newest (or none while joined).
     pub fn behind(&self) -> bool {
-        self.trust == "active" && self.applied_version.is_none_or(|v| v < self.current_version)
+        self.trust == "active"
+            && self
+                .applied_version
+                .is_none_or(|v| v < self.current_version)
     }
 }
 
@@ -79,7 +96,12 @@ impl ProxyView {
 }
 
 /// The whole page at `GET /`.
-pub fn page(proxies: &[ProxyView], instances: usize, ai_endpoints: usize) -> Markup {
+pub fn page(
+    proxies: &[ProxyView],
+    trust: &TrustView,
+    instances: usize,
+    ai_endpoints: usize,
+) -> Markup {
     layout(
         "overlay · controller",
         "/assets/dashboard.css",
@@ -101,11 +123,18 @@ pub fn page(proxies: &[ProxyView], instances: usize, ai_endpoints: usize) -> Mar
                     }
                 }
                 main.dash-main {
+                    (root_strip(trust))
+                    (notices(proxies, trust))
+                    h2.section-title { "Proxies" }
                     p #empty.empty hidden[!proxies.is_empty()] {
                         "No proxy has registered yet. Start one with "
                         code { "overlay proxy --name NAME" } " or " code { "overlay up" } "."
                     }
                     div #proxies.proxies { (proxy_rows(proxies)) }
+                    (admin_bar())
+                    (users_panel(trust))
+                    (tokens_panel(trust))
+                    (audit_panel(trust))
                 }
                 footer.dash-footer {
                     "Tables are deep-merged on edit; set an entry to " code { "null" } " to remove it. "
@@ -159,6 +188,10 @@ pub fn proxy_row(p: &ProxyView) -> Markup {
                     span.addr { (p.host) ":" (p.port) }
                     span.seen title="last sign of life" { "seen " span.ago { (ago(p.age_secs)) } }
                     span class=(badge_class(p.badge)) { (p.badge.as_str()) }
+                    span class={ "state st-" (p.trust) } title=(proxy_trust_title(p)) { "key " (p.trust) }
+                    @if p.behind() {
+                        span.state.st-behind title=(behind_text(p)) { "behind" }
+                    }
                 }
                 button.remove type="button" title="remove this proxy from the registry" { "Remove" }
             }
@@ -234,6 +267,270 @@ fn key_cell(env: Option<&str>, file: Option<&str>, status: Option<&KeyStatus>) -
                     span.muted title="this proxy did not report this endpoint's key" { "not reported" }
                 } @else {
                     span.muted { "none" }
+                }
+            }
+        }
+    }
+}
+
+fn proxy_trust_title(p: &ProxyView) -> String {
+    match &p.fingerprint {
+        Some(fp) => format!("its user's state in the directory; key {fp}"),
+        None => "its user's state in the directory; no key pinned".to_string(),
+    }
+}
+
+/// `acknowledged version N of M` (or none yet).
+fn behind_text(p: &ProxyView) -> String {
+    match p.applied_version {
+        Some(v) => format!("acknowledged version {v} of {}", p.current_version),
+        None => format!("acknowledged no version yet of {}", p.current_version),
+    }
+}
+
+/// `2026-11-30 23:35:47 UTC` (the script shows it in local time).
+pub fn utc(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replacen('T', " ", 1)
+        .replace('Z', " UTC")
+}
+
+fn time(ms: u64) -> Markup {
+    html! { time data-ms=(ms) title=(utc(ms)) { (utc(ms)) } }
+}
+
+/// The root fingerprint (full, selectable) and the directory version.
+pub fn root_strip(trust: &TrustView) -> Markup {
+    html! {
+        section #trust-root.root-strip data-trust {
+            div.root-fp {
+                span.label { "Controller root" }
+                code.fp.select-all #root-fp { (trust.root) }
+                span.hint { "Proxies pin it with " code { "--controller-root" } " (or " code { "controller.root" } " in config.yaml)." }
+            }
+            div.root-version {
+                span.label { "Directory version" }
+                b #dir-version { (trust.version) }
+            }
+        }
+    }
+}
+
+/// What needs attention: users without a pinned key, proxies behind, revoked users.
+pub fn notices(proxies: &[ProxyView], trust: &TrustView) -> Markup {
+    let legacy: Vec<&UserEntry> = trust
+        .users
+        .iter()
+        .filter(|u| u.state == UserState::Legacy)
+        .collect();
+    let behind: Vec<&ProxyView> = proxies.iter().filter(|p| p.behind()).collect();
+    let revoked: Vec<(&UserEntry, u64, &str)> = trust
+        .users
+        .iter()
+        .filter_map(|u| match &u.state {
+            UserState::Revoked { at_ms, reason } => Some((u, *at_ms, reason.as_str())),
+            _ => None,
+        })
+        .collect();
+    html! {
+        div #notices.notices data-trust {
+            @if !legacy.is_empty() {
+                div.notice.warn {
+                    b { "No pinned key: " }
+                    "these users registered before keys were pinned; they need a join token: "
+                    ul {
+                        @for u in &legacy {
+                            li { span.uname { (u.name) } ": " code.select-all { "overlay token create --name " (u.name) } }
+                        }
+                    }
+                }
+            }
+            @if !behind.is_empty() {
+                div.notice.warn {
+                    b { "Behind: " }
+                    @for (i, p) in behind.iter().enumerate() {
+                        @if i > 0 { "; " }
+                        span.uname { (p.instance_name) } " " (behind_text(p))
+                    }
+                    "."
+                }
+            }
+            @if !revoked.is_empty() {
+                div.notice.bad {
+                    b { "Revoked: " }
+                    @for (i, (u, at, reason)) in revoked.iter().enumerate() {
+                        @if i > 0 { "; " }
+                        span.uname { (u.name) } " (" (reason) ", " (time(*at)) ")"
+                    }
+                    ". Messages from their keys are refused everywhere."
+                }
+            }
+        }
+    }
+}
+
+/// A short fingerprint with the full one in its title (or a dash).
+fn fingerprint_cell(fp: Option<String>) -> Markup {
+    html! {
+        @match fp {
+            Some(full) => {
+                @let short = crate::trust::Fingerprint::parse(&full)
+                    .map(|f| f.short().to_string())
+                    .unwrap_or_else(|_| full.clone());
+                code.fp title=(full) { (short) "…" }
+            }
+            None => span.muted { "no key" },
+        }
+    }
+}
+
+fn state_badge(state: &UserState) -> Markup {
+    html! {
+        span class={ "state st-" (state.as_str()) } { (state.as_str()) }
+        @if let UserState::Revoked { at_ms, reason } = state {
+            span.revoked-why { " " (reason) " · " (time(*at_ms)) }
+        }
+    }
+}
+
+/// The admin token the forms below send (typed by the user, kept in the tab's sessionStorage).
+fn admin_bar() -> Markup {
+    html! {
+        section #admin.admin-bar {
+            label for="admin-token" { "Admin token" }
+            input #admin-token type="password" autocomplete="off" spellcheck="false" placeholder="needed to create tokens and revoke";
+            span.hint { "From " code { "admin.token" } " in the controller's data directory; kept in this tab only." }
+        }
+    }
+}
+
+/// Every directory user, with a Revoke button on active ones.
+pub fn users_panel(trust: &TrustView) -> Markup {
+    html! {
+        section #users-panel.panel {
+            h2.section-title { "Users" }
+            (users_table(trust))
+            p #users-msg.admin-msg role="status" {}
+        }
+    }
+}
+
+fn users_table(trust: &TrustView) -> Markup {
+    html! {
+        div #users data-trust {
+            @if trust.users.is_empty() {
+                p.empty { "No user in the directory yet." }
+            } @else {
+                table.grid {
+                    thead { tr { th { "Name" } th { "State" } th { "Key" } th { "Address" } th {} } }
+                    tbody {
+                        @for u in &trust.users {
+                            tr.user data-name=(u.name) {
+                                td.ep-name { (u.name) }
+                                td { (state_badge(&u.state)) }
+                                td { (fingerprint_cell(u.key.as_ref().map(|k| k.fingerprint().to_string()))) }
+                                td {
+                                    @if u.port == 0 { span.muted { "not known yet" } }
+                                    @else { code { (u.host) ":" (u.port) } }
+                                }
+                                td.actions {
+                                    @if u.state == UserState::Active {
+                                        button.revoke type="button" data-name=(u.name) title="revoke this user's key (asks for a reason)" { "Revoke" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Open join tokens (never a secret), the admin token input and the form to create one.
+pub fn tokens_panel(trust: &TrustView) -> Markup {
+    html! {
+        section #tokens-panel.panel {
+            h2.section-title { "Join tokens" }
+            form #token-form.token-form {
+                label { "Name " input name="name" required maxlength="64" autocomplete="off" placeholder="alice"; }
+                label { "Valid for "
+                    select name="ttl" {
+                        option value="1h" { "1 hour" }
+                        option value="24h" selected { "24 hours" }
+                        option value="7d" { "7 days" }
+                    }
+                }
+                label.check { input type="checkbox" name="replace"; " may replace a pinned key (lost key)" }
+                button.save type="submit" { "Create token" }
+                span #token-msg.admin-msg role="status" {}
+            }
+            div #token-created.created hidden {
+                p { b { "Shown once." } " Give it to the user over a channel you trust; it cannot be shown again." }
+                div.copy-line { code #created-token.select-all {} button.copy type="button" data-copy="created-token" { "Copy" } }
+                p.small { "They run:" }
+                div.copy-line { code #created-command.select-all {} button.copy type="button" data-copy="created-command" { "Copy" } }
+            }
+            (tokens_table(&trust.tokens))
+        }
+    }
+}
+
+fn tokens_table(tokens: &[TokenRecord]) -> Markup {
+    html! {
+        div #tokens data-trust {
+            @if tokens.is_empty() {
+                p.muted.small { "No open token." }
+            } @else {
+                table.grid {
+                    thead { tr { th { "Id" } th { "Name" } th { "Expires" } th { "Replace" } } }
+                    tbody {
+                        @for t in tokens {
+                            tr.token {
+                                td { code { (t.id) } }
+                                td.ep-name { (t.name) }
+                                td { (time(t.expires_at_ms)) }
+                                td { @if t.replace { "yes" } @else { span.muted { "no" } } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The newest [`AUDIT_ON_PAGE`] audit entries.
+pub fn audit_panel(trust: &TrustView) -> Markup {
+    html! {
+        section #audit-panel.panel {
+            h2.section-title { "Audit log" }
+            (audit_table(&trust.audit))
+        }
+    }
+}
+
+fn audit_table(audit: &[AuditEntry]) -> Markup {
+    html! {
+        div #audit data-trust {
+            @if audit.is_empty() {
+                p.muted.small { "Nothing yet." }
+            } @else {
+                table.grid.audit {
+                    thead { tr { th { "Time" } th { "Kind" } th { "Name" } th { "Source" } th { "Detail" } } }
+                    tbody {
+                        @for e in audit.iter().take(AUDIT_ON_PAGE) {
+                            tr {
+                                td.nowrap { (time(e.at_ms)) }
+                                td { span class={ "kind k-" (e.kind) } { (e.kind) } }
+                                td.ep-name { (e.name) }
+                                td.muted.source { (e.source) }
+                                td.detail { (e.detail) }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -347,8 +644,201 @@ mod tests {
 
     #[test]
     fn the_page_says_when_no_proxy_has_registered() {
-        let html = page(&[], 4, 4).into_string();
+        let html = page(&[], &trust_view(), 4, 4).into_string();
         assert!(html.contains("No proxy has registered yet"));
         assert!(!html.contains("id=\"empty\" hidden"));
+    }
+
+    fn fp() -> crate::trust::Fingerprint {
+        crate::trust::Fingerprint::parse(&format!("sha256:{}", "cd".repeat(32))).unwrap()
+    }
+
+    fn user(name: &str, state: UserState, key: bool) -> UserEntry {
+        UserEntry {
+            name: name.into(),
+            proxy_id: None,
+            key: key.then(|| crate::trust::Identity::from_seed([7; 32]).public()),
+            host: "127.0.0.1".into(),
+            port: 10001,
+            native: true,
+            state,
+        }
+    }
+
+    fn trust_view() -> TrustView {
+        TrustView {
+            root: fp(),
+            version: 12,
+            users: vec![],
+            tokens: vec![],
+            audit: vec![],
+        }
+    }
+
+    #[test]
+    fn the_page_shows_the_full_root_fingerprint_and_the_directory_version() {
+        let html = page(&[], &trust_view(), 1, 0).into_string();
+        assert!(html.contains(&fp().to_string()), "{html}");
+        assert!(html.contains("--controller-root"), "{html}");
+        assert!(html.contains("id=\"dir-version\">12<"), "{html}");
+    }
+
+    #[test]
+    fn a_legacy_user_gets_a_notice_with_the_command_that_fixes_it() {
+        let mut t = trust_view();
+        assert!(!notices(&[], &t).into_string().contains("class=\"notice "));
+        t.users.push(user("carol", UserState::Legacy, false));
+        let html = notices(&[], &t).into_string();
+        assert!(
+            html.contains("registered before keys were pinned; they need a join token"),
+            "{html}"
+        );
+        assert!(html.contains("overlay token create --name carol"), "{html}");
+    }
+
+    #[test]
+    fn a_proxy_behind_gets_a_notice_and_a_badge() {
+        let mut v = view();
+        v.applied_version = Some(5);
+        let html = notices(std::slice::from_ref(&v), &trust_view()).into_string();
+        assert!(html.contains("acknowledged version 5 of 7"), "{html}");
+        let row = proxy_row(&v).into_string();
+        assert!(
+            row.contains("st-behind") && row.contains(">key active<"),
+            "{row}"
+        );
+        assert!(!proxy_row(&view()).into_string().contains("st-behind"));
+    }
+
+    #[test]
+    fn a_revoked_user_shows_its_reason_and_no_revoke_button() {
+        let mut t = trust_view();
+        t.users.push(user(
+            "dave",
+            UserState::Revoked {
+                at_ms: 1_700_000_000_000,
+                reason: "laptop stolen".into(),
+            },
+            true,
+        ));
+        let html = users_panel(&t).into_string();
+        assert!(
+            html.contains(">revoked<") && html.contains("laptop stolen"),
+            "{html}"
+        );
+        assert!(html.contains("2023-11-14 22:13:20 UTC"), "{html}");
+        assert!(!html.contains("class=\"revoke\""), "{html}");
+        assert!(notices(&[], &t).into_string().contains("laptop stolen"));
+    }
+
+    #[test]
+    fn a_key_shows_its_short_fingerprint_with_the_full_one_in_the_title() {
+        let mut t = trust_view();
+        t.users.push(user("erin", UserState::Active, true));
+        let full = crate::trust::Identity::from_seed([7; 32])
+            .public()
+            .fingerprint();
+        let html = users_panel(&t).into_string();
+        assert!(
+            html.contains(&format!("title=\"{full}\">{}…<", full.short())),
+            "{html}"
+        );
+        assert!(
+            html.contains("class=\"revoke\" type=\"button\" data-name=\"erin\""),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn a_token_row_shows_id_name_and_expiry_and_never_a_secret() {
+        let token = crate::trust::JoinToken::generate();
+        let verifier = token.verifier();
+        let verifier_hex = serde_json::to_string(&verifier).unwrap();
+        let mut t = trust_view();
+        t.tokens.push(TokenRecord {
+            id: token.id().to_string(),
+            name: "frank".into(),
+            verifier,
+            created_at_ms: 1,
+            expires_at_ms: 1_700_000_000_000,
+            replace: true,
+            used: None,
+        });
+        let html = page(&[], &t, 1, 0).into_string();
+        let whole = token.to_string();
+        let secret = whole.split('.').nth(1).unwrap();
+        assert!(
+            html.contains(&format!("<code>{}</code>", token.id())),
+            "{html}"
+        );
+        assert!(html.contains(">frank<") && html.contains("2023-11-14 22:13:20 UTC"));
+        assert!(!html.contains(secret), "the secret is on the page");
+        assert!(
+            !html.contains(verifier_hex.trim_matches('"')),
+            "the verifier is on the page"
+        );
+        let table = tokens_table(&t.tokens).into_string();
+        assert!(
+            !table.contains("secret") && !table.contains("verifier"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_everywhere() {
+        let evil = "<img src=x onerror=alert(1)>";
+        let mut t = trust_view();
+        t.users.push(user(evil, UserState::Legacy, false));
+        t.users.push(user(
+            evil,
+            UserState::Revoked {
+                at_ms: 1,
+                reason: "</td><script>x</script>".into(),
+            },
+            false,
+        ));
+        t.audit.push(AuditEntry {
+            seq: 1,
+            at_ms: 1,
+            kind: "join\"><b>".into(),
+            name: evil.into(),
+            source: "<i>".into(),
+            detail: "<script>".into(),
+        });
+        let html = page(&[], &t, 1, 0).into_string();
+        assert!(
+            !html.contains("<img src=x") && !html.contains("<script>x"),
+            "{html}"
+        );
+        assert!(
+            !html.contains("<i>") && !html.contains("join\"><b>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn the_audit_log_shows_the_newest_fifty() {
+        let mut t = trust_view();
+        t.audit = (0..60u64)
+            .rev()
+            .map(|seq| AuditEntry {
+                seq,
+                at_ms: seq,
+                kind: "token".into(),
+                name: format!("user{seq}"),
+                source: "cli".into(),
+                detail: "d".into(),
+            })
+            .collect();
+        let html = audit_panel(&t).into_string();
+        assert!(
+            html.contains(">user59<") && html.contains(">user10<"),
+            "{html}"
+        );
+        assert!(!html.contains(">user9<"), "{html}");
     }
 }

@@ -395,7 +395,8 @@ async fn remove_proxy(state: web::Data<AppState>, path: web::Path<String>) -> Re
 /// # GET /
 async fn dashboard_page(state: web::Data<AppState>) -> Reply {
     let proxies = state.registry.send(ListProxies).await?;
-    let page = dashboard::page(&proxies, state.instances, state.ai_endpoints);
+    let trust = state.registry.send(TrustOverview).await?;
+    let page = dashboard::page(&proxies, &trust, state.instances, state.ai_endpoints);
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(page.into_string()))

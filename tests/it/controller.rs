@@ -1272,3 +1272,155 @@ async fn browser_dashboard_shows_proxies_and_a_new_one_appears_without_reload() 
     let _ = browser.close().await;
     result.expect("the dashboard works in a browser");
 }
+
+// ---- the dashboard's trust sections (issue #14) ----
+
+/// The body of `GET {url}/`.
+async fn dashboard_html(url: &str) -> String {
+    let mut r = client().get(format!("{url}/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    String::from_utf8(r.body().limit(4 << 20).await.unwrap().to_vec()).unwrap()
+}
+
+/// The users table's row of `name` on the page.
+fn user_row(html: &str, name: &str) -> String {
+    let start = html
+        .find(&format!("<tr class=\"user\" data-name=\"{name}\">"))
+        .unwrap_or_else(|| panic!("no row for {name}: {html}"));
+    let end = html[start..].find("</tr>").unwrap() + start;
+    html[start..end].to_string()
+}
+
+/// Waits until `overlay up` has joined every user of `names` (they join in the background).
+async fn until_all_active(url: &str, admin: &str, names: &[&str]) -> Value {
+    for _ in 0..200 {
+        let mut r = client()
+            .get(format!("{url}/api/v1/admin/trust"))
+            .insert_header(("Authorization", format!("Bearer {admin}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let active = names.iter().all(|n| {
+            v["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|u| u["name"] == *n && u["state"] == "active" && u["key"].is_string())
+        });
+        if active {
+            return v;
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the users of `overlay up` did not all become active");
+}
+
+#[actix_rt::test]
+async fn the_dashboard_shows_the_root_every_user_active_with_its_key_and_a_revocation() {
+    let o = crate::helpers::spawn_overlay(config_for(&[("alice", &[]), ("bob", &[])])).await;
+    let url = o.url("controller");
+    let dir = o.data_dir.path();
+    let admin = std::fs::read_to_string(dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let trust = until_all_active(&url, &admin, &["alice", "bob"]).await;
+
+    let root = overlay::controller::trust::root_fingerprint(dir).unwrap();
+    let html = dashboard_html(&url).await;
+    assert!(
+        html.contains(&format!("id=\"root-fp\">{root}</code>")),
+        "{html}"
+    );
+    assert!(html.contains("--controller-root"));
+    for name in ["alice", "bob"] {
+        let row = user_row(&html, name);
+        assert!(row.contains("st-active\">active<"), "{row}");
+        let key = trust["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == name)
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let fp = overlay::trust::PublicKey::parse(&key)
+            .unwrap()
+            .fingerprint();
+        assert!(
+            row.contains(&format!("title=\"{fp}\">{}…<", fp.short())),
+            "{row}"
+        );
+        assert!(row.contains(&format!("data-name=\"{name}\"")) && row.contains(">Revoke<"));
+    }
+    assert!(!html.contains("they need a join token"), "{html}");
+    // No secret of any kind on the page.
+    assert!(!html.contains(&admin));
+
+    // Revoked through the admin API: the page shows it with its reason, and no Revoke button.
+    let mut r = client()
+        .post(format!("{url}/api/v1/admin/revoke"))
+        .insert_header(("Authorization", format!("Bearer {admin}")))
+        .send_json(&json!({"name": "bob", "reason": "laptop <lost>"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.body().await);
+    let html = dashboard_html(&url).await;
+    let row = user_row(&html, "bob");
+    assert!(row.contains("st-revoked\">revoked<"), "{row}");
+    assert!(row.contains("laptop &lt;lost&gt;"), "{row}");
+    assert!(!row.contains(">Revoke<"), "{row}");
+    assert!(html.contains("class=\"notice bad\""), "{html}");
+    assert!(user_row(&html, "alice").contains("st-active"));
+    // The audit log says so.
+    let audit = &html[html.find("id=\"audit\"").unwrap()..];
+    assert!(
+        audit.contains(">revoke<") && audit.contains(">bob<"),
+        "{audit}"
+    );
+}
+
+#[actix_rt::test]
+async fn the_admin_api_without_the_token_is_401_and_the_page_still_shows_the_user_active() {
+    let o = crate::helpers::spawn_overlay(config_for(&[("alice", &[])])).await;
+    let url = o.url("controller");
+    let admin = std::fs::read_to_string(o.data_dir.path().join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    until_all_active(&url, &admin, &["alice"]).await;
+
+    let body = json!({"name": "alice", "reason": "no"});
+    let r = client()
+        .post(format!("{url}/api/v1/admin/revoke"))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client()
+        .post(format!("{url}/api/v1/admin/revoke"))
+        .insert_header(("Authorization", "Bearer not-the-token"))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client()
+        .post(format!("{url}/api/v1/admin/tokens"))
+        .send_json(&json!({"name": "mallory", "ttl": "1h", "replace": false}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let html = dashboard_html(&url).await;
+    assert!(
+        user_row(&html, "alice").contains("st-active\">active<"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("st-revoked") && !html.contains("mallory"),
+        "{html}"
+    );
+}
