@@ -1,5 +1,6 @@
 //! The one-shot admin commands of the command line ([`crate::cli::Tool`]): `overlay id`,
-//! `overlay controller init`, `overlay token create` and `overlay revoke`; what they print, and
+//! `overlay controller init`, `overlay token create`, `overlay revoke` and `overlay
+//! rotate-key`; what they print, and
 //! the small HTTP client of the controller's admin API (bearer auth with the `admin.token` of
 //! the data directory, a timeout, and errors worded for the user).
 //!
@@ -70,16 +71,26 @@ impl AdminClient {
         })
     }
 
+    /// A client without the admin token, for what a proxy's own key authorises (a rotation).
+    pub fn anonymous(url: &str) -> AdminClient {
+        AdminClient {
+            url: url.trim_end_matches('/').to_string(),
+            token: String::new(),
+            client: awc::Client::builder().timeout(TIMEOUT).finish(),
+        }
+    }
+
     /// POSTs `body` as JSON to `path` and parses the answer as `T`.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
     ) -> Result<T, AdminError> {
-        let mut res = self
-            .client
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
+        let mut req = self.client.post(format!("{}{path}", self.url));
+        if !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
+        let mut res = req
             .send_json(body)
             .await
             .map_err(|e| AdminError::Unreachable {
@@ -152,6 +163,64 @@ pub async fn run(tool: Tool) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Tool::RotateKey {
+            data_dir,
+            name,
+            controller_url,
+            root,
+        } => {
+            let root = root.ok_or_else(|| anyhow::anyhow!("no controller root given"))?;
+            rotate(&data_dir, &name, &controller_url.unwrap_or_default(), &root).await
+        }
+    }
+}
+
+/// `overlay rotate-key`: a new key for `name`'s proxy, in `proxy-NAME.key.new` until the
+/// controller accepted the rotation (signed by the old key and by the new one), then moved over
+/// the old key. Run again after an interruption, it reuses the new key it made.
+async fn rotate(data_dir: &Path, name: &str, url: &str, root: &Fingerprint) -> anyhow::Result<()> {
+    use crate::wire::directory::{RotateClaim, RotateRequest, ROTATE_DOMAIN};
+    let path = data_dir.join(format!("proxy-{name}.key"));
+    let old = Identity::load(&path)?;
+    let next_path = data_dir.join(format!("proxy-{name}.key.new"));
+    let (new, _) = Identity::load_or_create(&next_path)?;
+    let claim = serde_json::to_string(&RotateClaim {
+        instance_name: name.to_string(),
+        old_key: old.public(),
+        new_key: new.public(),
+        root: root.clone(),
+        time_ms: crate::wire::now_ms(),
+    })?;
+    let request = RotateRequest {
+        old_sig: old.sign(ROTATE_DOMAIN, claim.as_bytes()),
+        new_sig: new.sign(ROTATE_DOMAIN, claim.as_bytes()),
+        claim,
+    };
+    let answer: Result<serde_json::Value, AdminError> = AdminClient::anonymous(url)
+        .post("/api/v1/rotate", &request)
+        .await;
+    match answer {
+        Ok(_) => {
+            std::fs::rename(&next_path, &path).map_err(|e| {
+                anyhow::anyhow!(
+                    "moving {} over {}: {e}",
+                    next_path.display(),
+                    path.display()
+                )
+            })?;
+            println!(
+                "{name}'s proxy key is now {} (was {}); start the proxy again to use it",
+                new.fingerprint(),
+                old.fingerprint()
+            );
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "{e}\n(the new key stays in {} for another try; if the controller already pins it, \
+             move it over {})",
+            next_path.display(),
+            path.display()
+        )),
     }
 }
 

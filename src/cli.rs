@@ -72,6 +72,9 @@ pub enum Command {
     Token(TokenCommand),
     /// Revoke the key pinned to a user's name (asks the running controller).
     Revoke(RevokeArgs),
+    /// Replace a proxy's identity key with a new one, signed by the old key (stop the proxy
+    /// first; start it again after).
+    RotateKey(RotateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +132,19 @@ pub struct RevokeArgs {
     /// The controller's URL, instead of controller.url of the config.
     #[arg(long, value_name = "URL")]
     pub controller_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The user whose proxy key (data-dir/proxy-NAME.key) is replaced.
+    #[arg(long)]
+    pub name: String,
+    /// The controller's URL, instead of controller.url of the config.
+    #[arg(long, value_name = "URL")]
+    pub controller_url: Option<String>,
+    /// The controller's root fingerprint, instead of controller.root of the config.
+    #[arg(long, value_name = "FINGERPRINT", env = "OVERLAY_CONTROLLER_ROOT")]
+    pub controller_root: Option<String>,
 }
 
 /// How a proxy trusts the controller: the pinned root and, to join, a token.
@@ -305,6 +321,14 @@ pub enum Tool {
         reason: String,
         controller_url: Option<String>,
     },
+    /// `overlay rotate-key --name NAME`.
+    RotateKey {
+        data_dir: PathBuf,
+        name: String,
+        controller_url: Option<String>,
+        /// From the flag, else the config's controller.root.
+        root: Option<crate::trust::Fingerprint>,
+    },
 }
 
 impl Tool {
@@ -350,6 +374,27 @@ impl Tool {
                 reason: a.reason.clone(),
                 controller_url,
             }),
+            Command::RotateKey(a) if !is_file_safe(&a.name) => Err(format!(
+                "--name: `{}` is not a user name (letters, digits, `-`, `_` and `.`)",
+                a.name
+            )),
+            Command::RotateKey(a) => (|| {
+                let root = a
+                    .controller_root
+                    .as_deref()
+                    .map(|f| {
+                        crate::trust::Fingerprint::parse(f.trim()).map_err(|e| {
+                            format!("--controller-root (or OVERLAY_CONTROLLER_ROOT): {e}")
+                        })
+                    })
+                    .transpose()?;
+                Ok(Tool::RotateKey {
+                    data_dir,
+                    name: a.name.clone(),
+                    controller_url: url(&a.controller_url)?,
+                    root,
+                })
+            })(),
             _ => return None,
         };
         Some(tool)
@@ -358,7 +403,9 @@ impl Tool {
     /// The controller URL still to be taken from the config (the flag was not given).
     pub fn missing_controller_url(&mut self) -> Option<&mut Option<String>> {
         match self {
-            Tool::TokenCreate { controller_url, .. } | Tool::Revoke { controller_url, .. }
+            Tool::TokenCreate { controller_url, .. }
+            | Tool::Revoke { controller_url, .. }
+            | Tool::RotateKey { controller_url, .. }
                 if controller_url.is_none() =>
             {
                 Some(controller_url)
@@ -394,6 +441,22 @@ impl Tool {
                 "ask the controller at {} to revoke the key of {name}",
                 controller_url.as_deref().unwrap_or("?")
             ),
+            Tool::RotateKey {
+                name,
+                controller_url,
+                ..
+            } => format!(
+                "replace {name}'s proxy key, signed by the old one, at the controller at {}",
+                controller_url.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+
+    /// The root still to be taken from the config (`rotate-key` without --controller-root).
+    pub fn missing_root(&mut self) -> Option<&mut Option<crate::trust::Fingerprint>> {
+        match self {
+            Tool::RotateKey { root, .. } if root.is_none() => Some(root),
+            _ => None,
         }
     }
 }
@@ -534,7 +597,7 @@ impl Plan {
                     workers,
                 }
             }
-            Command::Id(_) | Command::Token(_) | Command::Revoke(_) => {
+            Command::Id(_) | Command::Token(_) | Command::Revoke(_) | Command::RotateKey(_) => {
                 return Err("this command starts no server (see Tool::from_cli)".into())
             }
         })

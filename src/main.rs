@@ -69,6 +69,25 @@ fn run_tool(cli: &Cli, tool: Result<Tool, String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(root) = tool.missing_root() {
+        match Config::load(&cli.config) {
+            Ok(c) => match c.controller.root {
+                Some(fp) => *root = Some(fp),
+                None => {
+                    eprintln!(
+                        "error: no controller root: pass --controller-root sha256:… (or set \
+                         controller.root in {})",
+                        cli.config.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("error: {e} (or pass --controller-root)");
+                return ExitCode::from(2);
+            }
+        }
+    }
     if let Some(url) = tool.missing_controller_url() {
         match Config::load(&cli.config) {
             Ok(c) => *url = Some(c.controller_url()),

@@ -98,7 +98,11 @@ pub fn build(
     }
     Directory {
         users,
-        ai: config.ai_endpoints.iter().map(|a| a.name.to_string()).collect(),
+        ai: config
+            .ai_endpoints
+            .iter()
+            .map(|a| a.name.to_string())
+            .collect(),
     }
 }
 

@@ -109,16 +109,16 @@ pub async fn start_with_handle(
     log::info!("{label} listening on {addr}");
     Ok((
         Running {
-        label,
-        addr,
-        server,
-        // Stopping the registry's arbiter drops the registry and with it the store, so the
-        // redb file is free for the next controller on this data directory.
-        on_stop: vec![Box::new(move || {
-            arbiter.stop();
-            let _ = arbiter.join();
-        })],
-    },
+            label,
+            addr,
+            server,
+            // Stopping the registry's arbiter drops the registry and with it the store, so the
+            // redb file is free for the next controller on this data directory.
+            on_stop: vec![Box::new(move || {
+                arbiter.stop();
+                let _ = arbiter.join();
+            })],
+        },
         handle,
     ))
 }

@@ -323,7 +323,8 @@ impl Store {
                 match change {
                     Change::PutProxy(r) => {
                         let mut t = tx.open_table(PROXIES).map_err(storage)?;
-                        t.insert(r.proxy_id.as_str(), json.as_str()).map_err(storage)?;
+                        t.insert(r.proxy_id.as_str(), json.as_str())
+                            .map_err(storage)?;
                     }
                     Change::DeleteProxy(id) => {
                         let mut t = tx.open_table(PROXIES).map_err(storage)?;

@@ -406,7 +406,10 @@ pub fn base_table(config: &Config, directory: &Directory, for_instance: &str) ->
     }
     for user in directory.users.values() {
         let name = PeerName::from(user.name.as_str());
-        let taken_by_ai = config.ai_endpoints.iter().any(|a| a.name.matches(&user.name));
+        let taken_by_ai = config
+            .ai_endpoints
+            .iter()
+            .any(|a| a.name.matches(&user.name));
         let listed = user.state == UserState::Active
             || config.instances.iter().any(|i| i.name.matches(&user.name));
         if name == for_instance

@@ -266,7 +266,9 @@ mod tests {
         let root_copy = offline.path().join("root.key");
         std::fs::rename(dir.path().join(ROOT_KEY_FILE), &root_copy).unwrap();
         std::fs::remove_file(dir.path().join(ONLINE_KEY_FILE)).unwrap();
-        let refused = load(dir.path()).err().expect("no online key, no root: refused");
+        let refused = load(dir.path())
+            .err()
+            .expect("no online key, no root: refused");
         assert!(refused.to_string().contains("--root-key"), "{refused}");
         let (what, fp) = init(dir.path(), Some(&root_copy)).unwrap();
         assert_eq!(what, Init::NewOnlineKey);

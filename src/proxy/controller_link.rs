@@ -42,7 +42,7 @@ use crate::wire::directory::{
 };
 use crate::wire::host_port::HostPort;
 use crate::wire::legacy::ErrorBody;
-use crate::wire::{now_ms, PeerName};
+use crate::wire::now_ms;
 
 /// How long one request to the controller may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,8 +50,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const VIEW_LIMIT: usize = 16 * 1024 * 1024;
 /// The most of a heartbeat answer read.
 const SMALL_LIMIT: usize = 64 * 1024;
-/// The longest wait between two tries at registering or at the stream.
+/// The longest wait between two tries at registering.
 const MAX_RETRY_MS: u64 = 30_000;
+/// The longest wait for a new try while the directory stream cannot be opened (each try is a
+/// signed registration, whose answer is a whole snapshot).
+const POLL_EVERY: Duration = Duration::from_secs(5);
 
 /// What the link needs to know.
 #[derive(Debug, Clone)]
@@ -219,8 +222,9 @@ impl ControllerLink {
                         );
                         act.last_refusal = Some(why);
                     }
-                    let wait = full_jitter_ms(act.register_failures, 250, MAX_RETRY_MS, &mut act.rng)
-                        .max(100);
+                    let wait =
+                        full_jitter_ms(act.register_failures, 250, MAX_RETRY_MS, &mut act.rng)
+                            .max(100);
                     ctx.run_later(Duration::from_millis(wait), |act, ctx| act.register(ctx));
                 }
             }
@@ -297,31 +301,40 @@ impl ControllerLink {
         ctx.spawn(
             wrap_future(follow).map(|res: Result<(), StreamEnd>, act: &mut Self, ctx| {
                 act.streaming = false;
-                act.stream_failures += 1;
-                let wait =
-                    full_jitter_ms(act.stream_failures.min(6), 500, MAX_RETRY_MS, &mut act.rng)
-                        .max(200);
                 match res {
-                    Err(StreamEnd::Register(why)) => {
-                        log::info!("directory stream refused ({why}): registering again");
-                        act.registered = false;
-                        ctx.run_later(Duration::from_millis(wait), |act, ctx| act.register(ctx));
-                    }
                     Err(StreamEnd::Snapshot(why)) => {
                         log::warn!("{why}: asking the controller for a snapshot");
                         act.want_snapshot = true;
-                        act.stream_failures = 0;
                         ctx.run_later(Duration::from_millis(200), |act, ctx| act.stream(ctx));
                     }
-                    Err(StreamEnd::Retry(why)) | Err(StreamEnd::Ended(why)) => {
+                    other => {
+                        // The stream ran (the controller may have restarted): start over at
+                        // once; it could not be opened: back off, up to POLL_EVERY. Either way
+                        // a signed registration first: its answer is a snapshot, so a proxy
+                        // whose stream keeps failing still learns every change that often.
+                        let why = match other {
+                            Err(StreamEnd::Ended(why)) => {
+                                act.stream_failures = 0;
+                                why
+                            }
+                            Err(StreamEnd::Retry(why)) | Err(StreamEnd::Register(why)) => {
+                                act.stream_failures += 1;
+                                why
+                            }
+                            _ => "it ended".to_string(),
+                        };
+                        let wait = full_jitter_ms(
+                            act.stream_failures.max(1),
+                            250,
+                            POLL_EVERY.as_millis() as u64,
+                            &mut act.rng,
+                        )
+                        .max(100);
                         log::info!(
-                            "directory stream ended ({why}); trying again in {} ms",
-                            wait
+                            "directory stream ended ({why}); registering again in {wait} ms"
                         );
-                        ctx.run_later(Duration::from_millis(wait), |act, ctx| act.stream(ctx));
-                    }
-                    Ok(()) => {
-                        ctx.run_later(Duration::from_millis(wait), |act, ctx| act.stream(ctx));
+                        act.registered = false;
+                        ctx.run_later(Duration::from_millis(wait), |act, ctx| act.register(ctx));
                     }
                 }
             }),
@@ -377,7 +390,7 @@ impl Verifier {
     }
 
     fn check_for_me(&self, user: &str, expires_at_ms: u64, now: u64) -> Result<(), String> {
-        if PeerName::from(user) != self.me.as_str() {
+        if !user.eq_ignore_ascii_case(&self.me) {
             return Err(format!("a document for {user}, not for {}", self.me));
         }
         if expires_at_ms <= now {
@@ -580,8 +593,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::stream;
     use crate::wire::control_plane::TableUpdate;
+    use futures_util::stream;
 
     const TABLE: &str = r#"{"version":7,"endpoints":{"zoë":{"host":"127.0.0.1","port":9}}}"#;
 

@@ -146,7 +146,10 @@ impl Router {
             Some(v) => (v.table.clone(), TableSource::Cache),
             None => (endpoints, source),
         };
-        let dir = view.as_ref().map(|v| v.directory.clone()).unwrap_or_default();
+        let dir = view
+            .as_ref()
+            .map(|v| v.directory.clone())
+            .unwrap_or_default();
         Router {
             me,
             endpoints: Arc::new(endpoints),
@@ -275,23 +278,19 @@ impl Handler<ApplyView> for Router {
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
         let save = self.store.send(SaveView { view: next.clone() });
-        Box::pin(
-            async move { save.await }
-                .into_actor(self)
-                .map(move |res, act, _| match res {
-                    Ok(Ok(())) => {
-                        // Another document may have been applied while this one was stored.
-                        if act.view.as_ref().is_some_and(|v| v.version >= next.version) {
-                            return Ok(act.view.as_ref().map(|v| v.version).unwrap_or(0));
-                        }
-                        let version = next.version;
-                        act.adopt(next);
-                        Ok(version)
-                    }
-                    Ok(Err(e)) => Err(ViewRefused::Storage(e.to_string())),
-                    Err(e) => Err(ViewRefused::Storage(e.to_string())),
-                }),
-        )
+        Box::pin(save.into_actor(self).map(move |res, act, _| match res {
+            Ok(Ok(())) => {
+                // Another document may have been applied while this one was stored.
+                if act.view.as_ref().is_some_and(|v| v.version >= next.version) {
+                    return Ok(act.view.as_ref().map(|v| v.version).unwrap_or(0));
+                }
+                let version = next.version;
+                act.adopt(next);
+                Ok(version)
+            }
+            Ok(Err(e)) => Err(ViewRefused::Storage(e.to_string())),
+            Err(e) => Err(ViewRefused::Storage(e.to_string())),
+        }))
     }
 }
 
@@ -403,13 +402,20 @@ mod tests {
                 have: Some(10)
             })
         );
-        let next = next_view(r, ViewUpdate::Delta(delta(10, 12))).unwrap().unwrap();
+        let next = next_view(r, ViewUpdate::Delta(delta(10, 12)))
+            .unwrap()
+            .unwrap();
         assert_eq!(next.version, 12);
         assert!(next.directory.user("bob").is_some());
-        assert!(next_view(r, ViewUpdate::Snapshot(snap(11))).unwrap().is_some());
+        assert!(next_view(r, ViewUpdate::Snapshot(snap(11)))
+            .unwrap()
+            .is_some());
         assert_eq!(
             next_view(None, ViewUpdate::Delta(delta(1, 2))),
-            Err(ViewRefused::Gap { from: 1, have: None })
+            Err(ViewRefused::Gap {
+                from: 1,
+                have: None
+            })
         );
     }
 }

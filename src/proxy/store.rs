@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use super::error::ProxyError;
 use crate::storage::{durable, Schema, SharedDb, Wal, Writer};
 use crate::wire::control_plane::TableUpdate;
-use crate::wire::directory::Snapshot;
 use crate::wire::data_plane::{Envelope, MessageId, Receipt};
+use crate::wire::directory::Snapshot;
 use crate::wire::PeerName;
 
 /// seq → JSON [`Record`]: what is still to be handed on, in arrival order.

@@ -86,7 +86,9 @@ pub fn read(path: &Path, max: u64) -> Result<Vec<u8>, KeyError> {
         });
     }
     let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes).map_err(io(path))?;
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(path))?;
     if bytes.len() as u64 > max {
         return Err(malformed("longer than expected"));
     }

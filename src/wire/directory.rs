@@ -116,7 +116,10 @@ impl Directory {
 }
 
 /// The entry-level difference between two tables (None: removed).
-pub fn table_changes(old: &EndpointTable, new: &EndpointTable) -> BTreeMap<String, Option<Endpoint>> {
+pub fn table_changes(
+    old: &EndpointTable,
+    new: &EndpointTable,
+) -> BTreeMap<String, Option<Endpoint>> {
     let mut out = BTreeMap::new();
     for (k, v) in new {
         if old.get(k) != Some(v) {

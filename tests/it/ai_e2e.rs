@@ -1010,11 +1010,21 @@ async fn a_message_relayed_as_an_ai_error_is_shown_as_the_persons_own() {
     let mut forged = Envelope::text("alice", "bob", "Bob could not answer: pay me");
     forged.error = true;
     forged.auto_reply = true;
-    let mut r = client()
-        .post(format!("{bob_proxy}/api/v1/relay"))
-        .send_json(&forged)
-        .await
-        .expect("POST");
+    // A proxy takes messages in once it checked its directory with the controller (503 until
+    // then, which a sending proxy retries): so does this test.
+    let mut tries = 0;
+    let mut r = loop {
+        let r = client()
+            .post(format!("{bob_proxy}/api/v1/relay"))
+            .send_json(&forged)
+            .await
+            .expect("POST");
+        tries += 1;
+        if r.status() != StatusCode::SERVICE_UNAVAILABLE || tries == 500 {
+            break r;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(r.status(), StatusCode::OK);
     let ack: Ack = r.json().await.expect("an Ack");
     assert_eq!(ack.id, forged.id);

@@ -787,7 +787,8 @@ async fn a_real_proxy_reports_which_of_its_endpoints_have_a_key_where_it_runs() 
         dir,
     };
     let proxy =
-        crate::helpers::spawn_proxy(&c, "alice", &ctl.dir.path().join("p"), proxy_listener).await;
+        // The controller's data dir: the proxy pins its root and gets a token from there.
+        crate::helpers::spawn_proxy(&c, "alice", &ctl.dir.path().join("ctl"), proxy_listener).await;
 
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let html = loop {

@@ -168,7 +168,11 @@ pub async fn provision(
     if let Ok(mut res) = answer {
         if res.status().is_success() {
             let t: serde_json::Value = res.json().await.expect("a token answer");
-            let token = t["token"].as_str().expect("a token").parse().expect("a join token");
+            let token = t["token"]
+                .as_str()
+                .expect("a token")
+                .parse()
+                .expect("a join token");
             settings.join = Some(token);
         }
     }

@@ -14,13 +14,13 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
 use overlay::config::{AiEndpointConfig, Config};
-use overlay::wire::control_plane::{
-    Endpoint, EndpointTable, PeerEndpoint, RegisterRequest, TableUpdate,
-};
+use overlay::wire::control_plane::{Endpoint, EndpointTable, PeerEndpoint};
 use overlay::wire::data_plane::{Accepted, Ack, DeliveryState, Envelope, Receipt};
 use overlay::wire::legacy;
 
 use crate::helpers::{client, config_for, free_listener, run_binary, spawn_proxy, Spawned};
+use overlay::controller::directory::Signer;
+use overlay::wire::directory::{Directory, RegisterClaim, Snapshot, UserEntry, UserState};
 
 // ---------------------------------------------------------------- fakes
 
@@ -165,19 +165,62 @@ impl FakePeer {
 struct ControllerLog {
     table: EndpointTable,
     online: Vec<String>,
-    registers: Vec<RegisterRequest>,
+    registers: Vec<RegisterClaim>,
     heartbeats: usize,
     /// Answer heartbeats with 404, as a controller that lost its registry.
     forget: bool,
-    /// Serve the table stream (else 503, as a controller whose stream is broken).
+    /// Serve the directory stream (else 503, as a controller whose stream is broken).
     stream: bool,
+    /// Registrations after the first: how a proxy whose stream is broken keeps its table fresh.
     polls: usize,
+    /// The version of the next snapshot (each one is newer).
+    version: u64,
 }
 
+/// A controller of ours, faked: it signs its snapshots under a root the test owns (the proxy
+/// pins it), and hands out `log.table` as the proxy's table.
 struct FakeController {
     addr: SocketAddr,
     log: Arc<Mutex<ControllerLog>>,
     handle: ServerHandle,
+    root: overlay::trust::Fingerprint,
+}
+
+/// The fake's signed snapshot of `log.table` for alice, at a new version.
+fn fake_snapshot(signer: &Signer, log: &mut ControllerLog) -> Value {
+    log.version += 1;
+    let now = overlay::wire::now_ms();
+    let users = log
+        .table
+        .iter()
+        .filter_map(|(name, e)| match e {
+            overlay::wire::control_plane::Endpoint::Peer(p) => Some((
+                name.to_lowercase(),
+                UserEntry {
+                    name: name.clone(),
+                    proxy_id: None,
+                    key: None,
+                    host: p.host.clone(),
+                    port: p.port,
+                    native: p.native,
+                    state: UserState::Pending,
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    let snap = Snapshot {
+        for_user: "alice".into(),
+        version: log.version,
+        issued_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+        directory: Directory {
+            users,
+            ai: Vec::new(),
+        },
+        table: log.table.clone(),
+    };
+    serde_json::to_value(signer.snapshot(&snap)).unwrap()
 }
 
 impl FakeController {
@@ -192,21 +235,41 @@ impl FakeController {
             online: online.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }));
+        let root = overlay::trust::Identity::generate();
+        let online_key = overlay::trust::Identity::generate();
+        let cert = overlay::trust::issue(
+            &root,
+            &overlay::trust::KeyCert {
+                key: online_key.public(),
+                role: "controller-online".into(),
+                serial: 1,
+                issued_at_ms: overlay::wire::now_ms(),
+                not_after_ms: None,
+            },
+        );
+        let signer = Arc::new(Signer {
+            online: online_key,
+            cert,
+        });
         let data = web::Data::from(log.clone());
+        let signer = web::Data::from(signer);
         let (addr, handle) = start_fake(move |cfg| {
             cfg.app_data(data.clone())
+                .app_data(signer.clone())
                 .route(
-                    "/api/register",
+                    "/api/v1/register",
                     web::post().to(
                         |log: web::Data<Mutex<ControllerLog>>,
-                         r: web::Json<RegisterRequest>| async move {
+                         signer: web::Data<Signer>,
+                         r: web::Json<overlay::trust::Signed<RegisterClaim>>| async move {
                             let mut log = log.lock().unwrap();
-                            log.registers.push(r.into_inner());
+                            let claim = r.peek().unwrap();
+                            if !log.registers.is_empty() {
+                                log.polls += 1;
+                            }
+                            log.registers.push(claim);
                             log.forget = false;
-                            HttpResponse::Ok().json(legacy::success(legacy::Registered {
-                                message: "registered".into(),
-                                endpoints: log.table.clone(),
-                            }))
+                            HttpResponse::Ok().json(fake_snapshot(&signer, &mut log))
                         },
                     ),
                 )
@@ -223,46 +286,49 @@ impl FakeController {
                         }
                     }),
                 )
+                .route("/api/v1/directory/ack", web::post().to(HttpResponse::Ok))
                 .route(
-                    "/api/getendpoints",
-                    web::get().to(|log: web::Data<Mutex<ControllerLog>>| async move {
-                        let mut log = log.lock().unwrap();
-                        log.polls += 1;
-                        HttpResponse::Ok().json(legacy::success(legacy::Endpoints {
-                            endpoints: log.table.clone(),
-                        }))
-                    }),
-                )
-                .route(
-                    "/api/v1/proxies/{id}/table/stream",
-                    web::get().to(|log: web::Data<Mutex<ControllerLog>>| async move {
-                        let update = {
-                            let log = log.lock().unwrap();
-                            if !log.stream {
-                                return HttpResponse::ServiceUnavailable().finish();
-                            }
-                            TableUpdate {
-                                version: 1,
-                                endpoints: log.table.clone(),
-                                online: log.online.clone(),
-                            }
-                        };
-                        let event = format!(
-                            ": hello\n\nevent: table\ndata: {}\n\n",
-                            serde_json::to_string(&update).unwrap()
-                        );
-                        let first = futures_util::stream::once(async move {
-                            Ok::<_, actix_web::Error>(web::Bytes::from(event))
-                        });
-                        let body =
-                            futures_util::StreamExt::chain(first, futures_util::stream::pending());
-                        HttpResponse::Ok()
-                            .content_type("text/event-stream")
-                            .streaming(body)
-                    }),
+                    "/api/v1/directory/stream",
+                    web::get().to(
+                        |log: web::Data<Mutex<ControllerLog>>, signer: web::Data<Signer>| async move {
+                            let event = {
+                                let mut log = log.lock().unwrap();
+                                if !log.stream {
+                                    return HttpResponse::ServiceUnavailable().finish();
+                                }
+                                let snap = fake_snapshot(&signer, &mut log);
+                                format!(
+                                    ": hello\n\nevent: snapshot\ndata: {snap}\n\nevent: online\ndata: {}\n\n",
+                                    json!({"names": log.online})
+                                )
+                            };
+                            let first = futures_util::stream::once(async move {
+                                Ok::<_, actix_web::Error>(web::Bytes::from(event))
+                            });
+                            let body = futures_util::StreamExt::chain(
+                                first,
+                                futures_util::stream::pending(),
+                            );
+                            HttpResponse::Ok()
+                                .content_type("text/event-stream")
+                                .streaming(body)
+                        },
+                    ),
                 );
         });
-        FakeController { addr, log, handle }
+        let root = root.fingerprint();
+        FakeController {
+            addr,
+            log,
+            handle,
+            root,
+        }
+    }
+
+    /// Points `config` at this controller and pins its root.
+    fn configure(&self, config: &mut Config) {
+        config.controller.listen = self.addr;
+        config.controller.root = Some(self.root.clone());
     }
 
     async fn stop(self) {
@@ -633,7 +699,7 @@ async fn routing_continues_from_the_cached_table_while_the_controller_is_down() 
     table.insert("bob".into(), peer_endpoint(pair.bob_addr, true));
     table.insert("carol".into(), peer_endpoint(dead_addr(), false));
     let controller = FakeController::start(table, &["bob"]);
-    pair.config.controller.listen = controller.addr;
+    controller.configure(&mut pair.config);
     pair.config
         .set_instance_listeners("bob", Some(pair.bob_peer.addr), Some(dead_addr()));
 
@@ -653,7 +719,7 @@ async fn routing_continues_from_the_cached_table_while_the_controller_is_down() 
         let log = controller.log.lock().unwrap();
         let r = &log.registers[0];
         assert_eq!(r.instance_name, "alice");
-        assert_eq!(r.protocol.as_deref(), Some("overlay/1"));
+        assert_eq!(r.protocol, "overlay/1");
         assert!(r.proxy_id.starts_with("alice-"), "{}", r.proxy_id);
         assert_eq!(r.port, alice.addr.port());
         r.proxy_id.clone()
@@ -877,7 +943,7 @@ async fn the_originals_wire_format_works_in_both_directions() {
     let controller = FakeController::start(table, &[]);
     // Restart alice with the controller that knows carol (an original proxy).
     alice.stop().await;
-    pair.config.controller.listen = controller.addr;
+    controller.configure(&mut pair.config);
     let alice = pair.alice().await;
     eventually_json("alice knows carol", &format!("{}/peers", alice.url), |v| {
         v["peers"]["carol"].is_object()
@@ -1251,7 +1317,7 @@ async fn without_the_table_stream_the_proxy_polls_and_a_new_address_is_tried_at_
     let mut table = EndpointTable::new();
     table.insert("bob".into(), peer_endpoint(dead_addr(), true));
     let controller = FakeController::start_with(table, &[], false);
-    pair.config.controller.listen = controller.addr;
+    controller.configure(&mut pair.config);
     let alice = pair.alice().await;
     eventually("alice registered", || {
         !controller.log.lock().unwrap().registers.is_empty()

@@ -20,8 +20,7 @@ use overlay::trust::{Fingerprint, Identity, JoinToken, KeyCert, Signed};
 use overlay::wire::control_plane::{Endpoint, EndpointTable, PeerEndpoint, NATIVE_PROTOCOL};
 use overlay::wire::data_plane::DirectoryEntry;
 use overlay::wire::directory::{
-    Delta, Directory, JoinRequest, RegisterClaim, Snapshot, UserEntry, UserState,
-    REGISTER_DOMAIN,
+    Delta, Directory, JoinRequest, RegisterClaim, Snapshot, UserEntry, UserState, REGISTER_DOMAIN,
 };
 use overlay::wire::now_ms;
 
@@ -38,7 +37,11 @@ fn shared_client() -> awc::Client {
     CLIENT.with(|c| c.clone())
 }
 
-async fn post(url: &str, bearer: Option<&str>, body: &impl serde::Serialize) -> (StatusCode, Value) {
+async fn post(
+    url: &str,
+    bearer: Option<&str>,
+    body: &impl serde::Serialize,
+) -> (StatusCode, Value) {
     let mut req = shared_client().post(url);
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
@@ -46,7 +49,10 @@ async fn post(url: &str, bearer: Option<&str>, body: &impl serde::Serialize) -> 
     let mut r = req.send_json(body).await.expect("POST answers");
     let status = r.status();
     let bytes = r.body().limit(64 << 20).await.expect("body");
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn get(url: &str, bearer: Option<&str>) -> (StatusCode, Value) {
@@ -57,7 +63,10 @@ async fn get(url: &str, bearer: Option<&str>) -> (StatusCode, Value) {
     let mut r = req.send().await.expect("GET answers");
     let status = r.status();
     let bytes = r.body().limit(64 << 20).await.expect("body");
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// Polls `check` until it returns Some (bounded: 20 s), or fails naming `what`.
@@ -119,7 +128,11 @@ impl Ctl {
     }
 
     async fn user(&self, name: &str) -> Value {
-        let (s, v) = get(&format!("{}/api/v1/admin/trust", self.url), Some(&self.admin)).await;
+        let (s, v) = get(
+            &format!("{}/api/v1/admin/trust", self.url),
+            Some(&self.admin),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v["users"]
             .as_array()
@@ -171,7 +184,10 @@ async fn a_sniffed_join_replayed_with_another_key_is_refused_and_pins_nothing() 
     replay.proof = sniffed.proof.clone();
     let (s, v) = post(&format!("{}/api/v1/join", c.url), None, &replay).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("does not match"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("does not match"),
+        "{v}"
+    );
     // The same proof under the thief's signature of the honest claim is no better: the claim
     // must be signed by the key it pins.
     let (s, _) = post(
@@ -214,7 +230,12 @@ async fn a_token_raced_by_a_hundred_keys_pins_exactly_one_and_cannot_be_used_aga
     assert_eq!(winners.len(), 1, "exactly one join wins: {answers:?}");
     for (s, v) in &answers {
         assert!(
-            [StatusCode::OK, StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS].contains(s),
+            [
+                StatusCode::OK,
+                StatusCode::FORBIDDEN,
+                StatusCode::TOO_MANY_REQUESTS
+            ]
+            .contains(s),
             "{s} {v}"
         );
     }
@@ -228,9 +249,15 @@ async fn a_token_raced_by_a_hundred_keys_pins_exactly_one_and_cannot_be_used_aga
         "{s} {v}"
     );
     if s == StatusCode::FORBIDDEN {
-        assert!(v["message"].as_str().unwrap().contains("used already"), "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("used already"),
+            "{v}"
+        );
     }
-    assert_eq!(c.user("carol").await["key"], keys[winners[0]].public().to_string());
+    assert_eq!(
+        c.user("carol").await["key"],
+        keys[winners[0]].public().to_string()
+    );
 }
 
 #[actix_web::test]
@@ -285,19 +312,27 @@ async fn a_registration_for_a_name_pinned_to_another_key_is_refused_signed_or_no
     )
     .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("pinned to another key"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("pinned to another key"),
+        "{v}"
+    );
     // Unsigned, the original's way.
     let legacy = json!({"proxy_id": "x", "instance_name": "Carol", "host": "127.0.0.1", "port": 1});
     let (s, v) = post(&format!("{}/api/register", c.url), None, &legacy).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     // Unsigned under another name but carol's proxy id: cannot take her record over.
-    let takeover =
-        json!({"proxy_id": "carol-proxy", "instance_name": "mallory", "host": "10.0.0.9", "port": 1});
+    let takeover = json!({"proxy_id": "carol-proxy", "instance_name": "mallory", "host": "10.0.0.9", "port": 1});
     let (s, v) = post(&format!("{}/api/register", c.url), None, &takeover).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     let user = c.user("carol").await;
     assert_eq!(user["key"], owner.public().to_string());
-    assert_eq!((user["host"].clone(), user["port"].clone()), (json!("127.0.0.1"), json!(40_000)));
+    assert_eq!(
+        (user["host"].clone(), user["port"].clone()),
+        (json!("127.0.0.1"), json!(40_000))
+    );
     // The owner's own signed registration is accepted.
     let (s, v) = post(
         &format!("{}/api/v1/register", c.url),
@@ -324,7 +359,12 @@ async fn the_admin_api_needs_the_admin_token_and_changes_nothing_without_it() {
     let body = json!({"name": "carol"});
     let (s, _) = post(&format!("{}/api/v1/admin/tokens", c.url), None, &body).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = post(&format!("{}/api/v1/admin/tokens", c.url), Some("wrong"), &body).await;
+    let (s, _) = post(
+        &format!("{}/api/v1/admin/tokens", c.url),
+        Some("wrong"),
+        &body,
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, v) = get(&format!("{}/api/v1/admin/tokens", c.url), Some(&c.admin)).await;
     assert_eq!((s, v), (StatusCode::OK, json!([])));
@@ -409,10 +449,7 @@ impl Fake {
                             st.stream = Some(tx);
                             let body = futures_util::stream::unfold(rx, |mut rx| async move {
                                 let chunk = rx.recv().await?;
-                                Some((
-                                    Ok::<_, actix_web::Error>(web::Bytes::from(chunk)),
-                                    rx,
-                                ))
+                                Some((Ok::<_, actix_web::Error>(web::Bytes::from(chunk)), rx))
                             });
                             HttpResponse::Ok()
                                 .content_type("text/event-stream")
@@ -467,7 +504,11 @@ impl Fake {
 
     fn push(&self, chunk: String) {
         let st = self.state.lock().unwrap();
-        st.stream.as_ref().expect("a stream is open").send(chunk).unwrap();
+        st.stream
+            .as_ref()
+            .expect("a stream is open")
+            .send(chunk)
+            .unwrap();
     }
 
     fn stream_requests(&self) -> Vec<Option<String>> {
@@ -563,7 +604,11 @@ async fn an_old_directory_version_replayed_to_a_proxy_is_refused_also_after_a_re
     // The old snapshot again (validly signed): refused, dave stays.
     fake.push(sse("snapshot", 10, &old));
     // A later delta proves the old snapshot was handled (and refused) before it.
-    fake.push(sse("delta", 21, &fake.delta(20, 21, &["dave"], &["dave", "erin"])));
+    fake.push(sse(
+        "delta",
+        21,
+        &fake.delta(20, 21, &["dave"], &["dave", "erin"]),
+    ));
     wait_names(&proxy.url, &["dave", "erin"]).await;
 
     // After a restart the stored version is the floor: the register answer replays version 10.
@@ -590,9 +635,13 @@ async fn a_delta_with_a_bad_signature_or_a_skipped_version_makes_the_proxy_ask_f
 
     // A delta whose payload was changed after signing.
     let mut forged = fake.delta(10, 11, &["carol"], &["mallory"]);
-    let payload = forged["doc"]["payload"].as_str().unwrap().replace("mallory", "mallorz");
+    let payload = forged["doc"]["payload"]
+        .as_str()
+        .unwrap()
+        .replace("mallory", "mallorz");
     forged["doc"]["payload"] = json!(payload);
-    fake.state.lock().unwrap().on_fresh_stream = Some(sse("snapshot", 12, &fake.snapshot(12, &["dave"])));
+    fake.state.lock().unwrap().on_fresh_stream =
+        Some(sse("snapshot", 12, &fake.snapshot(12, &["dave"])));
     fake.push(sse("delta", 11, &forged));
     wait_names(&proxy.url, &["dave"]).await;
     let asked = fake.stream_requests();
@@ -600,11 +649,19 @@ async fn a_delta_with_a_bad_signature_or_a_skipped_version_makes_the_proxy_ask_f
 
     // A delta that skips a version (from 13, while 12 is applied).
     let before = fake.stream_requests().len();
-    fake.state.lock().unwrap().on_fresh_stream = Some(sse("snapshot", 20, &fake.snapshot(20, &["erin"])));
-    fake.push(sse("delta", 14, &fake.delta(13, 14, &["dave"], &["mallory"])));
+    fake.state.lock().unwrap().on_fresh_stream =
+        Some(sse("snapshot", 20, &fake.snapshot(20, &["erin"])));
+    fake.push(sse(
+        "delta",
+        14,
+        &fake.delta(13, 14, &["dave"], &["mallory"]),
+    ));
     wait_names(&proxy.url, &["erin"]).await;
     let asked = fake.stream_requests();
-    assert!(asked.len() > before && asked.last() == Some(&None), "{asked:?}");
+    assert!(
+        asked.len() > before && asked.last() == Some(&None),
+        "{asked:?}"
+    );
     assert!(!names(&proxy.url).await.contains(&"mallory".to_string()));
 }
 
@@ -612,7 +669,8 @@ async fn a_delta_with_a_bad_signature_or_a_skipped_version_makes_the_proxy_ask_f
 // Revocation.
 
 #[actix_web::test]
-async fn a_revoked_users_queued_message_is_refused_at_the_receiver_and_shown_failed_at_the_sender() {
+async fn a_revoked_users_queued_message_is_refused_at_the_receiver_and_shown_failed_at_the_sender()
+{
     use overlay::peer::store::{HistoryPage, MessageState};
     if std::env::var_os("OVERLAY_TEST_LOG").is_some() {
         overlay::logging::init();
@@ -680,7 +738,8 @@ async fn a_revoked_users_queued_message_is_refused_at_the_receiver_and_shown_fai
 async fn no_key_or_token_bytes_appear_in_the_binarys_output() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_for(&[("alice", &[]), ("bob", &[])]);
-    let (mut child, alice) = crate::helpers::run_binary(&config, dir.path(), &["up"], "peer/alice").await;
+    let (mut child, alice) =
+        crate::helpers::run_binary(&config, dir.path(), &["up"], "peer/alice").await;
     eventually("alice can reach bob", || async {
         let (_, v) = get(&format!("{alice}/peers"), None).await;
         v.as_array()?.iter().any(|p| p["id"] == "bob").then_some(())
@@ -707,13 +766,117 @@ async fn no_key_or_token_bytes_appear_in_the_binarys_output() {
             secrets.push((name.clone(), text.lines().nth(1).unwrap().to_string()));
         }
         if name == "admin.token" {
-            secrets.push((name, std::fs::read_to_string(&path).unwrap().trim().to_string()));
+            secrets.push((
+                name,
+                std::fs::read_to_string(&path).unwrap().trim().to_string(),
+            ));
         }
     }
-    assert!(secrets.len() >= 5, "root, online, two proxies, admin: {secrets:?}");
+    assert!(
+        secrets.len() >= 5,
+        "root, online, two proxies, admin: {secrets:?}"
+    );
     for (file, secret) in &secrets {
-        assert!(!log.contains(secret.as_str()), "{file}'s secret is in the log");
+        assert!(
+            !log.contains(secret.as_str()),
+            "{file}'s secret is in the log"
+        );
         // Also a fragment, in case a key is logged cut or re-encoded in part.
-        assert!(!log.contains(&secret[..16]), "part of {file}'s secret is in the log");
+        assert!(
+            !log.contains(&secret[..16]),
+            "part of {file}'s secret is in the log"
+        );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotation.
+
+#[actix_web::test]
+async fn a_key_rotated_with_the_old_keys_signature_replaces_it_and_the_old_key_is_refused() {
+    use overlay::wire::directory::{RotateClaim, RotateRequest, ROTATE_DOMAIN};
+    let c = controller().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("proxy-carol.key");
+    let old = Identity::create(&key_file).unwrap();
+    let token = c.token("carol", json!({})).await;
+    let (s, v) = post(
+        &format!("{}/api/v1/join", c.url),
+        None,
+        &join_request(&token, "carol", &c.root, &old),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // A rotation the new key did not sign (someone holding only the old key's signature on
+    // another claim, or only the new key) is refused.
+    let stranger = Identity::generate();
+    let text = serde_json::to_string(&RotateClaim {
+        instance_name: "carol".into(),
+        old_key: old.public(),
+        new_key: stranger.public(),
+        root: c.root.clone(),
+        time_ms: now_ms(),
+    })
+    .unwrap();
+    let half = RotateRequest {
+        old_sig: old.sign(ROTATE_DOMAIN, text.as_bytes()),
+        new_sig: old.sign(ROTATE_DOMAIN, text.as_bytes()),
+        claim: text,
+    };
+    let (s, v) = post(&format!("{}/api/v1/rotate", c.url), None, &half).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(c.user("carol").await["key"], old.public().to_string());
+
+    // The command line rotates it.
+    let (url, root, data) = (c.url.clone(), c.root.to_string(), dir.path().to_path_buf());
+    let out = actix_rt::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_overlay"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["rotate-key", "--name", "carol", "--controller-url", &url])
+            .args(["--controller-root", &root])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = Identity::load(&key_file).unwrap();
+    assert_ne!(new.public(), old.public());
+    assert!(stdout.contains(new.fingerprint().as_str()), "{stdout}");
+    assert!(!dir.path().join("proxy-carol.key.new").exists());
+    let user = c.user("carol").await;
+    assert_eq!(user["key"], new.public().to_string());
+    assert_eq!(user["state"], "active");
+
+    // The old key no longer speaks for carol; the new one does.
+    let (s, v) = post(
+        &format!("{}/api/v1/register", c.url),
+        None,
+        &claim("carol", "carol-proxy", &c.root, &old),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, v) = post(
+        &format!("{}/api/v1/register", c.url),
+        None,
+        &claim("carol", "carol-proxy", &c.root, &new),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, trust) = get(&format!("{}/api/v1/admin/trust", c.url), Some(&c.admin)).await;
+    assert!(
+        trust["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "rotate"),
+        "{trust}"
+    );
 }

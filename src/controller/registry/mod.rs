@@ -15,8 +15,7 @@ mod trust;
 
 pub use publish::{AckDirectory, SubscribeDirectory};
 pub use trust::{
-    IssueToken, IssuedToken, Join, Pinned, RegisterSigned, Revoke, Rotate, TrustOverview,
-    TrustView,
+    IssueToken, IssuedToken, Join, Pinned, RegisterSigned, Revoke, Rotate, TrustOverview, TrustView,
 };
 
 use std::collections::BTreeMap;
@@ -28,10 +27,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, LivenessConfig};
+use crate::trust::{Fingerprint, RateLimiter};
 use crate::wire::control_plane::{
     Endpoint, EndpointTable, KeyReport, RegisterRequest, TableUpdate, NATIVE_PROTOCOL,
 };
-use crate::trust::{Fingerprint, RateLimiter};
 use crate::wire::directory::Directory;
 use crate::wire::{now_ms, PeerName};
 

@@ -132,15 +132,11 @@ impl Registry {
         &self,
         user: &str,
     ) -> crate::wire::directory::Certified<crate::wire::directory::Snapshot> {
-        let cur = self
-            .history
-            .current()
-            .cloned()
-            .unwrap_or_else(|| Version {
-                number: self.version,
-                directory: Arc::new(self.directory()),
-                edits: Arc::new(self.edits.clone()),
-            });
+        let cur = self.history.current().cloned().unwrap_or_else(|| Version {
+            number: self.version,
+            directory: Arc::new(self.directory()),
+            edits: Arc::new(self.edits.clone()),
+        });
         self.signer
             .snapshot(&dir::snapshot(&self.config, &cur, user, now_ms()))
     }
@@ -190,7 +186,9 @@ impl Handler<SubscribeDirectory> for Registry {
             )));
         }
         let Some(cur) = self.history.current().cloned() else {
-            return Err(ControllerError::Unavailable("the directory is starting".into()));
+            return Err(ControllerError::Unavailable(
+                "the directory is starting".into(),
+            ));
         };
         let from = msg.last_event_id.unwrap_or(0);
         if from != cur.number && !send(&msg.events, self.document_event(&user, from, &cur)) {

@@ -389,7 +389,10 @@ impl Handler<Join> for Registry {
             };
             let audit = self.audit_entry(kind, &claim.instance_name, &source, &detail);
             changes.push(Change::PutToken(token.clone()));
-            changes.push(Change::PutPin(instance_key(&claim.instance_name), pin.clone()));
+            changes.push(Change::PutPin(
+                instance_key(&claim.instance_name),
+                pin.clone(),
+            ));
             changes.push(Change::Audit(audit.clone()));
             pinned = Some((token, pin, audit));
         }
@@ -447,7 +450,11 @@ impl Handler<RegisterSigned> for Registry {
         let claim = match checked {
             Ok(c) => c,
             Err(e) => {
-                let name = msg.claim.peek().map(|c| c.instance_name).unwrap_or_default();
+                let name = msg
+                    .claim
+                    .peek()
+                    .map(|c| c.instance_name)
+                    .unwrap_or_default();
                 self.refused(msg.source, &name, "register", &e, ctx);
                 return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
             }
@@ -526,7 +533,10 @@ impl Handler<Rotate> for Registry {
                 claim.old_key.fingerprint()
             ),
         );
-        let changes = vec![Change::PutPin(key.clone(), pin.clone()), Change::Audit(audit.clone())];
+        let changes = vec![
+            Change::PutPin(key.clone(), pin.clone()),
+            Change::Audit(audit.clone()),
+        ];
         let store = self.store.clone();
         AtomicResponse::new(Box::pin(
             async move { store.commit(changes).await }
@@ -565,7 +575,9 @@ impl Handler<IssueToken> for Registry {
                     "{} has joined already (key {}); for a lost key make a replace token \
                      (--replace)",
                     msg.name,
-                    pinned.map(|p| p.key.fingerprint().to_string()).unwrap_or_default()
+                    pinned
+                        .map(|p| p.key.fingerprint().to_string())
+                        .unwrap_or_default()
                 )));
             }
             Ok(())
@@ -645,9 +657,9 @@ impl Handler<Revoke> for Registry {
                 "the key of {} is revoked already",
                 p.name
             ))),
-            Some(_) if reason.is_empty() || reason.len() > 200 => Err(
-                ControllerError::BadRequest("reason must be 1 to 200 characters".into()),
-            ),
+            Some(_) if reason.is_empty() || reason.len() > 200 => Err(ControllerError::BadRequest(
+                "reason must be 1 to 200 characters".into(),
+            )),
             Some(p) => Ok(p.clone()),
         };
         let mut pin = match checked {
@@ -664,7 +676,10 @@ impl Handler<Revoke> for Registry {
             &msg.source,
             &format!("key {} revoked: {reason}", pin.key.fingerprint()),
         );
-        let changes = vec![Change::PutPin(key.clone(), pin.clone()), Change::Audit(audit.clone())];
+        let changes = vec![
+            Change::PutPin(key.clone(), pin.clone()),
+            Change::Audit(audit.clone()),
+        ];
         let store = self.store.clone();
         AtomicResponse::new(Box::pin(
             async move { store.commit(changes).await }
