@@ -10,7 +10,8 @@
 //!
 //! Modules:
 //! - [`cli`]: the command line (`controller | proxy | peer | up`), turned into checked settings.
-//! - [`admin_client`]: the admin commands (`id`, `controller init`, `token create`, `revoke`).
+//! - [`admin_client`]: the admin commands (`id`, `controller init`, `token create`, `revoke`,
+//!   `rotate-key`).
 //! - [`config`]: `config.yaml` parsed, validated and split into per-role settings.
 //! - [`wire`]: the serde types that cross process boundaries, and nothing else.
 //! - [`controller`], [`proxy`], [`peer`]: one folder per role, each with `run()` as its door.
@@ -23,8 +24,8 @@
 //! - [`trust`]: the root of trust: keys, signatures, root certificates, join tokens, rate limits.
 //! - [`logging`]: env_logger set up so every line names its role and instance.
 //!
-//! Roles depend on `wire`, `config`, `hop`, `storage`, `layout` and `web`, never on each
-//! other; only `up` and the CLI entry point know all three.
+//! Roles depend on `wire`, `config`, `trust`, `hop`, `storage`, `layout` and `web`, never on
+//! each other; only `up`, `admin_client` and the CLI entry point know all three.
 //!
 //! # Actors and who sends what to whom
 //! Each role's actors run on its HTTP worker thread (the readers of the chat store on their
@@ -33,13 +34,13 @@
 //!
 //! | role | actor (file) | takes | sends to |
 //! |---|---|---|---|
-//! | controller | `Registry` (controller/registry.rs) | RegisterProxy, Heartbeat, GetEndpoints, UpdateEndpoints, RemoveProxy, SubscribeTable, SubscribeDashboard, ListProxies | its redb store; SSE subscribers (tables, dashboard) |
-//! | proxy | `ControllerLink` (proxy/controller_link.rs) | its timers | the controller over HTTP; Router `SetTable` |
-//! | proxy | `Router` (proxy/router.rs): the one owner of the table | SetTable, SubscribeTable, ResolveRoute, ListDirectory, GetTable | subscribers `TableChanged` (Outbox, AiDesk); Store `SaveTable` |
+//! | controller | `Registry` (controller/registry/) | RegisterProxy, Heartbeat, GetEndpoints, UpdateEndpoints, RemoveProxy, SubscribeTable, SubscribeDashboard, ListProxies; Join, RegisterSigned, Rotate, IssueToken, Revoke, Pinned, TrustOverview; SubscribeDirectory, AckDirectory | its redb store; SSE subscribers (directory, legacy tables, dashboard) |
+//! | proxy | `ControllerLink` (proxy/controller_link.rs) | its timers | the controller over HTTP; Router `ApplyView`, `SetOnline`, `Settled` |
+//! | proxy | `Router` (proxy/router.rs): the one owner of the table and the signed view | ApplyView, SetOnline, Settled, SubscribeTable, ResolveRoute, ListDirectory, GetTable, AppliedVersion | subscribers `TableChanged` (Outbox, AiDesk); Store `SaveView`; the routes' watch of the directory |
 //! | proxy | `Outbox` (proxy/outbox/) | Enqueue, EnqueueMany, GetStatus, TableChanged, `Applied` (from the Store) | Store `Write`; next hops over HTTP; AiDesk `Converse` (the reply is the answer) |
 //! | proxy | `AiDesk` (proxy/ai/desk.rs) | Converse, ForgetConversation, TableChanged | AiAdapter `Ask`; Store `Remember` / `ForgetMemory`; own peer's stream route |
 //! | proxy | `AiAdapter` ×N (proxy/ai/mod.rs) | Ask, UpdateEndpoint | the provider over HTTP |
-//! | proxy | `Store` = `storage::Writer<ProxySchema>` (proxy/store.rs): the one writer of `proxy-NAME.redb` | Write, SaveTable, PruneSeen, Remember, ForgetMemory | its observer (Outbox) `Applied` |
+//! | proxy | `Store` = `storage::Writer<ProxySchema>` (proxy/store.rs): the one writer of `proxy-NAME.redb` | Write, SaveView, PruneSeen, Remember, ForgetMemory | its observer (Outbox) `Applied` |
 //! | peer | `Outgoing` (peer/outgoing.rs): the one owner of sending | SendMessage | WriteQueue; ChatStore `ListUnsent`; the proxy over HTTP |
 //! | peer | `AutoReply` (peer/auto_reply.rs) | MessageReceived, GetAutoReplyStats | Outgoing `SendMessage` |
 //! | peer | `WriteQueue` = `storage::Writer<ChatSchema>` (peer/store/writes.rs) | AppendMessage, AppendOutgoing, AppendMany, SetDeliveryState, ApplyReceipts, SetHandOver, ClearConversations | its observer (Updates) `Applied` |
