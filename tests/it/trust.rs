@@ -880,3 +880,63 @@ async fn a_key_rotated_with_the_old_keys_signature_replaces_it_and_the_old_key_i
         "{trust}"
     );
 }
+
+#[actix_web::test]
+async fn a_lost_key_is_replaced_only_with_a_replace_token_also_after_a_revocation() {
+    let c = controller().await;
+    let first = Identity::generate();
+    let token = c.token("carol", json!({})).await;
+    let join = format!("{}/api/v1/join", c.url);
+    let (s, v) = post(&join, None, &join_request(&token, "carol", &c.root, &first)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // An ordinary token for a name that joined is not made at all.
+    let (s, v) = post(
+        &format!("{}/api/v1/admin/tokens", c.url),
+        Some(&c.admin),
+        &json!({"name": "carol"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("--replace"), "{v}");
+
+    // The key is lost and revoked; a replace token brings carol back with a new key.
+    let (s, v) = post(
+        &format!("{}/api/v1/admin/revoke", c.url),
+        Some(&c.admin),
+        &json!({"name": "carol", "reason": "disk died"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(c.user("carol").await["state"], "revoked");
+    let replace = c.token("carol", json!({"replace": true})).await;
+    let second = Identity::generate();
+    let (s, v) = post(
+        &join,
+        None,
+        &join_request(&replace, "carol", &c.root, &second),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let user = c.user("carol").await;
+    assert_eq!(user["state"], "active");
+    assert_eq!(user["key"], second.public().to_string());
+    // The old key stays out.
+    let (s, _) = post(
+        &format!("{}/api/v1/register", c.url),
+        None,
+        &claim("carol", "carol-proxy", &c.root, &first),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, trust) = get(&format!("{}/api/v1/admin/trust", c.url), Some(&c.admin)).await;
+    let kinds: Vec<&str> = trust["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["name"] == "carol")
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    for k in ["join", "revoke", "replace"] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+}
