@@ -21,8 +21,8 @@ FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin overlay \
-    && mkdir -p /data /provision /etc/overlay && chown overlay /data /provision \
-    && chmod 700 /provision
+    && mkdir -p /data /provision /etc/overlay && chown overlay:overlay /data /provision \
+    && chmod 700 /data /provision
 COPY --from=build /src/target/release/overlay /usr/local/bin/overlay
 COPY config.yaml /etc/overlay/config.yaml
 ENV OVERLAY_CONFIG=/etc/overlay/config.yaml \
