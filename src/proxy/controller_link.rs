@@ -95,7 +95,7 @@ pub struct ControllerLink {
 
 /// Why registering did not work.
 enum RegisterFailure {
-    /// The controller says this proxy has not joined (and we may have a token for that).
+    /// The controller refused: not joined, pinned to another key, revoked, a bad token.
     NotJoined(String),
     /// Anything else, in words.
     Other(String),
@@ -133,8 +133,8 @@ impl ControllerLink {
         }
     }
 
-    /// Registers (signed), or joins with the token when the controller says we have not
-    /// joined; retried with backoff until it works.
+    /// Registers (signed), or, holding a token, joins (which registers too); retried with
+    /// backoff until it works.
     fn register(&mut self, ctx: &mut Context<Self>) {
         if self.registering {
             return;
@@ -152,24 +152,26 @@ impl ControllerLink {
         let call = async move {
             let keys = key_report(&ai).await;
             let claim = sign_claim(&settings, keys);
-            let answer = post::post_json(register, &claim, VIEW_LIMIT, REQUEST_TIMEOUT).await;
-            let body = match answer {
-                Answer::Ok { body, .. } => body,
-                Answer::Refused { status, body } if status == StatusCode::FORBIDDEN => {
-                    let why = message_of(&body).unwrap_or_else(|| "refused".into());
-                    let Some(token) = token.filter(|_| why.contains("has not joined")) else {
-                        return Err(RegisterFailure::NotJoined(why));
-                    };
+            // With a token, a join: it registers too, and for a key the controller pins
+            // already it is only that (the token is not looked at, nor used up), so a proxy
+            // started again with the same token file just registers. It is also how a new key
+            // replaces a lost or revoked one, with a replace token.
+            let answer = match token {
+                Some(token) => {
                     let request = JoinRequest {
                         token_id: token.id().to_string(),
                         proof: token.proof(&root, &name, &identity.public()),
                         claim,
                     };
-                    log::info!("joining the controller with token {}", token.id());
-                    match post::post_json(join, &request, VIEW_LIMIT, REQUEST_TIMEOUT).await {
-                        Answer::Ok { body, .. } => body,
-                        other => return Err(RegisterFailure::Other(failure(other))),
-                    }
+                    post::post_json(join, &request, VIEW_LIMIT, REQUEST_TIMEOUT).await
+                }
+                None => post::post_json(register, &claim, VIEW_LIMIT, REQUEST_TIMEOUT).await,
+            };
+            let body = match answer {
+                Answer::Ok { body, .. } => body,
+                Answer::Refused { status, body } if status == StatusCode::FORBIDDEN => {
+                    let why = message_of(&body).unwrap_or_else(|| "refused".into());
+                    return Err(RegisterFailure::NotJoined(why));
                 }
                 Answer::RouteMissing { status, .. } if status == StatusCode::NOT_FOUND => {
                     return Err(RegisterFailure::Other(

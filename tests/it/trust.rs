@@ -940,3 +940,79 @@ async fn a_lost_key_is_replaced_only_with_a_replace_token_also_after_a_revocatio
         assert!(kinds.contains(&k), "{k} in {kinds:?}");
     }
 }
+
+#[actix_web::test]
+async fn a_proxy_whose_key_file_was_lost_rejoins_with_a_replace_token_and_delivers_again() {
+    let users: &[(&str, &[&str])] = &[("alice", &[]), ("bob", &[])];
+    let mut o = spawn_overlay(config_for(users)).await;
+    let (alice_peer, bob_peer) = (o.url("peer/alice"), o.url("peer/bob"));
+    let controller = o.url("controller");
+    let admin = std::fs::read_to_string(o.data_dir.path().join("admin.token")).unwrap();
+    let admin = admin.trim();
+    let alice_addr = o.server("proxy/alice").addr;
+    let old_fp = Identity::load(&o.data_dir.path().join("proxy-alice.key"))
+        .unwrap()
+        .fingerprint();
+    o.stop("proxy/alice").await;
+    std::fs::remove_file(o.data_dir.path().join("proxy-alice.key")).unwrap();
+
+    let (s, v) = post(
+        &format!("{controller}/api/v1/admin/tokens"),
+        Some(admin),
+        &json!({"name": "alice", "replace": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token: JoinToken = v["token"].as_str().unwrap().parse().unwrap();
+    let mut config = config_for(users);
+    config.controller.listen = o.server("controller").addr;
+    for (name, _) in users {
+        let proxy = if *name == "alice" {
+            alice_addr
+        } else {
+            o.server(&format!("proxy/{name}")).addr
+        };
+        config.set_instance_listeners(
+            name,
+            Some(o.server(&format!("peer/{name}")).addr),
+            Some(proxy),
+        );
+    }
+    let mut settings = config.proxy_settings("alice", o.data_dir.path()).unwrap();
+    settings.root = Some(overlay::controller::trust::root_fingerprint(o.data_dir.path()).unwrap());
+    settings.join = Some(token);
+    let listener = std::net::TcpListener::bind(alice_addr).unwrap();
+    let _alice =
+        crate::helpers::Spawned::spawn(overlay::proxy::start(settings, listener).await.unwrap());
+
+    let new_fp = Identity::load(&o.data_dir.path().join("proxy-alice.key"))
+        .unwrap()
+        .fingerprint();
+    assert_ne!(new_fp, old_fp);
+    eventually("alice's new key is pinned", || async {
+        let (_, v) = get(&format!("{controller}/api/v1/admin/trust"), Some(admin)).await;
+        let alice = v["users"]
+            .as_array()?
+            .iter()
+            .find(|u| u["name"] == "alice")?
+            .clone();
+        let key: overlay::trust::PublicKey = serde_json::from_value(alice["key"].clone()).ok()?;
+        (key.fingerprint() == new_fp && alice["state"] == "active").then_some(())
+    })
+    .await;
+    let (s, v) = post(
+        &format!("{alice_peer}/send_message"),
+        None,
+        &json!({"peer_id": "bob", "message": "back with a new key"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    eventually("bob got it", || async {
+        let (_, v) = get(&format!("{bob_peer}/get_chat_history/alice"), None).await;
+        v.as_array()?
+            .iter()
+            .any(|m| m["message"] == "back with a new key")
+            .then_some(())
+    })
+    .await;
+}
