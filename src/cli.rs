@@ -209,6 +209,10 @@ pub struct ProxyArgs {
     /// This user's peer's URL, instead of the instance's peer address.
     #[arg(long, value_name = "URL")]
     pub peer_url: Option<String>,
+    /// A file (0600) with the token the peer and this proxy share, for a peer on another
+    /// machine: without it, the own-peer API answers loopback callers only.
+    #[arg(long, value_name = "PATH", env = "OVERLAY_LINK_TOKEN_FILE")]
+    pub link_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub trust: TrustArgs,
 }
@@ -237,6 +241,10 @@ pub struct PeerArgs {
     /// The controller's URL for the in-process proxy, instead of controller.url.
     #[arg(long, value_name = "URL", conflicts_with = "proxy_url")]
     pub controller_url: Option<String>,
+    /// A file (0600) with the token this peer and its proxy share (with --proxy-url, for a
+    /// proxy on another machine; started together they make one of their own).
+    #[arg(long, value_name = "PATH", env = "OVERLAY_LINK_TOKEN_FILE")]
+    pub link_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub trust: TrustArgs,
 }
@@ -461,6 +469,26 @@ impl Tool {
     }
 }
 
+/// `--link-token-file`: the token in it (a 0600 file of this user), or none.
+fn link_token(file: Option<&Path>) -> Result<crate::hop::link::LinkToken, String> {
+    let Some(file) = file else {
+        return Ok(Default::default());
+    };
+    let bytes = crate::trust::private_file::read(file, 4096)
+        .map_err(|e| format!("--link-token-file: {e}"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("--link-token-file {}: not text", file.display()))?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(format!(
+            "--link-token-file {}: the token is shorter than 16 characters; write a long random \
+             one, e.g. `head -c 30 /dev/urandom | base64 > FILE; chmod 600 FILE`",
+            file.display()
+        ));
+    }
+    Ok(crate::hop::link::LinkToken::new(Some(token.to_string())))
+}
+
 /// A name that can be part of a file name in the data directory (`proxy-NAME.key`).
 fn is_file_safe(name: &str) -> bool {
     !name.is_empty()
@@ -543,6 +571,7 @@ impl Plan {
                     s.peer_url = check_url("--peer-url", u)?;
                 }
                 s.workers = workers;
+                s.link = link_token(a.link_token_file.as_deref())?;
                 let files = apply_trust(&mut s, &a.trust)?;
                 Plan::Proxy {
                     settings: s,
@@ -559,6 +588,7 @@ impl Plan {
                 let proxy = match &a.proxy_url {
                     Some(u) => {
                         peer.proxy_url = check_url("--proxy-url", u)?;
+                        peer.link = link_token(a.link_token_file.as_deref())?;
                         None
                     }
                     None => {
@@ -573,6 +603,13 @@ impl Plan {
                             p.peer_url = format!("http://{adv}");
                         }
                         p.workers = workers;
+                        // Started together: they share a token made now, so the hop works on
+                        // any address (a container's own name, say), and no one else has it.
+                        let link = match a.link_token_file.as_deref() {
+                            Some(f) => link_token(Some(f))?,
+                            None => crate::hop::link::LinkToken::random(),
+                        };
+                        (p.link, peer.link) = (link.clone(), link);
                         let files = apply_trust(&mut p, &a.trust)?;
                         Some((p, inst.proxy.listen, files))
                     }

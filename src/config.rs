@@ -466,6 +466,8 @@ pub struct ProxySettings {
     pub root: Option<crate::trust::Fingerprint>,
     /// A join token for the first registration (or a replacement of a lost key).
     pub join: Option<crate::trust::JoinToken>,
+    /// The token of the hop with its own peer (none: loopback callers only).
+    pub link: crate::hop::link::LinkToken,
 }
 
 /// What one user's peer (chat page + store) needs to run.
@@ -490,6 +492,8 @@ pub struct PeerSettings {
     /// `u32::MAX` ms: 49 days).
     pub retry_initial_ms: u32,
     pub retry_max_ms: u32,
+    /// The token of the hop with its proxy (none: the proxy must call from loopback).
+    pub link: crate::hop::link::LinkToken,
 }
 
 impl Config {
@@ -516,6 +520,7 @@ impl Config {
             workers: 1,
             root: self.controller.root.clone(),
             join: None,
+            link: Default::default(),
         })
     }
 
@@ -535,6 +540,7 @@ impl Config {
             expire_after_secs: self.delivery.expire_after_secs,
             retry_initial_ms: u32::try_from(self.delivery.retry_initial_ms).unwrap_or(u32::MAX),
             retry_max_ms: u32::try_from(self.delivery.retry_max_ms).unwrap_or(u32::MAX),
+            link: Default::default(),
         })
     }
 

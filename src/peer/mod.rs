@@ -74,13 +74,20 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     let tag = label.clone();
     let max_body = settings.max_body_bytes;
     let proxy_url = settings.proxy_url.clone();
+    let link = settings.link.clone();
+    let guard = web::Data::new(crate::hop::link::LinkGuard {
+        token: settings.link.clone(),
+        who: settings.name.to_string(),
+        other: "proxy",
+    });
     let limits = crate::web::ServerLimits::of(&settings.server);
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         crate::web::guarded_app(limits)
             .app_data((*state).clone())
             // The handlers' reads from the proxy: one client per worker, built on its thread.
-            .app_data(web::Data::new(ProxyApi::new(&proxy_url)))
+            .app_data(web::Data::new(ProxyApi::new(&proxy_url, &link)))
+            .app_data(guard.clone())
             .configure(|cfg| common_routes(cfg, Health::new("peer", instance.as_deref())))
             .configure(|cfg| routes::configure(cfg, max_body))
     })
@@ -126,7 +133,7 @@ fn start_actors(
         retry_initial_ms: u64::from(settings.retry_initial_ms),
         retry_max_ms: u64::from(settings.retry_max_ms),
     };
-    let proxy = ProxyApi::new(&settings.proxy_url);
+    let proxy = ProxyApi::new(&settings.proxy_url, &settings.link);
     let outgoing = Outgoing::new(store.clone(), writes.clone(), proxy.clone(), timing).start();
     let auto_reply = AutoReply::new(
         settings.name.as_str(),

@@ -40,20 +40,23 @@ pub type Handed = Result<Accepted, PeerError>;
 pub struct ProxyApi {
     client: Rc<OnceCell<awc::Client>>,
     base: String,
+    /// Sent with every call (the proxy takes its own peer's calls from loopback, or with it).
+    link: crate::hop::link::LinkToken,
 }
 
 impl ProxyApi {
     /// Must be used on the thread it is built on (awc clients are per thread).
-    pub fn new(proxy_url: &str) -> Self {
+    pub fn new(proxy_url: &str, link: &crate::hop::link::LinkToken) -> Self {
         Self {
             client: Rc::default(),
             base: proxy_url.trim_end_matches('/').to_string(),
+            link: link.clone(),
         }
     }
 
     fn client(&self) -> &awc::Client {
         self.client
-            .get_or_init(|| awc::Client::builder().timeout(CALL_TIMEOUT).finish())
+            .get_or_init(|| crate::hop::link::client(&self.link, CALL_TIMEOUT))
     }
 
     /// `POST {proxy}/api/v1/outbox[/batch]`: hands `envelopes` over in order (see

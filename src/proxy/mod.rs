@@ -184,9 +184,18 @@ impl Boot {
         let store: actix::Addr<Store> = store::writer(opened)
             .observed_by(outbox_ctx.address().recipient())
             .start();
-        // One HTTP client for the outbox and the AI desk (a client costs about a megabyte).
+        // One HTTP client for the outbox and the AI desk (a client costs about a megabyte), and
+        // one more for the own peer only when the hop has a link token to send.
         let attempt_timeout = Duration::from_secs(settings.delivery.attempt_timeout_secs.max(1));
         let client = awc::Client::builder().timeout(attempt_timeout).finish();
+        let clients = outbox::Clients {
+            own_peer: if settings.link.is_set() {
+                crate::hop::link::client(&settings.link, attempt_timeout)
+            } else {
+                client.clone()
+            },
+            others: client,
+        };
         let desk = AiDesk::new(
             DeskSettings {
                 me: settings.name.to_string(),
@@ -196,7 +205,7 @@ impl Boot {
                 max_text_bytes: settings.delivery.max_message_bytes,
             },
             store.clone(),
-            client.clone(),
+            clients.own_peer.clone(),
         )
         .start();
         let router = Router::new(
@@ -222,7 +231,7 @@ impl Boot {
             router.table(),
             store.clone(),
             desk.clone(),
-            client,
+            clients,
             items,
         ));
         let router = router.start();
@@ -266,6 +275,7 @@ impl Boot {
             max_body_bytes: settings.delivery.max_body_bytes,
             max_message_bytes: settings.delivery.max_message_bytes,
             published,
+            link: settings.link.clone(),
         }
     }
 }

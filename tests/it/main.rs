@@ -2,6 +2,7 @@
 //! (or runs the real `overlay` binary where the CLI is the subject).
 
 mod helpers;
+mod link;
 
 mod ai;
 mod ai_e2e;

@@ -81,6 +81,10 @@ where
 
 /// The route table, shared by the server and nothing else.
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    // A route only this peer's proxy calls (see [`crate::hop::link`]).
+    let from_proxy = |path: &str| {
+        web::resource(path).wrap(actix_web::middleware::from_fn(crate::hop::link::require))
+    };
     cfg.app_data(json_config::<PeerError>(max_body_bytes))
         // compat: the original's page and JSON API.
         .route("/", web::get().to(page))
@@ -95,12 +99,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         .service(
             web::scope("/api/v1")
                 .app_data(json_config::<NativeError>(max_body_bytes))
-                // what the proxy calls
-                .route("/inbox", web::post().to(inbox))
-                .route("/inbox/batch", web::post().to(inbox_batch))
-                .route("/receipts", web::post().to(receipts))
-                .route("/receipts/batch", web::post().to(receipts_batch))
-                .route("/stream", web::post().to(stream))
+                // what the proxy calls: loopback callers, or the link token
+                .service(from_proxy("/inbox").route(web::post().to(inbox)))
+                .service(from_proxy("/inbox/batch").route(web::post().to(inbox_batch)))
+                .service(from_proxy("/receipts").route(web::post().to(receipts)))
+                .service(from_proxy("/receipts/batch").route(web::post().to(receipts_batch)))
+                .service(from_proxy("/stream").route(web::post().to(stream)))
                 // what the page calls
                 .route("/me", web::get().to(me))
                 .route("/contacts", web::get().to(contacts))

@@ -35,7 +35,7 @@ impl Outbox {
         id: &LaneId,
     ) -> Option<(Vec<u64>, LocalBoxFuture<'static, Outcome>)> {
         let lane = self.lanes.get(id)?;
-        let (url, what) = match id {
+        let (url, what, client) = match id {
             LaneId::Remote(to) => {
                 match choose_route(&self.endpoints, self.settings.me.as_str(), to) {
                     Route::Proxy { name, endpoint }
@@ -46,6 +46,7 @@ impl Outbox {
                         (
                             format!("{}/api/v1/relay/batch", endpoint.base_url()),
                             format!("{name}'s proxy"),
+                            self.clients.others.clone(),
                         )
                     }
                     _ => return None,
@@ -54,17 +55,12 @@ impl Outbox {
             LaneId::PeerInbox if self.peer_inbox_batch => (
                 format!("{}/api/v1/inbox/batch", self.settings.peer_url),
                 "your chat app".to_string(),
+                self.clients.own_peer.clone(),
             ),
             _ => return None,
         };
         let (seqs, envelopes) = lane.batch(MAX_BATCH, self.settings.delivery.max_body_bytes / 2)?;
-        let attempt = delivery::post_batch(
-            self.client.clone(),
-            url,
-            what,
-            envelopes,
-            self.attempt_timeout(),
-        );
+        let attempt = delivery::post_batch(client, url, what, envelopes, self.attempt_timeout());
         Some((seqs, attempt.boxed_local()))
     }
 
@@ -88,7 +84,7 @@ impl Outbox {
             .get(id)?
             .due_receipts(crate::wire::now_ms(), window)?;
         let (client, url, timeout) = (
-            self.client.clone(),
+            self.clients.own_peer.clone(),
             self.settings.peer_url.clone(),
             self.attempt_timeout(),
         );
@@ -108,20 +104,21 @@ impl Outbox {
         &self,
         record: &Record,
     ) -> LocalBoxFuture<'static, (Outcome, Option<Envelope>)> {
-        let client = self.client.clone();
+        let (client, own_peer) = (self.clients.others.clone(), self.clients.own_peer.clone());
         let timeout = self.attempt_timeout();
         let peer_url = self.settings.peer_url.clone();
         let hop: LocalBoxFuture<'static, Outcome> = match (&record.lane, &record.payload) {
             (LaneId::PeerReceipts, Payload::Receipt { receipt }) => {
-                delivery::to_peer_receipts(client, peer_url, receipt.clone(), timeout).boxed_local()
+                delivery::to_peer_receipts(own_peer, peer_url, receipt.clone(), timeout)
+                    .boxed_local()
             }
             (LaneId::PeerInbox, Payload::Message { envelope, .. }) => {
-                delivery::to_peer_inbox(client, peer_url, envelope.clone(), timeout).boxed_local()
+                delivery::to_peer_inbox(own_peer, peer_url, envelope.clone(), timeout).boxed_local()
             }
             (LaneId::Remote(name), Payload::Message { envelope, .. }) => {
                 match choose_route(&self.endpoints, self.settings.me.as_str(), name) {
                     Route::OwnPeer => {
-                        delivery::to_peer_inbox(client, peer_url, envelope.clone(), timeout)
+                        delivery::to_peer_inbox(own_peer, peer_url, envelope.clone(), timeout)
                             .boxed_local()
                     }
                     Route::Proxy { name, endpoint } => {

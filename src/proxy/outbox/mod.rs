@@ -102,8 +102,8 @@ pub struct Outbox {
     endpoints: Arc<EndpointTable>,
     /// The proxy store's one writer; this actor is its observer.
     store: Addr<Store>,
-    /// The one HTTP client of this actor.
-    client: awc::Client,
+    /// Its HTTP clients: for other proxies, and for its own peer (with the link token).
+    clients: Clients,
     rng: XorShift,
     lanes: HashMap<LaneId, Lane>,
     /// The retry timer of each lane waiting for its head's next try.
@@ -118,23 +118,33 @@ pub struct Outbox {
     desk: Addr<AiDesk>,
 }
 
+/// The outbox's two HTTP clients. The link token goes to the own peer only: never to another
+/// proxy, nor anywhere else.
+#[derive(Clone)]
+pub struct Clients {
+    /// For other users' proxies.
+    pub others: awc::Client,
+    /// For this proxy's own peer: sends the link token ([`crate::hop::link`]).
+    pub own_peer: awc::Client,
+}
+
 impl Outbox {
     /// The outbox holding `items` from the start, writing its changes through `store` (whose
     /// observer it must be: it learns of its committed changes from there), calling with
-    /// `client` (built on this thread, shared with the AI desk).
+    /// `clients` (built on this thread, shared with the AI desk).
     pub fn new(
         settings: OutboxSettings,
         endpoints: Arc<EndpointTable>,
         store: Addr<Store>,
         desk: Addr<AiDesk>,
-        client: awc::Client,
+        clients: Clients,
         items: Vec<(u64, Record)>,
     ) -> Outbox {
         Outbox {
             settings,
             endpoints,
             store,
-            client,
+            clients,
             rng: XorShift::from_entropy(),
             lanes: HashMap::new(),
             timers: HashMap::new(),

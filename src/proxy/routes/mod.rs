@@ -41,23 +41,37 @@ pub struct ProxyState {
     /// The directory as the router last applied it (who is revoked), and whether it was checked
     /// with the controller in this run.
     pub published: tokio::sync::watch::Receiver<std::sync::Arc<crate::proxy::router::Published>>,
+    /// The token of the hop to this proxy's own peer (see [`crate::hop::link`]).
+    pub link: crate::hop::link::LinkToken,
 }
 
 /// The route table.
 pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
+    use crate::hop::link;
+    use actix_web::middleware::from_fn;
     let limit = state.max_body_bytes;
-    cfg.app_data(web::Data::new(state))
-        .app_data(crate::web::json_config(limit))
-        .route("/api/v1/outbox", web::post().to(submit))
-        .route("/api/v1/outbox", web::get().to(outbox_status))
-        .route("/api/v1/outbox/batch", web::post().to(submit_batch))
-        .route("/api/v1/directory", web::get().to(directory))
-        .route("/api/v1/forget", web::post().to(forget))
-        .route("/api/v1/relay", web::post().to(relay))
-        .route("/api/v1/relay/batch", web::post().to(relay_batch))
-        .route("/peers", web::get().to(peers))
-        .route("/peers", web::post().to(legacy_post))
-        .default_service(web::to(legacy_post));
+    // The own peer's routes act as this user: loopback callers, or the link token.
+    let own = |path: &str| web::resource(path).wrap(from_fn(link::require));
+    cfg.app_data(web::Data::new(link::LinkGuard {
+        token: state.link.clone(),
+        who: state.me.to_string(),
+        other: "peer",
+    }))
+    .app_data(web::Data::new(state))
+    .app_data(crate::web::json_config(limit))
+    .service(
+        own("/api/v1/outbox")
+            .route(web::post().to(submit))
+            .route(web::get().to(outbox_status)),
+    )
+    .service(own("/api/v1/outbox/batch").route(web::post().to(submit_batch)))
+    .service(own("/api/v1/directory").route(web::get().to(directory)))
+    .service(own("/api/v1/forget").route(web::post().to(forget)))
+    .route("/api/v1/relay", web::post().to(relay))
+    .route("/api/v1/relay/batch", web::post().to(relay_batch))
+    .route("/peers", web::get().to(peers))
+    .route("/peers", web::post().to(legacy_post))
+    .default_service(web::to(legacy_post));
 }
 
 /// The earliest plausible `sent_at_ms`: 2020-01-01T00:00:00Z (no message of ours is older; 0 is

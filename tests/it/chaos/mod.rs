@@ -17,7 +17,7 @@
 
 mod checker;
 mod cluster;
-mod netlab;
+pub(crate) mod netlab;
 mod relay;
 
 use std::cell::{Cell, RefCell};
