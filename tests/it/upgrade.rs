@@ -1,9 +1,11 @@
 //! Upgrades: a data dir written by the previous release opens with every message, state, AI
 //! memory and queued item intact, and what was queued is delivered exactly once, in order.
 //!
-//! The fixture `tests/fixtures/data-v0.1.0/` was written by the release before the storage kit
-//! (commit 8ff3cdf) with `tests/fixtures/make-data-v0.1.0.sh`, which says what is in it; its
-//! roles were killed with SIGKILL, so the logs hold groups to apply again at open.
+//! The fixtures were written by earlier releases with `tests/fixtures/make-data.sh`, which says
+//! what is in them; their roles were killed with SIGKILL, so the logs hold groups to apply again
+//! at open. `data-v0.1.0`: the release before the storage kit (commit 8ff3cdf). `data-v0.2.0`:
+//! the release before trust (commit eccea16): no keys and no pinned names, so its proxies join
+//! (`overlay up` gives them tokens) and the directory replaces their unsigned cached tables.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,10 +15,11 @@ use serde_json::Value;
 
 use crate::helpers::client;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data-v0.1.0");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
-fn copy_fixture(to: &Path) {
-    for entry in std::fs::read_dir(FIXTURE).expect("the fixture data dir") {
+fn copy_fixture(name: &str, to: &Path) {
+    let from = Path::new(FIXTURES).join(name);
+    for entry in std::fs::read_dir(from).expect("the fixture data dir") {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
@@ -68,9 +71,18 @@ fn texts(rows: &[(String, String, String)], sender: &str) -> Vec<String> {
 }
 
 #[actix_rt::test]
-async fn a_data_dir_of_the_previous_release_opens_intact_and_delivers_what_was_queued() {
+async fn a_data_dir_of_the_release_before_trust_opens_intact_and_delivers_what_was_queued() {
+    opens_intact_and_delivers_what_was_queued("data-v0.2.0").await;
+}
+
+#[actix_rt::test]
+async fn a_data_dir_of_the_release_before_the_storage_kit_opens_intact_and_delivers() {
+    opens_intact_and_delivers_what_was_queued("data-v0.1.0").await;
+}
+
+async fn opens_intact_and_delivers_what_was_queued(fixture: &str) {
     let dir = tempfile::tempdir().unwrap();
-    copy_fixture(dir.path());
+    copy_fixture(fixture, dir.path());
     let servers = overlay::up::start_all(config(), dir.path(), 1)
         .await
         .expect("the old data dir opens");
