@@ -191,11 +191,32 @@ impl Cluster {
             v
         };
         let log = |label: &str| dir.path().join(format!("{}.log", label.replace('/', "-")));
+        let provision = dir.path().join("provision");
+        // Each user's peer and proxy run apart (in a namespace of their own, as on two
+        // machines): they share a link token (see `overlay::hop::link`).
+        let link_file = |name: &str| {
+            let path = dir.path().join(format!("{name}.link"));
+            if !path.exists() {
+                overlay::trust::private_file::create(
+                    &path,
+                    overlay::trust::token::random_text(40).as_bytes(),
+                )
+                .expect("a link token file");
+            }
+            path.display().to_string()
+        };
         let mut roles = vec![Role::new(
             "controller",
             Kind::Controller,
             ctrl,
-            argv(Some(0), vec!["controller".into()]),
+            argv(
+                Some(0),
+                vec![
+                    "controller".into(),
+                    "--provision-dir".into(),
+                    provision.display().to_string(),
+                ],
+            ),
             log("controller"),
         )];
         for i in 0..users {
@@ -212,6 +233,17 @@ impl Cluster {
                         names[i].clone(),
                         "--peer-url".into(),
                         format!("http://{}", peer_addr[i]),
+                        "--link-token-file".into(),
+                        link_file(&names[i]),
+                        // Trust as in docker-compose: the controller writes the root and a
+                        // join token per user; the proxy pins the one and joins with the other.
+                        "--controller-root-file".into(),
+                        provision.join("root.fingerprint").display().to_string(),
+                        "--join-file".into(),
+                        provision
+                            .join(format!("{}.join", names[i]))
+                            .display()
+                            .to_string(),
                     ],
                 ),
                 log(&label),
@@ -231,6 +263,8 @@ impl Cluster {
                         names[i].clone(),
                         "--proxy-url".into(),
                         format!("http://{}", proxy_addr[i]),
+                        "--link-token-file".into(),
+                        link_file(&names[i]),
                     ],
                 ),
                 log(&label),
