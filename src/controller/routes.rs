@@ -106,15 +106,23 @@ async fn read_object(
     payload: web::Payload,
     limit: usize,
 ) -> Result<serde_json::Map<String, Value>, ControllerError> {
-    let body = crate::web::read_limited(req, payload, limit)
+    parse_object(&read_body(req, payload, limit).await?)
+}
+
+/// Reads the body, at most `limit` bytes, within the body deadline.
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ControllerError> {
+    crate::web::read_limited(req, payload, limit)
         .await
         .map_err(|e| match e {
             BodyError::TooLarge { limit } | BodyError::TooLong { limit, .. } => {
                 ControllerError::TooLarge { limit }
             }
             other => ControllerError::BadRequest(other.to_string()),
-        })?;
-    parse_object(&body)
+        })
 }
 
 /// Bytes → a JSON object, with a message saying what is wrong.
@@ -487,14 +495,7 @@ async fn read_typed<T: serde::de::DeserializeOwned>(
     limit: usize,
     what: &str,
 ) -> Result<T, ControllerError> {
-    let body = crate::web::read_limited(req, payload, limit)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge { limit } | BodyError::TooLong { limit, .. } => {
-                ControllerError::TooLarge { limit }
-            }
-            other => ControllerError::BadRequest(other.to_string()),
-        })?;
+    let body = read_body(req, payload, limit).await?;
     parse_object(&body)?;
     serde_json::from_slice(&body)
         .map_err(|e| ControllerError::BadRequest(format!("not a valid {what}: {e}")))

@@ -6,14 +6,14 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::time::Duration;
 
 use awc::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    client, config_for, spawn_overlay, spawn_proxy, subscribe, Spawned, SseReader, TestOverlay,
+    client, config_for, eventually, spawn_overlay, spawn_proxy, subscribe, Spawned, SseReader,
+    TestOverlay,
 };
 use overlay::config::Config;
 use overlay::peer::routes::Me;
@@ -43,21 +43,6 @@ async fn post_json(url: &str, body: &impl serde::Serialize) -> (StatusCode, Valu
     let bytes = r.body().limit(64 << 20).await.expect("body");
     let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (status, v)
-}
-
-/// Polls `check` until it returns Some (bounded: 20 s), or fails naming `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..1000 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 /// The legacy history of `peer_url` with `with`, oldest first.

@@ -195,6 +195,22 @@ pub async fn spawn_peer(
     )
 }
 
+/// Polls `check` until it returns Some (bounded: 20 s, polling every 20 ms), or fails naming
+/// `what`. Waiting on a condition, never on a fixed time.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..1000 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
 /// An HTTP client for tests.
 pub fn client() -> awc::Client {
     awc::Client::builder()

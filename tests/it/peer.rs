@@ -14,7 +14,7 @@ use awc::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::helpers::{client, config_for, free_listener, run_binary, subscribe};
+use crate::helpers::{client, config_for, eventually, free_listener, run_binary, subscribe};
 use overlay::peer::auto_reply::AutoReplyStats;
 use overlay::peer::contacts::ContactList;
 use overlay::peer::routes::Me;
@@ -319,21 +319,6 @@ async fn history(peer_url: &str, with: &str) -> Vec<Value> {
     let (s, v): (_, Vec<Value>) = get_json(&format!("{peer_url}/get_chat_history/{with}")).await;
     assert_eq!(s, StatusCode::OK);
     v
-}
-
-/// Polls `check` until it returns Some (bounded: 10 s), or fails naming `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..1000 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 async fn stats(peer_url: &str) -> AutoReplyStats {

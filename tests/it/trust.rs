@@ -7,14 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use awc::http::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::helpers::{client, config_for, free_listener, spawn_controller, spawn_overlay};
+use crate::helpers::{
+    client, config_for, eventually, free_listener, spawn_controller, spawn_overlay,
+};
 use overlay::controller::directory::Signer;
 use overlay::trust::{Fingerprint, Identity, JoinToken, KeyCert, Signed};
 use overlay::wire::control_plane::{Endpoint, EndpointTable, PeerEndpoint, NATIVE_PROTOCOL};
@@ -67,21 +68,6 @@ async fn get(url: &str, bearer: Option<&str>) -> (StatusCode, Value) {
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
-}
-
-/// Polls `check` until it returns Some (bounded: 20 s), or fails naming `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..1000 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 /// A controller alone, with its data dir, root and admin token.

@@ -626,6 +626,23 @@ impl Registry {
         (record, replaces)
     }
 
+    /// Stores a registration (and deletes the records it replaces), then applies it.
+    fn store_registration(
+        &mut self,
+        request: RegisterRequest,
+    ) -> impl ActorFuture<Self, Output = Result<(), ControllerError>> {
+        let (record, replaces) = self.registration(request);
+        let store = self.store.clone();
+        let (stored, gone) = (record.clone(), replaces.clone());
+        async move { store.put_proxy(stored, gone).await }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                res?;
+                act.registered(record, &replaces, ctx);
+                Ok(())
+            })
+    }
+
     /// A stored registration takes effect.
     fn registered(&mut self, record: ProxyRecord, replaces: &[String], ctx: &mut Context<Self>) {
         for old in replaces {
@@ -688,20 +705,13 @@ impl Handler<RegisterProxy> for Registry {
             );
             return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
         }
-        let (record, replaces) = self.registration(msg.request);
-        let store = self.store.clone();
-        let stored = record.clone();
-        let gone = replaces.clone();
-        AtomicResponse::new(Box::pin(
-            async move { store.put_proxy(stored, gone).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    res?;
-                    let id = record.proxy_id.clone();
-                    act.registered(record, &replaces, ctx);
-                    act.table_of(&id)
-                }),
-        ))
+        let id = msg.request.proxy_id.clone();
+        AtomicResponse::new(Box::pin(self.store_registration(msg.request).map(
+            move |res, act, _| {
+                res?;
+                act.table_of(&id)
+            },
+        )))
     }
 }
 

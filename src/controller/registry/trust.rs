@@ -348,6 +348,33 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Stores a changed pin with its audit entry in one transaction, then applies both.
+    fn store_pin(
+        &mut self,
+        key: String,
+        pin: PinRecord,
+        audit: AuditEntry,
+    ) -> AtomicResponse<Self, Result<(), ControllerError>> {
+        let changes = vec![
+            Change::PutPin(key.clone(), pin.clone()),
+            Change::Audit(audit.clone()),
+        ];
+        let store = self.store.clone();
+        AtomicResponse::new(Box::pin(
+            async move { store.commit(changes).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    res?;
+                    act.pins.insert(key, pin);
+                    act.remember_audit(audit);
+                    act.changed(ctx);
+                    Ok(())
+                }),
+        ))
+    }
+}
+
 impl Handler<Join> for Registry {
     type Result = AtomicResponse<Self, Result<Certified<Snapshot>, ControllerError>>;
 
@@ -459,17 +486,11 @@ impl Handler<RegisterSigned> for Registry {
                 return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
             }
         };
-        let (record, replaces) = self.registration(Self::request_of(&claim));
-        let store = self.store.clone();
-        let stored = record.clone();
-        let gone = replaces.clone();
+        let user = claim.instance_name.clone();
         AtomicResponse::new(Box::pin(
-            async move { store.put_proxy(stored, gone).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| {
+            self.store_registration(Self::request_of(&claim))
+                .map(move |res, act, _| {
                     res?;
-                    let user = record.instance_name.clone();
-                    act.registered(record, &replaces, ctx);
                     Ok(act.current_snapshot(&user))
                 }),
         ))
@@ -533,22 +554,7 @@ impl Handler<Rotate> for Registry {
                 claim.old_key.fingerprint()
             ),
         );
-        let changes = vec![
-            Change::PutPin(key.clone(), pin.clone()),
-            Change::Audit(audit.clone()),
-        ];
-        let store = self.store.clone();
-        AtomicResponse::new(Box::pin(
-            async move { store.commit(changes).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    res?;
-                    act.pins.insert(key, pin);
-                    act.remember_audit(audit);
-                    act.changed(ctx);
-                    Ok(())
-                }),
-        ))
+        self.store_pin(key, pin, audit)
     }
 }
 
@@ -676,22 +682,7 @@ impl Handler<Revoke> for Registry {
             &msg.source,
             &format!("key {} revoked: {reason}", pin.key.fingerprint()),
         );
-        let changes = vec![
-            Change::PutPin(key.clone(), pin.clone()),
-            Change::Audit(audit.clone()),
-        ];
-        let store = self.store.clone();
-        AtomicResponse::new(Box::pin(
-            async move { store.commit(changes).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    res?;
-                    act.pins.insert(key, pin);
-                    act.remember_audit(audit);
-                    act.changed(ctx);
-                    Ok(())
-                }),
-        ))
+        self.store_pin(key, pin, audit)
     }
 }
 
