@@ -50,6 +50,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const VIEW_LIMIT: usize = 16 * 1024 * 1024;
 /// The most of a heartbeat answer read.
 const SMALL_LIMIT: usize = 64 * 1024;
+/// The directory stream's awc timeout: none, in effect (see [`ControllerLink::stream`]).
+const STREAM_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// The longest wait between two tries at registering.
 const MAX_RETRY_MS: u64 = 30_000;
 /// The longest wait for a new try while the directory stream cannot be opened (each try is a
@@ -280,9 +282,11 @@ impl ControllerLink {
             } else {
                 router.send(AppliedVersion).await.ok().flatten()
             };
+            // awc carries a request's timeout over to reading its body, which for this stream
+            // has no end: the head gets REQUEST_TIMEOUT (below), the events `idle` each.
             let mut req = client
                 .get(url)
-                .timeout(Duration::from_secs(u64::MAX / 4))
+                .timeout(STREAM_FOREVER)
                 .insert_header((awc::http::header::ACCEPT, "text/event-stream"));
             if let Some(v) = applied {
                 req = req.insert_header(("Last-Event-ID", v.to_string()));
