@@ -23,8 +23,8 @@ use super::dashboard;
 use super::error::ControllerError;
 use super::registry::{
     AckDirectory, GetEndpoints, Heartbeat, IssueToken, Join, ListProxies, RegisterProxy,
-    RegisterSigned, Registry, RemoveProxy, Revoke, Rotate, SubscribeDashboard, SubscribeDirectory,
-    SubscribeTable, TrustOverview, UpdateEndpoints, SUBSCRIBER_BUFFER,
+    RegisterSigned, Registry, RemoveProxy, Revoke, Rotate, SignedCall, SubscribeDashboard,
+    SubscribeDirectory, SubscribeTable, TrustOverview, UpdateEndpoints, SUBSCRIBER_BUFFER,
 };
 use super::tables::{shown, TablePatch};
 
@@ -342,12 +342,18 @@ async fn get_endpoints(state: web::Data<AppState>, q: web::Query<EndpointsQuery>
 
 /// # POST /api/heartbeat
 async fn heartbeat(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
-    let m = read_object(&req, body, state.max_body_bytes).await?;
+    let bytes = read_body(&req, body, state.max_body_bytes).await?;
+    let m = parse_object(&bytes)?;
     let proxy_id = proxy_id_of(&m)?;
     let api_keys = api_keys_field(&m)?;
+    let call = signed_call(&req, bytes);
     state
         .registry
-        .send(Heartbeat { proxy_id, api_keys })
+        .send(Heartbeat {
+            proxy_id,
+            api_keys,
+            call,
+        })
         .await??;
     Ok(HttpResponse::Ok().json(success(Note {
         message: "Heartbeat received".into(),
@@ -488,6 +494,26 @@ fn source_of(req: &HttpRequest) -> std::net::IpAddr {
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
+/// The request as its signature covers it, when it carries one.
+fn signed_call(req: &HttpRequest, body: web::Bytes) -> Option<SignedCall> {
+    let header = req
+        .headers()
+        .get(crate::trust::request::SIGNATURE_HEADER)?
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    Some(SignedCall {
+        header,
+        method: req.method().to_string(),
+        target: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| req.path().to_string()),
+        body,
+    })
+}
+
 /// Reads the body as JSON of `T`, with a message naming what is wrong.
 async fn read_typed<T: serde::de::DeserializeOwned>(
     req: &HttpRequest,
@@ -570,10 +596,12 @@ async fn directory_stream(
         ),
     };
     let (events, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+    let call = signed_call(&req, web::Bytes::new());
     state
         .registry
         .send(SubscribeDirectory {
             proxy_id,
+            call,
             last_event_id,
             events,
         })
@@ -583,12 +611,16 @@ async fn directory_stream(
 
 /// # POST /api/v1/directory/ack
 async fn directory_ack(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
-    let ack: crate::wire::directory::DirectoryAck =
-        read_typed(&req, body, 4096, "acknowledgement").await?;
+    let bytes = read_body(&req, body, 4096).await?;
+    parse_object(&bytes)?;
+    let ack: crate::wire::directory::DirectoryAck = serde_json::from_slice(&bytes)
+        .map_err(|e| ControllerError::BadRequest(format!("not a valid acknowledgement: {e}")))?;
+    let call = signed_call(&req, bytes);
     state
         .registry
         .send(AckDirectory {
             proxy_id: ack.proxy_id,
+            call,
             version: ack.version,
         })
         .await??;

@@ -126,6 +126,7 @@ impl ControllerLink {
 
     fn verifier(&self) -> Verifier {
         Verifier {
+            settings: self.settings.clone(),
             root: self.settings.root.clone(),
             me: self.settings.instance_name.clone(),
             router: self.router.clone(),
@@ -245,11 +246,14 @@ impl ControllerLink {
             proxy_id: self.settings.proxy_id.clone(),
             api_keys: None,
         };
-        let req = self.client.post(url);
+        let req = self.client.post(&url);
         let ai = self.settings.ai_endpoints.clone();
+        let settings = self.settings.clone();
         let call = async move {
             body.api_keys = Some(key_report(&ai).await);
-            post::post_json(req, &body, SMALL_LIMIT, REQUEST_TIMEOUT).await
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            let req = req.insert_header(call_signature(&settings, "POST", &url, &bytes));
+            post::post_encoded(req, bytes, SMALL_LIMIT, REQUEST_TIMEOUT).await
         };
         ctx.spawn(
             wrap_future(call).map(|answer, act: &mut Self, ctx| match answer {
@@ -274,6 +278,7 @@ impl ControllerLink {
         let router = self.router.clone();
         let client = self.client.clone();
         let want_snapshot = std::mem::take(&mut self.want_snapshot);
+        let settings = self.settings.clone();
         let idle = (self.settings.heartbeat_every * 3).max(Duration::from_secs(30));
         let verifier = self.verifier();
         let follow = async move {
@@ -284,9 +289,11 @@ impl ControllerLink {
             };
             // awc carries a request's timeout over to reading its body, which for this stream
             // has no end: the head gets REQUEST_TIMEOUT (below), the events `idle` each.
+            let signature = call_signature(&settings, "GET", &url, b"");
             let mut req = client
                 .get(url)
                 .timeout(STREAM_FOREVER)
+                .insert_header(signature)
                 .insert_header((awc::http::header::ACCEPT, "text/event-stream"));
             if let Some(v) = applied {
                 req = req.insert_header(("Last-Event-ID", v.to_string()));
@@ -364,6 +371,8 @@ enum StreamEnd {
 /// Checks documents against the pinned root and hands them to the router.
 #[derive(Clone)]
 struct Verifier {
+    /// Signs the acknowledgements.
+    settings: LinkSettings,
     root: Fingerprint,
     me: String,
     router: Addr<Router>,
@@ -419,9 +428,18 @@ impl Verifier {
             proxy_id: self.proxy_id.clone(),
             version: applied,
         };
-        let req = self.client.post(&self.ack_url);
+        let bytes = serde_json::to_vec(&ack).unwrap_or_default();
+        let req = self
+            .client
+            .post(&self.ack_url)
+            .insert_header(call_signature(
+                &self.settings,
+                "POST",
+                &self.ack_url,
+                &bytes,
+            ));
         if let Answer::Unreachable { reason } =
-            post::post_json(req, &ack, SMALL_LIMIT, REQUEST_TIMEOUT).await
+            post::post_encoded(req, bytes, SMALL_LIMIT, REQUEST_TIMEOUT).await
         {
             log::debug!("could not acknowledge directory version {applied}: {reason}");
         }
@@ -495,6 +513,33 @@ impl Actor for ControllerLink {
         self.register(ctx);
         ctx.run_interval(self.settings.heartbeat_every, |act, ctx| act.heartbeat(ctx));
     }
+}
+
+/// The `overlay-signature` header of a call to the controller at `url` (its path and query are
+/// what is signed), from this proxy's user, for the controller (its root fingerprint).
+fn call_signature(
+    settings: &LinkSettings,
+    method: &str,
+    url: &str,
+    body: &[u8],
+) -> (String, String) {
+    use crate::trust::request::{sign, RequestLine, SIGNATURE_HEADER};
+    let target = url
+        .find("://")
+        .and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..]))
+        .unwrap_or("/");
+    let value = sign(
+        &settings.identity,
+        &RequestLine {
+            method,
+            target,
+            body,
+        },
+        &settings.instance_name,
+        settings.root.as_str(),
+        now_ms(),
+    );
+    (SIGNATURE_HEADER.to_string(), value)
 }
 
 /// What this proxy says about itself, signed with its key.

@@ -10,6 +10,7 @@
 pub mod keys;
 pub mod limiter;
 pub mod private_file;
+pub mod request;
 pub mod signed;
 pub mod token;
 

@@ -1002,3 +1002,169 @@ async fn a_proxy_whose_key_file_was_lost_rejoins_with_a_replace_token_and_delive
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Signed calls to the controller.
+
+/// POSTs `body` to `url` (path `target`) with `signature` as its `overlay-signature` header.
+async fn post_signed(url: &str, signature: Option<String>, body: &[u8]) -> (StatusCode, Value) {
+    let mut req = shared_client()
+        .post(url)
+        .insert_header(("content-type", "application/json"));
+    if let Some(s) = signature {
+        req = req.insert_header((overlay::trust::request::SIGNATURE_HEADER, s));
+    }
+    let mut r = req.send_body(body.to_vec()).await.expect("POST answers");
+    let status = r.status();
+    let bytes = r.body().limit(1 << 20).await.expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn signature(by: &Identity, target: &str, body: &[u8], origin: &str, to: &str) -> String {
+    overlay::trust::request::sign(
+        by,
+        &overlay::trust::request::RequestLine {
+            method: "POST",
+            target,
+            body,
+        },
+        origin,
+        to,
+        now_ms(),
+    )
+}
+
+#[actix_web::test]
+async fn a_call_signed_by_another_proxy_changed_or_replayed_is_refused_also_after_a_restart() {
+    let config = config_for(&[("alice", &[])]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_controller(&config, dir.path(), free_listener()).await;
+    let root = overlay::controller::trust::root_fingerprint(dir.path()).unwrap();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let (carol, dave) = (Identity::generate(), Identity::generate());
+    for (name, key) in [("carol", &carol), ("dave", &dave)] {
+        let (s, v) = post(
+            &format!("{}/api/v1/admin/tokens", server.url),
+            Some(admin.trim()),
+            &json!({"name": name}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let token: JoinToken = v["token"].as_str().unwrap().parse().unwrap();
+        let (s, v) = post(
+            &format!("{}/api/v1/join", server.url),
+            None,
+            &join_request(&token, name, &root, key),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let beat = br#"{"proxy_id":"carol-proxy"}"#;
+    let url = format!("{}/api/heartbeat", server.url);
+    let to = root.as_str();
+    let refused = |(s, v): (StatusCode, Value), why: &str| {
+        assert_eq!(s, StatusCode::FORBIDDEN, "{why}: {v}");
+    };
+    refused(
+        post_signed(&url, None, beat).await,
+        "unsigned, for a pinned user",
+    );
+    refused(
+        post_signed(
+            &url,
+            Some(signature(&dave, "/api/heartbeat", beat, "carol", to)),
+            beat,
+        )
+        .await,
+        "signed by another enrolled proxy claiming carol",
+    );
+    refused(
+        post_signed(
+            &url,
+            Some(signature(&dave, "/api/heartbeat", beat, "dave", to)),
+            beat,
+        )
+        .await,
+        "dave speaking for carol's proxy",
+    );
+    refused(
+        post_signed(
+            &url,
+            Some(signature(
+                &carol,
+                "/api/heartbeat",
+                beat,
+                "carol",
+                "sha256:00",
+            )),
+            beat,
+        )
+        .await,
+        "for another destination",
+    );
+    let other = br#"{"proxy_id":"carol-proxy","api_keys":{}}"#;
+    refused(
+        post_signed(
+            &url,
+            Some(signature(&carol, "/api/heartbeat", beat, "carol", to)),
+            other,
+        )
+        .await,
+        "a body swapped under the signature",
+    );
+    refused(
+        post_signed(
+            &url,
+            Some(signature(&carol, "/api/heartbeat?x", beat, "carol", to)),
+            beat,
+        )
+        .await,
+        "a path swapped under the signature",
+    );
+    let good = signature(&carol, "/api/heartbeat", beat, "carol", to);
+    let (s, v) = post_signed(&url, Some(good.clone()), beat).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    refused(post_signed(&url, Some(good), beat).await, "a replay");
+    // Acknowledgements and the directory stream are signed too.
+    let ack = br#"{"proxy_id":"carol-proxy","version":1}"#;
+    let ack_url = format!("{}/api/v1/directory/ack", server.url);
+    refused(
+        post_signed(
+            &ack_url,
+            Some(signature(&dave, "/api/v1/directory/ack", ack, "carol", to)),
+            ack,
+        )
+        .await,
+        "an ack forged by another proxy",
+    );
+    let r = shared_client()
+        .get(format!(
+            "{}/api/v1/directory/stream?proxy_id=carol-proxy",
+            server.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "an unsigned subscription"
+    );
+
+    // A call signed before the controller restarted is refused after it (its nonce is gone).
+    let before = signature(&carol, "/api/heartbeat", beat, "carol", to);
+    server.stop().await;
+    let server = spawn_controller(&config, dir.path(), free_listener()).await;
+    let url = format!("{}/api/heartbeat", server.url);
+    refused(
+        post_signed(&url, Some(before), beat).await,
+        "dated before the restart",
+    );
+    // A fresh one is fine (the signed registration of before is still on record).
+    let fresh = signature(&carol, "/api/heartbeat", beat, "carol", to);
+    let (s, v) = post_signed(&url, Some(fresh), beat).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}

@@ -74,6 +74,20 @@ pub struct GetEndpoints {
 pub struct Heartbeat {
     pub proxy_id: String,
     pub api_keys: Option<KeyReport>,
+    /// Its signature: required from a proxy whose user has a pinned key (an original proxy
+    /// has none and sends none).
+    pub call: Option<SignedCall>,
+}
+
+/// A request as its signature covers it (see [`crate::trust::request`]).
+#[derive(Debug, Clone)]
+pub struct SignedCall {
+    /// The `overlay-signature` header, as sent.
+    pub header: String,
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub body: actix_web::web::Bytes,
 }
 
 /// `POST /api/update_proxy_endpoints/{id}`: deep-merge an edit into that proxy's instance table.
@@ -176,6 +190,10 @@ pub struct Registry {
     acked: BTreeMap<String, u64>,
     /// Join, rotation and signed-registration attempts per source address.
     limiter: RateLimiter,
+    /// Nonces of signed calls seen in the replay window, and when this registry started
+    /// (calls dated before are refused: the nonces of an earlier run are gone).
+    nonces: crate::trust::request::NonceCache,
+    started_ms: u64,
 }
 
 /// Audit entries kept in memory for the dashboard.
@@ -228,6 +246,8 @@ impl Registry {
             dir_subs: Vec::new(),
             acked: BTreeMap::new(),
             limiter: RateLimiter::new(20, 20),
+            nonces: Default::default(),
+            started_ms: now,
         };
         // fixes original: edits stored before unknown fields were refused may carry some;
         // only their typed part is kept (and written back when the registry starts).
@@ -662,6 +682,57 @@ impl Registry {
         self.changed(ctx);
     }
 
+    /// Checks a proxy's call to the controller: signed by the key pinned to its user, for this
+    /// controller (destination: the root fingerprint), fresh and never seen before. A proxy
+    /// whose user has no pinned key (an original one) may call unsigned unless `required`.
+    fn check_call(
+        &mut self,
+        proxy_id: &str,
+        call: Option<&SignedCall>,
+        required: bool,
+    ) -> Result<(), ControllerError> {
+        use crate::trust::request::{self, RequestLine};
+        let rec = self
+            .proxies
+            .get(proxy_id)
+            .ok_or_else(|| Self::unknown(proxy_id))?;
+        let pin = self
+            .pins
+            .get(&instance_key(&rec.instance_name))
+            .filter(|p| p.revoked.is_none());
+        let refuse =
+            |e: request::RequestError| ControllerError::Forbidden(format!("proxy {proxy_id}: {e}"));
+        let (pin, call) = match (pin, call) {
+            (Some(pin), Some(call)) => (pin, call),
+            (Some(_), None) => return Err(refuse(request::RequestError::Missing)),
+            (None, _) if !required => return Ok(()),
+            (None, _) => {
+                return Err(ControllerError::Forbidden(format!(
+                    "{} has no pinned key: it joins first",
+                    rec.instance_name
+                )))
+            }
+        };
+        let h = request::parse(&call.header).map_err(refuse)?;
+        let line = RequestLine {
+            method: &call.method,
+            target: &call.target,
+            body: &call.body,
+        };
+        let now = now_ms();
+        request::verify(
+            &h,
+            &line,
+            self.root.as_str(),
+            &rec.instance_name,
+            &pin.key,
+            now,
+            self.started_ms,
+        )
+        .map_err(refuse)?;
+        self.nonces.check(&h, now).map_err(refuse)
+    }
+
     /// Refuses an unsigned registration that would speak for a name with a pinned key, or
     /// replace the record of a proxy whose name has one.
     fn check_unsigned(&self, r: &RegisterRequest) -> Result<(), ControllerError> {
@@ -728,6 +799,7 @@ impl Handler<Heartbeat> for Registry {
     type Result = Result<(), ControllerError>;
 
     fn handle(&mut self, msg: Heartbeat, ctx: &mut Self::Context) -> Self::Result {
+        self.check_call(&msg.proxy_id, msg.call.as_ref(), false)?;
         self.seen(&msg.proxy_id, ctx)?;
         if let Some(report) = msg.api_keys {
             if let Some(rec) = self.proxies.get_mut(&msg.proxy_id) {

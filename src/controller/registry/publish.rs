@@ -35,6 +35,8 @@ pub(super) struct DirSubscriber {
 #[rtype(result = "Result<(), ControllerError>")]
 pub struct SubscribeDirectory {
     pub proxy_id: String,
+    /// The request, signed by the proxy's key.
+    pub call: Option<super::SignedCall>,
     /// The version the proxy has (from `Last-Event-ID`): it gets a delta from there if it can.
     pub last_event_id: Option<u64>,
     pub events: mpsc::Sender<sse::Event>,
@@ -45,6 +47,8 @@ pub struct SubscribeDirectory {
 #[rtype(result = "Result<(), ControllerError>")]
 pub struct AckDirectory {
     pub proxy_id: String,
+    /// The request, signed by the proxy's key.
+    pub call: Option<super::SignedCall>,
     pub version: u64,
 }
 
@@ -174,6 +178,7 @@ impl Handler<SubscribeDirectory> for Registry {
     type Result = Result<(), ControllerError>;
 
     fn handle(&mut self, msg: SubscribeDirectory, _: &mut Context<Self>) -> Self::Result {
+        self.check_call(&msg.proxy_id, msg.call.as_ref(), true)?;
         let rec = self
             .proxies
             .get(&msg.proxy_id)
@@ -210,9 +215,7 @@ impl Handler<AckDirectory> for Registry {
     type Result = Result<(), ControllerError>;
 
     fn handle(&mut self, msg: AckDirectory, _: &mut Context<Self>) -> Self::Result {
-        if !self.proxies.contains_key(&msg.proxy_id) {
-            return Err(Self::unknown(&msg.proxy_id));
-        }
+        self.check_call(&msg.proxy_id, msg.call.as_ref(), true)?;
         if msg.version > self.version {
             return Err(ControllerError::BadRequest(format!(
                 "version {} was never handed out (the newest is {})",
