@@ -64,7 +64,7 @@ pub fn init(data_dir: &Path, root_key: Option<&Path>) -> Result<(Init, Fingerpri
         .unwrap_or_else(|| path(data_dir, ROOT_KEY_FILE));
     let online_path = path(data_dir, ONLINE_KEY_FILE);
     let cert_path = path(data_dir, CERT_FILE);
-    if let Some(fp) = certified(data_dir)? {
+    if let Some((fp, _, _)) = certified(data_dir)? {
         if root_key.is_none() {
             return Ok((Init::Nothing, fp));
         }
@@ -123,8 +123,11 @@ pub fn init(data_dir: &Path, root_key: Option<&Path>) -> Result<(Init, Fingerpri
     Ok((what, root_fp))
 }
 
-/// The root fingerprint, when the online key and its certificate are both there and agree.
-fn certified(data_dir: &Path) -> Result<Option<Fingerprint>, KeyError> {
+/// The root fingerprint, the online key and its certificate, when both files are there and
+/// agree.
+type Certified = (Fingerprint, Identity, Signed<KeyCert>);
+
+fn certified(data_dir: &Path) -> Result<Option<Certified>, KeyError> {
     let online_path = path(data_dir, ONLINE_KEY_FILE);
     let cert_path = path(data_dir, CERT_FILE);
     if !online_path.exists() || !cert_path.exists() {
@@ -142,7 +145,7 @@ fn certified(data_dir: &Path) -> Result<Option<Fingerprint>, KeyError> {
             online_path.display()
         )));
     }
-    Ok(Some(root))
+    Ok(Some((root, online, cert)))
 }
 
 fn read_cert(p: &Path) -> Result<Signed<KeyCert>, KeyError> {
@@ -158,8 +161,8 @@ fn read_cert(p: &Path) -> Result<Signed<KeyCert>, KeyError> {
 /// but no certificate is an error naming the fix.
 pub fn load(data_dir: &Path) -> Result<ControllerKeys, KeyError> {
     std::fs::create_dir_all(data_dir).map_err(|e| io_error(data_dir, e))?;
-    let root_fp = match certified(data_dir)? {
-        Some(fp) => fp,
+    let (root, online, cert) = match certified(data_dir)? {
+        Some(keys) => keys,
         None => {
             let root_path = path(data_dir, ROOT_KEY_FILE);
             let had_root = root_path.exists();
@@ -186,14 +189,18 @@ pub fn load(data_dir: &Path) -> Result<ControllerKeys, KeyError> {
                     root_path.display()
                 );
             }
-            fp
+            // What init wrote, read back and checked like any other start's.
+            certified(data_dir)?.ok_or_else(|| {
+                KeyError::Untrusted(format!(
+                    "{}: the keys just made are not all there",
+                    data_dir.display()
+                ))
+            })?
         }
     };
-    let online = Identity::load(&path(data_dir, ONLINE_KEY_FILE))?;
-    let cert = read_cert(&path(data_dir, CERT_FILE))?;
     let admin_token = admin_token(data_dir)?;
     Ok(ControllerKeys {
-        root: root_fp,
+        root,
         online,
         cert,
         admin_token,

@@ -127,12 +127,9 @@ impl ControllerLink {
     fn verifier(&self) -> Verifier {
         Verifier {
             settings: self.settings.clone(),
-            root: self.settings.root.clone(),
-            me: self.settings.instance_name.clone(),
             router: self.router.clone(),
             client: self.client.clone(),
             ack_url: self.url("/api/v1/directory/ack"),
-            proxy_id: self.settings.proxy_id.clone(),
         }
     }
 
@@ -146,10 +143,6 @@ impl ControllerLink {
         let ai = self.settings.ai_endpoints.clone();
         let register = self.client.post(self.url("/api/v1/register"));
         let join = self.client.post(self.url("/api/v1/join"));
-        let token = self.settings.join.clone();
-        let identity = self.settings.identity.clone();
-        let root = self.settings.root.clone();
-        let name = self.settings.instance_name.clone();
         let verifier = self.verifier();
         let settings = self.settings.clone();
         let call = async move {
@@ -159,11 +152,15 @@ impl ControllerLink {
             // already it is only that (the token is not looked at, nor used up), so a proxy
             // started again with the same token file just registers. It is also how a new key
             // replaces a lost or revoked one, with a replace token.
-            let answer = match token {
+            let answer = match &settings.join {
                 Some(token) => {
                     let request = JoinRequest {
                         token_id: token.id().to_string(),
-                        proof: token.proof(&root, &name, &identity.public()),
+                        proof: token.proof(
+                            &settings.root,
+                            &settings.instance_name,
+                            &settings.identity.public(),
+                        ),
                         claim,
                     };
                     post::post_json(join, &request, VIEW_LIMIT, REQUEST_TIMEOUT).await
@@ -278,7 +275,6 @@ impl ControllerLink {
         let router = self.router.clone();
         let client = self.client.clone();
         let want_snapshot = std::mem::take(&mut self.want_snapshot);
-        let settings = self.settings.clone();
         let idle = (self.settings.heartbeat_every * 3).max(Duration::from_secs(30));
         let verifier = self.verifier();
         let follow = async move {
@@ -289,7 +285,7 @@ impl ControllerLink {
             };
             // awc carries a request's timeout over to reading its body, which for this stream
             // has no end: the head gets REQUEST_TIMEOUT (below), the events `idle` each.
-            let signature = call_signature(&settings, "GET", &url, b"");
+            let signature = call_signature(&verifier.settings, "GET", &url, b"");
             let mut req = client
                 .get(url)
                 .timeout(STREAM_FOREVER)
@@ -371,14 +367,12 @@ enum StreamEnd {
 /// Checks documents against the pinned root and hands them to the router.
 #[derive(Clone)]
 struct Verifier {
-    /// Signs the acknowledgements.
+    /// Whose documents it takes (root, user, proxy id), and the key its acknowledgements are
+    /// signed with.
     settings: LinkSettings,
-    root: Fingerprint,
-    me: String,
     router: Addr<Router>,
     client: awc::Client,
     ack_url: String,
-    proxy_id: String,
 }
 
 impl Verifier {
@@ -387,7 +381,7 @@ impl Verifier {
         let doc: Certified<Snapshot> =
             serde_json::from_slice(data).map_err(|e| format!("not a signed snapshot: {e}"))?;
         let s = doc
-            .verify(&self.root, SNAPSHOT_DOMAIN, now)
+            .verify(&self.settings.root, SNAPSHOT_DOMAIN, now)
             .map_err(|e| format!("a snapshot that does not verify: {e}"))?;
         self.check_for_me(&s.for_user, s.expires_at_ms, now)?;
         Ok(s)
@@ -398,15 +392,16 @@ impl Verifier {
         let doc: Certified<Delta> =
             serde_json::from_slice(data).map_err(|e| format!("not a signed delta: {e}"))?;
         let d = doc
-            .verify(&self.root, DELTA_DOMAIN, now)
+            .verify(&self.settings.root, DELTA_DOMAIN, now)
             .map_err(|e| format!("a delta that does not verify: {e}"))?;
         self.check_for_me(&d.for_user, d.expires_at_ms, now)?;
         Ok(d)
     }
 
     fn check_for_me(&self, user: &str, expires_at_ms: u64, now: u64) -> Result<(), String> {
-        if !user.eq_ignore_ascii_case(&self.me) {
-            return Err(format!("a document for {user}, not for {}", self.me));
+        let me = &self.settings.instance_name;
+        if !user.eq_ignore_ascii_case(me) {
+            return Err(format!("a document for {user}, not for {me}"));
         }
         if expires_at_ms <= now {
             return Err(format!(
@@ -425,7 +420,7 @@ impl Verifier {
             .await
             .map_err(|e| ViewRefused::Storage(e.to_string()))??;
         let ack = DirectoryAck {
-            proxy_id: self.proxy_id.clone(),
+            proxy_id: self.settings.proxy_id.clone(),
             version: applied,
         };
         let bytes = serde_json::to_vec(&ack).unwrap_or_default();
