@@ -205,6 +205,11 @@
     bubble.appendChild(node("div", "text", msg.text));
     var meta = node("div", "meta");
     if (msg.auto_reply) meta.appendChild(node("span", "auto-tag", "auto-reply"));
+    if (msg.unauthenticated) {
+      var u = node("span", "unauth-tag", "unauthenticated");
+      u.title = "Sent through a proxy of the original system, which signs nothing: nobody vouches that it is from " + msg.from + ".";
+      meta.appendChild(u);
+    }
     var t = node("time", "time", timeOf(msg.sent_at_ms));
     t.title = new Date(msg.sent_at_ms).toLocaleString();
     meta.appendChild(t);

@@ -47,6 +47,8 @@ fn scaled(n: usize) -> usize {
 struct Pair {
     alice: String,
     bob: String,
+    alice_proxy: String,
+    bob_proxy: String,
     _dir: tempfile::TempDir,
 }
 
@@ -72,6 +74,8 @@ instances:
         let pair = Pair {
             alice: url("peer/alice"),
             bob: url("peer/bob"),
+            alice_proxy: url("proxy/alice"),
+            bob_proxy: url("proxy/bob"),
             _dir: dir,
         };
         for s in servers {
@@ -79,6 +83,32 @@ instances:
         }
         pair.wait_until_routed().await;
         pair
+    }
+
+    /// What the proxies signed and verified so far (`GET /api/v1/signatures`), in words.
+    async fn signatures(&self) -> String {
+        let get = |url: String| async move {
+            let mut r = client().get(url).send().await.ok()?;
+            r.json::<serde_json::Value>().await.ok()
+        };
+        let (a, b) = (
+            get(format!("{}/api/v1/signatures", self.alice_proxy)).await,
+            get(format!("{}/api/v1/signatures", self.bob_proxy)).await,
+        );
+        match (a, b) {
+            (Some(a), Some(b)) => format!(
+                "bob's proxy verified {} requests and {} envelopes (refused {}, batch fallbacks \
+                 {}); alice's proxy signed {} envelopes in {} requests and verified {} acks",
+                b["requests_verified"],
+                b["envelopes_verified"],
+                b["refused"],
+                b["batch_fallbacks"],
+                a["envelopes_signed"],
+                a["requests_signed"],
+                a["acks_verified"]
+            ),
+            _ => "no signature counters (a release before signed hops)".to_string(),
+        }
     }
 
     /// Waits until alice's proxy has a table naming bob.
@@ -356,12 +386,14 @@ async fn main() {
     if only() == Some("throughput") {
         let c16 = throughput(&pair, &arrivals, "c16", n * 3, 16).await;
         println!("concurrency 16: {c16:.0} msg/s");
+        eprintln!("  signatures: {}", pair.signatures().await);
         return;
     }
     let c1 = throughput(&pair, &arrivals, "c1", n / 3, 1).await;
     eprintln!("  concurrency 1: {c1:.0} msg/s");
     let c16_1k = throughput(&pair, &arrivals, "c16a", n * 3, 16).await;
     eprintln!("  concurrency 16 (≈1k stored): {c16_1k:.0} msg/s");
+    eprintln!("  signatures: {}", pair.signatures().await);
     figures.push(Figure {
         section: "delivery",
         name: "msg/s person to person, concurrency 1".into(),

@@ -38,6 +38,40 @@ pub struct Config {
     /// What every role's HTTP listener allows its clients: body deadline, connections.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Proxies of the original (which sign nothing) this overlay still talks to, each bound to
+    /// the address its requests come from. Without an entry here, unsigned message posts from
+    /// other proxies are refused, and the controller's original API answers nobody.
+    #[serde(default)]
+    pub legacy_proxies: Vec<LegacyProxyConfig>,
+}
+
+/// `legacy_proxies[i]`: a proxy of the original, by name and the source address it posts from.
+/// Its messages are shown as unauthenticated: nobody vouches for them but that address.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyProxyConfig {
+    /// Its instance name: the `from` of its messages, the name it registers under.
+    pub name: InstanceName,
+    /// The IP address its requests come from (no port), e.g. `192.0.2.7`.
+    pub address: IpAddr,
+}
+
+impl Config {
+    /// The listed legacy proxy `name` whose requests come from `source`, if any.
+    pub fn legacy_proxy(&self, name: &str, source: IpAddr) -> Option<&LegacyProxyConfig> {
+        let source = source.to_canonical();
+        self.legacy_proxies
+            .iter()
+            .find(|l| l.name.matches(name) && l.address.to_canonical() == source)
+    }
+
+    /// Whether any legacy proxy is listed at `source`.
+    pub fn is_legacy_address(&self, source: IpAddr) -> bool {
+        let source = source.to_canonical();
+        self.legacy_proxies
+            .iter()
+            .any(|l| l.address.to_canonical() == source)
+    }
 }
 
 /// `controller:`: where the controller listens and how it judges liveness.
@@ -300,6 +334,24 @@ impl Config {
                 ));
             }
             ai.check(i)?;
+        }
+        let mut legacy: BTreeMap<crate::wire::PeerName, String> = BTreeMap::new();
+        for (i, l) in self.legacy_proxies.iter().enumerate() {
+            let here = format!("legacy_proxies[{i}].name");
+            if let Some(inst) = names.get(&crate::wire::PeerName::from(l.name.as_str())) {
+                return Err(format!(
+                    "{here}: `{}` is {inst}, a user of this overlay, which joins with a key: a \
+                     legacy (unsigned) proxy may not take its name; remove it from \
+                     legacy_proxies, or rename the instance",
+                    l.name
+                ));
+            }
+            if let Some(first) = legacy.insert(l.name.as_str().into(), here.clone()) {
+                return Err(format!(
+                    "{here}: `{}` is already listed at {first}; list every legacy proxy once",
+                    l.name
+                ));
+            }
         }
         let l = &self.controller.liveness;
         if !(l.heartbeat_every_secs > 0

@@ -12,14 +12,19 @@ use actix_web::http::{header, StatusCode};
 use actix_web::web::Bytes;
 use serde::Serialize;
 
+use crate::wire::data_plane::ACK_HEADER;
 use crate::wire::legacy;
 
 /// How one request ended. Every answer with a status keeps its status and body, so a caller can
 /// word it its own way; [`Answer::reason`] is the common wording.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// A 2xx.
-    Ok { status: StatusCode, body: Bytes },
+    /// A 2xx; `ack` is its [`ACK_HEADER`] (a receiving proxy's signed acknowledgement), if any.
+    Ok {
+        status: StatusCode,
+        body: Bytes,
+        ack: Option<String>,
+    },
     /// No (whole) answer: no connection, a broken read, or nothing within the deadline.
     Unreachable { reason: String },
     /// 408, 429 or 5xx: the receiver may take it later.
@@ -36,7 +41,11 @@ impl Answer {
     /// anything else refused.
     pub fn from_status(status: StatusCode, body: Bytes) -> Answer {
         if status.is_success() {
-            Answer::Ok { status, body }
+            Answer::Ok {
+                status,
+                body,
+                ack: None,
+            }
         } else if is_transient(status) {
             Answer::Busy { status, body }
         } else if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
@@ -56,7 +65,7 @@ impl Answer {
     pub fn reason(&self) -> String {
         match self {
             Answer::Unreachable { reason } => reason.clone(),
-            Answer::Ok { status, body }
+            Answer::Ok { status, body, .. }
             | Answer::Busy { status, body }
             | Answer::RouteMissing { status, body }
             | Answer::Refused { status, body } => detail(*status, body),
@@ -114,15 +123,23 @@ async fn exchange(sent: awc::SendClientRequest, limit: usize, timeout: Duration)
     let call = async {
         let mut res = sent.await.map_err(|e| e.to_string())?;
         let status = res.status();
+        let ack = res
+            .headers()
+            .get(ACK_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = res.body().limit(limit).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((status, body))
+        Ok::<_, String>((status, body, ack))
     };
     match actix_rt::time::timeout(timeout, call).await {
         Err(_) => Answer::Unreachable {
             reason: format!("no answer within {}s", timeout.as_secs()),
         },
         Ok(Err(reason)) => Answer::Unreachable { reason },
-        Ok(Ok((status, body))) => Answer::from_status(status, body),
+        Ok(Ok((status, body, ack))) => match Answer::from_status(status, body) {
+            Answer::Ok { status, body, .. } => Answer::Ok { status, body, ack },
+            other => other,
+        },
     }
 }
 
@@ -143,7 +160,8 @@ mod tests {
             answer(202, b"{}"),
             Answer::Ok {
                 status: StatusCode::ACCEPTED,
-                body: Bytes::from_static(b"{}")
+                body: Bytes::from_static(b"{}"),
+                ack: None,
             }
         );
     }
@@ -212,6 +230,7 @@ mod tests {
         let ok = Answer::Ok {
             status: StatusCode::ACCEPTED,
             body: Bytes::from_static(b"[1,2]"),
+            ack: None,
         };
         assert_eq!(typed, ok);
         assert_eq!(encoded, ok);

@@ -376,6 +376,8 @@ pub fn envelope_of(m: &StoredMessage) -> Envelope {
         },
         auto_reply: m.auto_reply,
         error: m.error,
+        signature: None,
+        unauthenticated: false,
     }
 }
 

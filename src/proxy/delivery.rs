@@ -2,18 +2,24 @@
 //! refused for good. Used by the [`super::outbox::Outbox`] with its one shared awc `Client`.
 //!
 //! Owns the wire calls to the next hop: `POST {peer}/api/v1/inbox`, `POST {peer}/api/v1/receipts`,
-//! `POST {proxy}/api/v1/relay` (ours), and the legacy `POST {proxy}/` with `Host: TARGET`
-//! (an original proxy, whose 200 counts as delivered). On our own routes (relay, inbox, their
-//! batches) only the receiver's [`Ack`] of the message's id counts as stored; any other 2xx
-//! (some web server's `{}` or HTML page) is a failed attempt, retried. A native route answered 404/405 by a
-//! component of the original falls back to the original's format at once (`POST /message` for
-//! a peer, `POST /` with `Host:` for a proxy). It keeps no state and never retries itself.
+//! `POST {proxy}/api/v1/relay[/batch]` (ours: signed envelopes in a signed request, see
+//! [`super::signed_hop`]), and the legacy `POST {proxy}/` with `Host: TARGET` (a proxy of the
+//! original, which has no key: its 200 counts as delivered). On our own routes only the
+//! receiver's [`Ack`] of the message's id counts as stored, and from another proxy only with
+//! its signature over the messages sent, by the key pinned to it; any other 2xx (some web
+//! server's `{}` or HTML page, or an answer nobody signed) is a failed attempt, retried. A peer
+//! of the original (no `/api/v1/inbox`) gets `POST /message` instead; a proxy with a pinned key
+//! never gets the unsigned legacy format (no downgrade). It keeps no state and never retries
+//! itself.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::hop::post::{post_json, Answer};
+use super::signed_hop::HopSigner;
+use crate::hop::post::{post_encoded, post_json, Answer};
+use crate::trust::request::SIGNATURE_HEADER;
+use crate::trust::PublicKey;
 use crate::wire::data_plane::{Ack, Envelope, MessageId, Receipt};
 use crate::wire::legacy;
 
@@ -92,21 +98,82 @@ pub struct ToProxy {
     pub timeout: Duration,
 }
 
-/// `POST {proxy}/api/v1/relay`: another proxy of ours; its 200 Ack means it stored it.
-pub async fn relay(to: ToProxy) -> Outcome {
-    // A proxy not (yet) registered with our controller is taken for ours; an original proxy
-    // there answers our route as a legacy post for its own host, and gets its own format.
-    let native = format!("{}/api/v1/relay", to.base_url);
-    let legacy = format!("{}/", to.base_url);
-    let what = format!("{}'s proxy", to.name);
-    let (envelope, hop) = (&to.envelope, Hop::new(&to.client, to.timeout, &what));
-    hop.native_or_legacy(&native, envelope, &legacy, Some(&envelope.to))
-        .await
+/// How a hop to another proxy of ours is signed, and the key its acknowledgement must be
+/// signed by (the receiver's, pinned in the signed directory).
+#[derive(Clone)]
+pub struct Signing {
+    pub signer: HopSigner,
+    pub key: PublicKey,
 }
 
-/// `POST {proxy}/api/v1/relay/batch` or `POST {peer}/api/v1/inbox/batch`: several envelopes
-/// (`[Envelope]`) in one request, stored by the receiver in one transaction; delivered only when
-/// every id is acknowledged (`[Ack]`, in order).
+/// `POST {proxy}/api/v1/relay`: another proxy of ours; its 200 Ack, signed, means it stored it.
+pub async fn relay(to: ToProxy, signing: Signing) -> Outcome {
+    let url = format!("{}/api/v1/relay", to.base_url);
+    let what = format!("{}'s proxy", to.name);
+    let sent = [to.envelope];
+    let signed = signing.signer.sign_envelopes(&sent);
+    let answer = signed_post(&to.client, &url, &to.name, &signed[0], &signing, to.timeout).await;
+    let ack = match &answer {
+        Answer::Ok { ack, .. } => ack.clone(),
+        _ => None,
+    };
+    match acknowledged(answer, &sent[0].id, &what) {
+        Outcome::Delivered => signed_ack(&signing, ack.as_deref(), &sent, what),
+        other => other,
+    }
+}
+
+/// `POST {proxy}/api/v1/relay/batch`: several envelopes for another proxy of ours, signed,
+/// stored by the receiver in one transaction; delivered only when every id is acknowledged
+/// (`[Ack]`, in order) and the receiver signed the acknowledgement of exactly these.
+pub async fn relay_batch(to: ToProxy, envelopes: Vec<Envelope>, signing: Signing) -> Outcome {
+    let url = format!("{}/api/v1/relay/batch", to.base_url);
+    let what = format!("{}'s proxy", to.name);
+    let signed = signing.signer.sign_envelopes(&envelopes);
+    let answer = signed_post(&to.client, &url, &to.name, &signed, &signing, to.timeout).await;
+    let ack = match &answer {
+        Answer::Ok { ack, .. } => ack.clone(),
+        _ => None,
+    };
+    match batch_acknowledged(answer, &envelopes, what.clone()) {
+        Outcome::Delivered => signed_ack(&signing, ack.as_deref(), &envelopes, what),
+        other => other,
+    }
+}
+
+/// `body` as JSON to `url`, in a request signed for `destination`.
+async fn signed_post<T: Serialize>(
+    client: &awc::Client,
+    url: &str,
+    destination: &str,
+    body: &T,
+    signing: &Signing,
+    timeout: Duration,
+) -> Answer {
+    let body = match serde_json::to_vec(body) {
+        Ok(b) => b,
+        Err(e) => {
+            return Answer::Unreachable {
+                reason: format!("could not encode the message: {e}"),
+            }
+        }
+    };
+    let header = signing.signer.sign_request("POST", url, destination, &body);
+    let request = client.post(url).insert_header((SIGNATURE_HEADER, header));
+    post_encoded(request, body, BATCH_ANSWER_LIMIT, timeout).await
+}
+
+/// Delivered when `ack` is the receiver's signature over `sent`; else a failed attempt.
+fn signed_ack(signing: &Signing, ack: Option<&str>, sent: &[Envelope], what: String) -> Outcome {
+    match signing.signer.check_ack(ack, &signing.key, sent) {
+        Ok(()) => Outcome::Delivered,
+        Err(error) => Outcome::Retry { what, error },
+    }
+}
+
+/// `POST {peer}/api/v1/inbox/batch`: several envelopes (`[Envelope]`) for the own peer in one
+/// request, stored in one transaction; delivered only when every id is acknowledged (`[Ack]`,
+/// in order).
 pub async fn post_batch(
     client: awc::Client,
     url: String,
@@ -114,14 +181,20 @@ pub async fn post_batch(
     envelopes: Vec<Envelope>,
     timeout: Duration,
 ) -> Outcome {
-    match post_json(client.post(&url), &envelopes, BATCH_ANSWER_LIMIT, timeout).await {
+    let answer = post_json(client.post(&url), &envelopes, BATCH_ANSWER_LIMIT, timeout).await;
+    batch_acknowledged(answer, &envelopes, what)
+}
+
+/// The answer to a batch: delivered when it acknowledges every envelope, in order.
+fn batch_acknowledged(answer: Answer, envelopes: &[Envelope], what: String) -> Outcome {
+    match answer {
         Answer::RouteMissing { status, .. } => Outcome::Unsupported {
             reason: format!("{what} answered {status} to a batch"),
         },
         Answer::Ok { body, .. } => match serde_json::from_slice::<Vec<Ack>>(&body) {
             Ok(acks)
                 if acks.len() == envelopes.len()
-                    && acks.iter().zip(&envelopes).all(|(a, e)| a.id == e.id) =>
+                    && acks.iter().zip(envelopes).all(|(a, e)| a.id == e.id) =>
             {
                 Outcome::Delivered
             }
@@ -199,7 +272,7 @@ impl<'a> Hop<'a> {
 /// 2xx is our [`Ack`] of `id`; otherwise as [`classify`].
 // Before (issue 13), any 2xx counted: a table entry pointing at some web server ate messages.
 pub fn acknowledged(answer: Answer, id: &MessageId, what: &str) -> Outcome {
-    let Answer::Ok { status, body } = answer else {
+    let Answer::Ok { status, body, .. } = answer else {
         return classify(answer, what);
     };
     match serde_json::from_slice::<Ack>(&body) {

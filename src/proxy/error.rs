@@ -33,6 +33,13 @@ pub enum ProxyError {
     /// A destination's queue is at its limit: retry later.
     #[error("{0}")]
     QueueFull(String),
+    /// Another proxy's request is not signed, or its signature does not hold (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Not now, for a reason that passes (starting, a directory not yet up to date, a clock
+    /// apart): 503, and the sender tries again.
+    #[error("{0}")]
+    Retry(String),
 }
 
 impl ProxyError {
@@ -52,9 +59,10 @@ impl ResponseError for ProxyError {
             ProxyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::Unavailable(_) | ProxyError::QueueFull(_) => {
+            ProxyError::Unavailable(_) | ProxyError::QueueFull(_) | ProxyError::Retry(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         }
     }
 

@@ -20,6 +20,7 @@ pub mod outbox;
 pub mod router;
 pub mod routes;
 pub mod routing;
+pub mod signed_hop;
 pub mod store;
 
 use std::net::TcpListener;
@@ -179,6 +180,11 @@ impl Boot {
             listening,
         } = self;
         let peer_url = settings.peer_url.trim_end_matches('/').to_string();
+        let hops = std::sync::Arc::new(signed_hop::SignedHops::new(
+            settings.name.as_str(),
+            identity.clone(),
+            crate::wire::now_ms(),
+        ));
         // The outbox observes the writer (it learns of its committed changes from there).
         let outbox_ctx = actix::Context::<Outbox>::new();
         let store: actix::Addr<Store> = store::writer(opened)
@@ -188,6 +194,15 @@ impl Boot {
         // one more for the own peer only when the hop has a link token to send.
         let attempt_timeout = Duration::from_secs(settings.delivery.attempt_timeout_secs.max(1));
         let client = awc::Client::builder().timeout(attempt_timeout).finish();
+        let router = Router::new(
+            settings.name.clone(),
+            endpoints,
+            source,
+            view,
+            store.clone(),
+            settings.root.is_none(),
+        );
+        let published = router.published();
         let clients = outbox::Clients {
             own_peer: if settings.link.is_set() {
                 crate::hop::link::client(&settings.link, attempt_timeout)
@@ -195,6 +210,8 @@ impl Boot {
                 client.clone()
             },
             others: client,
+            signer: hops.signer(),
+            directory: published.clone(),
         };
         let desk = AiDesk::new(
             DeskSettings {
@@ -208,15 +225,6 @@ impl Boot {
             clients.own_peer.clone(),
         )
         .start();
-        let router = Router::new(
-            settings.name.clone(),
-            endpoints,
-            source,
-            view,
-            store.clone(),
-            settings.root.is_none(),
-        );
-        let published = router.published();
         let outbox = outbox_ctx.run(Outbox::new(
             OutboxSettings {
                 me: settings.name.clone(),
@@ -276,6 +284,8 @@ impl Boot {
             max_message_bytes: settings.delivery.max_message_bytes,
             published,
             link: settings.link.clone(),
+            hops,
+            legacy: settings.config.legacy_proxies.clone().into(),
         }
     }
 }

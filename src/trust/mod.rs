@@ -14,7 +14,7 @@ pub mod request;
 pub mod signed;
 pub mod token;
 
-pub use keys::{Fingerprint, Identity, KeyError, PublicKey, Signature};
+pub use keys::{verify_all, Check, Fingerprint, Identity, KeyError, PublicKey, Signature};
 pub use limiter::RateLimiter;
 pub use signed::{check_chain, issue, KeyCert, Signed, CERT_DOMAIN};
 pub use token::{JoinToken, TokenError, TokenVerifier};

@@ -163,6 +163,24 @@ pub fn verify(
     now_ms: u64,
     started_ms: u64,
 ) -> Result<(), RequestError> {
+    check_fields(h, me, origin, key, now_ms, started_ms)?;
+    key.verify(REQUEST_DOMAIN, &signed_message(h, r), &h.sig)
+        .map_err(|e: KeyError| match e {
+            KeyError::BadSignature => RequestError::BadSignature,
+            other => RequestError::Malformed(other.to_string()),
+        })
+}
+
+/// Everything [`verify`] checks but the signature itself (for a caller that checks it in a
+/// batch with others, over [`signed_message`] under [`REQUEST_DOMAIN`]).
+pub fn check_fields(
+    h: &SignatureHeader,
+    me: &str,
+    origin: &str,
+    key: &PublicKey,
+    now_ms: u64,
+    started_ms: u64,
+) -> Result<(), RequestError> {
     if !h.destination.eq_ignore_ascii_case(me) {
         return Err(RequestError::WrongDestination {
             got: h.destination.clone(),
@@ -188,12 +206,12 @@ pub fn verify(
     if h.time_ms < started_ms {
         return Err(RequestError::BeforeStart);
     }
-    let msg = canonical(r, &h.origin, &h.destination, &h.key, h.time_ms, &h.nonce);
-    key.verify(REQUEST_DOMAIN, &msg, &h.sig)
-        .map_err(|e: KeyError| match e {
-            KeyError::BadSignature => RequestError::BadSignature,
-            other => RequestError::Malformed(other.to_string()),
-        })
+    Ok(())
+}
+
+/// The bytes `h`'s signature covers on request `r`.
+pub fn signed_message(h: &SignatureHeader, r: &RequestLine<'_>) -> Vec<u8> {
+    canonical(r, &h.origin, &h.destination, &h.key, h.time_ms, &h.nonce)
 }
 
 /// The nonces seen within the replay window: a request whose (origin, nonce) was seen is a

@@ -11,14 +11,25 @@
 //! - peer → its proxy: `GET /api/v1/directory` → `[DirectoryEntry]` (who can be reached, and how);
 //!   `POST /api/v1/forget` [`Forget`] (the user cleared a chat: an AI starts a fresh context).
 //!
-//! The envelope's shape is fixed so that a signature and a sealed (end-to-end encrypted) body
-//! can be added later as new optional fields / a new [`Body`] variant without changing it.
+//! Between proxies every hop is signed (see [`Envelope::signed_bytes`], [`acked_bytes`]): the
+//! origin proxy signs each envelope under [`ENVELOPE_DOMAIN`] and each request (see
+//! [`crate::trust::request`]); the receiving proxy answers with its signature over what it
+//! stored, under [`ACK_DOMAIN`], in the [`ACK_HEADER`] header. A sealed (end-to-end encrypted)
+//! body can come later as a new [`Body`] variant without changing the envelope's shape.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use super::PeerName;
+use crate::trust::{Identity, Signature};
+
+/// Signature domain of an [`Envelope`], signed by its origin proxy.
+pub const ENVELOPE_DOMAIN: &str = "overlay/envelope/v1";
+/// Signature domain of an acknowledgement, signed by the receiving proxy.
+pub const ACK_DOMAIN: &str = "overlay/ack/v1";
+/// The answer header carrying the receiving proxy's signature of the acknowledged messages.
+pub const ACK_HEADER: &str = "overlay-ack";
 
 /// A message's globally unique id, minted where the message is born.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -88,6 +99,14 @@ pub struct Envelope {
     /// An error report (e.g. from an AI endpoint) rather than a chat message.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub error: bool,
+    /// The origin proxy's signature over every field above ([`Envelope::signed_bytes`]); made
+    /// by the sending proxy on each attempt, checked by the receiving proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+    /// Came from a listed proxy of the original, which signs nothing: nobody vouches for its
+    /// `from`. Set only by the receiving proxy (for its own peer, which shows it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
 }
 
 /// What a message carries.
@@ -117,8 +136,61 @@ impl Envelope {
             body: Body::Text { text: text.into() },
             auto_reply: false,
             error: false,
+            signature: None,
+            unauthenticated: false,
         }
     }
+
+    /// The bytes its origin signs: every field that is stored or shown (id, from, to,
+    /// conversation, time, body, flags), each length-prefixed so no two envelopes share them.
+    /// Names are signed as written (the receiver compares them without case apart).
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let text = self.body.text();
+        let mut out = Vec::with_capacity(96 + text.len());
+        for field in [
+            self.id.as_str(),
+            self.from.as_str(),
+            self.to.as_str(),
+            self.conversation.as_str(),
+            "text",
+            text,
+        ] {
+            put(&mut out, field.as_bytes());
+        }
+        out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
+        out.push(u8::from(self.auto_reply) | (u8::from(self.error) << 1));
+        out
+    }
+
+    /// Signs it as its origin proxy, `by`.
+    pub fn sign(&mut self, by: &Identity) {
+        self.signature = Some(by.sign(ENVELOPE_DOMAIN, &self.signed_bytes()));
+    }
+}
+
+/// `bytes`, preceded by their length (u32, big-endian).
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The bytes a receiving proxy signs to acknowledge `envelopes` (under [`ACK_DOMAIN`]): the
+/// count, then each one's id, from and to, in the order they were sent. Deterministic, so a
+/// retry of the same messages gets the same acknowledgement.
+pub fn acked_bytes<'a>(envelopes: impl ExactSizeIterator<Item = &'a Envelope>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + envelopes.len() * 64);
+    out.extend_from_slice(
+        &u32::try_from(envelopes.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    for e in envelopes {
+        put(&mut out, e.id.as_str().as_bytes());
+        put(&mut out, e.from.as_str().as_bytes());
+        put(&mut out, e.to.as_str().as_bytes());
+    }
+    out
 }
 
 /// The id of the two-party conversation between `a` and `b`: the same from both ends.
@@ -310,6 +382,64 @@ mod tests {
             "false flags are left out: {json}"
         );
         assert_eq!(serde_json::from_str::<Envelope>(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn the_origins_signature_covers_every_stored_or_shown_field() {
+        let alice = Identity::generate();
+        let mut e = Envelope::text("alice", "bob", "hi");
+        e.sign(&alice);
+        let holds = |e: &Envelope| {
+            alice
+                .public()
+                .verify(
+                    ENVELOPE_DOMAIN,
+                    &e.signed_bytes(),
+                    e.signature.as_ref().unwrap(),
+                )
+                .is_ok()
+        };
+        assert!(holds(&e));
+        let changes: [fn(&mut Envelope); 8] = [
+            |e| e.id = MessageId::new(),
+            |e| e.from = "carol".into(),
+            |e| e.to = "carol".into(),
+            |e| e.conversation = "alice:carol".into(),
+            |e| e.sent_at_ms += 1,
+            |e| e.body = Body::Text { text: "hi!".into() },
+            |e| e.auto_reply = true,
+            |e| e.error = true,
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut changed = e.clone();
+            change(&mut changed);
+            assert!(!holds(&changed), "change {i} kept the signature valid");
+        }
+        // Fields cannot slide into each other: ("ab","c") is not ("a","bc").
+        let (mut x, mut y) = (e.clone(), e.clone());
+        (x.from, x.to) = ("ab".into(), "c".into());
+        (y.from, y.to) = ("a".into(), "bc".into());
+        assert_ne!(x.signed_bytes(), y.signed_bytes());
+        // It travels as an optional field, left out when absent.
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Envelope>(&json).unwrap(), e);
+        assert!(!serde_json::to_string(&Envelope::text("a", "b", "c"))
+            .unwrap()
+            .contains("signature"));
+    }
+
+    #[test]
+    fn an_acknowledgement_covers_the_ids_and_names_in_order() {
+        let (a, b) = (
+            Envelope::text("alice", "bob", "1"),
+            Envelope::text("alice", "bob", "2"),
+        );
+        let both = acked_bytes([a.clone(), b.clone()].iter());
+        assert_ne!(both, acked_bytes([b.clone(), a.clone()].iter()));
+        assert_ne!(both, acked_bytes([a.clone()].iter()));
+        let mut other = b.clone();
+        other.to = "carol".into();
+        assert_ne!(both, acked_bytes([a, other].iter()));
     }
 
     #[test]

@@ -457,32 +457,92 @@ async fn a_message_to_an_unknown_peer_is_the_legacy_404_and_goes_nowhere() {
 
 #[actix_web::test]
 async fn an_original_style_post_lands_in_bobs_history_once_even_when_posted_twice() {
+    // carol runs a proxy of the original on this machine, listed as such; alice is one of ours.
     let users: &[(&str, &[&str])] = &[("alice", &[]), ("bob", &[])];
-    let o = overlay_of(users).await;
+    let o = overlay_listing_legacy(users, &[("carol", "127.0.0.1")]).await;
     let bob = o.url("peer/bob");
-    let body = r#"{"message":"from an original proxy","from":"alice","timestamp":"2026-11-24T08:41:31.123456"}"#;
+    let post = |from: &str| {
+        let body = format!(
+            r#"{{"message":"from an original proxy","from":"{from}","timestamp":"2026-11-24T08:41:31.123456"}}"#
+        );
+        let url = format!("{}/", o.url("proxy/bob"));
+        async move {
+            let mut r = client()
+                .post(url)
+                .insert_header(("Host", "bob"))
+                .insert_header(("Content-Type", "application/json"))
+                .send_body(body)
+                .await
+                .expect("POST / answers");
+            let v: Value = r.json().await.expect("a JSON answer");
+            (r.status(), v)
+        }
+    };
     for _ in 0..2 {
-        let mut r = client()
-            .post(format!("{}/", o.url("proxy/bob")))
-            .insert_header(("Host", "bob"))
-            .insert_header(("Content-Type", "application/json"))
-            .send_body(body)
-            .await
-            .expect("POST / answers");
-        assert_eq!(r.status(), StatusCode::OK);
-        let v: Value = r.json().await.expect("a JSON answer");
+        let (status, v) = post("carol").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
         assert_eq!(v["status"], "success", "{v}");
+    }
+    // Unsigned posts in the name of a user with a pinned key, or of a proxy not listed, are
+    // refused: only a listed proxy of the original posts unsigned, for its own name.
+    for from in ["alice", "dave"] {
+        let (status, v) = post(from).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{from}: {v}");
     }
     eventually("bob stored it", || {
         let bob = bob.clone();
-        async move { (!history(&bob, "alice").await.is_empty()).then_some(()) }
+        async move { (!history(&bob, "carol").await.is_empty()).then_some(()) }
     })
     .await;
     wait_outboxes_empty(&[o.url("proxy/bob")]).await;
-    let h = history(&bob, "alice").await;
+    let h = history(&bob, "carol").await;
     assert_eq!(h.len(), 1, "{h:?}");
     assert_eq!(h[0]["message"], "from an original proxy");
-    assert_eq!(h[0]["sender"], "alice");
+    assert_eq!(h[0]["sender"], "carol");
+    assert!(history(&bob, "alice").await.is_empty());
+    assert!(history(&bob, "dave").await.is_empty());
+    // Shown as unauthenticated: nobody vouches for carol but the address it posts from.
+    let (_, page): (_, Value) =
+        get_json(&format!("{bob}/api/v1/conversations/carol/messages")).await;
+    assert_eq!(page["messages"][0]["unauthenticated"], true, "{page}");
+}
+
+#[actix_web::test]
+async fn without_the_legacy_setting_an_original_style_post_from_another_proxy_is_refused() {
+    let users: &[(&str, &[&str])] = &[("alice", &[]), ("bob", &[])];
+    let o = overlay_of(users).await;
+    let status = legacy_post(
+        &o.url("proxy/bob"),
+        "bob",
+        "carol",
+        "unsigned",
+        "2026-11-24T08:41:31",
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(queued(&o.url("proxy/bob")).await, 0);
+    assert!(history(&o.url("peer/bob"), "carol").await.is_empty());
+}
+
+/// The overlay of `users`, whose config lists `legacy` proxies of the original (name, address).
+async fn overlay_listing_legacy(users: &[(&str, &[&str])], legacy: &[(&str, &str)]) -> TestOverlay {
+    let mut config = config_for(users);
+    config.legacy_proxies = legacy
+        .iter()
+        .map(|(name, address)| overlay::config::LegacyProxyConfig {
+            name: overlay::config::InstanceName::parse(name).expect("a name"),
+            address: address.parse().expect("an address"),
+        })
+        .collect();
+    let o = spawn_overlay(config).await;
+    for (a, _) in users {
+        for (b, _) in users {
+            if a != b {
+                wait_for_route(&o.url(&format!("peer/{a}")), b).await;
+            }
+        }
+    }
+    o
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,7 +562,8 @@ async fn legacy_post(proxy_url: &str, host: &str, from: &str, text: &str, ts: &s
 #[actix_web::test]
 async fn a_queued_batch_for_a_peer_that_refuses_one_envelope_delivers_the_others_once_in_order() {
     let users: &[(&str, &[&str])] = &[("alice", &[]), ("bob", &[])];
-    let mut o = overlay_of(users).await;
+    // carol is a proxy of the original on this machine, listed as such.
+    let mut o = overlay_listing_legacy(users, &[("carol", "127.0.0.1")]).await;
     let config = bound_config(&o, users);
     let bob_proxy = o.url("proxy/bob");
     let bob_peer_addr = o.server("peer/bob").addr;
@@ -523,8 +584,9 @@ async fn a_queued_batch_for_a_peer_that_refuses_one_envelope_delivers_the_others
         if from == "carol" {
             assert_eq!(status, StatusCode::OK);
         } else {
+            // Not a listed name (nor a name at all): refused up front.
             assert!(
-                status == StatusCode::OK || status == StatusCode::BAD_REQUEST,
+                status == StatusCode::BAD_REQUEST || status == StatusCode::FORBIDDEN,
                 "{status}"
             );
         }

@@ -338,3 +338,58 @@ pub async fn run_binary(
     });
     (child, url)
 }
+
+/// The identity key of `name`'s proxy in `data_dir` (an `overlay up` data dir, or a proxy's).
+pub fn proxy_identity(data_dir: &Path, name: &str) -> overlay::trust::Identity {
+    overlay::trust::Identity::load(&data_dir.join(format!("proxy-{name}.key")))
+        .unwrap_or_else(|e| panic!("{name}'s proxy key in {}: {e}", data_dir.display()))
+}
+
+/// What a relay answered: status, JSON body, and its `overlay-ack` header.
+pub struct RelayAnswer {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub ack: Option<String>,
+}
+
+/// `POST {proxy}{path}` with `body` (JSON), as `origin`'s proxy signs it with `by` for
+/// `destination` (envelopes in `body` are sent as they are: sign them with
+/// `Envelope::sign` first to make them valid).
+pub async fn signed_post(
+    proxy: &str,
+    path: &str,
+    by: &overlay::trust::Identity,
+    origin: &str,
+    destination: &str,
+    body: &impl serde::Serialize,
+) -> RelayAnswer {
+    use overlay::trust::request::{sign, RequestLine, SIGNATURE_HEADER};
+    let bytes = serde_json::to_vec(body).expect("JSON");
+    let line = RequestLine {
+        method: "POST",
+        target: path,
+        body: &bytes,
+    };
+    let header = sign(by, &line, origin, destination, overlay::wire::now_ms());
+    let mut res = client()
+        .post(format!("{proxy}{path}"))
+        .insert_header((SIGNATURE_HEADER, header))
+        .insert_header(("content-type", "application/json"))
+        .send_body(bytes)
+        .await
+        .expect("the relay answers");
+    let ack = res
+        .headers()
+        .get(overlay::wire::data_plane::ACK_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    RelayAnswer {
+        status: res.status().as_u16(),
+        body: res
+            .json()
+            .limit(1 << 22)
+            .await
+            .unwrap_or(serde_json::Value::Null),
+        ack,
+    }
+}

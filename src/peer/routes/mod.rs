@@ -91,7 +91,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         .route("/peer_name", web::get().to(peer_name))
         .route("/peers", web::get().to(peers))
         .route("/send_message", web::post().to(send_message))
-        .route("/message", web::post().to(message))
+        // compat: the original's proxy hand-over, now from this peer's own proxy only.
+        .service(from_proxy("/message").route(web::post().to(message)))
         .route("/get_chat_history/{peer_id}", web::get().to(chat_history))
         .route("/message_updates", web::get().to(message_updates))
         .route("/clear_chat/{peer_id}", web::post().to(clear_chat))

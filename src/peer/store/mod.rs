@@ -96,6 +96,9 @@ pub struct StoredMessage {
     /// It is handed over again until the proxy takes it or it expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// Came through a proxy of the original, which signs nothing: nobody vouches for `from`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
 }
 
 impl StoredMessage {
@@ -114,6 +117,7 @@ impl StoredMessage {
             auto_reply: envelope.auto_reply,
             error: envelope.error,
             waiting: None,
+            unauthenticated: false,
         }
     }
 
@@ -137,6 +141,7 @@ impl StoredMessage {
             auto_reply: envelope.auto_reply,
             error: envelope.error,
             waiting: None,
+            unauthenticated: envelope.unauthenticated,
         }
     }
 

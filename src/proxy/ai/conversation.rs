@@ -175,6 +175,8 @@ pub fn reply_envelope(
         body: Body::Text { text },
         auto_reply: false,
         error,
+        signature: None,
+        unauthenticated: false,
     }
 }
 

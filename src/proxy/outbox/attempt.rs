@@ -15,6 +15,7 @@ use super::super::store::{LaneId, Payload, Record};
 use super::Outbox;
 use crate::wire::control_plane::AiEndpoint;
 use crate::wire::data_plane::Envelope;
+use crate::wire::directory::UserState;
 
 /// Most envelopes relayed in one request.
 const MAX_BATCH: usize = 128;
@@ -35,33 +36,78 @@ impl Outbox {
         id: &LaneId,
     ) -> Option<(Vec<u64>, LocalBoxFuture<'static, Outcome>)> {
         let lane = self.lanes.get(id)?;
-        let (url, what, client) = match id {
+        let max_bytes = self.settings.delivery.max_body_bytes / 2;
+        match id {
             LaneId::Remote(to) => {
-                match choose_route(&self.endpoints, self.settings.me.as_str(), to) {
-                    Route::Proxy { name, endpoint }
-                        if endpoint.native
-                            && peer_refusal(&name, &endpoint, &self.settings.not_peers)
-                                .is_none() =>
-                    {
-                        (
-                            format!("{}/api/v1/relay/batch", endpoint.base_url()),
-                            format!("{name}'s proxy"),
-                            self.clients.others.clone(),
-                        )
-                    }
-                    _ => return None,
+                let Route::Proxy { name, endpoint } =
+                    choose_route(&self.endpoints, self.settings.me.as_str(), to)
+                else {
+                    return None;
+                };
+                if peer_refusal(&name, &endpoint, &self.settings.not_peers).is_some() {
+                    return None;
                 }
+                let signing = self.signing(&name)?;
+                let (seqs, envelopes) = lane.batch(MAX_BATCH, max_bytes)?;
+                let to = delivery::ToProxy {
+                    client: self.clients.others.clone(),
+                    base_url: endpoint.base_url(),
+                    name,
+                    envelope: envelopes[0].clone(),
+                    timeout: self.attempt_timeout(),
+                };
+                let attempt = delivery::relay_batch(to, envelopes, signing);
+                Some((seqs, attempt.boxed_local()))
             }
-            LaneId::PeerInbox if self.peer_inbox_batch => (
-                format!("{}/api/v1/inbox/batch", self.settings.peer_url),
-                "your chat app".to_string(),
-                self.clients.own_peer.clone(),
-            ),
-            _ => return None,
-        };
-        let (seqs, envelopes) = lane.batch(MAX_BATCH, self.settings.delivery.max_body_bytes / 2)?;
-        let attempt = delivery::post_batch(client, url, what, envelopes, self.attempt_timeout());
-        Some((seqs, attempt.boxed_local()))
+            LaneId::PeerInbox if self.peer_inbox_batch => {
+                let (seqs, envelopes) = lane.batch(MAX_BATCH, max_bytes)?;
+                let attempt = delivery::post_batch(
+                    self.clients.own_peer.clone(),
+                    format!("{}/api/v1/inbox/batch", self.settings.peer_url),
+                    "your chat app".to_string(),
+                    envelopes,
+                    self.attempt_timeout(),
+                );
+                Some((seqs, attempt.boxed_local()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Why nothing is sent to `name`'s proxy, which has no key to sign for: its key was revoked
+    /// (refused for good), or it has not joined yet (retried until it does, or the message
+    /// expires).
+    fn unsigned_destination(&self, name: &str) -> Outcome {
+        let published = self.clients.directory.borrow();
+        match published.directory.revoked(name) {
+            Some((at_ms, reason)) => Outcome::Refused {
+                reason: format!(
+                    "the key of {name} was revoked at {} ({reason})",
+                    crate::wire::rfc3339_ms(at_ms)
+                ),
+            },
+            None => Outcome::Retry {
+                what: format!("{name}'s proxy"),
+                error: format!(
+                    "{name} has no pinned key in the signed directory (not joined yet): \
+                     nothing is sent until it has one"
+                ),
+            },
+        }
+    }
+
+    /// How a hop to `name`'s proxy is signed: when the signed directory pins its key. A proxy
+    /// without one is of the original (legacy format) or has not joined (nothing is sent).
+    fn signing(&self, name: &str) -> Option<delivery::Signing> {
+        let published = self.clients.directory.borrow();
+        let entry = published.directory.user(name)?;
+        match (&entry.state, entry.key) {
+            (UserState::Active, Some(key)) => Some(delivery::Signing {
+                signer: self.clients.signer.clone(),
+                key,
+            }),
+            _ => None,
+        }
     }
 
     /// Receipts from the head of the receipts lane: up to [`RECEIPT_BATCH`] in one batch post,
@@ -128,6 +174,7 @@ impl Outbox {
                             log::warn!("message {}: {reason}", envelope.id);
                             return Box::pin(ready((Outcome::Refused { reason }, None)));
                         }
+                        let signing = self.signing(&name);
                         let to = delivery::ToProxy {
                             client,
                             base_url: endpoint.base_url(),
@@ -135,10 +182,11 @@ impl Outbox {
                             envelope: envelope.clone(),
                             timeout,
                         };
-                        if endpoint.native {
-                            delivery::relay(to).boxed_local()
-                        } else {
-                            delivery::to_legacy_proxy(to).boxed_local()
+                        match signing {
+                            Some(signing) => delivery::relay(to, signing).boxed_local(),
+                            // compat: a proxy of the original has no key, and no acks.
+                            None if !endpoint.native => delivery::to_legacy_proxy(to).boxed_local(),
+                            None => Box::pin(ready(self.unsigned_destination(&to.name))),
                         }
                     }
                     Route::Ai { name, endpoint } => {

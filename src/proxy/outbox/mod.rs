@@ -118,14 +118,19 @@ pub struct Outbox {
     desk: Addr<AiDesk>,
 }
 
-/// The outbox's two HTTP clients. The link token goes to the own peer only: never to another
-/// proxy, nor anywhere else.
+/// How the outbox reaches out: its two HTTP clients, and how it signs hops to other proxies
+/// and checks their answers. The link token goes to the own peer only: never to another proxy,
+/// nor anywhere else.
 #[derive(Clone)]
 pub struct Clients {
     /// For other users' proxies.
     pub others: awc::Client,
     /// For this proxy's own peer: sends the link token ([`crate::hop::link`]).
     pub own_peer: awc::Client,
+    /// Signs this proxy's requests and envelopes, checks the receivers' acknowledgements.
+    pub signer: crate::proxy::signed_hop::HopSigner,
+    /// The signed directory as the router last applied it: the receivers' pinned keys.
+    pub directory: tokio::sync::watch::Receiver<Arc<crate::proxy::router::Published>>,
 }
 
 impl Outbox {

@@ -1,5 +1,11 @@
 //! compat: the routes the original's components call: its table (`GET /peers`) and its message
 //! post (`POST /` with `Host: TARGET`, any path), answered in its shapes.
+//!
+//! The original signs nothing, so a post is taken only from whom it can come from: the own
+//! user's message from the own peer (loopback or the link token, as the own-peer API), and
+//! another user's message only from a proxy listed under `legacy_proxies` at the address the
+//! post comes from, for that name, when no key is pinned to it. Those are stored marked
+//! unauthenticated. Everything else is refused: other proxies of ours sign their relays.
 
 use actix_web::http::header;
 use actix_web::http::Method;
@@ -64,13 +70,17 @@ pub(super) async fn legacy_post(
         )));
     }
     let mut envelope = msg.to_envelope(&target);
+    let own_user = state.me.matches(&envelope.from);
     let name = match state.route(&target).await? {
         // compat: an original proxy hands over a message for our user.
-        Route::OwnPeer if !state.me.matches(&envelope.from) => {
+        Route::OwnPeer if !own_user => {
+            state.check_legacy_sender(&req, &envelope.from)?;
             state.check_incoming(&envelope)?;
+            envelope.unauthenticated = true;
             state.me.to_string()
         }
         Route::OwnPeer => {
+            state.check_own_peer(&req)?;
             check_time(&envelope)?;
             state.check_text(&envelope)?;
             state.me.to_string()
@@ -78,12 +88,13 @@ pub(super) async fn legacy_post(
         // compat: an original peer hands its own user's message to us, its proxy.
         // fixes original: nobody else may send through this proxy in another's name.
         Route::Proxy { name, .. } | Route::Ai { name, .. } => {
-            if !state.me.matches(&envelope.from) {
+            if !own_user {
                 return Err(ProxyError::Forbidden(format!(
                     "this proxy sends only {}'s messages, not {}'s",
                     state.me, envelope.from
                 )));
             }
+            state.check_own_peer(&req)?;
             // Issue 13: the own user's messages get the time rules of incoming ones.
             check_time(&envelope)?;
             state.check_text(&envelope)?;
@@ -98,4 +109,58 @@ pub(super) async fn legacy_post(
     Ok(HttpResponse::Ok().json(success(Note {
         message: format!("Message queued for delivery to {name}"),
     })))
+}
+
+impl ProxyState {
+    /// The own user's message in the original's format: only from the own peer, as on the
+    /// own-peer API (loopback, or the link token).
+    fn check_own_peer(&self, req: &HttpRequest) -> Result<(), ProxyError> {
+        crate::hop::link::allows(
+            &self.link,
+            req.headers()
+                .get(crate::hop::link::LINK_HEADER)
+                .map(|v| v.as_bytes()),
+            req.peer_addr().map(|a| a.ip()),
+        )
+        .map_err(|_| {
+            ProxyError::Forbidden(format!(
+                "a message from {} is taken only from {}'s own peer (this machine, or the \
+                 link token)",
+                self.me, self.me
+            ))
+        })
+    }
+
+    /// Another user's unsigned message: only from a proxy of the original listed under
+    /// `legacy_proxies` for that name at this source address, and never for a name with a
+    /// pinned key (its messages come signed, through `/api/v1/relay`).
+    fn check_legacy_sender(&self, req: &HttpRequest, from: &str) -> Result<(), ProxyError> {
+        let source = req.peer_addr().map(|a| a.ip().to_canonical());
+        let listed = source.is_some_and(|ip| {
+            self.legacy
+                .iter()
+                .any(|l| l.name.matches(from) && l.address.to_canonical() == ip)
+        });
+        let shown = source.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
+        if !listed {
+            return Err(ProxyError::Forbidden(format!(
+                "unsigned posts from other proxies are refused: {from} from {shown} is not a \
+                 proxy of the original listed under `legacy_proxies` in config.yaml (add \
+                 `- {{name: {from}, address: {shown}}}` to take its messages, shown as \
+                 unauthenticated); proxies of this overlay sign their relays"
+            )));
+        }
+        let published = self.published.borrow().clone();
+        if published
+            .directory
+            .user(from)
+            .is_some_and(|u| u.key.is_some())
+        {
+            return Err(ProxyError::Forbidden(format!(
+                "{from} has a pinned key: its messages must come signed by it, not as a legacy \
+                 post; remove {from} from `legacy_proxies`"
+            )));
+        }
+        Ok(())
+    }
 }

@@ -1,8 +1,9 @@
 //! The proxy's HTTP routes, thin: check the request, ask the router, hand the message to the
 //! outbox, and answer only once it is durably queued. One file per audience:
 //! - [`peer_api`]: its own peer: `POST /api/v1/outbox[/batch]`, `GET /api/v1/outbox`,
-//!   `GET /api/v1/directory`, `POST /api/v1/forget` (a chat was cleared: the AI memory goes too);
-//! - [`relay_api`]: other proxies of ours: `POST /api/v1/relay`, `POST /api/v1/relay/batch`;
+//!   `GET /api/v1/directory`, `POST /api/v1/forget` (a chat was cleared: the AI memory goes too),
+//!   `GET /api/v1/signatures` (what its hops signed and verified);
+//! - [`relay_api`]: other proxies of ours, signed: `POST /api/v1/relay`, `POST /api/v1/relay/batch`;
 //! - [`legacy`]: the original's components (compat): `GET /peers`, and `POST /` (any other
 //!   path) with `Host: TARGET`.
 //!
@@ -14,7 +15,7 @@ mod peer_api;
 mod relay_api;
 
 use legacy::{legacy_post, peers};
-use peer_api::{directory, forget, outbox_status, submit, submit_batch};
+use peer_api::{directory, forget, outbox_status, signatures, submit, submit_batch};
 use relay_api::{relay, relay_batch};
 
 use actix::Addr;
@@ -43,6 +44,10 @@ pub struct ProxyState {
     pub published: tokio::sync::watch::Receiver<std::sync::Arc<crate::proxy::router::Published>>,
     /// The token of the hop to this proxy's own peer (see [`crate::hop::link`]).
     pub link: crate::hop::link::LinkToken,
+    /// Checks and signs the hops between proxies.
+    pub hops: std::sync::Arc<crate::proxy::signed_hop::SignedHops>,
+    /// The proxies of the original whose unsigned posts are taken (`legacy_proxies`).
+    pub legacy: std::sync::Arc<[crate::config::LegacyProxyConfig]>,
 }
 
 /// The route table.
@@ -67,6 +72,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
     .service(own("/api/v1/outbox/batch").route(web::post().to(submit_batch)))
     .service(own("/api/v1/directory").route(web::get().to(directory)))
     .service(own("/api/v1/forget").route(web::post().to(forget)))
+    .service(own("/api/v1/signatures").route(web::get().to(signatures)))
     .route("/api/v1/relay", web::post().to(relay))
     .route("/api/v1/relay/batch", web::post().to(relay_batch))
     .route("/peers", web::get().to(peers))
@@ -138,13 +144,7 @@ impl ProxyState {
         // A revoked key's messages are refused everywhere, even ones queued before the
         // revocation: the sender's proxy shows them failed with this reason.
         let published = self.published.borrow().clone();
-        if !published.checked {
-            return Err(ProxyError::Unavailable(
-                "this proxy is starting: it checks its directory with the controller before it \
-                 takes messages in; try again shortly"
-                    .into(),
-            ));
-        }
+        self.check_started(&published)?;
         if let Some((at_ms, reason)) = published.directory.revoked(&e.from) {
             return Err(ProxyError::Forbidden(format!(
                 "the key of {} was revoked at {} ({reason}): its messages are refused",
@@ -154,6 +154,31 @@ impl ProxyState {
         }
         check_time(e)?;
         self.check_text(e)
+    }
+
+    /// This proxy takes messages from elsewhere only once it has checked its directory with
+    /// the controller in this run (else a revocation could be missed).
+    fn check_started(&self, published: &crate::proxy::router::Published) -> Result<(), ProxyError> {
+        if !published.checked {
+            return Err(ProxyError::Retry(
+                "this proxy is starting: it checks its directory with the controller before it \
+                 takes messages in; try again shortly"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Only this proxy speaks for an AI endpoint of its table: another proxy whose user is
+    /// named like one (e.g. an instance `BOT` beside the AI `BOT`) may not post as it.
+    async fn check_not_ai(&self, from: &str) -> Result<(), ProxyError> {
+        if let Route::Ai { name, .. } = self.route(from).await? {
+            return Err(ProxyError::Forbidden(format!(
+                "{name} is an AI endpoint here: only {}'s own proxy speaks for it",
+                self.me
+            )));
+        }
+        Ok(())
     }
 
     /// A message the own peer hands over: ours, addressed to someone this proxy can reach.
@@ -221,6 +246,10 @@ impl ProxyState {
 /// batch it came in. `auto_reply` from another proxy is legitimate (that person's auto-reply:
 /// it must not be auto-answered back), so it is kept; at worst a sender marks its own message
 /// as one nobody auto-answers, which harms only itself.
+///
+/// Its signature was checked on the way in; it is kept as it came unless `error` had to be
+/// cleared (then it no longer covers the envelope, and goes). `unauthenticated` is this
+/// proxy's to say: a signed envelope is not.
 fn as_relayed(mut e: Envelope) -> Envelope {
     if e.error {
         log::warn!(
@@ -229,7 +258,9 @@ fn as_relayed(mut e: Envelope) -> Envelope {
             e.from
         );
         e.error = false;
+        e.signature = None;
     }
+    e.unauthenticated = false;
     e
 }
 

@@ -70,6 +70,13 @@ pub(super) async fn outbox_status(
     Ok(HttpResponse::Ok().json(ask(&state.outbox, GetStatus).await?))
 }
 
+/// # GET /api/v1/signatures
+/// What this proxy signed and verified on its hops to other proxies since it started
+/// ([`crate::proxy::signed_hop::CountersView`]).
+pub(super) async fn signatures(state: web::Data<ProxyState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.hops.counters.view())
+}
+
 /// # GET /api/v1/directory
 /// Who the own peer can reach: persons (with liveness when known) and AI endpoints.
 pub(super) async fn directory(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {

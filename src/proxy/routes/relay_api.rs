@@ -1,43 +1,115 @@
 //! The routes other proxies of ours call: a message (or a batch) relayed for this proxy's user,
-//! answered with an Ack once it is durably queued.
+//! signed by its origin proxy (see [`crate::proxy::signed_hop`]), answered with an Ack once it
+//! is durably queued, and this proxy's signature over what it acknowledges in the
+//! [`ACK_HEADER`] header.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{as_relayed, batch, ProxyState};
+use super::{as_relayed, ProxyState};
 use crate::proxy::error::ProxyError;
+use crate::proxy::signed_hop::Relayed;
 use crate::proxy::store::Origin;
-use crate::wire::data_plane::{Ack, Envelope};
+use crate::trust::request::SIGNATURE_HEADER;
+use crate::web::{read_limited, BodyError};
+use crate::wire::data_plane::{Ack, Envelope, ACK_HEADER};
 
 /// # POST /api/v1/relay
 /// Another proxy hands over a message for this proxy's user; 200 Ack once durably stored.
 pub(super) async fn relay(
+    req: HttpRequest,
+    payload: web::Payload,
     state: web::Data<ProxyState>,
-    envelope: web::Json<Envelope>,
 ) -> Result<HttpResponse, ProxyError> {
-    let envelope = as_relayed(envelope.into_inner());
-    state.check_relayed(&envelope)?;
-    let id = envelope.id.clone();
-    let duplicate = state.enqueue(envelope, Origin::Relay).await?;
-    Ok(HttpResponse::Ok().json(Ack { id, duplicate }))
+    let body = read_body(&req, payload, &state).await?;
+    let envelope: Envelope = parse(&body)?;
+    let (mut acks, signature) = take(&state, &req, &body, vec![envelope]).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((ACK_HEADER, signature))
+        .json(acks.remove(0)))
 }
 
 /// # POST /api/v1/relay/batch
 /// Another proxy of ours hands over several messages (`[Envelope]`); 200 `[Ack]`, in order, once
-/// all are durably stored in one transaction. One bad envelope refuses the whole batch.
+/// all are durably stored in one transaction. One bad envelope refuses the whole batch, naming
+/// it (the sender then sends them one by one, and each gets its own verdict).
 pub(super) async fn relay_batch(
+    req: HttpRequest,
+    payload: web::Payload,
     state: web::Data<ProxyState>,
-    envelopes: web::Json<Vec<Envelope>>,
 ) -> Result<HttpResponse, ProxyError> {
-    let envelopes: Vec<Envelope> = batch(envelopes)?.into_iter().map(as_relayed).collect();
+    let body = read_body(&req, payload, &state).await?;
+    let envelopes: Vec<Envelope> = parse(&body)?;
+    if envelopes.is_empty() {
+        return Err(ProxyError::BadRequest("the batch is empty".into()));
+    }
+    let (acks, signature) = take(&state, &req, &body, envelopes).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((ACK_HEADER, signature))
+        .json(acks))
+}
+
+/// Checks the request and its envelopes, queues them, and signs their acknowledgement.
+async fn take(
+    state: &ProxyState,
+    req: &HttpRequest,
+    body: &[u8],
+    envelopes: Vec<Envelope>,
+) -> Result<(Vec<Ack>, String), ProxyError> {
+    let published = state.published.borrow().clone();
+    state.check_started(&published)?;
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or(req.path(), |pq| pq.as_str());
+    let relayed = Relayed {
+        method: req.method().as_str(),
+        target,
+        header: req
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        body,
+    };
+    let origin = state.hops.check_relay(
+        &relayed,
+        &envelopes,
+        &published.directory,
+        crate::wire::now_ms(),
+    )?;
+    state.check_not_ai(&origin).await?;
     for e in &envelopes {
         state.check_relayed(e)?;
     }
+    let signature = state.hops.sign_ack(envelopes.iter());
     let ids: Vec<_> = envelopes.iter().map(|e| e.id.clone()).collect();
-    let duplicates = state.enqueue_many(envelopes, Origin::Relay).await?;
-    let acks: Vec<Ack> = ids
+    let envelopes: Vec<Envelope> = envelopes.into_iter().map(as_relayed).collect();
+    let duplicates = if envelopes.len() == 1 {
+        let e = envelopes.into_iter().next().expect("one envelope");
+        vec![state.enqueue(e, Origin::Relay).await?]
+    } else {
+        state.enqueue_many(envelopes, Origin::Relay).await?
+    };
+    let acks = ids
         .into_iter()
         .zip(duplicates)
         .map(|(id, duplicate)| Ack { id, duplicate })
         .collect();
-    Ok(HttpResponse::Ok().json(acks))
+    Ok((acks, signature))
+}
+
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &ProxyState,
+) -> Result<web::Bytes, ProxyError> {
+    read_limited(req, payload, state.max_body_bytes)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { .. } => ProxyError::TooLarge(e.to_string()),
+            other => ProxyError::BadRequest(other.to_string()),
+        })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ProxyError> {
+    serde_json::from_slice(body).map_err(|e| ProxyError::BadRequest(format!("invalid JSON: {e}")))
 }

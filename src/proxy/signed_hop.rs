@@ -1,0 +1,565 @@
+//! The signed hop between proxies: what this proxy checks of another proxy's request and
+//! envelopes before it stores anything, what it signs of its own (requests, envelopes,
+//! acknowledgements), what it checks of the receiver's acknowledgement, and the counts of both.
+//!
+//! Inbound ([`SignedHops::check_relay`]): the request's `overlay-signature` must name this
+//! proxy's user as its destination, be dated within the window (and not before this process
+//! started, so no replay survives a restart) and carry a fresh nonce; its origin must be a user
+//! with a pinned, unrevoked key in the signed directory; every envelope must be from that
+//! origin and signed by it. The request's and the envelopes' signatures are checked in one
+//! batch ([`crate::trust::verify_all`]), which names the bad item when it fails.
+//!
+//! Outbound ([`HopSigner`]): each attempt signs its envelopes and its request afresh (a retry
+//! has a new nonce), and counts as delivered only when the answer carries the receiver's
+//! signature over exactly the messages sent ([`HopSigner::check_ack`]).
+//!
+//! Pure checks over shared state (a mutex around the nonces, atomics for the counts): no actor,
+//! no I/O.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::error::ProxyError;
+use crate::trust::request::{self, NonceCache, RequestError, RequestLine, REQUEST_DOMAIN};
+use crate::trust::{verify_all, Check, Identity, PublicKey, Signature};
+use crate::wire::data_plane::{acked_bytes, Envelope, ACK_DOMAIN, ENVELOPE_DOMAIN};
+use crate::wire::directory::{Directory, UserState};
+
+/// What was checked since start; `GET /api/v1/signatures` answers it.
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests_verified: AtomicU64,
+    envelopes_verified: AtomicU64,
+    acks_verified: AtomicU64,
+    batch_fallbacks: AtomicU64,
+    refused: AtomicU64,
+    requests_signed: AtomicU64,
+    envelopes_signed: AtomicU64,
+    acks_signed: AtomicU64,
+}
+
+/// A copy of [`Counters`], for an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CountersView {
+    /// Requests of other proxies whose signature held.
+    pub requests_verified: u64,
+    /// Envelopes of other proxies whose origin's signature held.
+    pub envelopes_verified: u64,
+    /// Receivers' acknowledgements whose signature held.
+    pub acks_verified: u64,
+    /// Batches whose one-shot check failed and were checked one by one to name the bad item.
+    pub batch_fallbacks: u64,
+    /// Requests refused for their signatures (missing, wrong, replayed, or not the origin's).
+    pub refused: u64,
+    pub requests_signed: u64,
+    pub envelopes_signed: u64,
+    pub acks_signed: u64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub fn view(&self) -> CountersView {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CountersView {
+            requests_verified: get(&self.requests_verified),
+            envelopes_verified: get(&self.envelopes_verified),
+            acks_verified: get(&self.acks_verified),
+            batch_fallbacks: get(&self.batch_fallbacks),
+            refused: get(&self.refused),
+            requests_signed: get(&self.requests_signed),
+            envelopes_signed: get(&self.envelopes_signed),
+            acks_signed: get(&self.acks_signed),
+        }
+    }
+}
+
+/// This proxy's side of every signed hop: its key, its name, when it started, the nonces seen.
+#[derive(Debug)]
+pub struct SignedHops {
+    me: String,
+    identity: Arc<Identity>,
+    started_ms: u64,
+    nonces: Mutex<NonceCache>,
+    pub counters: Counters,
+}
+
+/// A relayed request, as its signature covers it.
+pub struct Relayed<'a> {
+    pub method: &'a str,
+    /// Path and query, as received.
+    pub target: &'a str,
+    /// The `overlay-signature` header, if any.
+    pub header: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+impl SignedHops {
+    pub fn new(me: &str, identity: Arc<Identity>, started_ms: u64) -> SignedHops {
+        SignedHops {
+            me: me.to_string(),
+            identity,
+            started_ms,
+            nonces: Mutex::new(NonceCache::default()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The signer of this proxy's outgoing hops.
+    pub fn signer(self: &Arc<Self>) -> HopSigner {
+        HopSigner { hops: self.clone() }
+    }
+
+    /// Checks a relayed request and its envelopes (see the module's doc); Ok with the origin's
+    /// name. Counts what it verified or refused.
+    pub fn check_relay(
+        &self,
+        r: &Relayed<'_>,
+        envelopes: &[Envelope],
+        directory: &Directory,
+        now_ms: u64,
+    ) -> Result<String, ProxyError> {
+        let checked = self.check(r, envelopes, directory, now_ms);
+        match &checked {
+            Ok(_) => {
+                Counters::add(&self.counters.requests_verified, 1);
+                Counters::add(&self.counters.envelopes_verified, envelopes.len());
+            }
+            Err(e) => {
+                Counters::add(&self.counters.refused, 1);
+                log::warn!("refused a relay ({} {}): {e}", r.method, r.target);
+            }
+        }
+        checked
+    }
+
+    fn check(
+        &self,
+        r: &Relayed<'_>,
+        envelopes: &[Envelope],
+        directory: &Directory,
+        now_ms: u64,
+    ) -> Result<String, ProxyError> {
+        let header = r.header.ok_or_else(|| {
+            ProxyError::Unauthenticated(format!(
+                "{} (a proxy of the original posts to `POST /` instead, and only from an \
+                 address listed under `legacy_proxies`)",
+                RequestError::Missing
+            ))
+        })?;
+        let h = request::parse(header).map_err(|e| ProxyError::Unauthenticated(e.to_string()))?;
+        let key = origin_key(directory, &h.origin)?;
+        request::check_fields(&h, &self.me, &h.origin, &key, now_ms, self.started_ms)
+            .map_err(refusal)?;
+        for (i, e) in envelopes.iter().enumerate() {
+            if !e.from.as_str().eq_ignore_ascii_case(&h.origin) {
+                return Err(ProxyError::Forbidden(format!(
+                    "a request signed by {}'s proxy may carry only {}'s messages: {} is from {}",
+                    h.origin,
+                    h.origin,
+                    item(i, e, envelopes.len()),
+                    e.from
+                )));
+            }
+            if e.signature.is_none() {
+                return Err(ProxyError::Unauthenticated(format!(
+                    "{} is not signed by {}'s proxy",
+                    item(i, e, envelopes.len()),
+                    e.from
+                )));
+            }
+        }
+        let line = RequestLine {
+            method: r.method,
+            target: r.target,
+            body: r.body,
+        };
+        let request_bytes = request::signed_message(&h, &line);
+        let envelope_bytes: Vec<Vec<u8>> = envelopes.iter().map(Envelope::signed_bytes).collect();
+        let mut checks = Vec::with_capacity(1 + envelopes.len());
+        checks.push(Check {
+            key: &key,
+            domain: REQUEST_DOMAIN,
+            msg: &request_bytes,
+            sig: &h.sig,
+        });
+        for (e, bytes) in envelopes.iter().zip(&envelope_bytes) {
+            if let Some(sig) = &e.signature {
+                checks.push(Check {
+                    key: &key,
+                    domain: ENVELOPE_DOMAIN,
+                    msg: bytes,
+                    sig,
+                });
+            }
+        }
+        if let Err(bad) = verify_all(&checks) {
+            Counters::add(
+                &self.counters.batch_fallbacks,
+                usize::from(checks.len() > 1),
+            );
+            return Err(match bad.checked_sub(1) {
+                None => ProxyError::Unauthenticated(RequestError::BadSignature.to_string()),
+                Some(i) => ProxyError::Unauthenticated(format!(
+                    "the signature of {} does not hold for {}'s key (a field was changed, or \
+                     another key signed it)",
+                    item(i, &envelopes[i], envelopes.len()),
+                    h.origin
+                )),
+            });
+        }
+        self.nonces
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .check(&h, now_ms)
+            .map_err(refusal)?;
+        Ok(h.origin)
+    }
+
+    /// This proxy's signature acknowledging `envelopes`, as received (for the [`ACK_HEADER`]).
+    ///
+    /// [`ACK_HEADER`]: crate::wire::data_plane::ACK_HEADER
+    pub fn sign_ack<'a>(&self, envelopes: impl ExactSizeIterator<Item = &'a Envelope>) -> String {
+        Counters::add(&self.counters.acks_signed, 1);
+        self.identity
+            .sign(ACK_DOMAIN, &acked_bytes(envelopes))
+            .to_string()
+    }
+}
+
+/// "message 3 of 8 (id)" in a batch, "message id" alone.
+fn item(i: usize, e: &Envelope, of: usize) -> String {
+    if of > 1 {
+        format!("message {} of {of} ({})", i + 1, e.id)
+    } else {
+        format!("message {}", e.id)
+    }
+}
+
+/// The pinned key of `origin`, or why there is none. A user not (yet) in this proxy's
+/// directory, or whose key differs, may be one this proxy has not heard of yet: 503, retried.
+fn origin_key(directory: &Directory, origin: &str) -> Result<PublicKey, ProxyError> {
+    let entry = directory.user(origin);
+    match entry.map(|u| (&u.state, u.key)) {
+        Some((UserState::Active, Some(key))) => Ok(key),
+        Some((UserState::Revoked { at_ms, reason }, _)) => Err(ProxyError::Forbidden(format!(
+            "the key of {origin} was revoked at {} ({reason}): its messages are refused",
+            crate::wire::rfc3339_ms(*at_ms)
+        ))),
+        _ => Err(ProxyError::Retry(format!(
+            "{origin} has no pinned key in this proxy's directory (yet): try again once the \
+             controller has published its join"
+        ))),
+    }
+}
+
+/// A request's refusal as an answer: a stale view of either side (clock, key, address) is
+/// worth retrying (503); anything else is refused (401).
+fn refusal(e: RequestError) -> ProxyError {
+    match e {
+        RequestError::Skew(_)
+        | RequestError::BeforeStart
+        | RequestError::WrongKey { .. }
+        | RequestError::WrongDestination { .. }
+        | RequestError::Busy => ProxyError::Retry(e.to_string()),
+        RequestError::WrongOrigin { .. } => ProxyError::Forbidden(e.to_string()),
+        RequestError::Missing
+        | RequestError::Malformed(_)
+        | RequestError::BadSignature
+        | RequestError::Replay => ProxyError::Unauthenticated(e.to_string()),
+    }
+}
+
+/// Signs this proxy's outgoing hops and checks their acknowledgements.
+#[derive(Clone, Debug)]
+pub struct HopSigner {
+    hops: Arc<SignedHops>,
+}
+
+impl HopSigner {
+    /// `envelopes`, each signed by this proxy (their origin).
+    pub fn sign_envelopes(&self, envelopes: &[Envelope]) -> Vec<Envelope> {
+        Counters::add(&self.hops.counters.envelopes_signed, envelopes.len());
+        envelopes
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e.sign(&self.hops.identity);
+                e
+            })
+            .collect()
+    }
+
+    /// The `overlay-signature` value of a request to `url` for `destination` with `body`.
+    pub fn sign_request(&self, method: &str, url: &str, destination: &str, body: &[u8]) -> String {
+        Counters::add(&self.hops.counters.requests_signed, 1);
+        let line = RequestLine {
+            method,
+            target: target_of(url),
+            body,
+        };
+        request::sign(
+            &self.hops.identity,
+            &line,
+            &self.hops.me,
+            destination,
+            crate::wire::now_ms(),
+        )
+    }
+
+    /// Whether `ack` (the answer's [`ACK_HEADER`]) is `key`'s signature acknowledging exactly
+    /// `sent`; Err says what is wrong, for the attempt's error.
+    ///
+    /// [`ACK_HEADER`]: crate::wire::data_plane::ACK_HEADER
+    pub fn check_ack(
+        &self,
+        ack: Option<&str>,
+        key: &PublicKey,
+        sent: &[Envelope],
+    ) -> Result<(), String> {
+        let sig = ack.ok_or("its answer carries no signed acknowledgement")?;
+        let sig = Signature::parse(sig)
+            .map_err(|e| format!("its acknowledgement is not a signature: {e}"))?;
+        key.verify(ACK_DOMAIN, &acked_bytes(sent.iter()), &sig)
+            .map_err(|_| {
+                "its acknowledgement is not signed by the key pinned to it, over these messages"
+                    .to_string()
+            })?;
+        Counters::add(&self.hops.counters.acks_verified, 1);
+        Ok(())
+    }
+}
+
+/// The path and query of `url` (`/` when it has none).
+fn target_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    match rest.find('/') {
+        Some(i) => &rest[i..],
+        None => "/",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::directory::UserEntry;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn directory(users: &[(&str, &Identity)]) -> Directory {
+        let mut d = Directory::default();
+        for (name, id) in users {
+            d.users.insert(
+                name.to_string(),
+                UserEntry {
+                    name: name.to_string(),
+                    proxy_id: None,
+                    key: Some(id.public()),
+                    host: "127.0.0.1".into(),
+                    port: 1,
+                    native: true,
+                    state: UserState::Active,
+                },
+            );
+        }
+        d
+    }
+
+    struct Side {
+        hops: Arc<SignedHops>,
+        id: Arc<Identity>,
+    }
+
+    fn side(name: &str) -> Side {
+        let id = Arc::new(Identity::generate());
+        Side {
+            hops: Arc::new(SignedHops::new(name, id.clone(), NOW - 1000)),
+            id,
+        }
+    }
+
+    /// What alice's proxy sends bob's for `envelopes`: the signed envelopes, the body, the header.
+    fn sent(alice: &Side, envelopes: &[Envelope], to: &str) -> (Vec<Envelope>, Vec<u8>, String) {
+        let signed = alice.hops.signer().sign_envelopes(envelopes);
+        let body = serde_json::to_vec(&signed).unwrap();
+        // Signed as `sign_request` does, dated by the test's clock.
+        let h = request::sign(
+            &alice.id,
+            &RequestLine {
+                method: "POST",
+                target: "/api/v1/relay/batch",
+                body: &body,
+            },
+            "alice",
+            to,
+            NOW,
+        );
+        (signed, body, h)
+    }
+
+    fn relayed<'a>(header: &'a str, body: &'a [u8]) -> Relayed<'a> {
+        Relayed {
+            method: "POST",
+            target: "/api/v1/relay/batch",
+            header: Some(header),
+            body,
+        }
+    }
+
+    #[test]
+    fn a_signed_batch_from_its_origin_passes_once_and_its_replay_does_not() {
+        let (alice, bob) = (side("alice"), side("bob"));
+        let dir = directory(&[("alice", &alice.id), ("bob", &bob.id)]);
+        let es = [
+            Envelope::text("alice", "bob", "one"),
+            Envelope::text("alice", "bob", "two"),
+        ];
+        let (signed, body, h) = sent(&alice, &es, "bob");
+        let r = relayed(&h, &body);
+        assert_eq!(
+            bob.hops.check_relay(&r, &signed, &dir, NOW).unwrap(),
+            "alice"
+        );
+        let again = bob.hops.check_relay(&r, &signed, &dir, NOW).unwrap_err();
+        assert!(again.to_string().contains("replay"), "{again}");
+        let v = bob.hops.counters.view();
+        assert_eq!(
+            (v.requests_verified, v.envelopes_verified, v.refused),
+            (1, 2, 1)
+        );
+    }
+
+    #[test]
+    fn another_enrolled_proxy_cannot_speak_for_someone_else() {
+        let (alice, bob, carol) = (side("alice"), side("bob"), side("carol"));
+        let dir = directory(&[("alice", &alice.id), ("bob", &bob.id), ("carol", &carol.id)]);
+        // carol signs the request as herself, but the message says it is from alice.
+        let es = [Envelope::text("alice", "bob", "it's alice, honest")];
+        let body = serde_json::to_vec(&es).unwrap();
+        let h = request::sign(
+            &carol.id,
+            &RequestLine {
+                method: "POST",
+                target: "/api/v1/relay/batch",
+                body: &body,
+            },
+            "carol",
+            "bob",
+            NOW,
+        );
+        let e = bob
+            .hops
+            .check_relay(&relayed(&h, &body), &es, &dir, NOW)
+            .unwrap_err();
+        assert!(matches!(e, ProxyError::Forbidden(_)), "{e}");
+        // carol signs as alice: not alice's pinned key.
+        let h = request::sign(
+            &carol.id,
+            &RequestLine {
+                method: "POST",
+                target: "/api/v1/relay/batch",
+                body: &body,
+            },
+            "alice",
+            "bob",
+            NOW,
+        );
+        let e = bob
+            .hops
+            .check_relay(&relayed(&h, &body), &es, &dir, NOW)
+            .unwrap_err();
+        assert!(e.to_string().contains("not by"), "{e}");
+    }
+
+    #[test]
+    fn one_changed_envelope_in_a_batch_is_named() {
+        let (alice, bob) = (side("alice"), side("bob"));
+        let dir = directory(&[("alice", &alice.id), ("bob", &bob.id)]);
+        let es: Vec<Envelope> = (0..4)
+            .map(|i| Envelope::text("alice", "bob", format!("m{i}")))
+            .collect();
+        let mut signed = alice.hops.signer().sign_envelopes(&es);
+        signed[2].body = crate::wire::data_plane::Body::Text {
+            text: "changed".into(),
+        };
+        // The request is signed over the changed body (as a relay in between could not, but
+        // the origin's envelope signature must catch it alone).
+        let body = serde_json::to_vec(&signed).unwrap();
+        let h = request::sign(
+            &alice.id,
+            &RequestLine {
+                method: "POST",
+                target: "/api/v1/relay/batch",
+                body: &body,
+            },
+            "alice",
+            "bob",
+            NOW,
+        );
+        let e = bob
+            .hops
+            .check_relay(&relayed(&h, &body), &signed, &dir, NOW)
+            .unwrap_err();
+        assert!(e.to_string().contains("message 3 of 4"), "{e}");
+        assert_eq!(bob.hops.counters.view().batch_fallbacks, 1);
+    }
+
+    #[test]
+    fn a_swapped_body_target_or_destination_does_not_hold() {
+        let (alice, bob) = (side("alice"), side("bob"));
+        let dir = directory(&[("alice", &alice.id), ("bob", &bob.id)]);
+        let es = [Envelope::text("alice", "bob", "hi")];
+        let (signed, body, h) = sent(&alice, &es, "bob");
+        let mut other = body.clone();
+        other.push(b' ');
+        let e = bob
+            .hops
+            .check_relay(&relayed(&h, &other), &signed, &dir, NOW)
+            .unwrap_err();
+        assert!(matches!(e, ProxyError::Unauthenticated(_)), "{e}");
+        let r = Relayed {
+            target: "/api/v1/relay",
+            ..relayed(&h, &body)
+        };
+        assert!(bob.hops.check_relay(&r, &signed, &dir, NOW).is_err());
+        // Signed for carol, sent to bob.
+        let (signed, body, h) = sent(&alice, &es, "carol");
+        let e = bob
+            .hops
+            .check_relay(&relayed(&h, &body), &signed, &dir, NOW)
+            .unwrap_err();
+        assert!(e.to_string().contains("not for bob"), "{e}");
+    }
+
+    #[test]
+    fn an_ack_holds_only_for_the_receivers_key_over_the_messages_sent() {
+        let (alice, bob, carol) = (side("alice"), side("bob"), side("carol"));
+        let es = [Envelope::text("alice", "bob", "hi")];
+        let ack = bob.hops.sign_ack(es.iter());
+        let signer = alice.hops.signer();
+        assert_eq!(signer.check_ack(Some(&ack), &bob.id.public(), &es), Ok(()));
+        assert!(signer.check_ack(None, &bob.id.public(), &es).is_err());
+        let forged = carol.hops.sign_ack(es.iter());
+        assert!(signer
+            .check_ack(Some(&forged), &bob.id.public(), &es)
+            .is_err());
+        let other = [Envelope::text("alice", "bob", "another")];
+        assert!(signer
+            .check_ack(Some(&ack), &bob.id.public(), &other)
+            .is_err());
+        assert_eq!(signer.hops.counters.view().acks_verified, 1);
+    }
+
+    #[test]
+    fn the_target_is_the_path_and_query() {
+        assert_eq!(
+            target_of("http://h:1/api/v1/relay?x=1"),
+            "/api/v1/relay?x=1"
+        );
+        assert_eq!(target_of("http://h:1"), "/");
+    }
+}
