@@ -106,6 +106,26 @@ async fn the_own_peer_api_answers_loopback_or_the_link_token_and_relays_stay_ope
     )
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    // The original's post in alice's own name is her own peer's too.
+    let legacy = |token: Option<&'static str>| {
+        let mut req = client()
+            .post(url(locked_port, "/"))
+            .insert_header(("Host", "bob"));
+        if let Some(t) = token {
+            req = req.insert_header((LINK_HEADER, t));
+        }
+        async move {
+            req.send_json(&serde_json::json!({"message": "as alice", "from": "alice", "timestamp": "2026-11-24T08:00:00"}))
+                .await
+                .expect("POST / answers")
+                .status()
+        }
+    };
+    assert_eq!(legacy(None).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        legacy(Some("a-long-link-token-0123456789")).await,
+        StatusCode::OK
+    );
     // The routes other proxies use stay open to them (and answer on their own terms).
     let (s, v) = post(
         &url(open_port, "/api/v1/relay"),
@@ -143,9 +163,27 @@ async fn the_peers_routes_for_its_proxy_answer_loopback_or_the_link_token() {
         "/api/v1/receipts",
         "/api/v1/receipts/batch",
         "/api/v1/stream",
+        "/message",
     ] {
         let (s, _) = post(&format!("{far}{path}"), None, &Value::Null).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{path}");
+    }
+    // Another enrolled proxy signing its request validly is still not alice's own proxy: her
+    // inbox, receipts and the original's `/message` are refused to it.
+    let bob_key = overlay::trust::Identity::generate();
+    for (path, body) in [
+        ("/api/v1/inbox", serde_json::to_value(to_alice()).unwrap()),
+        (
+            "/api/v1/receipts",
+            serde_json::json!({"id": "m1", "state": "delivered"}),
+        ),
+        (
+            "/message",
+            serde_json::json!({"message": "hi", "from": "carol", "timestamp": "2026-11-24T08:00:00"}),
+        ),
+    ] {
+        let a = crate::helpers::signed_post(&far, path, &bob_key, "bob", "alice", &body).await;
+        assert_eq!(a.status, 403, "{path}: {}", a.body);
     }
     let (s, v) = post(
         &format!("{far}/api/v1/inbox"),
