@@ -10,6 +10,9 @@
 //! Trust (issue #14): the root fingerprint and directory version, notices (users without a
 //! pinned key, proxies behind, revocations), every directory user, open join tokens (id, name,
 //! expiry: never a secret, which the controller does not have) and the newest audit entries.
+//! A proxy registered through the original's API (a `legacy` user, or no `protocol`) and a
+//! `legacy` user carry an "unauthenticated" label: their messages are unsigned, and only the
+//! address listed under `legacy_proxies` vouches for them.
 //! Each trust part carries `data-trust` and an id: the script re-fetches `GET /` and swaps
 //! those parts in when the audit log grows. The admin forms call the admin API from the
 //! script, with the admin token the user typed (kept in the tab's sessionStorage only).
@@ -86,6 +89,12 @@ impl ProxyView {
 }
 
 impl ProxyView {
+    /// It registered through the original's API: its user has no key in the directory
+    /// (`legacy`), or it named no protocol (an original proxy).
+    pub fn unauthenticated(&self) -> bool {
+        self.trust == "legacy" || self.protocol.is_none()
+    }
+
     /// The first 8 characters of the id.
     pub fn short_id(&self) -> &str {
         match self.proxy_id.char_indices().nth(8) {
@@ -170,6 +179,18 @@ fn badge_class(b: Badge) -> &'static str {
     }
 }
 
+/// What the "unauthenticated" label's tooltip says.
+pub const UNAUTHENTICATED_TITLE: &str = "registered through the original's API: its messages are \
+     unsigned, and nothing vouches for them but the address they come from (listed under \
+     legacy_proxies in config.yaml)";
+
+/// The label of a proxy or user that signs nothing.
+fn unauthenticated_label() -> Markup {
+    html! {
+        span.state.st-legacy.unauthenticated title=(UNAUTHENTICATED_TITLE) { "unauthenticated" }
+    }
+}
+
 /// One proxy: summary line, its endpoint table, the JSON editor, the remove button.
 pub fn proxy_row(p: &ProxyView) -> Markup {
     let table_json = serde_json::to_string_pretty(&p.table).unwrap_or_else(|_| "{}".into());
@@ -180,6 +201,7 @@ pub fn proxy_row(p: &ProxyView) -> Markup {
                 div.who {
                     span.name { (p.instance_name) }
                     code.pid title=(p.proxy_id) { (p.short_id()) }
+                    @if p.unauthenticated() { (unauthenticated_label()) }
                     @if !p.in_config { span.tag title="not in config.yaml: gets the BOT endpoint alone, plus edits" { "not in config" } }
                     @if p.protocol.is_some() { span.tag.native title="speaks the native protocol" { (p.protocol.as_deref().unwrap_or_default()) } }
                     @else { span.tag title="registered without a protocol: an original proxy" { "legacy" } }
@@ -339,7 +361,9 @@ pub fn notices(proxies: &[ProxyView], trust: &TrustView) -> Markup {
             @if !legacy.is_empty() {
                 div.notice.warn {
                     b { "No pinned key: " }
-                    "these users registered before keys were pinned; they need a join token: "
+                    "these users are unauthenticated. A proxy of ours that registered before keys "
+                    "were pinned needs a join token; an original proxy (listed under "
+                    code { "legacy_proxies" } ") cannot sign and stays unauthenticated: "
                     ul {
                         @for u in &legacy {
                             li { span.uname { (u.name) } ": " code.select-all { "overlay token create --name " (u.name) } }
@@ -429,7 +453,10 @@ fn users_table(trust: &TrustView) -> Markup {
                         @for u in &trust.users {
                             tr.user data-name=(u.name) {
                                 td.ep-name { (u.name) }
-                                td { (state_badge(&u.state)) }
+                                td {
+                                    (state_badge(&u.state))
+                                    @if u.state == UserState::Legacy { " " (unauthenticated_label()) }
+                                }
                                 td { (fingerprint_cell(u.key.as_ref().map(|k| k.fingerprint().to_string()))) }
                                 td {
                                     @if u.port == 0 { span.muted { "not known yet" } }
@@ -690,10 +717,48 @@ mod tests {
         t.users.push(user("carol", UserState::Legacy, false));
         let html = notices(&[], &t).into_string();
         assert!(
-            html.contains("registered before keys were pinned; they need a join token"),
+            html.contains("No pinned key: ") && html.contains("needs a join token"),
             "{html}"
         );
         assert!(html.contains("overlay token create --name carol"), "{html}");
+    }
+
+    /// The "unauthenticated" label in `html`, with its tooltip, if there is one.
+    fn unauthenticated_in(html: &str) -> bool {
+        html.contains(&format!(
+            "title=\"{UNAUTHENTICATED_TITLE}\">unauthenticated<"
+        ))
+    }
+
+    #[test]
+    fn a_proxy_of_the_original_is_labelled_unauthenticated_and_a_joined_one_is_not() {
+        assert!(UNAUTHENTICATED_TITLE.contains("unsigned"));
+        assert!(!unauthenticated_in(&proxy_row(&view()).into_string()));
+        let mut legacy = view();
+        legacy.trust = "legacy";
+        legacy.fingerprint = None;
+        let html = proxy_row(&legacy).into_string();
+        assert!(unauthenticated_in(&html), "{html}");
+        // A record without a protocol came through the original's API, whatever its user.
+        let mut no_protocol = view();
+        no_protocol.protocol = None;
+        assert!(unauthenticated_in(&proxy_row(&no_protocol).into_string()));
+    }
+
+    #[test]
+    fn a_legacy_user_is_labelled_unauthenticated_in_the_users_table() {
+        let mut t = trust_view();
+        t.users.push(user("carol", UserState::Legacy, false));
+        t.users.push(user("erin", UserState::Active, true));
+        let html = users_panel(&t).into_string();
+        let row = |name: &str| {
+            let start = html
+                .find(&format!("data-name=\"{name}\">"))
+                .unwrap_or_else(|| panic!("no row for {name}: {html}"));
+            html[start..start + html[start..].find("</tr>").unwrap()].to_string()
+        };
+        assert!(unauthenticated_in(&row("carol")), "{html}");
+        assert!(!unauthenticated_in(&row("erin")), "{html}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The controller role: the registry of proxies, their endpoint tables (pushed live to proxies
-//! that subscribe), the original's control-plane API, and the live dashboard.
+//! that subscribe), the original's control-plane API (for the proxies of the original listed
+//! under `legacy_proxies` only), and the live dashboard.
 //!
 //! - [`registry`]: the `Registry` actor, owner of all mutable state, and the liveness rules.
 //! - [`tables`]: pure table logic: config → table, deep-merged edits, validation, secret refusal.

@@ -1,6 +1,13 @@
 //! The controller's HTTP routes: the original's API (kept field for field), ours under
 //! `/api/v1/`, and the dashboard page.
 //!
+//! The original's API answers proxies of the original only when config.yaml lists them under
+//! `legacy_proxies` (name and source address): an unsigned `POST /api/register` from anyone
+//! else, or for a name with a pinned key, is 403; an unsigned `POST /api/heartbeat` or
+//! `GET /api/getendpoints` is answered only from a listed address (signed ones, from our own
+//! proxies, are checked against their pinned key). The registry decides; the routes hand it
+//! the source address and the signature.
+//!
 //! Handlers are thin: read and check the request (every bad input becomes a legacy-shaped
 //! error), ask the `Registry`, shape the answer. They hold no state of their own.
 
@@ -316,7 +323,7 @@ async fn register(state: web::Data<AppState>, req: HttpRequest, body: web::Paylo
         "Proxy {} registered as {}",
         request.proxy_id, request.instance_name
     );
-    let source = source_of(&req).to_string();
+    let source = source_of(&req);
     let endpoints = state
         .registry
         .send(RegisterProxy { request, source })
@@ -330,13 +337,26 @@ struct EndpointsQuery {
 }
 
 /// # GET /api/getendpoints?proxy_id=ID
-async fn get_endpoints(state: web::Data<AppState>, q: web::Query<EndpointsQuery>) -> Reply {
+async fn get_endpoints(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<EndpointsQuery>,
+) -> Reply {
     let Some(proxy_id) = q.into_inner().proxy_id.filter(|p| !p.trim().is_empty()) else {
         return Err(ControllerError::MissingFields {
             fields: vec!["proxy_id"],
         });
     };
-    let endpoints = state.registry.send(GetEndpoints { proxy_id }).await??;
+    let call = signed_call(&req, web::Bytes::new());
+    let source = source_of(&req);
+    let endpoints = state
+        .registry
+        .send(GetEndpoints {
+            proxy_id,
+            call,
+            source,
+        })
+        .await??;
     Ok(HttpResponse::Ok().json(success(Endpoints { endpoints })))
 }
 
@@ -353,6 +373,7 @@ async fn heartbeat(state: web::Data<AppState>, req: HttpRequest, body: web::Payl
             proxy_id,
             api_keys,
             call,
+            source: source_of(&req),
         })
         .await??;
     Ok(HttpResponse::Ok().json(success(Note {

@@ -1,17 +1,22 @@
 //! Integration tests: controller. The original's API row by row (errors included), live table
 //! push, liveness, restart persistence, bad input on every endpoint, and the dashboard in a
-//! headless Chromium.
+//! headless Chromium. The original's API answers only proxies listed under `legacy_proxies`:
+//! the tests that use it list the names they register at 127.0.0.1, and some check who is
+//! refused (an unlisted name, a listed name from another address, unsigned calls from an
+//! unlisted address) and how the dashboard labels a listed one.
 
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use overlay::config::Config;
+use overlay::config::{Config, InstanceName, LegacyProxyConfig};
 use serde_json::{json, Value};
 
 use crate::helpers::{client, config_for, free_listener, spawn_controller, Spawned};
 
-/// alice, bob and BOT, plus the AI endpoints BOT (OpenAI, key variable set) and GEMINI (unset).
+/// alice, bob and BOT, plus the AI endpoints BOT (OpenAI, key variable set) and GEMINI (unset);
+/// the names the tests register through the original's API listed as legacy proxies at
+/// 127.0.0.1 (see [`list_legacy`]).
 fn config() -> Config {
     let mut c = config_for(&[("alice", &[]), ("bob", &[]), ("BOT", &[])]);
     c.ai_endpoints = serde_yaml::from_str(
@@ -19,7 +24,38 @@ fn config() -> Config {
          - {name: GEMINI, provider: gemini, model: gemini-2.5-flash, api_key_env: OVERLAY_TEST_UNSET_KEY_VAR}\n",
     )
     .unwrap();
+    list_legacy(&mut c, &["alice", "bob", "BOT", "stranger"], "127.0.0.1");
     c
+}
+
+/// Lists `names` under `legacy_proxies` at `address`, so the original's API answers them from
+/// there.
+///
+/// Set on the parsed config, not through config.yaml: config.yaml refuses to list an instance's
+/// name (an instance joins with a key), and these tests check the original's answers and the
+/// tables of the instances alice, bob and BOT through the original's API, as they did before
+/// the API needed a listing.
+fn list_legacy(c: &mut Config, names: &[&str], address: &str) {
+    for name in names {
+        c.legacy_proxies.push(LegacyProxyConfig {
+            name: InstanceName::parse(name).unwrap(),
+            address: address.parse().unwrap(),
+        });
+    }
+}
+
+/// A config without instances whose `legacy_proxies` are `entries` (name, address), through
+/// config.yaml, as an operator writes it.
+fn legacy_config(entries: &[(&str, &str)]) -> Config {
+    let mut yaml = String::from(
+        "controller: {listen: 127.0.0.1:0}\n\
+         ai_endpoints:\n  - {name: BOT, provider: openai, model: m, api_key_env: PATH}\n\
+         legacy_proxies:\n",
+    );
+    for (name, address) in entries {
+        yaml.push_str(&format!("  - {{name: {name}, address: {address}}}\n"));
+    }
+    Config::parse(&yaml, "legacy test config").expect("a valid config")
 }
 
 struct Ctl {
@@ -310,6 +346,201 @@ async fn a_proxy_restarted_under_a_new_id_replaces_its_old_entry() {
     assert_eq!(ids, [json!("alice-new"), json!("bob-1")]);
     let (status, _) = ctl.get("/api/getendpoints?proxy_id=alice-old").await;
     assert_eq!(status, 404);
+}
+
+// ---- who the original's API answers: listed legacy proxies ----
+
+#[actix_web::test]
+async fn an_unlisted_name_is_refused_by_the_originals_register_and_nothing_is_registered() {
+    let ctl = start(&legacy_config(&[("carol", "127.0.0.1")])).await;
+    let (status, answer) = ctl
+        .post(
+            "/api/register",
+            json!({"proxy_id": "p-dave", "instance_name": "dave", "host": "127.0.0.1", "port": 4004}),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["status"], "error");
+    let msg = answer["message"].as_str().unwrap();
+    for says in [
+        "listed under `legacy_proxies` in config.yaml",
+        "dave from 127.0.0.1 is not listed",
+        "`- {name: dave, address: 127.0.0.1}`",
+        "overlay token create --name dave",
+    ] {
+        assert!(msg.contains(says), "does not say {says:?}: {msg}");
+    }
+    assert_eq!(ctl.state().await, json!([]), "nothing was registered");
+    let (status, body) = ctl.get("/api/getendpoints?proxy_id=p-dave").await;
+    assert_eq!((status, body), (404, error("Unknown proxy")));
+    assert!(!dashboard(&ctl).await.contains("proxy-p-dave"));
+    // The listed name, from its address, is answered as the original's API always was.
+    let (status, answer) = ctl
+        .post(
+            "/api/register",
+            json!({"proxy_id": "p-carol", "instance_name": "carol", "host": "127.0.0.1", "port": 4003}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "success");
+    assert_eq!(ctl.state().await[0]["proxy_id"], "p-carol");
+}
+
+#[actix_web::test]
+async fn a_listed_name_from_another_address_is_refused() {
+    // carol is listed at 192.0.2.1; the test connects from 127.0.0.1.
+    let ctl = start(&legacy_config(&[("carol", "192.0.2.1")])).await;
+    let (status, answer) = ctl
+        .post(
+            "/api/register",
+            json!({"proxy_id": "p-carol", "instance_name": "carol", "host": "192.0.2.1", "port": 4003}),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["status"], "error");
+    let msg = answer["message"].as_str().unwrap();
+    assert!(msg.contains("carol from 127.0.0.1 is not listed"), "{msg}");
+    assert_eq!(ctl.state().await, json!([]), "nothing was registered");
+}
+
+#[actix_web::test]
+async fn unsigned_heartbeats_and_table_fetches_are_answered_only_from_a_listed_address() {
+    // carol registers from 127.0.0.1 while she is listed there ...
+    let listed = legacy_config(&[("carol", "127.0.0.1")]);
+    let ctl = start(&listed).await;
+    let (status, answer) = ctl
+        .post(
+            "/api/register",
+            json!({"proxy_id": "p-carol", "instance_name": "carol", "host": "127.0.0.1", "port": 4003}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = ctl
+        .post("/api/heartbeat", json!({"proxy_id": "p-carol"}))
+        .await;
+    assert_eq!(status, 200);
+    let Ctl { server, dir } = ctl;
+    server.stop().await;
+
+    // ... then the operator lists her at another address: her record is still there, but
+    // nothing unsigned from 127.0.0.1 is answered any more.
+    let moved = legacy_config(&[("carol", "192.0.2.1")]);
+    let ctl = Ctl {
+        server: spawn_controller(&moved, dir.path(), free_listener()).await,
+        dir,
+    };
+    let before = ctl.state().await;
+    assert_eq!(before[0]["proxy_id"], "p-carol");
+    for (what, (status, answer)) in [
+        (
+            "heartbeat",
+            ctl.post("/api/heartbeat", json!({"proxy_id": "p-carol"}))
+                .await,
+        ),
+        (
+            "getendpoints",
+            ctl.get("/api/getendpoints?proxy_id=p-carol").await,
+        ),
+        // An unknown id from an unlisted address is refused too (not told it is unknown).
+        (
+            "heartbeat of an unknown id",
+            ctl.post("/api/heartbeat", json!({"proxy_id": "ghost"}))
+                .await,
+        ),
+        (
+            "getendpoints of an unknown id",
+            ctl.get("/api/getendpoints?proxy_id=ghost").await,
+        ),
+    ] {
+        assert_eq!(status, 403, "{what}: {answer}");
+        assert_eq!(answer["status"], "error", "{what}");
+        let msg = answer["message"].as_str().unwrap();
+        assert!(
+            msg.contains("only from addresses listed under `legacy_proxies`")
+                && msg.contains("127.0.0.1 is not one"),
+            "{what}: {msg}"
+        );
+        assert!(answer.get("endpoints").is_none(), "{what}: {answer}");
+    }
+    // The refusals were no sign of life.
+    assert_eq!(
+        ctl.state().await[0]["last_seen_ms"],
+        before[0]["last_seen_ms"]
+    );
+}
+
+#[actix_web::test]
+async fn an_unsigned_call_speaks_only_for_the_proxy_listed_at_its_address() {
+    // carol and dave are both listed, at 127.0.0.1 and 192.0.2.4; dave's record came from an
+    // earlier configuration that listed him at 127.0.0.1.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let earlier = legacy_config(&[("dave", "127.0.0.1")]);
+        let ctl = spawn_controller(&earlier, dir.path(), free_listener()).await;
+        let mut res = client()
+            .post(format!("{}/api/register", ctl.url))
+            .send_json(&json!({"proxy_id": "p-dave", "instance_name": "dave",
+                               "host": "127.0.0.1", "port": 4004}))
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{:?}", res.body().await);
+        ctl.stop().await;
+    }
+    let now = legacy_config(&[("carol", "127.0.0.1"), ("dave", "192.0.2.4")]);
+    let ctl = Ctl {
+        server: spawn_controller(&now, dir.path(), free_listener()).await,
+        dir,
+    };
+    // From carol's address, a heartbeat for dave's proxy is refused.
+    let (status, answer) = ctl
+        .post("/api/heartbeat", json!({"proxy_id": "p-dave"}))
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    let msg = answer["message"].as_str().unwrap();
+    assert!(
+        msg.contains("proxy p-dave is dave, which is not listed at 127.0.0.1"),
+        "{msg}"
+    );
+    let (status, _) = ctl.get("/api/getendpoints?proxy_id=p-dave").await;
+    assert_eq!(status, 403);
+    // An unknown id from a listed address is the original's 404.
+    let (status, body) = ctl
+        .post("/api/heartbeat", json!({"proxy_id": "ghost"}))
+        .await;
+    assert_eq!((status, body), (404, error("Unknown proxy")));
+}
+
+#[actix_web::test]
+async fn the_dashboard_labels_a_listed_legacy_proxy_unauthenticated() {
+    let ctl = start(&legacy_config(&[("carol", "127.0.0.1")])).await;
+    let (status, answer) = ctl
+        .post(
+            "/api/register",
+            json!({"proxy_id": "p-carol", "instance_name": "carol", "host": "127.0.0.1", "port": 4003}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let html = dashboard(&ctl).await;
+    let row = html
+        .split("<section class=\"proxy\"")
+        .find(|r| r.contains("id=\"proxy-p-carol\""))
+        .unwrap_or_else(|| panic!("no row for p-carol: {html}"));
+    let head = &row[..row.find("</div>").unwrap()];
+    let label = head
+        .find(">unauthenticated<")
+        .unwrap_or_else(|| panic!("no unauthenticated label in carol's row: {head}"));
+    let title = &head[..label];
+    let title = &title[title.rfind("title=\"").unwrap()..];
+    assert!(
+        title.contains("its messages are unsigned")
+            && title.contains("nothing vouches for them but the address they come from"),
+        "{title}"
+    );
+    // And in the users table.
+    let users = &html[html.find("id=\"users\"").unwrap()..];
+    let carol = &users[users.find("data-name=\"carol\"").unwrap()..];
+    let carol = &carol[..carol.find("</tr>").unwrap()];
+    assert!(carol.contains(">unauthenticated<"), "{carol}");
 }
 
 // ---- GET /api/getendpoints ----
@@ -1357,7 +1588,7 @@ async fn the_dashboard_shows_the_root_every_user_active_with_its_key_and_a_revoc
         );
         assert!(row.contains(&format!("data-name=\"{name}\"")) && row.contains(">Revoke<"));
     }
-    assert!(!html.contains("they need a join token"), "{html}");
+    assert!(!html.contains("No pinned key"), "{html}");
     // No secret of any kind on the page.
     assert!(!html.contains(&admin));
 

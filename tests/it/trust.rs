@@ -3,7 +3,10 @@
 //! token), registrations for a name pinned to another key, a proxy that refuses an old
 //! directory version (also after a restart) and asks for a snapshot after a bad or skipped
 //! delta (against a fake controller that signs under a root the test owns), revocation of a
-//! user whose message is already queued, and no key bytes in the binary's log.
+//! user whose message is already queued, and no key bytes in the binary's log. And who the
+//! original's unsigned API answers (issue 15): a listed legacy proxy until its name has a
+//! pinned key, unsigned calls only from a listed address, a joined proxy's signed calls from
+//! anywhere.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -305,14 +308,25 @@ async fn a_registration_for_a_name_pinned_to_another_key_is_refused_signed_or_no
             .contains("pinned to another key"),
         "{v}"
     );
-    // Unsigned, the original's way.
+    // Unsigned, the original's way: the pin's refusal (whether or not the name is listed).
     let legacy = json!({"proxy_id": "x", "instance_name": "Carol", "host": "127.0.0.1", "port": 1});
     let (s, v) = post(&format!("{}/api/register", c.url), None, &legacy).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("has a pinned key"),
+        "{v}"
+    );
     // Unsigned under another name but carol's proxy id: cannot take her record over.
     let takeover = json!({"proxy_id": "carol-proxy", "instance_name": "mallory", "host": "10.0.0.9", "port": 1});
     let (s, v) = post(&format!("{}/api/register", c.url), None, &takeover).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot take it over"),
+        "{v}"
+    );
     let user = c.user("carol").await;
     assert_eq!(user["key"], owner.public().to_string());
     assert_eq!(
@@ -1068,9 +1082,11 @@ async fn a_call_signed_by_another_proxy_changed_or_replayed_is_refused_also_afte
     let refused = |(s, v): (StatusCode, Value), why: &str| {
         assert_eq!(s, StatusCode::FORBIDDEN, "{why}: {v}");
     };
-    refused(
-        post_signed(&url, None, beat).await,
-        "unsigned, for a pinned user",
+    let (s, v) = post_signed(&url, None, beat).await;
+    refused((s, v.clone()), "unsigned, for a pinned user");
+    assert!(
+        v["message"].as_str().unwrap().contains("must be signed"),
+        "unsigned, for a pinned user: {v}"
     );
     refused(
         post_signed(
@@ -1167,4 +1183,239 @@ async fn a_call_signed_by_another_proxy_changed_or_replayed_is_refused_also_afte
     let fresh = signature(&carol, "/api/heartbeat", beat, "carol", to);
     let (s, v) = post_signed(&url, Some(fresh), beat).await;
     assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The original's unsigned API: listed legacy proxies only (issue 15).
+
+/// `config` with `entries` (name, address) under `legacy_proxies`, read back through
+/// config.yaml's checks (so the listing is one an operator may write).
+fn with_legacy(
+    config: &overlay::config::Config,
+    entries: &[(&str, &str)],
+) -> overlay::config::Config {
+    let mut config = config.clone();
+    config.legacy_proxies = entries
+        .iter()
+        .map(|(name, address)| overlay::config::LegacyProxyConfig {
+            name: overlay::config::InstanceName::parse(name).unwrap(),
+            address: address.parse().unwrap(),
+        })
+        .collect();
+    let yaml = serde_yaml::to_string(&config).unwrap();
+    overlay::config::Config::parse(&yaml, "legacy test config").expect("a valid config")
+}
+
+/// Joins `name` with a fresh token and `key` (its proxy id `{name}-proxy`, port 40000).
+async fn join_as(url: &str, admin: &str, root: &Fingerprint, name: &str, key: &Identity) {
+    let (s, v) = post(
+        &format!("{url}/api/v1/admin/tokens"),
+        Some(admin),
+        &json!({"name": name, "ttl": "1h"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token: JoinToken = v["token"].as_str().unwrap().parse().unwrap();
+    let (s, v) = post(
+        &format!("{url}/api/v1/join"),
+        None,
+        &join_request(&token, name, root, key),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+/// The original's registration of `name` as proxy `id`, unsigned.
+async fn register_unsigned(url: &str, id: &str, name: &str) -> (StatusCode, Value) {
+    let body = json!({"proxy_id": id, "instance_name": name, "host": "127.0.0.1", "port": 4003});
+    post(&format!("{url}/api/register"), None, &body).await
+}
+
+/// `GET url` (path `target`), signed by `by` for `origin`.
+async fn get_signed(
+    url: &str,
+    target: &str,
+    by: &Identity,
+    origin: &str,
+    to: &str,
+) -> (StatusCode, Value) {
+    let signature = overlay::trust::request::sign(
+        by,
+        &overlay::trust::request::RequestLine {
+            method: "GET",
+            target,
+            body: b"",
+        },
+        origin,
+        to,
+        now_ms(),
+    );
+    let mut r = shared_client()
+        .get(url)
+        .insert_header((overlay::trust::request::SIGNATURE_HEADER, signature))
+        .send()
+        .await
+        .expect("GET answers");
+    let status = r.status();
+    let bytes = r.body().limit(1 << 20).await.expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[actix_web::test]
+async fn a_listed_legacy_proxy_is_answered_until_its_name_has_a_pinned_key() {
+    // carol is listed at 127.0.0.1, where the test connects from.
+    let config = with_legacy(&config_for(&[("alice", &[])]), &[("carol", "127.0.0.1")]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_controller(&config, dir.path(), free_listener()).await;
+    let url = server.url.clone();
+    let root = overlay::controller::trust::root_fingerprint(dir.path()).unwrap();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let admin = admin.trim();
+
+    // A name nobody listed is refused; the listed one is answered.
+    let (s, v) = register_unsigned(&url, "mallory-legacy", "mallory").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("mallory from 127.0.0.1 is not listed"),
+        "{v}"
+    );
+    let (s, v) = register_unsigned(&url, "carol-legacy", "carol").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let beat = json!({"proxy_id": "carol-legacy"});
+    let (s, v) = post(&format!("{url}/api/heartbeat"), None, &beat).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // carol joins with a token: from now on her name is spoken for by her key alone, and the
+    // listing does not change that.
+    let owner = Identity::generate();
+    join_as(&url, admin, &root, "carol", &owner).await;
+    let (s, v) = register_unsigned(&url, "carol-legacy", "carol").await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("carol has a pinned key")
+            && msg.contains("an unsigned registration cannot speak for it"),
+        "{msg}"
+    );
+    let (s, v) = post(&format!("{url}/api/heartbeat"), None, &beat).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("must be signed"),
+        "{v}"
+    );
+    let (s, v) = get(
+        &format!("{url}/api/getendpoints?proxy_id=carol-legacy"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (_, trust) = get(&format!("{url}/api/v1/admin/trust"), Some(admin)).await;
+    let carol = trust["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "carol")
+        .unwrap();
+    assert_eq!(carol["key"], owner.public().to_string());
+    assert_eq!(carol["state"], "active");
+}
+
+#[actix_web::test]
+async fn unsigned_calls_from_an_unlisted_address_are_refused_and_a_joined_proxys_signed_ones_answered(
+) {
+    // carol registered the original's way while she was listed at 127.0.0.1 ...
+    let base = config_for(&[("alice", &[])]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_controller(
+        &with_legacy(&base, &[("carol", "127.0.0.1")]),
+        dir.path(),
+        free_listener(),
+    )
+    .await;
+    let (s, v) = register_unsigned(&server.url, "carol-legacy", "carol").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    server.stop().await;
+    // ... and is listed at 192.0.2.7 now: nothing unsigned from 127.0.0.1 is answered.
+    let server = spawn_controller(
+        &with_legacy(&base, &[("carol", "192.0.2.7")]),
+        dir.path(),
+        free_listener(),
+    )
+    .await;
+    let url = server.url.clone();
+    let root = overlay::controller::trust::root_fingerprint(dir.path()).unwrap();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let dave = Identity::generate();
+    join_as(&url, admin.trim(), &root, "dave", &dave).await;
+    let to = root.as_str();
+    let beat_url = format!("{url}/api/heartbeat");
+    let unlisted = |(s, v): (StatusCode, Value), what: &str| {
+        assert_eq!(s, StatusCode::FORBIDDEN, "{what}: {v}");
+        let msg = v["message"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains("only from addresses listed under `legacy_proxies`")
+                && msg.contains("127.0.0.1 is not one"),
+            "{what}: {msg}"
+        );
+        msg
+    };
+    let carol_beat = br#"{"proxy_id":"carol-legacy"}"#;
+    unlisted(
+        post_signed(&beat_url, None, carol_beat).await,
+        "carol's unsigned heartbeat",
+    );
+    unlisted(
+        get(
+            &format!("{url}/api/getendpoints?proxy_id=carol-legacy"),
+            None,
+        )
+        .await,
+        "carol's unsigned table fetch",
+    );
+    unlisted(
+        post_signed(&beat_url, None, br#"{"proxy_id":"ghost"}"#).await,
+        "an unsigned heartbeat of an unknown id",
+    );
+    // A signature nothing can check (carol has no pinned key) counts for nothing.
+    let msg = unlisted(
+        post_signed(
+            &beat_url,
+            Some(signature(&dave, "/api/heartbeat", carol_beat, "carol", to)),
+            carol_beat,
+        )
+        .await,
+        "carol's heartbeat under a signature of dave's key",
+    );
+    assert!(msg.contains("no pinned key to check it with"), "{msg}");
+
+    // dave's proxy, joined, signs: its heartbeat and its table fetch are answered from the same
+    // unlisted address.
+    let dave_beat = br#"{"proxy_id":"dave-proxy"}"#;
+    let (s, v) = post_signed(
+        &beat_url,
+        Some(signature(&dave, "/api/heartbeat", dave_beat, "dave", to)),
+        dave_beat,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let target = "/api/getendpoints?proxy_id=dave-proxy";
+    let (s, v) = get_signed(&format!("{url}{target}"), target, &dave, "dave", to).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "success");
+    assert!(v["endpoints"].is_object(), "{v}");
+    // A signed heartbeat of a forgotten proxy is the original's 404: it registers again.
+    let gone = br#"{"proxy_id":"dave-old"}"#;
+    let (s, v) = post_signed(
+        &beat_url,
+        Some(signature(&dave, "/api/heartbeat", gone, "dave", to)),
+        gone,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 }

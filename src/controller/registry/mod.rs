@@ -5,8 +5,9 @@
 //! Owns all mutable controller state. A change is answered as success only after the store has
 //! it. It never parses HTTP and never renders a whole page (rows only, for the live dashboard).
 //!
-//! - [`trust`]: joining with a token, signed registration, rotation, tokens, revocation, and
-//!   the audit log.
+//! - [`trust`]: joining with a token, signed registration, rotation, tokens, revocation, the
+//!   audit log, and who the original's API answers (listed `legacy_proxies`, never a pinned
+//!   name).
 //! - [`publish`]: the directory's versions and the signed snapshots and deltas each proxy's
 //!   stream is sent; acknowledgements.
 
@@ -19,6 +20,7 @@ pub use trust::{
 };
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -52,13 +54,14 @@ fn instance_key(name: &str) -> String {
 
 // ---- messages ----
 
-/// `POST /api/register`: add or replace a proxy; replies with its table.
+/// `POST /api/register`: add or replace a proxy; replies with its table. Unsigned: only a
+/// proxy listed under `legacy_proxies` (name and address), never for a pinned name.
 #[derive(Message)]
 #[rtype(result = "Result<EndpointTable, ControllerError>")]
 pub struct RegisterProxy {
     pub request: RegisterRequest,
-    /// Where it came from, for the audit log.
-    pub source: String,
+    /// The address it came from: it must be the one listed for its name.
+    pub source: IpAddr,
 }
 
 /// `GET /api/getendpoints`: a proxy's table; counts as a sign of life.
@@ -66,6 +69,10 @@ pub struct RegisterProxy {
 #[rtype(result = "Result<EndpointTable, ControllerError>")]
 pub struct GetEndpoints {
     pub proxy_id: String,
+    /// Its signature, if any (see [`Heartbeat::call`]).
+    pub call: Option<SignedCall>,
+    /// The address it came from: unsigned, it must be a listed legacy proxy's.
+    pub source: IpAddr,
 }
 
 /// `POST /api/heartbeat`: a sign of life, perhaps with the proxy's current key report.
@@ -77,6 +84,8 @@ pub struct Heartbeat {
     /// Its signature: required from a proxy whose user has a pinned key (an original proxy
     /// has none and sends none).
     pub call: Option<SignedCall>,
+    /// The address it came from: unsigned, it must be a listed legacy proxy's.
+    pub source: IpAddr,
 }
 
 /// A request as its signature covers it (see [`crate::trust::request`]).
@@ -683,13 +692,12 @@ impl Registry {
     }
 
     /// Checks a proxy's call to the controller: signed by the key pinned to its user, for this
-    /// controller (destination: the root fingerprint), fresh and never seen before. A proxy
-    /// whose user has no pinned key (an original one) may call unsigned unless `required`.
+    /// controller (destination: the root fingerprint), fresh and never seen before. (Who may
+    /// call the original's API unsigned is [`trust`]'s question.)
     fn check_call(
         &mut self,
         proxy_id: &str,
         call: Option<&SignedCall>,
-        required: bool,
     ) -> Result<(), ControllerError> {
         use crate::trust::request::{self, RequestLine};
         let rec = self
@@ -705,7 +713,6 @@ impl Registry {
         let (pin, call) = match (pin, call) {
             (Some(pin), Some(call)) => (pin, call),
             (Some(_), None) => return Err(refuse(request::RequestError::Missing)),
-            (None, _) if !required => return Ok(()),
             (None, _) => {
                 return Err(ControllerError::Forbidden(format!(
                     "{} has no pinned key: it joins first",
@@ -766,11 +773,11 @@ impl Handler<RegisterProxy> for Registry {
     type Result = AtomicResponse<Self, Result<EndpointTable, ControllerError>>;
 
     fn handle(&mut self, msg: RegisterProxy, ctx: &mut Self::Context) -> Self::Result {
-        if let Err(e) = self.check_unsigned(&msg.request) {
+        if let Err(e) = self.check_legacy_registration(&msg.request, msg.source) {
             self.record_audit(
                 "refused",
                 &msg.request.instance_name,
-                &msg.source,
+                &msg.source.to_canonical().to_string(),
                 &e.to_string(),
                 ctx,
             );
@@ -790,6 +797,7 @@ impl Handler<GetEndpoints> for Registry {
     type Result = Result<EndpointTable, ControllerError>;
 
     fn handle(&mut self, msg: GetEndpoints, ctx: &mut Self::Context) -> Self::Result {
+        self.check_original_call(&msg.proxy_id, msg.call.as_ref(), msg.source)?;
         self.seen(&msg.proxy_id, ctx)?;
         self.table_of(&msg.proxy_id)
     }
@@ -799,7 +807,7 @@ impl Handler<Heartbeat> for Registry {
     type Result = Result<(), ControllerError>;
 
     fn handle(&mut self, msg: Heartbeat, ctx: &mut Self::Context) -> Self::Result {
-        self.check_call(&msg.proxy_id, msg.call.as_ref(), false)?;
+        self.check_original_call(&msg.proxy_id, msg.call.as_ref(), msg.source)?;
         self.seen(&msg.proxy_id, ctx)?;
         if let Some(report) = msg.api_keys {
             if let Some(rec) = self.proxies.get_mut(&msg.proxy_id) {

@@ -178,7 +178,7 @@ impl Handler<SubscribeDirectory> for Registry {
     type Result = Result<(), ControllerError>;
 
     fn handle(&mut self, msg: SubscribeDirectory, _: &mut Context<Self>) -> Self::Result {
-        self.check_call(&msg.proxy_id, msg.call.as_ref(), true)?;
+        self.check_call(&msg.proxy_id, msg.call.as_ref())?;
         let rec = self
             .proxies
             .get(&msg.proxy_id)
@@ -215,7 +215,7 @@ impl Handler<AckDirectory> for Registry {
     type Result = Result<(), ControllerError>;
 
     fn handle(&mut self, msg: AckDirectory, _: &mut Context<Self>) -> Self::Result {
-        self.check_call(&msg.proxy_id, msg.call.as_ref(), true)?;
+        self.check_call(&msg.proxy_id, msg.call.as_ref())?;
         if msg.version > self.version {
             return Err(ControllerError::BadRequest(format!(
                 "version {} was never handed out (the newest is {})",

@@ -1,11 +1,23 @@
 //! Who may speak for a name: join tokens and their redemption, signed registrations, key
-//! rotation, revocation, and the audit log of all of it.
+//! rotation, revocation, the audit log of all of it, and who the original's unsigned API
+//! answers.
 //!
 //! Redeeming a token and pinning the key it was redeemed for are one store transaction, and the
 //! registry handles one message at a time: of any number of joins with one token (at once or
 //! not) exactly one pins its key. The token's secret never reaches the controller; the joiner
 //! proves it with an HMAC over the root fingerprint, the name and the key, so a sniffed join
 //! cannot be replayed for another key.
+//!
+//! The original's API answers only proxies of the original listed under `legacy_proxies` in
+//! config.yaml, each by its name and the address its requests come from. An unsigned
+//! registration (`POST /api/register`) is accepted only for a listed name from its listed
+//! address, and never for a name with a pinned key, listed or not (the pin is checked first).
+//! An unsigned heartbeat or table fetch (`POST /api/heartbeat`, `GET /api/getendpoints`) is
+//! answered only from a listed address, and only for the proxy listed there; a signed one is
+//! checked against the key pinned to the proxy's user. A signature that nothing can check (its
+//! user has no pinned key) counts for nothing: the call is judged as unsigned; the proxy of a
+//! user whose key is revoked is refused, signed or not. Those checks decide only: the handlers
+//! record and store.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -25,7 +37,7 @@ use super::super::error::ControllerError;
 use super::super::store::{
     AuditEntry, Change, PinRecord, Revocation, TokenRecord, TokenUse, AUDIT_KEEP,
 };
-use super::{instance_key, Registry, AUDIT_SHOWN};
+use super::{instance_key, Registry, SignedCall, AUDIT_SHOWN};
 
 /// How long refusals wait to be stored together.
 const AUDIT_FLUSH: Duration = Duration::from_millis(500);
@@ -713,5 +725,99 @@ impl Handler<TrustOverview> for Registry {
                 .collect(),
             audit: self.audit.iter().rev().cloned().collect(),
         })
+    }
+}
+
+// ---- the original's API: listed legacy proxies ----
+
+/// A source address as config.yaml spells it (an IPv4 peer on an IPv6 socket shows as IPv4).
+fn shown_source(source: IpAddr) -> IpAddr {
+    source.to_canonical()
+}
+
+impl Registry {
+    /// An unsigned registration: refused for a name (or a proxy id) with a pinned key even when
+    /// the name is listed, then unless `instance_name` is listed at `source`.
+    pub(super) fn check_legacy_registration(
+        &self,
+        r: &RegisterRequest,
+        source: IpAddr,
+    ) -> Result<(), ControllerError> {
+        self.check_unsigned(r)?;
+        if self.config.legacy_proxy(&r.instance_name, source).is_some() {
+            return Ok(());
+        }
+        let name = &r.instance_name;
+        let source = shown_source(source);
+        let is_user = self.config.instances.iter().any(|i| i.name.matches(name));
+        Err(ControllerError::Forbidden(if is_user {
+            format!(
+                "{name} is a user of this overlay: its proxy joins with a token (`overlay token \
+                 create --name {name}`) and registers signed; the original's API answers only \
+                 proxies listed under `legacy_proxies` in config.yaml"
+            )
+        } else {
+            format!(
+                "the original's API answers only proxies listed under `legacy_proxies` in \
+                 config.yaml: {name} from {source} is not listed (add `- {{name: {name}, \
+                 address: {source}}}` there), or join with a token (`overlay token create \
+                 --name {name}`)"
+            )
+        }))
+    }
+
+    /// A call of the original's API that speaks for proxy `proxy_id` (a heartbeat, a table
+    /// fetch). Unknown proxy: 404, so a signed proxy of ours registers again, and a listed
+    /// original one too; an unlisted caller learns nothing but its refusal.
+    pub(super) fn check_original_call(
+        &mut self,
+        proxy_id: &str,
+        call: Option<&SignedCall>,
+        source: IpAddr,
+    ) -> Result<(), ControllerError> {
+        let rec = self.proxies.get(proxy_id);
+        let pin = rec.and_then(|r| self.pins.get(&instance_key(&r.instance_name)));
+        match (rec, pin, call) {
+            (None, _, Some(_)) => return Err(Self::unknown(proxy_id)),
+            (Some(rec), Some(pin), _) if pin.revoked.is_some() => {
+                return Err(ControllerError::Forbidden(format!(
+                    "the key of {} is revoked: calls of its proxy {proxy_id} are refused, signed \
+                     or not; it joins again with a replace token (`overlay token create --name \
+                     {} --replace`)",
+                    rec.instance_name, rec.instance_name
+                )))
+            }
+            // The pin wins: signed by that key, whatever the address.
+            (Some(_), Some(_), _) => return self.check_call(proxy_id, call),
+            _ => {}
+        }
+        // Unsigned, or signed for a user without a key to check it against.
+        let source = shown_source(source);
+        if !self.config.is_legacy_address(source) {
+            return Err(ControllerError::Forbidden(format!(
+                "the original's API answers unsigned calls only from addresses listed under \
+                 `legacy_proxies` in config.yaml, and {source} is not one: list the proxy there \
+                 (`- {{name: NAME, address: {source}}}`), or join with a token (`overlay token \
+                 create --name NAME`) and sign calls, as overlay/1 proxies do{}",
+                if call.is_some() {
+                    " (this call is signed, but its user has no pinned key to check it with)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let rec = rec.ok_or_else(|| Self::unknown(proxy_id))?;
+        if self
+            .config
+            .legacy_proxy(&rec.instance_name, source)
+            .is_none()
+        {
+            return Err(ControllerError::Forbidden(format!(
+                "proxy {proxy_id} is {}, which is not listed at {source} under `legacy_proxies`: \
+                 an unsigned call speaks only for the proxy listed at the address it comes from",
+                rec.instance_name
+            )));
+        }
+        Ok(())
     }
 }
