@@ -46,7 +46,9 @@ pub struct Config {
 }
 
 /// `legacy_proxies[i]`: a proxy of the original, by name and the source address it posts from.
-/// Its messages are shown as unauthenticated: nobody vouches for them but that address.
+/// Its messages are shown as unauthenticated: nobody vouches for them but that address. It may
+/// be a user of `instances` who runs the original's proxy; once a key is pinned to that name
+/// (the user joined), the listing no longer speaks for it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LegacyProxyConfig {
@@ -338,14 +340,6 @@ impl Config {
         let mut legacy: BTreeMap<crate::wire::PeerName, String> = BTreeMap::new();
         for (i, l) in self.legacy_proxies.iter().enumerate() {
             let here = format!("legacy_proxies[{i}].name");
-            if let Some(inst) = names.get(&crate::wire::PeerName::from(l.name.as_str())) {
-                return Err(format!(
-                    "{here}: `{}` is {inst}, a user of this overlay, which joins with a key: a \
-                     legacy (unsigned) proxy may not take its name; remove it from \
-                     legacy_proxies, or rename the instance",
-                    l.name
-                ));
-            }
             if let Some(first) = legacy.insert(l.name.as_str().into(), here.clone()) {
                 return Err(format!(
                     "{here}: `{}` is already listed at {first}; list every legacy proxy once",
@@ -664,6 +658,34 @@ mod tests {
     #[test]
     fn a_minimal_config_is_valid() {
         assert!(Config::parse(MINI, "x").is_ok());
+    }
+
+    #[test]
+    fn legacy_proxies_are_found_by_name_and_address_only() {
+        let c = Config::parse(
+            &format!(
+                "{MINI}legacy_proxies:\n  - {{name: carol, address: 192.0.2.7}}\n  - {{name: a, address: '::1'}}\n"
+            ),
+            "x",
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(c.legacy_proxy("CAROL", ip("192.0.2.7")).is_some());
+        assert!(c.legacy_proxy("carol", ip("::ffff:192.0.2.7")).is_some());
+        assert!(c.legacy_proxy("carol", ip("192.0.2.8")).is_none());
+        assert!(c.legacy_proxy("dave", ip("192.0.2.7")).is_none());
+        assert!(c.is_legacy_address(ip("::1")) && !c.is_legacy_address(ip("127.0.0.1")));
+        let twice = err(&format!(
+            "{MINI}legacy_proxies:\n  - {{name: carol, address: 192.0.2.7}}\n  - {{name: Carol, address: 192.0.2.8}}\n"
+        ));
+        assert!(
+            twice.contains("legacy_proxies[1].name") && twice.contains("already listed"),
+            "{twice}"
+        );
+        let bad = err(&format!(
+            "{MINI}legacy_proxies:\n  - {{name: carol, address: 192.0.2.7:80}}\n"
+        ));
+        assert!(bad.contains("legacy_proxies[0].address"), "{bad}");
     }
 
     #[test]

@@ -29,12 +29,7 @@ fn config() -> Config {
 }
 
 /// Lists `names` under `legacy_proxies` at `address`, so the original's API answers them from
-/// there.
-///
-/// Set on the parsed config, not through config.yaml: config.yaml refuses to list an instance's
-/// name (an instance joins with a key), and these tests check the original's answers and the
-/// tables of the instances alice, bob and BOT through the original's API, as they did before
-/// the API needed a listing.
+/// there (users of `instances` who run the original's proxy, as these tests have them).
 fn list_legacy(c: &mut Config, names: &[&str], address: &str) {
     for name in names {
         c.legacy_proxies.push(LegacyProxyConfig {
