@@ -1,11 +1,14 @@
 //! Integration tests: proxy. Real proxies on port 0, with small fakes around them: a fake peer
 //! (records every `/api/v1/inbox` and `/api/v1/receipts` call, stores inbox envelopes by id),
-//! a fake controller (register, heartbeat, table stream, getendpoints), and a fake ORIGINAL
-//! proxy (accepts `POST /` with a `Host:` header). One case runs the real binary to kill it
-//! with SIGKILL.
+//! a fake controller (register, heartbeat, table stream, getendpoints; its signed directory
+//! pins the keys a test enrolls), and a fake ORIGINAL proxy (accepts `POST /` with a `Host:`
+//! header). Every hop between two proxies is signed (issue 15): a test that posts a relay
+//! itself signs it as the origin's proxy would ([`signed_relay`]). One case runs the real
+//! binary to kill it with SIGKILL.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,8 +17,12 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
 use overlay::config::{AiEndpointConfig, Config};
+use overlay::trust::request::{RequestLine, SIGNATURE_HEADER};
+use overlay::trust::{Identity, PublicKey, Signature};
 use overlay::wire::control_plane::{Endpoint, EndpointTable, PeerEndpoint};
-use overlay::wire::data_plane::{Accepted, Ack, DeliveryState, Envelope, Receipt};
+use overlay::wire::data_plane::{
+    acked_bytes, Accepted, Ack, DeliveryState, Envelope, Receipt, ACK_DOMAIN, ACK_HEADER,
+};
 use overlay::wire::legacy;
 
 use crate::helpers::{client, config_for, free_listener, run_binary, spawn_proxy, Spawned};
@@ -164,6 +171,8 @@ impl FakePeer {
 #[derive(Default)]
 struct ControllerLog {
     table: EndpointTable,
+    /// Names whose proxy is online; empty: the stream sends no liveness at all (the peer's
+    /// directory keeps `online: null`).
     online: Vec<String>,
     registers: Vec<RegisterClaim>,
     heartbeats: usize,
@@ -175,6 +184,9 @@ struct ControllerLog {
     polls: usize,
     /// The version of the next snapshot (each one is newer).
     version: u64,
+    /// Enrolled users' proxy keys (lower-case name → key): listed Active with their key, the
+    /// table's other persons pending (no key: nobody signs for them, nor to them).
+    keys: BTreeMap<String, PublicKey>,
 }
 
 /// A controller of ours, faked: it signs its snapshots under a root the test owns (the proxy
@@ -186,31 +198,49 @@ struct FakeController {
     root: overlay::trust::Fingerprint,
 }
 
-/// The fake's signed snapshot of `log.table` for alice, at a new version.
-fn fake_snapshot(signer: &Signer, log: &mut ControllerLog) -> Value {
+/// The fake's signed snapshot for `for_user`, at a new version: the table without the user's
+/// own entry (as the real controller makes it), and every person of the table and every
+/// enrolled user in the directory.
+fn fake_snapshot(signer: &Signer, log: &mut ControllerLog, for_user: &str) -> Value {
     log.version += 1;
     let now = overlay::wire::now_ms();
-    let users = log
+    let entry =
+        |name: &str, key: Option<PublicKey>, host: String, port: u16, native: bool| UserEntry {
+            name: name.to_string(),
+            proxy_id: None,
+            key,
+            host,
+            port,
+            native,
+            state: if key.is_some() {
+                UserState::Active
+            } else {
+                UserState::Pending
+            },
+        };
+    let mut users: BTreeMap<String, UserEntry> = log
         .table
         .iter()
         .filter_map(|(name, e)| match e {
-            overlay::wire::control_plane::Endpoint::Peer(p) => Some((
-                name.to_lowercase(),
-                UserEntry {
-                    name: name.clone(),
-                    proxy_id: None,
-                    key: None,
-                    host: p.host.clone(),
-                    port: p.port,
-                    native: p.native,
-                    state: UserState::Pending,
-                },
-            )),
+            Endpoint::Peer(p) => {
+                let key = log.keys.get(&name.to_lowercase()).copied();
+                let user = entry(name, key, p.host.clone(), p.port, p.native);
+                Some((name.to_lowercase(), user))
+            }
             _ => None,
         })
         .collect();
+    for (name, key) in &log.keys {
+        // Enrolled, but not in the table (e.g. a user named like an AI endpoint): port 0,
+        // "not known yet".
+        users
+            .entry(name.clone())
+            .or_insert_with(|| entry(name, Some(*key), "127.0.0.1".into(), 0, true));
+    }
+    let mut table = log.table.clone();
+    table.retain(|name, _| !name.eq_ignore_ascii_case(for_user));
     let snap = Snapshot {
-        for_user: "alice".into(),
+        for_user: for_user.into(),
         version: log.version,
         issued_at_ms: now,
         expires_at_ms: now + 3_600_000,
@@ -218,7 +248,7 @@ fn fake_snapshot(signer: &Signer, log: &mut ControllerLog) -> Value {
             users,
             ai: Vec::new(),
         },
-        table: log.table.clone(),
+        table,
     };
     serde_json::to_value(signer.snapshot(&snap)).unwrap()
 }
@@ -267,9 +297,10 @@ impl FakeController {
                             if !log.registers.is_empty() {
                                 log.polls += 1;
                             }
+                            let for_user = claim.instance_name.clone();
                             log.registers.push(claim);
                             log.forget = false;
-                            HttpResponse::Ok().json(fake_snapshot(&signer, &mut log))
+                            HttpResponse::Ok().json(fake_snapshot(&signer, &mut log, &for_user))
                         },
                     ),
                 )
@@ -290,17 +321,38 @@ impl FakeController {
                 .route(
                     "/api/v1/directory/stream",
                     web::get().to(
-                        |log: web::Data<Mutex<ControllerLog>>, signer: web::Data<Signer>| async move {
+                        |req: HttpRequest,
+                         log: web::Data<Mutex<ControllerLog>>,
+                         signer: web::Data<Signer>| async move {
                             let event = {
                                 let mut log = log.lock().unwrap();
                                 if !log.stream {
                                     return HttpResponse::ServiceUnavailable().finish();
                                 }
-                                let snap = fake_snapshot(&signer, &mut log);
-                                format!(
-                                    ": hello\n\nevent: snapshot\ndata: {snap}\n\nevent: online\ndata: {}\n\n",
-                                    json!({"names": log.online})
-                                )
+                                // The stream is the registered proxy's (`?proxy_id=`).
+                                let proxy_id = req
+                                    .query_string()
+                                    .split('&')
+                                    .find_map(|kv| kv.strip_prefix("proxy_id="))
+                                    .unwrap_or_default()
+                                    .to_string();
+                                let for_user = log
+                                    .registers
+                                    .iter()
+                                    .rev()
+                                    .find(|r| r.proxy_id == proxy_id)
+                                    .map(|r| r.instance_name.clone())
+                                    .unwrap_or_else(|| "alice".into());
+                                let snap = fake_snapshot(&signer, &mut log, &for_user);
+                                let mut event = format!(": hello\n\nevent: snapshot\ndata: {snap}\n\n");
+                                // Liveness only when the test names someone online.
+                                if !log.online.is_empty() {
+                                    event.push_str(&format!(
+                                        "event: online\ndata: {}\n\n",
+                                        json!({"names": log.online})
+                                    ));
+                                }
+                                event
                             };
                             let first = futures_util::stream::once(async move {
                                 Ok::<_, actix_web::Error>(web::Bytes::from(event))
@@ -323,6 +375,15 @@ impl FakeController {
             handle,
             root,
         }
+    }
+
+    /// Lists `name` in the directory as Active, with `key` pinned.
+    fn enroll(&self, name: &str, key: PublicKey) {
+        self.log
+            .lock()
+            .unwrap()
+            .keys
+            .insert(name.to_lowercase(), key);
     }
 
     /// Points `config` at this controller and pins its root.
@@ -447,7 +508,111 @@ async fn outbox_queued(proxy: &str) -> u64 {
         .unwrap()
 }
 
-/// Two users, each with a fake peer; proxies not started. The controller address is dead.
+/// The path and query of `url` (after its scheme and authority), and what comes before it.
+fn split_url(url: &str) -> (&str, &str) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let at = url[start..].find('/').map_or(url.len(), |i| start + i);
+    (&url[..at], &url[at..])
+}
+
+/// A relay request as an origin's proxy makes it: its target (path and query), its exact body
+/// bytes, and its `overlay-signature` header.
+#[derive(Clone)]
+struct SignedRequest {
+    target: String,
+    body: Vec<u8>,
+    header: String,
+}
+
+/// `body` as JSON for `target`, signed with `by` as `origin`'s proxy, for `destination`.
+fn sign_request(
+    by: &Identity,
+    origin: &str,
+    destination: &str,
+    target: &str,
+    body: &impl serde::Serialize,
+) -> SignedRequest {
+    let body = serde_json::to_vec(body).unwrap();
+    let line = RequestLine {
+        method: "POST",
+        target,
+        body: &body,
+    };
+    let header = overlay::trust::request::sign(by, &line, origin, destination, now_ms());
+    SignedRequest {
+        target: target.to_string(),
+        body,
+        header,
+    }
+}
+
+fn now_ms() -> u64 {
+    overlay::wire::now_ms()
+}
+
+/// What a relay answered: status, JSON body, and its `overlay-ack` header.
+type RelayAnswer = (u16, Value, Option<String>);
+
+/// Sends `r` (its bytes and header exactly) to `proxy` (a base URL), with `extra` headers.
+async fn send_signed(proxy: &str, r: &SignedRequest, extra: &[(&str, &str)]) -> RelayAnswer {
+    let mut req = client()
+        .post(format!("{proxy}{}", r.target))
+        .insert_header((SIGNATURE_HEADER, r.header.as_str()))
+        .insert_header(("content-type", "application/json"));
+    for (name, value) in extra {
+        req = req.insert_header((*name, *value));
+    }
+    let mut res = req
+        .send_body(r.body.clone())
+        .await
+        .expect("the relay answers");
+    let ack = res
+        .headers()
+        .get(ACK_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let status = res.status().as_u16();
+    let v = res.json().limit(1 << 20).await.unwrap_or(Value::Null);
+    (status, v, ack)
+}
+
+/// `POST url` (a proxy's relay route) with `body`, in a request signed with `by` as `origin`'s
+/// proxy for `destination`, over the exact bytes sent.
+async fn signed_relay(
+    url: &str,
+    by: &Identity,
+    origin: &str,
+    destination: &str,
+    body: &impl serde::Serialize,
+) -> RelayAnswer {
+    let (proxy, target) = split_url(url);
+    send_signed(
+        proxy,
+        &sign_request(by, origin, destination, target, body),
+        &[],
+    )
+    .await
+}
+
+/// `e`, signed with `by` (its origin proxy's key).
+fn signed(e: &Envelope, by: &Identity) -> Envelope {
+    let mut e = e.clone();
+    e.sign(by);
+    e
+}
+
+/// Whether `ack` (an `overlay-ack` header) is `key`'s signature acknowledging exactly `sent`.
+fn ack_holds(ack: Option<&str>, key: &PublicKey, sent: &[Envelope]) -> bool {
+    let Some(Ok(sig)) = ack.map(Signature::parse) else {
+        return false;
+    };
+    key.verify(ACK_DOMAIN, &acked_bytes(sent.iter()), &sig)
+        .is_ok()
+}
+
+/// Two users, each with a fake peer; proxies not started. Both proxies' keys are made in their
+/// data dirs beforehand, and both follow a fake controller whose signed directory lists alice
+/// and bob Active with those keys, and whose table is the config's (see [`Pair::alice`]).
 struct Pair {
     config: Config,
     alice_peer: FakePeer,
@@ -457,6 +622,12 @@ struct Pair {
     bob_addr: SocketAddr,
     alice_dir: tempfile::TempDir,
     bob_dir: tempfile::TempDir,
+    /// alice's proxy key (`alice_dir/proxy-alice.key`): a test signs relays as alice with it.
+    alice_key: Arc<Identity>,
+    /// bob's proxy key (`bob_dir/proxy-bob.key`): its acknowledgements verify under it.
+    bob_key: Arc<Identity>,
+    /// The controller the config names, unless a test points it to its own.
+    controller: FakeController,
 }
 
 impl Pair {
@@ -466,7 +637,6 @@ impl Pair {
 
     fn with_bob_peer(bob_peer: FakePeer, tune: impl FnOnce(&mut Config)) -> Pair {
         let mut config = config_for(&[("alice", &[]), ("bob", &[])]);
-        config.controller.listen = dead_addr();
         let alice_peer = FakePeer::start();
         let (al, bl) = (free_listener(), free_listener());
         let bob_addr = bl.local_addr().unwrap();
@@ -476,31 +646,105 @@ impl Pair {
             Some(al.local_addr().unwrap()),
         );
         config.set_instance_listeners("bob", Some(bob_peer.addr), Some(bob_addr));
+        let (alice_dir, bob_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let key = |dir: &tempfile::TempDir, name: &str| {
+            Arc::new(Identity::create(&dir.path().join(format!("proxy-{name}.key"))).unwrap())
+        };
+        let (alice_key, bob_key) = (key(&alice_dir, "alice"), key(&bob_dir, "bob"));
+        let controller = FakeController::start(EndpointTable::new(), &[]);
+        controller.enroll("alice", alice_key.public());
+        controller.enroll("bob", bob_key.public());
+        controller.configure(&mut config);
         tune(&mut config);
-        Pair {
+        let pair = Pair {
             config,
             alice_peer,
             bob_peer,
             alice_listener: Some(al),
             bob_listener: Some(bl),
             bob_addr,
-            alice_dir: tempfile::tempdir().unwrap(),
-            bob_dir: tempfile::tempdir().unwrap(),
-        }
+            alice_dir,
+            bob_dir,
+            alice_key,
+            bob_key,
+            controller,
+        };
+        pair.follow_config();
+        pair
     }
 
+    /// The pair's controller hands out the table the config makes (persons and AI endpoints).
+    fn follow_config(&self) {
+        self.controller.log.lock().unwrap().table =
+            overlay::proxy::routing::default_table(&self.config, "");
+    }
+
+    /// A new key for `name`, enrolled (Active) in the pair's controller.
+    fn enroll(&self, name: &str) -> Identity {
+        let key = Identity::generate();
+        self.controller.enroll(name, key.public());
+        key
+    }
+
+    /// Enrolls in `other` everyone the pair's controller knows (alice, bob, and any other).
+    fn enroll_in(&self, other: &FakeController) {
+        let keys = self.controller.log.lock().unwrap().keys.clone();
+        other.log.lock().unwrap().keys.extend(keys);
+    }
+
+    /// Alice's proxy (following the config's table when the config names the pair's controller).
     async fn alice(&mut self) -> Spawned {
+        self.follow_config();
         let l = self.alice_listener.take().unwrap_or_else(free_listener);
         spawn_proxy(&self.config, "alice", self.alice_dir.path(), l).await
     }
 
-    /// Bob's proxy, always at the address the tables name.
+    /// Bob's proxy, always at the address the tables name, once it takes relays from alice.
     async fn bob(&mut self) -> Spawned {
+        self.follow_config();
         let l = match self.bob_listener.take() {
             Some(l) => l,
             None => TcpListener::bind(self.bob_addr).expect("bob's address is free again"),
         };
-        spawn_proxy(&self.config, "bob", self.bob_dir.path(), l).await
+        let bob = spawn_proxy(&self.config, "bob", self.bob_dir.path(), l).await;
+        self.until_taking_relays(&bob.url).await;
+        bob
+    }
+
+    /// Waits until bob's proxy checked its directory with the controller (until then, relays
+    /// are answered 503): a request signed by alice with an unsigned envelope is then refused
+    /// for that envelope (401), which needs alice's key pinned. Nothing is stored.
+    async fn until_taking_relays(&self, bob: &str) {
+        let probe = Envelope::text("alice", "bob", "a probe, not signed");
+        let start = Instant::now();
+        loop {
+            let url = format!("{bob}/api/v1/relay");
+            let (s, v, _) = signed_relay(&url, &self.alice_key, "alice", "bob", &probe).await;
+            if s != 503 {
+                assert_eq!(s, 401, "{v}");
+                assert!(v["message"].as_str().unwrap().contains("not signed"), "{v}");
+                return;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "timed out waiting until bob's proxy takes relays: {v}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `e`, signed by alice's proxy, relayed to bob's proxy at `bob` in a request alice signed.
+    async fn relay_from_alice(&self, bob: &str, e: &Envelope) -> RelayAnswer {
+        let url = format!("{bob}/api/v1/relay");
+        let e = signed(e, &self.alice_key);
+        signed_relay(&url, &self.alice_key, "alice", "bob", &e).await
+    }
+
+    /// The batch route's counterpart of [`Pair::relay_from_alice`].
+    async fn relay_batch_from_alice(&self, bob: &str, es: &[&Envelope]) -> RelayAnswer {
+        let url = format!("{bob}/api/v1/relay/batch");
+        let es: Vec<Envelope> = es.iter().map(|e| signed(e, &self.alice_key)).collect();
+        signed_relay(&url, &self.alice_key, "alice", "bob", &es).await
     }
 }
 
@@ -618,6 +862,13 @@ async fn a_sending_proxy_killed_with_sigkill_delivers_its_outbox_after_restart_e
     let mut pair = Pair::new(|_| {});
     drop(pair.bob_listener.take()); // bob's proxy is down while alice queues
     let dir = tempfile::tempdir().unwrap();
+    // The binary's data dir holds alice's key, the one the controller pins.
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::copy(
+        pair.alice_dir.path().join("proxy-alice.key"),
+        dir.path().join("data/proxy-alice.key"),
+    )
+    .unwrap();
     let (mut child, url) = run_binary_proxy(&pair.config, dir.path()).await;
 
     let first: Vec<Envelope> = (0..20)
@@ -699,6 +950,7 @@ async fn routing_continues_from_the_cached_table_while_the_controller_is_down() 
     table.insert("bob".into(), peer_endpoint(pair.bob_addr, true));
     table.insert("carol".into(), peer_endpoint(dead_addr(), false));
     let controller = FakeController::start(table, &["bob"]);
+    pair.enroll_in(&controller);
     controller.configure(&mut pair.config);
     pair.config
         .set_instance_listeners("bob", Some(pair.bob_peer.addr), Some(dead_addr()));
@@ -756,20 +1008,31 @@ async fn the_same_relay_twice_is_stored_once_and_answered_the_same() {
     let mut pair = Pair::new(|_| {});
     let bob = pair.bob().await;
     let e = Envelope::text("alice", "bob", "once");
-    let (s1, a1) = post_json(&format!("{}/api/v1/relay", bob.url), &e).await;
-    let (s2, a2) = post_json(&format!("{}/api/v1/relay", bob.url), &e).await;
-    assert_eq!((s1, s2), (200, 200));
+    // Two separately signed requests (each with its own nonce) carrying the same message.
+    let (s1, a1, k1) = pair.relay_from_alice(&bob.url, &e).await;
+    let (s2, a2, k2) = pair.relay_from_alice(&bob.url, &e).await;
+    assert_eq!((s1, s2), (200, 200), "{a1} {a2}");
     assert_eq!(a1, json!({"id": e.id.as_str(), "duplicate": false}));
     assert_eq!(a2, json!({"id": e.id.as_str(), "duplicate": true}));
+    // Both answers carry bob's signature over the message they acknowledge.
+    let bob_key = pair.bob_key.public();
+    let sent = [e.clone()];
+    assert!(ack_holds(k1.as_deref(), &bob_key, &sent), "{k1:?}");
+    assert!(ack_holds(k2.as_deref(), &bob_key, &sent), "{k2:?}");
+    assert!(
+        !ack_holds(k1.as_deref(), &pair.alice_key.public(), &sent),
+        "signed by bob's key, not just any"
+    );
     // A later message on the same lane arrives after anything queued before it.
     let marker = Envelope::text("alice", "bob", "marker");
-    post_json(&format!("{}/api/v1/relay", bob.url), &marker).await;
+    let (s, v, _) = pair.relay_from_alice(&bob.url, &marker).await;
+    assert_eq!(s, 200, "{v}");
     eventually("the marker arrived", || pair.bob_peer.stored_count() == 2).await;
     assert_eq!(pair.bob_peer.raw_counts()[e.id.as_str()], 1);
     assert_eq!(pair.bob_peer.texts(), ["once", "marker"]);
     // A relay for someone else is refused and stores nothing.
     let stray = Envelope::text("alice", "carol", "not yours");
-    let (s, v) = post_json(&format!("{}/api/v1/relay", bob.url), &stray).await;
+    let (s, v, ack) = pair.relay_from_alice(&bob.url, &stray).await;
     assert_eq!(
         (s, v),
         (
@@ -777,6 +1040,7 @@ async fn the_same_relay_twice_is_stored_once_and_answered_the_same() {
             json!({"status": "error", "message": "Unknown peer: carol"})
         )
     );
+    assert_eq!(ack, None, "nothing acknowledged");
     assert_eq!(outbox_queued(&bob.url).await, 0);
     bob.stop().await;
 }
@@ -863,23 +1127,24 @@ async fn a_destination_down_for_long_cannot_make_its_queue_grow_without_bound() 
         c.set_instance_listeners("bob", Some(dead_addr()), None);
     });
     let bob = pair.bob().await;
-    let relay = format!("{}/api/v1/relay", bob.url);
     let queued = [
         Envelope::text("alice", "bob", "one"),
         Envelope::text("alice", "bob", "two"),
     ];
     for e in &queued {
-        let (s, v) = post_json(&relay, e).await;
+        let (s, v, _) = pair.relay_from_alice(&bob.url, e).await;
         assert_eq!(s, 200, "{v}");
     }
-    let (s, v) = post_json(&relay, &Envelope::text("alice", "bob", "three")).await;
+    let three = Envelope::text("alice", "bob", "three");
+    let (s, v, ack) = pair.relay_from_alice(&bob.url, &three).await;
     assert_eq!(s, 503, "full: the sender is told to retry later: {v}");
     assert_eq!(
         v["message"],
         "2 messages are already queued for bob's chat app; try again later"
     );
+    assert_eq!(ack, None);
     // A resend of a message already queued is the same message: answered, not refused.
-    let (s, v) = post_json(&relay, &queued[0]).await;
+    let (s, v, _) = pair.relay_from_alice(&bob.url, &queued[0]).await;
     assert_eq!((s, v["duplicate"].as_bool()), (200, Some(true)), "{v}");
     assert_eq!(outbox_queued(&bob.url).await, 2);
     bob.stop().await;
@@ -887,33 +1152,51 @@ async fn a_destination_down_for_long_cannot_make_its_queue_grow_without_bound() 
 
 #[actix_rt::test]
 async fn a_relay_in_our_users_name_with_an_unstorable_sender_or_a_wild_time_is_refused() {
+    // Each refusal below comes from a request whose signatures hold: the relay's own checks
+    // refuse it, not the signed hop's.
     let mut pair = Pair::new(|_| {});
+    // Someone whose name no peer could store, enrolled all the same (the controller is not
+    // the only line of defence).
+    let odd = pair.enroll("Bob+Smith");
     let bob = pair.bob().await;
     let relay = format!("{}/api/v1/relay", bob.url);
-    // Nobody but bob's own peer speaks for bob.
-    let (s, v) = post_json(&relay, &Envelope::text("BOB", "bob", "it's me, honest")).await;
+    // Nobody but bob's own peer speaks for bob: not even a request signed with bob's key.
+    let me = signed(
+        &Envelope::text("BOB", "bob", "it's me, honest"),
+        &pair.bob_key,
+    );
+    let (s, v, _) = signed_relay(&relay, &pair.bob_key, "BOB", "bob", &me).await;
     assert_eq!(s, 403, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("own peer"), "{v}");
     // A sender name the peer could not store is refused to the sender, not dropped later.
-    let (s, v) = post_json(&relay, &Envelope::text("Bob Smith", "bob", "hi")).await;
+    let hi = signed(&Envelope::text("Bob+Smith", "bob", "hi"), &odd);
+    let (s, v, _) = signed_relay(&relay, &odd, "Bob+Smith", "bob", &hi).await;
     assert_eq!(s, 400, "{v}");
     assert!(v["message"].as_str().unwrap().starts_with("from: "), "{v}");
     // A time past year 9999 (which used to panic the history) is refused.
     let mut far = Envelope::text("alice", "bob", "from the future");
     far.sent_at_ms = u64::MAX;
-    let (s, v) = post_json(&relay, &far).await;
+    let (s, v, _) = pair.relay_from_alice(&bob.url, &far).await;
     assert_eq!(s, 400, "{v}");
     assert!(v["message"].as_str().unwrap().contains("future"), "{v}");
     assert_eq!(outbox_queued(&bob.url).await, 0);
     assert_eq!(pair.bob_peer.stored_count(), 0);
-    // A page of another origin in the user's browser cannot post to the proxy (CSRF).
-    let res = awc::Client::default()
-        .post(&relay)
-        .insert_header(("sec-fetch-site", "same-site"))
-        .send_json(&Envelope::text("alice", "bob", "from a web page"))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403);
+    // A page of another origin in the user's browser cannot post to the proxy (CSRF), even
+    // a request it got signed somehow.
+    let page = signed(
+        &Envelope::text("alice", "bob", "from a web page"),
+        &pair.alice_key,
+    );
+    let r = sign_request(&pair.alice_key, "alice", "bob", "/api/v1/relay", &page);
+    let (s, v, _) = send_signed(&bob.url, &r, &[("sec-fetch-site", "same-site")]).await;
+    assert_eq!(s, 403, "{v}");
     assert_eq!(outbox_queued(&bob.url).await, 0);
+    // Anything taken in above would reach bob's peer before this marker (one FIFO lane).
+    let marker = Envelope::text("alice", "bob", "marker");
+    let (s, v, _) = pair.relay_from_alice(&bob.url, &marker).await;
+    assert_eq!(s, 200, "{v}");
+    eventually("the marker arrived", || pair.bob_peer.stored_count() == 1).await;
+    assert_eq!(pair.bob_peer.texts(), ["marker"]);
     bob.stop().await;
 }
 
@@ -941,6 +1224,7 @@ async fn the_originals_wire_format_works_in_both_directions() {
     // An original proxy taken for one of ours (e.g. listed before it registered).
     table.insert("dave".into(), peer_endpoint(original.addr, true));
     let controller = FakeController::start(table, &[]);
+    pair.enroll_in(&controller);
     // Restart alice with the controller that knows carol (an original proxy).
     alice.stop().await;
     controller.configure(&mut pair.config);
@@ -1180,13 +1464,23 @@ async fn the_sender_learns_why_a_message_failed() {
         c.delivery.expire_after_secs = 1;
     });
     drop(pair.bob_listener.take()); // bob's proxy never comes
-                                    // dave's table entry points at a proxy that is not dave's: it refuses (404).
+                                    // dave (enrolled) has a table entry pointing at a proxy of ours that is not dave's: it
+                                    // refuses a request signed for dave. erin has not joined (no key): nothing is sent to her.
     let refuser = FakePeer::start();
-    let mut extra = pair.config.instances[1].clone();
-    extra.name = overlay::config::InstanceName::parse("dave").unwrap();
-    pair.config.instances.push(extra);
+    let erins_listener = free_listener();
+    let erins_addr = erins_listener.local_addr().unwrap();
+    let (erins, erins_server) = start_any_web_server(erins_listener);
+    for (name, proxy) in [("dave", None), ("erin", Some(erins_addr))] {
+        let mut extra = pair.config.instances[1].clone();
+        extra.name = overlay::config::InstanceName::parse(name).unwrap();
+        pair.config.instances.push(extra);
+        if let Some(addr) = proxy {
+            pair.config.set_instance_listeners(name, None, Some(addr));
+        }
+    }
+    pair.enroll("dave");
     let other_proxy = {
-        // Another proxy of ours (a second one for bob): it answers relays for dave with 404.
+        // Another proxy of ours (a second one for bob).
         let mut c = pair.config.clone();
         c.set_instance_listeners("bob", Some(refuser.addr), None);
         let l = free_listener();
@@ -1202,11 +1496,13 @@ async fn the_sender_learns_why_a_message_failed() {
     // (An AI endpoint's failure is a message in the conversation: see tests/it/ai_e2e.rs.)
     let to_bob = Envelope::text("alice", "bob", "into the void");
     let to_dave = Envelope::text("alice", "dave", "wrong door");
-    for e in [&to_bob, &to_dave] {
+    let to_erin = Envelope::text("alice", "erin", "not joined");
+    let all = [&to_bob, &to_dave, &to_erin];
+    for e in all {
         submit(&alice.url, e).await;
     }
-    eventually("two failed receipts", || {
-        [&to_bob, &to_dave].iter().all(|e| {
+    eventually("three failed receipts", || {
+        all.iter().all(|e| {
             matches!(
                 pair.alice_peer.receipt_for(e.id.as_str()),
                 Some(DeliveryState::Failed { .. })
@@ -1223,13 +1519,25 @@ async fn the_sender_learns_why_a_message_failed() {
         "{}",
         reason(&to_bob)
     );
-    assert_eq!(
-        reason(&to_dave),
-        "dave's proxy refused it: Unknown peer: dave (404)"
+    // The proxy at dave's address is bob's: a request signed for dave is not for it.
+    let why = reason(&to_dave);
+    assert!(
+        why.starts_with("dave's proxy has been unreachable for 1s") && why.contains("not for bob"),
+        "{why}"
+    );
+    let why = reason(&to_erin);
+    assert!(
+        why.starts_with("erin's proxy has been unreachable for 1s")
+            && why.contains("erin has no pinned key in the signed directory"),
+        "{why}"
+    );
+    assert!(
+        erins.lock().unwrap().is_empty(),
+        "nothing is sent unsigned to a proxy of ours without a key"
     );
     assert_eq!(
         pair.alice_peer.receipts().len(),
-        2,
+        3,
         "one receipt each, none delivered"
     );
     eventually_json(
@@ -1240,6 +1548,7 @@ async fn the_sender_learns_why_a_message_failed() {
     .await;
     alice.stop().await;
     other_proxy.0.stop().await;
+    erins_server.stop(false).await;
 }
 
 #[actix_rt::test]
@@ -1289,8 +1598,13 @@ async fn a_queued_batch_with_one_refused_message_delivers_the_others_in_order() 
     // The relay batch route itself: one transaction, duplicates reported per envelope.
     let a = Envelope::text("alice", "bob", "batch a");
     let b = Envelope::text("alice", "bob", "batch b");
-    let (s, v) = post_json(&format!("{}/api/v1/relay/batch", bob.url), &[&a, &b, &a]).await;
-    assert_eq!(s, 200);
+    let (s, v, ack) = pair.relay_batch_from_alice(&bob.url, &[&a, &b, &a]).await;
+    assert_eq!(s, 200, "{v}");
+    let sent = [a.clone(), b.clone(), a.clone()];
+    assert!(
+        ack_holds(ack.as_deref(), &pair.bob_key.public(), &sent),
+        "{ack:?}"
+    );
     assert_eq!(
         v,
         json!([{"id": a.id.as_str(), "duplicate": false},
@@ -1317,6 +1631,7 @@ async fn without_the_table_stream_the_proxy_polls_and_a_new_address_is_tried_at_
     let mut table = EndpointTable::new();
     table.insert("bob".into(), peer_endpoint(dead_addr(), true));
     let controller = FakeController::start_with(table, &[], false);
+    pair.enroll_in(&controller);
     controller.configure(&mut pair.config);
     let alice = pair.alice().await;
     eventually("alice registered", || {
@@ -1379,6 +1694,92 @@ fn start_any_web_server(listener: TcpListener) -> (Arc<Mutex<Vec<String>>>, Serv
     (paths, handle)
 }
 
+/// What an [`AckForger`] shares with its handler.
+struct ForgerState {
+    /// The key of the proxy it poses as (bob's), used once `honest`.
+    bob: Arc<Identity>,
+    /// A key that is not bob's.
+    other: Identity,
+    honest: AtomicBool,
+    /// What each answer's `overlay-ack` was, in order.
+    answers: Mutex<Vec<&'static str>>,
+}
+
+/// A proxy of ours in appearance: it stores nothing, and answers every relay (single or batch)
+/// 200 with a well-formed Ack of the ids sent; its `overlay-ack` is in turn missing, not a
+/// signature, and another key's signature over the right messages; once `honest`, bob's.
+struct AckForger {
+    state: Arc<ForgerState>,
+    handle: ServerHandle,
+}
+
+impl AckForger {
+    fn start(listener: TcpListener, bob: Arc<Identity>) -> AckForger {
+        let state = Arc::new(ForgerState {
+            bob,
+            other: Identity::generate(),
+            honest: AtomicBool::new(false),
+            answers: Mutex::default(),
+        });
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new().app_data(data.clone()).default_service(web::to(
+                |req: HttpRequest, body: web::Bytes, state: web::Data<ForgerState>| async move {
+                    let batch = req.path().ends_with("/batch");
+                    let sent: Vec<Envelope> = if batch {
+                        serde_json::from_slice(&body).unwrap_or_default()
+                    } else {
+                        serde_json::from_slice(&body).into_iter().collect()
+                    };
+                    let acks: Vec<Ack> = sent
+                        .iter()
+                        .map(|e| Ack {
+                            id: e.id.clone(),
+                            duplicate: false,
+                        })
+                        .collect();
+                    let mut res = HttpResponse::Ok();
+                    let mut answers = state.answers.lock().unwrap();
+                    let bytes = acked_bytes(sent.iter());
+                    let (what, ack) = if state.honest.load(Ordering::SeqCst) {
+                        (
+                            "bob's",
+                            Some(state.bob.sign(ACK_DOMAIN, &bytes).to_string()),
+                        )
+                    } else {
+                        match answers.len() % 3 {
+                            0 => ("none", None),
+                            1 => ("not a signature", Some("sig-of-nobody".to_string())),
+                            _ => (
+                                "another key's",
+                                Some(state.other.sign(ACK_DOMAIN, &bytes).to_string()),
+                            ),
+                        }
+                    };
+                    answers.push(what);
+                    if let Some(ack) = ack {
+                        res.insert_header((ACK_HEADER, ack));
+                    }
+                    if batch {
+                        res.json(acks)
+                    } else {
+                        res.json(acks.first())
+                    }
+                },
+            ))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        AckForger { state, handle }
+    }
+}
+
 #[actix_rt::test]
 async fn a_2xx_that_is_not_an_ack_is_a_failed_attempt_and_the_message_stays_queued() {
     // Bob's table entry points at some web server, not a proxy of ours.
@@ -1390,12 +1791,12 @@ async fn a_2xx_that_is_not_an_ack_is_a_failed_attempt_and_the_message_stays_queu
     let alice = pair.alice().await;
     let e = Envelope::text("alice", "bob", "eaten?");
     submit(&alice.url, &e).await;
-    let status = eventually_json(
+    eventually(
         "alice's proxy has tried the web server with both answers",
-        &format!("{}/api/v1/outbox", alice.url),
-        |v| v["lanes"][0]["head_attempts"].as_u64().unwrap_or(0) >= 3,
+        || relays.lock().unwrap().len() >= 3,
     )
     .await;
+    let status = get_json(&format!("{}/api/v1/outbox", alice.url)).await;
     assert_eq!(status["queued"], 1, "still queued: {status}");
     let error = status["lanes"][0]["last_error"]
         .as_str()
@@ -1411,6 +1812,52 @@ async fn a_2xx_that_is_not_an_ack_is_a_failed_attempt_and_the_message_stays_queu
         pair.alice_peer.receipts()
     );
     alice.stop().await;
+
+    // A proxy at bob's address answers with a well-formed Ack of the right id, but its
+    // `overlay-ack` is missing, not a signature, or signed by a key that is not bob's: a
+    // forged acknowledgement, so the message stays pending.
+    let mut pair = Pair::new(|c| {
+        c.delivery.retry_initial_ms = 20;
+        c.delivery.retry_max_ms = 100;
+    });
+    let forger = AckForger::start(pair.bob_listener.take().unwrap(), pair.bob_key.clone());
+    let alice = pair.alice().await;
+    let e = Envelope::text("alice", "bob", "acknowledged by whom?");
+    submit(&alice.url, &e).await;
+    eventually("the forger gave each of its answers", || {
+        forger.state.answers.lock().unwrap().len() >= 4
+    })
+    .await;
+    let status = get_json(&format!("{}/api/v1/outbox", alice.url)).await;
+    assert_eq!(status["queued"], 1, "still queued: {status}");
+    let error = status["lanes"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("bob's proxy: ") && error.contains("acknowledgement"),
+        "{status}"
+    );
+    assert!(
+        pair.alice_peer.receipt_for(e.id.as_str()).is_none(),
+        "not delivered on a forged acknowledgement: {:?} after {:?}",
+        pair.alice_peer.receipts(),
+        forger.state.answers.lock().unwrap()
+    );
+    // The very same answer signed by bob's pinned key is an acknowledgement: only the
+    // signature was missing.
+    forger.state.honest.store(true, Ordering::SeqCst);
+    eventually("alice learns it was delivered", || {
+        pair.alice_peer.receipt_for(e.id.as_str()) == Some(DeliveryState::Delivered)
+    })
+    .await;
+    eventually_json(
+        "alice's outbox is empty",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| v["queued"] == 0,
+    )
+    .await;
+    alice.stop().await;
+    forger.handle.stop(false).await;
 
     // The own peer's inbox is checked the same way: a note to self to a web server.
     let mut pair = Pair::new(|c| {
@@ -1670,14 +2117,15 @@ async fn only_the_receivers_own_proxy_marks_an_ai_error() {
     assert_eq!((s, v[0]["status"].as_u64()), (200, Some(400)), "{v}");
     // Another proxy relays a message marked as an error and an auto-reply: it arrives as the
     // person's own (auto-)reply, never as an error of bob's AI.
+    // (Both signed by alice's proxy as they are: the flags are part of what it signs.)
     let mut relayed = Envelope::text("alice", "bob", "⚠ alice could not answer");
     relayed.error = true;
     relayed.auto_reply = true;
-    let (s, v) = post_json(&format!("{}/api/v1/relay", bob.url), &relayed).await;
+    let (s, v, _) = pair.relay_from_alice(&bob.url, &relayed).await;
     assert_eq!(s, 200, "{v}");
     let mut batched = Envelope::text("alice", "bob", "⚠ in a batch");
     batched.error = true;
-    let (s, v) = post_json(&format!("{}/api/v1/relay/batch", bob.url), &[batched]).await;
+    let (s, v, _) = pair.relay_batch_from_alice(&bob.url, &[&batched]).await;
     assert_eq!(s, 200, "{v}");
     eventually("both arrived", || pair.bob_peer.stored_count() == 2).await;
     let stored = pair.bob_peer.log.lock().unwrap().stored.clone();
@@ -1736,4 +2184,250 @@ async fn a_person_entry_naming_this_proxy_its_peer_or_the_controller_is_never_po
     );
     assert_eq!(outbox_queued(&alice.url).await, 0);
     alice.stop().await;
+}
+
+// ---------------------------------------------------------------- signed hops (issue 15)
+
+/// Waits until bob's peer has the last of `texts` (relayed last: on bob's one FIFO lane to
+/// its peer, anything taken in before it arrives first), then checks it holds exactly
+/// `texts`, in order, each posted once.
+async fn only_these_arrived(pair: &Pair, texts: &[&str]) {
+    eventually("the last message arrived", || {
+        pair.bob_peer.texts().last().map(String::as_str) == texts.last().copied()
+    })
+    .await;
+    assert_eq!(pair.bob_peer.texts(), texts);
+    assert!(
+        pair.bob_peer.raw_counts().values().all(|n| *n == 1),
+        "{:?}",
+        pair.bob_peer.raw_counts()
+    );
+}
+
+#[actix_rt::test]
+async fn a_relay_validly_signed_by_another_enrolled_proxy_claiming_someone_else_is_refused() {
+    let mut pair = Pair::new(|_| {});
+    let carol = pair.enroll("carol");
+    let bob = pair.bob().await;
+    let relay = format!("{}/api/v1/relay", bob.url);
+    // carol's proxy signs, as carol and with carol's key, a message that says it is alice's.
+    let forged = signed(
+        &Envelope::text("alice", "bob", "it's alice, honest"),
+        &carol,
+    );
+    let (s, v, ack) = signed_relay(&relay, &carol, "carol", "bob", &forged).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("only carol's messages"),
+        "{v}"
+    );
+    assert_eq!(ack, None, "nothing acknowledged");
+    assert_eq!(outbox_queued(&bob.url).await, 0);
+    // In a batch, the one message claiming alice is named, and none of the batch is taken.
+    let batch: Vec<Envelope> = [("carol", "one"), ("alice", "two"), ("carol", "three")]
+        .iter()
+        .map(|(from, text)| signed(&Envelope::text(from, "bob", *text), &carol))
+        .collect();
+    let batch_url = format!("{}/api/v1/relay/batch", bob.url);
+    let (s, v, ack) = signed_relay(&batch_url, &carol, "carol", "bob", &batch).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("message 2 of 3"),
+        "{v}"
+    );
+    assert_eq!(ack, None);
+    assert_eq!(outbox_queued(&bob.url).await, 0);
+    // carol's key signing as alice: not the key pinned to alice.
+    let as_alice = signed(&Envelope::text("alice", "bob", "signed by carol"), &carol);
+    let (s, v, ack) = signed_relay(&relay, &carol, "alice", "bob", &as_alice).await;
+    assert!(s == 401 || s == 503, "{s} {v}");
+    assert!(v["message"].as_str().unwrap().contains("key"), "{v}");
+    assert_eq!(ack, None);
+    assert_eq!(outbox_queued(&bob.url).await, 0);
+    // carol's own message is taken: nothing refused above reached bob's peer before it.
+    let own = signed(&Envelope::text("carol", "bob", "really carol's"), &carol);
+    let (s, v, _) = signed_relay(&relay, &carol, "carol", "bob", &own).await;
+    assert_eq!(s, 200, "{v}");
+    only_these_arrived(&pair, &["really carol's"]).await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_body_path_or_destination_swapped_under_a_valid_signature_is_refused() {
+    let mut pair = Pair::new(|_| {});
+    let bob = pair.bob().await;
+    let alice = &pair.alice_key;
+    let e = signed(&Envelope::text("alice", "bob", "as signed"), alice);
+    let valid = sign_request(alice, "alice", "bob", "/api/v1/relay", &e);
+    // One byte more (white space: the envelope and its own signature are unchanged).
+    let mut longer = valid.clone();
+    longer.body.push(b' ');
+    let (s, v, _) = send_signed(&bob.url, &longer, &[]).await;
+    assert_eq!(s, 401, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("does not hold"),
+        "{v}"
+    );
+    // One byte changed, in the text.
+    let mut changed = valid.clone();
+    let at = changed
+        .body
+        .windows(9)
+        .position(|w| w == b"as signed")
+        .unwrap();
+    changed.body[at] = b'A';
+    let (s, v, _) = send_signed(&bob.url, &changed, &[]).await;
+    assert_eq!(s, 401, "{v}");
+    // Signed for `/api/v1/relay`, posted to the batch route.
+    let e2 = signed(&Envelope::text("alice", "bob", "other path"), alice);
+    let mut moved = sign_request(alice, "alice", "bob", "/api/v1/relay", &[&e2]);
+    moved.target = "/api/v1/relay/batch".into();
+    let (s, v, _) = send_signed(&bob.url, &moved, &[]).await;
+    assert_eq!(s, 401, "{v}");
+    // Signed for carol's proxy, posted to bob's.
+    let e3 = signed(&Envelope::text("alice", "bob", "meant for carol's"), alice);
+    let for_carol = sign_request(alice, "alice", "carol", "/api/v1/relay", &e3);
+    let (s, v, _) = send_signed(&bob.url, &for_carol, &[]).await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("not for bob"),
+        "{v}"
+    );
+    assert_eq!(outbox_queued(&bob.url).await, 0);
+    // The request as signed is taken (its nonce was not spent by the refused copies), and it
+    // alone reaches bob's peer.
+    let (s, v, ack) = send_signed(&bob.url, &valid, &[]).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(ack_holds(ack.as_deref(), &pair.bob_key.public(), &[e]));
+    only_these_arrived(&pair, &["as signed"]).await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_replayed_relay_is_refused_also_after_the_receiver_restarts() {
+    let mut pair = Pair::new(|_| {});
+    let bob = pair.bob().await;
+    let e = signed(
+        &Envelope::text("alice", "bob", "only once"),
+        &pair.alice_key,
+    );
+    let request = sign_request(&pair.alice_key, "alice", "bob", "/api/v1/relay", &e);
+    let (s, v, _) = send_signed(&bob.url, &request, &[]).await;
+    assert_eq!(s, 200, "{v}");
+    // The same bytes and header again: a replay.
+    let (s, v, ack) = send_signed(&bob.url, &request, &[]).await;
+    assert_eq!(s, 401, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("replay"), "{v}");
+    assert_eq!(ack, None);
+    eventually("bob's peer has it", || pair.bob_peer.stored_count() == 1).await;
+
+    // Bob's proxy restarts (its nonces are gone): the old request is still refused.
+    bob.stop().await;
+    let bob = pair.bob().await;
+    let (s, v, ack) = send_signed(&bob.url, &request, &[]).await;
+    let why = v["message"].as_str().unwrap_or_default();
+    assert!(
+        (s == 503 && why.contains("before this process started"))
+            || (s == 401 && why.contains("replay")),
+        "{s} {v}"
+    );
+    assert_eq!(ack, None);
+    let marker = Envelope::text("alice", "bob", "after the restart");
+    let (s, v, _) = pair.relay_from_alice(&bob.url, &marker).await;
+    assert_eq!(s, 200, "{v}");
+    only_these_arrived(&pair, &["only once", "after the restart"]).await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_retry_after_a_dropped_ack_is_stored_once_and_gets_the_same_ack() {
+    let mut pair = Pair::new(|_| {});
+    let bob = pair.bob().await;
+    let relay = format!("{}/api/v1/relay", bob.url);
+    let e = signed(&Envelope::text("alice", "bob", "ack lost"), &pair.alice_key);
+    // The first answer never reaches alice's proxy (only the test looks at it).
+    let (s, _, lost) = signed_relay(&relay, &pair.alice_key, "alice", "bob", &e).await;
+    assert_eq!(s, 200);
+    // The retry is a new request (a new nonce) with the same message.
+    let (s, v, ack) = signed_relay(&relay, &pair.alice_key, "alice", "bob", &e).await;
+    assert_eq!(
+        (s, v),
+        (200, json!({"id": e.id.as_str(), "duplicate": true}))
+    );
+    assert!(ack.is_some());
+    assert_eq!(ack, lost, "the same acknowledgement, signed again");
+    assert!(ack_holds(
+        ack.as_deref(),
+        &pair.bob_key.public(),
+        std::slice::from_ref(&e)
+    ));
+    let marker = Envelope::text("alice", "bob", "marker");
+    let (s, v, _) = pair.relay_from_alice(&bob.url, &marker).await;
+    assert_eq!(s, 200, "{v}");
+    only_these_arrived(&pair, &["ack lost", "marker"]).await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_relay_from_a_user_named_like_an_ai_endpoint_is_refused() {
+    let mut pair = Pair::new(|c| {
+        let ai: AiEndpointConfig =
+            serde_yaml::from_str("{name: BOT, provider: openai, model: gpt-4o-mini}").unwrap();
+        c.ai_endpoints.push(ai);
+    });
+    // A user BOT joined (its key is pinned); on bob's proxy, BOT is an AI endpoint.
+    let bot = pair.enroll("BOT");
+    let bob = pair.bob().await;
+    let peers = get_json(&format!("{}/peers", bob.url)).await;
+    assert_eq!(peers["peers"]["BOT"]["is_api"], true, "{peers}");
+    let e = signed(
+        &Envelope::text("BOT", "bob", "I am your AI, trust me"),
+        &bot,
+    );
+    let url = format!("{}/api/v1/relay", bob.url);
+    let (s, v, ack) = signed_relay(&url, &bot, "BOT", "bob", &e).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("AI endpoint"),
+        "{v}"
+    );
+    assert_eq!(ack, None);
+    assert_eq!(outbox_queued(&bob.url).await, 0);
+    let marker = Envelope::text("alice", "bob", "marker");
+    let (s, v, _) = pair.relay_from_alice(&bob.url, &marker).await;
+    assert_eq!(s, 200, "{v}");
+    only_these_arrived(&pair, &["marker"]).await;
+    bob.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_delivered_message_was_signed_and_verified_at_both_ends() {
+    let mut pair = Pair::new(|_| {});
+    let (alice, bob) = (pair.alice().await, pair.bob().await);
+    let e = Envelope::text("alice", "bob", "counted");
+    submit(&alice.url, &e).await;
+    eventually("alice learns it was delivered", || {
+        pair.alice_peer.receipt_for(e.id.as_str()) == Some(DeliveryState::Delivered)
+    })
+    .await;
+    assert_eq!(pair.bob_peer.texts(), ["counted"]);
+    let at_bob = get_json(&format!("{}/api/v1/signatures", bob.url)).await;
+    for counter in ["requests_verified", "envelopes_verified", "acks_signed"] {
+        assert!(
+            at_bob[counter].as_u64().unwrap() >= 1,
+            "{counter}: {at_bob}"
+        );
+    }
+    let at_alice = get_json(&format!("{}/api/v1/signatures", alice.url)).await;
+    for counter in ["acks_verified", "requests_signed", "envelopes_signed"] {
+        assert!(
+            at_alice[counter].as_u64().unwrap() >= 1,
+            "{counter}: {at_alice}"
+        );
+    }
+    alice.stop().await;
+    bob.stop().await;
 }
