@@ -1215,7 +1215,13 @@ async fn legacy_post(proxy: &str, host: &str, body: &str) -> (u16, Value) {
 
 #[actix_rt::test]
 async fn the_originals_wire_format_works_in_both_directions() {
-    let mut pair = Pair::new(|_| {});
+    // carol runs a proxy of the original on this machine, listed as such.
+    let mut pair = Pair::new(|c| {
+        c.legacy_proxies = vec![overlay::config::LegacyProxyConfig {
+            name: overlay::config::InstanceName::parse("carol").unwrap(),
+            address: "127.0.0.1".parse().unwrap(),
+        }]
+    });
     let original = FakeOriginal::start();
     let (alice, bob) = (pair.alice().await, pair.bob().await);
     let mut table = EndpointTable::new();
@@ -1284,6 +1290,15 @@ async fn the_originals_wire_format_works_in_both_directions() {
         .cloned()
         .unwrap();
     assert!(first.id.as_str().starts_with("legacy-"));
+    // Nobody vouches for carol's message but the address it came from: bob's peer is told so;
+    // alice's, relayed signed by her proxy, is not marked.
+    assert!(first.unauthenticated, "{first:?}");
+    let log = pair.bob_peer.log.lock().unwrap().stored.clone();
+    let relayed = log
+        .values()
+        .find(|e| e.body.text() == "relayed legacy")
+        .unwrap();
+    assert!(!relayed.unauthenticated && relayed.signature.is_some());
     assert!(pair.bob_peer.raw_counts().values().all(|n| *n == 1));
     let marker = Envelope::text("alice", "bob", "marker");
     submit(&alice.url, &marker).await;
@@ -1313,24 +1328,45 @@ async fn the_originals_wire_format_works_in_both_directions() {
         pair.alice_peer.receipt_for(e.id.as_str()) == Some(DeliveryState::Delivered)
     })
     .await;
-    // Taken for ours, it answers our route as the original does (404 for its own host): ours
-    // falls back to the original's format at once, and it is delivered, not refused.
+    // Listed as one of ours (native) but with no pinned key (not joined): nothing is sent, and
+    // never in the original's unsigned format (no downgrade); it waits, saying why.
     let e = Envelope::text("alice", "dave", "to an original taken for ours");
     submit(&alice.url, &e).await;
-    eventually("dave's original proxy got it", || {
-        original.posts.lock().unwrap().len() == 2
-    })
+    let status = eventually_json(
+        "alice's proxy has tried dave",
+        &format!("{}/api/v1/outbox", alice.url),
+        |v| {
+            v["lanes"].as_array().is_some_and(|lanes| {
+                lanes
+                    .iter()
+                    .any(|l| l["lane"] == "dave" && l["head_attempts"].as_u64().unwrap_or(0) >= 2)
+            })
+        },
+    )
     .await;
-    let (host, msg) = original.posts.lock().unwrap()[1].clone();
-    assert_eq!(host, "dave");
-    assert_eq!(
-        msg.message.as_deref(),
-        Some("to an original taken for ours")
+    let dave = status["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lane"] == "dave")
+        .unwrap();
+    assert!(
+        dave["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no pinned key in the signed directory"),
+        "{dave}"
     );
-    eventually("alice learns that one was delivered too", || {
-        pair.alice_peer.receipt_for(e.id.as_str()) == Some(DeliveryState::Delivered)
-    })
-    .await;
+    assert_eq!(
+        original.posts.lock().unwrap().len(),
+        1,
+        "nothing sent to dave"
+    );
+    assert_eq!(
+        pair.alice_peer.receipt_for(e.id.as_str()),
+        None,
+        "still pending"
+    );
 
     // Bad legacy posts: the original's error shape, naming what is wrong.
     let (s, v) = legacy_post(&bob.url, "bob", r#"{"from":"carol"}"#).await;
