@@ -374,6 +374,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[actix_rt::main]
 async fn main() {
     let mut figures: Vec<Figure> = Vec::new();
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The roles' warnings (refusals, retries), when asked for.
+        overlay::logging::init();
+    }
     eprintln!("overlay benchmark on {} (scale {})", machine(), scale());
 
     // ---- delivery through both proxies, in-process ----
@@ -424,6 +428,7 @@ async fn main() {
         percentile(&lat, 50.0),
         percentile(&lat, 99.0)
     );
+    eprintln!("  signatures: {}", pair.signatures().await);
     for (name, p, floor) in [
         ("p50", 50.0, None),
         ("p99", 99.0, Some(("<=", 20.0))),

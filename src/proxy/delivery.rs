@@ -108,17 +108,13 @@ pub struct Signing {
 
 /// `POST {proxy}/api/v1/relay`: another proxy of ours; its 200 Ack, signed, means it stored it.
 pub async fn relay(to: ToProxy, signing: Signing) -> Outcome {
-    let url = format!("{}/api/v1/relay", to.base_url);
     let what = format!("{}'s proxy", to.name);
-    let sent = [to.envelope];
-    let signed = signing.signer.sign_envelopes(&sent);
-    let answer = signed_post(&to.client, &url, &to.name, &signed[0], &signing, to.timeout).await;
-    let ack = match &answer {
-        Answer::Ok { ack, .. } => ack.clone(),
-        _ => None,
-    };
-    match acknowledged(answer, &sent[0].id, &what) {
-        Outcome::Delivered => signed_ack(&signing, ack.as_deref(), &sent, what),
+    let id = to.envelope.id.clone();
+    let url = format!("{}/api/v1/relay", to.base_url);
+    let (answer, sent) = signed_post(&to, &url, vec![to.envelope.clone()], &signing).await;
+    let ack = ack_of(&answer);
+    match acknowledged(answer, &id, &what) {
+        Outcome::Delivered => signed_ack(signing, ack, sent, what).await,
         other => other,
     }
 }
@@ -127,47 +123,81 @@ pub async fn relay(to: ToProxy, signing: Signing) -> Outcome {
 /// stored by the receiver in one transaction; delivered only when every id is acknowledged
 /// (`[Ack]`, in order) and the receiver signed the acknowledgement of exactly these.
 pub async fn relay_batch(to: ToProxy, envelopes: Vec<Envelope>, signing: Signing) -> Outcome {
-    let url = format!("{}/api/v1/relay/batch", to.base_url);
     let what = format!("{}'s proxy", to.name);
-    let signed = signing.signer.sign_envelopes(&envelopes);
-    let answer = signed_post(&to.client, &url, &to.name, &signed, &signing, to.timeout).await;
-    let ack = match &answer {
-        Answer::Ok { ack, .. } => ack.clone(),
-        _ => None,
-    };
-    match batch_acknowledged(answer, &envelopes, what.clone()) {
-        Outcome::Delivered => signed_ack(&signing, ack.as_deref(), &envelopes, what),
+    let url = format!("{}/api/v1/relay/batch", to.base_url);
+    let (answer, sent) = signed_post(&to, &url, envelopes, &signing).await;
+    let ack = ack_of(&answer);
+    match batch_acknowledged(answer, &sent, what.clone()) {
+        Outcome::Delivered => signed_ack(signing, ack, sent, what).await,
         other => other,
     }
 }
 
-/// `body` as JSON to `url`, in a request signed for `destination`.
-async fn signed_post<T: Serialize>(
-    client: &awc::Client,
-    url: &str,
-    destination: &str,
-    body: &T,
-    signing: &Signing,
-    timeout: Duration,
-) -> Answer {
-    let body = match serde_json::to_vec(body) {
-        Ok(b) => b,
-        Err(e) => {
-            return Answer::Unreachable {
-                reason: format!("could not encode the message: {e}"),
-            }
-        }
-    };
-    let header = signing.signer.sign_request("POST", url, destination, &body);
-    let request = client.post(url).insert_header((SIGNATURE_HEADER, header));
-    post_encoded(request, body, BATCH_ANSWER_LIMIT, timeout).await
+fn ack_of(answer: &Answer) -> Option<String> {
+    match answer {
+        Answer::Ok { ack, .. } => ack.clone(),
+        _ => None,
+    }
 }
 
-/// Delivered when `ack` is the receiver's signature over `sent`; else a failed attempt.
-fn signed_ack(signing: &Signing, ack: Option<&str>, sent: &[Envelope], what: String) -> Outcome {
-    match signing.signer.check_ack(ack, &signing.key, sent) {
-        Ok(()) => Outcome::Delivered,
-        Err(error) => Outcome::Retry { what, error },
+/// `envelopes` (one alone: as an object; else as a list), signed together, in a request to
+/// `url` signed for `to.name`; the answer, and the envelopes as they were before signing.
+/// The signing is done on a blocking thread, off this worker's event loop.
+async fn signed_post(
+    to: &ToProxy,
+    url: &str,
+    envelopes: Vec<Envelope>,
+    signing: &Signing,
+) -> (Answer, Vec<Envelope>) {
+    let (signer, target, destination) = (signing.signer.clone(), url.to_string(), to.name.clone());
+    let signed = actix_web::web::block(move || {
+        let signed = signer.sign_envelopes(&envelopes);
+        let body = match signed.as_slice() {
+            [one] => serde_json::to_vec(one),
+            all => serde_json::to_vec(all),
+        }
+        .map_err(|e| format!("could not encode the message: {e}"))?;
+        let header = signer.sign_request("POST", &target, &destination, &body);
+        Ok::<_, String>((body, header, envelopes))
+    })
+    .await;
+    let (body, header, envelopes) = match signed {
+        Ok(Ok(signed)) => signed,
+        Ok(Err(reason)) => return (Answer::Unreachable { reason }, Vec::new()),
+        Err(e) => {
+            let reason = format!("could not sign the request: {e}");
+            return (Answer::Unreachable { reason }, Vec::new());
+        }
+    };
+    let request = to
+        .client
+        .post(url)
+        .insert_header((SIGNATURE_HEADER, header));
+    let answer = post_encoded(request, body, BATCH_ANSWER_LIMIT, to.timeout).await;
+    (answer, envelopes)
+}
+
+/// Delivered when `ack` is the receiver's signature over `sent` (checked on a blocking
+/// thread); else a failed attempt.
+async fn signed_ack(
+    signing: Signing,
+    ack: Option<String>,
+    sent: Vec<Envelope>,
+    what: String,
+) -> Outcome {
+    let checked = actix_web::web::block(move || {
+        signing
+            .signer
+            .check_ack(ack.as_deref(), &signing.key, &sent)
+    })
+    .await;
+    match checked {
+        Ok(Ok(())) => Outcome::Delivered,
+        Ok(Err(error)) => Outcome::Retry { what, error },
+        Err(e) => Outcome::Retry {
+            what,
+            error: format!("could not check its acknowledgement: {e}"),
+        },
     }
 }
 

@@ -286,6 +286,12 @@ impl Boot {
             link: settings.link.clone(),
             hops,
             legacy: settings.config.legacy_proxies.clone().into(),
+            local_ai: settings
+                .config
+                .ai_endpoints
+                .iter()
+                .map(|a| a.name.to_string())
+                .collect(),
         }
     }
 }

@@ -6,8 +6,10 @@
 //! proxy's user as its destination, be dated within the window (and not before this process
 //! started, so no replay survives a restart) and carry a fresh nonce; its origin must be a user
 //! with a pinned, unrevoked key in the signed directory; every envelope must be from that
-//! origin and signed by it. The request's and the envelopes' signatures are checked in one
-//! batch ([`crate::trust::verify_all`]), which names the bad item when it fails.
+//! origin and signed by it. Envelopes signed together share one signed root (see
+//! [`crate::wire::data_plane::sign_together`]), checked once; the request's and the roots'
+//! signatures are checked in one batch ([`crate::trust::verify_all`]), which names the bad item
+//! when it fails.
 //!
 //! Outbound ([`HopSigner`]): each attempt signs its envelopes and its request afresh (a retry
 //! has a new nonce), and counts as delivered only when the answer carries the receiver's
@@ -24,7 +26,7 @@ use serde::Serialize;
 use super::error::ProxyError;
 use crate::trust::request::{self, NonceCache, RequestError, RequestLine, REQUEST_DOMAIN};
 use crate::trust::{verify_all, Check, Identity, PublicKey, Signature};
-use crate::wire::data_plane::{acked_bytes, Envelope, ACK_DOMAIN, ENVELOPE_DOMAIN};
+use crate::wire::data_plane::{acked_bytes, sign_together, Envelope, ACK_DOMAIN, ENVELOPE_DOMAIN};
 use crate::wire::directory::{Directory, UserState};
 
 /// What was checked since start; `GET /api/v1/signatures` answers it.
@@ -33,6 +35,7 @@ pub struct Counters {
     requests_verified: AtomicU64,
     envelopes_verified: AtomicU64,
     acks_verified: AtomicU64,
+    roots_verified: AtomicU64,
     batch_fallbacks: AtomicU64,
     refused: AtomicU64,
     requests_signed: AtomicU64,
@@ -49,6 +52,8 @@ pub struct CountersView {
     pub envelopes_verified: u64,
     /// Receivers' acknowledgements whose signature held.
     pub acks_verified: u64,
+    /// Envelope signatures checked: one per group of envelopes signed together.
+    pub roots_verified: u64,
     /// Batches whose one-shot check failed and were checked one by one to name the bad item.
     pub batch_fallbacks: u64,
     /// Requests refused for their signatures (missing, wrong, replayed, or not the origin's).
@@ -69,6 +74,7 @@ impl Counters {
             requests_verified: get(&self.requests_verified),
             envelopes_verified: get(&self.envelopes_verified),
             acks_verified: get(&self.acks_verified),
+            roots_verified: get(&self.roots_verified),
             batch_fallbacks: get(&self.batch_fallbacks),
             refused: get(&self.refused),
             requests_signed: get(&self.requests_signed),
@@ -155,6 +161,8 @@ impl SignedHops {
         let key = origin_key(directory, &h.origin)?;
         request::check_fields(&h, &self.me, &h.origin, &key, now_ms, self.started_ms)
             .map_err(refusal)?;
+        // Each envelope's signed root; envelopes signed together share one, checked once.
+        let mut roots: Vec<([u8; 32], &Signature, usize)> = Vec::new();
         for (i, e) in envelopes.iter().enumerate() {
             if !e.from.as_str().eq_ignore_ascii_case(&h.origin) {
                 return Err(ProxyError::Forbidden(format!(
@@ -165,12 +173,15 @@ impl SignedHops {
                     e.from
                 )));
             }
-            if e.signature.is_none() {
+            let Some((root, sig)) = e.signed_root() else {
                 return Err(ProxyError::Unauthenticated(format!(
                     "{} is not signed by {}'s proxy",
                     item(i, e, envelopes.len()),
                     e.from
                 )));
+            };
+            if !roots.iter().any(|(r, s, _)| *r == root && *s == sig) {
+                roots.push((root, sig, i));
             }
         }
         let line = RequestLine {
@@ -179,23 +190,20 @@ impl SignedHops {
             body: r.body,
         };
         let request_bytes = request::signed_message(&h, &line);
-        let envelope_bytes: Vec<Vec<u8>> = envelopes.iter().map(Envelope::signed_bytes).collect();
-        let mut checks = Vec::with_capacity(1 + envelopes.len());
+        let mut checks = Vec::with_capacity(1 + roots.len());
         checks.push(Check {
             key: &key,
             domain: REQUEST_DOMAIN,
             msg: &request_bytes,
             sig: &h.sig,
         });
-        for (e, bytes) in envelopes.iter().zip(&envelope_bytes) {
-            if let Some(sig) = &e.signature {
-                checks.push(Check {
-                    key: &key,
-                    domain: ENVELOPE_DOMAIN,
-                    msg: bytes,
-                    sig,
-                });
-            }
+        for (root, sig, _) in &roots {
+            checks.push(Check {
+                key: &key,
+                domain: ENVELOPE_DOMAIN,
+                msg: root,
+                sig,
+            });
         }
         if let Err(bad) = verify_all(&checks) {
             Counters::add(
@@ -204,14 +212,18 @@ impl SignedHops {
             );
             return Err(match bad.checked_sub(1) {
                 None => ProxyError::Unauthenticated(RequestError::BadSignature.to_string()),
-                Some(i) => ProxyError::Unauthenticated(format!(
-                    "the signature of {} does not hold for {}'s key (a field was changed, or \
-                     another key signed it)",
-                    item(i, &envelopes[i], envelopes.len()),
-                    h.origin
-                )),
+                Some(r) => {
+                    let i = roots[r].2;
+                    ProxyError::Unauthenticated(format!(
+                        "the signature of {} does not hold for {}'s key (a field was changed, \
+                         or another key signed it)",
+                        item(i, &envelopes[i], envelopes.len()),
+                        h.origin
+                    ))
+                }
             });
         }
+        Counters::add(&self.counters.roots_verified, roots.len());
         self.nonces
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -220,11 +232,15 @@ impl SignedHops {
         Ok(h.origin)
     }
 
+    /// Counts an acknowledgement sent.
+    pub fn acknowledged(&self) {
+        Counters::add(&self.counters.acks_signed, 1);
+    }
+
     /// This proxy's signature acknowledging `envelopes`, as received (for the [`ACK_HEADER`]).
     ///
     /// [`ACK_HEADER`]: crate::wire::data_plane::ACK_HEADER
     pub fn sign_ack<'a>(&self, envelopes: impl ExactSizeIterator<Item = &'a Envelope>) -> String {
-        Counters::add(&self.counters.acks_signed, 1);
         self.identity
             .sign(ACK_DOMAIN, &acked_bytes(envelopes))
             .to_string()
@@ -281,17 +297,12 @@ pub struct HopSigner {
 }
 
 impl HopSigner {
-    /// `envelopes`, each signed by this proxy (their origin).
+    /// `envelopes`, signed together by this proxy (their origin): one signature for all.
     pub fn sign_envelopes(&self, envelopes: &[Envelope]) -> Vec<Envelope> {
         Counters::add(&self.hops.counters.envelopes_signed, envelopes.len());
-        envelopes
-            .iter()
-            .map(|e| {
-                let mut e = e.clone();
-                e.sign(&self.hops.identity);
-                e
-            })
-            .collect()
+        let mut signed = envelopes.to_vec();
+        sign_together(&mut signed, &self.hops.identity);
+        signed
     }
 
     /// The `overlay-signature` value of a request to `url` for `destination` with `body`.

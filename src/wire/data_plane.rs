@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::PeerName;
 use crate::trust::{Identity, Signature};
+use sha2::{Digest, Sha256};
 
 /// Signature domain of an [`Envelope`], signed by its origin proxy.
 pub const ENVELOPE_DOMAIN: &str = "overlay/envelope/v1";
@@ -99,10 +100,11 @@ pub struct Envelope {
     /// An error report (e.g. from an AI endpoint) rather than a chat message.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub error: bool,
-    /// The origin proxy's signature over every field above ([`Envelope::signed_bytes`]); made
-    /// by the sending proxy on each attempt, checked by the receiving proxy.
+    /// The origin proxy's signature over every field above ([`Envelope::signed_bytes`]), as
+    /// one leaf of the envelopes it signed together ([`sign_together`]); made by the sending
+    /// proxy on each attempt, checked by the receiving proxy (which stores it no further).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<Signature>,
+    pub signature: Option<EnvelopeSignature>,
     /// Came from a listed proxy of the original, which signs nothing: nobody vouches for its
     /// `from`. Set only by the receiving proxy (for its own peer, which shows it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -162,9 +164,155 @@ impl Envelope {
         out
     }
 
-    /// Signs it as its origin proxy, `by`.
+    /// Signs it alone as its origin proxy, `by` (a tree of one leaf: see [`sign_together`]).
     pub fn sign(&mut self, by: &Identity) {
-        self.signature = Some(by.sign(ENVELOPE_DOMAIN, &self.signed_bytes()));
+        sign_together(std::slice::from_mut(self), by);
+    }
+
+    /// Its leaf in a signing tree: SHA-256 of `0x00 ‖` [`Envelope::signed_bytes`].
+    pub fn leaf(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update([0u8]);
+        h.update(self.signed_bytes());
+        h.finalize().into()
+    }
+
+    /// The root its signature's path leads to from its leaf, and the signature over that root
+    /// (under [`ENVELOPE_DOMAIN`]); None when unsigned (or its path is over [`MAX_PATH`]).
+    pub fn signed_root(&self) -> Option<([u8; 32], &Signature)> {
+        let s = self
+            .signature
+            .as_ref()
+            .filter(|s| s.path.len() <= MAX_PATH)?;
+        let root = s
+            .path
+            .iter()
+            .fold(self.leaf(), |node, step| match step.side {
+                Side::Left => node_hash(&step.hash, &node),
+                Side::Right => node_hash(&node, &step.hash),
+            });
+        Some((root, &s.sig))
+    }
+
+    /// Whether its signature holds for `key` (one envelope alone; a receiver checks a whole
+    /// request's at once, see `crate::proxy::signed_hop`).
+    pub fn signed_by(&self, key: &crate::trust::PublicKey) -> bool {
+        self.signed_root()
+            .is_some_and(|(root, sig)| key.verify(ENVELOPE_DOMAIN, &root, sig).is_ok())
+    }
+}
+
+/// An envelope's signature: its origin's signature over the root of a hash tree whose leaves
+/// are the envelopes it signed together, and the path from this envelope's leaf to that root.
+///
+/// Batch signing: one signature covers a whole batch (one signing and one check per request,
+/// not per message), and still each envelope alone can be checked by whoever carries it, with
+/// its path (at most [`MAX_PATH`] hashes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvelopeSignature {
+    pub sig: Signature,
+    /// The sibling hashes from the leaf up: `l:` or `r:` (the sibling's side) and 64 hex digits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<PathStep>,
+}
+
+/// The most steps of a path: trees of up to 2^16 envelopes.
+pub const MAX_PATH: usize = 16;
+
+/// One step up a signing tree: the sibling's hash, and its side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathStep {
+    pub side: Side,
+    pub hash: [u8; 32],
+}
+
+/// Which side of a node its sibling is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Left,
+    Right,
+}
+
+impl Serialize for PathStep {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let side = match self.side {
+            Side::Left => 'l',
+            Side::Right => 'r',
+        };
+        s.collect_str(&format_args!(
+            "{side}:{}",
+            crate::trust::keys::hex_lower(&self.hash)
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for PathStep {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let bad = || serde::de::Error::custom("a path step is `l:` or `r:` and 64 hex digits");
+        let (side, hex) = text.split_once(':').ok_or_else(bad)?;
+        let side = match side {
+            "l" => Side::Left,
+            "r" => Side::Right,
+            _ => return Err(bad()),
+        };
+        let hash = crate::trust::keys::hex_decode::<32>(hex).ok_or_else(bad)?;
+        Ok(PathStep { side, hash })
+    }
+}
+
+/// SHA-256 of `0x01 ‖ left ‖ right`: an inner node (leaves start with `0x00`, so neither can
+/// pass for the other).
+fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
+}
+
+/// Signs `envelopes` together as their origin proxy, `by`: builds the hash tree of their leaves
+/// (pairs in order; an odd last node goes up as it is), signs its root once, and gives each
+/// envelope that signature with its own path. Up to 2^[`MAX_PATH`] envelopes.
+pub fn sign_together(envelopes: &mut [Envelope], by: &Identity) {
+    if envelopes.is_empty() {
+        return;
+    }
+    let mut level: Vec<[u8; 32]> = envelopes.iter().map(Envelope::leaf).collect();
+    // Which node of the current level each envelope's path is at.
+    let mut at: Vec<usize> = (0..envelopes.len()).collect();
+    let mut paths: Vec<Vec<PathStep>> = vec![Vec::new(); envelopes.len()];
+    while level.len() > 1 {
+        for (path, i) in paths.iter_mut().zip(at.iter_mut()) {
+            let sibling = *i ^ 1;
+            if sibling < level.len() {
+                let side = if sibling < *i {
+                    Side::Left
+                } else {
+                    Side::Right
+                };
+                path.push(PathStep {
+                    side,
+                    hash: level[sibling],
+                });
+            }
+            *i /= 2;
+        }
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [l, r] => node_hash(l, r),
+                // The odd last node goes up as it is.
+                _ => pair[0],
+            })
+            .collect();
+    }
+    let sig = by.sign(ENVELOPE_DOMAIN, &level[0]);
+    for (e, path) in envelopes.iter_mut().zip(paths) {
+        e.signature = Some(EnvelopeSignature {
+            sig: sig.clone(),
+            path,
+        });
     }
 }
 
@@ -389,16 +537,7 @@ mod tests {
         let alice = Identity::generate();
         let mut e = Envelope::text("alice", "bob", "hi");
         e.sign(&alice);
-        let holds = |e: &Envelope| {
-            alice
-                .public()
-                .verify(
-                    ENVELOPE_DOMAIN,
-                    &e.signed_bytes(),
-                    e.signature.as_ref().unwrap(),
-                )
-                .is_ok()
-        };
+        let holds = |e: &Envelope| e.signed_by(&alice.public());
         assert!(holds(&e));
         let changes: [fn(&mut Envelope); 8] = [
             |e| e.id = MessageId::new(),
@@ -426,6 +565,37 @@ mod tests {
         assert!(!serde_json::to_string(&Envelope::text("a", "b", "c"))
             .unwrap()
             .contains("signature"));
+    }
+
+    #[test]
+    fn envelopes_signed_together_each_hold_alone_and_none_can_be_changed() {
+        let (alice, carol) = (Identity::generate(), Identity::generate());
+        for n in [1, 2, 3, 5, 8, 13] {
+            let mut es: Vec<Envelope> = (0..n)
+                .map(|i| Envelope::text("alice", "bob", format!("m{i}")))
+                .collect();
+            sign_together(&mut es, &alice);
+            let roots: Vec<[u8; 32]> = es.iter().map(|e| e.signed_root().unwrap().0).collect();
+            assert!(roots.iter().all(|r| *r == roots[0]), "one root for {n}");
+            for (i, e) in es.iter().enumerate() {
+                assert!(e.signed_by(&alice.public()), "{i} of {n}");
+                assert!(!e.signed_by(&carol.public()), "{i} of {n}");
+                // Through JSON, as a carrier would see it.
+                let back: Envelope =
+                    serde_json::from_str(&serde_json::to_string(e).unwrap()).unwrap();
+                assert!(back.signed_by(&alice.public()));
+                let mut changed = e.clone();
+                changed.body = Body::Text { text: "x".into() };
+                assert!(!changed.signed_by(&alice.public()), "{i} of {n}");
+            }
+            if n > 1 {
+                // Another envelope's path does not fit this one.
+                let mut swapped = es[0].clone();
+                swapped.signature = es[1].signature.clone();
+                assert!(!swapped.signed_by(&alice.public()));
+            }
+        }
+        assert!(serde_json::from_str::<PathStep>("\"x:00\"").is_err());
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct ProxyState {
     pub hops: std::sync::Arc<crate::proxy::signed_hop::SignedHops>,
     /// The proxies of the original whose unsigned posts are taken (`legacy_proxies`).
     pub legacy: std::sync::Arc<[crate::config::LegacyProxyConfig]>,
+    /// The names of the AI endpoints of this proxy's own config.
+    pub local_ai: std::sync::Arc<[String]>,
 }
 
 /// The route table.
@@ -169,10 +171,21 @@ impl ProxyState {
         Ok(())
     }
 
-    /// Only this proxy speaks for an AI endpoint of its table: another proxy whose user is
-    /// named like one (e.g. an instance `BOT` beside the AI `BOT`) may not post as it.
-    async fn check_not_ai(&self, from: &str) -> Result<(), ProxyError> {
-        if let Route::Ai { name, .. } = self.route(from).await? {
+    /// Only this proxy speaks for an AI endpoint (of the directory, or of its own config):
+    /// another proxy whose user is named like one (e.g. an instance `BOT` beside the AI `BOT`)
+    /// may not post as it.
+    fn check_not_ai(
+        &self,
+        published: &crate::proxy::router::Published,
+        from: &str,
+    ) -> Result<(), ProxyError> {
+        let ai = published
+            .directory
+            .ai
+            .iter()
+            .chain(self.local_ai.iter())
+            .find(|name| name.eq_ignore_ascii_case(from));
+        if let Some(name) = ai {
             return Err(ProxyError::Forbidden(format!(
                 "{name} is an AI endpoint here: only {}'s own proxy speaks for it",
                 self.me
@@ -247,9 +260,10 @@ impl ProxyState {
 /// it must not be auto-answered back), so it is kept; at worst a sender marks its own message
 /// as one nobody auto-answers, which harms only itself.
 ///
-/// Its signature was checked on the way in; it is kept as it came unless `error` had to be
-/// cleared (then it no longer covers the envelope, and goes). `unauthenticated` is this
-/// proxy's to say: a signed envelope is not.
+/// Its signature was checked on the way in, here, at its last hop between proxies: it is not
+/// stored or handed to the own peer (which trusts its proxy), so the receiver's store and the
+/// last hop carry no bytes nobody checks. `unauthenticated` is this proxy's to say: a signed
+/// envelope is not.
 fn as_relayed(mut e: Envelope) -> Envelope {
     if e.error {
         log::warn!(
@@ -258,8 +272,8 @@ fn as_relayed(mut e: Envelope) -> Envelope {
             e.from
         );
         e.error = false;
-        e.signature = None;
     }
+    e.signature = None;
     e.unauthenticated = false;
     e
 }
