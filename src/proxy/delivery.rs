@@ -50,13 +50,8 @@ pub async fn to_peer_inbox(
 ) -> Outcome {
     let hop = Hop::new(&client, timeout, "your chat app");
     let legacy = format!("{peer_url}/message");
-    hop.native_or_legacy(
-        &format!("{peer_url}/api/v1/inbox"),
-        &envelope,
-        &legacy,
-        None,
-    )
-    .await
+    hop.native_or_legacy(&format!("{peer_url}/api/v1/inbox"), &envelope, &legacy)
+        .await
 }
 
 /// `POST {peer_url}/api/v1/receipts`.
@@ -277,21 +272,20 @@ impl<'a> Hop<'a> {
         post_json(request, body, ANSWER_LIMIT, self.timeout).await
     }
 
-    /// Posts `envelope` to `native_url`; where the receiver turns out to be the original's (a
-    /// 404/405 that is not [`legacy::is_unknown_peer`] for the addressee: the original has none
-    /// of our routes), posts the legacy body to `legacy_url` instead (with `Host: host`).
+    /// Posts `envelope` to the own peer's `native_url`; where the peer turns out to be the
+    /// original's (a 404/405 that is not [`legacy::is_unknown_peer`] for the addressee: the
+    /// original has none of our routes), posts the legacy body to `legacy_url` instead.
     async fn native_or_legacy(
         &self,
         native_url: &str,
         envelope: &Envelope,
         legacy_url: &str,
-        host: Option<&str>,
     ) -> Outcome {
         match self.send(native_url, None, envelope).await {
             Answer::RouteMissing { body, .. } if !legacy::is_unknown_peer(&body, &envelope.to) => {
                 // compat: a component of the original: its own wire format; its 200 is delivery.
                 let body = legacy::Message::from_envelope(envelope);
-                self.post(legacy_url, host, &body).await
+                self.post(legacy_url, None, &body).await
             }
             other => acknowledged(other, &envelope.id, self.what),
         }
