@@ -398,18 +398,18 @@ mod tests {
         let signed = alice.hops.signer().sign_envelopes(envelopes);
         let body = serde_json::to_vec(&signed).unwrap();
         // Signed as `sign_request` does, dated by the test's clock.
-        let h = request::sign(
-            &alice.id,
-            &RequestLine {
-                method: "POST",
-                target: "/api/v1/relay/batch",
-                body: &body,
-            },
-            "alice",
-            to,
-            NOW,
-        );
+        let h = header(alice, &body, "alice", to);
         (signed, body, h)
+    }
+
+    /// The signature header `by` makes for `body` to the batch route, as `origin` for `to`.
+    fn header(by: &Side, body: &[u8], origin: &str, to: &str) -> String {
+        let line = RequestLine {
+            method: "POST",
+            target: "/api/v1/relay/batch",
+            body,
+        };
+        request::sign(&by.id, &line, origin, to, NOW)
     }
 
     fn relayed<'a>(header: &'a str, body: &'a [u8]) -> Relayed<'a> {
@@ -451,34 +451,14 @@ mod tests {
         // carol signs the request as herself, but the message says it is from alice.
         let es = [Envelope::text("alice", "bob", "it's alice, honest")];
         let body = serde_json::to_vec(&es).unwrap();
-        let h = request::sign(
-            &carol.id,
-            &RequestLine {
-                method: "POST",
-                target: "/api/v1/relay/batch",
-                body: &body,
-            },
-            "carol",
-            "bob",
-            NOW,
-        );
+        let h = header(&carol, &body, "carol", "bob");
         let e = bob
             .hops
             .check_relay(&relayed(&h, &body), &es, &dir, NOW)
             .unwrap_err();
         assert!(matches!(e, ProxyError::Forbidden(_)), "{e}");
         // carol signs as alice: not alice's pinned key.
-        let h = request::sign(
-            &carol.id,
-            &RequestLine {
-                method: "POST",
-                target: "/api/v1/relay/batch",
-                body: &body,
-            },
-            "alice",
-            "bob",
-            NOW,
-        );
+        let h = header(&carol, &body, "alice", "bob");
         let e = bob
             .hops
             .check_relay(&relayed(&h, &body), &es, &dir, NOW)
@@ -500,17 +480,7 @@ mod tests {
         // The request is signed over the changed body (as a relay in between could not, but
         // the origin's envelope signature must catch it alone).
         let body = serde_json::to_vec(&signed).unwrap();
-        let h = request::sign(
-            &alice.id,
-            &RequestLine {
-                method: "POST",
-                target: "/api/v1/relay/batch",
-                body: &body,
-            },
-            "alice",
-            "bob",
-            NOW,
-        );
+        let h = header(&alice, &body, "alice", "bob");
         let e = bob
             .hops
             .check_relay(&relayed(&h, &body), &signed, &dir, NOW)
