@@ -585,6 +585,9 @@ impl Plan {
                 let inst = config.instance(&name)?.clone();
                 let mut peer = config.peer_settings(&name, &data_dir)?;
                 peer.workers = workers;
+                if let Some(adv) = &a.advertise {
+                    peer.advertise = adv.clone();
+                }
                 let proxy = match &a.proxy_url {
                     Some(u) => {
                         peer.proxy_url = check_url("--proxy-url", u)?;

@@ -195,7 +195,7 @@ pub struct DeliveryConfig {
 }
 
 /// `server:`: what every role's HTTP listener allows its clients.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Longest a request body may take to arrive once its headers have (every role, every
@@ -204,6 +204,10 @@ pub struct ServerConfig {
     /// Most connections one listener (controller, each proxy, each peer) keeps open at once;
     /// more wait to be accepted, so one flooded port cannot use up the open-file limit.
     pub max_connections: usize,
+    /// Names (beside IP addresses, localhost, and each server's advertised name) under which
+    /// browsers may open the pages and the dashboard, e.g. `chat.example.org`: a guard against
+    /// DNS rebinding (see `crate::web::host`).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -211,6 +215,7 @@ impl Default for ServerConfig {
         Self {
             body_timeout_secs: 15,
             max_connections: 512,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -530,6 +535,8 @@ pub struct PeerSettings {
     pub max_message_bytes: usize,
     /// `server:`, as for every role.
     pub server: ServerConfig,
+    /// `host:port` its proxy and browsers reach it at (`peer.advertise`, or `--advertise`).
+    pub advertise: String,
     pub workers: usize,
     /// A message the proxy could not be reached for is handed over again until this old
     /// (`delivery.expire_after_secs`), then marked failed.
@@ -581,7 +588,8 @@ impl Config {
             auto_reply: inst.auto_reply.clone(),
             max_body_bytes: self.delivery.max_body_bytes,
             max_message_bytes: self.delivery.max_message_bytes,
-            server: self.server,
+            server: self.server.clone(),
+            advertise: inst.peer.advertised(),
             workers: 1,
             expire_after_secs: self.delivery.expire_after_secs,
             retry_initial_ms: u32::try_from(self.delivery.retry_initial_ms).unwrap_or(u32::MAX),

@@ -90,11 +90,34 @@ pub async fn start_with_handle(
         ai_endpoints: settings.config.ai_endpoints.len(),
     });
     let tag = label.clone();
+    // Browsers open the dashboard by address, localhost, the controller's URL or an allowed
+    // name; what proxies call is exempt (signed, or the original's listed addresses).
+    let url = settings.config.controller_url();
+    let url_host = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let hosts = web::Data::new(crate::web::host::HostCheck::new(
+        std::iter::once(url_host.as_str()).chain(
+            settings
+                .config
+                .server
+                .allowed_hosts
+                .iter()
+                .map(String::as_str),
+        ),
+        routes::FROM_PROXIES,
+    ));
     let limits = crate::web::ServerLimits::of(&settings.config.server);
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         crate::web::guarded_app(limits)
             .app_data(state.clone())
+            .app_data(hosts.clone())
+            .wrap(actix_web::middleware::from_fn(crate::web::host::require))
             .configure(|cfg| common_routes(cfg, Health::new("controller", None)))
             .configure(routes::configure)
             .default_service(web::to(routes::no_route))

@@ -50,6 +50,19 @@ pub struct AppState {
 
 type Reply = Result<HttpResponse, ControllerError>;
 
+/// The routes only proxies call (and anything below them): signed, or answered only to the
+/// listed legacy proxies, and not browser-facing, so exempt from the `Host` check.
+pub const FROM_PROXIES: &[&str] = &[
+    "/api/register",
+    "/api/heartbeat",
+    "/api/getendpoints",
+    "/api/v1/join",
+    "/api/v1/register",
+    "/api/v1/rotate",
+    "/api/v1/directory",
+    "/healthz",
+];
+
 /// The controller's route table, shared by the server and nothing else.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(

@@ -80,6 +80,13 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         who: settings.name.to_string(),
         other: "proxy",
     });
+    // Browsers open it by address, localhost, its advertised name or an allowed one; what its
+    // proxy calls is exempt (guarded by the link).
+    let hosts = web::Data::new(crate::web::host::HostCheck::new(
+        std::iter::once(settings.advertise.as_str())
+            .chain(settings.server.allowed_hosts.iter().map(String::as_str)),
+        routes::FROM_PROXY,
+    ));
     let limits = crate::web::ServerLimits::of(&settings.server);
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
@@ -88,6 +95,8 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
             // The handlers' reads from the proxy: one client per worker, built on its thread.
             .app_data(web::Data::new(ProxyApi::new(&proxy_url, &link)))
             .app_data(guard.clone())
+            .app_data(hosts.clone())
+            .wrap(actix_web::middleware::from_fn(crate::web::host::require))
             .configure(|cfg| common_routes(cfg, Health::new("peer", instance.as_deref())))
             .configure(|cfg| routes::configure(cfg, max_body))
     })

@@ -286,6 +286,8 @@ impl Boot {
             link: settings.link.clone(),
             hops,
             legacy: settings.config.legacy_proxies.clone().into(),
+            advertise: settings.advertise.clone(),
+            allowed_hosts: settings.config.server.allowed_hosts.clone().into(),
             local_ai: settings
                 .config
                 .ai_endpoints

@@ -11,6 +11,7 @@ mod chaos;
 mod cli;
 mod controller;
 mod e2e;
+mod host;
 mod peer;
 mod proxy;
 mod trust;

@@ -2027,7 +2027,7 @@ async fn slow_bodies_on_one_port_are_cut_off_at_their_deadline_and_stop_nothing_
     // A body announced chunked, on a route that ignores bodies, trickled forever.
     let chunked = slow_client(
         o.server("peer/alice").addr,
-        "POST /clear_all_chats HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "POST /clear_all_chats HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
             .to_string(),
         "",
         Some(b"1\r\n \r\n"),
@@ -2079,13 +2079,13 @@ async fn a_body_declared_over_the_limit_is_refused_before_it_comes_on_every_role
     let too_big = 10 * 1024 * 1024;
     for (label, path, host) in [
         ("proxy/alice", "/", "alice"),
-        ("proxy/alice", "/api/v1/relay", "x"),
-        ("proxy/alice", "/api/v1/outbox", "x"),
-        ("peer/alice", "/message", "x"),
-        ("peer/alice", "/send_message", "x"),
-        ("peer/alice", "/api/v1/inbox", "x"),
-        ("controller", "/api/register", "x"),
-        ("controller", "/api/update_proxy_endpoints/p", "x"),
+        ("proxy/alice", "/api/v1/relay", "127.0.0.1"),
+        ("proxy/alice", "/api/v1/outbox", "127.0.0.1"),
+        ("peer/alice", "/message", "127.0.0.1"),
+        ("peer/alice", "/send_message", "127.0.0.1"),
+        ("peer/alice", "/api/v1/inbox", "127.0.0.1"),
+        ("controller", "/api/register", "127.0.0.1"),
+        ("controller", "/api/update_proxy_endpoints/p", "127.0.0.1"),
     ] {
         let client = slow_client(
             o.server(label).addr,

@@ -79,6 +79,16 @@ where
     })
 }
 
+/// The routes only this peer's proxy calls (and anything below them): guarded by the link,
+/// not browser-facing, so exempt from the `Host` check.
+pub const FROM_PROXY: &[&str] = &[
+    "/api/v1/inbox",
+    "/api/v1/receipts",
+    "/api/v1/stream",
+    "/message",
+    "/healthz",
+];
+
 /// The route table, shared by the server and nothing else.
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     // A route only this peer's proxy calls (see [`crate::hop::link`]).

@@ -50,6 +50,10 @@ pub struct ProxyState {
     pub legacy: std::sync::Arc<[crate::config::LegacyProxyConfig]>,
     /// The names of the AI endpoints of this proxy's own config.
     pub local_ai: std::sync::Arc<[String]>,
+    /// `host:port` it is advertised at, and `server.allowed_hosts`: the names its own-peer
+    /// routes answer besides addresses and localhost (see [`crate::web::host`]).
+    pub advertise: String,
+    pub allowed_hosts: std::sync::Arc<[String]>,
 }
 
 /// The route table.
@@ -58,8 +62,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
     use actix_web::middleware::from_fn;
     let limit = state.max_body_bytes;
     // The own peer's routes act as this user: loopback callers, or the link token.
-    let own = |path: &str| web::resource(path).wrap(from_fn(link::require));
-    cfg.app_data(web::Data::new(link::LinkGuard {
+    // A browser on this machine passes the loopback rule: under a rebound name it is refused
+    // by the `Host` check (the relay and legacy routes, for other proxies, have none).
+    let own = |path: &str| {
+        web::resource(path)
+            .wrap(from_fn(link::require))
+            .wrap(from_fn(crate::web::host::require))
+    };
+    cfg.app_data(web::Data::new(crate::web::host::HostCheck::new(
+        std::iter::once(state.advertise.as_str())
+            .chain(state.allowed_hosts.iter().map(String::as_str)),
+        &[],
+    )))
+    .app_data(web::Data::new(link::LinkGuard {
         token: state.link.clone(),
         who: state.me.to_string(),
         other: "peer",

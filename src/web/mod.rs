@@ -4,7 +4,10 @@
 //! error shape by default), the limits every server puts on its clients ([`body_deadline`]:
 //! how long a body may take; [`ServerLimits`]), and the `/healthz` probe.
 //!
-//! Nothing here knows about a particular role.
+//! Nothing here knows about a particular role. [`host`]: the `Host` check against DNS
+//! rebinding on browser-facing routes.
+
+pub mod host;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -393,32 +396,32 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     (
         "style.css",
         "text/css; charset=utf-8",
-        include_bytes!("../assets/style.css"),
+        include_bytes!("../../assets/style.css"),
     ),
     (
         "chat.css",
         "text/css; charset=utf-8",
-        include_bytes!("../assets/chat.css"),
+        include_bytes!("../../assets/chat.css"),
     ),
     (
         "chat.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../assets/chat.js"),
+        include_bytes!("../../assets/chat.js"),
     ),
     (
         "dashboard.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../assets/dashboard.js"),
+        include_bytes!("../../assets/dashboard.js"),
     ),
     (
         "dashboard.css",
         "text/css; charset=utf-8",
-        include_bytes!("../assets/dashboard.css"),
+        include_bytes!("../../assets/dashboard.css"),
     ),
     (
         "favicon.svg",
         "image/svg+xml",
-        include_bytes!("../assets/favicon.svg"),
+        include_bytes!("../../assets/favicon.svg"),
     ),
 ];
 
@@ -480,7 +483,7 @@ pub fn common_routes(cfg: &mut web::ServiceConfig, health: Health) {
 
 /// Refuses a state-changing request that a browser says comes from another origin, so a web page
 /// the user visits (even another server on the same host) cannot post to their peer, proxy or
-/// controller on their behalf (CSRF). Not covered: DNS rebinding (no Host allow-list yet).
+/// controller on their behalf (CSRF). DNS rebinding is [`host`]'s.
 ///
 /// Browsers mark every request with `Sec-Fetch-Site` (and `Origin` for POSTs); scripts, curl
 /// and the original system's components send neither, so they are unaffected.
