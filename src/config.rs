@@ -208,6 +208,9 @@ pub struct ServerConfig {
     /// browsers may open the pages and the dashboard, e.g. `chat.example.org`: a guard against
     /// DNS rebinding (see `crate::web::host`).
     pub allowed_hosts: Vec<String>,
+    /// A peer listening beyond loopback serves its page without its token (see
+    /// `crate::peer::login`); warned about at every start.
+    pub pages_without_login: bool,
 }
 
 impl Default for ServerConfig {
@@ -216,6 +219,7 @@ impl Default for ServerConfig {
             body_timeout_secs: 15,
             max_connections: 512,
             allowed_hosts: Vec::new(),
+            pages_without_login: false,
         }
     }
 }

@@ -210,33 +210,15 @@ pub fn load(data_dir: &Path) -> Result<ControllerKeys, KeyError> {
 /// The admin token, made (0600) on first use. Never logged: the log says where it is.
 pub fn admin_token(data_dir: &Path) -> Result<String, KeyError> {
     let p = path(data_dir, ADMIN_TOKEN_FILE);
-    let fresh = crate::trust::token::random_text(40);
-    match private_file::create(&p, format!("{fresh}\n").as_bytes()) {
-        Ok(()) => {
-            log::info!(
-                "wrote the admin token to {} (mode 0600): `overlay token create` and \
-                 `overlay revoke` read it from there",
-                p.display()
-            );
-            Ok(fresh)
-        }
-        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            let bytes = private_file::read(&p, 1024)?;
-            let text = String::from_utf8(bytes).map_err(|_| KeyError::Malformed {
-                path: p.clone(),
-                why: "not text".into(),
-            })?;
-            let token = text.trim().to_string();
-            if token.len() < 20 {
-                return Err(KeyError::Malformed {
-                    path: p,
-                    why: "shorter than an admin token; delete it to have a new one made".into(),
-                });
-            }
-            Ok(token)
-        }
-        Err(e) => Err(e),
+    let (token, created) = private_file::token(&p)?;
+    if created {
+        log::info!(
+            "wrote the admin token to {} (mode 0600): `overlay token create` and \
+             `overlay revoke` read it from there",
+            p.display()
+        );
     }
+    Ok(token)
 }
 
 /// The root fingerprint of the controller whose data directory this is (from its public file).

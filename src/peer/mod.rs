@@ -5,13 +5,14 @@
 //! listener (port 0 in tests) and get back a [`Running`] server.
 //!
 //! Modules: [`store`] (redb, group commit) · [`updates`] (SSE to open pages) ·
-//! [`auto_reply`] · [`outgoing`] (sending: the line of what the proxy has not taken, in order,
+//! [`auto_reply`] · [`login`] (the page's token beyond loopback) · [`outgoing`] (sending: the line of what the proxy has not taken, in order,
 //! handed over and handed over again) · [`proxy_client`] (plain HTTP calls to the proxy) ·
 //! [`routes`] (HTTP) · [`views`] (maud) · [`error`].
 
 pub mod auto_reply;
 pub mod contacts;
 pub mod error;
+pub mod login;
 pub mod outgoing;
 pub mod proxy_client;
 pub mod routes;
@@ -87,6 +88,7 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
             .chain(settings.server.allowed_hosts.iter().map(String::as_str)),
         routes::FROM_PROXY,
     ));
+    let login = web::Data::new(login::PageLogin::setup(&settings, addr)?);
     let limits = crate::web::ServerLimits::of(&settings.server);
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
@@ -96,6 +98,8 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
             .app_data(web::Data::new(ProxyApi::new(&proxy_url, &link)))
             .app_data(guard.clone())
             .app_data(hosts.clone())
+            .app_data(login.clone())
+            .wrap(actix_web::middleware::from_fn(login::require))
             .wrap(actix_web::middleware::from_fn(crate::web::host::require))
             .configure(|cfg| common_routes(cfg, Health::new("peer", instance.as_deref())))
             .configure(|cfg| routes::configure(cfg, max_body))

@@ -165,6 +165,30 @@ pub fn chat_page(d: &PageData) -> Markup {
     )
 }
 
+/// The page shown instead of the chat to a browser without the page's token (a peer listening
+/// beyond this machine): what to do, and a field to paste the token into.
+pub fn login_page(message: &str) -> Markup {
+    layout(
+        "overlay chat · sign in",
+        "/assets/chat.css",
+        html! {
+            body.chat {
+                main.empty.login {
+                    p.big { (PreEscaped(CHAT_ICON)) }
+                    h1 { "This chat needs its token" }
+                    p { (message) }
+                    form method="get" action="/" {
+                        input type="password" name="token" autocomplete="current-password"
+                            placeholder="page token" required;
+                        " "
+                        button type="submit" { "Open" }
+                    }
+                }
+            }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,6 +95,32 @@ pub fn read(path: &Path, max: u64) -> Result<Vec<u8>, KeyError> {
     Ok(bytes)
 }
 
+/// The secret token kept in `path` (0600), made now (40 random characters) when there is
+/// none; and whether it was made now. A file holding less than a token is refused, saying to
+/// delete it. The token itself is never in an error.
+pub fn token(path: &Path) -> Result<(String, bool), KeyError> {
+    let fresh = crate::trust::token::random_text(40);
+    match create(path, format!("{fresh}\n").as_bytes()) {
+        Ok(()) => Ok((fresh, true)),
+        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            let bytes = read(path, 1024)?;
+            let text = String::from_utf8(bytes).map_err(|_| KeyError::Malformed {
+                path: path.to_path_buf(),
+                why: "not text".into(),
+            })?;
+            let token = text.trim().to_string();
+            if token.len() < 20 {
+                return Err(KeyError::Malformed {
+                    path: path.to_path_buf(),
+                    why: "shorter than a token; delete it to have a new one made".into(),
+                });
+            }
+            Ok((token, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Replaces the file at `path` with `bytes` atomically (a temporary file beside it, fsynced,
 /// renamed over it), with `mode`.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {

@@ -5,9 +5,10 @@
 //! how long a body may take; [`ServerLimits`]), and the `/healthz` probe.
 //!
 //! Nothing here knows about a particular role. [`host`]: the `Host` check against DNS
-//! rebinding on browser-facing routes.
+//! rebinding on browser-facing routes; [`session`]: login sessions in a cookie.
 
 pub mod host;
+pub mod session;
 
 use std::cell::Cell;
 use std::future::Future;

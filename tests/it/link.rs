@@ -192,12 +192,14 @@ async fn the_peers_routes_for_its_proxy_answer_loopback_or_the_link_token() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    // The page's own routes are not the hop's (browser-facing checks are issue 16's).
+    // The page's own routes are not the hop's: beyond loopback they need the page's token
+    // (see login.rs), whatever the link token.
     let r = client()
         .get(format!("{far}/api/v1/me"))
+        .insert_header((LINK_HEADER, "peer-side-link-token-0123"))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     drop(lab);
 }

@@ -12,6 +12,7 @@ mod cli;
 mod controller;
 mod e2e;
 mod host;
+mod login;
 mod peer;
 mod proxy;
 mod trust;
