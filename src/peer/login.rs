@@ -146,7 +146,7 @@ pub async fn require(
     let answer = if req.path() == "/" {
         HttpResponse::Unauthorized()
             .content_type("text/html; charset=utf-8")
-            .body(super::views::login_page(&message).into_string())
+            .body(super::views::login_page(&login.file).into_string())
     } else {
         HttpResponse::Unauthorized().json(ErrorBody::new(message))
     };

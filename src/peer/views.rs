@@ -166,22 +166,24 @@ pub fn chat_page(d: &PageData) -> Markup {
 }
 
 /// The page shown instead of the chat to a browser without the page's token (a peer listening
-/// beyond this machine): what to do, and a field to paste the token into.
-pub fn login_page(message: &str) -> Markup {
+/// beyond this machine): where the token is, and a field to paste it into.
+pub fn login_page(token_file: &str) -> Markup {
     layout(
         "overlay chat · sign in",
         "/assets/chat.css",
         html! {
             body.chat {
-                main.empty.login {
+                main.login {
                     p.big { (PreEscaped(CHAT_ICON)) }
                     h1 { "This chat needs its token" }
-                    p { (message) }
+                    p {
+                        "Open the link this chat printed when it started, or paste the token "
+                        "kept in " code { (token_file) } "."
+                    }
                     form method="get" action="/" {
                         input type="password" name="token" autocomplete="current-password"
-                            placeholder="page token" required;
-                        " "
-                        button type="submit" { "Open" }
+                            placeholder="page token" aria-label="page token" required;
+                        button.primary type="submit" { "Open" }
                     }
                 }
             }
