@@ -2,8 +2,8 @@
 // (users, join tokens, audit log) with their admin actions.
 // Rows are rendered by the server (one renderer); this file only swaps them in, keeps an editor
 // the user is typing in, and keeps "last seen" ticking. The trust parts (`[data-trust]`) are
-// re-fetched from `GET /` when the audit log grows. The admin token stays in this tab's
-// sessionStorage; a created join token is shown once and kept nowhere.
+// re-fetched from `GET /` when the audit log grows. Admin actions go with the login's session
+// cookie (HttpOnly: no script reads it); a created join token is shown once and kept nowhere.
 (function () {
   "use strict";
   var list = document.getElementById("proxies");
@@ -207,25 +207,8 @@
 
   // ---- trust ----
 
-  var TOKEN_KEY = "overlay.adminToken";
-  var adminInput = document.getElementById("admin-token");
   var reloading = null;
   var reloadAgain = false;
-
-  function storage() {
-    try { return window.sessionStorage; } catch (e) { return null; }
-  }
-
-  if (adminInput) {
-    var st = storage();
-    if (st && st.getItem(TOKEN_KEY)) adminInput.value = st.getItem(TOKEN_KEY);
-    adminInput.addEventListener("input", function () {
-      var s = storage();
-      if (!s) return;
-      var v = adminInput.value.trim();
-      if (v) s.setItem(TOKEN_KEY, v); else s.removeItem(TOKEN_KEY);
-    });
-  }
 
   function localTimes(root) {
     var ts = (root || document).querySelectorAll("time[data-ms]");
@@ -258,16 +241,15 @@
     return reloading;
   }
 
+  // An admin action, with this login's session cookie (sent by the browser, same origin).
   function admin(url, body) {
-    var token = adminInput ? adminInput.value.trim() : "";
-    if (!token) {
-      return Promise.resolve({ ok: false, body: { message: "Paste the admin token first (from admin.token in the controller's data directory)" } });
-    }
     return fetch(url, {
       method: "POST",
-      headers: { "Content-Type": "application/json", "Authorization": "Bearer " + token },
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body)
     }).then(function (r) {
+      if (r.status === 401) { window.location.href = "/login"; }
       return r.json().catch(function () { return { status: "error", message: "HTTP " + r.status }; })
         .then(function (j) { return { ok: r.ok, status: r.status, body: j }; });
     }).catch(function (e) {
@@ -283,7 +265,7 @@
 
   function refusal(res) {
     var m = (res.body && res.body.message) || "refused";
-    if (res.status === 401 && m.indexOf("admin token") < 0) m += " (check the admin token)";
+    if (res.status === 401) m += " (log in again)";
     return m;
   }
 

@@ -124,6 +124,17 @@ impl AdminClient {
 pub async fn run(tool: Tool) -> anyhow::Result<()> {
     match tool {
         Tool::Id { data_dir, name } => id(&data_dir, name.as_deref()),
+        Tool::AdminPassword { data_dir } => {
+            let password = read_password()?;
+            let path = crate::controller::admin::set_password(&data_dir, &password)?;
+            println!(
+                "set the admin password (its argon2id hash is in {}, mode 0600); it logs in on \
+                 the dashboard from this machine (beyond it, use the admin token until the \
+                 overlay serves HTTPS)",
+                path.display()
+            );
+            Ok(())
+        }
         Tool::ControllerInit { data_dir, root_key } => init(&data_dir, root_key.as_deref()),
         Tool::TokenCreate {
             data_dir,
@@ -317,6 +328,43 @@ fn token_instructions(a: &TokenAnswer, url: &str, ttl: &str) -> String {
         token = a.token,
         expires = humantime::format_rfc3339_seconds(expires),
     )
+}
+
+/// The admin password from stdin: one line (typed, without echo on a terminal, and asked twice
+/// there; or piped).
+fn read_password() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let echo = |on: bool| {
+        if tty {
+            // Without a crate for it: the terminal's own switch.
+            let _ = std::process::Command::new("stty")
+                .arg(if on { "echo" } else { "-echo" })
+                .stdin(std::process::Stdio::inherit())
+                .status();
+        }
+    };
+    let read = |prompt: &str| -> anyhow::Result<String> {
+        if tty {
+            eprint!("{prompt}");
+            std::io::stderr().flush()?;
+        }
+        echo(false);
+        let mut line = String::new();
+        let got = stdin.lock().read_line(&mut line);
+        echo(true);
+        if tty {
+            eprintln!();
+        }
+        got?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let password = read("admin password: ")?;
+    if tty && read("again: ")? != password {
+        anyhow::bail!("the two passwords differ; nothing was changed");
+    }
+    Ok(password)
 }
 
 #[cfg(test)]

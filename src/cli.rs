@@ -75,6 +75,17 @@ pub enum Command {
     /// Replace a proxy's identity key with a new one, signed by the old key (stop the proxy
     /// first; start it again after).
     RotateKey(RotateArgs),
+    /// The controller's admin: `admin password` sets the dashboard's admin password.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Set the admin password (read from stdin, at least 12 characters; kept as an argon2id
+    /// hash in admin.password in the controller's data directory). It logs in from this
+    /// machine only until the overlay serves HTTPS; the admin token works from anywhere.
+    Password,
 }
 
 #[derive(Debug, Subcommand)]
@@ -329,6 +340,8 @@ pub enum Tool {
         reason: String,
         controller_url: Option<String>,
     },
+    /// `overlay admin password`.
+    AdminPassword { data_dir: PathBuf },
     /// `overlay rotate-key --name NAME`.
     RotateKey {
         data_dir: PathBuf,
@@ -382,6 +395,7 @@ impl Tool {
                 reason: a.reason.clone(),
                 controller_url,
             }),
+            Command::Admin(AdminCommand::Password) => Ok(Tool::AdminPassword { data_dir }),
             Command::RotateKey(a) if !is_file_safe(&a.name) => Err(format!(
                 "--name: `{}` is not a user name (letters, digits, `-`, `_` and `.`)",
                 a.name
@@ -425,6 +439,10 @@ impl Tool {
     /// What the tool would do, for `--check`.
     pub fn describe(&self) -> String {
         match self {
+            Tool::AdminPassword { data_dir } => format!(
+                "set the admin password of the controller in {}",
+                data_dir.display()
+            ),
             Tool::Id { name: None, .. } => "print the controller's root fingerprint".into(),
             Tool::Id { name: Some(n), .. } => format!("print the fingerprint of {n}'s proxy key"),
             Tool::ControllerInit { data_dir, .. } => {
@@ -637,7 +655,11 @@ impl Plan {
                     workers,
                 }
             }
-            Command::Id(_) | Command::Token(_) | Command::Revoke(_) | Command::RotateKey(_) => {
+            Command::Id(_)
+            | Command::Token(_)
+            | Command::Revoke(_)
+            | Command::RotateKey(_)
+            | Command::Admin(_) => {
                 return Err("this command starts no server (see Tool::from_cli)".into())
             }
         })

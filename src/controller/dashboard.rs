@@ -419,15 +419,45 @@ fn state_badge(state: &UserState) -> Markup {
     }
 }
 
-/// The admin token the forms below send (typed by the user, kept in the tab's sessionStorage).
+/// Who is logged in, and the way out (the forms below act with this login's session cookie).
 fn admin_bar() -> Markup {
     html! {
         section #admin.admin-bar {
-            label for="admin-token" { "Admin token" }
-            input #admin-token type="password" autocomplete="off" spellcheck="false" placeholder="needed to create tokens and revoke";
-            span.hint { "From " code { "admin.token" } " in the controller's data directory; kept in this tab only." }
+            span { "Logged in as the admin" }
+            form method="post" action="/logout" {
+                button.ghost type="submit" { "Log out" }
+            }
         }
     }
+}
+
+/// `GET /login`: the admin's login, with the admin token, or (from this machine, when one is
+/// set) the admin password; `error` says what went wrong with the last try.
+pub fn login_page(error: Option<&str>, password: bool) -> Markup {
+    layout(
+        "overlay · controller login",
+        "/assets/dashboard.css",
+        html! {
+            body.dashboard {
+                main.login-card {
+                    img src="/assets/favicon.svg" alt="" width="40" height="40";
+                    h1 { "overlay controller" }
+                    p { "Log in with the admin token from " code { "admin.token" } " in the controller's data directory." }
+                    @if let Some(e) = error { p.login-error role="alert" { (e) } }
+                    form method="post" action="/login" {
+                        input type="password" name="token" autocomplete="off" placeholder="admin token" aria-label="admin token";
+                        button.primary type="submit" { "Log in" }
+                    }
+                    @if password {
+                        form method="post" action="/login" {
+                            input type="password" name="password" autocomplete="current-password" placeholder="admin password" aria-label="admin password";
+                            button.primary type="submit" { "Log in" }
+                        }
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// Every directory user, with a Revoke button on active ones.

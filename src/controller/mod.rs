@@ -14,6 +14,7 @@
 //! [`start`] is the role's one door: the binary and the tests both call it with a bound
 //! listener (port 0 in tests) and get back a [`Running`] server. It never carries chat traffic.
 
+pub mod admin;
 pub mod dashboard;
 pub mod directory;
 pub mod error;
@@ -81,10 +82,11 @@ pub async fn start_with_handle(
         root: keys.root.clone(),
         registry: registry.clone(),
     };
+    let gate = web::Data::new(admin::AdminGate::new(keys.admin_token, &settings.data_dir));
+    let registry_data = web::Data::new(registry.clone());
     let state = web::Data::new(AppState {
         registry,
         root: keys.root,
-        admin_token: keys.admin_token,
         max_body_bytes: settings.config.delivery.max_body_bytes,
         instances: settings.config.instances.len(),
         ai_endpoints: settings.config.ai_endpoints.len(),
@@ -117,6 +119,9 @@ pub async fn start_with_handle(
         crate::web::guarded_app(limits)
             .app_data(state.clone())
             .app_data(hosts.clone())
+            .app_data(gate.clone())
+            .app_data(registry_data.clone())
+            .wrap(actix_web::middleware::from_fn(admin::require))
             .wrap(actix_web::middleware::from_fn(crate::web::host::require))
             .configure(|cfg| common_routes(cfg, Health::new("controller", None)))
             .configure(routes::configure)

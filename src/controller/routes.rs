@@ -29,9 +29,10 @@ use crate::wire::legacy::{success, Endpoints, Note, Registered};
 use super::dashboard;
 use super::error::ControllerError;
 use super::registry::{
-    AckDirectory, GetEndpoints, Heartbeat, IssueToken, Join, ListProxies, RegisterProxy,
-    RegisterSigned, Registry, RemoveProxy, Revoke, Rotate, SignedCall, SubscribeDashboard,
-    SubscribeDirectory, SubscribeTable, TrustOverview, UpdateEndpoints, SUBSCRIBER_BUFFER,
+    AckDirectory, GetEndpoints, Heartbeat, IssueToken, Join, ListProxies, RecordAudit,
+    RegisterProxy, RegisterSigned, Registry, RemoveProxy, Revoke, Rotate, SignedCall,
+    SubscribeDashboard, SubscribeDirectory, SubscribeTable, TrustOverview, UpdateEndpoints,
+    SUBSCRIBER_BUFFER,
 };
 use super::tables::{shown, TablePatch};
 
@@ -40,8 +41,6 @@ pub struct AppState {
     pub registry: Addr<Registry>,
     /// The root fingerprint, shown on the dashboard.
     pub root: crate::trust::Fingerprint,
-    /// The admin API's bearer token (from `admin.token`).
-    pub admin_token: String,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     pub instances: usize,
@@ -75,6 +74,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         }),
     )
     .service(resource("/").route(web::get().to(dashboard_page)))
+    .service(
+        resource("/login")
+            .route(web::get().to(super::admin::login_page))
+            .route(web::post().to(super::admin::login)),
+    )
+    .service(resource("/logout").route(web::post().to(super::admin::logout)))
     .service(resource("/api/register").route(web::post().to(register)))
     .service(resource("/api/getendpoints").route(web::get().to(get_endpoints)))
     .service(resource("/api/heartbeat").route(web::post().to(heartbeat)))
@@ -418,8 +423,17 @@ async fn update_proxy_endpoints(
     let patch = TablePatch::from_value(raw).map_err(ControllerError::BadRequest)?;
     let endpoints = state
         .registry
-        .send(UpdateEndpoints { proxy_id, patch })
+        .send(UpdateEndpoints {
+            proxy_id: proxy_id.clone(),
+            patch,
+        })
         .await??;
+    state.registry.do_send(RecordAudit {
+        kind: "table edit".into(),
+        name: proxy_id,
+        source: source_of(&req).to_string(),
+        detail: "its endpoint table was edited".into(),
+    });
     Ok(HttpResponse::Ok().json(success(Updated {
         message: "Endpoints updated".into(),
         endpoints,
@@ -427,7 +441,11 @@ async fn update_proxy_endpoints(
 }
 
 /// # POST /api/remove_proxy/{proxy_id}
-async fn remove_proxy(state: web::Data<AppState>, path: web::Path<String>) -> Reply {
+async fn remove_proxy(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Reply {
     let proxy_id = path.into_inner();
     state
         .registry
@@ -435,6 +453,12 @@ async fn remove_proxy(state: web::Data<AppState>, path: web::Path<String>) -> Re
             proxy_id: proxy_id.clone(),
         })
         .await??;
+    state.registry.do_send(RecordAudit {
+        kind: "remove".into(),
+        name: proxy_id.clone(),
+        source: source_of(&req).to_string(),
+        detail: "removed from the registry".into(),
+    });
     Ok(HttpResponse::Ok().json(success(Note {
         message: format!("Proxy {proxy_id} removed"),
     })))
@@ -665,29 +689,6 @@ async fn directory_ack(state: web::Data<AppState>, req: HttpRequest, body: web::
 
 // ---- the admin API: `Authorization: Bearer <admin.token>` ----
 
-/// Refuses a request without the admin token (compared in constant time).
-fn require_admin(state: &AppState, req: &HttpRequest) -> Result<(), ControllerError> {
-    use subtle::ConstantTimeEq;
-    let given = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(t) if bool::from(t.as_bytes().ct_eq(state.admin_token.as_bytes())) => Ok(()),
-        Some(_) => Err(ControllerError::Unauthorized(
-            "the admin token is wrong: it is in admin.token in the controller's data directory"
-                .into(),
-        )),
-        None => Err(ControllerError::Unauthorized(
-            "this needs the admin token (Authorization: Bearer TOKEN); it is in admin.token in \
-             the controller's data directory"
-                .into(),
-        )),
-    }
-}
-
 /// Body of `POST /api/v1/admin/tokens`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -723,7 +724,6 @@ pub fn parse_ttl(s: &str) -> Result<Duration, ControllerError> {
 
 /// # POST /api/v1/admin/tokens
 async fn create_token(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
-    require_admin(&state, &req)?;
     let t: TokenRequest = read_typed(&req, body, 4096, "token request").await?;
     let ttl = match &t.ttl {
         Some(s) => parse_ttl(s)?,
@@ -759,8 +759,7 @@ struct TokenInfo {
 }
 
 /// # GET /api/v1/admin/tokens
-async fn list_tokens(state: web::Data<AppState>, req: HttpRequest) -> Reply {
-    require_admin(&state, &req)?;
+async fn list_tokens(state: web::Data<AppState>) -> Reply {
     let view = state.registry.send(TrustOverview).await?;
     let tokens: Vec<TokenInfo> = view
         .tokens
@@ -785,7 +784,6 @@ struct RevokeRequest {
 
 /// # POST /api/v1/admin/revoke
 async fn revoke(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
-    require_admin(&state, &req)?;
     let r: RevokeRequest = read_typed(&req, body, 4096, "revocation").await?;
     state
         .registry
@@ -810,8 +808,7 @@ struct TrustAnswer {
 }
 
 /// # GET /api/v1/admin/trust
-async fn trust_overview(state: web::Data<AppState>, req: HttpRequest) -> Reply {
-    require_admin(&state, &req)?;
+async fn trust_overview(state: web::Data<AppState>) -> Reply {
     let view = state.registry.send(TrustOverview).await?;
     Ok(HttpResponse::Ok().json(TrustAnswer {
         root: view.root.to_string(),

@@ -91,6 +91,40 @@ async fn post_json(url: &str, body: &Value) -> (StatusCode, Value) {
     (status, v)
 }
 
+/// The admin's `GET url` (JSON) and `POST url` (JSON), with the admin `token` ([`admin_token`]):
+/// the controller's list and table edits need a login.
+async fn admin_get_json(token: &str, url: &str) -> Value {
+    let mut r = client()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), StatusCode::OK, "GET {url}");
+    r.json().limit(64 << 20).await.expect("JSON")
+}
+
+async fn admin_post_json(token: &str, url: &str, body: &Value) -> (StatusCode, Value) {
+    let mut r = client()
+        .post(url)
+        .bearer_auth(token)
+        .send_json(body)
+        .await
+        .expect("POST");
+    let status = r.status();
+    (
+        status,
+        r.json().limit(64 << 20).await.unwrap_or(Value::Null),
+    )
+}
+
+fn admin_token(o: &TestOverlay) -> String {
+    std::fs::read_to_string(o.data_dir.path().join("admin.token"))
+        .expect("the admin token")
+        .trim()
+        .to_string()
+}
+
 /// The person types `text` to `to` in the page; answers the message id.
 async fn send(peer: &str, to: &str, text: &str) -> String {
     let (s, v) = post_json(
@@ -849,9 +883,10 @@ async fn an_endpoint_changed_at_the_controller_is_used_for_the_next_message() {
     );
     send(&peer, "BOT", "one").await;
     history_of_len(&peer, "BOT", 2).await;
+    let token = admin_token(&o);
 
     let registered = || async {
-        let list = get_json(&format!("{controller}/api/v1/proxies")).await;
+        let list = admin_get_json(&token, &format!("{controller}/api/v1/proxies")).await;
         list.as_array()
             .and_then(|l| l.iter().find(|p| p["instance_name"] == "alice"))
             .and_then(|p| p["proxy_id"].as_str().map(str::to_string))
@@ -862,7 +897,8 @@ async fn an_endpoint_changed_at_the_controller_is_used_for_the_next_message() {
     .await;
     let proxy_id = registered().await.expect("registered");
     let new_base = format!("{}/v1", new.url);
-    let (s, v) = post_json(
+    let (s, v) = admin_post_json(
+        &token,
         &format!("{controller}/api/update_proxy_endpoints/{proxy_id}"),
         &json!({"endpoints": {"BOT": {"base_url": new_base}}}),
     )
@@ -919,10 +955,11 @@ async fn a_table_edit_cannot_point_an_ai_endpoint_at_the_controller_or_any_other
         o.url("proxy/alice"),
         o.url("controller"),
     );
+    let token = admin_token(&o);
     let proxy_id = |name: &'static str| {
-        let controller = controller.clone();
+        let (controller, token) = (controller.clone(), token.clone());
         async move {
-            let list = get_json(&format!("{controller}/api/v1/proxies")).await;
+            let list = admin_get_json(&token, &format!("{controller}/api/v1/proxies")).await;
             list.as_array()
                 .and_then(|l| l.iter().find(|p| p["instance_name"] == name))
                 .and_then(|p| p["proxy_id"].as_str().map(str::to_string))
@@ -938,8 +975,10 @@ async fn a_table_edit_cannot_point_an_ai_endpoint_at_the_controller_or_any_other
     );
     let edit = |entry: Value| {
         let (controller, proxy, alice_id) = (controller.clone(), proxy.clone(), alice_id.clone());
+        let token = token.clone();
         async move {
-            let (s, v) = post_json(
+            let (s, v) = admin_post_json(
+                &token,
                 &format!("{controller}/api/update_proxy_endpoints/{alice_id}"),
                 &json!({"endpoints": {"BOT": entry.clone()}}),
             )

@@ -69,9 +69,28 @@ impl Ctl {
         format!("{}{path}", self.server.url)
     }
 
+    /// The admin token of this controller (its data dir, or the `ctl` dir inside it).
+    fn token(&self) -> String {
+        let dir = self.dir.path();
+        let file = [dir.join("admin.token"), dir.join("ctl").join("admin.token")]
+            .into_iter()
+            .find(|f| f.exists())
+            .expect("the controller wrote its admin token");
+        std::fs::read_to_string(file).unwrap().trim().to_string()
+    }
+
+    /// `req` as the admin sends it (the dashboard, its feeds and every change need a login).
+    fn authed(&self, req: awc::ClientRequest) -> awc::ClientRequest {
+        req.insert_header(("Authorization", format!("Bearer {}", self.token())))
+    }
+
+    async fn events(&self, path: &str) -> Events {
+        Events::open_as(&self.url(path), Some(&self.token())).await
+    }
+
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let mut res = client()
-            .post(self.url(path))
+        let mut res = self
+            .authed(client().post(self.url(path)))
             .send_json(&body)
             .await
             .unwrap();
@@ -82,8 +101,8 @@ impl Ctl {
     }
 
     async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
-        let mut res = client()
-            .post(self.url(path))
+        let mut res = self
+            .authed(client().post(self.url(path)))
             .insert_header(("content-type", "application/json"))
             .send_body(body)
             .await
@@ -95,7 +114,11 @@ impl Ctl {
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let mut res = client().get(self.url(path)).send().await.unwrap();
+        let mut res = self
+            .authed(client().get(self.url(path)))
+            .send()
+            .await
+            .unwrap();
         (
             res.status().as_u16(),
             res.json().limit(1 << 22).await.unwrap(),
@@ -133,9 +156,12 @@ struct Events {
 }
 
 impl Events {
-    async fn open(url: &str) -> Events {
-        let res = client()
-            .get(url)
+    async fn open_as(url: &str, token: Option<&str>) -> Events {
+        let mut req = client().get(url);
+        if let Some(t) = token {
+            req = req.insert_header(("Authorization", format!("Bearer {t}")));
+        }
+        let res = req
             .insert_header(("accept", "text/event-stream"))
             .send()
             .await
@@ -560,7 +586,7 @@ async fn getendpoints_answers_the_table_and_404_for_an_unknown_proxy() {
 async fn getendpoints_and_heartbeat_count_as_signs_of_life() {
     let ctl = start(&config()).await;
     ctl.register("p-alice", "alice", 4001).await;
-    let mut dash = Events::open(&ctl.url("/api/v1/dashboard/stream")).await;
+    let mut dash = ctl.events("/api/v1/dashboard/stream").await;
     dash.next_named("snapshot", SOON).await.unwrap();
 
     let (status, _) = ctl.get("/api/getendpoints?proxy_id=p-alice").await;
@@ -855,7 +881,7 @@ async fn the_dashboard_lists_proxies_and_never_shows_a_key() {
     // BOT's key variable is PATH: set in every environment, and its value must not show.
     let ctl = start(&config()).await;
     ctl.register("0123456789abcdef", "alice", 4001).await;
-    let mut res = client().get(ctl.url("/")).send().await.unwrap();
+    let mut res = ctl.authed(client().get(ctl.url("/"))).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
     assert!(res
         .headers()
@@ -902,7 +928,7 @@ fn key_cell(html: &str, proxy_id: &str, name: &str) -> String {
 }
 
 async fn dashboard(ctl: &Ctl) -> String {
-    let mut res = client().get(ctl.url("/")).send().await.unwrap();
+    let mut res = ctl.authed(client().get(ctl.url("/"))).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
     String::from_utf8(res.body().limit(1 << 22).await.unwrap().to_vec()).unwrap()
 }
@@ -953,7 +979,7 @@ async fn the_dashboard_shows_the_keys_each_proxy_reports_not_the_controllers_env
     );
 
     // A heartbeat carries the proxy's current report: a key set since shows at once.
-    let mut dash = Events::open(&ctl.url("/api/v1/dashboard/stream")).await;
+    let mut dash = ctl.events("/api/v1/dashboard/stream").await;
     dash.next_named("snapshot", SOON).await.unwrap();
     let (status, _) = ctl
         .post(
@@ -1144,7 +1170,7 @@ async fn bad_bodies_get_a_legacy_error_and_change_nothing() {
 async fn a_subscribed_proxy_receives_an_edit_without_polling() {
     let ctl = start(&config()).await;
     ctl.register("p-alice", "alice", 4001).await;
-    let mut table = Events::open(&ctl.url("/api/v1/proxies/p-alice/table/stream")).await;
+    let mut table = ctl.events("/api/v1/proxies/p-alice/table/stream").await;
     let (event, first) = table.next(SOON).await.expect("the current table first");
     assert_eq!(event, "table");
     assert!(first["endpoints"]["BOT"].is_object());
@@ -1182,7 +1208,7 @@ async fn the_table_stream_of_an_unknown_proxy_is_404_and_removal_ends_it() {
     assert_eq!((status, body), (404, error("Unknown proxy")));
 
     ctl.register("p-alice", "alice", 4001).await;
-    let mut table = Events::open(&ctl.url("/api/v1/proxies/p-alice/table/stream")).await;
+    let mut table = ctl.events("/api/v1/proxies/p-alice/table/stream").await;
     table.next(SOON).await.unwrap();
     ctl.post("/api/remove_proxy/p-alice", json!({})).await;
     assert!(table.next(SOON).await.is_none(), "the stream ends");
@@ -1197,8 +1223,8 @@ async fn a_silent_proxy_goes_stale_leaves_the_online_set_and_is_dropped() {
     let ctl = start(&c).await;
     ctl.register("p-alice", "alice", 4001).await;
     ctl.register("p-bob", "bob", 4002).await;
-    let mut table = Events::open(&ctl.url("/api/v1/proxies/p-alice/table/stream")).await;
-    let mut dash = Events::open(&ctl.url("/api/v1/dashboard/stream")).await;
+    let mut table = ctl.events("/api/v1/proxies/p-alice/table/stream").await;
+    let mut dash = ctl.events("/api/v1/dashboard/stream").await;
     let (_, first) = table.next(SOON).await.unwrap();
     assert_eq!(first["online"], json!(["bob"]));
 
@@ -1246,7 +1272,7 @@ async fn a_silent_proxy_goes_stale_leaves_the_online_set_and_is_dropped() {
 #[actix_web::test]
 async fn the_dashboard_stream_announces_new_proxies_edits_and_removals() {
     let ctl = start(&config()).await;
-    let mut dash = Events::open(&ctl.url("/api/v1/dashboard/stream")).await;
+    let mut dash = ctl.events("/api/v1/dashboard/stream").await;
     let snap = dash.next_named("snapshot", SOON).await.unwrap();
     assert_eq!(snap["html"], "");
     ctl.register("p-alice", "alice", 4001).await;
@@ -1374,8 +1400,22 @@ async fn browser_dashboard_shows_proxies_and_a_new_one_appears_without_reload() 
         .connect(&driver)
         .await
         .expect("a chromium session");
+    let token = ctl.token();
     let result = async {
+        // The dashboard asks for a login first: the admin token, as a person pastes it.
         browser.goto(&ctl.url("/")).await?;
+        let field = browser.find(Locator::Css("input[name=token]")).await?;
+        field.send_keys(&token).await?;
+        browser
+            .find(Locator::Css("form button[type=submit]"))
+            .await?
+            .click()
+            .await?;
+        browser
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("#proxies"))
+            .await?;
         let rows = browser.find_all(Locator::Css("section.proxy")).await?;
         assert_eq!(rows.len(), 2);
         let text = browser.find(Locator::Css("#proxies")).await?.text().await?;
@@ -1503,8 +1543,13 @@ async fn browser_dashboard_shows_proxies_and_a_new_one_appears_without_reload() 
 // ---- the dashboard's trust sections (issue #14) ----
 
 /// The body of `GET {url}/`.
-async fn dashboard_html(url: &str) -> String {
-    let mut r = client().get(format!("{url}/")).send().await.unwrap();
+async fn dashboard_html(url: &str, admin: &str) -> String {
+    let mut r = client()
+        .get(format!("{url}/"))
+        .insert_header(("Authorization", format!("Bearer {admin}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     String::from_utf8(r.body().limit(4 << 20).await.unwrap().to_vec()).unwrap()
 }
@@ -1556,7 +1601,7 @@ async fn the_dashboard_shows_the_root_every_user_active_with_its_key_and_a_revoc
     let trust = until_all_active(&url, &admin, &["alice", "bob"]).await;
 
     let root = overlay::controller::trust::root_fingerprint(dir).unwrap();
-    let html = dashboard_html(&url).await;
+    let html = dashboard_html(&url, &admin).await;
     assert!(
         html.contains(&format!("id=\"root-fp\">{root}</code>")),
         "{html}"
@@ -1595,7 +1640,7 @@ async fn the_dashboard_shows_the_root_every_user_active_with_its_key_and_a_revoc
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.body().await);
-    let html = dashboard_html(&url).await;
+    let html = dashboard_html(&url, &admin).await;
     let row = user_row(&html, "bob");
     assert!(row.contains("st-revoked\">revoked<"), "{row}");
     assert!(row.contains("laptop &lt;lost&gt;"), "{row}");
@@ -1641,7 +1686,7 @@ async fn the_admin_api_without_the_token_is_401_and_the_page_still_shows_the_use
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let html = dashboard_html(&url).await;
+    let html = dashboard_html(&url, &admin).await;
     assert!(
         user_row(&html, "alice").contains("st-active\">active<"),
         "{html}"

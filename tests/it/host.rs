@@ -137,7 +137,7 @@ async fn addresses_localhost_and_configured_names_are_served() {
     ] {
         let (status, v) = call(&peer, "GET", "/api/v1/me", &host, None).await;
         assert_eq!(status, 200, "{host}: {v}");
-        let (status, _) = call(&ctl, "GET", "/api/v1/proxies", &host, None).await;
+        let (status, _) = call(&ctl, "GET", "/login", &host, None).await;
         assert_eq!(status, 200, "{host}");
     }
 }

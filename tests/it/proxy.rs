@@ -2085,7 +2085,6 @@ async fn a_body_declared_over_the_limit_is_refused_before_it_comes_on_every_role
         ("peer/alice", "/send_message", "127.0.0.1"),
         ("peer/alice", "/api/v1/inbox", "127.0.0.1"),
         ("controller", "/api/register", "127.0.0.1"),
-        ("controller", "/api/update_proxy_endpoints/p", "127.0.0.1"),
     ] {
         let client = slow_client(
             o.server(label).addr,

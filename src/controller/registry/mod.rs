@@ -16,7 +16,8 @@ mod trust;
 
 pub use publish::{AckDirectory, SubscribeDirectory};
 pub use trust::{
-    IssueToken, IssuedToken, Join, Pinned, RegisterSigned, Revoke, Rotate, TrustOverview, TrustView,
+    IssueToken, IssuedToken, Join, Pinned, RecordAudit, RegisterSigned, Revoke, Rotate,
+    TrustOverview, TrustView,
 };
 
 use std::collections::BTreeMap;

@@ -100,6 +100,24 @@ pub struct Revoke {
     pub source: String,
 }
 
+/// An admin event for the audit log (a login, a refusal, an edit), with its source address.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordAudit {
+    pub kind: String,
+    pub name: String,
+    pub source: String,
+    pub detail: String,
+}
+
+impl Handler<RecordAudit> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecordAudit, ctx: &mut Self::Context) {
+        self.record_audit(&msg.kind, &msg.name, &msg.source, &msg.detail, ctx);
+    }
+}
+
 /// The key pinned to `name` and whether it was revoked, if any (for `overlay up`, which
 /// provisions its own users).
 #[derive(Message)]
