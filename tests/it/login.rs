@@ -45,6 +45,21 @@ async fn get(
     )
 }
 
+/// The session cookie a login answer sets (`name=value`), checked to be HttpOnly,
+/// SameSite=Strict and expiring.
+fn session_cookie(headers: &awc::http::header::HeaderMap) -> String {
+    let set = headers
+        .get("set-cookie")
+        .expect("a session cookie")
+        .to_str()
+        .unwrap();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Max-Age="),
+        "{set}"
+    );
+    set.split(';').next().unwrap().to_string()
+}
+
 #[actix_web::test]
 async fn a_peer_beyond_loopback_needs_its_token_and_then_a_cookie() {
     let (_peer, base, dir) = open_peer(|_| {}).await;
@@ -87,17 +102,8 @@ async fn a_peer_beyond_loopback_needs_its_token_and_then_a_cookie() {
     let (s, body, headers) = get(&format!("{base}/?token={token}"), None, None).await;
     assert_eq!(s, StatusCode::SEE_OTHER, "{body}");
     assert_eq!(headers.get("location").unwrap(), "/");
-    let set = headers
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
-        "{set}"
-    );
-    let cookie = set.split(';').next().unwrap();
+    let cookie = session_cookie(&headers);
+    let cookie = cookie.as_str();
     let (s, page, _) = get(&format!("{base}/"), Some(cookie), None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(page.contains("data-me=\"alice\""), "the chat page");
@@ -288,17 +294,7 @@ async fn the_admin_logs_in_with_the_token_acts_with_the_cookie_and_logs_out() {
     );
     let (s, headers) = login_form(&base, "token", &token).await;
     assert_eq!(s, StatusCode::SEE_OTHER);
-    let set = headers
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Max-Age="),
-        "{set}"
-    );
-    let cookie = set.split(';').next().unwrap().to_string();
+    let cookie = session_cookie(&headers);
     let (s, page, _) = get(&format!("{base}/"), Some(&cookie), None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(page.contains("Log out") && !page.contains(&token));
