@@ -74,7 +74,7 @@ impl PageLogin {
         );
         Ok(PageLogin(Some(Arc::new(Required {
             token,
-            sessions: Sessions::new("overlay-page", SESSION),
+            sessions: Sessions::new(format!("overlay-page-{}", settings.name), SESSION),
             file: path.display().to_string(),
         }))))
     }

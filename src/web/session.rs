@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 /// The sessions of one server, under one cookie name.
 #[derive(Debug)]
 pub struct Sessions {
-    cookie: &'static str,
+    cookie: String,
     ttl: Duration,
     /// SHA-256 of a session id → when it expires, Unix ms.
     live: Mutex<HashMap<[u8; 32], u64>>,
@@ -27,9 +27,12 @@ pub struct Sessions {
 const MAX_SESSIONS: usize = 10_000;
 
 impl Sessions {
-    pub fn new(cookie: &'static str, ttl: Duration) -> Sessions {
+    /// Sessions under cookie `cookie`. Browsers send a host's cookies to every port of it, so
+    /// each server names its own (the peer's carries its user's name): two pages on one host
+    /// never overwrite each other's login.
+    pub fn new(cookie: impl Into<String>, ttl: Duration) -> Sessions {
         Sessions {
-            cookie,
+            cookie: cookie.into(),
             ttl,
             live: Mutex::new(HashMap::new()),
         }
@@ -134,6 +137,10 @@ mod tests {
         s.open(1_000);
         assert!(!s.holds(&TestRequest::default().to_http_request(), 1_000));
         assert!(!s.holds(&with_cookie("overlay-page=guess"), 1_000));
+        // Another page's cookie on the same host is not ours.
+        let alice = Sessions::new("overlay-page-alice", Duration::from_secs(60));
+        let bobs = Sessions::new("overlay-page-bob", Duration::from_secs(60)).open(1_000);
+        assert!(!alice.holds(&with_cookie(&bobs), 1_000));
         // Another server's sessions are not ours.
         let other = Sessions::new("overlay-page", Duration::from_secs(60));
         assert!(!other.holds(&with_cookie(&s.open(1_000)), 1_000));

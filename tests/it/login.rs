@@ -103,6 +103,9 @@ async fn a_peer_beyond_loopback_needs_its_token_and_then_a_cookie() {
     assert_eq!(s, StatusCode::SEE_OTHER, "{body}");
     assert_eq!(headers.get("location").unwrap(), "/");
     let cookie = session_cookie(&headers);
+    // Named for its user: browsers send a host's cookies to all its ports, so two pages on one
+    // machine must not overwrite each other's login.
+    assert!(cookie.starts_with("overlay-page-alice="), "{cookie}");
     let cookie = cookie.as_str();
     let (s, page, _) = get(&format!("{base}/"), Some(cookie), None).await;
     assert_eq!(s, StatusCode::OK);
