@@ -29,6 +29,7 @@ use argon2::Argon2;
 use subtle::ConstantTimeEq;
 
 use super::registry::Registry;
+use super::routes::source_of;
 use crate::trust::RateLimiter;
 use crate::web::session::Sessions;
 use crate::wire::legacy::ErrorBody;
@@ -136,12 +137,6 @@ fn is_admin_route(path: &str) -> bool {
         || path.starts_with("/api/remove_proxy/")
 }
 
-fn source_of(req: &HttpRequest) -> IpAddr {
-    req.peer_addr()
-        .map(|a| a.ip().to_canonical())
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
 /// Middleware for the controller's app; it must have `web::Data<AdminGate>` and
 /// `web::Data<Addr<Registry>>`.
 pub async fn require(
@@ -157,12 +152,7 @@ pub async fn require(
     if gate.sessions.holds(req.request(), crate::wire::now_ms()) {
         return next.call(req).await;
     }
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
+    let bearer = crate::web::bearer(req.headers()).map(str::to_string);
     let source = source_of(req.request());
     let refusal = match bearer {
         Some(_) if gate.blocked(source) => {
@@ -174,7 +164,14 @@ pub async fn require(
         Some(t) if gate.token_matches(&t) => return next.call(req).await,
         Some(_) => {
             gate.failed(source);
-            audit(&req, "admin refused", "a wrong admin token");
+            if let Some(registry) = req.app_data::<web::Data<actix::Addr<Registry>>>() {
+                audit(
+                    registry,
+                    req.request(),
+                    "admin refused",
+                    "a wrong admin token",
+                );
+            }
             "the admin token is wrong: it is in admin.token in the controller's data directory"
         }
         None if req.path() == "/" && req.method() == actix_web::http::Method::GET => {
@@ -194,18 +191,7 @@ pub async fn require(
 }
 
 /// Records an admin event with the request's source address.
-fn audit(req: &ServiceRequest, kind: &str, detail: &str) {
-    if let Some(registry) = req.app_data::<web::Data<actix::Addr<Registry>>>() {
-        registry.do_send(super::registry::RecordAudit {
-            kind: kind.to_string(),
-            name: "admin".into(),
-            source: source_of(req.request()).to_string(),
-            detail: detail.to_string(),
-        });
-    }
-}
-
-fn audit_req(registry: &actix::Addr<Registry>, req: &HttpRequest, kind: &str, detail: &str) {
+fn audit(registry: &actix::Addr<Registry>, req: &HttpRequest, kind: &str, detail: &str) {
     registry.do_send(super::registry::RecordAudit {
         kind: kind.to_string(),
         name: "admin".into(),
@@ -254,7 +240,7 @@ pub async fn login(
     let local = source.is_loopback();
     let offer_password = gate.has_password() && local;
     if gate.blocked(source) {
-        audit_req(&registry, &req, "login refused", "too many attempts");
+        audit(&registry, &req, "login refused", "too many attempts");
         return page(
             HttpResponse::TooManyRequests(),
             Some("Too many attempts from this address: wait a minute and try again."),
@@ -266,7 +252,7 @@ pub async fn login(
         (gate.token_matches(&form.token), "the admin token")
     } else if !form.password.is_empty() {
         if !local {
-            audit_req(
+            audit(
                 &registry,
                 &req,
                 "login refused",
@@ -288,14 +274,14 @@ pub async fn login(
     };
     if !ok {
         gate.failed(source);
-        audit_req(&registry, &req, "login refused", &format!("wrong: {how}"));
+        audit(&registry, &req, "login refused", &format!("wrong: {how}"));
         return page(
             HttpResponse::Unauthorized(),
             Some("That is not it. The admin token is in admin.token in the controller's data directory."),
             offer_password,
         );
     }
-    audit_req(&registry, &req, "login", &format!("with {how}"));
+    audit(&registry, &req, "login", &format!("with {how}"));
     let cookie = gate.sessions.open(crate::wire::now_ms());
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/"))
@@ -309,7 +295,7 @@ pub async fn logout(
     registry: web::Data<actix::Addr<Registry>>,
     req: HttpRequest,
 ) -> HttpResponse {
-    audit_req(&registry, &req, "logout", "");
+    audit(&registry, &req, "logout", "");
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/login"))
         .insert_header((header::SET_COOKIE, gate.sessions.close(&req)))

@@ -94,14 +94,7 @@ pub async fn start_with_handle(
     let tag = label.clone();
     // Browsers open the dashboard by address, localhost, the controller's URL or an allowed
     // name; what proxies call is exempt (signed, or the original's listed addresses).
-    let url = settings.config.controller_url();
-    let url_host = url
-        .split_once("://")
-        .map_or(url.as_str(), |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let (url_host, _, _) = crate::wire::control_plane::split_url(&settings.config.controller_url());
     let hosts = web::Data::new(crate::web::host::HostCheck::new(
         std::iter::once(url_host.as_str()).chain(
             settings

@@ -545,10 +545,11 @@ async fn dashboard_stream(
 
 // ---- trust: joining, signed registration, rotation, the directory stream ----
 
-/// The address a request came from (the unspecified address when unknown).
-fn source_of(req: &HttpRequest) -> std::net::IpAddr {
+/// The address a request came from (an IPv4 address mapped into IPv6 as IPv4; the
+/// unspecified address when unknown).
+pub(super) fn source_of(req: &HttpRequest) -> std::net::IpAddr {
     req.peer_addr()
-        .map(|a| a.ip())
+        .map(|a| a.ip().to_canonical())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 

@@ -82,11 +82,7 @@ impl PageLogin {
 
 /// The paths that are not the page's: its proxy's (see `routes::FROM_PROXY`) and the assets.
 fn exempt(path: &str) -> bool {
-    path.starts_with("/assets/")
-        || super::routes::FROM_PROXY.iter().any(|p| {
-            path.strip_prefix(p)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
+    path.starts_with("/assets/") || crate::web::under(path, super::routes::FROM_PROXY)
 }
 
 fn matches(token: &str, given: &str) -> bool {
@@ -129,11 +125,7 @@ pub async fn require(
             return Ok(req.into_response(answer));
         }
     }
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = crate::web::bearer(req.headers());
     if login.sessions.holds(req.request(), now) || bearer.is_some_and(|b| matches(&login.token, b))
     {
         return next.call(req).await;

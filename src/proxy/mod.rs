@@ -286,8 +286,17 @@ impl Boot {
             link: settings.link.clone(),
             hops,
             legacy: settings.config.legacy_proxies.clone().into(),
-            advertise: settings.advertise.clone(),
-            allowed_hosts: settings.config.server.allowed_hosts.clone().into(),
+            hosts: crate::web::host::HostCheck::new(
+                std::iter::once(settings.advertise.as_str()).chain(
+                    settings
+                        .config
+                        .server
+                        .allowed_hosts
+                        .iter()
+                        .map(String::as_str),
+                ),
+                &[],
+            ),
             local_ai: settings
                 .config
                 .ai_endpoints

@@ -65,10 +65,7 @@ impl HostCheck {
 
     /// `path` is one of the exempt routes, or below one (`/api/v1/inbox/batch`).
     fn exempts(&self, path: &str) -> bool {
-        self.exempt.iter().any(|p| {
-            path.strip_prefix(p)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
+        super::under(path, self.exempt)
     }
 }
 

@@ -471,6 +471,23 @@ impl Health {
     }
 }
 
+/// Whether `path` is one of `routes` or below one (`/api/v1/inbox/batch` is under
+/// `/api/v1/inbox`; `/message_updates` is not under `/message`).
+pub fn under(path: &str, routes: &[&str]) -> bool {
+    routes.iter().any(|r| {
+        path.strip_prefix(r)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header, if any.
+pub fn bearer(headers: &header::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// Routes every role serves: `/assets/{name}`, `/healthz`.
 pub fn common_routes(cfg: &mut web::ServiceConfig, health: Health) {
     let health = web::Data::new(health);

@@ -50,10 +50,9 @@ pub struct ProxyState {
     pub legacy: std::sync::Arc<[crate::config::LegacyProxyConfig]>,
     /// The names of the AI endpoints of this proxy's own config.
     pub local_ai: std::sync::Arc<[String]>,
-    /// `host:port` it is advertised at, and `server.allowed_hosts`: the names its own-peer
-    /// routes answer besides addresses and localhost (see [`crate::web::host`]).
-    pub advertise: String,
-    pub allowed_hosts: std::sync::Arc<[String]>,
+    /// The names its own-peer routes answer besides addresses and localhost: its advertised
+    /// host and `server.allowed_hosts` (see [`crate::web::host`]).
+    pub hosts: crate::web::host::HostCheck,
 }
 
 /// The route table.
@@ -69,32 +68,28 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
             .wrap(from_fn(link::require))
             .wrap(from_fn(crate::web::host::require))
     };
-    cfg.app_data(web::Data::new(crate::web::host::HostCheck::new(
-        std::iter::once(state.advertise.as_str())
-            .chain(state.allowed_hosts.iter().map(String::as_str)),
-        &[],
-    )))
-    .app_data(web::Data::new(link::LinkGuard {
-        token: state.link.clone(),
-        who: state.me.to_string(),
-        other: "peer",
-    }))
-    .app_data(web::Data::new(state))
-    .app_data(crate::web::json_config(limit))
-    .service(
-        own("/api/v1/outbox")
-            .route(web::post().to(submit))
-            .route(web::get().to(outbox_status)),
-    )
-    .service(own("/api/v1/outbox/batch").route(web::post().to(submit_batch)))
-    .service(own("/api/v1/directory").route(web::get().to(directory)))
-    .service(own("/api/v1/forget").route(web::post().to(forget)))
-    .service(own("/api/v1/signatures").route(web::get().to(signatures)))
-    .route("/api/v1/relay", web::post().to(relay))
-    .route("/api/v1/relay/batch", web::post().to(relay_batch))
-    .route("/peers", web::get().to(peers))
-    .route("/peers", web::post().to(legacy_post))
-    .default_service(web::to(legacy_post));
+    cfg.app_data(web::Data::new(state.hosts.clone()))
+        .app_data(web::Data::new(link::LinkGuard {
+            token: state.link.clone(),
+            who: state.me.to_string(),
+            other: "peer",
+        }))
+        .app_data(web::Data::new(state))
+        .app_data(crate::web::json_config(limit))
+        .service(
+            own("/api/v1/outbox")
+                .route(web::post().to(submit))
+                .route(web::get().to(outbox_status)),
+        )
+        .service(own("/api/v1/outbox/batch").route(web::post().to(submit_batch)))
+        .service(own("/api/v1/directory").route(web::get().to(directory)))
+        .service(own("/api/v1/forget").route(web::post().to(forget)))
+        .service(own("/api/v1/signatures").route(web::get().to(signatures)))
+        .route("/api/v1/relay", web::post().to(relay))
+        .route("/api/v1/relay/batch", web::post().to(relay_batch))
+        .route("/peers", web::get().to(peers))
+        .route("/peers", web::post().to(legacy_post))
+        .default_service(web::to(legacy_post));
 }
 
 /// The earliest plausible `sent_at_ms`: 2020-01-01T00:00:00Z (no message of ours is older; 0 is
