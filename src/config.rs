@@ -43,6 +43,38 @@ pub struct Config {
     /// other proxies are refused, and the controller's original API answers nobody.
     #[serde(default)]
     pub legacy_proxies: Vec<LegacyProxyConfig>,
+    /// Encryption between the overlay's members: on unless this says otherwise.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `tls:`: mutual TLS between proxies and with the controller, with certificates the overlay's
+/// own CA issues (see `crate::trust::x509`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `false`: this config's controller and proxies take each other in plain HTTP (still
+    /// signed, but readable on the path). Hops to a member whose directory entry names a TLS
+    /// address stay TLS whatever this says.
+    pub enabled: bool,
+    /// How long a proxy's certificate lives (at most 72); it is renewed at half its life.
+    pub leaf_hours: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            leaf_hours: 24,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// A leaf's lifetime in ms.
+    pub fn leaf_ms(&self) -> u64 {
+        self.leaf_hours * 3600 * 1000
+    }
 }
 
 /// `legacy_proxies[i]`: a proxy of the original, by name and the source address it posts from.
@@ -82,7 +114,12 @@ impl Config {
 pub struct ControllerConfig {
     /// Address the controller binds, e.g. `127.0.0.1:8000`.
     pub listen: SocketAddr,
-    /// URL proxies use to reach the controller; defaults to `http://` + `listen`.
+    /// Address of the controller's TLS listener, which proxies use (join, register, heartbeat,
+    /// directory); default: `listen`'s IP, port 8443 (port 0 when `listen`'s is 0).
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    /// URL proxies use to reach the controller; defaults to `https://` + `tls_listen` (with
+    /// `tls.enabled: false`, `http://` + `listen`).
     #[serde(default)]
     pub url: Option<String>,
     #[serde(default)]
@@ -151,6 +188,14 @@ pub struct ListenerConfig {
     /// `host:port` other machines use to reach it; defaults to `listen`.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// A proxy's TLS listener for other proxies; default: `listen`'s IP, any free port (the
+    /// signed directory tells the others). Proxies only.
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    /// `host:port` other proxies reach the TLS listener at; default: `advertise`'s host (else
+    /// `tls_listen`'s) with `tls_listen`'s port. Proxies only.
+    #[serde(default)]
+    pub tls_advertise: Option<String>,
 }
 
 impl ListenerConfig {
@@ -386,6 +431,22 @@ impl Config {
                     .to_string(),
             );
         }
+        if self.tls.leaf_hours == 0
+            || self.tls.leaf_hours * 3600 * 1000 > crate::trust::x509::MAX_LEAF_MS
+        {
+            return Err(
+                "tls.leaf_hours: a certificate lives 1 to 72 hours (default 24); fix the number"
+                    .to_string(),
+            );
+        }
+        for (i, inst) in self.instances.iter().enumerate() {
+            if inst.peer.tls_listen.is_some() || inst.peer.tls_advertise.is_some() {
+                return Err(format!(
+                    "instances[{i}].peer: tls_listen and tls_advertise belong to the proxy \
+                     (instances[{i}].proxy); move them there"
+                ));
+            }
+        }
         if d.max_body_bytes < 1024 || d.max_message_bytes == 0 {
             return Err(
                 "delivery: max_body_bytes must be at least 1024 and max_message_bytes above 0"
@@ -398,11 +459,29 @@ impl Config {
     /// Every listener of the file, with its field path.
     pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
         let mut all = vec![("controller.listen".to_string(), self.controller.listen)];
+        if self.tls.enabled {
+            all.push((
+                "controller.tls_listen".to_string(),
+                self.controller_tls_listen(),
+            ));
+        }
         for (i, inst) in self.instances.iter().enumerate() {
             all.push((format!("instances[{i}].peer.listen"), inst.peer.listen));
             all.push((format!("instances[{i}].proxy.listen"), inst.proxy.listen));
+            if let (true, Some(t)) = (self.tls.enabled, inst.proxy.tls_listen) {
+                all.push((format!("instances[{i}].proxy.tls_listen"), t));
+            }
         }
         all
+    }
+
+    /// Where the controller takes proxies over TLS.
+    pub fn controller_tls_listen(&self) -> SocketAddr {
+        self.controller.tls_listen.unwrap_or_else(|| {
+            let listen = self.controller.listen;
+            let port = if listen.port() == 0 { 0 } else { 8443 };
+            SocketAddr::new(listen.ip(), port)
+        })
     }
 
     /// The instance with this name (case-insensitive), or an error listing the known ones.
@@ -425,10 +504,13 @@ impl Config {
 
     /// URL proxies use to reach the controller.
     pub fn controller_url(&self) -> String {
-        self.controller
-            .url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", reachable(self.controller.listen)))
+        self.controller.url.clone().unwrap_or_else(|| {
+            if self.tls.enabled {
+                format!("https://{}", reachable(self.controller_tls_listen()))
+            } else {
+                format!("http://{}", reachable(self.controller.listen))
+            }
+        })
     }
 }
 
@@ -523,6 +605,18 @@ pub struct ProxySettings {
     pub join: Option<crate::trust::JoinToken>,
     /// The token of the hop with its own peer (none: loopback callers only).
     pub link: crate::hop::link::LinkToken,
+    /// Its TLS listener for other proxies (none: `tls.enabled: false`): where to bind, and the
+    /// `host:port` to advertise (port 0: the bound one).
+    pub tls: Option<ProxyTls>,
+}
+
+/// A proxy's TLS listener.
+#[derive(Debug, Clone)]
+pub struct ProxyTls {
+    pub listen: SocketAddr,
+    pub advertise: String,
+    /// Its certificate's lifetime.
+    pub leaf_ms: u64,
 }
 
 /// What one user's peer (chat page + store) needs to run.
@@ -578,6 +672,32 @@ impl Config {
             root: self.controller.root.clone(),
             join: None,
             link: Default::default(),
+            tls: self.tls.enabled.then(|| {
+                let listen = inst
+                    .proxy
+                    .tls_listen
+                    .unwrap_or_else(|| SocketAddr::new(inst.proxy.listen.ip(), 0));
+                let advertise = inst.proxy.tls_advertise.clone().unwrap_or_else(|| {
+                    let host = match &inst.proxy.advertise {
+                        Some(a) => crate::wire::host_port::HostPort::host_of(a),
+                        None => reachable(listen)
+                            .to_string()
+                            .rsplit_once(':')
+                            .map(|(h, _)| h.to_string())
+                            .unwrap_or_default(),
+                    };
+                    crate::wire::host_port::HostPort {
+                        host,
+                        port: listen.port(),
+                    }
+                    .to_string()
+                });
+                ProxyTls {
+                    listen,
+                    advertise,
+                    leaf_ms: self.tls.leaf_ms(),
+                }
+            }),
         })
     }
 
@@ -796,6 +916,8 @@ mod tests {
     #[test]
     fn a_wildcard_listen_is_advertised_as_loopback() {
         let l = ListenerConfig {
+            tls_advertise: None,
+            tls_listen: None,
             listen: "0.0.0.0:5000".parse().unwrap(),
             advertise: None,
         };

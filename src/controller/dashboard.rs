@@ -712,6 +712,7 @@ mod tests {
 
     fn user(name: &str, state: UserState, key: bool) -> UserEntry {
         UserEntry {
+            tls: None,
             name: name.into(),
             proxy_id: None,
             key: key.then(|| crate::trust::Identity::from_seed([7; 32]).public()),

@@ -44,6 +44,7 @@ pub fn build(
         users.insert(
             PeerName::from(inst.name.as_str()).key(),
             UserEntry {
+                tls: None,
                 name: inst.name.to_string(),
                 proxy_id: None,
                 key: None,
@@ -61,6 +62,7 @@ pub fn build(
         let key = PeerName::from(r.instance_name.as_str()).key();
         let native = r.protocol.as_deref() == Some(crate::wire::control_plane::NATIVE_PROTOCOL);
         let e = users.entry(key).or_insert_with(|| UserEntry {
+            tls: None,
             name: r.instance_name.clone(),
             proxy_id: None,
             key: None,
@@ -79,6 +81,7 @@ pub fn build(
     }
     for (key, pin) in pins {
         let e = users.entry(key.clone()).or_insert_with(|| UserEntry {
+            tls: None,
             name: pin.name.clone(),
             proxy_id: None,
             key: None,
@@ -97,6 +100,7 @@ pub fn build(
         };
     }
     Directory {
+        cas: Vec::new(),
         users,
         ai: config
             .ai_endpoints
@@ -172,6 +176,7 @@ pub fn delta(config: &Config, from: &Version, to: &Version, user: &str, now_ms: 
         expires_at_ms: now_ms + DOCUMENT_LIFETIME_MS,
         users: from.directory.changes_to(&to.directory),
         ai: (from.directory.ai != to.directory.ai).then(|| to.directory.ai.clone()),
+        cas: (from.directory.cas != to.directory.cas).then(|| to.directory.cas.clone()),
         table: table_changes(&old, &new),
     }
 }

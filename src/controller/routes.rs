@@ -265,6 +265,7 @@ pub fn parse_register(
         }
     };
     Ok(RegisterRequest {
+        tls: None,
         proxy_id,
         instance_name,
         host,

@@ -123,6 +123,9 @@ pub struct ProxyRecord {
     /// absent for the original's proxies and older ones (heartbeat updates are not stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<KeyReport>,
+    /// Ours only: its TLS listener for other proxies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::wire::directory::TlsAddress>,
     /// Milliseconds since the Unix epoch.
     pub registered_at_ms: u64,
     /// Milliseconds since the Unix epoch (not persisted on every heartbeat; see `Registry`).

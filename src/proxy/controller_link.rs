@@ -541,6 +541,7 @@ fn call_signature(
 fn sign_claim(settings: &LinkSettings, api_keys: KeyReport) -> Signed<RegisterClaim> {
     let (host, port) = registered_address(&settings.advertise);
     let claim = RegisterClaim {
+        tls: None,
         proxy_id: settings.proxy_id.clone(),
         instance_name: settings.instance_name.clone(),
         host,

@@ -363,6 +363,7 @@ mod tests {
 
     fn delta(from: u64, to: u64) -> Delta {
         let bob = UserEntry {
+            tls: None,
             name: "bob".into(),
             proxy_id: None,
             key: None,
@@ -372,6 +373,7 @@ mod tests {
             state: UserState::Pending,
         };
         Delta {
+            cas: None,
             for_user: "alice".into(),
             from,
             to,

@@ -367,6 +367,7 @@ mod tests {
             d.users.insert(
                 name.to_string(),
                 UserEntry {
+                    tls: None,
                     name: name.to_string(),
                     proxy_id: None,
                     key: Some(id.public()),

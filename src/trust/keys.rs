@@ -162,6 +162,19 @@ impl Identity {
         self.public().fingerprint()
     }
 
+    /// The key as PKCS#8 (RFC 8410's form for Ed25519, v1: the seed only), for the TLS stack
+    /// and the certificate builder, which take keys in that form. Never written or logged.
+    pub(crate) fn pkcs8_der(&self) -> Vec<u8> {
+        // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }
+        const PREFIX: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        let mut der = PREFIX.to_vec();
+        der.extend_from_slice(&self.key.to_bytes());
+        der
+    }
+
     /// Signs `domain ‖ 0x00 ‖ msg`.
     pub fn sign(&self, domain: &str, msg: &[u8]) -> Signature {
         Signature(self.key.sign(&separated(domain, msg)).to_bytes())

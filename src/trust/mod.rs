@@ -12,7 +12,9 @@ pub mod limiter;
 pub mod private_file;
 pub mod request;
 pub mod signed;
+pub mod tls;
 pub mod token;
+pub mod x509;
 
 pub use keys::{verify_all, Check, Fingerprint, Identity, KeyError, PublicKey, Signature};
 pub use limiter::RateLimiter;

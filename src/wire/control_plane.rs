@@ -34,6 +34,9 @@ pub struct RegisterRequest {
     /// original's proxies and older ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<KeyReport>,
+    /// Ours only: the TLS listener other proxies reach it at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::directory::TlsAddress>,
 }
 
 /// `POST /api/heartbeat` body.

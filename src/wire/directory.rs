@@ -73,8 +73,19 @@ pub struct UserEntry {
     /// Its proxy speaks the native envelope.
     #[serde(default)]
     pub native: bool,
+    /// Where its proxy takes other proxies over mutual TLS: when set, hops to it are made
+    /// there and only there (never in plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsAddress>,
     #[serde(flatten)]
     pub state: UserState,
+}
+
+/// A proxy's TLS listener as others reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsAddress {
+    pub host: String,
+    pub port: u16,
 }
 
 /// Everyone: user key (lower-case name) → entry; and the AI endpoint names.
@@ -82,6 +93,9 @@ pub struct UserEntry {
 pub struct Directory {
     pub users: BTreeMap<String, UserEntry>,
     pub ai: Vec<String>,
+    /// The overlay CAs trusted now (their keys' fingerprints): one, or two during a rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cas: Vec<Fingerprint>,
 }
 
 impl Directory {
@@ -162,6 +176,9 @@ pub struct Delta {
     /// The new AI endpoint names, when they changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ai: Option<Vec<String>>,
+    /// The trusted CAs, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cas: Option<Vec<Fingerprint>>,
     /// Table entry → new endpoint, or None when it left the table.
     #[serde(default)]
     pub table: BTreeMap<String, Option<Endpoint>>,
@@ -178,6 +195,9 @@ impl Delta {
         }
         if let Some(ai) = &self.ai {
             view.directory.ai = ai.clone();
+        }
+        if let Some(cas) = &self.cas {
+            view.directory.cas = cas.clone();
         }
         for (k, v) in &self.table {
             match v {
@@ -233,6 +253,24 @@ pub struct RegisterClaim {
     pub time_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<KeyReport>,
+    /// Its TLS listener, for other proxies (absent: it takes them in plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsAddress>,
+}
+
+/// `POST /api/v1/certificate` (a signed request, like a heartbeat, from a joined proxy): a
+/// certificate for its pinned key. Answered with the chain, leaf first, as PEM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateRequest {
+    pub instance_name: String,
+    /// The DER of a PKCS#10 request, base64: only its key is used.
+    pub csr: String,
+}
+
+/// The answer to a [`CertificateRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateAnswer {
+    pub chain_pem: String,
 }
 
 /// `POST /api/v1/rotate`: a proxy replaces its key; signed by the old key and by the new one.
@@ -273,6 +311,7 @@ mod tests {
 
     fn entry(name: &str, state: UserState) -> UserEntry {
         UserEntry {
+            tls: None,
             name: name.into(),
             proxy_id: None,
             key: None,
@@ -313,6 +352,7 @@ mod tests {
             ),
         );
         let delta = Delta {
+            cas: None,
             for_user: "alice".into(),
             from: 1,
             to: 5,

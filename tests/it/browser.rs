@@ -144,7 +144,7 @@ async fn browser(driver: &Driver, profile: &tempfile::TempDir) -> Client {
         options["binary"] = json!(CHROMIUM);
     }
     caps.insert("goog:chromeOptions".into(), options);
-    ClientBuilder::native()
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&driver.url)
         .await

@@ -1395,7 +1395,7 @@ async fn browser_dashboard_shows_proxies_and_a_new_one_appears_without_reload() 
             format!("--user-data-dir={}", profile.path().display())
         ]}),
     );
-    let browser = ClientBuilder::native()
+    let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&driver)
         .await

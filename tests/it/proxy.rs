@@ -206,6 +206,7 @@ fn fake_snapshot(signer: &Signer, log: &mut ControllerLog, for_user: &str) -> Va
     let now = overlay::wire::now_ms();
     let entry =
         |name: &str, key: Option<PublicKey>, host: String, port: u16, native: bool| UserEntry {
+            tls: None,
             name: name.to_string(),
             proxy_id: None,
             key,
@@ -245,6 +246,7 @@ fn fake_snapshot(signer: &Signer, log: &mut ControllerLog, for_user: &str) -> Va
         issued_at_ms: now,
         expires_at_ms: now + 3_600_000,
         directory: Directory {
+            cas: Vec::new(),
             users,
             ai: Vec::new(),
         },

@@ -137,6 +137,7 @@ fn claim(name: &str, proxy_id: &str, root: &Fingerprint, key: &Identity) -> Sign
     Signed::sign(
         REGISTER_DOMAIN,
         &RegisterClaim {
+            tls: None,
             proxy_id: proxy_id.into(),
             instance_name: name.into(),
             host: "127.0.0.1".into(),
@@ -490,6 +491,7 @@ impl Fake {
     fn delta(&self, from: u64, to: u64, old: &[&str], new: &[&str]) -> Value {
         let now = now_ms();
         let d = Delta {
+            cas: None,
             for_user: "alice".into(),
             from,
             to,
@@ -518,12 +520,14 @@ impl Fake {
 
 fn directory(names: &[&str]) -> Directory {
     Directory {
+        cas: Vec::new(),
         users: names
             .iter()
             .map(|n| {
                 (
                     n.to_string(),
                     UserEntry {
+                        tls: None,
                         name: n.to_string(),
                         proxy_id: None,
                         key: Some(Identity::from_seed([n.len() as u8; 32]).public()),

@@ -632,6 +632,7 @@ impl Registry {
             .map(|p| p.registered_at_ms)
             .unwrap_or(now);
         let record = ProxyRecord {
+            tls: None,
             proxy_id: r.proxy_id,
             instance_name: r.instance_name,
             host: r.host,

@@ -86,7 +86,12 @@ pub struct AiAdapter {
 
 fn build_client(connect: Duration) -> awc::Client {
     awc::Client::builder()
-        .connector(awc::Connector::new().timeout(connect))
+        // The system's roots, never the overlay's CA.
+        .connector(
+            awc::Connector::new()
+                .rustls_0_23(crate::trust::tls::system_client())
+                .timeout(connect),
+        )
         // Our own timeouts (first token, idle, total) apply; awc's 5 s default must not.
         .disable_timeout()
         // A redirect could carry the key to another host.
