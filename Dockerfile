@@ -5,7 +5,6 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-RUN apt-get update && apt-get install -y --no-install-recommends pkg-config libssl-dev && rm -rf /var/lib/apt/lists/*
 # Dependencies first, so source edits don't rebuild them.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
@@ -18,7 +17,9 @@ COPY config.yaml ./config.yaml
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin overlay
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+# ca-certificates: the system's roots, which AI providers' HTTPS is checked against (the
+# overlay's own hops use its CA, pinned by the controller's root fingerprint).
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin overlay \
     && mkdir -p /data /provision /etc/overlay && chown overlay:overlay /data /provision \
@@ -30,6 +31,6 @@ ENV OVERLAY_CONFIG=/etc/overlay/config.yaml \
     RUST_LOG=info
 VOLUME ["/data"]
 USER overlay
-EXPOSE 8000 5000 5001 5002 5003 10000 10001 10002 10003
+EXPOSE 8000 8443 5000 5001 5002 5003 10000 10001 10002 10003 11000 11001 11002 11003
 ENTRYPOINT ["overlay"]
 CMD ["--help"]

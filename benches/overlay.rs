@@ -111,6 +111,32 @@ instances:
         }
     }
 
+    /// TLS connections so far: bob's proxy accepted, alice's proxy opened (`GET /api/v1/tls`);
+    /// none from a release before TLS.
+    async fn tls_connections(&self) -> Option<(u64, u64)> {
+        let get = |url: String| async move {
+            let mut r = client().get(url).send().await.ok()?;
+            r.json::<serde_json::Value>().await.ok()
+        };
+        let b = get(format!("{}/api/v1/tls", self.bob_proxy)).await?;
+        let a = get(format!("{}/api/v1/tls", self.alice_proxy)).await?;
+        Some((b["accepted"].as_u64()?, a["opened"].as_u64()?))
+    }
+
+    /// TLS handshakes per 1,000 messages over `n` messages sent since `before`, in words.
+    async fn handshakes(&self, before: Option<(u64, u64)>, n: usize) -> String {
+        match (before, self.tls_connections().await) {
+            (Some((b0, a0)), Some((b1, a1))) => format!(
+                "TLS handshakes: {:.1} per 1,000 messages ({} accepted by bob's proxy, {} opened \
+                 by alice's, for {n} messages; connections are kept)",
+                (b1 - b0) as f64 * 1000.0 / n as f64,
+                b1 - b0,
+                a1 - a0
+            ),
+            _ => "TLS handshakes: none (a release before TLS: plain HTTP)".to_string(),
+        }
+    }
+
     /// Waits until alice's proxy has a table naming bob.
     async fn wait_until_routed(&self) {
         let client = client();
@@ -388,16 +414,20 @@ async fn main() {
     fill(&pair.bob, "alice", 0, 1_000 - scaled(500).min(1000)).await;
     let n = scaled(3_000);
     if only() == Some("throughput") {
+        let before = pair.tls_connections().await;
         let c16 = throughput(&pair, &arrivals, "c16", n * 3, 16).await;
         println!("concurrency 16: {c16:.0} msg/s");
         eprintln!("  signatures: {}", pair.signatures().await);
+        eprintln!("  {}", pair.handshakes(before, n * 3).await);
         return;
     }
     let c1 = throughput(&pair, &arrivals, "c1", n / 3, 1).await;
     eprintln!("  concurrency 1: {c1:.0} msg/s");
+    let before = pair.tls_connections().await;
     let c16_1k = throughput(&pair, &arrivals, "c16a", n * 3, 16).await;
     eprintln!("  concurrency 16 (≈1k stored): {c16_1k:.0} msg/s");
     eprintln!("  signatures: {}", pair.signatures().await);
+    eprintln!("  {}", pair.handshakes(before, n * 3).await);
     figures.push(Figure {
         section: "delivery",
         name: "msg/s person to person, concurrency 1".into(),

@@ -135,7 +135,16 @@ pub async fn run(tool: Tool) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Tool::ControllerInit { data_dir, root_key } => init(&data_dir, root_key.as_deref()),
+        Tool::ControllerInit {
+            data_dir,
+            root_key,
+            new_ca: false,
+        } => init(&data_dir, root_key.as_deref()),
+        Tool::ControllerInit {
+            data_dir,
+            root_key,
+            new_ca: true,
+        } => new_ca(&data_dir, root_key.as_deref()),
         Tool::TokenCreate {
             data_dir,
             name,
@@ -304,9 +313,46 @@ fn init(data_dir: &Path, root_key: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `overlay controller init --new-ca`: a new overlay CA certified by the root key (which must
+/// be this controller's root); the old CA stays trusted until its certificates have expired.
+fn new_ca(data_dir: &Path, root_key: Option<&Path>) -> anyhow::Result<()> {
+    let root_path = root_key
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| data_dir.join(keys::ROOT_KEY_FILE));
+    let root = crate::trust::Identity::load(&root_path)?;
+    let pinned = keys::root_fingerprint(data_dir)?;
+    if root.fingerprint() != pinned {
+        anyhow::bail!(
+            "{} is the key of root {}, but this controller's root is {pinned}: give its root key",
+            root_path.display(),
+            root.fingerprint()
+        );
+    }
+    keys::make_ca(data_dir, &root, true)?;
+    println!(
+        "made a new overlay CA ({}) under root {pinned}: restart the controller; proxies renew \
+         their certificates from it, and the old CA stays trusted until its certificates \
+         expire (at most 72 h). Back up {} with the root key.",
+        data_dir.join(keys::CA_KEY_FILE).display(),
+        keys::CA_KEY_FILE
+    );
+    Ok(())
+}
+
 /// What `overlay token create` prints: the token, its expiry, and the command that uses it.
 fn token_instructions(a: &TokenAnswer, url: &str, ttl: &str) -> String {
     let expires = SystemTime::UNIX_EPOCH + Duration::from_millis(a.expires_at_ms);
+    // Proxies reach the controller at its TLS listener, on the host the admin reached.
+    let url = match a.tls_port {
+        Some(port) => {
+            let (host, _, _) = crate::wire::control_plane::split_url(url);
+            format!(
+                "https://{}",
+                crate::wire::host_port::HostPort { host, port }
+            )
+        }
+        None => url.to_string(),
+    };
     let flags = format!(
         "--name {} --controller-url {url} --controller-root {} --join {}",
         a.name, a.root, a.token
@@ -379,6 +425,7 @@ mod tests {
             root: format!("sha256:{}", "ab".repeat(32)),
             expires_at_ms: 86_400_000,
             replace: false,
+            tls_port: None,
         };
         let text = token_instructions(&a, "http://c:8000", "24h");
         assert!(text.contains("1970-01-02T00:00:00Z"), "{text}");
@@ -389,5 +436,15 @@ mod tests {
         );
         assert!(text.contains(&expected), "{text}");
         assert!(text.contains("overlay proxy --name alice"), "{text}");
+        // With TLS, proxies are sent to the controller's TLS listener on the same host.
+        let tls = TokenAnswer {
+            tls_port: Some(8443),
+            ..a
+        };
+        let text = token_instructions(&tls, "http://c.example.org:8000", "24h");
+        assert!(
+            text.contains("--controller-url https://c.example.org:8443 "),
+            "{text}"
+        );
     }
 }

@@ -101,6 +101,10 @@ pub struct InitArgs {
     /// (default: controller-root.key in the data directory).
     #[arg(long, value_name = "PATH")]
     pub root_key: Option<PathBuf>,
+    /// Make a new overlay CA under the root (a rotation): certificates of the old CA stay
+    /// trusted until they expire (at most 72 h), proxies renew from the new one.
+    #[arg(long)]
+    pub new_ca: bool,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +198,10 @@ pub struct ControllerArgs {
     /// Address to listen on, instead of controller.listen (e.g. 0.0.0.0:8000).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Address of the TLS listener proxies use, instead of controller.tls_listen
+    /// (e.g. 0.0.0.0:8443).
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
     /// Write root.fingerprint and a join token NAME.join (valid 1 h) for every user of the
     /// config whose proxy has not joined yet into DIR, for proxies that share it
     /// (docker-compose's provision volume).
@@ -214,7 +222,13 @@ pub struct ProxyArgs {
     /// host:port other proxies use to reach this one, instead of proxy.advertise.
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
-    /// The controller's URL, instead of controller.url (e.g. http://controller:8000).
+    /// Address of the TLS listener other proxies use, instead of proxy.tls_listen.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+    /// host:port other proxies reach the TLS listener at, instead of proxy.tls_advertise.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub tls_advertise: Option<String>,
+    /// The controller's URL, instead of controller.url (e.g. https://controller:8443).
     #[arg(long, value_name = "URL")]
     pub controller_url: Option<String>,
     /// This user's peer's URL, instead of the instance's peer address.
@@ -249,6 +263,12 @@ pub struct PeerArgs {
     /// host:port other proxies use to reach the in-process proxy, instead of proxy.advertise.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "proxy_url")]
     pub proxy_advertise: Option<String>,
+    /// Address of the in-process proxy's TLS listener, instead of proxy.tls_listen.
+    #[arg(long, value_name = "ADDR", conflicts_with = "proxy_url")]
+    pub proxy_tls_listen: Option<SocketAddr>,
+    /// host:port other proxies reach its TLS listener at, instead of proxy.tls_advertise.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "proxy_url")]
+    pub proxy_tls_advertise: Option<String>,
     /// The controller's URL for the in-process proxy, instead of controller.url.
     #[arg(long, value_name = "URL", conflicts_with = "proxy_url")]
     pub controller_url: Option<String>,
@@ -324,6 +344,7 @@ pub enum Tool {
     ControllerInit {
         data_dir: PathBuf,
         root_key: Option<PathBuf>,
+        new_ca: bool,
     },
     /// `overlay token create`.
     TokenCreate {
@@ -368,6 +389,7 @@ impl Tool {
             }) => Ok(Tool::ControllerInit {
                 data_dir,
                 root_key: a.root_key.clone(),
+                new_ca: a.new_ca,
             }),
             Command::Id(a) => match &a.name {
                 Some(n) if !is_file_safe(n) => Err(format!(
@@ -557,6 +579,9 @@ impl Plan {
                 if let Some(l) = a.listen {
                     config.controller.listen = l;
                 }
+                if let Some(t) = a.tls_listen {
+                    config.controller.tls_listen = Some(t);
+                }
                 let listen = config.controller.listen;
                 let mut settings = config.controller_settings(&data_dir);
                 settings.workers = workers;
@@ -577,6 +602,12 @@ impl Plan {
             Command::Proxy(a) => {
                 let name = config.instance(&a.name)?.name.to_string();
                 config.set_instance_listeners(&name, None, a.listen);
+                config.set_proxy_tls(
+                    &name,
+                    a.tls_listen,
+                    a.tls_advertise.clone(),
+                    a.advertise.as_deref(),
+                );
                 let listen = config.instance(&name)?.proxy.listen;
                 let mut s = config.proxy_settings(&name, &data_dir)?;
                 if let Some(adv) = &a.advertise {
@@ -600,6 +631,12 @@ impl Plan {
             Command::Peer(a) => {
                 let name = config.instance(&a.name)?.name.to_string();
                 config.set_instance_listeners(&name, a.listen, a.proxy_listen);
+                config.set_proxy_tls(
+                    &name,
+                    a.proxy_tls_listen,
+                    a.proxy_tls_advertise.clone(),
+                    a.proxy_advertise.as_deref(),
+                );
                 let inst = config.instance(&name)?.clone();
                 let mut peer = config.peer_settings(&name, &data_dir)?;
                 peer.workers = workers;
@@ -643,10 +680,16 @@ impl Plan {
             }
             Command::Up(a) => {
                 if let Some(ip) = a.host {
+                    let mut tls = config.controller_tls_listen();
+                    tls.set_ip(ip);
+                    config.controller.tls_listen = Some(tls);
                     config.controller.listen.set_ip(ip);
                     for inst in &mut config.instances {
                         inst.peer.listen.set_ip(ip);
                         inst.proxy.listen.set_ip(ip);
+                        if let Some(t) = &mut inst.proxy.tls_listen {
+                            t.set_ip(ip);
+                        }
                     }
                 }
                 Plan::Up {

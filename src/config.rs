@@ -607,12 +607,12 @@ pub struct ProxySettings {
     pub link: crate::hop::link::LinkToken,
     /// Its TLS listener for other proxies (none: `tls.enabled: false`): where to bind, and the
     /// `host:port` to advertise (port 0: the bound one).
-    pub tls: Option<ProxyTls>,
+    pub tls: Option<TlsListener>,
 }
 
 /// A proxy's TLS listener.
 #[derive(Debug, Clone)]
-pub struct ProxyTls {
+pub struct TlsListener {
     pub listen: SocketAddr,
     pub advertise: String,
     /// Its certificate's lifetime.
@@ -692,7 +692,7 @@ impl Config {
                     }
                     .to_string()
                 });
-                ProxyTls {
+                TlsListener {
                     listen,
                     advertise,
                     leaf_ms: self.tls.leaf_ms(),
@@ -720,6 +720,29 @@ impl Config {
             retry_max_ms: u32::try_from(self.delivery.retry_max_ms).unwrap_or(u32::MAX),
             link: Default::default(),
         })
+    }
+
+    /// A proxy's TLS listener from the command line: `listen` and `advertise` replace the
+    /// config's; a plain `--advertise` host is the TLS one's too unless it is given.
+    pub fn set_proxy_tls(
+        &mut self,
+        name: &str,
+        listen: Option<SocketAddr>,
+        advertise: Option<String>,
+        plain_advertise: Option<&str>,
+    ) {
+        if let Some(inst) = self.instances.iter_mut().find(|i| i.name.matches(name)) {
+            if let Some(l) = listen {
+                inst.proxy.tls_listen = Some(l);
+            }
+            match (advertise, plain_advertise) {
+                (Some(a), _) => inst.proxy.tls_advertise = Some(a),
+                (None, Some(plain)) if inst.proxy.tls_advertise.is_none() => {
+                    inst.proxy.advertise = Some(plain.to_string());
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Replaces every listen address whose port is 0 (or that was overridden) by the bound one,
@@ -828,7 +851,7 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("line 5"), "{e}");
-        assert!(e.contains("expected `listen`"), "{e}");
+        assert!(e.contains("expected one of `listen`"), "{e}");
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub async fn start_all(
         config.controller.listen,
         "controller.listen",
     )?;
+    // The TLS listener's default port follows the configured one (port 0: any), not the bound.
+    config.controller.tls_listen = Some(config.controller_tls_listen());
     config.controller.listen = controller_l.local_addr()?;
     let mut bound: Vec<(String, TcpListener, TcpListener)> = Vec::new();
     for (i, inst) in config.instances.clone().iter().enumerate() {
@@ -128,6 +130,11 @@ pub async fn start_all(
     cs.workers = workers;
     let (running, handle) = controller::start_with_handle(cs, controller_l).await?;
     servers.push(running);
+    // The proxies reach the controller at its TLS listener (bound above, perhaps on port 0),
+    // unless the config names a URL.
+    if let (None, Some(url)) = (&config.controller.url, &handle.tls_url) {
+        config.controller.url = Some(url.clone());
+    }
     let mut peers = Vec::new();
     for (name, proxy_l, peer_l) in bound {
         let mut ps = config
@@ -297,7 +304,7 @@ async fn wait_for_file<T>(
 }
 
 /// An address or URL whose port is 0 gets the port actually bound.
-fn fix_port_zero(s: &mut String, bound: SocketAddr) {
+pub(crate) fn fix_port_zero(s: &mut String, bound: SocketAddr) {
     if let Some(head) = s.strip_suffix(":0") {
         *s = format!("{head}:{}", bound.port());
     }

@@ -270,6 +270,10 @@ pub struct AiEndpointConfig {
     pub history: HistoryConfig,
     #[serde(default)]
     pub timeouts: AiTimeouts,
+    /// Allows a `http://` base URL on another machine while a key may be sent: it crosses the
+    /// network readable (default false: only loopback, or `auth_style: none`).
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 fn yes() -> bool {
@@ -289,6 +293,28 @@ impl AiEndpointConfig {
                 return Err(format!(
                     "ai_endpoints[{i}].base_url: `{url}` is not an http(s) URL; \
                      write e.g. `base_url: http://127.0.0.1:11434/v1`"
+                ));
+            }
+        }
+        if let Some(url) = self
+            .base_url
+            .as_deref()
+            .filter(|u| u.starts_with("http://"))
+        {
+            let (host, _, _) = crate::wire::control_plane::split_url(url);
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = bare.eq_ignore_ascii_case("localhost")
+                || bare.to_ascii_lowercase().ends_with(".localhost")
+                || bare
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            let keyless = self.auth_style == Some(AuthStyle::NoAuth);
+            if !loopback && !keyless && !self.allow_plain_http {
+                return Err(format!(
+                    "ai_endpoints[{i}].base_url: `{url}` is plain HTTP to another machine, so \
+                     the API key would cross the network readable; use https://, or \
+                     `auth_style: none` for a server that takes no key, or set \
+                     `allow_plain_http: true` on this endpoint if that network is yours"
                 ));
             }
         }

@@ -74,6 +74,7 @@ pub fn build(
         e.proxy_id = Some(r.proxy_id.clone());
         e.host = r.host.clone();
         e.port = r.port;
+        e.tls = r.tls.clone();
         e.native = native;
         if e.state == UserState::Pending {
             e.state = UserState::Legacy;

@@ -23,9 +23,11 @@ pub mod registry;
 pub mod routes;
 pub mod store;
 pub mod tables;
+pub mod tls;
 pub mod trust;
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use actix::Actor;
 use actix_web::{web, HttpServer};
@@ -36,6 +38,7 @@ use crate::web::{common_routes, role_arbiter, Health, Running};
 use self::registry::Registry;
 use self::routes::AppState;
 use self::store::Store;
+use crate::wire::directory::Directory;
 
 /// What a process that runs the controller may ask of it directly (`overlay up` provisions its
 /// own users through it): the root fingerprint and the registry.
@@ -43,6 +46,8 @@ use self::store::Store;
 pub struct Handle {
     pub root: crate::trust::Fingerprint,
     pub registry: actix::Addr<Registry>,
+    /// `https://…` of the TLS listener proxies use (none: TLS is off or there is no CA).
+    pub tls_url: Option<String>,
 }
 
 /// Starts the controller on `listener`. Must be called inside an actix system.
@@ -75,15 +80,55 @@ pub async fn start_with_handle(
         online: keys.online,
         cert: keys.cert,
     };
+    // TLS for proxies: on by default, once the overlay CA exists.
+    let ca = keys.ca.map(Arc::new);
+    let (pins_tx, pins_rx) = tokio::sync::watch::channel(Arc::new(Directory::default()));
+    let tls_listener = match (&ca, settings.config.tls.enabled) {
+        (Some(_), true) => {
+            let want = settings.config.controller_tls_listen();
+            Some(crate::web::bind(
+                "the controller (TLS)",
+                want,
+                "controller.tls_listen",
+            )?)
+        }
+        (None, true) => {
+            log::error!(
+                "the controller has no overlay CA and the root key is not in {}: proxies cannot \
+                 get TLS certificates, so none can register; bring the root key back and run \
+                 `overlay controller init --root-key PATH` (README, Trust)",
+                settings.data_dir.display()
+            );
+            None
+        }
+        (_, false) => {
+            log::warn!(
+                "tls.enabled is false: proxies reach this controller in plain HTTP (signed, \
+                 but readable on the path)"
+            );
+            None
+        }
+    };
+    let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let desk = registry::CaDesk::new(
+        ca.clone(),
+        keys.previous_ca.clone(),
+        tls_addr.is_some(),
+        settings.config.tls.leaf_ms(),
+        pins_tx,
+    );
     let registry = Registry::start_in_arbiter(&arbiter.handle(), move |_| {
-        Registry::new(config, store, loaded, root, signer)
+        Registry::new(config, store, loaded, root, signer).with_tls(desk)
     });
     let handle = Handle {
         root: keys.root.clone(),
         registry: registry.clone(),
+        tls_url: tls_addr.map(|a| format!("https://{}", crate::config::reachable(a))),
     };
+    let tls_url = web::Data::new(tls::TlsUrl(handle.tls_url.clone()));
     let gate = web::Data::new(admin::AdminGate::new(keys.admin_token, &settings.data_dir));
     let registry_data = web::Data::new(registry.clone());
+    let keys_root = keys.root.clone();
     let state = web::Data::new(AppState {
         registry,
         root: keys.root,
@@ -114,7 +159,9 @@ pub async fn start_with_handle(
             .app_data(hosts.clone())
             .app_data(gate.clone())
             .app_data(registry_data.clone())
+            .app_data(tls_url.clone())
             .wrap(actix_web::middleware::from_fn(admin::require))
+            .wrap(actix_web::middleware::from_fn(tls::split))
             .wrap(actix_web::middleware::from_fn(crate::web::host::require))
             .configure(|cfg| common_routes(cfg, Health::new("controller", None)))
             .configure(routes::configure)
@@ -126,11 +173,23 @@ pub async fn start_with_handle(
     // Every request but the SSE streams ends in milliseconds, and the streams (every proxy
     // holds one) never end by themselves: a graceful stop waits this long for them, no longer.
     .shutdown_timeout(1)
-    .listen(listener)?
+    .on_connect(tls::on_connect)
+    .listen(listener)?;
+    let server = match (tls_listener, ca) {
+        (Some(l), Some(ca)) => {
+            let config = tls::server_config(ca, keys_root, pins_rx)?;
+            server.listen_rustls_0_23(l, config)?
+        }
+        _ => server,
+    }
     .run();
     log::info!("{label} listening on {addr}");
+    if let Some(url) = &handle.tls_url {
+        log::info!("{label} takes proxies over TLS at {url} (their --controller-url)");
+    }
     Ok((
         Running {
+            tls_addr,
             label,
             addr,
             server,

@@ -23,14 +23,15 @@ use tokio::sync::mpsc;
 use crate::config::InstanceName;
 use crate::web::BodyError;
 use crate::wire::control_plane::{EndpointTable, KeyReport, RegisterRequest};
+use crate::wire::directory::CertificateRequest;
 use crate::wire::host_port::is_host;
 use crate::wire::legacy::{success, Endpoints, Note, Registered};
 
 use super::dashboard;
 use super::error::ControllerError;
 use super::registry::{
-    AckDirectory, GetEndpoints, Heartbeat, IssueToken, Join, ListProxies, RecordAudit,
-    RegisterProxy, RegisterSigned, Registry, RemoveProxy, Revoke, Rotate, SignedCall,
+    AckDirectory, GetEndpoints, Heartbeat, IssueCertificate, IssueToken, Join, ListProxies,
+    RecordAudit, RegisterProxy, RegisterSigned, Registry, RemoveProxy, Revoke, Rotate, SignedCall,
     SubscribeDashboard, SubscribeDirectory, SubscribeTable, TrustOverview, UpdateEndpoints,
     SUBSCRIBER_BUFFER,
 };
@@ -56,6 +57,7 @@ pub const FROM_PROXIES: &[&str] = &[
     "/api/heartbeat",
     "/api/getendpoints",
     "/api/v1/join",
+    "/api/v1/certificate",
     "/api/v1/register",
     "/api/v1/rotate",
     "/api/v1/directory",
@@ -92,6 +94,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/api/v1/proxies/{proxy_id}/table/stream").route(web::get().to(table_stream)))
     .service(resource("/api/v1/dashboard/stream").route(web::get().to(dashboard_stream)))
     .service(resource("/api/v1/join").route(web::post().to(join)))
+    .service(resource("/api/v1/certificate").route(web::post().to(certificate)))
     .service(resource("/api/v1/register").route(web::post().to(register_signed)))
     .service(resource("/api/v1/rotate").route(web::post().to(rotate)))
     .service(resource("/api/v1/directory/stream").route(web::get().to(directory_stream)))
@@ -571,7 +574,13 @@ fn signed_call(req: &HttpRequest, body: web::Bytes) -> Option<SignedCall> {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| req.path().to_string()),
         body,
+        tls_key: tls_key(req),
     })
+}
+
+/// The key of the caller's TLS client certificate, when it came over TLS with one.
+fn tls_key(req: &HttpRequest) -> Option<crate::trust::PublicKey> {
+    req.conn_data::<crate::trust::tls::PeerKey>().map(|k| k.0)
 }
 
 /// Reads the body as JSON of `T`, with a message naming what is wrong.
@@ -605,11 +614,44 @@ async fn register_signed(
 ) -> Reply {
     let claim = read_typed(&req, body, state.max_body_bytes, "signed registration").await?;
     let source = source_of(&req);
+    let tls_key = tls_key(&req);
     let snapshot = state
         .registry
-        .send(RegisterSigned { claim, source })
+        .send(RegisterSigned {
+            claim,
+            source,
+            tls_key,
+        })
         .await??;
     Ok(HttpResponse::Ok().json(snapshot))
+}
+
+/// # POST /api/v1/certificate
+/// A TLS certificate for a joined proxy's pinned key, to whoever proves that key (a signed
+/// request): a CSR in, the chain out (leaf, CA, root; PEM). Needs no certificate: this is how
+/// an expired one is renewed.
+async fn certificate(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
+    let bytes = read_body(&req, body, state.max_body_bytes).await?;
+    parse_object(&bytes)?;
+    let request: CertificateRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ControllerError::BadRequest(format!("not a valid certificate request: {e}"))
+    })?;
+    let call = signed_call(&req, bytes).ok_or_else(|| {
+        ControllerError::Unauthorized(format!(
+            "a certificate request is signed by the key it is for (the {} header)",
+            crate::trust::request::SIGNATURE_HEADER
+        ))
+    })?;
+    let source = source_of(&req);
+    let answer = state
+        .registry
+        .send(IssueCertificate {
+            request,
+            call,
+            source,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// # POST /api/v1/rotate
@@ -712,6 +754,9 @@ pub struct TokenAnswer {
     pub root: String,
     pub expires_at_ms: u64,
     pub replace: bool,
+    /// The port of the controller's TLS listener, which proxies use (none: TLS is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_port: Option<u16>,
 }
 
 /// `24h`, `90m`, `7d`, `3600s` → a duration.
@@ -748,6 +793,10 @@ async fn create_token(state: web::Data<AppState>, req: HttpRequest, body: web::P
             root: issued.root.to_string(),
             expires_at_ms: issued.expires_at_ms,
             replace: issued.replace,
+            tls_port: req
+                .app_data::<web::Data<super::tls::TlsUrl>>()
+                .and_then(|u| u.0.as_deref().map(crate::wire::control_plane::split_url))
+                .map(|(_, port, _)| port),
         }))
 }
 

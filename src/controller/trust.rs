@@ -21,6 +21,14 @@ pub const ONLINE_KEY_FILE: &str = "controller.key";
 pub const CERT_FILE: &str = "controller.cert";
 pub const FINGERPRINT_FILE: &str = "root.fingerprint";
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The root's X.509 certificate (public; rebuilt from the root key when missing).
+pub const ROOT_CERT_FILE: &str = "controller-root.crt";
+/// The overlay CA's key: back it up with the root key (README, Trust).
+pub const CA_KEY_FILE: &str = "controller-ca.key";
+/// The root's certificate of the overlay CA.
+pub const CA_CERT_FILE: &str = "controller-ca.crt";
+/// The CA before the last rotation: trusted until every leaf it issued has expired.
+pub const PREVIOUS_CA_CERT_FILE: &str = "controller-ca.previous.crt";
 
 /// What the running controller signs with.
 pub struct ControllerKeys {
@@ -32,6 +40,10 @@ pub struct ControllerKeys {
     pub cert: Signed<KeyCert>,
     /// `Bearer` token of the admin API.
     pub admin_token: String,
+    /// The overlay CA (none: not made yet and the root key is not here to make it).
+    pub ca: Option<crate::trust::x509::Ca>,
+    /// The CA before the last rotation, while leaves it issued may still be valid.
+    pub previous_ca: Option<Fingerprint>,
 }
 
 /// What `init` did, for the user.
@@ -115,6 +127,7 @@ pub fn init(data_dir: &Path, root_key: Option<&Path>) -> Result<(Init, Fingerpri
         format!("{root_fp}\n").as_bytes(),
         0o644,
     )?;
+    make_ca(data_dir, &root, false)?;
     let what = if created_root {
         Init::NewRoot
     } else {
@@ -199,12 +212,141 @@ pub fn load(data_dir: &Path) -> Result<ControllerKeys, KeyError> {
         }
     };
     let admin_token = admin_token(data_dir)?;
+    let root_key = path(data_dir, ROOT_KEY_FILE);
+    if !path(data_dir, CA_CERT_FILE).exists() && root_key.exists() {
+        make_ca(data_dir, &Identity::load(&root_key)?, false)?;
+        log::info!(
+            "made the overlay CA {} under the root key (it issues the proxies' TLS \
+             certificates); back it up with the root key",
+            path(data_dir, CA_KEY_FILE).display()
+        );
+    }
+    let (ca, previous_ca) = load_ca(data_dir, &root)?;
     Ok(ControllerKeys {
         root,
         online,
         cert,
         admin_token,
+        ca,
+        previous_ca,
     })
+}
+
+fn x509_error(p: &Path, e: crate::trust::x509::X509Error) -> KeyError {
+    KeyError::Malformed {
+        path: p.to_path_buf(),
+        why: e.to_string(),
+    }
+}
+
+fn read_pem(p: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, KeyError> {
+    let bytes = std::fs::read(p).map_err(|e| io_error(p, e))?;
+    crate::trust::x509::from_pem(&bytes).map_err(|e| x509_error(p, e))
+}
+
+/// Makes the root's certificate (when missing) and a new overlay CA certified by the root.
+/// `rotate`: an existing CA becomes the previous one, trusted until its leaves expire.
+pub fn make_ca(data_dir: &Path, root: &Identity, rotate: bool) -> Result<(), KeyError> {
+    use crate::trust::x509;
+    let now = now_ms();
+    let root_cert_path = path(data_dir, ROOT_CERT_FILE);
+    let root_cert = match read_pem(&root_cert_path) {
+        Ok(mut certs) if x509::key_of(&certs[0]).ok() == Some(root.public()) => certs.remove(0),
+        _ => {
+            let cert = x509::root_cert(root, now).map_err(|e| x509_error(&root_cert_path, e))?;
+            private_file::replace(
+                &root_cert_path,
+                x509::to_pem(std::slice::from_ref(&cert)).as_bytes(),
+                0o644,
+            )?;
+            cert
+        }
+    };
+    let key_path = path(data_dir, CA_KEY_FILE);
+    let cert_path = path(data_dir, CA_CERT_FILE);
+    if cert_path.exists() {
+        if !rotate {
+            return Ok(());
+        }
+        let previous = path(data_dir, PREVIOUS_CA_CERT_FILE);
+        std::fs::rename(&cert_path, &previous).map_err(|e| io_error(&cert_path, e))?;
+        // Its age is the rotation's: it stays trusted for a leaf's longest life from now.
+        std::fs::File::options()
+            .write(true)
+            .open(&previous)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .map_err(|e| io_error(&previous, e))?;
+        if key_path.exists() {
+            let old = key_path.with_extension("key.replaced");
+            std::fs::rename(&key_path, &old).map_err(|e| io_error(&key_path, e))?;
+        }
+    }
+    let (ca_key, _) = Identity::load_or_create(&key_path)?;
+    let ca_cert =
+        x509::ca_cert(root, &ca_key.public(), now).map_err(|e| x509_error(&cert_path, e))?;
+    private_file::replace(
+        &cert_path,
+        x509::to_pem(&[ca_cert, root_cert]).as_bytes(),
+        0o644,
+    )
+}
+
+/// The overlay CA, when its files are there and chain to `root`; and the previous CA's
+/// fingerprint while leaves it issued may still be valid (a later one is deleted, logged).
+pub fn load_ca(
+    data_dir: &Path,
+    root: &Fingerprint,
+) -> Result<(Option<crate::trust::x509::Ca>, Option<Fingerprint>), KeyError> {
+    use crate::trust::x509;
+    let cert_path = path(data_dir, CA_CERT_FILE);
+    if !cert_path.exists() {
+        return Ok((None, None));
+    }
+    let mut certs = read_pem(&cert_path)?;
+    if certs.len() != 2
+        || x509::key_of(&certs[1])
+            .map(|k| k.fingerprint())
+            .ok()
+            .as_ref()
+            != Some(root)
+    {
+        return Err(KeyError::Untrusted(format!(
+            "{} is not the overlay CA's certificate followed by root {root}'s: run `overlay \
+             controller init --root-key PATH --new-ca` to make a new CA",
+            cert_path.display()
+        )));
+    }
+    let root_cert = certs.remove(1);
+    let ca_cert = certs.remove(0);
+    let key = Identity::load(&path(data_dir, CA_KEY_FILE))?;
+    let ca = x509::Ca::new(&key, ca_cert, root_cert).map_err(|e| x509_error(&cert_path, e))?;
+    let previous_path = path(data_dir, PREVIOUS_CA_CERT_FILE);
+    let previous = match std::fs::metadata(&previous_path) {
+        Err(_) => None,
+        Ok(meta) => {
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .unwrap_or_default();
+            if age.as_millis() as u64 > x509::MAX_LEAF_MS {
+                std::fs::remove_file(&previous_path).map_err(|e| io_error(&previous_path, e))?;
+                log::info!(
+                    "the overlay CA before the last rotation is no longer trusted: every \
+                     certificate it issued has expired"
+                );
+                None
+            } else {
+                let certs = read_pem(&previous_path)?;
+                Some(
+                    x509::key_of(&certs[0])
+                        .map_err(|e| x509_error(&previous_path, e))?
+                        .fingerprint(),
+                )
+            }
+        }
+    };
+    Ok((Some(ca), previous))
 }
 
 /// The admin token, made (0600) on first use. Never logged: the log says where it is.
@@ -244,6 +386,43 @@ mod tests {
         assert_eq!(again.admin_token, keys.admin_token);
         let (what, fp) = init(dir.path(), None).unwrap();
         assert_eq!((what, fp), (Init::Nothing, keys.root));
+    }
+
+    #[test]
+    fn the_overlay_ca_is_made_under_the_root_and_a_rotation_keeps_the_old_one_trusted_for_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = load(dir.path()).unwrap();
+        let ca = keys.ca.expect("a CA made with the root key at hand");
+        assert_eq!(keys.previous_ca, None);
+        // The CA chains to the pinned root, and the same CA loads again.
+        let (again, _) = load_ca(dir.path(), &keys.root).unwrap();
+        assert_eq!(again.unwrap().fingerprint(), ca.fingerprint());
+        // With the root key gone (offline), a data dir without a CA gets none: no new root.
+        let offline = tempfile::tempdir().unwrap();
+        let moved = offline.path().join(ROOT_KEY_FILE);
+        std::fs::copy(dir.path().join(ROOT_KEY_FILE), &moved).unwrap();
+        std::fs::remove_file(dir.path().join(ROOT_KEY_FILE)).unwrap();
+        std::fs::remove_file(dir.path().join(CA_CERT_FILE)).unwrap();
+        let without = load(dir.path()).unwrap();
+        assert!(without.ca.is_none());
+        assert_eq!(without.root, keys.root);
+        // The root key brought back makes a CA; a rotation keeps the old one as previous.
+        let root = Identity::load(&moved).unwrap();
+        make_ca(dir.path(), &root, false).unwrap();
+        let (first, _) = load_ca(dir.path(), &keys.root).unwrap();
+        let first = first.unwrap().fingerprint();
+        make_ca(dir.path(), &root, true).unwrap();
+        let (second, previous) = load_ca(dir.path(), &keys.root).unwrap();
+        assert_ne!(second.unwrap().fingerprint(), first);
+        assert_eq!(
+            previous,
+            Some(first),
+            "trusted until its leaves have expired"
+        );
+        // Under another root, the CA files are refused with the fix.
+        let other = Identity::from_seed([9; 32]).fingerprint();
+        let e = load_ca(dir.path(), &other).unwrap_err().to_string();
+        assert!(e.contains("--new-ca"), "{e}");
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         log::info!("{stop_label}: chat store closed");
     });
     Ok(Running {
+        tls_addr: None,
         label,
         addr,
         server,

@@ -76,7 +76,28 @@ pub struct LinkSettings {
     pub root: Fingerprint,
     /// A join token, for the first registration (or a replacement of a lost key).
     pub join: Option<JoinToken>,
+    /// TLS to the controller (when its URL is `https://`) and the certificate this proxy gets
+    /// from it; none without a pinned root.
+    pub tls: Option<LinkTls>,
 }
+
+/// The link's TLS: the proxy's certificate, the overlay client, and the TLS address other
+/// proxies reach this one at (registered with the controller).
+#[derive(Clone)]
+pub struct LinkTls {
+    pub tls: super::tls::ProxyTls,
+    pub client: awc::Client,
+    pub address: Option<crate::wire::directory::TlsAddress>,
+}
+
+impl std::fmt::Debug for LinkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LinkTls({:?}, {:?})", self.tls.leaf, self.address)
+    }
+}
+
+/// How often the certificate's age is looked at (it is renewed at half its life).
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(600);
 
 /// The actor.
 pub struct ControllerLink {
@@ -105,10 +126,19 @@ enum RegisterFailure {
 
 impl ControllerLink {
     pub fn new(settings: LinkSettings, router: Addr<Router>) -> ControllerLink {
+        // An https:// controller is an overlay member: reached by its TLS name, checked against
+        // the pinned root; never downgraded to plain HTTP.
+        let client = match (
+            &settings.tls,
+            settings.controller_url.starts_with("https://"),
+        ) {
+            (Some(t), true) => t.client.clone(),
+            _ => awc::Client::builder().timeout(REQUEST_TIMEOUT).finish(),
+        };
         ControllerLink {
             settings,
             router,
-            client: awc::Client::builder().timeout(REQUEST_TIMEOUT).finish(),
+            client,
             rng: XorShift::from_entropy(),
             registered: false,
             registering: false,
@@ -121,7 +151,7 @@ impl ControllerLink {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.settings.controller_url)
+        controller_url(&self.settings, path)
     }
 
     fn verifier(&self) -> Verifier {
@@ -142,10 +172,27 @@ impl ControllerLink {
         self.registering = true;
         let ai = self.settings.ai_endpoints.clone();
         let register = self.client.post(self.url("/api/v1/register"));
-        let join = self.client.post(self.url("/api/v1/join"));
+        // A join is made before this proxy has a certificate: its connection is not kept.
+        let join = self
+            .client
+            .post(self.url("/api/v1/join"))
+            .insert_header((awc::http::header::CONNECTION, "close"));
         let verifier = self.verifier();
         let settings = self.settings.clone();
+        let client = self.client.clone();
         let call = async move {
+            // No certificate yet, or half its life gone: one first, so what follows goes with
+            // it. Not joined yet (refused): the join below, then the certificate.
+            let mut cert_after = false;
+            if wants_certificate(&settings) {
+                match get_certificate(&settings, &client).await {
+                    Ok(()) => {}
+                    Err(RegisterFailure::NotJoined(_)) if settings.join.is_some() => {
+                        cert_after = true
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let keys = key_report(&ai).await;
             let claim = sign_claim(&settings, keys);
             // With a token, a join: it registers too, and for a key the controller pins
@@ -182,10 +229,14 @@ impl ControllerLink {
                 }
                 other => return Err(RegisterFailure::Other(failure(other))),
             };
-            verifier
+            let version = verifier
                 .snapshot_answer(&body)
                 .await
-                .map_err(RegisterFailure::Other)
+                .map_err(RegisterFailure::Other)?;
+            if cert_after {
+                get_certificate(&settings, &client).await?;
+            }
+            Ok(version)
         };
         ctx.spawn(wrap_future(call).map(|res, act: &mut Self, ctx| {
             act.registering = false;
@@ -231,6 +282,24 @@ impl ControllerLink {
                 }
             }
         }));
+    }
+
+    /// Renews the certificate at half its life (while registered; registering does it too).
+    fn renew(&mut self, ctx: &mut Context<Self>) {
+        if !self.registered || !wants_certificate(&self.settings) {
+            return;
+        }
+        let settings = self.settings.clone();
+        let client = self.client.clone();
+        ctx.spawn(
+            wrap_future(async move { get_certificate(&settings, &client).await }).map(
+                |res, _act: &mut Self, _ctx| {
+                    if let Err(RegisterFailure::NotJoined(e) | RegisterFailure::Other(e)) = res {
+                        log::warn!("could not renew this proxy's TLS certificate: {e}; retrying");
+                    }
+                },
+            ),
+        );
     }
 
     /// `POST /api/heartbeat`; a 404 means the controller forgot us: register again.
@@ -507,6 +576,86 @@ impl Actor for ControllerLink {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.register(ctx);
         ctx.run_interval(self.settings.heartbeat_every, |act, ctx| act.heartbeat(ctx));
+        ctx.run_interval(CERT_CHECK_EVERY, |act, ctx| act.renew(ctx));
+    }
+}
+
+/// `path` at the controller: over TLS, by its TLS name (`https://controller.overlay:PORT`; the
+/// overlay client finds its address in the configured URL).
+fn controller_url(settings: &LinkSettings, path: &str) -> String {
+    let url = &settings.controller_url;
+    if settings.tls.is_some() && url.starts_with("https://") {
+        let (_, port, prefix) = crate::wire::control_plane::split_url(url);
+        return format!(
+            "{}{prefix}{path}",
+            crate::hop::overlay::base_url(crate::trust::x509::CONTROLLER_TLS_NAME, port)
+        );
+    }
+    format!("{url}{path}")
+}
+
+/// Asks the controller for a certificate for this proxy's key (a signed request; no
+/// certificate needed, so an expired one is renewed too) and installs it. Without TLS to the
+/// controller, nothing to do.
+async fn get_certificate(
+    settings: &LinkSettings,
+    client: &awc::Client,
+) -> Result<(), RegisterFailure> {
+    use base64::Engine;
+    let Some(t) = &settings.tls else {
+        return Ok(());
+    };
+    if !settings.controller_url.starts_with("https://") {
+        return Ok(());
+    }
+    let csr = crate::trust::x509::csr(&settings.identity, &settings.instance_name)
+        .map_err(|e| RegisterFailure::Other(e.to_string()))?;
+    let body = serde_json::to_vec(&crate::wire::directory::CertificateRequest {
+        instance_name: settings.instance_name.clone(),
+        csr: base64::engine::general_purpose::STANDARD.encode(csr),
+    })
+    .unwrap_or_default();
+    let url = controller_url(settings, "/api/v1/certificate");
+    // Made without a certificate (or before this one): the connection is not kept, so the
+    // calls that follow open one that presents the new certificate.
+    let req = client
+        .post(&url)
+        .insert_header(call_signature(settings, "POST", &url, &body))
+        .insert_header((awc::http::header::CONTENT_TYPE, "application/json"))
+        .insert_header((awc::http::header::CONNECTION, "close"));
+    match post::post_encoded(req, body, VIEW_LIMIT, REQUEST_TIMEOUT).await {
+        Answer::Ok { body, .. } => {
+            let answer: crate::wire::directory::CertificateAnswer =
+                serde_json::from_slice(&body)
+                    .map_err(|e| RegisterFailure::Other(format!("the certificate answer: {e}")))?;
+            t.tls
+                .install(&settings.identity, &answer.chain_pem)
+                .map_err(|e| RegisterFailure::Other(format!("the certificate issued: {e}")))?;
+            if let Some((_, to)) = t.tls.leaf.validity() {
+                log::info!(
+                    "got a TLS certificate from the controller, valid until {}",
+                    crate::wire::rfc3339_ms(to)
+                );
+            }
+            Ok(())
+        }
+        Answer::Refused { status, body } if status == StatusCode::FORBIDDEN => Err(
+            RegisterFailure::NotJoined(message_of(&body).unwrap_or_else(|| "refused".into())),
+        ),
+        other => Err(RegisterFailure::Other(format!(
+            "asking for a certificate: {}",
+            failure(other)
+        ))),
+    }
+}
+
+/// Whether this proxy needs a (new) certificate now.
+fn wants_certificate(settings: &LinkSettings) -> bool {
+    match &settings.tls {
+        Some(t) if settings.controller_url.starts_with("https://") => {
+            super::tls::needs_certificate(t.tls.leaf.validity(), now_ms())
+        }
+        _ => false,
     }
 }
 
@@ -541,7 +690,7 @@ fn call_signature(
 fn sign_claim(settings: &LinkSettings, api_keys: KeyReport) -> Signed<RegisterClaim> {
     let (host, port) = registered_address(&settings.advertise);
     let claim = RegisterClaim {
-        tls: None,
+        tls: settings.tls.as_ref().and_then(|t| t.address.clone()),
         proxy_id: settings.proxy_id.clone(),
         instance_name: settings.instance_name.clone(),
         host,

@@ -22,6 +22,7 @@ pub mod routes;
 pub mod routing;
 pub mod signed_hop;
 pub mod store;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -85,6 +86,42 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         );
     }
     let identity = std::sync::Arc::new(identity);
+    // What the router applies, readable by the TLS verifier from the first handshake.
+    let (applied_tx, applied_rx) =
+        tokio::sync::watch::channel(std::sync::Arc::new(router::Published::default()));
+    let overlay = settings.root.clone().map(|root| {
+        tls::ProxyTls::new(
+            &settings.data_dir,
+            settings.name.as_str(),
+            &identity,
+            root,
+            applied_rx,
+        )
+    });
+    // The TLS listener for other proxies (unless tls.enabled is false).
+    let tls_listener = match (&overlay, &settings.tls) {
+        (Some(_), Some(t)) => {
+            let l = crate::web::bind(&label, t.listen, "proxy.tls_listen")?;
+            let bound = l.local_addr()?;
+            let mut advertise = t.advertise.clone();
+            crate::up::fix_port_zero(&mut advertise, bound);
+            let at = HostPort::parse(&advertise)
+                .map_err(|e| anyhow::anyhow!("{label}: proxy.tls_advertise: {e}"))?;
+            Some((
+                l,
+                crate::wire::directory::TlsAddress {
+                    host: at.host,
+                    port: at.port,
+                },
+            ))
+        }
+        (None, Some(_)) => {
+            log::warn!("{label}: no controller root is pinned, so it has no certificate and no TLS listener");
+            None
+        }
+        (_, None) => None,
+    };
+    let tls_address = tls_listener.as_ref().map(|(_, a)| a.clone());
     let (endpoints, source) = match loaded.table {
         Some(t) => (t.endpoints, TableSource::Cache),
         None => (
@@ -104,15 +141,25 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             identity,
             proxy_id: loaded.proxy_id.clone(),
             listening: addr,
+            overlay: overlay.clone(),
+            applied: applied_tx,
+            tls_address: tls_address.clone(),
         };
         crate::web::on_worker(move || boot.start_actors())
     };
     let tag = label.clone();
     let limits = crate::web::ServerLimits::of(&settings.config.server);
+    let tls_on = tls_listener.is_some();
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
         let state = (*state).clone();
         crate::web::guarded_app(limits)
+            .wrap(actix_web::middleware::from_fn(tls::split))
+            .configure(|cfg| {
+                if tls_on {
+                    cfg.app_data(web::Data::new(tls::TlsListening));
+                }
+            })
             .configure(|cfg| common_routes(cfg, Health::new("proxy", instance.as_deref())))
             .configure(move |cfg| routes::configure(cfg, state))
     })
@@ -120,7 +167,27 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
     .max_connections(limits.max_connections)
     .disable_signals()
     .shutdown_timeout(5)
-    .listen(listener)?
+    .on_connect(tls::on_connect(
+        overlay.as_ref().map(|o| o.counters.clone()),
+    ))
+    .listen(listener)?;
+    let tls_addr = tls_listener
+        .as_ref()
+        .map(|(l, _)| l.local_addr())
+        .transpose()?;
+    let server = match (tls_listener, &overlay) {
+        (Some((l, at)), Some(o)) => {
+            let bound = l.local_addr()?;
+            let server = server.listen_rustls_0_23(l, (*o.server).clone())?;
+            log::info!(
+                "{label} takes other proxies over mutual TLS on {bound} (advertised as {}:{})",
+                at.host,
+                at.port
+            );
+            server
+        }
+        _ => server,
+    }
     .run();
     log::info!("{label} listening on {addr} (proxy id {})", loaded.proxy_id);
     let on_stop: Box<dyn FnOnce() + Send> = Box::new(move || {
@@ -129,6 +196,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         db.close();
     });
     Ok(Running {
+        tls_addr,
         label,
         addr,
         server,
@@ -163,6 +231,12 @@ struct Boot {
     proxy_id: String,
     /// The listener's address: a table entry naming it would have this proxy post to itself.
     listening: std::net::SocketAddr,
+    /// Its certificate and TLS configs (none without a pinned root).
+    overlay: Option<tls::ProxyTls>,
+    /// Where the router publishes what it applied (the TLS verifier reads it).
+    applied: tokio::sync::watch::Sender<std::sync::Arc<router::Published>>,
+    /// Its TLS listener's address as other proxies reach it.
+    tls_address: Option<crate::wire::directory::TlsAddress>,
 }
 
 impl Boot {
@@ -178,6 +252,9 @@ impl Boot {
             identity,
             proxy_id,
             listening,
+            overlay,
+            applied,
+            tls_address,
         } = self;
         let peer_url = settings.peer_url.trim_end_matches('/').to_string();
         let hops = std::sync::Arc::new(signed_hop::SignedHops::new(
@@ -201,8 +278,35 @@ impl Boot {
             view,
             store.clone(),
             settings.root.is_none(),
-        );
+        )
+        .with_published(applied);
         let published = router.published();
+        let controller_url = settings.controller_url.trim_end_matches('/').to_string();
+        // Overlay hops: to members by their TLS names, found in the directory (proxies) or
+        // the configured URL (the controller).
+        let overlay_for_state = overlay.clone();
+        let overlay_client = overlay.as_ref().map(|o| {
+            let directory = published.clone();
+            let (controller_host, _, _) = crate::wire::control_plane::split_url(&controller_url);
+            let counters = o.counters.clone();
+            let lookup: crate::hop::overlay::Lookup = std::rc::Rc::new(move |name: &str| {
+                // Asked once per new connection: each is a handshake.
+                counters
+                    .opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if name == crate::trust::x509::CONTROLLER_TLS_NAME {
+                    return Some(controller_host.clone());
+                }
+                let applied = directory.borrow();
+                applied
+                    .directory
+                    .users
+                    .values()
+                    .find(|u| crate::trust::x509::tls_name(&u.name) == name)
+                    .and_then(|u| u.tls.as_ref().map(|t| t.host.clone()))
+            });
+            crate::hop::overlay::client(o.client.clone(), lookup, attempt_timeout)
+        });
         let clients = outbox::Clients {
             own_peer: if settings.link.is_set() {
                 crate::hop::link::client(&settings.link, attempt_timeout)
@@ -210,6 +314,7 @@ impl Boot {
                 client.clone()
             },
             others: client,
+            overlay: overlay_client.clone(),
             signer: hops.signer(),
             directory: published.clone(),
         };
@@ -249,7 +354,6 @@ impl Boot {
         router.do_send(SubscribeTable {
             subscriber: desk.clone().recipient(),
         });
-        let controller_url = settings.controller_url.trim_end_matches('/').to_string();
         match settings.root.clone() {
             Some(root) => {
                 let link = LinkSettings {
@@ -264,6 +368,13 @@ impl Boot {
                     identity,
                     root,
                     join: settings.join.clone(),
+                    tls: overlay.zip(overlay_client).map(|(tls, client)| {
+                        controller_link::LinkTls {
+                            tls,
+                            client,
+                            address: tls_address,
+                        }
+                    }),
                 };
                 ControllerLink::new(link, router.clone()).start();
             }
@@ -285,6 +396,7 @@ impl Boot {
             published,
             link: settings.link.clone(),
             hops,
+            tls: overlay_for_state,
             legacy: settings.config.legacy_proxies.clone().into(),
             hosts: crate::web::host::HostCheck::new(
                 std::iter::once(settings.advertise.as_str()).chain(

@@ -170,6 +170,13 @@ impl Router {
         self.endpoints.clone()
     }
 
+    /// Publishes through `tx` (made before the router, for the TLS verifier) from now on.
+    pub fn with_published(mut self, tx: watch::Sender<Arc<Published>>) -> Router {
+        tx.send_replace(self.published.borrow().clone());
+        self.published = tx;
+        self
+    }
+
     /// The directory as the router will publish it; routes keep the receiver.
     pub fn published(&self) -> watch::Receiver<Arc<Published>> {
         self.published.subscribe()

@@ -102,6 +102,10 @@ pub struct Relayed<'a> {
     /// The `overlay-signature` header, if any.
     pub header: Option<&'a str>,
     pub body: &'a [u8],
+    /// The key of the sender's TLS client certificate (none: this proxy takes relays in plain
+    /// HTTP, `tls.enabled: false`). It must be the origin's pinned key: the connection and the
+    /// signature are the same proxy's.
+    pub tls_key: Option<&'a crate::trust::PublicKey>,
 }
 
 impl SignedHops {
@@ -159,6 +163,15 @@ impl SignedHops {
         })?;
         let h = request::parse(header).map_err(|e| ProxyError::Unauthenticated(e.to_string()))?;
         let key = origin_key(directory, &h.origin)?;
+        if let Some(tls) = r.tls_key.filter(|k| **k != key) {
+            return Err(ProxyError::Forbidden(format!(
+                "the TLS client certificate is for key {}, not {}'s pinned key {}: a \
+                 connection carries only its own proxy's requests",
+                tls.fingerprint(),
+                h.origin,
+                key.fingerprint()
+            )));
+        }
         request::check_fields(&h, &self.me, &h.origin, &key, now_ms, self.started_ms)
             .map_err(refusal)?;
         // Each envelope's signed root; envelopes signed together share one, checked once.
@@ -419,6 +432,7 @@ mod tests {
             target: "/api/v1/relay/batch",
             header: Some(header),
             body,
+            tls_key: None,
         }
     }
 
@@ -442,6 +456,36 @@ mod tests {
         assert_eq!(
             (v.requests_verified, v.envelopes_verified, v.refused),
             (1, 2, 1)
+        );
+    }
+
+    #[test]
+    fn a_request_signed_by_alice_on_carols_tls_connection_is_refused() {
+        let (alice, bob, carol) = (side("alice"), side("bob"), side("carol"));
+        let dir = directory(&[("alice", &alice.id), ("bob", &bob.id), ("carol", &carol.id)]);
+        let es = [Envelope::text("alice", "bob", "hi")];
+        let (signed, body, h) = sent(&alice, &es, "bob");
+        let carol_key = carol.id.public();
+        let on_carols = Relayed {
+            tls_key: Some(&carol_key),
+            ..relayed(&h, &body)
+        };
+        let e = bob
+            .hops
+            .check_relay(&on_carols, &signed, &dir, NOW)
+            .unwrap_err();
+        assert!(matches!(e, ProxyError::Forbidden(_)), "{e}");
+        assert!(e.to_string().contains("not alice's pinned key"), "{e}");
+        let alice_key = alice.id.public();
+        let on_alices = Relayed {
+            tls_key: Some(&alice_key),
+            ..relayed(&h, &body)
+        };
+        assert_eq!(
+            bob.hops
+                .check_relay(&on_alices, &signed, &dir, NOW)
+                .unwrap(),
+            "alice"
         );
     }
 

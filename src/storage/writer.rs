@@ -175,6 +175,12 @@ impl<S: Schema> Writer<S> {
     /// are answered at once, with what resolves once the log has it on disk.
     fn commit_next(&mut self, ctx: &mut Context<Self>) {
         self.timer.committing(ctx);
+        self.commit_group();
+        self.schedule(ctx);
+    }
+
+    /// Commits the next group of what is waiting (see [`Writer::commit_next`]).
+    fn commit_group(&mut self) {
         if self.waiting.is_empty() {
             return;
         }
@@ -214,12 +220,22 @@ impl<S: Schema> Writer<S> {
                 }
             }
         }
-        self.schedule(ctx);
     }
 }
 
 impl<S: Schema> Actor for Writer<S> {
     type Context = Context<Self>;
+}
+
+/// A writer dropped with writes still waiting for their group (its server stopped within a
+/// ride-along wait) commits them now: a graceful stop loses no bookkeeping, so a hand-over
+/// recorded as done is not made again after a restart.
+impl<S: Schema> Drop for Writer<S> {
+    fn drop(&mut self) {
+        while !self.waiting.is_empty() {
+            self.commit_group();
+        }
+    }
 }
 
 impl<S: Schema> GroupWriter for Writer<S> {

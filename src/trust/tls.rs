@@ -98,9 +98,16 @@ impl Leaf {
         slot.as_ref().map(|(_, from, to)| (*from, *to))
     }
 
+    /// The certificate to present, unless it has expired: an expired one would only fail the
+    /// handshake, where none is still welcome (to renew it).
     fn certified(&self) -> Option<Arc<CertifiedKey>> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let slot = self.current.read().unwrap_or_else(|p| p.into_inner());
-        slot.as_ref().map(|(c, _, _)| c.clone())
+        slot.as_ref()
+            .filter(|(_, _, not_after)| now <= *not_after)
+            .map(|(c, _, _)| c.clone())
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Running {
     pub label: String,
     /// The address it is bound to.
     pub addr: SocketAddr,
+    /// Its TLS listener for overlay members, if it has one (the controller's, a proxy's).
+    pub tls_addr: Option<SocketAddr>,
     /// The server future; it resolves when the server has stopped.
     pub server: Server,
     /// What the role must do after its server has stopped (close stores, stop arbiters).

@@ -112,6 +112,30 @@ impl Directory {
         }
     }
 
+    /// The pinned key of the active user whose TLS name ([`crate::trust::x509::tls_name`]) is
+    /// `tls_name`.
+    pub fn active_key_named(&self, tls_name: &str) -> Option<PublicKey> {
+        self.users.values().find_map(|u| match (&u.state, u.key) {
+            (UserState::Active, Some(k)) if crate::trust::x509::tls_name(&u.name) == tls_name => {
+                Some(k)
+            }
+            _ => None,
+        })
+    }
+
+    /// The active user whose pinned key is `key`.
+    pub fn active_user_with(&self, key: &PublicKey) -> Option<String> {
+        self.users.values().find_map(|u| match (&u.state, &u.key) {
+            (UserState::Active, Some(k)) if k == key => Some(u.name.clone()),
+            _ => None,
+        })
+    }
+
+    /// The CAs it trusts (`None`: it names none, any the root certified).
+    pub fn trusted_cas(&self) -> Option<Vec<Fingerprint>> {
+        (!self.cas.is_empty()).then(|| self.cas.clone())
+    }
+
     /// What changed from `self` to `newer`, as the users part of a delta.
     pub fn changes_to(&self, newer: &Directory) -> BTreeMap<String, Option<UserEntry>> {
         let mut out = BTreeMap::new();

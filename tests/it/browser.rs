@@ -51,6 +51,10 @@ async fn overlay_under_test() -> BrowserOverlay {
     config.ai_endpoints.push(bot);
     let overlay = spawn_overlay(config.clone()).await;
     config.controller.listen = overlay.server("controller").addr;
+    config.controller.url = overlay
+        .server("controller")
+        .tls_addr
+        .map(|a| format!("https://{a}"));
     for (name, _) in USERS {
         config.set_instance_listeners(
             name,

@@ -18,7 +18,8 @@ use crate::helpers::{client, config_for, free_listener, spawn_controller, Spawne
 /// the names the tests register through the original's API listed as legacy proxies at
 /// 127.0.0.1 (see [`list_legacy`]).
 fn config() -> Config {
-    let mut c = config_for(&[("alice", &[]), ("bob", &[]), ("BOT", &[])]);
+    let mut c =
+        crate::helpers::without_tls(config_for(&[("alice", &[]), ("bob", &[]), ("BOT", &[])]));
     c.ai_endpoints = serde_yaml::from_str(
         "- {name: BOT, provider: openai, model: gpt-4o-mini, api_key_env: PATH}\n\
          - {name: GEMINI, provider: gemini, model: gemini-2.5-flash, api_key_env: OVERLAY_TEST_UNSET_KEY_VAR}\n",
@@ -44,6 +45,7 @@ fn list_legacy(c: &mut Config, names: &[&str], address: &str) {
 fn legacy_config(entries: &[(&str, &str)]) -> Config {
     let mut yaml = String::from(
         "controller: {listen: 127.0.0.1:0}\n\
+         tls: {enabled: false}\n\
          ai_endpoints:\n  - {name: BOT, provider: openai, model: m, api_key_env: PATH}\n\
          legacy_proxies:\n",
     );
@@ -1022,7 +1024,7 @@ async fn a_real_proxy_reports_which_of_its_endpoints_have_a_key_where_it_runs() 
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("anthropic.key");
     std::fs::write(&key_file, "sk-ant-test-0123456789\n").unwrap();
-    let mut c = config_for(&[("alice", &[]), ("bob", &[])]);
+    let mut c = crate::helpers::without_tls(config_for(&[("alice", &[]), ("bob", &[])]));
     c.ai_endpoints = serde_yaml::from_str(&format!(
         "- {{name: CLAUDE, provider: anthropic, model: m, api_key_file: '{}'}}\n\
          - {{name: GEMINI, provider: gemini, model: g, api_key_file: '{}'}}\n",

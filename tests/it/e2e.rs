@@ -123,6 +123,10 @@ async fn overlay_of(users: &[(&str, &[&str])]) -> TestOverlay {
 fn bound_config(o: &TestOverlay, users: &[(&str, &[&str])]) -> Config {
     let mut config = config_for(users);
     config.controller.listen = o.server("controller").addr;
+    config.controller.url = o
+        .server("controller")
+        .tls_addr
+        .map(|a| format!("https://{a}"));
     for (name, _) in users {
         let peer = o.server(&format!("peer/{name}")).addr;
         let proxy = o.server(&format!("proxy/{name}")).addr;

@@ -35,6 +35,14 @@ pub fn config_for(users: &[(&str, &[&str])]) -> Config {
     Config::parse(&yaml, "test config").expect("test config is valid")
 }
 
+/// `config` with `tls.enabled: false`: for tests of what the hops carry (signatures,
+/// envelopes, the controller's trust rules) through plain HTTP posts of their own; TLS itself
+/// is tested in `tls.rs` and by every test that runs `overlay up` as shipped.
+pub fn without_tls(mut config: Config) -> Config {
+    config.tls.enabled = false;
+    config
+}
+
 /// A loopback listener on a free port.
 pub fn free_listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
@@ -45,6 +53,8 @@ pub struct Spawned {
     pub label: String,
     pub url: String,
     pub addr: std::net::SocketAddr,
+    /// The TLS listener for overlay members (the controller's, a proxy's), if any.
+    pub tls_addr: Option<std::net::SocketAddr>,
     handle: actix_web::dev::ServerHandle,
     task: Option<actix_rt::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -55,11 +65,27 @@ impl Spawned {
         let label = running.label.clone();
         let url = running.url();
         let addr = running.addr;
+        let tls_addr = running.tls_addr;
         let task = actix_rt::spawn(running.serve());
         Spawned {
             label,
             url,
             addr,
+            tls_addr,
+            handle,
+            task: Some(task),
+        }
+    }
+
+    /// A server a test made itself (a stand-in at some address), run like a role's.
+    pub fn spawn_server(server: actix_web::dev::Server, addr: std::net::SocketAddr) -> Spawned {
+        let handle = server.handle();
+        let task = actix_rt::spawn(server);
+        Spawned {
+            label: "stand-in".into(),
+            url: format!("https://{addr}"),
+            addr,
+            tls_addr: Some(addr),
             handle,
             task: Some(task),
         }
@@ -103,20 +129,50 @@ impl TestOverlay {
 }
 
 /// Starts every role of `config` in this test's actix system, with a fresh data dir.
+/// Returns once every proxy is up as `overlay up` promises: its directory checked with the
+/// controller and, with TLS, its certificate from the controller's CA.
 pub async fn spawn_overlay(config: Config) -> TestOverlay {
     let data_dir = tempfile::tempdir().expect("temp dir");
+    let tls = config.tls.enabled;
     let servers = overlay::up::start_all(config, data_dir.path(), 1)
         .await
         .expect("overlay starts");
-    TestOverlay {
+    let o = TestOverlay {
         servers: servers.into_iter().map(Spawned::spawn).collect(),
         data_dir,
+    };
+    let proxies: Vec<String> = o
+        .servers
+        .iter()
+        .filter(|s| s.label.starts_with("proxy/"))
+        .map(|s| s.url.clone())
+        .collect();
+    for url in proxies {
+        wait_ready(&url, tls).await;
     }
+    o
+}
+
+/// Waits until the proxy at `url` has checked its directory and (with `tls`) holds its
+/// certificate (`GET /api/v1/tls`).
+pub async fn wait_ready(url: &str, tls: bool) {
+    eventually(&format!("{url} is ready"), || async move {
+        let mut r = client()
+            .get(format!("{url}/api/v1/tls"))
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        let certified = v["not_after_ms"].is_u64() || !tls;
+        (v["directory_checked"] == true && certified).then_some(())
+    })
+    .await;
 }
 
 /// Starts a controller for `config` on `listener`.
 pub async fn spawn_controller(config: &Config, data_dir: &Path, listener: TcpListener) -> Spawned {
     let mut config = config.clone();
+    config.controller.tls_listen = Some(config.controller_tls_listen());
     config.controller.listen = listener.local_addr().unwrap();
     let settings = config.controller_settings(data_dir);
     Spawned::spawn(
@@ -160,8 +216,12 @@ pub async fn provision(
     let Ok(admin) = std::fs::read_to_string(data_dir.join("admin.token")) else {
         return;
     };
+    let admin_url = format!(
+        "http://{}",
+        overlay::config::reachable(config.controller.listen)
+    );
     let answer = client()
-        .post(format!("{}/api/v1/admin/tokens", config.controller_url()))
+        .post(format!("{admin_url}/api/v1/admin/tokens"))
         .bearer_auth(admin.trim())
         .send_json(&serde_json::json!({"name": settings.name.as_str(), "ttl": "1h"}))
         .await;
@@ -363,6 +423,111 @@ pub async fn signed_post(
     destination: &str,
     body: &impl serde::Serialize,
 ) -> RelayAnswer {
+    signed_post_with(&client(), proxy, path, by, origin, destination, body).await
+}
+
+/// Who is who, as a test's fake proxy checks the members it meets: user → pinned key.
+#[derive(Debug)]
+pub struct TestPins(pub Vec<(String, overlay::trust::PublicKey)>);
+
+impl overlay::trust::tls::Pins for TestPins {
+    fn key_of(&self, tls_name: &str) -> Option<overlay::trust::PublicKey> {
+        self.0
+            .iter()
+            .find(|(u, _)| overlay::trust::x509::tls_name(u) == tls_name)
+            .map(|(_, k)| *k)
+    }
+    fn user_of(&self, key: &overlay::trust::PublicKey) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(_, k)| k == key)
+            .map(|(u, _)| u.clone())
+    }
+    fn cas(&self) -> Option<Vec<overlay::trust::Fingerprint>> {
+        None
+    }
+}
+
+/// An overlay client acting as `me`'s proxy of an `overlay up` data dir (its key and the
+/// certificate the controller issued it; `None`: no certificate at all), that reaches every
+/// member's TLS name at `host` (loopback in tests), checking servers against the data dir's
+/// root and the keys of `users`.
+pub fn overlay_client_as(data_dir: &Path, me: Option<&str>, users: &[&str]) -> awc::Client {
+    use overlay::trust::tls::{client_config, Leaf, OverlayVerifier};
+    let root = overlay::controller::trust::root_fingerprint(data_dir).expect("a root");
+    let leaf = Leaf::new();
+    if let Some(me) = me {
+        let pem = std::fs::read(data_dir.join(format!("proxy-{me}.crt")))
+            .unwrap_or_else(|e| panic!("{me}'s certificate: {e}"));
+        let chain = overlay::trust::x509::from_pem(&pem).expect("PEM");
+        leaf.set(&proxy_identity(data_dir, me), chain)
+            .expect("the certificate is for the key");
+    }
+    let pins = TestPins(
+        users
+            .iter()
+            .map(|u| (u.to_string(), proxy_identity(data_dir, u).public()))
+            .collect(),
+    );
+    let verifier = OverlayVerifier::new(root, std::sync::Arc::new(pins), false);
+    overlay::hop::overlay::client(
+        client_config(leaf, verifier),
+        std::rc::Rc::new(|_: &str| Some("127.0.0.1".to_string())),
+        std::time::Duration::from_secs(10),
+    )
+}
+
+/// `POST` of `body` to `dest`'s proxy's TLS listener as `me`'s proxy (its key and
+/// certificate), signed, once `me` has its certificate and `dest` takes it in (it answers no
+/// 503 "starting", and its handshake knows `me`): what a sending proxy's retries would get.
+pub async fn relay_over_tls(
+    o: &TestOverlay,
+    me: &str,
+    dest: &str,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> RelayAnswer {
+    let dir = o.data_dir.path();
+    let cert = dir.join(format!("proxy-{me}.crt"));
+    eventually(&format!("{me}'s proxy has its certificate"), || {
+        let exists = cert.exists();
+        async move { exists.then_some(()) }
+    })
+    .await;
+    let key = proxy_identity(dir, me);
+    let client = overlay_client_as(dir, Some(me), &[me, dest]);
+    let url = tls_url(o, dest);
+    let mut last = None;
+    for _ in 0..250 {
+        let r = signed_post_with(&client, &url, path, &key, me, dest, body).await;
+        if r.status != 0 && r.status != 503 {
+            return r;
+        }
+        last = Some(r.body);
+        actix_rt::time::sleep(std::time::Duration::from_millis(40)).await;
+    }
+    panic!("{dest}'s proxy never took {me}'s relay: {last:?}");
+}
+
+/// The base URL of `name`'s proxy's TLS listener in `o`: its TLS name, its port.
+pub fn tls_url(o: &TestOverlay, name: &str) -> String {
+    let addr = o
+        .server(&format!("proxy/{name}"))
+        .tls_addr
+        .unwrap_or_else(|| panic!("{name}'s proxy has no TLS listener"));
+    overlay::hop::overlay::base_url(&overlay::trust::x509::tls_name(name), addr.port())
+}
+
+/// [`signed_post`] with `client` (e.g. [`overlay_client_as`] to a TLS URL).
+pub async fn signed_post_with(
+    client: &awc::Client,
+    proxy: &str,
+    path: &str,
+    by: &overlay::trust::Identity,
+    origin: &str,
+    destination: &str,
+    body: &impl serde::Serialize,
+) -> RelayAnswer {
     use overlay::trust::request::{sign, RequestLine, SIGNATURE_HEADER};
     let bytes = serde_json::to_vec(body).expect("JSON");
     let line = RequestLine {
@@ -371,13 +536,23 @@ pub async fn signed_post(
         body: &bytes,
     };
     let header = sign(by, &line, origin, destination, overlay::wire::now_ms());
-    let mut res = client()
+    let res = client
         .post(format!("{proxy}{path}"))
         .insert_header((SIGNATURE_HEADER, header))
         .insert_header(("content-type", "application/json"))
         .send_body(bytes)
-        .await
-        .expect("the relay answers");
+        .await;
+    let mut res = match res {
+        Ok(res) => res,
+        // No answer at all (e.g. a refused TLS handshake): status 0, the error as the body.
+        Err(e) => {
+            return RelayAnswer {
+                status: 0,
+                body: serde_json::Value::String(e.to_string()),
+                ack: None,
+            }
+        }
+    };
     let ack = res
         .headers()
         .get(overlay::wire::data_plane::ACK_HEADER)

@@ -15,5 +15,6 @@ mod host;
 mod login;
 mod peer;
 mod proxy;
+mod tls;
 mod trust;
 mod upgrade;

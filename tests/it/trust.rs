@@ -83,7 +83,7 @@ struct Ctl {
 }
 
 async fn controller() -> Ctl {
-    let config = config_for(&[("alice", &[]), ("bob", &[])]);
+    let config = crate::helpers::without_tls(config_for(&[("alice", &[]), ("bob", &[])]));
     let dir = tempfile::tempdir().unwrap();
     let server = spawn_controller(&config, dir.path(), free_listener()).await;
     let root = overlay::controller::trust::root_fingerprint(dir.path()).unwrap();
@@ -272,7 +272,7 @@ async fn an_expired_token_is_refused() {
             .await
             .unwrap();
     }
-    let config = config_for(&[("alice", &[])]);
+    let config = crate::helpers::without_tls(config_for(&[("alice", &[])]));
     let _server = spawn_controller(&config, dir.path(), free_listener()).await;
     let url = format!("{}/api/v1/join", _server.url);
     let key = Identity::generate();
@@ -708,6 +708,10 @@ async fn a_revoked_users_queued_message_is_refused_at_the_receiver_and_shown_fai
     // bob's proxy comes back, learns of the revocation, and refuses the queued message.
     let mut config = config_for(users);
     config.controller.listen = o.server("controller").addr;
+    config.controller.url = o
+        .server("controller")
+        .tls_addr
+        .map(|a| format!("https://{a}"));
     for (name, _) in users {
         let peer = o.server(&format!("peer/{name}")).addr;
         let proxy = if *name == "bob" {
@@ -970,6 +974,10 @@ async fn a_proxy_whose_key_file_was_lost_rejoins_with_a_replace_token_and_delive
     let token: JoinToken = v["token"].as_str().unwrap().parse().unwrap();
     let mut config = config_for(users);
     config.controller.listen = o.server("controller").addr;
+    config.controller.url = o
+        .server("controller")
+        .tls_addr
+        .map(|a| format!("https://{a}"));
     for (name, _) in users {
         let proxy = if *name == "alice" {
             alice_addr
@@ -1057,7 +1065,7 @@ fn signature(by: &Identity, target: &str, body: &[u8], origin: &str, to: &str) -
 
 #[actix_web::test]
 async fn a_call_signed_by_another_proxy_changed_or_replayed_is_refused_also_after_a_restart() {
-    let config = config_for(&[("alice", &[])]);
+    let config = crate::helpers::without_tls(config_for(&[("alice", &[])]));
     let dir = tempfile::tempdir().unwrap();
     let server = spawn_controller(&config, dir.path(), free_listener()).await;
     let root = overlay::controller::trust::root_fingerprint(dir.path()).unwrap();
@@ -1271,7 +1279,10 @@ async fn get_signed(
 #[actix_web::test]
 async fn a_listed_legacy_proxy_is_answered_until_its_name_has_a_pinned_key() {
     // carol is listed at 127.0.0.1, where the test connects from.
-    let config = with_legacy(&config_for(&[("alice", &[])]), &[("carol", "127.0.0.1")]);
+    let config = with_legacy(
+        &crate::helpers::without_tls(config_for(&[("alice", &[])])),
+        &[("carol", "127.0.0.1")],
+    );
     let dir = tempfile::tempdir().unwrap();
     let server = spawn_controller(&config, dir.path(), free_listener()).await;
     let url = server.url.clone();
@@ -1334,7 +1345,7 @@ async fn a_listed_legacy_proxy_is_answered_until_its_name_has_a_pinned_key() {
 async fn unsigned_calls_from_an_unlisted_address_are_refused_and_a_joined_proxys_signed_ones_answered(
 ) {
     // carol registered the original's way while she was listed at 127.0.0.1 ...
-    let base = config_for(&[("alice", &[])]);
+    let base = crate::helpers::without_tls(config_for(&[("alice", &[])]));
     let dir = tempfile::tempdir().unwrap();
     let server = spawn_controller(
         &with_legacy(&base, &[("carol", "127.0.0.1")]),

@@ -12,9 +12,11 @@
 //!   stream is sent; acknowledgements.
 
 mod publish;
+mod tls;
 mod trust;
 
 pub use publish::{AckDirectory, SubscribeDirectory};
+pub use tls::{CaDesk, IssueCertificate};
 pub use trust::{
     IssueToken, IssuedToken, Join, Pinned, RecordAudit, RegisterSigned, Revoke, Rotate,
     TrustOverview, TrustView,
@@ -98,6 +100,8 @@ pub struct SignedCall {
     /// Path and query.
     pub target: String,
     pub body: actix_web::web::Bytes,
+    /// The key of the caller's TLS client certificate (none: plain HTTP, or no certificate).
+    pub tls_key: Option<crate::trust::PublicKey>,
 }
 
 /// `POST /api/update_proxy_endpoints/{id}`: deep-merge an edit into that proxy's instance table.
@@ -204,6 +208,8 @@ pub struct Registry {
     /// (calls dated before are refused: the nonces of an earlier run are gone).
     nonces: crate::trust::request::NonceCache,
     started_ms: u64,
+    /// The overlay CA and what TLS asks of proxies ([`tls::CaDesk`]).
+    tls: tls::CaDesk,
 }
 
 /// Audit entries kept in memory for the dashboard.
@@ -212,6 +218,12 @@ const AUDIT_SHOWN: usize = 200;
 impl Registry {
     /// A registry over what the store had. Loaded proxies count as seen now: the controller
     /// being down is not their fault, and silent ones are dropped after `drop_after_secs`.
+    /// With TLS: signed calls must come over it, with the caller's certificate; the CA issues.
+    pub fn with_tls(mut self, desk: tls::CaDesk) -> Registry {
+        self.tls = desk;
+        self
+    }
+
     pub fn new(
         config: Config,
         store: Store,
@@ -258,6 +270,7 @@ impl Registry {
             limiter: RateLimiter::new(20, 20),
             nonces: Default::default(),
             started_ms: now,
+            tls: tls::CaDesk::default(),
         };
         // fixes original: edits stored before unknown fields were refused may carry some;
         // only their typed part is kept (and written back when the registry starts).
@@ -299,7 +312,9 @@ impl Registry {
 
     /// The directory now: config, registrations, pinned keys.
     fn directory(&self) -> Directory {
-        dir::build(&self.config, &self.proxies, &self.pins)
+        let mut d = dir::build(&self.config, &self.proxies, &self.pins);
+        d.cas = self.tls.trusted();
+        d
     }
 
     /// The directory as last published (every change publishes at once), else built now.
@@ -632,7 +647,7 @@ impl Registry {
             .map(|p| p.registered_at_ms)
             .unwrap_or(now);
         let record = ProxyRecord {
-            tls: None,
+            tls: r.tls,
             proxy_id: r.proxy_id,
             instance_name: r.instance_name,
             host: r.host,
@@ -739,6 +754,8 @@ impl Registry {
             self.started_ms,
         )
         .map_err(refuse)?;
+        self.tls
+            .check_caller(&rec.instance_name, &pin.key, call.tls_key.as_ref())?;
         self.nonces.check(&h, now).map_err(refuse)
     }
 

@@ -76,9 +76,11 @@ impl Registry {
             self.version += 1;
         }
         let number = self.version;
+        let directory = Arc::new(directory);
+        self.tls.publish(directory.clone());
         self.history.push(Version {
             number,
-            directory: Arc::new(directory),
+            directory,
             edits: Arc::new(self.edits.clone()),
         });
         let store = self.store.clone();

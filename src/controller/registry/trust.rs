@@ -58,6 +58,8 @@ pub struct Join {
 #[rtype(result = "Result<Certified<Snapshot>, ControllerError>")]
 pub struct RegisterSigned {
     pub claim: Signed<RegisterClaim>,
+    /// The key of the caller's TLS client certificate (none: plain HTTP or no certificate).
+    pub tls_key: Option<crate::trust::PublicKey>,
     pub source: IpAddr,
 }
 
@@ -206,7 +208,7 @@ impl Registry {
     }
 
     /// A source over its failed attempts is refused before any signature is checked.
-    fn limit(&self, source: IpAddr) -> Result<(), ControllerError> {
+    pub(super) fn limit(&self, source: IpAddr) -> Result<(), ControllerError> {
         let wait = self.limiter.retry_after(source, Instant::now());
         if wait.is_zero() {
             return Ok(());
@@ -218,7 +220,7 @@ impl Registry {
     }
 
     /// A refused attempt: counted against its source, and in the audit log.
-    fn refused(
+    pub(super) fn refused(
         &mut self,
         source: IpAddr,
         name: &str,
@@ -279,7 +281,7 @@ impl Registry {
 
     fn request_of(c: &RegisterClaim) -> RegisterRequest {
         RegisterRequest {
-            tls: None,
+            tls: c.tls.clone(),
             proxy_id: c.proxy_id.clone(),
             instance_name: c.instance_name.clone(),
             host: c.host.clone(),
@@ -502,7 +504,10 @@ impl Handler<RegisterSigned> for Registry {
                     key.fingerprint(),
                     p.revoked.as_ref().map(|r| r.reason.as_str()).unwrap_or("")
                 ))),
-                Some(_) => Ok(c),
+                Some(p) => self
+                    .tls
+                    .check_caller(&p.name, &p.key, msg.tls_key.as_ref())
+                    .map(|()| c),
             }
         });
         let claim = match checked {

@@ -17,6 +17,12 @@ use crate::wire::control_plane::AiEndpoint;
 use crate::wire::data_plane::Envelope;
 use crate::wire::directory::UserState;
 
+/// Where a hop to another proxy goes: the client and base URL (`None`s: the plain defaults).
+type Via = (Option<awc::Client>, Option<String>);
+
+/// A base URL no request can be made to (a TLS destination and no overlay client to reach it).
+const NO_TLS_CLIENT: &str = "https://no-overlay-client.invalid";
+
 /// Most envelopes relayed in one request.
 const MAX_BATCH: usize = 128;
 
@@ -47,11 +53,15 @@ impl Outbox {
                 if peer_refusal(&name, &endpoint, &self.settings.not_peers).is_some() {
                     return None;
                 }
-                let signing = self.signing(&name)?;
+                let (signing, (client, base_url)) = self.signing(&name)?;
+                let (client, base_url) = (
+                    client.unwrap_or_else(|| self.clients.others.clone()),
+                    base_url.unwrap_or_else(|| endpoint.base_url()),
+                );
                 let (seqs, envelopes) = lane.batch(MAX_BATCH, max_bytes)?;
                 let to = delivery::ToProxy {
-                    client: self.clients.others.clone(),
-                    base_url: endpoint.base_url(),
+                    client,
+                    base_url,
                     name,
                     envelope: envelopes[0].clone(),
                     timeout: self.attempt_timeout(),
@@ -96,18 +106,36 @@ impl Outbox {
         }
     }
 
-    /// How a hop to `name`'s proxy is signed: when the signed directory pins its key. A proxy
-    /// without one is of the original (legacy format) or has not joined (nothing is sent).
-    fn signing(&self, name: &str) -> Option<delivery::Signing> {
+    /// How a hop to `name`'s proxy is signed: when the signed directory pins its key (a proxy
+    /// without one is of the original, legacy format, or has not joined: nothing is sent). And
+    /// where it goes: when the directory names its TLS address, the overlay client to its TLS
+    /// name there, and nowhere else (`None`s: the table's plain address, as before TLS).
+    fn signing(&self, name: &str) -> Option<(delivery::Signing, Via)> {
         let published = self.clients.directory.borrow();
         let entry = published.directory.user(name)?;
-        match (&entry.state, entry.key) {
-            (UserState::Active, Some(key)) => Some(delivery::Signing {
+        let key = match (&entry.state, entry.key) {
+            (UserState::Active, Some(key)) => key,
+            _ => return None,
+        };
+        let via = match (&entry.tls, &self.clients.overlay) {
+            (Some(tls), Some(client)) => (
+                Some(client.clone()),
+                Some(crate::hop::overlay::base_url(
+                    &crate::trust::x509::tls_name(&entry.name),
+                    tls.port,
+                )),
+            ),
+            // No overlay client (no pinned root): a TLS destination is never sent in plain.
+            (Some(_), None) => (None, Some(NO_TLS_CLIENT.to_string())),
+            (None, _) => (None, None),
+        };
+        Some((
+            delivery::Signing {
                 signer: self.clients.signer.clone(),
                 key,
-            }),
-            _ => None,
-        }
+            },
+            via,
+        ))
     }
 
     /// Receipts from the head of the receipts lane: up to [`RECEIPT_BATCH`] in one batch post,
@@ -175,15 +203,22 @@ impl Outbox {
                             return Box::pin(ready((Outcome::Refused { reason }, None)));
                         }
                         let signing = self.signing(&name);
+                        let (client, base_url) = match &signing {
+                            Some((_, (c, b))) => (
+                                c.clone().unwrap_or(client),
+                                b.clone().unwrap_or_else(|| endpoint.base_url()),
+                            ),
+                            None => (client, endpoint.base_url()),
+                        };
                         let to = delivery::ToProxy {
                             client,
-                            base_url: endpoint.base_url(),
+                            base_url,
                             name,
                             envelope: envelope.clone(),
                             timeout,
                         };
                         match signing {
-                            Some(signing) => delivery::relay(to, signing).boxed_local(),
+                            Some((signing, _)) => delivery::relay(to, signing).boxed_local(),
                             // compat: a proxy of the original has no key, and no acks.
                             None if !endpoint.native => delivery::to_legacy_proxy(to).boxed_local(),
                             None => Box::pin(ready(self.unsigned_destination(&to.name))),

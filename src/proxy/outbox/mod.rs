@@ -123,8 +123,11 @@ pub struct Outbox {
 /// nor anywhere else.
 #[derive(Clone)]
 pub struct Clients {
-    /// For other users' proxies.
+    /// For other users' proxies without a TLS address (and proxies of the original).
     pub others: awc::Client,
+    /// For other users' proxies over mutual TLS ([`crate::hop::overlay`]); none without a
+    /// pinned root (then a TLS destination is not reached at all).
+    pub overlay: Option<awc::Client>,
     /// For this proxy's own peer: sends the link token ([`crate::hop::link`]).
     pub own_peer: awc::Client,
     /// Signs this proxy's requests and envelopes, checks the receivers' acknowledgements.

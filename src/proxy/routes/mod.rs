@@ -15,7 +15,7 @@ mod peer_api;
 mod relay_api;
 
 use legacy::{legacy_post, peers};
-use peer_api::{directory, forget, outbox_status, signatures, submit, submit_batch};
+use peer_api::{directory, forget, outbox_status, signatures, submit, submit_batch, tls_status};
 use relay_api::{relay, relay_batch};
 
 use actix::Addr;
@@ -46,6 +46,8 @@ pub struct ProxyState {
     pub link: crate::hop::link::LinkToken,
     /// Checks and signs the hops between proxies.
     pub hops: std::sync::Arc<crate::proxy::signed_hop::SignedHops>,
+    /// Its certificate and TLS counts (none without a pinned root).
+    pub tls: Option<crate::proxy::tls::ProxyTls>,
     /// The proxies of the original whose unsigned posts are taken (`legacy_proxies`).
     pub legacy: std::sync::Arc<[crate::config::LegacyProxyConfig]>,
     /// The names of the AI endpoints of this proxy's own config.
@@ -85,6 +87,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
         .service(own("/api/v1/directory").route(web::get().to(directory)))
         .service(own("/api/v1/forget").route(web::post().to(forget)))
         .service(own("/api/v1/signatures").route(web::get().to(signatures)))
+        .service(own("/api/v1/tls").route(web::get().to(tls_status)))
         .route("/api/v1/relay", web::post().to(relay))
         .route("/api/v1/relay/batch", web::post().to(relay_batch))
         .route("/peers", web::get().to(peers))

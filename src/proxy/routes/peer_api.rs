@@ -77,6 +77,20 @@ pub(super) async fn signatures(state: web::Data<ProxyState>) -> HttpResponse {
     HttpResponse::Ok().json(state.hops.counters.view())
 }
 
+/// # GET /api/v1/tls
+/// This proxy's certificate (its validity), whether its directory was checked in this run, and
+/// how many TLS connections it opened and took ([`crate::proxy::tls::TlsView`]); 404 without
+/// TLS (no pinned root).
+pub(super) async fn tls_status(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {
+    let checked = state.published.borrow().checked;
+    match &state.tls {
+        Some(t) => Ok(HttpResponse::Ok().json(t.view(checked))),
+        None => Err(ProxyError::NotFound(
+            "this proxy has no TLS: it pins no controller root".into(),
+        )),
+    }
+}
+
 /// # GET /api/v1/directory
 /// Who the own peer can reach: persons (with liveness when known) and AI endpoints.
 pub(super) async fn directory(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {

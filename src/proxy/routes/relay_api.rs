@@ -74,12 +74,14 @@ async fn take(
         .map(str::to_string);
     let hops = state.hops.clone();
     let directory = published.clone();
+    let tls_key = req.conn_data::<crate::trust::tls::PeerKey>().map(|k| k.0);
     let (origin, envelopes, signature) = web::block(move || {
         let relayed = Relayed {
             method: &method,
             target: &target,
             header: header.as_deref(),
             body: &body,
+            tls_key: tls_key.as_ref(),
         };
         let origin = hops.check_relay(
             &relayed,

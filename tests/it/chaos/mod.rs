@@ -127,7 +127,7 @@ impl Cluster {
     fn new(users: usize, lab: Option<Lab>) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let names: Vec<String> = (0..users).map(|i| format!("u{i}")).collect();
-        let ports = free_ports(1 + 2 * users);
+        let ports = free_ports(2 + 3 * users);
         // Host of the controller, and of user i (its peer and proxy).
         let (ctrl_ip, user_ip, own_ip): (IpAddr, Vec<IpAddr>, IpAddr) = match &lab {
             Some(lab) => (
@@ -147,19 +147,23 @@ impl Cluster {
         let proxy_addr: Vec<SocketAddr> = (0..users)
             .map(|i| SocketAddr::new(user_ip[i], ports[1 + users + i]))
             .collect();
-        // Every proxy is reached by the others (and the controller) through its relay.
-        let relays: Vec<Relay> = proxy_addr
+        let proxy_tls_addr: Vec<SocketAddr> = (0..users)
+            .map(|i| SocketAddr::new(user_ip[i], ports[1 + 2 * users + i]))
+            .collect();
+        let ctrl_tls = SocketAddr::new(ctrl_ip, ports[1 + 3 * users]);
+        // Every proxy is reached by the others through its relay, in front of its TLS listener.
+        let relays: Vec<Relay> = proxy_tls_addr
             .iter()
             .map(|p| Relay::start(SocketAddr::new(own_ip, 0), *p).expect("relay starts"))
             .collect();
 
         let mut yaml = format!(
-            "controller:\n  listen: {ctrl}\n  liveness: {{heartbeat_every_secs: 1}}\ninstances:\n"
+            "controller:\n  listen: {ctrl}\n  tls_listen: {ctrl_tls}\n  liveness: {{heartbeat_every_secs: 1}}\ninstances:\n"
         );
         for i in 0..users {
             yaml.push_str(&format!(
-                "  - name: {}\n    peer: {{listen: \"{}\"}}\n    proxy: {{listen: \"{}\", advertise: \"{}\"}}\n",
-                names[i], peer_addr[i], proxy_addr[i], relays[i].addr
+                "  - name: {}\n    peer: {{listen: \"{}\"}}\n    proxy: {{listen: \"{}\", tls_listen: \"{}\", tls_advertise: \"{}\"}}\n",
+                names[i], peer_addr[i], proxy_addr[i], proxy_tls_addr[i], relays[i].addr
             ));
             if i == users - 1 {
                 // The last user answers every message: auto-replies under faults (defect 2).
@@ -279,7 +283,13 @@ impl Cluster {
             lab,
             users: names,
             peer_urls: peer_addr.iter().map(|a| format!("http://{a}")).collect(),
-            proxy_ports: proxy_addr.iter().map(|a| a.port()).collect(),
+            // Plain and TLS listeners of the proxies, and the controller's TLS listener.
+            proxy_ports: proxy_addr
+                .iter()
+                .chain(&proxy_tls_addr)
+                .map(|a| a.port())
+                .chain([ctrl_tls.port()])
+                .collect(),
             controller_port: ctrl.port(),
             _dir: dir,
         }
