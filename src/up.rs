@@ -322,8 +322,12 @@ pub fn url_table(servers: &[Running]) -> String {
         } else {
             "proxy"
         };
+        let tls = match s.tls_addr {
+            Some(a) => format!("  (members over TLS: {})", crate::config::reachable(a)),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "  {:<width$}  {:<9}  {}\n",
+            "  {:<width$}  {:<9}  {}{tls}\n",
             s.label,
             what,
             s.url(),

@@ -68,19 +68,29 @@ pub struct TlsView {
     pub directory_checked: bool,
     pub accepted: u64,
     pub opened: u64,
+    /// The users this proxy can reach over TLS now: active in its directory, with a TLS address.
+    pub members: Vec<String>,
 }
 
 impl ProxyTls {
     /// What `GET /api/v1/tls` shows.
-    pub fn view(&self, directory_checked: bool) -> TlsView {
+    pub fn view(&self, applied: &Published) -> TlsView {
+        use crate::wire::directory::UserState;
         use std::sync::atomic::Ordering::Relaxed;
         let validity = self.leaf.validity();
         TlsView {
             not_before_ms: validity.map(|v| v.0),
             not_after_ms: validity.map(|v| v.1),
-            directory_checked,
+            directory_checked: applied.checked,
             accepted: self.counters.accepted.load(Relaxed),
             opened: self.counters.opened.load(Relaxed),
+            members: applied
+                .directory
+                .users
+                .values()
+                .filter(|u| u.state == UserState::Active && u.key.is_some() && u.tls.is_some())
+                .map(|u| u.name.clone())
+                .collect(),
         }
     }
 }

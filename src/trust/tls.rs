@@ -329,6 +329,9 @@ pub fn server_config(leaf: Arc<Leaf>, verifier: Arc<OverlayVerifier>) -> ServerC
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(leaf);
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // No resumption either way (see `client_config`): no tickets, no session cache.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config
 }
 
@@ -342,6 +345,11 @@ pub fn client_config(leaf: Arc<Leaf>, verifier: Arc<OverlayVerifier>) -> Arc<Cli
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(leaf);
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // No session resumption: a resumed session carries the identity of the one it resumes (a
+    // join made before this member had a certificate, a certificate since renewed or revoked),
+    // and every connection must show the certificate it has now. Connections are kept, so
+    // full handshakes stay rare.
+    config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
 }
 

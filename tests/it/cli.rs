@@ -267,10 +267,9 @@ fn read_url_table(child: &mut Child) -> Vec<(String, String)> {
             break;
         }
         let cols: Vec<&str> = line.split_whitespace().collect();
-        if let (Some(label), Some(url)) = (cols.first(), cols.last()) {
-            if url.starts_with("http://") {
-                rows.push((label.to_string(), url.to_string()));
-            }
+        let url = cols.iter().find(|c| c.starts_with("http://"));
+        if let (Some(label), Some(url)) = (cols.first(), url) {
+            rows.push((label.to_string(), url.to_string()));
         }
     }
     rows
@@ -419,8 +418,8 @@ fn every_docker_compose_service_runs_a_valid_overlay_command() {
                 "{name}: {stdout}"
             );
             assert!(
-                command.iter().any(|a| a == "http://controller:8000"),
-                "{name} reaches the controller by service name"
+                command.iter().any(|a| a == "https://controller:8443"),
+                "{name} reaches the controller's TLS listener by service name"
             );
         }
         for p in svc["ports"].as_sequence().into_iter().flatten() {
@@ -636,7 +635,8 @@ fn token_create_and_revoke_talk_to_a_running_controller() {
             .unwrap_or_else(|| panic!("{text}"));
         assert!(
             command.contains(&format!("--controller-root {}", fp.trim()))
-                && command.contains(&format!("--controller-url {url}"))
+                && command.contains("--controller-url https://127.0.0.1:")
+                && !command.contains(&format!("--controller-url {url}"))
                 && command.contains(&format!("--join {}", token.trim())),
             "{command}"
         );

@@ -134,6 +134,11 @@ impl TestOverlay {
 pub async fn spawn_overlay(config: Config) -> TestOverlay {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let tls = config.tls.enabled;
+    let users: Vec<String> = config
+        .instances
+        .iter()
+        .map(|i| i.name.to_string())
+        .collect();
     let servers = overlay::up::start_all(config, data_dir.path(), 1)
         .await
         .expect("overlay starts");
@@ -148,14 +153,14 @@ pub async fn spawn_overlay(config: Config) -> TestOverlay {
         .map(|s| s.url.clone())
         .collect();
     for url in proxies {
-        wait_ready(&url, tls).await;
+        wait_ready(&url, tls, &users).await;
     }
     o
 }
 
 /// Waits until the proxy at `url` has checked its directory and (with `tls`) holds its
-/// certificate (`GET /api/v1/tls`).
-pub async fn wait_ready(url: &str, tls: bool) {
+/// certificate and can reach every one of `users` over TLS (`GET /api/v1/tls`).
+pub async fn wait_ready(url: &str, tls: bool, users: &[String]) {
     eventually(&format!("{url} is ready"), || async move {
         let mut r = client()
             .get(format!("{url}/api/v1/tls"))
@@ -163,7 +168,12 @@ pub async fn wait_ready(url: &str, tls: bool) {
             .await
             .ok()?;
         let v: serde_json::Value = r.json().await.ok()?;
-        let certified = v["not_after_ms"].is_u64() || !tls;
+        let members: Vec<&str> = v["members"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|n| n.as_str()).collect())
+            .unwrap_or_default();
+        let certified = !tls
+            || (v["not_after_ms"].is_u64() && users.iter().all(|u| members.contains(&u.as_str())));
         (v["directory_checked"] == true && certified).then_some(())
     })
     .await;

@@ -50,7 +50,9 @@ impl Outbox {
                 else {
                     return None;
                 };
-                if peer_refusal(&name, &endpoint, &self.settings.not_peers).is_some() {
+                if peer_refusal(&name, &endpoint, &self.settings.not_peers).is_some()
+                    || self.own_revocation().is_some()
+                {
                     return None;
                 }
                 let (signing, (client, base_url)) = self.signing(&name)?;
@@ -82,6 +84,21 @@ impl Outbox {
             }
             _ => None,
         }
+    }
+
+    /// This proxy's own key was revoked (the directory it applied says so): nothing of its user's
+    /// is sent to other proxies any more (they would refuse it at the handshake, without a
+    /// reason its user could see); each message fails with the revocation's reason.
+    fn own_revocation(&self) -> Option<Outcome> {
+        let published = self.clients.directory.borrow();
+        let (at_ms, reason) = published.directory.revoked(self.settings.me.as_str())?;
+        Some(Outcome::Refused {
+            reason: format!(
+                "the key of {} was revoked at {} ({reason}): other proxies refuse what it sends",
+                self.settings.me,
+                crate::wire::rfc3339_ms(at_ms)
+            ),
+        })
     }
 
     /// Why nothing is sent to `name`'s proxy, which has no key to sign for: its key was revoked
@@ -201,6 +218,9 @@ impl Outbox {
                         {
                             log::warn!("message {}: {reason}", envelope.id);
                             return Box::pin(ready((Outcome::Refused { reason }, None)));
+                        }
+                        if let Some(refused) = self.own_revocation() {
+                            return Box::pin(ready((refused, None)));
                         }
                         let signing = self.signing(&name);
                         let (client, base_url) = match &signing {

@@ -82,9 +82,9 @@ pub(super) async fn signatures(state: web::Data<ProxyState>) -> HttpResponse {
 /// how many TLS connections it opened and took ([`crate::proxy::tls::TlsView`]); 404 without
 /// TLS (no pinned root).
 pub(super) async fn tls_status(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {
-    let checked = state.published.borrow().checked;
+    let applied = state.published.borrow().clone();
     match &state.tls {
-        Some(t) => Ok(HttpResponse::Ok().json(t.view(checked))),
+        Some(t) => Ok(HttpResponse::Ok().json(t.view(&applied))),
         None => Err(ProxyError::NotFound(
             "this proxy has no TLS: it pins no controller root".into(),
         )),
