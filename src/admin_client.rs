@@ -67,7 +67,14 @@ impl AdminClient {
         Ok(AdminClient {
             url: url.trim_end_matches('/').to_string(),
             token,
-            client: awc::Client::builder().timeout(TIMEOUT).finish(),
+            // A dashboard beyond loopback is HTTPS, with this data dir's page CA (or a
+            // certificate the system's roots vouch for).
+            client: awc::Client::builder()
+                .timeout(TIMEOUT)
+                .connector(
+                    awc::Connector::new().rustls_0_23(crate::web::page_tls::client(data_dir)),
+                )
+                .finish(),
         })
     }
 

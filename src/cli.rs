@@ -658,7 +658,8 @@ impl Plan {
                             p.controller_url = check_url("--controller-url", u)?;
                         }
                         if let Some(adv) = &a.advertise {
-                            p.peer_url = format!("http://{adv}");
+                            p.peer_url =
+                                format!("{}://{adv}", config.page_scheme(inst.peer.listen));
                         }
                         p.workers = workers;
                         // Started together: they share a token made now, so the hop works on

@@ -256,6 +256,21 @@ pub struct ServerConfig {
     /// A peer listening beyond loopback serves its page without its token (see
     /// `crate::peer::login`); warned about at every start.
     pub pages_without_login: bool,
+    /// The certificate pages beyond loopback are served with (PEM files); without it, one from
+    /// the data dir's page CA (see `crate::web::page_tls`).
+    pub page_tls: Option<PageTlsConfig>,
+    /// Pages beyond loopback in plain HTTP anyway (warned about at every start).
+    pub pages_plain_http: bool,
+}
+
+/// `server.page_tls`: a certificate for the pages, as PEM files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageTlsConfig {
+    /// The certificate, then its chain.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -265,6 +280,8 @@ impl Default for ServerConfig {
             max_connections: 512,
             allowed_hosts: Vec::new(),
             pages_without_login: false,
+            page_tls: None,
+            pages_plain_http: false,
         }
     }
 }
@@ -502,6 +519,16 @@ impl Config {
             })
     }
 
+    /// `https` for a page listener on `listen` beyond loopback (unless `pages_plain_http`), else
+    /// `http` (see `crate::web::page_tls`).
+    pub fn page_scheme(&self, listen: SocketAddr) -> &'static str {
+        if listen.ip().is_loopback() || self.server.pages_plain_http {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
     /// URL proxies use to reach the controller.
     pub fn controller_url(&self) -> String {
         self.controller.url.clone().unwrap_or_else(|| {
@@ -663,7 +690,11 @@ impl Config {
             name: inst.name.clone(),
             advertise: inst.proxy.advertised(),
             controller_url: self.controller_url(),
-            peer_url: format!("http://{}", inst.peer.advertised()),
+            peer_url: format!(
+                "{}://{}",
+                self.page_scheme(inst.peer.listen),
+                inst.peer.advertised()
+            ),
             data_dir: data_dir.to_path_buf(),
             delivery: self.delivery.clone(),
             liveness: self.controller.liveness.clone(),

@@ -60,6 +60,14 @@ impl AdminGate {
         }
     }
 
+    /// Its session cookie is `Secure` (the dashboard is served over HTTPS).
+    pub fn secure_cookie(mut self, secure: bool) -> AdminGate {
+        self.sessions =
+            std::mem::replace(&mut self.sessions, Sessions::new("overlay-admin", SESSION))
+                .secure(secure);
+        self
+    }
+
     fn token_matches(&self, given: &str) -> bool {
         bool::from(given.trim().as_bytes().ct_eq(self.token.as_bytes()))
     }
@@ -211,8 +219,16 @@ pub struct LoginForm {
 
 /// # GET /login
 pub async fn login_page(gate: web::Data<AdminGate>, req: HttpRequest) -> HttpResponse {
-    let local = source_of(&req).is_loopback();
-    page(HttpResponse::Ok(), None, gate.has_password() && local)
+    page(
+        HttpResponse::Ok(),
+        None,
+        gate.has_password() && password_safe(&req),
+    )
+}
+
+/// A password may be typed here: the request came from this machine, or over HTTPS.
+fn password_safe(req: &HttpRequest) -> bool {
+    source_of(req).is_loopback() || req.conn_data::<super::tls::PageTls>().is_some()
 }
 
 fn page(
@@ -237,7 +253,7 @@ pub async fn login(
     form: web::Form<LoginForm>,
 ) -> HttpResponse {
     let source = source_of(&req);
-    let local = source.is_loopback();
+    let local = password_safe(&req);
     let offer_password = gate.has_password() && local;
     if gate.blocked(source) {
         audit(&registry, &req, "login refused", "too many attempts");
@@ -261,9 +277,9 @@ pub async fn login(
             return page(
                 HttpResponse::Forbidden(),
                 Some(
-                    "Password login is refused beyond this machine until the overlay serves \
-                     HTTPS (it would cross the network in the clear): log in with the admin \
-                     token.",
+                    "Password login is refused beyond this machine in plain HTTP (it would \
+                     cross the network in the clear): open the dashboard over HTTPS, or log in \
+                     with the admin token.",
                 ),
                 false,
             );

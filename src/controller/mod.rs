@@ -126,7 +126,22 @@ pub async fn start_with_handle(
         tls_url: tls_addr.map(|a| format!("https://{}", crate::config::reachable(a))),
     };
     let tls_url = web::Data::new(tls::TlsUrl(handle.tls_url.clone()));
-    let gate = web::Data::new(admin::AdminGate::new(keys.admin_token, &settings.data_dir));
+    // Beyond loopback, the dashboard is HTTPS (see `crate::web::page_tls`).
+    let (url_host, _, _) = crate::wire::control_plane::split_url(&settings.config.controller_url());
+    let mut names = settings.config.server.allowed_hosts.clone();
+    names.push(url_host);
+    let serving = crate::web::page_tls::for_listener(
+        &label,
+        addr,
+        &names,
+        settings.config.server.page_tls.as_ref(),
+        settings.config.server.pages_plain_http,
+        &settings.data_dir,
+    )?;
+    let https = matches!(serving, crate::web::page_tls::PageServing::Https(_));
+    let gate = web::Data::new(
+        admin::AdminGate::new(keys.admin_token, &settings.data_dir).secure_cookie(https),
+    );
     let registry_data = web::Data::new(registry.clone());
     let keys_root = keys.root.clone();
     let state = web::Data::new(AppState {
@@ -173,8 +188,13 @@ pub async fn start_with_handle(
     // Every request but the SSE streams ends in milliseconds, and the streams (every proxy
     // holds one) never end by themselves: a graceful stop waits this long for them, no longer.
     .shutdown_timeout(1)
-    .on_connect(tls::on_connect)
-    .listen(listener)?;
+    .on_connect(tls::on_connect(tls_addr.map(|a| a.port())));
+    let server = match serving {
+        crate::web::page_tls::PageServing::Https(config) => {
+            server.listen_rustls_0_23(listener, (*config).clone())?
+        }
+        crate::web::page_tls::PageServing::Plain => server.listen(listener)?,
+    };
     let server = match (tls_listener, ca) {
         (Some(l), Some(ca)) => {
             let config = tls::server_config(ca, keys_root, pins_rx)?;
@@ -190,6 +210,7 @@ pub async fn start_with_handle(
     Ok((
         Running {
             tls_addr,
+            scheme: if https { "https" } else { "http" },
             label,
             addr,
             server,

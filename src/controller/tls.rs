@@ -34,8 +34,10 @@ impl Pins for PublishedPins {
     fn key_of(&self, tls_name: &str) -> Option<PublicKey> {
         self.0.borrow().active_key_named(tls_name)
     }
+    /// Revoked keys too: a revoked proxy may still connect, to read the directory that tells
+    /// it so; every other call of it is refused by the registry (its key is not pinned).
     fn user_of(&self, key: &PublicKey) -> Option<String> {
-        self.0.borrow().active_user_with(key)
+        self.0.borrow().pinned_user_with(key)
     }
     fn cas(&self) -> Option<Vec<Fingerprint>> {
         self.0.borrow().trusted_cas()
@@ -73,19 +75,33 @@ fn renew(leaf: &Leaf, ca: &Ca, key: &Identity) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A connection's marks, for [`split`]: over TLS, and the client certificate's key.
-pub fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
-    if crate::trust::tls::is_tls(conn) {
-        ext.insert(OverTls);
-        if let Some(key) = crate::trust::tls::peer_key(conn) {
-            ext.insert(key);
+/// A connection's marks, for [`split`]: on the members' TLS listener (port `members`), and the
+/// client certificate's key; or on the dashboard's HTTPS ([`PageTls`]).
+pub fn on_connect(
+    members: Option<u16>,
+) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) + Send + Sync + 'static {
+    move |conn, ext| {
+        if !crate::trust::tls::is_tls(conn) {
+            return;
+        }
+        if members.is_some() && crate::trust::tls::local_port(conn) == members {
+            ext.insert(OverTls);
+            if let Some(key) = crate::trust::tls::peer_key(conn) {
+                ext.insert(key);
+            }
+        } else {
+            ext.insert(PageTls);
         }
     }
 }
 
-/// Marks a connection of the TLS listener.
+/// Marks a connection of the TLS listener for members.
 #[derive(Debug, Clone, Copy)]
 pub struct OverTls;
+
+/// Marks a connection of the dashboard's listener served over HTTPS (beyond loopback).
+#[derive(Debug, Clone, Copy)]
+pub struct PageTls;
 
 /// The proxies' routes of our protocol (not the original's).
 fn native_proxy_route(path: &str) -> bool {

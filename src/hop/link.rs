@@ -156,7 +156,20 @@ pub async fn require(
 /// An HTTP client for the other end of the hop: it sends the link token with every request.
 /// Used for that hop only.
 pub fn client(token: &LinkToken, timeout: Duration) -> awc::Client {
-    let mut b = awc::Client::builder().timeout(timeout);
+    client_with(token, timeout, None)
+}
+
+/// [`client`], with `tls` for a peer whose page is served over HTTPS.
+pub fn client_with(
+    token: &LinkToken,
+    timeout: Duration,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> awc::Client {
+    let mut connector = awc::Connector::new().timeout(timeout);
+    if let Some(config) = tls {
+        connector = connector.rustls_0_23(config);
+    }
+    let mut b = awc::Client::builder().timeout(timeout).connector(connector);
     if let Some(t) = &token.0 {
         b = b.add_default_header((LINK_HEADER, t.to_string()));
     }

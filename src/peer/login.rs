@@ -44,7 +44,11 @@ struct Required {
 impl PageLogin {
     /// What the page of `settings`, listening on `addr`, asks of a browser; logs what it
     /// decided (the URL with the token, when one is needed).
-    pub fn setup(settings: &PeerSettings, addr: SocketAddr) -> anyhow::Result<PageLogin> {
+    pub fn setup(
+        settings: &PeerSettings,
+        addr: SocketAddr,
+        https: bool,
+    ) -> anyhow::Result<PageLogin> {
         let label = format!("peer/{}", settings.name);
         if addr.ip().is_loopback() {
             return Ok(PageLogin(None));
@@ -69,12 +73,14 @@ impl PageLogin {
         };
         log::info!(
             "{label} listens on {addr}, beyond this machine: its page needs its token. Open \
-             http://{host}/?token={token} (the token is kept in {})",
+             {}://{host}/?token={token} (the token is kept in {})",
+            if https { "https" } else { "http" },
             path.display()
         );
         Ok(PageLogin(Some(Arc::new(Required {
             token,
-            sessions: Sessions::new(format!("overlay-page-{}", settings.name), SESSION),
+            sessions: Sessions::new(format!("overlay-page-{}", settings.name), SESSION)
+                .secure(https),
             file: path.display().to_string(),
         }))))
     }

@@ -88,7 +88,19 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
             .chain(settings.server.allowed_hosts.iter().map(String::as_str)),
         routes::FROM_PROXY,
     ));
-    let login = web::Data::new(login::PageLogin::setup(&settings, addr)?);
+    // Beyond loopback, the page is HTTPS (see `crate::web::page_tls`).
+    let mut names = vec![settings.advertise.clone()];
+    names.extend(settings.server.allowed_hosts.iter().cloned());
+    let serving = crate::web::page_tls::for_listener(
+        &label,
+        addr,
+        &names,
+        settings.server.page_tls.as_ref(),
+        settings.server.pages_plain_http,
+        &settings.data_dir,
+    )?;
+    let https = matches!(serving, crate::web::page_tls::PageServing::Https(_));
+    let login = web::Data::new(login::PageLogin::setup(&settings, addr, https)?);
     let limits = crate::web::ServerLimits::of(&settings.server);
     let server = HttpServer::new(move || {
         crate::logging::tag_thread(&tag);
@@ -107,8 +119,13 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     .workers(settings.workers)
     .max_connections(limits.max_connections)
     .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)?
+    .shutdown_timeout(5);
+    let server = match serving {
+        crate::web::page_tls::PageServing::Https(config) => {
+            server.listen_rustls_0_23(listener, (*config).clone())?
+        }
+        crate::web::page_tls::PageServing::Plain => server.listen(listener)?,
+    }
     .run();
     log::info!(
         "{label} listening on {addr}, store {}, proxy {}",
@@ -125,6 +142,7 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     });
     Ok(Running {
         tls_addr: None,
+        scheme: if https { "https" } else { "http" },
         label,
         addr,
         server,

@@ -197,6 +197,8 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
     });
     Ok(Running {
         tls_addr,
+        // Its plain listener is its own peer's and the original's: no pages.
+        scheme: "http",
         label,
         addr,
         server,
@@ -307,9 +309,14 @@ impl Boot {
             });
             crate::hop::overlay::client(o.client.clone(), lookup, attempt_timeout)
         });
+        // The own peer's page beyond loopback is HTTPS: checked against the system's roots and
+        // this data dir's page CA (never the overlay's).
+        let page_tls = peer_url
+            .starts_with("https://")
+            .then(|| crate::web::page_tls::client(&settings.data_dir));
         let clients = outbox::Clients {
-            own_peer: if settings.link.is_set() {
-                crate::hop::link::client(&settings.link, attempt_timeout)
+            own_peer: if settings.link.is_set() || page_tls.is_some() {
+                crate::hop::link::client_with(&settings.link, attempt_timeout, page_tls)
             } else {
                 client.clone()
             },

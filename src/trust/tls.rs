@@ -404,5 +404,12 @@ pub fn is_tls(conn: &dyn Any) -> bool {
         .is_some()
 }
 
+/// The local port of a TLS connection (which of a server's TLS listeners took it).
+pub fn local_port(conn: &dyn Any) -> Option<u16> {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    let tls = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>()?;
+    tls.get_ref().0.local_addr().ok().map(|a| a.port())
+}
+
 #[cfg(test)]
 mod tests;

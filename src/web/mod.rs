@@ -5,9 +5,11 @@
 //! how long a body may take; [`ServerLimits`]), and the `/healthz` probe.
 //!
 //! Nothing here knows about a particular role. [`host`]: the `Host` check against DNS
-//! rebinding on browser-facing routes; [`session`]: login sessions in a cookie.
+//! rebinding on browser-facing routes; [`session`]: login sessions in a cookie; [`page_tls`]:
+//! HTTPS for pages beyond loopback.
 
 pub mod host;
+pub mod page_tls;
 pub mod session;
 
 use std::cell::Cell;
@@ -35,6 +37,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Its TLS listener for overlay members, if it has one (the controller's, a proxy's).
     pub tls_addr: Option<SocketAddr>,
+    /// `https` when its pages are served over TLS (beyond loopback), else `http`.
+    pub scheme: &'static str,
     /// The server future; it resolves when the server has stopped.
     pub server: Server,
     /// What the role must do after its server has stopped (close stores, stop arbiters).
@@ -44,7 +48,7 @@ pub struct Running {
 impl Running {
     /// `http://addr`, with a wildcard IP shown as loopback.
     pub fn url(&self) -> String {
-        format!("http://{}", crate::config::reachable(self.addr))
+        format!("{}://{}", self.scheme, crate::config::reachable(self.addr))
     }
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()

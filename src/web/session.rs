@@ -3,8 +3,8 @@
 //! time and forgotten at logout. The server keeps only the SHA-256 of each id, so its memory
 //! holds nothing a cookie could be made from. In memory: a restart logs everyone out.
 //!
-//! The cookie is not marked `Secure`, as every listener is plain HTTP until the TLS issue; it
-//! will be whenever a page is served over HTTPS.
+//! The cookie is marked `Secure` when its server serves its pages over HTTPS (beyond loopback,
+//! see [`super::page_tls`]), so a browser never sends it in plain HTTP.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,6 +21,8 @@ pub struct Sessions {
     ttl: Duration,
     /// SHA-256 of a session id → when it expires, Unix ms.
     live: Mutex<HashMap<[u8; 32], u64>>,
+    /// The cookie goes over HTTPS only.
+    secure: bool,
 }
 
 /// The most sessions kept at once; past it the oldest go first.
@@ -35,7 +37,14 @@ impl Sessions {
             cookie: cookie.into(),
             ttl,
             live: Mutex::new(HashMap::new()),
+            secure: false,
         }
+    }
+
+    /// Its cookie is `Secure` (the pages are served over HTTPS).
+    pub fn secure(mut self, secure: bool) -> Sessions {
+        self.secure = secure;
+        self
     }
 
     /// Opens a session: the `Set-Cookie` value that carries it.
@@ -55,9 +64,10 @@ impl Sessions {
         }
         live.insert(digest(&id), expires);
         format!(
-            "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+            "{}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
             self.cookie,
-            self.ttl.as_secs()
+            self.ttl.as_secs(),
+            if self.secure { "; Secure" } else { "" }
         )
     }
 

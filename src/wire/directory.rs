@@ -131,6 +131,16 @@ impl Directory {
         })
     }
 
+    /// The user whose pinned key is `key`, active or revoked (not pending or legacy).
+    pub fn pinned_user_with(&self, key: &PublicKey) -> Option<String> {
+        self.users.values().find_map(|u| match (&u.state, &u.key) {
+            (UserState::Active | UserState::Revoked { .. }, Some(k)) if k == key => {
+                Some(u.name.clone())
+            }
+            _ => None,
+        })
+    }
+
     /// The CAs it trusts (`None`: it names none, any the root certified).
     pub fn trusted_cas(&self) -> Option<Vec<Fingerprint>> {
         (!self.cas.is_empty()).then(|| self.cas.clone())

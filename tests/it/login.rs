@@ -6,7 +6,30 @@ use std::os::unix::fs::PermissionsExt;
 use awc::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{client, config_for, Spawned};
+use crate::helpers::{config_for, Spawned};
+
+thread_local! {
+    /// The data dir whose page CA this test's HTTPS pages are checked against.
+    static PAGES: std::cell::RefCell<Option<std::path::PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A client for this test's pages (HTTPS beyond loopback, with the data dir's page CA), not
+/// following redirects (they are the subject).
+fn client() -> awc::Client {
+    let mut connector = awc::Connector::new();
+    if let Some(dir) = PAGES.with(|p| p.borrow().clone()) {
+        connector = connector.rustls_0_23(overlay::web::page_tls::client(&dir));
+    }
+    awc::Client::builder()
+        .disable_redirects()
+        .connector(connector)
+        .finish()
+}
+
+/// This test's pages are checked against `dir`'s page CA.
+fn trust_pages_of(dir: &std::path::Path) {
+    PAGES.with(|p| *p.borrow_mut() = Some(dir.to_path_buf()));
+}
 
 /// alice's peer listening on every address (beyond loopback), reached here over loopback.
 async fn open_peer(
@@ -20,7 +43,9 @@ async fn open_peer(
     config.set_instance_listeners("alice", Some(listener.local_addr().unwrap()), None);
     let settings = config.peer_settings("alice", dir.path()).unwrap();
     let peer = Spawned::spawn(overlay::peer::start(settings, listener).await.unwrap());
-    (peer, format!("http://127.0.0.1:{port}"), dir)
+    trust_pages_of(dir.path());
+    // Beyond loopback, its page is HTTPS with a certificate from the data dir's page CA.
+    (peer, format!("https://127.0.0.1:{port}"), dir)
 }
 
 async fn get(
@@ -29,7 +54,7 @@ async fn get(
     bearer: Option<&str>,
 ) -> (StatusCode, String, awc::http::header::HeaderMap) {
     // Redirects are the subject: not followed.
-    let mut req = awc::Client::builder().disable_redirects().finish().get(url);
+    let mut req = client().get(url);
     if let Some(c) = cookie {
         req = req.insert_header(("Cookie", c));
     }
@@ -57,6 +82,7 @@ fn session_cookie(headers: &awc::http::header::HeaderMap) -> String {
         set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Max-Age="),
         "{set}"
     );
+
     set.split(';').next().unwrap().to_string()
 }
 
@@ -102,6 +128,16 @@ async fn a_peer_beyond_loopback_needs_its_token_and_then_a_cookie() {
     let (s, body, headers) = get(&format!("{base}/?token={token}"), None, None).await;
     assert_eq!(s, StatusCode::SEE_OTHER, "{body}");
     assert_eq!(headers.get("location").unwrap(), "/");
+    // The page is HTTPS beyond loopback: its cookie never goes in plain HTTP.
+    assert!(
+        headers
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("; Secure"),
+        "{headers:?}"
+    );
     let cookie = session_cookie(&headers);
     // Named for its user: browsers send a host's cookies to all its ports, so two pages on one
     // machine must not overwrite each other's login.
@@ -184,10 +220,7 @@ async fn post_as(
     cookie: Option<&str>,
     bearer: Option<&str>,
 ) -> (StatusCode, Value) {
-    let mut req = awc::Client::builder()
-        .disable_redirects()
-        .finish()
-        .post(url);
+    let mut req = client().post(url);
     if let Some(c) = cookie {
         req = req.insert_header(("Cookie", c));
     }
@@ -208,9 +241,7 @@ async fn login_form(
     field: &str,
     value: &str,
 ) -> (StatusCode, awc::http::header::HeaderMap) {
-    let res = awc::Client::builder()
-        .disable_redirects()
-        .finish()
+    let res = client()
         .post(format!("{base}/login"))
         .send_form(&[(field, value)])
         .await
@@ -322,9 +353,7 @@ async fn the_admin_logs_in_with_the_token_acts_with_the_cookie_and_logs_out() {
     );
     // Logged out: the cookie is worth nothing.
     let (s, headers) = {
-        let res = awc::Client::builder()
-            .disable_redirects()
-            .finish()
+        let res = client()
             .post(format!("{base}/logout"))
             .insert_header(("Cookie", cookie.as_str()))
             .send()
@@ -407,30 +436,54 @@ async fn the_admin_token_is_in_a_private_file_and_in_no_log_line() {
 }
 
 #[actix_web::test]
-async fn a_password_beyond_loopback_is_refused_until_tls_and_the_token_still_works() {
+async fn a_password_beyond_loopback_is_taken_over_https_only_and_the_token_still_works() {
     use crate::chaos::netlab::Lab;
     if let Some(why) = Lab::unavailable() {
         eprintln!("skipping: a non-loopback address needs the network lab: {why}");
         return;
     }
     let lab = Lab::create(1).expect("the network lab");
+    // The dashboard listening beyond loopback: HTTPS, with this data dir's page CA.
     let dir = tempfile::tempdir().unwrap();
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let config = config_for(&[("alice", &[])]);
+    let mut config = config_for(&[("alice", &[])]);
+    // The address browsers use, so the page certificate names it.
+    config.server.allowed_hosts = vec![lab.own_addr().to_string()];
     let _ctl = crate::helpers::spawn_controller(&config, dir.path(), listener).await;
     overlay::controller::admin::set_password(dir.path(), "correct horse battery").unwrap();
+    trust_pages_of(dir.path());
+    let far = format!("https://{}:{port}", lab.own_addr());
+    let (s, page, _) = get(&format!("{far}/login"), None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("name=\"password\""),
+        "a password field over HTTPS"
+    );
+    let (s, headers) = login_form(&far, "password", "correct horse battery").await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let set = headers.get("set-cookie").unwrap().to_str().unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+    // In plain HTTP (the config says so) a password would cross the network readable:
+    // refused; the token still logs in.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut config = config_for(&[("alice", &[])]);
+    config.server.pages_plain_http = true;
+    let _plain = crate::helpers::spawn_controller(&config, plain_dir.path(), listener).await;
+    overlay::controller::admin::set_password(plain_dir.path(), "correct horse battery").unwrap();
     let far = format!("http://{}:{port}", lab.own_addr());
     let (s, page, _) = get(&format!("{far}/login"), None, None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(
         !page.contains("name=\"password\""),
-        "no password field beyond loopback"
+        "no password field beyond loopback in plain HTTP"
     );
     let (s, headers) = login_form(&far, "password", "correct horse battery").await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert!(headers.get("set-cookie").is_none());
-    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let token = std::fs::read_to_string(plain_dir.path().join("admin.token")).unwrap();
     let (s, headers) = login_form(&far, "token", token.trim()).await;
     assert_eq!(s, StatusCode::SEE_OTHER);
     assert!(headers.get("set-cookie").is_some());

@@ -716,6 +716,18 @@ impl Registry {
         proxy_id: &str,
         call: Option<&SignedCall>,
     ) -> Result<(), ControllerError> {
+        self.check_call_of(proxy_id, call, false)
+    }
+
+    /// [`Registry::check_call`]; with `revoked_too`, a proxy whose key was revoked passes as
+    /// well (to read the directory that tells it so: other proxies refuse it at their
+    /// handshakes, which say no reason).
+    fn check_call_of(
+        &mut self,
+        proxy_id: &str,
+        call: Option<&SignedCall>,
+        revoked_too: bool,
+    ) -> Result<(), ControllerError> {
         use crate::trust::request::{self, RequestLine};
         let rec = self
             .proxies
@@ -724,7 +736,7 @@ impl Registry {
         let pin = self
             .pins
             .get(&instance_key(&rec.instance_name))
-            .filter(|p| p.revoked.is_none());
+            .filter(|p| revoked_too || p.revoked.is_none());
         let refuse =
             |e: request::RequestError| ControllerError::Forbidden(format!("proxy {proxy_id}: {e}"));
         let (pin, call) = match (pin, call) {

@@ -180,7 +180,8 @@ impl Handler<SubscribeDirectory> for Registry {
     type Result = Result<(), ControllerError>;
 
     fn handle(&mut self, msg: SubscribeDirectory, _: &mut Context<Self>) -> Self::Result {
-        self.check_call(&msg.proxy_id, msg.call.as_ref())?;
+        // A revoked proxy may still read its directory: that is how it learns it was revoked.
+        self.check_call_of(&msg.proxy_id, msg.call.as_ref(), true)?;
         let rec = self
             .proxies
             .get(&msg.proxy_id)
