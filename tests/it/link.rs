@@ -143,6 +143,8 @@ async fn the_peers_routes_for_its_proxy_answer_loopback_or_the_link_token() {
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut config = config_for(&[("alice", &[]), ("bob", &[])]);
+    // Who may call is the subject, not HTTPS (see login.rs): its page stays plain.
+    config.server.pages_plain_http = true;
     config.set_instance_listeners("alice", Some(listener.local_addr().unwrap()), None);
     let mut settings = config.peer_settings("alice", dir.path()).unwrap();
     settings.link = LinkToken::new(Some("peer-side-link-token-0123".into()));

@@ -177,7 +177,9 @@ impl Cluster {
         );
         // The peers listen on the lab's addresses, and this test plays every user's browser:
         // their page tokens are not what it is about.
-        yaml.push_str("server: {pages_without_login: true}\n");
+        // (Their pages, beyond loopback, in plain HTTP too: this test is about delivery, and the
+        // hops between proxies stay TLS.)
+        yaml.push_str("server: {pages_without_login: true, pages_plain_http: true}\n");
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, yaml).expect("write config");
         let data = dir.path().join("data");
