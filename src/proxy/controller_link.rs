@@ -182,15 +182,13 @@ impl ControllerLink {
         let client = self.client.clone();
         let call = async move {
             // No certificate yet, or half its life gone: one first, so what follows goes with
-            // it. Not joined yet (refused): the join below, then the certificate.
+            // it; holding a join token, the join first (it needs none), then the certificate.
             let mut cert_after = false;
             if wants_certificate(&settings) {
-                match get_certificate(&settings, &client).await {
-                    Ok(()) => {}
-                    Err(RegisterFailure::NotJoined(_)) if settings.join.is_some() => {
-                        cert_after = true
-                    }
-                    Err(e) => return Err(e),
+                if settings.join.is_some() {
+                    cert_after = true;
+                } else {
+                    get_certificate(&settings, &client).await?;
                 }
             }
             let keys = key_report(&ai).await;
