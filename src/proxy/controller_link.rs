@@ -87,6 +87,10 @@ pub struct LinkSettings {
 pub struct LinkTls {
     pub tls: super::tls::ProxyTls,
     pub client: awc::Client,
+    /// A new overlay client (its own connections), for the calls made before this proxy has
+    /// its certificate (a join, a certificate request): their connections, made without one,
+    /// must not be reused by the calls that need it.
+    pub fresh: std::rc::Rc<dyn Fn() -> awc::Client>,
     pub address: Option<crate::wire::directory::TlsAddress>,
 }
 
@@ -172,14 +176,16 @@ impl ControllerLink {
         self.registering = true;
         let ai = self.settings.ai_endpoints.clone();
         let register = self.client.post(self.url("/api/v1/register"));
-        // A join is made before this proxy has a certificate: its connection is not kept.
-        let join = self
-            .client
-            .post(self.url("/api/v1/join"))
-            .insert_header((awc::http::header::CONNECTION, "close"));
+        // A join may be made before this proxy has a certificate: on a client of its own, so
+        // its connection is not reused by the calls that need one.
+        let join = match &self.settings.tls {
+            Some(t) if self.settings.controller_url.starts_with("https://") => (t.fresh)(),
+            _ => self.client.clone(),
+        }
+        .post(self.url("/api/v1/join"))
+        .insert_header((awc::http::header::CONNECTION, "close"));
         let verifier = self.verifier();
         let settings = self.settings.clone();
-        let client = self.client.clone();
         let call = async move {
             // No certificate yet, or half its life gone: one first, so what follows goes with
             // it; holding a join token, the join first (it needs none), then the certificate.
@@ -188,7 +194,7 @@ impl ControllerLink {
                 if settings.join.is_some() {
                     cert_after = true;
                 } else {
-                    get_certificate(&settings, &client).await?;
+                    get_certificate(&settings).await?;
                 }
             }
             let keys = key_report(&ai).await;
@@ -232,7 +238,7 @@ impl ControllerLink {
                 .await
                 .map_err(RegisterFailure::Other)?;
             if cert_after {
-                get_certificate(&settings, &client).await?;
+                get_certificate(&settings).await?;
             }
             Ok(version)
         };
@@ -288,9 +294,8 @@ impl ControllerLink {
             return;
         }
         let settings = self.settings.clone();
-        let client = self.client.clone();
         ctx.spawn(
-            wrap_future(async move { get_certificate(&settings, &client).await }).map(
+            wrap_future(async move { get_certificate(&settings).await }).map(
                 |res, _act: &mut Self, _ctx| {
                     if let Err(RegisterFailure::NotJoined(e) | RegisterFailure::Other(e)) = res {
                         log::warn!("could not renew this proxy's TLS certificate: {e}; retrying");
@@ -595,10 +600,7 @@ fn controller_url(settings: &LinkSettings, path: &str) -> String {
 /// Asks the controller for a certificate for this proxy's key (a signed request; no
 /// certificate needed, so an expired one is renewed too) and installs it. Without TLS to the
 /// controller, nothing to do.
-async fn get_certificate(
-    settings: &LinkSettings,
-    client: &awc::Client,
-) -> Result<(), RegisterFailure> {
+async fn get_certificate(settings: &LinkSettings) -> Result<(), RegisterFailure> {
     use base64::Engine;
     let Some(t) = &settings.tls else {
         return Ok(());
@@ -614,9 +616,10 @@ async fn get_certificate(
     })
     .unwrap_or_default();
     let url = controller_url(settings, "/api/v1/certificate");
-    // Made without a certificate (or before this one): the connection is not kept, so the
-    // calls that follow open one that presents the new certificate.
-    let req = client
+    // Made without a certificate (or before this one): on a client of its own, so the calls
+    // that follow open connections that present the new certificate.
+    let once = (t.fresh)();
+    let req = once
         .post(&url)
         .insert_header(call_signature(settings, "POST", &url, &body))
         .insert_header((awc::http::header::CONTENT_TYPE, "application/json"))

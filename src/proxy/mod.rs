@@ -307,8 +307,16 @@ impl Boot {
                     .find(|u| crate::trust::x509::tls_name(&u.name) == name)
                     .and_then(|u| u.tls.as_ref().map(|t| t.host.clone()))
             });
-            crate::hop::overlay::client(o.client.clone(), lookup, attempt_timeout)
+            let config = o.client.clone();
+            let fresh: std::rc::Rc<dyn Fn() -> awc::Client> = std::rc::Rc::new(move || {
+                crate::hop::overlay::client(config.clone(), lookup.clone(), attempt_timeout)
+            });
+            (fresh(), fresh)
         });
+        let (overlay_client, fresh_client) = match overlay_client {
+            Some((c, f)) => (Some(c), Some(f)),
+            None => (None, None),
+        };
         // The own peer's page beyond loopback is HTTPS: checked against the system's roots and
         // this data dir's page CA (never the overlay's).
         let page_tls = peer_url
@@ -375,13 +383,14 @@ impl Boot {
                     identity,
                     root,
                     join: settings.join.clone(),
-                    tls: overlay.zip(overlay_client).map(|(tls, client)| {
-                        controller_link::LinkTls {
+                    tls: overlay.zip(overlay_client.zip(fresh_client)).map(
+                        |(tls, (client, fresh))| controller_link::LinkTls {
                             tls,
                             client,
+                            fresh,
                             address: tls_address,
-                        }
-                    }),
+                        },
+                    ),
                 };
                 ControllerLink::new(link, router.clone()).start();
             }
