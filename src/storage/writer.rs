@@ -341,7 +341,11 @@ mod tests {
 
     /// A fresh store in `dir`: the database and its log.
     fn open(dir: &tempfile::TempDir) -> (Arc<SharedDb>, Wal) {
-        let (path, log) = (dir.path().join("c.redb"), dir.path().join("c.wal"));
+        open_at(dir.path())
+    }
+
+    fn open_at(dir: &std::path::Path) -> (Arc<SharedDb>, Wal) {
+        let (path, log) = (dir.join("c.redb"), dir.join("c.wal"));
         super::super::open(&mut Counters, &path, &log, "test").unwrap()
     }
 
@@ -454,6 +458,30 @@ mod tests {
         }
         let (db, _wal) = open(&dir);
         assert_eq!(value(&db, 7), 55);
+    }
+
+    #[test]
+    fn a_write_waiting_for_its_group_when_the_writer_stops_is_committed_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let opened = open_at(&path);
+                let writer = Writer::new(Counters, opened, 64).start();
+                // Not urgent: it waits up to RIDE_ALONG for a commit to ride along with.
+                let (write, _answers) = Write::new(vec![Add { key: 9, by: 5 }], false);
+                writer.do_send(write);
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+            });
+            // The system (its server, in a role) stops: the writer is dropped with it.
+        })
+        .join()
+        .unwrap();
+        let (db, _wal) = open(&dir);
+        assert_eq!(value(&db, 9), 5);
     }
 
     #[actix_rt::test]
