@@ -126,7 +126,9 @@ pub async fn start_with_handle(
         tls_url: tls_addr.map(|a| format!("https://{}", crate::config::reachable(a))),
     };
     let tls_url = web::Data::new(tls::TlsUrl(handle.tls_url.clone()));
-    // Beyond loopback, the dashboard is HTTPS (see `crate::web::page_tls`).
+    // The names browsers open the dashboard by: the controller's URL's host, the allowed
+    // ones. Its HTTPS certificate beyond loopback names them (see `crate::web::page_tls`), and
+    // the Host check takes them.
     let (url_host, _, _) = crate::wire::control_plane::split_url(&settings.config.controller_url());
     let mut names = settings.config.server.allowed_hosts.clone();
     names.push(url_host);
@@ -152,18 +154,10 @@ pub async fn start_with_handle(
         ai_endpoints: settings.config.ai_endpoints.len(),
     });
     let tag = label.clone();
-    // Browsers open the dashboard by address, localhost, the controller's URL or an allowed
-    // name; what proxies call is exempt (signed, or the original's listed addresses).
-    let (url_host, _, _) = crate::wire::control_plane::split_url(&settings.config.controller_url());
+    // Browsers open the dashboard by address, localhost or one of `names`; what proxies call
+    // is exempt (signed, or the original's listed addresses).
     let hosts = web::Data::new(crate::web::host::HostCheck::new(
-        std::iter::once(url_host.as_str()).chain(
-            settings
-                .config
-                .server
-                .allowed_hosts
-                .iter()
-                .map(String::as_str),
-        ),
+        names.iter().map(String::as_str),
         routes::FROM_PROXIES,
     ));
     let limits = crate::web::ServerLimits::of(&settings.config.server);

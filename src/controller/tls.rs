@@ -16,7 +16,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::HttpResponse;
 
-use crate::trust::tls::{Leaf, OverlayVerifier, PeerKey, Pins};
+use crate::trust::tls::{Leaf, OverTls, OverlayVerifier, PeerKey, Pins};
 use crate::trust::x509::{Ca, CONTROLLER_TLS_NAME, MAX_LEAF_MS};
 use crate::trust::{Fingerprint, Identity, PublicKey};
 use crate::wire::directory::Directory;
@@ -85,19 +85,12 @@ pub fn on_connect(
             return;
         }
         if members.is_some() && crate::trust::tls::local_port(conn) == members {
-            ext.insert(OverTls);
-            if let Some(key) = crate::trust::tls::peer_key(conn) {
-                ext.insert(key);
-            }
+            crate::trust::tls::mark_member(conn, ext);
         } else {
             ext.insert(PageTls);
         }
     }
 }
-
-/// Marks a connection of the TLS listener for members.
-#[derive(Debug, Clone, Copy)]
-pub struct OverTls;
 
 /// Marks a connection of the dashboard's listener served over HTTPS (beyond loopback).
 #[derive(Debug, Clone, Copy)]

@@ -182,8 +182,7 @@ impl ControllerLink {
             Some(t) if self.settings.controller_url.starts_with("https://") => (t.fresh)(),
             _ => self.client.clone(),
         }
-        .post(self.url("/api/v1/join"))
-        .insert_header((awc::http::header::CONNECTION, "close"));
+        .post(self.url("/api/v1/join"));
         let verifier = self.verifier();
         let settings = self.settings.clone();
         let call = async move {
@@ -622,8 +621,7 @@ async fn get_certificate(settings: &LinkSettings) -> Result<(), RegisterFailure>
     let req = once
         .post(&url)
         .insert_header(call_signature(settings, "POST", &url, &body))
-        .insert_header((awc::http::header::CONTENT_TYPE, "application/json"))
-        .insert_header((awc::http::header::CONNECTION, "close"));
+        .insert_header((awc::http::header::CONTENT_TYPE, "application/json"));
     match post::post_encoded(req, body, VIEW_LIMIT, REQUEST_TIMEOUT).await {
         Answer::Ok { body, .. } => {
             let answer: crate::wire::directory::CertificateAnswer =

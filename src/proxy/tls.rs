@@ -17,7 +17,7 @@ use actix_web::HttpResponse;
 use tokio::sync::watch;
 
 use super::router::Published;
-use crate::trust::tls::{Leaf, OverlayVerifier, Pins};
+use crate::trust::tls::{Leaf, OverTls, OverlayVerifier, Pins};
 use crate::trust::{x509, Fingerprint, Identity, PublicKey};
 use crate::wire::legacy::ErrorBody;
 
@@ -154,21 +154,10 @@ pub fn on_connect(
                 c.accepted
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            mark(conn, ext);
+            crate::trust::tls::mark_member(conn, ext);
         }
     }
 }
-
-fn mark(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
-    ext.insert(OverTls);
-    if let Some(key) = crate::trust::tls::peer_key(conn) {
-        ext.insert(key);
-    }
-}
-
-/// Marks a connection of the TLS listener.
-#[derive(Debug, Clone, Copy)]
-pub struct OverTls;
 
 /// This proxy takes other proxies over TLS (its plain listener refuses their relays).
 #[derive(Debug, Clone, Copy)]

@@ -360,6 +360,18 @@ pub fn system_client() -> Arc<ClientConfig> {
     static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
+            let mut config = client_with_roots(system_roots());
+            config.alpn_protocols = vec![b"h2".to_vec(), ALPN.to_vec()];
+            Arc::new(config)
+        })
+        .clone()
+}
+
+/// The system's CA roots, read once per process (none found is logged).
+pub fn system_roots() -> rustls::RootCertStore {
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             for e in &found.errors {
@@ -372,21 +384,37 @@ pub fn system_client() -> Arc<ClientConfig> {
                      HTTPS servers outside the overlay cannot be checked, so none is reached"
                 );
             }
-            let mut config = ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .expect("the ring provider supports TLS 1.2 and 1.3")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"h2".to_vec(), ALPN.to_vec()];
-            Arc::new(config)
+            roots
         })
         .clone()
+}
+
+/// A client's TLS (1.2 and 1.3, no client certificate) checking servers against `roots`.
+pub fn client_with_roots(roots: rustls::RootCertStore) -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// The key a connection's client proved with its certificate (the verifier already checked it
 /// is an active user's pinned key): the connection data of an overlay listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerKey(pub PublicKey);
+
+/// Marks a connection of a TLS listener for members (see [`mark_member`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
+/// For `HttpServer::on_connect` of a listener for members: marks the connection [`OverTls`],
+/// with the client certificate's key ([`PeerKey`]) when it showed one.
+pub fn mark_member(conn: &dyn Any, ext: &mut actix_web::dev::Extensions) {
+    ext.insert(OverTls);
+    if let Some(key) = peer_key(conn) {
+        ext.insert(key);
+    }
+}
 
 /// For `HttpServer::on_connect`: the client certificate's key of a TLS connection, if any.
 pub fn peer_key(conn: &dyn Any) -> Option<PeerKey> {

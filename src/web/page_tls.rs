@@ -280,20 +280,13 @@ fn page_ca_certificate(
 /// A client's TLS for this machine's pages (a proxy handing over to its own peer, the admin
 /// command line): the system's roots and this data dir's page CA, if it has one.
 pub fn client(data_dir: &Path) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(found.certs);
+    let mut roots = crate::trust::tls::system_roots();
     if let Ok(pem) = std::fs::read(data_dir.join(PAGE_CA_CERT_FILE)) {
         if let Ok(certs) = x509::from_pem(&pem) {
             roots.add_parsable_certificates(certs);
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = crate::trust::tls::client_with_roots(roots);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
