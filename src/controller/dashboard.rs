@@ -713,6 +713,7 @@ mod tests {
     fn user(name: &str, state: UserState, key: bool) -> UserEntry {
         UserEntry {
             tls: None,
+            seal: None,
             name: name.into(),
             proxy_id: None,
             key: key.then(|| crate::trust::Identity::from_seed([7; 32]).public()),

@@ -45,6 +45,7 @@ pub fn build(
             PeerName::from(inst.name.as_str()).key(),
             UserEntry {
                 tls: None,
+                seal: None,
                 name: inst.name.to_string(),
                 proxy_id: None,
                 key: None,
@@ -63,6 +64,7 @@ pub fn build(
         let native = r.protocol.as_deref() == Some(crate::wire::control_plane::NATIVE_PROTOCOL);
         let e = users.entry(key).or_insert_with(|| UserEntry {
             tls: None,
+            seal: None,
             name: r.instance_name.clone(),
             proxy_id: None,
             key: None,
@@ -75,6 +77,7 @@ pub fn build(
         e.host = r.host.clone();
         e.port = r.port;
         e.tls = r.tls.clone();
+        e.seal = r.seal;
         e.native = native;
         if e.state == UserState::Pending {
             e.state = UserState::Legacy;
@@ -83,6 +86,7 @@ pub fn build(
     for (key, pin) in pins {
         let e = users.entry(key.clone()).or_insert_with(|| UserEntry {
             tls: None,
+            seal: None,
             name: pin.name.clone(),
             proxy_id: None,
             key: None,

@@ -269,6 +269,7 @@ pub fn parse_register(
     };
     Ok(RegisterRequest {
         tls: None,
+        seal: None,
         proxy_id,
         instance_name,
         host,

@@ -126,6 +126,9 @@ pub struct ProxyRecord {
     /// Ours only: its TLS listener for other proxies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::wire::directory::TlsAddress>,
+    /// Ours only: its sealing key (published in the directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<crate::trust::seal::SealPublic>,
     /// Milliseconds since the Unix epoch.
     pub registered_at_ms: u64,
     /// Milliseconds since the Unix epoch (not persisted on every heartbeat; see `Registry`).

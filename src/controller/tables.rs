@@ -634,6 +634,7 @@ mod tests {
     fn a_registered_address_wins_over_the_config_and_an_original_proxy_is_not_native() {
         let rec = crate::controller::store::ProxyRecord {
             tls: None,
+            seal: None,
             proxy_id: "p".into(),
             instance_name: "BOB".into(),
             host: "10.0.0.2".into(),

@@ -376,7 +376,6 @@ pub fn envelope_of(m: &StoredMessage) -> Envelope {
         },
         auto_reply: m.auto_reply,
         error: m.error,
-        signature: None,
         unauthenticated: false,
     }
 }

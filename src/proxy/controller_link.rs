@@ -34,6 +34,7 @@ use crate::config::AiEndpointConfig;
 use crate::hop::backoff::{full_jitter_ms, XorShift};
 use crate::hop::post::{self, Answer};
 use crate::hop::sse::{SseEvent, SseParser};
+use crate::trust::seal::SealPublic;
 use crate::trust::{Fingerprint, Identity, JoinToken, Signed};
 use crate::wire::control_plane::{AiEndpoint, HeartbeatRequest, KeyReport, NATIVE_PROTOCOL};
 use crate::wire::directory::{
@@ -72,6 +73,8 @@ pub struct LinkSettings {
     pub ai_endpoints: Vec<AiEndpointConfig>,
     /// This proxy's identity key.
     pub identity: Arc<Identity>,
+    /// Its sealing keys: the current one is registered (and so published).
+    pub seal: Arc<crate::trust::seal::SealKeys>,
     /// The controller's root fingerprint, pinned.
     pub root: Fingerprint,
     /// A join token, for the first registration (or a replacement of a lost key).
@@ -100,8 +103,19 @@ impl std::fmt::Debug for LinkTls {
     }
 }
 
-/// How often the certificate's age is looked at (it is renewed at half its life).
+/// How often the certificate's age is looked at (it is renewed at half its life), and the
+/// sealing key's (rotated at [`SEAL_ROTATE_AFTER_MS`]).
 const CERT_CHECK_EVERY: Duration = Duration::from_secs(600);
+/// The age at which the sealing key is rotated: weekly, as Megolm's default rotation. Bodies
+/// sealed to a stolen old key stay readable to the thief (no forward secrecy); rotation bounds
+/// what a stolen key opens from then on.
+pub const SEAL_ROTATE_AFTER_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Replace the sealing key now, and register the new one (the controller publishes it).
+/// Answers the new key.
+#[derive(actix::Message)]
+#[rtype(result = "Result<crate::trust::seal::SealPublic, String>")]
+pub struct RotateSeal;
 
 /// The actor.
 pub struct ControllerLink {
@@ -118,6 +132,8 @@ pub struct ControllerLink {
     want_snapshot: bool,
     /// The last refusal logged, so a repeated one is not logged again.
     last_refusal: Option<String>,
+    /// Something to register changed while a registration was under way: register again.
+    register_again: bool,
 }
 
 /// Why registering did not work.
@@ -151,6 +167,7 @@ impl ControllerLink {
             stream_failures: 0,
             want_snapshot: false,
             last_refusal: None,
+            register_again: false,
         }
     }
 
@@ -171,8 +188,10 @@ impl ControllerLink {
     /// backoff until it works.
     fn register(&mut self, ctx: &mut Context<Self>) {
         if self.registering {
+            self.register_again = true;
             return;
         }
+        self.register_again = false;
         self.registering = true;
         let ai = self.settings.ai_endpoints.clone();
         let register = self.client.post(self.url("/api/v1/register"));
@@ -260,6 +279,9 @@ impl ControllerLink {
                     if !act.streaming {
                         act.stream(ctx);
                     }
+                    if act.register_again {
+                        act.register(ctx);
+                    }
                 }
                 Err(e) => {
                     act.register_failures += 1;
@@ -287,8 +309,33 @@ impl ControllerLink {
         }));
     }
 
-    /// Renews the certificate at half its life (while registered; registering does it too).
+    /// Rotates the sealing key (see [`RotateSeal`]) and registers the new one.
+    fn rotate_seal(&mut self, ctx: &mut Context<Self>) -> Result<SealPublic, String> {
+        let keys = &self.settings.seal;
+        let old = keys.current().0;
+        let new = keys
+            .rotate(now_ms())
+            .map_err(|e| format!("could not write the new sealing key: {e}"))?;
+        log::info!(
+            "rotated this proxy's sealing key: {} replaces {} (which still opens what was sealed \
+             to it for {}); registering the new one",
+            new.id(),
+            old.id(),
+            crate::hop::backoff::human_duration(crate::trust::seal::RETIRED_KEEP_MS / 1000)
+        );
+        self.register(ctx);
+        Ok(new)
+    }
+
+    /// Renews the certificate at half its life (while registered; registering does it too),
+    /// and rotates a sealing key older than [`SEAL_ROTATE_AFTER_MS`].
     fn renew(&mut self, ctx: &mut Context<Self>) {
+        let (_, made_ms) = self.settings.seal.current();
+        if made_ms.saturating_add(SEAL_ROTATE_AFTER_MS) <= now_ms() {
+            if let Err(e) = self.rotate_seal(ctx) {
+                log::warn!("{e}; trying again later");
+            }
+        }
         if !self.registered || !wants_certificate(&self.settings) {
             return;
         }
@@ -572,6 +619,14 @@ impl Verifier {
     }
 }
 
+impl actix::Handler<RotateSeal> for ControllerLink {
+    type Result = Result<SealPublic, String>;
+
+    fn handle(&mut self, _: RotateSeal, ctx: &mut Context<Self>) -> Self::Result {
+        self.rotate_seal(ctx)
+    }
+}
+
 impl Actor for ControllerLink {
     type Context = Context<Self>;
 
@@ -690,6 +745,7 @@ fn sign_claim(settings: &LinkSettings, api_keys: KeyReport) -> Signed<RegisterCl
     let (host, port) = registered_address(&settings.advertise);
     let claim = RegisterClaim {
         tls: settings.tls.as_ref().and_then(|t| t.address.clone()),
+        seal: Some(settings.seal.current().0),
         proxy_id: settings.proxy_id.clone(),
         instance_name: settings.instance_name.clone(),
         host,

@@ -19,6 +19,7 @@ use serde::Serialize;
 use super::signed_hop::HopSigner;
 use crate::hop::post::{post_encoded, post_json, Answer};
 use crate::trust::request::SIGNATURE_HEADER;
+use crate::trust::seal::SealPublic;
 use crate::trust::PublicKey;
 use crate::wire::data_plane::{Ack, Envelope, MessageId, Receipt};
 use crate::wire::legacy;
@@ -93,12 +94,14 @@ pub struct ToProxy {
     pub timeout: Duration,
 }
 
-/// How a hop to another proxy of ours is signed, and the key its acknowledgement must be
-/// signed by (the receiver's, pinned in the signed directory).
+/// How a hop to another proxy of ours is sealed and signed: the receiver's sealing key (none:
+/// it published none, nothing is sent), and the key its acknowledgement must be signed by (the
+/// receiver's, pinned in the signed directory).
 #[derive(Clone)]
 pub struct Signing {
     pub signer: HopSigner,
     pub key: PublicKey,
+    pub seal: Option<SealPublic>,
 }
 
 /// `POST {proxy}/api/v1/relay`: another proxy of ours; its 200 Ack, signed, means it stored it.
@@ -135,18 +138,27 @@ fn ack_of(answer: &Answer) -> Option<String> {
     }
 }
 
-/// `envelopes` (one alone: as an object; else as a list), signed together, in a request to
-/// `url` signed for `to.name`; the answer, and the envelopes as they were before signing.
-/// The signing is done on a blocking thread, off this worker's event loop.
+/// `envelopes` (one alone: as an object; else as a list), sealed for the receiver and signed
+/// together, in a request to `url` signed for `to.name`; the answer, and the envelopes as they
+/// were before sealing. The sealing and signing are done on a blocking thread, off this
+/// worker's event loop.
 async fn signed_post(
     to: &ToProxy,
     url: &str,
     envelopes: Vec<Envelope>,
     signing: &Signing,
 ) -> (Answer, Vec<Envelope>) {
+    let Some(seal) = signing.seal else {
+        let reason = format!(
+            "{} has published no sealing key in the signed directory (its proxy is of a release \
+             before sealed bodies): nothing is sent until it has one",
+            to.name
+        );
+        return (Answer::Unreachable { reason }, Vec::new());
+    };
     let (signer, target, destination) = (signing.signer.clone(), url.to_string(), to.name.clone());
     let signed = actix_web::web::block(move || {
-        let signed = signer.sign_envelopes(&envelopes);
+        let signed = signer.seal_envelopes(&envelopes, &seal)?;
         let body = match signed.as_slice() {
             [one] => serde_json::to_vec(one),
             all => serde_json::to_vec(all),

@@ -36,6 +36,10 @@ pub enum ProxyError {
     /// Another proxy's request is not signed, or its signature does not hold (401).
     #[error("{0}")]
     Unauthenticated(String),
+    /// Refused because of what this proxy holds already (a relayed message older than the last
+    /// one taken of its sequence): 409.
+    #[error("{0}")]
+    Conflict(String),
     /// Not now, for a reason that passes (starting, a directory not yet up to date, a clock
     /// apart): 503, and the sender tries again.
     #[error("{0}")]
@@ -63,6 +67,7 @@ impl ResponseError for ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 

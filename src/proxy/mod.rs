@@ -86,6 +86,20 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         );
     }
     let identity = std::sync::Arc::new(identity);
+    let seal_path = settings
+        .data_dir
+        .join(format!("proxy-{}.seal", settings.name));
+    let (seal, created) =
+        crate::trust::seal::SealKeys::load_or_create(&seal_path, crate::wire::now_ms())
+            .map_err(|e| anyhow::anyhow!("{label}: its sealing key: {e}"))?;
+    if created {
+        log::info!(
+            "{label}: made its sealing key {} (id {})",
+            seal_path.display(),
+            seal.current().0.id()
+        );
+    }
+    let seal = std::sync::Arc::new(seal);
     // What the router applies, readable by the TLS verifier from the first handshake.
     let (applied_tx, applied_rx) =
         tokio::sync::watch::channel(std::sync::Arc::new(router::Published::default()));
@@ -139,6 +153,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             items: loaded.items,
             view: loaded.view,
             identity,
+            seal: seal.clone(),
             proxy_id: loaded.proxy_id.clone(),
             listening: addr,
             overlay: overlay.clone(),
@@ -230,6 +245,7 @@ struct Boot {
     /// The directory view stored last.
     view: Option<crate::wire::directory::Snapshot>,
     identity: std::sync::Arc<crate::trust::Identity>,
+    seal: std::sync::Arc<crate::trust::seal::SealKeys>,
     proxy_id: String,
     /// The listener's address: a table entry naming it would have this proxy post to itself.
     listening: std::net::SocketAddr,
@@ -252,6 +268,7 @@ impl Boot {
             items,
             view,
             identity,
+            seal,
             proxy_id,
             listening,
             overlay,
@@ -262,6 +279,7 @@ impl Boot {
         let hops = std::sync::Arc::new(signed_hop::SignedHops::new(
             settings.name.as_str(),
             identity.clone(),
+            seal.clone(),
             crate::wire::now_ms(),
         ));
         // The outbox observes the writer (it learns of its committed changes from there).
@@ -369,7 +387,7 @@ impl Boot {
         router.do_send(SubscribeTable {
             subscriber: desk.clone().recipient(),
         });
-        match settings.root.clone() {
+        let controller = match settings.root.clone() {
             Some(root) => {
                 let link = LinkSettings {
                     controller_url,
@@ -381,6 +399,7 @@ impl Boot {
                     ),
                     ai_endpoints: settings.config.ai_endpoints.clone(),
                     identity,
+                    seal,
                     root,
                     join: settings.join.clone(),
                     tls: overlay.zip(overlay_client.zip(fresh_client)).map(
@@ -392,16 +411,19 @@ impl Boot {
                         },
                     ),
                 };
-                ControllerLink::new(link, router.clone()).start();
+                Some(ControllerLink::new(link, router.clone()).start())
             }
-            None => log::error!(
-                "proxy {}: no controller root is pinned, so it follows no controller (a table \
-                 nobody vouches for is not believed) and routes from its stored or configured \
-                 table. Pin the root with --controller-root sha256:… or controller.root in \
-                 config.yaml (`overlay controller init` prints it)",
-                settings.name
-            ),
-        }
+            None => {
+                log::error!(
+                    "proxy {}: no controller root is pinned, so it follows no controller (a \
+                     table nobody vouches for is not believed) and routes from its stored or \
+                     configured table. Pin the root with --controller-root sha256:… or \
+                     controller.root in config.yaml (`overlay controller init` prints it)",
+                    settings.name
+                );
+                None
+            }
+        };
         ProxyState {
             me: settings.name.clone(),
             router,
@@ -409,6 +431,8 @@ impl Boot {
             desk,
             max_body_bytes: settings.delivery.max_body_bytes,
             max_message_bytes: settings.delivery.max_message_bytes,
+            replay_horizon_ms: outbox::seen_horizon_ms(&settings.delivery),
+            controller,
             published,
             link: settings.link.clone(),
             hops,

@@ -371,6 +371,7 @@ mod tests {
     fn delta(from: u64, to: u64) -> Delta {
         let bob = UserEntry {
             tls: None,
+            seal: None,
             name: "bob".into(),
             proxy_id: None,
             key: None,

@@ -9,10 +9,13 @@
 //! origin and signed by it. Envelopes signed together share one signed root (see
 //! [`crate::wire::data_plane::sign_together`]), checked once; the request's and the roots'
 //! signatures are checked in one batch ([`crate::trust::verify_all`]), which names the bad item
-//! when it fails.
+//! when it fails. Then the sealed bodies are opened with this proxy's sealing keys
+//! ([`crate::wire::sealed::open`]): a body sealed for another proxy, sender or header does not.
 //!
-//! Outbound ([`HopSigner`]): each attempt signs its envelopes and its request afresh (a retry
-//! has a new nonce), and counts as delivered only when the answer carries the receiver's
+//! Outbound ([`HopSigner`]): each attempt seals its envelopes from the outbox's plaintext for
+//! the receiver's sealing key in the directory now (so a rotation never strands a queued
+//! message), numbers them in their sequences, signs them and its request afresh (a retry has
+//! a new nonce), and counts as delivered only when the answer carries the receiver's
 //! signature over exactly the messages sent ([`HopSigner::check_ack`]).
 //!
 //! Pure checks over shared state (a mutex around the nonces, atomics for the counts): no actor,
@@ -25,9 +28,11 @@ use serde::Serialize;
 
 use super::error::ProxyError;
 use crate::trust::request::{self, NonceCache, RequestError, RequestLine, REQUEST_DOMAIN};
+use crate::trust::seal::{SealKeys, SealPublic};
 use crate::trust::{verify_all, Check, Identity, PublicKey, Signature};
-use crate::wire::data_plane::{acked_bytes, sign_together, Envelope, ACK_DOMAIN, ENVELOPE_DOMAIN};
+use crate::wire::data_plane::{acked_bytes, signed_root, Envelope, ACK_DOMAIN};
 use crate::wire::directory::{Directory, UserState};
+use crate::wire::sealed::{Chain, SealedEnvelope, SEALED_DOMAIN};
 
 /// What was checked since start; `GET /api/v1/signatures` answers it.
 #[derive(Debug, Default)]
@@ -41,6 +46,9 @@ pub struct Counters {
     requests_signed: AtomicU64,
     envelopes_signed: AtomicU64,
     acks_signed: AtomicU64,
+    sealed: AtomicU64,
+    opened: AtomicU64,
+    not_opened: AtomicU64,
 }
 
 /// A copy of [`Counters`], for an answer.
@@ -61,6 +69,16 @@ pub struct CountersView {
     pub requests_signed: u64,
     pub envelopes_signed: u64,
     pub acks_signed: u64,
+    /// Bodies this proxy sealed for other proxies (each attempt seals afresh).
+    #[serde(default)]
+    pub sealed: u64,
+    /// Sealed bodies of other proxies opened with this proxy's sealing keys.
+    #[serde(default)]
+    pub opened: u64,
+    /// Requests refused because a sealed body did not open (another destination, sender,
+    /// key or header; changed; out of its order).
+    #[serde(default)]
+    pub not_opened: u64,
 }
 
 impl Counters {
@@ -80,15 +98,23 @@ impl Counters {
             requests_signed: get(&self.requests_signed),
             envelopes_signed: get(&self.envelopes_signed),
             acks_signed: get(&self.acks_signed),
+            sealed: get(&self.sealed),
+            opened: get(&self.opened),
+            not_opened: get(&self.not_opened),
         }
     }
 }
 
-/// This proxy's side of every signed hop: its key, its name, when it started, the nonces seen.
+/// This proxy's side of every signed hop: its keys, its name, when it started, the nonces seen,
+/// the last sequence number it gave.
 #[derive(Debug)]
 pub struct SignedHops {
     me: String,
     identity: Arc<Identity>,
+    seal: Arc<SealKeys>,
+    /// The last sequence number given to an envelope (see [`crate::wire::sealed`]): each new
+    /// one is above it and at least the time in µs, so numbers keep growing across restarts.
+    last_seq: AtomicU64,
     started_ms: u64,
     nonces: Mutex<NonceCache>,
     pub counters: Counters,
@@ -109,10 +135,17 @@ pub struct Relayed<'a> {
 }
 
 impl SignedHops {
-    pub fn new(me: &str, identity: Arc<Identity>, started_ms: u64) -> SignedHops {
+    pub fn new(
+        me: &str,
+        identity: Arc<Identity>,
+        seal: Arc<SealKeys>,
+        started_ms: u64,
+    ) -> SignedHops {
         SignedHops {
             me: me.to_string(),
             identity,
+            seal,
+            last_seq: AtomicU64::new(0),
             started_ms,
             nonces: Mutex::new(NonceCache::default()),
             counters: Counters::default(),
@@ -124,25 +157,47 @@ impl SignedHops {
         HopSigner { hops: self.clone() }
     }
 
-    /// Checks a relayed request and its envelopes (see the module's doc); Ok with the origin's
-    /// name. Counts what it verified or refused.
+    /// This proxy's sealing keys (the current one is published in the directory).
+    pub fn seal_keys(&self) -> &Arc<SealKeys> {
+        &self.seal
+    }
+
+    /// Checks a relayed request and its envelopes, and opens them (see the module's doc); Ok
+    /// with the origin's name and each envelope opened, with its place in its sequence. Counts
+    /// what it verified, opened or refused.
     pub fn check_relay(
         &self,
         r: &Relayed<'_>,
-        envelopes: &[Envelope],
+        envelopes: &[SealedEnvelope],
         directory: &Directory,
         now_ms: u64,
-    ) -> Result<String, ProxyError> {
-        let checked = self.check(r, envelopes, directory, now_ms);
-        match &checked {
-            Ok(_) => {
+    ) -> Result<(String, Vec<(Envelope, Chain)>), ProxyError> {
+        let checked = self
+            .check(r, envelopes, directory, now_ms)
+            .and_then(|origin| {
                 Counters::add(&self.counters.requests_verified, 1);
                 Counters::add(&self.counters.envelopes_verified, envelopes.len());
-            }
-            Err(e) => {
-                Counters::add(&self.counters.refused, 1);
-                log::warn!("refused a relay ({} {}): {e}", r.method, r.target);
-            }
+                let opened = crate::wire::sealed::open(envelopes, &self.seal).map_err(|e| {
+                    Counters::add(&self.counters.not_opened, 1);
+                    let what = format!(
+                        "the sealed body of {}",
+                        item(e.index, &envelopes[e.index], envelopes.len())
+                    );
+                    if e.unknown_key {
+                        ProxyError::Retry(format!(
+                            "{what}: {}; seal it again for the key the signed directory gives now",
+                            e.why
+                        ))
+                    } else {
+                        ProxyError::Forbidden(format!("{what} was refused: {}", e.why))
+                    }
+                })?;
+                Counters::add(&self.counters.opened, opened.len());
+                Ok((origin, opened))
+            });
+        if let Err(e) = &checked {
+            Counters::add(&self.counters.refused, 1);
+            log::warn!("refused a relay ({} {}): {e}", r.method, r.target);
         }
         checked
     }
@@ -150,7 +205,7 @@ impl SignedHops {
     fn check(
         &self,
         r: &Relayed<'_>,
-        envelopes: &[Envelope],
+        envelopes: &[SealedEnvelope],
         directory: &Directory,
         now_ms: u64,
     ) -> Result<String, ProxyError> {
@@ -177,20 +232,20 @@ impl SignedHops {
         // Each envelope's signed root; envelopes signed together share one, checked once.
         let mut roots: Vec<([u8; 32], &Signature, usize)> = Vec::new();
         for (i, e) in envelopes.iter().enumerate() {
-            if !e.from.as_str().eq_ignore_ascii_case(&h.origin) {
+            if !e.header.from.as_str().eq_ignore_ascii_case(&h.origin) {
                 return Err(ProxyError::Forbidden(format!(
                     "a request signed by {}'s proxy may carry only {}'s messages: {} is from {}",
                     h.origin,
                     h.origin,
                     item(i, e, envelopes.len()),
-                    e.from
+                    e.header.from
                 )));
             }
-            let Some((root, sig)) = e.signed_root() else {
+            let Some((root, sig)) = signed_root(e) else {
                 return Err(ProxyError::Unauthenticated(format!(
                     "{} is not signed by {}'s proxy",
                     item(i, e, envelopes.len()),
-                    e.from
+                    e.header.from
                 )));
             };
             if !roots.iter().any(|(r, s, _)| *r == root && *s == sig) {
@@ -213,7 +268,7 @@ impl SignedHops {
         for (root, sig, _) in &roots {
             checks.push(Check {
                 key: &key,
-                domain: ENVELOPE_DOMAIN,
+                domain: SEALED_DOMAIN,
                 msg: root,
                 sig,
             });
@@ -261,11 +316,11 @@ impl SignedHops {
 }
 
 /// "message 3 of 8 (id)" in a batch, "message id" alone.
-fn item(i: usize, e: &Envelope, of: usize) -> String {
+fn item(i: usize, e: &SealedEnvelope, of: usize) -> String {
     if of > 1 {
-        format!("message {} of {of} ({})", i + 1, e.id)
+        format!("message {} of {of} ({})", i + 1, e.header.id)
     } else {
-        format!("message {}", e.id)
+        format!("message {}", e.header.id)
     }
 }
 
@@ -310,12 +365,40 @@ pub struct HopSigner {
 }
 
 impl HopSigner {
-    /// `envelopes`, signed together by this proxy (their origin): one signature for all.
-    pub fn sign_envelopes(&self, envelopes: &[Envelope]) -> Vec<Envelope> {
-        Counters::add(&self.hops.counters.envelopes_signed, envelopes.len());
-        let mut signed = envelopes.to_vec();
-        sign_together(&mut signed, &self.hops.identity);
-        signed
+    /// `envelopes` (one batch, in order) sealed for the proxy whose sealing key is `to`,
+    /// numbered in their sequences, and signed together by this proxy (their origin).
+    pub fn seal_envelopes(
+        &self,
+        envelopes: &[Envelope],
+        to: &SealPublic,
+    ) -> Result<Vec<SealedEnvelope>, String> {
+        let sealed =
+            crate::wire::sealed::seal(envelopes, || self.next_seq(), to, &self.hops.identity)
+                .map_err(|e| format!("could not seal the message: {e}"))?;
+        Counters::add(&self.hops.counters.sealed, sealed.len());
+        Counters::add(&self.hops.counters.envelopes_signed, sealed.len());
+        Ok(sealed)
+    }
+
+    /// The next sequence number: above the last one given, and at least the time in µs (so
+    /// numbers keep growing across restarts, also from a data dir restored from a backup).
+    fn next_seq(&self) -> u64 {
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let mut last = self.hops.last_seq.load(Ordering::Relaxed);
+        loop {
+            let next = last.saturating_add(1).max(now_us);
+            match self.hops.last_seq.compare_exchange_weak(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
     }
 
     /// The `overlay-signature` value of a request to `url` for `destination` with `body`.
@@ -381,6 +464,7 @@ mod tests {
                 name.to_string(),
                 UserEntry {
                     tls: None,
+                    seal: None,
                     name: name.to_string(),
                     proxy_id: None,
                     key: Some(id.public()),
@@ -397,23 +481,48 @@ mod tests {
     struct Side {
         hops: Arc<SignedHops>,
         id: Arc<Identity>,
+        _dir: tempfile::TempDir,
     }
 
     fn side(name: &str) -> Side {
         let id = Arc::new(Identity::generate());
+        let dir = tempfile::tempdir().unwrap();
+        let seal = SealKeys::load_or_create(&dir.path().join(name), NOW)
+            .unwrap()
+            .0;
         Side {
-            hops: Arc::new(SignedHops::new(name, id.clone(), NOW - 1000)),
+            hops: Arc::new(SignedHops::new(
+                name,
+                id.clone(),
+                Arc::new(seal),
+                NOW - 1000,
+            )),
             id,
+            _dir: dir,
         }
     }
 
-    /// What alice's proxy sends bob's for `envelopes`: the signed envelopes, the body, the header.
-    fn sent(alice: &Side, envelopes: &[Envelope], to: &str) -> (Vec<Envelope>, Vec<u8>, String) {
-        let signed = alice.hops.signer().sign_envelopes(envelopes);
-        let body = serde_json::to_vec(&signed).unwrap();
+    fn seal_key(of: &Side) -> SealPublic {
+        of.hops.seal_keys().current().0
+    }
+
+    /// What alice's proxy sends `to`'s for `envelopes`: the sealed envelopes, the body, the
+    /// header.
+    fn sent(
+        alice: &Side,
+        envelopes: &[Envelope],
+        to: &Side,
+        to_name: &str,
+    ) -> (Vec<SealedEnvelope>, Vec<u8>, String) {
+        let sealed = alice
+            .hops
+            .signer()
+            .seal_envelopes(envelopes, &seal_key(to))
+            .unwrap();
+        let body = serde_json::to_vec(&sealed).unwrap();
         // Signed as `sign_request` does, dated by the test's clock.
-        let h = header(alice, &body, "alice", to);
-        (signed, body, h)
+        let h = header(alice, &body, "alice", to_name);
+        (sealed, body, h)
     }
 
     /// The signature header `by` makes for `body` to the batch route, as `origin` for `to`.
@@ -437,26 +546,112 @@ mod tests {
     }
 
     #[test]
-    fn a_signed_batch_from_its_origin_passes_once_and_its_replay_does_not() {
+    fn a_sealed_batch_from_its_origin_opens_once_and_its_replay_does_not() {
         let (alice, bob) = (side("alice"), side("bob"));
         let dir = directory(&[("alice", &alice.id), ("bob", &bob.id)]);
         let es = [
             Envelope::text("alice", "bob", "one"),
             Envelope::text("alice", "bob", "two"),
         ];
-        let (signed, body, h) = sent(&alice, &es, "bob");
+        let (sealed, body, h) = sent(&alice, &es, &bob, "bob");
+        assert!(!String::from_utf8_lossy(&body).contains("two"));
         let r = relayed(&h, &body);
+        let (origin, opened) = bob.hops.check_relay(&r, &sealed, &dir, NOW).unwrap();
+        assert_eq!(origin, "alice");
         assert_eq!(
-            bob.hops.check_relay(&r, &signed, &dir, NOW).unwrap(),
-            "alice"
+            opened.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(),
+            es
         );
-        let again = bob.hops.check_relay(&r, &signed, &dir, NOW).unwrap_err();
+        assert_eq!(opened[1].1.after, opened[0].1.seq);
+        let again = bob.hops.check_relay(&r, &sealed, &dir, NOW).unwrap_err();
         assert!(again.to_string().contains("replay"), "{again}");
         let v = bob.hops.counters.view();
         assert_eq!(
-            (v.requests_verified, v.envelopes_verified, v.refused),
-            (1, 2, 1)
+            (
+                v.requests_verified,
+                v.envelopes_verified,
+                v.opened,
+                v.refused
+            ),
+            (1, 2, 2, 1)
         );
+        assert_eq!(alice.hops.counters.view().sealed, 2);
+    }
+
+    #[test]
+    fn numbers_keep_growing_and_start_from_the_clock() {
+        let alice = side("alice");
+        let signer = alice.hops.signer();
+        let a = signer.next_seq();
+        let b = signer.next_seq();
+        assert!(b > a);
+        let now_us = crate::wire::now_ms() * 1000;
+        assert!(a + 10_000_000 >= now_us, "{a} {now_us}");
+        // A restart (a new counter) still numbers above what was given.
+        assert!(side("alice").hops.signer().next_seq() > a);
+    }
+
+    #[test]
+    fn a_body_sealed_for_carol_and_moved_to_bob_or_resigned_by_carol_is_refused() {
+        let (alice, bob, carol) = (side("alice"), side("bob"), side("carol"));
+        let dir = directory(&[("alice", &alice.id), ("bob", &bob.id), ("carol", &carol.id)]);
+        // Alice's body for carol, moved into an envelope to bob that alice (or a carrier with
+        // her key) signs again: sealed to a key bob does not hold.
+        let (for_carol, _, _) = sent(
+            &alice,
+            &[Envelope::text("alice", "carol", "secret")],
+            &carol,
+            "carol",
+        );
+        let (mut for_bob, _, _) =
+            sent(&alice, &[Envelope::text("alice", "bob", "hi")], &bob, "bob");
+        for_bob[0].sealed = for_carol[0].sealed.clone();
+        crate::wire::data_plane::sign_together(&mut for_bob, &alice.id, SEALED_DOMAIN);
+        let body = serde_json::to_vec(&for_bob).unwrap();
+        let h = header(&alice, &body, "alice", "bob");
+        let e = bob
+            .hops
+            .check_relay(&relayed(&h, &body), &for_bob, &dir, NOW)
+            .unwrap_err();
+        assert!(e.to_string().contains("does not hold"), "{e}");
+        // Carol takes alice's sealed body for bob and sends it as her own, signed by her.
+        let (from_alice, _, _) = sent(
+            &alice,
+            &[Envelope::text("alice", "bob", "alice's words")],
+            &bob,
+            "bob",
+        );
+        let mut as_carol = from_alice.clone();
+        as_carol[0].header.from = "carol".into();
+        as_carol[0].header.conversation = crate::wire::data_plane::conversation_id("carol", "bob");
+        crate::wire::data_plane::sign_together(&mut as_carol, &carol.id, SEALED_DOMAIN);
+        let body = serde_json::to_vec(&as_carol).unwrap();
+        let h = header(&carol, &body, "carol", "bob");
+        let e = bob
+            .hops
+            .check_relay(&relayed(&h, &body), &as_carol, &dir, NOW)
+            .unwrap_err();
+        assert!(matches!(e, ProxyError::Forbidden(_)), "{e}");
+        assert!(e.to_string().contains("does not open"), "{e}");
+        assert_eq!(bob.hops.counters.view().not_opened, 2);
+        assert_eq!(bob.hops.counters.view().opened, 0);
+    }
+
+    #[test]
+    fn a_body_sealed_to_a_key_rotated_long_ago_is_worth_sealing_again() {
+        let (alice, bob) = (side("alice"), side("bob"));
+        let dir = directory(&[("alice", &alice.id), ("bob", &bob.id)]);
+        let (sealed, body, h) = sent(&alice, &[Envelope::text("alice", "bob", "hi")], &bob, "bob");
+        bob.hops.seal_keys().rotate(NOW).unwrap();
+        bob.hops
+            .seal_keys()
+            .rotate(NOW + crate::trust::seal::RETIRED_KEEP_MS + 1)
+            .unwrap();
+        let e = bob
+            .hops
+            .check_relay(&relayed(&h, &body), &sealed, &dir, NOW)
+            .unwrap_err();
+        assert!(matches!(e, ProxyError::Retry(_)), "{e}");
     }
 
     #[test]
@@ -464,7 +659,7 @@ mod tests {
         let (alice, bob, carol) = (side("alice"), side("bob"), side("carol"));
         let dir = directory(&[("alice", &alice.id), ("bob", &bob.id), ("carol", &carol.id)]);
         let es = [Envelope::text("alice", "bob", "hi")];
-        let (signed, body, h) = sent(&alice, &es, "bob");
+        let (sealed, body, h) = sent(&alice, &es, &bob, "bob");
         let carol_key = carol.id.public();
         let on_carols = Relayed {
             tls_key: Some(&carol_key),
@@ -472,7 +667,7 @@ mod tests {
         };
         let e = bob
             .hops
-            .check_relay(&on_carols, &signed, &dir, NOW)
+            .check_relay(&on_carols, &sealed, &dir, NOW)
             .unwrap_err();
         assert!(matches!(e, ProxyError::Forbidden(_)), "{e}");
         assert!(e.to_string().contains("not alice's pinned key"), "{e}");
@@ -483,8 +678,9 @@ mod tests {
         };
         assert_eq!(
             bob.hops
-                .check_relay(&on_alices, &signed, &dir, NOW)
-                .unwrap(),
+                .check_relay(&on_alices, &sealed, &dir, NOW)
+                .unwrap()
+                .0,
             "alice"
         );
     }
@@ -495,18 +691,23 @@ mod tests {
         let dir = directory(&[("alice", &alice.id), ("bob", &bob.id), ("carol", &carol.id)]);
         // carol signs the request as herself, but the message says it is from alice.
         let es = [Envelope::text("alice", "bob", "it's alice, honest")];
-        let body = serde_json::to_vec(&es).unwrap();
+        let sealed = carol
+            .hops
+            .signer()
+            .seal_envelopes(&es, &seal_key(&bob))
+            .unwrap();
+        let body = serde_json::to_vec(&sealed).unwrap();
         let h = header(&carol, &body, "carol", "bob");
         let e = bob
             .hops
-            .check_relay(&relayed(&h, &body), &es, &dir, NOW)
+            .check_relay(&relayed(&h, &body), &sealed, &dir, NOW)
             .unwrap_err();
         assert!(matches!(e, ProxyError::Forbidden(_)), "{e}");
         // carol signs as alice: not alice's pinned key.
         let h = header(&carol, &body, "alice", "bob");
         let e = bob
             .hops
-            .check_relay(&relayed(&h, &body), &es, &dir, NOW)
+            .check_relay(&relayed(&h, &body), &sealed, &dir, NOW)
             .unwrap_err();
         assert!(e.to_string().contains("not by"), "{e}");
     }
@@ -518,17 +719,19 @@ mod tests {
         let es: Vec<Envelope> = (0..4)
             .map(|i| Envelope::text("alice", "bob", format!("m{i}")))
             .collect();
-        let mut signed = alice.hops.signer().sign_envelopes(&es);
-        signed[2].body = crate::wire::data_plane::Body::Text {
-            text: "changed".into(),
-        };
+        let mut sealed = alice
+            .hops
+            .signer()
+            .seal_envelopes(&es, &seal_key(&bob))
+            .unwrap();
+        sealed[2].sealed.ct.0[0] ^= 1;
         // The request is signed over the changed body (as a relay in between could not, but
         // the origin's envelope signature must catch it alone).
-        let body = serde_json::to_vec(&signed).unwrap();
+        let body = serde_json::to_vec(&sealed).unwrap();
         let h = header(&alice, &body, "alice", "bob");
         let e = bob
             .hops
-            .check_relay(&relayed(&h, &body), &signed, &dir, NOW)
+            .check_relay(&relayed(&h, &body), &sealed, &dir, NOW)
             .unwrap_err();
         assert!(e.to_string().contains("message 3 of 4"), "{e}");
         assert_eq!(bob.hops.counters.view().batch_fallbacks, 1);
@@ -539,24 +742,24 @@ mod tests {
         let (alice, bob) = (side("alice"), side("bob"));
         let dir = directory(&[("alice", &alice.id), ("bob", &bob.id)]);
         let es = [Envelope::text("alice", "bob", "hi")];
-        let (signed, body, h) = sent(&alice, &es, "bob");
+        let (sealed, body, h) = sent(&alice, &es, &bob, "bob");
         let mut other = body.clone();
         other.push(b' ');
         let e = bob
             .hops
-            .check_relay(&relayed(&h, &other), &signed, &dir, NOW)
+            .check_relay(&relayed(&h, &other), &sealed, &dir, NOW)
             .unwrap_err();
         assert!(matches!(e, ProxyError::Unauthenticated(_)), "{e}");
         let r = Relayed {
             target: "/api/v1/relay",
             ..relayed(&h, &body)
         };
-        assert!(bob.hops.check_relay(&r, &signed, &dir, NOW).is_err());
+        assert!(bob.hops.check_relay(&r, &sealed, &dir, NOW).is_err());
         // Signed for carol, sent to bob.
-        let (signed, body, h) = sent(&alice, &es, "carol");
+        let (sealed, body, h) = sent(&alice, &es, &bob, "carol");
         let e = bob
             .hops
-            .check_relay(&relayed(&h, &body), &signed, &dir, NOW)
+            .check_relay(&relayed(&h, &body), &sealed, &dir, NOW)
             .unwrap_err();
         assert!(e.to_string().contains("not for bob"), "{e}");
     }

@@ -1,5 +1,7 @@
 //! The proxy's durable state in `proxy-NAME.redb`: the outbox (every message and receipt not
-//! yet handed on), the `seen` ids (so a retried submit or relay is stored once), the proxy's
+//! yet handed on), the `seen` ids (so a retried submit or relay is stored once), the place
+//! reached in each (sender, conversation) sequence of relayed messages (so a carrier cannot
+//! reorder a conversation: see [`Op::Accept`] and [`crate::wire::sealed`]), the proxy's
 //! stable id, the last endpoint table (so routing works while the controller is down), and the
 //! AI memory (each conversation with an AI endpoint, so the model is sent what was said).
 //!
@@ -27,6 +29,8 @@ use crate::wire::PeerName;
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// message id → Unix ms when first stored.
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+/// `sender␟conversation` → (the last sequence number taken, Unix ms when it was taken).
+const SEQUENCES: TableDefinition<&str, (u64, u64)> = TableDefinition::new("sequences");
 /// `proxy_id`, `table` → their JSON; `wal_lsn` → [`Position`].
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// conversation id (`alice:bot`) → JSON `[MemoryTurn]`, oldest first.
@@ -149,8 +153,17 @@ impl Record {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    /// Store `record` unless `id` was seen before; marks `id` seen.
-    Accept { id: MessageId, record: Record },
+    /// Store `record` unless `id` was seen before; marks `id` seen. With a `chain` (a relayed
+    /// envelope's place in its sequence), only right after the one it follows: its number must
+    /// be above the last taken of its (sender, conversation), and it must follow none (`after`
+    /// 0) or exactly that one; else it is held (its predecessor has not arrived) or stale. A
+    /// duplicate's number still counts as taken (a retry numbers its batch afresh).
+    Accept {
+        id: MessageId,
+        record: Record,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chain: Option<crate::wire::sealed::Chain>,
+    },
     /// Overwrite the delivery state of item `seq`.
     Update { seq: u64, record: Record },
     /// Remove item `seq` (handed on or given up), queueing `follow_up` (a receipt) in its place.
@@ -194,6 +207,18 @@ pub enum OpResult {
     },
     /// `Accept` of an id already seen: nothing stored.
     Duplicate,
+    /// `Accept` of an envelope whose predecessor `after` has not been taken (the last taken
+    /// of its sequence is `last`): nothing stored.
+    Held {
+        after: u64,
+        last: u64,
+    },
+    /// `Accept` of an envelope numbered `seq`, not above `last`, the last taken of its
+    /// sequence: nothing stored.
+    Stale {
+        seq: u64,
+        last: u64,
+    },
     Done,
     /// How many ids (`PruneSeen`) or turns (`Forget`) were forgotten.
     Forgotten(u64),
@@ -308,6 +333,16 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ProxyError> {
     serde_json::to_vec(v).map_err(ProxyError::storage)
 }
 
+/// The key of a relayed message's sequence: its sender and conversation, as names compare.
+fn sequence_key(record: &Record) -> String {
+    match &record.payload {
+        Payload::Message { envelope, .. } => {
+            format!("{}\u{1f}{}", envelope.from.key(), envelope.conversation)
+        }
+        Payload::Receipt { receipt } => format!("\u{1f}{}", receipt.id),
+    }
+}
+
 /// Takes the next free seq.
 fn take(next: &mut u64) -> u64 {
     *next += 1;
@@ -400,6 +435,7 @@ impl Schema for ProxySchema {
     fn create_tables(txn: &WriteTransaction) -> Result<u64, ProxyError> {
         txn.open_table(OUTBOX).map_err(ProxyError::storage)?;
         txn.open_table(SEEN).map_err(ProxyError::storage)?;
+        txn.open_table(SEQUENCES).map_err(ProxyError::storage)?;
         txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
         Ok(Position::read(&txn.open_table(META).map_err(ProxyError::storage)?)?.lsn)
     }
@@ -423,25 +459,55 @@ impl Schema for ProxySchema {
         };
         {
             let mut seen = txn.open_table(SEEN).map_err(ProxyError::storage)?;
+            let mut sequences = txn.open_table(SEQUENCES).map_err(ProxyError::storage)?;
             let mut memory = txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
             for op in ops {
                 results.push(match op {
-                    Op::Accept { id, record } => {
-                        if seen
+                    Op::Accept { id, record, chain } => {
+                        let place = match chain {
+                            Some(c) => {
+                                let key = sequence_key(record);
+                                let last = sequences
+                                    .get(key.as_str())
+                                    .map_err(ProxyError::storage)?
+                                    .map_or(0, |v| v.value().0);
+                                Some((key, *c, last))
+                            }
+                            None => None,
+                        };
+                        let duplicate = seen
                             .get(id.as_str())
                             .map_err(ProxyError::storage)?
-                            .is_some()
-                        {
-                            OpResult::Duplicate
-                        } else {
-                            seen.insert(id.as_str(), record.created_ms)
+                            .is_some();
+                        let verdict = match place {
+                            _ if duplicate => OpResult::Duplicate,
+                            Some((_, c, last)) if c.seq <= last => {
+                                OpResult::Stale { seq: c.seq, last }
+                            }
+                            Some((_, c, last)) if c.after != 0 && c.after != last => {
+                                OpResult::Held {
+                                    after: c.after,
+                                    last,
+                                }
+                            }
+                            _ => {
+                                seen.insert(id.as_str(), record.created_ms)
+                                    .map_err(ProxyError::storage)?;
+                                let seq = take(&mut next_free);
+                                outbox
+                                    .insert(seq, to_json(record)?.as_slice())
+                                    .map_err(ProxyError::storage)?;
+                                OpResult::Stored { seq }
+                            }
+                        };
+                        let taken =
+                            matches!(verdict, OpResult::Stored { .. } | OpResult::Duplicate);
+                        if let Some((key, c, _)) = place.filter(|p| taken && p.1.seq > p.2) {
+                            sequences
+                                .insert(key.as_str(), (c.seq, record.created_ms))
                                 .map_err(ProxyError::storage)?;
-                            let seq = take(&mut next_free);
-                            outbox
-                                .insert(seq, to_json(record)?.as_slice())
-                                .map_err(ProxyError::storage)?;
-                            OpResult::Stored { seq }
                         }
+                        verdict
                     }
                     Op::Update { seq, record } => {
                         // An item finished meanwhile stays finished.
@@ -478,6 +544,9 @@ impl Schema for ProxySchema {
                     Op::PruneSeen { before_ms } => {
                         let before = seen.len().map_err(ProxyError::storage)?;
                         seen.retain(|_, first_seen| first_seen >= *before_ms)
+                            .map_err(ProxyError::storage)?;
+                        sequences
+                            .retain(|_, (_, taken_ms)| taken_ms >= *before_ms)
                             .map_err(ProxyError::storage)?;
                         OpResult::Forgotten(before - seen.len().map_err(ProxyError::storage)?)
                     }
@@ -654,6 +723,7 @@ mod tests {
         let accept = Op::Accept {
             id: MessageId::parse("m1").unwrap(),
             record: receipt("m1"),
+            chain: None,
         };
         assert!(accept.is_urgent(), "its sender is told we hold it");
         let update = Op::Update {
@@ -766,7 +836,106 @@ mod tests {
         Op::Accept {
             id: MessageId::parse(id).unwrap(),
             record: receipt(id),
+            chain: None,
         }
+    }
+
+    /// A message `from` relayed to bob, `id`, numbered `seq` after `after` in its sequence.
+    fn relayed(from: &str, id: &str, seq: u64, after: u64) -> Op {
+        let mut envelope = Envelope::text(from, "bob", id);
+        envelope.id = MessageId::parse(id).unwrap();
+        let payload = Payload::Message {
+            envelope,
+            origin: Origin::Relay,
+        };
+        Op::Accept {
+            id: MessageId::parse(id).unwrap(),
+            record: Record::new(LaneId::PeerInbox, payload, 1_000),
+            chain: Some(crate::wire::sealed::Chain { seq, after }),
+        }
+    }
+
+    #[test]
+    fn a_relayed_message_is_taken_only_right_after_the_one_it_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, log) = (dir.path().join("p.redb"), dir.path().join("p.wal"));
+        let (db, _) = open(&path, &log, "t").unwrap();
+        let mut schema = ProxySchema::default();
+        let mut step = |db: &SharedDb, op: Op| run(db, &mut schema, vec![op]).remove(0);
+        assert!(matches!(
+            step(&db, relayed("alice", "m1", 10, 0)),
+            OpResult::Stored { .. }
+        ));
+        // m3 follows m2, which was dropped on the way: held, nothing stored.
+        assert_eq!(
+            step(&db, relayed("alice", "m3", 30, 20)),
+            OpResult::Held {
+                after: 20,
+                last: 10
+            }
+        );
+        // Another sender's (or conversation's) sequence is its own.
+        assert!(matches!(
+            step(&db, relayed("carol", "c1", 5, 0)),
+            OpResult::Stored { .. }
+        ));
+        assert!(matches!(
+            step(&db, relayed("alice", "m2", 20, 10)),
+            OpResult::Stored { .. }
+        ));
+        assert!(matches!(
+            step(&db, relayed("alice", "m3", 30, 20)),
+            OpResult::Stored { .. }
+        ));
+        // A retry numbers afresh: a duplicate's number counts, so what follows it is taken.
+        assert_eq!(
+            step(&db, relayed("alice", "m3", 40, 0)),
+            OpResult::Duplicate
+        );
+        assert!(matches!(
+            step(&db, relayed("alice", "m4", 50, 40)),
+            OpResult::Stored { .. }
+        ));
+        // An unseen message numbered below the last taken: a replay of one its sender gave up
+        // on, or a carrier's reordering. Refused, also after a restart.
+        drop(db);
+        let (db, _) = open(&path, &log, "t").unwrap();
+        let mut schema = ProxySchema::default();
+        let mut step = |db: &SharedDb, op: Op| run(db, &mut schema, vec![op]).remove(0);
+        assert_eq!(
+            step(&db, relayed("alice", "m0", 45, 0)),
+            OpResult::Stale { seq: 45, last: 50 }
+        );
+        assert_eq!(
+            step(&db, relayed("alice", "m5", 60, 55)),
+            OpResult::Held {
+                after: 55,
+                last: 50
+            }
+        );
+        assert!(matches!(
+            step(&db, relayed("alice", "m5", 60, 0)),
+            OpResult::Stored { .. }
+        ));
+        // In one group, in order: a batch's chain holds within it.
+        let group = run(
+            &db,
+            &mut schema,
+            vec![
+                relayed("alice", "m6", 70, 0),
+                relayed("alice", "m7", 71, 70),
+            ],
+        );
+        assert!(
+            group.iter().all(|r| matches!(r, OpResult::Stored { .. })),
+            "{group:?}"
+        );
+        // Pruning forgets a sequence with its ids.
+        run(&db, &mut schema, vec![Op::PruneSeen { before_ms: 2_000 }]);
+        assert!(matches!(
+            run(&db, &mut schema, vec![relayed("alice", "m8", 1, 0)])[0],
+            OpResult::Stored { .. }
+        ));
     }
 
     #[test]
@@ -913,6 +1082,7 @@ mod tests {
             Op::Accept {
                 id: MessageId::parse("late").unwrap(),
                 record: late,
+                chain: None,
             },
         ];
         run(&db, &mut next, ops);

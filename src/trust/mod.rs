@@ -3,7 +3,8 @@
 //! Pure building blocks, no actors and no HTTP: [`keys`] (identity keys, public keys,
 //! fingerprints, signatures, key files), [`signed`] (signed JSON documents and key
 //! certificates checked against a pinned root), [`token`] (join tokens and the verifier the
-//! controller stores instead of the secret) and [`limiter`] (a token bucket per source address).
+//! controller stores instead of the secret), [`limiter`] (a token bucket per source address)
+//! and [`seal`] (sealing keys, and HPKE sealing of message bodies between proxies).
 //!
 //! Must not: log or render a private key or a token secret.
 
@@ -11,6 +12,7 @@ pub mod keys;
 pub mod limiter;
 pub mod private_file;
 pub mod request;
+pub mod seal;
 pub mod signed;
 pub mod tls;
 pub mod token;

@@ -37,6 +37,9 @@ pub struct RegisterRequest {
     /// Ours only: the TLS listener other proxies reach it at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<super::directory::TlsAddress>,
+    /// Ours only: the key other proxies seal message bodies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<crate::trust::seal::SealPublic>,
 }
 
 /// `POST /api/heartbeat` body.

@@ -11,22 +11,20 @@
 //! - peer → its proxy: `GET /api/v1/directory` → `[DirectoryEntry]` (who can be reached, and how);
 //!   `POST /api/v1/forget` [`Forget`] (the user cleared a chat: an AI starts a fresh context).
 //!
-//! Between proxies every hop is signed (see [`Envelope::signed_bytes`], [`acked_bytes`]): the
-//! origin proxy signs each envelope under [`ENVELOPE_DOMAIN`] and each request (see
+//! Between proxies a message travels sealed and signed, as a [`super::sealed::SealedEnvelope`]:
+//! its body sealed for the receiving proxy, the whole signed by the origin proxy (envelopes
+//! signed together share one signature: [`sign_together`]), in a signed request (see
 //! [`crate::trust::request`]); the receiving proxy answers with its signature over what it
-//! stored, under [`ACK_DOMAIN`], in the [`ACK_HEADER`] header. A sealed (end-to-end encrypted)
-//! body can come later as a new [`Body`] variant without changing the envelope's shape.
+//! stored, under [`ACK_DOMAIN`], in the [`ACK_HEADER`] header ([`acked_bytes`]).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use super::PeerName;
-use crate::trust::{Identity, Signature};
+use crate::trust::{Identity, PublicKey, Signature};
 use sha2::{Digest, Sha256};
 
-/// Signature domain of an [`Envelope`], signed by its origin proxy.
-pub const ENVELOPE_DOMAIN: &str = "overlay/envelope/v1";
 /// Signature domain of an acknowledgement, signed by the receiving proxy.
 pub const ACK_DOMAIN: &str = "overlay/ack/v1";
 /// The answer header carrying the receiving proxy's signature of the acknowledged messages.
@@ -100,11 +98,6 @@ pub struct Envelope {
     /// An error report (e.g. from an AI endpoint) rather than a chat message.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub error: bool,
-    /// The origin proxy's signature over every field above ([`Envelope::signed_bytes`]), as
-    /// one leaf of the envelopes it signed together ([`sign_together`]); made by the sending
-    /// proxy on each attempt, checked by the receiving proxy (which stores it no further).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<EnvelopeSignature>,
     /// Came from a listed proxy of the original, which signs nothing: nobody vouches for its
     /// `from`. Set only by the receiving proxy (for its own peer, which shows it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -138,67 +131,8 @@ impl Envelope {
             body: Body::Text { text: text.into() },
             auto_reply: false,
             error: false,
-            signature: None,
             unauthenticated: false,
         }
-    }
-
-    /// The bytes its origin signs: every field that is stored or shown (id, from, to,
-    /// conversation, time, body, flags), each length-prefixed so no two envelopes share them.
-    /// Names are signed as written (the receiver compares them without case apart).
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        let text = self.body.text();
-        let mut out = Vec::with_capacity(96 + text.len());
-        for field in [
-            self.id.as_str(),
-            self.from.as_str(),
-            self.to.as_str(),
-            self.conversation.as_str(),
-            "text",
-            text,
-        ] {
-            put(&mut out, field.as_bytes());
-        }
-        out.extend_from_slice(&self.sent_at_ms.to_be_bytes());
-        out.push(u8::from(self.auto_reply) | (u8::from(self.error) << 1));
-        out
-    }
-
-    /// Signs it alone as its origin proxy, `by` (a tree of one leaf: see [`sign_together`]).
-    pub fn sign(&mut self, by: &Identity) {
-        sign_together(std::slice::from_mut(self), by);
-    }
-
-    /// Its leaf in a signing tree: SHA-256 of `0x00 ‖` [`Envelope::signed_bytes`].
-    pub fn leaf(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update([0u8]);
-        h.update(self.signed_bytes());
-        h.finalize().into()
-    }
-
-    /// The root its signature's path leads to from its leaf, and the signature over that root
-    /// (under [`ENVELOPE_DOMAIN`]); None when unsigned (or its path is over [`MAX_PATH`]).
-    pub fn signed_root(&self) -> Option<([u8; 32], &Signature)> {
-        let s = self
-            .signature
-            .as_ref()
-            .filter(|s| s.path.len() <= MAX_PATH)?;
-        let root = s
-            .path
-            .iter()
-            .fold(self.leaf(), |node, step| match step.side {
-                Side::Left => node_hash(&step.hash, &node),
-                Side::Right => node_hash(&node, &step.hash),
-            });
-        Some((root, &s.sig))
-    }
-
-    /// Whether its signature holds for `key` (one envelope alone; a receiver checks a whole
-    /// request's at once, see `crate::proxy::signed_hop`).
-    pub fn signed_by(&self, key: &crate::trust::PublicKey) -> bool {
-        self.signed_root()
-            .is_some_and(|(root, sig)| key.verify(ENVELOPE_DOMAIN, &root, sig).is_ok())
     }
 }
 
@@ -271,17 +205,54 @@ fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Signs `envelopes` together as their origin proxy, `by`: builds the hash tree of their leaves
-/// (pairs in order; an odd last node goes up as it is), signs its root once, and gives each
-/// envelope that signature with its own path. Up to 2^[`MAX_PATH`] envelopes.
-pub fn sign_together(envelopes: &mut [Envelope], by: &Identity) {
-    if envelopes.is_empty() {
+/// What can be signed in a tree with others ([`sign_together`]): a leaf, and a place for the
+/// signature.
+pub trait Signable {
+    /// Its leaf: SHA-256 of `0x00 ‖` every byte it signs (each field length-prefixed).
+    fn leaf(&self) -> [u8; 32];
+    fn signature(&self) -> Option<&EnvelopeSignature>;
+    fn set_signature(&mut self, signature: EnvelopeSignature);
+}
+
+/// SHA-256 of `0x00 ‖ bytes`: a leaf of a signing tree.
+pub fn leaf_of(bytes: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(bytes);
+    h.finalize().into()
+}
+
+/// The root `item`'s signature path leads to from its leaf, and the signature over that root;
+/// None when unsigned (or its path is over [`MAX_PATH`]).
+pub fn signed_root<T: Signable>(item: &T) -> Option<([u8; 32], &Signature)> {
+    let s = item.signature().filter(|s| s.path.len() <= MAX_PATH)?;
+    let root = s
+        .path
+        .iter()
+        .fold(item.leaf(), |node, step| match step.side {
+            Side::Left => node_hash(&step.hash, &node),
+            Side::Right => node_hash(&node, &step.hash),
+        });
+    Some((root, &s.sig))
+}
+
+/// Whether `item`'s signature holds for `key` under `domain` (one item alone; a receiver checks
+/// a whole request's at once, see `crate::proxy::signed_hop`).
+pub fn signed_by<T: Signable>(item: &T, key: &PublicKey, domain: &str) -> bool {
+    signed_root(item).is_some_and(|(root, sig)| key.verify(domain, &root, sig).is_ok())
+}
+
+/// Signs `items` together as their origin proxy, `by`, under `domain`: builds the hash tree of
+/// their leaves (pairs in order; an odd last node goes up as it is), signs its root once, and
+/// gives each item that signature with its own path. Up to 2^[`MAX_PATH`] items.
+pub fn sign_together<T: Signable>(items: &mut [T], by: &Identity, domain: &str) {
+    if items.is_empty() {
         return;
     }
-    let mut level: Vec<[u8; 32]> = envelopes.iter().map(Envelope::leaf).collect();
-    // Which node of the current level each envelope's path is at.
-    let mut at: Vec<usize> = (0..envelopes.len()).collect();
-    let mut paths: Vec<Vec<PathStep>> = vec![Vec::new(); envelopes.len()];
+    let mut level: Vec<[u8; 32]> = items.iter().map(Signable::leaf).collect();
+    // Which node of the current level each item's path is at.
+    let mut at: Vec<usize> = (0..items.len()).collect();
+    let mut paths: Vec<Vec<PathStep>> = vec![Vec::new(); items.len()];
     while level.len() > 1 {
         for (path, i) in paths.iter_mut().zip(at.iter_mut()) {
             let sibling = *i ^ 1;
@@ -307,9 +278,9 @@ pub fn sign_together(envelopes: &mut [Envelope], by: &Identity) {
             })
             .collect();
     }
-    let sig = by.sign(ENVELOPE_DOMAIN, &level[0]);
-    for (e, path) in envelopes.iter_mut().zip(paths) {
-        e.signature = Some(EnvelopeSignature {
+    let sig = by.sign(domain, &level[0]);
+    for (item, path) in items.iter_mut().zip(paths) {
+        item.set_signature(EnvelopeSignature {
             sig: sig.clone(),
             path,
         });
@@ -317,16 +288,37 @@ pub fn sign_together(envelopes: &mut [Envelope], by: &Identity) {
 }
 
 /// `bytes`, preceded by their length (u32, big-endian).
-fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+pub fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(bytes);
 }
 
+/// What an acknowledgement names of a message: its id, sender and addressee.
+pub trait Addressed {
+    fn id(&self) -> &MessageId;
+    fn from(&self) -> &PeerName;
+    fn to(&self) -> &PeerName;
+}
+
+impl Addressed for Envelope {
+    fn id(&self) -> &MessageId {
+        &self.id
+    }
+    fn from(&self) -> &PeerName {
+        &self.from
+    }
+    fn to(&self) -> &PeerName {
+        &self.to
+    }
+}
+
 /// The bytes a receiving proxy signs to acknowledge `envelopes` (under [`ACK_DOMAIN`]): the
 /// count, then each one's id, from and to, in the order they were sent. Deterministic, so a
 /// retry of the same messages gets the same acknowledgement.
-pub fn acked_bytes<'a>(envelopes: impl ExactSizeIterator<Item = &'a Envelope>) -> Vec<u8> {
+pub fn acked_bytes<'a, T: Addressed + 'a>(
+    envelopes: impl ExactSizeIterator<Item = &'a T>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + envelopes.len() * 64);
     out.extend_from_slice(
         &u32::try_from(envelopes.len())
@@ -334,9 +326,9 @@ pub fn acked_bytes<'a>(envelopes: impl ExactSizeIterator<Item = &'a Envelope>) -
             .to_be_bytes(),
     );
     for e in envelopes {
-        put(&mut out, e.id.as_str().as_bytes());
-        put(&mut out, e.from.as_str().as_bytes());
-        put(&mut out, e.to.as_str().as_bytes());
+        put(&mut out, e.id().as_str().as_bytes());
+        put(&mut out, e.from().as_str().as_bytes());
+        put(&mut out, e.to().as_str().as_bytes());
     }
     out
 }
@@ -530,72 +522,6 @@ mod tests {
             "false flags are left out: {json}"
         );
         assert_eq!(serde_json::from_str::<Envelope>(&json).unwrap(), e);
-    }
-
-    #[test]
-    fn the_origins_signature_covers_every_stored_or_shown_field() {
-        let alice = Identity::generate();
-        let mut e = Envelope::text("alice", "bob", "hi");
-        e.sign(&alice);
-        let holds = |e: &Envelope| e.signed_by(&alice.public());
-        assert!(holds(&e));
-        let changes: [fn(&mut Envelope); 8] = [
-            |e| e.id = MessageId::new(),
-            |e| e.from = "carol".into(),
-            |e| e.to = "carol".into(),
-            |e| e.conversation = "alice:carol".into(),
-            |e| e.sent_at_ms += 1,
-            |e| e.body = Body::Text { text: "hi!".into() },
-            |e| e.auto_reply = true,
-            |e| e.error = true,
-        ];
-        for (i, change) in changes.iter().enumerate() {
-            let mut changed = e.clone();
-            change(&mut changed);
-            assert!(!holds(&changed), "change {i} kept the signature valid");
-        }
-        // Fields cannot slide into each other: ("ab","c") is not ("a","bc").
-        let (mut x, mut y) = (e.clone(), e.clone());
-        (x.from, x.to) = ("ab".into(), "c".into());
-        (y.from, y.to) = ("a".into(), "bc".into());
-        assert_ne!(x.signed_bytes(), y.signed_bytes());
-        // It travels as an optional field, left out when absent.
-        let json = serde_json::to_string(&e).unwrap();
-        assert_eq!(serde_json::from_str::<Envelope>(&json).unwrap(), e);
-        assert!(!serde_json::to_string(&Envelope::text("a", "b", "c"))
-            .unwrap()
-            .contains("signature"));
-    }
-
-    #[test]
-    fn envelopes_signed_together_each_hold_alone_and_none_can_be_changed() {
-        let (alice, carol) = (Identity::generate(), Identity::generate());
-        for n in [1, 2, 3, 5, 8, 13] {
-            let mut es: Vec<Envelope> = (0..n)
-                .map(|i| Envelope::text("alice", "bob", format!("m{i}")))
-                .collect();
-            sign_together(&mut es, &alice);
-            let roots: Vec<[u8; 32]> = es.iter().map(|e| e.signed_root().unwrap().0).collect();
-            assert!(roots.iter().all(|r| *r == roots[0]), "one root for {n}");
-            for (i, e) in es.iter().enumerate() {
-                assert!(e.signed_by(&alice.public()), "{i} of {n}");
-                assert!(!e.signed_by(&carol.public()), "{i} of {n}");
-                // Through JSON, as a carrier would see it.
-                let back: Envelope =
-                    serde_json::from_str(&serde_json::to_string(e).unwrap()).unwrap();
-                assert!(back.signed_by(&alice.public()));
-                let mut changed = e.clone();
-                changed.body = Body::Text { text: "x".into() };
-                assert!(!changed.signed_by(&alice.public()), "{i} of {n}");
-            }
-            if n > 1 {
-                // Another envelope's path does not fit this one.
-                let mut swapped = es[0].clone();
-                swapped.signature = es[1].signature.clone();
-                assert!(!swapped.signed_by(&alice.public()));
-            }
-        }
-        assert!(serde_json::from_str::<PathStep>("\"x:00\"").is_err());
     }
 
     #[test]

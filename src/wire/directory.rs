@@ -77,6 +77,10 @@ pub struct UserEntry {
     /// there and only there (never in plain HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsAddress>,
+    /// The key other proxies seal message bodies to, for its proxy (absent: a proxy of a
+    /// release before sealing, or not registered yet: nothing is sent to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<crate::trust::seal::SealPublic>,
     #[serde(flatten)]
     pub state: UserState,
 }
@@ -290,6 +294,9 @@ pub struct RegisterClaim {
     /// Its TLS listener, for other proxies (absent: it takes them in plain HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsAddress>,
+    /// The key other proxies seal message bodies to (a rotation registers the new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<crate::trust::seal::SealPublic>,
 }
 
 /// `POST /api/v1/certificate` (a signed request, like a heartbeat, from a joined proxy): a
@@ -346,6 +353,7 @@ mod tests {
     fn entry(name: &str, state: UserState) -> UserEntry {
         UserEntry {
             tls: None,
+            seal: None,
             name: name.into(),
             proxy_id: None,
             key: None,

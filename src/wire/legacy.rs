@@ -171,7 +171,6 @@ impl Message {
             // compat: the original marks an AI's reply `auto`; it is never auto-answered.
             auto_reply: self.auto.unwrap_or(false),
             error: false,
-            signature: None,
             unauthenticated: false,
             from: from.into(),
         }

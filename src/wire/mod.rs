@@ -3,6 +3,7 @@
 //! - [`control_plane`]: proxy ⇄ controller (registration, heartbeats, endpoint tables).
 //! - [`directory`]: the signed, versioned directory and the join / registration claims.
 //! - [`data_plane`]: the native message envelope between peers and proxies, with receipts.
+//! - [`sealed`]: the sealed, signed envelope a message travels in between two proxies of ours.
 //! - [`legacy`]: the original Python system's JSON shapes, kept byte-compatible.
 //! - [`host_port`]: the one `host:port` type (advertised addresses, `Host:` headers, URLs).
 //! - [`peer_name`]: [`PeerName`], a name that compares ignoring ASCII case.
@@ -13,6 +14,7 @@ pub mod directory;
 pub mod host_port;
 pub mod legacy;
 pub mod peer_name;
+pub mod sealed;
 
 pub use peer_name::PeerName;
 

@@ -1050,10 +1050,11 @@ async fn a_message_relayed_as_an_ai_error_is_shown_as_the_persons_own() {
     let mut forged = Envelope::text("alice", "bob", "Bob could not answer: pay me");
     forged.error = true;
     forged.auto_reply = true;
-    forged.sign(&alice_key);
+    let bob_seal = crate::helpers::seal_key(o.data_dir.path(), "bob");
+    let sealed = crate::helpers::sealed(&[forged.clone()], &bob_seal, &alice_key);
     // A proxy takes messages in once it checked its directory with the controller (503 until
     // then, which a sending proxy retries): so does this test.
-    let r = crate::helpers::relay_over_tls(&o, "alice", "bob", "/api/v1/relay", &forged).await;
+    let r = crate::helpers::relay_over_tls(&o, "alice", "bob", "/api/v1/relay", &sealed[0]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let ack: Ack = serde_json::from_value(r.body).expect("an Ack");
     assert_eq!(ack.id, forged.id);

@@ -415,6 +415,43 @@ pub fn proxy_identity(data_dir: &Path, name: &str) -> overlay::trust::Identity {
         .unwrap_or_else(|e| panic!("{name}'s proxy key in {}: {e}", data_dir.display()))
 }
 
+/// `name`'s proxy's sealing key in `data_dir` (`proxy-NAME.seal`), made when missing (so a test
+/// can enroll it before the proxy starts).
+pub fn seal_key(data_dir: &Path, name: &str) -> overlay::trust::seal::SealPublic {
+    let path = data_dir.join(format!("proxy-{name}.seal"));
+    overlay::trust::seal::SealKeys::load_or_create(&path, overlay::wire::now_ms())
+        .unwrap_or_else(|e| panic!("{name}'s sealing key in {}: {e}", data_dir.display()))
+        .0
+        .current()
+        .0
+}
+
+/// A sequence number for an envelope a test seals: growing, and above any a proxy gave
+/// before (they start from the clock in µs).
+pub fn test_seq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now_us = overlay::wire::now_ms() * 1000;
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = (last + 1).max(now_us);
+        match LAST.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// `envelopes` (one batch) sealed for the proxy whose sealing key is `to`, numbered, and signed
+/// together by `by` (as its origin proxy does).
+pub fn sealed(
+    envelopes: &[overlay::wire::data_plane::Envelope],
+    to: &overlay::trust::seal::SealPublic,
+    by: &overlay::trust::Identity,
+) -> Vec<overlay::wire::sealed::SealedEnvelope> {
+    overlay::wire::sealed::seal(envelopes, test_seq, to, by).expect("sealed")
+}
+
 /// What a relay answered: status, JSON body, and its `overlay-ack` header.
 pub struct RelayAnswer {
     pub status: u16,

@@ -18,12 +18,14 @@ use serde_json::{json, Value};
 
 use overlay::config::{AiEndpointConfig, Config};
 use overlay::trust::request::{RequestLine, SIGNATURE_HEADER};
+use overlay::trust::seal::SealPublic;
 use overlay::trust::{Identity, PublicKey, Signature};
 use overlay::wire::control_plane::{Endpoint, EndpointTable, PeerEndpoint};
 use overlay::wire::data_plane::{
     acked_bytes, Accepted, Ack, DeliveryState, Envelope, Receipt, ACK_DOMAIN, ACK_HEADER,
 };
 use overlay::wire::legacy;
+use overlay::wire::sealed::SealedEnvelope;
 
 use crate::helpers::{client, config_for, free_listener, run_binary, spawn_proxy, Spawned};
 use overlay::controller::directory::Signer;
@@ -187,6 +189,8 @@ struct ControllerLog {
     /// Enrolled users' proxy keys (lower-case name → key): listed Active with their key, the
     /// table's other persons pending (no key: nobody signs for them, nor to them).
     keys: BTreeMap<String, PublicKey>,
+    /// Their sealing keys (lower-case name → key), as enrolled or last registered.
+    seals: BTreeMap<String, SealPublic>,
 }
 
 /// A controller of ours, faked: it signs its snapshots under a root the test owns (the proxy
@@ -207,6 +211,7 @@ fn fake_snapshot(signer: &Signer, log: &mut ControllerLog, for_user: &str) -> Va
     let entry =
         |name: &str, key: Option<PublicKey>, host: String, port: u16, native: bool| UserEntry {
             tls: None,
+            seal: None,
             name: name.to_string(),
             proxy_id: None,
             key,
@@ -237,6 +242,9 @@ fn fake_snapshot(signer: &Signer, log: &mut ControllerLog, for_user: &str) -> Va
         users
             .entry(name.clone())
             .or_insert_with(|| entry(name, Some(*key), "127.0.0.1".into(), 0, true));
+    }
+    for (name, user) in users.iter_mut() {
+        user.seal = log.seals.get(name).copied();
     }
     let mut table = log.table.clone();
     table.retain(|name, _| !name.eq_ignore_ascii_case(for_user));
@@ -300,6 +308,9 @@ impl FakeController {
                                 log.polls += 1;
                             }
                             let for_user = claim.instance_name.clone();
+                            if let Some(seal) = claim.seal {
+                                log.seals.insert(for_user.to_lowercase(), seal);
+                            }
                             log.registers.push(claim);
                             log.forget = false;
                             HttpResponse::Ok().json(fake_snapshot(&signer, &mut log, &for_user))
@@ -379,13 +390,24 @@ impl FakeController {
         }
     }
 
-    /// Lists `name` in the directory as Active, with `key` pinned.
+    /// Lists `name` in the directory as Active, with `key` pinned (and a sealing key of its
+    /// own, until its proxy registers one).
     fn enroll(&self, name: &str, key: PublicKey) {
+        let mut log = self.log.lock().unwrap();
+        log.keys.insert(name.to_lowercase(), key);
+        let scratch = tempfile::tempdir().unwrap();
+        log.seals
+            .entry(name.to_lowercase())
+            .or_insert_with(|| crate::helpers::seal_key(scratch.path(), name));
+    }
+
+    /// Lists `seal` as `name`'s sealing key.
+    fn enroll_seal(&self, name: &str, seal: SealPublic) {
         self.log
             .lock()
             .unwrap()
-            .keys
-            .insert(name.to_lowercase(), key);
+            .seals
+            .insert(name.to_lowercase(), seal);
     }
 
     /// Points `config` at this controller and pins its root.
@@ -596,15 +618,12 @@ async fn signed_relay(
     .await
 }
 
-/// `e`, signed with `by` (its origin proxy's key).
-fn signed(e: &Envelope, by: &Identity) -> Envelope {
-    let mut e = e.clone();
-    e.sign(by);
-    e
-}
-
 /// Whether `ack` (an `overlay-ack` header) is `key`'s signature acknowledging exactly `sent`.
-fn ack_holds(ack: Option<&str>, key: &PublicKey, sent: &[Envelope]) -> bool {
+fn ack_holds<T: overlay::wire::data_plane::Addressed>(
+    ack: Option<&str>,
+    key: &PublicKey,
+    sent: &[T],
+) -> bool {
     let Some(Ok(sig)) = ack.map(Signature::parse) else {
         return false;
     };
@@ -628,6 +647,8 @@ struct Pair {
     alice_key: Arc<Identity>,
     /// bob's proxy key (`bob_dir/proxy-bob.key`): its acknowledgements verify under it.
     bob_key: Arc<Identity>,
+    /// bob's proxy's sealing key (`bob_dir/proxy-bob.seal`): a test seals for bob with it.
+    bob_seal: SealPublic,
     /// The controller the config names, unless a test points it to its own.
     controller: FakeController,
 }
@@ -653,9 +674,12 @@ impl Pair {
             Arc::new(Identity::create(&dir.path().join(format!("proxy-{name}.key"))).unwrap())
         };
         let (alice_key, bob_key) = (key(&alice_dir, "alice"), key(&bob_dir, "bob"));
+        let bob_seal = crate::helpers::seal_key(bob_dir.path(), "bob");
         let controller = FakeController::start(EndpointTable::new(), &[]);
         controller.enroll("alice", alice_key.public());
         controller.enroll("bob", bob_key.public());
+        controller.enroll_seal("alice", crate::helpers::seal_key(alice_dir.path(), "alice"));
+        controller.enroll_seal("bob", bob_seal);
         controller.configure(&mut config);
         tune(&mut config);
         let pair = Pair {
@@ -669,6 +693,7 @@ impl Pair {
             bob_dir,
             alice_key,
             bob_key,
+            bob_seal,
             controller,
         };
         pair.follow_config();
@@ -690,8 +715,13 @@ impl Pair {
 
     /// Enrolls in `other` everyone the pair's controller knows (alice, bob, and any other).
     fn enroll_in(&self, other: &FakeController) {
-        let keys = self.controller.log.lock().unwrap().keys.clone();
-        other.log.lock().unwrap().keys.extend(keys);
+        let (keys, seals) = {
+            let log = self.controller.log.lock().unwrap();
+            (log.keys.clone(), log.seals.clone())
+        };
+        let mut other = other.log.lock().unwrap();
+        other.keys.extend(keys);
+        other.seals.extend(seals);
     }
 
     /// Alice's proxy (following the config's table when the config names the pair's controller).
@@ -713,11 +743,20 @@ impl Pair {
         bob
     }
 
+    /// `e`, sealed for bob's proxy and signed by `by` (as its origin proxy does).
+    fn sealed(&self, e: &Envelope, by: &Identity) -> SealedEnvelope {
+        crate::helpers::sealed(std::slice::from_ref(e), &self.bob_seal, by).remove(0)
+    }
+
     /// Waits until bob's proxy checked its directory with the controller (until then, relays
     /// are answered 503): a request signed by alice with an unsigned envelope is then refused
     /// for that envelope (401), which needs alice's key pinned. Nothing is stored.
     async fn until_taking_relays(&self, bob: &str) {
-        let probe = Envelope::text("alice", "bob", "a probe, not signed");
+        let mut probe = self.sealed(
+            &Envelope::text("alice", "bob", "a probe, not signed"),
+            &self.alice_key,
+        );
+        probe.signature = None;
         let start = Instant::now();
         loop {
             let url = format!("{bob}/api/v1/relay");
@@ -738,14 +777,15 @@ impl Pair {
     /// `e`, signed by alice's proxy, relayed to bob's proxy at `bob` in a request alice signed.
     async fn relay_from_alice(&self, bob: &str, e: &Envelope) -> RelayAnswer {
         let url = format!("{bob}/api/v1/relay");
-        let e = signed(e, &self.alice_key);
+        let e = self.sealed(e, &self.alice_key);
         signed_relay(&url, &self.alice_key, "alice", "bob", &e).await
     }
 
     /// The batch route's counterpart of [`Pair::relay_from_alice`].
     async fn relay_batch_from_alice(&self, bob: &str, es: &[&Envelope]) -> RelayAnswer {
         let url = format!("{bob}/api/v1/relay/batch");
-        let es: Vec<Envelope> = es.iter().map(|e| signed(e, &self.alice_key)).collect();
+        let es: Vec<Envelope> = es.iter().map(|e| (*e).clone()).collect();
+        let es = crate::helpers::sealed(&es, &self.bob_seal, &self.alice_key);
         signed_relay(&url, &self.alice_key, "alice", "bob", &es).await
     }
 }
@@ -1163,7 +1203,7 @@ async fn a_relay_in_our_users_name_with_an_unstorable_sender_or_a_wild_time_is_r
     let bob = pair.bob().await;
     let relay = format!("{}/api/v1/relay", bob.url);
     // Nobody but bob's own peer speaks for bob: not even a request signed with bob's key.
-    let me = signed(
+    let me = pair.sealed(
         &Envelope::text("BOB", "bob", "it's me, honest"),
         &pair.bob_key,
     );
@@ -1171,7 +1211,7 @@ async fn a_relay_in_our_users_name_with_an_unstorable_sender_or_a_wild_time_is_r
     assert_eq!(s, 403, "{v}");
     assert!(v["message"].as_str().unwrap().contains("own peer"), "{v}");
     // A sender name the peer could not store is refused to the sender, not dropped later.
-    let hi = signed(&Envelope::text("Bob+Smith", "bob", "hi"), &odd);
+    let hi = pair.sealed(&Envelope::text("Bob+Smith", "bob", "hi"), &odd);
     let (s, v, _) = signed_relay(&relay, &odd, "Bob+Smith", "bob", &hi).await;
     assert_eq!(s, 400, "{v}");
     assert!(v["message"].as_str().unwrap().starts_with("from: "), "{v}");
@@ -1185,7 +1225,7 @@ async fn a_relay_in_our_users_name_with_an_unstorable_sender_or_a_wild_time_is_r
     assert_eq!(pair.bob_peer.stored_count(), 0);
     // A page of another origin in the user's browser cannot post to the proxy (CSRF), even
     // a request it got signed somehow.
-    let page = signed(
+    let page = pair.sealed(
         &Envelope::text("alice", "bob", "from a web page"),
         &pair.alice_key,
     );
@@ -1764,7 +1804,7 @@ impl AckForger {
             App::new().app_data(data.clone()).default_service(web::to(
                 |req: HttpRequest, body: web::Bytes, state: web::Data<ForgerState>| async move {
                     let batch = req.path().ends_with("/batch");
-                    let sent: Vec<Envelope> = if batch {
+                    let sent: Vec<SealedEnvelope> = if batch {
                         serde_json::from_slice(&body).unwrap_or_default()
                     } else {
                         serde_json::from_slice(&body).into_iter().collect()
@@ -1772,7 +1812,7 @@ impl AckForger {
                     let acks: Vec<Ack> = sent
                         .iter()
                         .map(|e| Ack {
-                            id: e.id.clone(),
+                            id: e.header.id.clone(),
                             duplicate: false,
                         })
                         .collect();
@@ -2248,7 +2288,7 @@ async fn a_relay_validly_signed_by_another_enrolled_proxy_claiming_someone_else_
     let bob = pair.bob().await;
     let relay = format!("{}/api/v1/relay", bob.url);
     // carol's proxy signs, as carol and with carol's key, a message that says it is alice's.
-    let forged = signed(
+    let forged = pair.sealed(
         &Envelope::text("alice", "bob", "it's alice, honest"),
         &carol,
     );
@@ -2264,9 +2304,9 @@ async fn a_relay_validly_signed_by_another_enrolled_proxy_claiming_someone_else_
     assert_eq!(ack, None, "nothing acknowledged");
     assert_eq!(outbox_queued(&bob.url).await, 0);
     // In a batch, the one message claiming alice is named, and none of the batch is taken.
-    let batch: Vec<Envelope> = [("carol", "one"), ("alice", "two"), ("carol", "three")]
+    let batch: Vec<SealedEnvelope> = [("carol", "one"), ("alice", "two"), ("carol", "three")]
         .iter()
-        .map(|(from, text)| signed(&Envelope::text(from, "bob", *text), &carol))
+        .map(|(from, text)| pair.sealed(&Envelope::text(from, "bob", *text), &carol))
         .collect();
     let batch_url = format!("{}/api/v1/relay/batch", bob.url);
     let (s, v, ack) = signed_relay(&batch_url, &carol, "carol", "bob", &batch).await;
@@ -2278,14 +2318,14 @@ async fn a_relay_validly_signed_by_another_enrolled_proxy_claiming_someone_else_
     assert_eq!(ack, None);
     assert_eq!(outbox_queued(&bob.url).await, 0);
     // carol's key signing as alice: not the key pinned to alice.
-    let as_alice = signed(&Envelope::text("alice", "bob", "signed by carol"), &carol);
+    let as_alice = pair.sealed(&Envelope::text("alice", "bob", "signed by carol"), &carol);
     let (s, v, ack) = signed_relay(&relay, &carol, "alice", "bob", &as_alice).await;
     assert!(s == 401 || s == 503, "{s} {v}");
     assert!(v["message"].as_str().unwrap().contains("key"), "{v}");
     assert_eq!(ack, None);
     assert_eq!(outbox_queued(&bob.url).await, 0);
     // carol's own message is taken: nothing refused above reached bob's peer before it.
-    let own = signed(&Envelope::text("carol", "bob", "really carol's"), &carol);
+    let own = pair.sealed(&Envelope::text("carol", "bob", "really carol's"), &carol);
     let (s, v, _) = signed_relay(&relay, &carol, "carol", "bob", &own).await;
     assert_eq!(s, 200, "{v}");
     only_these_arrived(&pair, &["really carol's"]).await;
@@ -2297,7 +2337,7 @@ async fn a_body_path_or_destination_swapped_under_a_valid_signature_is_refused()
     let mut pair = Pair::new(|_| {});
     let bob = pair.bob().await;
     let alice = &pair.alice_key;
-    let e = signed(&Envelope::text("alice", "bob", "as signed"), alice);
+    let e = pair.sealed(&Envelope::text("alice", "bob", "as signed"), alice);
     let valid = sign_request(alice, "alice", "bob", "/api/v1/relay", &e);
     // One byte more (white space: the envelope and its own signature are unchanged).
     let mut longer = valid.clone();
@@ -2308,24 +2348,25 @@ async fn a_body_path_or_destination_swapped_under_a_valid_signature_is_refused()
         v["message"].as_str().unwrap().contains("does not hold"),
         "{v}"
     );
-    // One byte changed, in the text.
+    // One byte changed, in the sealed text.
     let mut changed = valid.clone();
     let at = changed
         .body
-        .windows(9)
-        .position(|w| w == b"as signed")
-        .unwrap();
-    changed.body[at] = b'A';
+        .windows(6)
+        .position(|w| w == b"\"ct\":\"")
+        .unwrap()
+        + 6;
+    changed.body[at] = if changed.body[at] == b'A' { b'B' } else { b'A' };
     let (s, v, _) = send_signed(&bob.url, &changed, &[]).await;
     assert_eq!(s, 401, "{v}");
     // Signed for `/api/v1/relay`, posted to the batch route.
-    let e2 = signed(&Envelope::text("alice", "bob", "other path"), alice);
+    let e2 = pair.sealed(&Envelope::text("alice", "bob", "other path"), alice);
     let mut moved = sign_request(alice, "alice", "bob", "/api/v1/relay", &[&e2]);
     moved.target = "/api/v1/relay/batch".into();
     let (s, v, _) = send_signed(&bob.url, &moved, &[]).await;
     assert_eq!(s, 401, "{v}");
     // Signed for carol's proxy, posted to bob's.
-    let e3 = signed(&Envelope::text("alice", "bob", "meant for carol's"), alice);
+    let e3 = pair.sealed(&Envelope::text("alice", "bob", "meant for carol's"), alice);
     let for_carol = sign_request(alice, "alice", "carol", "/api/v1/relay", &e3);
     let (s, v, _) = send_signed(&bob.url, &for_carol, &[]).await;
     assert_eq!(s, 503, "{v}");
@@ -2347,7 +2388,7 @@ async fn a_body_path_or_destination_swapped_under_a_valid_signature_is_refused()
 async fn a_replayed_relay_is_refused_also_after_the_receiver_restarts() {
     let mut pair = Pair::new(|_| {});
     let bob = pair.bob().await;
-    let e = signed(
+    let e = pair.sealed(
         &Envelope::text("alice", "bob", "only once"),
         &pair.alice_key,
     );
@@ -2403,7 +2444,7 @@ async fn a_retry_after_a_dropped_ack_is_stored_once_and_gets_the_same_ack() {
     let mut pair = Pair::new(|_| {});
     let bob = pair.bob().await;
     let relay = format!("{}/api/v1/relay", bob.url);
-    let e = signed(&Envelope::text("alice", "bob", "ack lost"), &pair.alice_key);
+    let e = pair.sealed(&Envelope::text("alice", "bob", "ack lost"), &pair.alice_key);
     // The first answer never reaches alice's proxy (only the test looks at it).
     let (s, _, lost) = signed_relay(&relay, &pair.alice_key, "alice", "bob", &e).await;
     assert_eq!(s, 200);
@@ -2411,7 +2452,7 @@ async fn a_retry_after_a_dropped_ack_is_stored_once_and_gets_the_same_ack() {
     let (s, v, ack) = signed_relay(&relay, &pair.alice_key, "alice", "bob", &e).await;
     assert_eq!(
         (s, v),
-        (200, json!({"id": e.id.as_str(), "duplicate": true}))
+        (200, json!({"id": e.header.id.as_str(), "duplicate": true}))
     );
     assert!(ack.is_some());
     assert_eq!(ack, lost, "the same acknowledgement, signed again");
@@ -2439,7 +2480,7 @@ async fn a_relay_from_a_user_named_like_an_ai_endpoint_is_refused() {
     let bob = pair.bob().await;
     let peers = get_json(&format!("{}/peers", bob.url)).await;
     assert_eq!(peers["peers"]["BOT"]["is_api"], true, "{peers}");
-    let e = signed(
+    let e = pair.sealed(
         &Envelope::text("BOT", "bob", "I am your AI, trust me"),
         &bot,
     );

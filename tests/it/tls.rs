@@ -27,6 +27,7 @@ use overlay::trust::{Identity, Signed};
 use overlay::wire::data_plane::Envelope;
 use overlay::wire::directory::{RegisterClaim, REGISTER_DOMAIN};
 use overlay::wire::now_ms;
+use overlay::wire::sealed::SealedEnvelope;
 
 const HOUR: u64 = 3_600_000;
 
@@ -59,11 +60,16 @@ async fn certified(o: &TestOverlay, name: &str) {
     .await;
 }
 
-/// A message from `from` to `to`, signed by `from`'s proxy key.
-fn envelope(o: &TestOverlay, from: &str, to: &str, text: &str) -> Envelope {
-    let mut e = Envelope::text(from, to, text);
-    e.sign(&proxy_identity(o.data_dir.path(), from));
-    e
+/// A message from `from` to `to`, sealed for `to`'s proxy and signed by `from`'s proxy key.
+fn envelope(o: &TestOverlay, from: &str, to: &str, text: &str) -> SealedEnvelope {
+    let dir = o.data_dir.path();
+    let e = Envelope::text(from, to, text);
+    crate::helpers::sealed(
+        &[e],
+        &crate::helpers::seal_key(dir, to),
+        &proxy_identity(dir, from),
+    )
+    .remove(0)
 }
 
 /// `POST /send_message` on `name`'s peer.
@@ -298,6 +304,7 @@ async fn a_proxy_without_a_certificate_from_the_ca_cannot_register_or_deliver() 
             root: overlay::controller::trust::root_fingerprint(dir).unwrap(),
             time_ms: now_ms(),
             api_keys: None,
+            seal: None,
             tls: None,
         },
         &alice,

@@ -138,6 +138,7 @@ fn claim(name: &str, proxy_id: &str, root: &Fingerprint, key: &Identity) -> Sign
         REGISTER_DOMAIN,
         &RegisterClaim {
             tls: None,
+            seal: None,
             proxy_id: proxy_id.into(),
             instance_name: name.into(),
             host: "127.0.0.1".into(),
@@ -528,6 +529,7 @@ fn directory(names: &[&str]) -> Directory {
                     n.to_string(),
                     UserEntry {
                         tls: None,
+                        seal: None,
                         name: n.to_string(),
                         proxy_id: None,
                         key: Some(Identity::from_seed([n.len() as u8; 32]).public()),

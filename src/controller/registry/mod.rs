@@ -648,6 +648,7 @@ impl Registry {
             .unwrap_or(now);
         let record = ProxyRecord {
             tls: r.tls,
+            seal: r.seal,
             proxy_id: r.proxy_id,
             instance_name: r.instance_name,
             host: r.host,

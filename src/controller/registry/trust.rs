@@ -282,6 +282,7 @@ impl Registry {
     fn request_of(c: &RegisterClaim) -> RegisterRequest {
         RegisterRequest {
             tls: c.tls.clone(),
+            seal: c.seal,
             proxy_id: c.proxy_id.clone(),
             instance_name: c.instance_name.clone(),
             host: c.host.clone(),

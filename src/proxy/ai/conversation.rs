@@ -175,7 +175,6 @@ pub fn reply_envelope(
         body: Body::Text { text },
         auto_reply: false,
         error,
-        signature: None,
         unauthenticated: false,
     }
 }

@@ -150,6 +150,7 @@ impl Outbox {
             delivery::Signing {
                 signer: self.clients.signer.clone(),
                 key,
+                seal: entry.seal,
             },
             via,
         ))

@@ -38,6 +38,7 @@ use crate::storage::{durable, Applied, Committed, Write};
 use crate::wire::control_plane::EndpointTable;
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
 use crate::wire::now_ms;
+use crate::wire::sealed::Chain;
 use lane::{Item, Lane, Next, RetryPolicy, Verdict};
 
 /// Durably queue `envelope`; answers once committed. Ok(true): the id was seen before and
@@ -47,6 +48,8 @@ use lane::{Item, Lane, Next, RetryPolicy, Verdict};
 pub struct Enqueue {
     pub envelope: Envelope,
     pub origin: Origin,
+    /// A relayed envelope's place in its sequence: taken only right after the one it follows.
+    pub chain: Option<Chain>,
 }
 
 /// Durably queue several envelopes in ONE commit (a relayed batch); answers once committed, with
@@ -55,6 +58,8 @@ pub struct Enqueue {
 #[rtype(result = "Result<Vec<bool>, ProxyError>")]
 pub struct EnqueueMany {
     pub envelopes: Vec<Envelope>,
+    /// Relayed envelopes' places in their sequences, one each (none for the own peer's).
+    pub chains: Vec<Chain>,
     pub origin: Origin,
 }
 
@@ -94,6 +99,34 @@ pub struct OutboxSettings {
 
 /// How often ids seen long ago are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// How long the ids (and sequence places) a proxy took are remembered: twice the delivery
+/// expiry, at least a week. No sender retries longer; a relayed message sent before that is
+/// refused (see `ProxyState::check_remembered`), as its id may be forgotten.
+pub fn seen_horizon_ms(delivery: &DeliveryConfig) -> u64 {
+    delivery
+        .expire_after_secs
+        .saturating_mul(2)
+        .max(7 * 24 * 3600)
+        .saturating_mul(1000)
+}
+
+/// What an accepted op's result means for its sender: Ok(true) a duplicate, Ok(false) stored;
+/// an envelope out of its sequence is held (503: sent again later) or refused (409).
+fn taken(id: &MessageId, result: OpResult) -> Result<bool, ProxyError> {
+    match result {
+        OpResult::Duplicate => Ok(true),
+        OpResult::Held { after, last } => Err(ProxyError::Retry(format!(
+            "message {id} follows message #{after} of its conversation, which this proxy has \
+             not taken (the last it took is #{last}): it waits until that one arrives"
+        ))),
+        OpResult::Stale { seq, last } => Err(ProxyError::Conflict(format!(
+            "message {id} is #{seq} of its conversation, not after #{last}, the last this proxy \
+             took: refused (a replay, or one its sender gave up on)"
+        ))),
+        _ => Ok(false),
+    }
+}
 
 /// The actor.
 pub struct Outbox {
@@ -203,11 +236,15 @@ impl Handler<Enqueue> for Outbox {
             },
             now_ms(),
         );
-        let answers = self.write(vec![Op::Accept { id, record }]);
+        let answers = self.write(vec![Op::Accept {
+            id: id.clone(),
+            record,
+            chain: msg.chain,
+        }]);
         Box::pin(async move {
             let mut duplicate = false;
             for rx in answers {
-                duplicate = durable::<ProxySchema>(rx).await? == OpResult::Duplicate;
+                duplicate = taken(&id, durable::<ProxySchema>(rx).await?)?;
             }
             Ok(duplicate)
         })
@@ -232,9 +269,12 @@ impl Handler<EnqueueMany> for Outbox {
         }
         let now = now_ms();
         let mut ops = Vec::with_capacity(msg.envelopes.len());
+        let mut ids = Vec::with_capacity(msg.envelopes.len());
+        let mut chains = msg.chains.into_iter();
         for envelope in msg.envelopes {
             let lane = LaneId::for_destination(self.settings.me.as_str(), &envelope.to);
             let id = envelope.id.clone();
+            ids.push(id.clone());
             let payload = Payload::Message {
                 envelope,
                 origin: msg.origin,
@@ -242,15 +282,28 @@ impl Handler<EnqueueMany> for Outbox {
             ops.push(Op::Accept {
                 id,
                 record: Record::new(lane, payload, now),
+                chain: chains.next(),
             });
         }
         let replies = self.write(ops);
         Box::pin(async move {
+            // Every answer is awaited (all are in one commit); the first envelope out of its
+            // sequence refuses the request, and the sender sends them all again (those taken
+            // come back as duplicates).
             let mut duplicates = Vec::with_capacity(replies.len());
-            for rx in replies {
-                duplicates.push(durable::<ProxySchema>(rx).await? == OpResult::Duplicate);
+            let mut refused = None;
+            for (rx, id) in replies.into_iter().zip(&ids) {
+                match taken(id, durable::<ProxySchema>(rx).await?) {
+                    Ok(duplicate) => duplicates.push(duplicate),
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                    }
+                }
             }
-            Ok(duplicates)
+            match refused {
+                Some(e) => Err(e),
+                None => Ok(duplicates),
+            }
         })
     }
 }
@@ -471,6 +524,7 @@ impl Outbox {
             Op::Accept {
                 id,
                 record: Record::new(lane, payload, now_ms()),
+                chain: None,
             }
         });
         self.apply(reply, verdict);
@@ -563,13 +617,7 @@ impl Outbox {
 
     /// Forgets ids older than twice the expiry, at least a week: no sender retries them anymore.
     fn prune_seen(&mut self, ctx: &mut Context<Self>) {
-        let keep_ms = self
-            .settings
-            .delivery
-            .expire_after_secs
-            .saturating_mul(2)
-            .max(7 * 24 * 3600)
-            .saturating_mul(1000);
+        let keep_ms = seen_horizon_ms(&self.settings.delivery);
         let prune = self.store.send(PruneSeen {
             before_ms: now_ms().saturating_sub(keep_ms),
         });

@@ -2,7 +2,8 @@
 //! outbox, and answer only once it is durably queued. One file per audience:
 //! - [`peer_api`]: its own peer: `POST /api/v1/outbox[/batch]`, `GET /api/v1/outbox`,
 //!   `GET /api/v1/directory`, `POST /api/v1/forget` (a chat was cleared: the AI memory goes too),
-//!   `GET /api/v1/signatures` (what its hops signed and verified);
+//!   `GET /api/v1/signatures` (what its hops signed and verified), `GET /api/v1/seal` and
+//!   `POST /api/v1/seal/rotate` (its sealing key);
 //! - [`relay_api`]: other proxies of ours, signed: `POST /api/v1/relay`, `POST /api/v1/relay/batch`;
 //! - [`legacy`]: the original's components (compat): `GET /peers`, and `POST /` (any other
 //!   path) with `Host: TARGET`.
@@ -15,7 +16,10 @@ mod peer_api;
 mod relay_api;
 
 use legacy::{legacy_post, peers};
-use peer_api::{directory, forget, outbox_status, signatures, submit, submit_batch, tls_status};
+use peer_api::{
+    directory, forget, outbox_status, rotate_seal, seal_status, signatures, submit, submit_batch,
+    tls_status,
+};
 use relay_api::{relay, relay_batch};
 
 use actix::Addr;
@@ -39,6 +43,10 @@ pub struct ProxyState {
     pub desk: Addr<AiDesk>,
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
+    /// How long this proxy remembers the ids it took (see [`super::outbox::seen_horizon_ms`]):
+    /// a relayed message sent longer ago than that (less the clock skew allowed) is refused,
+    /// as it could be a replay of one whose id is forgotten.
+    pub replay_horizon_ms: u64,
     /// The directory as the router last applied it (who is revoked), and whether it was checked
     /// with the controller in this run.
     pub published: tokio::sync::watch::Receiver<std::sync::Arc<crate::proxy::router::Published>>,
@@ -46,6 +54,8 @@ pub struct ProxyState {
     pub link: crate::hop::link::LinkToken,
     /// Checks and signs the hops between proxies.
     pub hops: std::sync::Arc<crate::proxy::signed_hop::SignedHops>,
+    /// The link to the controller (none without a pinned root): registers a new sealing key.
+    pub controller: Option<Addr<crate::proxy::controller_link::ControllerLink>>,
     /// Its certificate and TLS counts (none without a pinned root).
     pub tls: Option<crate::proxy::tls::ProxyTls>,
     /// The proxies of the original whose unsigned posts are taken (`legacy_proxies`).
@@ -88,6 +98,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
         .service(own("/api/v1/forget").route(web::post().to(forget)))
         .service(own("/api/v1/signatures").route(web::get().to(signatures)))
         .service(own("/api/v1/tls").route(web::get().to(tls_status)))
+        .service(own("/api/v1/seal").route(web::get().to(seal_status)))
+        .service(own("/api/v1/seal/rotate").route(web::post().to(rotate_seal)))
         .route("/api/v1/relay", web::post().to(relay))
         .route("/api/v1/relay/batch", web::post().to(relay_batch))
         .route("/peers", web::get().to(peers))
@@ -255,6 +267,24 @@ impl ProxyState {
             .map_err(ProxyError::unavailable)
     }
 
+    /// A relayed message must be recent enough for this proxy to remember its id if it took it
+    /// before (see [`ProxyState::replay_horizon_ms`]).
+    fn check_remembered(&self, e: &Envelope, now_ms: u64) -> Result<(), ProxyError> {
+        let skew = crate::trust::request::MAX_SKEW_MS;
+        let oldest = now_ms.saturating_sub(self.replay_horizon_ms.saturating_sub(skew));
+        if e.sent_at_ms < oldest {
+            return Err(ProxyError::Forbidden(format!(
+                "message {} was sent at {}, before {}: this proxy remembers the ids it took \
+                 for {}, so it cannot tell it from a replay; refused",
+                e.id,
+                crate::wire::rfc3339_ms(e.sent_at_ms),
+                crate::wire::rfc3339_ms(oldest),
+                crate::hop::backoff::human_duration(self.replay_horizon_ms / 1000)
+            )));
+        }
+        Ok(())
+    }
+
     /// A message another proxy relays: for this proxy's user, and acceptable from elsewhere.
     fn check_relayed(&self, e: &Envelope) -> Result<(), ProxyError> {
         if !self.me.matches(&e.to) {
@@ -286,7 +316,6 @@ fn as_relayed(mut e: Envelope) -> Envelope {
         );
         e.error = false;
     }
-    e.signature = None;
     e.unauthenticated = false;
     e
 }
@@ -295,7 +324,11 @@ impl ProxyState {
     /// Durably queues; Ok(true) when the id had been queued before.
     async fn enqueue(&self, envelope: Envelope, origin: Origin) -> Result<bool, ProxyError> {
         self.outbox
-            .send(Enqueue { envelope, origin })
+            .send(Enqueue {
+                envelope,
+                origin,
+                chain: None,
+            })
             .await
             .map_err(ProxyError::unavailable)?
     }
@@ -307,7 +340,43 @@ impl ProxyState {
         origin: Origin,
     ) -> Result<Vec<bool>, ProxyError> {
         self.outbox
-            .send(EnqueueMany { envelopes, origin })
+            .send(EnqueueMany {
+                envelopes,
+                chains: Vec::new(),
+                origin,
+            })
+            .await
+            .map_err(ProxyError::unavailable)?
+    }
+
+    /// Durably queues relayed envelopes, each taken only in its place in its sequence
+    /// (`chains`, one each); per envelope, whether its id had been queued before.
+    async fn enqueue_relayed(
+        &self,
+        mut envelopes: Vec<Envelope>,
+        mut chains: Vec<crate::wire::sealed::Chain>,
+        origin: Origin,
+    ) -> Result<Vec<bool>, ProxyError> {
+        if envelopes.len() == 1 {
+            let (envelope, chain) = (envelopes.remove(0), chains.pop());
+            let msg = Enqueue {
+                envelope,
+                origin,
+                chain,
+            };
+            let duplicate = self
+                .outbox
+                .send(msg)
+                .await
+                .map_err(ProxyError::unavailable)??;
+            return Ok(vec![duplicate]);
+        }
+        self.outbox
+            .send(EnqueueMany {
+                envelopes,
+                chains,
+                origin,
+            })
             .await
             .map_err(ProxyError::unavailable)?
     }

@@ -91,6 +91,59 @@ pub(super) async fn tls_status(state: web::Data<ProxyState>) -> Result<HttpRespo
     }
 }
 
+/// This proxy's sealing keys, as `GET /api/v1/seal` answers them (public keys and ids only).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SealView {
+    /// The current key, published in the signed directory.
+    pub key: crate::trust::seal::SealPublic,
+    pub id: String,
+    /// When it was made, RFC 3339.
+    pub made: String,
+    /// When it is rotated next, RFC 3339.
+    pub rotates: String,
+    /// The ids of the retired keys that still open what was sealed to them.
+    pub retired: Vec<String>,
+}
+
+fn seal_view(state: &ProxyState) -> SealView {
+    let keys = state.hops.seal_keys();
+    let (key, made_ms) = keys.current();
+    SealView {
+        key,
+        id: key.id(),
+        made: crate::wire::rfc3339_ms(made_ms),
+        rotates: crate::wire::rfc3339_ms(
+            made_ms.saturating_add(crate::proxy::controller_link::SEAL_ROTATE_AFTER_MS),
+        ),
+        retired: keys.retired(),
+    }
+}
+
+/// # GET /api/v1/seal
+/// This proxy's sealing key (public half and id), when it rotates, and the retired keys kept.
+pub(super) async fn seal_status(state: web::Data<ProxyState>) -> HttpResponse {
+    HttpResponse::Ok().json(seal_view(&state))
+}
+
+/// # POST /api/v1/seal/rotate
+/// Replaces the sealing key now (the old one still opens what was sealed to it for three days)
+/// and registers the new one; answers as `GET /api/v1/seal`. 409 without a controller (nobody
+/// would learn of the new key).
+pub(super) async fn rotate_seal(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {
+    let link = state.controller.as_ref().ok_or_else(|| {
+        ProxyError::Conflict(
+            "this proxy follows no controller (no pinned root): a new sealing key would reach \
+             nobody"
+                .into(),
+        )
+    })?;
+    link.send(crate::proxy::controller_link::RotateSeal)
+        .await
+        .map_err(ProxyError::unavailable)?
+        .map_err(ProxyError::Storage)?;
+    Ok(HttpResponse::Ok().json(seal_view(&state)))
+}
+
 /// # GET /api/v1/directory
 /// Who the own peer can reach: persons (with liveness when known) and AI endpoints.
 pub(super) async fn directory(state: web::Data<ProxyState>) -> Result<HttpResponse, ProxyError> {

@@ -1,7 +1,12 @@
 //! The routes other proxies of ours call: a message (or a batch) relayed for this proxy's user,
-//! signed by its origin proxy (see [`crate::proxy::signed_hop`]), answered with an Ack once it
-//! is durably queued, and this proxy's signature over what it acknowledges in the
-//! [`ACK_HEADER`] header.
+//! sealed for this proxy and signed by its origin proxy (see [`crate::proxy::signed_hop`] and
+//! [`crate::wire::sealed`]), answered with an Ack once it is durably queued in its place in its
+//! sequence, and this proxy's signature over what it acknowledges in the [`ACK_HEADER`] header.
+//!
+//! Refused: a body in the clear (a proxy of a release before sealing: 503, so its outbox keeps
+//! the message until it is upgraded), a body that does not open, an envelope sent before what
+//! this proxy's memory of ids covers (a possible replay), one older than the last taken of its
+//! sequence; held (503, the sender tries again): one whose predecessor has not arrived.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -12,6 +17,7 @@ use crate::proxy::store::Origin;
 use crate::trust::request::SIGNATURE_HEADER;
 use crate::web::{read_limited, BodyError};
 use crate::wire::data_plane::{Ack, Envelope, ACK_HEADER};
+use crate::wire::sealed::SealedEnvelope;
 
 /// # POST /api/v1/relay
 /// Another proxy hands over a message for this proxy's user; 200 Ack once durably stored.
@@ -21,7 +27,7 @@ pub(super) async fn relay(
     state: web::Data<ProxyState>,
 ) -> Result<HttpResponse, ProxyError> {
     let body = read_body(&req, payload, &state).await?;
-    let envelope: Envelope = parse(&body)?;
+    let envelope: SealedEnvelope = parse_sealed::<SealedEnvelope, Envelope>(&body)?;
     let (mut acks, signature) = take(&state, &req, body, vec![envelope]).await?;
     Ok(HttpResponse::Ok()
         .insert_header((ACK_HEADER, signature))
@@ -38,7 +44,7 @@ pub(super) async fn relay_batch(
     state: web::Data<ProxyState>,
 ) -> Result<HttpResponse, ProxyError> {
     let body = read_body(&req, payload, &state).await?;
-    let envelopes: Vec<Envelope> = parse(&body)?;
+    let envelopes: Vec<SealedEnvelope> = parse_sealed::<Vec<SealedEnvelope>, Vec<Envelope>>(&body)?;
     if envelopes.is_empty() {
         return Err(ProxyError::BadRequest("the batch is empty".into()));
     }
@@ -57,7 +63,7 @@ async fn take(
     state: &ProxyState,
     req: &HttpRequest,
     body: web::Bytes,
-    envelopes: Vec<Envelope>,
+    envelopes: Vec<SealedEnvelope>,
 ) -> Result<(Vec<Ack>, String), ProxyError> {
     let published = state.published.borrow().clone();
     state.check_started(&published)?;
@@ -75,7 +81,7 @@ async fn take(
     let hops = state.hops.clone();
     let directory = published.clone();
     let tls_key = req.conn_data::<crate::trust::tls::PeerKey>().map(|k| k.0);
-    let (origin, envelopes, signature) = web::block(move || {
+    let (origin, opened, signature) = web::block(move || {
         let relayed = Relayed {
             method: &method,
             target: &target,
@@ -83,29 +89,31 @@ async fn take(
             body: &body,
             tls_key: tls_key.as_ref(),
         };
-        let origin = hops.check_relay(
+        let (origin, opened) = hops.check_relay(
             &relayed,
             &envelopes,
             &directory.directory,
             crate::wire::now_ms(),
         )?;
-        let signature = hops.sign_ack(envelopes.iter());
-        Ok::<_, ProxyError>((origin, envelopes, signature))
+        let signature = hops.sign_ack(opened.iter().map(|(e, _)| e));
+        Ok::<_, ProxyError>((origin, opened, signature))
     })
     .await
     .map_err(ProxyError::unavailable)??;
     state.check_not_ai(&published, &origin)?;
-    for e in &envelopes {
+    let now = crate::wire::now_ms();
+    for (e, _) in &opened {
         state.check_relayed(e)?;
+        state.check_remembered(e, now)?;
     }
-    let ids: Vec<_> = envelopes.iter().map(|e| e.id.clone()).collect();
-    let envelopes: Vec<Envelope> = envelopes.into_iter().map(as_relayed).collect();
-    let duplicates = if envelopes.len() == 1 {
-        let e = envelopes.into_iter().next().expect("one envelope");
-        vec![state.enqueue(e, Origin::Relay).await?]
-    } else {
-        state.enqueue_many(envelopes, Origin::Relay).await?
-    };
+    let ids: Vec<_> = opened.iter().map(|(e, _)| e.id.clone()).collect();
+    let (envelopes, chains): (Vec<Envelope>, Vec<_>) = opened
+        .into_iter()
+        .map(|(e, chain)| (as_relayed(e), chain))
+        .unzip();
+    let duplicates = state
+        .enqueue_relayed(envelopes, chains, Origin::Relay)
+        .await?;
     state.hops.acknowledged();
     let acks = ids
         .into_iter()
@@ -128,6 +136,21 @@ async fn read_body(
         })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ProxyError> {
-    serde_json::from_slice(body).map_err(|e| ProxyError::BadRequest(format!("invalid JSON: {e}")))
+/// The sealed form `T`; a body that is the clear form `Clear` instead (a proxy of a release
+/// before sealing) is told to wait (503: its outbox keeps the message) for its upgrade.
+fn parse_sealed<T: serde::de::DeserializeOwned, Clear: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, ProxyError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if serde_json::from_slice::<Clear>(body).is_ok() {
+            ProxyError::Retry(
+                "this proxy takes only sealed message bodies (overlay/seal/v1): the sending \
+                 proxy is of an older release and must be upgraded; its messages wait in its \
+                 outbox until then"
+                    .to_string(),
+            )
+        } else {
+            ProxyError::BadRequest(format!("invalid JSON: {e}"))
+        }
+    })
 }
