@@ -48,6 +48,7 @@ pub struct Counters {
     acks_signed: AtomicU64,
     sealed: AtomicU64,
     opened: AtomicU64,
+    opened_with_retired_key: AtomicU64,
     not_opened: AtomicU64,
 }
 
@@ -75,6 +76,10 @@ pub struct CountersView {
     /// Sealed bodies of other proxies opened with this proxy's sealing keys.
     #[serde(default)]
     pub opened: u64,
+    /// Of those, the ones sealed to a retired key (their sender had not yet applied the
+    /// directory with the new one).
+    #[serde(default)]
+    pub opened_with_retired_key: u64,
     /// Requests refused because a sealed body did not open (another destination, sender,
     /// key or header; changed; out of its order).
     #[serde(default)]
@@ -100,6 +105,7 @@ impl Counters {
             acks_signed: get(&self.acks_signed),
             sealed: get(&self.sealed),
             opened: get(&self.opened),
+            opened_with_retired_key: get(&self.opened_with_retired_key),
             not_opened: get(&self.not_opened),
         }
     }
@@ -192,8 +198,12 @@ impl SignedHops {
                         ProxyError::Forbidden(format!("{what} was refused: {}", e.why))
                     }
                 })?;
-                Counters::add(&self.counters.opened, opened.len());
-                Ok((origin, opened))
+                Counters::add(&self.counters.opened, opened.envelopes.len());
+                Counters::add(
+                    &self.counters.opened_with_retired_key,
+                    opened.with_retired_key,
+                );
+                Ok((origin, opened.envelopes))
             });
         if let Err(e) = &checked {
             Counters::add(&self.counters.refused, 1);

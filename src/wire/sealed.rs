@@ -129,7 +129,7 @@ impl<'de> Deserialize<'de> for B64 {
 }
 
 /// The sealed body: the recipient key it is sealed to, the encapsulated key of its batch, its
-/// place in the batch (items open in order), and the ciphertext.
+/// place in the batch (its key is exported for that place), and the ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedBody {
     pub key: String,
@@ -292,14 +292,18 @@ pub struct OpenError {
     pub unknown_key: bool,
 }
 
-/// Opens `sealed` (a batch as received, its signatures checked) with `keys`: each envelope
-/// with its place in its sequence, or why one does not open. Envelopes sharing an encapsulated
-/// key must come in their sealing order (0, 1, 2...), and each inner header must equal its
-/// outer one.
-pub fn open(
-    sealed: &[SealedEnvelope],
-    keys: &SealKeys,
-) -> Result<Vec<(Envelope, Chain)>, OpenError> {
+/// What [`open`] opened: each envelope with its place in its sequence, and how many were
+/// sealed to a retired key (their sender's directory was behind a rotation).
+#[derive(Debug)]
+pub struct Opened {
+    pub envelopes: Vec<(Envelope, Chain)>,
+    pub with_retired_key: usize,
+}
+
+/// Opens `sealed` (envelopes as received, their signatures checked) with `keys`, or says why
+/// one does not open. Envelopes of one batch (one encapsulated key) open alone or together,
+/// each only at its own place; each inner header must equal its outer one.
+pub fn open(sealed: &[SealedEnvelope], keys: &SealKeys) -> Result<Opened, OpenError> {
     let fail = |index: usize, why: String| OpenError {
         index,
         why,
@@ -316,20 +320,11 @@ pub fn open(
         }
     }
     let mut opened: Vec<Option<(Envelope, Chain)>> = vec![None; sealed.len()];
+    let mut with_retired_key = 0;
     for (enc, members) in groups {
         let first = &sealed[members[0]];
-        for (n, &i) in members.iter().enumerate() {
+        for &i in &members {
             let s = &sealed[i];
-            if s.sealed.i as usize != n {
-                return Err(fail(
-                    i,
-                    format!(
-                        "it is item {} of its sealed batch, where item {n} was expected (items \
-                         open only in their order, all of them)",
-                        s.sealed.i
-                    ),
-                ));
-            }
             if s.sealed.key != first.sealed.key
                 || s.header.from != first.header.from
                 || s.header.to != first.header.to
@@ -341,12 +336,15 @@ pub fn open(
                 ));
             }
         }
-        let items: Vec<(Vec<u8>, &[u8])> = members
+        let items: Vec<(u32, Vec<u8>, &[u8])> = members
             .iter()
-            .map(|&i| (sealed[i].header.aad(), sealed[i].sealed.ct.0.as_slice()))
+            .map(|&i| {
+                let s = &sealed[i];
+                (s.sealed.i, s.header.aad(), s.sealed.ct.0.as_slice())
+            })
             .collect();
         let info = info(&first.header.from, &first.header.to, &first.sealed.key);
-        let plain = keys
+        let (plain, retired) = keys
             .open_batch(&first.sealed.key, &info, enc, &items)
             .map_err(|e| OpenError {
                 index: match e {
@@ -356,6 +354,9 @@ pub fn open(
                 unknown_key: matches!(e, SealError::UnknownKey(_)),
                 why: e.to_string(),
             })?;
+        if retired {
+            with_retired_key += members.len();
+        }
         for (&i, pt) in members.iter().zip(plain) {
             let inner: Inner = serde_json::from_slice(&pt)
                 .map_err(|e| fail(i, format!("its sealed content is not an envelope: {e}")))?;
@@ -383,7 +384,10 @@ pub fn open(
             ));
         }
     }
-    Ok(opened.into_iter().flatten().collect())
+    Ok(Opened {
+        envelopes: opened.into_iter().flatten().collect(),
+        with_retired_key,
+    })
 }
 
 #[cfg(test)]
@@ -426,7 +430,7 @@ mod tests {
             assert!(signed_by(s, &alice.public(), SEALED_DOMAIN));
         }
         let back: Vec<SealedEnvelope> = serde_json::from_str(&json).unwrap();
-        let opened = open(&back, &bob).unwrap();
+        let opened = open(&back, &bob).unwrap().envelopes;
         assert_eq!(
             opened.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(),
             es
@@ -518,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn items_of_a_batch_open_only_in_their_order() {
+    fn each_envelope_of_a_batch_opens_alone_but_only_at_its_place() {
         let dir = tempfile::tempdir().unwrap();
         let bob = keys(dir.path(), "bob");
         let alice = Identity::generate();
@@ -526,8 +530,17 @@ mod tests {
             .map(|i| Envelope::text("alice", "bob", format!("m{i}")))
             .collect();
         let sealed = seal(&es, counter(), &bob.current().0, &alice).unwrap();
-        let e = open(&[sealed[1].clone(), sealed[2].clone()], &bob).unwrap_err();
-        assert_eq!(e.index, 0, "{e:?}");
-        assert!(open(&[sealed[0].clone(), sealed[1].clone()], &bob).is_ok());
+        let alone = open(&[sealed[2].clone()], &bob).unwrap().envelopes;
+        assert_eq!(alone[0].0, es[2]);
+        assert_eq!(
+            open(&[sealed[2].clone(), sealed[0].clone()], &bob)
+                .unwrap()
+                .envelopes
+                .len(),
+            2
+        );
+        let mut moved = sealed[2].clone();
+        moved.sealed.i = 1;
+        assert!(open(&[moved], &bob).is_err());
     }
 }

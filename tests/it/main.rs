@@ -15,6 +15,7 @@ mod host;
 mod login;
 mod peer;
 mod proxy;
+mod sealed;
 mod tls;
 mod trust;
 mod upgrade;

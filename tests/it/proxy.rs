@@ -67,7 +67,7 @@ struct PeerLog {
 }
 
 #[derive(Clone)]
-struct FakePeer {
+pub(crate) struct FakePeer {
     addr: SocketAddr,
     log: Arc<Mutex<PeerLog>>,
 }
@@ -136,13 +136,13 @@ impl FakePeer {
         FakePeer { addr, log }
     }
 
-    fn stored_count(&self) -> usize {
+    pub(crate) fn stored_count(&self) -> usize {
         self.log.lock().unwrap().stored.len()
     }
-    fn order(&self) -> Vec<String> {
+    pub(crate) fn order(&self) -> Vec<String> {
         self.log.lock().unwrap().order.clone()
     }
-    fn texts(&self) -> Vec<String> {
+    pub(crate) fn texts(&self) -> Vec<String> {
         let log = self.log.lock().unwrap();
         log.order
             .iter()
@@ -513,7 +513,7 @@ async fn post_json(url: &str, body: &impl serde::Serialize) -> (u16, Value) {
 }
 
 /// Submits `e` to a proxy's outbox and checks the 202 answer.
-async fn submit(proxy: &str, e: &Envelope) {
+pub(crate) async fn submit(proxy: &str, e: &Envelope) {
     let (status, v) = post_json(&format!("{proxy}/api/v1/outbox"), e).await;
     assert_eq!(status, 202, "{v}");
     let accepted: Accepted = serde_json::from_value(v).unwrap();
@@ -526,7 +526,7 @@ async fn submit(proxy: &str, e: &Envelope) {
     );
 }
 
-async fn outbox_queued(proxy: &str) -> u64 {
+pub(crate) async fn outbox_queued(proxy: &str) -> u64 {
     get_json(&format!("{proxy}/api/v1/outbox")).await["queued"]
         .as_u64()
         .unwrap()
@@ -575,7 +575,7 @@ fn now_ms() -> u64 {
 }
 
 /// What a relay answered: status, JSON body, and its `overlay-ack` header.
-type RelayAnswer = (u16, Value, Option<String>);
+pub(crate) type RelayAnswer = (u16, Value, Option<String>);
 
 /// Sends `r` (its bytes and header exactly) to `proxy` (a base URL), with `extra` headers.
 async fn send_signed(proxy: &str, r: &SignedRequest, extra: &[(&str, &str)]) -> RelayAnswer {
@@ -602,7 +602,7 @@ async fn send_signed(proxy: &str, r: &SignedRequest, extra: &[(&str, &str)]) -> 
 
 /// `POST url` (a proxy's relay route) with `body`, in a request signed with `by` as `origin`'s
 /// proxy for `destination`, over the exact bytes sent.
-async fn signed_relay(
+pub(crate) async fn signed_relay(
     url: &str,
     by: &Identity,
     origin: &str,
@@ -634,27 +634,27 @@ fn ack_holds<T: overlay::wire::data_plane::Addressed>(
 /// Two users, each with a fake peer; proxies not started. Both proxies' keys are made in their
 /// data dirs beforehand, and both follow a fake controller whose signed directory lists alice
 /// and bob Active with those keys, and whose table is the config's (see [`Pair::alice`]).
-struct Pair {
-    config: Config,
-    alice_peer: FakePeer,
-    bob_peer: FakePeer,
+pub(crate) struct Pair {
+    pub(crate) config: Config,
+    pub(crate) alice_peer: FakePeer,
+    pub(crate) bob_peer: FakePeer,
     alice_listener: Option<TcpListener>,
     bob_listener: Option<TcpListener>,
     bob_addr: SocketAddr,
     alice_dir: tempfile::TempDir,
     bob_dir: tempfile::TempDir,
     /// alice's proxy key (`alice_dir/proxy-alice.key`): a test signs relays as alice with it.
-    alice_key: Arc<Identity>,
+    pub(crate) alice_key: Arc<Identity>,
     /// bob's proxy key (`bob_dir/proxy-bob.key`): its acknowledgements verify under it.
-    bob_key: Arc<Identity>,
+    pub(crate) bob_key: Arc<Identity>,
     /// bob's proxy's sealing key (`bob_dir/proxy-bob.seal`): a test seals for bob with it.
-    bob_seal: SealPublic,
+    pub(crate) bob_seal: SealPublic,
     /// The controller the config names, unless a test points it to its own.
     controller: FakeController,
 }
 
 impl Pair {
-    fn new(tune: impl FnOnce(&mut Config)) -> Pair {
+    pub(crate) fn new(tune: impl FnOnce(&mut Config)) -> Pair {
         Self::with_bob_peer(FakePeer::start(), tune)
     }
 
@@ -725,14 +725,14 @@ impl Pair {
     }
 
     /// Alice's proxy (following the config's table when the config names the pair's controller).
-    async fn alice(&mut self) -> Spawned {
+    pub(crate) async fn alice(&mut self) -> Spawned {
         self.follow_config();
         let l = self.alice_listener.take().unwrap_or_else(free_listener);
         spawn_proxy(&self.config, "alice", self.alice_dir.path(), l).await
     }
 
     /// Bob's proxy, always at the address the tables name, once it takes relays from alice.
-    async fn bob(&mut self) -> Spawned {
+    pub(crate) async fn bob(&mut self) -> Spawned {
         self.follow_config();
         let l = match self.bob_listener.take() {
             Some(l) => l,
@@ -744,7 +744,7 @@ impl Pair {
     }
 
     /// `e`, sealed for bob's proxy and signed by `by` (as its origin proxy does).
-    fn sealed(&self, e: &Envelope, by: &Identity) -> SealedEnvelope {
+    pub(crate) fn sealed(&self, e: &Envelope, by: &Identity) -> SealedEnvelope {
         crate::helpers::sealed(std::slice::from_ref(e), &self.bob_seal, by).remove(0)
     }
 

@@ -73,7 +73,7 @@ fn envelope(o: &TestOverlay, from: &str, to: &str, text: &str) -> SealedEnvelope
 }
 
 /// `POST /send_message` on `name`'s peer.
-async fn send(o: &TestOverlay, name: &str, to: &str, text: &str) {
+pub(crate) async fn send(o: &TestOverlay, name: &str, to: &str, text: &str) {
     let mut r = client()
         .post(format!("{}/send_message", o.url(&format!("peer/{name}"))))
         .send_json(&json!({"peer_id": to, "message": text}))
@@ -83,7 +83,7 @@ async fn send(o: &TestOverlay, name: &str, to: &str, text: &str) {
 }
 
 /// The outbox of `name`'s proxy.
-async fn outbox(o: &TestOverlay, name: &str) -> OutboxStatus {
+pub(crate) async fn outbox(o: &TestOverlay, name: &str) -> OutboxStatus {
     let mut r = client()
         .get(format!("{}/api/v1/outbox", o.url(&format!("proxy/{name}"))))
         .send()
@@ -93,7 +93,7 @@ async fn outbox(o: &TestOverlay, name: &str) -> OutboxStatus {
 }
 
 /// The texts `name`'s peer holds from `from`.
-async fn texts(o: &TestOverlay, name: &str, from: &str) -> Vec<String> {
+pub(crate) async fn texts(o: &TestOverlay, name: &str, from: &str) -> Vec<String> {
     let mut r = client()
         .get(format!(
             "{}/get_chat_history/{from}",
@@ -155,36 +155,44 @@ fn client_presenting(
 
 /// A TCP listener that records every connection's first bytes and answers each in plain HTTP
 /// (as a web server that is not the proxy would), or forwards it to `forward` when that is set.
-struct Tap {
-    addr: SocketAddr,
+/// Bytes per connection, as a tap records them.
+type Recorded = Rc<RefCell<Vec<Vec<u8>>>>;
+
+pub(crate) struct Tap {
+    pub(crate) addr: SocketAddr,
     /// Per connection: the bytes the client sent.
-    seen: Rc<RefCell<Vec<Vec<u8>>>>,
-    forward: Rc<RefCell<Option<SocketAddr>>>,
+    seen: Recorded,
+    /// Per connection: the bytes the server answered (when forwarded).
+    answered: Recorded,
+    pub(crate) forward: Rc<RefCell<Option<SocketAddr>>>,
 }
 
 impl Tap {
-    async fn start() -> Tap {
+    pub(crate) async fn start() -> Tap {
         let listener = actix_rt::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Rc::new(RefCell::new(Vec::new()));
+        let answered = Rc::new(RefCell::new(Vec::new()));
         let forward: Rc<RefCell<Option<SocketAddr>>> = Rc::new(RefCell::new(None));
-        let (s, f) = (seen.clone(), forward.clone());
+        let (s, a, f) = (seen.clone(), answered.clone(), forward.clone());
         actix_rt::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
                 let i = {
                     let mut all = s.borrow_mut();
                     all.push(Vec::new());
+                    a.borrow_mut().push(Vec::new());
                     all.len() - 1
                 };
                 let target = *f.borrow();
-                actix_rt::spawn(Tap::serve(conn, i, s.clone(), target));
+                actix_rt::spawn(Tap::serve(conn, i, (s.clone(), a.clone()), target));
             }
         });
         Tap {
             addr,
             seen,
+            answered,
             forward,
         }
     }
@@ -192,7 +200,7 @@ impl Tap {
     async fn serve(
         mut conn: actix_rt::net::TcpStream,
         i: usize,
-        seen: Rc<RefCell<Vec<Vec<u8>>>>,
+        (seen, answered): (Recorded, Recorded),
         target: Option<SocketAddr>,
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -227,18 +235,39 @@ impl Tap {
             let _ = uw.shutdown().await;
         };
         let to_client = async {
-            let _ = tokio::io::copy(&mut ur, &mut cw).await;
+            let mut buf = vec![0u8; 16384];
+            loop {
+                match ur.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        answered.borrow_mut()[i].extend_from_slice(&buf[..n]);
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
             let _ = cw.shutdown().await;
         };
         futures_util::future::join(to_server, to_client).await;
     }
 
-    fn connections(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn connections(&self) -> Vec<Vec<u8>> {
         self.seen.borrow().clone()
+    }
+
+    /// Per connection: what the client sent and what the server answered.
+    pub(crate) fn both_ways(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.seen
+            .borrow()
+            .iter()
+            .cloned()
+            .zip(self.answered.borrow().iter().cloned())
+            .collect()
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 

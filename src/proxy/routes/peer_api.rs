@@ -103,6 +103,8 @@ pub struct SealView {
     pub rotates: String,
     /// The ids of the retired keys that still open what was sealed to them.
     pub retired: Vec<String>,
+    /// Whom this proxy seals for, with which key id, as its applied directory says.
+    pub members: std::collections::BTreeMap<String, String>,
 }
 
 fn seal_view(state: &ProxyState) -> SealView {
@@ -116,6 +118,14 @@ fn seal_view(state: &ProxyState) -> SealView {
             made_ms.saturating_add(crate::proxy::controller_link::SEAL_ROTATE_AFTER_MS),
         ),
         retired: keys.retired(),
+        members: state
+            .published
+            .borrow()
+            .directory
+            .users
+            .values()
+            .filter_map(|u| Some((u.name.clone(), u.seal?.id())))
+            .collect(),
     }
 }
 

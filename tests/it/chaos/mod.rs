@@ -18,7 +18,7 @@
 mod checker;
 mod cluster;
 pub(crate) mod netlab;
-mod relay;
+pub(crate) mod relay;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
