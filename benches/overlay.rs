@@ -98,11 +98,14 @@ instances:
         match (a, b) {
             (Some(a), Some(b)) => format!(
                 "bob's proxy verified {} requests and {} envelopes (refused {}, batch fallbacks \
-                 {}); alice's proxy signed {} envelopes in {} requests and verified {} acks",
+                 {}) and opened {} sealed bodies; alice's proxy sealed {} bodies and signed {} \
+                 envelopes in {} requests and verified {} acks",
                 b["requests_verified"],
                 b["envelopes_verified"],
                 b["refused"],
                 b["batch_fallbacks"],
+                b["opened"].as_u64().unwrap_or(0),
+                a["sealed"].as_u64().unwrap_or(0),
                 a["envelopes_signed"],
                 a["requests_signed"],
                 a["acks_verified"]

@@ -21,7 +21,8 @@
 //! - [`web`]: small pieces every role's HTTP server shares (assets, JSON limits, server handles).
 //! - [`storage`]: the durable-store kit both stores are built from: write-ahead log, group
 //!   commit, open-and-replay, and the one writer of each store.
-//! - [`trust`]: the root of trust: keys, signatures, root certificates, join tokens, rate limits.
+//! - [`trust`]: the root of trust: keys, signatures, root certificates, join tokens, rate limits,
+//!   X.509 and TLS, sealing keys and HPKE sealing.
 //! - [`logging`]: env_logger set up so every line names its role and instance.
 //!
 //! Roles depend on `wire`, `config`, `trust`, `hop`, `storage`, `layout` and `web`, never on
@@ -35,7 +36,7 @@
 //! | role | actor (file) | takes | sends to |
 //! |---|---|---|---|
 //! | controller | `Registry` (controller/registry/) | RegisterProxy, Heartbeat, GetEndpoints, UpdateEndpoints, RemoveProxy, SubscribeTable, SubscribeDashboard, ListProxies; Join, RegisterSigned, Rotate, IssueToken, Revoke, Pinned, TrustOverview; SubscribeDirectory, AckDirectory | its redb store; SSE subscribers (directory, legacy tables, dashboard) |
-//! | proxy | `ControllerLink` (proxy/controller_link.rs) | its timers | the controller over HTTP; Router `ApplyView`, `SetOnline`, `Settled` |
+//! | proxy | `ControllerLink` (proxy/controller_link.rs) | its timers; RotateSeal | the controller over HTTP; Router `ApplyView`, `SetOnline`, `Settled` |
 //! | proxy | `Router` (proxy/router.rs): the one owner of the table and the signed view | ApplyView, SetOnline, Settled, SubscribeTable, ResolveRoute, ListDirectory, GetTable, AppliedVersion | subscribers `TableChanged` (Outbox, AiDesk); Store `SaveView`; the routes' watch of the directory |
 //! | proxy | `Outbox` (proxy/outbox/) | Enqueue, EnqueueMany, GetStatus, TableChanged, `Applied` (from the Store) | Store `Write`; next hops over HTTP; AiDesk `Converse` (the reply is the answer) |
 //! | proxy | `AiDesk` (proxy/ai/desk.rs) | Converse, ForgetConversation, TableChanged | AiAdapter `Ask`; Store `Remember` / `ForgetMemory`; own peer's stream route |

@@ -6,6 +6,9 @@
 //! at open. `data-v0.1.0`: the release before the storage kit (commit 8ff3cdf). `data-v0.2.0`:
 //! the release before trust (commit eccea16): no keys and no pinned names, so its proxies join
 //! (`overlay up` gives them tokens) and the directory replaces their unsigned cached tables.
+//! `data-v0.3.0`: the release before sealed bodies (commit 0d2d0d9): keys pinned, the overlay
+//! CA and certificates, no sealing keys; its proxies make and register one, and what was queued
+//! goes sealed.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -76,6 +79,12 @@ async fn a_data_dir_of_the_release_before_trust_opens_intact_and_delivers_what_w
 }
 
 #[actix_rt::test]
+async fn a_data_dir_of_the_release_before_sealed_bodies_opens_intact_and_delivers_what_was_queued()
+{
+    opens_intact_and_delivers_what_was_queued("data-v0.3.0").await;
+}
+
+#[actix_rt::test]
 async fn a_data_dir_of_the_release_before_the_storage_kit_opens_intact_and_delivers() {
     opens_intact_and_delivers_what_was_queued("data-v0.1.0").await;
 }
@@ -94,7 +103,7 @@ async fn opens_intact_and_delivers_what_was_queued(fixture: &str) {
             .unwrap()
     };
     let (behrooz, alice) = (url("peer/behrooz"), url("peer/alice"));
-    let proxy = url("proxy/behrooz");
+    let (proxy, alice_proxy) = (url("proxy/behrooz"), url("proxy/alice"));
     let handles: Vec<_> = servers
         .into_iter()
         .map(|s| {
@@ -153,6 +162,16 @@ async fn opens_intact_and_delivers_what_was_queued(fixture: &str) {
         vec!["Hi! This is Alice's automated response."; 3],
         "alice's auto-replies from before the upgrade: {rows:?}"
     );
+
+    // What was queued went sealed, for the sealing key alice's proxy made at the upgrade.
+    let mut res = client()
+        .get(format!("{alice_proxy}/api/v1/signatures"))
+        .send()
+        .await
+        .unwrap();
+    let counters: Value = res.json().await.unwrap();
+    assert!(counters["opened"].as_u64().unwrap() >= 3, "{counters}");
+    assert!(dir.path().join("proxy-alice.seal").exists());
 
     // The AI conversation: behrooz's message failed, BOT's error report is kept.
     let bot = history(&behrooz, "BOT").await;
