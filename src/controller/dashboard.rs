@@ -478,7 +478,7 @@ fn users_table(trust: &TrustView) -> Markup {
                 p.empty { "No user in the directory yet." }
             } @else {
                 table.grid {
-                    thead { tr { th { "Name" } th { "State" } th { "Key" } th { "Address" } th {} } }
+                    thead { tr { th { "Name" } th { "State" } th { "Key" } th { "Sealing key" } th { "Address" } th {} } }
                     tbody {
                         @for u in &trust.users {
                             tr.user data-name=(u.name) {
@@ -488,6 +488,13 @@ fn users_table(trust: &TrustView) -> Markup {
                                     @if u.state == UserState::Legacy { " " (unauthenticated_label()) }
                                 }
                                 td { (fingerprint_cell(u.key.as_ref().map(|k| k.fingerprint().to_string()))) }
+                                td {
+                                    @match &u.seal {
+                                        Some(seal) => code.seal title=(seal.to_string()) { (seal.id()) },
+                                        None if u.state == UserState::Active => span.muted title="its proxy has registered no sealing key (not started since its upgrade, or of an older release): nothing is sent to it" { "none yet" },
+                                        None => span.muted { "–" },
+                                    }
+                                }
                                 td {
                                     @if u.port == 0 { span.muted { "not known yet" } }
                                     @else { code { (u.host) ":" (u.port) } }
@@ -791,6 +798,21 @@ mod tests {
         };
         assert!(unauthenticated_in(&row("carol")), "{html}");
         assert!(!unauthenticated_in(&row("erin")), "{html}");
+    }
+
+    #[test]
+    fn the_users_table_shows_each_sealing_key_id_or_that_there_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, _) =
+            crate::trust::seal::SealKeys::load_or_create(&dir.path().join("s"), 1).unwrap();
+        let mut t = trust_view();
+        let mut erin = user("erin", UserState::Active, true);
+        erin.seal = Some(keys.current().0);
+        t.users.push(erin);
+        t.users.push(user("frank", UserState::Active, true));
+        let html = users_panel(&t).into_string();
+        assert!(html.contains(&keys.current().0.id()), "{html}");
+        assert!(html.contains("none yet"), "{html}");
     }
 
     #[test]

@@ -20,11 +20,16 @@ use crate::helpers::client;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
+/// Copies fixture `name` into `to`, every file 0600 as a data dir's secrets are (git keeps no
+/// such mode: a fresh clone has the key files 0644, which the roles refuse).
 fn copy_fixture(name: &str, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
     let from = Path::new(FIXTURES).join(name);
     for entry in std::fs::read_dir(from).expect("the fixture data dir") {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        let copy = to.join(entry.file_name());
+        std::fs::copy(entry.path(), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
 
