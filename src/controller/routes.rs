@@ -492,6 +492,10 @@ struct ProxyInfo {
     last_seen_ms: u64,
     status: &'static str,
     endpoints: EndpointTable,
+    /// The directory version it acknowledged having applied (none yet: null).
+    applied_version: Option<u64>,
+    /// The controller's directory version now.
+    current_version: u64,
 }
 
 /// # GET /api/v1/proxies
@@ -510,6 +514,8 @@ async fn list_proxies(state: web::Data<AppState>) -> Reply {
             protocol: p.protocol,
             last_seen_ms: p.last_seen_ms,
             endpoints: p.table,
+            applied_version: p.applied_version,
+            current_version: p.current_version,
         })
         .collect();
     Ok(HttpResponse::Ok().json(proxies))

@@ -257,6 +257,7 @@ impl ControllerLink {
                 .map_err(RegisterFailure::Other)?;
             if cert_after {
                 get_certificate(&settings).await?;
+                verifier.acknowledge(version).await;
             }
             Ok(version)
         };
@@ -531,15 +532,12 @@ impl Verifier {
     }
 
     /// Hands a verified document to the router; acknowledges the version applied.
-    async fn apply(&self, update: ViewUpdate) -> Result<u64, ViewRefused> {
-        let applied = self
-            .router
-            .send(ApplyView(update))
-            .await
-            .map_err(|e| ViewRefused::Storage(e.to_string()))??;
+    /// Tells the controller this proxy applied directory `version` (the dashboard shows who is
+    /// behind). Best effort: a failure is logged, and the next version is acknowledged anyway.
+    async fn acknowledge(&self, version: u64) {
         let ack = DirectoryAck {
             proxy_id: self.settings.proxy_id.clone(),
-            version: applied,
+            version,
         };
         let bytes = serde_json::to_vec(&ack).unwrap_or_default();
         let req = self
@@ -551,11 +549,31 @@ impl Verifier {
                 &self.ack_url,
                 &bytes,
             ));
-        if let Answer::Unreachable { reason } =
-            post::post_encoded(req, bytes, SMALL_LIMIT, REQUEST_TIMEOUT).await
-        {
-            log::debug!("could not acknowledge directory version {applied}: {reason}");
+        match post::post_encoded(req, bytes, SMALL_LIMIT, REQUEST_TIMEOUT).await {
+            Answer::Ok { .. } => {}
+            other => log::debug!(
+                "could not acknowledge directory version {version}: {}",
+                failure(other)
+            ),
         }
+    }
+
+    async fn apply(&self, update: ViewUpdate) -> Result<u64, ViewRefused> {
+        let applied = self
+            .router
+            .send(ApplyView(update))
+            .await
+            .map_err(|e| ViewRefused::Storage(e.to_string()))??;
+        if lacks_certificate(&self.settings) {
+            // Right after a join, before the certificate: the controller would refuse the
+            // acknowledgement, and the client would keep that certificate-less connection for
+            // the next calls. The registration acknowledges it once the certificate is here.
+            log::debug!(
+                "directory version {applied} is acknowledged once this proxy has its certificate"
+            );
+            return Ok(applied);
+        }
+        self.acknowledge(applied).await;
         Ok(applied)
     }
 
@@ -704,6 +722,19 @@ async fn get_certificate(settings: &LinkSettings) -> Result<(), RegisterFailure>
 }
 
 /// Whether this proxy needs a (new) certificate now.
+/// Whether calls to the controller need a certificate this proxy does not hold (yet, or any
+/// more).
+fn lacks_certificate(settings: &LinkSettings) -> bool {
+    match &settings.tls {
+        Some(t) if settings.controller_url.starts_with("https://") => t
+            .tls
+            .leaf
+            .validity()
+            .is_none_or(|(_, not_after)| not_after <= now_ms()),
+        _ => false,
+    }
+}
+
 fn wants_certificate(settings: &LinkSettings) -> bool {
     match &settings.tls {
         Some(t) if settings.controller_url.starts_with("https://") => {

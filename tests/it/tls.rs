@@ -492,6 +492,28 @@ async fn a_proxy_hop_starts_with_a_tls_handshake_and_carries_no_message_text() {
     }
 }
 
+#[actix_web::test]
+async fn every_proxy_acknowledges_the_directory_it_applied_also_right_after_joining() {
+    // A proxy joins before it has its certificate; an acknowledgement made then was refused,
+    // and the last to join never acknowledged anything (the dashboard showed it behind).
+    let o = overlay_of(&["alice", "bob", "carol"], &[]).await;
+    let admin = std::fs::read_to_string(o.data_dir.path().join("admin.token")).unwrap();
+    let url = format!("{}/api/v1/proxies", o.url("controller"));
+    eventually("every proxy acknowledged the current directory", || {
+        let (url, admin) = (url.clone(), admin.trim().to_string());
+        async move {
+            let mut r = client().get(url).bearer_auth(admin).send().await.ok()?;
+            let proxies: Vec<Value> = r.json().await.ok()?;
+            (proxies.len() == 3
+                && proxies
+                    .iter()
+                    .all(|p| p["applied_version"] == p["current_version"]))
+            .then_some(())
+        }
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Revocation and renewal.
 
