@@ -15,24 +15,29 @@ use crate::proxy::{signed_relay, Pair};
 use crate::tls::{contains, outbox, send, texts, Tap};
 use overlay::wire::data_plane::Envelope;
 
-/// `GET {proxy}/api/v1/seal` (own-peer route: this test calls from loopback).
-async fn seal_status(proxy: &str) -> Value {
+/// `GET {proxy}{path}`, an own-peer route (this test calls from loopback), as JSON.
+async fn own_get(proxy: &str, path: &str) -> Value {
     let mut r = client()
-        .get(format!("{proxy}/api/v1/seal"))
+        .get(format!("{proxy}{path}"))
         .send()
         .await
         .expect("the proxy answers");
-    r.json().await.expect("a seal status")
+    r.json().await.expect("a JSON answer")
 }
 
-/// `GET {proxy}/api/v1/signatures`.
+/// This proxy's sealing keys (`GET /api/v1/seal`).
+async fn seal_status(proxy: &str) -> Value {
+    own_get(proxy, "/api/v1/seal").await
+}
+
+/// What this proxy sealed, opened and refused (`GET /api/v1/signatures`).
 async fn counters(proxy: &str) -> Value {
-    let mut r = client()
-        .get(format!("{proxy}/api/v1/signatures"))
-        .send()
-        .await
-        .expect("the proxy answers");
-    r.json().await.expect("counters")
+    own_get(proxy, "/api/v1/signatures").await
+}
+
+/// `envelopes` signed again together by `by` (a carrier holding `by`'s key, or `by` itself).
+fn resign(envelopes: &mut [overlay::wire::sealed::SealedEnvelope], by: &overlay::trust::Identity) {
+    overlay::wire::data_plane::sign_together(envelopes, by, overlay::wire::sealed::SEALED_DOMAIN);
 }
 
 #[actix_web::test]
@@ -79,11 +84,7 @@ async fn a_sealed_body_moved_to_another_destination_or_resigned_by_another_proxy
         &alice,
     );
     moved[0].sealed = for_carol[0].sealed.clone();
-    overlay::wire::data_plane::sign_together(
-        &mut moved,
-        &alice,
-        overlay::wire::sealed::SEALED_DOMAIN,
-    );
+    resign(&mut moved, &alice);
     refused(
         &to_bob("alice", moved[0].clone()).await,
         503,
@@ -92,11 +93,7 @@ async fn a_sealed_body_moved_to_another_destination_or_resigned_by_another_proxy
     // The same, naming bob's key: it does not open.
     let mut renamed = moved.clone();
     renamed[0].sealed.key = bob_seal.id();
-    overlay::wire::data_plane::sign_together(
-        &mut renamed,
-        &alice,
-        overlay::wire::sealed::SEALED_DOMAIN,
-    );
+    resign(&mut renamed, &alice);
     refused(
         &to_bob("alice", renamed[0].clone()).await,
         403,
@@ -107,11 +104,7 @@ async fn a_sealed_body_moved_to_another_destination_or_resigned_by_another_proxy
     as_carol[0].header.id = overlay::wire::data_plane::MessageId::new();
     as_carol[0].header.from = "carol".into();
     as_carol[0].header.conversation = overlay::wire::data_plane::conversation_id("carol", "bob");
-    overlay::wire::data_plane::sign_together(
-        &mut as_carol,
-        &carol,
-        overlay::wire::sealed::SEALED_DOMAIN,
-    );
+    resign(&mut as_carol, &carol);
     refused(
         &to_bob("carol", as_carol[0].clone()).await,
         403,

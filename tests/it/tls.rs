@@ -167,6 +167,28 @@ pub(crate) struct Tap {
     pub(crate) forward: Rc<RefCell<Option<SocketAddr>>>,
 }
 
+/// Copies `from` to `to` until either ends, handing each chunk to `record`; then shuts `to`.
+async fn pipe(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    mut record: impl FnMut(&[u8]),
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16384];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                record(&buf[..n]);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
 impl Tap {
     pub(crate) async fn start() -> Tap {
         let listener = actix_rt::net::TcpListener::bind("127.0.0.1:0")
@@ -220,34 +242,16 @@ impl Tap {
         let (mut cr, mut cw) = conn.split();
         let (mut ur, mut uw) = up.split();
         let to_server = async {
-            let mut buf = vec![0u8; 16384];
-            loop {
-                match cr.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        seen.borrow_mut()[i].extend_from_slice(&buf[..n]);
-                        if uw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = uw.shutdown().await;
+            pipe(&mut cr, &mut uw, |b| {
+                seen.borrow_mut()[i].extend_from_slice(b)
+            })
+            .await;
         };
         let to_client = async {
-            let mut buf = vec![0u8; 16384];
-            loop {
-                match ur.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        answered.borrow_mut()[i].extend_from_slice(&buf[..n]);
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            let _ = cw.shutdown().await;
+            pipe(&mut ur, &mut cw, |b| {
+                answered.borrow_mut()[i].extend_from_slice(b)
+            })
+            .await;
         };
         futures_util::future::join(to_server, to_client).await;
     }
