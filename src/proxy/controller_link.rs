@@ -134,6 +134,10 @@ pub struct ControllerLink {
     last_refusal: Option<String>,
     /// Something to register changed while a registration was under way: register again.
     register_again: bool,
+    /// The sealing key the controller took with the last registration that worked: a key is
+    /// rotated only once the one before is published, so no key still in the directory is
+    /// ever dropped.
+    seal_registered: Option<SealPublic>,
 }
 
 /// Why registering did not work.
@@ -168,6 +172,7 @@ impl ControllerLink {
             want_snapshot: false,
             last_refusal: None,
             register_again: false,
+            seal_registered: None,
         }
     }
 
@@ -216,7 +221,8 @@ impl ControllerLink {
                 }
             }
             let keys = key_report(&ai).await;
-            let claim = sign_claim(&settings, keys);
+            let seal = settings.seal.current().0;
+            let claim = sign_claim(&settings, keys, seal);
             // With a token, a join: it registers too, and for a key the controller pins
             // already it is only that (the token is not looked at, nor used up), so a proxy
             // started again with the same token file just registers. It is also how a new key
@@ -259,7 +265,7 @@ impl ControllerLink {
                 get_certificate(&settings).await?;
                 verifier.acknowledge(version).await;
             }
-            Ok(version)
+            Ok((version, seal))
         };
         ctx.spawn(wrap_future(call).map(|res, act: &mut Self, ctx| {
             act.registering = false;
@@ -267,7 +273,8 @@ impl ControllerLink {
             // be reached leaves the stored view as fresh as it can be.
             act.router.do_send(Settled);
             match res {
-                Ok(version) => {
+                Ok((version, seal)) => {
+                    act.seal_registered = Some(seal);
                     log::info!(
                         "registered with the controller as {} (key {}): directory version \
                          {version}",
@@ -314,6 +321,14 @@ impl ControllerLink {
     fn rotate_seal(&mut self, ctx: &mut Context<Self>) -> Result<SealPublic, String> {
         let keys = &self.settings.seal;
         let old = keys.current().0;
+        if self.seal_registered != Some(old) {
+            return Err(format!(
+                "the sealing key {} is not registered with the controller yet (it is unreachable \
+                 or refuses this proxy): a new key would drop one others may still seal to; \
+                 try again once it is registered",
+                old.id()
+            ));
+        }
         let new = keys
             .rotate(now_ms())
             .map_err(|e| format!("could not write the new sealing key: {e}"))?;
@@ -331,8 +346,10 @@ impl ControllerLink {
     /// Renews the certificate at half its life (while registered; registering does it too),
     /// and rotates a sealing key older than [`SEAL_ROTATE_AFTER_MS`].
     fn renew(&mut self, ctx: &mut Context<Self>) {
-        let (_, made_ms) = self.settings.seal.current();
-        if made_ms.saturating_add(SEAL_ROTATE_AFTER_MS) <= now_ms() {
+        let (current, made_ms) = self.settings.seal.current();
+        if made_ms.saturating_add(SEAL_ROTATE_AFTER_MS) <= now_ms()
+            && self.seal_registered == Some(current)
+        {
             if let Err(e) = self.rotate_seal(ctx) {
                 log::warn!("{e}; trying again later");
             }
@@ -772,11 +789,15 @@ fn call_signature(
 }
 
 /// What this proxy says about itself, signed with its key.
-fn sign_claim(settings: &LinkSettings, api_keys: KeyReport) -> Signed<RegisterClaim> {
+fn sign_claim(
+    settings: &LinkSettings,
+    api_keys: KeyReport,
+    seal: SealPublic,
+) -> Signed<RegisterClaim> {
     let (host, port) = registered_address(&settings.advertise);
     let claim = RegisterClaim {
         tls: settings.tls.as_ref().and_then(|t| t.address.clone()),
-        seal: Some(settings.seal.current().0),
+        seal: Some(seal),
         proxy_id: settings.proxy_id.clone(),
         instance_name: settings.instance_name.clone(),
         host,

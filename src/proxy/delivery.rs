@@ -110,6 +110,9 @@ pub async fn relay(to: ToProxy, signing: Signing) -> Outcome {
     let id = to.envelope.id.clone();
     let url = format!("{}/api/v1/relay", to.base_url);
     let (answer, sent) = signed_post(&to, &url, vec![to.envelope.clone()], &signing).await;
+    if let Some(retry) = numbers_behind(&answer, &signing, &what) {
+        return retry;
+    }
     let ack = ack_of(&answer);
     match acknowledged(answer, &id, &what) {
         Outcome::Delivered => signed_ack(signing, ack, sent, what).await,
@@ -124,11 +127,45 @@ pub async fn relay_batch(to: ToProxy, envelopes: Vec<Envelope>, signing: Signing
     let what = format!("{}'s proxy", to.name);
     let url = format!("{}/api/v1/relay/batch", to.base_url);
     let (answer, sent) = signed_post(&to, &url, envelopes, &signing).await;
+    if let Some(retry) = numbers_behind(&answer, &signing, &what) {
+        return retry;
+    }
     let ack = ack_of(&answer);
     match batch_acknowledged(answer, &sent, what.clone()) {
         Outcome::Delivered => signed_ack(signing, ack, sent, what).await,
         other => other,
     }
+}
+
+/// The receiver refused a message as numbered below the last it took of its sequence (409
+/// with that number): what this proxy still holds is not a replay, so its numbers went back
+/// (its clock did, across a restart). It numbers above that from now on and tries again. A
+/// number more than a day ahead of this clock is not believed (a carrier's forgery could
+/// otherwise push the numbers to their end): the refusal stands.
+fn numbers_behind(answer: &Answer, signing: &Signing, what: &str) -> Option<Outcome> {
+    const AHEAD_MAX_US: u64 = 24 * 3600 * 1_000_000;
+    let Answer::Refused { status, body } = answer else {
+        return None;
+    };
+    if *status != actix_web::http::StatusCode::CONFLICT {
+        return None;
+    }
+    let last = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get(super::error::STALE_FIELD)?
+        .as_u64()?;
+    let now_us = crate::wire::now_ms().saturating_mul(1000);
+    if last > now_us.saturating_add(AHEAD_MAX_US) {
+        return None;
+    }
+    signing.signer.move_past(last);
+    Some(Outcome::Retry {
+        what: what.to_string(),
+        error: format!(
+            "it has taken message #{last} of the conversation already: this proxy's numbers \
+             went back (its clock did?), and now go on from there"
+        ),
+    })
 }
 
 fn ack_of(answer: &Answer) -> Option<String> {

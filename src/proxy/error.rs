@@ -6,6 +6,9 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::wire::legacy::ErrorBody;
 
+/// The field of a [`ProxyError::Stale`] answer that names the last number taken.
+pub const STALE_FIELD: &str = "last_seq";
+
 /// Everything a proxy request or actor can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
@@ -36,10 +39,14 @@ pub enum ProxyError {
     /// Another proxy's request is not signed, or its signature does not hold (401).
     #[error("{0}")]
     Unauthenticated(String),
-    /// Refused because of what this proxy holds already (a relayed message older than the last
-    /// one taken of its sequence): 409.
+    /// Refused because of what this proxy holds already: 409.
     #[error("{0}")]
     Conflict(String),
+    /// A relayed message numbered `seq`, not above `last`, the last this proxy took of its
+    /// sequence: 409, with `last_seq` in the answer (a sender whose numbers went back, say its
+    /// clock did across a restart, numbers above it and tries again).
+    #[error("{message}")]
+    Stale { message: String, last: u64 },
     /// Not now, for a reason that passes (starting, a directory not yet up to date, a clock
     /// apart): 503, and the sender tries again.
     #[error("{0}")]
@@ -67,12 +74,20 @@ impl ResponseError for ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::Conflict(_) => StatusCode::CONFLICT,
+            ProxyError::Conflict(_) | ProxyError::Stale { .. } => StatusCode::CONFLICT,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(ErrorBody::new(self.to_string()))
+        let mut answer = HttpResponse::build(self.status_code());
+        match self {
+            ProxyError::Stale { message, last } => answer.json(serde_json::json!({
+                "status": "error",
+                "message": message,
+                STALE_FIELD: last,
+            })),
+            _ => answer.json(ErrorBody::new(self.to_string())),
+        }
     }
 }
 

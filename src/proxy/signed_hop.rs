@@ -390,6 +390,12 @@ impl HopSigner {
         Ok(sealed)
     }
 
+    /// Numbers from now on go above `last` (a receiver took `last` already: see
+    /// `delivery::numbers_behind`).
+    pub fn move_past(&self, last: u64) {
+        self.hops.last_seq.fetch_max(last, Ordering::Relaxed);
+    }
+
     /// The next sequence number: above the last one given, and at least the time in µs (so
     /// numbers keep growing across restarts, also from a data dir restored from a backup).
     fn next_seq(&self) -> u64 {

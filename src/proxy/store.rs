@@ -162,7 +162,7 @@ pub enum Op {
         id: MessageId,
         record: Record,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        chain: Option<crate::wire::sealed::Chain>,
+        relay: Option<RelayCheck>,
     },
     /// Overwrite the delivery state of item `seq`.
     Update { seq: u64, record: Record },
@@ -198,6 +198,17 @@ impl Op {
     }
 }
 
+/// What is checked of a message another proxy relayed, in the transaction that takes its id
+/// (after the duplicate check: a message taken before is acknowledged again, whatever else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayCheck {
+    /// Its place in its sequence.
+    pub chain: crate::wire::sealed::Chain,
+    /// The oldest `sent_at_ms` taken: an older message could be a replay of one whose id is
+    /// forgotten already.
+    pub not_before_ms: u64,
+}
+
 /// What one [`Op`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpResult {
@@ -218,6 +229,11 @@ pub enum OpResult {
     Stale {
         seq: u64,
         last: u64,
+    },
+    /// `Accept` of a relayed message sent before `not_before_ms`: nothing stored.
+    TooOld {
+        sent_at_ms: u64,
+        not_before_ms: u64,
     },
     Done,
     /// How many ids (`PruneSeen`) or turns (`Forget`) were forgotten.
@@ -463,9 +479,9 @@ impl Schema for ProxySchema {
             let mut memory = txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
             for op in ops {
                 results.push(match op {
-                    Op::Accept { id, record, chain } => {
-                        let place = match chain {
-                            Some(c) => {
+                    Op::Accept { id, record, relay } => {
+                        let place = match relay {
+                            Some(RelayCheck { chain: c, .. }) => {
                                 let key = sequence_key(record);
                                 let last = sequences
                                     .get(key.as_str())
@@ -479,8 +495,18 @@ impl Schema for ProxySchema {
                             .get(id.as_str())
                             .map_err(ProxyError::storage)?
                             .is_some();
+                        let sent_at_ms = match &record.payload {
+                            Payload::Message { envelope, .. } => envelope.sent_at_ms,
+                            Payload::Receipt { .. } => u64::MAX,
+                        };
                         let verdict = match place {
                             _ if duplicate => OpResult::Duplicate,
+                            _ if relay.is_some_and(|r| sent_at_ms < r.not_before_ms) => {
+                                OpResult::TooOld {
+                                    sent_at_ms,
+                                    not_before_ms: relay.map_or(0, |r| r.not_before_ms),
+                                }
+                            }
                             Some((_, c, last)) if c.seq <= last => {
                                 OpResult::Stale { seq: c.seq, last }
                             }
@@ -723,7 +749,7 @@ mod tests {
         let accept = Op::Accept {
             id: MessageId::parse("m1").unwrap(),
             record: receipt("m1"),
-            chain: None,
+            relay: None,
         };
         assert!(accept.is_urgent(), "its sender is told we hold it");
         let update = Op::Update {
@@ -836,7 +862,7 @@ mod tests {
         Op::Accept {
             id: MessageId::parse(id).unwrap(),
             record: receipt(id),
-            chain: None,
+            relay: None,
         }
     }
 
@@ -851,8 +877,48 @@ mod tests {
         Op::Accept {
             id: MessageId::parse(id).unwrap(),
             record: Record::new(LaneId::PeerInbox, payload, 1_000),
-            chain: Some(crate::wire::sealed::Chain { seq, after }),
+            relay: Some(RelayCheck {
+                chain: crate::wire::sealed::Chain { seq, after },
+                not_before_ms: 0,
+            }),
         }
+    }
+
+    #[test]
+    fn a_relayed_message_too_old_is_refused_unless_it_was_taken_before() {
+        let (_dir, db) = db();
+        let mut schema = ProxySchema::default();
+        let with_floor = |op: Op, not_before_ms: u64| match op {
+            Op::Accept { id, record, relay } => Op::Accept {
+                id,
+                record,
+                relay: relay.map(|r| RelayCheck { not_before_ms, ..r }),
+            },
+            other => other,
+        };
+        let taken = relayed("alice", "m1", 10, 0);
+        let sent_at = match &taken {
+            Op::Accept { record, .. } => match &record.payload {
+                Payload::Message { envelope, .. } => envelope.sent_at_ms,
+                _ => unreachable!(),
+            },
+            _ => unreachable!(),
+        };
+        assert!(matches!(
+            run(&db, &mut schema, vec![taken.clone()])[0],
+            OpResult::Stored { .. }
+        ));
+        // Its id is remembered: a late retry is acknowledged again, not refused for its age.
+        let floor = sent_at + 60_000;
+        let late = with_floor(relayed("alice", "m1", 20, 0), floor);
+        assert_eq!(run(&db, &mut schema, vec![late]), [OpResult::Duplicate]);
+        // One never taken, as old: it could be a replay of a forgotten id.
+        let old = with_floor(relayed("alice", "m2", 30, 0), floor);
+        let refused = run(&db, &mut schema, vec![old]);
+        assert!(
+            matches!(refused[0], OpResult::TooOld { not_before_ms, .. } if not_before_ms == floor),
+            "{refused:?}"
+        );
     }
 
     #[test]
@@ -1082,7 +1148,7 @@ mod tests {
             Op::Accept {
                 id: MessageId::parse("late").unwrap(),
                 record: late,
-                chain: None,
+                relay: None,
             },
         ];
         run(&db, &mut next, ops);

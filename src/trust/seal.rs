@@ -42,6 +42,9 @@ const FILE_HEADER: &str = "overlay-x25519-seal-v1";
 const PUBLIC_PREFIX: &str = "x25519:";
 /// A key file holds a few short lines.
 const FILE_MAX_BYTES: u64 = 16 * 1024;
+/// The most retired keys kept (the newest): rotations are rare (weekly, or by hand once the
+/// key before is published), so this bounds the key file whatever happens.
+pub const RETIRED_KEEP_MAX: usize = 8;
 /// How long a retired key still opens what was sealed to it: senders seal with the key the
 /// signed directory gave them, which reaches every proxy within seconds, and a sender that was
 /// away longer is told the key is unknown and seals again with the new one.
@@ -324,12 +327,19 @@ impl SealKeys {
             "retired {now_ms} {}\n",
             STANDARD.encode(ring.current.sk.to_bytes())
         ));
-        for k in ring.retired.iter().filter(|k| keep(k)) {
+        // The one retired now, and the newest others still in their keep time.
+        for k in ring
+            .retired
+            .iter()
+            .filter(|k| keep(k))
+            .take(RETIRED_KEEP_MAX - 1)
+        {
             text.push_str(&k.line("retired"));
         }
         super::private_file::replace(&self.path, text.as_bytes(), 0o600)?;
         let old = std::mem::replace(&mut ring.current, next);
         ring.retired.retain(keep);
+        ring.retired.truncate(RETIRED_KEEP_MAX - 1);
         ring.retired.insert(
             0,
             SealSecret {
@@ -501,12 +511,19 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         // Past the keep time, the next rotation drops it.
-        again.rotate(2_000 + RETIRED_KEEP_MS + 1).unwrap();
+        let later = 2_000 + RETIRED_KEEP_MS + 1;
+        again.rotate(later).unwrap();
         assert!(!again.retired().contains(&old.id()));
         assert!(matches!(
             open(&again, &old.id(), b"i", &sealed, &aads),
             Err(SealError::UnknownKey(_))
         ));
+        // At most RETIRED_KEEP_MAX are kept, the newest, in the file as in memory.
+        for n in 1..=20 {
+            again.rotate(later + n).unwrap();
+        }
+        assert_eq!(again.retired().len(), RETIRED_KEEP_MAX);
+        assert_eq!(SealKeys::load(&path).unwrap().retired(), again.retired());
     }
 
     #[test]

@@ -1290,13 +1290,28 @@ async fn the_originals_wire_format_works_in_both_directions() {
     // The very same post retried is stored once.
     assert_eq!(legacy_post(&bob.url, "bob", body).await.0, 200);
     // An original peer of alice's hands her message to ours, her proxy, for bob.
-    let (s, _) = legacy_post(
+    // Written now: a message older than what proxies remember of the ids they took is refused.
+    let now = overlay::wire::rfc3339_ms(overlay::wire::now_ms());
+    let relayed = format!(
+        r#"{{"message":"relayed legacy","from":"alice","timestamp":"{}"}}"#,
+        now.trim_end_matches('Z')
+    );
+    let (s, v) = legacy_post(&alice.url, "bob", &relayed).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = legacy_post(
         &alice.url,
         "bob",
-        r#"{"message":"relayed legacy","from":"alice","timestamp":"2026-11-24T08:41:32"}"#,
+        r#"{"message":"from last year","from":"alice","timestamp":"2025-11-24T08:41:32"}"#,
     )
     .await;
-    assert_eq!(s, 200);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("check this device's clock"),
+        "{v}"
+    );
     // fixes original: nobody else may send through alice's proxy in another's name.
     let (s, v) = legacy_post(
         &alice.url,
@@ -1328,7 +1343,7 @@ async fn the_originals_wire_format_works_in_both_directions() {
         .unwrap()
         .stored
         .values()
-        .next()
+        .find(|e| e.body.text() == "hello from the original")
         .cloned()
         .unwrap();
     assert!(first.id.as_str().starts_with("legacy-"));

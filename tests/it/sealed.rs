@@ -344,3 +344,55 @@ async fn no_proxy_to_proxy_request_or_answer_carries_message_text() {
         "both directions went through the taps: {relays}"
     );
 }
+
+#[actix_web::test]
+async fn a_sender_whose_numbers_went_back_moves_past_what_the_receiver_took() {
+    let mut pair = Pair::new(|c| {
+        c.delivery.retry_initial_ms = 20;
+        c.delivery.retry_max_ms = 100;
+    });
+    let bob = pair.bob().await;
+    // As if alice's proxy had numbered with its clock an hour fast: bob took that number.
+    let ahead_us = overlay::wire::now_ms() * 1000 + 3_600 * 1_000_000;
+    let fast = Envelope::text("alice", "bob", "from a fast clock");
+    let fast = overlay::wire::sealed::seal(&[fast], || ahead_us, &pair.bob_seal, &pair.alice_key)
+        .expect("sealed");
+    let url = format!("{}/api/v1/relay", bob.url);
+    let (s, v, _) = signed_relay(&url, &pair.alice_key, "alice", "bob", &fast[0]).await;
+    assert_eq!(s, 200, "{v}");
+    // Alice's proxy, numbering from its clock now, is told it is behind (409 with bob's last
+    // number), numbers above it and delivers: nothing is given up.
+    let alice = pair.alice().await;
+    let later = Envelope::text("alice", "bob", "after the clock went back");
+    crate::proxy::submit(&alice.url, &later).await;
+    eventually_stored(&pair, 2).await;
+    assert_eq!(
+        pair.bob_peer.texts(),
+        ["from a fast clock", "after the clock went back"]
+    );
+    alice.stop().await;
+    bob.stop().await;
+}
+
+#[actix_web::test]
+async fn a_sealing_key_not_yet_registered_is_not_rotated_away() {
+    // The controller cannot be reached: the proxy's sealing key is not registered, and a
+    // rotation now would retire the key others are still given (two would drop it).
+    let dead = free_listener().local_addr().unwrap();
+    let mut pair = Pair::new(|c| c.controller.listen = dead);
+    let alice = pair.alice().await;
+    let before = seal_status(&alice.url).await;
+    let mut r = client()
+        .post(format!("{}/api/v1/seal/rotate", alice.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["message"].as_str().unwrap().contains("not registered"),
+        "{v}"
+    );
+    assert_eq!(seal_status(&alice.url).await["id"], before["id"]);
+    alice.stop().await;
+}

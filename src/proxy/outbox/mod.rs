@@ -31,14 +31,15 @@ use super::delivery::Outcome;
 use super::error::ProxyError;
 use super::router::TableChanged;
 use super::routing::choose_route;
-use super::store::{LaneId, Op, OpResult, Origin, Payload, ProxySchema, PruneSeen, Record, Store};
+use super::store::{
+    LaneId, Op, OpResult, Origin, Payload, ProxySchema, PruneSeen, Record, RelayCheck, Store,
+};
 use crate::config::{DeliveryConfig, InstanceName};
 use crate::hop::backoff::{full_jitter_ms, human_duration, XorShift};
 use crate::storage::{durable, Applied, Committed, Write};
 use crate::wire::control_plane::EndpointTable;
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
 use crate::wire::now_ms;
-use crate::wire::sealed::Chain;
 use lane::{Item, Lane, Next, RetryPolicy, Verdict};
 
 /// Durably queue `envelope`; answers once committed. Ok(true): the id was seen before and
@@ -48,8 +49,8 @@ use lane::{Item, Lane, Next, RetryPolicy, Verdict};
 pub struct Enqueue {
     pub envelope: Envelope,
     pub origin: Origin,
-    /// A relayed envelope's place in its sequence: taken only right after the one it follows.
-    pub chain: Option<Chain>,
+    /// What is checked of a relayed envelope with its id (its place in its sequence, its age).
+    pub relay: Option<RelayCheck>,
 }
 
 /// Durably queue several envelopes in ONE commit (a relayed batch); answers once committed, with
@@ -58,8 +59,8 @@ pub struct Enqueue {
 #[rtype(result = "Result<Vec<bool>, ProxyError>")]
 pub struct EnqueueMany {
     pub envelopes: Vec<Envelope>,
-    /// Relayed envelopes' places in their sequences, one each (none for the own peer's).
-    pub chains: Vec<Chain>,
+    /// What is checked of each relayed envelope (none for the own peer's).
+    pub relays: Vec<RelayCheck>,
     pub origin: Origin,
 }
 
@@ -120,9 +121,22 @@ fn taken(id: &MessageId, result: OpResult) -> Result<bool, ProxyError> {
             "message {id} follows message #{after} of its conversation, which this proxy has \
              not taken (the last it took is #{last}): it waits until that one arrives"
         ))),
-        OpResult::Stale { seq, last } => Err(ProxyError::Conflict(format!(
-            "message {id} is #{seq} of its conversation, not after #{last}, the last this proxy \
-             took: refused (a replay, or one its sender gave up on)"
+        OpResult::Stale { seq, last } => Err(ProxyError::Stale {
+            message: format!(
+                "message {id} is #{seq} of its conversation, not after #{last}, the last this \
+                 proxy took: refused (a replay, one its sender gave up on, or a sender whose \
+                 numbers went back)"
+            ),
+            last,
+        }),
+        OpResult::TooOld {
+            sent_at_ms,
+            not_before_ms,
+        } => Err(ProxyError::Forbidden(format!(
+            "message {id} was sent at {}, before {}: this proxy remembers the ids it took for so \
+             long, so it cannot tell it from a replay; refused",
+            crate::wire::rfc3339_ms(sent_at_ms),
+            crate::wire::rfc3339_ms(not_before_ms),
         ))),
         _ => Ok(false),
     }
@@ -239,7 +253,7 @@ impl Handler<Enqueue> for Outbox {
         let answers = self.write(vec![Op::Accept {
             id: id.clone(),
             record,
-            chain: msg.chain,
+            relay: msg.relay,
         }]);
         Box::pin(async move {
             let mut duplicate = false;
@@ -270,7 +284,7 @@ impl Handler<EnqueueMany> for Outbox {
         let now = now_ms();
         let mut ops = Vec::with_capacity(msg.envelopes.len());
         let mut ids = Vec::with_capacity(msg.envelopes.len());
-        let mut chains = msg.chains.into_iter();
+        let mut relays = msg.relays.into_iter();
         for envelope in msg.envelopes {
             let lane = LaneId::for_destination(self.settings.me.as_str(), &envelope.to);
             let id = envelope.id.clone();
@@ -282,7 +296,7 @@ impl Handler<EnqueueMany> for Outbox {
             ops.push(Op::Accept {
                 id,
                 record: Record::new(lane, payload, now),
-                chain: chains.next(),
+                relay: relays.next(),
             });
         }
         let replies = self.write(ops);
@@ -524,7 +538,7 @@ impl Outbox {
             Op::Accept {
                 id,
                 record: Record::new(lane, payload, now_ms()),
-                chain: None,
+                relay: None,
             }
         });
         self.apply(reply, verdict);

@@ -97,6 +97,7 @@ pub(super) async fn legacy_post(
             state.check_own_peer(&req)?;
             // Issue 13: the own user's messages get the time rules of incoming ones.
             check_time(&envelope)?;
+            state.check_not_too_old(&envelope, crate::wire::now_ms())?;
             state.check_text(&envelope)?;
             name
         }

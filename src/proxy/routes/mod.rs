@@ -30,7 +30,7 @@ use super::error::ProxyError;
 use super::outbox::{Enqueue, EnqueueMany, Outbox};
 use super::router::{ResolveRoute, Router};
 use super::routing::Route;
-use super::store::Origin;
+use super::store::{Origin, RelayCheck};
 use crate::config::InstanceName;
 use crate::wire::data_plane::Envelope;
 
@@ -239,6 +239,7 @@ impl ProxyState {
         // Issue 13: the own peer's messages get the same time rules as incoming ones, and
         // may not pose as an AI error report.
         check_time(envelope)?;
+        self.check_not_too_old(envelope, crate::wire::now_ms())?;
         check_not_error(envelope)?;
         self.check_text(envelope)?;
         if self.route(&envelope.to).await? == Route::Unknown {
@@ -267,18 +268,24 @@ impl ProxyState {
             .map_err(ProxyError::unavailable)
     }
 
-    /// A relayed message must be recent enough for this proxy to remember its id if it took it
-    /// before (see [`ProxyState::replay_horizon_ms`]).
-    fn check_remembered(&self, e: &Envelope, now_ms: u64) -> Result<(), ProxyError> {
+    /// The oldest `sent_at_ms` of a message this proxy takes from another proxy: a message sent
+    /// earlier could be a replay of one whose id it has forgotten (see
+    /// [`ProxyState::replay_horizon_ms`]), less the clock skew allowed.
+    fn not_before_ms(&self, now_ms: u64) -> u64 {
         let skew = crate::trust::request::MAX_SKEW_MS;
-        let oldest = now_ms.saturating_sub(self.replay_horizon_ms.saturating_sub(skew));
+        now_ms.saturating_sub(self.replay_horizon_ms.saturating_sub(skew))
+    }
+
+    /// The own peer's message must be recent enough for any receiver of ours to take it (the
+    /// same rule, with the skew to spare): else it would be refused at every attempt.
+    fn check_not_too_old(&self, e: &Envelope, now_ms: u64) -> Result<(), ProxyError> {
+        let oldest = self.not_before_ms(now_ms) + crate::trust::request::MAX_SKEW_MS;
         if e.sent_at_ms < oldest {
-            return Err(ProxyError::Forbidden(format!(
-                "message {} was sent at {}, before {}: this proxy remembers the ids it took \
-                 for {}, so it cannot tell it from a replay; refused",
-                e.id,
+            return Err(ProxyError::BadRequest(format!(
+                "sent_at_ms {} ({}) is older than proxies remember the ids they took ({}): no \
+                 proxy of ours would take it; check this device's clock",
+                e.sent_at_ms,
                 crate::wire::rfc3339_ms(e.sent_at_ms),
-                crate::wire::rfc3339_ms(oldest),
                 crate::hop::backoff::human_duration(self.replay_horizon_ms / 1000)
             )));
         }
@@ -327,7 +334,7 @@ impl ProxyState {
             .send(Enqueue {
                 envelope,
                 origin,
-                chain: None,
+                relay: None,
             })
             .await
             .map_err(ProxyError::unavailable)?
@@ -342,7 +349,7 @@ impl ProxyState {
         self.outbox
             .send(EnqueueMany {
                 envelopes,
-                chains: Vec::new(),
+                relays: Vec::new(),
                 origin,
             })
             .await
@@ -350,19 +357,28 @@ impl ProxyState {
     }
 
     /// Durably queues relayed envelopes, each taken only in its place in its sequence
-    /// (`chains`, one each); per envelope, whether its id had been queued before.
+    /// (`chains`, one each) and only if recent enough (see [`ProxyState::not_before_ms`]); per
+    /// envelope, whether its id had been queued before.
     async fn enqueue_relayed(
         &self,
         mut envelopes: Vec<Envelope>,
-        mut chains: Vec<crate::wire::sealed::Chain>,
+        chains: Vec<crate::wire::sealed::Chain>,
         origin: Origin,
     ) -> Result<Vec<bool>, ProxyError> {
+        let not_before_ms = self.not_before_ms(crate::wire::now_ms());
+        let mut relays: Vec<RelayCheck> = chains
+            .into_iter()
+            .map(|chain| RelayCheck {
+                chain,
+                not_before_ms,
+            })
+            .collect();
         if envelopes.len() == 1 {
-            let (envelope, chain) = (envelopes.remove(0), chains.pop());
+            let (envelope, relay) = (envelopes.remove(0), relays.pop());
             let msg = Enqueue {
                 envelope,
                 origin,
-                chain,
+                relay,
             };
             let duplicate = self
                 .outbox
@@ -374,7 +390,7 @@ impl ProxyState {
         self.outbox
             .send(EnqueueMany {
                 envelopes,
-                chains,
+                relays,
                 origin,
             })
             .await

@@ -150,7 +150,7 @@ pub(super) async fn rotate_seal(state: web::Data<ProxyState>) -> Result<HttpResp
     link.send(crate::proxy::controller_link::RotateSeal)
         .await
         .map_err(ProxyError::unavailable)?
-        .map_err(ProxyError::Storage)?;
+        .map_err(ProxyError::Conflict)?;
     Ok(HttpResponse::Ok().json(seal_view(&state)))
 }
 
