@@ -402,19 +402,15 @@ impl HopSigner {
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        let mut last = self.hops.last_seq.load(Ordering::Relaxed);
-        loop {
-            let next = last.saturating_add(1).max(now_us);
-            match self.hops.last_seq.compare_exchange_weak(
-                last,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return next,
-                Err(seen) => last = seen,
-            }
-        }
+        let next = |last: u64| last.saturating_add(1).max(now_us);
+        let previous = self
+            .hops
+            .last_seq
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(next(last))
+            })
+            .unwrap_or_else(|last| last);
+        next(previous)
     }
 
     /// The `overlay-signature` value of a request to `url` for `destination` with `body`.

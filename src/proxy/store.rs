@@ -499,21 +499,21 @@ impl Schema for ProxySchema {
                             Payload::Message { envelope, .. } => envelope.sent_at_ms,
                             Payload::Receipt { .. } => u64::MAX,
                         };
-                        let verdict = match place {
+                        let too_old = relay.filter(|r| sent_at_ms < r.not_before_ms);
+                        let verdict = match (&place, too_old) {
                             _ if duplicate => OpResult::Duplicate,
-                            _ if relay.is_some_and(|r| sent_at_ms < r.not_before_ms) => {
-                                OpResult::TooOld {
-                                    sent_at_ms,
-                                    not_before_ms: relay.map_or(0, |r| r.not_before_ms),
-                                }
-                            }
-                            Some((_, c, last)) if c.seq <= last => {
-                                OpResult::Stale { seq: c.seq, last }
-                            }
-                            Some((_, c, last)) if c.after != 0 && c.after != last => {
+                            (_, Some(r)) => OpResult::TooOld {
+                                sent_at_ms,
+                                not_before_ms: r.not_before_ms,
+                            },
+                            (Some((_, c, last)), _) if c.seq <= *last => OpResult::Stale {
+                                seq: c.seq,
+                                last: *last,
+                            },
+                            (Some((_, c, last)), _) if c.after != 0 && c.after != *last => {
                                 OpResult::Held {
                                     after: c.after,
-                                    last,
+                                    last: *last,
                                 }
                             }
                             _ => {

@@ -22,7 +22,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::PeerName;
-use crate::trust::{Identity, PublicKey, Signature};
+use crate::trust::{Identity, Signature};
 use sha2::{Digest, Sha256};
 
 /// Signature domain of an acknowledgement, signed by the receiving proxy.
@@ -234,12 +234,6 @@ pub fn signed_root<T: Signable>(item: &T) -> Option<([u8; 32], &Signature)> {
             Side::Right => node_hash(&node, &step.hash),
         });
     Some((root, &s.sig))
-}
-
-/// Whether `item`'s signature holds for `key` under `domain` (one item alone; a receiver checks
-/// a whole request's at once, see `crate::proxy::signed_hop`).
-pub fn signed_by<T: Signable>(item: &T, key: &PublicKey, domain: &str) -> bool {
-    signed_root(item).is_some_and(|(root, sig)| key.verify(domain, &root, sig).is_ok())
 }
 
 /// Signs `items` together as their origin proxy, `by`, under `domain`: builds the hash tree of

@@ -394,7 +394,13 @@ pub fn open(sealed: &[SealedEnvelope], keys: &SealKeys) -> Result<Opened, OpenEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::data_plane::{signed_by, Envelope};
+    use crate::trust::PublicKey;
+    use crate::wire::data_plane::{signed_root, Envelope};
+
+    /// Whether `item`'s signature holds for `key` under `domain`, alone.
+    fn signed_by(item: &SealedEnvelope, key: &PublicKey, domain: &str) -> bool {
+        signed_root(item).is_some_and(|(root, sig)| key.verify(domain, &root, sig).is_ok())
+    }
 
     fn keys(dir: &std::path::Path, name: &str) -> SealKeys {
         SealKeys::load_or_create(&dir.join(name), 1).unwrap().0

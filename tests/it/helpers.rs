@@ -432,14 +432,13 @@ pub fn test_seq() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now_us = overlay::wire::now_ms() * 1000;
-    let mut last = LAST.load(Ordering::Relaxed);
-    loop {
-        let next = (last + 1).max(now_us);
-        match LAST.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(seen) => last = seen,
-        }
-    }
+    let next = |last: u64| (last + 1).max(now_us);
+    let previous = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(next(last))
+        })
+        .unwrap_or_else(|last| last);
+    next(previous)
 }
 
 /// `envelopes` (one batch) sealed for the proxy whose sealing key is `to`, numbered, and signed
@@ -460,8 +459,8 @@ pub struct RelayAnswer {
 }
 
 /// `POST {proxy}{path}` with `body` (JSON), as `origin`'s proxy signs it with `by` for
-/// `destination` (envelopes in `body` are sent as they are: sign them with
-/// `Envelope::sign` first to make them valid).
+/// `destination` (envelopes in `body` are sent as they are: seal and sign them with
+/// [`sealed`] first to make them valid).
 pub async fn signed_post(
     proxy: &str,
     path: &str,
