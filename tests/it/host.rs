@@ -104,7 +104,10 @@ async fn a_host_the_server_does_not_serve_is_refused_on_every_browser_facing_rou
         (&proxy, "GET", "/api/v1/directory", None),
         (&proxy, "POST", "/api/v1/forget", Some(json!({"all": true}))),
         (&proxy, "GET", "/api/v1/signatures", None),
+        (&proxy, "GET", "/api/v1/seal", None),
+        (&proxy, "POST", "/api/v1/seal/rotate", None),
     ];
+    let (_, seal_before) = call(&proxy, "GET", "/api/v1/seal", "localhost", None).await;
     for (base, method, path, body) in routes {
         let (status, v) = call(base, method, path, EVIL, body).await;
         assert_eq!(status, 403, "{method} {path} with Host {EVIL}: {v}");
@@ -119,6 +122,11 @@ async fn a_host_the_server_does_not_serve_is_refused_on_every_browser_facing_rou
     assert_eq!((status, history), (200, json!([])));
     let (_, outbox) = call(&proxy, "GET", "/api/v1/outbox", "localhost", None).await;
     assert_eq!(outbox["queued"], 0, "{outbox}");
+    let (_, seal) = call(&proxy, "GET", "/api/v1/seal", "localhost", None).await;
+    assert_eq!(
+        seal["id"], seal_before["id"],
+        "the sealing key was not rotated"
+    );
     let (_, bob) = call(&o.url("peer/bob"), "GET", "/api/v1/me", "127.0.0.1", None).await;
     assert!(bob.is_object(), "bob's page still answers: {bob}");
 }

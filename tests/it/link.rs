@@ -88,16 +88,18 @@ async fn the_own_peer_api_answers_loopback_or_the_link_token_and_relays_stay_ope
     )
     .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    for path in ["/api/v1/outbox/batch", "/api/v1/forget"] {
+    for path in [
+        "/api/v1/outbox/batch",
+        "/api/v1/forget",
+        "/api/v1/seal/rotate",
+    ] {
         let (s, _) = post(&url(locked_port, path), None, &Value::Null).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{path}");
     }
-    let r = client()
-        .get(url(locked_port, "/api/v1/directory"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    for path in ["/api/v1/directory", "/api/v1/seal"] {
+        let r = client().get(url(locked_port, path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+    }
     // With the token it is the own peer.
     let (s, v) = post(
         &url(locked_port, "/api/v1/outbox"),
