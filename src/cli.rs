@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ControllerSettings, PeerSettings, ProxySettings};
+use crate::config::{Config, ControllerSettings, PeerSettings, ProxySettings, RelaySettings};
 
 /// Self-hosted chat overlay where people and AI models talk as peers.
 ///
@@ -63,6 +63,8 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Run one user's chat app (page + store), and that user's proxy unless --proxy-url is given.
     Peer(PeerArgs),
+    /// Run a relay: carries messages to proxies behind NAT, which keep a stream open to it.
+    Relay(RelayArgs),
     /// Run every role of the config in one process: the controller, and each user's proxy and peer.
     Up(UpArgs),
     /// Print a public key's fingerprint: the controller's root, or with --name a proxy's.
@@ -243,6 +245,28 @@ pub struct ProxyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// The relay's name (one of `relays:` in the config).
+    #[arg(long)]
+    pub name: String,
+    /// Address of its plain listener (health, and its status for loopback callers), instead
+    /// of relay.listen.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the TLS listener proxies attach and send to, instead of relay.tls_listen.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+    /// host:port proxies reach the TLS listener at, instead of relay.tls_advertise.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub tls_advertise: Option<String>,
+    /// The controller's URL, instead of controller.url (e.g. https://controller:8443).
+    #[arg(long, value_name = "URL")]
+    pub controller_url: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct PeerArgs {
     /// The user (an instance name of the config) whose chat app this is.
     #[arg(long)]
@@ -300,6 +324,11 @@ pub enum Plan {
     },
     Proxy {
         settings: ProxySettings,
+        listen: SocketAddr,
+        files: TrustFiles,
+    },
+    Relay {
+        settings: RelaySettings,
         listen: SocketAddr,
         files: TrustFiles,
     },
@@ -540,15 +569,16 @@ fn is_file_safe(name: &str) -> bool {
 
 /// Applies `--controller-root` / `--join` to `s` (a bad value is one line naming the flag and
 /// the expected form, never echoing a token) and answers the files to read at start.
-fn apply_trust(s: &mut ProxySettings, t: &TrustArgs) -> Result<TrustFiles, String> {
+fn apply_trust(s: &mut impl crate::up::Member, t: &TrustArgs) -> Result<TrustFiles, String> {
+    let (root, join) = s.trust();
     if let Some(fp) = &t.controller_root {
-        s.root = Some(
+        *root = Some(
             crate::trust::Fingerprint::parse(fp.trim())
                 .map_err(|e| format!("--controller-root (or OVERLAY_CONTROLLER_ROOT): {e}"))?,
         );
     }
     if let Some(token) = &t.join {
-        s.join = Some(
+        *join = Some(
             crate::trust::JoinToken::parse(token.trim())
                 .map_err(|e| format!("--join (or OVERLAY_JOIN_TOKEN): {e}"))?,
         );
@@ -623,6 +653,36 @@ impl Plan {
                 s.link = link_token(a.link_token_file.as_deref())?;
                 let files = apply_trust(&mut s, &a.trust)?;
                 Plan::Proxy {
+                    settings: s,
+                    listen,
+                    files,
+                }
+            }
+            Command::Relay(a) => {
+                if let Some(r) = config.relays.iter_mut().find(|r| r.name.matches(&a.name)) {
+                    if let Some(l) = a.listen {
+                        r.relay.listen = l;
+                    }
+                    if let Some(t) = a.tls_listen {
+                        r.relay.tls_listen = Some(t);
+                    }
+                    if let Some(t) = &a.tls_advertise {
+                        r.relay.tls_advertise = Some(t.clone());
+                    }
+                }
+                let mut s = config.relay_settings(&a.name, &data_dir)?;
+                if let Some(u) = &a.controller_url {
+                    s.controller_url = check_url("--controller-url", u)?;
+                }
+                s.workers = workers;
+                let listen = config
+                    .relays
+                    .iter()
+                    .find(|r| r.name.matches(&a.name))
+                    .map(|r| r.relay.listen)
+                    .ok_or_else(|| format!("no relay named `{}` in the config", a.name))?;
+                let files = apply_trust(&mut s, &a.trust)?;
+                Plan::Relay {
                     settings: s,
                     listen,
                     files,
@@ -731,6 +791,12 @@ impl Plan {
                 "proxy {} on {listen} (advertised as {}, controller {}, peer {})",
                 settings.name, settings.advertise, settings.controller_url, settings.peer_url
             )],
+            Plan::Relay {
+                settings, listen, ..
+            } => vec![format!(
+                "relay {} on {listen}, proxies attach on {} (advertised as {}, controller {})",
+                settings.name, settings.tls.listen, settings.tls.advertise, settings.controller_url
+            )],
             Plan::Peer {
                 settings,
                 listen,
@@ -750,6 +816,9 @@ impl Plan {
             }
             Plan::Up { config, .. } => {
                 let mut lines = vec![format!("controller on {}", config.controller.listen)];
+                for r in &config.relays {
+                    lines.push(format!("relay {} on {}", r.name, r.relay.listen));
+                }
                 for i in &config.instances {
                     lines.push(format!("proxy {} on {}", i.name, i.proxy.listen));
                     lines.push(format!("peer {} on {}", i.name, i.peer.listen));

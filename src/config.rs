@@ -46,6 +46,39 @@ pub struct Config {
     /// Encryption between the overlay's members: on unless this says otherwise.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Relays for proxies behind NAT (`overlay relay --name NAME`; `overlay up` runs them).
+    #[serde(default)]
+    pub relays: Vec<RelayConfig>,
+}
+
+/// `relays[i]`: a relay, which carries requests for proxies that cannot be reached directly.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Its name in the directory (joined with a token like a proxy).
+    pub name: InstanceName,
+    /// Its listeners: `listen` serves `/healthz` and, to loopback callers, its status;
+    /// `tls_listen` / `tls_advertise` is where proxies attach and send (public).
+    pub relay: ListenerConfig,
+    /// How often an attached stream gets a keep-alive, which holds NAT mappings open
+    /// (default 15).
+    #[serde(default = "default_ping_secs")]
+    pub ping_every_secs: u64,
+}
+
+fn default_ping_secs() -> u64 {
+    15
+}
+
+/// `instances[i].proxy.reachable`: how other proxies reach this one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachable {
+    /// At its advertised TLS address.
+    #[default]
+    Direct,
+    /// Through a relay it keeps a stream open to (behind NAT: no inbound port needed).
+    Relay,
 }
 
 /// `tls:`: mutual TLS between proxies and with the controller, with certificates the overlay's
@@ -196,6 +229,12 @@ pub struct ListenerConfig {
     /// `tls_listen`'s) with `tls_listen`'s port. Proxies only.
     #[serde(default)]
     pub tls_advertise: Option<String>,
+    /// `direct` (default) or `relay`: behind NAT, reached through a relay. Proxies only.
+    #[serde(default)]
+    pub reachable: Reachable,
+    /// The relay (by name) a `reachable: relay` proxy uses; default: the only one of `relays`.
+    #[serde(default)]
+    pub relay: Option<InstanceName>,
 }
 
 impl ListenerConfig {
@@ -456,6 +495,38 @@ impl Config {
                     .to_string(),
             );
         }
+        for (i, r) in self.relays.iter().enumerate() {
+            let here = format!("relays[{i}].name");
+            if let Some(first) = names.insert(r.name.as_str().into(), here.clone()) {
+                return Err(format!(
+                    "{here}: `{}` is already the name of {first} (names are compared ignoring \
+                     case); give the relay its own name",
+                    r.name
+                ));
+            }
+            if r.ping_every_secs == 0 {
+                return Err(format!(
+                    "relays[{i}].ping_every_secs: must be above 0 (default 15)"
+                ));
+            }
+            if !self.tls.enabled {
+                return Err(format!(
+                    "relays[{i}]: a relay takes proxies over TLS only, and `tls.enabled` is \
+                     false; enable TLS or remove the relay"
+                ));
+            }
+        }
+        for (i, inst) in self.instances.iter().enumerate() {
+            if inst.peer.reachable != Reachable::Direct || inst.peer.relay.is_some() {
+                return Err(format!(
+                    "instances[{i}].peer: reachable and relay belong to the proxy \
+                     (instances[{i}].proxy); move them there"
+                ));
+            }
+            if inst.proxy.reachable == Reachable::Relay {
+                self.relay_of(i)?;
+            }
+        }
         for (i, inst) in self.instances.iter().enumerate() {
             if inst.peer.tls_listen.is_some() || inst.peer.tls_advertise.is_some() {
                 return Err(format!(
@@ -489,7 +560,94 @@ impl Config {
                 all.push((format!("instances[{i}].proxy.tls_listen"), t));
             }
         }
+        for (i, r) in self.relays.iter().enumerate() {
+            all.push((format!("relays[{i}].relay.listen"), r.relay.listen));
+            if let Some(t) = r.relay.tls_listen {
+                all.push((format!("relays[{i}].relay.tls_listen"), t));
+            }
+        }
         all
+    }
+
+    /// The relay instance `i` is reached through (`reachable: relay`): the one its
+    /// `proxy.relay` names, or the only one of `relays`.
+    fn relay_of(&self, i: usize) -> Result<String, String> {
+        let inst = &self.instances[i];
+        match (&inst.proxy.relay, self.relays.as_slice()) {
+            (Some(name), _) => Ok(name.to_string()),
+            (None, [only]) => Ok(only.name.to_string()),
+            (None, []) => Err(format!(
+                "instances[{i}].proxy.reachable: `relay` needs a relay: add one under `relays:`, \
+                 or name a relay the controller lists with instances[{i}].proxy.relay"
+            )),
+            (None, _) => Err(format!(
+                "instances[{i}].proxy.relay: several relays are configured; name the one this \
+                 proxy attaches to"
+            )),
+        }
+    }
+
+    /// Settings of relay `name`.
+    pub fn relay_settings(&self, name: &str, data_dir: &Path) -> Result<RelaySettings, String> {
+        let r = self
+            .relays
+            .iter()
+            .find(|r| r.name.matches(name))
+            .ok_or_else(|| {
+                format!(
+                    "no relay named `{name}` in the config (relays: {}); add it under `relays:`",
+                    self.relays
+                        .iter()
+                        .map(|r| r.name.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        let tls_listen = r
+            .relay
+            .tls_listen
+            .unwrap_or_else(|| SocketAddr::new(r.relay.listen.ip(), 0));
+        let tls_advertise = r
+            .relay
+            .tls_advertise
+            .clone()
+            .unwrap_or_else(|| Self::tls_advertised(&r.relay, tls_listen));
+        Ok(RelaySettings {
+            name: r.name.clone(),
+            advertise: r.relay.advertised(),
+            controller_url: self.controller_url(),
+            data_dir: data_dir.to_path_buf(),
+            max_body_bytes: self.delivery.max_body_bytes,
+            liveness: self.controller.liveness.clone(),
+            server: self.server.clone(),
+            workers: 1,
+            root: self.controller.root.clone(),
+            join: None,
+            tls: TlsListener {
+                listen: tls_listen,
+                advertise: tls_advertise,
+                leaf_ms: self.tls.leaf_ms(),
+            },
+            ping_every: std::time::Duration::from_secs(r.ping_every_secs),
+        })
+    }
+
+    /// `host:port` for a TLS listener on `listen` when no `tls_advertise` is given:
+    /// `advertise`'s host (else `tls_listen`'s) with `tls_listen`'s port.
+    fn tls_advertised(l: &ListenerConfig, listen: SocketAddr) -> String {
+        let host = match &l.advertise {
+            Some(a) => crate::wire::host_port::HostPort::host_of(a),
+            None => reachable(listen)
+                .to_string()
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_default(),
+        };
+        crate::wire::host_port::HostPort {
+            host,
+            port: listen.port(),
+        }
+        .to_string()
     }
 
     /// Where the controller takes proxies over TLS.
@@ -635,6 +793,30 @@ pub struct ProxySettings {
     /// Its TLS listener for other proxies (none: `tls.enabled: false`): where to bind, and the
     /// `host:port` to advertise (port 0: the bound one).
     pub tls: Option<TlsListener>,
+    /// The relay it is reached through (`reachable: relay`), by name; none: directly.
+    pub via: Option<String>,
+}
+
+/// What a relay needs to run.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub name: InstanceName,
+    /// `host:port` of its plain listener (health, status).
+    pub advertise: String,
+    pub controller_url: String,
+    /// Where `relay-NAME.*` live.
+    pub data_dir: PathBuf,
+    /// The largest request it carries.
+    pub max_body_bytes: usize,
+    pub liveness: LivenessConfig,
+    pub server: ServerConfig,
+    pub workers: usize,
+    pub root: Option<crate::trust::Fingerprint>,
+    pub join: Option<crate::trust::JoinToken>,
+    /// Where proxies attach (always TLS).
+    pub tls: TlsListener,
+    /// The keep-alive period of attached streams.
+    pub ping_every: std::time::Duration,
 }
 
 /// A proxy's TLS listener.
@@ -708,27 +890,28 @@ impl Config {
                     .proxy
                     .tls_listen
                     .unwrap_or_else(|| SocketAddr::new(inst.proxy.listen.ip(), 0));
-                let advertise = inst.proxy.tls_advertise.clone().unwrap_or_else(|| {
-                    let host = match &inst.proxy.advertise {
-                        Some(a) => crate::wire::host_port::HostPort::host_of(a),
-                        None => reachable(listen)
-                            .to_string()
-                            .rsplit_once(':')
-                            .map(|(h, _)| h.to_string())
-                            .unwrap_or_default(),
-                    };
-                    crate::wire::host_port::HostPort {
-                        host,
-                        port: listen.port(),
-                    }
-                    .to_string()
-                });
+                let advertise = inst
+                    .proxy
+                    .tls_advertise
+                    .clone()
+                    .unwrap_or_else(|| Self::tls_advertised(&inst.proxy, listen));
                 TlsListener {
                     listen,
                     advertise,
                     leaf_ms: self.tls.leaf_ms(),
                 }
             }),
+            via: match inst.proxy.reachable {
+                Reachable::Direct => None,
+                Reachable::Relay => {
+                    let i = self
+                        .instances
+                        .iter()
+                        .position(|i| i.name.matches(name))
+                        .unwrap_or_default();
+                    Some(self.relay_of(i)?)
+                }
+            },
         })
     }
 
@@ -970,6 +1153,8 @@ mod tests {
     #[test]
     fn a_wildcard_listen_is_advertised_as_loopback() {
         let l = ListenerConfig {
+            reachable: Default::default(),
+            relay: None,
             tls_advertise: None,
             tls_listen: None,
             listen: "0.0.0.0:5000".parse().unwrap(),

@@ -14,7 +14,8 @@
 //!   `rotate-key`).
 //! - [`config`]: `config.yaml` parsed, validated and split into per-role settings.
 //! - [`wire`]: the serde types that cross process boundaries, and nothing else.
-//! - [`controller`], [`proxy`], [`peer`]: one folder per role, each with `run()` as its door.
+//! - [`controller`], [`proxy`], [`peer`], [`relay`]: one folder per role, each with `start()`
+//!   as its door.
 //! - [`up`]: every role of `config.yaml` in one process.
 //! - [`hop`]: one toolkit for HTTP hops: post and classify, backoff, `host:port`, SSE parsing.
 //! - [`layout`]: the page layout both roles' pages share (a pure maud function).
@@ -26,7 +27,10 @@
 //! - [`logging`]: env_logger set up so every line names its role and instance.
 //!
 //! Roles depend on `wire`, `config`, `trust`, `hop`, `storage`, `layout` and `web`, never on
-//! each other; only `up`, `admin_client` and the CLI entry point know all three.
+//! each other, with one exception: a [`relay`] is a member like a proxy, and follows the
+//! controller with the proxy's own pieces (its `ControllerLink`, `Router`, store and TLS),
+//! rather than a copy of them. Only `up`, `admin_client` and the CLI entry point know all
+//! roles.
 //!
 //! # Actors and who sends what to whom
 //! Each role's actors run on its HTTP worker thread (the readers of the chat store on their
@@ -42,6 +46,9 @@
 //! | proxy | `AiDesk` (proxy/ai/desk.rs) | Converse, ForgetConversation, TableChanged | AiAdapter `Ask`; Store `Remember` / `ForgetMemory`; own peer's stream route |
 //! | proxy | `AiAdapter` ×N (proxy/ai/mod.rs) | Ask, UpdateEndpoint | the provider over HTTP |
 //! | proxy | `Store` = `storage::Writer<ProxySchema>` (proxy/store.rs): the one writer of `proxy-NAME.redb` | Write, SaveView, PruneSeen, Remember, ForgetMemory | its observer (Outbox) `Applied` |
+//! | proxy | `RelayLink` (proxy/relay_link.rs), behind NAT only | its stream's events | the relay over HTTP (attach, answers); the relay routes' checks, as if posted |
+//! | relay | `Hub` (relay/hub.rs): attachments, carried requests, queues | IssueChallenge, TakeNonce, Attach, Send, Answer, Abandon, Status, Refused | attached streams (bounded: full drops) |
+//! | relay | `ControllerLink`, `Router`, `Store` of the proxy's kind | as a proxy's | as a proxy's (the relay's report rides on heartbeats) |
 //! | peer | `Outgoing` (peer/outgoing.rs): the one owner of sending | SendMessage | WriteQueue; ChatStore `ListUnsent`; the proxy over HTTP |
 //! | peer | `AutoReply` (peer/auto_reply.rs) | MessageReceived, GetAutoReplyStats | Outgoing `SendMessage` |
 //! | peer | `WriteQueue` = `storage::Writer<ChatSchema>` (peer/store/writes.rs) | AppendMessage, AppendOutgoing, AppendMany, SetDeliveryState, ApplyReceipts, SetHandOver, ClearConversations | its observer (Updates) `Applied` |
@@ -57,6 +64,7 @@ pub mod layout;
 pub mod logging;
 pub mod peer;
 pub mod proxy;
+pub mod relay;
 pub mod storage;
 pub mod trust;
 pub mod up;

@@ -83,6 +83,16 @@ pub async fn start(plan: Plan) -> anyhow::Result<Vec<Running>> {
             servers.push(peer::start(settings, peer_l).await?);
             Ok(servers)
         }
+        Plan::Relay {
+            mut settings,
+            listen,
+            files,
+        } => {
+            let l = bind(&format!("relay {}", settings.name), listen, "relay.listen")?;
+            fix_port_zero(&mut settings.advertise, l.local_addr()?);
+            read_trust_files(&mut settings, &files).await?;
+            Ok(vec![crate::relay::start(settings, l).await?])
+        }
         Plan::Up {
             config,
             data_dir,
@@ -91,7 +101,8 @@ pub async fn start(plan: Plan) -> anyhow::Result<Vec<Running>> {
     }
 }
 
-/// `overlay up`: every listener bound first, then the controller, every proxy, every peer.
+/// `overlay up`: every listener bound first, then the controller, every relay, every proxy,
+/// every peer.
 pub async fn start_all(
     mut config: Config,
     data_dir: &Path,
@@ -124,6 +135,15 @@ pub async fn start_all(
         );
         bound.push((inst.name.to_string(), proxy_l, peer_l));
     }
+    let mut relays = Vec::new();
+    for (i, r) in config.relays.clone().iter().enumerate() {
+        let l = bind(
+            &format!("relay {}", r.name),
+            r.relay.listen,
+            &format!("relays[{i}].relay.listen"),
+        )?;
+        relays.push((r.name.to_string(), l));
+    }
 
     let mut servers = Vec::new();
     let mut cs = config.controller_settings(data_dir);
@@ -134,6 +154,15 @@ pub async fn start_all(
     // unless the config names a URL.
     if let (None, Some(url)) = (&config.controller.url, &handle.tls_url) {
         config.controller.url = Some(url.clone());
+    }
+    for (name, l) in relays {
+        let mut rs = config
+            .relay_settings(&name, data_dir)
+            .map_err(anyhow::Error::msg)?;
+        fix_port_zero(&mut rs.advertise, l.local_addr()?);
+        rs.workers = workers;
+        provision(&handle, &mut rs).await?;
+        servers.push(crate::relay::start(rs, l).await?);
     }
     let mut peers = Vec::new();
     for (name, proxy_l, peer_l) in bound {
@@ -159,16 +188,13 @@ pub async fn start_all(
 /// controller's root, and one that has not joined gets a join token (as `overlay token create`
 /// makes), so no manual step is needed. A proxy whose key file was lost gets a replace token;
 /// a revoked one gets nothing (revocation stands until an admin makes a replace token).
-async fn provision(
-    handle: &controller::Handle,
-    ps: &mut crate::config::ProxySettings,
-) -> anyhow::Result<()> {
+async fn provision(handle: &controller::Handle, ps: &mut impl Member) -> anyhow::Result<()> {
     use controller::registry::{IssueToken, Pinned};
-    ps.root = Some(handle.root.clone());
-    let name = ps.name.to_string();
-    let key_path = ps.data_dir.join(format!("proxy-{name}.key"));
+    let (name, key_path) = ps.key_file();
+    let (root, join) = ps.trust();
+    *root = Some(handle.root.clone());
     let (identity, _) = crate::trust::Identity::load_or_create(&key_path)
-        .map_err(|e| anyhow::anyhow!("proxy {name}: its identity key: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{name}: its identity key: {e}"))?;
     let replace = match handle.registry.send(Pinned { name: name.clone() }).await? {
         Some((key, _)) if key == identity.public() => return Ok(()),
         Some((_, true)) => {
@@ -197,8 +223,53 @@ async fn provision(
         })
         .await?
         .map_err(|e| anyhow::anyhow!("a join token for {name}: {e}"))?;
-    ps.join = Some(issued.token);
+    *join = Some(issued.token);
     Ok(())
+}
+
+/// A member that joins the controller: a proxy, or a relay.
+pub(crate) trait Member {
+    /// Its name, and its identity key's file.
+    fn key_file(&self) -> (String, PathBuf);
+    /// Its pinned root and join token, to fill in.
+    fn trust(
+        &mut self,
+    ) -> (
+        &mut Option<crate::trust::Fingerprint>,
+        &mut Option<crate::trust::JoinToken>,
+    );
+}
+
+impl Member for ProxySettings {
+    fn key_file(&self) -> (String, PathBuf) {
+        let name = self.name.to_string();
+        let path = self.data_dir.join(format!("proxy-{name}.key"));
+        (name, path)
+    }
+    fn trust(
+        &mut self,
+    ) -> (
+        &mut Option<crate::trust::Fingerprint>,
+        &mut Option<crate::trust::JoinToken>,
+    ) {
+        (&mut self.root, &mut self.join)
+    }
+}
+
+impl Member for crate::config::RelaySettings {
+    fn key_file(&self) -> (String, PathBuf) {
+        let name = self.name.to_string();
+        let path = self.data_dir.join(format!("relay-{name}.key"));
+        (name, path)
+    }
+    fn trust(
+        &mut self,
+    ) -> (
+        &mut Option<crate::trust::Fingerprint>,
+        &mut Option<crate::trust::JoinToken>,
+    ) {
+        (&mut self.root, &mut self.join)
+    }
 }
 
 /// `overlay controller --provision-dir DIR`: the controller writes `DIR/root.fingerprint` and,
@@ -248,13 +319,14 @@ const TRUST_FILE_POLL: std::time::Duration = std::time::Duration::from_millis(20
 /// Reads `--controller-root-file` and `--join-file` into `ps`. A missing file is waited for
 /// (it comes from another container: the controller's `--provision-dir`), polled every
 /// 200 ms for up to 60 s.
-async fn read_trust_files(ps: &mut ProxySettings, files: &TrustFiles) -> anyhow::Result<()> {
+async fn read_trust_files(ps: &mut impl Member, files: &TrustFiles) -> anyhow::Result<()> {
+    let (root, join) = ps.trust();
     if let Some(path) = &files.root {
         let text = wait_for_file(path, "--controller-root-file", |p| {
             std::fs::read_to_string(p).map_err(|e| (e.kind(), e.to_string()))
         })
         .await?;
-        ps.root = Some(
+        *root = Some(
             crate::trust::Fingerprint::parse(text.trim())
                 .map_err(|e| anyhow::anyhow!("--controller-root-file {}: {e}", path.display()))?,
         );
@@ -268,7 +340,7 @@ async fn read_trust_files(ps: &mut ProxySettings, files: &TrustFiles) -> anyhow:
         })
         .await?;
         let text = String::from_utf8_lossy(&bytes);
-        ps.join = Some(
+        *join = Some(
             crate::trust::JoinToken::parse(text.trim())
                 .map_err(|e| anyhow::anyhow!("--join-file {}: {e}", path.display()))?,
         );

@@ -76,6 +76,12 @@ pub struct ProxyView {
     /// The directory version it said it applied, and the newest one.
     pub applied_version: Option<u64>,
     pub current_version: u64,
+    /// A relay, or a user's proxy.
+    pub role: crate::wire::directory::Role,
+    /// The relay a proxy behind NAT is reached through.
+    pub via: Option<String>,
+    /// A relay's last report: who is attached, what it carried.
+    pub relay: Option<crate::wire::control_plane::RelayReport>,
 }
 
 impl ProxyView {
@@ -214,16 +220,56 @@ pub fn proxy_row(p: &ProxyView) -> Markup {
                     @if p.behind() {
                         span.state.st-behind title=(behind_text(p)) { "behind" }
                     }
+                    @if let Some(relay) = &p.via {
+                        span.tag.via title="behind NAT: other proxies reach it through this relay" { "via " (relay) }
+                    }
                 }
                 button.remove type="button" title="remove this proxy from the registry" { "Remove" }
             }
-            (endpoint_table(p))
+            @if p.role.is_user() {
+                (endpoint_table(p))
+            } @else {
+                (relay_panel(p))
+            }
             details.editor {
                 summary { "Edit table as JSON" }
                 textarea.table-json spellcheck="false" rows=(table_json.lines().count().clamp(6, 18)) { (table_json) }
                 div.editor-actions {
                     button.save type="button" { "Validate and save" }
                     span.edit-msg role="status" {}
+                }
+            }
+        }
+    }
+}
+
+/// A relay's row: the proxies attached to it and what it carried, as of its last heartbeat.
+fn relay_panel(p: &ProxyView) -> Markup {
+    html! {
+        div.relay {
+            span.tag.native title="carries messages for proxies behind NAT" { "relay" }
+            @match &p.relay {
+                None => p.empty { "No report yet (it reports with each heartbeat)." },
+                Some(r) => {
+                    p.relay-attached {
+                        "Attached: "
+                        @if r.attached.is_empty() { "none" }
+                        @for (i, name) in r.attached.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            span.name { (name) }
+                        }
+                    }
+                    p.relay-traffic {
+                        (r.messages_carried) " messages carried in " (r.requests_carried)
+                        " requests (" (r.bytes_carried / 1024) " KiB); dropped (queue full) "
+                        (r.dropped) ", receiver not attached " (r.not_here) ", refused "
+                        (r.refused)
+                    }
+                    @if !r.flagged.is_empty() {
+                        p.state.st-revoked title="two processes with one key took turns attaching: a cloned key" {
+                            "Refused for a cloned key: " (r.flagged.join(", "))
+                        }
+                    }
                 }
             }
         }
@@ -649,7 +695,46 @@ mod tests {
             fingerprint: Some(format!("sha256:{}", "ab".repeat(32))),
             applied_version: Some(7),
             current_version: 7,
+            role: Default::default(),
+            via: None,
+            relay: None,
         }
+    }
+
+    #[test]
+    fn a_relay_row_shows_who_is_attached_what_it_carried_and_any_cloned_key() {
+        let mut v = view();
+        v.role = crate::wire::directory::Role::Relay;
+        v.instance_name = "relay1".into();
+        let html = proxy_row(&v).into_string();
+        assert!(html.contains("No report yet"), "{html}");
+        v.relay = Some(crate::wire::control_plane::RelayReport {
+            attached: vec!["alice".into(), "carol<b>".into()],
+            flagged: vec!["mallory".into()],
+            requests_carried: 3,
+            messages_carried: 7,
+            bytes_carried: 4096,
+            dropped: 1,
+            not_here: 2,
+            refused: 5,
+        });
+        let html = proxy_row(&v).into_string();
+        assert!(
+            html.contains(">alice<") && html.contains("carol&lt;b&gt;"),
+            "{html}"
+        );
+        assert!(
+            html.contains("7 messages carried in 3 requests (4 KiB)"),
+            "{html}"
+        );
+        assert!(html.contains("cloned key: mallory"), "{html}");
+        assert!(
+            !html.contains("endpoint"),
+            "a relay has no endpoint table: {html}"
+        );
+        let mut p = view();
+        p.via = Some("relay1".into());
+        assert!(proxy_row(&p).into_string().contains("via relay1"));
     }
 
     #[test]
@@ -719,6 +804,8 @@ mod tests {
 
     fn user(name: &str, state: UserState, key: bool) -> UserEntry {
         UserEntry {
+            role: Default::default(),
+            via: None,
             tls: None,
             seal: None,
             name: name.into(),

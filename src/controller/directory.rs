@@ -46,6 +46,8 @@ pub fn build(
             UserEntry {
                 tls: None,
                 seal: None,
+                role: Default::default(),
+                via: None,
                 name: inst.name.to_string(),
                 proxy_id: None,
                 key: None,
@@ -65,6 +67,8 @@ pub fn build(
         let e = users.entry(key).or_insert_with(|| UserEntry {
             tls: None,
             seal: None,
+            role: r.role,
+            via: None,
             name: r.instance_name.clone(),
             proxy_id: None,
             key: None,
@@ -78,6 +82,8 @@ pub fn build(
         e.port = r.port;
         e.tls = r.tls.clone();
         e.seal = r.seal;
+        e.role = r.role;
+        e.via = r.via.clone();
         e.native = native;
         if e.state == UserState::Pending {
             e.state = UserState::Legacy;
@@ -87,6 +93,8 @@ pub fn build(
         let e = users.entry(key.clone()).or_insert_with(|| UserEntry {
             tls: None,
             seal: None,
+            role: Default::default(),
+            via: None,
             name: pin.name.clone(),
             proxy_id: None,
             key: None,

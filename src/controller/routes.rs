@@ -270,6 +270,8 @@ pub fn parse_register(
     Ok(RegisterRequest {
         tls: None,
         seal: None,
+        role: Default::default(),
+        via: None,
         proxy_id,
         instance_name,
         host,
@@ -389,12 +391,19 @@ async fn heartbeat(state: web::Data<AppState>, req: HttpRequest, body: web::Payl
     let m = parse_object(&bytes)?;
     let proxy_id = proxy_id_of(&m)?;
     let api_keys = api_keys_field(&m)?;
+    let relay = match m.get("relay") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
+            ControllerError::BadRequest(format!("relay: not a relay's report: {e}"))
+        })?),
+    };
     let call = signed_call(&req, bytes);
     state
         .registry
         .send(Heartbeat {
             proxy_id,
             api_keys,
+            relay,
             call,
             source: source_of(&req),
         })

@@ -129,6 +129,12 @@ pub struct ProxyRecord {
     /// Ours only: its sealing key (published in the directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<crate::trust::seal::SealPublic>,
+    /// Ours only: a relay, not a user's proxy.
+    #[serde(default, skip_serializing_if = "crate::wire::directory::Role::is_user")]
+    pub role: crate::wire::directory::Role,
+    /// Ours only: the relay it is reached through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub registered_at_ms: u64,
     /// Milliseconds since the Unix epoch (not persisted on every heartbeat; see `Registry`).

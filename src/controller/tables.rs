@@ -416,6 +416,8 @@ pub fn base_table(config: &Config, directory: &Directory, for_instance: &str) ->
             || taken_by_ai
             || !listed
             || matches!(user.state, UserState::Revoked { .. })
+            // A relay carries messages; nobody talks to it.
+            || !user.role.is_user()
             // A proxy bound to port 0 that has not registered yet has no address anyone can use.
             || user.port == 0
         {
@@ -633,6 +635,8 @@ mod tests {
     #[test]
     fn a_registered_address_wins_over_the_config_and_an_original_proxy_is_not_native() {
         let rec = crate::controller::store::ProxyRecord {
+            role: Default::default(),
+            via: None,
             tls: None,
             seal: None,
             proxy_id: "p".into(),

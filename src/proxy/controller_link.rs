@@ -73,8 +73,8 @@ pub struct LinkSettings {
     pub ai_endpoints: Vec<AiEndpointConfig>,
     /// This proxy's identity key.
     pub identity: Arc<Identity>,
-    /// Its sealing keys: the current one is registered (and so published).
-    pub seal: Arc<crate::trust::seal::SealKeys>,
+    /// Its sealing keys: the current one is registered (and so published). A relay has none.
+    pub seal: Option<Arc<crate::trust::seal::SealKeys>>,
     /// The controller's root fingerprint, pinned.
     pub root: Fingerprint,
     /// A join token, for the first registration (or a replacement of a lost key).
@@ -82,6 +82,12 @@ pub struct LinkSettings {
     /// TLS to the controller (when its URL is `https://`) and the certificate this proxy gets
     /// from it; none without a pinned root.
     pub tls: Option<LinkTls>,
+    /// A relay registers as one.
+    pub role: crate::wire::directory::Role,
+    /// The relay this proxy is reached through (it cannot be reached at its own address).
+    pub via: Option<String>,
+    /// A relay's report, sent with each heartbeat.
+    pub relay_report: Option<tokio::sync::watch::Receiver<crate::wire::control_plane::RelayReport>>,
 }
 
 /// The link's TLS: the proxy's certificate, the overlay client, and the TLS address other
@@ -221,7 +227,7 @@ impl ControllerLink {
                 }
             }
             let keys = key_report(&ai).await;
-            let seal = settings.seal.current().0;
+            let seal = settings.seal.as_ref().map(|s| s.current().0);
             let claim = sign_claim(&settings, keys, seal);
             // With a token, a join: it registers too, and for a key the controller pins
             // already it is only that (the token is not looked at, nor used up), so a proxy
@@ -274,7 +280,7 @@ impl ControllerLink {
             act.router.do_send(Settled);
             match res {
                 Ok((version, seal)) => {
-                    act.seal_registered = Some(seal);
+                    act.seal_registered = seal;
                     log::info!(
                         "registered with the controller as {} (key {}): directory version \
                          {version}",
@@ -319,7 +325,9 @@ impl ControllerLink {
 
     /// Rotates the sealing key (see [`RotateSeal`]) and registers the new one.
     fn rotate_seal(&mut self, ctx: &mut Context<Self>) -> Result<SealPublic, String> {
-        let keys = &self.settings.seal;
+        let Some(keys) = &self.settings.seal else {
+            return Err("this member has no sealing key (a relay reads no message)".into());
+        };
         let old = keys.current().0;
         if self.seal_registered != Some(old) {
             return Err(format!(
@@ -346,10 +354,12 @@ impl ControllerLink {
     /// Renews the certificate at half its life (while registered; registering does it too),
     /// and rotates a sealing key older than [`SEAL_ROTATE_AFTER_MS`].
     fn renew(&mut self, ctx: &mut Context<Self>) {
-        let (current, made_ms) = self.settings.seal.current();
-        if made_ms.saturating_add(SEAL_ROTATE_AFTER_MS) <= now_ms()
-            && self.seal_registered == Some(current)
-        {
+        let due = self.settings.seal.as_ref().is_some_and(|keys| {
+            let (current, made_ms) = keys.current();
+            made_ms.saturating_add(SEAL_ROTATE_AFTER_MS) <= now_ms()
+                && self.seal_registered == Some(current)
+        });
+        if due {
             if let Err(e) = self.rotate_seal(ctx) {
                 log::warn!("{e}; trying again later");
             }
@@ -378,6 +388,11 @@ impl ControllerLink {
         let mut body = HeartbeatRequest {
             proxy_id: self.settings.proxy_id.clone(),
             api_keys: None,
+            relay: self
+                .settings
+                .relay_report
+                .as_ref()
+                .map(|r| r.borrow().clone()),
         };
         let req = self.client.post(&url);
         let ai = self.settings.ai_endpoints.clone();
@@ -792,12 +807,12 @@ fn call_signature(
 fn sign_claim(
     settings: &LinkSettings,
     api_keys: KeyReport,
-    seal: SealPublic,
+    seal: Option<SealPublic>,
 ) -> Signed<RegisterClaim> {
     let (host, port) = registered_address(&settings.advertise);
     let claim = RegisterClaim {
         tls: settings.tls.as_ref().and_then(|t| t.address.clone()),
-        seal: Some(seal),
+        seal,
         proxy_id: settings.proxy_id.clone(),
         instance_name: settings.instance_name.clone(),
         host,
@@ -806,6 +821,8 @@ fn sign_claim(
         root: settings.root.clone(),
         time_ms: now_ms(),
         api_keys: Some(api_keys),
+        role: settings.role,
+        via: settings.via.clone(),
     };
     Signed::sign(REGISTER_DOMAIN, &claim, &settings.identity)
 }

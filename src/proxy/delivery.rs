@@ -3,7 +3,8 @@
 //!
 //! Owns the wire calls to the next hop: `POST {peer}/api/v1/inbox`, `POST {peer}/api/v1/receipts`,
 //! `POST {proxy}/api/v1/relay[/batch]` (ours: signed envelopes in a signed request, see
-//! [`super::signed_hop`]), and the legacy `POST {proxy}/` with `Host: TARGET` (a proxy of the
+//! [`super::signed_hop`]; to a proxy behind NAT, the same request through its relay, whose
+//! answer is that proxy's own), and the legacy `POST {proxy}/` with `Host: TARGET` (a proxy of the
 //! original, which has no key: its 200 counts as delivered). On our own routes only the
 //! receiver's [`Ack`] of the message's id counts as stored, and from another proxy only with
 //! its signature over the messages sent, by the key pinned to it; any other 2xx (some web
@@ -23,6 +24,7 @@ use crate::trust::seal::SealPublic;
 use crate::trust::PublicKey;
 use crate::wire::data_plane::{Ack, Envelope, MessageId, Receipt};
 use crate::wire::legacy;
+use crate::wire::relay::TARGET_HEADER;
 
 /// The most of an answer read: an ack or an error is small.
 const ANSWER_LIMIT: usize = 64 * 1024;
@@ -89,6 +91,10 @@ pub async fn to_peer_receipts_batch(
 pub struct ToProxy {
     pub client: awc::Client,
     pub base_url: String,
+    /// The relay its proxy is reached through (its base URL), when it cannot be reached
+    /// directly: the same signed request goes to `{relay}/relay/v1/to/{name}`, and the
+    /// relay carries it down the stream that proxy keeps open, and its answer back.
+    pub relay: Option<String>,
     pub name: String,
     pub envelope: Envelope,
     pub timeout: Duration,
@@ -213,10 +219,14 @@ async fn signed_post(
             return (Answer::Unreachable { reason }, Vec::new());
         }
     };
-    let request = to
-        .client
-        .post(url)
-        .insert_header((SIGNATURE_HEADER, header));
+    let request = match &to.relay {
+        Some(relay) => to
+            .client
+            .post(format!("{relay}/relay/v1/to/{}", to.name))
+            .insert_header((TARGET_HEADER, crate::proxy::signed_hop::target_of(url))),
+        None => to.client.post(url),
+    }
+    .insert_header((SIGNATURE_HEADER, header));
     let answer = post_encoded(request, body, BATCH_ANSWER_LIMIT, to.timeout).await;
     (answer, envelopes)
 }

@@ -54,6 +54,20 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The answer's body: the original's error shape (with the last number taken, for
+    /// [`ProxyError::Stale`]).
+    pub fn body_json(&self) -> String {
+        let body = match self {
+            ProxyError::Stale { message, last } => serde_json::json!({
+                "status": "error",
+                "message": message,
+                STALE_FIELD: last,
+            }),
+            _ => serde_json::json!(ErrorBody::new(self.to_string())),
+        };
+        body.to_string()
+    }
+
     pub fn storage(e: impl std::fmt::Display) -> Self {
         ProxyError::Storage(e.to_string())
     }
@@ -79,15 +93,9 @@ impl ResponseError for ProxyError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut answer = HttpResponse::build(self.status_code());
-        match self {
-            ProxyError::Stale { message, last } => answer.json(serde_json::json!({
-                "status": "error",
-                "message": message,
-                STALE_FIELD: last,
-            })),
-            _ => answer.json(ErrorBody::new(self.to_string())),
-        }
+        HttpResponse::build(self.status_code())
+            .content_type("application/json")
+            .body(self.body_json())
     }
 }
 

@@ -11,12 +11,15 @@
 //! reply comes back to the outbox as the answer) → [`store`] (redb, its one writer, observed
 //! by the outbox). [`controller_link`] → [`router`] (the one owner of the table) → the table's
 //! subscribers (outbox, AI desk), routing by the pure [`routing`]. [`error`] maps every failure
-//! to an answer. Posting, retry timing and SSE come from [`crate::hop`].
+//! to an answer. Posting, retry timing and SSE come from [`crate::hop`]. Behind NAT
+//! (`reachable: relay`), [`relay_link`] keeps a stream open to the relay, and takes what it
+//! carries through the same relay routes' checks.
 
 pub mod controller_link;
 pub mod delivery;
 pub mod error;
 pub mod outbox;
+pub mod relay_link;
 pub mod router;
 pub mod routes;
 pub mod routing;
@@ -105,8 +108,9 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         tokio::sync::watch::channel(std::sync::Arc::new(router::Published::default()));
     let overlay = settings.root.clone().map(|root| {
         tls::ProxyTls::new(
-            &settings.data_dir,
-            settings.name.as_str(),
+            settings
+                .data_dir
+                .join(format!("proxy-{}.crt", settings.name)),
             &identity,
             root,
             applied_rx,
@@ -305,32 +309,9 @@ impl Boot {
         // Overlay hops: to members by their TLS names, found in the directory (proxies) or
         // the configured URL (the controller).
         let overlay_for_state = overlay.clone();
-        let overlay_client = overlay.as_ref().map(|o| {
-            let directory = published.clone();
-            let (controller_host, _, _) = crate::wire::control_plane::split_url(&controller_url);
-            let counters = o.counters.clone();
-            let lookup: crate::hop::overlay::Lookup = std::rc::Rc::new(move |name: &str| {
-                // Asked once per new connection: each is a handshake.
-                counters
-                    .opened
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if name == crate::trust::x509::CONTROLLER_TLS_NAME {
-                    return Some(controller_host.clone());
-                }
-                let applied = directory.borrow();
-                applied
-                    .directory
-                    .users
-                    .values()
-                    .find(|u| crate::trust::x509::tls_name(&u.name) == name)
-                    .and_then(|u| u.tls.as_ref().map(|t| t.host.clone()))
-            });
-            let config = o.client.clone();
-            let fresh: std::rc::Rc<dyn Fn() -> awc::Client> = std::rc::Rc::new(move || {
-                crate::hop::overlay::client(config.clone(), lookup.clone(), attempt_timeout)
-            });
-            (fresh(), fresh)
-        });
+        let overlay_client = overlay
+            .as_ref()
+            .map(|o| tls::overlay_clients(o, published.clone(), &controller_url, attempt_timeout));
         let (overlay_client, fresh_client) = match overlay_client {
             Some((c, f)) => (Some(c), Some(f)),
             None => (None, None),
@@ -387,6 +368,7 @@ impl Boot {
         router.do_send(SubscribeTable {
             subscriber: desk.clone().recipient(),
         });
+        let for_relay = (overlay_client.clone(), identity.clone(), published.clone());
         let controller = match settings.root.clone() {
             Some(root) => {
                 let link = LinkSettings {
@@ -399,7 +381,7 @@ impl Boot {
                     ),
                     ai_endpoints: settings.config.ai_endpoints.clone(),
                     identity,
-                    seal,
+                    seal: Some(seal),
                     root,
                     join: settings.join.clone(),
                     tls: overlay.zip(overlay_client.zip(fresh_client)).map(
@@ -410,6 +392,9 @@ impl Boot {
                             address: tls_address,
                         },
                     ),
+                    role: Default::default(),
+                    via: settings.via.clone(),
+                    relay_report: None,
                 };
                 Some(ControllerLink::new(link, router.clone()).start())
             }
@@ -424,7 +409,7 @@ impl Boot {
                 None
             }
         };
-        ProxyState {
+        let state = ProxyState {
             me: settings.name.clone(),
             router,
             outbox,
@@ -455,6 +440,26 @@ impl Boot {
                 .iter()
                 .map(|a| a.name.to_string())
                 .collect(),
+        };
+        match (&settings.via, for_relay) {
+            (Some(relay), (Some(client), identity, published)) => {
+                relay_link::RelayLink::new(relay_link::RelayLinkSettings {
+                    me: settings.name.to_string(),
+                    relay: relay.clone(),
+                    identity,
+                    client,
+                    published,
+                    state: state.clone(),
+                })
+                .start();
+            }
+            (Some(relay), (None, ..)) => log::error!(
+                "proxy {}: it is to be reached through relay {relay}, but has no TLS to reach \
+                 it (no controller root pinned): nothing reaches it",
+                settings.name
+            ),
+            (None, _) => {}
         }
+        state
     }
 }

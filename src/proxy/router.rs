@@ -370,6 +370,8 @@ mod tests {
 
     fn delta(from: u64, to: u64) -> Delta {
         let bob = UserEntry {
+            role: Default::default(),
+            via: None,
             tls: None,
             seal: None,
             name: "bob".into(),

@@ -454,7 +454,7 @@ impl HopSigner {
 }
 
 /// The path and query of `url` (`/` when it has none).
-fn target_of(url: &str) -> &str {
+pub fn target_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     match rest.find('/') {
         Some(i) => &rest[i..],
@@ -475,6 +475,8 @@ mod tests {
             d.users.insert(
                 name.to_string(),
                 UserEntry {
+                    role: Default::default(),
+                    via: None,
                     tls: None,
                     seal: None,
                     name: name.to_string(),

@@ -7,7 +7,7 @@
 //! presented a certificate (the handshake refuses others). With a TLS listener, the plain one
 //! refuses relays: a proxy reaching it in plain HTTP is told where to go, never served.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix_web::body::BoxBody;
@@ -98,13 +98,11 @@ impl ProxyTls {
 impl ProxyTls {
     /// The proxy's TLS, with the certificate stored last (when it is still for this key).
     pub fn new(
-        data_dir: &Path,
-        name: &str,
+        cert_path: PathBuf,
         identity: &Identity,
         root: Fingerprint,
         applied: watch::Receiver<Arc<Published>>,
     ) -> ProxyTls {
-        let cert_path = data_dir.join(format!("proxy-{name}.crt"));
         let leaf = Leaf::new();
         if let Ok(bytes) = std::fs::read(&cert_path) {
             match x509::from_pem(&bytes).and_then(|chain| leaf.set(identity, chain)) {
@@ -132,6 +130,39 @@ impl ProxyTls {
         crate::trust::private_file::replace(&self.cert_path, chain_pem.as_bytes(), 0o644)
             .map_err(|e| e.to_string())
     }
+}
+
+/// A member's overlay clients: one to share, and a maker of new ones (each with its own
+/// connections). Members are reached by their TLS names, looked up in the applied signed
+/// directory (`controller_url`'s host for the controller), counted in `o`'s counters.
+pub fn overlay_clients(
+    o: &ProxyTls,
+    directory: watch::Receiver<Arc<Published>>,
+    controller_url: &str,
+    timeout: std::time::Duration,
+) -> (awc::Client, std::rc::Rc<dyn Fn() -> awc::Client>) {
+    let (controller_host, _, _) = crate::wire::control_plane::split_url(controller_url);
+    let counters = o.counters.clone();
+    let lookup: crate::hop::overlay::Lookup = std::rc::Rc::new(move |name: &str| {
+        counters
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if name == crate::trust::x509::CONTROLLER_TLS_NAME {
+            return Some(controller_host.clone());
+        }
+        let applied = directory.borrow();
+        applied
+            .directory
+            .users
+            .values()
+            .find(|u| crate::trust::x509::tls_name(&u.name) == name)
+            .and_then(|u| u.tls.as_ref().map(|t| t.host.clone()))
+    });
+    let config = o.client.clone();
+    let fresh: std::rc::Rc<dyn Fn() -> awc::Client> = std::rc::Rc::new(move || {
+        crate::hop::overlay::client(config.clone(), lookup.clone(), timeout)
+    });
+    (fresh(), fresh)
 }
 
 /// Whether a certificate valid from `from` to `to` (ms) is to be renewed at `now`: none yet,

@@ -335,6 +335,20 @@ pub fn server_config(leaf: Arc<Leaf>, verifier: Arc<OverlayVerifier>) -> ServerC
     config
 }
 
+/// A listener's TLS for clients that prove who they are inside the protocol instead (the
+/// relay's signed challenges): TLS 1.3, this member's leaf, no client certificate asked.
+pub fn server_config_without_clients(leaf: Arc<Leaf>) -> ServerConfig {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("the ring provider supports TLS 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(leaf);
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config
+}
+
 /// A client's TLS for overlay hops: TLS 1.3, servers checked by `verifier`, this member's
 /// leaf presented when it has one.
 pub fn client_config(leaf: Arc<Leaf>, verifier: Arc<OverlayVerifier>) -> Arc<ClientConfig> {

@@ -40,6 +40,12 @@ pub struct RegisterRequest {
     /// Ours only: the key other proxies seal message bodies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<crate::trust::seal::SealPublic>,
+    /// Ours only: a relay registers as one.
+    #[serde(default, skip_serializing_if = "super::directory::Role::is_user")]
+    pub role: super::directory::Role,
+    /// Ours only: the relay this proxy is reached through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// `POST /api/heartbeat` body.
@@ -49,6 +55,25 @@ pub struct HeartbeatRequest {
     /// Ours only: as in [`RegisterRequest::api_keys`], so a key set or removed later shows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<KeyReport>,
+    /// Ours only, from a relay: who is attached and what it carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayReport>,
+}
+
+/// A relay's report to the controller (with each heartbeat): shown on the dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayReport {
+    /// The names attached now.
+    pub attached: Vec<String>,
+    /// Names refused for fighting (a cloned key).
+    #[serde(default)]
+    pub flagged: Vec<String>,
+    pub requests_carried: u64,
+    pub messages_carried: u64,
+    pub bytes_carried: u64,
+    pub dropped: u64,
+    pub not_here: u64,
+    pub refused: u64,
 }
 
 /// AI endpoint name → whether the proxy has that endpoint's API key now (never the key, never

@@ -81,8 +81,32 @@ pub struct UserEntry {
     /// release before sealing, or not registered yet: nothing is sent to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<crate::trust::seal::SealPublic>,
+    /// A relay is a member other proxies reach proxies through, not a user to talk to.
+    #[serde(default, skip_serializing_if = "Role::is_user")]
+    pub role: Role,
+    /// The relay its proxy is reached through (it cannot be reached directly: behind NAT);
+    /// none: at its own address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     #[serde(flatten)]
     pub state: UserState,
+}
+
+/// What a member of the directory is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A user's proxy.
+    #[default]
+    User,
+    /// A relay for proxies behind NAT (`overlay relay`).
+    Relay,
+}
+
+impl Role {
+    pub fn is_user(&self) -> bool {
+        *self == Role::User
+    }
 }
 
 /// A proxy's TLS listener as others reach it.
@@ -297,6 +321,12 @@ pub struct RegisterClaim {
     /// The key other proxies seal message bodies to (a rotation registers the new one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<crate::trust::seal::SealPublic>,
+    /// A relay registers as one.
+    #[serde(default, skip_serializing_if = "Role::is_user")]
+    pub role: Role,
+    /// The relay this proxy is reached through (it has no address others can reach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// `POST /api/v1/certificate` (a signed request, like a heartbeat, from a joined proxy): a
@@ -352,6 +382,8 @@ mod tests {
 
     fn entry(name: &str, state: UserState) -> UserEntry {
         UserEntry {
+            role: Default::default(),
+            via: None,
             tls: None,
             seal: None,
             name: name.into(),

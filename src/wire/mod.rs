@@ -3,6 +3,7 @@
 //! - [`control_plane`]: proxy ⇄ controller (registration, heartbeats, endpoint tables).
 //! - [`directory`]: the signed, versioned directory and the join / registration claims.
 //! - [`data_plane`]: the native message envelope between peers and proxies, with receipts.
+//! - [`relay`]: a relay carrying requests for proxies behind NAT, down one stream each.
 //! - [`sealed`]: the sealed, signed envelope a message travels in between two proxies of ours.
 //! - [`legacy`]: the original Python system's JSON shapes, kept byte-compatible.
 //! - [`host_port`]: the one `host:port` type (advertised addresses, `Host:` headers, URLs).
@@ -14,6 +15,7 @@ pub mod directory;
 pub mod host_port;
 pub mod legacy;
 pub mod peer_name;
+pub mod relay;
 pub mod sealed;
 
 pub use peer_name::PeerName;

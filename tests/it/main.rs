@@ -15,6 +15,7 @@ mod host;
 mod login;
 mod peer;
 mod proxy;
+mod relay;
 mod sealed;
 mod tls;
 mod trust;

@@ -210,6 +210,8 @@ fn fake_snapshot(signer: &Signer, log: &mut ControllerLog, for_user: &str) -> Va
     let now = overlay::wire::now_ms();
     let entry =
         |name: &str, key: Option<PublicKey>, host: String, port: u16, native: bool| UserEntry {
+            role: Default::default(),
+            via: None,
             tls: None,
             seal: None,
             name: name.to_string(),

@@ -329,6 +329,8 @@ async fn a_proxy_without_a_certificate_from_the_ca_cannot_register_or_deliver() 
     let claim = Signed::sign(
         REGISTER_DOMAIN,
         &RegisterClaim {
+            role: Default::default(),
+            via: None,
             proxy_id: "alice-proxy-forged".into(),
             instance_name: "alice".into(),
             host: "127.0.0.1".into(),

@@ -137,6 +137,8 @@ fn claim(name: &str, proxy_id: &str, root: &Fingerprint, key: &Identity) -> Sign
     Signed::sign(
         REGISTER_DOMAIN,
         &RegisterClaim {
+            role: Default::default(),
+            via: None,
             tls: None,
             seal: None,
             proxy_id: proxy_id.into(),
@@ -528,6 +530,8 @@ fn directory(names: &[&str]) -> Directory {
                 (
                     n.to_string(),
                     UserEntry {
+                        role: Default::default(),
+                        via: None,
                         tls: None,
                         seal: None,
                         name: n.to_string(),

@@ -84,6 +84,8 @@ pub struct GetEndpoints {
 pub struct Heartbeat {
     pub proxy_id: String,
     pub api_keys: Option<KeyReport>,
+    /// A relay's report.
+    pub relay: Option<crate::wire::control_plane::RelayReport>,
     /// Its signature: required from a proxy whose user has a pinned key (an original proxy
     /// has none and sends none).
     pub call: Option<SignedCall>,
@@ -202,6 +204,8 @@ pub struct Registry {
     dir_subs: Vec<publish::DirSubscriber>,
     /// Proxy id → the directory version it last said it applied.
     acked: BTreeMap<String, u64>,
+    /// Each relay's last report (proxy id → report), from its heartbeats; not stored.
+    relay_reports: BTreeMap<String, crate::wire::control_plane::RelayReport>,
     /// Join, rotation and signed-registration attempts per source address.
     limiter: RateLimiter,
     /// Nonces of signed calls seen in the replay window, and when this registry started
@@ -267,6 +271,7 @@ impl Registry {
             history: History::default(),
             dir_subs: Vec::new(),
             acked: BTreeMap::new(),
+            relay_reports: BTreeMap::new(),
             limiter: RateLimiter::new(20, 20),
             nonces: Default::default(),
             started_ms: now,
@@ -388,6 +393,9 @@ impl Registry {
                 .map(|k| k.fingerprint().to_string()),
             applied_version: self.acked(&rec.proxy_id),
             current_version: self.version,
+            role: rec.role,
+            via: rec.via.clone(),
+            relay: self.relay_reports.get(&rec.proxy_id).cloned(),
         }
     }
 
@@ -649,6 +657,8 @@ impl Registry {
         let record = ProxyRecord {
             tls: r.tls,
             seal: r.seal,
+            role: r.role,
+            via: r.via,
             proxy_id: r.proxy_id,
             instance_name: r.instance_name,
             host: r.host,
@@ -841,6 +851,16 @@ impl Handler<Heartbeat> for Registry {
     fn handle(&mut self, msg: Heartbeat, ctx: &mut Self::Context) -> Self::Result {
         self.check_original_call(&msg.proxy_id, msg.call.as_ref(), msg.source)?;
         self.seen(&msg.proxy_id, ctx)?;
+        if let Some(report) = msg.relay {
+            let is_relay = self
+                .proxies
+                .get(&msg.proxy_id)
+                .is_some_and(|r| !r.role.is_user());
+            if is_relay && self.relay_reports.get(&msg.proxy_id) != Some(&report) {
+                self.relay_reports.insert(msg.proxy_id.clone(), report);
+                self.refresh_row(&msg.proxy_id);
+            }
+        }
         if let Some(report) = msg.api_keys {
             if let Some(rec) = self.proxies.get_mut(&msg.proxy_id) {
                 if rec.api_keys.as_ref() != Some(&report) {

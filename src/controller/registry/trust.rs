@@ -283,6 +283,8 @@ impl Registry {
         RegisterRequest {
             tls: c.tls.clone(),
             seal: c.seal,
+            role: c.role,
+            via: c.via.clone(),
             proxy_id: c.proxy_id.clone(),
             instance_name: c.instance_name.clone(),
             host: c.host.clone(),

@@ -17,11 +17,18 @@ use crate::wire::control_plane::AiEndpoint;
 use crate::wire::data_plane::Envelope;
 use crate::wire::directory::UserState;
 
-/// Where a hop to another proxy goes: the client and base URL (`None`s: the plain defaults).
-type Via = (Option<awc::Client>, Option<String>);
+/// Where a hop to another proxy goes: the client and base URL (`None`s: the plain defaults),
+/// and the relay's base URL when that proxy is reached through one.
+struct Via {
+    client: Option<awc::Client>,
+    base_url: Option<String>,
+    relay: Option<String>,
+}
 
 /// A base URL no request can be made to (a TLS destination and no overlay client to reach it).
 const NO_TLS_CLIENT: &str = "https://no-overlay-client.invalid";
+/// The relay's base URL when the directory does not list the relay a proxy is reached through.
+const NO_RELAY: &str = "https://relay-not-in-the-signed-directory.invalid";
 
 /// Most envelopes relayed in one request.
 const MAX_BATCH: usize = 128;
@@ -55,15 +62,12 @@ impl Outbox {
                 {
                     return None;
                 }
-                let (signing, (client, base_url)) = self.signing(&name)?;
-                let (client, base_url) = (
-                    client.unwrap_or_else(|| self.clients.others.clone()),
-                    base_url.unwrap_or_else(|| endpoint.base_url()),
-                );
+                let (signing, via) = self.signing(&name)?;
                 let (seqs, envelopes) = lane.batch(MAX_BATCH, max_bytes)?;
                 let to = delivery::ToProxy {
-                    client,
-                    base_url,
+                    client: via.client.unwrap_or_else(|| self.clients.others.clone()),
+                    base_url: via.base_url.unwrap_or_else(|| endpoint.base_url()),
+                    relay: via.relay,
                     name,
                     envelope: envelopes[0].clone(),
                     timeout: self.attempt_timeout(),
@@ -126,7 +130,10 @@ impl Outbox {
     /// How a hop to `name`'s proxy is signed: when the signed directory pins its key (a proxy
     /// without one is of the original, legacy format, or has not joined: nothing is sent). And
     /// where it goes: when the directory names its TLS address, the overlay client to its TLS
-    /// name there, and nowhere else (`None`s: the table's plain address, as before TLS).
+    /// name there, and nowhere else (`None`s: the table's plain address, as before TLS); when
+    /// it names a relay the proxy is reached through, that relay's TLS address. The route is
+    /// chosen for each attempt, and a lane has one attempt at a time: it never switches between
+    /// direct and relay while messages are in flight.
     fn signing(&self, name: &str) -> Option<(delivery::Signing, Via)> {
         let published = self.clients.directory.borrow();
         let entry = published.directory.user(name)?;
@@ -134,17 +141,43 @@ impl Outbox {
             (UserState::Active, Some(key)) => key,
             _ => return None,
         };
-        let via = match (&entry.tls, &self.clients.overlay) {
-            (Some(tls), Some(client)) => (
-                Some(client.clone()),
-                Some(crate::hop::overlay::base_url(
-                    &crate::trust::x509::tls_name(&entry.name),
-                    tls.port,
-                )),
-            ),
-            // No overlay client (no pinned root): a TLS destination is never sent in plain.
-            (Some(_), None) => (None, Some(NO_TLS_CLIENT.to_string())),
-            (None, _) => (None, None),
+        let overlay =
+            |member: &crate::wire::directory::UserEntry| match (&member.tls, &self.clients.overlay)
+            {
+                (Some(tls), Some(client)) => (
+                    Some(client.clone()),
+                    Some(crate::hop::overlay::base_url(
+                        &crate::trust::x509::tls_name(&member.name),
+                        tls.port,
+                    )),
+                ),
+                // No overlay client (no pinned root): a TLS destination is never sent in plain.
+                (Some(_), None) => (None, Some(NO_TLS_CLIENT.to_string())),
+                (None, _) => (None, None),
+            };
+        let via = match &entry.via {
+            Some(relay) => {
+                // A relay the directory does not list (or not as a relay): nowhere to send.
+                let (client, base) = published
+                    .directory
+                    .user(relay)
+                    .filter(|r| !r.role.is_user() && r.state == UserState::Active)
+                    .map(overlay)
+                    .unwrap_or((None, None));
+                Via {
+                    client,
+                    base_url: None,
+                    relay: Some(base.unwrap_or_else(|| NO_RELAY.to_string())),
+                }
+            }
+            None => {
+                let (client, base_url) = overlay(entry);
+                Via {
+                    client,
+                    base_url,
+                    relay: None,
+                }
+            }
         };
         Some((
             delivery::Signing {
@@ -224,16 +257,18 @@ impl Outbox {
                             return Box::pin(ready((refused, None)));
                         }
                         let signing = self.signing(&name);
-                        let (client, base_url) = match &signing {
-                            Some((_, (c, b))) => (
-                                c.clone().unwrap_or(client),
-                                b.clone().unwrap_or_else(|| endpoint.base_url()),
+                        let (client, base_url, relay) = match &signing {
+                            Some((_, via)) => (
+                                via.client.clone().unwrap_or(client),
+                                via.base_url.clone().unwrap_or_else(|| endpoint.base_url()),
+                                via.relay.clone(),
                             ),
-                            None => (client, endpoint.base_url()),
+                            None => (client, endpoint.base_url(), None),
                         };
                         let to = delivery::ToProxy {
                             client,
                             base_url,
+                            relay,
                             name,
                             envelope: envelope.clone(),
                             timeout,

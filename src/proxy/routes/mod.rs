@@ -13,7 +13,7 @@
 
 mod legacy;
 mod peer_api;
-mod relay_api;
+pub(crate) mod relay_api;
 
 use legacy::{legacy_post, peers};
 use peer_api::{

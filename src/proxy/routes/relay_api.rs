@@ -17,6 +17,7 @@ use crate::proxy::store::Origin;
 use crate::trust::request::SIGNATURE_HEADER;
 use crate::web::{read_limited, BodyError};
 use crate::wire::data_plane::{Ack, Envelope, ACK_HEADER};
+use crate::wire::relay::{Answered, Carried, CARRIED_TARGETS};
 use crate::wire::sealed::SealedEnvelope;
 
 /// # POST /api/v1/relay
@@ -27,11 +28,11 @@ pub(super) async fn relay(
     state: web::Data<ProxyState>,
 ) -> Result<HttpResponse, ProxyError> {
     let body = read_body(&req, payload, &state).await?;
-    let envelope: SealedEnvelope = parse_sealed::<SealedEnvelope, Envelope>(&body)?;
-    let (mut acks, signature) = take(&state, &req, body, vec![envelope]).await?;
+    let (answer, signature) = take_body(&state, Incoming::of(&req), body).await?;
     Ok(HttpResponse::Ok()
         .insert_header((ACK_HEADER, signature))
-        .json(acks.remove(0)))
+        .content_type("application/json")
+        .body(answer))
 }
 
 /// # POST /api/v1/relay/batch
@@ -44,14 +45,104 @@ pub(super) async fn relay_batch(
     state: web::Data<ProxyState>,
 ) -> Result<HttpResponse, ProxyError> {
     let body = read_body(&req, payload, &state).await?;
-    let envelopes: Vec<SealedEnvelope> = parse_sealed::<Vec<SealedEnvelope>, Vec<Envelope>>(&body)?;
-    if envelopes.is_empty() {
-        return Err(ProxyError::BadRequest("the batch is empty".into()));
-    }
-    let (acks, signature) = take(&state, &req, body, envelopes).await?;
+    let (answer, signature) = take_body(&state, Incoming::of(&req), body).await?;
     Ok(HttpResponse::Ok()
         .insert_header((ACK_HEADER, signature))
-        .json(acks))
+        .content_type("application/json")
+        .body(answer))
+}
+
+/// What a relayed request is, apart from its body: as posted to this proxy, or carried down
+/// its relay's stream (then no TLS connection vouches for anyone: the signature alone does).
+pub struct Incoming {
+    pub method: String,
+    /// The route it is for, path and query: [`CARRIED_TARGETS`].
+    pub target: String,
+    /// Its [`SIGNATURE_HEADER`].
+    pub header: Option<String>,
+    pub tls_key: Option<crate::trust::PublicKey>,
+}
+
+impl Incoming {
+    fn of(req: &HttpRequest) -> Incoming {
+        Incoming {
+            method: req.method().as_str().to_string(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or(req.path(), |pq| pq.as_str())
+                .to_string(),
+            header: req
+                .headers()
+                .get(SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            tls_key: req.conn_data::<crate::trust::tls::PeerKey>().map(|k| k.0),
+        }
+    }
+}
+
+/// A request carried to this proxy by its relay, taken as if it had been posted: the answer
+/// (status, acknowledgement, body) goes back through the relay.
+pub async fn carried(state: &ProxyState, carried: Carried) -> Answered {
+    let incoming = Incoming {
+        method: "POST".into(),
+        target: carried.target,
+        header: Some(carried.signature),
+        tls_key: None,
+    };
+    let body = web::Bytes::from(carried.body.get().to_string());
+    let taken = if body.len() > state.max_body_bytes {
+        Err(ProxyError::TooLarge(format!(
+            "the request is {} bytes, above this proxy's {} (delivery.max_body_bytes)",
+            body.len(),
+            state.max_body_bytes
+        )))
+    } else {
+        take_body(state, incoming, body).await
+    };
+    match taken {
+        Ok((body, ack)) => Answered {
+            n: carried.n,
+            status: 200,
+            ack: Some(ack),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        },
+        Err(e) => Answered {
+            n: carried.n,
+            status: actix_web::ResponseError::status_code(&e).as_u16(),
+            ack: None,
+            body: e.body_json(),
+        },
+    }
+}
+
+/// The envelope (`/api/v1/relay`) or batch (`/api/v1/relay/batch`) of `body`, checked and
+/// queued: the acknowledgement's JSON and its signature.
+async fn take_body(
+    state: &ProxyState,
+    incoming: Incoming,
+    body: web::Bytes,
+) -> Result<(Vec<u8>, String), ProxyError> {
+    let (json, signature) = if incoming.target == CARRIED_TARGETS[1] {
+        let envelopes: Vec<SealedEnvelope> =
+            parse_sealed::<Vec<SealedEnvelope>, Vec<Envelope>>(&body)?;
+        if envelopes.is_empty() {
+            return Err(ProxyError::BadRequest("the batch is empty".into()));
+        }
+        let (acks, signature) = take(state, incoming, body, envelopes).await?;
+        (serde_json::to_vec(&acks), signature)
+    } else if incoming.target == CARRIED_TARGETS[0] {
+        let envelope: SealedEnvelope = parse_sealed::<SealedEnvelope, Envelope>(&body)?;
+        let (mut acks, signature) = take(state, incoming, body, vec![envelope]).await?;
+        (serde_json::to_vec(&acks.remove(0)), signature)
+    } else {
+        return Err(ProxyError::NotFound(format!(
+            "{} is not a route this proxy takes relayed messages on",
+            incoming.target
+        )));
+    };
+    Ok((json.map_err(ProxyError::storage)?, signature))
 }
 
 /// Checks the request and its envelopes, queues them, and signs their acknowledgement.
@@ -61,26 +152,20 @@ pub(super) async fn relay_batch(
 /// requests and actors (the outbox delivering to the own peer runs here too).
 async fn take(
     state: &ProxyState,
-    req: &HttpRequest,
+    incoming: Incoming,
     body: web::Bytes,
     envelopes: Vec<SealedEnvelope>,
 ) -> Result<(Vec<Ack>, String), ProxyError> {
     let published = state.published.borrow().clone();
     state.check_started(&published)?;
-    let method = req.method().as_str().to_string();
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or(req.path(), |pq| pq.as_str())
-        .to_string();
-    let header = req
-        .headers()
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let Incoming {
+        method,
+        target,
+        header,
+        tls_key,
+    } = incoming;
     let hops = state.hops.clone();
     let directory = published.clone();
-    let tls_key = req.conn_data::<crate::trust::tls::PeerKey>().map(|k| k.0);
     let (origin, opened, signature) = web::block(move || {
         let relayed = Relayed {
             method: &method,

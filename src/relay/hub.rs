@@ -1,0 +1,804 @@
+//! The [`Hub`] actor: who is attached to this relay, the requests carried to them and not yet
+//! answered, the challenges handed out, and the counters. Routes check rates and signatures and
+//! then ask the hub; the hub never does I/O of its own beyond putting events on attached
+//! streams (bounded channels: a full one drops, never blocks).
+//!
+//! Rules, as DERP and iroh-relay have them:
+//! - **Newest attach wins.** A second stream for a name takes over; the old one gets
+//!   `event: superseded` and is closed. Requests carried but not answered are sent again on
+//!   the new stream when the proxy says (`Last-Event-ID`) it had not got them.
+//! - **Fighters.** Two processes holding one key (a cloned key) take turns: instance A
+//!   replaced by B, then B by A again, within [`FIGHT_WINDOW_MS`]. The name is then refused for
+//!   [`FIGHT_BAN_MS`], both streams closed, and flagged in the status.
+//! - **Bounded, lossy queues.** At most [`PAIR_QUEUE`] requests from one sender to one
+//!   receiver wait for an answer, and an attached stream buffers at most [`STREAM_BUFFER`]
+//!   events: beyond, a request is refused (429) and counted as dropped. The relay's
+//!   acceptance is never delivery: only the receiver's signed acknowledgement, carried back,
+//!   is.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use actix::{Actor, AsyncContext, Context, Handler, Message};
+use actix_web_lab::sse;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::RelayError;
+use crate::wire::control_plane::RelayReport;
+use crate::wire::relay::{Answered, Attached, Carried, Challenge};
+
+/// Most requests from one sender to one receiver waiting for their answer.
+pub const PAIR_QUEUE: usize = 64;
+/// Most events waiting to be written on one attached stream.
+pub const STREAM_BUFFER: usize = 256;
+/// How long a challenge's nonce is taken.
+pub const CHALLENGE_MS: u64 = 60_000;
+/// Most challenges outstanding (each is small; a flood is bounded by the rate limit too).
+const MAX_CHALLENGES: usize = 100_000;
+/// Two instances of one name taking turns within this window are fighting (a cloned key).
+pub const FIGHT_WINDOW_MS: u64 = 60_000;
+/// How long a fighting name is refused.
+pub const FIGHT_BAN_MS: u64 = 10 * 60_000;
+/// How often closed streams are noticed and dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// Counters, as `GET /relay/v1/status` and the dashboard show them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RelayCounters {
+    /// Streams attached (each new one, also a reconnect).
+    pub attaches: u64,
+    /// Streams replaced by a newer one of the same name.
+    pub superseded: u64,
+    /// Attaches refused (bad proof, unknown or revoked key, flagged name).
+    pub attaches_refused: u64,
+    /// Names flagged for fighting (a key used by two processes taking turns).
+    pub fighters_flagged: u64,
+    /// Requests carried down a stream (a replay after a reconnect is not counted again).
+    pub requests_carried: u64,
+    /// Messages in them (a batch counts each envelope).
+    pub messages_carried: u64,
+    /// Bytes of request bodies carried.
+    pub bytes_carried: u64,
+    /// Answers carried back to their sender.
+    pub answers_carried: u64,
+    /// Requests whose receiver was not attached.
+    pub not_here: u64,
+    /// Requests dropped: a full queue or stream.
+    pub dropped_full: u64,
+    /// Requests not answered in time.
+    pub timed_out: u64,
+    /// Requests refused before any signature was checked: too many from one address.
+    pub rate_limited: u64,
+    /// Sends refused: no valid signature by a key the directory lists.
+    pub sends_refused: u64,
+}
+
+/// One attached proxy.
+struct Attachment {
+    instance: String,
+    session: String,
+    tx: mpsc::Sender<sse::Event>,
+    since_ms: u64,
+    carried: u64,
+}
+
+/// A request carried (or to be carried) and not answered.
+struct Pending {
+    from: String,
+    to: String,
+    event: sse::Event,
+    reply: Option<oneshot::Sender<Answered>>,
+}
+
+/// The turns of one name: which instances held it, when.
+#[derive(Default)]
+struct Turns {
+    /// (instance, when it attached), newest last; a short history.
+    history: VecDeque<(String, u64)>,
+    banned_until_ms: u64,
+}
+
+pub struct Hub {
+    name: String,
+    ping_every: Duration,
+    attached: HashMap<String, Attachment>,
+    pending: std::collections::BTreeMap<u64, Pending>,
+    per_pair: HashMap<(String, String), usize>,
+    challenges: HashMap<String, u64>,
+    turns: HashMap<String, Turns>,
+    next_n: u64,
+    counters: RelayCounters,
+    /// Where the status goes for the controller (with each heartbeat).
+    report: Option<tokio::sync::watch::Sender<RelayReport>>,
+}
+
+impl Hub {
+    pub fn new(name: &str, ping_every: Duration) -> Hub {
+        Hub {
+            name: name.to_string(),
+            ping_every,
+            attached: HashMap::new(),
+            pending: Default::default(),
+            per_pair: HashMap::new(),
+            challenges: HashMap::new(),
+            turns: HashMap::new(),
+            next_n: 0,
+            counters: RelayCounters::default(),
+            report: None,
+        }
+    }
+
+    /// Keeps `report` up to date with what the relay does.
+    pub fn with_report(mut self, report: tokio::sync::watch::Sender<RelayReport>) -> Hub {
+        self.report = Some(report);
+        self
+    }
+
+    fn status(&self) -> RelayStatus {
+        let now = crate::wire::now_ms();
+        let mut attached: Vec<AttachedView> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| !a.tx.is_closed())
+            .map(|(k, a)| AttachedView {
+                name: k.clone(),
+                since_ms: a.since_ms,
+                carried: a.carried,
+            })
+            .collect();
+        attached.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut flagged: Vec<String> = self
+            .turns
+            .iter()
+            .filter(|(_, t)| t.banned_until_ms > now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        flagged.sort();
+        RelayStatus {
+            relay: self.name.clone(),
+            attached,
+            flagged,
+            waiting: self.pending.len(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    fn settle(&mut self, n: u64) -> Option<Pending> {
+        let p = self.pending.remove(&n)?;
+        let pair = (p.from.clone(), p.to.clone());
+        if let Some(count) = self.per_pair.get_mut(&pair) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_pair.remove(&pair);
+            }
+        }
+        Some(p)
+    }
+}
+
+impl Actor for Hub {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(SWEEP_EVERY, |hub, _| {
+            hub.attached.retain(|_, a| !a.tx.is_closed());
+            let now = crate::wire::now_ms();
+            hub.challenges.retain(|_, expires| *expires > now);
+            if let Some(report) = &hub.report {
+                let s = hub.status();
+                let c = &s.counters;
+                report.send_replace(RelayReport {
+                    attached: s.attached.iter().map(|a| a.name.clone()).collect(),
+                    flagged: s.flagged.clone(),
+                    requests_carried: c.requests_carried,
+                    messages_carried: c.messages_carried,
+                    bytes_carried: c.bytes_carried,
+                    dropped: c.dropped_full,
+                    not_here: c.not_here,
+                    refused: c.sends_refused + c.attaches_refused + c.rate_limited,
+                });
+            }
+        });
+    }
+}
+
+fn random_token() -> String {
+    let mut raw = [0u8; 18];
+    getrandom::fill(&mut raw).expect("the operating system's random source failed");
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// A fresh challenge for an attach.
+#[derive(Message)]
+#[rtype(result = "Result<Challenge, RelayError>")]
+pub struct IssueChallenge;
+
+impl Handler<IssueChallenge> for Hub {
+    type Result = Result<Challenge, RelayError>;
+
+    fn handle(&mut self, _: IssueChallenge, _: &mut Self::Context) -> Self::Result {
+        let now = crate::wire::now_ms();
+        if self.challenges.len() >= MAX_CHALLENGES {
+            self.challenges.retain(|_, expires| *expires > now);
+            if self.challenges.len() >= MAX_CHALLENGES {
+                return Err(RelayError::TooMany(
+                    "too many attaches under way on this relay: try again shortly".into(),
+                ));
+            }
+        }
+        let nonce = random_token();
+        let expires_at_ms = now + CHALLENGE_MS;
+        self.challenges.insert(nonce.clone(), expires_at_ms);
+        Ok(Challenge {
+            relay: self.name.clone(),
+            nonce,
+            expires_at_ms,
+        })
+    }
+}
+
+/// Uses up a challenge's nonce: Ok when this relay handed it out, not long ago, and it was
+/// not used before.
+#[derive(Message)]
+#[rtype(result = "Result<(), RelayError>")]
+pub struct TakeNonce(pub String);
+
+impl Handler<TakeNonce> for Hub {
+    type Result = Result<(), RelayError>;
+
+    fn handle(&mut self, msg: TakeNonce, _: &mut Self::Context) -> Self::Result {
+        match self.challenges.remove(&msg.0) {
+            Some(expires) if expires > crate::wire::now_ms() => Ok(()),
+            _ => {
+                self.counters.attaches_refused += 1;
+                Err(RelayError::Unauthenticated(
+                    "the attach's nonce is not one this relay handed out in the last minute, or \
+                     it was used already: ask GET /relay/v1/challenge for a new one"
+                        .into(),
+                ))
+            }
+        }
+    }
+}
+
+/// A proxy whose proof held attaches: its stream's events come out of the answer.
+#[derive(Message)]
+#[rtype(result = "Result<mpsc::Receiver<sse::Event>, RelayError>")]
+pub struct Attach {
+    /// Its name, as the directory lists it.
+    pub name: String,
+    /// The process holding the key (random per start).
+    pub instance: String,
+    /// The last request number it got (`Last-Event-ID`).
+    pub last_event: Option<u64>,
+}
+
+impl Handler<Attach> for Hub {
+    type Result = Result<mpsc::Receiver<sse::Event>, RelayError>;
+
+    fn handle(&mut self, msg: Attach, _: &mut Self::Context) -> Self::Result {
+        let now = crate::wire::now_ms();
+        let key = msg.name.to_ascii_lowercase();
+        let turns = self.turns.entry(key.clone()).or_default();
+        if turns.banned_until_ms > now {
+            self.counters.attaches_refused += 1;
+            return Err(RelayError::Forbidden(format!(
+                "{} is refused until {}: two processes with its key took turns attaching (a \
+                 cloned key?); stop the other one, and rotate the key if it was copied",
+                msg.name,
+                crate::wire::rfc3339_ms(turns.banned_until_ms)
+            )));
+        }
+        // A → B → A within the window: the newcomer was replaced by another instance, which
+        // it now replaces in turn.
+        turns.history.retain(|(_, at)| at + FIGHT_WINDOW_MS > now);
+        let current = self.attached.get(&key).map(|a| a.instance.clone());
+        let fighting = match &current {
+            Some(c) if *c != msg.instance => {
+                let mut seen_other_after_me = false;
+                let mut i_was_here = false;
+                for (inst, _) in turns.history.iter() {
+                    if *inst == msg.instance {
+                        i_was_here = true;
+                        seen_other_after_me = false;
+                    } else if i_was_here {
+                        seen_other_after_me = true;
+                    }
+                }
+                i_was_here && seen_other_after_me
+            }
+            _ => false,
+        };
+        if fighting {
+            turns.banned_until_ms = now + FIGHT_BAN_MS;
+            turns.history.clear();
+            self.counters.fighters_flagged += 1;
+            self.counters.attaches_refused += 1;
+            if let Some(old) = self.attached.remove(&key) {
+                let _ = old.tx.try_send(
+                    sse::Data::new("two processes with this key take turns: refused")
+                        .event("refused")
+                        .into(),
+                );
+            }
+            log::warn!(
+                "relay {}: {} is attached by two processes taking turns (a cloned key?): \
+                 refused for {} min",
+                self.name,
+                msg.name,
+                FIGHT_BAN_MS / 60_000
+            );
+            return Err(RelayError::Forbidden(format!(
+                "{} was attached by another process with the same key moments ago, and this \
+                 one took it back: a cloned key; the name is refused for {} min",
+                msg.name,
+                FIGHT_BAN_MS / 60_000
+            )));
+        }
+        if turns.history.back().map(|(i, _)| i) != Some(&msg.instance) {
+            turns.history.push_back((msg.instance.clone(), now));
+            while turns.history.len() > 8 {
+                turns.history.pop_front();
+            }
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let session = random_token();
+        let hello = Attached {
+            session: session.clone(),
+            ping_every_ms: self.ping_every.as_millis() as u64,
+        };
+        let _ = tx.try_send(
+            sse::Data::new_json(&hello)
+                .expect("a plain struct encodes")
+                .event("attached")
+                .into(),
+        );
+        // What was carried to this name and not answered, past what it says it got.
+        let after = msg.last_event.unwrap_or(0);
+        for (n, p) in self.pending.range(after + 1..) {
+            if p.to == key && tx.try_send(p.event.clone()).is_err() {
+                log::warn!(
+                    "relay {}: request {n} for {key} not replayed (stream full)",
+                    self.name
+                );
+            }
+        }
+        let attachment = Attachment {
+            instance: msg.instance,
+            session,
+            tx,
+            since_ms: now,
+            carried: 0,
+        };
+        if let Some(old) = self.attached.insert(key, attachment) {
+            self.counters.superseded += 1;
+            let _ = old.tx.try_send(
+                sse::Data::new("a newer stream of this proxy took over")
+                    .event("superseded")
+                    .into(),
+            );
+        }
+        self.counters.attaches += 1;
+        Ok(rx)
+    }
+}
+
+/// A request for `to`, from `from`, whose signature held: carried down `to`'s stream; the
+/// answer comes out of the receiver.
+#[derive(Message)]
+#[rtype(result = "Result<(u64, oneshot::Receiver<Answered>), RelayError>")]
+pub struct Send {
+    pub from: String,
+    pub to: String,
+    pub target: String,
+    pub signature: String,
+    pub body: Box<serde_json::value::RawValue>,
+    /// Envelopes in it (for the counters).
+    pub messages: u64,
+}
+
+impl Handler<Send> for Hub {
+    type Result = Result<(u64, oneshot::Receiver<Answered>), RelayError>;
+
+    fn handle(&mut self, msg: Send, _: &mut Self::Context) -> Self::Result {
+        let to = msg.to.to_ascii_lowercase();
+        let from = msg.from.to_ascii_lowercase();
+        let Some(attachment) = self.attached.get(&to).filter(|a| !a.tx.is_closed()) else {
+            self.counters.not_here += 1;
+            return Err(RelayError::NotHere(format!(
+                "{}'s proxy is not attached to relay {} now: try again later",
+                msg.to, self.name
+            )));
+        };
+        let pair = (from.clone(), to.clone());
+        let waiting = self.per_pair.get(&pair).copied().unwrap_or(0);
+        if waiting >= PAIR_QUEUE {
+            self.counters.dropped_full += 1;
+            return Err(RelayError::TooMany(format!(
+                "relay {}'s queue from {} to {} is full ({PAIR_QUEUE} requests wait for an \
+                 answer): this one is dropped; send it again later",
+                self.name, msg.from, msg.to
+            )));
+        }
+        self.next_n += 1;
+        let n = self.next_n;
+        let shown_to = msg.to.clone();
+        let bytes = msg.body.get().len() as u64;
+        let carried = Carried {
+            n,
+            from: msg.from,
+            target: msg.target,
+            signature: msg.signature,
+            body: msg.body,
+        };
+        let event: sse::Event = sse::Data::new_json(&carried)
+            .expect("a carried request encodes")
+            .event("request")
+            .id(n.to_string())
+            .into();
+        if attachment.tx.try_send(event.clone()).is_err() {
+            self.counters.dropped_full += 1;
+            return Err(RelayError::TooMany(format!(
+                "{shown_to}'s stream on relay {} is full ({STREAM_BUFFER} events): this \
+                 request is dropped; send it again later",
+                self.name
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.pending.insert(
+            n,
+            Pending {
+                from,
+                to: to.clone(),
+                event,
+                reply: Some(reply),
+            },
+        );
+        *self.per_pair.entry(pair).or_default() += 1;
+        if let Some(a) = self.attached.get_mut(&to) {
+            a.carried += 1;
+        }
+        self.counters.requests_carried += 1;
+        self.counters.messages_carried += msg.messages;
+        self.counters.bytes_carried += bytes;
+        Ok((n, answer))
+    }
+}
+
+/// The sender stopped waiting for request `n` (its deadline passed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Abandon(pub u64);
+
+impl Handler<Abandon> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Abandon, _: &mut Self::Context) {
+        if self.settle(msg.0).is_some() {
+            self.counters.timed_out += 1;
+        }
+    }
+}
+
+/// The attached proxy of `session` answers request `n`.
+#[derive(Message)]
+#[rtype(result = "Result<(), RelayError>")]
+pub struct Answer {
+    pub session: String,
+    pub answered: Answered,
+}
+
+impl Handler<Answer> for Hub {
+    type Result = Result<(), RelayError>;
+
+    fn handle(&mut self, msg: Answer, _: &mut Self::Context) -> Self::Result {
+        let Some(name) = self
+            .attached
+            .iter()
+            .find(|(_, a)| a.session == msg.session)
+            .map(|(k, _)| k.clone())
+        else {
+            return Err(RelayError::Unauthenticated(
+                "no stream attached to this relay has that session: attach again".into(),
+            ));
+        };
+        let n = msg.answered.n;
+        match self.pending.get(&n) {
+            Some(p) if p.to == name => {}
+            // Answered already, or its sender stopped waiting: nothing to carry.
+            None => return Ok(()),
+            Some(_) => {
+                return Err(RelayError::Forbidden(format!(
+                    "request {n} was not carried to {name}: only its receiver answers it"
+                )))
+            }
+        }
+        if let Some(mut p) = self.settle(n) {
+            if let Some(reply) = p.reply.take() {
+                if reply.send(msg.answered).is_ok() {
+                    self.counters.answers_carried += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One attached proxy, for the status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AttachedView {
+    pub name: String,
+    pub since_ms: u64,
+    pub carried: u64,
+}
+
+/// What the relay is doing: `GET /relay/v1/status`, and its reports to the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RelayStatus {
+    pub relay: String,
+    pub attached: Vec<AttachedView>,
+    /// Names refused now for fighting (a cloned key).
+    pub flagged: Vec<String>,
+    /// Requests waiting for their answer.
+    pub waiting: usize,
+    pub counters: RelayCounters,
+}
+
+#[derive(Message)]
+#[rtype(result = "RelayStatus")]
+pub struct Status;
+
+impl Handler<Status> for Hub {
+    type Result = actix::MessageResult<Status>;
+
+    fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(self.status())
+    }
+}
+
+/// Counts a request refused before or at its signature (for the status).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum Refused {
+    RateLimited,
+    Send,
+    Attach,
+}
+
+impl Handler<Refused> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Refused, _: &mut Self::Context) {
+        let c = &mut self.counters;
+        match msg {
+            Refused::RateLimited => c.rate_limited += 1,
+            Refused::Send => c.sends_refused += 1,
+            Refused::Attach => c.attaches_refused += 1,
+        }
+    }
+}
+
+/// The session of each attached name (tests read them here rather than from the streams).
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "HashMap<String, String>")]
+struct Sessions;
+
+#[cfg(test)]
+impl Handler<Sessions> for Hub {
+    type Result = actix::MessageResult<Sessions>;
+
+    fn handle(&mut self, _: Sessions, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(
+            self.attached
+                .iter()
+                .map(|(k, a)| (k.clone(), a.session.clone()))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    fn send(from: &str, to: &str) -> Send {
+        Send {
+            from: from.into(),
+            to: to.into(),
+            target: "/api/v1/relay".into(),
+            signature: "sig".into(),
+            body: raw(r#"{"x":1}"#),
+            messages: 1,
+        }
+    }
+
+    fn attach(name: &str, instance: &str, last: Option<u64>) -> Attach {
+        Attach {
+            name: name.into(),
+            instance: instance.into(),
+            last_event: last,
+        }
+    }
+
+    async fn next_event(rx: &mut mpsc::Receiver<sse::Event>) -> String {
+        let ev = rx.recv().await.expect("an event");
+        format!("{ev:?}")
+    }
+
+    #[actix_rt::test]
+    async fn a_request_for_a_name_not_attached_is_refused_not_queued() {
+        let hub = Hub::new("r", Duration::from_secs(15)).start();
+        let e = hub.send(send("alice", "bob")).await.unwrap().unwrap_err();
+        assert!(matches!(e, RelayError::NotHere(_)), "{e:?}");
+        let status = hub.send(Status).await.unwrap();
+        assert_eq!(status.counters.not_here, 1);
+        assert_eq!(status.waiting, 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_carried_request_is_answered_only_by_its_receiver_and_then_settled() {
+        let hub = Hub::new("r", Duration::from_secs(15)).start();
+        let mut bob = hub.send(attach("bob", "b1", None)).await.unwrap().unwrap();
+        let hello = next_event(&mut bob).await;
+        assert!(hello.contains("attached"), "{hello}");
+        let mut carol = hub
+            .send(attach("carol", "c1", None))
+            .await
+            .unwrap()
+            .unwrap();
+        next_event(&mut carol).await;
+        let (n, answer) = hub.send(send("alice", "bob")).await.unwrap().unwrap();
+        let ev = next_event(&mut bob).await;
+        assert!(ev.contains("request"), "{ev}");
+        let status = hub.send(Status).await.unwrap();
+        assert_eq!(status.waiting, 1);
+        assert_eq!(status.counters.requests_carried, 1);
+        // Carol's session cannot answer bob's request.
+        let sessions = hub.send(Sessions).await.unwrap();
+        let sessions = [sessions["bob"].clone(), sessions["carol"].clone()];
+        let answered = Answered {
+            n,
+            status: 200,
+            ack: Some("a".into()),
+            body: "{}".into(),
+        };
+        let wrong = hub
+            .send(Answer {
+                session: sessions[1].clone(),
+                answered: answered.clone(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(wrong, Err(RelayError::Forbidden(_))), "{wrong:?}");
+        hub.send(Answer {
+            session: sessions[0].clone(),
+            answered: answered.clone(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(answer.await.unwrap(), answered);
+        let status = hub.send(Status).await.unwrap();
+        assert_eq!((status.waiting, status.counters.answers_carried), (0, 1));
+    }
+
+    #[actix_rt::test]
+    async fn a_full_pair_queue_drops_and_says_so_without_blocking_other_senders() {
+        let hub = Hub::new("r", Duration::from_secs(15)).start();
+        let _bob = hub.send(attach("bob", "b1", None)).await.unwrap().unwrap();
+        let mut waiting = Vec::new();
+        for _ in 0..PAIR_QUEUE {
+            waiting.push(hub.send(send("alice", "bob")).await.unwrap().unwrap());
+        }
+        let e = hub.send(send("alice", "bob")).await.unwrap().unwrap_err();
+        assert!(
+            matches!(e, RelayError::TooMany(ref m) if m.contains("full")),
+            "{e:?}"
+        );
+        // Another sender still gets through.
+        hub.send(send("carol", "bob")).await.unwrap().unwrap();
+        // Abandoned requests free their places.
+        hub.send(Abandon(waiting[0].0)).await.unwrap();
+        hub.send(send("alice", "bob")).await.unwrap().unwrap();
+        let status = hub.send(Status).await.unwrap();
+        assert_eq!(status.counters.dropped_full, 1);
+        assert_eq!(status.counters.timed_out, 1);
+    }
+
+    #[actix_rt::test]
+    async fn the_newest_attach_wins_and_gets_what_the_old_stream_had_not_passed_on() {
+        let hub = Hub::new("r", Duration::from_secs(15)).start();
+        let mut old = hub.send(attach("bob", "b1", None)).await.unwrap().unwrap();
+        next_event(&mut old).await;
+        let (n1, _a1) = hub.send(send("alice", "bob")).await.unwrap().unwrap();
+        let (n2, _a2) = hub.send(send("alice", "bob")).await.unwrap().unwrap();
+        next_event(&mut old).await;
+        next_event(&mut old).await;
+        // Same process, reconnecting: it had got n1 only.
+        let mut new = hub
+            .send(attach("bob", "b1", Some(n1)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(next_event(&mut old).await.contains("superseded"));
+        assert!(next_event(&mut new).await.contains("attached"));
+        let replayed = next_event(&mut new).await;
+        assert!(
+            replayed.contains(&format!("id: Some(\"{n2}\")")),
+            "{replayed}"
+        );
+        let status = hub.send(Status).await.unwrap();
+        assert_eq!(status.counters.superseded, 1);
+        assert_eq!(
+            status.counters.requests_carried, 2,
+            "a replay is not counted again"
+        );
+        assert!(status.flagged.is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn two_processes_taking_turns_with_one_key_are_refused_and_flagged() {
+        let hub = Hub::new("r", Duration::from_secs(15)).start();
+        let _a = hub.send(attach("bob", "A", None)).await.unwrap().unwrap();
+        let _b = hub.send(attach("bob", "B", None)).await.unwrap().unwrap();
+        let e = hub
+            .send(attach("bob", "A", None))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(e, RelayError::Forbidden(ref m) if m.contains("cloned")),
+            "{e:?}"
+        );
+        let e = hub
+            .send(attach("bob", "B", None))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, RelayError::Forbidden(_)), "{e:?}");
+        let status = hub.send(Status).await.unwrap();
+        assert_eq!(status.flagged, vec!["bob".to_string()]);
+        assert_eq!(status.counters.fighters_flagged, 1);
+        assert!(status.attached.is_empty());
+        // A restart (a new instance replacing the old one for good) is not a fight.
+        let _c = hub
+            .send(attach("carol", "C1", None))
+            .await
+            .unwrap()
+            .unwrap();
+        let _c = hub
+            .send(attach("carol", "C2", None))
+            .await
+            .unwrap()
+            .unwrap();
+        let _c = hub
+            .send(attach("carol", "C2", None))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = hub.send(Status).await.unwrap();
+        assert_eq!(status.flagged, vec!["bob".to_string()]);
+    }
+
+    #[actix_rt::test]
+    async fn a_nonce_is_taken_once() {
+        let hub = Hub::new("r", Duration::from_secs(15)).start();
+        let c = hub.send(IssueChallenge).await.unwrap().unwrap();
+        assert_eq!(c.relay, "r");
+        hub.send(TakeNonce(c.nonce.clone())).await.unwrap().unwrap();
+        assert!(hub.send(TakeNonce(c.nonce)).await.unwrap().is_err());
+        assert!(hub
+            .send(TakeNonce("made-up".into()))
+            .await
+            .unwrap()
+            .is_err());
+    }
+}

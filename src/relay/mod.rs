@@ -1,0 +1,181 @@
+//! The relay role (`overlay relay --name NAME`): carries requests to proxies that cannot be
+//! reached directly (behind NAT). Such a proxy keeps one stream open to the relay; other
+//! proxies send to it through the relay, which forwards by key and holds nothing durable.
+//!
+//! A relay is a member of the overlay like a proxy: it joins with its own token, registers
+//! (as a relay) and is listed in the signed directory, gets its TLS certificate from the
+//! controller's CA, and follows the directory to know whose keys may attach and send. It
+//! connects out to nothing but the controller at its configured URL: never to an address a
+//! client or the directory gives it.
+//!
+//! - [`hub`]: the [`hub::Hub`] actor: attachments, carried requests, queues, counters.
+//! - [`routes`]: the HTTP routes, thin (rate, proof, then the hub).
+//! - [`error`]: its error type.
+
+pub mod error;
+pub mod hub;
+pub mod routes;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::{web, HttpServer};
+
+use crate::config::RelaySettings;
+use crate::proxy::controller_link::{ControllerLink, LinkSettings, LinkTls};
+use crate::proxy::router::{Published, Router, TableSource};
+use crate::proxy::{store, tls::ProxyTls};
+use crate::web::{common_routes, Health, Running};
+use crate::wire::directory::{Role, TlsAddress};
+use crate::wire::host_port::HostPort;
+
+/// How long a sender's request waits for the receiver's answer through the relay (below the
+/// senders' attempt timeout would cut answers short; above it, nobody waits for them).
+pub const ANSWER_WAIT: Duration = Duration::from_secs(20);
+
+/// Starts relay `settings.name`: its plain listener on `listener`, its TLS listener as
+/// configured.
+pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Result<Running> {
+    let label = format!("relay/{}", settings.name);
+    let root = settings.root.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{label}: a relay needs the controller's root pinned (--controller-root sha256:… or \
+             controller.root in config.yaml; `overlay controller init` prints it): it serves \
+             only keys the signed directory lists"
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let name = settings.name.to_string();
+    let file = |ext: &str| settings.data_dir.join(format!("relay-{name}.{ext}"));
+    std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "{label}: creating the data directory {}: {e}",
+            settings.data_dir.display()
+        )
+    })?;
+    let (path, log, tag, who) = (file("redb"), file("wal"), label.clone(), name.clone());
+    let shown = path.display().to_string();
+    let (db, wal, loaded) = web::block(move || {
+        let (db, wal) = store::open(&path, &log, &tag)?;
+        let loaded = store::load(&db, &who)?;
+        Ok::<_, crate::proxy::error::ProxyError>((db, wal, loaded))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("opening {shown}: {e}"))??;
+    let key_path = file("key");
+    let (identity, created) = crate::trust::Identity::load_or_create(&key_path)
+        .map_err(|e| anyhow::anyhow!("{label}: its identity key: {e}"))?;
+    if created {
+        log::info!(
+            "{label}: made its identity key {} (fingerprint {})",
+            key_path.display(),
+            identity.fingerprint()
+        );
+    }
+    let identity = Arc::new(identity);
+    let (applied_tx, applied_rx) = tokio::sync::watch::channel(Arc::new(Published::default()));
+    let overlay = ProxyTls::new(file("crt"), &identity, root.clone(), applied_rx);
+    let tls_listener = crate::web::bind(&label, settings.tls.listen, "relays[].relay.tls_listen")?;
+    let bound = tls_listener.local_addr()?;
+    let mut advertise = settings.tls.advertise.clone();
+    crate::up::fix_port_zero(&mut advertise, bound);
+    let at = HostPort::parse(&advertise)
+        .map_err(|e| anyhow::anyhow!("{label}: relays[].relay.tls_advertise: {e}"))?;
+    let tls_address = TlsAddress {
+        host: at.host,
+        port: at.port,
+    };
+    let server_tls = crate::trust::tls::server_config_without_clients(overlay.leaf.clone());
+    let state = {
+        let (settings, identity, overlay) = (settings.clone(), identity.clone(), overlay.clone());
+        let proxy_id = loaded.proxy_id.clone();
+        crate::web::on_worker(move || {
+            let store = store::writer((db, wal)).start();
+            let router = Router::new(
+                settings.name.clone(),
+                Default::default(),
+                TableSource::Config,
+                loaded.view,
+                store,
+                false,
+            )
+            .with_published(applied_tx);
+            let published = router.published();
+            let router = router.start();
+            let controller_url = settings.controller_url.trim_end_matches('/').to_string();
+            let (client, fresh) = crate::proxy::tls::overlay_clients(
+                &overlay,
+                published.clone(),
+                &controller_url,
+                Duration::from_secs(10),
+            );
+            let (report_tx, report_rx) = tokio::sync::watch::channel(Default::default());
+            let hub = hub::Hub::new(settings.name.as_str(), settings.ping_every)
+                .with_report(report_tx)
+                .start();
+            let link = LinkSettings {
+                controller_url,
+                proxy_id,
+                instance_name: settings.name.to_string(),
+                advertise: settings.advertise.clone(),
+                heartbeat_every: Duration::from_secs(settings.liveness.heartbeat_every_secs.max(1)),
+                ai_endpoints: Vec::new(),
+                identity,
+                seal: None,
+                root,
+                join: settings.join.clone(),
+                tls: Some(LinkTls {
+                    tls: overlay,
+                    client,
+                    fresh,
+                    address: Some(tls_address),
+                }),
+                role: Role::Relay,
+                via: None,
+                relay_report: Some(report_rx),
+            };
+            ControllerLink::new(link, router).start();
+            routes::RelayState::new(
+                settings.name.as_str(),
+                hub,
+                published,
+                settings.max_body_bytes,
+                ANSWER_WAIT,
+                settings.ping_every,
+            )
+        })
+    };
+    let tag = label.clone();
+    let limits = crate::web::ServerLimits::of(&settings.server);
+    let health_name = Some(name.clone());
+    let server = HttpServer::new(move || {
+        crate::logging::tag_thread(&tag);
+        let state = (*state).clone();
+        crate::web::guarded_app(limits)
+            .configure(|cfg| common_routes(cfg, Health::new("relay", health_name.as_deref())))
+            .configure(move |cfg| routes::configure(cfg, state))
+    })
+    .workers(settings.workers)
+    // Attached streams are long-lived: a relay holds one connection per proxy behind NAT.
+    .max_connections(limits.max_connections.max(50_000))
+    .disable_signals()
+    .shutdown_timeout(2)
+    .on_connect(crate::proxy::tls::on_connect(None))
+    .listen(listener)?
+    .listen_rustls_0_23(tls_listener, server_tls)?
+    .run();
+    log::info!(
+        "{label} listening on {addr}; proxies attach over TLS on {bound} (advertised as \
+         {advertise})"
+    );
+    Ok(Running {
+        tls_addr: Some(bound),
+        scheme: "http",
+        label,
+        addr,
+        server,
+        on_stop: vec![],
+    })
+}
