@@ -621,6 +621,7 @@ impl Plan {
                         .instances
                         .iter()
                         .map(|i| i.name.to_string())
+                        .chain(config.relays.iter().map(|r| r.name.to_string()))
                         .collect(),
                 });
                 Plan::Controller {

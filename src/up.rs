@@ -273,7 +273,7 @@ impl Member for crate::config::RelaySettings {
 }
 
 /// `overlay controller --provision-dir DIR`: the controller writes `DIR/root.fingerprint` and,
-/// for each user of the config whose proxy has not joined, a join token `DIR/NAME.join` (0600,
+/// for each user (and relay) of the config whose proxy has not joined, a join token `DIR/NAME.join` (0600,
 /// valid 1 h), which that proxy reads with `--join-file` (docker-compose's shared volume). A
 /// joined or revoked name gets no new token: its file, if any, is left as it is.
 async fn provision_dir(handle: &controller::Handle, p: &Provision) -> anyhow::Result<()> {

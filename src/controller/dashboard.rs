@@ -260,7 +260,7 @@ fn relay_panel(p: &ProxyView) -> Markup {
                         }
                     }
                     p.relay-traffic {
-                        (r.messages_carried) " messages carried in " (r.requests_carried)
+                        "Since " (time(r.started_ms)) ": " (r.messages_carried) " messages carried in " (r.requests_carried)
                         " requests (" (r.bytes_carried / 1024) " KiB); dropped (queue full) "
                         (r.dropped) ", receiver not attached " (r.not_here) ", refused "
                         (r.refused)
@@ -711,6 +711,8 @@ mod tests {
         v.relay = Some(crate::wire::control_plane::RelayReport {
             attached: vec!["alice".into(), "carol<b>".into()],
             flagged: vec!["mallory".into()],
+            started_ms: 1,
+            attaches: 4,
             requests_carried: 3,
             messages_carried: 7,
             bytes_carried: 4096,

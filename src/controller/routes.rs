@@ -505,6 +505,15 @@ struct ProxyInfo {
     applied_version: Option<u64>,
     /// The controller's directory version now.
     current_version: u64,
+    /// `relay` for a relay (absent for a user's proxy).
+    #[serde(skip_serializing_if = "crate::wire::directory::Role::is_user")]
+    role: crate::wire::directory::Role,
+    /// The relay a proxy behind NAT is reached through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<String>,
+    /// A relay's last report: who is attached, what it carried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay: Option<crate::wire::control_plane::RelayReport>,
 }
 
 /// # GET /api/v1/proxies
@@ -525,6 +534,9 @@ async fn list_proxies(state: web::Data<AppState>) -> Reply {
             endpoints: p.table,
             applied_version: p.applied_version,
             current_version: p.current_version,
+            role: p.role,
+            via: p.via,
+            relay: p.relay,
         })
         .collect();
     Ok(HttpResponse::Ok().json(proxies))

@@ -113,6 +113,7 @@ pub struct Hub {
     counters: RelayCounters,
     /// Where the status goes for the controller (with each heartbeat).
     report: Option<tokio::sync::watch::Sender<RelayReport>>,
+    started_ms: u64,
 }
 
 impl Hub {
@@ -125,9 +126,13 @@ impl Hub {
             per_pair: HashMap::new(),
             challenges: HashMap::new(),
             turns: HashMap::new(),
-            next_n: 0,
+            // Numbers go on from where a relay process before this one left off (they start
+            // from the clock in µs), so a proxy's Last-Event-ID from before a restart never
+            // hides a newer request.
+            next_n: crate::wire::now_ms().saturating_mul(1000),
             counters: RelayCounters::default(),
             report: None,
+            started_ms: crate::wire::now_ms(),
         }
     }
 
@@ -191,8 +196,10 @@ impl Actor for Hub {
                 let s = hub.status();
                 let c = &s.counters;
                 report.send_replace(RelayReport {
+                    started_ms: hub.started_ms,
                     attached: s.attached.iter().map(|a| a.name.clone()).collect(),
                     flagged: s.flagged.clone(),
+                    attaches: c.attaches,
                     requests_carried: c.requests_carried,
                     messages_carried: c.messages_carried,
                     bytes_carried: c.bytes_carried,
@@ -461,6 +468,11 @@ impl Handler<Send> for Hub {
         if let Some(a) = self.attached.get_mut(&to) {
             a.carried += 1;
         }
+        log::debug!(
+            "relay {}: carried request {n} to {to} ({} messages)",
+            self.name,
+            msg.messages
+        );
         self.counters.requests_carried += 1;
         self.counters.messages_carried += msg.messages;
         self.counters.bytes_carried += bytes;
@@ -478,6 +490,11 @@ impl Handler<Abandon> for Hub {
 
     fn handle(&mut self, msg: Abandon, _: &mut Self::Context) {
         if self.settle(msg.0).is_some() {
+            log::debug!(
+                "relay {}: request {} was not answered in time",
+                self.name,
+                msg.0
+            );
             self.counters.timed_out += 1;
         }
     }
@@ -516,6 +533,7 @@ impl Handler<Answer> for Hub {
                 )))
             }
         }
+        log::debug!("relay {}: {name} answered request {n}", self.name);
         if let Some(mut p) = self.settle(n) {
             if let Some(reply) = p.reply.take() {
                 if reply.send(msg.answered).is_ok() {

@@ -63,11 +63,17 @@ pub struct HeartbeatRequest {
 /// A relay's report to the controller (with each heartbeat): shown on the dashboard.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayReport {
+    /// When this relay process started (Unix ms): its counters count from then.
+    #[serde(default)]
+    pub started_ms: u64,
     /// The names attached now.
     pub attached: Vec<String>,
     /// Names refused for fighting (a cloned key).
     #[serde(default)]
     pub flagged: Vec<String>,
+    /// Streams attached since it started (a reconnect counts again).
+    #[serde(default)]
+    pub attaches: u64,
     pub requests_carried: u64,
     pub messages_carried: u64,
     pub bytes_carried: u64,

@@ -15,6 +15,7 @@ pub enum Kind {
     Controller,
     Proxy,
     Peer,
+    Relay,
 }
 
 /// One role's process.

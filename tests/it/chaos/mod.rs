@@ -17,6 +17,7 @@
 
 mod checker;
 mod cluster;
+mod nat;
 pub(crate) mod netlab;
 pub(crate) mod relay;
 
@@ -100,7 +101,7 @@ impl Figures {
 }
 
 /// Free ports, picked by binding port 0 on loopback and releasing them all at once.
-fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     let held: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
         .collect();

@@ -286,6 +286,60 @@ impl Lab {
         )
     }
 
+    /// Puts host `home` behind a NAT on the router, as a home router does
+    /// (`shared/tools/nat-lab.sh`): what it sends to the other hosts leaves with the router's
+    /// address (masquerade), and nothing reaches it that it did not ask for (only packets of
+    /// connections it opened), but from the test's own namespace (its user's browser, at
+    /// home). The router forgets a connection idle for `idle_secs` (its conntrack timeout for
+    /// established TCP, per namespace), so only traffic keeps a mapping open.
+    pub fn put_behind_nat(&self, home: usize, idle_secs: u64) -> Result<(), String> {
+        let b = self.b;
+        let net = home + 1;
+        let hif = Lab::host_if(home);
+        let script = [
+            "table ip natlab {".to_string(),
+            "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;"
+                .into(),
+            format!("    ip saddr 10.{b}.{net}.0/24 oifname != \"t0\" masquerade"),
+            "  }".into(),
+            "  chain forward { type filter hook forward priority -10; policy accept;".into(),
+            format!("    oifname \"{hif}\" iifname \"t0\" accept"),
+            format!("    oifname \"{hif}\" ct state established,related accept"),
+            format!("    oifname \"{hif}\" counter drop"),
+            "  }".into(),
+            "}".into(),
+        ]
+        .join("\n");
+        run_input(
+            &["ip", "netns", "exec", &self.router, "nft", "-f", "-"],
+            &script,
+        )?;
+        for (key, value) in [
+            (
+                "net.netfilter.nf_conntrack_tcp_timeout_established",
+                idle_secs.to_string(),
+            ),
+            // A packet of a connection the router forgot is not taken up again mid-stream.
+            ("net.netfilter.nf_conntrack_tcp_loose", "0".to_string()),
+        ] {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.router,
+                "sysctl",
+                "-qw",
+                &format!("{key}={value}"),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The router's own address on host `i`'s link (what a NATed host's packets come from).
+    pub fn router_addr(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.b, i as u8 + 1, 1)
+    }
+
     /// Packets the current fault rules dropped so far (their `counter`s).
     pub fn dropped_packets(&self) -> u64 {
         let Ok(listing) = run(&[
