@@ -112,6 +112,11 @@ pub struct Signing {
 
 /// `POST {proxy}/api/v1/relay`: another proxy of ours; its 200 Ack, signed, means it stored it.
 pub async fn relay(to: ToProxy, signing: Signing) -> Outcome {
+    let through = to.relay.is_some();
+    unsigned_refusal_retried(through, relay_one(to, signing).await)
+}
+
+async fn relay_one(to: ToProxy, signing: Signing) -> Outcome {
     let what = format!("{}'s proxy", to.name);
     let id = to.envelope.id.clone();
     let url = format!("{}/api/v1/relay", to.base_url);
@@ -130,6 +135,11 @@ pub async fn relay(to: ToProxy, signing: Signing) -> Outcome {
 /// stored by the receiver in one transaction; delivered only when every id is acknowledged
 /// (`[Ack]`, in order) and the receiver signed the acknowledgement of exactly these.
 pub async fn relay_batch(to: ToProxy, envelopes: Vec<Envelope>, signing: Signing) -> Outcome {
+    let through = to.relay.is_some();
+    unsigned_refusal_retried(through, relay_many(to, envelopes, signing).await)
+}
+
+async fn relay_many(to: ToProxy, envelopes: Vec<Envelope>, signing: Signing) -> Outcome {
     let what = format!("{}'s proxy", to.name);
     let url = format!("{}/api/v1/relay/batch", to.base_url);
     let (answer, sent) = signed_post(&to, &url, envelopes, &signing).await;
@@ -139,6 +149,23 @@ pub async fn relay_batch(to: ToProxy, envelopes: Vec<Envelope>, signing: Signing
     let ack = ack_of(&answer);
     match batch_acknowledged(answer, &sent, what.clone()) {
         Outcome::Delivered => signed_ack(signing, ack, sent, what).await,
+        other => other,
+    }
+}
+
+/// Through a relay, a refusal is not believed: nobody signed it, and a relay could refuse what
+/// it was given to carry (or hand one proxy's refusal to another) to have a message shown
+/// failed. It is tried again, as a relay's silence would be, until it expires (then shown
+/// failed with the refusal's words). Only the receiver's signed acknowledgement settles it.
+fn unsigned_refusal_retried(through_relay: bool, outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Refused { reason } if through_relay => Outcome::Retry {
+            what: "the relay".into(),
+            error: format!(
+                "{reason} (carried by the relay, unsigned: tried again until the message \
+                 expires)"
+            ),
+        },
         other => other,
     }
 }
@@ -479,6 +506,26 @@ mod tests {
             acknowledged(refused, &id, "x"),
             Outcome::Refused { .. }
         ));
+    }
+
+    #[test]
+    fn a_refusal_carried_by_a_relay_is_tried_again_a_direct_one_is_not() {
+        let refused = || Outcome::Refused {
+            reason: "bob's proxy refused it: no (403)".into(),
+        };
+        assert_eq!(unsigned_refusal_retried(false, refused()), refused());
+        match unsigned_refusal_retried(true, refused()) {
+            Outcome::Retry { what, error } => {
+                assert_eq!(what, "the relay");
+                assert!(error.starts_with("bob's proxy refused it: no (403)"), "{error}");
+                assert!(error.contains("unsigned"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            unsigned_refusal_retried(true, Outcome::Delivered),
+            Outcome::Delivered
+        );
     }
 
     #[test]

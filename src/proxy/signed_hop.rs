@@ -338,6 +338,11 @@ fn item(i: usize, e: &SealedEnvelope, of: usize) -> String {
 /// directory, or whose key differs, may be one this proxy has not heard of yet: 503, retried.
 fn origin_key(directory: &Directory, origin: &str) -> Result<PublicKey, ProxyError> {
     let entry = directory.user(origin);
+    if entry.is_some_and(|u| !u.role.is_user()) {
+        return Err(ProxyError::Forbidden(format!(
+            "{origin} is a relay: it carries other proxies' messages and sends none of its own"
+        )));
+    }
     match entry.map(|u| (&u.state, u.key)) {
         Some((UserState::Active, Some(key))) => Ok(key),
         Some((UserState::Revoked { at_ms, reason }, _)) => Err(ProxyError::Forbidden(format!(

@@ -3,6 +3,8 @@
 //! relay restart; unknown keys can neither attach nor send. (Through a real NAT:
 //! `chaos/nat.rs`.)
 
+mod hostile;
+
 use serde_json::Value;
 
 use crate::helpers::{client, config_for, eventually, spawn_overlay, Spawned, TestOverlay};
@@ -173,4 +175,235 @@ async fn when_both_ends_are_behind_the_relay_a_relay_restart_only_delays() {
         (replies == all.len() && own == 1).then_some(())
     })
     .await;
+}
+
+#[actix_web::test]
+async fn a_hostile_relay_changes_nothing_anyone_sees_but_the_time_it_takes() {
+    let users = [("alice", &[][..]), ("bob", &[][..]), ("carol", &[][..])];
+    let names = ["alice", "bob", "carol"];
+    let mut o = spawn_overlay(behind_relay(config_for(&users), &names)).await;
+    attached(&o.url("relay/relay1"), &names).await;
+    // The relay is taken over: its key and certificate now serve the double, at its address.
+    let dir = o.data_dir.path().to_path_buf();
+    let tls = o
+        .server("relay/relay1")
+        .tls_addr
+        .expect("the relay's TLS listener");
+    o.stop("relay/relay1").await;
+    let key = overlay::trust::Identity::load(&dir.join("relay-relay1.key")).expect("its key");
+    let leaf = overlay::trust::tls::Leaf::new();
+    let pem = std::fs::read(dir.join("relay-relay1.crt")).expect("its certificate");
+    leaf.set(&key, overlay::trust::x509::from_pem(&pem).unwrap())
+        .expect("the certificate is the key's");
+    let double = hostile::Hostile::new(key, &dir);
+    let served = double.clone();
+    let server = actix_web::HttpServer::new(move || {
+        let served = served.clone();
+        actix_web::App::new().configure(move |cfg| served.configure(cfg))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen_rustls_0_23(
+        std::net::TcpListener::bind(tls).expect("the relay's port"),
+        overlay::trust::tls::server_config_without_clients(leaf),
+    )
+    .expect("the double listens")
+    .run();
+    o.servers.push(Spawned::spawn_server(server, tls));
+    eventually("everyone attached to the double", || async {
+        (double.attached() == names).then_some(())
+    })
+    .await;
+
+    let sent = |from: &str, to: &str| -> Vec<String> {
+        (1..=8).map(|i| format!("{from} to {to} #{i}")).collect()
+    };
+    let pairs = [("alice", "bob"), ("bob", "carol"), ("carol", "alice")];
+    for i in 0..8 {
+        for (from, to) in pairs {
+            send(&o, from, to, &sent(from, to)[i]).await;
+        }
+    }
+    for (from, to) in pairs {
+        until_texts(&o, to, from, &sent(from, to)).await;
+    }
+    // Each sender's copies turned delivered, none failed: only signed acknowledgements count.
+    for (from, to) in pairs {
+        eventually(&format!("{from}'s copies to {to} delivered"), || async {
+            let mut r = client()
+                .get(format!(
+                    "{}/get_chat_history/{to}",
+                    o.url(&format!("peer/{from}"))
+                ))
+                .send()
+                .await
+                .ok()?;
+            let h: Vec<Value> = r.json().limit(1 << 22).await.ok()?;
+            let mine: Vec<&Value> = h.iter().filter(|e| e["sender"] == from).collect();
+            assert!(
+                mine.iter().all(|e| e["status"] != "failed"),
+                "a message shown failed: {mine:?}"
+            );
+            (mine.len() == 8 && mine.iter().all(|e| e["status"] == "delivered")).then_some(())
+        })
+        .await;
+    }
+    // Nobody got the relay's own message, nor anything twice.
+    for name in names {
+        assert!(
+            texts(&o, name, "relay1").await.is_empty(),
+            "{name} took the injection"
+        );
+    }
+    for (from, to) in pairs {
+        assert_eq!(
+            texts(&o, to, from).await,
+            sent(from, to),
+            "{to} from {from}"
+        );
+    }
+    for trick in [
+        hostile::Trick::ForgeAck,
+        hostile::Trick::Drop,
+        hostile::Trick::Replay,
+        hostile::Trick::CarryLate,
+        hostile::Trick::Swap,
+        hostile::Trick::Inject,
+        hostile::Trick::Refuse,
+    ] {
+        assert!(double.played(trick) > 0, "{trick:?} was never played");
+    }
+}
+
+/// An overlay client with no certificate of its own, checking the relay's by its key.
+fn stranger_client(o: &TestOverlay) -> awc::Client {
+    use overlay::trust::tls::{client_config, Leaf, OverlayVerifier};
+    let dir = o.data_dir.path();
+    let root = overlay::controller::trust::root_fingerprint(dir).expect("a root");
+    let relay = overlay::trust::Identity::load(&dir.join("relay-relay1.key")).expect("its key");
+    let pins = crate::helpers::TestPins(vec![("relay1".into(), relay.public())]);
+    let verifier = OverlayVerifier::new(root, std::sync::Arc::new(pins), false);
+    overlay::hop::overlay::client(
+        client_config(Leaf::new(), verifier),
+        std::rc::Rc::new(|_: &str| Some("127.0.0.1".to_string())),
+        std::time::Duration::from_secs(10),
+    )
+}
+
+#[actix_web::test]
+async fn strangers_can_neither_attach_nor_send_and_are_slowed_before_any_signature() {
+    use overlay::wire::relay::{AttachProof, Challenge, ATTACH_HEADER, TARGET_HEADER};
+    let users = [("alice", &[][..]), ("bob", &[][..])];
+    let o = spawn_overlay(behind_relay(config_for(&users), &["alice"])).await;
+    let plain = o.url("relay/relay1");
+    attached(&plain, &["alice"]).await;
+    let tls_port = o.server("relay/relay1").tls_addr.unwrap().port();
+    let base = overlay::hop::overlay::base_url(&overlay::trust::x509::tls_name("relay1"), tls_port);
+    let c = stranger_client(&o);
+    let status = |r: &awc::ClientResponse<_>| r.status().as_u16();
+
+    // Never in plain HTTP.
+    let r = client()
+        .post(format!("{plain}/relay/v1/to/alice"))
+        .send_body("{}")
+        .await
+        .unwrap();
+    assert_eq!(status(&r), 403);
+
+    let challenge = || async {
+        let mut r = c
+            .get(format!("{base}/relay/v1/challenge"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(&r), 200);
+        r.json::<Challenge>().await.unwrap()
+    };
+    let attach = |proof: AttachProof| {
+        let c = c.clone();
+        let url = format!("{base}/relay/v1/attach");
+        async move {
+            let mut r = c
+                .get(url)
+                .insert_header((ATTACH_HEADER, proof.header()))
+                .send()
+                .await
+                .unwrap();
+            let body = r.body().await.unwrap_or_default();
+            (status(&r), String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let stranger = overlay::trust::Identity::generate();
+    let now = overlay::wire::now_ms;
+    // A name the directory does not list.
+    let ch = challenge().await;
+    let (code, body) = attach(AttachProof::sign(&stranger, "mallory", "m1", &ch, now())).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("does not list mallory"), "{body}");
+    // Alice's name, the wrong key.
+    let ch = challenge().await;
+    let (code, body) = attach(AttachProof::sign(&stranger, "alice", "m1", &ch, now())).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body.contains("does not hold for alice's pinned key"),
+        "{body}"
+    );
+    // A nonce used already (even with the right key: this test has alice's key file).
+    let alice = crate::helpers::proxy_identity(o.data_dir.path(), "alice");
+    let (code, body) = attach(AttachProof::sign(&alice, "alice", "a2", &ch, now())).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("used already"), "{body}");
+    // A nonce this relay never gave.
+    let made_up = Challenge {
+        nonce: "made-up".into(),
+        ..ch
+    };
+    let (code, _) = attach(AttachProof::sign(&alice, "alice", "a2", &made_up, now())).await;
+    assert_eq!(code, 401);
+
+    // Sending: signed by a key the directory does not list, or posing as bob.
+    let body = r#"{"header":{}}"#;
+    for (origin, expected) in [("mallory", 503), ("bob", 401)] {
+        let line = overlay::trust::request::RequestLine {
+            method: "POST",
+            target: "/api/v1/relay",
+            body: body.as_bytes(),
+        };
+        let sig = overlay::trust::request::sign(&stranger, &line, origin, "alice", now());
+        let mut r = c
+            .post(format!("{base}/relay/v1/to/alice"))
+            .insert_header((TARGET_HEADER, "/api/v1/relay"))
+            .insert_header((overlay::trust::request::SIGNATURE_HEADER, sig))
+            .send_body(body)
+            .await
+            .unwrap();
+        let text = r.body().await.unwrap_or_default();
+        assert_eq!(status(&r), expected, "{origin}: {text:?}");
+    }
+    let s = relay_status(&plain).await;
+    assert_eq!(s["counters"]["requests_carried"], 0, "{s}");
+    assert!(s["counters"]["sends_refused"].as_u64() >= Some(2), "{s}");
+    assert!(s["counters"]["attaches_refused"].as_u64() >= Some(4), "{s}");
+    assert_eq!(
+        s["attached"].as_array().map(Vec::len),
+        Some(1),
+        "alice alone: {s}"
+    );
+
+    // One address asking too fast is refused before anything is checked.
+    let mut limited = false;
+    for _ in 0..40 {
+        let r = c
+            .get(format!("{base}/relay/v1/challenge"))
+            .send()
+            .await
+            .unwrap();
+        if status(&r) == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "40 challenges in a row were all answered");
+    let s = relay_status(&plain).await;
+    assert!(s["counters"]["rate_limited"].as_u64() >= Some(1), "{s}");
 }
