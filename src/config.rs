@@ -79,6 +79,9 @@ pub enum Reachable {
     Direct,
     /// Through a relay it keeps a stream open to (behind NAT: no inbound port needed).
     Relay,
+    /// Directly when the controller can reach its TLS address (a handshake showing its own
+    /// certificate), else through the relay; it keeps a stream open to the relay either way.
+    Auto,
 }
 
 /// `tls:`: mutual TLS between proxies and with the controller, with certificates the overlay's
@@ -229,7 +232,8 @@ pub struct ListenerConfig {
     /// `tls_listen`'s) with `tls_listen`'s port. Proxies only.
     #[serde(default)]
     pub tls_advertise: Option<String>,
-    /// `direct` (default) or `relay`: behind NAT, reached through a relay. Proxies only.
+    /// `direct` (default), `relay` (behind NAT: reached through a relay), or `auto` (directly
+    /// when the controller can reach it, else through the relay). Proxies only.
     #[serde(default)]
     pub reachable: Reachable,
     /// The relay (by name) a `reachable: relay` proxy uses; default: the only one of `relays`.
@@ -523,7 +527,7 @@ impl Config {
                      (instances[{i}].proxy); move them there"
                 ));
             }
-            if inst.proxy.reachable == Reachable::Relay {
+            if inst.proxy.reachable != Reachable::Direct {
                 self.relay_of(i)?;
             }
         }
@@ -577,7 +581,7 @@ impl Config {
             (Some(name), _) => Ok(name.to_string()),
             (None, [only]) => Ok(only.name.to_string()),
             (None, []) => Err(format!(
-                "instances[{i}].proxy.reachable: `relay` needs a relay: add one under `relays:`, \
+                "instances[{i}].proxy.reachable: `relay` and `auto` need a relay: add one under `relays:`, \
                  or name a relay the controller lists with instances[{i}].proxy.relay"
             )),
             (None, _) => Err(format!(
@@ -793,8 +797,11 @@ pub struct ProxySettings {
     /// Its TLS listener for other proxies (none: `tls.enabled: false`): where to bind, and the
     /// `host:port` to advertise (port 0: the bound one).
     pub tls: Option<TlsListener>,
-    /// The relay it is reached through (`reachable: relay`), by name; none: directly.
+    /// The relay it is reached through (`reachable: relay` or `auto`), by name; none:
+    /// directly.
     pub via: Option<String>,
+    /// `reachable: auto`: directly when the controller can reach it, else through `via`.
+    pub auto: bool,
 }
 
 /// What a relay needs to run.
@@ -901,9 +908,10 @@ impl Config {
                     leaf_ms: self.tls.leaf_ms(),
                 }
             }),
+            auto: inst.proxy.reachable == Reachable::Auto,
             via: match inst.proxy.reachable {
                 Reachable::Direct => None,
-                Reachable::Relay => {
+                Reachable::Relay | Reachable::Auto => {
                     let i = self
                         .instances
                         .iter()

@@ -27,11 +27,14 @@ pub const DOCUMENT_LIFETIME_MS: u64 = 24 * 60 * 60 * 1000;
 /// Versions kept for resuming with a delta.
 pub const HISTORY: usize = 128;
 
-/// Every user: config instances, pinned keys, registrations.
+/// Every user: config instances, pinned keys, registrations. A proxy of `reachable: auto` is
+/// reached directly when it is in `direct` (the controller's probe reached it), else through
+/// its relay.
 pub fn build(
     config: &Config,
     proxies: &BTreeMap<String, ProxyRecord>,
     pins: &BTreeMap<String, PinRecord>,
+    direct: &std::collections::BTreeSet<String>,
 ) -> Directory {
     let mut users: BTreeMap<String, UserEntry> = BTreeMap::new();
     for inst in &config.instances {
@@ -83,7 +86,10 @@ pub fn build(
         e.tls = r.tls.clone();
         e.seal = r.seal;
         e.role = r.role;
-        e.via = r.via.clone();
+        e.via = match r.auto && direct.contains(&r.proxy_id) {
+            true => None,
+            false => r.via.clone(),
+        };
         e.native = native;
         if e.state == UserState::Pending {
             e.state = UserState::Legacy;
@@ -248,12 +254,12 @@ mod tests {
         let c = config();
         let mut pins = BTreeMap::new();
         pins.insert("alice".to_string(), pin("alice", false));
-        let dir = build(&c, &BTreeMap::new(), &pins);
+        let dir = build(&c, &BTreeMap::new(), &pins, &Default::default());
         assert_eq!(dir.user("ALICE").unwrap().state, UserState::Active);
         assert_eq!(dir.user("bob").unwrap().state, UserState::Pending);
         assert!(table_for(&c, &dir, &BTreeMap::new(), "alice").contains_key("bob"));
         pins.insert("bob".to_string(), pin("bob", true));
-        let dir = build(&c, &BTreeMap::new(), &pins);
+        let dir = build(&c, &BTreeMap::new(), &pins, &Default::default());
         assert!(dir.revoked("bob").is_some());
         assert!(!table_for(&c, &dir, &BTreeMap::new(), "alice").contains_key("bob"));
     }
@@ -263,14 +269,19 @@ mod tests {
         let c = config();
         let v1 = Version {
             number: 1,
-            directory: Arc::new(build(&c, &BTreeMap::new(), &BTreeMap::new())),
+            directory: Arc::new(build(
+                &c,
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                &Default::default(),
+            )),
             edits: Arc::new(BTreeMap::new()),
         };
         let mut pins = BTreeMap::new();
         pins.insert("bob".to_string(), pin("bob", true));
         let v2 = Version {
             number: 2,
-            directory: Arc::new(build(&c, &BTreeMap::new(), &pins)),
+            directory: Arc::new(build(&c, &BTreeMap::new(), &pins, &Default::default())),
             edits: Arc::new(BTreeMap::new()),
         };
         let mut view = snapshot(&c, &v1, "alice", 10);

@@ -272,6 +272,7 @@ pub fn parse_register(
         seal: None,
         role: Default::default(),
         via: None,
+        auto: false,
         proxy_id,
         instance_name,
         host,

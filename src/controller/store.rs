@@ -135,6 +135,9 @@ pub struct ProxyRecord {
     /// Ours only: the relay it is reached through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// Ours only: `reachable: auto`: directly when the controller's probe reaches it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto: bool,
     /// Milliseconds since the Unix epoch.
     pub registered_at_ms: u64,
     /// Milliseconds since the Unix epoch (not persisted on every heartbeat; see `Registry`).

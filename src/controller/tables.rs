@@ -629,7 +629,12 @@ mod tests {
     }
 
     fn dir(c: &Config) -> Directory {
-        crate::controller::directory::build(c, &Default::default(), &Default::default())
+        crate::controller::directory::build(
+            c,
+            &Default::default(),
+            &Default::default(),
+            &Default::default(),
+        )
     }
 
     #[test]
@@ -637,6 +642,7 @@ mod tests {
         let rec = crate::controller::store::ProxyRecord {
             role: Default::default(),
             via: None,
+            auto: false,
             tls: None,
             seal: None,
             proxy_id: "p".into(),
@@ -649,7 +655,12 @@ mod tests {
             last_seen_ms: 1,
         };
         let proxies = [("p".to_string(), rec)].into();
-        let d = crate::controller::directory::build(&config(), &proxies, &Default::default());
+        let d = crate::controller::directory::build(
+            &config(),
+            &proxies,
+            &Default::default(),
+            &Default::default(),
+        );
         let t = base_table(&config(), &d, "alice");
         assert_eq!(
             t["bob"],

@@ -86,6 +86,8 @@ pub struct LinkSettings {
     pub role: crate::wire::directory::Role,
     /// The relay this proxy is reached through (it cannot be reached at its own address).
     pub via: Option<String>,
+    /// `reachable: auto`: directly when the controller can reach it, else through `via`.
+    pub auto: bool,
     /// A relay's report, sent with each heartbeat.
     pub relay_report: Option<tokio::sync::watch::Receiver<crate::wire::control_plane::RelayReport>>,
 }
@@ -823,6 +825,7 @@ fn sign_claim(
         api_keys: Some(api_keys),
         role: settings.role,
         via: settings.via.clone(),
+        auto: settings.auto,
     };
     Signed::sign(REGISTER_DOMAIN, &claim, &settings.identity)
 }

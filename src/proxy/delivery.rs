@@ -517,7 +517,10 @@ mod tests {
         match unsigned_refusal_retried(true, refused()) {
             Outcome::Retry { what, error } => {
                 assert_eq!(what, "the relay");
-                assert!(error.starts_with("bob's proxy refused it: no (403)"), "{error}");
+                assert!(
+                    error.starts_with("bob's proxy refused it: no (403)"),
+                    "{error}"
+                );
                 assert!(error.contains("unsigned"), "{error}");
             }
             other => panic!("{other:?}"),

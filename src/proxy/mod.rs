@@ -394,6 +394,7 @@ impl Boot {
                     ),
                     role: Default::default(),
                     via: settings.via.clone(),
+                    auto: settings.auto,
                     relay_report: None,
                 };
                 Some(ControllerLink::new(link, router.clone()).start())

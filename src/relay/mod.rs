@@ -134,6 +134,7 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
                 }),
                 role: Role::Relay,
                 via: None,
+                auto: false,
                 relay_report: Some(report_rx),
             };
             ControllerLink::new(link, router).start();

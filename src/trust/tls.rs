@@ -349,6 +349,97 @@ pub fn server_config_without_clients(leaf: Arc<Leaf>) -> ServerConfig {
     config
 }
 
+/// Whether member `name` answers at `addr` as itself: a TLS 1.3 handshake in which the server
+/// shows a certificate `verifier` accepts for `name` (the overlay CA, its pinned key) and
+/// proves it holds that key. The server may then refuse this side, which shows no certificate
+/// of its own: what was asked is settled by then. Blocking; `timeout` bounds the connection
+/// and each read and write.
+pub fn answers_as(
+    verifier: Arc<OverlayVerifier>,
+    name: &str,
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// The verifier, noting that the certificate held and that the server proved its key.
+    #[derive(Debug)]
+    struct Noted {
+        inner: Arc<OverlayVerifier>,
+        certificate: AtomicBool,
+        proof: AtomicBool,
+    }
+    impl ServerCertVerifier for Noted {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let ok =
+                self.inner
+                    .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+            self.certificate.store(true, Ordering::SeqCst);
+            Ok(ok)
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            ServerCertVerifier::verify_tls12_signature(&*self.inner, message, cert, dss)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let ok = ServerCertVerifier::verify_tls13_signature(&*self.inner, message, cert, dss)?;
+            self.proof.store(true, Ordering::SeqCst);
+            Ok(ok)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            ServerCertVerifier::supported_verify_schemes(&*self.inner)
+        }
+    }
+    let noted = Arc::new(Noted {
+        inner: verifier,
+        certificate: AtomicBool::new(false),
+        proof: AtomicBool::new(false),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("the ring provider supports TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(noted.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let server = ServerName::try_from(name.to_string())
+        .map_err(|e| format!("{name} is not a TLS name: {e}"))?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server)
+        .map_err(|e| format!("cannot start a handshake: {e}"))?;
+    let mut sock = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = sock.set_read_timeout(Some(timeout));
+    let _ = sock.set_write_timeout(Some(timeout));
+    let mut ended = None;
+    while conn.is_handshaking() && ended.is_none() {
+        if let Err(e) = conn.complete_io(&mut sock) {
+            ended = Some(e.to_string());
+        }
+    }
+    if noted.certificate.load(Ordering::SeqCst) && noted.proof.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    Err(match ended {
+        Some(e) => format!("{addr} did not answer as {name}: {e}"),
+        None => format!("{addr} did not show {name}'s certificate"),
+    })
+}
+
 /// A client's TLS for overlay hops: TLS 1.3, servers checked by `verifier`, this member's
 /// leaf presented when it has one.
 pub fn client_config(leaf: Arc<Leaf>, verifier: Arc<OverlayVerifier>) -> Arc<ClientConfig> {

@@ -46,6 +46,9 @@ pub struct RegisterRequest {
     /// Ours only: the relay this proxy is reached through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// Ours only: `reachable: auto` (directly if the controller can reach it, else `via`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto: bool,
 }
 
 /// `POST /api/heartbeat` body.

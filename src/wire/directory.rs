@@ -327,6 +327,9 @@ pub struct RegisterClaim {
     /// The relay this proxy is reached through (it has no address others can reach).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// `reachable: auto`: reach it directly if the controller can, else through `via`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto: bool,
 }
 
 /// `POST /api/v1/certificate` (a signed request, like a heartbeat, from a joined proxy): a

@@ -407,3 +407,63 @@ async fn strangers_can_neither_attach_nor_send_and_are_slowed_before_any_signatu
     let s = relay_status(&plain).await;
     assert!(s["counters"]["rate_limited"].as_u64() >= Some(1), "{s}");
 }
+
+/// The controller's `GET /api/v1/proxies` (admin).
+async fn proxies(o: &TestOverlay) -> Vec<Value> {
+    let admin = std::fs::read_to_string(o.data_dir.path().join("admin.token")).expect("admin");
+    let mut r = client()
+        .get(format!("{}/api/v1/proxies", o.url("controller")))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .expect("the controller answers");
+    r.json().limit(1 << 22).await.expect("proxies")
+}
+
+async fn entry(o: &TestOverlay, name: &str) -> Value {
+    proxies(o)
+        .await
+        .into_iter()
+        .find(|p| p["instance_name"] == name)
+        .unwrap_or(Value::Null)
+}
+
+#[actix_web::test]
+async fn auto_is_direct_where_the_controller_reaches_the_proxy_and_relayed_where_not() {
+    let users = [("alice", &[][..]), ("bob", &[][..]), ("carol", &[][..])];
+    // Bob's TLS address is one where nothing answers, as behind a NAT.
+    let mut config = behind_relay(config_for(&users), &["bob"]);
+    for inst in config.instances.iter_mut() {
+        if ["alice", "bob"].contains(&inst.name.as_str()) {
+            inst.proxy.reachable = overlay::config::Reachable::Auto;
+        }
+    }
+    let o = spawn_overlay(config).await;
+    let relay = o.url("relay/relay1");
+    // Both keep a stream to the relay; the probe decides how each is reached.
+    attached(&relay, &["alice", "bob"]).await;
+    let version = eventually("alice direct, bob through the relay", || async {
+        let (alice, bob) = (entry(&o, "alice").await, entry(&o, "bob").await);
+        (alice["via"].is_null() && bob["via"] == "relay1" && alice["proxy_id"].is_string())
+            .then(|| alice["current_version"].as_u64())
+            .flatten()
+    })
+    .await;
+    eventually("carol applied that directory", || async {
+        (entry(&o, "carol").await["applied_version"].as_u64() >= Some(version)).then_some(())
+    })
+    .await;
+    let to =
+        |name: &str| -> Vec<String> { (1..=3).map(|i| format!("carol to {name} #{i}")).collect() };
+    for i in 0..3 {
+        send(&o, "carol", "alice", &to("alice")[i]).await;
+        send(&o, "carol", "bob", &to("bob")[i]).await;
+    }
+    until_texts(&o, "alice", "carol", &to("alice")).await;
+    until_texts(&o, "bob", "carol", &to("bob")).await;
+    let s = relay_status(&relay).await;
+    assert_eq!(
+        s["counters"]["messages_carried"], 3,
+        "bob's three through the relay, alice's direct: {s}"
+    );
+}

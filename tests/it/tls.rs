@@ -331,6 +331,7 @@ async fn a_proxy_without_a_certificate_from_the_ca_cannot_register_or_deliver() 
         &RegisterClaim {
             role: Default::default(),
             via: None,
+            auto: false,
             proxy_id: "alice-proxy-forged".into(),
             instance_name: "alice".into(),
             host: "127.0.0.1".into(),

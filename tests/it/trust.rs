@@ -139,6 +139,7 @@ fn claim(name: &str, proxy_id: &str, root: &Fingerprint, key: &Identity) -> Sign
         &RegisterClaim {
             role: Default::default(),
             via: None,
+            auto: false,
             tls: None,
             seal: None,
             proxy_id: proxy_id.into(),

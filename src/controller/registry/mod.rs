@@ -12,6 +12,7 @@
 //!   stream is sent; acknowledgements.
 
 mod publish;
+mod reach;
 mod tls;
 mod trust;
 
@@ -206,6 +207,8 @@ pub struct Registry {
     acked: BTreeMap<String, u64>,
     /// Each relay's last report (proxy id → report), from its heartbeats; not stored.
     relay_reports: BTreeMap<String, crate::wire::control_plane::RelayReport>,
+    /// Which `reachable: auto` proxies the controller reached directly.
+    reach: reach::Probes,
     /// Join, rotation and signed-registration attempts per source address.
     limiter: RateLimiter,
     /// Nonces of signed calls seen in the replay window, and when this registry started
@@ -272,6 +275,7 @@ impl Registry {
             dir_subs: Vec::new(),
             acked: BTreeMap::new(),
             relay_reports: BTreeMap::new(),
+            reach: Default::default(),
             limiter: RateLimiter::new(20, 20),
             nonces: Default::default(),
             started_ms: now,
@@ -317,7 +321,7 @@ impl Registry {
 
     /// The directory now: config, registrations, pinned keys.
     fn directory(&self) -> Directory {
-        let mut d = dir::build(&self.config, &self.proxies, &self.pins);
+        let mut d = dir::build(&self.config, &self.proxies, &self.pins, &self.reach.direct);
         d.cas = self.tls.trusted();
         d
     }
@@ -394,7 +398,8 @@ impl Registry {
             applied_version: self.acked(&rec.proxy_id),
             current_version: self.version,
             role: rec.role,
-            via: rec.via.clone(),
+            // As the directory says (for `reachable: auto`, what the probe found).
+            via: directory_user.and_then(|u| u.via.clone()),
             relay: self.relay_reports.get(&rec.proxy_id).cloned(),
         }
     }
@@ -520,6 +525,8 @@ impl Registry {
             },
         );
         self.acked.remove(proxy_id);
+        self.reach.forget(proxy_id);
+        self.relay_reports.remove(proxy_id);
         self.changed(ctx);
     }
 
@@ -659,6 +666,7 @@ impl Registry {
             seal: r.seal,
             role: r.role,
             via: r.via,
+            auto: r.auto,
             proxy_id: r.proxy_id,
             instance_name: r.instance_name,
             host: r.host,
@@ -715,8 +723,12 @@ impl Registry {
         );
         let id = record.proxy_id.clone();
         self.badges.insert(id.clone(), Badge::Active);
-        self.proxies.insert(id, record);
+        let probe = record.auto;
+        self.proxies.insert(id.clone(), record);
         self.changed(ctx);
+        if probe {
+            self.probe(&id, ctx);
+        }
     }
 
     /// Checks a proxy's call to the controller: signed by the key pinned to its user, for this

@@ -59,6 +59,17 @@ impl CaDesk {
         out
     }
 
+    /// A verifier of members' certificates against the directory as published (none without
+    /// TLS): what the reachability probe checks a proxy's answer with.
+    pub fn verifier(&self, root: &Fingerprint) -> Option<Arc<crate::trust::tls::OverlayVerifier>> {
+        let pins = self.pins.as_ref()?.subscribe();
+        Some(crate::trust::tls::OverlayVerifier::new(
+            root.clone(),
+            Arc::new(crate::controller::tls::PublishedPins(pins)),
+            false,
+        ))
+    }
+
     /// A new directory version: the TLS listener's verifier reads it from now on.
     pub fn publish(&self, directory: Arc<Directory>) {
         if let Some(tx) = &self.pins {

@@ -285,6 +285,7 @@ impl Registry {
             seal: c.seal,
             role: c.role,
             via: c.via.clone(),
+            auto: c.auto,
             proxy_id: c.proxy_id.clone(),
             instance_name: c.instance_name.clone(),
             host: c.host.clone(),
