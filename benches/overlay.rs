@@ -8,8 +8,10 @@
 //!
 //! `OVERLAY_BENCH_SCALE=0.2 cargo bench --bench overlay` runs a smaller, quicker version;
 //! `OVERLAY_BENCH_ONLY=delivery` runs only the delivery and latency figures, and
-//! `OVERLAY_BENCH_ONLY=throughput` only the delivery at concurrency 16 (for profiling); neither
-//! writes to `bench-results/`.
+//! `OVERLAY_BENCH_ONLY=throughput` only the delivery at concurrency 16 (for profiling), and
+//! `OVERLAY_BENCH_ONLY=relay` only the relay's figures (through a relay against direct, and
+//! the memory of 10,000 proxies attached to one relay); none of them writes to
+//! `bench-results/`.
 
 mod support;
 
@@ -34,7 +36,8 @@ fn only() -> Option<&'static str> {
     match std::env::var("OVERLAY_BENCH_ONLY").ok()?.as_str() {
         "delivery" => Some("delivery"),
         "throughput" => Some("throughput"),
-        other => panic!("OVERLAY_BENCH_ONLY={other}: expected delivery or throughput"),
+        "relay" => Some("relay"),
+        other => panic!("OVERLAY_BENCH_ONLY={other}: expected delivery, throughput or relay"),
     }
 }
 
@@ -54,12 +57,32 @@ struct Pair {
 
 impl Pair {
     async fn start() -> Pair {
-        let yaml = "controller: {listen: 127.0.0.1:0}
+        Pair::start_with(false).await
+    }
+
+    /// With `relayed`, bob's proxy is reached only through a relay (its directory entry names
+    /// a TLS address where nothing answers, as behind a NAT), in the same process.
+    async fn start_with(relayed: bool) -> Pair {
+        let mut yaml = "controller: {listen: 127.0.0.1:0}
 instances:
   - {name: alice, peer: {listen: 127.0.0.1:0}, proxy: {listen: 127.0.0.1:0}}
-  - {name: bob, peer: {listen: 127.0.0.1:0}, proxy: {listen: 127.0.0.1:0}}
-";
-        let config = Config::parse(yaml, "bench config").expect("bench config");
+"
+        .to_string();
+        if relayed {
+            let dead = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port");
+            yaml.push_str(&format!(
+                "  - {{name: bob, peer: {{listen: 127.0.0.1:0}}, proxy: {{listen: 127.0.0.1:0, \
+                 reachable: relay, tls_advertise: \"{dead}\"}}}}\n\
+                 relays:\n  - {{name: relay1, relay: {{listen: 127.0.0.1:0}}}}\n"
+            ));
+        } else {
+            yaml.push_str(
+                "  - {name: bob, peer: {listen: 127.0.0.1:0}, proxy: {listen: 127.0.0.1:0}}\n",
+            );
+        }
+        let config = Config::parse(&yaml, "bench config").expect("bench config");
         let dir = tempfile::tempdir().expect("temp dir");
         let servers = overlay::up::start_all(config, dir.path(), 1)
             .await
@@ -397,17 +420,90 @@ fn machine() -> String {
 }
 
 /// The same allocator as the `overlay` binary (src/main.rs), so the in-process figures are its.
+/// Delivered msg/s through a relay against direct, side by side in this process (each at
+/// concurrency 16 and 1, after a warm-up), and the memory of one relay holding
+/// [`support::relay::ATTACHED`] attached proxies over TLS.
+async fn relay_figures(figures: &mut Vec<Figure>) {
+    let n = scaled(3_000);
+    let mut rates = Vec::new();
+    for relayed in [false, true] {
+        let pair = Pair::start_with(relayed).await;
+        let arrivals = watch(&pair.bob).await;
+        let tag = if relayed { "relay" } else { "direct" };
+        throughput(&pair, &arrivals, &format!("{tag}-warm"), scaled(500), 16).await;
+        let c16 = throughput(&pair, &arrivals, &format!("{tag}-c16"), n * 2, 16).await;
+        let c1 = throughput(&pair, &arrivals, &format!("{tag}-c1"), n / 3, 1).await;
+        eprintln!("  {tag}: concurrency 16 {c16:.0} msg/s, concurrency 1 {c1:.0} msg/s");
+        eprintln!("  {tag}: {}", pair.signatures().await);
+        rates.push((c16, c1));
+    }
+    let ((d16, d1), (r16, r1)) = (rates[0], rates[1]);
+    for (name, direct, relayed, floor) in [
+        ("concurrency 16", d16, r16, Some((">=", 50.0))),
+        ("concurrency 1", d1, r1, None),
+    ] {
+        figures.push(Figure {
+            section: "relay",
+            name: format!("through a relay, msg/s at {name}, % of direct"),
+            value: relayed / direct * 100.0,
+            unit: "%",
+            floor,
+            note: format!(
+                "{relayed:.0} msg/s through the relay against {direct:.0} direct: the same signed \
+                 request carried down the receiver's stream, its answer posted back up"
+            ),
+        });
+    }
+    let held = support::relay::hold_idle(support::relay::ATTACHED).await;
+    let grown = held.after.saturating_sub(held.before);
+    eprintln!(
+        "  relay: {} proxies attached over TLS in {:.1} s; resident memory {:.1} MB before, \
+         {:.1} MB after ({:.1} KB each)",
+        held.attached,
+        held.took.as_secs_f64(),
+        held.before as f64 / 1e6,
+        held.after as f64 / 1e6,
+        grown as f64 / 1e3 / held.attached.max(1) as f64
+    );
+    figures.push(Figure {
+        section: "relay",
+        name: format!(
+            "resident memory of one relay, {} proxies attached",
+            held.attached
+        ),
+        value: held.after as f64 / 1e6,
+        unit: "MB",
+        floor: Some(("<=", 100.0)),
+        note: format!(
+            "each an attached stream over its own TLS connection, signed in with its own key; \
+             {:.1} KB per proxy over the relay's {:.1} MB before",
+            grown as f64 / 1e3 / held.attached.max(1) as f64,
+            held.before as f64 / 1e6
+        ),
+    });
+}
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[actix_rt::main]
 async fn main() {
+    if let Ok(args) = std::env::var(support::relay::CHILD_ENV) {
+        support::relay::child(&args).await;
+        return;
+    }
     let mut figures: Vec<Figure> = Vec::new();
     if std::env::var_os("RUST_LOG").is_some() {
         // The roles' warnings (refusals, retries), when asked for.
         overlay::logging::init();
     }
     eprintln!("overlay benchmark on {} (scale {})", machine(), scale());
+
+    if only() == Some("relay") {
+        relay_figures(&mut figures).await;
+        println!("\n{}", support::text_table(&figures));
+        return;
+    }
 
     // ---- delivery through both proxies, in-process ----
     let pair = Pair::start().await;

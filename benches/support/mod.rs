@@ -1,7 +1,10 @@
 //! Benchmark plumbing that knows nothing of overlay's insides: running the real binary,
-//! reading its memory from /proc, percentiles, the results table and the SVG chart.
+//! reading its memory from /proc, percentiles, the results table and the SVG chart; and
+//! [`relay`], the relay's figures (which do know its routes and hub).
 
 #![allow(dead_code)]
+
+pub mod relay;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -24,6 +24,9 @@ pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
 #[derive(Debug, Default)]
 pub struct SseParser {
     line: Vec<u8>,
+    /// The most data one event may gather (None: any number of lines of at most
+    /// [`MAX_LINE_BYTES`]); past it the stream is refused.
+    event_limit: Option<usize>,
     /// The previous chunk ended on `\r`: a `\n` starting the next one belongs to it.
     after_cr: bool,
     event: Option<String>,
@@ -34,12 +37,21 @@ pub struct SseParser {
 
 /// The stream is not SSE at all (a line longer than any real event).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("an event line is longer than {MAX_LINE_BYTES} bytes")]
+#[error("an event line is longer than {MAX_LINE_BYTES} bytes, or an event than its limit")]
 pub struct SseTooLong;
 
 impl SseParser {
     pub fn new() -> SseParser {
         SseParser::default()
+    }
+
+    /// A parser refusing an event whose data grows past `max` bytes (a stream from a server
+    /// not trusted to end its events).
+    pub fn with_event_limit(max: usize) -> SseParser {
+        SseParser {
+            event_limit: Some(max),
+            ..SseParser::default()
+        }
     }
 
     /// Feeds bytes; returns the events completed by them, in order.
@@ -59,7 +71,10 @@ impl SseParser {
                 }
                 b'\n' => self.end_line(&mut out),
                 _ => {
-                    if self.line.len() >= MAX_LINE_BYTES {
+                    let gathered = self.line.len() + self.data.len();
+                    if self.line.len() >= MAX_LINE_BYTES
+                        || self.event_limit.is_some_and(|max| gathered >= max)
+                    {
                         return Err(SseTooLong);
                     }
                     self.line.push(b);
@@ -140,6 +155,13 @@ mod tests {
             event: None,
             data: d.into(),
         }
+    }
+
+    #[test]
+    fn an_event_past_its_limit_ends_the_stream_however_its_lines_are_cut() {
+        let mut p = SseParser::with_event_limit(12);
+        assert_eq!(p.push(b"data: 12345\n\n").unwrap(), [data("12345")]);
+        assert!(p.push(b"data: 12345\ndata: 67890\n").is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::trust::seal::SealPublic;
 use crate::trust::PublicKey;
 use crate::wire::data_plane::{Ack, Envelope, MessageId, Receipt};
 use crate::wire::legacy;
-use crate::wire::relay::TARGET_HEADER;
+use crate::wire::relay::{TARGET_HEADER, WAIT_HEADER};
 
 /// The most of an answer read: an ack or an error is small.
 const ANSWER_LIMIT: usize = 64 * 1024;
@@ -136,7 +136,11 @@ async fn relay_one(to: ToProxy, signing: Signing) -> Outcome {
 /// (`[Ack]`, in order) and the receiver signed the acknowledgement of exactly these.
 pub async fn relay_batch(to: ToProxy, envelopes: Vec<Envelope>, signing: Signing) -> Outcome {
     let through = to.relay.is_some();
-    unsigned_refusal_retried(through, relay_many(to, envelopes, signing).await)
+    match relay_many(to, envelopes, signing).await {
+        // One envelope may be what the receiver refuses: each goes alone, and gets its own.
+        Outcome::Refused { reason } if through => Outcome::Unsupported { reason },
+        other => other,
+    }
 }
 
 async fn relay_many(to: ToProxy, envelopes: Vec<Envelope>, signing: Signing) -> Outcome {
@@ -247,10 +251,18 @@ async fn signed_post(
         }
     };
     let request = match &to.relay {
+        // The relay answers a little before this side gives up, so it hears why.
         Some(relay) => to
             .client
             .post(format!("{relay}/relay/v1/to/{}", to.name))
-            .insert_header((TARGET_HEADER, crate::proxy::signed_hop::target_of(url))),
+            .insert_header((TARGET_HEADER, crate::proxy::signed_hop::target_of(url)))
+            .insert_header((
+                WAIT_HEADER,
+                (to.timeout.saturating_sub(Duration::from_millis(500)))
+                    .max(Duration::from_millis(200))
+                    .as_millis()
+                    .to_string(),
+            )),
         None => to.client.post(url),
     }
     .insert_header((SIGNATURE_HEADER, header));

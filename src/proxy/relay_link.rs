@@ -40,6 +40,14 @@ const RETRY_FIRST_MS: u64 = 10;
 const RETRY_MAX_MS: u64 = 16_000;
 /// A stream that ran this long was healthy: the next failure starts the backoff over.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// After another process with this proxy's key took the stream over (a restart overlapping
+/// the old process, or a copied key), wait longer than the relay's window for processes
+/// taking turns, so an overlap is not taken for a cloned key.
+const AFTER_SUPERSEDED: Duration = Duration::from_secs(65);
+/// Carried requests taken at once; the stream is read no further until one is done.
+const TAKING_AT_ONCE: usize = 64;
+/// The largest event read from the relay (a request is at most the relay's body limit).
+const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// What the link needs.
 #[derive(Clone)]
@@ -66,6 +74,8 @@ pub struct RelayLink {
     failures: u32,
     rng: XorShift,
     last_error: Option<String>,
+    /// Requests being taken (bounded by [`TAKING_AT_ONCE`]).
+    taking: Arc<tokio::sync::Semaphore>,
 }
 
 impl RelayLink {
@@ -79,6 +89,7 @@ impl RelayLink {
             failures: 0,
             rng: XorShift::from_entropy(),
             last_error: None,
+            taking: Arc::new(tokio::sync::Semaphore::new(TAKING_AT_ONCE)),
         }
     }
 
@@ -111,19 +122,32 @@ impl RelayLink {
         let settings = self.settings.clone();
         let instance = self.instance.clone();
         let last_event = self.last_event.clone();
+        let taking = self.taking.clone();
         let started = std::time::Instant::now();
         let run = async move {
             let base = base?;
-            follow(&settings, &base, &instance, &last_event).await
+            follow(&settings, &base, &instance, &last_event, &taking).await
         };
         ctx.spawn(wrap_future(run).map(
-            move |ended: Result<String, String>, act: &mut Self, ctx| {
+            move |ended: Result<Ended, String>, act: &mut Self, ctx| {
                 if started.elapsed() >= HEALTHY_AFTER {
                     act.failures = 0;
                 }
                 act.failures = act.failures.saturating_add(1);
                 let why = match ended {
-                    Ok(why) | Err(why) => why,
+                    Ok(Ended::Superseded) => {
+                        log::warn!(
+                            "relay {}: another process with this proxy's key took the stream \
+                             over (a restart still overlapping, or a copied key file?); \
+                             attaching again in {} s",
+                            act.settings.relay,
+                            AFTER_SUPERSEDED.as_secs()
+                        );
+                        act.last_error = None;
+                        ctx.run_later(AFTER_SUPERSEDED, |act, ctx| act.attach(ctx));
+                        return;
+                    }
+                    Ok(Ended::Why(why)) | Err(why) => why,
                 };
                 if act.last_error.as_deref() != Some(why.as_str()) {
                     log::warn!("relay {}: {why}; attaching again", act.settings.relay);
@@ -146,13 +170,21 @@ impl Actor for RelayLink {
     }
 }
 
+/// How a stream that was attached ended.
+enum Ended {
+    /// A newer stream of this proxy's key took over.
+    Superseded,
+    Why(String),
+}
+
 /// One attach: challenge, proof, stream; ends with why (Ok: the stream ran and ended).
 async fn follow(
     settings: &RelayLinkSettings,
     base: &str,
     instance: &str,
     last_event: &Arc<std::sync::atomic::AtomicU64>,
-) -> Result<String, String> {
+    taking: &Arc<tokio::sync::Semaphore>,
+) -> Result<Ended, String> {
     let answer = post::send(
         settings.client.get(format!("{base}/relay/v1/challenge")),
         64 * 1024,
@@ -199,14 +231,17 @@ async fn follow(
             crate::hop::post::detail(res.status(), &body)
         ));
     }
-    let mut parser = SseParser::new();
+    let mut parser = SseParser::with_event_limit(MAX_EVENT_BYTES);
     let mut idle = REQUEST_TIMEOUT * 3;
     let mut session: Option<String> = None;
     loop {
         let chunk = match actix_rt::time::timeout(idle, res.next()).await {
-            Err(_) => return Ok(format!("the stream was silent for {} s", idle.as_secs())),
-            Ok(None) => return Ok("the relay closed the stream".into()),
-            Ok(Some(Err(e))) => return Ok(format!("the stream broke: {e}")),
+            Err(_) => {
+                let why = format!("the stream was silent for {} s", idle.as_secs());
+                return Ok(Ended::Why(why));
+            }
+            Ok(None) => return Ok(Ended::Why("the relay closed the stream".into())),
+            Ok(Some(Err(e))) => return Ok(Ended::Why(format!("the stream broke: {e}"))),
             Ok(Some(Ok(bytes))) => bytes,
         };
         let events = parser.push(&chunk).map_err(|e| e.to_string())?;
@@ -231,9 +266,19 @@ async fn follow(
                         }
                     };
                     last_event.fetch_max(carried.n, std::sync::atomic::Ordering::Relaxed);
-                    actix_rt::spawn(take(settings.clone(), base.to_string(), session, carried));
+                    // At most TAKING_AT_ONCE at a time: past that, the stream waits.
+                    let permit = taking
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let (settings, base) = (settings.clone(), base.to_string());
+                    actix_rt::spawn(async move {
+                        take(settings, base, session, carried).await;
+                        drop(permit);
+                    });
                 }
-                Some("superseded") => return Ok("a newer stream of this proxy took over".into()),
+                Some("superseded") => return Ok(Ended::Superseded),
                 Some("refused") => return Err(format!("it refused this proxy: {data}")),
                 _ => {}
             }

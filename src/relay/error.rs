@@ -30,6 +30,9 @@ pub enum RelayError {
     /// The body is larger than the relay carries.
     #[error("{0}")]
     TooLarge(String),
+    /// The body did not come in time.
+    #[error("{0}")]
+    Timeout(String),
     /// The relay is starting or stopping.
     #[error("{0}")]
     Unavailable(String),
@@ -46,6 +49,7 @@ impl ResponseError for RelayError {
             RelayError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             RelayError::NoAnswer(_) => StatusCode::GATEWAY_TIMEOUT,
             RelayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RelayError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 

@@ -36,8 +36,9 @@ pub const PAIR_QUEUE: usize = 64;
 pub const STREAM_BUFFER: usize = 256;
 /// How long a challenge's nonce is taken.
 pub const CHALLENGE_MS: u64 = 60_000;
-/// Most challenges outstanding (each is small; a flood is bounded by the rate limit too).
-const MAX_CHALLENGES: usize = 100_000;
+/// How long a stream's session still answers after a newer stream replaced it (a request
+/// carried on the old stream may still be being taken).
+const SESSION_AFTERLIFE_MS: u64 = 60_000;
 /// Two instances of one name taking turns within this window are fighting (a cloned key).
 pub const FIGHT_WINDOW_MS: u64 = 60_000;
 /// How long a fighting name is refused.
@@ -79,7 +80,6 @@ pub struct RelayCounters {
 /// One attached proxy.
 struct Attachment {
     instance: String,
-    session: String,
     tx: mpsc::Sender<sse::Event>,
     since_ms: u64,
     carried: u64,
@@ -107,7 +107,12 @@ pub struct Hub {
     attached: HashMap<String, Attachment>,
     pending: std::collections::BTreeMap<u64, Pending>,
     per_pair: HashMap<(String, String), usize>,
-    challenges: HashMap<String, u64>,
+    challenges: Challenges,
+    /// Session → (name, when its stream was replaced or closed): answers come with it.
+    sessions: HashMap<String, (String, Option<u64>)>,
+    /// The signed directory as last applied: an attached name revoked since is let go.
+    directory:
+        Option<tokio::sync::watch::Receiver<std::sync::Arc<crate::proxy::router::Published>>>,
     turns: HashMap<String, Turns>,
     next_n: u64,
     counters: RelayCounters,
@@ -124,7 +129,9 @@ impl Hub {
             attached: HashMap::new(),
             pending: Default::default(),
             per_pair: HashMap::new(),
-            challenges: HashMap::new(),
+            challenges: Challenges::new(),
+            sessions: HashMap::new(),
+            directory: None,
             turns: HashMap::new(),
             // Numbers go on from where a relay process before this one left off (they start
             // from the clock in µs), so a proxy's Last-Event-ID from before a restart never
@@ -134,6 +141,15 @@ impl Hub {
             report: None,
             started_ms: crate::wire::now_ms(),
         }
+    }
+
+    /// Lets go of an attached name the signed directory no longer lists as an active member.
+    pub fn with_directory(
+        mut self,
+        directory: tokio::sync::watch::Receiver<std::sync::Arc<crate::proxy::router::Published>>,
+    ) -> Hub {
+        self.directory = Some(directory);
+        self
     }
 
     /// Keeps `report` up to date with what the relay does.
@@ -171,6 +187,12 @@ impl Hub {
         }
     }
 
+    /// The name of a session: of a stream attached now, or replaced or closed in the last
+    /// minute (a request it carried may still be answered).
+    fn session_name(&self, session: &str) -> Option<String> {
+        self.sessions.get(session).map(|(name, _)| name.clone())
+    }
+
     fn settle(&mut self, n: u64) -> Option<Pending> {
         let p = self.pending.remove(&n)?;
         let pair = (p.from.clone(), p.to.clone());
@@ -189,9 +211,29 @@ impl Actor for Hub {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(SWEEP_EVERY, |hub, _| {
-            hub.attached.retain(|_, a| !a.tx.is_closed());
             let now = crate::wire::now_ms();
-            hub.challenges.retain(|_, expires| *expires > now);
+            let published = hub.directory.as_ref().map(|d| d.borrow().clone());
+            hub.attached.retain(|name, a| {
+                let member = published
+                    .as_ref()
+                    .is_none_or(|p| super::routes::member_key(&p.directory, name).is_ok());
+                if !member {
+                    let _ = a.tx.try_send(
+                        sse::Data::new("this key is no longer an active member")
+                            .event("refused")
+                            .into(),
+                    );
+                }
+                member && !a.tx.is_closed()
+            });
+            for (who, retired) in hub.sessions.values_mut() {
+                if retired.is_none() && !hub.attached.contains_key(who) {
+                    *retired = Some(now);
+                }
+            }
+            hub.sessions
+                .retain(|_, (_, retired)| retired.is_none_or(|at| at + SESSION_AFTERLIFE_MS > now));
+            hub.challenges.prune(now);
             if let Some(report) = &hub.report {
                 let s = hub.status();
                 let c = &s.counters;
@@ -218,56 +260,116 @@ fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-/// A fresh challenge for an attach.
-#[derive(Message)]
-#[rtype(result = "Result<Challenge, RelayError>")]
-pub struct IssueChallenge;
+/// Challenges without a table: a nonce is 16 random bytes, its expiry and a MAC of both under
+/// a key of this process, so handing one out costs no memory (a flood of challenges fills
+/// nothing). A nonce is spent only by an attach whose proof held, and remembered until it
+/// expires, so it is taken once.
+struct Challenges {
+    key: [u8; 32],
+    spent: HashMap<String, u64>,
+}
 
-impl Handler<IssueChallenge> for Hub {
-    type Result = Result<Challenge, RelayError>;
-
-    fn handle(&mut self, _: IssueChallenge, _: &mut Self::Context) -> Self::Result {
-        let now = crate::wire::now_ms();
-        if self.challenges.len() >= MAX_CHALLENGES {
-            self.challenges.retain(|_, expires| *expires > now);
-            if self.challenges.len() >= MAX_CHALLENGES {
-                return Err(RelayError::TooMany(
-                    "too many attaches under way on this relay: try again shortly".into(),
-                ));
-            }
+impl Challenges {
+    fn new() -> Challenges {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).expect("the operating system's random source failed");
+        Challenges {
+            key,
+            spent: HashMap::new(),
         }
-        let nonce = random_token();
+    }
+
+    fn mac(&self, body: &[u8]) -> [u8; 16] {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.key)
+            .expect("HMAC takes any key length");
+        mac.update(body);
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
+    }
+
+    fn issue(&self, relay: &str, now: u64) -> Challenge {
+        let mut body = [0u8; 24];
+        getrandom::fill(&mut body[..16]).expect("the operating system's random source failed");
         let expires_at_ms = now + CHALLENGE_MS;
-        self.challenges.insert(nonce.clone(), expires_at_ms);
-        Ok(Challenge {
-            relay: self.name.clone(),
-            nonce,
+        body[16..].copy_from_slice(&expires_at_ms.to_be_bytes());
+        let mut raw = body.to_vec();
+        raw.extend_from_slice(&self.mac(&body));
+        Challenge {
+            relay: relay.to_string(),
+            nonce: URL_SAFE_NO_PAD.encode(raw),
             expires_at_ms,
-        })
+        }
+    }
+
+    /// The nonce's expiry, when this process made it, it has not expired and is not spent.
+    fn check(&self, nonce: &str, now: u64) -> Result<u64, RelayError> {
+        let refused = |why: &str| {
+            RelayError::Unauthenticated(format!(
+                "the attach's nonce {why}: ask GET /relay/v1/challenge for a new one"
+            ))
+        };
+        let raw = URL_SAFE_NO_PAD
+            .decode(nonce)
+            .ok()
+            .filter(|r| r.len() == 40)
+            .ok_or_else(|| refused("is not one this relay makes"))?;
+        let (body, mac) = raw.split_at(24);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&self.mac(body)[..], mac)) {
+            return Err(refused("is not one this relay made"));
+        }
+        let mut at = [0u8; 8];
+        at.copy_from_slice(&body[16..]);
+        let expires = u64::from_be_bytes(at);
+        if expires <= now {
+            return Err(refused("has expired"));
+        }
+        if self.spent.contains_key(nonce) {
+            return Err(refused("was used already"));
+        }
+        Ok(expires)
+    }
+
+    fn spend(&mut self, nonce: &str, now: u64) -> Result<(), RelayError> {
+        let expires = self.check(nonce, now)?;
+        self.spent.insert(nonce.to_string(), expires);
+        Ok(())
+    }
+
+    fn prune(&mut self, now: u64) {
+        self.spent.retain(|_, expires| *expires > now);
     }
 }
 
-/// Uses up a challenge's nonce: Ok when this relay handed it out, not long ago, and it was
-/// not used before.
+/// A fresh challenge for an attach.
+#[derive(Message)]
+#[rtype(result = "Challenge")]
+pub struct IssueChallenge;
+
+impl Handler<IssueChallenge> for Hub {
+    type Result = actix::MessageResult<IssueChallenge>;
+
+    fn handle(&mut self, _: IssueChallenge, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(self.challenges.issue(&self.name, crate::wire::now_ms()))
+    }
+}
+
+/// Whether a nonce is one this relay handed out, unexpired and unspent (spent by [`Attach`]).
 #[derive(Message)]
 #[rtype(result = "Result<(), RelayError>")]
-pub struct TakeNonce(pub String);
+pub struct CheckNonce(pub String);
 
-impl Handler<TakeNonce> for Hub {
+impl Handler<CheckNonce> for Hub {
     type Result = Result<(), RelayError>;
 
-    fn handle(&mut self, msg: TakeNonce, _: &mut Self::Context) -> Self::Result {
-        match self.challenges.remove(&msg.0) {
-            Some(expires) if expires > crate::wire::now_ms() => Ok(()),
-            _ => {
-                self.counters.attaches_refused += 1;
-                Err(RelayError::Unauthenticated(
-                    "the attach's nonce is not one this relay handed out in the last minute, or \
-                     it was used already: ask GET /relay/v1/challenge for a new one"
-                        .into(),
-                ))
-            }
+    fn handle(&mut self, msg: CheckNonce, _: &mut Self::Context) -> Self::Result {
+        let checked = self.challenges.check(&msg.0, crate::wire::now_ms());
+        if checked.is_err() {
+            self.counters.attaches_refused += 1;
         }
+        checked.map(|_| ())
     }
 }
 
@@ -277,6 +379,8 @@ impl Handler<TakeNonce> for Hub {
 pub struct Attach {
     /// Its name, as the directory lists it.
     pub name: String,
+    /// The challenge's nonce its proof signed: spent now.
+    pub nonce: String,
     /// The process holding the key (random per start).
     pub instance: String,
     /// The last request number it got (`Last-Event-ID`).
@@ -289,6 +393,10 @@ impl Handler<Attach> for Hub {
     fn handle(&mut self, msg: Attach, _: &mut Self::Context) -> Self::Result {
         let now = crate::wire::now_ms();
         let key = msg.name.to_ascii_lowercase();
+        if let Err(e) = self.challenges.spend(&msg.nonce, now) {
+            self.counters.attaches_refused += 1;
+            return Err(e);
+        }
         let turns = self.turns.entry(key.clone()).or_default();
         if turns.banned_until_ms > now {
             self.counters.attaches_refused += 1;
@@ -365,7 +473,10 @@ impl Handler<Attach> for Hub {
         );
         // What was carried to this name and not answered, past what it says it got.
         let after = msg.last_event.unwrap_or(0);
-        for (n, p) in self.pending.range(after + 1..) {
+        for (n, p) in self
+            .pending
+            .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+        {
             if p.to == key && tx.try_send(p.event.clone()).is_err() {
                 log::warn!(
                     "relay {}: request {n} for {key} not replayed (stream full)",
@@ -373,14 +484,20 @@ impl Handler<Attach> for Hub {
                 );
             }
         }
+        let new_session = session.clone();
+        self.sessions.insert(session, (key.clone(), None));
         let attachment = Attachment {
             instance: msg.instance,
-            session,
             tx,
             since_ms: now,
             carried: 0,
         };
-        if let Some(old) = self.attached.insert(key, attachment) {
+        if let Some(old) = self.attached.insert(key.clone(), attachment) {
+            for (s, (who, retired)) in self.sessions.iter_mut() {
+                if *who == key && retired.is_none() && *s != new_session {
+                    *retired = Some(now);
+                }
+            }
             self.counters.superseded += 1;
             let _ = old.tx.try_send(
                 sse::Data::new("a newer stream of this proxy took over")
@@ -500,6 +617,19 @@ impl Handler<Abandon> for Hub {
     }
 }
 
+/// The name a session is of (attached now, or in the last minute).
+#[derive(Message)]
+#[rtype(result = "Option<String>")]
+pub struct SessionOf(pub String);
+
+impl Handler<SessionOf> for Hub {
+    type Result = Option<String>;
+
+    fn handle(&mut self, msg: SessionOf, _: &mut Self::Context) -> Self::Result {
+        self.session_name(&msg.0)
+    }
+}
+
 /// The attached proxy of `session` answers request `n`.
 #[derive(Message)]
 #[rtype(result = "Result<(), RelayError>")]
@@ -512,12 +642,7 @@ impl Handler<Answer> for Hub {
     type Result = Result<(), RelayError>;
 
     fn handle(&mut self, msg: Answer, _: &mut Self::Context) -> Self::Result {
-        let Some(name) = self
-            .attached
-            .iter()
-            .find(|(_, a)| a.session == msg.session)
-            .map(|(k, _)| k.clone())
-        else {
+        let Some(name) = self.session_name(&msg.session) else {
             return Err(RelayError::Unauthenticated(
                 "no stream attached to this relay has that session: attach again".into(),
             ));
@@ -611,9 +736,10 @@ impl Handler<Sessions> for Hub {
 
     fn handle(&mut self, _: Sessions, _: &mut Self::Context) -> Self::Result {
         actix::MessageResult(
-            self.attached
+            self.sessions
                 .iter()
-                .map(|(k, a)| (k.clone(), a.session.clone()))
+                .filter(|(_, (_, retired))| retired.is_none())
+                .map(|(s, (name, _))| (name.clone(), s.clone()))
                 .collect(),
         )
     }
@@ -638,12 +764,22 @@ mod tests {
         }
     }
 
-    fn attach(name: &str, instance: &str, last: Option<u64>) -> Attach {
-        Attach {
+    /// Attaches `name` as `instance`, with a fresh challenge's nonce.
+    async fn attach(
+        hub: &actix::Addr<Hub>,
+        name: &str,
+        instance: &str,
+        last: Option<u64>,
+    ) -> Result<mpsc::Receiver<sse::Event>, RelayError> {
+        let c = hub.send(IssueChallenge).await.unwrap();
+        hub.send(Attach {
             name: name.into(),
+            nonce: c.nonce,
             instance: instance.into(),
             last_event: last,
-        }
+        })
+        .await
+        .unwrap()
     }
 
     async fn next_event(rx: &mut mpsc::Receiver<sse::Event>) -> String {
@@ -664,14 +800,10 @@ mod tests {
     #[actix_rt::test]
     async fn a_carried_request_is_answered_only_by_its_receiver_and_then_settled() {
         let hub = Hub::new("r", Duration::from_secs(15)).start();
-        let mut bob = hub.send(attach("bob", "b1", None)).await.unwrap().unwrap();
+        let mut bob = attach(&hub, "bob", "b1", None).await.unwrap();
         let hello = next_event(&mut bob).await;
         assert!(hello.contains("attached"), "{hello}");
-        let mut carol = hub
-            .send(attach("carol", "c1", None))
-            .await
-            .unwrap()
-            .unwrap();
+        let mut carol = attach(&hub, "carol", "c1", None).await.unwrap();
         next_event(&mut carol).await;
         let (n, answer) = hub.send(send("alice", "bob")).await.unwrap().unwrap();
         let ev = next_event(&mut bob).await;
@@ -711,7 +843,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_full_pair_queue_drops_and_says_so_without_blocking_other_senders() {
         let hub = Hub::new("r", Duration::from_secs(15)).start();
-        let _bob = hub.send(attach("bob", "b1", None)).await.unwrap().unwrap();
+        let _bob = attach(&hub, "bob", "b1", None).await.unwrap();
         let mut waiting = Vec::new();
         for _ in 0..PAIR_QUEUE {
             waiting.push(hub.send(send("alice", "bob")).await.unwrap().unwrap());
@@ -734,18 +866,14 @@ mod tests {
     #[actix_rt::test]
     async fn the_newest_attach_wins_and_gets_what_the_old_stream_had_not_passed_on() {
         let hub = Hub::new("r", Duration::from_secs(15)).start();
-        let mut old = hub.send(attach("bob", "b1", None)).await.unwrap().unwrap();
+        let mut old = attach(&hub, "bob", "b1", None).await.unwrap();
         next_event(&mut old).await;
         let (n1, _a1) = hub.send(send("alice", "bob")).await.unwrap().unwrap();
         let (n2, _a2) = hub.send(send("alice", "bob")).await.unwrap().unwrap();
         next_event(&mut old).await;
         next_event(&mut old).await;
         // Same process, reconnecting: it had got n1 only.
-        let mut new = hub
-            .send(attach("bob", "b1", Some(n1)))
-            .await
-            .unwrap()
-            .unwrap();
+        let mut new = attach(&hub, "bob", "b1", Some(n1)).await.unwrap();
         assert!(next_event(&mut old).await.contains("superseded"));
         assert!(next_event(&mut new).await.contains("attached"));
         let replayed = next_event(&mut new).await;
@@ -765,58 +893,95 @@ mod tests {
     #[actix_rt::test]
     async fn two_processes_taking_turns_with_one_key_are_refused_and_flagged() {
         let hub = Hub::new("r", Duration::from_secs(15)).start();
-        let _a = hub.send(attach("bob", "A", None)).await.unwrap().unwrap();
-        let _b = hub.send(attach("bob", "B", None)).await.unwrap().unwrap();
-        let e = hub
-            .send(attach("bob", "A", None))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let _a = attach(&hub, "bob", "A", None).await.unwrap();
+        let _b = attach(&hub, "bob", "B", None).await.unwrap();
+        let e = attach(&hub, "bob", "A", None).await.unwrap_err();
         assert!(
             matches!(e, RelayError::Forbidden(ref m) if m.contains("cloned")),
             "{e:?}"
         );
-        let e = hub
-            .send(attach("bob", "B", None))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let e = attach(&hub, "bob", "B", None).await.unwrap_err();
         assert!(matches!(e, RelayError::Forbidden(_)), "{e:?}");
         let status = hub.send(Status).await.unwrap();
         assert_eq!(status.flagged, vec!["bob".to_string()]);
         assert_eq!(status.counters.fighters_flagged, 1);
         assert!(status.attached.is_empty());
         // A restart (a new instance replacing the old one for good) is not a fight.
-        let _c = hub
-            .send(attach("carol", "C1", None))
-            .await
-            .unwrap()
-            .unwrap();
-        let _c = hub
-            .send(attach("carol", "C2", None))
-            .await
-            .unwrap()
-            .unwrap();
-        let _c = hub
-            .send(attach("carol", "C2", None))
-            .await
-            .unwrap()
-            .unwrap();
+        let _c = attach(&hub, "carol", "C1", None).await.unwrap();
+        let _c = attach(&hub, "carol", "C2", None).await.unwrap();
+        let _c = attach(&hub, "carol", "C2", None).await.unwrap();
         let status = hub.send(Status).await.unwrap();
         assert_eq!(status.flagged, vec!["bob".to_string()]);
     }
 
     #[actix_rt::test]
-    async fn a_nonce_is_taken_once() {
+    async fn a_nonce_is_this_relays_unexpired_and_taken_once() {
         let hub = Hub::new("r", Duration::from_secs(15)).start();
-        let c = hub.send(IssueChallenge).await.unwrap().unwrap();
+        let c = hub.send(IssueChallenge).await.unwrap();
         assert_eq!(c.relay, "r");
-        hub.send(TakeNonce(c.nonce.clone())).await.unwrap().unwrap();
-        assert!(hub.send(TakeNonce(c.nonce)).await.unwrap().is_err());
+        hub.send(CheckNonce(c.nonce.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        let attach_with = |nonce: String| Attach {
+            name: "bob".into(),
+            nonce,
+            instance: "b1".into(),
+            last_event: None,
+        };
+        hub.send(attach_with(c.nonce.clone()))
+            .await
+            .unwrap()
+            .unwrap();
+        let again = hub.send(attach_with(c.nonce.clone())).await.unwrap();
+        assert!(matches!(again, Err(RelayError::Unauthenticated(ref m)) if m.contains("used")));
+        assert!(hub.send(CheckNonce(c.nonce)).await.unwrap().is_err());
         assert!(hub
-            .send(TakeNonce("made-up".into()))
+            .send(CheckNonce("made-up".into()))
             .await
             .unwrap()
             .is_err());
+        // Another relay process's nonce (another key), and an expired one of this one.
+        let other = Challenges::new().issue("r", crate::wire::now_ms());
+        assert!(hub.send(CheckNonce(other.nonce)).await.unwrap().is_err());
+        let mine = Challenges::new();
+        let old = mine.issue("r", 1_000);
+        assert!(mine.check(&old.nonce, 1_000 + CHALLENGE_MS).is_err());
+        assert!(mine.check(&old.nonce, 1_000 + CHALLENGE_MS - 1).is_ok());
+    }
+
+    #[actix_rt::test]
+    async fn a_huge_last_event_id_replays_nothing_and_the_hub_lives_on() {
+        let hub = Hub::new("r", Duration::from_secs(15)).start();
+        let _bob = attach(&hub, "bob", "b1", None).await.unwrap();
+        let _ = hub.send(send("alice", "bob")).await.unwrap().unwrap();
+        let mut again = attach(&hub, "bob", "b1", Some(u64::MAX)).await.unwrap();
+        assert!(next_event(&mut again).await.contains("attached"));
+        assert!(again.try_recv().is_err(), "nothing after the last number");
+        assert_eq!(hub.send(Status).await.unwrap().waiting, 1);
+    }
+
+    #[actix_rt::test]
+    async fn an_answer_from_a_stream_replaced_moments_ago_still_counts() {
+        let hub = Hub::new("r", Duration::from_secs(15)).start();
+        let _old = attach(&hub, "bob", "b1", None).await.unwrap();
+        let old_session = hub.send(Sessions).await.unwrap()["bob"].clone();
+        let (n, answer) = hub.send(send("alice", "bob")).await.unwrap().unwrap();
+        // The stream breaks while bob takes the request; it attaches again saying it got it.
+        let _new = attach(&hub, "bob", "b1", Some(n)).await.unwrap();
+        let answered = Answered {
+            n,
+            status: 200,
+            ack: None,
+            body: "{}".into(),
+        };
+        hub.send(Answer {
+            session: old_session,
+            answered: answered.clone(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(answer.await.unwrap(), answered);
     }
 }

@@ -31,10 +31,6 @@ use crate::web::{common_routes, Health, Running};
 use crate::wire::directory::{Role, TlsAddress};
 use crate::wire::host_port::HostPort;
 
-/// How long a sender's request waits for the receiver's answer through the relay (below the
-/// senders' attempt timeout would cut answers short; above it, nobody waits for them).
-pub const ANSWER_WAIT: Duration = Duration::from_secs(20);
-
 /// Starts relay `settings.name`: its plain listener on `listener`, its TLS listener as
 /// configured.
 pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Result<Running> {
@@ -114,6 +110,7 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
             let (report_tx, report_rx) = tokio::sync::watch::channel(Default::default());
             let hub = hub::Hub::new(settings.name.as_str(), settings.ping_every)
                 .with_report(report_tx)
+                .with_directory(published.clone())
                 .start();
             let link = LinkSettings {
                 controller_url,
@@ -143,7 +140,6 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
                 hub,
                 published,
                 settings.max_body_bytes,
-                ANSWER_WAIT,
                 settings.ping_every,
             )
         })

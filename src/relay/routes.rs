@@ -20,10 +20,12 @@ use actix_web_lab::sse;
 use serde_json::value::RawValue;
 
 use super::error::RelayError;
-use super::hub::{Abandon, Answer, Attach, Hub, IssueChallenge, Refused, Send, Status, TakeNonce};
+use super::hub::{
+    Abandon, Answer, Attach, CheckNonce, Hub, IssueChallenge, Refused, Send, SessionOf, Status,
+};
 use crate::proxy::router::Published;
 use crate::trust::limiter::RateLimiter;
-use crate::trust::request::{self, NonceCache, RequestLine, MAX_SKEW_MS, SIGNATURE_HEADER};
+use crate::trust::request::{self, RequestLine, MAX_SKEW_MS, SIGNATURE_HEADER};
 use crate::trust::tls::OverTls;
 use crate::trust::PublicKey;
 use crate::web::{read_limited, BodyError};
@@ -31,17 +33,23 @@ use crate::wire::data_plane::ACK_HEADER;
 use crate::wire::directory::{Directory, UserState};
 use crate::wire::relay::{
     Answered, AttachProof, ATTACH_HEADER, CARRIED_TARGETS, RELAYED_HEADER, SESSION_HEADER,
-    TARGET_HEADER,
+    TARGET_HEADER, WAIT_HEADER,
 };
 
-/// Attaches (and challenges) one source address may make: a burst, then per minute.
-const ATTACH_BURST: u32 = 30;
-const ATTACH_PER_MINUTE: u32 = 120;
+/// Attaches (and challenges: an attach takes two) one source address may make: a burst, then
+/// per minute; many proxies may share one address behind a carrier's NAT, and all come back
+/// at once after a relay restart.
+const ATTACH_BURST: u32 = 200;
+const ATTACH_PER_MINUTE: u32 = 1_200;
 /// Sends one source address may make (many proxies may share one address behind NAT).
 const SEND_BURST: u32 = 2_000;
 const SEND_PER_MINUTE: u32 = 120_000;
-/// The most of an answer read from the receiver.
-const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
+/// The most of an answer read from the receiver (an acknowledgement of a batch, or an error).
+const ANSWER_LIMIT: usize = 1024 * 1024;
+/// How long a sender's request waits for its answer when the sender does not say
+/// ([`WAIT_HEADER`]); and the longest it may ask for.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(8);
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// What the routes share.
 #[derive(Clone)]
@@ -52,10 +60,7 @@ pub struct RelayState {
     pub published: tokio::sync::watch::Receiver<Arc<Published>>,
     pub attach_limit: Arc<Mutex<RateLimiter>>,
     pub send_limit: Arc<Mutex<RateLimiter>>,
-    pub nonces: Arc<Mutex<NonceCache>>,
     pub max_body_bytes: usize,
-    /// How long a sender's request waits for the receiver's answer.
-    pub wait: Duration,
     pub ping_every: Duration,
 }
 
@@ -65,7 +70,6 @@ impl RelayState {
         hub: Addr<Hub>,
         published: tokio::sync::watch::Receiver<Arc<Published>>,
         max_body_bytes: usize,
-        wait: Duration,
         ping_every: Duration,
     ) -> RelayState {
         RelayState {
@@ -77,9 +81,7 @@ impl RelayState {
                 ATTACH_PER_MINUTE,
             ))),
             send_limit: Arc::new(Mutex::new(RateLimiter::new(SEND_BURST, SEND_PER_MINUTE))),
-            nonces: Arc::default(),
             max_body_bytes,
-            wait,
             ping_every,
         }
     }
@@ -180,7 +182,7 @@ async fn challenge(
 ) -> Result<HttpResponse, RelayError> {
     over_tls(&req)?;
     state.limit(&req, &state.attach_limit, "attaches").await?;
-    let c = state.ask(IssueChallenge).await??;
+    let c = state.ask(IssueChallenge).await?;
     Ok(HttpResponse::Ok().json(c))
 }
 
@@ -223,7 +225,7 @@ async fn attach(
             proof.time_ms.abs_diff(now) / 1000
         ))));
     }
-    state.ask(TakeNonce(proof.nonce.clone())).await??;
+    state.ask(CheckNonce(proof.nonce.clone())).await??;
     let key = state.member_key(&proof.name).map_err(refused)?;
     if !proof.verify(&key) {
         return Err(refused(RelayError::Unauthenticated(format!(
@@ -239,6 +241,7 @@ async fn attach(
     let rx = state
         .ask(Attach {
             name: proof.name.clone(),
+            nonce: proof.nonce.clone(),
             instance: proof.instance.clone(),
             last_event,
         })
@@ -287,12 +290,7 @@ async fn send(
             )))
         })?
         .to_string();
-    let body = read_limited(&req, payload, state.max_body_bytes)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge { .. } => RelayError::TooLarge(e.to_string()),
-            other => RelayError::BadRequest(other.to_string()),
-        })?;
+    let body = read_body(&req, payload, state.max_body_bytes).await?;
     let h = request::parse(&signature)
         .map_err(|e| refused(RelayError::Unauthenticated(e.to_string())))?;
     let key = state.member_key(&h.origin).map_err(refused)?;
@@ -302,14 +300,21 @@ async fn send(
         target: &target,
         body: &body,
     };
-    request::verify(&h, &line, &to, &h.origin, &key, now, 0)
-        .map_err(|e| refused(RelayError::Unauthenticated(e.to_string())))?;
-    state
-        .nonces
-        .lock()
-        .map_err(|_| RelayError::Unavailable("the relay's nonce memory failed".into()))?
-        .check(&h, now)
-        .map_err(|e| refused(RelayError::Unauthenticated(e.to_string())))?;
+    // The signature proves a member sent it, for this receiver; replays are the receiver's
+    // to refuse (its nonce memory), and a member replaying its own requests only sends more.
+    request::verify(&h, &line, &to, &h.origin, &key, now, 0).map_err(|e| {
+        refused(match e {
+            request::RequestError::Skew(_) => RelayError::Unavailable(e.to_string()),
+            other => RelayError::Unauthenticated(other.to_string()),
+        })
+    })?;
+    let wait = req
+        .headers()
+        .get(WAIT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(DEFAULT_WAIT, Duration::from_millis)
+        .min(MAX_WAIT);
     let (raw, messages) = json_body(&body).map_err(refused)?;
     let (n, reply) = state
         .ask(Send {
@@ -321,7 +326,7 @@ async fn send(
             messages,
         })
         .await??;
-    let answered = match actix_rt::time::timeout(state.wait, reply).await {
+    let answered = match actix_rt::time::timeout(wait, reply).await {
         Ok(Ok(answered)) => answered,
         Ok(Err(_)) => {
             return Err(RelayError::Unavailable(format!(
@@ -332,10 +337,10 @@ async fn send(
         Err(_) => {
             state.hub.do_send(Abandon(n));
             return Err(RelayError::NoAnswer(format!(
-                "{to}'s proxy did not answer through relay {} within {} s: it may have taken \
+                "{to}'s proxy did not answer through relay {} within {:.1} s: it may have taken \
                  it; send it again (a repeat is acknowledged, not stored twice)",
                 state.name,
-                state.wait.as_secs()
+                wait.as_secs_f32()
             )));
         }
     };
@@ -348,6 +353,21 @@ async fn send(
         out.insert_header((ACK_HEADER, ack));
     }
     Ok(out.body(answered.body))
+}
+
+/// A request's body, up to `limit`: too large is 413, a body that does not come in time 408.
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, RelayError> {
+    read_limited(req, payload, limit)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { .. } => RelayError::TooLarge(e.to_string()),
+            BodyError::Unreadable(_) => RelayError::Timeout(e.to_string()),
+            other => RelayError::BadRequest(other.to_string()),
+        })
 }
 
 /// The body as JSON to embed byte for byte, and how many messages it holds (a list: each).
@@ -394,9 +414,13 @@ async fn answer(
             ))
         })?
         .to_string();
-    let body = read_limited(&req, payload, ANSWER_LIMIT)
-        .await
-        .map_err(|e| RelayError::BadRequest(e.to_string()))?;
+    // The session first: a stranger's answer is not read.
+    if state.ask(SessionOf(session.clone())).await?.is_none() {
+        return Err(RelayError::Unauthenticated(
+            "no stream attached to this relay has that session: attach again".into(),
+        ));
+    }
+    let body = read_body(&req, payload, ANSWER_LIMIT).await?;
     let answered: Answered = serde_json::from_slice(&body)
         .map_err(|e| RelayError::BadRequest(format!("the answer is not an Answered: {e}")))?;
     state.ask(Answer { session, answered }).await??;

@@ -31,6 +31,9 @@ pub const ATTACH_HEADER: &str = "overlay-relay-attach";
 pub const TARGET_HEADER: &str = "overlay-relay-target";
 /// The header carrying an attached stream's session token.
 pub const SESSION_HEADER: &str = "overlay-relay-session";
+/// How long (ms) a sender waits for its answer: the relay answers 504 a little before, so the
+/// sender hears why instead of timing out.
+pub const WAIT_HEADER: &str = "overlay-relay-wait";
 /// Set on an answer that came from the receiver (its status and body are the receiver's); an
 /// answer without it is the relay's own.
 pub const RELAYED_HEADER: &str = "overlay-relayed";

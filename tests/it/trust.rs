@@ -83,7 +83,14 @@ struct Ctl {
 }
 
 async fn controller() -> Ctl {
-    let config = crate::helpers::without_tls(config_for(&[("alice", &[]), ("bob", &[])]));
+    controller_of(crate::helpers::without_tls(config_for(&[
+        ("alice", &[]),
+        ("bob", &[]),
+    ])))
+    .await
+}
+
+async fn controller_of(config: overlay::config::Config) -> Ctl {
     let dir = tempfile::tempdir().unwrap();
     let server = spawn_controller(&config, dir.path(), free_listener()).await;
     let root = overlay::controller::trust::root_fingerprint(dir.path()).unwrap();
@@ -165,6 +172,59 @@ fn join_request(token: &JoinToken, name: &str, root: &Fingerprint, key: &Identit
 
 // ---------------------------------------------------------------------------------------------
 // Joining.
+
+#[actix_web::test]
+async fn the_controllers_config_says_who_is_a_relay_not_the_member() {
+    let mut config = crate::helpers::without_tls(config_for(&[("alice", &[])]));
+    config
+        .relays
+        .push(serde_yaml::from_str("{name: relay9, relay: {listen: 127.0.0.1:0}}").unwrap());
+    let c = controller_of(config).await;
+    let as_role = |name: &str, role: overlay::wire::directory::Role, key: &Identity| {
+        let token_name = name.to_string();
+        let key_pub = key.public();
+        let root = c.root.clone();
+        let mut claim = claim(name, &format!("{name}-proxy"), &c.root, key);
+        let mut inner = claim.verify(REGISTER_DOMAIN, &key_pub).unwrap();
+        inner.role = role;
+        claim = Signed::sign(REGISTER_DOMAIN, &inner, key);
+        (token_name, root, claim)
+    };
+    for (name, role, says) in [
+        (
+            "relay9",
+            overlay::wire::directory::Role::User,
+            "is a relay in the controller's config",
+        ),
+        (
+            "alice",
+            overlay::wire::directory::Role::Relay,
+            "lists no relay of that name",
+        ),
+    ] {
+        let key = Identity::generate();
+        let token = c.token(name, json!({})).await;
+        let (_, root, claim) = as_role(name, role, &key);
+        let request = JoinRequest {
+            token_id: token.id().to_string(),
+            proof: token.proof(&root, name, &key.public()),
+            claim,
+        };
+        let (s, v) = post(&format!("{}/api/v1/join", c.url), None, &request).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{name}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(says), "{v}");
+    }
+    let key = Identity::generate();
+    let token = c.token("relay9", json!({})).await;
+    let (_, root, claim) = as_role("relay9", overlay::wire::directory::Role::Relay, &key);
+    let request = JoinRequest {
+        token_id: token.id().to_string(),
+        proof: token.proof(&root, "relay9", &key.public()),
+        claim,
+    };
+    let (s, v) = post(&format!("{}/api/v1/join", c.url), None, &request).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
 
 #[actix_web::test]
 async fn a_sniffed_join_replayed_with_another_key_is_refused_and_pins_nothing() {

@@ -28,7 +28,7 @@ use crate::config::InstanceName;
 use crate::trust::{Fingerprint, JoinToken, PublicKey, Signed};
 use crate::wire::control_plane::{RegisterRequest, NATIVE_PROTOCOL};
 use crate::wire::directory::{
-    Certified, JoinRequest, RegisterClaim, RotateClaim, RotateRequest, Snapshot, UserEntry,
+    Certified, JoinRequest, RegisterClaim, Role, RotateClaim, RotateRequest, Snapshot, UserEntry,
     CLAIM_SKEW_MS, REGISTER_DOMAIN, ROTATE_DOMAIN,
 };
 use crate::wire::now_ms;
@@ -264,6 +264,30 @@ impl Registry {
             )));
         }
         InstanceName::parse(&c.instance_name).map_err(ControllerError::BadRequest)?;
+        // The role is the controller's to say, from its config: a member cannot make itself a
+        // relay (and vanish from tables, or report for one), nor a relay a user (and send).
+        let relay = self
+            .config
+            .relays
+            .iter()
+            .any(|r| r.name.matches(&c.instance_name));
+        match (c.role, relay) {
+            (Role::Relay, false) => {
+                return Err(forbidden(format!(
+                    "{} registers as a relay, but the controller's config lists no relay of \
+                     that name: add it under `relays:` in the controller's config.yaml",
+                    c.instance_name
+                )))
+            }
+            (Role::User, true) => {
+                return Err(forbidden(format!(
+                    "{} is a relay in the controller's config (`relays:`): it registers as one \
+                     (`overlay relay --name {}`), not as a user's proxy",
+                    c.instance_name, c.instance_name
+                )))
+            }
+            _ => {}
+        }
         if c.protocol != NATIVE_PROTOCOL {
             return Err(ControllerError::BadRequest(format!(
                 "protocol must be {NATIVE_PROTOCOL}"
