@@ -391,6 +391,8 @@ pub fn url_table(servers: &[Running]) -> String {
             "dashboard"
         } else if s.label.starts_with("peer/") {
             "chat page"
+        } else if s.label.starts_with("relay/") {
+            "relay"
         } else {
             "proxy"
         };

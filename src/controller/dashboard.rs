@@ -209,6 +209,7 @@ pub fn proxy_row(p: &ProxyView) -> Markup {
                     code.pid title=(p.proxy_id) { (p.short_id()) }
                     @if p.unauthenticated() { (unauthenticated_label()) }
                     @if !p.in_config { span.tag title="not in config.yaml: gets the BOT endpoint alone, plus edits" { "not in config" } }
+                    @if !p.role.is_user() { span.tag.native title="carries messages for proxies behind NAT" { "relay" } }
                     @if p.protocol.is_some() { span.tag.native title="speaks the native protocol" { (p.protocol.as_deref().unwrap_or_default()) } }
                     @else { span.tag title="registered without a protocol: an original proxy" { "legacy" } }
                 }
@@ -228,18 +229,27 @@ pub fn proxy_row(p: &ProxyView) -> Markup {
             }
             @if p.role.is_user() {
                 (endpoint_table(p))
+                details.editor {
+                    summary { "Edit table as JSON" }
+                    textarea.table-json spellcheck="false" rows=(table_json.lines().count().clamp(6, 18)) { (table_json) }
+                    div.editor-actions {
+                        button.save type="button" { "Validate and save" }
+                        span.edit-msg role="status" {}
+                    }
+                }
             } @else {
                 (relay_panel(p))
             }
-            details.editor {
-                summary { "Edit table as JSON" }
-                textarea.table-json spellcheck="false" rows=(table_json.lines().count().clamp(6, 18)) { (table_json) }
-                div.editor-actions {
-                    button.save type="button" { "Validate and save" }
-                    span.edit-msg role="status" {}
-                }
-            }
         }
+    }
+}
+
+/// A byte count for people: bytes, KiB or MiB.
+fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} bytes"),
+        1024..1_048_576 => format!("{} KiB", n / 1024),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
     }
 }
 
@@ -247,7 +257,6 @@ pub fn proxy_row(p: &ProxyView) -> Markup {
 fn relay_panel(p: &ProxyView) -> Markup {
     html! {
         div.relay {
-            span.tag.native title="carries messages for proxies behind NAT" { "relay" }
             @match &p.relay {
                 None => p.empty { "No report yet (it reports with each heartbeat)." },
                 Some(r) => {
@@ -261,7 +270,7 @@ fn relay_panel(p: &ProxyView) -> Markup {
                     }
                     p.relay-traffic {
                         "Since " (time(r.started_ms)) ": " (r.messages_carried) " messages carried in " (r.requests_carried)
-                        " requests (" (r.bytes_carried / 1024) " KiB); dropped (queue full) "
+                        " requests (" (bytes(r.bytes_carried)) "); dropped (queue full) "
                         (r.dropped) ", receiver not attached " (r.not_here) ", refused "
                         (r.refused)
                     }
@@ -729,6 +738,7 @@ mod tests {
             html.contains("7 messages carried in 3 requests (4 KiB)"),
             "{html}"
         );
+        assert_eq!(bytes(699), "699 bytes");
         assert!(html.contains("cloned key: mallory"), "{html}");
         assert!(
             !html.contains("endpoint"),

@@ -117,7 +117,10 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
                 proxy_id,
                 instance_name: settings.name.to_string(),
                 advertise: settings.advertise.clone(),
-                heartbeat_every: Duration::from_secs(settings.liveness.heartbeat_every_secs.max(1)),
+                // Its report rides on heartbeats: a few seconds old at most on the dashboard.
+                heartbeat_every: Duration::from_secs(
+                    settings.liveness.heartbeat_every_secs.clamp(1, 5),
+                ),
                 ai_endpoints: Vec::new(),
                 identity,
                 seal: None,

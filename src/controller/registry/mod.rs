@@ -381,7 +381,12 @@ impl Registry {
                 .config
                 .instances
                 .iter()
-                .any(|i| i.name.matches(&rec.instance_name)),
+                .any(|i| i.name.matches(&rec.instance_name))
+                || self
+                    .config
+                    .relays
+                    .iter()
+                    .any(|r| r.name.matches(&rec.instance_name)),
             host: rec.host.clone(),
             port: rec.port,
             protocol: rec.protocol.clone(),
