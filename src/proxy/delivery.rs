@@ -113,14 +113,33 @@ pub struct Signing {
 /// `POST {proxy}/api/v1/relay`: another proxy of ours; its 200 Ack, signed, means it stored it.
 pub async fn relay(to: ToProxy, signing: Signing) -> Outcome {
     let through = to.relay.is_some();
-    unsigned_refusal_retried(through, relay_one(to, signing).await)
+    let (outcome, signed) = relay_one(to, signing).await;
+    unsigned_refusal_retried(through && !signed, outcome)
 }
 
-async fn relay_one(to: ToProxy, signing: Signing) -> Outcome {
+/// The attempt, and whether its answer, an error, was signed by the receiver.
+async fn relay_one(to: ToProxy, signing: Signing) -> (Outcome, bool) {
     let what = format!("{}'s proxy", to.name);
     let id = to.envelope.id.clone();
     let url = format!("{}/api/v1/relay", to.base_url);
-    let (answer, sent) = signed_post(&to, &url, vec![to.envelope.clone()], &signing).await;
+    let (answer, sent, nonce) = signed_post(&to, &url, vec![to.envelope.clone()], &signing).await;
+    let signed = match (&answer, &nonce) {
+        (Answer::Refused { status, body } | Answer::RouteMissing { status, body }, Some(n)) => {
+            crate::proxy::signed_hop::refusal_signed_by(&signing.key, n, status.as_u16(), body)
+        }
+        _ => false,
+    };
+    let outcome = relay_one_outcome(answer, sent, id, what, signing).await;
+    (outcome, signed)
+}
+
+async fn relay_one_outcome(
+    answer: Answer,
+    sent: Vec<Envelope>,
+    id: MessageId,
+    what: String,
+    signing: Signing,
+) -> Outcome {
     if let Some(retry) = numbers_behind(&answer, &signing, &what) {
         return retry;
     }
@@ -146,7 +165,7 @@ pub async fn relay_batch(to: ToProxy, envelopes: Vec<Envelope>, signing: Signing
 async fn relay_many(to: ToProxy, envelopes: Vec<Envelope>, signing: Signing) -> Outcome {
     let what = format!("{}'s proxy", to.name);
     let url = format!("{}/api/v1/relay/batch", to.base_url);
-    let (answer, sent) = signed_post(&to, &url, envelopes, &signing).await;
+    let (answer, sent, _) = signed_post(&to, &url, envelopes, &signing).await;
     if let Some(retry) = numbers_behind(&answer, &signing, &what) {
         return retry;
     }
@@ -157,10 +176,10 @@ async fn relay_many(to: ToProxy, envelopes: Vec<Envelope>, signing: Signing) -> 
     }
 }
 
-/// Through a relay, a refusal is not believed: nobody signed it, and a relay could refuse what
-/// it was given to carry (or hand one proxy's refusal to another) to have a message shown
-/// failed. It is tried again, as a relay's silence would be, until it expires (then shown
-/// failed with the refusal's words). Only the receiver's signed acknowledgement settles it.
+/// Through a relay, a refusal the receiver did not sign (over the request's nonce, its status
+/// and words) is not believed: a relay could refuse what it was given to carry (or hand one
+/// proxy's refusal to another) to have a message shown failed. It is tried again, as a relay's
+/// silence would be, until it expires (then shown failed with the refusal's words).
 fn unsigned_refusal_retried(through_relay: bool, outcome: Outcome) -> Outcome {
     match outcome {
         Outcome::Refused { reason } if through_relay => Outcome::Retry {
@@ -213,22 +232,22 @@ fn ack_of(answer: &Answer) -> Option<String> {
 }
 
 /// `envelopes` (one alone: as an object; else as a list), sealed for the receiver and signed
-/// together, in a request to `url` signed for `to.name`; the answer, and the envelopes as they
-/// were before sealing. The sealing and signing are done on a blocking thread, off this
+/// together, in a request to `url` signed for `to.name`; the answer, the envelopes as they
+/// were before sealing, and the nonce of the request's signature. The sealing and signing are done on a blocking thread, off this
 /// worker's event loop.
 async fn signed_post(
     to: &ToProxy,
     url: &str,
     envelopes: Vec<Envelope>,
     signing: &Signing,
-) -> (Answer, Vec<Envelope>) {
+) -> (Answer, Vec<Envelope>, Option<String>) {
     let Some(seal) = signing.seal else {
         let reason = format!(
             "{} has published no sealing key in the signed directory (its proxy is of a release \
              before sealed bodies): nothing is sent until it has one",
             to.name
         );
-        return (Answer::Unreachable { reason }, Vec::new());
+        return (Answer::Unreachable { reason }, Vec::new(), None);
     };
     let (signer, target, destination) = (signing.signer.clone(), url.to_string(), to.name.clone());
     let signed = actix_web::web::block(move || {
@@ -244,12 +263,13 @@ async fn signed_post(
     .await;
     let (body, header, envelopes) = match signed {
         Ok(Ok(signed)) => signed,
-        Ok(Err(reason)) => return (Answer::Unreachable { reason }, Vec::new()),
+        Ok(Err(reason)) => return (Answer::Unreachable { reason }, Vec::new(), None),
         Err(e) => {
             let reason = format!("could not sign the request: {e}");
-            return (Answer::Unreachable { reason }, Vec::new());
+            return (Answer::Unreachable { reason }, Vec::new(), None);
         }
     };
+    let nonce = crate::trust::request::parse(&header).ok().map(|h| h.nonce);
     let request = match &to.relay {
         // The relay answers a little before this side gives up, so it hears why.
         Some(relay) => to
@@ -267,7 +287,7 @@ async fn signed_post(
     }
     .insert_header((SIGNATURE_HEADER, header));
     let answer = post_encoded(request, body, BATCH_ANSWER_LIMIT, to.timeout).await;
-    (answer, envelopes)
+    (answer, envelopes, nonce)
 }
 
 /// Delivered when `ack` is the receiver's signature over `sent` (checked on a blocking

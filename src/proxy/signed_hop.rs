@@ -323,6 +323,41 @@ impl SignedHops {
             .sign(ACK_DOMAIN, &acked_bytes(envelopes))
             .to_string()
     }
+
+    /// This proxy's signature over its refusal (`status`, `message`) of the request whose
+    /// signature had `nonce`: what a sender needs to believe a refusal a relay carried.
+    pub fn sign_refusal(&self, nonce: &str, status: u16, message: &str) -> String {
+        self.identity
+            .sign(REFUSAL_DOMAIN, &refusal_bytes(nonce, status, message))
+            .to_string()
+    }
+}
+
+/// Signature domain of a refusal ([`SignedHops::sign_refusal`]).
+pub const REFUSAL_DOMAIN: &str = "overlay/refusal/v1";
+/// The field of an error answer carrying its signature.
+pub const REFUSAL_FIELD: &str = "refusal";
+
+fn refusal_bytes(nonce: &str, status: u16, message: &str) -> Vec<u8> {
+    format!("{nonce}\n{status}\n{message}").into_bytes()
+}
+
+/// Whether an error answer `body` (with `status`) to the request whose signature had `nonce`
+/// carries `key`'s signature over its message ([`REFUSAL_FIELD`]).
+pub fn refusal_signed_by(key: &PublicKey, nonce: &str, status: u16, body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let (Some(message), Some(sig)) = (
+        v.get("message").and_then(|m| m.as_str()),
+        v.get(REFUSAL_FIELD)
+            .and_then(|s| s.as_str())
+            .and_then(|s| Signature::parse(s).ok()),
+    ) else {
+        return false;
+    };
+    key.verify(REFUSAL_DOMAIN, &refusal_bytes(nonce, status, message), &sig)
+        .is_ok()
 }
 
 /// "message 3 of 8 (id)" in a batch, "message id" alone.
@@ -470,6 +505,56 @@ pub fn target_of(url: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_is_believed_only_as_the_receiver_signed_it_for_that_request() {
+        let bob = side("bob");
+        let sig = bob.hops.sign_refusal("n1", 400, "no such thing");
+        let body = |msg: &str, sig: &str| {
+            serde_json::json!({"status": "error", "message": msg, REFUSAL_FIELD: sig})
+                .to_string()
+                .into_bytes()
+        };
+        let key = bob.id.public();
+        assert!(refusal_signed_by(
+            &key,
+            "n1",
+            400,
+            &body("no such thing", &sig)
+        ));
+        assert!(!refusal_signed_by(
+            &key,
+            "n2",
+            400,
+            &body("no such thing", &sig)
+        ));
+        assert!(!refusal_signed_by(
+            &key,
+            "n1",
+            403,
+            &body("no such thing", &sig)
+        ));
+        assert!(!refusal_signed_by(
+            &key,
+            "n1",
+            400,
+            &body("other words", &sig)
+        ));
+        let other = crate::trust::Identity::generate().public();
+        assert!(!refusal_signed_by(
+            &other,
+            "n1",
+            400,
+            &body("no such thing", &sig)
+        ));
+        assert!(!refusal_signed_by(
+            &key,
+            "n1",
+            400,
+            br#"{"message":"no such thing"}"#
+        ));
+        assert!(!refusal_signed_by(&key, "n1", 400, b"not json"));
+    }
     use crate::wire::directory::UserEntry;
 
     const NOW: u64 = 1_800_000_000_000;

@@ -470,3 +470,49 @@ async fn auto_is_direct_where_the_controller_reaches_the_proxy_and_relayed_where
         "bob's three through the relay, alice's direct: {s}"
     );
 }
+
+#[actix_web::test]
+async fn a_refusal_the_relay_carries_is_signed_by_the_receiver_for_that_request() {
+    use overlay::wire::relay::TARGET_HEADER;
+    let users = [("alice", &[][..]), ("bob", &[][..])];
+    let o = spawn_overlay(behind_relay(config_for(&users), &["alice"])).await;
+    attached(&o.url("relay/relay1"), &["alice"]).await;
+    let tls_port = o.server("relay/relay1").tls_addr.unwrap().port();
+    let base = overlay::hop::overlay::base_url(&overlay::trust::x509::tls_name("relay1"), tls_port);
+    // Signed by bob's key, for alice, but no envelope in it: alice refuses it for good.
+    let bob = crate::helpers::proxy_identity(o.data_dir.path(), "bob");
+    let body = r#"{"header":{}}"#;
+    let line = overlay::trust::request::RequestLine {
+        method: "POST",
+        target: "/api/v1/relay",
+        body: body.as_bytes(),
+    };
+    let sig = overlay::trust::request::sign(&bob, &line, "bob", "alice", overlay::wire::now_ms());
+    let nonce = overlay::trust::request::parse(&sig).unwrap().nonce;
+    let mut r = stranger_client(&o)
+        .post(format!("{base}/relay/v1/to/alice"))
+        .insert_header((TARGET_HEADER, "/api/v1/relay"))
+        .insert_header((overlay::trust::request::SIGNATURE_HEADER, sig))
+        .send_body(body)
+        .await
+        .expect("the relay answers");
+    let status = r.status().as_u16();
+    let answer = r.body().await.unwrap();
+    assert_eq!(status, 400, "{answer:?}");
+    assert!(r
+        .headers()
+        .contains_key(overlay::wire::relay::RELAYED_HEADER));
+    let alice = crate::helpers::proxy_identity(o.data_dir.path(), "alice").public();
+    use overlay::proxy::signed_hop::refusal_signed_by;
+    assert!(
+        refusal_signed_by(&alice, &nonce, status, &answer),
+        "alice signed her refusal: {answer:?}"
+    );
+    assert!(!refusal_signed_by(
+        &alice,
+        "another request",
+        status,
+        &answer
+    ));
+    assert!(!refusal_signed_by(&bob.public(), &nonce, status, &answer));
+}

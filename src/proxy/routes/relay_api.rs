@@ -85,6 +85,9 @@ impl Incoming {
 /// A request carried to this proxy by its relay, taken as if it had been posted: the answer
 /// (status, acknowledgement, body) goes back through the relay.
 pub async fn carried(state: &ProxyState, carried: Carried) -> Answered {
+    let nonce = crate::trust::request::parse(&carried.signature)
+        .ok()
+        .map(|h| h.nonce);
     let incoming = Incoming {
         method: "POST".into(),
         target: carried.target,
@@ -108,12 +111,24 @@ pub async fn carried(state: &ProxyState, carried: Carried) -> Answered {
             ack: Some(ack),
             body: String::from_utf8_lossy(&body).into_owned(),
         },
-        Err(e) => Answered {
-            n: carried.n,
-            status: actix_web::ResponseError::status_code(&e).as_u16(),
-            ack: None,
-            body: e.body_json(),
-        },
+        Err(e) => {
+            // Signed, so the sender can believe it though a relay carried it.
+            let status = actix_web::ResponseError::status_code(&e).as_u16();
+            let mut body: serde_json::Value =
+                serde_json::from_str(&e.body_json()).unwrap_or_default();
+            if let (Some(nonce), Some(fields)) = (nonce, body.as_object_mut()) {
+                let message = e.to_string();
+                let sig = state.hops.sign_refusal(&nonce, status, &message);
+                fields.insert("message".into(), message.into());
+                fields.insert(crate::proxy::signed_hop::REFUSAL_FIELD.into(), sig.into());
+            }
+            Answered {
+                n: carried.n,
+                status,
+                ack: None,
+                body: body.to_string(),
+            }
+        }
     }
 }
 
