@@ -730,3 +730,54 @@ fn provision_dir_gets_the_root_and_a_private_join_token_per_user() {
         std::panic::resume_unwind(panic);
     }
 }
+
+#[test]
+fn a_relay_is_checked_like_every_role_and_a_proxy_behind_nat_needs_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_relay = format!(
+        "{GOOD}relays:\n  - name: relay1\n    relay: {{ listen: 127.0.0.1:17000, tls_listen: 0.0.0.0:17443, tls_advertise: relay.example.org:17443 }}\n"
+    );
+    let config = write_config(dir.path(), &with_relay);
+    let out = run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--check",
+        "relay",
+        "--name",
+        "relay1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("would run relay relay1 on 127.0.0.1:17000")
+            && stdout.contains("advertised as relay.example.org:17443"),
+        "{stdout}"
+    );
+    let out = run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--check",
+        "relay",
+        "--name",
+        "relay2",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no relay named `relay2`"),
+        "{}",
+        stderr(&out)
+    );
+    // A proxy behind NAT with no relay to go through: named, with the fix.
+    let behind = GOOD.replace(
+        "proxy: { listen: 127.0.0.1:19001 }",
+        "proxy: { listen: 127.0.0.1:19001, reachable: relay }",
+    );
+    let config = write_config(dir.path(), &behind);
+    let out = run(&["--config", config.to_str().unwrap(), "--check", "up"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("instances[0].proxy.reachable: `relay` and `auto` need a relay"),
+        "{}",
+        stderr(&out)
+    );
+}
