@@ -233,7 +233,7 @@ fn ack_of(answer: &Answer) -> Option<String> {
 
 /// `envelopes` (one alone: as an object; else as a list), sealed for the receiver and signed
 /// together, in a request to `url` signed for `to.name`; the answer, the envelopes as they
-/// were before sealing, and the nonce of the request's signature. The sealing and signing are done on a blocking thread, off this
+/// were before sealing, and the request's digest (what a refusal of it is signed over). The sealing and signing are done on a blocking thread, off this
 /// worker's event loop.
 async fn signed_post(
     to: &ToProxy,
@@ -269,7 +269,11 @@ async fn signed_post(
             return (Answer::Unreachable { reason }, Vec::new(), None);
         }
     };
-    let nonce = crate::trust::request::parse(&header).ok().map(|h| h.nonce);
+    let digest = crate::proxy::signed_hop::request_digest(
+        &header,
+        crate::proxy::signed_hop::target_of(url),
+        &body,
+    );
     let request = match &to.relay {
         // The relay answers a little before this side gives up, so it hears why.
         Some(relay) => to
@@ -287,7 +291,7 @@ async fn signed_post(
     }
     .insert_header((SIGNATURE_HEADER, header));
     let answer = post_encoded(request, body, BATCH_ANSWER_LIMIT, to.timeout).await;
-    (answer, envelopes, nonce)
+    (answer, envelopes, digest)
 }
 
 /// Delivered when `ack` is the receiver's signature over `sent` (checked on a blocking

@@ -46,8 +46,8 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 const AFTER_SUPERSEDED: Duration = Duration::from_secs(65);
 /// Carried requests taken at once; the stream is read no further until one is done.
 const TAKING_AT_ONCE: usize = 64;
-/// The largest event read from the relay (a request is at most the relay's body limit).
-const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+/// Room for what wraps a carried request's body in its event (names, signature, numbers).
+const EVENT_OVERHEAD: usize = 64 * 1024;
 
 /// What the link needs.
 #[derive(Clone)]
@@ -231,7 +231,10 @@ async fn follow(
             crate::hop::post::detail(res.status(), &body)
         ));
     }
-    let mut parser = SseParser::with_event_limit(MAX_EVENT_BYTES);
+    // A request this proxy would take is at most its body limit: a larger event is a broken
+    // or hostile relay's, and ends the stream.
+    let mut parser =
+        SseParser::with_event_limit(settings.state.max_body_bytes.saturating_add(EVENT_OVERHEAD));
     let mut idle = REQUEST_TIMEOUT * 3;
     let mut session: Option<String> = None;
     loop {

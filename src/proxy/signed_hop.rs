@@ -325,10 +325,11 @@ impl SignedHops {
     }
 
     /// This proxy's signature over its refusal (`status`, `message`) of the request whose
-    /// signature had `nonce`: what a sender needs to believe a refusal a relay carried.
-    pub fn sign_refusal(&self, nonce: &str, status: u16, message: &str) -> String {
+    /// digest is `request` ([`request_digest`]): what a sender needs to
+    /// believe a refusal a relay carried.
+    pub fn sign_refusal(&self, request: &str, status: u16, message: &str) -> String {
         self.identity
-            .sign(REFUSAL_DOMAIN, &refusal_bytes(nonce, status, message))
+            .sign(REFUSAL_DOMAIN, &refusal_bytes(request, status, message))
             .to_string()
     }
 }
@@ -338,13 +339,27 @@ pub const REFUSAL_DOMAIN: &str = "overlay/refusal/v1";
 /// The field of an error answer carrying its signature.
 pub const REFUSAL_FIELD: &str = "refusal";
 
-fn refusal_bytes(nonce: &str, status: u16, message: &str) -> Vec<u8> {
-    format!("{nonce}\n{status}\n{message}").into_bytes()
+fn refusal_bytes(request: &str, status: u16, message: &str) -> Vec<u8> {
+    format!("{request}\n{status}\n{message}").into_bytes()
 }
 
-/// Whether an error answer `body` (with `status`) to the request whose signature had `nonce`
+/// The digest a refusal of a carried request is signed over: the request as its origin signed
+/// it (method, target, names, key, time, nonce, body), so it stands for that request only.
+pub fn request_digest(signature: &str, target: &str, body: &[u8]) -> Option<String> {
+    use sha2::Digest;
+    let h = crate::trust::request::parse(signature).ok()?;
+    let line = crate::trust::request::RequestLine {
+        method: "POST",
+        target,
+        body,
+    };
+    let signed = crate::trust::request::signed_message(&h, &line);
+    Some(crate::trust::keys::hex_lower(&sha2::Sha256::digest(signed)))
+}
+
+/// Whether an error answer `body` (with `status`) to the request whose digest is `request`
 /// carries `key`'s signature over its message ([`REFUSAL_FIELD`]).
-pub fn refusal_signed_by(key: &PublicKey, nonce: &str, status: u16, body: &[u8]) -> bool {
+pub fn refusal_signed_by(key: &PublicKey, request: &str, status: u16, body: &[u8]) -> bool {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return false;
     };
@@ -356,8 +371,12 @@ pub fn refusal_signed_by(key: &PublicKey, nonce: &str, status: u16, body: &[u8])
     ) else {
         return false;
     };
-    key.verify(REFUSAL_DOMAIN, &refusal_bytes(nonce, status, message), &sig)
-        .is_ok()
+    key.verify(
+        REFUSAL_DOMAIN,
+        &refusal_bytes(request, status, message),
+        &sig,
+    )
+    .is_ok()
 }
 
 /// "message 3 of 8 (id)" in a batch, "message id" alone.

@@ -39,8 +39,11 @@ pub const CHALLENGE_MS: u64 = 60_000;
 /// How long a stream's session still answers after a newer stream replaced it (a request
 /// carried on the old stream may still be being taken).
 const SESSION_AFTERLIFE_MS: u64 = 60_000;
-/// Two instances of one name taking turns within this window are fighting (a cloned key).
-pub const FIGHT_WINDOW_MS: u64 = 60_000;
+/// Two instances of one name taking turns within this window are fighting (a cloned key):
+/// long beside the minute a superseded proxy waits before attaching again, so two processes
+/// taking turns that slowly are caught too; a restart overlapping the old process never
+/// gives A → B → A (the old one exits).
+pub const FIGHT_WINDOW_MS: u64 = 10 * 60_000;
 /// How long a fighting name is refused.
 pub const FIGHT_BAN_MS: u64 = 10 * 60_000;
 /// How often closed streams are noticed and dropped.
@@ -80,6 +83,8 @@ pub struct RelayCounters {
 /// One attached proxy.
 struct Attachment {
     instance: String,
+    /// The key its proof was signed with: a stream of a key since rotated away is let go.
+    key: crate::trust::PublicKey,
     tx: mpsc::Sender<sse::Event>,
     since_ms: u64,
     carried: u64,
@@ -89,6 +94,8 @@ struct Attachment {
 struct Pending {
     from: String,
     to: String,
+    /// When it was carried (ms): one nobody waits for any more is dropped.
+    at_ms: u64,
     event: sse::Event,
     reply: Option<oneshot::Sender<Answered>>,
 }
@@ -214,9 +221,13 @@ impl Actor for Hub {
             let now = crate::wire::now_ms();
             let published = hub.directory.as_ref().map(|d| d.borrow().clone());
             hub.attached.retain(|name, a| {
-                let member = published
-                    .as_ref()
-                    .is_none_or(|p| super::routes::member_key(&p.directory, name).is_ok());
+                let member = published.as_ref().is_none_or(|p| {
+                    match super::routes::member_key(&p.directory, name) {
+                        Ok(key) => key == a.key,
+                        Err(RelayError::Unavailable(_)) => true,
+                        Err(_) => false,
+                    }
+                });
                 if !member {
                     let _ = a.tx.try_send(
                         sse::Data::new("this key is no longer an active member")
@@ -234,6 +245,19 @@ impl Actor for Hub {
             hub.sessions
                 .retain(|_, (_, retired)| retired.is_none_or(|at| at + SESSION_AFTERLIFE_MS > now));
             hub.challenges.prune(now);
+            // A sender waits at most MAX_WAIT: a request older than that is nobody's any more
+            // (its handler went away without saying so).
+            let stale: Vec<u64> = hub
+                .pending
+                .iter()
+                .filter(|(_, p)| p.at_ms + super::routes::MAX_WAIT.as_millis() as u64 + 5_000 < now)
+                .map(|(n, _)| *n)
+                .collect();
+            for n in stale {
+                if hub.settle(n).is_some() {
+                    hub.counters.timed_out += 1;
+                }
+            }
             if let Some(report) = &hub.report {
                 let s = hub.status();
                 let c = &s.counters;
@@ -379,6 +403,8 @@ impl Handler<CheckNonce> for Hub {
 pub struct Attach {
     /// Its name, as the directory lists it.
     pub name: String,
+    /// The key its proof was signed with (the directory's for that name).
+    pub key: crate::trust::PublicKey,
     /// The challenge's nonce its proof signed: spent now.
     pub nonce: String,
     /// The process holding the key (random per start).
@@ -487,6 +513,7 @@ impl Handler<Attach> for Hub {
         let new_session = session.clone();
         self.sessions.insert(session, (key.clone(), None));
         let attachment = Attachment {
+            key: msg.key,
             instance: msg.instance,
             tx,
             since_ms: now,
@@ -575,6 +602,7 @@ impl Handler<Send> for Hub {
         self.pending.insert(
             n,
             Pending {
+                at_ms: crate::wire::now_ms(),
                 from,
                 to: to.clone(),
                 event,
@@ -774,6 +802,7 @@ mod tests {
         let c = hub.send(IssueChallenge).await.unwrap();
         hub.send(Attach {
             name: name.into(),
+            key: crate::trust::Identity::from_seed([1; 32]).public(),
             nonce: c.nonce,
             instance: instance.into(),
             last_event: last,
@@ -925,6 +954,7 @@ mod tests {
             .unwrap();
         let attach_with = |nonce: String| Attach {
             name: "bob".into(),
+            key: crate::trust::Identity::from_seed([1; 32]).public(),
             nonce,
             instance: "b1".into(),
             last_event: None,

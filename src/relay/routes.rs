@@ -241,6 +241,7 @@ async fn attach(
     let rx = state
         .ask(Attach {
             name: proof.name.clone(),
+            key,
             nonce: proof.nonce.clone(),
             instance: proof.instance.clone(),
             last_event,
@@ -344,7 +345,10 @@ async fn send(
             )));
         }
     };
+    // A status a receiver has no business answering (1xx, beyond 599) is the relay's 502.
     let status = actix_web::http::StatusCode::from_u16(answered.status)
+        .ok()
+        .filter(|s| (200..600).contains(&s.as_u16()))
         .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
     let mut out = HttpResponse::build(status);
     out.insert_header((RELAYED_HEADER, "1"))

@@ -352,14 +352,20 @@ pub fn server_config_without_clients(leaf: Arc<Leaf>) -> ServerConfig {
 /// Whether member `name` answers at `addr` as itself: a TLS 1.3 handshake in which the server
 /// shows a certificate `verifier` accepts for `name` (the overlay CA, its pinned key) and
 /// proves it holds that key. The server may then refuse this side, which shows no certificate
-/// of its own: what was asked is settled by then. Blocking; `timeout` bounds the connection
-/// and each read and write.
+/// of its own: what was asked is settled by then. Blocking, over by `deadline` however slowly
+/// the server answers.
 pub fn answers_as(
     verifier: Arc<OverlayVerifier>,
     name: &str,
     addr: std::net::SocketAddr,
-    timeout: std::time::Duration,
+    deadline: std::time::Instant,
 ) -> Result<(), String> {
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("{addr} did not finish the handshake in time"))
+    };
     use std::sync::atomic::{AtomicBool, Ordering};
     /// The verifier, noting that the certificate held and that the server proved its key.
     #[derive(Debug)]
@@ -421,12 +427,20 @@ pub fn answers_as(
         .map_err(|e| format!("{name} is not a TLS name: {e}"))?;
     let mut conn = rustls::ClientConnection::new(Arc::new(config), server)
         .map_err(|e| format!("cannot start a handshake: {e}"))?;
-    let mut sock = std::net::TcpStream::connect_timeout(&addr, timeout)
+    let mut sock = std::net::TcpStream::connect_timeout(&addr, left()?)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let _ = sock.set_read_timeout(Some(timeout));
-    let _ = sock.set_write_timeout(Some(timeout));
     let mut ended = None;
     while conn.is_handshaking() && ended.is_none() {
+        // Each read and write gets what is left of the whole.
+        let budget = match left() {
+            Ok(d) => d,
+            Err(e) => {
+                ended = Some(e);
+                break;
+            }
+        };
+        let _ = sock.set_read_timeout(Some(budget));
+        let _ = sock.set_write_timeout(Some(budget));
         if let Err(e) = conn.complete_io(&mut sock) {
             ended = Some(e.to_string());
         }

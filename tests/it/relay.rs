@@ -479,33 +479,46 @@ async fn a_refusal_the_relay_carries_is_signed_by_the_receiver_for_that_request(
     attached(&o.url("relay/relay1"), &["alice"]).await;
     let tls_port = o.server("relay/relay1").tls_addr.unwrap().port();
     let base = overlay::hop::overlay::base_url(&overlay::trust::x509::tls_name("relay1"), tls_port);
-    // Signed by bob's key, for alice, but no envelope in it: alice refuses it for good.
-    let bob = crate::helpers::proxy_identity(o.data_dir.path(), "bob");
-    let body = r#"{"header":{}}"#;
-    let line = overlay::trust::request::RequestLine {
-        method: "POST",
-        target: "/api/v1/relay",
-        body: body.as_bytes(),
+    let dir = o.data_dir.path();
+    let bob = crate::helpers::proxy_identity(dir, "bob");
+    let send = |body: String| {
+        let line = overlay::trust::request::RequestLine {
+            method: "POST",
+            target: "/api/v1/relay",
+            body: body.as_bytes(),
+        };
+        let sig =
+            overlay::trust::request::sign(&bob, &line, "bob", "alice", overlay::wire::now_ms());
+        let digest =
+            overlay::proxy::signed_hop::request_digest(&sig, "/api/v1/relay", body.as_bytes())
+                .unwrap();
+        let c = stranger_client(&o);
+        let url = format!("{base}/relay/v1/to/alice");
+        async move {
+            let mut r = c
+                .post(url)
+                .insert_header((TARGET_HEADER, "/api/v1/relay"))
+                .insert_header((overlay::trust::request::SIGNATURE_HEADER, sig))
+                .send_body(body)
+                .await
+                .expect("the relay answers");
+            assert!(r
+                .headers()
+                .contains_key(overlay::wire::relay::RELAYED_HEADER));
+            (r.status().as_u16(), r.body().await.unwrap(), digest)
+        }
     };
-    let sig = overlay::trust::request::sign(&bob, &line, "bob", "alice", overlay::wire::now_ms());
-    let nonce = overlay::trust::request::parse(&sig).unwrap().nonce;
-    let mut r = stranger_client(&o)
-        .post(format!("{base}/relay/v1/to/alice"))
-        .insert_header((TARGET_HEADER, "/api/v1/relay"))
-        .insert_header((overlay::trust::request::SIGNATURE_HEADER, sig))
-        .send_body(body)
-        .await
-        .expect("the relay answers");
-    let status = r.status().as_u16();
-    let answer = r.body().await.unwrap();
-    assert_eq!(status, 400, "{answer:?}");
-    assert!(r
-        .headers()
-        .contains_key(overlay::wire::relay::RELAYED_HEADER));
-    let alice = crate::helpers::proxy_identity(o.data_dir.path(), "alice").public();
     use overlay::proxy::signed_hop::refusal_signed_by;
+    let alice = crate::helpers::proxy_identity(dir, "alice").public();
+    // Bob's own, signed and new, refused for good (sent a month ago: a possible replay):
+    // alice's answer to that very request, signed.
+    let mut old = overlay::wire::data_plane::Envelope::text("bob", "alice", "from last month");
+    old.sent_at_ms = overlay::wire::now_ms() - 30 * 24 * 3600 * 1000;
+    let sealed = crate::helpers::sealed(&[old], &crate::helpers::seal_key(dir, "alice"), &bob);
+    let (status, answer, digest) = send(serde_json::to_string(&sealed[0]).unwrap()).await;
+    assert_eq!(status, 403, "{answer:?}");
     assert!(
-        refusal_signed_by(&alice, &nonce, status, &answer),
+        refusal_signed_by(&alice, &digest, status, &answer),
         "alice signed her refusal: {answer:?}"
     );
     assert!(!refusal_signed_by(
@@ -514,5 +527,10 @@ async fn a_refusal_the_relay_carries_is_signed_by_the_receiver_for_that_request(
         status,
         &answer
     ));
-    assert!(!refusal_signed_by(&bob.public(), &nonce, status, &answer));
+    assert!(!refusal_signed_by(&bob.public(), &digest, status, &answer));
+    // What a relay could make up (no envelope in it) is refused before anything is checked:
+    // not signed, so not believed.
+    let (status, answer, digest) = send(r#"{"header":{}}"#.to_string()).await;
+    assert_eq!(status, 400, "{answer:?}");
+    assert!(!refusal_signed_by(&alice, &digest, status, &answer));
 }

@@ -24,8 +24,10 @@ use crate::wire::now_ms;
 pub const PROBE_EVERY_MS: u64 = 60_000;
 /// Probes under way at most.
 const MAX_IN_FLIGHT: usize = 4;
-/// How long a probe may take (connecting, and each read and write).
+/// How long a probe may take, all of it (however slowly a server answers).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Addresses of one name tried at most.
+const MAX_ADDRESSES: usize = 4;
 
 /// What the probes found.
 #[derive(Debug, Default)]
@@ -36,18 +38,23 @@ pub struct Probes {
     next_at: BTreeMap<String, u64>,
     /// Proxy id → probes that failed in a row.
     failures: BTreeMap<String, u32>,
+    /// Proxy ids being probed now.
+    probing: BTreeSet<String>,
     in_flight: usize,
 }
 
 impl Probes {
     /// Whether proxy `id` may be probed at `now`.
     fn due(&self, id: &str, now: u64) -> bool {
-        self.in_flight < MAX_IN_FLIGHT && self.next_at.get(id).is_none_or(|at| now >= *at)
+        self.in_flight < MAX_IN_FLIGHT
+            && !self.probing.contains(id)
+            && self.next_at.get(id).is_none_or(|at| now >= *at)
     }
 
     /// Notes a probe of `id` that ended at `now`; answers when to probe again (failed).
     fn ended(&mut self, id: &str, reached: bool, now: u64) -> Option<u64> {
         self.in_flight -= 1;
+        self.probing.remove(id);
         if reached {
             self.failures.remove(id);
             return None;
@@ -61,6 +68,7 @@ impl Probes {
 
     /// Forgets `id` (it left the registry).
     pub fn forget(&mut self, id: &str) {
+        self.probing.remove(id);
         self.direct.remove(id);
         self.next_at.remove(id);
         self.failures.remove(id);
@@ -88,6 +96,7 @@ fn targets(host: &str, port: u16, own: &[SocketAddr]) -> Result<Vec<SocketAddr>,
         .iter()
         .filter(|a| !mine(a) && !nowhere(a.ip()))
         .copied()
+        .take(MAX_ADDRESSES)
         .collect();
     if left.is_empty() {
         return Err(format!(
@@ -104,7 +113,17 @@ impl Registry {
         let Some(rec) = self.proxies.get(proxy_id) else {
             return;
         };
-        if !rec.auto || !self.reach.due(proxy_id, now) {
+        if !rec.auto {
+            return;
+        }
+        if !self.reach.due(proxy_id, now) {
+            // Four under way: this one when a place is free (its own timing, when not due).
+            if self.reach.in_flight >= MAX_IN_FLIGHT && !self.reach.probing.contains(proxy_id) {
+                let again = proxy_id.to_string();
+                ctx.run_later(Duration::from_secs(1), move |act, ctx| {
+                    act.probe(&again, ctx)
+                });
+            }
             return;
         }
         let (Some(tls), Some(verifier)) = (rec.tls.clone(), self.tls.verifier(&self.root)) else {
@@ -114,6 +133,8 @@ impl Registry {
             .next_at
             .insert(proxy_id.to_string(), now + PROBE_EVERY_MS);
         self.reach.in_flight += 1;
+        self.reach.probing.insert(proxy_id.to_string());
+        let probed_tls = tls.clone();
         let own = [
             self.config.controller.listen,
             self.config.controller_tls_listen(),
@@ -121,9 +142,10 @@ impl Registry {
         let name = crate::trust::x509::tls_name(&rec.instance_name);
         let (id, user) = (proxy_id.to_string(), rec.instance_name.clone());
         let probe = actix_web::web::block(move || {
+            let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
             let mut last = String::new();
             for addr in targets(&tls.host, tls.port, &own)? {
-                match crate::trust::tls::answers_as(verifier.clone(), &name, addr, PROBE_TIMEOUT) {
+                match crate::trust::tls::answers_as(verifier.clone(), &name, addr, deadline) {
                     Ok(()) => return Ok(addr),
                     Err(e) => last = e,
                 }
@@ -131,6 +153,16 @@ impl Registry {
             Err(last)
         });
         ctx.spawn(wrap_future(probe).map(move |res, act: &mut Self, ctx| {
+            // It left, or moved, meanwhile: this result is of no one.
+            let current = act
+                .proxies
+                .get(&id)
+                .is_some_and(|r| r.auto && r.tls.as_ref() == Some(&probed_tls));
+            if !current {
+                act.reach.in_flight -= 1;
+                act.reach.probing.remove(&id);
+                return;
+            }
             let reached = match res {
                 Ok(Ok(addr)) => {
                     log::info!("{user}'s proxy answers at {addr}: reached directly");
@@ -210,5 +242,9 @@ mod tests {
         assert!(!p.due("b", PROBE_EVERY_MS - 1));
         p.in_flight = MAX_IN_FLIGHT;
         assert!(!p.due("c", 1_000));
+        // Never two probes of one proxy at once, however long the first takes.
+        p.in_flight = 0;
+        p.probing.insert("d".into());
+        assert!(!p.due("d", u64::MAX));
     }
 }

@@ -85,22 +85,21 @@ impl Incoming {
 /// A request carried to this proxy by its relay, taken as if it had been posted: the answer
 /// (status, acknowledgement, body) goes back through the relay.
 pub async fn carried(state: &ProxyState, carried: Carried) -> Answered {
-    let nonce = crate::trust::request::parse(&carried.signature)
-        .ok()
-        .map(|h| h.nonce);
+    let body = web::Bytes::from(carried.body.get().to_string());
+    let digest =
+        crate::proxy::signed_hop::request_digest(&carried.signature, &carried.target, &body);
     let incoming = Incoming {
         method: "POST".into(),
         target: carried.target,
         header: Some(carried.signature),
         tls_key: None,
     };
-    let body = web::Bytes::from(carried.body.get().to_string());
     let taken = if body.len() > state.max_body_bytes {
-        Err(ProxyError::TooLarge(format!(
+        Err(Refusal::from(ProxyError::TooLarge(format!(
             "the request is {} bytes, above this proxy's {} (delivery.max_body_bytes)",
             body.len(),
             state.max_body_bytes
-        )))
+        ))))
     } else {
         take_body(state, incoming, body).await
     };
@@ -111,14 +110,16 @@ pub async fn carried(state: &ProxyState, carried: Carried) -> Answered {
             ack: Some(ack),
             body: String::from_utf8_lossy(&body).into_owned(),
         },
-        Err(e) => {
-            // Signed, so the sender can believe it though a relay carried it.
-            let status = actix_web::ResponseError::status_code(&e).as_u16();
+        Err(Refusal { error, checked }) => {
+            let status = actix_web::ResponseError::status_code(&error).as_u16();
             let mut body: serde_json::Value =
-                serde_json::from_str(&e.body_json()).unwrap_or_default();
-            if let (Some(nonce), Some(fields)) = (nonce, body.as_object_mut()) {
-                let message = e.to_string();
-                let sig = state.hops.sign_refusal(&nonce, status, &message);
+                serde_json::from_str(&error.body_json()).unwrap_or_default();
+            // Signed only when it answers the origin's own request (its signature checked and
+            // new): a refusal of what a relay made up or replayed is not this proxy's word
+            // for the origin to believe.
+            if let (true, Some(digest), Some(fields)) = (checked, digest, body.as_object_mut()) {
+                let message = error.to_string();
+                let sig = state.hops.sign_refusal(&digest, status, &message);
                 fields.insert("message".into(), message.into());
                 fields.insert(crate::proxy::signed_hop::REFUSAL_FIELD.into(), sig.into());
             }
@@ -134,16 +135,38 @@ pub async fn carried(state: &ProxyState, carried: Carried) -> Answered {
 
 /// The envelope (`/api/v1/relay`) or batch (`/api/v1/relay/batch`) of `body`, checked and
 /// queued: the acknowledgement's JSON and its signature.
+/// Why a relayed request was not taken; `checked`: refused after its signature was checked
+/// and found new (then it is this proxy's answer to that very request, worth signing).
+pub struct Refusal {
+    pub error: ProxyError,
+    pub checked: bool,
+}
+
+impl From<ProxyError> for Refusal {
+    fn from(error: ProxyError) -> Refusal {
+        Refusal {
+            error,
+            checked: false,
+        }
+    }
+}
+
+impl From<Refusal> for ProxyError {
+    fn from(r: Refusal) -> ProxyError {
+        r.error
+    }
+}
+
 async fn take_body(
     state: &ProxyState,
     incoming: Incoming,
     body: web::Bytes,
-) -> Result<(Vec<u8>, String), ProxyError> {
+) -> Result<(Vec<u8>, String), Refusal> {
     let (json, signature) = if incoming.target == CARRIED_TARGETS[1] {
         let envelopes: Vec<SealedEnvelope> =
             parse_sealed::<Vec<SealedEnvelope>, Vec<Envelope>>(&body)?;
         if envelopes.is_empty() {
-            return Err(ProxyError::BadRequest("the batch is empty".into()));
+            return Err(ProxyError::BadRequest("the batch is empty".into()).into());
         }
         let (acks, signature) = take(state, incoming, body, envelopes).await?;
         (serde_json::to_vec(&acks), signature)
@@ -155,7 +178,8 @@ async fn take_body(
         return Err(ProxyError::NotFound(format!(
             "{} is not a route this proxy takes relayed messages on",
             incoming.target
-        )));
+        ))
+        .into());
     };
     Ok((json.map_err(ProxyError::storage)?, signature))
 }
@@ -170,7 +194,7 @@ async fn take(
     incoming: Incoming,
     body: web::Bytes,
     envelopes: Vec<SealedEnvelope>,
-) -> Result<(Vec<Ack>, String), ProxyError> {
+) -> Result<(Vec<Ack>, String), Refusal> {
     let published = state.published.borrow().clone();
     state.check_started(&published)?;
     let Incoming {
@@ -200,9 +224,15 @@ async fn take(
     })
     .await
     .map_err(ProxyError::unavailable)??;
-    state.check_not_ai(&published, &origin)?;
+    // From here on the request is its origin's, signed and new: a refusal is this proxy's
+    // answer to it, and is signed when a relay carries it.
+    let checked = |error: ProxyError| Refusal {
+        error,
+        checked: true,
+    };
+    state.check_not_ai(&published, &origin).map_err(checked)?;
     for (e, _) in &opened {
-        state.check_relayed(e)?;
+        state.check_relayed(e).map_err(checked)?;
     }
     let ids: Vec<_> = opened.iter().map(|(e, _)| e.id.clone()).collect();
     let (envelopes, chains): (Vec<Envelope>, Vec<_>) = opened
@@ -211,7 +241,8 @@ async fn take(
         .unzip();
     let duplicates = state
         .enqueue_relayed(envelopes, chains, Origin::Relay)
-        .await?;
+        .await
+        .map_err(checked)?;
     state.hops.acknowledged();
     let acks = ids
         .into_iter()
