@@ -82,6 +82,8 @@ pub struct ProxyView {
     pub via: Option<String>,
     /// A relay's last report: who is attached, what it carried.
     pub relay: Option<crate::wire::control_plane::RelayReport>,
+    /// The names of its table reached through a relay (name → relay), as the directory says.
+    pub relayed: BTreeMap<String, String>,
 }
 
 impl ProxyView {
@@ -298,8 +300,16 @@ fn endpoint_table(p: &ProxyView) -> Markup {
                             Endpoint::Peer(peer) => tr {
                                 td.ep-name { (name) }
                                 td { span.kind.peer { "peer" } }
-                                td { code { (peer.host) ":" (peer.port) } }
-                                td.muted { @if peer.native { "native relay" } @else { "legacy POST /" } }
+                                @match p.relayed.get(&name.to_ascii_lowercase()) {
+                                    Some(relay) => {
+                                        td { "via " code { (relay) } }
+                                        td.muted title="behind NAT: reached through that relay only" { "through a relay" }
+                                    }
+                                    None => {
+                                        td { code { (peer.host) ":" (peer.port) } }
+                                        td.muted { @if peer.native { "native relay" } @else { "legacy POST /" } }
+                                    }
+                                }
                                 td.muted { "—" }
                             },
                             Endpoint::Ai(ai) => tr {
@@ -707,6 +717,7 @@ mod tests {
             role: Default::default(),
             via: None,
             relay: None,
+            relayed: BTreeMap::new(),
         }
     }
 
@@ -747,6 +758,12 @@ mod tests {
         let mut p = view();
         p.via = Some("relay1".into());
         assert!(proxy_row(&p).into_string().contains("via relay1"));
+        // In another proxy's table, a user behind a relay shows the relay, not its address.
+        let mut p = view();
+        p.relayed.insert("bob".into(), "relay1".into());
+        let html = proxy_row(&p).into_string();
+        assert!(html.contains("via <code>relay1</code>"), "{html}");
+        assert!(!html.contains("127.0.0.1:10002"), "{html}");
     }
 
     #[test]

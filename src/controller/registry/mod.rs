@@ -406,6 +406,11 @@ impl Registry {
             // As the directory says (for `reachable: auto`, what the probe found).
             via: directory_user.and_then(|u| u.via.clone()),
             relay: self.relay_reports.get(&rec.proxy_id).cloned(),
+            relayed: directory
+                .users
+                .iter()
+                .filter_map(|(k, u)| u.via.clone().map(|r| (k.clone(), r)))
+                .collect(),
         }
     }
 
