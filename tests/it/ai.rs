@@ -186,7 +186,7 @@ async fn a_missing_key_variable_is_named_and_nothing_is_sent() {
     assert!(matches!(e, AiError::MissingKey { .. }), "{e:?}");
     assert_eq!(
         e.to_string(),
-        "No API key for OpenAI: set OVERLAY_TEST_UNSET_OPENAI_KEY in the environment of this proxy, then send the message again."
+        "No API key for OpenAI: OVERLAY_TEST_UNSET_OPENAI_KEY is not set where this proxy runs. Start the proxy again with OVERLAY_TEST_UNSET_OPENAI_KEY set in its environment (or give the endpoint an api_key_file), then send the message again."
     );
     assert!(deltas.is_empty());
     assert!(fake.requests().is_empty());
@@ -381,7 +381,7 @@ async fn an_error_event_after_the_first_token_breaks_the_reply_off_without_a_ret
     );
     assert!(
         e.to_string()
-            .starts_with("The reply from OpenAI broke off: OpenAI reported an error mid-way"),
+            .starts_with("OpenAI's reply broke off: OpenAI reported an error mid-way"),
         "{e}"
     );
     assert_eq!(e.partial_text(), "Partial");
@@ -540,7 +540,7 @@ async fn a_stall_mid_stream_hits_the_idle_timeout_and_keeps_what_arrived() {
     );
     assert!(
         e.to_string()
-            .starts_with("The reply from OpenAI broke off: no data arrived for 300ms"),
+            .starts_with("OpenAI's reply broke off: no data arrived for 300ms"),
         "{e}"
     );
     assert_eq!(deltas, ["Hel", "lo"]);
@@ -686,7 +686,7 @@ async fn an_anthropic_error_event_after_text_breaks_the_reply_off() {
     let e = reply.unwrap_err();
     assert_eq!(
         e.to_string(),
-        "The reply from Anthropic broke off: Anthropic reported an error mid-way: Overloaded."
+        "Anthropic's reply broke off: Anthropic reported an error mid-way: Overloaded."
     );
     assert_eq!(e.partial_text(), "Once upon");
     assert_eq!(deltas, ["Once upon"]);

@@ -9,7 +9,9 @@
 //! reply display is fed by posting to alice's peer what her proxy's AI adapter would post
 //! (`/api/v1/stream`, `/api/v1/inbox`): no AI API is called.
 //!
-//! Without `/usr/bin/chromedriver` the test is skipped, unless `CI` is set: then it fails.
+//! Without `/usr/bin/chromedriver` the test is skipped, saying so past the harness's capture
+//! (a line in capitals among the results), unless this is CI (`CI` set, and not `false`, `0`
+//! or `no`): then it fails.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -185,10 +187,13 @@ async fn screenshot(c: &Client, name: &str) {
 #[actix_web::test]
 async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
     if !std::path::Path::new(CHROMEDRIVER).exists() {
-        if std::env::var_os("CI").is_some() {
+        if crate::helpers::under_ci() {
             panic!("chromedriver is not installed at {CHROMEDRIVER}; the CI image must have it (apt-get install chromium chromium-driver)");
         }
-        println!("skipping: chromedriver not installed (apt-get install chromium chromium-driver)");
+        crate::helpers::say_loudly(&format!(
+            "*** BROWSER TEST NOT RUN: no chromedriver at {CHROMEDRIVER} (apt-get install \
+             chromium chromium-driver) ***"
+        ));
         return;
     }
     let mut o = overlay_under_test().await;

@@ -614,3 +614,35 @@ pub async fn signed_post_with(
         ack,
     }
 }
+
+/// Whether this run is CI's: `CI` set to anything but empty, `0`, `false` or `no`.
+pub fn under_ci() -> bool {
+    is_ci(std::env::var("CI").ok().as_deref())
+}
+
+fn is_ci(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no"
+        )
+    })
+}
+
+/// Writes `line` where a person running `cargo test` sees it, passing or not: straight to the
+/// standard error, past the test harness's capture (which holds what the print macros write).
+pub fn say_loudly(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+#[test]
+fn ci_is_any_value_of_ci_but_the_ones_that_say_no() {
+    for yes in ["true", "1", "yes", "TRUE", "github"] {
+        assert!(is_ci(Some(yes)), "{yes}");
+    }
+    for no in ["false", "0", "", "no", "False", " false "] {
+        assert!(!is_ci(Some(no)), "{no:?}");
+    }
+    assert!(!is_ci(None));
+}

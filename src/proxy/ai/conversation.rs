@@ -448,8 +448,8 @@ mod tests {
     #[test]
     fn streamed_text_before_an_error_is_kept_and_marked_as_cut_off() {
         assert_eq!(
-            error_text("The reply from OpenAI broke off: boom.", "Partial "),
-            "Partial\n\n[The reply was cut off here.] The reply from OpenAI broke off: boom."
+            error_text("OpenAI's reply broke off: boom.", "Partial "),
+            "Partial\n\n[The reply was cut off here.] OpenAI's reply broke off: boom."
         );
     }
 

@@ -151,7 +151,9 @@ impl AiAdapters {
         self.by_name.retain(|name, _| {
             let keep = matches!(table.get(name), Some(Endpoint::Ai(_)));
             if !keep {
-                log::info!("AI endpoint {name} left the table: its adapter stops");
+                // Routine (the proxy of a user named like an AI endpoint never calls it): not
+                // worth a line at the default level.
+                log::debug!("AI endpoint {name} is no longer in the table: its adapter stops");
             }
             keep
         });

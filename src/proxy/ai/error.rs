@@ -32,7 +32,7 @@ pub enum TimeoutKind {
 /// Why a reply could not be produced. `Display` is the message the user sees.
 #[derive(Debug, thiserror::Error)]
 pub enum AiError {
-    #[error("No API key for {provider}: set {var} in the environment of this proxy, then send the message again.")]
+    #[error("No API key for {provider}: {var} is not set where this proxy runs. Start the proxy again with {var} set in its environment (or give the endpoint an api_key_file), then send the message again.")]
     MissingKey { provider: &'static str, var: String },
     #[error("Cannot read the API key file {path}: {reason}.")]
     KeyFile { path: String, reason: String },
@@ -107,7 +107,7 @@ pub enum AiError {
     },
     #[error("{provider} sent an empty reply ({why}).")]
     Empty { provider: &'static str, why: String },
-    #[error("The reply from {provider} broke off: {reason}.")]
+    #[error("{provider}'s reply broke off: {reason}.")]
     BrokeOff {
         provider: &'static str,
         reason: String,
@@ -163,7 +163,7 @@ fn timeout_message(provider: &str, kind: TimeoutKind, after: Duration, partial: 
     if partial.is_empty() {
         format!("{provider} did not answer in time: {what}.")
     } else {
-        format!("The reply from {provider} broke off: {what}.")
+        format!("{provider}'s reply broke off: {what}.")
     }
 }
 
@@ -475,6 +475,32 @@ impl From<KeyError> for AiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_reply_reads_right_for_every_provider_label() {
+        let broke = |provider| AiError::BrokeOff {
+            provider,
+            reason: "the connection closed".into(),
+            partial: "Hel".into(),
+        };
+        assert_eq!(
+            broke("The AI server").to_string(),
+            "The AI server's reply broke off: the connection closed."
+        );
+        assert_eq!(
+            broke("OpenAI").to_string(),
+            "OpenAI's reply broke off: the connection closed."
+        );
+        let missing = AiError::MissingKey {
+            provider: "OpenAI",
+            var: "OPENAI_API_KEY".into(),
+        }
+        .to_string();
+        assert!(
+            missing.contains("Start the proxy again with OPENAI_API_KEY set"),
+            "{missing}"
+        );
+    }
     use actix_web::http::header::{HeaderName, HeaderValue};
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -652,7 +678,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "The reply from OpenAI broke off: no data arrived for 30s (idle timeout)."
+            "OpenAI's reply broke off: no data arrived for 30s (idle timeout)."
         );
         assert_eq!(e.partial_text(), "Hel");
     }

@@ -40,15 +40,14 @@ fn lab(hosts: usize) -> Option<Lab> {
         },
         Some(why) => why,
     };
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     assert!(
-        !ci,
+        !crate::helpers::under_ci(),
         "the NAT test needs network namespaces (root, ip, nft) and CI has them: {why}"
     );
-    eprintln!(
-        "\n*** NAT TEST NOT RUN: {why}. IT NEEDS ROOT WITH `ip` AND `nft` \
-         (sudo cargo test --test it nat::) ***\n"
-    );
+    crate::helpers::say_loudly(&format!(
+        "*** NAT TEST NOT RUN: {why}. IT NEEDS ROOT WITH `ip` AND `nft` \
+         (sudo cargo test --test it nat::) ***"
+    ));
     None
 }
 
