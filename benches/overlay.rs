@@ -6,7 +6,8 @@
 //! and the real `overlay up` binary for memory and start-up time. Every message counted as
 //! delivered was durably committed by the sender's peer, both proxies and the receiver's peer.
 //!
-//! `OVERLAY_BENCH_SCALE=0.2 cargo bench --bench overlay` runs a smaller, quicker version;
+//! `OVERLAY_BENCH_SCALE=0.2 cargo bench --bench overlay` runs a smaller, quicker version (its
+//! results go to `target/bench-results-scaled/`, never over the published ones);
 //! `OVERLAY_BENCH_ONLY=delivery` runs only the delivery and latency figures, and
 //! `OVERLAY_BENCH_ONLY=throughput` only the delivery at concurrency 16 (for profiling), and
 //! `OVERLAY_BENCH_ONLY=relay` only the relay's figures (through a relay against direct, and
@@ -698,8 +699,10 @@ async fn main() {
         figures.iter().filter(|f| f.passes() == Some(true)).count()
     );
 
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
-    std::fs::create_dir_all(&out).expect("create bench-results/");
+    // Only a whole run is published: a smaller one (OVERLAY_BENCH_SCALE below 1) goes beside
+    // it, in target/, so it never replaces the figures the README quotes.
+    let out = results_dir(scale());
+    std::fs::create_dir_all(&out).expect("create the results directory");
     let mut md = format!(
         "# overlay benchmark results\n\nMachine: {}. Command: `cargo bench --bench overlay`.\n\n",
         machine()
@@ -715,5 +718,21 @@ async fn main() {
         support::svg_chart(&figures, "overlay: each figure against its floor"),
     )
     .expect("write chart.svg");
-    println!("written: bench-results/results.md, bench-results/chart.svg");
+    println!(
+        "written: {0}/results.md, {0}/chart.svg",
+        out.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap_or(&out)
+            .display()
+    );
+}
+
+/// Where a run's results go: `bench-results/` for a whole run, `target/bench-results-scaled/`
+/// for a smaller one.
+fn results_dir(scale: f64) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if scale >= 1.0 {
+        root.join("bench-results")
+    } else {
+        root.join("target").join("bench-results-scaled")
+    }
 }
