@@ -504,8 +504,9 @@ mod tests {
         // What the user is told: the AI error it becomes.
         let e = super::super::error::AiError::from(e);
         assert!(
-            e.to_string()
-                .contains("set OVERLAY_TEST_SURELY_UNSET_VAR in the environment of this proxy"),
+            e.to_string().contains(
+                "Start the proxy again with OVERLAY_TEST_SURELY_UNSET_VAR set in its environment"
+            ),
             "{e}"
         );
     }
