@@ -638,7 +638,10 @@ async fn a_missing_or_wrong_key_is_an_error_message_from_the_endpoint_and_never_
     assert!(chunks.is_empty(), "nothing streamed: {chunks:?}");
     assert_eq!(report["error"], true, "marked as an error: {report}");
     let text = report["text"].as_str().unwrap();
-    assert!(text.contains("set OVERLAY_E2E_KEY_MISSING"), "{text}");
+    assert!(
+        text.contains("Start the proxy again with OVERLAY_E2E_KEY_MISSING set"),
+        "{text}"
+    );
     all_failed(&peer, "alice", "BOT").await;
     let page_of = get_json(&format!("{peer}/api/v1/conversations/BOT/messages")).await;
     let mine = page_of["messages"]
