@@ -57,15 +57,19 @@ impl ProxyError {
     /// The answer's body: the original's error shape (with the last number taken, for
     /// [`ProxyError::Stale`]).
     pub fn body_json(&self) -> String {
-        let body = match self {
+        self.body_value().to_string()
+    }
+
+    /// [`ProxyError::body_json`], as a JSON value.
+    pub fn body_value(&self) -> serde_json::Value {
+        match self {
             ProxyError::Stale { message, last } => serde_json::json!({
                 "status": "error",
                 "message": message,
                 STALE_FIELD: last,
             }),
             _ => serde_json::json!(ErrorBody::new(self.to_string())),
-        };
-        body.to_string()
+        }
     }
 
     pub fn storage(e: impl std::fmt::Display) -> Self {

@@ -53,42 +53,8 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
     let label = format!("proxy/{}", settings.name);
     let instance: Option<String> = Some(settings.name.to_string());
 
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "creating the data directory {} for {label}",
-            settings.data_dir.display()
-        )
-    })?;
-    let path = settings
-        .data_dir
-        .join(format!("proxy-{}.redb", settings.name));
-    let log = settings
-        .data_dir
-        .join(format!("proxy-{}.wal", settings.name));
-    let shown = path.display().to_string();
-    let opening_tag = label.clone();
-    let name = settings.name.to_string();
-    let (db, wal, loaded) = web::block(move || {
-        let (db, wal) = store::open(&path, &log, &opening_tag)?;
-        let loaded = store::load(&db, &name)?;
-        Ok::<_, error::ProxyError>((db, wal, loaded))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("opening {shown}: {e}"))??;
-
-    let key_path = settings
-        .data_dir
-        .join(format!("proxy-{}.key", settings.name));
-    let (identity, created) = crate::trust::Identity::load_or_create(&key_path)
-        .map_err(|e| anyhow::anyhow!("{label}: its identity key: {e}"))?;
-    if created {
-        log::info!(
-            "{label}: made its identity key {} (fingerprint {})",
-            key_path.display(),
-            identity.fingerprint()
-        );
-    }
-    let identity = std::sync::Arc::new(identity);
+    let (db, wal, loaded, identity) =
+        open_member(&label, &settings.data_dir, "proxy", settings.name.as_str()).await?;
     let seal_path = settings
         .data_dir
         .join(format!("proxy-{}.seal", settings.name));
@@ -226,6 +192,50 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
 }
 
 /// This proxy's own addresses: where it listens, and where it says it can be reached.
+/// Opens what a member (a proxy, or a relay: `kind`) keeps in `data_dir` as `KIND-NAME.*`:
+/// its store (`.redb` with its `.wal`, repaired after a crash) and what it loaded, and its
+/// identity key (`.key`, made on first start, and said so).
+pub(crate) async fn open_member(
+    label: &str,
+    data_dir: &std::path::Path,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<(
+    std::sync::Arc<crate::storage::SharedDb>,
+    crate::storage::Wal,
+    store::Loaded,
+    std::sync::Arc<crate::trust::Identity>,
+)> {
+    std::fs::create_dir_all(data_dir).with_context(|| {
+        format!(
+            "creating the data directory {} for {label}",
+            data_dir.display()
+        )
+    })?;
+    let file = |ext: &str| data_dir.join(format!("{kind}-{name}.{ext}"));
+    let (path, log) = (file("redb"), file("wal"));
+    let shown = path.display().to_string();
+    let (tag, who) = (label.to_string(), name.to_string());
+    let (db, wal, loaded) = web::block(move || {
+        let (db, wal) = store::open(&path, &log, &tag)?;
+        let loaded = store::load(&db, &who)?;
+        Ok::<_, error::ProxyError>((db, wal, loaded))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("opening {shown}: {e}"))??;
+    let key_path = file("key");
+    let (identity, created) = crate::trust::Identity::load_or_create(&key_path)
+        .map_err(|e| anyhow::anyhow!("{label}: its identity key: {e}"))?;
+    if created {
+        log::info!(
+            "{label}: made its identity key {} (fingerprint {})",
+            key_path.display(),
+            identity.fingerprint()
+        );
+    }
+    Ok((db, wal, loaded, std::sync::Arc::new(identity)))
+}
+
 fn own_addresses(listening: std::net::SocketAddr, advertise: &str) -> Vec<HostPort> {
     let mut own = vec![HostPort {
         host: listening.ip().to_string(),

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
-use actix_web::{web, HttpServer};
+use actix_web::HttpServer;
 
 use crate::config::RelaySettings;
 use crate::proxy::controller_link::{ControllerLink, LinkSettings, LinkTls};
@@ -45,32 +45,8 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
     let addr = listener.local_addr()?;
     let name = settings.name.to_string();
     let file = |ext: &str| settings.data_dir.join(format!("relay-{name}.{ext}"));
-    std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "{label}: creating the data directory {}: {e}",
-            settings.data_dir.display()
-        )
-    })?;
-    let (path, log, tag, who) = (file("redb"), file("wal"), label.clone(), name.clone());
-    let shown = path.display().to_string();
-    let (db, wal, loaded) = web::block(move || {
-        let (db, wal) = store::open(&path, &log, &tag)?;
-        let loaded = store::load(&db, &who)?;
-        Ok::<_, crate::proxy::error::ProxyError>((db, wal, loaded))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("opening {shown}: {e}"))??;
-    let key_path = file("key");
-    let (identity, created) = crate::trust::Identity::load_or_create(&key_path)
-        .map_err(|e| anyhow::anyhow!("{label}: its identity key: {e}"))?;
-    if created {
-        log::info!(
-            "{label}: made its identity key {} (fingerprint {})",
-            key_path.display(),
-            identity.fingerprint()
-        );
-    }
-    let identity = Arc::new(identity);
+    let (db, wal, loaded, identity) =
+        crate::proxy::open_member(&label, &settings.data_dir, "relay", &name).await?;
     let (applied_tx, applied_rx) = tokio::sync::watch::channel(Arc::new(Published::default()));
     let overlay = ProxyTls::new(file("crt"), &identity, root.clone(), applied_rx);
     let tls_listener = crate::web::bind(&label, settings.tls.listen, "relays[].relay.tls_listen")?;

@@ -112,8 +112,7 @@ pub async fn carried(state: &ProxyState, carried: Carried) -> Answered {
         },
         Err(Refusal { error, checked }) => {
             let status = actix_web::ResponseError::status_code(&error).as_u16();
-            let mut body: serde_json::Value =
-                serde_json::from_str(&error.body_json()).unwrap_or_default();
+            let mut body = error.body_value();
             // Signed only when it answers the origin's own request (its signature checked and
             // new): a refusal of what a relay made up or replayed is not this proxy's word
             // for the origin to believe.
