@@ -11,7 +11,8 @@
 //! `OVERLAY_BENCH_ONLY=delivery` runs only the delivery and latency figures, and
 //! `OVERLAY_BENCH_ONLY=throughput` only the delivery at concurrency 16 (for profiling), and
 //! `OVERLAY_BENCH_ONLY=relay` only the relay's figures (through a relay against direct, and
-//! the memory of 10,000 proxies attached to one relay); none of them writes to
+//! the memory of 10,000 proxies attached to one relay), `OVERLAY_BENCH_ONLY=relay-memory` only
+//! that memory; none of them writes to
 //! `bench-results/`.
 
 mod support;
@@ -38,7 +39,10 @@ fn only() -> Option<&'static str> {
         "delivery" => Some("delivery"),
         "throughput" => Some("throughput"),
         "relay" => Some("relay"),
-        other => panic!("OVERLAY_BENCH_ONLY={other}: expected delivery, throughput or relay"),
+        "relay-memory" => Some("relay-memory"),
+        other => panic!(
+            "OVERLAY_BENCH_ONLY={other}: expected delivery, throughput, relay or relay-memory"
+        ),
     }
 }
 
@@ -425,6 +429,15 @@ fn machine() -> String {
 /// concurrency 16 and 1, after a warm-up), and the memory of one relay holding
 /// [`support::relay::ATTACHED`] attached proxies over TLS.
 async fn relay_figures(figures: &mut Vec<Figure>) {
+    // Memory first, while this process holds nothing else: what it grows by is the relay's.
+    relay_memory(figures).await;
+    if only() != Some("relay-memory") {
+        relay_speed(figures).await;
+    }
+}
+
+/// Delivered msg/s through a relay against direct.
+async fn relay_speed(figures: &mut Vec<Figure>) {
     let n = scaled(3_000);
     let mut rates = Vec::new();
     for relayed in [false, true] {
@@ -455,6 +468,10 @@ async fn relay_figures(figures: &mut Vec<Figure>) {
             ),
         });
     }
+}
+
+/// The memory of one relay holding [`support::relay::ATTACHED`] attached proxies over TLS.
+async fn relay_memory(figures: &mut Vec<Figure>) {
     let held = support::relay::hold_idle(support::relay::ATTACHED).await;
     let grown = held.after.saturating_sub(held.before);
     eprintln!(
@@ -500,7 +517,7 @@ async fn main() {
     }
     eprintln!("overlay benchmark on {} (scale {})", machine(), scale());
 
-    if only() == Some("relay") {
+    if matches!(only(), Some("relay" | "relay-memory")) {
         relay_figures(&mut figures).await;
         println!("\n{}", support::text_table(&figures));
         return;

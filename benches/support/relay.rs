@@ -136,18 +136,24 @@ pub async fn hold_idle(count: usize) -> Held {
     )));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().unwrap().port();
-    let server = actix_web::HttpServer::new(move || {
-        let state = state.clone();
-        actix_web::App::new().configure(move |cfg| overlay::relay::routes::configure(cfg, state))
-    })
-    .workers(1)
-    .max_connections(count + 1_000)
-    .max_connection_rate(512)
-    .disable_signals()
-    .on_connect(overlay::proxy::tls::on_connect(None))
-    .listen_rustls_0_23(listener, tls)
-    .expect("listen")
-    .run();
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    // The relay's own server (its TLS front included), as `overlay relay` runs it.
+    let server = overlay::relay::serve(
+        move || {
+            let state = state.clone();
+            let app = actix_web::App::new().configure({
+                let state = state.clone();
+                move |cfg| overlay::relay::routes::configure(cfg, state)
+            });
+            (app, state)
+        },
+        plain,
+        listener,
+        tls,
+        1,
+        1_000,
+    )
+    .expect("listen");
     let handle = server.handle();
     actix_rt::spawn(server);
     actix_rt::time::sleep(Duration::from_millis(200)).await;
@@ -211,24 +217,32 @@ pub async fn child(args: &str) {
     let config = overlay::trust::tls::client_config(overlay::trust::tls::Leaf::new(), verifier);
     let tcp = actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(Loopback))
         .service();
-    let client = awc::Client::builder()
-        .connector(
-            awc::Connector::new()
-                .connector(tcp)
-                .rustls_0_23(config)
-                .limit(0)
-                .timeout(Duration::from_secs(30))
-                .handshake_timeout(Duration::from_secs(30)),
-        )
-        .timeout(Duration::from_secs(3600))
-        .finish();
+    let make = move || {
+        awc::Client::builder()
+            .connector(
+                awc::Connector::new()
+                    .connector(tcp.clone())
+                    .rustls_0_23(config.clone())
+                    .limit(0)
+                    .timeout(Duration::from_secs(30))
+                    .handshake_timeout(Duration::from_secs(30)),
+            )
+            .timeout(Duration::from_secs(3600))
+            .finish()
+    };
+    let client = make();
     let base = format!("https://{name}:{port}");
     let streams = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let next = std::rc::Rc::new(std::cell::Cell::new(0usize));
     let workers: Vec<_> = (0..32)
         .map(|_| {
-            let (client, base, streams, next) =
-                (client.clone(), base.clone(), streams.clone(), next.clone());
+            let (client, base, streams, next, make) = (
+                client.clone(),
+                base.clone(),
+                streams.clone(),
+                next.clone(),
+                make.clone(),
+            );
             actix_rt::spawn(async move {
                 loop {
                     let i = next.get();
@@ -249,11 +263,10 @@ pub async fn child(args: &str) {
                         &ch,
                         overlay::wire::now_ms(),
                     );
-                    // A new connection per stream: the attach holds it.
-                    let res = client
+                    // A new connection per stream, as a proxy opens it: the attach holds it.
+                    let res = make()
                         .get(format!("{base}/relay/v1/attach"))
                         .insert_header((ATTACH_HEADER, proof.header()))
-                        .insert_header(("connection", "keep-alive"))
                         .send()
                         .await
                         .expect("attached");

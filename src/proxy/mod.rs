@@ -378,7 +378,11 @@ impl Boot {
         router.do_send(SubscribeTable {
             subscriber: desk.clone().recipient(),
         });
-        let for_relay = (overlay_client.clone(), identity.clone(), published.clone());
+        let for_relay = (
+            overlay_client.clone().zip(fresh_client.clone()),
+            identity.clone(),
+            published.clone(),
+        );
         let controller = match settings.root.clone() {
             Some(root) => {
                 let link = LinkSettings {
@@ -453,12 +457,13 @@ impl Boot {
                 .collect(),
         };
         match (&settings.via, for_relay) {
-            (Some(relay), (Some(client), identity, published)) => {
+            (Some(relay), (Some((client, fresh)), identity, published)) => {
                 relay_link::RelayLink::new(relay_link::RelayLinkSettings {
                     me: settings.name.to_string(),
                     relay: relay.clone(),
                     identity,
                     client,
+                    fresh,
                     published,
                     state: state.clone(),
                 })

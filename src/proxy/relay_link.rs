@@ -59,6 +59,10 @@ pub struct RelayLinkSettings {
     pub identity: Arc<Identity>,
     /// The overlay client (TLS, relay checked by the name its certificate carries).
     pub client: awc::Client,
+    /// A maker of overlay clients with connections of their own: the attach opens the
+    /// stream as the first request of a new connection, which the relay holds leanly
+    /// (see `relay::front`).
+    pub fresh: std::rc::Rc<dyn Fn() -> awc::Client>,
     pub published: tokio::sync::watch::Receiver<Arc<Published>>,
     /// The proxy's routes' state: carried requests are taken through it.
     pub state: ProxyState,
@@ -210,8 +214,7 @@ async fn follow(
         &challenge,
         crate::wire::now_ms(),
     );
-    let mut req = settings
-        .client
+    let mut req = (settings.fresh)()
         .get(format!("{base}/relay/v1/attach"))
         .timeout(STREAM_FOREVER)
         .insert_header((ATTACH_HEADER, proof.header()))

@@ -10,10 +10,16 @@
 //!
 //! - [`hub`]: the [`hub::Hub`] actor: attachments, carried requests, queues, counters.
 //! - [`routes`]: the HTTP routes, thin (rate, proof, then the hub).
+//! - [`front`]: the TLS listener: attached streams served leanly, the rest by the routes.
+//! - [`events`]: an attached stream's events as bytes, with its keep-alives.
+//! - [`records`]: an attached stream's TLS once rustls has let it go: its key alone.
 //! - [`error`]: its error type.
 
 pub mod error;
+pub mod events;
+pub mod front;
 pub mod hub;
+pub mod records;
 pub mod routes;
 
 use std::net::TcpListener;
@@ -21,7 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
-use actix_web::HttpServer;
+use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::AppConfig;
 
 use crate::config::RelaySettings;
 use crate::proxy::controller_link::{ControllerLink, LinkSettings, LinkTls};
@@ -126,22 +133,28 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
     let tag = label.clone();
     let limits = crate::web::ServerLimits::of(&settings.server);
     let health_name = Some(name.clone());
-    let server = HttpServer::new(move || {
+    let app = move || {
         crate::logging::tag_thread(&tag);
         let state = (*state).clone();
-        crate::web::guarded_app(limits)
-            .configure(|cfg| common_routes(cfg, Health::new("relay", health_name.as_deref())))
-            .configure(move |cfg| routes::configure(cfg, state))
-    })
-    .workers(settings.workers)
-    // Attached streams are long-lived: a relay holds one connection per proxy behind NAT.
-    .max_connections(limits.max_connections.max(50_000))
-    .disable_signals()
-    .shutdown_timeout(2)
-    .on_connect(crate::proxy::tls::on_connect(None))
-    .listen(listener)?
-    .listen_rustls_0_23(tls_listener, server_tls)?
-    .run();
+        let health = Health::new("relay", health_name.as_deref());
+        (
+            crate::web::guarded_app(limits)
+                .configure(|cfg| common_routes(cfg, health))
+                .configure({
+                    let state = state.clone();
+                    move |cfg| routes::configure(cfg, state)
+                }),
+            state,
+        )
+    };
+    let server = serve(
+        app,
+        listener,
+        tls_listener,
+        server_tls,
+        settings.workers,
+        limits.max_connections,
+    )?;
     log::info!(
         "{label} listening on {addr}; proxies attach over TLS on {bound} (advertised as \
          {advertise})"
@@ -154,4 +167,72 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
         server,
         on_stop: vec![],
     })
+}
+
+/// The relay's server: `plain` and its TLS listener (`tls` with `server_tls`, through
+/// [`front`]), each worker with the app and state `app` makes. Attached streams are long-lived
+/// (a relay holds one per proxy behind NAT) and live in tasks of their own, outside
+/// `max_connections`, which bounds the other connections.
+pub fn serve<F, T>(
+    app: F,
+    plain: TcpListener,
+    tls: TcpListener,
+    mut server_tls: rustls::ServerConfig,
+    workers: usize,
+    max_connections: usize,
+) -> std::io::Result<actix_web::dev::Server>
+where
+    F: Fn() -> (actix_web::App<T>, routes::RelayState) + Send + Clone + 'static,
+    T: actix_web::dev::ServiceFactory<
+            actix_web::dev::ServiceRequest,
+            Config = (),
+            Response = actix_web::dev::ServiceResponse<actix_web::body::BoxBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+{
+    // An attached stream keeps only its traffic key once its answer has gone (front.rs).
+    server_tls.enable_secret_extraction = true;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
+    // The app reads nothing of its config (host, scheme): the default is as good as any.
+    let plain_app = app.clone();
+    Ok(actix_server::Server::build()
+        .workers(workers)
+        .max_concurrent_connections(max_connections.max(1))
+        .disable_signals()
+        .shutdown_timeout(2)
+        .listen("relay-plain", plain, move || {
+            let (app, _) = plain_app();
+            actix_http::HttpService::build()
+                .finish(map_config(
+                    app.into_factory()
+                        .map_err(|e: actix_web::Error| e.error_response()),
+                    |_| AppConfig::default(),
+                ))
+                .tcp()
+        })?
+        .listen("relay-tls", tls, move || {
+            let (app, state) = app();
+            let h1 = actix_http::HttpService::build()
+                .on_connect_ext(|_: &front::Conn, ext: &mut actix_web::dev::Extensions| {
+                    ext.insert(crate::trust::tls::OverTls);
+                })
+                .h1(map_config(
+                    app.into_factory()
+                        .map_err(|e: actix_web::Error| e.error_response()),
+                    |_| AppConfig::default(),
+                ));
+            let acceptor = acceptor.clone();
+            actix_service::fn_factory(move || {
+                let made = actix_service::ServiceFactory::new_service(&h1, ());
+                let (acceptor, state) = (acceptor.clone(), state.clone());
+                async move {
+                    let h1 = std::rc::Rc::new(made.await?);
+                    Ok::<_, ()>(actix_service::fn_service(move |tcp| {
+                        front::serve(tcp, acceptor.clone(), state.clone(), h1.clone())
+                    }))
+                }
+            })
+        })?
+        .run())
 }

@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_web_lab::sse;
 use serde_json::value::RawValue;
 
 use super::error::RelayError;
+use super::events::Events;
 use super::hub::{
     Abandon, Answer, Attach, CheckNonce, Hub, IssueChallenge, Refused, Send, SessionOf, Status,
 };
@@ -97,6 +98,16 @@ impl RelayState {
             .peer_addr()
             .map(|a| a.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        self.limit_source(source, limit, what)
+    }
+
+    /// Takes a token of `limit` for `source`, or refuses (429).
+    fn limit_source(
+        &self,
+        source: IpAddr,
+        limit: &Mutex<RateLimiter>,
+        what: &str,
+    ) -> Result<(), RelayError> {
         let allowed = limit
             .lock()
             .map(|mut l| l.allow(source, Instant::now()))
@@ -188,25 +199,52 @@ async fn challenge(
 
 /// # GET /relay/v1/attach
 /// With [`ATTACH_HEADER`]; opens this proxy's event stream (see [`crate::wire::relay`]).
+/// A proxy sends it as the first request of a new connection, which [`super::front`] serves
+/// leanly; one that comes later on a connection is served here, the same stream through
+/// actix-web.
 async fn attach(
     req: HttpRequest,
     state: web::Data<RelayState>,
 ) -> Result<HttpResponse, RelayError> {
     over_tls(&req)?;
-    state.limit(&req, &state.attach_limit, "attaches").await?;
+    let source = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let header = req
+        .headers()
+        .get(ATTACH_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let last_event = req
+        .headers()
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let rx = authorize(&state, source, header, last_event).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .streaming(Events::new(rx, state.ping_every)))
+}
+
+/// An attach from `source` with `header` (the signed challenge) and `Last-Event-ID`: its rate
+/// first, then its proof, then the hub's stream.
+pub async fn authorize(
+    state: &RelayState,
+    source: IpAddr,
+    header: Option<&str>,
+    last_event: Option<u64>,
+) -> Result<tokio::sync::mpsc::Receiver<Bytes>, RelayError> {
+    state.limit_source(source, &state.attach_limit, "attaches")?;
     let refused = |e: RelayError| {
         state.hub.do_send(Refused::Attach);
         e
     };
-    let header = req
-        .headers()
-        .get(ATTACH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            refused(RelayError::Unauthenticated(format!(
-                "no `{ATTACH_HEADER}` header: sign the challenge of GET /relay/v1/challenge"
-            )))
-        })?;
+    let header = header.ok_or_else(|| {
+        refused(RelayError::Unauthenticated(format!(
+            "no `{ATTACH_HEADER}` header: sign the challenge of GET /relay/v1/challenge"
+        )))
+    })?;
     let proof = AttachProof::parse(header).map_err(|e| {
         refused(RelayError::BadRequest(format!(
             "the `{ATTACH_HEADER}` header is malformed: {e}"
@@ -233,11 +271,6 @@ async fn attach(
             proof.name
         ))));
     }
-    let last_event = req
-        .headers()
-        .get("Last-Event-ID")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
     let rx = state
         .ask(Attach {
             name: proof.name.clone(),
@@ -248,8 +281,7 @@ async fn attach(
         })
         .await??;
     log::info!("relay {}: {} attached", state.name, proof.name);
-    let stream = sse::Sse::from_infallible_receiver(rx).with_keep_alive(state.ping_every);
-    Ok(actix_web::Responder::respond_to(stream, &req).map_into_boxed_body())
+    Ok(rx)
 }
 
 /// # POST /relay/v1/to/{name}

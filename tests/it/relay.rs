@@ -534,3 +534,154 @@ async fn a_refusal_the_relay_carries_is_signed_by_the_receiver_for_that_request(
     assert_eq!(status, 400, "{answer:?}");
     assert!(!refusal_signed_by(&alice, &digest, status, &answer));
 }
+
+/// A TLS connection of its own to relay1's one TLS port, as a proxy opens one.
+async fn relay_connection(
+    o: &TestOverlay,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use overlay::trust::tls::{client_config, Leaf, OverlayVerifier};
+    let dir = o.data_dir.path();
+    let root = overlay::controller::trust::root_fingerprint(dir).expect("a root");
+    let relay = overlay::trust::Identity::load(&dir.join("relay-relay1.key")).expect("its key");
+    let pins = crate::helpers::TestPins(vec![("relay1".into(), relay.public())]);
+    let verifier = OverlayVerifier::new(root, std::sync::Arc::new(pins), false);
+    let connector = tokio_rustls::TlsConnector::from(client_config(Leaf::new(), verifier));
+    let port = o.server("relay/relay1").tls_addr.unwrap().port();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the relay listens");
+    let name = overlay::trust::x509::tls_name("relay1");
+    connector
+        .connect(name.try_into().expect("a TLS name"), tcp)
+        .await
+        .expect("the relay's handshake")
+}
+
+/// Reads from `io` until what was read contains `needle` (or the connection ends): all of it.
+async fn read_until<R: tokio::io::AsyncRead + Unpin>(io: &mut R, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = actix_rt::time::timeout(std::time::Duration::from_secs(30), io.read(&mut buf))
+            .await
+            .expect("the relay answers within 30 s")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A challenge asked on `io`, which stays open for more.
+async fn challenge_on<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: &mut T,
+) -> overlay::wire::relay::Challenge {
+    use tokio::io::AsyncWriteExt;
+    io.write_all(b"GET /relay/v1/challenge HTTP/1.1\r\nhost: relay1\r\n\r\n")
+        .await
+        .unwrap();
+    // The challenge is one line of JSON: its end is its closing brace.
+    let answer = read_until(io, "}").await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).expect("a challenge")
+}
+
+fn attach_head(proof: &overlay::wire::relay::AttachProof) -> String {
+    format!(
+        "GET /relay/v1/attach HTTP/1.1\r\nhost: relay1\r\n{}: {}\r\n\r\n",
+        overlay::wire::relay::ATTACH_HEADER,
+        proof.header()
+    )
+}
+
+#[actix_web::test]
+async fn an_attach_is_served_on_the_one_tls_port_as_a_connections_first_request_or_a_later_one() {
+    use overlay::wire::relay::AttachProof;
+    use tokio::io::AsyncWriteExt;
+    let users = [("alice", &[][..]), ("bob", &[][..])];
+    let o = spawn_overlay(behind_relay(config_for(&users), &["alice"])).await;
+    let plain = o.url("relay/relay1");
+    attached(&plain, &["alice"]).await;
+    // This test holds alice's key file, as a second process of hers would.
+    let alice = crate::helpers::proxy_identity(o.data_dir.path(), "alice");
+    let now = overlay::wire::now_ms;
+
+    // First request of a new connection: held by the front. Its answer is the stream's head,
+    // then the chunked events, sealed with the key taken from rustls (the client reads them).
+    let mut other = relay_connection(&o).await;
+    let ch = challenge_on(&mut other).await;
+    let mut lean = relay_connection(&o).await;
+    let proof = AttachProof::sign(&alice, "alice", "probe", &ch, now());
+    lean.write_all(attach_head(&proof).as_bytes())
+        .await
+        .unwrap();
+    let opened = read_until(&mut lean, "event: attached").await;
+    assert!(
+        opened.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"),
+        "{opened}"
+    );
+    assert!(opened.contains("transfer-encoding: chunked"), "{opened}");
+    // Not actix-http's answer (which has a `date`): the front's own.
+    assert!(
+        !opened.to_ascii_lowercase().contains("\r\ndate:"),
+        "{opened}"
+    );
+    // Its keep-alives come down the same way (ping_every_secs: 1).
+    assert!(read_until(&mut lean, ": keep-alive")
+        .await
+        .contains(": keep-alive"));
+    let s = relay_status(&plain).await;
+    assert_eq!(s["counters"]["superseded"], 1, "{s}");
+    // The proxy leaving ends the stream: alice is no longer attached.
+    lean.shutdown().await.unwrap();
+    drop(lean);
+    eventually(
+        "alice's held stream let go once its connection closed",
+        || async {
+            let s = relay_status(&plain).await;
+            s["attached"].as_array()?.is_empty().then_some(())
+        },
+    )
+    .await;
+
+    // After another request on a connection kept alive: served by the routes, the same stream.
+    let ch = challenge_on(&mut other).await;
+    let proof = AttachProof::sign(&alice, "alice", "probe", &ch, now());
+    other
+        .write_all(attach_head(&proof).as_bytes())
+        .await
+        .unwrap();
+    let opened = read_until(&mut other, "event: attached").await;
+    assert!(opened.starts_with("HTTP/1.1 200 OK"), "{opened}");
+    assert!(
+        opened.to_ascii_lowercase().contains("\r\ndate:"),
+        "{opened}"
+    );
+    attached(&plain, &["alice"]).await;
+
+    // A refusal on a new connection is the routes' refusal, in their JSON shape.
+    let mut third = relay_connection(&o).await;
+    let ch = challenge_on(&mut third).await;
+    let stranger = overlay::trust::Identity::generate();
+    let mut refused = relay_connection(&o).await;
+    let proof = AttachProof::sign(&stranger, "alice", "m1", &ch, now());
+    refused
+        .write_all(attach_head(&proof).as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until(&mut refused, "\"}").await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).expect("JSON");
+    assert_eq!(body["status"], "error");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not hold for alice's pinned key"),
+        "{body}"
+    );
+}
