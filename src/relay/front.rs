@@ -37,8 +37,10 @@ use crate::wire::relay::ATTACH_HEADER;
 /// The largest first request head read before it is handed on (actix-http takes larger ones,
 /// and refuses them itself).
 const MAX_HEAD: usize = 8 * 1024;
-/// How long the handshake and the first request's head may take.
-const HEAD_WITHIN: Duration = Duration::from_secs(10);
+/// How long the handshake may take (as actix-web's TLS listeners allow), then the first
+/// request's head (as actix-http allows a request).
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(3);
+const HEAD_WITHIN: Duration = Duration::from_secs(5);
 /// The most of a stream's queued events sent in one write.
 const COALESCE: usize = 64 * 1024;
 /// The answer that opens a stream.
@@ -66,24 +68,25 @@ where
     let _ = tcp.set_nodelay(true);
     // Boxed, as is the HTTP service's future below: a task is as large as its largest state,
     // and an attached stream lives in a task of its own, as small as it can be.
-    let opened = actix_rt::time::timeout(
-        HEAD_WITHIN,
-        Box::pin(async {
-            let mut tls = acceptor.accept(tcp).await?;
-            let first = read_head(&mut tls).await?;
-            Ok::<_, io::Error>((tls, first))
-        }),
-    )
+    let opened = Box::pin(async {
+        let timed_out = |_| io::Error::from(io::ErrorKind::TimedOut);
+        let mut tls = actix_rt::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(tcp))
+            .await
+            .map_err(timed_out)??;
+        let first = actix_rt::time::timeout(HEAD_WITHIN, read_head(&mut tls))
+            .await
+            .map_err(timed_out)??;
+        Ok::<_, io::Error>((tls, first))
+    })
     .await;
-    let (tls, first) = match opened {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => {
+    let (mut tls, first) = match opened {
+        Ok(done) => done,
+        Err(e) => {
             log::debug!("relay {}: a connection from {peer} ended: {e}", state.name);
             return Ok(());
         }
-        Err(_) => return Ok(()),
     };
-    match attach_request(&first) {
+    match attach_request(&first).filter(|_| nothing_after(&mut tls)) {
         Some(asked) => attach(tls, peer.ip(), asked, state).await,
         None => {
             if let Err(e) = Box::pin(h1.call((Rewind::new(first, tls), Some(peer)))).await {
@@ -131,6 +134,17 @@ fn attach_request(first: &[u8]) -> Option<Asked> {
     Some(asked)
 }
 
+/// Whether the client sent nothing past what was read (rustls may hold more, decrypted: a
+/// request after the head, or its `close_notify`); if it did, the connection is not one to
+/// hold leanly, and actix-http reads the rest.
+fn nothing_after(tls: &mut TlsStream<TcpStream>) -> bool {
+    let (_, conn) = tls.get_mut();
+    match conn.process_new_packets() {
+        Ok(io) => io.plaintext_bytes_to_read() == 0 && !io.peer_has_closed(),
+        Err(_) => false,
+    }
+}
+
 /// Reads until the first request's head is complete (or not a head, or [`MAX_HEAD`] long):
 /// everything read, for whoever serves the request.
 async fn read_head(tls: &mut TlsStream<TcpStream>) -> io::Result<Bytes> {
@@ -173,9 +187,12 @@ async fn attach(mut tls: TlsStream<TcpStream>, source: IpAddr, asked: Asked, sta
         return;
     }
     let (tcp, conn) = tls.into_inner();
+    // A proxy that reads nothing for three keep-alive periods (half a minute at least) is gone.
+    let write_within = (state.ping_every * 3).max(Duration::from_secs(30));
     match RecordWriter::take(conn) {
         Ok(writer) => {
-            actix_rt::spawn(hold(tcp, writer, Events::new(rx, state.ping_every)));
+            let events = Events::new(rx, state.ping_every);
+            actix_rt::spawn(hold(tcp, writer, events, write_within));
         }
         Err(e) => log::warn!(
             "relay {}: a stream from {source} cannot be kept: {e}",
@@ -201,8 +218,14 @@ async fn refuse(mut tls: TlsStream<TcpStream>, e: &RelayError) {
 }
 
 /// An attached stream: each event (or keep-alive) a chunk, sealed and sent, until the hub
-/// lets it go, a write fails, or the proxy sends anything or leaves.
-async fn hold(mut tcp: TcpStream, mut writer: RecordWriter, mut events: Events) {
+/// lets it go, a write fails or takes longer than `write_within`, or the proxy sends anything
+/// or leaves.
+async fn hold(
+    mut tcp: TcpStream,
+    mut writer: RecordWriter,
+    mut events: Events,
+    write_within: Duration,
+) {
     loop {
         let next = std::future::poll_fn(|cx| {
             if tcp.poll_read_ready(cx).is_ready() {
@@ -236,12 +259,16 @@ async fn hold(mut tcp: TcpStream, mut writer: RecordWriter, mut events: Events) 
                 let _ = writer
                     .seal(b"0\r\n\r\n", &mut out)
                     .and_then(|_| writer.close_notify(&mut out));
-                let _ = tcp.write_all(&out).await;
+                let _ = actix_rt::time::timeout(write_within, tcp.write_all(&out)).await;
                 return;
             }
         };
-        if sealed.is_err() || tcp.write_all(&out).await.is_err() {
+        if sealed.is_err() {
             return;
+        }
+        match actix_rt::time::timeout(write_within, tcp.write_all(&out)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
     }
 }

@@ -169,10 +169,15 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
     })
 }
 
+/// Keep-alive and request timeouts of the relay's HTTP connections, and how long one lingers
+/// after its answer, as actix-web's `HttpServer` has them.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+const LINGER: Duration = Duration::from_secs(1);
+
 /// The relay's server: `plain` and its TLS listener (`tls` with `server_tls`, through
 /// [`front`]), each worker with the app and state `app` makes. Attached streams are long-lived
 /// (a relay holds one per proxy behind NAT) and live in tasks of their own, outside
-/// `max_connections`, which bounds the other connections.
+/// `max_connections` (at least 50,000 a worker), which bounds the other connections.
 pub fn serve<F, T>(
     app: F,
     plain: TcpListener,
@@ -198,12 +203,19 @@ where
     let plain_app = app.clone();
     Ok(actix_server::Server::build()
         .workers(workers)
-        .max_concurrent_connections(max_connections.max(1))
+        // Many proxies share a relay: each sender's and answerer's kept-alive connection, and
+        // every handshake under way, holds a place (attached streams do not).
+        .max_concurrent_connections(max_connections.max(50_000))
         .disable_signals()
         .shutdown_timeout(2)
         .listen("relay-plain", plain, move || {
             let (app, _) = plain_app();
+            // As actix-web's HttpServer sets them (keep-alive and request timeouts, and a
+            // second to linger after a refusal so the client reads it rather than a reset).
             actix_http::HttpService::build()
+                .keep_alive(HTTP_TIMEOUT)
+                .client_request_timeout(HTTP_TIMEOUT)
+                .client_disconnect_timeout(LINGER)
                 .finish(map_config(
                     app.into_factory()
                         .map_err(|e: actix_web::Error| e.error_response()),
@@ -214,6 +226,9 @@ where
         .listen("relay-tls", tls, move || {
             let (app, state) = app();
             let h1 = actix_http::HttpService::build()
+                .keep_alive(HTTP_TIMEOUT)
+                .client_request_timeout(HTTP_TIMEOUT)
+                .client_disconnect_timeout(LINGER)
                 .on_connect_ext(|_: &front::Conn, ext: &mut actix_web::dev::Extensions| {
                     ext.insert(crate::trust::tls::OverTls);
                 })

@@ -649,6 +649,7 @@ async fn an_attach_is_served_on_the_one_tls_port_as_a_connections_first_request_
     .await;
 
     // After another request on a connection kept alive: served by the routes, the same stream.
+    let mut other = relay_connection(&o).await;
     let ch = challenge_on(&mut other).await;
     let proof = AttachProof::sign(&alice, "alice", "probe", &ch, now());
     other
@@ -663,8 +664,26 @@ async fn an_attach_is_served_on_the_one_tls_port_as_a_connections_first_request_
     );
     attached(&plain, &["alice"]).await;
 
-    // A refusal on a new connection is the routes' refusal, in their JSON shape.
+    // An attach with more behind it in the same flight, its head ending right where the
+    // front's first read does (1 KiB): not one to hold leanly; actix-http reads both.
     let mut third = relay_connection(&o).await;
+    let ch = challenge_on(&mut third).await;
+    let proof = AttachProof::sign(&alice, "alice", "probe", &ch, now());
+    let mut piped = attach_head(&proof);
+    let pad = 1024 - piped.len() - "x-pad: \r\n".len();
+    piped.insert_str(piped.len() - 2, &format!("x-pad: {}\r\n", "a".repeat(pad)));
+    assert_eq!(piped.len(), 1024);
+    piped.push_str("GET /healthz HTTP/1.1\r\nhost: relay1\r\n\r\n");
+    let mut pipelining = relay_connection(&o).await;
+    pipelining.write_all(piped.as_bytes()).await.unwrap();
+    let opened = read_until(&mut pipelining, "event: attached").await;
+    assert!(opened.starts_with("HTTP/1.1 200 OK"), "{opened}");
+    assert!(
+        opened.to_ascii_lowercase().contains("\r\ndate:"),
+        "{opened}"
+    );
+
+    // A refusal on a new connection is the routes' refusal, in their JSON shape.
     let ch = challenge_on(&mut third).await;
     let stranger = overlay::trust::Identity::generate();
     let mut refused = relay_connection(&o).await;
