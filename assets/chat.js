@@ -1,7 +1,10 @@
 // overlay chat page: contacts, the selected conversation, live updates over SSE.
 //
 // Everything a message or a name contains is put on the page with textContent (never
-// innerHTML), so `<script>` in a message is shown as text. The page never polls for messages:
+// innerHTML), so `<script>` in a message is shown as text. The one exception is an AI reply's
+// `html`: its Markdown rendered by the peer (comrak, safe mode: raw HTML omitted, `javascript:`
+// links emptied). A person's message stays text, its http(s) links made clickable as elements
+// built here. The page never polls for messages:
 // /api/v1/events pushes each stored message, state change, stream chunk and clear.
 (function () {
   "use strict";
@@ -185,6 +188,71 @@
     el.clearChat.hidden = false;
   }
 
+  // A person's text, its http(s) links clickable (new tab, no opener, no referrer).
+  var LINK = /\bhttps?:\/\/[^\s<>"']+/g;
+  function textWithLinks(el, text) {
+    var at = 0, m;
+    LINK.lastIndex = 0;
+    while ((m = LINK.exec(text)) !== null) {
+      var url = m[0].replace(/[.,;:!?)\]]+$/, "");
+      if (m.index > at) el.appendChild(document.createTextNode(text.slice(at, m.index)));
+      var a = node("a", null, url);
+      a.href = url;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+      el.appendChild(a);
+      at = m.index + url.length;
+      LINK.lastIndex = at;
+    }
+    if (at < text.length) el.appendChild(document.createTextNode(text.slice(at)));
+  }
+
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    // Pages beyond loopback in plain HTTP have no clipboard API: the old way.
+    var t = node("textarea", null, text);
+    t.style.position = "fixed";
+    t.style.opacity = "0";
+    document.body.appendChild(t);
+    t.select();
+    var ok = document.execCommand("copy");
+    t.remove();
+    return ok ? Promise.resolve() : Promise.reject(new Error("copy refused"));
+  }
+
+  // An AI reply's rendered Markdown: links open in a new tab, code blocks get a copy button.
+  function markdownInto(el, html) {
+    el.innerHTML = html;
+    el.querySelectorAll("a").forEach(function (a) {
+      if (!a.getAttribute("href")) {
+        // A link whose address the renderer emptied (`javascript:` and the like): its words.
+        var words = node("span", "dead-link", a.textContent);
+        words.title = "link removed: its address was not a web address";
+        a.replaceWith(words);
+        return;
+      }
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+    });
+    el.querySelectorAll("pre").forEach(function (pre) {
+      var box = node("div", "code-box");
+      pre.parentNode.insertBefore(box, pre);
+      box.appendChild(pre);
+      var b = node("button", "copy", "Copy");
+      b.type = "button";
+      b.title = "Copy this code";
+      b.addEventListener("click", function () {
+        copyText(pre.textContent).then(function () {
+          b.textContent = "Copied";
+        }, function () {
+          b.textContent = "Select and copy";
+        });
+        setTimeout(function () { b.textContent = "Copy"; }, 1500);
+      });
+      box.appendChild(b);
+    });
+  }
+
   function stateLabel(msg) {
     if (!msg.outgoing) return null;
     if (msg.state === "pending" && msg.waiting) return { cls: "waiting", text: "waiting for your proxy…", title: msg.waiting + " (kept; it will be sent when your proxy is back)" };
@@ -202,7 +270,10 @@
     row.dataset.seq = msg.seq;
     var bubble = node("div", "bubble");
     if (msg.error) bubble.appendChild(node("span", "error-title", "⚠ " + msg.from + " could not answer"));
-    bubble.appendChild(node("div", "text", msg.text));
+    var text = node("div", msg.html ? "text md" : "text");
+    if (msg.html) markdownInto(text, msg.html);
+    else textWithLinks(text, msg.text);
+    bubble.appendChild(text);
     var meta = node("div", "meta");
     if (msg.auto_reply) meta.appendChild(node("span", "auto-tag", "auto-reply"));
     if (msg.unauthenticated) {

@@ -8,6 +8,31 @@ use super::store::ConversationSummary;
 use crate::wire::data_plane::PeerKind;
 use crate::wire::PeerName;
 
+/// The names of the AI models the proxy's directory lists, as last read (each time the contact
+/// list is): their replies are shown rendered from Markdown ([`crate::peer::views::shown`]).
+#[derive(Debug, Clone, Default)]
+pub struct AiNames(std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>);
+
+impl AiNames {
+    pub fn learn(&self, directory: &[crate::wire::data_plane::DirectoryEntry]) {
+        let names = directory
+            .iter()
+            .filter(|e| e.kind == PeerKind::Ai)
+            .map(|e| e.name.to_lowercase())
+            .collect();
+        if let Ok(mut known) = self.0.write() {
+            *known = names;
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0
+            .read()
+            .map(|known| known.contains(&name.to_lowercase()))
+            .unwrap_or(false)
+    }
+}
+
 /// compat: the original shows a name with its first letter in capitals.
 pub fn display_of(name: &str) -> String {
     let mut chars = name.chars();

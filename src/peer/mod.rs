@@ -13,6 +13,7 @@ pub mod auto_reply;
 pub mod contacts;
 pub mod error;
 pub mod login;
+pub mod markdown;
 pub mod outgoing;
 pub mod proxy_client;
 pub mod routes;
@@ -158,7 +159,8 @@ fn start_actors(
     db: Arc<SharedDb>,
     wal: Wal,
 ) -> PeerState {
-    let updates = Updates::default().start();
+    let ai = contacts::AiNames::default();
+    let updates = Updates::new(ai.clone()).start();
     let writes = store::writer((db, wal), updates.clone()).start();
     let timing = OutgoingSettings {
         expire_after_secs: settings.expire_after_secs,
@@ -179,6 +181,7 @@ fn start_actors(
     )
     .start();
     PeerState {
+        ai,
         name: settings.name.clone(),
         display_name: settings.display_name.clone(),
         max_body_bytes: settings.max_body_bytes,

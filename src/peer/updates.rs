@@ -15,6 +15,7 @@ use actix_web_lab::sse;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::contacts::AiNames;
 use super::store::{ChatSchema, StoredMessage, WriteOutcome};
 use crate::storage::Applied;
 use crate::wire::legacy::MessageUpdate;
@@ -84,10 +85,21 @@ pub struct Publish {
 pub struct CountClients;
 
 /// The connected SSE clients.
-#[derive(Default)]
 pub struct Updates {
     pages: Vec<mpsc::Sender<sse::Event>>,
     legacy: Vec<mpsc::Sender<sse::Event>>,
+    /// Whose messages are AI replies, shown rendered.
+    ai: AiNames,
+}
+
+impl Updates {
+    pub fn new(ai: AiNames) -> Updates {
+        Updates {
+            pages: Vec::new(),
+            legacy: Vec::new(),
+            ai,
+        }
+    }
 }
 
 impl Actor for Updates {
@@ -138,6 +150,16 @@ impl Updates {
             }
         }
         if !self.pages.is_empty() {
+            let shown;
+            let event = match event {
+                PageEvent::Message { message } => {
+                    shown = PageEvent::Message {
+                        message: super::views::shown(message.clone(), &self.ai),
+                    };
+                    &shown
+                }
+                other => other,
+            };
             match sse::Data::new_json(event) {
                 Ok(data) => broadcast(&mut self.pages, data.into()),
                 Err(e) => log::error!("cannot encode a page event: {e}"),

@@ -7,7 +7,8 @@
 
 use maud::{html, Markup, PreEscaped};
 
-use super::contacts::{Contact, ContactList};
+use super::contacts::{AiNames, Contact, ContactList};
+use super::store::StoredMessage;
 use crate::layout::layout;
 use crate::wire::data_plane::PeerKind;
 
@@ -15,6 +16,15 @@ use crate::wire::data_plane::PeerKind;
 const CHAT_ICON: &str = r##"<svg width="56" height="56" viewBox="0 0 24 24" fill="none" stroke="#2f6fed" stroke-width="1.6" stroke-linecap="round" stroke-linejoin="round" aria-hidden="true"><path d="M21 12a8 8 0 0 1-11.6 7.1L4 20.5l1.4-4.6A8 8 0 1 1 21 12z" fill="#e8effe"/><path d="M8.5 10.5h7M8.5 13.5h4.5"/></svg>"##;
 
 /// The line under a contact's name: the last message, else what it is.
+/// `m` as the page shows it: an AI model's reply (not an error report) with its Markdown
+/// rendered, anything else as it is.
+pub fn shown(mut m: StoredMessage, ai: &AiNames) -> StoredMessage {
+    if !m.outgoing && !m.error && ai.contains(m.from.as_str()) {
+        m.html = Some(super::markdown::render(&m.text));
+    }
+    m
+}
+
 pub fn contact_subtitle(c: &Contact) -> String {
     if let Some(t) = c.last_text.as_deref().filter(|t| !t.is_empty()) {
         return t.to_string();

@@ -300,7 +300,10 @@ async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
 
     // bob answers with a two-line message (Shift+Enter adds a line).
     let bob_input = bob.find(Locator::Id("input")).await.unwrap();
-    bob_input.send_keys("Hey Alice").await.unwrap();
+    bob_input
+        .send_keys("Hey Alice, see https://example.com/a?b=1.")
+        .await
+        .unwrap();
     bob.execute(
         "const i = document.getElementById('input'); i.value += '\\nsecond line'; i.dispatchEvent(new Event('input'));",
         vec![],
@@ -311,9 +314,27 @@ async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
     until(
         &alice,
         "bob's answer on alice's page",
-        "(document.querySelectorAll('#messages .msg.in .text')[0] || {}).textContent === 'Hey Alice\\nsecond line'",
+        "(document.querySelectorAll('#messages .msg.in .text')[0] || {}).textContent === 'Hey Alice, see https://example.com/a?b=1.\\nsecond line'",
     )
     .await;
+    // A person's message stays text, its link clickable (opening apart), the full stop outside.
+    let link = alice
+        .execute(
+            "const a = document.querySelector('#messages .msg.in .text a'); return a && [a.getAttribute('href'), a.textContent, a.rel, a.target, document.querySelectorAll('#messages .msg.in .text.md').length];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        link,
+        json!([
+            "https://example.com/a?b=1",
+            "https://example.com/a?b=1",
+            "noopener noreferrer",
+            "_blank",
+            0
+        ])
+    );
     until(
         &bob,
         "bob's copy is delivered",
@@ -445,6 +466,92 @@ async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
     )
     .await;
     screenshot(&alice, "05-alice-ai-reply-and-error.png").await;
+
+    // An AI reply in Markdown is shown rendered once stored: heading, list, table, code with a
+    // copy button, links that open apart. What a hostile model writes stays inert.
+    let markdown = "## Steps\n\n1. Install\n2. Run `overlay up`\n\n| role | port |\n|---|---|\n\
+                    | peer | 8000 |\n\n```sh\ncargo install --path .\n```\n\n\
+                    See [the docs](https://example.com/docs).\n\n\
+                    <script>window.__pwned = 1</script>\n\n<img src=x onerror=\"window.__pwned = 2\">\n\n\
+                    [click me](javascript:window.__pwned=3) <b onmouseover=\"window.__pwned=4\">unclosed";
+    let mut md = Envelope::text("BOT", "alice", markdown);
+    md.id = MessageId::parse("ai-reply-md").unwrap();
+    let r = http
+        .post(format!("{}/api/v1/inbox", o.alice))
+        .send_json(&md)
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let reply = "document.querySelector(\"#messages .msg[data-id='ai-reply-md'] .text.md\")";
+    until(
+        &alice,
+        "the Markdown reply rendered",
+        &format!("{reply} && {reply}.querySelector('h2') && {reply}.querySelector('table td')"),
+    )
+    .await;
+    let seen = alice
+        .execute(
+            &format!(
+                "const r = {reply}; return {{
+                   heading: r.querySelector('h2').textContent,
+                   items: [...r.querySelectorAll('ol li')].map(li => li.textContent),
+                   cell: r.querySelector('table td').textContent,
+                   code: r.querySelector('.code-box pre code').textContent,
+                   copy: !!r.querySelector('.code-box button.copy'),
+                   link: [r.querySelector('a[href=\"https://example.com/docs\"]').rel,
+                          r.querySelector('a[href=\"https://example.com/docs\"]').target],
+                   scripts: document.querySelectorAll('#messages script').length,
+                   handlers: r.querySelectorAll('[onerror],[onmouseover],[onclick]').length,
+                   jsLinks: [...r.querySelectorAll('a')].filter(a => /^javascript:/i.test(a.getAttribute('href') || '')).length,
+                   dead: [...r.querySelectorAll('.dead-link')].map(d => d.textContent),
+                   pwned: window.__pwned || 0,
+                 }};"
+            ),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        json!({
+            "heading": "Steps",
+            "items": ["Install", "Run overlay up"],
+            "cell": "peer",
+            "code": "cargo install --path .\n",
+            "copy": true,
+            "link": ["noopener noreferrer", "_blank"],
+            "scripts": 0,
+            "handlers": 0,
+            "jsLinks": 0,
+            "dead": ["click me"],
+            "pwned": 0,
+        })
+    );
+    // The copy button copies the code (or says to select it where the clipboard is refused).
+    alice
+        .execute(
+            &format!("{reply}.querySelector('.code-box button.copy').click();"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the copy button answered",
+        &format!("/^(Copied|Select and copy)$/.test({reply}.querySelector('.code-box button.copy').textContent)"),
+    )
+    .await;
+    screenshot(&alice, "05b-alice-ai-markdown.png").await;
+    // Loaded again (the conversation's page of history, not the live event): the same.
+    alice.refresh().await.unwrap();
+    until(
+        &alice,
+        "the Markdown reply rendered after a reload",
+        &format!(
+            "{reply} && {reply}.querySelector('table td') && !{reply}.querySelector('script')"
+        ),
+    )
+    .await;
 
     // A message to someone the proxy does not know fails, visibly, with the reason.
     alice.goto(&format!("{}/#zed", o.alice)).await.unwrap();

@@ -48,6 +48,9 @@ use crate::wire::legacy::{self, success, Note, PeerListItem, PeerName};
 
 /// What the handlers share: fixed facts and the actors' addresses.
 pub struct PeerState {
+    /// The AI models the proxy's directory lists, as last read: their replies are shown
+    /// rendered from Markdown.
+    pub ai: crate::peer::contacts::AiNames,
     pub name: InstanceName,
     pub display_name: String,
     pub max_body_bytes: usize,
@@ -215,7 +218,10 @@ async fn contact_list(state: &PeerState, proxy: &ProxyApi) -> ContactList {
         futures_util::future::join(proxy.directory(), state.store.send(ListConversations)).await;
     let mut error = None;
     let directory = match directory {
-        Ok(d) => d,
+        Ok(d) => {
+            state.ai.learn(&d);
+            d
+        }
         Err(e) => {
             error = Some(e.to_string());
             Vec::new()

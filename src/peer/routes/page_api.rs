@@ -61,6 +61,14 @@ pub async fn conversation_messages(
         })
         .await
         .map_err(PeerError::from)??;
+    let page = HistoryPage {
+        messages: page
+            .messages
+            .into_iter()
+            .map(|m| crate::peer::views::shown(m, &state.ai))
+            .collect(),
+        ..page
+    };
     Ok(HttpResponse::Ok().json(page))
 }
 

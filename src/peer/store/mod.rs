@@ -99,6 +99,10 @@ pub struct StoredMessage {
     /// Came through a proxy of the original, which signs nothing: nobody vouches for `from`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unauthenticated: bool,
+    /// An AI reply's Markdown as safe HTML, set only as it is shown ([`crate::peer::views::shown`]):
+    /// never stored, never read back.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
 }
 
 impl StoredMessage {
@@ -118,6 +122,7 @@ impl StoredMessage {
             error: envelope.error,
             waiting: None,
             unauthenticated: false,
+            html: None,
         }
     }
 
@@ -142,6 +147,7 @@ impl StoredMessage {
             error: envelope.error,
             waiting: None,
             unauthenticated: envelope.unauthenticated,
+            html: None,
         }
     }
 

@@ -107,7 +107,7 @@ async fn writes_that_are_not_urgent_are_committed_without_an_urgent_one() {
         let shared = shared.clone();
         SyncArbiter::start(1, move || ChatStore::new(shared.clone()))
     };
-    let writes = writer((shared, wal), Updates::default().start()).start();
+    let writes = writer((shared, wal), Updates::new(Default::default()).start()).start();
     let mut e = Envelope::text("me", "bob", "hello");
     e.id = MessageId::parse("m1").unwrap();
     writes
