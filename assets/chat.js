@@ -29,7 +29,10 @@
     live: document.getElementById("live"),
     liveLabel: document.getElementById("live-label"),
     sendError: document.getElementById("send-error"),
+    notify: document.getElementById("notify"),
+    newBelow: document.getElementById("new-below"),
   };
+  var baseTitle = document.title;
 
   var current = null; // the selected peer's name, as the contact list spells it
   var contacts = []; // [{name, display, kind, online, reachable, last_text, last_at_ms}]
@@ -162,14 +165,61 @@
     }
     c.last_text = msg.text.length > 80 ? msg.text.slice(0, 80) + "…" : msg.text;
     c.last_at_ms = msg.sent_at_ms;
-    if (!current || !same(msg.peer, current)) {
-      if (!msg.outgoing) {
-        var k = String(msg.peer).toLowerCase();
-        unread[k] = (unread[k] || 0) + 1;
-      }
+    // Unread: anything that comes in outside the open conversation, or while the page is not
+    // looked at.
+    if (!msg.outgoing && (!current || !same(msg.peer, current) || document.hidden)) {
+      var k = String(msg.peer).toLowerCase();
+      unread[k] = (unread[k] || 0) + 1;
+      if (document.hidden) notify(c, msg);
     }
     renderContacts();
+    showUnreadInTitle();
   }
+
+  // "(3) alice · overlay chat": what is unread, in the tab's title.
+  function showUnreadInTitle() {
+    var n = 0;
+    Object.keys(unread).forEach(function (k) { n += unread[k]; });
+    document.title = n > 0 ? "(" + (n > 99 ? "99+" : n) + ") " + baseTitle : baseTitle;
+  }
+
+  // A desktop notification, once the user allowed them (the Turn on notifications button).
+  function notify(c, msg) {
+    var N = window.Notification;
+    if (!N || N.permission !== "granted") return;
+    try {
+      var n = new N((c && c.display) || msg.from, {
+        body: msg.error ? "could not answer" : msg.text.slice(0, 140),
+        tag: "overlay-" + String(msg.peer).toLowerCase(),
+      });
+      n.onclick = function () {
+        window.focus();
+        select(c ? c.name : msg.peer);
+        if (n.close) n.close();
+      };
+    } catch (e) { /* some browsers allow them only from a service worker: the badge stays */ }
+  }
+
+  function showNotifyButton() {
+    var N = window.Notification;
+    el.notify.hidden = !N || N.permission !== "default";
+  }
+
+  el.notify.addEventListener("click", function () {
+    var N = window.Notification;
+    if (!N) return;
+    Promise.resolve(N.requestPermission()).then(showNotifyButton, showNotifyButton);
+  });
+
+  // Back on the page: what is open is read.
+  document.addEventListener("visibilitychange", function () {
+    showNotifyButton();
+    if (!document.hidden && current) {
+      delete unread[String(current).toLowerCase()];
+      renderContacts();
+      showUnreadInTitle();
+    }
+  });
 
   // ---- the conversation ----
 
@@ -301,7 +351,13 @@
 
   function scrollDown() {
     el.messages.scrollTop = el.messages.scrollHeight;
+    el.newBelow.hidden = true;
   }
+
+  el.newBelow.addEventListener("click", scrollDown);
+  el.messages.addEventListener("scroll", function () {
+    if (!el.newBelow.hidden && nearBottom()) el.newBelow.hidden = true;
+  });
 
   // Puts a message in the right place (by seq), or updates it in place.
   function upsert(msg, stick) {
@@ -370,6 +426,7 @@
     if (!peer) return;
     current = peer;
     delete unread[String(peer).toLowerCase()];
+    showUnreadInTitle();
     body.dataset.peer = peer;
     showHeader(peer);
     var c = contactOf(peer);
@@ -504,7 +561,12 @@
     try { data = JSON.parse(ev.data); } catch (e) { return; }
     if (data.type === "message" || data.type === "state") {
       var m = data.message;
-      if (current && same(m.peer, current)) upsert(m, m.outgoing || nearBottom());
+      if (current && same(m.peer, current)) {
+        var stick = m.outgoing || nearBottom();
+        upsert(m, stick);
+        // Scrolled up to read: the view stays, and a button says there is more below.
+        if (!stick && data.type === "message") el.newBelow.hidden = false;
+      }
       // The proxy took our kept messages: the "not sent yet" note is over.
       if (data.type === "state" && m.outgoing && !m.waiting && el.sendError.dataset.waiting &&
           !el.messages.querySelector(".msg.waiting")) {
@@ -569,6 +631,7 @@
   }
 
   contacts = contactsFromPage();
+  showNotifyButton();
   connect();
   fromHash();
   // On a phone with nothing selected yet, start on the contact list.

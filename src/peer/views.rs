@@ -140,6 +140,10 @@ pub fn chat_page(d: &PageData) -> Markup {
                         }
                         nav.contacts #contacts aria-label="Contacts" { (contact_list(d.contacts)) }
                         footer.sidebar-foot {
+                            button.ghost #notify type="button" hidden
+                                title="Show a desktop notification for a message that arrives while this page is in the background" {
+                                "Turn on notifications"
+                            }
                             button.ghost.danger #clear-all type="button" { "Clear all chats" }
                         }
                     }
@@ -160,6 +164,7 @@ pub fn chat_page(d: &PageData) -> Markup {
                                 p { "Choose a person or an AI model on the left to start." }
                             }
                         }
+                        button.new-below #new-below type="button" hidden { "New messages ↓" }
                         p.send-error #send-error role="alert" hidden {}
                         form.composer #composer autocomplete="off" {
                             textarea #input rows="1" placeholder="Type a message" disabled

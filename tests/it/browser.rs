@@ -658,3 +658,175 @@ async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
     drop(driver);
     proxy.stop().await;
 }
+
+/// Posts `text` from bob to alice through bob's peer (the original's API).
+async fn bob_says(o: &BrowserOverlay, text: &str) {
+    let r = client()
+        .post(format!("{}/send_message", o.bob))
+        .send_json(&json!({"peer_id": "alice", "message": text}))
+        .await
+        .expect("bob's peer answers");
+    assert!(r.status().is_success(), "{:?}", r.status());
+}
+
+#[actix_web::test]
+async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_scroll_the_reader() {
+    if !std::path::Path::new(CHROMEDRIVER).exists() {
+        if crate::helpers::under_ci() {
+            panic!("chromedriver is not installed at {CHROMEDRIVER}; the CI image must have it (apt-get install chromium chromium-driver)");
+        }
+        crate::helpers::say_loudly(&format!(
+            "*** BROWSER TEST NOT RUN: no chromedriver at {CHROMEDRIVER} (apt-get install \
+             chromium chromium-driver) ***"
+        ));
+        return;
+    }
+    let o = overlay_under_test().await;
+    let driver = start_driver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let alice = browser(&driver, &profile).await;
+    alice.goto(&format!("{}/#bob", o.alice)).await.unwrap();
+    until(
+        &alice,
+        "alice's page is live",
+        "document.body.dataset.live === '1' && document.body.dataset.peer === 'bob'",
+    )
+    .await;
+    let base = alice
+        .execute("return document.title;", vec![])
+        .await
+        .unwrap();
+    // The browser's notifications and visibility, as the test decides them: a stand-in that
+    // records what the page shows, asks the user once, and a page that is hidden on demand.
+    alice
+        .execute(
+            "window.__notes = [];
+             window.Notification = function (title, opts) { window.__notes.push([title, opts.body]); };
+             window.Notification.permission = 'default';
+             window.Notification.requestPermission = function () {
+               window.Notification.permission = 'granted';
+               return Promise.resolve('granted');
+             };
+             Object.defineProperty(document, 'hidden', { configurable: true, get: () => window.__hidden === true });
+             document.dispatchEvent(new Event('visibilitychange'));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    // Notifications only once the user asked for them.
+    until(
+        &alice,
+        "the Turn on notifications button offered",
+        "!document.getElementById('notify').hidden",
+    )
+    .await;
+    screenshot(&alice, "09-alice-notify-offered.png").await;
+    alice
+        .find(Locator::Id("notify"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the button gone once allowed",
+        "document.getElementById('notify').hidden && window.Notification.permission === 'granted'",
+    )
+    .await;
+
+    // In the background, a message in the open conversation is unread: in the title, on the
+    // contact, and as a notification.
+    alice
+        .execute("window.__hidden = true;", vec![])
+        .await
+        .unwrap();
+    bob_says(&o, "are you there?").await;
+    until(
+        &alice,
+        "the title counts it",
+        "document.title.startsWith('(1) ')",
+    )
+    .await;
+    let seen = alice
+        .execute(
+            "return [window.__notes, document.querySelector(\".contact[data-peer='bob'] .unread\").textContent];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen, json!([[["Bob", "are you there?"]], "1"]));
+    // Looked at again: read.
+    alice
+        .execute(
+            "window.__hidden = false; document.dispatchEvent(new Event('visibilitychange'));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the title and the contact without a count",
+        &format!(
+            "document.title === {base} && !document.querySelector(\".contact[data-peer='bob'] .unread\")"
+        ),
+    )
+    .await;
+    // While the page is looked at, no notification.
+    bob_says(&o, "one more").await;
+    until(
+        &alice,
+        "the message shown",
+        "document.querySelectorAll('#messages .msg.in').length === 2",
+    )
+    .await;
+    let notes = alice
+        .execute("return window.__notes.length;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(notes, json!(1));
+
+    // Reading further up: new messages do not scroll the view; a button says they are there.
+    for i in 0..30 {
+        bob_says(&o, &format!("line {i}")).await;
+    }
+    until(
+        &alice,
+        "all of bob's lines shown, the view following them",
+        "document.querySelectorAll('#messages .msg.in').length === 32 && (() => { const m = document.getElementById('messages'); return m.scrollHeight - m.scrollTop - m.clientHeight < 5; })()",
+    )
+    .await;
+    alice
+        .execute("document.getElementById('messages').scrollTop = 0;", vec![])
+        .await
+        .unwrap();
+    bob_says(&o, "while you read").await;
+    until(
+        &alice,
+        "the new message below, the view kept",
+        "document.querySelectorAll('#messages .msg.in').length === 33 && !document.getElementById('new-below').hidden",
+    )
+    .await;
+    let top = alice
+        .execute(
+            "return document.getElementById('messages').scrollTop;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(top, json!(0));
+    screenshot(&alice, "10-alice-new-messages-below.png").await;
+    alice
+        .find(Locator::Id("new-below"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "at the bottom, the button gone",
+        "document.getElementById('new-below').hidden && (() => { const m = document.getElementById('messages'); return m.scrollHeight - m.scrollTop - m.clientHeight < 5; })()",
+    )
+    .await;
+}
