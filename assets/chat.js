@@ -30,6 +30,9 @@
     liveLabel: document.getElementById("live-label"),
     sendError: document.getElementById("send-error"),
     notify: document.getElementById("notify"),
+    exports: document.getElementById("exports"),
+    exportMd: document.getElementById("export-md"),
+    exportJson: document.getElementById("export-json"),
     newBelow: document.getElementById("new-below"),
   };
   var baseTitle = document.title;
@@ -39,6 +42,7 @@
   var bubbles = {}; // message id -> {row, msg}
   var streams = {}; // reply id -> {row, seq, text}
   var olderBefore = null; // seq for the next older page, or null
+  var olderLoaded = false; // earlier pages of the open conversation were loaded
   var unread = {}; // lower-case peer -> count
 
   function same(a, b) {
@@ -236,6 +240,10 @@
     el.convAvatar.className = "avatar " + kind + " " + hue(peer);
     el.convAvatar.hidden = false;
     el.clearChat.hidden = false;
+    var base = "/api/v1/conversations/" + encodeURIComponent(peer) + "/export?format=";
+    el.exportMd.href = base + "md";
+    el.exportJson.href = base + "json";
+    el.exports.hidden = false;
   }
 
   // A person's text, its http(s) links clickable (new tab, no opener, no referrer).
@@ -415,16 +423,38 @@
         if (!current || !same(peer, current)) return;
         var list = (page.messages || []).slice().reverse(); // the API pages newest first
         list.forEach(function (m) { upsert(m, false); });
-        olderBefore = page.next_before || null;
+        // The newest page again (catching up after a reconnect) leaves what was loaded
+        // further back, and where the next earlier page starts, as they were.
+        if (before) olderLoaded = true;
+        if (before || !olderLoaded) olderBefore = page.next_before || null;
         var old = el.messages.querySelector(".older");
         if (old) old.remove();
         if (olderBefore) el.messages.insertBefore(olderButton(), el.messages.firstChild.nextSibling);
       });
   }
 
-  function select(peer) {
+  // Shows message `seq` of the open conversation (from a search result), loading earlier
+  // pages until it is there; marked a moment.
+  function reveal(seq) {
+    var row = el.messages.querySelector('.msg[data-seq="' + seq + '"]');
+    if (row) {
+      row.scrollIntoView({ block: "center" });
+      row.classList.add("found");
+      setTimeout(function () { row.classList.remove("found"); }, 4000);
+      return Promise.resolve();
+    }
+    if (olderBefore && olderBefore > seq) {
+      return loadPage(current, olderBefore).then(function () { return reveal(seq); });
+    }
+    // Not there any more (cleared): the newest, as usual.
+    scrollDown();
+    return Promise.resolve();
+  }
+
+  function select(peer, at) {
     if (!peer) return;
     current = peer;
+    olderLoaded = false;
     delete unread[String(peer).toLowerCase()];
     showUnreadInTitle();
     body.dataset.peer = peer;
@@ -438,15 +468,25 @@
     el.sendError.hidden = true;
     el.app.classList.remove("contacts-open");
     renderContacts();
-    loadPage(peer, null).then(scrollDown);
+    loadPage(peer, null).then(at ? function () { return reveal(at); } : scrollDown);
     if (window.matchMedia("(min-width: 721px)").matches) el.input.focus();
   }
 
+  // `#bob` opens the chat with bob; `#bob?at=SEQ` opens it at that message (search results).
   function fromHash() {
     var h = decodeURIComponent(location.hash.replace(/^#/, ""));
-    if (h && !same(h, current)) {
+    var at = null;
+    var q = h.indexOf("?at=");
+    if (q >= 0) {
+      at = Number(h.slice(q + 4)) || null;
+      h = h.slice(0, q);
+    }
+    if (!h) return;
+    if (!same(h, current)) {
       var c = contactOf(h);
-      select(c ? c.name : h);
+      select(c ? c.name : h, at);
+    } else if (at) {
+      reveal(at);
     }
   }
 
@@ -618,7 +658,11 @@
       el.live.className = "live-dot on";
       el.liveLabel.textContent = "live";
       // Catch up on anything stored while we were not listening.
-      if (current) loadPage(current, null);
+      // data-synced: the open conversation is up to date (for whoever watches the page).
+      body.dataset.synced = "0";
+      (current ? loadPage(current, null) : Promise.resolve()).then(function () {
+        body.dataset.synced = "1";
+      }, function () { /* the next reconnect tries again */ });
       if (everOpen) loadContacts();
       everOpen = true;
     };

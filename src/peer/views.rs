@@ -138,6 +138,10 @@ pub fn chat_page(d: &PageData) -> Markup {
                                 }
                             }
                         }
+                        form.side-search method="get" action="/search" role="search" {
+                            input type="search" name="q" placeholder="Search messages"
+                                aria-label="Search every conversation" maxlength="200";
+                        }
                         nav.contacts #contacts aria-label="Contacts" { (contact_list(d.contacts)) }
                         footer.sidebar-foot {
                             button.ghost #notify type="button" hidden
@@ -155,6 +159,10 @@ pub fn chat_page(d: &PageData) -> Markup {
                             div.conv-title {
                                 span.name #conv-name { "Pick someone to chat with" }
                                 span.sub #conv-sub {}
+                            }
+                            span.exports #exports hidden {
+                                a.ghost #export-md download title="This conversation as Markdown" { "Export .md" }
+                                a.ghost #export-json download title="This conversation as JSON" { "Export .json" }
                             }
                             button.ghost.danger #clear-chat type="button" hidden { "Clear chat" }
                         }
@@ -178,6 +186,152 @@ pub fn chat_page(d: &PageData) -> Markup {
             }
         },
     )
+}
+
+/// What the page of search results shows.
+pub struct SearchData<'a> {
+    pub display_name: &'a str,
+    /// The words searched for; None before a search.
+    pub query: Option<&'a str>,
+    /// The messages found, newest first; or why the search could not be made.
+    pub found: Result<&'a [StoredMessage], &'a str>,
+}
+
+/// `text` around the first place `query` is in it (any case): before, the words, after.
+fn excerpt<'t>(text: &'t str, query: &str) -> (String, &'t str, String) {
+    const AROUND: usize = 60;
+    let lower = text.to_lowercase();
+    // Lower-casing may change lengths: past that, the excerpt starts at the beginning.
+    let at = (lower.len() == text.len())
+        .then(|| lower.find(&query.to_lowercase()))
+        .flatten()
+        .filter(|&i| text.is_char_boundary(i) && text.is_char_boundary(i + query.len()));
+    let Some(at) = at else {
+        let head: String = text.chars().take(AROUND * 2).collect();
+        let more = if head.len() < text.len() { "…" } else { "" };
+        return (String::new(), "", format!("{head}{more}"));
+    };
+    let before = &text[..at];
+    let words = &text[at..at + query.len()];
+    let after = &text[at + query.len()..];
+    let skipped = before.chars().count().saturating_sub(AROUND);
+    let before: String = before.chars().skip(skipped).collect();
+    let after_cut: String = after.chars().take(AROUND).collect();
+    (
+        format!("{}{before}", if skipped > 0 { "…" } else { "" }),
+        words,
+        format!(
+            "{after_cut}{}",
+            if after_cut.len() < after.len() {
+                "…"
+            } else {
+                ""
+            }
+        ),
+    )
+}
+
+/// `GET /search`: a search box, and the messages found, each opening its conversation there.
+pub fn search_page(d: &SearchData) -> Markup {
+    let title = match d.query {
+        Some(q) => format!("“{q}” · search · {}", d.display_name),
+        None => format!("Search · {}", d.display_name),
+    };
+    layout(
+        &title,
+        "/assets/chat.css",
+        html! {
+            body.search-page {
+                main.search {
+                    header.search-head {
+                        a.back href="/" { "← Back to the chat" }
+                        form.search-form method="get" action="/search" role="search" {
+                            input #search-q type="search" name="q" value=(d.query.unwrap_or(""))
+                                placeholder="Search every conversation" aria-label="Search every conversation"
+                                maxlength="200" autofocus;
+                            button.send type="submit" { "Search" }
+                        }
+                    }
+                    @match (d.query, d.found) {
+                        (_, Err(why)) => p.search-error role="alert" { (why) },
+                        (None, Ok(_)) => p.search-note { "Finds messages in every conversation whose text contains what you type (any case)." },
+                        (Some(q), Ok([])) => p.search-note { "No message contains “" (q) "”." },
+                        (Some(q), Ok(found)) => {
+                            p.search-note {
+                                (found.len()) @if found.len() == 1 { " message contains “" } @else { " messages contain “" }
+                                (q) "”, newest first."
+                            }
+                            ol.results {
+                                @for m in found {
+                                    @let (before, words, after) = excerpt(&m.text, q);
+                                    @let with = super::contacts::display_of(&m.peer);
+                                    li {
+                                        a.result href=(format!("/#{}?at={}", m.peer, m.seq)) data-seq=(m.seq) {
+                                            span.result-head {
+                                                span.result-who {
+                                                    @if m.outgoing { "You to " (with) } @else { (with) }
+                                                }
+                                                time.result-time datetime=(crate::wire::rfc3339_ms(m.sent_at_ms)) {
+                                                    (crate::wire::rfc3339_ms(m.sent_at_ms).get(..16).unwrap_or("").replace('T', " ")) " UTC"
+                                                }
+                                            }
+                                            span.result-text { (before) mark { (words) } (after) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A conversation as Markdown, oldest first: a heading per message (who, when), its text as
+/// written (an AI reply's Markdown stays Markdown), and what became of ours.
+pub fn conversation_markdown(
+    me: &str,
+    with: &str,
+    messages: &[StoredMessage],
+    exported_ms: u64,
+) -> String {
+    let mut out = format!(
+        "# Conversation between {me} and {with}\n\nExported {} from {me}'s overlay chat; {} \
+         message{}, oldest first, times in UTC.\n",
+        crate::wire::rfc3339_ms(exported_ms),
+        messages.len(),
+        if messages.len() == 1 { "" } else { "s" }
+    );
+    for m in messages {
+        let when = crate::wire::rfc3339_ms(m.sent_at_ms);
+        let when = when.get(..19).unwrap_or(&when).replace('T', " ");
+        let mut notes = Vec::new();
+        if m.auto_reply {
+            notes.push("auto-reply".to_string());
+        }
+        if m.error {
+            notes.push("could not answer".to_string());
+        }
+        match &m.state {
+            super::store::MessageState::Failed { reason } => {
+                notes.push(format!("not delivered: {reason}"))
+            }
+            super::store::MessageState::Pending if m.outgoing => {
+                notes.push("not delivered yet".to_string())
+            }
+            _ => {}
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join(", "))
+        };
+        out.push_str(&format!("\n## {} · {when}{notes}\n\n", m.from));
+        out.push_str(m.text.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// The page shown instead of the chat to a browser without the page's token (a peer listening

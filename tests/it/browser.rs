@@ -829,4 +829,72 @@ async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_sc
         "document.getElementById('new-below').hidden && (() => { const m = document.getElementById('messages'); return m.scrollHeight - m.scrollTop - m.clientHeight < 5; })()",
     )
     .await;
+
+    // Search: from the box above the contacts to a page of results; a result opens its
+    // conversation at that message, earlier pages loaded as needed (the page holds 100).
+    for i in 0..80 {
+        bob_says(&o, &format!("filler {i}")).await;
+    }
+    let exports = alice
+        .execute(
+            "return [!document.getElementById('exports').hidden, document.getElementById('export-md').getAttribute('href')];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        exports,
+        json!([true, "/api/v1/conversations/bob/export?format=md"])
+    );
+    let search = alice
+        .find(Locator::Css(".side-search input"))
+        .await
+        .unwrap();
+    search.send_keys("ARE YOU there").await.unwrap();
+    search.send_keys(ENTER).await.unwrap();
+    until(
+        &alice,
+        "the page of results",
+        "document.querySelectorAll('.results a.result').length === 1",
+    )
+    .await;
+    let result = alice
+        .execute(
+            "const a = document.querySelector('.results a.result'); return [a.querySelector('mark').textContent, a.querySelector('.result-who').textContent];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(result, json!(["are you there", "Bob"]));
+    screenshot(&alice, "11-alice-search-results.png").await;
+    alice
+        .find(Locator::Css(".results a.result"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the conversation open at the message found, in view",
+        "(() => { const f = document.querySelector('#messages .msg.found'); if (!f) return false; const m = document.getElementById('messages').getBoundingClientRect(); const r = f.getBoundingClientRect(); return f.textContent.startsWith('are you there?') && r.top >= m.top && r.bottom <= m.bottom; })()",
+    )
+    .await;
+    screenshot(&alice, "12-alice-opened-at-result.png").await;
+    // Everything is loaded back to the first message: no button for earlier ones, even after
+    // the page's live connection caught up (it reloads the newest page).
+    until(
+        &alice,
+        "the page live again and caught up",
+        "document.body.dataset.synced === '1'",
+    )
+    .await;
+    let older = alice
+        .execute(
+            "return [document.querySelectorAll('#messages .older').length, document.querySelectorAll('#messages .msg.in').length];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(older, json!([0, 113]));
 }

@@ -1985,3 +1985,152 @@ async fn auto_reply_keeps_its_place_across_a_restart() {
     bob.stop().await;
     proxy.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Search, export, and AI replies rendered.
+
+/// GET `url`: status, a header, the body as text.
+async fn get_text(url: &str, header: &str) -> (StatusCode, String, String) {
+    let mut r = client().get(url).send().await.expect("GET");
+    let status = r.status();
+    let h = r
+        .headers()
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = r.body().limit(64 << 20).await.expect("body");
+    (status, h, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[actix_web::test]
+async fn search_finds_text_in_every_conversation_and_a_conversation_exports_as_markdown_or_json() {
+    let o = fake_overlay(&[("alice", &[])], &["BOT"]).await;
+    let alice = o.url("alice");
+    for (id, from, text) in [
+        ("s1", "bob", "Meet at the Rust meetup?"),
+        ("s2", "BOT", "## Rust\n\n- **fast** <script>x()</script>"),
+        ("s3", "carol", "nothing to see"),
+        ("s4", "bob", "rust again, see <b>this</b>"),
+    ] {
+        let (s, _): (_, Ack) = post_json(
+            &format!("{alice}/api/v1/inbox"),
+            &envelope(from, "alice", id, text),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    // Every conversation, any case, newest first.
+    let (s, v): (_, Value) = get_json(&format!("{alice}/api/v1/search?q=RUST")).await;
+    assert_eq!(s, StatusCode::OK);
+    let found: Vec<(&str, &str)> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["peer"].as_str().unwrap(), m["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(found, [("bob", "s4"), ("BOT", "s2"), ("bob", "s1")]);
+    for (query, why) in [
+        ("", "no search text"),
+        ("?q=rust&limit=0", "limit 0 is not between 1 and 500"),
+        (
+            &format!("?q={}", "x".repeat(201))[..],
+            "longer than 200 characters",
+        ),
+    ] {
+        let (s, e): (_, ErrorBody) = get_json(&format!("{alice}/api/v1/search{query}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}");
+        assert!(e.message.contains(why), "{query}: {}", e.message);
+    }
+
+    // The page of results: each opens its conversation at that message; words are text.
+    let (s, _, page) = get_text(&format!("{alice}/search?q=rust"), "content-type").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("3 messages contain"), "{page}");
+    assert!(page.contains("href=\"/#bob?at="), "{page}");
+    assert!(
+        page.contains("<mark>rust</mark> again, see &lt;b&gt;this&lt;/b&gt;"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Meet at the <mark>Rust</mark> meetup?"),
+        "{page}"
+    );
+    let (_, _, page) = get_text(&format!("{alice}/search?q=%3Cscript%3E"), "").await;
+    assert!(!page.contains("<script>x()"), "{page}");
+    assert!(page.contains("&lt;script&gt;"), "{page}");
+    let (s, _, page) = get_text(&format!("{alice}/search?q={}", "y".repeat(300)), "").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(page.contains("longer than 200 characters"), "{page}");
+
+    // An AI model's reply comes with its Markdown rendered (raw HTML dropped); a person's not.
+    let (_, contacts): (_, ContactList) = get_json(&format!("{alice}/api/v1/contacts")).await;
+    assert!(contacts.contacts.iter().any(|c| c.name == "BOT"));
+    let (_, bot): (_, Value) =
+        get_json(&format!("{alice}/api/v1/conversations/BOT/messages")).await;
+    let html = bot["messages"][0]["html"].as_str().expect("rendered");
+    assert!(
+        html.contains("<h2>Rust</h2>") && html.contains("<strong>fast</strong>"),
+        "{html}"
+    );
+    assert!(!html.contains("<script>"), "{html}");
+    let (_, bob): (_, Value) =
+        get_json(&format!("{alice}/api/v1/conversations/bob/messages")).await;
+    assert!(bob["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m.get("html").is_none()));
+
+    // Export: Markdown to read (the default), JSON to keep; oldest first, as a download.
+    let (s, disposition, md) = get_text(
+        &format!("{alice}/api/v1/conversations/bob/export"),
+        "content-disposition",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let day = &overlay::wire::rfc3339_ms(overlay::wire::now_ms())[..10];
+    assert_eq!(
+        disposition,
+        format!("attachment; filename=\"overlay-alice-bob-{day}.md\"")
+    );
+    assert!(
+        md.starts_with("# Conversation between alice and bob\n"),
+        "{md}"
+    );
+    assert!(md.contains("2 messages, oldest first"), "{md}");
+    let first = md.find("Meet at the Rust meetup?").expect("s1");
+    let second = md.find("rust again").expect("s4");
+    assert!(first < second, "{md}");
+    assert!(md.contains("\n## bob · "), "{md}");
+    let (s, kind, json) = get_text(
+        &format!("{alice}/api/v1/conversations/bob/export?format=json"),
+        "content-type",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(kind, "application/json");
+    let export: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(export["me"], "alice");
+    assert_eq!(export["with"], "bob");
+    let ids: Vec<&str> = export["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["s1", "s4"]);
+    for (path, why) in [
+        (
+            "bob/export?format=pdf",
+            "format `pdf` is not one this peer exports",
+        ),
+        ("b%20b/export", "peer:"),
+    ] {
+        let (s, e): (_, ErrorBody) =
+            get_json(&format!("{alice}/api/v1/conversations/{path}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}");
+        assert!(e.message.contains(why), "{path}: {}", e.message);
+    }
+}

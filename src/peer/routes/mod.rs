@@ -21,7 +21,7 @@ use original::{
     chat_history, clear_all_chats, clear_chat, message, message_updates, page, peer_name, peers,
     send_message,
 };
-use page_api::{contacts, conversation_messages, events, me};
+use page_api::{contacts, conversation_messages, events, export, me, search, search_page};
 
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use super::outgoing::{Outgoing, SendMessage};
 use super::proxy_client::ProxyApi;
 use super::store::{
     AppendMany, AppendMessage, ApplyReceipts, ChatStore, ClearConversations, GetHistory, GetPage,
-    HistoryPage, ListConversations, SetDeliveryState, StoredMessage, WriteQueue,
+    HistoryPage, ListConversations, Search, SetDeliveryState, StoredMessage, WriteQueue,
 };
 use super::updates::{Feed, PageEvent, Publish, Subscribe, Updates};
 use super::views;
@@ -101,6 +101,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     cfg.app_data(json_config::<PeerError>(max_body_bytes))
         // compat: the original's page and JSON API.
         .route("/", web::get().to(page))
+        .route("/search", web::get().to(search_page))
         .route("/peer_name", web::get().to(peer_name))
         .route("/peers", web::get().to(peers))
         .route("/send_message", web::post().to(send_message))
@@ -126,6 +127,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                     "/conversations/{peer}/messages",
                     web::get().to(conversation_messages),
                 )
+                .route("/conversations/{peer}/export", web::get().to(export))
+                .route("/search", web::get().to(search))
                 .route("/events", web::get().to(events)),
         );
 }

@@ -1,5 +1,6 @@
 //! What this peer's own chat page calls: who this is, the contacts, a page of a
-//! conversation, and the live events.
+//! conversation, the live events, search (its JSON and its page of results) and a
+//! conversation's export.
 
 use super::*;
 
@@ -82,4 +83,161 @@ pub async fn events(state: State) -> Result<impl actix_web::Responder, NativeErr
     Ok(sse::Sse::from_infallible_receiver(rx)
         .with_keep_alive(Duration::from_secs(15))
         .with_retry_duration(Duration::from_secs(2)))
+}
+
+/// The longest search text taken.
+const MAX_QUERY_CHARS: usize = 200;
+
+/// Query of `GET /api/v1/search` and `GET /search`.
+#[derive(Debug, Deserialize)]
+pub struct SearchQuery {
+    /// The words to find (a part of a message's text, any case).
+    pub q: Option<String>,
+    /// 1 to 500; default 50.
+    pub limit: Option<usize>,
+}
+
+/// The search asked by `req`: its text (None when there is none yet) and its limit.
+fn search_terms(req: &HttpRequest) -> Result<(Option<String>, usize), PeerError> {
+    let query = web::Query::<SearchQuery>::from_query(req.query_string())
+        .map_err(|e| PeerError::Invalid(format!("bad query: {e}; use ?q=WORDS&limit=N")))?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(PeerError::Invalid(format!(
+            "limit {limit} is not between 1 and 500"
+        )));
+    }
+    let q = query.q.as_deref().map(str::trim).unwrap_or("");
+    if q.chars().count() > MAX_QUERY_CHARS {
+        return Err(PeerError::Invalid(format!(
+            "the search text is longer than {MAX_QUERY_CHARS} characters: search for a part of it"
+        )));
+    }
+    Ok(((!q.is_empty()).then(|| q.to_string()), limit))
+}
+
+async fn search_store(
+    state: &PeerState,
+    query: String,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, PeerError> {
+    state.store.send(Search { query, limit }).await?
+}
+
+/// `GET /api/v1/search`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchResults {
+    pub query: String,
+    /// Newest first.
+    pub messages: Vec<StoredMessage>,
+}
+
+/// # GET /api/v1/search?q=WORDS&limit=N
+/// Messages of every conversation whose text contains WORDS (any case), newest first.
+pub async fn search(state: State, req: HttpRequest) -> Result<HttpResponse, NativeError> {
+    let (query, limit) = search_terms(&req)?;
+    let query =
+        query.ok_or_else(|| PeerError::Invalid("no search text: give it as ?q=WORDS".into()))?;
+    let messages = search_store(&state, query.clone(), limit).await?;
+    Ok(HttpResponse::Ok().json(SearchResults { query, messages }))
+}
+
+/// # GET /search?q=WORDS
+/// The page of results: each opens its conversation at that message.
+pub async fn search_page(state: State, req: HttpRequest) -> HttpResponse {
+    let (query, found) = match search_terms(&req) {
+        Err(e) => (None, Err(e.to_string())),
+        Ok((None, _)) => (None, Ok(Vec::new())),
+        Ok((Some(q), limit)) => {
+            let found = search_store(&state, q.clone(), limit)
+                .await
+                .map_err(|e| e.to_string());
+            (Some(q), found)
+        }
+    };
+    let status = if found.is_err() {
+        actix_web::http::StatusCode::BAD_REQUEST
+    } else {
+        actix_web::http::StatusCode::OK
+    };
+    let markup = views::search_page(&views::SearchData {
+        display_name: &state.display_name,
+        query: query.as_deref(),
+        found: found.as_deref().map_err(String::as_str),
+    });
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(markup.into_string())
+}
+
+/// Query of `GET /api/v1/conversations/{peer}/export`.
+#[derive(Debug, Deserialize)]
+pub struct ExportQuery {
+    /// `md` (the default) or `json`.
+    pub format: Option<String>,
+}
+
+/// `GET /api/v1/conversations/{peer}/export?format=json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Export {
+    pub me: String,
+    pub with: String,
+    pub exported_at: String,
+    /// Oldest first.
+    pub messages: Vec<StoredMessage>,
+}
+
+/// # GET /api/v1/conversations/{peer}/export?format=md|json
+/// The whole conversation as a file: Markdown to read, or JSON to keep.
+pub async fn export(
+    state: State,
+    peer: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, NativeError> {
+    let query = web::Query::<ExportQuery>::from_query(req.query_string())
+        .map_err(|e| PeerError::Invalid(format!("bad query: {e}; use ?format=md or json")))?;
+    let markdown = match query.format.as_deref().unwrap_or("md") {
+        "md" | "markdown" => true,
+        "json" => false,
+        other => {
+            return Err(PeerError::Invalid(format!(
+                "format `{other}` is not one this peer exports: use md or json"
+            ))
+            .into())
+        }
+    };
+    let peer = super::peer_name_of(&peer, "peer")?;
+    let messages = state
+        .store
+        .send(GetHistory { peer: peer.clone() })
+        .await
+        .map_err(PeerError::from)??;
+    let now = crate::wire::now_ms();
+    let day = crate::wire::rfc3339_ms(now);
+    let file = format!(
+        "overlay-{}-{}-{}",
+        state.name,
+        peer,
+        day.get(..10).unwrap_or("")
+    );
+    let (body, kind, ext) = if markdown {
+        let text = views::conversation_markdown(state.name.as_str(), &peer, &messages, now);
+        (text, "text/markdown; charset=utf-8", "md")
+    } else {
+        let export = Export {
+            me: state.name.to_string(),
+            with: peer,
+            exported_at: day,
+            messages,
+        };
+        let text = serde_json::to_string_pretty(&export).map_err(PeerError::storage)?;
+        (text, "application/json", "json")
+    };
+    Ok(HttpResponse::Ok()
+        .content_type(kind)
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{file}.{ext}\""),
+        ))
+        .body(body))
 }

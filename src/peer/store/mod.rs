@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId};
 use crate::wire::legacy::HistoryEntry;
 
-pub use reads::{ChatStore, GetAutoReplyNext, GetHistory, GetPage, ListConversations, ListUnsent};
+pub use reads::{
+    ChatStore, GetAutoReplyNext, GetHistory, GetPage, ListConversations, ListUnsent, Search,
+};
 pub use schema::{ChatSchema, WriteOp, WriteOutcome};
 pub use writes::{
     writer, AppendMany, AppendMessage, AppendOutgoing, Appended, ApplyReceipts, ClearConversations,

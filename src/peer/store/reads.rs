@@ -27,6 +27,15 @@ pub struct GetHistory {
     pub peer: String,
 }
 
+/// The newest `limit` messages of any conversation whose text contains `query` (ignoring
+/// case), newest first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<StoredMessage>, PeerError>")]
+pub struct Search {
+    pub query: String,
+    pub limit: usize,
+}
+
 /// Every conversation's summary.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<ConversationSummary>, PeerError>")]
@@ -113,6 +122,35 @@ mod blocking {
         Ok(out)
     }
 
+    /// Every message's text is read: a scan of the store, newest kept (a chat store is one
+    /// person's; a hundred thousand messages take a fraction of a second).
+    pub fn search(
+        db: &Database,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, PeerError> {
+        let tx = db.begin_read().map_err(PeerError::storage)?;
+        let table = tx.open_table(MESSAGES).map_err(PeerError::storage)?;
+        let needle = query.to_lowercase();
+        let newest_first = |found: &mut Vec<StoredMessage>| {
+            found.sort_by_key(|m| std::cmp::Reverse(m.seq));
+            found.truncate(limit);
+        };
+        let mut found = Vec::new();
+        for entry in table.iter().map_err(PeerError::storage)? {
+            let (_, v) = entry.map_err(PeerError::storage)?;
+            let m = decode::<StoredMessage>(v.value())?;
+            if m.text.to_lowercase().contains(&needle) {
+                found.push(m);
+                if found.len() >= limit.saturating_mul(4).max(64) {
+                    newest_first(&mut found);
+                }
+            }
+        }
+        newest_first(&mut found);
+        Ok(found)
+    }
+
     /// Our pending messages the proxy has not taken yet, oldest first.
     pub fn unsent(db: &Database) -> Result<Vec<StoredMessage>, PeerError> {
         let tx = db.begin_read().map_err(PeerError::storage)?;
@@ -165,6 +203,11 @@ impl ChatStore {
     /// The whole conversation with `peer`, oldest first.
     pub fn history(&self, peer: &str) -> Result<Vec<StoredMessage>, PeerError> {
         self.db.with(|db| blocking::history(db, peer))
+    }
+
+    /// The newest `limit` messages containing `query`, newest first.
+    pub fn search(&self, query: &str, limit: usize) -> Result<Vec<StoredMessage>, PeerError> {
+        self.db.with(|db| blocking::search(db, query, limit))
     }
 
     /// Every conversation's summary.
@@ -220,5 +263,13 @@ impl Handler<GetAutoReplyNext> for ChatStore {
 
     fn handle(&mut self, _: GetAutoReplyNext, _: &mut SyncContext<Self>) -> Self::Result {
         self.auto_reply_next()
+    }
+}
+
+impl Handler<Search> for ChatStore {
+    type Result = Result<Vec<StoredMessage>, PeerError>;
+
+    fn handle(&mut self, msg: Search, _: &mut SyncContext<Self>) -> Self::Result {
+        self.search(&msg.query, msg.limit)
     }
 }

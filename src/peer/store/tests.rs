@@ -363,3 +363,38 @@ async fn the_auto_reply_place_is_kept_and_replayed_from_the_log() {
     let (db, _) = open(dir.path());
     assert_eq!(ChatStore::new(db).auto_reply_next().unwrap(), 5);
 }
+
+#[test]
+fn a_search_finds_text_in_every_conversation_ignoring_case_newest_first_up_to_its_limit() {
+    let (_dir, store) = store();
+    let mut ops = Vec::new();
+    for i in 0..300 {
+        let (peer, text) = match i % 3 {
+            0 => ("bob", format!("Plan {i}: the Rust relay")),
+            1 => ("BOT", format!("reply {i} about rust")),
+            _ => ("carol", format!("nothing {i}")),
+        };
+        ops.push(WriteOp::Append {
+            message: msg(&format!("m{i}"), peer, &text),
+        });
+    }
+    for r in write(&store, ops) {
+        r.unwrap();
+    }
+    let found = store.search("RUST", 5).unwrap();
+    let texts: Vec<&str> = found.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "reply 298 about rust",
+            "Plan 297: the Rust relay",
+            "reply 295 about rust",
+            "Plan 294: the Rust relay",
+            "reply 292 about rust"
+        ]
+    );
+    assert_eq!(store.search("rust", 1000).unwrap().len(), 200);
+    assert!(store.search("no such words", 10).unwrap().is_empty());
+    // Only the text: a sender's name is not found.
+    assert!(store.search("carol", 10).unwrap().is_empty());
+}
