@@ -636,6 +636,26 @@
       var stickNow = nearBottom();
       s.row.querySelector(".text").textContent = s.text;
       if (stickNow) scrollDown();
+    } else if (data.type === "presence") {
+      // Who is online now; someone new in the directory: the whole list again.
+      var listed = {};
+      var someoneNew = false;
+      (data.directory || []).forEach(function (e) {
+        listed[String(e.name).toLowerCase()] = true;
+        var c = contactOf(e.name);
+        if (!c) { someoneNew = true; return; }
+        c.online = e.online;
+        c.reachable = true;
+      });
+      contacts.forEach(function (c) {
+        if (!listed[String(c.name).toLowerCase()]) {
+          c.reachable = false;
+          c.online = null;
+        }
+      });
+      if (someoneNew) loadContacts();
+      else renderContacts();
+      if (current) showHeader(current);
     } else if (data.type === "cleared") {
       if (data.peer === null || data.peer === undefined) {
         unread = {};
@@ -680,6 +700,4 @@
   fromHash();
   // On a phone with nothing selected yet, start on the contact list.
   if (!current && window.matchMedia("(max-width: 720px)").matches) el.app.classList.add("contacts-open");
-  // Presence changes are not pushed to the peer: refresh the list now and then.
-  setInterval(loadContacts, 30000);
 })();

@@ -15,6 +15,7 @@ pub mod error;
 pub mod login;
 pub mod markdown;
 pub mod outgoing;
+pub mod presence;
 pub mod proxy_client;
 pub mod routes;
 pub mod store;
@@ -169,6 +170,13 @@ fn start_actors(
     };
     let proxy = ProxyApi::new(&settings.proxy_url, &settings.link);
     let outgoing = Outgoing::new(store.clone(), writes.clone(), proxy.clone(), timing).start();
+    presence::Presence::new(
+        settings.name.as_str(),
+        proxy.clone(),
+        updates.clone(),
+        ai.clone(),
+    )
+    .start();
     let auto_reply = AutoReply::new(
         settings.name.as_str(),
         settings.auto_reply.clone(),

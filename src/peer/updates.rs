@@ -43,6 +43,10 @@ pub enum PageEvent {
     },
     /// A conversation (`peer`) or every conversation (None) was cleared.
     Cleared { peer: Option<String> },
+    /// Who the proxy's directory lists now, and who is online (sent when it changes).
+    Presence {
+        directory: Vec<crate::wire::data_plane::DirectoryEntry>,
+    },
 }
 
 impl PageEvent {
@@ -53,7 +57,9 @@ impl PageEvent {
                 peer_id: message.peer.clone(),
                 timestamp: crate::wire::rfc3339_ms(message.sent_at_ms),
             }),
-            PageEvent::Stream { .. } | PageEvent::Cleared { .. } => None,
+            PageEvent::Stream { .. } | PageEvent::Cleared { .. } | PageEvent::Presence { .. } => {
+                None
+            }
         }
     }
 }

@@ -45,7 +45,13 @@ const USERS: &[(&str, &[&str])] = &[("alice", &[]), ("bob", &[])];
 /// and bob (no auto-reply), and an AI model `BOT` in the config (never called: its base URL
 /// is a closed local port), so the contact list shows a person and an AI.
 async fn overlay_under_test() -> BrowserOverlay {
+    overlay_under_test_with(|_| {}).await
+}
+
+/// [`overlay_under_test`] with `change` made to its config first.
+async fn overlay_under_test_with(change: impl FnOnce(&mut Config)) -> BrowserOverlay {
     let mut config = config_for(USERS);
+    change(&mut config);
     let bot: AiEndpointConfig = serde_yaml::from_str(
         "{name: BOT, provider: openai, model: gpt-4o-mini, base_url: 'http://127.0.0.1:9/v1'}",
     )
@@ -681,7 +687,12 @@ async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_sc
         ));
         return;
     }
-    let o = overlay_under_test().await;
+    // A proxy silent for 3 s is shown offline (the default is two minutes).
+    let o = overlay_under_test_with(|c| {
+        c.controller.liveness.warning_after_secs = 2;
+        c.controller.liveness.stale_after_secs = 3;
+    })
+    .await;
     let driver = start_driver().await;
     let profile = tempfile::tempdir().unwrap();
     let alice = browser(&driver, &profile).await;
@@ -897,4 +908,21 @@ async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_sc
         .await
         .unwrap();
     assert_eq!(older, json!([0, 113]));
+
+    // bob's proxy stops: his dot turns offline on alice's open page, pushed, not reloaded.
+    until(
+        &alice,
+        "bob shown online",
+        "document.querySelector(\".contact[data-peer='bob'] .presence.online\")",
+    )
+    .await;
+    let mut o = o;
+    o.overlay.stop("proxy/bob").await;
+    until(
+        &alice,
+        "bob shown offline",
+        "document.querySelector(\".contact[data-peer='bob'] .presence.offline\") && document.getElementById('conv-sub').textContent.includes('offline')",
+    )
+    .await;
+    screenshot(&alice, "13-alice-bob-offline.png").await;
 }

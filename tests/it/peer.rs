@@ -2134,3 +2134,56 @@ async fn search_finds_text_in_every_conversation_and_a_conversation_exports_as_m
         assert!(e.message.contains(why), "{path}: {}", e.message);
     }
 }
+
+/// The next `presence` event of a page feed (other events passed over).
+async fn next_presence(events: &mut crate::helpers::SseReader) -> Vec<DirectoryEntry> {
+    loop {
+        if let PageEvent::Presence { directory } = events.next::<PageEvent>().await {
+            return directory;
+        }
+    }
+}
+
+#[actix_web::test]
+async fn presence_is_pushed_to_open_pages_when_someone_goes_offline_or_joins() {
+    let o = fake_overlay(&[("alice", &[]), ("bob", &[])], &["BOT"]).await;
+    let alice = o.url("alice");
+    let mut events = subscribe(&format!("{alice}/api/v1/events")).await;
+    let entry = |name: &str, kind: PeerKind, online: Option<bool>| DirectoryEntry {
+        name: name.into(),
+        kind,
+        online,
+    };
+    // Once a page listens: who is there (not alice herself).
+    assert_eq!(
+        next_presence(&mut events).await,
+        [
+            entry("BOT", PeerKind::Ai, None),
+            entry("bob", PeerKind::Person, Some(true))
+        ]
+    );
+    // bob's proxy goes quiet: the page is told, unasked.
+    o.proxy.net.offline.lock().unwrap().push("bob".into());
+    assert_eq!(
+        next_presence(&mut events).await,
+        [
+            entry("BOT", PeerKind::Ai, None),
+            entry("bob", PeerKind::Person, Some(false))
+        ]
+    );
+    // carol joins.
+    o.proxy
+        .net
+        .peers
+        .lock()
+        .unwrap()
+        .insert("carol".into(), "http://127.0.0.1:9".into());
+    assert_eq!(
+        next_presence(&mut events).await,
+        [
+            entry("BOT", PeerKind::Ai, None),
+            entry("bob", PeerKind::Person, Some(false)),
+            entry("carol", PeerKind::Person, Some(true))
+        ]
+    );
+}
