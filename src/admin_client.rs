@@ -127,10 +127,30 @@ impl AdminClient {
     }
 }
 
+/// `overlay health URL`: the role's answer on stdout; an error unless it is 200.
+async fn health(url: &str) -> anyhow::Result<()> {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .finish();
+    let mut res = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url} does not answer: {e}"))?;
+    let body = res.body().limit(64 * 1024).await.unwrap_or_default();
+    println!("{}", String::from_utf8_lossy(&body));
+    if res.status().is_success() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("{url} answered {}", res.status()))
+    }
+}
+
 /// Runs `tool`, printing its result on stdout (notes on stderr).
 pub async fn run(tool: Tool) -> anyhow::Result<()> {
     match tool {
         Tool::Id { data_dir, name } => id(&data_dir, name.as_deref()),
+        Tool::Health { url } => health(&url).await,
         Tool::AdminPassword { data_dir } => {
             let password = read_password()?;
             let path = crate::controller::admin::set_password(&data_dir, &password)?;

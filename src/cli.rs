@@ -80,6 +80,17 @@ pub enum Command {
     /// The controller's admin: `admin password` sets the dashboard's admin password.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Ask a running role's /healthz (e.g. http://127.0.0.1:5001/healthz): prints it, and exits
+    /// 0 when the role can do its job, 1 when it cannot or does not answer (a container's
+    /// healthcheck; the image has no curl).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The role's health URL, http:// (https:// pages are checked against the system's roots).
+    #[arg(value_name = "URL")]
+    pub url: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -392,6 +403,8 @@ pub enum Tool {
     },
     /// `overlay admin password`.
     AdminPassword { data_dir: PathBuf },
+    /// `overlay health URL`.
+    Health { url: String },
     /// `overlay rotate-key --name NAME`.
     RotateKey {
         data_dir: PathBuf,
@@ -447,6 +460,7 @@ impl Tool {
                 controller_url,
             }),
             Command::Admin(AdminCommand::Password) => Ok(Tool::AdminPassword { data_dir }),
+            Command::Health(a) => check_url("URL", &a.url).map(|url| Tool::Health { url }),
             Command::RotateKey(a) if !is_file_safe(&a.name) => Err(format!(
                 "--name: `{}` is not a user name (letters, digits, `-`, `_` and `.`)",
                 a.name
@@ -494,6 +508,7 @@ impl Tool {
                 "set the admin password of the controller in {}",
                 data_dir.display()
             ),
+            Tool::Health { url } => format!("ask {url} whether that role can do its job"),
             Tool::Id { name: None, .. } => "print the controller's root fingerprint".into(),
             Tool::Id { name: Some(n), .. } => format!("print the fingerprint of {n}'s proxy key"),
             Tool::ControllerInit { data_dir, .. } => {
@@ -764,6 +779,7 @@ impl Plan {
             | Command::Token(_)
             | Command::Revoke(_)
             | Command::RotateKey(_)
+            | Command::Health(_)
             | Command::Admin(_) => {
                 return Err("this command starts no server (see Tool::from_cli)".into())
             }

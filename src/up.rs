@@ -400,11 +400,16 @@ pub fn url_table(servers: &[Running]) -> String {
             Some(a) => format!("  (members over TLS: {})", crate::config::reachable(a)),
             None => String::new(),
         };
+        let url = s.url();
+        let bound = if url == crate::web::shown_url(s.scheme, s.addr, None) {
+            String::new()
+        } else {
+            format!("  (bound to {})", s.addr)
+        };
         out.push_str(&format!(
-            "  {:<width$}  {:<9}  {}{tls}\n",
+            "  {:<width$}  {:<9}  {url}{bound}{tls}\n",
             s.label,
             what,
-            s.url(),
             width = width
         ));
     }

@@ -69,6 +69,10 @@ pub async fn start_with_handle(
         keys.root
     );
     let store = Store::open(&settings.data_dir).await?;
+    let health = Health::new("controller", None).check(crate::web::health::store(
+        "the controller's store",
+        store.health(),
+    ));
     let loaded = store
         .load()
         .await
@@ -172,7 +176,7 @@ pub async fn start_with_handle(
             .wrap(actix_web::middleware::from_fn(admin::require))
             .wrap(actix_web::middleware::from_fn(tls::split))
             .wrap(actix_web::middleware::from_fn(crate::web::host::require))
-            .configure(|cfg| common_routes(cfg, Health::new("controller", None)))
+            .configure(|cfg| common_routes(cfg, health.clone()))
             .configure(routes::configure)
             .default_service(web::to(routes::no_route))
     })
@@ -203,6 +207,7 @@ pub async fn start_with_handle(
     }
     Ok((
         Running {
+            advertised: None,
             tls_addr,
             scheme: if https { "https" } else { "http" },
             label,

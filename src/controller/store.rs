@@ -161,6 +161,8 @@ pub struct Loaded {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// Whether its writes go through (for `/healthz`).
+    health: crate::storage::StoreHealth,
 }
 
 fn storage(e: impl std::fmt::Display) -> ControllerError {
@@ -185,7 +187,10 @@ impl Store {
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
             match opened {
                 Ok(db) => {
-                    let store = Store { db: Arc::new(db) };
+                    let store = Store {
+                        db: Arc::new(db),
+                        health: Default::default(),
+                    };
                     store.init().await?;
                     return Ok(store);
                 }
@@ -385,12 +390,23 @@ impl Store {
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), ControllerError> + Send + 'static,
     ) -> Result<(), ControllerError> {
         let db = self.db.clone();
-        actix_web::web::block(move || {
+        let written = actix_web::web::block(move || {
             let tx = db.begin_write().map_err(storage)?;
             f(&tx)?;
             tx.commit().map_err(storage)
         })
         .await
-        .map_err(storage)?
+        .map_err(storage)
+        .and_then(|r| r);
+        match &written {
+            Ok(()) => self.health.record(Ok(())),
+            Err(e) => self.health.record(Err(&e.to_string())),
+        }
+        written
+    }
+
+    /// Whether its writes go through.
+    pub fn health(&self) -> crate::storage::StoreHealth {
+        self.health.clone()
     }
 }

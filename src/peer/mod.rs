@@ -67,13 +67,15 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         })
     };
 
+    let health = Health::new("peer", Some(settings.name.as_str())).check(
+        crate::web::health::store(&format!("{}'s chat store", settings.name), wal.health()),
+    );
     // The actors are started on the HTTP worker's thread, where the handlers run.
     let state = {
         let (store, settings, db) = (store.clone(), settings.clone(), db.clone());
         crate::web::on_worker(move || web::Data::new(start_actors(&settings, store, db, wal)))
     };
 
-    let instance: Option<String> = Some(settings.name.to_string());
     let tag = label.clone();
     let max_body = settings.max_body_bytes;
     let proxy_url = settings.proxy_url.clone();
@@ -115,7 +117,7 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
             .app_data(login.clone())
             .wrap(actix_web::middleware::from_fn(login::require))
             .wrap(actix_web::middleware::from_fn(crate::web::host::require))
-            .configure(|cfg| common_routes(cfg, Health::new("peer", instance.as_deref())))
+            .configure(|cfg| common_routes(cfg, health.clone()))
             .configure(|cfg| routes::configure(cfg, max_body))
     })
     .workers(settings.workers)
@@ -143,6 +145,7 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
         log::info!("{stop_label}: chat store closed");
     });
     Ok(Running {
+        advertised: Some(settings.advertise.clone()),
         tls_addr: None,
         scheme: if https { "https" } else { "http" },
         label,

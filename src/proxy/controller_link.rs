@@ -63,6 +63,8 @@ const POLL_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct LinkSettings {
     pub controller_url: String,
+    /// When the controller last answered (for `/healthz`).
+    pub contact: crate::web::health::ControllerContact,
     pub proxy_id: String,
     pub instance_name: String,
     /// `host:port` other proxies reach this one at.
@@ -291,6 +293,7 @@ impl ControllerLink {
                     );
                     act.registered = true;
                     act.register_failures = 0;
+                    act.settings.contact.heard();
                     act.last_refusal = None;
                     if !act.streaming {
                         act.stream(ctx);
@@ -407,7 +410,7 @@ impl ControllerLink {
         };
         ctx.spawn(
             wrap_future(call).map(|answer, act: &mut Self, ctx| match answer {
-                Answer::Ok { .. } => {}
+                Answer::Ok { .. } => act.settings.contact.heard(),
                 Answer::RouteMissing { status, .. } if status == StatusCode::NOT_FOUND => {
                     log::info!("the controller forgot this proxy: registering again");
                     act.registered = false;

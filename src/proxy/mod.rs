@@ -113,6 +113,19 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             TableSource::Config,
         ),
     };
+    // What `/healthz` checks: its store, and that the controller answers (when it has one).
+    let contact = settings.root.is_some().then(|| {
+        crate::web::health::ControllerContact::new(settings.controller_url.trim_end_matches('/'))
+    });
+    let mut health = Health::new("proxy", instance.as_deref()).check(crate::web::health::store(
+        &format!("{}'s outbox store", settings.name),
+        wal.health(),
+    ));
+    if let Some(c) = &contact {
+        health = health.check(c.check(Duration::from_secs(
+            settings.liveness.heartbeat_every_secs.max(1),
+        )));
+    }
     // The actors are started on the HTTP worker's thread, where the handlers run.
     let state = {
         let boot = Boot {
@@ -129,6 +142,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             overlay: overlay.clone(),
             applied: applied_tx,
             tls_address: tls_address.clone(),
+            contact: contact.clone(),
         };
         crate::web::on_worker(move || boot.start_actors())
     };
@@ -145,7 +159,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
                     cfg.app_data(web::Data::new(tls::TlsListening));
                 }
             })
-            .configure(|cfg| common_routes(cfg, Health::new("proxy", instance.as_deref())))
+            .configure(|cfg| common_routes(cfg, health.clone()))
             .configure(move |cfg| routes::configure(cfg, state))
     })
     .workers(settings.workers)
@@ -181,6 +195,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
         db.close();
     });
     Ok(Running {
+        advertised: Some(settings.advertise.clone()),
         tls_addr,
         // Its plain listener is its own peer's and the original's: no pages.
         scheme: "http",
@@ -269,6 +284,8 @@ struct Boot {
     applied: tokio::sync::watch::Sender<std::sync::Arc<router::Published>>,
     /// Its TLS listener's address as other proxies reach it.
     tls_address: Option<crate::wire::directory::TlsAddress>,
+    /// When the controller last answered (none without a pinned root: no controller then).
+    contact: Option<crate::web::health::ControllerContact>,
 }
 
 impl Boot {
@@ -288,6 +305,7 @@ impl Boot {
             overlay,
             applied,
             tls_address,
+            contact,
         } = self;
         let peer_url = settings.peer_url.trim_end_matches('/').to_string();
         let hops = std::sync::Arc::new(signed_hop::SignedHops::new(
@@ -383,9 +401,10 @@ impl Boot {
             identity.clone(),
             published.clone(),
         );
-        let controller = match settings.root.clone() {
-            Some(root) => {
+        let controller = match (settings.root.clone(), contact) {
+            (Some(root), Some(contact)) => {
                 let link = LinkSettings {
+                    contact,
                     controller_url,
                     proxy_id,
                     instance_name: settings.name.to_string(),
@@ -413,7 +432,7 @@ impl Boot {
                 };
                 Some(ControllerLink::new(link, router.clone()).start())
             }
-            None => {
+            _ => {
                 log::error!(
                     "proxy {}: no controller root is pinned, so it follows no controller (a \
                      table nobody vouches for is not believed) and routes from its stored or \

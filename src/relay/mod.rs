@@ -67,6 +67,16 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
         port: at.port,
     };
     let server_tls = crate::trust::tls::server_config_without_clients(overlay.leaf.clone());
+    // Its report rides on heartbeats: a few seconds old at most on the dashboard.
+    let heartbeat_every = Duration::from_secs(settings.liveness.heartbeat_every_secs.clamp(1, 5));
+    let contact =
+        crate::web::health::ControllerContact::new(settings.controller_url.trim_end_matches('/'));
+    let health = Health::new("relay", Some(name.as_str()))
+        .check(crate::web::health::store(
+            &format!("relay {name}'s store"),
+            wal.health(),
+        ))
+        .check(contact.check(heartbeat_every));
     let state = {
         let (settings, identity, overlay) = (settings.clone(), identity.clone(), overlay.clone());
         let proxy_id = loaded.proxy_id.clone();
@@ -96,14 +106,12 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
                 .with_directory(published.clone())
                 .start();
             let link = LinkSettings {
+                contact,
                 controller_url,
                 proxy_id,
                 instance_name: settings.name.to_string(),
                 advertise: settings.advertise.clone(),
-                // Its report rides on heartbeats: a few seconds old at most on the dashboard.
-                heartbeat_every: Duration::from_secs(
-                    settings.liveness.heartbeat_every_secs.clamp(1, 5),
-                ),
+                heartbeat_every,
                 ai_endpoints: Vec::new(),
                 identity,
                 seal: None,
@@ -132,11 +140,10 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
     };
     let tag = label.clone();
     let limits = crate::web::ServerLimits::of(&settings.server);
-    let health_name = Some(name.clone());
     let app = move || {
         crate::logging::tag_thread(&tag);
         let state = (*state).clone();
-        let health = Health::new("relay", health_name.as_deref());
+        let health = health.clone();
         (
             crate::web::guarded_app(limits)
                 .configure(|cfg| common_routes(cfg, health))
@@ -160,6 +167,7 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
          {advertise})"
     );
     Ok(Running {
+        advertised: Some(settings.advertise.clone()),
         tls_addr: Some(bound),
         scheme: "http",
         label,

@@ -115,6 +115,49 @@ pub fn apply_group<S: Schema>(
     Ok(outcomes)
 }
 
+/// Whether a store's writes go through: the last failure (when, what) until a write succeeds
+/// again. Set by its writer and its log's thread; read by `/healthz`. A success costs one
+/// atomic load.
+#[derive(Debug, Clone, Default)]
+pub struct StoreHealth(Arc<StoreHealthInner>);
+
+#[derive(Debug, Default)]
+struct StoreHealthInner {
+    failing: std::sync::atomic::AtomicBool,
+    failure: std::sync::Mutex<Option<(u64, String)>>,
+}
+
+impl StoreHealth {
+    /// Records the outcome of a write.
+    pub fn record(&self, outcome: Result<(), &str>) {
+        use std::sync::atomic::Ordering;
+        match outcome {
+            Ok(()) if !self.0.failing.load(Ordering::Relaxed) => {}
+            Ok(()) => {
+                self.0.failing.store(false, Ordering::Relaxed);
+                if let Ok(mut f) = self.0.failure.lock() {
+                    *f = None;
+                }
+            }
+            Err(e) => {
+                if let Ok(mut f) = self.0.failure.lock() {
+                    let since = f.as_ref().map_or_else(crate::wire::now_ms, |(t, _)| *t);
+                    *f = Some((since, e.to_string()));
+                }
+                self.0.failing.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Since when (ms) and why writes fail, if they do.
+    pub fn failure(&self) -> Option<(u64, String)> {
+        if !self.0.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.0.failure.lock().ok().and_then(|f| f.clone())
+    }
+}
+
 /// Opens (creating if needed, repairing after a crash) the database at `path` with every table
 /// of `S`, and its log at `log`; applies again, in order, the groups the log has that the
 /// database lost, then commits durably so the log can start again. Blocking.

@@ -54,6 +54,7 @@ enum Command {
 /// A store's log; owned by the one writer of that store.
 pub struct Wal {
     path: PathBuf,
+    health: super::StoreHealth,
     commands: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
     next_lsn: u64,
@@ -62,6 +63,11 @@ pub struct Wal {
 }
 
 impl Wal {
+    /// Whether this store's writes go through (shared with `/healthz`).
+    pub fn health(&self) -> super::StoreHealth {
+        self.health.clone()
+    }
+
     /// Opens (creating) the log at `path` of a store whose redb state has every group up to
     /// LSN `applied`. Returns the log and the groups it holds after `applied`, in order, each
     /// with its LSN: the store must apply them, commit durably (as LSN `next_lsn() - 1`) and
@@ -86,6 +92,8 @@ impl Wal {
         let (commands, receiver) = mpsc::channel();
         let allocated = contents.len() as u64;
         let thread_tag = tag.to_string();
+        let health = super::StoreHealth::default();
+        let thread_health = health.clone();
         let thread = std::thread::Builder::new()
             .name(format!("wal {tag}"))
             .spawn(move || {
@@ -94,11 +102,13 @@ impl Wal {
                     file,
                     offset: end as u64,
                     allocated,
+                    health: thread_health,
                 }
                 .run(receiver)
             })?;
         let wal = Wal {
             path: path.to_path_buf(),
+            health,
             commands: Some(commands),
             thread: Some(thread),
             next_lsn,
@@ -236,6 +246,7 @@ struct Writer {
     /// The file's length: everything past `offset` up to it is written already (zeros or old
     /// records), so overwriting it changes no metadata.
     allocated: u64,
+    health: super::StoreHealth,
 }
 
 impl Writer {
@@ -269,6 +280,8 @@ impl Writer {
             if let Err(e) = &answer {
                 log::error!("{e}");
             }
+            self.health
+                .record(answer.as_ref().map(|_| ()).map_err(String::as_str));
             for flushed in waiting {
                 let _ = flushed.send(answer.clone());
             }

@@ -215,6 +215,7 @@ impl<S: Schema> Writer<S> {
             }
             Err(e) => {
                 log::error!("a write transaction failed, nothing of it stored: {e}");
+                self.wal.health().record(Err(&e.to_string()));
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }

@@ -8,9 +8,12 @@
 //! rebinding on browser-facing routes; [`session`]: login sessions in a cookie; [`page_tls`]:
 //! HTTPS for pages beyond loopback.
 
+pub mod health;
 pub mod host;
 pub mod page_tls;
 pub mod session;
+
+pub use health::Health;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -25,7 +28,6 @@ use actix_web::error::PayloadError;
 use actix_web::http::{header, ConnectionType, StatusCode};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::{Stream, StreamExt};
-use serde::Serialize;
 
 use crate::wire::legacy::ErrorBody;
 
@@ -39,16 +41,27 @@ pub struct Running {
     pub tls_addr: Option<SocketAddr>,
     /// `https` when its pages are served over TLS (beyond loopback), else `http`.
     pub scheme: &'static str,
+    /// Where others reach it (its `advertise`), when that is set: shown instead of the bound
+    /// address when that is a wildcard (in a container, 127.0.0.1 is nobody else's).
+    pub advertised: Option<String>,
     /// The server future; it resolves when the server has stopped.
     pub server: Server,
     /// What the role must do after its server has stopped (close stores, stop arbiters).
     pub on_stop: Vec<Box<dyn FnOnce() + Send>>,
 }
 
+/// `scheme://addr`; for a wildcard address, the advertised one if any, else loopback.
+pub fn shown_url(scheme: &str, addr: SocketAddr, advertised: Option<&str>) -> String {
+    match advertised.filter(|a| !a.is_empty()) {
+        Some(a) if addr.ip().is_unspecified() => format!("{scheme}://{a}"),
+        _ => format!("{scheme}://{}", crate::config::reachable(addr)),
+    }
+}
+
 impl Running {
-    /// `http://addr`, with a wildcard IP shown as loopback.
+    /// Where to open it (see [`shown_url`]).
     pub fn url(&self) -> String {
-        format!("{}://{}", self.scheme, crate::config::reachable(self.addr))
+        shown_url(self.scheme, self.addr, self.advertised.as_deref())
     }
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
@@ -459,24 +472,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Body of `GET /healthz`.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct Health {
-    pub role: String,
-    pub instance: Option<String>,
-    pub version: String,
-}
-
-impl Health {
-    pub fn new(role: &str, instance: Option<&str>) -> Self {
-        Self {
-            role: role.to_string(),
-            instance: instance.map(str::to_string),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        }
-    }
-}
-
 /// Whether `path` is one of `routes` or below one (`/api/v1/inbox/batch` is under
 /// `/api/v1/inbox`; `/message_updates` is not under `/message`).
 pub fn under(path: &str, routes: &[&str]) -> bool {
@@ -494,14 +489,13 @@ pub fn bearer(headers: &header::HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-/// Routes every role serves: `/assets/{name}`, `/healthz`.
+/// Routes every role serves: `/assets/{name}`, `/healthz` (see [`health`]).
 pub fn common_routes(cfg: &mut web::ServiceConfig, health: Health) {
     let health = web::Data::new(health);
     cfg.route("/assets/{name}", web::get().to(asset)).service(
-        web::resource("/healthz").app_data(health).route(
-            web::get()
-                .to(|h: web::Data<Health>| async move { HttpResponse::Ok().json(h.get_ref()) }),
-        ),
+        web::resource("/healthz")
+            .app_data(health)
+            .route(web::get().to(health::healthz)),
     );
 }
 
@@ -591,6 +585,22 @@ pub fn guarded_app(
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+
+    #[test]
+    fn a_wildcard_listener_is_shown_at_its_advertised_address_else_at_loopback() {
+        let any: SocketAddr = "0.0.0.0:5001".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        assert_eq!(
+            shown_url("http", any, Some("alice:5001")),
+            "http://alice:5001"
+        );
+        assert_eq!(shown_url("http", any, None), "http://127.0.0.1:5001");
+        assert_eq!(shown_url("http", any, Some("")), "http://127.0.0.1:5001");
+        assert_eq!(
+            shown_url("https", lo, Some("alice:5001")),
+            "https://127.0.0.1:5001"
+        );
+    }
 
     async fn read(req: TestRequest, limit: usize) -> Result<web::Bytes, BodyError> {
         use actix_web::FromRequest;

@@ -781,3 +781,30 @@ fn a_relay_is_checked_like_every_role_and_a_proxy_behind_nat_needs_one() {
         stderr(&out)
     );
 }
+
+#[actix_web::test]
+async fn health_asks_a_role_and_exits_by_its_answer() {
+    let o = crate::helpers::spawn_overlay(crate::helpers::config_for(&[("alice", &[])])).await;
+    let url = format!("{}/healthz", o.url("peer/alice"));
+    let run = |url: String| {
+        actix_web::web::block(move || overlay().args(["health", &url]).output().expect("runs"))
+    };
+    let ok = run(url).await.unwrap();
+    let said = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{said}");
+    let health: serde_json::Value = serde_json::from_str(said.trim()).expect("its JSON");
+    assert_eq!(
+        (health["role"].as_str(), health["status"].as_str()),
+        (Some("peer"), Some("ok"))
+    );
+    let dead = crate::helpers::free_listener().local_addr().unwrap();
+    let down = run(format!("http://{dead}/healthz")).await.unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("does not answer"),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let bad = run("localhost:1/healthz".into()).await.unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
