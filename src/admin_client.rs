@@ -128,8 +128,10 @@ impl AdminClient {
 }
 
 /// `overlay health URL`: the role's answer on stdout; an error unless it is 200.
-async fn health(url: &str) -> anyhow::Result<()> {
+async fn health(url: &str, data_dir: &Path) -> anyhow::Result<()> {
+    let tls = crate::web::page_tls::client(data_dir);
     let client = awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(tls))
         .timeout(Duration::from_secs(5))
         .finish();
     let mut res = client
@@ -150,7 +152,7 @@ async fn health(url: &str) -> anyhow::Result<()> {
 pub async fn run(tool: Tool) -> anyhow::Result<()> {
     match tool {
         Tool::Id { data_dir, name } => id(&data_dir, name.as_deref()),
-        Tool::Health { url } => health(&url).await,
+        Tool::Health { url, data_dir } => health(&url, &data_dir).await,
         Tool::AdminPassword { data_dir } => {
             let password = read_password()?;
             let path = crate::controller::admin::set_password(&data_dir, &password)?;

@@ -88,7 +88,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
-    /// The role's health URL, http:// (https:// pages are checked against the system's roots).
+    /// The role's health URL: http://, or https:// for a role serving its pages beyond
+    /// loopback (checked against the system's roots and --data-dir's page CA).
     #[arg(value_name = "URL")]
     pub url: String,
 }
@@ -403,8 +404,9 @@ pub enum Tool {
     },
     /// `overlay admin password`.
     AdminPassword { data_dir: PathBuf },
-    /// `overlay health URL`.
-    Health { url: String },
+    /// `overlay health URL`: an https:// page is checked against the system's roots and the
+    /// data dir's page CA (a page beyond loopback serves that CA's certificate).
+    Health { url: String, data_dir: PathBuf },
     /// `overlay rotate-key --name NAME`.
     RotateKey {
         data_dir: PathBuf,
@@ -460,7 +462,9 @@ impl Tool {
                 controller_url,
             }),
             Command::Admin(AdminCommand::Password) => Ok(Tool::AdminPassword { data_dir }),
-            Command::Health(a) => check_url("URL", &a.url).map(|url| Tool::Health { url }),
+            Command::Health(a) => {
+                check_url("URL", &a.url).map(|url| Tool::Health { url, data_dir })
+            }
             Command::RotateKey(a) if !is_file_safe(&a.name) => Err(format!(
                 "--name: `{}` is not a user name (letters, digits, `-`, `_` and `.`)",
                 a.name
@@ -508,7 +512,7 @@ impl Tool {
                 "set the admin password of the controller in {}",
                 data_dir.display()
             ),
-            Tool::Health { url } => format!("ask {url} whether that role can do its job"),
+            Tool::Health { url, .. } => format!("ask {url} whether that role can do its job"),
             Tool::Id { name: None, .. } => "print the controller's root fingerprint".into(),
             Tool::Id { name: Some(n), .. } => format!("print the fingerprint of {n}'s proxy key"),
             Tool::ControllerInit { data_dir, .. } => {

@@ -533,3 +533,34 @@ fn overlay_admin_password_stores_an_argon2id_hash_read_from_stdin() {
     let out = String::from_utf8_lossy(&ok.stdout);
     assert!(!out.contains("horse"), "{out}");
 }
+
+/// `overlay health` on a page beyond loopback: HTTPS, trusted through the data dir's page CA
+/// (as a container's healthcheck asks its own role), and refused without it.
+#[actix_web::test]
+async fn health_reaches_an_https_page_through_its_data_dirs_page_ca() {
+    let (_peer, url, dir) = open_peer(|_| {}).await;
+    let health = |data_dir: std::path::PathBuf| {
+        let url = format!("{url}/healthz");
+        actix_web::web::block(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_overlay"))
+                .env_remove("OVERLAY_CONFIG")
+                .env_remove("OVERLAY_DATA_DIR")
+                .arg("--data-dir")
+                .arg(data_dir)
+                .args(["health", &url])
+                .output()
+                .expect("overlay runs")
+        })
+    };
+    let ok = health(dir.path().to_path_buf()).await.unwrap();
+    assert!(
+        ok.status.success(),
+        "{} {}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("\"status\":\"ok\""));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let refused = health(elsewhere.path().to_path_buf()).await.unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+}
