@@ -397,7 +397,10 @@ pub fn url_table(servers: &[Running]) -> String {
             "proxy"
         };
         let tls = match s.tls_addr {
-            Some(a) => format!("  (members over TLS: {})", crate::config::reachable(a)),
+            Some(a) => format!(
+                "  (members over TLS: {})",
+                crate::web::shown_url("", a, s.tls_advertised.as_deref()).trim_start_matches("://")
+            ),
             None => String::new(),
         };
         let url = s.url();

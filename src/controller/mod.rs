@@ -208,6 +208,7 @@ pub async fn start_with_handle(
     Ok((
         Running {
             advertised: None,
+            tls_advertised: None,
             tls_addr,
             scheme: if https { "https" } else { "http" },
             label,

@@ -146,6 +146,7 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     });
     Ok(Running {
         advertised: Some(settings.advertise.clone()),
+        tls_advertised: None,
         tls_addr: None,
         scheme: if https { "https" } else { "http" },
         label,

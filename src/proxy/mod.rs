@@ -196,6 +196,9 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
     });
     Ok(Running {
         advertised: Some(settings.advertise.clone()),
+        tls_advertised: tls_address
+            .as_ref()
+            .map(|t| format!("{}:{}", t.host, t.port)),
         tls_addr,
         // Its plain listener is its own peer's and the original's: no pages.
         scheme: "http",

@@ -168,6 +168,7 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
     );
     Ok(Running {
         advertised: Some(settings.advertise.clone()),
+        tls_advertised: Some(advertise.clone()),
         tls_addr: Some(bound),
         scheme: "http",
         label,

@@ -44,6 +44,8 @@ pub struct Running {
     /// Where others reach it (its `advertise`), when that is set: shown instead of the bound
     /// address when that is a wildcard (in a container, 127.0.0.1 is nobody else's).
     pub advertised: Option<String>,
+    /// Its TLS listener's advertised `host:port`, likewise.
+    pub tls_advertised: Option<String>,
     /// The server future; it resolves when the server has stopped.
     pub server: Server,
     /// What the role must do after its server has stopped (close stores, stop arbiters).
