@@ -6,6 +6,7 @@ mod link;
 
 mod ai;
 mod ai_e2e;
+mod api_reference;
 mod browser;
 mod chaos;
 mod cli;
