@@ -117,10 +117,13 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
     let contact = settings.root.is_some().then(|| {
         crate::web::health::ControllerContact::new(settings.controller_url.trim_end_matches('/'))
     });
-    let mut health = Health::new("proxy", instance.as_deref()).check(crate::web::health::store(
-        &format!("{}'s outbox store", settings.name),
-        wal.health(),
-    ));
+    let full_queues = crate::web::health::FullQueues::default();
+    let mut health = Health::new("proxy", instance.as_deref())
+        .check(crate::web::health::store(
+            &format!("{}'s outbox store", settings.name),
+            wal.health(),
+        ))
+        .check(full_queues.check());
     if let Some(c) = &contact {
         health = health.check(c.check(Duration::from_secs(
             settings.liveness.heartbeat_every_secs.max(1),
@@ -143,6 +146,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             applied: applied_tx,
             tls_address: tls_address.clone(),
             contact: contact.clone(),
+            full_queues: full_queues.clone(),
         };
         crate::web::on_worker(move || boot.start_actors())
     };
@@ -289,6 +293,8 @@ struct Boot {
     tls_address: Option<crate::wire::directory::TlsAddress>,
     /// When the controller last answered (none without a pinned root: no controller then).
     contact: Option<crate::web::health::ControllerContact>,
+    /// Where the outbox tells which queues are at their limit.
+    full_queues: crate::web::health::FullQueues,
 }
 
 impl Boot {
@@ -309,6 +315,7 @@ impl Boot {
             applied,
             tls_address,
             contact,
+            full_queues,
         } = self;
         let peer_url = settings.peer_url.trim_end_matches('/').to_string();
         let hops = std::sync::Arc::new(signed_hop::SignedHops::new(
@@ -385,6 +392,7 @@ impl Boot {
                     &peer_url,
                     &settings.controller_url,
                 ),
+                full: full_queues,
             },
             router.table(),
             store.clone(),

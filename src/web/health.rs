@@ -111,6 +111,39 @@ pub fn store(what: &str, store: crate::storage::StoreHealth) -> Check {
     })
 }
 
+/// The destinations whose queue is at its limit, as the proxy's outbox last counted them
+/// (every second): while one is, new messages for it are refused.
+#[derive(Debug, Clone, Default)]
+pub struct FullQueues(Arc<std::sync::Mutex<Vec<(String, usize)>>>);
+
+impl FullQueues {
+    /// `full`: (destination, messages queued) of every queue at its limit.
+    pub fn set(&self, full: Vec<(String, usize)>) {
+        if let Ok(mut f) = self.0.lock() {
+            *f = full;
+        }
+    }
+
+    /// A check: any queue at its limit is a problem.
+    pub fn check(&self) -> Check {
+        let this = self.clone();
+        Arc::new(move || {
+            let full = this.0.lock().ok()?.clone();
+            (!full.is_empty()).then(|| {
+                let list: Vec<String> = full
+                    .iter()
+                    .map(|(whom, n)| format!("{whom} ({n} messages)"))
+                    .collect();
+                format!(
+                    "queues at their limit (delivery.max_queued_per_destination), new messages \
+                     for them refused until they drain: {}",
+                    list.join(", ")
+                )
+            })
+        })
+    }
+}
+
 /// When a role last heard from the controller (ms; shared with its link), and how long a
 /// silence is still fine.
 #[derive(Debug, Clone)]
@@ -211,6 +244,18 @@ mod tests {
         );
         assert!(problem.contains("No space left on device"), "{problem}");
         store.record(Ok(()));
+        assert_eq!(check(), None);
+    }
+
+    #[test]
+    fn a_full_queue_is_a_problem_while_it_is_full() {
+        let full = FullQueues::default();
+        let check = full.check();
+        assert_eq!(check(), None);
+        full.set(vec![("bob".into(), 100_000)]);
+        let p = check().expect("a problem");
+        assert!(p.contains("bob (100000 messages)"), "{p}");
+        full.set(Vec::new());
         assert_eq!(check(), None);
     }
 

@@ -1191,6 +1191,26 @@ async fn a_destination_down_for_long_cannot_make_its_queue_grow_without_bound() 
     let (s, v, _) = pair.relay_from_alice(&bob.url, &queued[0]).await;
     assert_eq!((s, v["duplicate"].as_bool()), (200, Some(true)), "{v}");
     assert_eq!(outbox_queued(&bob.url).await, 2);
+    // Its health says so, naming the queue, until it drains.
+    let health = bob.url.clone();
+    crate::helpers::eventually("bob's proxy reports its full queue", || {
+        let health = health.clone();
+        async move {
+            let mut r = crate::helpers::client()
+                .get(format!("{health}/healthz"))
+                .send()
+                .await
+                .ok()?;
+            let body: serde_json::Value = r.json().await.ok()?;
+            let problems = body["problems"].as_array()?.clone();
+            (r.status() == 503
+                && problems
+                    .iter()
+                    .any(|p| p.as_str().unwrap_or("").contains("peer/inbox (2 messages)")))
+            .then_some(())
+        }
+    })
+    .await;
     bob.stop().await;
 }
 

@@ -96,7 +96,12 @@ pub struct OutboxSettings {
     pub delivery: DeliveryConfig,
     /// Addresses a person's table entry may not name (see [`super::routing::peer_refusal`]).
     pub not_peers: Vec<super::routing::NotAPeer>,
+    /// Where the queues at their limit are told (for `/healthz`), every [`COUNT_FULL_EVERY`].
+    pub full: crate::web::health::FullQueues,
 }
+
+/// How often the queues at their limit are counted for `/healthz`.
+const COUNT_FULL_EVERY: Duration = Duration::from_secs(1);
 
 /// How often ids seen long ago are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -230,6 +235,16 @@ impl Actor for Outbox {
             self.kick(&lane, ctx);
         }
         ctx.run_interval(PRUNE_EVERY, |act, ctx| act.prune_seen(ctx));
+        ctx.run_interval(COUNT_FULL_EVERY, |act, _| {
+            let max = act.settings.delivery.max_queued_per_destination;
+            let full = act
+                .lanes
+                .iter()
+                .filter(|(_, lane)| lane.len() >= max)
+                .map(|(id, lane)| (lane_name(id), lane.len()))
+                .collect();
+            act.settings.full.set(full);
+        });
     }
 }
 
