@@ -198,7 +198,8 @@
       });
       n.onclick = function () {
         window.focus();
-        select(c ? c.name : msg.peer);
+        // Through the address, as a click in the list: it opens there (and stays on reload).
+        location.hash = encodeURIComponent(c ? c.name : msg.peer);
         if (n.close) n.close();
       };
     } catch (e) { /* some browsers allow them only from a service worker: the badge stays */ }
@@ -664,9 +665,11 @@
       } else {
         var c = contactOf(data.peer);
         if (c) c.last_text = "";
+        delete unread[String(data.peer).toLowerCase()];
         if (current && same(data.peer, current)) clearView("Chat cleared.");
       }
       renderContacts();
+      showUnreadInTitle();
     }
   }
 

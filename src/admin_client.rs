@@ -152,7 +152,18 @@ async fn health(url: &str, data_dir: &Path) -> anyhow::Result<()> {
 pub async fn run(tool: Tool) -> anyhow::Result<()> {
     match tool {
         Tool::Id { data_dir, name } => id(&data_dir, name.as_deref()),
-        Tool::Health { url, data_dir } => health(&url, &data_dir).await,
+        Tool::Health { urls, data_dir } => {
+            let mut failed = Vec::new();
+            for url in &urls {
+                if let Err(e) = health(url, &data_dir).await {
+                    failed.push(e.to_string());
+                }
+            }
+            match failed.is_empty() {
+                true => Ok(()),
+                false => Err(anyhow::anyhow!("{}", failed.join("; "))),
+            }
+        }
         Tool::AdminPassword { data_dir } => {
             let password = read_password()?;
             let path = crate::controller::admin::set_password(&data_dir, &password)?;

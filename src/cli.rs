@@ -80,18 +80,18 @@ pub enum Command {
     /// The controller's admin: `admin password` sets the dashboard's admin password.
     #[command(subcommand)]
     Admin(AdminCommand),
-    /// Ask a running role's /healthz (e.g. http://127.0.0.1:5001/healthz): prints it, and exits
-    /// 0 when the role can do its job, 1 when it cannot or does not answer (a container's
-    /// healthcheck; the image has no curl).
+    /// Ask running roles' /healthz (e.g. http://127.0.0.1:5001/healthz): prints each answer, and
+    /// exits 0 when every one can do its job, 1 when one cannot or does not answer (a
+    /// container's healthcheck; the image has no curl).
     Health(HealthArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
-    /// The role's health URL: http://, or https:// for a role serving its pages beyond
+    /// Each role's health URL: http://, or https:// for a role serving its pages beyond
     /// loopback (checked against the system's roots and --data-dir's page CA).
-    #[arg(value_name = "URL")]
-    pub url: String,
+    #[arg(value_name = "URL", required = true)]
+    pub urls: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -406,7 +406,10 @@ pub enum Tool {
     AdminPassword { data_dir: PathBuf },
     /// `overlay health URL`: an https:// page is checked against the system's roots and the
     /// data dir's page CA (a page beyond loopback serves that CA's certificate).
-    Health { url: String, data_dir: PathBuf },
+    Health {
+        urls: Vec<String>,
+        data_dir: PathBuf,
+    },
     /// `overlay rotate-key --name NAME`.
     RotateKey {
         data_dir: PathBuf,
@@ -462,9 +465,12 @@ impl Tool {
                 controller_url,
             }),
             Command::Admin(AdminCommand::Password) => Ok(Tool::AdminPassword { data_dir }),
-            Command::Health(a) => {
-                check_url("URL", &a.url).map(|url| Tool::Health { url, data_dir })
-            }
+            Command::Health(a) => a
+                .urls
+                .iter()
+                .map(|u| check_url("URL", u))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|urls| Tool::Health { urls, data_dir }),
             Command::RotateKey(a) if !is_file_safe(&a.name) => Err(format!(
                 "--name: `{}` is not a user name (letters, digits, `-`, `_` and `.`)",
                 a.name
@@ -512,7 +518,9 @@ impl Tool {
                 "set the admin password of the controller in {}",
                 data_dir.display()
             ),
-            Tool::Health { url, .. } => format!("ask {url} whether that role can do its job"),
+            Tool::Health { urls, .. } => {
+                format!("ask {} whether each can do its job", urls.join(", "))
+            }
             Tool::Id { name: None, .. } => "print the controller's root fingerprint".into(),
             Tool::Id { name: Some(n), .. } => format!("print the fingerprint of {n}'s proxy key"),
             Tool::ControllerInit { data_dir, .. } => {

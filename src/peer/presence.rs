@@ -24,6 +24,9 @@ pub struct Presence {
     ai: AiNames,
     /// What the pages were last told; None when no page listened since.
     last: Option<Vec<DirectoryEntry>>,
+    /// How many pages listened then: a page more is told where things stand, changed or not
+    /// (what it rendered may be older than its connection).
+    pages: usize,
 }
 
 impl Presence {
@@ -34,6 +37,7 @@ impl Presence {
             updates,
             ai,
             last: None,
+            pages: 0,
         }
     }
 }
@@ -47,20 +51,25 @@ impl Actor for Presence {
             async move {
                 let (pages, _) = updates.send(CountClients).await.ok()?;
                 if pages == 0 {
-                    return Some(None);
+                    return Some((0, None));
                 }
                 // Unreadable now (the proxy restarting): nothing to say until it answers.
-                proxy.directory().await.ok().map(Some)
+                proxy.directory().await.ok().map(|d| (pages, Some(d)))
             }
             .into_actor(act)
             .map(|read, act, _| match read {
                 None => {}
-                Some(None) => act.last = None,
-                Some(Some(mut directory)) => {
+                Some((_, None)) => {
+                    act.last = None;
+                    act.pages = 0;
+                }
+                Some((pages, Some(mut directory))) => {
                     directory.retain(|e| !e.name.eq_ignore_ascii_case(&act.me));
                     directory.sort_by(|a, b| a.name.cmp(&b.name));
                     act.ai.learn(&directory);
-                    if act.last.as_ref() != Some(&directory) {
+                    let more_pages = pages > act.pages;
+                    act.pages = pages;
+                    if more_pages || act.last.as_ref() != Some(&directory) {
                         act.updates.do_send(Publish {
                             event: PageEvent::Presence {
                                 directory: directory.clone(),

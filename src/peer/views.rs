@@ -19,7 +19,8 @@ const CHAT_ICON: &str = r##"<svg width="56" height="56" viewBox="0 0 24 24" fill
 /// `m` as the page shows it: an AI model's reply (not an error report) with its Markdown
 /// rendered, anything else as it is.
 pub fn shown(mut m: StoredMessage, ai: &AiNames) -> StoredMessage {
-    if !m.outgoing && !m.error && ai.contains(m.from.as_str()) {
+    // Not one that came unsigned (through an original proxy): its sender's name proves nothing.
+    if !m.outgoing && !m.error && !m.unauthenticated && ai.contains(m.from.as_str()) {
         m.html = Some(super::markdown::render(&m.text));
     }
     m
@@ -288,8 +289,9 @@ pub fn search_page(d: &SearchData) -> Markup {
     )
 }
 
-/// A conversation as Markdown, oldest first: a heading per message (who, when), its text as
-/// written (an AI reply's Markdown stays Markdown), and what became of ours.
+/// A conversation as Markdown, oldest first: a heading per message (who, when, what became of
+/// ours), and its text quoted line by line (an AI reply's Markdown stays Markdown within the
+/// quote; no message can open a heading of its own).
 pub fn conversation_markdown(
     me: &str,
     with: &str,
@@ -328,8 +330,12 @@ pub fn conversation_markdown(
             format!(" ({})", notes.join(", "))
         };
         out.push_str(&format!("\n## {} · {when}{notes}\n\n", m.from));
-        out.push_str(m.text.trim_end());
-        out.push('\n');
+        // Quoted, each line: a message cannot make a heading of its own and pass for another.
+        for line in m.text.trim_end().lines() {
+            out.push_str(if line.is_empty() { ">" } else { "> " });
+            out.push_str(line);
+            out.push('\n');
+        }
     }
     out
 }
@@ -363,6 +369,34 @@ pub fn login_page(token_file: &str) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_signed_ai_reply_is_rendered() {
+        let ai = AiNames::default();
+        ai.learn(&[crate::wire::data_plane::DirectoryEntry {
+            name: "BOT".into(),
+            kind: PeerKind::Ai,
+            online: None,
+        }]);
+        let reply = StoredMessage::incoming(
+            &crate::wire::data_plane::Envelope::text("BOT", "alice", "**hi**"),
+            "alice",
+        );
+        assert_eq!(
+            shown(reply.clone(), &ai).html.as_deref(),
+            Some("<p><strong>hi</strong></p>")
+        );
+        let forged = StoredMessage {
+            unauthenticated: true,
+            ..reply.clone()
+        };
+        assert_eq!(shown(forged, &ai).html, None);
+        let person = StoredMessage::incoming(
+            &crate::wire::data_plane::Envelope::text("bob", "alice", "**hi**"),
+            "alice",
+        );
+        assert_eq!(shown(person, &ai).html, None);
+    }
 
     #[test]
     fn a_name_with_markup_is_shown_as_text() {

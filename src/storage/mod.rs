@@ -115,46 +115,70 @@ pub fn apply_group<S: Schema>(
     Ok(outcomes)
 }
 
-/// Whether a store's writes go through: the last failure (when, what) until a write succeeds
-/// again. Set by its writer and its log's thread; read by `/healthz`. A success costs one
-/// atomic load.
+/// Whether a store's writes go through: its database's and its log's, each failing (since
+/// when, why) until a write of its own succeeds again, so one cannot clear the other's. Set by
+/// the store's writer and its log's thread; read by `/healthz`. A success costs one atomic load.
 #[derive(Debug, Clone, Default)]
 pub struct StoreHealth(Arc<StoreHealthInner>);
 
 #[derive(Debug, Default)]
 struct StoreHealthInner {
+    db: HealthSlot,
+    log: HealthSlot,
+}
+
+#[derive(Debug, Default)]
+struct HealthSlot {
     failing: std::sync::atomic::AtomicBool,
     failure: std::sync::Mutex<Option<(u64, String)>>,
 }
 
-impl StoreHealth {
-    /// Records the outcome of a write.
-    pub fn record(&self, outcome: Result<(), &str>) {
+impl HealthSlot {
+    fn record(&self, outcome: Result<(), &str>) {
         use std::sync::atomic::Ordering;
         match outcome {
-            Ok(()) if !self.0.failing.load(Ordering::Relaxed) => {}
+            Ok(()) if !self.failing.load(Ordering::Relaxed) => {}
             Ok(()) => {
-                self.0.failing.store(false, Ordering::Relaxed);
-                if let Ok(mut f) = self.0.failure.lock() {
+                self.failing.store(false, Ordering::Relaxed);
+                if let Ok(mut f) = self.failure.lock() {
                     *f = None;
                 }
             }
             Err(e) => {
-                if let Ok(mut f) = self.0.failure.lock() {
+                if let Ok(mut f) = self.failure.lock() {
                     let since = f.as_ref().map_or_else(crate::wire::now_ms, |(t, _)| *t);
                     *f = Some((since, e.to_string()));
                 }
-                self.0.failing.store(true, Ordering::Relaxed);
+                self.failing.store(true, Ordering::Relaxed);
             }
         }
     }
 
-    /// Since when (ms) and why writes fail, if they do.
-    pub fn failure(&self) -> Option<(u64, String)> {
-        if !self.0.failing.load(std::sync::atomic::Ordering::Relaxed) {
+    fn failure(&self) -> Option<(u64, String)> {
+        if !self.failing.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
-        self.0.failure.lock().ok().and_then(|f| f.clone())
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+impl StoreHealth {
+    /// Records the outcome of a database write.
+    pub fn record(&self, outcome: Result<(), &str>) {
+        self.0.db.record(outcome);
+    }
+
+    /// Records the outcome of a log flush.
+    pub fn record_log(&self, outcome: Result<(), &str>) {
+        self.0.log.record(outcome);
+    }
+
+    /// Since when (ms) and why writes fail, if they do (the earlier failure of the two).
+    pub fn failure(&self) -> Option<(u64, String)> {
+        match (self.0.db.failure(), self.0.log.failure()) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
     }
 }
 

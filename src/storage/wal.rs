@@ -68,6 +68,11 @@ impl Wal {
         self.health.clone()
     }
 
+    /// The same, borrowed (for its writer, at every commit).
+    pub(super) fn health_ref(&self) -> &super::StoreHealth {
+        &self.health
+    }
+
     /// Opens (creating) the log at `path` of a store whose redb state has every group up to
     /// LSN `applied`. Returns the log and the groups it holds after `applied`, in order, each
     /// with its LSN: the store must apply them, commit durably (as LSN `next_lsn() - 1`) and
@@ -281,7 +286,7 @@ impl Writer {
                 log::error!("{e}");
             }
             self.health
-                .record(answer.as_ref().map(|_| ()).map_err(String::as_str));
+                .record_log(answer.as_ref().map(|_| ()).map_err(String::as_str));
             for flushed in waiting {
                 let _ = flushed.send(answer.clone());
             }

@@ -199,6 +199,7 @@ impl<S: Schema> Writer<S> {
             });
         match committed {
             Ok((outcomes, flushed)) => {
+                self.wal.health_ref().record(Ok(()));
                 let durable: Durable<S::Error> = flushed
                     .map(|r| r.map_err(|e| S::Error::from(StorageError::Failed(e))))
                     .boxed()
@@ -215,7 +216,7 @@ impl<S: Schema> Writer<S> {
             }
             Err(e) => {
                 log::error!("a write transaction failed, nothing of it stored: {e}");
-                self.wal.health().record(Err(&e.to_string()));
+                self.wal.health_ref().record(Err(&e.to_string()));
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }

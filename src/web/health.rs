@@ -129,15 +129,19 @@ impl FullQueues {
         let this = self.clone();
         Arc::new(move || {
             let full = this.0.lock().ok()?.clone();
+            // Counted, not named: /healthz answers anyone, and whom a user writes to is theirs
+            // (the own peer reads the names at GET /api/v1/outbox).
             (!full.is_empty()).then(|| {
-                let list: Vec<String> = full
-                    .iter()
-                    .map(|(whom, n)| format!("{whom} ({n} messages)"))
-                    .collect();
+                let most = full.iter().map(|(_, n)| *n).max().unwrap_or(0);
                 format!(
-                    "queues at their limit (delivery.max_queued_per_destination), new messages \
-                     for them refused until they drain: {}",
-                    list.join(", ")
+                    "{} destination queue{} at the limit (delivery.max_queued_per_destination, \
+                     {most} messages): new messages for {} are refused until {} drain{} (which: \
+                     GET /api/v1/outbox, from the own peer)",
+                    full.len(),
+                    if full.len() == 1 { " is" } else { "s are" },
+                    if full.len() == 1 { "it" } else { "them" },
+                    if full.len() == 1 { "it" } else { "they" },
+                    if full.len() == 1 { "s" } else { "" },
                 )
             })
         })
@@ -245,6 +249,16 @@ mod tests {
         assert!(problem.contains("No space left on device"), "{problem}");
         store.record(Ok(()));
         assert_eq!(check(), None);
+        // The database failing while the log flushes fine: still failing, until the database
+        // takes a write again.
+        store.record(Err("a write transaction failed: no space"));
+        store.record_log(Ok(()));
+        assert!(check().is_some_and(|p| p.contains("no space")));
+        store.record_log(Err("log: EIO"));
+        store.record(Ok(()));
+        assert!(check().is_some_and(|p| p.contains("EIO")));
+        store.record_log(Ok(()));
+        assert_eq!(check(), None);
     }
 
     #[test]
@@ -254,7 +268,11 @@ mod tests {
         assert_eq!(check(), None);
         full.set(vec![("bob".into(), 100_000)]);
         let p = check().expect("a problem");
-        assert!(p.contains("bob (100000 messages)"), "{p}");
+        assert!(
+            p.starts_with("1 destination queue is at the limit") && p.contains("100000 messages"),
+            "{p}"
+        );
+        assert!(!p.contains("bob"), "names stay with the user: {p}");
         full.set(Vec::new());
         assert_eq!(check(), None);
     }

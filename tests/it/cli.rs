@@ -807,4 +807,32 @@ async fn health_asks_a_role_and_exits_by_its_answer() {
     );
     let bad = run("localhost:1/healthz".into()).await.unwrap();
     assert_eq!(bad.status.code(), Some(2));
+    // Several at once (a container with a page and a proxy): all must answer.
+    let (page, proxy) = (
+        format!("{}/healthz", o.url("peer/alice")),
+        format!("{}/healthz", o.url("proxy/alice")),
+    );
+    let both = actix_web::web::block(move || {
+        overlay()
+            .args(["health", &page, &proxy])
+            .output()
+            .expect("runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        both.status.success(),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    let page = format!("{}/healthz", o.url("peer/alice"));
+    let one_down = actix_web::web::block(move || {
+        overlay()
+            .args(["health", &page, &format!("http://{dead}/healthz")])
+            .output()
+            .expect("runs")
+    })
+    .await
+    .unwrap();
+    assert_eq!(one_down.status.code(), Some(1));
 }

@@ -2104,6 +2104,8 @@ async fn search_finds_text_in_every_conversation_and_a_conversation_exports_as_m
     let second = md.find("rust again").expect("s4");
     assert!(first < second, "{md}");
     assert!(md.contains("\n## bob · "), "{md}");
+    // Quoted, line by line: a message cannot pass for another with a heading of its own.
+    assert!(md.contains("\n> Meet at the Rust meetup?\n"), "{md}");
     let (s, kind, json) = get_text(
         &format!("{alice}/api/v1/conversations/bob/export?format=json"),
         "content-type",
@@ -2171,6 +2173,17 @@ async fn presence_is_pushed_to_open_pages_when_someone_goes_offline_or_joins() {
             entry("bob", PeerKind::Person, Some(false))
         ]
     );
+    // A page that connects now is told where things stand, though nothing changed.
+    let mut late = subscribe(&format!("{alice}/api/v1/events")).await;
+    assert_eq!(
+        next_presence(&mut late).await,
+        [
+            entry("BOT", PeerKind::Ai, None),
+            entry("bob", PeerKind::Person, Some(false))
+        ]
+    );
+    // (The first page hears it too: it is sent to all.)
+    assert_eq!(next_presence(&mut events).await.len(), 2);
     // carol joins.
     o.proxy
         .net

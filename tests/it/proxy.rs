@@ -1204,9 +1204,11 @@ async fn a_destination_down_for_long_cannot_make_its_queue_grow_without_bound() 
             let body: serde_json::Value = r.json().await.ok()?;
             let problems = body["problems"].as_array()?.clone();
             (r.status() == 503
-                && problems
-                    .iter()
-                    .any(|p| p.as_str().unwrap_or("").contains("peer/inbox (2 messages)")))
+                && problems.iter().any(|p| {
+                    p.as_str()
+                        .unwrap_or("")
+                        .contains("1 destination queue is at the limit")
+                }))
             .then_some(())
         }
     })

@@ -145,20 +145,21 @@ pub async fn search(state: State, req: HttpRequest) -> Result<HttpResponse, Nati
 /// # GET /search?q=WORDS
 /// The page of results: each opens its conversation at that message.
 pub async fn search_page(state: State, req: HttpRequest) -> HttpResponse {
-    let (query, found) = match search_terms(&req) {
-        Err(e) => (None, Err(e.to_string())),
-        Ok((None, _)) => (None, Ok(Vec::new())),
-        Ok((Some(q), limit)) => {
-            let found = search_store(&state, q.clone(), limit)
-                .await
-                .map_err(|e| e.to_string());
-            (Some(q), found)
-        }
-    };
-    let status = if found.is_err() {
-        actix_web::http::StatusCode::BAD_REQUEST
-    } else {
-        actix_web::http::StatusCode::OK
+    let (query, found, status) = match search_terms(&req) {
+        Err(e) => (
+            None,
+            Err(e.to_string()),
+            actix_web::ResponseError::status_code(&e),
+        ),
+        Ok((None, _)) => (None, Ok(Vec::new()), actix_web::http::StatusCode::OK),
+        Ok((Some(q), limit)) => match search_store(&state, q.clone(), limit).await {
+            Ok(found) => (Some(q), Ok(found), actix_web::http::StatusCode::OK),
+            Err(e) => (
+                Some(q),
+                Err(e.to_string()),
+                actix_web::ResponseError::status_code(&e),
+            ),
+        },
     };
     let markup = views::search_page(&views::SearchData {
         display_name: &state.display_name,
