@@ -15,7 +15,6 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -25,7 +24,6 @@ use crate::helpers::{client, config_for, spawn_overlay, spawn_proxy, TestOverlay
 use overlay::config::{AiEndpointConfig, Config};
 use overlay::wire::data_plane::{conversation_id, Envelope, MessageId, StreamChunk};
 
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// Debian's Chromium; elsewhere chromedriver finds the browser itself.
 const CHROMIUM: &str = "/usr/bin/chromium";
 const ENTER: &str = "\u{e007}";
@@ -95,50 +93,8 @@ async fn overlay_under_test_with(change: impl FnOnce(&mut Config)) -> BrowserOve
     }
 }
 
-/// A chromedriver process, killed when dropped.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts chromedriver on a free port and waits (bounded) until it says it is ready.
-async fn start_driver() -> Driver {
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
-        l.local_addr().unwrap().port()
-    };
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
-    let driver = Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    for _ in 0..200 {
-        if let Ok(mut r) = client().get(format!("{}/status", driver.url)).send().await {
-            if let Ok(v) = r.json::<Value>().await {
-                if v["value"]["ready"] == true {
-                    return driver;
-                }
-            }
-        }
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("chromedriver did not become ready within 10 s");
-}
-
 /// A fresh headless Chromium (its own profile directory).
-async fn browser(driver: &Driver, profile: &tempfile::TempDir) -> Client {
+async fn browser(driver: &crate::helpers::ChromeDriver, profile: &tempfile::TempDir) -> Client {
     let args = vec![
         "--headless".to_string(),
         "--no-sandbox".into(),
@@ -192,18 +148,10 @@ async fn screenshot(c: &Client, name: &str) {
 
 #[actix_web::test]
 async fn alice_sends_bob_a_message_that_appears_live_and_turns_delivered() {
-    if !std::path::Path::new(CHROMEDRIVER).exists() {
-        if crate::helpers::under_ci() {
-            panic!("chromedriver is not installed at {CHROMEDRIVER}; the CI image must have it (apt-get install chromium chromium-driver)");
-        }
-        crate::helpers::say_loudly(&format!(
-            "*** BROWSER TEST NOT RUN: no chromedriver at {CHROMEDRIVER} (apt-get install \
-             chromium chromium-driver) ***"
-        ));
+    let Some(driver) = crate::helpers::chromedriver("BROWSER TEST").await else {
         return;
-    }
+    };
     let mut o = overlay_under_test().await;
-    let driver = start_driver().await;
     let (pa, pb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let alice = browser(&driver, &pa).await;
     let bob = browser(&driver, &pb).await;
@@ -677,23 +625,15 @@ async fn bob_says(o: &BrowserOverlay, text: &str) {
 
 #[actix_web::test]
 async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_scroll_the_reader() {
-    if !std::path::Path::new(CHROMEDRIVER).exists() {
-        if crate::helpers::under_ci() {
-            panic!("chromedriver is not installed at {CHROMEDRIVER}; the CI image must have it (apt-get install chromium chromium-driver)");
-        }
-        crate::helpers::say_loudly(&format!(
-            "*** BROWSER TEST NOT RUN: no chromedriver at {CHROMEDRIVER} (apt-get install \
-             chromium chromium-driver) ***"
-        ));
+    let Some(driver) = crate::helpers::chromedriver("BROWSER TEST").await else {
         return;
-    }
+    };
     // A proxy silent for 3 s is shown offline (the default is two minutes).
     let o = overlay_under_test_with(|c| {
         c.controller.liveness.warning_after_secs = 2;
         c.controller.liveness.stale_after_secs = 3;
     })
     .await;
-    let driver = start_driver().await;
     let profile = tempfile::tempdir().unwrap();
     let alice = browser(&driver, &profile).await;
     alice.goto(&format!("{}/#bob", o.alice)).await.unwrap();

@@ -1331,57 +1331,11 @@ async fn registrations_and_edits_survive_a_restart() {
 
 // ---- the dashboard in a browser ----
 
-/// Starts chromedriver on a free port; `None` (test skipped) when it is not installed and `CI`
-/// is not set.
-async fn chromedriver() -> Option<(Kill, String)> {
-    let path = std::path::Path::new("/usr/bin/chromedriver");
-    if !path.exists() {
-        if crate::helpers::under_ci() {
-            panic!("chromedriver is not installed at /usr/bin/chromedriver (apt-get install chromium chromium-driver)");
-        }
-        crate::helpers::say_loudly(
-            "*** DASHBOARD BROWSER TEST NOT RUN: no chromedriver at /usr/bin/chromedriver \
-             (apt-get install chromium chromium-driver) ***",
-        );
-        return None;
-    }
-    let port = free_listener().local_addr().unwrap().port();
-    let child = Kill(
-        std::process::Command::new(path)
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("chromedriver starts"),
-    );
-    let url = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if let Ok(mut res) = client().get(format!("{url}/status")).send().await {
-            if let Ok(body) = res.json::<Value>().await {
-                if body["value"]["ready"] == true {
-                    return Some((child, url));
-                }
-            }
-        }
-        actix_rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("chromedriver did not become ready on {url}");
-}
-
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[actix_web::test]
 async fn browser_dashboard_shows_proxies_and_a_new_one_appears_without_reload() {
     use fantoccini::{ClientBuilder, Locator};
 
-    let Some((_chromedriver, driver)) = chromedriver().await else {
+    let Some(chromedriver) = crate::helpers::chromedriver("DASHBOARD BROWSER TEST").await else {
         return;
     };
     let profile = tempfile::tempdir().unwrap();
@@ -1402,7 +1356,7 @@ async fn browser_dashboard_shows_proxies_and_a_new_one_appears_without_reload() 
     );
     let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
-        .connect(&driver)
+        .connect(&chromedriver.url)
         .await
         .expect("a chromium session");
     let token = ctl.token();

@@ -646,3 +646,60 @@ fn ci_is_any_value_of_ci_but_the_ones_that_say_no() {
     }
     assert!(!is_ci(None));
 }
+
+/// A chromedriver process, in a process group of its own with the browsers it starts: all of
+/// them are killed when it is dropped (a session a failed test never closed included).
+pub struct ChromeDriver {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        // The group's id is the child's pid (process_group(0) below).
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts chromedriver on a free port and waits (bounded) until it is ready; `None` (the
+/// test skipped, saying so loudly as `what`) when it is not installed, unless this is CI.
+pub async fn chromedriver(what: &str) -> Option<ChromeDriver> {
+    use std::os::unix::process::CommandExt;
+    const PATH: &str = "/usr/bin/chromedriver";
+    if !std::path::Path::new(PATH).exists() {
+        if under_ci() {
+            panic!("chromedriver is not installed at {PATH}; the CI image must have it (apt-get install chromium chromium-driver)");
+        }
+        say_loudly(&format!(
+            "*** {what} NOT RUN: no chromedriver at {PATH} (apt-get install chromium \
+             chromium-driver) ***"
+        ));
+        return None;
+    }
+    let port = free_listener().local_addr().unwrap().port();
+    let child = std::process::Command::new(PATH)
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("chromedriver starts");
+    let driver = ChromeDriver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    for _ in 0..200 {
+        if let Ok(mut r) = client().get(format!("{}/status", driver.url)).send().await {
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                if v["value"]["ready"] == true {
+                    return Some(driver);
+                }
+            }
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("chromedriver did not become ready on {}", driver.url);
+}
