@@ -652,7 +652,11 @@ async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_sc
     alice
         .execute(
             "window.__notes = [];
-             window.Notification = function (title, opts) { window.__notes.push([title, opts.body]); };
+             window.__noteObjs = [];
+             window.Notification = function (title, opts) {
+               window.__notes.push([title, opts.body]);
+               window.__noteObjs.push(this);
+             };
              window.Notification.permission = 'default';
              window.Notification.requestPermission = function () {
                window.Notification.permission = 'granted';
@@ -723,19 +727,57 @@ async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_sc
         ),
     )
     .await;
+    // Clicking a notification opens its conversation through the address, as a click in the
+    // list does (so the list's link works after it, and a reload stays there).
+    alice
+        .execute("location.hash = '#BOT';", vec![])
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the chat with BOT open",
+        "document.body.dataset.peer === 'BOT'",
+    )
+    .await;
+    alice
+        .execute("window.__hidden = true;", vec![])
+        .await
+        .unwrap();
+    bob_says(&o, "over here").await;
+    until(
+        &alice,
+        "a second notification",
+        "window.__noteObjs.length === 2",
+    )
+    .await;
+    alice
+        .execute(
+            "window.__hidden = false; window.__noteObjs[1].onclick();",
+            vec![],
+        )
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "bob's chat opened from it, read",
+        &format!(
+            "location.hash === '#bob' && document.body.dataset.peer === 'bob' && document.title === {base}"
+        ),
+    )
+    .await;
     // While the page is looked at, no notification.
     bob_says(&o, "one more").await;
     until(
         &alice,
         "the message shown",
-        "document.querySelectorAll('#messages .msg.in').length === 2",
+        "document.querySelectorAll('#messages .msg.in').length === 3",
     )
     .await;
     let notes = alice
         .execute("return window.__notes.length;", vec![])
         .await
         .unwrap();
-    assert_eq!(notes, json!(1));
+    assert_eq!(notes, json!(2));
 
     // Reading further up: new messages do not scroll the view; a button says they are there.
     for i in 0..30 {
@@ -744,7 +786,7 @@ async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_sc
     until(
         &alice,
         "all of bob's lines shown, the view following them",
-        "document.querySelectorAll('#messages .msg.in').length === 32 && (() => { const m = document.getElementById('messages'); return m.scrollHeight - m.scrollTop - m.clientHeight < 5; })()",
+        "document.querySelectorAll('#messages .msg.in').length === 33 && (() => { const m = document.getElementById('messages'); return m.scrollHeight - m.scrollTop - m.clientHeight < 5; })()",
     )
     .await;
     alice
@@ -755,7 +797,7 @@ async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_sc
     until(
         &alice,
         "the new message below, the view kept",
-        "document.querySelectorAll('#messages .msg.in').length === 33 && !document.getElementById('new-below').hidden",
+        "document.querySelectorAll('#messages .msg.in').length === 34 && !document.getElementById('new-below').hidden",
     )
     .await;
     let top = alice
@@ -847,7 +889,7 @@ async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_sc
         )
         .await
         .unwrap();
-    assert_eq!(older, json!([0, 113]));
+    assert_eq!(older, json!([0, 114]));
 
     // bob's proxy stops: his dot turns offline on alice's open page, pushed, not reloaded.
     until(
