@@ -101,14 +101,12 @@ mod tests {
         leaf.set(&relay, chain).unwrap();
         let mut server = crate::trust::tls::server_config_without_clients(leaf);
         server.enable_secret_extraction = true;
-        let client = rustls::ClientConfig::builder_with_provider(crate::trust::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer))
-            .with_no_client_auth();
+        // The overlay's own client: the relay checked against the root and its pinned key.
+        let pins = Arc::new(OnlyRelay(name.clone(), relay.public()));
+        let verifier = crate::trust::tls::OverlayVerifier::new(root.fingerprint(), pins, false);
+        let client = crate::trust::tls::client_config(crate::trust::tls::Leaf::new(), verifier);
         let mut c = rustls::ClientConnection::new(
-            Arc::new(client),
+            client,
             rustls::pki_types::ServerName::try_from(name).unwrap(),
         )
         .unwrap();
@@ -130,40 +128,19 @@ mod tests {
         (c, s)
     }
 
+    /// Pins for the test: the relay, alone.
     #[derive(Debug)]
-    struct AnyServer;
+    struct OnlyRelay(String, crate::trust::PublicKey);
 
-    impl rustls::client::danger::ServerCertVerifier for AnyServer {
-        fn verify_server_cert(
-            &self,
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
+    impl crate::trust::tls::Pins for OnlyRelay {
+        fn key_of(&self, tls_name: &str) -> Option<crate::trust::PublicKey> {
+            (tls_name == self.0).then_some(self.1)
         }
-        fn verify_tls12_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        fn user_of(&self, _: &crate::trust::PublicKey) -> Option<String> {
+            None
         }
-        fn verify_tls13_signature(
-            &self,
-            _: &[u8],
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            crate::trust::tls::provider()
-                .signature_verification_algorithms
-                .supported_schemes()
+        fn cas(&self) -> Option<Vec<crate::trust::Fingerprint>> {
+            None
         }
     }
 

@@ -37,7 +37,7 @@ use super::x509::{self, Trusted, Usage, X509Error, CONTROLLER_TLS_NAME};
 /// The ALPN this overlay speaks: HTTP/1.1 (awc's pool keeps connections alive).
 const ALPN: &[u8] = b"http/1.1";
 
-pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
