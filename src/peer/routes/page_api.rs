@@ -40,6 +40,17 @@ pub struct PageQuery {
     pub limit: Option<usize>,
 }
 
+/// A page's size, as asked (`?limit=`): 1 to 500, 50 when not said.
+fn page_limit(asked: Option<usize>) -> Result<usize, PeerError> {
+    let limit = asked.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(PeerError::Invalid(format!(
+            "limit {limit} is not between 1 and 500"
+        )));
+    }
+    Ok(limit)
+}
+
 /// # GET /api/v1/conversations/{peer}/messages
 pub async fn conversation_messages(
     state: State,
@@ -49,10 +60,7 @@ pub async fn conversation_messages(
     let query = web::Query::<PageQuery>::from_query(req.query_string()).map_err(|e| {
         PeerError::Invalid(format!("bad query: {e}; use ?before=SEQ&limit=N (numbers)"))
     })?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(PeerError::Invalid(format!("limit {limit} is not between 1 and 500")).into());
-    }
+    let limit = page_limit(query.limit)?;
     let page: HistoryPage = state
         .store
         .send(GetPage {
@@ -101,12 +109,7 @@ pub struct SearchQuery {
 fn search_terms(req: &HttpRequest) -> Result<(Option<String>, usize), PeerError> {
     let query = web::Query::<SearchQuery>::from_query(req.query_string())
         .map_err(|e| PeerError::Invalid(format!("bad query: {e}; use ?q=WORDS&limit=N")))?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(PeerError::Invalid(format!(
-            "limit {limit} is not between 1 and 500"
-        )));
-    }
+    let limit = page_limit(query.limit)?;
     let q = query.q.as_deref().map(str::trim).unwrap_or("");
     if q.chars().count() > MAX_QUERY_CHARS {
         return Err(PeerError::Invalid(format!(
