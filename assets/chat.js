@@ -34,6 +34,9 @@
     exportMd: document.getElementById("export-md"),
     exportJson: document.getElementById("export-json"),
     newBelow: document.getElementById("new-below"),
+    replyTools: document.getElementById("reply-tools"),
+    stopReply: document.getElementById("stop-reply"),
+    regenerate: document.getElementById("regenerate"),
   };
   var baseTitle = document.title;
 
@@ -44,6 +47,7 @@
   var olderBefore = null; // seq for the next older page, or null
   var olderLoaded = false; // earlier pages of the open conversation were loaded
   var unread = {}; // lower-case peer -> count
+  var askedAgain = null; // the AI asked to regenerate, until its new answer starts
 
   function same(a, b) {
     return String(a || "").toLowerCase() === String(b || "").toLowerCase();
@@ -374,8 +378,10 @@
     if (known) {
       fillRow(known.row, msg);
       known.msg = msg;
+      replyTools();
       return;
     }
+    if (!msg.outgoing) askedAgain = null;
     var stream = streams[msg.id];
     var row = stream ? stream.row : node("div", "msg");
     delete streams[msg.id];
@@ -391,15 +397,18 @@
     }
     el.empty.hidden = true;
     if (stick) scrollDown();
+    replyTools();
   }
 
   function clearView(text) {
+    askedAgain = null;
     bubbles = {};
     streams = {};
     olderBefore = null;
     el.messages.replaceChildren(el.empty);
     el.empty.hidden = false;
     el.empty.querySelector("p:last-child").textContent = text;
+    replyTools();
   }
 
   function olderButton() {
@@ -547,6 +556,57 @@
     send();
   });
 
+  // ---- an AI's reply: stop it, ask for another ----
+
+  // In a conversation with an AI model: "Stop" while its reply is awaited or being written,
+  // "Regenerate" when its answer is the last message.
+  function replyTools() {
+    var c = current && contactOf(current);
+    var ai = !!(c && c.kind === "ai");
+    var writing = false;
+    for (var id in streams) if (Object.prototype.hasOwnProperty.call(streams, id)) writing = true;
+    var rows = el.messages.querySelectorAll(".msg[data-seq]");
+    var last = rows.length ? bubbles[rows[rows.length - 1].dataset.id] : null;
+    var lastMsg = last && last.msg;
+    var awaited = same(askedAgain, current) ||
+      !!(lastMsg && lastMsg.outgoing && lastMsg.state === "pending" && !lastMsg.waiting);
+    var answered = !!(lastMsg && !lastMsg.outgoing && same(lastMsg.from, current));
+    el.stopReply.hidden = !(ai && (writing || awaited));
+    el.regenerate.hidden = !(ai && !writing && !awaited && answered);
+    el.replyTools.hidden = el.stopReply.hidden && el.regenerate.hidden;
+  }
+
+  function replyAction(action, button, busyText) {
+    if (!current) return;
+    var peer = current;
+    var label = button.textContent;
+    button.disabled = true;
+    button.textContent = busyText;
+    el.sendError.hidden = true;
+    fetch("/api/v1/conversations/" + encodeURIComponent(peer) + "/" + action, { method: "POST" })
+      .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, body: b }; }); })
+      .then(function (res) {
+        if (!res.ok) showError(res.body.error || res.body.message || "unknown error");
+        else if (action === "regenerate") askedAgain = peer;
+      })
+      .catch(function (e) {
+        showError("This page cannot reach its peer (" + e.message + ")");
+      })
+      .then(function () {
+        button.disabled = false;
+        button.textContent = label;
+        replyTools();
+      });
+  }
+
+  el.stopReply.addEventListener("click", function () {
+    replyAction("stop", el.stopReply, "Stopping…");
+  });
+  el.regenerate.addEventListener("click", function () {
+    el.regenerate.hidden = true;
+    replyAction("regenerate", el.regenerate, "Asking again…");
+  });
+
   // ---- contacts, clearing, small screens ----
 
   el.contacts.addEventListener("click", function (e) {
@@ -631,12 +691,14 @@
         el.empty.hidden = true;
         if (stick) scrollDown();
       }
+      askedAgain = null;
       if (data.seq <= s.seq) return; // already have it
       s.seq = data.seq;
       s.text += data.delta;
       var stickNow = nearBottom();
       s.row.querySelector(".text").textContent = s.text;
       if (stickNow) scrollDown();
+      replyTools();
     } else if (data.type === "presence") {
       // Who is online now; someone new in the directory: the whole list again.
       var listed = {};

@@ -18,9 +18,10 @@ use super::error::PeerError;
 use crate::hop::post::{post_encoded, send, Answer};
 use crate::wire::control_plane::Endpoint;
 use crate::wire::data_plane::{
-    Accepted, DeliveryState, DirectoryEntry, Envelope, Forget, PeerKind, Submitted,
+    Accepted, AiReplyOf, DeliveryState, DirectoryEntry, Envelope, Forget, PeerKind, StopAnswer,
+    Submitted,
 };
-use crate::wire::legacy::{self, Message, ProxyPeers};
+use crate::wire::legacy::{self, Message, Note, ProxyPeers};
 use crate::wire::PeerName;
 
 /// How long one call to the proxy may take.
@@ -107,6 +108,39 @@ impl ProxyApi {
             }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl ProxyApi {
+    /// `POST {proxy}/api/v1/ai/stop`: stops the reply AI endpoint `with` is writing.
+    pub async fn stop_reply(&self, with: &str) -> Result<StopAnswer, PeerError> {
+        let what = "asking the proxy to stop the reply";
+        let answer = self.ai_call("stop", with, what).await?;
+        parse(&answer, what)
+    }
+
+    /// `POST {proxy}/api/v1/ai/regenerate`: asks AI endpoint `with` again for its last answer;
+    /// answers the proxy's note once it is asked.
+    pub async fn regenerate(&self, with: &str) -> Result<String, PeerError> {
+        let what = "asking the proxy to regenerate the answer";
+        let answer = self.ai_call("regenerate", with, what).await?;
+        Ok(parse::<Note>(&answer, what)?.message)
+    }
+
+    async fn ai_call(
+        &self,
+        action: &str,
+        with: &str,
+        what: &str,
+    ) -> Result<actix_web::web::Bytes, PeerError> {
+        let request = self
+            .client()
+            .post(format!("{}/api/v1/ai/{action}", self.base));
+        let body = AiReplyOf {
+            with: with.to_string(),
+        };
+        let body = serde_json::to_vec(&body).map_err(PeerError::storage)?;
+        call(request, Some(body), CALL_TIMEOUT, what).await
     }
 }
 

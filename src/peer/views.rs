@@ -174,6 +174,16 @@ pub fn chat_page(d: &PageData) -> Markup {
                             }
                         }
                         button.new-below #new-below type="button" hidden { "New messages ↓" }
+                        div.reply-tools #reply-tools hidden {
+                            button.ghost #stop-reply type="button" hidden
+                                title="Stop the reply being written (what arrived is kept)" {
+                                "■ Stop"
+                            }
+                            button.ghost #regenerate type="button" hidden
+                                title="Ask for another answer to your last message" {
+                                "↻ Regenerate"
+                            }
+                        }
                         p.send-error #send-error role="alert" hidden {}
                         form.composer #composer autocomplete="off" {
                             textarea #input rows="1" placeholder="Type a message" disabled

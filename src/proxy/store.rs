@@ -183,6 +183,12 @@ pub enum Op {
     },
     /// See [`ForgetMemory`].
     Forget { conversation: Option<String> },
+    /// See [`Rewind`].
+    Rewind {
+        conversation: String,
+        ai: String,
+        reply_id: MessageId,
+    },
 }
 
 impl Op {
@@ -193,7 +199,7 @@ impl Op {
     pub fn is_urgent(&self) -> bool {
         matches!(
             self,
-            Op::Accept { .. } | Op::Remember { .. } | Op::Forget { .. }
+            Op::Accept { .. } | Op::Remember { .. } | Op::Forget { .. } | Op::Rewind { .. }
         )
     }
 }
@@ -304,6 +310,28 @@ pub struct Remember {
 #[rtype(result = "Result<u64, ProxyError>")]
 pub struct ForgetMemory {
     pub conversation: Option<String>,
+}
+
+/// Takes back the last answer of AI endpoint `ai` in AI conversation `conversation`, to ask
+/// for another: the endpoint's turns after the last turn of anyone else go, and that turn (the
+/// one to answer again) is to be answered under `reply_id`. Answers the turns as they are now;
+/// unchanged when no one but the endpoint has spoken.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<MemoryTurn>, ProxyError>")]
+pub struct Rewind {
+    pub conversation: String,
+    pub ai: String,
+    pub reply_id: MessageId,
+}
+
+/// Rewinds `turns` (see [`Rewind`]); true when they changed.
+pub fn rewind(turns: &mut Vec<MemoryTurn>, ai: &str, reply_id: MessageId) -> bool {
+    let Some(asked) = turns.iter().rposition(|t| t.speaker != ai) else {
+        return false;
+    };
+    turns.truncate(asked + 1);
+    turns[asked].reply_id = Some(reply_id);
+    true
 }
 
 /// Adds `turn` to `turns` (see [`Remember`]); true when it was added.
@@ -593,6 +621,19 @@ impl Schema for ProxySchema {
                     Op::Forget { conversation } => {
                         OpResult::Forgotten(forget(&mut memory, conversation.as_deref())?)
                     }
+                    Op::Rewind {
+                        conversation,
+                        ai,
+                        reply_id,
+                    } => {
+                        let mut turns = recall(&memory, conversation)?;
+                        if rewind(&mut turns, ai, reply_id.clone()) {
+                            memory
+                                .insert(conversation.as_str(), to_json(&turns)?.as_slice())
+                                .map_err(ProxyError::storage)?;
+                        }
+                        OpResult::Turns(Arc::new(turns))
+                    }
                 });
             }
         }
@@ -724,6 +765,22 @@ impl Handler<ForgetMemory> for Store {
     }
 }
 
+impl Handler<Rewind> for Store {
+    type Result = ResponseFuture<Result<Vec<MemoryTurn>, ProxyError>>;
+
+    fn handle(&mut self, msg: Rewind, ctx: &mut actix::Context<Self>) -> Self::Result {
+        let op = Op::Rewind {
+            conversation: msg.conversation,
+            ai: msg.ai,
+            reply_id: msg.reply_id,
+        };
+        answer(self, op, true, ctx, |result| match result {
+            OpResult::Turns(turns) => Ok(Arc::unwrap_or_clone(turns)),
+            other => Err(other),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,6 +850,35 @@ mod tests {
         remember(&mut turns, turn("q"), 10, None);
         assert!(remember(&mut turns, turn("r"), 10, Some(&q)));
         assert_eq!(ids(&turns), ["q", "r"]);
+    }
+
+    #[test]
+    fn rewinding_takes_back_the_answers_after_the_last_question_only() {
+        let said = |id: &str, speaker: &str| MemoryTurn {
+            speaker: speaker.into(),
+            ..turn(id)
+        };
+        let mut turns = vec![
+            said("q1", "alice"),
+            said("r1", "BOT"),
+            said("q2", "alice"),
+            said("r2", "BOT"),
+            said("r3", "BOT"),
+        ];
+        let again = MessageId::parse("r4").unwrap();
+        assert!(rewind(&mut turns, "BOT", again.clone()));
+        assert_eq!(ids(&turns), ["q1", "r1", "q2"]);
+        assert_eq!(turns[2].reply_id.as_ref(), Some(&again));
+        assert_eq!(turns[0].reply_id, None, "earlier questions keep theirs");
+
+        // Asked again before answering: the question stays, with the newest reply id.
+        assert!(rewind(&mut turns, "BOT", MessageId::parse("r5").unwrap()));
+        assert_eq!(ids(&turns), ["q1", "r1", "q2"]);
+
+        let mut only_bot = vec![said("r1", "BOT")];
+        assert!(!rewind(&mut only_bot, "BOT", again.clone()));
+        assert_eq!(ids(&only_bot), ["r1"]);
+        assert!(!rewind(&mut Vec::new(), "BOT", again));
     }
 
     #[test]

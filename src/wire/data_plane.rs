@@ -426,6 +426,21 @@ pub enum PeerKind {
     Ai,
 }
 
+/// `POST /api/v1/ai/stop` and `POST /api/v1/ai/regenerate` on a proxy: which AI endpoint's
+/// reply to the own user is meant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiReplyOf {
+    pub with: String,
+}
+
+/// Answer of `POST /api/v1/ai/stop`: whether a reply was being written (and is now stopped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopAnswer {
+    pub stopped: bool,
+    pub message: String,
+}
+
 /// `POST /api/v1/forget`: the user cleared a chat, so an AI starts a fresh context. Exactly
 /// one of two forms: `{"with": "BOT"}` forgets the conversation with `BOT`;
 /// `{"all": true}` forgets every conversation. Anything else (`{}`, `[]`, `{"all": false}`,

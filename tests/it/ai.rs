@@ -83,6 +83,7 @@ async fn ask(
         .send(Ask {
             history: turns(history),
             deltas: Some(tx),
+            stop: None,
         })
         .await
         .expect("adapter answers");
@@ -1252,6 +1253,7 @@ async fn an_ask_without_a_delta_channel_still_gets_the_whole_reply() {
         .send(Ask {
             history: turns(CHAT),
             deltas: None,
+            stop: None,
         })
         .await
         .unwrap();

@@ -807,6 +807,175 @@ async fn a_reply_that_breaks_off_mid_stream_shows_the_partial_text_and_an_error_
     );
 }
 
+// ---------------------------------------------------------------- stop and regenerate
+
+/// Reads the page feed until the reply streaming from `from` has shown `text`; answers its id.
+async fn streamed_until(page: &mut PageFeed, from: &str, text: &str) -> String {
+    let mut chunks = Vec::new();
+    loop {
+        let ev = page.next().await;
+        if ev["type"] == "stream" && ev["from"] == from {
+            chunks.push(ev);
+            let id = chunks[0]["id"].as_str().unwrap().to_string();
+            if streamed_text(&chunks, &id) == text {
+                return id;
+            }
+        }
+    }
+}
+
+#[actix_web::test]
+async fn stopping_a_reply_drops_its_call_and_keeps_what_arrived_marked_stopped() {
+    const KEY: &str = "sk-e2e-stop-key-0011";
+    std::env::set_var("OVERLAY_E2E_KEY_STOP", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    fake.script([
+        Script::HoldAfter(pieces(&["Once", " upon"])),
+        Script::Reply(pieces(&["a time."])),
+    ]);
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_STOP}}",
+            fake.url
+        ))],
+    )
+    .await;
+    let peer = o.url("peer/alice");
+    let mut page = PageFeed::open(&peer).await;
+
+    send(&peer, "BOT", "tell me a story").await;
+    let id = streamed_until(&mut page, "BOT", "Once upon").await;
+    // While it writes, it cannot be asked again.
+    let (s, v) = post_json(
+        &format!("{peer}/api/v1/conversations/BOT/regenerate"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("still writing"), "{v}");
+
+    let (s, v) = post_json(&format!("{peer}/api/v1/conversations/bot/stop"), &json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["stopped"], true, "{v}");
+    let (_, reply) = page.reply_from("BOT").await;
+    assert_eq!(reply["id"], id.as_str(), "the streamed reply, made final");
+    assert_eq!(reply["text"], "Once upon\n\n[Stopped.]");
+    assert_eq!(reply["error"], false);
+    all_delivered(&peer, "alice", "BOT").await;
+    // The provider's connection was closed: it stops writing (and billing).
+    eventually("the upstream call closed", || async { fake.hung_up() == 1 }).await;
+
+    // Nothing is being written now.
+    let (s, v) = post_json(&format!("{peer}/api/v1/conversations/BOT/stop"), &json!({})).await;
+    assert_eq!(
+        (s, v["stopped"].clone()),
+        (StatusCode::OK, json!(false)),
+        "{v}"
+    );
+
+    // The model is reminded of what it had said before it was stopped.
+    send(&peer, "BOT", "go on").await;
+    let (_, next) = page.reply_from("BOT").await;
+    assert_eq!(next["text"], "a time.");
+    assert_eq!(
+        roles(&fake.requests()[1].body),
+        pairs(&[
+            ("user", "[alice]: tell me a story"),
+            ("assistant", "Once upon"),
+            ("user", "[alice]: go on")
+        ])
+    );
+    assert_eq!(
+        history(&peer, "BOT").await.len(),
+        4,
+        "each reply stored once"
+    );
+}
+
+#[actix_web::test]
+async fn regenerating_takes_back_the_last_answer_and_asks_again() {
+    const KEY: &str = "sk-e2e-regen-key-0012";
+    std::env::set_var("OVERLAY_E2E_KEY_REGEN", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    fake.script([
+        Script::Reply(pieces(&["First", " try."])),
+        Script::Reply(pieces(&["Second", " try."])),
+        Script::Reply(pieces(&["You're welcome."])),
+    ]);
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_REGEN}}",
+            fake.url
+        ))],
+    )
+    .await;
+    let peer = o.url("peer/alice");
+    let regenerate = |with: &str| format!("{peer}/api/v1/conversations/{with}/regenerate");
+    let mut page = PageFeed::open(&peer).await;
+
+    // Nothing to answer yet.
+    let (s, v) = post_json(&regenerate("BOT"), &json!({})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("nothing for BOT to answer"), "{v}");
+
+    send(&peer, "BOT", "hi").await;
+    let (_, first) = page.reply_from("BOT").await;
+    assert_eq!(first["text"], "First try.");
+    all_delivered(&peer, "alice", "BOT").await;
+
+    let (s, v) = post_json(&regenerate("BOT"), &json!({})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let (chunks, second) = page.reply_from("BOT").await;
+    assert_eq!(second["text"], "Second try.");
+    assert_ne!(
+        second["id"], first["id"],
+        "a new answer, stored beside the old"
+    );
+    assert_eq!(
+        streamed_text(&chunks, second["id"].as_str().unwrap()),
+        "Second try.",
+        "it streamed like any reply"
+    );
+    assert_eq!(
+        roles(&fake.requests()[1].body),
+        pairs(&[("user", "[alice]: hi")]),
+        "asked again without the answer taken back"
+    );
+
+    // The conversation goes on from the new answer.
+    send(&peer, "BOT", "thanks").await;
+    let (_, third) = page.reply_from("BOT").await;
+    assert_eq!(third["text"], "You're welcome.");
+    assert_eq!(
+        roles(&fake.requests()[2].body),
+        pairs(&[
+            ("user", "[alice]: hi"),
+            ("assistant", "Second try."),
+            ("user", "[alice]: thanks")
+        ])
+    );
+    assert_eq!(
+        said(&history(&peer, "BOT").await),
+        pairs(&[
+            ("alice", "hi"),
+            ("BOT", "First try."),
+            ("BOT", "Second try."),
+            ("alice", "thanks"),
+            ("BOT", "You're welcome.")
+        ])
+    );
+
+    // Refused, saying why, and nothing asked: not an AI, not a name.
+    let (s, v) = post_json(&regenerate("nobody"), &json!({})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(v.to_string().contains("not an AI endpoint"), "{v}");
+    let (s, v) = post_json(&regenerate("no%20such"), &json!({})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(fake.requests().len(), 3);
+}
+
 // ---------------------------------------------------------------- (f) auto-reply
 
 #[actix_web::test]

@@ -5,7 +5,8 @@
 //! - [`from_proxy`]: what its proxy calls (`/api/v1/inbox`, `/api/v1/inbox/batch`,
 //!   `/api/v1/receipts`(`/batch`), `/api/v1/stream`);
 //! - [`page_api`]: what its own page calls (`/api/v1/me`, `/api/v1/contacts`,
-//!   `/api/v1/conversations/{peer}/messages`, `/api/v1/events`).
+//!   `/api/v1/conversations/{peer}/messages`, `.../stop`, `.../regenerate`, `.../export`,
+//!   `/api/v1/search`, `/api/v1/events`).
 //!
 //! This file holds what they share: the state, the route table and the checks of a message.
 //! Handlers are thin: check the input, ask an actor, shape the answer. They hold no state.
@@ -21,7 +22,10 @@ use original::{
     chat_history, clear_all_chats, clear_chat, message, message_updates, page, peer_name, peers,
     send_message,
 };
-use page_api::{contacts, conversation_messages, events, export, me, search, search_page};
+use page_api::{
+    contacts, conversation_messages, events, export, me, regenerate, search, search_page,
+    stop_reply,
+};
 
 use std::time::Duration;
 
@@ -128,6 +132,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
                     web::get().to(conversation_messages),
                 )
                 .route("/conversations/{peer}/export", web::get().to(export))
+                .route("/conversations/{peer}/stop", web::post().to(stop_reply))
+                .route(
+                    "/conversations/{peer}/regenerate",
+                    web::post().to(regenerate),
+                )
                 .route("/search", web::get().to(search))
                 .route("/events", web::get().to(events)),
         );

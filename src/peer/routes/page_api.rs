@@ -1,6 +1,6 @@
 //! What this peer's own chat page calls: who this is, the contacts, a page of a
 //! conversation, the live events, search (its JSON and its page of results) and a
-//! conversation's export.
+//! conversation's export, and an AI reply's stop and regenerate (through the proxy).
 
 use super::*;
 
@@ -244,4 +244,29 @@ pub async fn export(
             format!("attachment; filename=\"{file}.{ext}\""),
         ))
         .body(body))
+}
+
+/// # POST /api/v1/conversations/{peer}/stop
+/// Stops the reply AI model `peer` is writing in this conversation (through the proxy, which
+/// drops the call upstream); what had arrived is kept and arrives marked as stopped.
+/// `{"stopped": false}` when none was being written.
+pub async fn stop_reply(
+    peer: web::Path<String>,
+    proxy: Proxy,
+) -> Result<HttpResponse, NativeError> {
+    let peer = super::peer_name_of(&peer, "peer")?;
+    Ok(HttpResponse::Ok().json(proxy.stop_reply(&peer).await?))
+}
+
+/// # POST /api/v1/conversations/{peer}/regenerate
+/// Asks AI model `peer` again for its answer to the last message: its memory forgets the last
+/// answer, and the new one streams in and arrives like any reply. 202 once asked; the proxy's
+/// refusal (not an AI, still writing, nothing to answer) with its status and reason.
+pub async fn regenerate(
+    peer: web::Path<String>,
+    proxy: Proxy,
+) -> Result<HttpResponse, NativeError> {
+    let peer = super::peer_name_of(&peer, "peer")?;
+    let message = proxy.regenerate(&peer).await?;
+    Ok(HttpResponse::Accepted().json(Note { message }))
 }

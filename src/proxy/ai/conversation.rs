@@ -10,13 +10,16 @@
 //! It does not own the adapters ([`super::desk::AiDesk`] does), the outbox's lanes or retries,
 //! and never logs a key (the adapter's errors never contain one).
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix::Addr;
 use futures_channel::mpsc::{self, UnboundedReceiver};
+use futures_channel::oneshot;
 use futures_util::StreamExt;
 
-use super::{AiAdapter, Ask, Turn};
+use super::{AiAdapter, AiError, Ask, Turn};
 use crate::proxy::delivery::Outcome;
 use crate::proxy::store::{MemoryTurn, Remember, Store};
 use crate::wire::control_plane::AiEndpoint;
@@ -64,7 +67,7 @@ impl Conversed {
         }
     }
 
-    fn not_now(outcome: Outcome) -> Conversed {
+    pub(super) fn not_now(outcome: Outcome) -> Conversed {
         Conversed {
             outcome,
             reply: None,
@@ -89,6 +92,8 @@ pub struct AiTurn {
     pub chunk_timeout: Duration,
     /// Longest message text the peer takes (`delivery.max_message_bytes`).
     pub max_text_bytes: usize,
+    /// Where the user's "stop" arrives (see [`Ask::stop`]).
+    pub stop: Option<oneshot::Receiver<()>>,
 }
 
 /// How many turns of a conversation with `endpoint` to remember: more than the endpoint is
@@ -200,8 +205,7 @@ pub fn history_until(turns: &[MemoryTurn], id: &MessageId) -> Vec<Turn> {
 pub async fn converse(turn: AiTurn, envelope: Envelope) -> Conversed {
     // compat: as in the original, an AI endpoint answers this proxy's own user (only the own
     // peer hands this proxy messages for an AI; a legacy post's `from` is only a label).
-    let user = turn.me.clone();
-    let conversation = memory_key(&user, &turn.name);
+    let conversation = memory_key(&turn.me, &turn.name);
     let asked = MemoryTurn {
         id: envelope.id.clone(),
         speaker: envelope.from.to_string(),
@@ -224,17 +228,35 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Conversed {
         let reply = reply_envelope(
             reply_id.clone(),
             &turn.name,
-            &user,
+            &turn.me,
             done.text.clone(),
             done.at_ms,
             false,
         );
         return Conversed::answered(reply);
     }
-    let history = history_until(&turns, &envelope.id);
+    answer(turn, &turns, envelope.id, reply_id).await
+}
+
+/// Asks the AI endpoint of `turn` to answer turn `asked` of the remembered `turns` (the model
+/// is sent the turns up to it), under `reply_id`: the second half of [`converse`], and all of
+/// a regenerated answer (the memory rewound to `asked` first, see [`crate::proxy::store::Rewind`]).
+///
+/// A reply stopped by the user keeps what had been shown: remembered as the endpoint's turn
+/// (the model sees what it said) and answered marked as stopped; stopped before any text, the
+/// user is told so and nothing is remembered.
+pub async fn answer(
+    mut turn: AiTurn,
+    turns: &[MemoryTurn],
+    asked: MessageId,
+    reply_id: MessageId,
+) -> Conversed {
+    let user = turn.me.clone();
+    let history = history_until(turns, &asked);
 
     // The page sees the reply being written, chunk by chunk, from one forwarding task.
     let (tx, rx) = mpsc::unbounded();
+    let shown = Rc::new(RefCell::new(String::new()));
     let chunks = Chunks {
         client: turn.client.clone(),
         url: format!("{}/api/v1/stream", turn.peer_url),
@@ -243,10 +265,15 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Conversed {
         conversation: conversation_id(&turn.name, &user),
         timeout: turn.chunk_timeout,
         max_bytes: MAX_CHUNK_BYTES.min(turn.max_text_bytes),
+        shown: shown.clone(),
     };
     let forwarder = actix_rt::spawn(chunks.forward(rx));
-    let deltas = Some(tx);
-    let answer = turn.adapter.send(Ask { history, deltas }).await;
+    let ask = Ask {
+        history,
+        deltas: Some(tx),
+        stop: turn.stop.take(),
+    };
+    let answer = turn.adapter.send(ask).await;
     // Let the last chunks reach the page before the complete reply does (bounded).
     let _ = actix_rt::time::timeout(turn.chunk_timeout, forwarder).await;
     let answer = match answer {
@@ -258,34 +285,28 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Conversed {
             })
         }
     };
-    match answer {
-        Ok(reply) => {
-            let at_ms = now_ms();
-            // What the user is shown is what the model is reminded of.
-            let text = fit(reply.text, turn.max_text_bytes);
-            let said = MemoryTurn {
-                id: reply_id.clone(),
-                speaker: turn.name.clone(),
-                text: text.clone(),
-                at_ms,
-                reply_id: None,
-            };
-            // Remembered first: a retry after a crash then finds it and re-queues it.
-            if let Err(outcome) = turn
-                .remember(&conversation, said, Some(envelope.id.clone()))
-                .await
-            {
-                return Conversed::not_now(outcome);
+    let said = match answer {
+        Ok(reply) => Said::Complete(reply.text),
+        Err(AiError::Stopped) => {
+            let shown = shown.take();
+            if shown.trim().is_empty() {
+                log::info!("{} was stopped before it wrote anything", turn.name);
+                let text = format!("[Stopped before {} wrote anything.]", turn.name);
+                return Conversed::answered(reply_envelope(
+                    reply_id,
+                    &turn.name,
+                    &user,
+                    text,
+                    now_ms(),
+                    false,
+                ));
             }
-            Conversed::answered(reply_envelope(
-                reply_id, &turn.name, &user, text, at_ms, false,
-            ))
+            Said::Stopped(shown)
         }
         Err(e) => {
             log::warn!(
-                "AI endpoint {} did not answer message {}: {e}",
-                turn.name,
-                envelope.id
+                "AI endpoint {} did not answer message {asked}: {e}",
+                turn.name
             );
             // Not remembered: the model never said it.
             let text = fit(
@@ -294,7 +315,7 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Conversed {
             );
             // The error is in the conversation; the user's message shows as failed too, so it
             // is never ticked "delivered" when nobody answered it.
-            Conversed {
+            return Conversed {
                 outcome: Outcome::Refused {
                     reason: format!("{} did not answer: {e}", turn.name),
                 },
@@ -306,10 +327,47 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Conversed {
                     now_ms(),
                     true,
                 )),
-            }
+            };
         }
+    };
+    let at_ms = now_ms();
+    let (remembered, shown) = match said {
+        // What the user is shown is what the model is reminded of.
+        Said::Complete(text) => {
+            let text = fit(text, turn.max_text_bytes);
+            (text.clone(), text)
+        }
+        Said::Stopped(text) => {
+            let text = fit(text.trim_end().to_string(), turn.max_text_bytes);
+            let marked = fit(format!("{text}{STOPPED_MARK}"), turn.max_text_bytes);
+            (text, marked)
+        }
+    };
+    let said = MemoryTurn {
+        id: reply_id.clone(),
+        speaker: turn.name.clone(),
+        text: remembered,
+        at_ms,
+        reply_id: None,
+    };
+    // Remembered first: a retry after a crash then finds it and re-queues it.
+    let conversation = memory_key(&user, &turn.name);
+    if let Err(outcome) = turn.remember(&conversation, said, Some(asked)).await {
+        return Conversed::not_now(outcome);
     }
+    Conversed::answered(reply_envelope(
+        reply_id, &turn.name, &user, shown, at_ms, false,
+    ))
 }
+
+/// What the endpoint said: all of it, or what had been shown when the user stopped it.
+enum Said {
+    Complete(String),
+    Stopped(String),
+}
+
+/// How a stopped reply is marked, after what had been shown of it.
+pub const STOPPED_MARK: &str = "\n\n[Stopped.]";
 
 impl AiTurn {
     async fn remember(
@@ -349,6 +407,9 @@ struct Chunks {
     timeout: Duration,
     /// Largest delta of one chunk (the peer refuses more than its message limit).
     max_bytes: usize,
+    /// Every delta received, in order: what the page was shown (or was to be), kept when the
+    /// user stops the reply.
+    shown: Rc<RefCell<String>>,
 }
 
 impl Chunks {
@@ -365,6 +426,7 @@ impl Chunks {
                     _ => break,
                 }
             }
+            self.shown.borrow_mut().push_str(&delta);
             if failed {
                 continue;
             }

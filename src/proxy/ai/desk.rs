@@ -3,24 +3,39 @@
 //! table, which it follows as a subscriber of the router) and the AI memory's use (through the
 //! store's one writer). The outbox asks it to deliver a user's message ([`Converse`]) and gets
 //! the reply back as the answer; the own peer's "clear chat" asks it to forget
-//! ([`ForgetConversation`]).
+//! ([`ForgetConversation`]), its "stop" to stop the reply being written ([`StopReply`]), its
+//! "regenerate" to take back the last answer and ask again ([`Regenerate`]).
+//!
+//! One conversation is answered one reply at a time: the desk knows which reply is being
+//! written in each (that is what "stop" ends), and a delivery that arrives meanwhile waits
+//! for it to end.
 //!
 //! It does not own the outbox's lanes or retries, and never logs a key.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
+use actix::fut::wrap_future;
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, ResponseActFuture,
+    ResponseFuture,
+};
+use futures_channel::oneshot;
 
-use super::conversation::{converse, memory_key, turns_to_keep, AiTurn, Conversed};
+use super::conversation::{
+    answer, converse, memory_key, reply_envelope, turns_to_keep, AiTurn, Conversed,
+};
 use super::trust::{call_refusal, with_local_keys};
 use super::{AiAdapter, UpdateEndpoint};
 use crate::config::AiEndpointConfig;
+use crate::proxy::delivery::Outcome;
 use crate::proxy::error::ProxyError;
+use crate::proxy::outbox::{Enqueue, Outbox};
 use crate::proxy::router::TableChanged;
-use crate::proxy::store::{ForgetMemory, Store};
+use crate::proxy::store::{ForgetMemory, Origin, Rewind, Store};
 use crate::wire::control_plane::{AiEndpoint, Endpoint, EndpointTable};
-use crate::wire::data_plane::Envelope;
+use crate::wire::data_plane::{Envelope, MessageId};
+use crate::wire::now_ms;
 
 /// Delivers the own user's `envelope` to AI endpoint `name` (as the table has it); answers the
 /// outcome and the reply to queue for the own peer (see [`converse`]).
@@ -38,6 +53,26 @@ pub struct Converse {
 #[rtype(result = "Result<u64, ProxyError>")]
 pub struct ForgetConversation {
     pub with: Option<String>,
+}
+
+/// Stops the reply AI endpoint `with` is writing to the own user, if any: its call is
+/// dropped, and what had been shown is kept, marked as stopped. Answers whether one was.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct StopReply {
+    pub with: String,
+}
+
+/// Takes back AI endpoint `with`'s last answer to the own user (the memory forgets it) and
+/// asks again for an answer to the user's last message. Answered once asked: the new answer
+/// streams to the page, then is queued for the own peer on `outbox` like any reply (or the
+/// error report, if it fails). Refused while a reply is being written, for a name that is not
+/// an AI endpoint of the table, and when the user has written nothing to answer.
+#[derive(Message)]
+#[rtype(result = "Result<String, ProxyError>")]
+pub struct Regenerate {
+    pub with: String,
+    pub outbox: Addr<Outbox>,
 }
 
 /// What the desk needs to know about its proxy.
@@ -62,6 +97,21 @@ pub struct AiDesk {
     store: Addr<Store>,
     /// The proxy's HTTP client (the outbox's), for stream chunks.
     client: awc::Client,
+    /// The reply being written, per conversation (by its memory key).
+    writing: HashMap<String, Writing>,
+    /// Numbers the replies written, so that only a reply's own end clears its entry.
+    written: u64,
+    /// The AI entries of the current table, by the table's name.
+    table: HashMap<String, Box<AiEndpoint>>,
+}
+
+/// A reply being written.
+struct Writing {
+    number: u64,
+    /// The user's "stop" (taken when used).
+    stop: Option<oneshot::Sender<()>>,
+    /// Deliveries to the same conversation waiting for this reply to end.
+    waiting: Vec<oneshot::Sender<()>>,
 }
 
 impl AiDesk {
@@ -73,6 +123,72 @@ impl AiDesk {
             settings,
             store,
             client,
+            writing: HashMap::new(),
+            written: 0,
+            table: HashMap::new(),
+        }
+    }
+
+    /// The AI entry of the table called `name` (in any case), with the table's spelling.
+    fn table_ai(&self, name: &str) -> Option<(String, Box<AiEndpoint>)> {
+        let name = name.trim();
+        self.table
+            .get_key_value(name)
+            .or_else(|| {
+                self.table
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            })
+            .map(|(n, e)| (n.clone(), e.clone()))
+    }
+
+    /// Everything one reply of AI endpoint `name` needs, with its "stop", noted as being
+    /// written in `conversation`; answers its number for [`AiDesk::written`].
+    fn start_turn(
+        &mut self,
+        name: &str,
+        endpoint: &AiEndpoint,
+        conversation: &str,
+    ) -> (AiTurn, u64) {
+        let (stop, stopped) = oneshot::channel();
+        self.written += 1;
+        let number = self.written;
+        self.writing.insert(
+            conversation.to_string(),
+            Writing {
+                number,
+                stop: Some(stop),
+                waiting: Vec::new(),
+            },
+        );
+        let s = &self.settings;
+        let turn = AiTurn {
+            me: s.me.clone(),
+            adapter: self.adapters.adapter(name, endpoint),
+            keep: turns_to_keep(endpoint),
+            name: name.to_string(),
+            store: self.store.clone(),
+            client: self.client.clone(),
+            peer_url: s.peer_url.clone(),
+            chunk_timeout: s.chunk_timeout,
+            max_text_bytes: s.max_text_bytes,
+            stop: Some(stopped),
+        };
+        (turn, number)
+    }
+
+    /// Reply `number` in `conversation` ended: the next delivery waiting there goes ahead.
+    fn written(&mut self, conversation: &str, number: u64) {
+        if self
+            .writing
+            .get(conversation)
+            .is_some_and(|w| w.number == number)
+        {
+            if let Some(w) = self.writing.remove(conversation) {
+                for waiting in w.waiting {
+                    let _ = waiting.send(());
+                }
+            }
         }
     }
 }
@@ -86,34 +202,166 @@ impl Handler<TableChanged> for AiDesk {
 
     fn handle(&mut self, msg: TableChanged, _: &mut Context<Self>) {
         self.adapters.sync(&msg.endpoints);
+        self.table = msg
+            .endpoints
+            .iter()
+            .filter_map(|(name, entry)| match entry {
+                Endpoint::Ai(endpoint) => Some((name.clone(), endpoint.clone())),
+                _ => None,
+            })
+            .collect();
     }
 }
 
 impl Handler<Converse> for AiDesk {
-    type Result = ResponseFuture<Conversed>;
+    type Result = ResponseActFuture<Self, Conversed>;
 
-    fn handle(&mut self, msg: Converse, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Converse, ctx: &mut Context<Self>) -> Self::Result {
         let s = &self.settings;
         // Issue 13, defect 5: an entry at an origin this proxy's config does not name is not
         // called at all; the user is told why instead.
         if let Some(why) = call_refusal(&msg.name, &msg.endpoint, &s.local_ai) {
             log::warn!("message {} to {}: {why}", msg.envelope.id, msg.name);
-            return Box::pin(std::future::ready(Conversed::refused(
-                &msg.name, &s.me, why,
+            let refused = Conversed::refused(&msg.name, &s.me, why);
+            return Box::pin(actix::fut::ready(refused));
+        }
+        let conversation = memory_key(&s.me, &msg.name);
+        if let Some(writing) = self.writing.get_mut(&conversation) {
+            // A regenerated answer (or an abandoned attempt) is being written: this one comes
+            // after it, asked again once it ends.
+            let (go, wait) = oneshot::channel();
+            writing.waiting.push(go);
+            let desk = ctx.address();
+            let name = msg.name.clone();
+            return Box::pin(wrap_future(async move {
+                let _ = wait.await;
+                match desk.send(msg).await {
+                    Ok(conversed) => conversed,
+                    Err(e) => Conversed::not_now(Outcome::Retry {
+                        what: format!("AI endpoint {name}"),
+                        error: format!("the AI desk stopped: {e}"),
+                    }),
+                }
+            }));
+        }
+        let (turn, number) = self.start_turn(&msg.name, &msg.endpoint, &conversation);
+        Box::pin(wrap_future(converse(turn, msg.envelope)).map(
+            move |conversed, desk: &mut Self, _| {
+                desk.written(&conversation, number);
+                conversed
+            },
+        ))
+    }
+}
+
+impl Handler<StopReply> for AiDesk {
+    type Result = bool;
+
+    fn handle(&mut self, msg: StopReply, _: &mut Context<Self>) -> bool {
+        let conversation = memory_key(&self.settings.me, &msg.with);
+        let stop = self
+            .writing
+            .get_mut(&conversation)
+            .and_then(|w| w.stop.take());
+        match stop {
+            Some(stop) => {
+                log::info!("the reply of {} is stopped by its reader", msg.with);
+                stop.send(()).is_ok()
+            }
+            None => false,
+        }
+    }
+}
+
+impl Handler<Regenerate> for AiDesk {
+    type Result = ResponseActFuture<Self, Result<String, ProxyError>>;
+
+    fn handle(&mut self, msg: Regenerate, _: &mut Context<Self>) -> Self::Result {
+        let refuse = |e: ProxyError| -> Self::Result { Box::pin(actix::fut::ready(Err(e))) };
+        let Some((name, endpoint)) = self.table_ai(&msg.with) else {
+            return refuse(ProxyError::NotFound(format!(
+                "{} is not an AI endpoint of this proxy's table: only an AI's answer can be \
+                 regenerated",
+                msg.with
+            )));
+        };
+        let s = &self.settings;
+        if let Some(why) = call_refusal(&name, &endpoint, &s.local_ai) {
+            return refuse(ProxyError::Conflict(format!("{name} is not asked: {why}")));
+        }
+        let conversation = memory_key(&s.me, &name);
+        if self.writing.contains_key(&conversation) {
+            return refuse(ProxyError::Conflict(format!(
+                "{name} is still writing a reply: stop it, or wait for it to end, then \
+                 regenerate"
             )));
         }
-        let turn = AiTurn {
-            me: s.me.clone(),
-            adapter: self.adapters.adapter(&msg.name, &msg.endpoint),
-            keep: turns_to_keep(&msg.endpoint),
-            name: msg.name,
-            store: self.store.clone(),
-            client: self.client.clone(),
-            peer_url: s.peer_url.clone(),
-            chunk_timeout: s.chunk_timeout,
-            max_text_bytes: s.max_text_bytes,
-        };
-        Box::pin(converse(turn, msg.envelope))
+        let (turn, number) = self.start_turn(&name, &endpoint, &conversation);
+        let reply_id = MessageId::new();
+        let rewind = self.store.send(Rewind {
+            conversation: conversation.clone(),
+            ai: name.clone(),
+            reply_id: reply_id.clone(),
+        });
+        let outbox = msg.outbox;
+        let rewound = wrap_future(async move {
+            let turns = rewind.await.map_err(ProxyError::unavailable)??;
+            let asked = turns
+                .iter()
+                .rev()
+                .find(|t| t.speaker != name)
+                .filter(|t| t.reply_id.as_ref() == Some(&reply_id))
+                .map(|t| t.id.clone());
+            Ok((turns, asked, name, reply_id))
+        });
+        Box::pin(rewound.map(move |rewound, desk: &mut Self, ctx| {
+            let (turns, asked, name, reply_id) = match rewound {
+                Ok(r) => r,
+                Err(e) => {
+                    desk.written(&conversation, number);
+                    return Err(e);
+                }
+            };
+            let Some(asked) = asked else {
+                desk.written(&conversation, number);
+                return Err(ProxyError::Conflict(format!(
+                    "there is nothing for {name} to answer again: you have not written to it \
+                     since the chat was last cleared"
+                )));
+            };
+            log::info!("{name}: asked again for its answer to message {asked}");
+            let asked_again = format!("{name} is asked again for its answer");
+            let me = turn.me.clone();
+            let again = async move {
+                let conversed = answer(turn, &turns, asked, reply_id.clone()).await;
+                let envelope = match (conversed.reply, conversed.outcome) {
+                    (Some(reply), _) => reply,
+                    (None, outcome) => {
+                        let why = match outcome {
+                            Outcome::Retry { what, error } => format!("{what}: {error}"),
+                            Outcome::Refused { reason } | Outcome::Unsupported { reason } => reason,
+                            Outcome::Delivered => "it gave no answer".to_string(),
+                        };
+                        let text = format!("The answer could not be asked for again: {why}");
+                        reply_envelope(reply_id, &name, &me, text, now_ms(), true)
+                    }
+                };
+                let queued = outbox.send(Enqueue {
+                    envelope,
+                    origin: Origin::Ai,
+                    relay: None,
+                });
+                match queued.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => log::error!("the regenerated answer of {name} is lost: {e}"),
+                    Err(e) => log::error!("the regenerated answer of {name} is lost: {e}"),
+                }
+            };
+            ctx.spawn(wrap_future(again).map(move |(), desk: &mut Self, _| {
+                desk.written(&conversation, number);
+            }));
+            Ok(asked_again)
+        }))
     }
 }
 

@@ -119,6 +119,9 @@ pub enum AiError {
         provider: &'static str,
         detail: String,
     },
+    /// The user stopped the reply: the call was dropped (its connection closed) wherever it was.
+    #[error("The reply was stopped before it was complete.")]
+    Stopped,
 }
 
 impl AiError {

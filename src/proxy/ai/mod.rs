@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use futures_channel::mpsc::UnboundedSender;
+use futures_channel::oneshot;
+use futures_util::future::{select, Either};
 
 use crate::wire::control_plane::AiEndpoint;
 
@@ -68,11 +70,16 @@ pub struct UpdateEndpoint {
 /// Each text delta is sent on `deltas` as it arrives (a non-streamed reply arrives as one
 /// delta). The result is the complete reply, or an [`AiError`] whose `Display` is the message
 /// the user sees in the conversation; [`AiError::partial_text`] is what had been streamed.
+///
+/// A message on `stop` ends the call wherever it is ([`AiError::Stopped`]): the request is
+/// dropped, which closes its connection, so the provider stops writing (and billing) too. A
+/// `stop` whose sender goes away without a message changes nothing.
 #[derive(Message)]
 #[rtype(result = "Result<AiReply, AiError>")]
 pub struct Ask {
     pub history: Vec<Turn>,
     pub deltas: Option<UnboundedSender<String>>,
+    pub stop: Option<oneshot::Receiver<()>>,
 }
 
 /// One AI endpoint.
@@ -170,12 +177,32 @@ impl Handler<Ask> for AiAdapter {
         };
         let connect = self.connect;
         let client = self.client.get_or_insert_with(|| build_client(connect));
-        Box::pin(call::ask(
+        let call = call::ask(
             client.clone(),
             self.name.clone(),
             target,
             msg.history,
             msg.deltas,
-        ))
+        );
+        let Some(stop) = msg.stop else {
+            return Box::pin(call);
+        };
+        let name = self.name.clone();
+        Box::pin(async move {
+            let stopped = async move {
+                if stop.await.is_err() {
+                    // No stop will come: the call runs its course.
+                    std::future::pending::<()>().await;
+                }
+            };
+            match select(Box::pin(call), Box::pin(stopped)).await {
+                Either::Left((answer, _)) => answer,
+                Either::Right(((), call)) => {
+                    drop(call);
+                    log::info!("{name}: the reply was stopped; its call is dropped");
+                    Err(AiError::Stopped)
+                }
+            }
+        })
     }
 }

@@ -2,6 +2,7 @@
 //! outbox, and answer only once it is durably queued. One file per audience:
 //! - [`peer_api`]: its own peer: `POST /api/v1/outbox[/batch]`, `GET /api/v1/outbox`,
 //!   `GET /api/v1/directory`, `POST /api/v1/forget` (a chat was cleared: the AI memory goes too),
+//!   `POST /api/v1/ai/stop` and `POST /api/v1/ai/regenerate` (an AI's reply: stop it, ask again),
 //!   `GET /api/v1/signatures` (what its hops signed and verified), `GET /api/v1/seal` and
 //!   `POST /api/v1/seal/rotate` (its sealing key);
 //! - [`relay_api`]: other proxies of ours, signed: `POST /api/v1/relay`, `POST /api/v1/relay/batch`;
@@ -17,8 +18,8 @@ pub(crate) mod relay_api;
 
 use legacy::{legacy_post, peers};
 use peer_api::{
-    directory, forget, outbox_status, rotate_seal, seal_status, signatures, submit, submit_batch,
-    tls_status,
+    directory, forget, outbox_status, regenerate, rotate_seal, seal_status, signatures, stop_reply,
+    submit, submit_batch, tls_status,
 };
 use relay_api::{relay, relay_batch};
 
@@ -96,6 +97,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: ProxyState) {
         .service(own("/api/v1/outbox/batch").route(web::post().to(submit_batch)))
         .service(own("/api/v1/directory").route(web::get().to(directory)))
         .service(own("/api/v1/forget").route(web::post().to(forget)))
+        .service(own("/api/v1/ai/stop").route(web::post().to(stop_reply)))
+        .service(own("/api/v1/ai/regenerate").route(web::post().to(regenerate)))
         .service(own("/api/v1/signatures").route(web::get().to(signatures)))
         .service(own("/api/v1/tls").route(web::get().to(tls_status)))
         .service(own("/api/v1/seal").route(web::get().to(seal_status)))

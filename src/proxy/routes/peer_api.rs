@@ -1,16 +1,18 @@
 //! The routes this proxy's own peer calls: hand messages over, see the queue, the directory,
-//! and forget an AI conversation when a chat is cleared.
+//! forget an AI conversation when a chat is cleared, stop an AI's reply or ask for another.
 
 use actix_web::{web, HttpResponse};
 
 use super::{ask, batch, ProxyState};
 use crate::config::InstanceName;
-use crate::proxy::ai::desk::ForgetConversation;
+use crate::proxy::ai::desk::{ForgetConversation, Regenerate, StopReply};
 use crate::proxy::error::ProxyError;
 use crate::proxy::outbox::GetStatus;
 use crate::proxy::router::ListDirectory;
 use crate::proxy::store::Origin;
-use crate::wire::data_plane::{Accepted, DeliveryState, Envelope, Forget, Submitted};
+use crate::wire::data_plane::{
+    Accepted, AiReplyOf, DeliveryState, Envelope, Forget, StopAnswer, Submitted,
+};
 use crate::wire::legacy::{success, Note};
 
 /// # POST /api/v1/outbox
@@ -188,4 +190,43 @@ pub(super) async fn forget(
     Ok(HttpResponse::Ok().json(success(Note {
         message: format!("Forgot {what} ({forgotten} remembered turns)"),
     })))
+}
+
+/// The AI endpoint a stop or regenerate names: a valid name, or a 400 saying so.
+fn reply_of(body: AiReplyOf) -> Result<String, ProxyError> {
+    InstanceName::parse(body.with.trim())
+        .map(|n| n.to_string())
+        .map_err(|e| ProxyError::BadRequest(format!("`with` must name an AI endpoint: {e}")))
+}
+
+/// # POST /api/v1/ai/stop
+/// `{"with": NAME}`: stops the reply AI endpoint NAME is writing to the own user; its call
+/// upstream is dropped, and what had been shown arrives as the reply, marked as stopped.
+/// `{"stopped": false}` when none was being written (it may have just ended).
+pub(super) async fn stop_reply(
+    state: web::Data<ProxyState>,
+    body: web::Json<AiReplyOf>,
+) -> Result<HttpResponse, ProxyError> {
+    let with = reply_of(body.into_inner())?;
+    let stopped = ask(&state.desk, StopReply { with: with.clone() }).await?;
+    let message = if stopped {
+        format!("The reply of {with} is stopped")
+    } else {
+        format!("{with} was not writing a reply")
+    };
+    Ok(HttpResponse::Ok().json(StopAnswer { stopped, message }))
+}
+
+/// # POST /api/v1/ai/regenerate
+/// `{"with": NAME}`: takes back AI endpoint NAME's last answer (its memory forgets it) and
+/// asks again; 202 once asked. The new answer streams and arrives like any reply. 404 for a
+/// name that is not an AI endpoint, 409 while it is writing or with nothing to answer.
+pub(super) async fn regenerate(
+    state: web::Data<ProxyState>,
+    body: web::Json<AiReplyOf>,
+) -> Result<HttpResponse, ProxyError> {
+    let with = reply_of(body.into_inner())?;
+    let outbox = state.outbox.clone();
+    let message = ask(&state.desk, Regenerate { with, outbox }).await??;
+    Ok(HttpResponse::Accepted().json(Note { message }))
 }

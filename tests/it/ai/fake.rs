@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,6 +84,9 @@ pub enum Script {
     /// `{key64}` its standard base64; streamed in pieces of `piece_chars` characters (so the
     /// key is split across deltas), or whole when not streamed.
     EchoKey { text: String, piece_chars: usize },
+    /// Stream these pieces, then hold the connection open, sending nothing, until the client
+    /// goes away (counted: [`FakeProvider::hung_up`]).
+    HoldAfter(Vec<String>),
 }
 
 pub fn pieces(p: &[&str]) -> Vec<String> {
@@ -94,6 +98,8 @@ struct State {
     key: Option<String>,
     requests: Mutex<Vec<Recorded>>,
     scripts: Mutex<VecDeque<Script>>,
+    /// Held answers ([`Script::HoldAfter`]) whose client went away.
+    hung_up: AtomicUsize,
 }
 
 /// A running fake provider.
@@ -112,6 +118,7 @@ impl FakeProvider {
             key: key.map(str::to_string),
             requests: Mutex::new(Vec::new()),
             scripts: Mutex::new(VecDeque::new()),
+            hung_up: AtomicUsize::new(0),
         });
         let data = web::Data::from(state.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake");
@@ -152,6 +159,11 @@ impl FakeProvider {
         let r = self.requests();
         assert_eq!(r.len(), 1, "expected exactly one request, got {r:#?}");
         r.into_iter().next().unwrap()
+    }
+
+    /// How many held answers ([`Script::HoldAfter`]) their client closed.
+    pub fn hung_up(&self) -> usize {
+        self.state.hung_up.load(Ordering::SeqCst)
     }
 
     pub async fn stop(self) {
@@ -274,7 +286,40 @@ async fn handle(req: HttpRequest, body: Bytes, state: web::Data<State>) -> HttpR
         Kind::Gemini => rec.path.contains(":streamGenerateContent"),
         _ => body_json["stream"] == json!(true),
     };
+    if let Script::HoldAfter(p) = &script {
+        return held_response(partial_steps(kind, &rec, p), state.into_inner());
+    }
     respond(kind, &rec, script, stream).await
+}
+
+/// Counts a held answer whose client went away: actix drops the body stream then.
+struct HangUp(Arc<State>);
+
+impl Drop for HangUp {
+    fn drop(&mut self) {
+        self.0.hung_up.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// `steps`, then only SSE comments (every 50 ms) until the client closes the connection
+/// ([`Script::HoldAfter`]): a server notices a closed connection when it writes.
+fn held_response(steps: Vec<Step>, state: Arc<State>) -> HttpResponse {
+    let first = futures_util::stream::iter(steps.into_iter().filter_map(|s| match s {
+        Step::Data(d) => Some(Ok::<_, actix_web::Error>(Bytes::from(d))),
+        _ => None,
+    }));
+    let guard = Arc::new(HangUp(state));
+    let hold = futures_util::stream::unfold(guard, |guard| async move {
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        Some((
+            Ok::<_, actix_web::Error>(Bytes::from_static(b": still thinking\n\n")),
+            guard,
+        ))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(futures_util::StreamExt::chain(first, hold))
 }
 
 /// The reply of [`Script::EchoKey`], with the key this request carried.
@@ -689,6 +734,12 @@ fn respond(
             Script::StallAfter(p, d) => {
                 let mut s = partial_steps(kind, &rec, &p);
                 s.push(Step::Sleep(d));
+                sse_response(s)
+            }
+            // After a slow first byte (not counted: only a script of its own is).
+            Script::HoldAfter(p) => {
+                let mut s = partial_steps(kind, &rec, &p);
+                s.push(Step::Sleep(Duration::from_secs(3600)));
                 sse_response(s)
             }
             Script::ErrorAfter(p) => {
