@@ -586,10 +586,12 @@
     fetch("/api/v1/conversations/" + encodeURIComponent(peer) + "/" + action, { method: "POST" })
       .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, body: b }; }); })
       .then(function (res) {
-        if (!res.ok) showError(res.body.error || res.body.message || "unknown error");
-        else if (action === "regenerate") askedAgain = peer;
+        if (res.ok) return;
+        if (action === "regenerate") askedAgain = null;
+        showError(res.body.error || res.body.message || "unknown error");
       })
       .catch(function (e) {
+        if (action === "regenerate") askedAgain = null;
         showError("This page cannot reach its peer (" + e.message + ")");
       })
       .then(function () {
@@ -603,7 +605,8 @@
     replyAction("stop", el.stopReply, "Stopping…");
   });
   el.regenerate.addEventListener("click", function () {
-    el.regenerate.hidden = true;
+    // Awaited from now on (its answer may arrive before this request's answer does).
+    askedAgain = current;
     replyAction("regenerate", el.regenerate, "Asking again…");
   });
 

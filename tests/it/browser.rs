@@ -908,3 +908,101 @@ async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_sc
     .await;
     screenshot(&alice, "13-alice-bob-offline.png").await;
 }
+
+#[actix_web::test]
+async fn an_ai_reply_is_stopped_mid_way_and_its_answer_regenerated_from_the_page() {
+    use crate::ai::fake::{pieces, FakeProvider, Kind, Script};
+    let Some(driver) = crate::helpers::chromedriver("BROWSER TEST").await else {
+        return;
+    };
+    // A local model (OpenAI-compatible, no key) that writes a little, then holds the line
+    // until it is hung up on; asked again, it answers.
+    let fake = FakeProvider::start(Kind::Ollama, None);
+    fake.script([
+        Script::HoldAfter(pieces(&["Once", " upon", " a"])),
+        Script::Reply(pieces(&["A second", " answer."])),
+    ]);
+    let url = fake.url.clone();
+    let o = overlay_under_test_with(move |c| {
+        let llama: AiEndpointConfig = serde_yaml::from_str(&format!(
+            "{{name: LLAMA, provider: openai_compatible, model: llama3.2, base_url: '{url}/v1'}}"
+        ))
+        .expect("an AI endpoint");
+        c.ai_endpoints.push(llama);
+    })
+    .await;
+    let profile = tempfile::tempdir().unwrap();
+    let alice = browser(&driver, &profile).await;
+    alice.goto(&format!("{}/#LLAMA", o.alice)).await.unwrap();
+    until(
+        &alice,
+        "the chat with LLAMA is open and live",
+        "document.body.dataset.live === '1' && document.body.dataset.peer === 'LLAMA'",
+    )
+    .await;
+    assert_eq!(
+        alice
+            .execute(
+                "return document.getElementById('reply-tools').hidden;",
+                vec![]
+            )
+            .await
+            .unwrap(),
+        json!(true),
+        "nothing to stop or regenerate in an empty chat"
+    );
+    let input = alice.find(Locator::Id("input")).await.unwrap();
+    input.send_keys("Tell me a story").await.unwrap();
+    input.send_keys(ENTER).await.unwrap();
+    until(
+        &alice,
+        "the reply streaming, with Stop offered",
+        "(document.querySelector('#messages .msg.streaming .text') || {}).textContent === 'Once upon a' && !document.getElementById('stop-reply').hidden && document.getElementById('regenerate').hidden",
+    )
+    .await;
+    screenshot(&alice, "14-alice-ai-stop-offered.png").await;
+
+    alice
+        .find(Locator::Id("stop-reply"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the reply kept, marked stopped, and Regenerate offered",
+        "!document.querySelector('#messages .msg.streaming') && (document.querySelector('#messages .msg.in .text') || {}).textContent.includes('Once upon a') && document.querySelector('#messages .msg.in .text').textContent.includes('[Stopped.]') && document.getElementById('stop-reply').hidden && !document.getElementById('regenerate').hidden",
+    )
+    .await;
+    for _ in 0..500 {
+        if fake.hung_up() == 1 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fake.hung_up(), 1, "the model's connection was closed");
+    screenshot(&alice, "15-alice-ai-stopped.png").await;
+
+    alice
+        .find(Locator::Id("regenerate"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the new answer below the stopped one",
+        "(() => { const t = [...document.querySelectorAll('#messages .msg.in .text')].map(e => e.textContent); return t.length === 2 && t[1] === 'A second answer.'; })() && !document.getElementById('regenerate').hidden",
+    )
+    .await;
+    screenshot(&alice, "16-alice-ai-regenerated.png").await;
+    let asked = fake.requests();
+    assert_eq!(asked.len(), 2);
+    assert_eq!(
+        asked[1].body["messages"],
+        json!([{"role": "user", "content": "[alice]: Tell me a story"}]),
+        "asked again without the answer taken back"
+    );
+}
