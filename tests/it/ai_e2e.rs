@@ -976,6 +976,56 @@ async fn regenerating_takes_back_the_last_answer_and_asks_again() {
     assert_eq!(fake.requests().len(), 3);
 }
 
+#[actix_web::test]
+async fn a_message_sent_while_an_answer_is_regenerated_is_answered_after_it() {
+    const KEY: &str = "sk-e2e-regen-wait-key-0013";
+    std::env::set_var("OVERLAY_E2E_KEY_REGEN_WAIT", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    fake.script([
+        Script::Reply(pieces(&["A."])),
+        Script::HoldAfter(pieces(&["Writing"])),
+        Script::Reply(pieces(&["B."])),
+    ]);
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_REGEN_WAIT}}",
+            fake.url
+        ))],
+    )
+    .await;
+    let peer = o.url("peer/alice");
+    let mut page = PageFeed::open(&peer).await;
+    send(&peer, "BOT", "hi").await;
+    page.reply_from("BOT").await;
+
+    let (s, v) = post_json(
+        &format!("{peer}/api/v1/conversations/BOT/regenerate"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    streamed_until(&mut page, "BOT", "Writing").await;
+    // Sent while the new answer is being written: it waits for that answer to end.
+    send(&peer, "BOT", "next").await;
+    let (s, v) = post_json(&format!("{peer}/api/v1/conversations/BOT/stop"), &json!({})).await;
+    assert_eq!((s, v["stopped"].clone()), (StatusCode::OK, json!(true)), "{v}");
+    let (_, stopped) = page.reply_from("BOT").await;
+    assert_eq!(stopped["text"], "Writing\n\n[Stopped.]");
+    let (_, next) = page.reply_from("BOT").await;
+    assert_eq!(next["text"], "B.");
+    assert_eq!(
+        roles(&fake.requests()[2].body),
+        pairs(&[
+            ("user", "[alice]: hi"),
+            ("assistant", "Writing"),
+            ("user", "[alice]: next")
+        ]),
+        "asked after the regenerated answer, which it sees"
+    );
+    all_delivered(&peer, "alice", "BOT").await;
+}
+
 // ---------------------------------------------------------------- (f) auto-reply
 
 #[actix_web::test]
