@@ -304,6 +304,10 @@ pub struct ServerConfig {
     pub page_tls: Option<PageTlsConfig>,
     /// Pages beyond loopback in plain HTTP anyway (warned about at every start).
     pub pages_plain_http: bool,
+    /// The name of an environment variable holding a token: with it, `GET /metrics` answers
+    /// any caller sending `Authorization: Bearer TOKEN`; without, loopback callers only (see
+    /// `crate::web::metrics::MetricsAccess`).
+    pub metrics_token_env: Option<String>,
 }
 
 /// `server.page_tls`: a certificate for the pages, as PEM files.
@@ -325,6 +329,7 @@ impl Default for ServerConfig {
             pages_without_login: false,
             page_tls: None,
             pages_plain_http: false,
+            metrics_token_env: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`routes`]: the HTTP routes (legacy and `/api/v1/`), thin.
 //! - [`dashboard`]: the maud views.
 //! - [`error`]: the role's error type and its legacy-shaped answers.
+//! - [`metrics`]: its series for `/metrics` (proxies by state, streams, directory version).
 //!
 //! [`start`] is the role's one door: the binary and the tests both call it with a bound
 //! listener (port 0 in tests) and get back a [`Running`] server. It never carries chat traffic.
@@ -19,6 +20,7 @@ pub mod dashboard;
 pub mod directory;
 pub mod error;
 pub mod liveness;
+pub mod metrics;
 pub mod registry;
 pub mod routes;
 pub mod store;
@@ -121,8 +123,11 @@ pub async fn start_with_handle(
         settings.config.tls.leaf_ms(),
         pins_tx,
     );
+    let gauges = metrics::RegistryGauges::register(health.metrics());
     let registry = Registry::start_in_arbiter(&arbiter.handle(), move |_| {
-        Registry::new(config, store, loaded, root, signer).with_tls(desk)
+        Registry::new(config, store, loaded, root, signer)
+            .with_tls(desk)
+            .with_gauges(gauges)
     });
     let handle = Handle {
         root: keys.root.clone(),
@@ -159,10 +164,10 @@ pub async fn start_with_handle(
     });
     let tag = label.clone();
     // Browsers open the dashboard by address, localhost or one of `names`; what proxies call
-    // is exempt (signed, or the original's listed addresses).
+    // is exempt (signed, or the original's listed addresses), and `/metrics` (its own check).
     let hosts = web::Data::new(crate::web::host::HostCheck::new(
         names.iter().map(String::as_str),
-        routes::FROM_PROXIES,
+        routes::NOT_BROWSER_FACING,
     ));
     let limits = crate::web::ServerLimits::of(&settings.config.server);
     let server = HttpServer::new(move || {
@@ -179,6 +184,10 @@ pub async fn start_with_handle(
             .configure(|cfg| common_routes(cfg, health.clone()))
             .configure(routes::configure)
             .default_service(web::to(routes::no_route))
+            // Outermost: requests the checks above refuse are counted too.
+            .wrap(actix_web::middleware::from_fn(
+                crate::web::metrics::count_http,
+            ))
     })
     .workers(settings.workers)
     .max_connections(limits.max_connections)

@@ -50,9 +50,11 @@ pub struct AppState {
 
 type Reply = Result<HttpResponse, ControllerError>;
 
-/// The routes only proxies call (and anything below them): signed, or answered only to the
-/// listed legacy proxies, and not browser-facing, so exempt from the `Host` check.
-pub const FROM_PROXIES: &[&str] = &[
+/// The routes exempt from the `Host` check: those only proxies call (and anything below
+/// them: signed, or answered only to the listed legacy proxies, not browser-facing), and
+/// `/metrics`, which makes its own (a loopback caller under an address or localhost only; a
+/// bearer of the metrics token under any name: see [`crate::web::metrics::MetricsAccess`]).
+pub const NOT_BROWSER_FACING: &[&str] = &[
     "/api/register",
     "/api/heartbeat",
     "/api/getendpoints",
@@ -62,6 +64,7 @@ pub const FROM_PROXIES: &[&str] = &[
     "/api/v1/rotate",
     "/api/v1/directory",
     "/healthz",
+    "/metrics",
 ];
 
 /// The controller's route table, shared by the server and nothing else.

@@ -11,13 +11,15 @@
 //! reply comes back to the outbox as the answer) → [`store`] (redb, its one writer, observed
 //! by the outbox). [`controller_link`] → [`router`] (the one owner of the table) → the table's
 //! subscribers (outbox, AI desk), routing by the pure [`routing`]. [`error`] maps every failure
-//! to an answer. Posting, retry timing and SSE come from [`crate::hop`]. Behind NAT
+//! to an answer. [`metrics`]: what it counts for `/metrics` (deliveries, queues, AI calls).
+//! Posting, retry timing and SSE come from [`crate::hop`]. Behind NAT
 //! (`reachable: relay`), [`relay_link`] keeps a stream open to the relay, and takes what it
 //! carries through the same relay routes' checks.
 
 pub mod controller_link;
 pub mod delivery;
 pub mod error;
+pub mod metrics;
 pub mod outbox;
 pub mod relay_link;
 pub mod router;
@@ -129,6 +131,12 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             settings.liveness.heartbeat_every_secs.max(1),
         )));
     }
+    // Its `/metrics`: the store's timings, deliveries, queues and AI calls.
+    health.metrics().watch_store(&wal.timings());
+    let metrics = metrics::ProxyMetrics::register(
+        health.metrics(),
+        settings.config.ai_endpoints.iter().map(|a| a.name.as_str()),
+    );
     // The actors are started on the HTTP worker's thread, where the handlers run.
     let state = {
         let boot = Boot {
@@ -147,6 +155,7 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             tls_address: tls_address.clone(),
             contact: contact.clone(),
             full_queues: full_queues.clone(),
+            metrics,
         };
         crate::web::on_worker(move || boot.start_actors())
     };
@@ -165,6 +174,10 @@ pub async fn start(settings: ProxySettings, listener: TcpListener) -> anyhow::Re
             })
             .configure(|cfg| common_routes(cfg, health.clone()))
             .configure(move |cfg| routes::configure(cfg, state))
+            // Outermost: a request the TLS split refuses is counted too.
+            .wrap(actix_web::middleware::from_fn(
+                crate::web::metrics::count_http,
+            ))
     })
     .workers(settings.workers)
     .max_connections(limits.max_connections)
@@ -295,6 +308,8 @@ struct Boot {
     contact: Option<crate::web::health::ControllerContact>,
     /// Where the outbox tells which queues are at their limit.
     full_queues: crate::web::health::FullQueues,
+    /// What it counts for `/metrics`, registered in its role's registry.
+    metrics: metrics::ProxyMetrics,
 }
 
 impl Boot {
@@ -316,6 +331,7 @@ impl Boot {
             tls_address,
             contact,
             full_queues,
+            metrics,
         } = self;
         let peer_url = settings.peer_url.trim_end_matches('/').to_string();
         let hops = std::sync::Arc::new(signed_hop::SignedHops::new(
@@ -370,6 +386,7 @@ impl Boot {
             signer: hops.signer(),
             directory: published.clone(),
         };
+        // The AI desk's calls are counted in `metrics.ai` ([`metrics::AiMetrics`]).
         let desk = AiDesk::new(
             DeskSettings {
                 me: settings.name.to_string(),
@@ -393,6 +410,8 @@ impl Boot {
                     &settings.controller_url,
                 ),
                 full: full_queues,
+                metrics: metrics.delivery.clone(),
+                queues: metrics.queues.clone(),
             },
             router.table(),
             store.clone(),

@@ -126,6 +126,8 @@ pub struct Hub {
     counters: RelayCounters,
     /// Where the status goes for the controller (with each heartbeat).
     report: Option<tokio::sync::watch::Sender<RelayReport>>,
+    /// `overlay_sse_listeners{stream="relay_attach"}`: the streams attached, set at each sweep.
+    listeners: prometheus_client::metrics::gauge::Gauge,
     started_ms: u64,
 }
 
@@ -147,6 +149,7 @@ impl Hub {
             next_n: crate::wire::now_ms().saturating_mul(1000),
             counters: RelayCounters::default(),
             report: None,
+            listeners: Default::default(),
             started_ms: crate::wire::now_ms(),
         }
     }
@@ -157,6 +160,12 @@ impl Hub {
         directory: tokio::sync::watch::Receiver<std::sync::Arc<crate::proxy::router::Published>>,
     ) -> Hub {
         self.directory = Some(directory);
+        self
+    }
+
+    /// Keeps `listeners` at the number of streams attached (see [`super::metrics`]).
+    pub fn with_listeners(mut self, listeners: prometheus_client::metrics::gauge::Gauge) -> Hub {
+        self.listeners = listeners;
         self
     }
 
@@ -259,6 +268,7 @@ impl Actor for Hub {
                     hub.counters.timed_out += 1;
                 }
             }
+            hub.listeners.set(hub.attached.len() as i64);
             if let Some(report) = &hub.report {
                 let s = hub.status();
                 let c = &s.counters;

@@ -14,11 +14,13 @@
 //! - [`events`]: an attached stream's events as bytes, with its keep-alives.
 //! - [`records`]: an attached stream's TLS once rustls has let it go: its key alone.
 //! - [`error`]: its error type.
+//! - [`metrics`]: its series for `/metrics`, read from the hub's report.
 
 pub mod error;
 pub mod events;
 pub mod front;
 pub mod hub;
+pub mod metrics;
 pub mod records;
 pub mod routes;
 
@@ -77,6 +79,13 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
             wal.health(),
         ))
         .check(contact.check(heartbeat_every));
+    // Its `/metrics`: the store's timings, and the hub's report read at each scrape.
+    health.metrics().watch_store(&wal.timings());
+    let (report_tx, report_rx) = tokio::sync::watch::channel(Default::default());
+    health
+        .metrics()
+        .register_collector(Box::new(metrics::RelayCollector(report_rx.clone())));
+    let listeners = health.metrics().sse_listeners("relay_attach");
     let state = {
         let (settings, identity, overlay) = (settings.clone(), identity.clone(), overlay.clone());
         let proxy_id = loaded.proxy_id.clone();
@@ -100,9 +109,9 @@ pub async fn start(settings: RelaySettings, listener: TcpListener) -> anyhow::Re
                 &controller_url,
                 Duration::from_secs(10),
             );
-            let (report_tx, report_rx) = tokio::sync::watch::channel(Default::default());
             let hub = hub::Hub::new(settings.name.as_str(), settings.ping_every)
                 .with_report(report_tx)
+                .with_listeners(listeners)
                 .with_directory(published.clone())
                 .start();
             let link = LinkSettings {

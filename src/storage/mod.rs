@@ -182,6 +182,25 @@ impl StoreHealth {
     }
 }
 
+/// How long a store's writes take: its database commits (the writer's) and its log's flushes
+/// (write and fsync, on the log's thread), for its role's `/metrics`
+/// ([`crate::web::metrics::Metrics::watch_store`]). Shared; an observation is a few atomics.
+#[derive(Debug, Clone)]
+pub struct StoreTimings {
+    pub commit: prometheus_client::metrics::histogram::Histogram,
+    pub flush: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for StoreTimings {
+    fn default() -> Self {
+        let buckets = || crate::web::metrics::STORE_BUCKETS.iter().copied();
+        Self {
+            commit: prometheus_client::metrics::histogram::Histogram::new(buckets()),
+            flush: prometheus_client::metrics::histogram::Histogram::new(buckets()),
+        }
+    }
+}
+
 /// Opens (creating if needed, repairing after a crash) the database at `path` with every table
 /// of `S`, and its log at `log`; applies again, in order, the groups the log has that the
 /// database lost, then commits durably so the log can start again. Blocking.

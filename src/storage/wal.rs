@@ -55,6 +55,7 @@ enum Command {
 pub struct Wal {
     path: PathBuf,
     health: super::StoreHealth,
+    timings: super::StoreTimings,
     commands: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
     next_lsn: u64,
@@ -66,6 +67,11 @@ impl Wal {
     /// Whether this store's writes go through (shared with `/healthz`).
     pub fn health(&self) -> super::StoreHealth {
         self.health.clone()
+    }
+
+    /// How long its writes take (shared with its thread, and the role's `/metrics`).
+    pub fn timings(&self) -> super::StoreTimings {
+        self.timings.clone()
     }
 
     /// The same, borrowed (for its writer, at every commit).
@@ -99,6 +105,8 @@ impl Wal {
         let thread_tag = tag.to_string();
         let health = super::StoreHealth::default();
         let thread_health = health.clone();
+        let timings = super::StoreTimings::default();
+        let flush_timing = timings.flush.clone();
         let thread = std::thread::Builder::new()
             .name(format!("wal {tag}"))
             .spawn(move || {
@@ -108,12 +116,14 @@ impl Wal {
                     offset: end as u64,
                     allocated,
                     health: thread_health,
+                    flush_timing,
                 }
                 .run(receiver)
             })?;
         let wal = Wal {
             path: path.to_path_buf(),
             health,
+            timings,
             commands: Some(commands),
             thread: Some(thread),
             next_lsn,
@@ -252,6 +262,8 @@ struct Writer {
     /// records), so overwriting it changes no metadata.
     allocated: u64,
     health: super::StoreHealth,
+    /// How long each round's write and fsync took.
+    flush_timing: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Writer {
@@ -260,6 +272,7 @@ impl Writer {
             let mut waiting = Vec::new();
             let mut buffer = Vec::new();
             let mut result = Ok(());
+            let started = std::time::Instant::now();
             for command in std::iter::once(first).chain(commands.try_iter()) {
                 match command {
                     Command::Append { record, flushed } => {
@@ -280,6 +293,7 @@ impl Writer {
             }
             if result.is_ok() && !waiting.is_empty() {
                 result = self.file.sync_data();
+                self.flush_timing.observe(started.elapsed().as_secs_f64());
             }
             let answer = result.map_err(|e| format!("writing the store's log: {e}"));
             if let Err(e) = &answer {

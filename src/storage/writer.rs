@@ -96,13 +96,17 @@ pub struct Writer<S: Schema> {
     /// Most writes in one commit (a group of one [`Write`] is never split).
     max_group: usize,
     observer: Option<Recipient<Applied<S>>>,
+    /// How long each group's database commit took (its log's, [`Wal::timings`]).
+    commit_timing: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl<S: Schema> Writer<S> {
     /// The writer of `db`, logging to `wal` (as opened together by [`super::open`]), with at
     /// most `max_group` writes a commit.
     pub fn new(schema: S, (db, wal): (Arc<SharedDb>, Wal), max_group: usize) -> Self {
+        let commit_timing = wal.timings().commit;
         Self {
+            commit_timing,
             schema,
             db,
             wal,
@@ -188,13 +192,20 @@ impl<S: Schema> Writer<S> {
         let (ops, replies): (Vec<S::Op>, Vec<_>) =
             self.waiting.drain(..n).map(|w| (w.op, w.reply)).unzip();
         let Self {
-            schema, db, wal, ..
+            schema,
+            db,
+            wal,
+            commit_timing,
+            ..
         } = self;
         let committed = serde_json::to_vec(&ops)
             .map_err(|e| S::Error::from(StorageError::failed(e)))
             .and_then(|logged| {
                 wal.commit(&logged, |lsn, durable| {
-                    db.with(|db| apply_group(schema, db, &ops, lsn, durable))
+                    let started = std::time::Instant::now();
+                    let applied = db.with(|db| apply_group(schema, db, &ops, lsn, durable));
+                    commit_timing.observe(started.elapsed().as_secs_f64());
+                    applied
                 })
             });
         match committed {
@@ -443,6 +454,37 @@ mod tests {
         assert_eq!(value(&db, 1), 6);
         // One write a group at most, but the three of one Write stay together.
         assert_eq!(groups.send(Sizes).await.unwrap(), vec![1, 3]);
+    }
+
+    #[actix_rt::test]
+    async fn each_commit_and_each_log_flush_is_timed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = open(&dir);
+        let timings = opened.1.timings();
+        let writer = Writer::new(Counters, opened, 64).start();
+        for by in 1..=3 {
+            write(&writer, vec![Add { key: 1, by }], true).await;
+        }
+        let metrics = crate::web::metrics::Metrics::new("proxy");
+        metrics.watch_store(&timings);
+        let text = metrics.encode();
+        let count = |name: &str| -> u64 {
+            let line = format!("overlay_{name}_count{{role=\"proxy\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{line} in\n{text}"))
+        };
+        assert_eq!(
+            count("store_commit_duration_seconds"),
+            3,
+            "one commit a group"
+        );
+        let flushes = count("wal_flush_duration_seconds");
+        assert!(
+            (1..=3).contains(&flushes),
+            "a flush for one or more groups: {flushes}"
+        );
     }
 
     #[actix_rt::test]

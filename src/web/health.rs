@@ -26,6 +26,10 @@ pub struct Health {
     pub problems: Vec<String>,
     #[serde(skip)]
     checks: Vec<Check>,
+    /// The role's metrics registry (served at `/metrics`): it travels with the role's
+    /// `Health`, built once per role, so every role that serves `/healthz` serves its own.
+    #[serde(skip)]
+    metrics: super::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Health {
@@ -67,7 +71,13 @@ impl Health {
             status: "ok".into(),
             problems: Vec::new(),
             checks: Vec::new(),
+            metrics: super::metrics::Metrics::new(role),
         }
+    }
+
+    /// This role's metrics registry.
+    pub fn metrics(&self) -> &super::metrics::Metrics {
+        &self.metrics
     }
 
     /// With `check` run at every request.

@@ -2,7 +2,8 @@
 //! compiled into the binary (no CDN: pages work offline), the one body limit every role reads
 //! requests with ([`json_config_with`], [`read_limited`], their [`BodyError`]; in the original's
 //! error shape by default), the limits every server puts on its clients ([`body_deadline`]:
-//! how long a body may take; [`ServerLimits`]), and the `/healthz` probe.
+//! how long a body may take; [`ServerLimits`]), the `/healthz` probe, and `/metrics`
+//! ([`metrics`]: each role's registry, the HTTP counts, who may read them).
 //!
 //! Nothing here knows about a particular role. [`host`]: the `Host` check against DNS
 //! rebinding on browser-facing routes; [`session`]: login sessions in a cookie; [`page_tls`]:
@@ -10,6 +11,7 @@
 
 pub mod health;
 pub mod host;
+pub mod metrics;
 pub mod page_tls;
 pub mod session;
 
@@ -194,6 +196,8 @@ pub async fn read_limited(
 pub struct ServerLimits {
     pub body_timeout: Duration,
     pub max_connections: usize,
+    /// Who may read `/metrics`.
+    pub metrics: metrics::MetricsAccess,
 }
 
 impl ServerLimits {
@@ -202,6 +206,7 @@ impl ServerLimits {
         ServerLimits {
             body_timeout: Duration::from_secs(server.body_timeout_secs.max(1)),
             max_connections: server.max_connections.max(1),
+            metrics: metrics::MetricsAccess::of(server),
         }
     }
 }
@@ -491,14 +496,20 @@ pub fn bearer(headers: &header::HeaderMap) -> Option<&str> {
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-/// Routes every role serves: `/assets/{name}`, `/healthz` (see [`health`]).
+/// Routes every role serves: `/assets/{name}`, `/healthz` (see [`health`]), `/metrics` (see
+/// [`metrics`]: the role's registry travels with its `Health`, and is the app's data for the
+/// HTTP counts of [`guarded_app`]).
 pub fn common_routes(cfg: &mut web::ServiceConfig, health: Health) {
+    let registry = web::Data::new(health.metrics().clone());
     let health = web::Data::new(health);
-    cfg.route("/assets/{name}", web::get().to(asset)).service(
-        web::resource("/healthz")
-            .app_data(health)
-            .route(web::get().to(health::healthz)),
-    );
+    cfg.app_data(registry)
+        .route("/assets/{name}", web::get().to(asset))
+        .service(
+            web::resource("/healthz")
+                .app_data(health)
+                .route(web::get().to(health::healthz)),
+        )
+        .route("/metrics", web::get().to(metrics::metrics));
 }
 
 /// Refuses a state-changing request that a browser says comes from another origin, so a web page
@@ -564,7 +575,8 @@ pub fn role_arbiter(label: &str) -> actix::Arbiter {
 
 /// A role's app with the guards every request passes: each body within its deadline (the
 /// outer one, so a refusal still closes a connection whose body never came) and cross-site
-/// posts refused.
+/// posts refused; each request counted in its role's metrics ([`metrics::count_http`]), and
+/// who may read them (`limits.metrics`).
 pub fn guarded_app(
     limits: ServerLimits,
 ) -> actix_web::App<
@@ -577,10 +589,12 @@ pub fn guarded_app(
     >,
 > {
     actix_web::App::new()
+        .app_data(web::Data::new(limits.metrics))
         .wrap(actix_web::middleware::from_fn(refuse_cross_site))
         .wrap(actix_web::middleware::from_fn(move |req, next| {
             body_deadline(req, next, limits.body_timeout)
         }))
+        .wrap(actix_web::middleware::from_fn(metrics::count_http))
 }
 
 #[cfg(test)]

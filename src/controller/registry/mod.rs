@@ -217,6 +217,8 @@ pub struct Registry {
     started_ms: u64,
     /// The overlay CA and what TLS asks of proxies ([`tls::CaDesk`]).
     tls: tls::CaDesk,
+    /// Its series for `/metrics`, set at every sweep.
+    gauges: crate::controller::metrics::RegistryGauges,
 }
 
 /// Audit entries kept in memory for the dashboard.
@@ -229,6 +231,39 @@ impl Registry {
     pub fn with_tls(mut self, desk: tls::CaDesk) -> Registry {
         self.tls = desk;
         self
+    }
+
+    /// Sets `gauges` (registered in the controller's metrics) at every sweep.
+    pub fn with_gauges(mut self, gauges: crate::controller::metrics::RegistryGauges) -> Registry {
+        self.gauges = gauges;
+        self
+    }
+
+    /// Sets its gauges: proxies by badge, the version, the streams still open.
+    fn count(&self) {
+        let mut c = crate::controller::metrics::RegistryCounts {
+            version: self.version,
+            dashboards: self
+                .dashboard_subs
+                .iter()
+                .filter(|t| !t.is_closed())
+                .count() as i64,
+            tables: self
+                .table_subs
+                .iter()
+                .filter(|t| !t.events.is_closed())
+                .count() as i64,
+            directories: self.dir_subs.iter().filter(|d| d.is_open()).count() as i64,
+            ..Default::default()
+        };
+        for id in self.proxies.keys() {
+            match self.badges.get(id) {
+                Some(Badge::Warning) => c.warning += 1,
+                Some(Badge::Stale) => c.stale += 1,
+                _ => c.active += 1,
+            }
+        }
+        self.gauges.set(c);
     }
 
     pub fn new(
@@ -280,6 +315,7 @@ impl Registry {
             nonces: Default::default(),
             started_ms: now,
             tls: tls::CaDesk::default(),
+            gauges: Default::default(),
         };
         // fixes original: edits stored before unknown fields were refused may carry some;
         // only their typed part is kept (and written back when the registry starts).
@@ -543,6 +579,7 @@ impl Registry {
     /// Drops proxies silent for longer than `drop_after_secs`.
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         let drop = self.sweep_badges(now_ms(), ctx);
+        self.count();
         for id in drop {
             log::info!(
                 "dropping proxy {id}: no sign of life for over {} s",

@@ -30,6 +30,13 @@ pub(super) struct DirSubscriber {
     online: Option<Vec<String>>,
 }
 
+impl DirSubscriber {
+    /// Whether its stream is still held open.
+    pub(super) fn is_open(&self) -> bool {
+        !self.events.is_closed()
+    }
+}
+
 /// `GET /api/v1/directory/stream?proxy_id=`: follow the directory.
 #[derive(Message)]
 #[rtype(result = "Result<(), ControllerError>")]

@@ -78,6 +78,12 @@ impl Lane {
         self.items.front()
     }
 
+    /// When its oldest item was queued (Unix ms); none when empty. Every item is looked at:
+    /// receipts are kept in order of their next try, not of their age.
+    pub fn oldest_ms(&self) -> Option<u64> {
+        self.items.iter().map(|i| i.record.created_ms).min()
+    }
+
     /// Whether message `id` is queued here.
     pub fn holds(&self, id: &MessageId) -> bool {
         self.items.iter().any(

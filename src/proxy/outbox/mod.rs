@@ -36,6 +36,7 @@ use super::store::{
 };
 use crate::config::{DeliveryConfig, InstanceName};
 use crate::hop::backoff::{full_jitter_ms, human_duration, XorShift};
+use crate::proxy::metrics::lane_kind;
 use crate::storage::{durable, Applied, Committed, Write};
 use crate::wire::control_plane::EndpointTable;
 use crate::wire::data_plane::{DeliveryState, Envelope, MessageId, Receipt};
@@ -98,9 +99,15 @@ pub struct OutboxSettings {
     pub not_peers: Vec<super::routing::NotAPeer>,
     /// Where the queues at their limit are told (for `/healthz`), every [`COUNT_FULL_EVERY`].
     pub full: crate::web::health::FullQueues,
+    /// Where its attempts and finished items are counted (`/metrics`).
+    pub metrics: crate::proxy::metrics::DeliveryMetrics,
+    /// Where every queue's depth and oldest item are told (`/metrics`), every
+    /// [`COUNT_FULL_EVERY`].
+    pub queues: crate::proxy::metrics::Queues,
 }
 
-/// How often the queues at their limit are counted for `/healthz`.
+/// How often the queues are counted: those at their limit for `/healthz`, all of them for
+/// `/metrics`.
 const COUNT_FULL_EVERY: Duration = Duration::from_secs(1);
 
 /// How often ids seen long ago are forgotten.
@@ -244,6 +251,18 @@ impl Actor for Outbox {
                 .map(|(id, lane)| (lane_name(id), lane.len()))
                 .collect();
             act.settings.full.set(full);
+            let queues = act
+                .lanes
+                .iter()
+                .filter_map(|(id, lane)| {
+                    Some(crate::proxy::metrics::QueueDepth {
+                        destination: lane_name(id),
+                        pending: lane.len(),
+                        oldest_ms: lane.oldest_ms()?,
+                    })
+                })
+                .collect();
+            act.settings.queues.set(queues);
         });
     }
 }
@@ -539,7 +558,11 @@ impl Outbox {
             wait_ms: |n| full_jitter_ms(n, d.retry_initial_ms, d.retry_max_ms, rng),
         };
         let unreachable_for = human_duration(d.expire_after_secs);
+        self.settings.metrics.attempted(lane_kind(&id), &outcome);
+        // Only expiry finishes items on a retry.
+        let expired = matches!(outcome, Outcome::Retry { .. });
         let verdict = lane.tried(seq, outcome, now_ms(), &mut policy, &unreachable_for);
+        self.count_finished(&id, &verdict, expired);
         // A reply to an item that is no longer the head (a stale answer) is not queued: the
         // AI memory has it, and the item's next attempt hands the same reply on.
         let finished = verdict.finished.iter().any(|(item, _)| item.seq == seq);
@@ -568,6 +591,10 @@ impl Outbox {
         outcome: Outcome,
         ctx: &mut Context<Self>,
     ) {
+        if !matches!(outcome, Outcome::Retry { .. }) {
+            // A retry is counted as the head's attempt.
+            self.settings.metrics.attempted(lane_kind(&id), &outcome);
+        }
         let Some(lane) = self.lanes.get_mut(&id) else {
             return;
         };
@@ -579,6 +606,7 @@ impl Outbox {
         match outcome {
             Outcome::Delivered => {
                 let verdict = lane.batch_delivered(seqs.len());
+                self.count_finished(&id, &verdict, false);
                 self.apply(None, verdict);
             }
             Outcome::Unsupported { reason } if id == LaneId::PeerInbox => {
@@ -621,11 +649,31 @@ impl Outbox {
                 return;
             }
         }
+        // Each receipt has its own outcome: each counts as an attempt.
+        for outcome in &outcomes {
+            self.settings.metrics.attempted(lane_kind(&id), outcome);
+        }
         let (d, rng) = (&self.settings.delivery, &mut self.rng);
         let mut wait = |n| full_jitter_ms(n, d.retry_initial_ms, d.retry_max_ms, rng);
         let verdict = lane.receipts_tried(seqs, outcomes, now_ms(), &mut wait);
+        self.count_finished(&id, &verdict, false);
         self.apply(None, verdict);
         self.kick(&id, ctx);
+    }
+
+    /// Counts the items `verdict` finished on lane `id`; `expired`: given up on for their
+    /// destination's silence.
+    fn count_finished(&self, id: &LaneId, verdict: &Verdict, expired: bool) {
+        let now = now_ms();
+        for (item, state) in &verdict.finished {
+            self.settings.metrics.finished(
+                lane_kind(id),
+                state,
+                expired,
+                item.record.created_ms,
+                now,
+            );
+        }
     }
 
     /// Writes what an attempt changed, as one group: a reply to queue (`first`), the updated
