@@ -14,6 +14,7 @@ mod controller;
 mod e2e;
 mod host;
 mod login;
+mod metrics;
 mod peer;
 mod proxy;
 mod relay;
