@@ -386,7 +386,6 @@ impl Boot {
             signer: hops.signer(),
             directory: published.clone(),
         };
-        // The AI desk's calls are counted in `metrics.ai` ([`metrics::AiMetrics`]).
         let desk = AiDesk::new(
             DeskSettings {
                 me: settings.name.to_string(),
@@ -394,6 +393,7 @@ impl Boot {
                 local_ai: settings.config.ai_endpoints.clone(),
                 chunk_timeout: attempt_timeout,
                 max_text_bytes: settings.delivery.max_message_bytes,
+                metrics: metrics.ai.clone(),
             },
             store.clone(),
             clients.own_peer.clone(),

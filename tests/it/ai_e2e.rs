@@ -891,6 +891,35 @@ async fn stopping_a_reply_drops_its_call_and_keeps_what_arrived_marked_stopped()
         4,
         "each reply stored once"
     );
+
+    // Both calls are counted in the proxy's /metrics: how each ended, and the tokens the
+    // provider reported (the stopped one reported none).
+    let m = crate::metrics::scrape(&o.url("proxy/alice")).await;
+    let calls = |outcome| {
+        crate::metrics::value(
+            &m,
+            "overlay_ai_requests_total",
+            &[("endpoint", "BOT"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(
+        (calls("stopped"), calls("ok"), calls("error")),
+        (1.0, 1.0, 0.0)
+    );
+    let tokens = |kind| {
+        crate::metrics::value(
+            &m,
+            "overlay_ai_tokens_total",
+            &[("endpoint", "BOT"), ("kind", kind)],
+        )
+    };
+    assert_eq!((tokens("input"), tokens("output")), (9.0, 1.0));
+    let first = crate::metrics::value(
+        &m,
+        "overlay_ai_time_to_first_token_seconds",
+        &[("endpoint", "BOT")],
+    );
+    assert_eq!(first, 2.0, "both calls had a first token");
 }
 
 #[actix_web::test]
@@ -1009,7 +1038,11 @@ async fn a_message_sent_while_an_answer_is_regenerated_is_answered_after_it() {
     // Sent while the new answer is being written: it waits for that answer to end.
     send(&peer, "BOT", "next").await;
     let (s, v) = post_json(&format!("{peer}/api/v1/conversations/BOT/stop"), &json!({})).await;
-    assert_eq!((s, v["stopped"].clone()), (StatusCode::OK, json!(true)), "{v}");
+    assert_eq!(
+        (s, v["stopped"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{v}"
+    );
     let (_, stopped) = page.reply_from("BOT").await;
     assert_eq!(stopped["text"], "Writing\n\n[Stopped.]");
     let (_, next) = page.reply_from("BOT").await;

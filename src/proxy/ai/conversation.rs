@@ -10,9 +10,9 @@
 //! It does not own the adapters ([`super::desk::AiDesk`] does), the outbox's lanes or retries,
 //! and never logs a key (the adapter's errors never contain one).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use futures_channel::mpsc::{self, UnboundedReceiver};
@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 
 use super::{AiAdapter, AiError, Ask, Turn};
 use crate::proxy::delivery::Outcome;
+use crate::proxy::metrics::{AiMetrics, AiOutcome};
 use crate::proxy::store::{MemoryTurn, Remember, Store};
 use crate::wire::control_plane::AiEndpoint;
 use crate::wire::data_plane::{conversation_id, Body, Envelope, MessageId, StreamChunk};
@@ -94,6 +95,8 @@ pub struct AiTurn {
     pub max_text_bytes: usize,
     /// Where the user's "stop" arrives (see [`Ask::stop`]).
     pub stop: Option<oneshot::Receiver<()>>,
+    /// Where the call is counted (`/metrics`).
+    pub metrics: AiMetrics,
 }
 
 /// How many turns of a conversation with `endpoint` to remember: more than the endpoint is
@@ -257,6 +260,7 @@ pub async fn answer(
     // The page sees the reply being written, chunk by chunk, from one forwarding task.
     let (tx, rx) = mpsc::unbounded();
     let shown = Rc::new(RefCell::new(String::new()));
+    let first_delta = Rc::new(Cell::new(None));
     let chunks = Chunks {
         client: turn.client.clone(),
         url: format!("{}/api/v1/stream", turn.peer_url),
@@ -266,6 +270,7 @@ pub async fn answer(
         timeout: turn.chunk_timeout,
         max_bytes: MAX_CHUNK_BYTES.min(turn.max_text_bytes),
         shown: shown.clone(),
+        first_delta: first_delta.clone(),
     };
     let forwarder = actix_rt::spawn(chunks.forward(rx));
     let ask = Ask {
@@ -273,9 +278,15 @@ pub async fn answer(
         deltas: Some(tx),
         stop: turn.stop.take(),
     };
+    let asked_at = Instant::now();
     let answer = turn.adapter.send(ask).await;
+    let took = asked_at.elapsed();
     // Let the last chunks reach the page before the complete reply does (bounded).
     let _ = actix_rt::time::timeout(turn.chunk_timeout, forwarder).await;
+    if let Ok(answer) = &answer {
+        let first = first_delta.get().map(|at: Instant| at - asked_at);
+        count_call(&turn.metrics, &turn.name, answer, took, first);
+    }
     let answer = match answer {
         Ok(a) => a,
         Err(e) => {
@@ -360,6 +371,55 @@ pub async fn answer(
     ))
 }
 
+/// Counts a call of AI endpoint `name` that answered `answer` after `took` (its first delta
+/// after `first`) in `/metrics`.
+fn count_call(
+    metrics: &AiMetrics,
+    name: &str,
+    answer: &Result<super::AiReply, AiError>,
+    took: Duration,
+    first: Option<Duration>,
+) {
+    let (outcome, usage) = match answer {
+        Ok(reply) => (AiOutcome::Ok, reply.usage),
+        Err(e) => (outcome_of(e), None),
+    };
+    let usage = usage.unwrap_or_default();
+    metrics.call_finished(
+        name,
+        outcome,
+        took,
+        first,
+        usage.input_tokens,
+        usage.output_tokens,
+    );
+}
+
+/// The `outcome` label of a failed call.
+fn outcome_of(e: &AiError) -> AiOutcome {
+    match e {
+        AiError::Stopped => AiOutcome::Stopped,
+        AiError::Timeout { .. } => AiOutcome::Timeout,
+        // The provider refused this request (4xx), or its safety system did.
+        AiError::Unauthorized { .. }
+        | AiError::Forbidden { .. }
+        | AiError::RateLimited { .. }
+        | AiError::Quota { .. }
+        | AiError::Rejected { .. }
+        | AiError::Blocked { .. } => AiOutcome::Refused,
+        AiError::MissingKey { .. }
+        | AiError::KeyFile { .. }
+        | AiError::Config { .. }
+        | AiError::NothingToAnswer
+        | AiError::Overloaded { .. }
+        | AiError::Server { .. }
+        | AiError::Unreachable { .. }
+        | AiError::Empty { .. }
+        | AiError::BrokeOff { .. }
+        | AiError::Protocol { .. } => AiOutcome::Error,
+    }
+}
+
 /// What the endpoint said: all of it, or what had been shown when the user stopped it.
 enum Said {
     Complete(String),
@@ -410,6 +470,8 @@ struct Chunks {
     /// Every delta received, in order: what the page was shown (or was to be), kept when the
     /// user stops the reply.
     shown: Rc<RefCell<String>>,
+    /// When the first delta arrived (the time to first token).
+    first_delta: Rc<Cell<Option<Instant>>>,
 }
 
 impl Chunks {
@@ -425,6 +487,9 @@ impl Chunks {
                     Ok(more) => delta.push_str(&more),
                     _ => break,
                 }
+            }
+            if self.first_delta.get().is_none() {
+                self.first_delta.set(Some(Instant::now()));
             }
             self.shown.borrow_mut().push_str(&delta);
             if failed {

@@ -30,6 +30,7 @@ use super::{AiAdapter, UpdateEndpoint};
 use crate::config::AiEndpointConfig;
 use crate::proxy::delivery::Outcome;
 use crate::proxy::error::ProxyError;
+use crate::proxy::metrics::AiMetrics;
 use crate::proxy::outbox::{Enqueue, Outbox};
 use crate::proxy::router::TableChanged;
 use crate::proxy::store::{ForgetMemory, Origin, Rewind, Store};
@@ -88,6 +89,8 @@ pub struct DeskSettings {
     pub chunk_timeout: Duration,
     /// Longest message text the peer takes (`delivery.max_message_bytes`).
     pub max_text_bytes: usize,
+    /// Where its calls are counted (`/metrics`).
+    pub metrics: AiMetrics,
 }
 
 /// The actor.
@@ -173,6 +176,7 @@ impl AiDesk {
             chunk_timeout: s.chunk_timeout,
             max_text_bytes: s.max_text_bytes,
             stop: Some(stopped),
+            metrics: s.metrics.clone(),
         };
         (turn, number)
     }
