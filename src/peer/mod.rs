@@ -28,6 +28,7 @@ use std::sync::Arc;
 use actix::{Actor, SyncArbiter};
 use actix_web::{web, HttpServer};
 use anyhow::Context as _;
+use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::PeerSettings;
 use crate::storage::{SharedDb, Wal};
@@ -70,10 +71,19 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     let health = Health::new("peer", Some(settings.name.as_str())).check(
         crate::web::health::store(&format!("{}'s chat store", settings.name), wal.health()),
     );
+    // Its `/metrics`: the store's timings, and the clients of its two event streams.
+    let metrics = health.metrics();
+    metrics.watch_store(&wal.timings());
+    let listeners = (
+        metrics.sse_listeners("page"),
+        metrics.sse_listeners("message_updates"),
+    );
     // The actors are started on the HTTP worker's thread, where the handlers run.
     let state = {
         let (store, settings, db) = (store.clone(), settings.clone(), db.clone());
-        crate::web::on_worker(move || web::Data::new(start_actors(&settings, store, db, wal)))
+        crate::web::on_worker(move || {
+            web::Data::new(start_actors(&settings, store, db, wal, listeners))
+        })
     };
 
     let tag = label.clone();
@@ -157,15 +167,17 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
 }
 
 /// Starts the peer's actors on the current thread (an HTTP worker's), around the store: its
-/// readers (`store`), the database and its log (for the one writer).
+/// readers (`store`), the database and its log (for the one writer), and the gauges of its
+/// event streams' clients.
 fn start_actors(
     settings: &PeerSettings,
     store: actix::Addr<ChatStore>,
     db: Arc<SharedDb>,
     wal: Wal,
+    (page, legacy): (Gauge, Gauge),
 ) -> PeerState {
     let ai = contacts::AiNames::default();
-    let updates = Updates::new(ai.clone()).start();
+    let updates = Updates::new(ai.clone()).counted_in(page, legacy).start();
     let writes = store::writer((db, wal), updates.clone()).start();
     let timing = OutgoingSettings {
         expire_after_secs: settings.expire_after_secs,

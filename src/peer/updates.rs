@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web_lab::sse;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -96,6 +97,8 @@ pub struct Updates {
     legacy: Vec<mpsc::Sender<sse::Event>>,
     /// Whose messages are AI replies, shown rendered.
     ai: AiNames,
+    /// `overlay_sse_listeners` of each feed (page, legacy), kept up to date here.
+    listeners: (Gauge, Gauge),
 }
 
 impl Updates {
@@ -104,7 +107,20 @@ impl Updates {
             pages: Vec::new(),
             legacy: Vec::new(),
             ai,
+            listeners: Default::default(),
         }
+    }
+
+    /// Counts each feed's clients in `page` and `legacy` (`/metrics`).
+    pub fn counted_in(mut self, page: Gauge, legacy: Gauge) -> Updates {
+        self.listeners = (page, legacy);
+        self
+    }
+
+    /// The gauges set to the clients there are now.
+    fn count(&self) {
+        self.listeners.0.set(self.pages.len() as i64);
+        self.listeners.1.set(self.legacy.len() as i64);
     }
 }
 
@@ -115,6 +131,7 @@ impl Actor for Updates {
         ctx.run_interval(SWEEP_EVERY, |act, _| {
             act.pages.retain(|c| !c.is_closed());
             act.legacy.retain(|c| !c.is_closed());
+            act.count();
         });
     }
 }
@@ -140,6 +157,7 @@ impl Handler<Subscribe> for Updates {
             Feed::Page => self.pages.push(tx),
             Feed::Legacy => self.legacy.push(tx),
         }
+        self.count();
         MessageResult(rx)
     }
 }
@@ -171,6 +189,7 @@ impl Updates {
                 Err(e) => log::error!("cannot encode a page event: {e}"),
             }
         }
+        self.count();
     }
 }
 
@@ -232,6 +251,7 @@ impl Handler<CountClients> for Updates {
     fn handle(&mut self, _: CountClients, _: &mut Context<Self>) -> Self::Result {
         self.pages.retain(|c| !c.is_closed());
         self.legacy.retain(|c| !c.is_closed());
+        self.count();
         MessageResult((self.pages.len(), self.legacy.len()))
     }
 }

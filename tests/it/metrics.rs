@@ -31,7 +31,7 @@ async fn get_metrics(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
 }
 
 /// A role's `/metrics`, parsed.
-async fn scrape(url: &str) -> Scrape {
+pub(crate) async fn scrape(url: &str) -> Scrape {
     let (status, text) = get_metrics(url, &[]).await;
     assert_eq!(status, 200, "{url}/metrics: {text}");
     parse(&text)
@@ -48,7 +48,7 @@ fn families(s: &Scrape) -> BTreeSet<String> {
 }
 
 /// The sum of `metric`'s samples whose labels include `labels` (a histogram: its count).
-fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     s.samples
         .iter()
         .filter(|x| x.metric == metric)
@@ -120,7 +120,14 @@ const BY_ROLE: &[(&str, &[&str])] = &[
             "overlay_wal_flush_duration_seconds",
         ],
     ),
-    ("peer/bob", &[]),
+    (
+        "peer/bob",
+        &[
+            "overlay_sse_listeners",
+            "overlay_store_commit_duration_seconds",
+            "overlay_wal_flush_duration_seconds",
+        ],
+    ),
     (
         "proxy/alice",
         &[
@@ -226,6 +233,15 @@ async fn every_roles_metrics_parse_and_move_with_a_message_through_a_relay_and_a
         |v| v >= 1.0,
     )
     .await;
+    // bob's peer stored it, and counts the clients of its page's event stream.
+    let s = scrape(&o.url("peer/bob")).await;
+    assert!(value(&s, "overlay_store_commit_duration_seconds", &[]) >= 1.0);
+    assert!(value(&s, "overlay_wal_flush_duration_seconds", &[]) >= 1.0);
+    let page = [("stream", "page")];
+    assert_eq!(value(&s, "overlay_sse_listeners", &page), 0.0);
+    let events = crate::helpers::subscribe(&format!("{}/api/v1/events", o.url("peer/bob"))).await;
+    until(&o, "peer/bob", "overlay_sse_listeners", &page, |v| v == 1.0).await;
+    drop(events);
     let s = scrape(&o.url("proxy/bob")).await;
     let submitted: f64 = ["/api/v1/outbox", "/api/v1/outbox/batch"]
         .iter()

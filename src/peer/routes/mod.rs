@@ -86,14 +86,17 @@ where
     })
 }
 
-/// The routes only this peer's proxy calls (and anything below them): guarded by the link,
-/// not browser-facing, so exempt from the `Host` check.
+/// The routes that are not the page's, so exempt from the `Host` check and the page login:
+/// those only this peer's proxy calls (and anything below them), guarded by the link; and
+/// `/healthz` (open, no secrets) and `/metrics` (loopback or the metrics token, checked by
+/// [`crate::web::metrics`] itself, rebound names included).
 pub const FROM_PROXY: &[&str] = &[
     "/api/v1/inbox",
     "/api/v1/receipts",
     "/api/v1/stream",
     "/message",
     "/healthz",
+    "/metrics",
 ];
 
 /// The route table, shared by the server and nothing else.
