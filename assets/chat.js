@@ -381,27 +381,26 @@
       replyTools();
       return;
     }
-    if (!msg.outgoing) askedAgain = null;
     var stream = streams[msg.id];
     var row = stream ? stream.row : node("div", "msg");
     delete streams[msg.id];
     fillRow(row, msg);
     bubbles[msg.id] = { row: row, msg: msg };
-    if (!row.parentNode) {
-      var rows = el.messages.querySelectorAll(".msg[data-seq]");
-      var before = null;
-      for (var i = 0; i < rows.length; i++) {
-        if (Number(rows[i].dataset.seq) > msg.seq && rows[i] !== row) { before = rows[i]; break; }
-      }
-      el.messages.insertBefore(row, before);
+    // In order of seq, before the replies still being written (a reply's first chunk can
+    // arrive before the question's own event); a finished stream moves to its place too.
+    var rows = el.messages.querySelectorAll(".msg[data-seq]");
+    var before = null;
+    for (var i = 0; i < rows.length; i++) {
+      if (Number(rows[i].dataset.seq) > msg.seq && rows[i] !== row) { before = rows[i]; break; }
     }
+    if (!before) before = el.messages.querySelector(".msg.streaming");
+    if (before !== row) el.messages.insertBefore(row, before);
     el.empty.hidden = true;
     if (stick) scrollDown();
     replyTools();
   }
 
   function clearView(text) {
-    askedAgain = null;
     bubbles = {};
     streams = {};
     olderBefore = null;
@@ -565,9 +564,12 @@
     var ai = !!(c && c.kind === "ai");
     var writing = false;
     for (var id in streams) if (Object.prototype.hasOwnProperty.call(streams, id)) writing = true;
-    var rows = el.messages.querySelectorAll(".msg[data-seq]");
-    var last = rows.length ? bubbles[rows[rows.length - 1].dataset.id] : null;
-    var lastMsg = last && last.msg;
+    var lastMsg = null; // the newest message of the conversation
+    for (var k in bubbles) {
+      if (!Object.prototype.hasOwnProperty.call(bubbles, k)) continue;
+      var m = bubbles[k].msg;
+      if (!lastMsg || m.seq > lastMsg.seq) lastMsg = m;
+    }
     var awaited = same(askedAgain, current) ||
       !!(lastMsg && lastMsg.outgoing && lastMsg.state === "pending" && !lastMsg.waiting);
     var answered = !!(lastMsg && !lastMsg.outgoing && same(lastMsg.from, current));
@@ -582,17 +584,17 @@
     var label = button.textContent;
     button.disabled = true;
     button.textContent = busyText;
-    el.sendError.hidden = true;
     fetch("/api/v1/conversations/" + encodeURIComponent(peer) + "/" + action, { method: "POST" })
       .then(function (r) { return r.json().then(function (b) { return { ok: r.ok, body: b }; }); })
       .then(function (res) {
-        if (res.ok) return;
+        // Stop too late (it had ended) or too early (not asked yet): say so.
+        if (res.ok && (action !== "stop" || res.body.stopped)) return;
         if (action === "regenerate") askedAgain = null;
-        showError(res.body.error || res.body.message || "unknown error");
+        if (same(peer, current)) showError(res.body.error || res.body.message || "unknown error");
       })
       .catch(function (e) {
         if (action === "regenerate") askedAgain = null;
-        showError("This page cannot reach its peer (" + e.message + ")");
+        if (same(peer, current)) showError("This page cannot reach its peer (" + e.message + ")");
       })
       .then(function () {
         button.disabled = false;
@@ -678,6 +680,8 @@
         delete el.sendError.dataset.waiting;
       }
       if (data.type === "message") notePreview(m);
+      // The new answer asked for has come.
+      if (data.type === "message" && !m.outgoing && same(m.from, askedAgain)) askedAgain = null;
     } else if (data.type === "stream") {
       if (!current || !same(data.peer, current) || bubbles[data.id]) return;
       var s = streams[data.id];
@@ -694,7 +698,7 @@
         el.empty.hidden = true;
         if (stick) scrollDown();
       }
-      askedAgain = null;
+      if (same(data.from, askedAgain)) askedAgain = null;
       if (data.seq <= s.seq) return; // already have it
       s.seq = data.seq;
       s.text += data.delta;

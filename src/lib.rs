@@ -43,9 +43,9 @@
 //! | proxy | `ControllerLink` (proxy/controller_link.rs) | its timers; RotateSeal | the controller over HTTP; Router `ApplyView`, `SetOnline`, `Settled` |
 //! | proxy | `Router` (proxy/router.rs): the one owner of the table and the signed view | ApplyView, SetOnline, Settled, SubscribeTable, ResolveRoute, ListDirectory, GetTable, AppliedVersion | subscribers `TableChanged` (Outbox, AiDesk); Store `SaveView`; the routes' watch of the directory |
 //! | proxy | `Outbox` (proxy/outbox/) | Enqueue, EnqueueMany, GetStatus, TableChanged, `Applied` (from the Store) | Store `Write`; next hops over HTTP; AiDesk `Converse` (the reply is the answer) |
-//! | proxy | `AiDesk` (proxy/ai/desk.rs) | Converse, ForgetConversation, TableChanged | AiAdapter `Ask`; Store `Remember` / `ForgetMemory`; own peer's stream route |
+//! | proxy | `AiDesk` (proxy/ai/desk.rs) | Converse, ForgetConversation, StopReply, Regenerate, TableChanged | AiAdapter `Ask`; Store `Remember` / `ForgetMemory` / `Recall`, and `Write` (a regenerated answer with its reply, one commit); own peer's stream route |
 //! | proxy | `AiAdapter` ×N (proxy/ai/mod.rs) | Ask, UpdateEndpoint | the provider over HTTP |
-//! | proxy | `Store` = `storage::Writer<ProxySchema>` (proxy/store.rs): the one writer of `proxy-NAME.redb` | Write, SaveView, PruneSeen, Remember, ForgetMemory | its observer (Outbox) `Applied` |
+//! | proxy | `Store` = `storage::Writer<ProxySchema>` (proxy/store.rs): the one writer of `proxy-NAME.redb` | Write, SaveView, PruneSeen, Remember, ForgetMemory, Recall | its observer (Outbox) `Applied` |
 //! | proxy | `RelayLink` (proxy/relay_link.rs), behind NAT only | its stream's events | the relay over HTTP (attach, answers); the relay routes' checks, as if posted |
 //! | relay | `Hub` (relay/hub.rs): attachments, carried requests, queues | IssueChallenge, TakeNonce, Attach, Send, Answer, Abandon, Status, Refused | attached streams (bounded: full drops) |
 //! | relay | `ControllerLink`, `Router`, `Store` of the proxy's kind | as a proxy's | as a proxy's (the relay's report rides on heartbeats) |

@@ -15,7 +15,7 @@ pub enum ProxyError {
     /// compat: the original's 404 `Unknown peer: X`.
     #[error("Unknown peer: {0}")]
     UnknownPeer(String),
-    /// No such route.
+    /// No such route, or no such thing (e.g. an AI endpoint to regenerate).
     #[error("{0}")]
     NotFound(String),
     /// A peer tried to send in someone else's name.

@@ -15,7 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use actix::{Handler, Message, ResponseFuture};
-use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use super::error::ProxyError;
@@ -183,11 +185,12 @@ pub enum Op {
     },
     /// See [`ForgetMemory`].
     Forget { conversation: Option<String> },
-    /// See [`Rewind`].
-    Rewind {
+    /// A regenerated answer: see [`answer_again`].
+    AnswerAgain {
         conversation: String,
-        ai: String,
-        reply_id: MessageId,
+        asked: MessageId,
+        answer: MemoryTurn,
+        keep: usize,
     },
 }
 
@@ -199,7 +202,7 @@ impl Op {
     pub fn is_urgent(&self) -> bool {
         matches!(
             self,
-            Op::Accept { .. } | Op::Remember { .. } | Op::Forget { .. } | Op::Rewind { .. }
+            Op::Accept { .. } | Op::Remember { .. } | Op::Forget { .. } | Op::AnswerAgain { .. }
         )
     }
 }
@@ -244,7 +247,7 @@ pub enum OpResult {
     Done,
     /// How many ids (`PruneSeen`) or turns (`Forget`) were forgotten.
     Forgotten(u64),
-    /// The AI conversation as remembered after a `Remember`.
+    /// The AI conversation as remembered after a `Remember` or an `AnswerAgain`.
     Turns(Arc<Vec<MemoryTurn>>),
 }
 
@@ -289,6 +292,9 @@ pub struct MemoryTurn {
     /// answers under the same id, and the reply is stored once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_id: Option<MessageId>,
+    /// For an AI's turn: the user stopped it; `text` is what had been shown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// Appends `turn` to AI conversation `conversation` unless a turn with its id is there already
@@ -312,26 +318,62 @@ pub struct ForgetMemory {
     pub conversation: Option<String>,
 }
 
-/// Takes back the last answer of AI endpoint `ai` in AI conversation `conversation`, to ask
-/// for another: the endpoint's turns after the last turn of anyone else go, and that turn (the
-/// one to answer again) is to be answered under `reply_id`. Answers the turns as they are now;
-/// unchanged when no one but the endpoint has spoken.
+/// AI conversation `conversation` as remembered now.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<MemoryTurn>, ProxyError>")]
-pub struct Rewind {
+pub struct Recall {
     pub conversation: String,
-    pub ai: String,
-    pub reply_id: MessageId,
 }
 
-/// Rewinds `turns` (see [`Rewind`]); true when they changed.
-pub fn rewind(turns: &mut Vec<MemoryTurn>, ai: &str, reply_id: MessageId) -> bool {
-    let Some(asked) = turns.iter().rposition(|t| t.speaker != ai) else {
+/// Replaces the answers to turn `asked` of `turns` with `answer` (a regenerated one): the
+/// turns after `asked` go, `asked` is answered under `answer`'s id, and `answer` follows it;
+/// the newest `keep` turns are kept. True when they changed; unchanged when `asked` is no
+/// longer remembered (the chat was cleared meanwhile).
+pub fn answer_again(
+    turns: &mut Vec<MemoryTurn>,
+    asked: &MessageId,
+    answer: MemoryTurn,
+    keep: usize,
+) -> bool {
+    let Some(at) = turns.iter().position(|t| &t.id == asked) else {
         return false;
     };
-    turns.truncate(asked + 1);
-    turns[asked].reply_id = Some(reply_id);
+    turns.truncate(at + 1);
+    turns[at].reply_id = Some(answer.id.clone());
+    turns.push(answer);
+    let keep = keep.max(1);
+    if turns.len() > keep {
+        let extra = turns.len() - keep;
+        turns.drain(..extra);
+    }
     true
+}
+
+/// The user's turn that AI endpoint `ai` answered last in `turns` (the newest turn not its
+/// own), to be answered again; None when only the endpoint has spoken.
+pub fn last_asked<'a>(turns: &'a [MemoryTurn], ai: &str) -> Option<&'a MemoryTurn> {
+    turns
+        .iter()
+        .rev()
+        .find(|t| !t.speaker.eq_ignore_ascii_case(ai))
+}
+
+impl Op {
+    /// Queues `envelope`, an AI endpoint's reply (or error report) to this proxy's user `me`,
+    /// for the own peer.
+    pub fn ai_reply(me: &str, envelope: Envelope) -> Op {
+        let lane = LaneId::for_destination(me, &envelope.to);
+        let id = envelope.id.clone();
+        let payload = Payload::Message {
+            envelope,
+            origin: Origin::Ai,
+        };
+        Op::Accept {
+            id,
+            record: Record::new(lane, payload, crate::wire::now_ms()),
+            relay: None,
+        }
+    }
 }
 
 /// Adds `turn` to `turns` (see [`Remember`]); true when it was added.
@@ -621,13 +663,14 @@ impl Schema for ProxySchema {
                     Op::Forget { conversation } => {
                         OpResult::Forgotten(forget(&mut memory, conversation.as_deref())?)
                     }
-                    Op::Rewind {
+                    Op::AnswerAgain {
                         conversation,
-                        ai,
-                        reply_id,
+                        asked,
+                        answer,
+                        keep,
                     } => {
                         let mut turns = recall(&memory, conversation)?;
-                        if rewind(&mut turns, ai, reply_id.clone()) {
+                        if answer_again(&mut turns, asked, answer.clone(), *keep) {
                             memory
                                 .insert(conversation.as_str(), to_json(&turns)?.as_slice())
                                 .map_err(ProxyError::storage)?;
@@ -765,18 +808,19 @@ impl Handler<ForgetMemory> for Store {
     }
 }
 
-impl Handler<Rewind> for Store {
-    type Result = ResponseFuture<Result<Vec<MemoryTurn>, ProxyError>>;
+impl Handler<Recall> for Store {
+    type Result = Result<Vec<MemoryTurn>, ProxyError>;
 
-    fn handle(&mut self, msg: Rewind, ctx: &mut actix::Context<Self>) -> Self::Result {
-        let op = Op::Rewind {
-            conversation: msg.conversation,
-            ai: msg.ai,
-            reply_id: msg.reply_id,
-        };
-        answer(self, op, true, ctx, |result| match result {
-            OpResult::Turns(turns) => Ok(Arc::unwrap_or_clone(turns)),
-            other => Err(other),
+    /// Read here, on the writer's thread: one key, committed state (whoever waits for a write
+    /// of the memory is answered once it is committed).
+    fn handle(&mut self, msg: Recall, _: &mut actix::Context<Self>) -> Self::Result {
+        self.db().with(|db| {
+            let txn = db.begin_read().map_err(ProxyError::storage)?;
+            match txn.open_table(AI_MEMORY) {
+                Ok(memory) => recall(&memory, &msg.conversation),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+                Err(e) => Err(ProxyError::storage(e)),
+            }
         })
     }
 }
@@ -794,6 +838,7 @@ mod tests {
             text: format!("text of {id}"),
             at_ms: 1,
             reply_id: None,
+            stopped: false,
         }
     }
 
@@ -853,7 +898,7 @@ mod tests {
     }
 
     #[test]
-    fn rewinding_takes_back_the_answers_after_the_last_question_only() {
+    fn answering_again_replaces_the_answers_to_that_question_only() {
         let said = |id: &str, speaker: &str| MemoryTurn {
             speaker: speaker.into(),
             ..turn(id)
@@ -865,20 +910,77 @@ mod tests {
             said("r2", "BOT"),
             said("r3", "BOT"),
         ];
-        let again = MessageId::parse("r4").unwrap();
-        assert!(rewind(&mut turns, "BOT", again.clone()));
-        assert_eq!(ids(&turns), ["q1", "r1", "q2"]);
-        assert_eq!(turns[2].reply_id.as_ref(), Some(&again));
+        assert_eq!(last_asked(&turns, "bot").map(|t| t.id.as_str()), Some("q2"));
+        let q2 = MessageId::parse("q2").unwrap();
+        assert!(answer_again(&mut turns, &q2, said("r4", "BOT"), 10));
+        assert_eq!(ids(&turns), ["q1", "r1", "q2", "r4"]);
+        assert_eq!(turns[2].reply_id.as_ref().map(|r| r.as_str()), Some("r4"));
         assert_eq!(turns[0].reply_id, None, "earlier questions keep theirs");
 
-        // Asked again before answering: the question stays, with the newest reply id.
-        assert!(rewind(&mut turns, "BOT", MessageId::parse("r5").unwrap()));
-        assert_eq!(ids(&turns), ["q1", "r1", "q2"]);
+        // Within the bound; a question forgotten meanwhile (the chat cleared) is not answered.
+        assert!(answer_again(&mut turns, &q2, said("r5", "BOT"), 2));
+        assert_eq!(ids(&turns), ["q2", "r5"]);
+        let gone = MessageId::parse("q1").unwrap();
+        assert!(!answer_again(&mut turns, &gone, said("r6", "BOT"), 10));
+        assert_eq!(ids(&turns), ["q2", "r5"]);
 
-        let mut only_bot = vec![said("r1", "BOT")];
-        assert!(!rewind(&mut only_bot, "BOT", again.clone()));
-        assert_eq!(ids(&only_bot), ["r1"]);
-        assert!(!rewind(&mut Vec::new(), "BOT", again));
+        assert!(last_asked(&[said("r1", "BOT")], "BOT").is_none());
+        assert!(last_asked(&[], "BOT").is_none());
+    }
+
+    #[test]
+    fn an_answer_given_again_is_written_with_its_reply_in_one_group_and_read_back() {
+        let (_dir, db) = db();
+        let mut schema = ProxySchema::default();
+        let asked = MemoryTurn {
+            reply_id: Some(MessageId::parse("r1").unwrap()),
+            ..turn("q1")
+        };
+        let first = MemoryTurn {
+            speaker: "BOT".into(),
+            ..turn("r1")
+        };
+        for t in [asked, first] {
+            let op = Op::Remember {
+                conversation: "alice:bot".into(),
+                turn: t,
+                keep: 10,
+                only_after: None,
+            };
+            run(&db, &mut schema, vec![op]);
+        }
+        let again = MemoryTurn {
+            speaker: "BOT".into(),
+            stopped: true,
+            ..turn("r2")
+        };
+        let reply = Envelope::text("BOT", "alice", "text of r2");
+        let ops = vec![
+            Op::AnswerAgain {
+                conversation: "alice:bot".into(),
+                asked: MessageId::parse("q1").unwrap(),
+                answer: again,
+                keep: 10,
+            },
+            Op::ai_reply("alice", reply),
+        ];
+        match &run(&db, &mut schema, ops)[..] {
+            [OpResult::Turns(turns), OpResult::Stored { .. }] => {
+                assert_eq!(ids(turns), ["q1", "r2"]);
+                assert!(turns[1].stopped);
+            }
+            other => panic!("{other:?}"),
+        }
+        // What the store holds now (a stopped turn keeps its mark).
+        let read: Vec<MemoryTurn> = db
+            .with(|db| {
+                let txn = db.begin_read().map_err(ProxyError::storage)?;
+                let memory = txn.open_table(AI_MEMORY).map_err(ProxyError::storage)?;
+                recall(&memory, "alice:bot")
+            })
+            .unwrap();
+        assert_eq!(ids(&read), ["q1", "r2"]);
+        assert!(read[1].stopped && !read[0].stopped);
     }
 
     #[test]

@@ -117,6 +117,11 @@ impl<S: Schema> Writer<S> {
         }
     }
 
+    /// The database (for a read of committed state on the writer's thread).
+    pub fn db(&self) -> &SharedDb {
+        &self.db
+    }
+
     /// Tells `observer` of every applied group.
     pub fn observed_by(mut self, observer: Recipient<Applied<S>>) -> Self {
         self.observer = Some(observer);

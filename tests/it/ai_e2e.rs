@@ -1059,6 +1059,78 @@ async fn a_message_sent_while_an_answer_is_regenerated_is_answered_after_it() {
     all_delivered(&peer, "alice", "BOT").await;
 }
 
+#[actix_web::test]
+async fn a_failed_regenerate_and_a_reply_stopped_before_any_text_leave_the_memory_as_it_was() {
+    const KEY: &str = "sk-e2e-regen-fail-key-0014";
+    std::env::set_var("OVERLAY_E2E_KEY_REGEN_FAIL", KEY);
+    let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
+    fake.script([
+        Script::Reply(pieces(&["Kept."])),
+        Script::Status {
+            status: 400,
+            headers: vec![],
+            body: crate::ai::fake::native_error(Kind::OpenAi, 400, "bad request"),
+        },
+        Script::SlowFirstByte(
+            Duration::from_secs(30),
+            Box::new(Script::Reply(pieces(&["Too late."]))),
+        ),
+        Script::Reply(pieces(&["Fine."])),
+    ]);
+    let o = overlay_with(
+        &[("alice", &[])],
+        vec![ai(&format!(
+            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_REGEN_FAIL}}",
+            fake.url
+        ))],
+    )
+    .await;
+    let peer = o.url("peer/alice");
+    let mut page = PageFeed::open(&peer).await;
+    send(&peer, "BOT", "q").await;
+    page.reply_from("BOT").await;
+
+    // Asked again, the provider fails: the user is told, and the model keeps its answer.
+    let (s, v) = post_json(
+        &format!("{peer}/api/v1/conversations/BOT/regenerate"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let (_, failed) = page.reply_from("BOT").await;
+    assert_eq!(failed["error"], true, "{failed}");
+    assert!(
+        failed["text"].as_str().unwrap().contains("bad request"),
+        "{failed}"
+    );
+
+    // Stopped before it wrote anything: said so, and nothing remembered.
+    send(&peer, "BOT", "q2").await;
+    eventually("the model asked", || async { fake.requests().len() == 3 }).await;
+    let (s, v) = post_json(&format!("{peer}/api/v1/conversations/BOT/stop"), &json!({})).await;
+    assert_eq!(
+        (s, v["stopped"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{v}"
+    );
+    let (_, stopped) = page.reply_from("BOT").await;
+    assert_eq!(stopped["text"], "[Stopped before BOT wrote anything.]");
+    assert_eq!(stopped["error"], false);
+
+    send(&peer, "BOT", "q3").await;
+    let (_, fine) = page.reply_from("BOT").await;
+    assert_eq!(fine["text"], "Fine.");
+    assert_eq!(
+        roles(&fake.requests()[3].body),
+        pairs(&[
+            ("user", "[alice]: q"),
+            ("assistant", "Kept."),
+            ("user", "[alice]: q2\n\n[alice]: q3")
+        ]),
+        "the first answer kept, the stopped one never said"
+    );
+}
+
 // ---------------------------------------------------------------- (f) auto-reply
 
 #[actix_web::test]

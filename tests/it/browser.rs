@@ -1005,4 +1005,63 @@ async fn an_ai_reply_is_stopped_mid_way_and_its_answer_regenerated_from_the_page
         json!([{"role": "user", "content": "[alice]: Tell me a story"}]),
         "asked again without the answer taken back"
     );
+
+    // A reply's first chunk can reach the page before the question's own event: the question
+    // still shows above it, and the reply takes its place by order once it is complete.
+    let early = MessageId::parse("early-reply").unwrap();
+    let chunk = StreamChunk {
+        id: early.clone(),
+        from: "LLAMA".into(),
+        conversation: conversation_id("alice", "LLAMA"),
+        seq: 0,
+        delta: "Early".into(),
+    };
+    let r = client()
+        .post(format!("{}/api/v1/stream", o.alice))
+        .send_json(&chunk)
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    until(
+        &alice,
+        "the early chunk shown",
+        "(document.querySelector('#messages .msg.streaming .text') || {}).textContent === 'Early'",
+    )
+    .await;
+    input.send_keys("One more").await.unwrap();
+    input.send_keys(ENTER).await.unwrap();
+    let order = "[...document.querySelectorAll('#messages .msg')].map(r => r.classList.contains('streaming') ? 'streaming' : r.querySelector('.text').textContent)";
+    until(
+        &alice,
+        "the question above the reply still being written",
+        &format!("(() => {{ const o = {order}; return o.indexOf('One more') >= 0 && o.indexOf('One more') < o.indexOf('streaming'); }})()"),
+    )
+    .await;
+    // The model's own answer to it (the fake's default) arrives, above the early one too.
+    until(
+        &alice,
+        "the answer to it in order",
+        &format!("(() => {{ const o = {order}; return o.indexOf('Hello there!') > o.indexOf('One more') && o.indexOf('Hello there!') < o.indexOf('streaming'); }})()"),
+    )
+    .await;
+    let mut done = Envelope::text("LLAMA", "alice", "Early and complete.");
+    done.id = early;
+    let r = client()
+        .post(format!("{}/api/v1/inbox", o.alice))
+        .send_json(&done)
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    until(
+        &alice,
+        "the completed reply last, in order",
+        &format!("(() => {{ const o = {order}; return o[o.length - 1] === 'Early and complete.' && o.indexOf('One more') < o.indexOf('Early and complete.'); }})()"),
+    )
+    .await;
+    until(
+        &alice,
+        "Regenerate offered for the newest answer",
+        "!document.getElementById('regenerate').hidden",
+    )
+    .await;
 }

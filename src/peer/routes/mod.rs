@@ -67,7 +67,8 @@ pub struct PeerState {
 }
 
 type State = web::Data<PeerState>;
-/// The proxy's read-only calls, one client per HTTP worker (see [`super::start`]).
+/// The handlers' calls to the proxy (reads, and an AI reply's stop and regenerate), one client
+/// per HTTP worker (see [`super::start`]).
 type Proxy = web::Data<ProxyApi>;
 
 /// The JSON body reader of every route here (the shared one, `crate::web`): over the limit is

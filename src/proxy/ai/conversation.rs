@@ -1,11 +1,12 @@
-//! One conversation turn with an AI endpoint, as the outbox delivers a user's message to it:
-//! the user's turn joins the AI memory (idempotent by message id), the conversation so far is
-//! asked, each delta is forwarded in order to the own peer as a `POST {peer}/api/v1/stream`
-//! chunk by one forwarding task (best effort, never holding up the call), and the complete
-//! reply, or the error (with any partial text, marked as cut off), is answered to the caller
-//! ([`Conversed`]), which queues it durably for the own peer. Also the pure text helpers of
-//! that turn (cutting to the message limit, error text, the reply's envelope, what the model
-//! is sent).
+//! One conversation turn with an AI endpoint, as the outbox delivers a user's message to it
+//! ([`converse`]): the user's turn joins the AI memory (idempotent by message id), the
+//! conversation so far is asked ([`answer`], also all of a regenerated answer), each delta is
+//! forwarded in order to the own peer as a `POST {peer}/api/v1/stream` chunk by one forwarding
+//! task (best effort, never holding up the call), and the complete reply, or the error (with
+//! any partial text, marked as cut off), or what had been shown when the user stopped it
+//! (marked stopped), is answered to the caller ([`Conversed`]), which queues it durably for the
+//! own peer. The call is counted for `/metrics`. Also the pure text helpers of that turn
+//! (cutting to the message limit, error text, the reply's envelope, what the model is sent).
 //!
 //! It does not own the adapters ([`super::desk::AiDesk`] does), the outbox's lanes or retries,
 //! and never logs a key (the adapter's errors never contain one).
@@ -205,7 +206,7 @@ pub fn history_until(turns: &[MemoryTurn], id: &MessageId) -> Vec<Turn> {
 /// error report (the user's message shows as failed: nobody answered it), or `Retry` without
 /// one when the memory could not be written (nothing was lost: the head is tried again, and the
 /// memory makes the retry answer under the same reply id).
-pub async fn converse(turn: AiTurn, envelope: Envelope) -> Conversed {
+pub async fn converse(mut turn: AiTurn, envelope: Envelope) -> Conversed {
     // compat: as in the original, an AI endpoint answers this proxy's own user (only the own
     // peer hands this proxy messages for an AI; a legacy post's `from` is only a label).
     let conversation = memory_key(&turn.me, &turn.name);
@@ -215,6 +216,7 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Conversed {
         text: envelope.body.text().to_string(),
         at_ms: envelope.sent_at_ms,
         reply_id: Some(MessageId::new()),
+        stopped: false,
     };
     let turns = match turn.remember(&conversation, asked, None).await {
         Ok(t) => t,
@@ -232,30 +234,62 @@ pub async fn converse(turn: AiTurn, envelope: Envelope) -> Conversed {
             reply_id.clone(),
             &turn.name,
             &turn.me,
-            done.text.clone(),
+            shown_text(done),
             done.at_ms,
             false,
         );
         return Conversed::answered(reply);
     }
-    answer(turn, &turns, envelope.id, reply_id).await
+    let answered = answer(&mut turn, &turns, &envelope.id, reply_id).await;
+    if let Some(said) = answered.remember {
+        // Remembered first: a retry after a crash then finds it and re-queues it.
+        if let Err(outcome) = turn.remember(&conversation, said, Some(envelope.id)).await {
+            return Conversed::not_now(outcome);
+        }
+    }
+    answered.conversed
+}
+
+/// What the user is shown of a remembered answer: its text, marked when it was stopped.
+pub fn shown_text(said: &MemoryTurn) -> String {
+    if said.stopped {
+        format!("{}{STOPPED_MARK}", said.text)
+    } else {
+        said.text.clone()
+    }
+}
+
+/// What asking came to: the outcome and reply for the user ([`Conversed`]), and the
+/// endpoint's turn to remember with it, if it said something. Nothing is written yet.
+pub struct Answered {
+    pub conversed: Conversed,
+    pub remember: Option<MemoryTurn>,
 }
 
 /// Asks the AI endpoint of `turn` to answer turn `asked` of the remembered `turns` (the model
 /// is sent the turns up to it), under `reply_id`: the second half of [`converse`], and all of
-/// a regenerated answer (the memory rewound to `asked` first, see [`crate::proxy::store::Rewind`]).
+/// a regenerated answer. Writes nothing: the caller remembers [`Answered::remember`] (with the
+/// reply, for a regenerated answer: see [`crate::proxy::store::answer_again`]).
 ///
-/// A reply stopped by the user keeps what had been shown: remembered as the endpoint's turn
-/// (the model sees what it said) and answered marked as stopped; stopped before any text, the
-/// user is told so and nothing is remembered.
+/// A reply stopped by the user keeps what had been shown: to be remembered as the endpoint's
+/// turn (the model sees what it said), marked stopped, and answered so; stopped before any
+/// text, the user is told so and nothing is to be remembered.
 pub async fn answer(
-    mut turn: AiTurn,
+    turn: &mut AiTurn,
     turns: &[MemoryTurn],
-    asked: MessageId,
+    asked: &MessageId,
     reply_id: MessageId,
-) -> Conversed {
+) -> Answered {
+    let not_now = |outcome| Answered {
+        conversed: Conversed::not_now(outcome),
+        remember: None,
+    };
+    let told = |conversed| Answered {
+        conversed,
+        remember: None,
+    };
     let user = turn.me.clone();
-    let history = history_until(turns, &asked);
+    let history = history_until(turns, asked);
 
     // The page sees the reply being written, chunk by chunk, from one forwarding task.
     let (tx, rx) = mpsc::unbounded();
@@ -290,29 +324,31 @@ pub async fn answer(
     let answer = match answer {
         Ok(a) => a,
         Err(e) => {
-            return Conversed::not_now(Outcome::Retry {
+            return not_now(Outcome::Retry {
                 what: format!("AI endpoint {}", turn.name),
                 error: format!("its adapter stopped: {e}"),
             })
         }
     };
-    let said = match answer {
-        Ok(reply) => Said::Complete(reply.text),
+    let (text, stopped) = match answer {
+        Ok(reply) => (fit(reply.text, turn.max_text_bytes), false),
         Err(AiError::Stopped) => {
             let shown = shown.take();
             if shown.trim().is_empty() {
                 log::info!("{} was stopped before it wrote anything", turn.name);
                 let text = format!("[Stopped before {} wrote anything.]", turn.name);
-                return Conversed::answered(reply_envelope(
+                return told(Conversed::answered(reply_envelope(
                     reply_id,
                     &turn.name,
                     &user,
                     text,
                     now_ms(),
                     false,
-                ));
+                )));
             }
-            Said::Stopped(shown)
+            // Room for the mark, so that what is remembered is what is shown.
+            let room = turn.max_text_bytes.saturating_sub(STOPPED_MARK.len());
+            (fit(shown.trim_end().to_string(), room), true)
         }
         Err(e) => {
             log::warn!(
@@ -326,7 +362,7 @@ pub async fn answer(
             );
             // The error is in the conversation; the user's message shows as failed too, so it
             // is never ticked "delivered" when nobody answered it.
-            return Conversed {
+            return told(Conversed {
                 outcome: Outcome::Refused {
                     reason: format!("{} did not answer: {e}", turn.name),
                 },
@@ -338,37 +374,30 @@ pub async fn answer(
                     now_ms(),
                     true,
                 )),
-            };
+            });
         }
     };
-    let at_ms = now_ms();
-    let (remembered, shown) = match said {
-        // What the user is shown is what the model is reminded of.
-        Said::Complete(text) => {
-            let text = fit(text, turn.max_text_bytes);
-            (text.clone(), text)
-        }
-        Said::Stopped(text) => {
-            let text = fit(text.trim_end().to_string(), turn.max_text_bytes);
-            let marked = fit(format!("{text}{STOPPED_MARK}"), turn.max_text_bytes);
-            (text, marked)
-        }
-    };
+    // What the user is shown is what the model is reminded of.
     let said = MemoryTurn {
         id: reply_id.clone(),
         speaker: turn.name.clone(),
-        text: remembered,
-        at_ms,
+        text,
+        at_ms: now_ms(),
         reply_id: None,
+        stopped,
     };
-    // Remembered first: a retry after a crash then finds it and re-queues it.
-    let conversation = memory_key(&user, &turn.name);
-    if let Err(outcome) = turn.remember(&conversation, said, Some(asked)).await {
-        return Conversed::not_now(outcome);
+    let reply = reply_envelope(
+        reply_id,
+        &turn.name,
+        &user,
+        shown_text(&said),
+        said.at_ms,
+        false,
+    );
+    Answered {
+        conversed: Conversed::answered(reply),
+        remember: Some(said),
     }
-    Conversed::answered(reply_envelope(
-        reply_id, &turn.name, &user, shown, at_ms, false,
-    ))
 }
 
 /// Counts a call of AI endpoint `name` that answered `answer` after `took` (its first delta
@@ -418,12 +447,6 @@ fn outcome_of(e: &AiError) -> AiOutcome {
         | AiError::BrokeOff { .. }
         | AiError::Protocol { .. } => AiOutcome::Error,
     }
-}
-
-/// What the endpoint said: all of it, or what had been shown when the user stopped it.
-enum Said {
-    Complete(String),
-    Stopped(String),
 }
 
 /// How a stopped reply is marked, after what had been shown of it.
@@ -541,6 +564,7 @@ mod tests {
             text: text.into(),
             at_ms: 1,
             reply_id: None,
+            stopped: false,
         }
     }
 

@@ -31,9 +31,9 @@ use crate::config::AiEndpointConfig;
 use crate::proxy::delivery::Outcome;
 use crate::proxy::error::ProxyError;
 use crate::proxy::metrics::AiMetrics;
-use crate::proxy::outbox::{Enqueue, Outbox};
 use crate::proxy::router::TableChanged;
-use crate::proxy::store::{ForgetMemory, Origin, Rewind, Store};
+use crate::proxy::store::{last_asked, ForgetMemory, MemoryTurn, Op, ProxySchema, Recall, Store};
+use crate::storage::{durable, Write};
 use crate::wire::control_plane::{AiEndpoint, Endpoint, EndpointTable};
 use crate::wire::data_plane::{Envelope, MessageId};
 use crate::wire::now_ms;
@@ -64,16 +64,15 @@ pub struct StopReply {
     pub with: String,
 }
 
-/// Takes back AI endpoint `with`'s last answer to the own user (the memory forgets it) and
-/// asks again for an answer to the user's last message. Answered once asked: the new answer
-/// streams to the page, then is queued for the own peer on `outbox` like any reply (or the
-/// error report, if it fails). Refused while a reply is being written, for a name that is not
-/// an AI endpoint of the table, and when the user has written nothing to answer.
+/// Asks AI endpoint `with` again for its answer to the own user's last message. Answered once
+/// asked: the new answer streams to the page, then is queued for the own peer like any reply
+/// (or the error report, if it fails), and replaces the old one in the memory, in the same
+/// commit. Refused while a reply is being written, for a name that is not an AI endpoint of
+/// the table, and when the user has written nothing to answer.
 #[derive(Message)]
 #[rtype(result = "Result<String, ProxyError>")]
 pub struct Regenerate {
     pub with: String,
-    pub outbox: Addr<Outbox>,
 }
 
 /// What the desk needs to know about its proxy.
@@ -102,8 +101,9 @@ pub struct AiDesk {
     client: awc::Client,
     /// The reply being written, per conversation (by its memory key).
     writing: HashMap<String, Writing>,
-    /// Numbers the replies written, so that only a reply's own end clears its entry.
-    written: u64,
+    /// How many replies were started: numbers them, so that only a reply's own end clears
+    /// its entry.
+    started: u64,
     /// The AI entries of the current table, by the table's name.
     table: HashMap<String, Box<AiEndpoint>>,
 }
@@ -127,7 +127,7 @@ impl AiDesk {
             store,
             client,
             writing: HashMap::new(),
-            written: 0,
+            started: 0,
             table: HashMap::new(),
         }
     }
@@ -154,8 +154,8 @@ impl AiDesk {
         conversation: &str,
     ) -> (AiTurn, u64) {
         let (stop, stopped) = oneshot::channel();
-        self.written += 1;
-        let number = self.written;
+        self.started += 1;
+        let number = self.started;
         self.writing.insert(
             conversation.to_string(),
             Writing {
@@ -239,7 +239,7 @@ impl Handler<Converse> for AiDesk {
             let name = msg.name.clone();
             return Box::pin(wrap_future(async move {
                 let _ = wait.await;
-                match desk.send(msg).await {
+                match desk.send(Resume(msg)).await {
                     Ok(conversed) => conversed,
                     Err(e) => Conversed::not_now(Outcome::Retry {
                         what: format!("AI endpoint {name}"),
@@ -255,6 +255,29 @@ impl Handler<Converse> for AiDesk {
                 conversed
             },
         ))
+    }
+}
+
+/// A delivery that waited for another reply of its conversation: asked as the table has its
+/// endpoint now (it may have changed, or gone, meanwhile).
+#[derive(Message)]
+#[rtype(result = "Conversed")]
+struct Resume(Converse);
+
+impl Handler<Resume> for AiDesk {
+    type Result = ResponseActFuture<Self, Conversed>;
+
+    fn handle(&mut self, Resume(mut msg): Resume, ctx: &mut Context<Self>) -> Self::Result {
+        match self.table.get(&msg.name) {
+            Some(endpoint) => {
+                msg.endpoint = endpoint.clone();
+                <Self as Handler<Converse>>::handle(self, msg, ctx)
+            }
+            None => Box::pin(actix::fut::ready(Conversed::not_now(Outcome::Retry {
+                what: format!("AI endpoint {}", msg.name),
+                error: "it is no longer in this proxy's endpoint table".into(),
+            }))),
+        }
     }
 }
 
@@ -300,72 +323,85 @@ impl Handler<Regenerate> for AiDesk {
                  regenerate"
             )));
         }
+        // From here until its answer is written, nothing else writes this conversation.
         let (turn, number) = self.start_turn(&name, &endpoint, &conversation);
-        let reply_id = MessageId::new();
-        let rewind = self.store.send(Rewind {
+        let recall = self.store.send(Recall {
             conversation: conversation.clone(),
-            ai: name.clone(),
-            reply_id: reply_id.clone(),
         });
-        let outbox = msg.outbox;
-        let rewound = wrap_future(async move {
-            let turns = rewind.await.map_err(ProxyError::unavailable)??;
-            let asked = turns
-                .iter()
-                .rev()
-                .find(|t| t.speaker != name)
-                .filter(|t| t.reply_id.as_ref() == Some(&reply_id))
-                .map(|t| t.id.clone());
-            Ok((turns, asked, name, reply_id))
-        });
-        Box::pin(rewound.map(move |rewound, desk: &mut Self, ctx| {
-            let (turns, asked, name, reply_id) = match rewound {
-                Ok(r) => r,
-                Err(e) => {
-                    desk.written(&conversation, number);
-                    return Err(e);
-                }
+        let read = wrap_future(async move { recall.await.map_err(ProxyError::unavailable)? });
+        Box::pin(read.map(move |turns, desk: &mut Self, ctx| {
+            let asked = match &turns {
+                Ok(turns) => last_asked(turns, &name).map(|t| t.id.clone()),
+                Err(_) => None,
             };
-            let Some(asked) = asked else {
-                desk.written(&conversation, number);
-                return Err(ProxyError::Conflict(format!(
-                    "there is nothing for {name} to answer again: you have not written to it \
-                     since the chat was last cleared"
-                )));
+            let (turns, asked) = match (turns, asked) {
+                (Ok(turns), Some(asked)) => (turns, asked),
+                (turns, _) => {
+                    desk.written(&conversation, number);
+                    turns?;
+                    return Err(ProxyError::Conflict(format!(
+                        "there is nothing for {name} to answer again: you have not written to \
+                         it since the chat was last cleared"
+                    )));
+                }
             };
             log::info!("{name}: asked again for its answer to message {asked}");
             let asked_again = format!("{name} is asked again for its answer");
-            let me = turn.me.clone();
-            let again = async move {
-                let conversed = answer(turn, &turns, asked, reply_id.clone()).await;
-                let envelope = match (conversed.reply, conversed.outcome) {
-                    (Some(reply), _) => reply,
-                    (None, outcome) => {
-                        let why = match outcome {
-                            Outcome::Retry { what, error } => format!("{what}: {error}"),
-                            Outcome::Refused { reason } | Outcome::Unsupported { reason } => reason,
-                            Outcome::Delivered => "it gave no answer".to_string(),
-                        };
-                        let text = format!("The answer could not be asked for again: {why}");
-                        reply_envelope(reply_id, &name, &me, text, now_ms(), true)
-                    }
-                };
-                let queued = outbox.send(Enqueue {
-                    envelope,
-                    origin: Origin::Ai,
-                    relay: None,
-                });
-                match queued.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => log::error!("the regenerated answer of {name} is lost: {e}"),
-                    Err(e) => log::error!("the regenerated answer of {name} is lost: {e}"),
-                }
-            };
+            let again = answer_again(turn, turns, asked, desk.store.clone());
             ctx.spawn(wrap_future(again).map(move |(), desk: &mut Self, _| {
                 desk.written(&conversation, number);
             }));
             Ok(asked_again)
         }))
+    }
+}
+
+/// Asks the endpoint of `turn` again for its answer to turn `asked` of `turns`, and writes the
+/// outcome in ONE commit: the reply (or error report) queued for the own peer, and, when the
+/// endpoint said something, the memory's answers to `asked` replaced by it. Until then the
+/// memory keeps the old answer; a failed or empty attempt leaves it so (the page shows it).
+async fn answer_again(
+    mut turn: AiTurn,
+    turns: Vec<MemoryTurn>,
+    asked: MessageId,
+    store: Addr<Store>,
+) {
+    let reply_id = MessageId::new();
+    let answered = answer(&mut turn, &turns, &asked, reply_id.clone()).await;
+    let mut ops = Vec::new();
+    if let Some(said) = answered.remember {
+        ops.push(Op::AnswerAgain {
+            conversation: memory_key(&turn.me, &turn.name),
+            asked,
+            answer: said,
+            keep: turn.keep,
+        });
+    }
+    let envelope = match answered.conversed {
+        Conversed {
+            reply: Some(reply), ..
+        } => reply,
+        Conversed { outcome, .. } => {
+            let why = match outcome {
+                Outcome::Retry { what, error } => format!("{what}: {error}"),
+                Outcome::Refused { reason } | Outcome::Unsupported { reason } => reason,
+                Outcome::Delivered => "it gave no answer".to_string(),
+            };
+            let text = format!("The answer could not be asked for again: {why}");
+            reply_envelope(reply_id, &turn.name, &turn.me, text, now_ms(), true)
+        }
+    };
+    ops.push(Op::ai_reply(&turn.me, envelope));
+    let (write, written) = Write::new(ops, true);
+    store.do_send(write);
+    for rx in written {
+        if let Err(e) = durable::<ProxySchema>(rx).await {
+            log::error!(
+                "the answer {} gave again could not be stored, and is lost: {e}",
+                turn.name
+            );
+            return;
+        }
     }
 }
 

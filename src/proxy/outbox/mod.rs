@@ -9,7 +9,9 @@
 //! publishes each new one, which this actor routes from). [`attempt`] builds each attempt's
 //! future (the HTTP calls themselves are in [`super::delivery`]; an AI endpoint is asked through
 //! the [`super::ai::desk::AiDesk`], whose reply comes back as the attempt's result and is queued
-//! in the same commit that finishes the user's message).
+//! in the same commit that finishes the user's message; a regenerated answer is queued by the
+//! desk, in the commit that puts it in the AI memory, and reaches its lane as any item does,
+//! through `Applied`).
 
 mod attempt;
 pub mod lane;
@@ -566,19 +568,10 @@ impl Outbox {
         // A reply to an item that is no longer the head (a stale answer) is not queued: the
         // AI memory has it, and the item's next attempt hands the same reply on.
         let finished = verdict.finished.iter().any(|(item, _)| item.seq == seq);
-        let reply = reply.filter(|_| finished).map(|envelope| {
-            let lane = LaneId::for_destination(self.settings.me.as_str(), &envelope.to);
-            let id = envelope.id.clone();
-            let payload = Payload::Message {
-                envelope,
-                origin: Origin::Ai,
-            };
-            Op::Accept {
-                id,
-                record: Record::new(lane, payload, now_ms()),
-                relay: None,
-            }
-        });
+        let me = self.settings.me.as_str();
+        let reply = reply
+            .filter(|_| finished)
+            .map(|envelope| Op::ai_reply(me, envelope));
         self.apply(reply, verdict);
         self.kick(&id, ctx);
     }

@@ -226,7 +226,6 @@ pub(super) async fn regenerate(
     body: web::Json<AiReplyOf>,
 ) -> Result<HttpResponse, ProxyError> {
     let with = reply_of(body.into_inner())?;
-    let outbox = state.outbox.clone();
-    let message = ask(&state.desk, Regenerate { with, outbox }).await??;
+    let message = ask(&state.desk, Regenerate { with }).await??;
     Ok(HttpResponse::Accepted().json(Note { message }))
 }
