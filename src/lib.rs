@@ -19,7 +19,8 @@
 //! - [`up`]: every role of `config.yaml` in one process.
 //! - [`hop`]: one toolkit for HTTP hops: post and classify, backoff, `host:port`, SSE parsing.
 //! - [`layout`]: the page layout both roles' pages share (a pure maud function).
-//! - [`web`]: small pieces every role's HTTP server shares (assets, JSON limits, server handles).
+//! - [`web`]: small pieces every role's HTTP server shares (assets, JSON limits, server handles,
+//!   `/healthz`, and `/metrics` with each role's own registry).
 //! - [`storage`]: the durable-store kit both stores are built from: write-ahead log, group
 //!   commit, open-and-replay, and the one writer of each store.
 //! - [`trust`]: the root of trust: keys, signatures, root certificates, join tokens, rate limits,

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use actix::{Actor, SyncArbiter};
 use actix_web::{web, HttpServer};
 use anyhow::Context as _;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::PeerSettings;
@@ -74,15 +75,21 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
     // Its `/metrics`: the store's timings, and the clients of its two event streams.
     let metrics = health.metrics();
     metrics.watch_store(&wal.timings());
-    let listeners = (
-        metrics.sse_listeners("page"),
-        metrics.sse_listeners("message_updates"),
+    let counted = (
+        (
+            metrics.sse_listeners("page"),
+            metrics.sse_listeners("message_updates"),
+        ),
+        (
+            metrics.sse_slow_consumers("page"),
+            metrics.sse_slow_consumers("message_updates"),
+        ),
     );
     // The actors are started on the HTTP worker's thread, where the handlers run.
     let state = {
         let (store, settings, db) = (store.clone(), settings.clone(), db.clone());
         crate::web::on_worker(move || {
-            web::Data::new(start_actors(&settings, store, db, wal, listeners))
+            web::Data::new(start_actors(&settings, store, db, wal, counted))
         })
     };
 
@@ -127,6 +134,10 @@ pub async fn start(settings: PeerSettings, listener: TcpListener) -> anyhow::Res
             .app_data(login.clone())
             .wrap(actix_web::middleware::from_fn(login::require))
             .wrap(actix_web::middleware::from_fn(crate::web::host::require))
+            // Outermost: what the login and the Host check refuse is counted too.
+            .wrap(actix_web::middleware::from_fn(
+                crate::web::metrics::count_http,
+            ))
             .configure(|cfg| common_routes(cfg, health.clone()))
             .configure(|cfg| routes::configure(cfg, max_body))
     })
@@ -174,10 +185,10 @@ fn start_actors(
     store: actix::Addr<ChatStore>,
     db: Arc<SharedDb>,
     wal: Wal,
-    (page, legacy): (Gauge, Gauge),
+    (listeners, slow): ((Gauge, Gauge), (Counter, Counter)),
 ) -> PeerState {
     let ai = contacts::AiNames::default();
-    let updates = Updates::new(ai.clone()).counted_in(page, legacy).start();
+    let updates = Updates::new(ai.clone()).counted_in(listeners, slow).start();
     let writes = store::writer((db, wal), updates.clone()).start();
     let timing = OutgoingSettings {
         expire_after_secs: settings.expire_after_secs,

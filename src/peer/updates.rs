@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web_lab::sse;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -99,6 +100,8 @@ pub struct Updates {
     ai: AiNames,
     /// `overlay_sse_listeners` of each feed (page, legacy), kept up to date here.
     listeners: (Gauge, Gauge),
+    /// `overlay_sse_slow_consumers_total` of each feed.
+    slow: (Counter, Counter),
 }
 
 impl Updates {
@@ -108,12 +111,15 @@ impl Updates {
             legacy: Vec::new(),
             ai,
             listeners: Default::default(),
+            slow: Default::default(),
         }
     }
 
-    /// Counts each feed's clients in `page` and `legacy` (`/metrics`).
-    pub fn counted_in(mut self, page: Gauge, legacy: Gauge) -> Updates {
-        self.listeners = (page, legacy);
+    /// Counts each feed's clients (`listeners`) and the clients dropped for falling behind
+    /// (`slow`), page feed first, in `/metrics`.
+    pub fn counted_in(mut self, listeners: (Gauge, Gauge), slow: (Counter, Counter)) -> Updates {
+        self.listeners = listeners;
+        self.slow = slow;
         self
     }
 
@@ -136,13 +142,15 @@ impl Actor for Updates {
     }
 }
 
-/// Sends `event` to every client, keeping only those that took it.
-fn broadcast(clients: &mut Vec<mpsc::Sender<sse::Event>>, event: sse::Event) {
+/// Sends `event` to every client, keeping only those that took it; counts in `slow` those
+/// dropped for falling behind.
+fn broadcast(clients: &mut Vec<mpsc::Sender<sse::Event>>, event: sse::Event, slow: &Counter) {
     clients.retain(|client| match client.try_send(event.clone()) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Closed(_)) => false,
         Err(mpsc::error::TrySendError::Full(_)) => {
             log::warn!("an SSE client fell {CLIENT_BUFFER} events behind; dropping it");
+            slow.inc();
             false
         }
     });
@@ -168,7 +176,7 @@ impl Updates {
         if !self.legacy.is_empty() {
             if let Some(update) = event.legacy() {
                 match sse::Data::new_json(&update) {
-                    Ok(data) => broadcast(&mut self.legacy, data.into()),
+                    Ok(data) => broadcast(&mut self.legacy, data.into(), &self.slow.1),
                     Err(e) => log::error!("cannot encode a legacy update: {e}"),
                 }
             }
@@ -185,7 +193,7 @@ impl Updates {
                 other => other,
             };
             match sse::Data::new_json(event) {
-                Ok(data) => broadcast(&mut self.pages, data.into()),
+                Ok(data) => broadcast(&mut self.pages, data.into(), &self.slow.0),
                 Err(e) => log::error!("cannot encode a page event: {e}"),
             }
         }
@@ -266,18 +274,22 @@ mod tests {
         let (gone, gone_rx) = mpsc::channel(4);
         drop(gone_rx);
         let mut clients = vec![alive, gone];
-        broadcast(&mut clients, sse::Event::Comment("x".into()));
+        let slow = Counter::default();
+        broadcast(&mut clients, sse::Event::Comment("x".into()), &slow);
         assert_eq!(clients.len(), 1);
         assert!(alive_rx.try_recv().is_ok());
+        assert_eq!(slow.get(), 0, "gone, not slow");
     }
 
     #[test]
     fn a_client_that_stopped_reading_is_dropped() {
         let (slow, _slow_rx) = mpsc::channel(1);
         let mut clients = vec![slow];
-        broadcast(&mut clients, sse::Event::Comment("1".into()));
-        broadcast(&mut clients, sse::Event::Comment("2".into()));
+        let dropped = Counter::default();
+        broadcast(&mut clients, sse::Event::Comment("1".into()), &dropped);
+        broadcast(&mut clients, sse::Event::Comment("2".into()), &dropped);
         assert!(clients.is_empty());
+        assert_eq!(dropped.get(), 1, "counted as a slow consumer");
     }
 
     #[test]

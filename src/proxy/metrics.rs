@@ -69,8 +69,10 @@ impl ProxyMetrics {
         }
         metrics.register(
             "delivery_attempts",
-            "Delivery attempts (one HTTP hop, or a batch of them) by lane and result: delivered, \
-             retry (not now), refused (for good), unsupported (a batch route it lacks)",
+            "Delivery attempts by lane and result (one per HTTP hop, whether it carried one \
+             message or a batch; on peer_receipts one per receipt): delivered, retry (not now), \
+             refused (a refused batch is then tried one by one; a refused message is given up \
+             on), unsupported (a batch route it lacks)",
             delivery.attempts.clone(),
         );
         metrics.register(
@@ -84,6 +86,12 @@ impl ProxyMetrics {
             "Messages given up on because their destination stayed unreachable past \
              delivery.expire_after_secs",
             delivery.expired.clone(),
+        );
+        metrics.register(
+            "dedup_duplicates",
+            "Messages taken again under an id this proxy already holds (a retried submit or \
+             relay): acknowledged, stored once",
+            delivery.duplicates.clone(),
         );
         metrics.register(
             "delivery_latency_seconds",
@@ -156,6 +164,7 @@ pub struct DeliveryMetrics {
     attempts: Family<AttemptLabels, Counter>,
     finished: Family<FinishedLabels, Counter>,
     expired: Counter,
+    duplicates: Counter,
     latency: Histogram,
 }
 
@@ -165,6 +174,7 @@ impl Default for DeliveryMetrics {
             attempts: Family::default(),
             finished: Family::default(),
             expired: Counter::default(),
+            duplicates: Counter::default(),
             latency: Histogram::new(QUEUED_BUCKETS.iter().copied()),
         }
     }
@@ -182,6 +192,11 @@ impl DeliveryMetrics {
         self.attempts
             .get_or_create(&AttemptLabels { lane, result })
             .inc();
+    }
+
+    /// A message came again under an id already taken (stored once).
+    pub fn duplicate(&self) {
+        self.duplicates.inc();
     }
 
     /// An item of `lane` queued at `created_ms` was finished at `now_ms` in `state`;

@@ -7,6 +7,7 @@
 //! - [`SharedDb`]: the one open database, shared by a store's readers and its one writer.
 //! - [`open`]: open (creating) the database and its log, and apply again what a crash lost.
 //! - [`Writer`]: the one writer of a store: queue → encode → log → redb → answer after the flush.
+//! - [`StoreTimings`]: how long its commits and log flushes take, for its role's `/metrics`.
 //!
 //! It knows nothing of messages, chats or outboxes, and never logs the data it stores.
 
@@ -182,6 +183,12 @@ impl StoreHealth {
     }
 }
 
+/// Buckets of a store's commits and log flushes (seconds): 50 µs to 2.5 s.
+pub const STORE_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5,
+];
+
 /// How long a store's writes take: its database commits (the writer's) and its log's flushes
 /// (write and fsync, on the log's thread), for its role's `/metrics`
 /// ([`crate::web::metrics::Metrics::watch_store`]). Shared; an observation is a few atomics.
@@ -193,7 +200,7 @@ pub struct StoreTimings {
 
 impl Default for StoreTimings {
     fn default() -> Self {
-        let buckets = || crate::web::metrics::STORE_BUCKETS.iter().copied();
+        let buckets = || STORE_BUCKETS.iter().copied();
         Self {
             commit: prometheus_client::metrics::histogram::Histogram::new(buckets()),
             flush: prometheus_client::metrics::histogram::Histogram::new(buckets()),

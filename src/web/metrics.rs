@@ -42,12 +42,6 @@ pub const HTTP_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Buckets of a store's commits and log flushes (seconds): 50 µs to 2.5 s.
-pub const STORE_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5,
-];
-
 /// A histogram family whose histograms all have the same buckets.
 pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -80,6 +74,7 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily<RouteLabels>,
     sse: Family<StreamLabels, Gauge>,
+    slow: Family<StreamLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -115,6 +110,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let durations: HistogramFamily<RouteLabels> = Family::new_with_constructor(http_histogram);
         let sse = Family::<StreamLabels, Gauge>::default();
+        let slow = Family::<StreamLabels, Counter>::default();
         registry.register(
             "http_requests",
             "HTTP requests answered, by method, route template and status code",
@@ -131,11 +127,17 @@ impl Metrics {
             "Clients holding an event stream open now, by stream",
             sse.clone(),
         );
+        registry.register(
+            "sse_slow_consumers",
+            "Event-stream clients dropped for falling too far behind, by stream",
+            slow.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry: RwLock::new(registry),
             requests,
             durations,
             sse,
+            slow,
         }))
     }
 
@@ -157,6 +159,12 @@ impl Metrics {
     /// The gauge of `overlay_sse_listeners{stream}`: its owner sets it as clients come and go.
     pub fn sse_listeners(&self, stream: &'static str) -> Gauge {
         self.0.sse.get_or_create_owned(&StreamLabels { stream })
+    }
+
+    /// The counter of `overlay_sse_slow_consumers_total{stream}`: its owner counts each client
+    /// it drops for falling behind.
+    pub fn sse_slow_consumers(&self, stream: &'static str) -> Counter {
+        self.0.slow.get_or_create_owned(&StreamLabels { stream })
     }
 
     /// Shows a store's commit and log-flush timings (`overlay_store_commit_duration_seconds`,
@@ -249,6 +257,9 @@ pub async fn count_http(
     res
 }
 
+/// Fewest characters of a metrics token: a guessable one would open `/metrics` to anyone.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
 /// Who may read `/metrics`: callers on loopback (under a `Host` that is an address or
 /// localhost: a browser page under a rebound name is not), and, when `server.metrics_token_env`
 /// names a set variable, any caller sending `Authorization: Bearer` with its value. Only the
@@ -290,7 +301,8 @@ impl MetricsAccess {
         }
     }
 
-    /// From the config's `server:` section: the token in the variable `metrics_token_env`
+    /// From the config's `server:` section (a token shorter than [`MIN_TOKEN_CHARS`] is not
+    /// used, with a warning): the token in the variable `metrics_token_env`
     /// names, when set; a name whose variable is unset or empty is warned about, and only
     /// loopback callers are answered.
     pub fn of(server: &crate::config::ServerConfig) -> MetricsAccess {
@@ -298,7 +310,17 @@ impl MetricsAccess {
             return MetricsAccess::default();
         };
         match std::env::var(var) {
-            Ok(token) if !token.is_empty() => MetricsAccess::new(Some(&token)),
+            Ok(token) if token.chars().count() >= MIN_TOKEN_CHARS => {
+                MetricsAccess::new(Some(&token))
+            }
+            Ok(token) if !token.is_empty() => {
+                log::warn!(
+                    "server.metrics_token_env: the token in {var} is shorter than \
+                     {MIN_TOKEN_CHARS} characters, so it is not used: /metrics answers loopback \
+                     callers only (make one with `openssl rand -hex 24`)"
+                );
+                MetricsAccess::default()
+            }
             _ => {
                 log::warn!(
                     "server.metrics_token_env names {var}, which is not set: /metrics answers \
@@ -325,7 +347,8 @@ impl MetricsAccess {
                 Err(MetricsRefusal::WrongToken)
             };
         }
-        if !peer.is_some_and(|p| p.ip().is_loopback()) {
+        // `::ffff:127.0.0.1` on a dual-stack listener is loopback too.
+        if !peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) {
             return Err(if self.token_sha256.is_some() {
                 MetricsRefusal::NoToken
             } else {
@@ -348,10 +371,12 @@ pub async fn metrics(req: HttpRequest, metrics: web::Data<Metrics>) -> HttpRespo
         .app_data::<web::Data<MetricsAccess>>()
         .map(|a| *a.get_ref())
         .unwrap_or_default();
+    // As the Host check reads it: the header, else the request line's authority (HTTP/1.0).
     let host = req
         .headers()
         .get(header::HOST)
-        .and_then(|v| v.to_str().ok());
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
     let checked = access.check(req.peer_addr(), host, super::bearer(req.headers()));
     match checked {
         Ok(()) => HttpResponse::Ok()
@@ -398,6 +423,12 @@ mod tests {
             open.check(None, Some("127.0.0.1"), None),
             Err(MetricsRefusal::NotLoopback)
         );
+        let mapped = Some("[::ffff:127.0.0.1]:40000".parse().unwrap());
+        assert_eq!(
+            open.check(mapped, Some("127.0.0.1:5000"), None),
+            Ok(()),
+            "loopback on a dual-stack listener"
+        );
         assert_eq!(
             open.check(far(), Some("10.0.0.1"), Some("guess")),
             Err(MetricsRefusal::NotLoopback),
@@ -426,6 +457,23 @@ mod tests {
             "only its hash is kept"
         );
         assert_eq!(MetricsAccess::new(Some("")), MetricsAccess::default());
+    }
+
+    #[test]
+    fn a_token_too_short_to_be_safe_is_not_used() {
+        let var = format!("OVERLAY_UNIT_METRICS_TOKEN_{}", std::process::id());
+        let server = crate::config::ServerConfig {
+            metrics_token_env: Some(var.clone()),
+            ..Default::default()
+        };
+        std::env::set_var(&var, "short");
+        assert_eq!(MetricsAccess::of(&server), MetricsAccess::default());
+        std::env::set_var(&var, "a-long-enough-token-0123");
+        assert_eq!(
+            MetricsAccess::of(&server),
+            MetricsAccess::new(Some("a-long-enough-token-0123"))
+        );
+        std::env::remove_var(&var);
     }
 
     #[actix_rt::test]

@@ -104,6 +104,7 @@ const BY_ROLE: &[(&str, &[&str])] = &[
             "overlay_delivery_attempts_total",
             "overlay_deliveries_total",
             "overlay_delivery_expired_total",
+            "overlay_dedup_duplicates_total",
             "overlay_delivery_latency_seconds",
             "overlay_store_commit_duration_seconds",
             "overlay_wal_flush_duration_seconds",
@@ -124,6 +125,7 @@ const BY_ROLE: &[(&str, &[&str])] = &[
         "peer/bob",
         &[
             "overlay_sse_listeners",
+            "overlay_sse_slow_consumers_total",
             "overlay_store_commit_duration_seconds",
             "overlay_wal_flush_duration_seconds",
         ],
@@ -242,6 +244,22 @@ async fn every_roles_metrics_parse_and_move_with_a_message_through_a_relay_and_a
     let events = crate::helpers::subscribe(&format!("{}/api/v1/events", o.url("peer/bob"))).await;
     until(&o, "peer/bob", "overlay_sse_listeners", &page, |v| v == 1.0).await;
     drop(events);
+    // A request its Host check refuses (a rebound name) is counted too.
+    let r = client()
+        .get(format!("{}/", o.url("peer/bob")))
+        .insert_header(("host", "evil.example"))
+        .send()
+        .await
+        .expect("bob's peer answers");
+    assert_eq!(r.status().as_u16(), 403);
+    until(
+        &o,
+        "peer/bob",
+        "overlay_http_requests_total",
+        &[("code", "403")],
+        |v| v >= 1.0,
+    )
+    .await;
     let s = scrape(&o.url("proxy/bob")).await;
     let submitted: f64 = ["/api/v1/outbox", "/api/v1/outbox/batch"]
         .iter()
@@ -296,6 +314,25 @@ async fn every_roles_metrics_parse_and_move_with_a_message_through_a_relay_and_a
     })
     .await;
     until(&o, "controller", "overlay_table_version", &[], |v| v > 0.0).await;
+
+    // A submit retried under the same id is stored once, and counted as a duplicate.
+    let again = overlay::wire::data_plane::Envelope::text("bob", "alice", "sent twice");
+    for _ in 0..2 {
+        let r = client()
+            .post(format!("{}/api/v1/outbox", o.url("proxy/bob")))
+            .send_json(&again)
+            .await
+            .expect("bob's proxy answers");
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    until(
+        &o,
+        "proxy/bob",
+        "overlay_dedup_duplicates_total",
+        &[],
+        |v| v == 1.0,
+    )
+    .await;
 
     // Alice's proxy down: bob's message waits in his queue for her, and is retried.
     o.stop("proxy/alice").await;
@@ -392,7 +429,7 @@ fn beyond_loopback() -> Option<std::net::IpAddr> {
 async fn metrics_are_refused_beyond_loopback_and_under_a_rebound_name_unless_the_token_is_sent() {
     let var = format!("OVERLAY_IT_METRICS_TOKEN_{}", std::process::id());
     // The test's own variable: no other test reads it.
-    std::env::set_var(&var, "scrape-me");
+    std::env::set_var(&var, "scrape-me-0123456789");
     let mut config = config_for(&[("alice", &[][..])]);
     config.server.metrics_token_env = Some(var);
     let dir = tempfile::tempdir().unwrap();
@@ -407,14 +444,14 @@ async fn metrics_are_refused_beyond_loopback_and_under_a_rebound_name_unless_the
     let (status, text) = get_metrics(&local, &[]).await;
     assert_eq!(status, 200, "{text}");
     assert!(families(&parse(&text)).contains("overlay_http_requests_total"));
-    assert!(!text.contains("scrape-me"), "never the token");
+    assert!(!text.contains("scrape-me-0123456789"), "never the token");
     // Under a name that is not this server's (a page of another site, rebound to 127.0.0.1).
     let (status, text) = get_metrics(&local, &[("host", "evil.example")]).await;
     assert_eq!(status, 403, "{text}");
     // A wrong token is refused; the right one is answered under any name.
     let wrong = ("authorization", "Bearer guess");
     assert_eq!(get_metrics(&local, &[wrong]).await.0, 401);
-    let right = ("authorization", "Bearer scrape-me");
+    let right = ("authorization", "Bearer scrape-me-0123456789");
     let (status, _) = get_metrics(&local, &[right, ("host", "metrics.example")]).await;
     assert_eq!(status, 200);
 

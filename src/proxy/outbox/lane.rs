@@ -78,10 +78,15 @@ impl Lane {
         self.items.front()
     }
 
-    /// When its oldest item was queued (Unix ms); none when empty. Every item is looked at:
-    /// receipts are kept in order of their next try, not of their age.
+    /// When its oldest item was queued (Unix ms); none when empty. A lane of messages is in
+    /// the order they were queued, so that is its head's; receipts are kept in order of their
+    /// next try, so each one is looked at.
     pub fn oldest_ms(&self) -> Option<u64> {
-        self.items.iter().map(|i| i.record.created_ms).min()
+        let head = self.items.front()?;
+        match head.record.payload {
+            Payload::Message { .. } => Some(head.record.created_ms),
+            Payload::Receipt { .. } => self.items.iter().map(|i| i.record.created_ms).min(),
+        }
     }
 
     /// Whether message `id` is queued here.
@@ -395,6 +400,18 @@ mod tests {
         let mut lane = Lane::default();
         items.into_iter().for_each(|i| lane.push(i));
         lane
+    }
+
+    #[test]
+    fn the_oldest_item_is_a_message_lanes_head_and_any_of_a_receipt_lane() {
+        assert_eq!(Lane::default().oldest_ms(), None);
+        let messages = lane(vec![message(1, 100), message(2, 200)]);
+        assert_eq!(messages.oldest_ms(), Some(100));
+        let (mut late, mut early) = (receipt(1), receipt(2));
+        late.record.created_ms = 500;
+        early.record.created_ms = 50;
+        // Receipts are kept in order of their next try: the oldest may be anywhere.
+        assert_eq!(lane(vec![late, early]).oldest_ms(), Some(50));
     }
 
     fn retry() -> Outcome {

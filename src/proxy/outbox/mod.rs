@@ -453,6 +453,9 @@ impl Outbox {
 
     /// A committed op: a newly stored item joins its lane.
     fn committed(&mut self, op: Op, result: OpResult, ctx: &mut Context<Self>) {
+        if matches!((&op, &result), (Op::Accept { .. }, OpResult::Duplicate)) {
+            self.settings.metrics.duplicate();
+        }
         let (record, OpResult::Stored { seq }) = (
             match op {
                 Op::Accept { record, .. } => record,
