@@ -75,6 +75,7 @@ pub async fn start_with_handle(
         "the controller's store",
         store.health(),
     ));
+    health.metrics().watch_commits(store.commit_timing());
     let loaded = store
         .load()
         .await

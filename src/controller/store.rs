@@ -163,6 +163,8 @@ pub struct Store {
     db: Arc<Database>,
     /// Whether its writes go through (for `/healthz`).
     health: crate::storage::StoreHealth,
+    /// How long each write's commit takes (for `/metrics`).
+    commits: prometheus_client::metrics::histogram::Histogram,
 }
 
 fn storage(e: impl std::fmt::Display) -> ControllerError {
@@ -190,6 +192,7 @@ impl Store {
                     let store = Store {
                         db: Arc::new(db),
                         health: Default::default(),
+                        commits: crate::storage::StoreTimings::default().commit,
                     };
                     store.init().await?;
                     return Ok(store);
@@ -389,11 +392,14 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), ControllerError> + Send + 'static,
     ) -> Result<(), ControllerError> {
-        let db = self.db.clone();
+        let (db, commits) = (self.db.clone(), self.commits.clone());
         let written = actix_web::web::block(move || {
             let tx = db.begin_write().map_err(storage)?;
             f(&tx)?;
-            tx.commit().map_err(storage)
+            let started = std::time::Instant::now();
+            let committed = tx.commit().map_err(storage);
+            commits.observe(started.elapsed().as_secs_f64());
+            committed
         })
         .await
         .map_err(storage)
@@ -408,5 +414,10 @@ impl Store {
     /// Whether its writes go through.
     pub fn health(&self) -> crate::storage::StoreHealth {
         self.health.clone()
+    }
+
+    /// How long its commits take (`overlay_store_commit_duration_seconds`).
+    pub fn commit_timing(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.commits.clone()
     }
 }

@@ -24,17 +24,26 @@ pub struct RelayCollector(pub watch::Receiver<RelayReport>);
 
 impl Collector for RelayCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let r = self.0.borrow().clone();
+        // The numbers only (the report lists every attached name: not copied at a scrape).
+        let (attached, flagged, r) = {
+            let r = self.0.borrow();
+            let counts = RelayReport {
+                attached: Vec::new(),
+                flagged: Vec::new(),
+                ..*r
+            };
+            (r.attached.len(), r.flagged.len(), counts)
+        };
         let gauges = [
             (
                 "relay_clients",
                 "Proxies attached to this relay now",
-                r.attached.len(),
+                attached,
             ),
             (
                 "relay_flagged",
                 "Names refused for a while because two processes with their key took turns",
-                r.flagged.len(),
+                flagged,
             ),
         ];
         for (name, help, v) in gauges {

@@ -170,15 +170,21 @@ impl Metrics {
     /// Shows a store's commit and log-flush timings (`overlay_store_commit_duration_seconds`,
     /// `overlay_wal_flush_duration_seconds`). Once per role: a role has one store.
     pub fn watch_store(&self, timings: &crate::storage::StoreTimings) {
-        self.register(
-            "store_commit_duration_seconds",
-            "Time to apply one group of writes to the database (a redb transaction commit)",
-            timings.commit.clone(),
-        );
+        self.watch_commits(timings.commit.clone());
         self.register(
             "wal_flush_duration_seconds",
             "Time to write and fsync the store's write-ahead log for the groups waiting",
             timings.flush.clone(),
+        );
+    }
+
+    /// Shows a store's commit timings only (`overlay_store_commit_duration_seconds`): the
+    /// controller's store has no write-ahead log.
+    pub fn watch_commits(&self, commit: Histogram) {
+        self.register(
+            "store_commit_duration_seconds",
+            "Time to apply one group of writes to the database (a redb transaction commit)",
+            commit,
         );
     }
 

@@ -93,6 +93,7 @@ const BY_ROLE: &[(&str, &[&str])] = &[
             "overlay_registry_proxies",
             "overlay_table_version",
             "overlay_sse_listeners",
+            "overlay_store_commit_duration_seconds",
         ],
     ),
     (
@@ -314,6 +315,15 @@ async fn every_roles_metrics_parse_and_move_with_a_message_through_a_relay_and_a
     })
     .await;
     until(&o, "controller", "overlay_table_version", &[], |v| v > 0.0).await;
+    // Registering them was written to the controller's store, each commit timed.
+    until(
+        &o,
+        "controller",
+        "overlay_store_commit_duration_seconds",
+        &[],
+        |v| v >= 1.0,
+    )
+    .await;
 
     // A submit retried under the same id is stored once, and counted as a duplicate.
     let again = overlay::wire::data_plane::Envelope::text("bob", "alice", "sent twice");
