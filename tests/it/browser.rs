@@ -779,6 +779,36 @@ async fn unread_messages_show_in_the_title_notify_in_the_background_and_never_sc
         .unwrap();
     assert_eq!(notes, json!(2));
 
+    // A message in another conversation is unread there; clearing that chat clears its count.
+    let mut psst = Envelope::text("BOT", "alice", "psst");
+    psst.id = MessageId::parse("unread-then-cleared").unwrap();
+    let r = client()
+        .post(format!("{}/api/v1/inbox", o.alice))
+        .send_json(&psst)
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    until(
+        &alice,
+        "BOT's contact counts it",
+        "(document.querySelector(\".contact[data-peer='BOT'] .unread\") || {}).textContent === '1' && document.title.startsWith('(1) ')",
+    )
+    .await;
+    let r = client()
+        .post(format!("{}/clear_chat/BOT", o.alice))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    until(
+        &alice,
+        "the count gone with the chat",
+        &format!(
+            "!document.querySelector(\".contact[data-peer='BOT'] .unread\") && document.title === {base}"
+        ),
+    )
+    .await;
+
     // Reading further up: new messages do not scroll the view; a button says they are there.
     for i in 0..30 {
         bob_says(&o, &format!("line {i}")).await;
