@@ -343,6 +343,15 @@ async fn every_roles_metrics_parse_and_move_with_a_message_through_a_relay_and_a
         |v| v == 1.0,
     )
     .await;
+    // ... and handed on (the first message and this one), before alice's proxy goes down.
+    until(
+        &o,
+        "proxy/bob",
+        "overlay_deliveries_total",
+        &delivered,
+        |v| v >= 2.0,
+    )
+    .await;
 
     // Alice's proxy down: bob's message waits in his queue for her, and is retried.
     o.stop("proxy/alice").await;
