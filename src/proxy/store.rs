@@ -341,11 +341,7 @@ pub fn answer_again(
     turns.truncate(at + 1);
     turns[at].reply_id = Some(answer.id.clone());
     turns.push(answer);
-    let keep = keep.max(1);
-    if turns.len() > keep {
-        let extra = turns.len() - keep;
-        turns.drain(..extra);
-    }
+    keep_newest(turns, keep);
     true
 }
 
@@ -376,6 +372,15 @@ impl Op {
     }
 }
 
+/// Keeps the newest `keep` turns (one at least).
+fn keep_newest(turns: &mut Vec<MemoryTurn>, keep: usize) {
+    let keep = keep.max(1);
+    if turns.len() > keep {
+        let extra = turns.len() - keep;
+        turns.drain(..extra);
+    }
+}
+
 /// Adds `turn` to `turns` (see [`Remember`]); true when it was added.
 pub fn remember(
     turns: &mut Vec<MemoryTurn>,
@@ -392,11 +397,7 @@ pub fn remember(
         }
     }
     turns.push(turn);
-    let keep = keep.max(1);
-    if turns.len() > keep {
-        let extra = turns.len() - keep;
-        turns.drain(..extra);
-    }
+    keep_newest(turns, keep);
     true
 }
 

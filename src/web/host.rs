@@ -96,6 +96,15 @@ fn is_ip(name: &str) -> bool {
     bare.parse::<IpAddr>().is_ok()
 }
 
+/// The name a request asks for: its `Host` header, else its request line's authority
+/// (HTTP/1.0).
+pub fn requested_host(head: &actix_web::dev::RequestHead) -> Option<&str> {
+    head.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| head.uri.authority().map(|a| a.as_str()))
+}
+
 /// Middleware (`.wrap(from_fn(host::require))`); the app must have `web::Data<HostCheck>`.
 /// A refusal is 403 in the original's error shape, naming the host and the fix.
 pub async fn require(
@@ -108,12 +117,7 @@ pub async fn require(
     if check.exempts(req.path()) {
         return next.call(req).await;
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let host = requested_host(req.head()).map(str::to_string);
     match host {
         Some(host) if !check.allows(&host) => {
             log::warn!(

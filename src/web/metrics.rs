@@ -377,12 +377,7 @@ pub async fn metrics(req: HttpRequest, metrics: web::Data<Metrics>) -> HttpRespo
         .app_data::<web::Data<MetricsAccess>>()
         .map(|a| *a.get_ref())
         .unwrap_or_default();
-    // As the Host check reads it: the header, else the request line's authority (HTTP/1.0).
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let host = super::host::requested_host(req.head());
     let checked = access.check(req.peer_addr(), host, super::bearer(req.headers()));
     match checked {
         Ok(()) => HttpResponse::Ok()

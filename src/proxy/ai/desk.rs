@@ -13,6 +13,7 @@
 //! It does not own the outbox's lanes or retries, and never logs a key.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::wrap_future;
@@ -32,6 +33,7 @@ use crate::proxy::delivery::Outcome;
 use crate::proxy::error::ProxyError;
 use crate::proxy::metrics::AiMetrics;
 use crate::proxy::router::TableChanged;
+use crate::proxy::routing::{choose_route, Route};
 use crate::proxy::store::{last_asked, ForgetMemory, MemoryTurn, Op, ProxySchema, Recall, Store};
 use crate::storage::{durable, Write};
 use crate::wire::control_plane::{AiEndpoint, Endpoint, EndpointTable};
@@ -104,8 +106,8 @@ pub struct AiDesk {
     /// How many replies were started: numbers them, so that only a reply's own end clears
     /// its entry.
     started: u64,
-    /// The AI entries of the current table, by the table's name.
-    table: HashMap<String, Box<AiEndpoint>>,
+    /// The current table.
+    table: Arc<EndpointTable>,
 }
 
 /// A reply being written.
@@ -128,21 +130,17 @@ impl AiDesk {
             client,
             writing: HashMap::new(),
             started: 0,
-            table: HashMap::new(),
+            table: Arc::default(),
         }
     }
 
-    /// The AI entry of the table called `name` (in any case), with the table's spelling.
+    /// The AI entry of the table called `name` (compared as routing compares names), with
+    /// the table's spelling.
     fn table_ai(&self, name: &str) -> Option<(String, Box<AiEndpoint>)> {
-        let name = name.trim();
-        self.table
-            .get_key_value(name)
-            .or_else(|| {
-                self.table
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            })
-            .map(|(n, e)| (n.clone(), e.clone()))
+        match choose_route(&self.table, &self.settings.me, name.trim()) {
+            Route::Ai { name, endpoint } => Some((name, endpoint)),
+            _ => None,
+        }
     }
 
     /// Everything one reply of AI endpoint `name` needs, with its "stop", noted as being
@@ -206,14 +204,7 @@ impl Handler<TableChanged> for AiDesk {
 
     fn handle(&mut self, msg: TableChanged, _: &mut Context<Self>) {
         self.adapters.sync(&msg.endpoints);
-        self.table = msg
-            .endpoints
-            .iter()
-            .filter_map(|(name, entry)| match entry {
-                Endpoint::Ai(endpoint) => Some((name.clone(), endpoint.clone())),
-                _ => None,
-            })
-            .collect();
+        self.table = msg.endpoints;
     }
 }
 
@@ -268,8 +259,8 @@ impl Handler<Resume> for AiDesk {
     type Result = ResponseActFuture<Self, Conversed>;
 
     fn handle(&mut self, Resume(mut msg): Resume, ctx: &mut Context<Self>) -> Self::Result {
-        match self.table.get(&msg.name) {
-            Some(endpoint) => {
+        match self.table_ai(&msg.name) {
+            Some((_, endpoint)) => {
                 msg.endpoint = endpoint.clone();
                 <Self as Handler<Converse>>::handle(self, msg, ctx)
             }
