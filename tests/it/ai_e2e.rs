@@ -61,6 +61,14 @@ fn ai(yaml: &str) -> AiEndpointConfig {
     serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("endpoint yaml {yaml}: {e}"))
 }
 
+/// The OpenAI-shaped endpoint `BOT` (model `m`) served by `fake`, its key in `key_env`.
+fn bot_at(fake: &FakeProvider, key_env: &str) -> AiEndpointConfig {
+    ai(&format!(
+        "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: {key_env}}}",
+        fake.url
+    ))
+}
+
 /// `users` (name, auto-reply lines) with `endpoints`, started.
 async fn overlay_with(users: &[(&str, &[&str])], endpoints: Vec<AiEndpointConfig>) -> TestOverlay {
     let mut config: Config = config_for(users);
@@ -380,10 +388,7 @@ async fn clearing_the_chat_starts_a_fresh_context() {
     ]);
     let o = overlay_with(
         &[("alice", &[])],
-        vec![ai(&format!(
-            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_CLEAR}}",
-            fake.url
-        ))],
+        vec![bot_at(&fake, "OVERLAY_E2E_KEY_CLEAR")],
     )
     .await;
     let peer = o.url("peer/alice");
@@ -417,10 +422,7 @@ async fn clearing_all_chats_starts_a_fresh_context() {
     let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
     let o = overlay_with(
         &[("alice", &[])],
-        vec![ai(&format!(
-            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_CLEAR_ALL}}",
-            fake.url
-        ))],
+        vec![bot_at(&fake, "OVERLAY_E2E_KEY_CLEAR_ALL")],
     )
     .await;
     let peer = o.url("peer/alice");
@@ -478,10 +480,9 @@ async fn a_message_sent_right_after_clearing_never_meets_the_old_conversation() 
         Script::Reply(pieces(&["I don't know."])),
     ]);
     let mut config: Config = config_for(&[("alice", &[])]);
-    config.ai_endpoints.push(ai(&format!(
-        "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_SLOW_FORGET}}",
-        fake.url
-    )));
+    config
+        .ai_endpoints
+        .push(bot_at(&fake, "OVERLAY_E2E_KEY_SLOW_FORGET"));
     let o = spawn_overlay(config.clone()).await;
 
     let relay_listener = free_listener();
@@ -537,10 +538,7 @@ async fn the_proxy_forgets_one_ai_conversation_or_all_and_refuses_a_bad_name() {
     let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
     let o = overlay_with(
         &[("alice", &[])],
-        vec![ai(&format!(
-            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_FORGET}}",
-            fake.url
-        ))],
+        vec![bot_at(&fake, "OVERLAY_E2E_KEY_FORGET")],
     )
     .await;
     let (peer, proxy) = (o.url("peer/alice"), o.url("proxy/alice"));
@@ -619,10 +617,7 @@ async fn a_missing_or_wrong_key_is_an_error_message_from_the_endpoint_and_never_
     let o = overlay_with(
         &[("alice", &[])],
         vec![
-            ai(&format!(
-                "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_MISSING}}",
-                fake.url
-            )),
+            bot_at(&fake, "OVERLAY_E2E_KEY_MISSING"),
             ai(&format!(
                 "{{name: GPT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_WRONG}}",
                 fake.url
@@ -761,10 +756,7 @@ async fn a_reply_that_breaks_off_mid_stream_shows_the_partial_text_and_an_error_
     ]);
     let o = overlay_with(
         &[("alice", &[])],
-        vec![ai(&format!(
-            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_BREAK}}",
-            fake.url
-        ))],
+        vec![bot_at(&fake, "OVERLAY_E2E_KEY_BREAK")],
     )
     .await;
     let peer = o.url("peer/alice");
@@ -835,10 +827,7 @@ async fn stopping_a_reply_drops_its_call_and_keeps_what_arrived_marked_stopped()
     ]);
     let o = overlay_with(
         &[("alice", &[])],
-        vec![ai(&format!(
-            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_STOP}}",
-            fake.url
-        ))],
+        vec![bot_at(&fake, "OVERLAY_E2E_KEY_STOP")],
     )
     .await;
     let peer = o.url("peer/alice");
@@ -934,10 +923,7 @@ async fn regenerating_takes_back_the_last_answer_and_asks_again() {
     ]);
     let o = overlay_with(
         &[("alice", &[])],
-        vec![ai(&format!(
-            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_REGEN}}",
-            fake.url
-        ))],
+        vec![bot_at(&fake, "OVERLAY_E2E_KEY_REGEN")],
     )
     .await;
     let peer = o.url("peer/alice");
@@ -1017,10 +1003,7 @@ async fn a_message_sent_while_an_answer_is_regenerated_is_answered_after_it() {
     ]);
     let o = overlay_with(
         &[("alice", &[])],
-        vec![ai(&format!(
-            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_REGEN_WAIT}}",
-            fake.url
-        ))],
+        vec![bot_at(&fake, "OVERLAY_E2E_KEY_REGEN_WAIT")],
     )
     .await;
     let peer = o.url("peer/alice");
@@ -1079,10 +1062,7 @@ async fn a_failed_regenerate_and_a_reply_stopped_before_any_text_leave_the_memor
     ]);
     let o = overlay_with(
         &[("alice", &[])],
-        vec![ai(&format!(
-            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_REGEN_FAIL}}",
-            fake.url
-        ))],
+        vec![bot_at(&fake, "OVERLAY_E2E_KEY_REGEN_FAIL")],
     )
     .await;
     let peer = o.url("peer/alice");
@@ -1140,10 +1120,7 @@ async fn an_ai_reply_is_never_answered_by_auto_reply() {
     let fake = FakeProvider::start(Kind::OpenAi, Some(KEY));
     let o = overlay_with(
         &[("alice", &["I'm away"]), ("bob", &[])],
-        vec![ai(&format!(
-            "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_AUTO}}",
-            fake.url
-        ))],
+        vec![bot_at(&fake, "OVERLAY_E2E_KEY_AUTO")],
     )
     .await;
     let (alice, bob) = (o.url("peer/alice"), o.url("peer/bob"));
@@ -1415,10 +1392,9 @@ async fn a_reply_longer_than_the_message_limit_arrives_cut_with_a_note() {
     fake.script([Script::Reply(words.clone())]);
     let mut config = config_for(&[("alice", &[])]);
     config.delivery.max_message_bytes = 2048;
-    config.ai_endpoints.push(ai(&format!(
-        "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_LONG}}",
-        fake.url
-    )));
+    config
+        .ai_endpoints
+        .push(bot_at(&fake, "OVERLAY_E2E_KEY_LONG"));
     let o = spawn_overlay(config).await;
     let peer = o.url("peer/alice");
     let mut page = PageFeed::open(&peer).await;
@@ -1513,10 +1489,9 @@ async fn a_delivery_retried_after_the_proxy_stopped_mid_call_remembers_the_messa
     ]);
     let (peer_addr, log) = fake_peer();
     let mut config = config_for(&[("alice", &[])]);
-    config.ai_endpoints.push(ai(&format!(
-        "{{name: BOT, provider: openai, model: m, base_url: '{}/v1', api_key_env: OVERLAY_E2E_KEY_CRASH}}",
-        fake.url
-    )));
+    config
+        .ai_endpoints
+        .push(bot_at(&fake, "OVERLAY_E2E_KEY_CRASH"));
     config.set_instance_listeners("alice", Some(peer_addr), None);
     let dir = tempfile::tempdir().unwrap();
 
